@@ -1,0 +1,462 @@
+//! The `keygate` command line: `serve`, and a client for every admin call.
+
+use crate::config::{ServeArgs, DEFAULT_ADMIN_TOKEN_FILE};
+use crate::grpc::proto::{self as pb, admin_client::AdminClient, authorizer_client::AuthorizerClient};
+use crate::policy::Policy;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about = "Auth and policy service for API keys, over gRPC")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Manage applications.
+    #[command(subcommand)]
+    App(AppCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Ask for a decision, as an edge would.
+    Authorize(AuthorizeArgs),
+    /// Route policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Connection {
+    /// keygate's gRPC address.
+    #[arg(long, env = "KEYGATE_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
+    pub server: String,
+    /// Admin token; when unset, read from the token file.
+    #[arg(long, env = "KEYGATE_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub admin_token: Option<String>,
+    #[arg(long, env = "KEYGATE_ADMIN_TOKEN_FILE", default_value = DEFAULT_ADMIN_TOKEN_FILE, global = true)]
+    pub admin_token_file: PathBuf,
+    /// Print responses as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    Get {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    List {
+        #[arg(long)]
+        account: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key; its secret is printed once.
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        name: String,
+        /// A scope to grant (repeatable): `applications:read`, `applications:*`, `*`.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Restrict the key to this application (repeatable). Default: all of the account's.
+        #[arg(long = "app")]
+        applications: Vec<String>,
+        /// Expire after this long: 90s, 30m, 12h, 30d.
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<Duration>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    Get {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    List {
+        #[arg(long)]
+        account: String,
+        /// Matches name or key id.
+        #[arg(long)]
+        search: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace the scopes (comma-separated; empty string for none).
+        #[arg(long)]
+        scopes: Option<String>,
+        /// Replace the application restriction (comma-separated; empty string for all).
+        #[arg(long)]
+        apps: Option<String>,
+        #[arg(long, value_parser = parse_duration, conflicts_with = "no_expiry")]
+        expires_in: Option<Duration>,
+        #[arg(long)]
+        no_expiry: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    Revoke {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuthorizeArgs {
+    /// The credential (or set KEYGATE_CREDENTIAL).
+    #[arg(long, env = "KEYGATE_CREDENTIAL", hide_env_values = true, default_value = "")]
+    pub credential: String,
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    #[arg(long)]
+    pub path: String,
+    #[arg(long = "app", default_value = "")]
+    pub application: String,
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file and list its routes.
+    Check { file: PathBuf },
+}
+
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{raw:?} is not a duration like 30d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{raw:?}: the unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(seconds)))
+}
+
+impl Connection {
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        Channel::from_shared(self.server.clone())
+            .context("--server is not a URL like http://127.0.0.1:50051")?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach keygate at {}", self.server))
+    }
+
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(token) = &self.admin_token {
+            return Ok(token.clone());
+        }
+        std::fs::read_to_string(&self.admin_token_file)
+            .map(|t| t.trim().to_owned())
+            .with_context(|| {
+                format!(
+                    "no admin token: set KEYGATE_ADMIN_TOKEN or run from the folder holding {}",
+                    self.admin_token_file.display()
+                )
+            })
+    }
+
+    async fn admin(&self) -> anyhow::Result<AdminClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>> {
+        let value = format!("Bearer {}", self.token()?)
+            .parse()
+            .context("the admin token has characters a header cannot carry")?;
+        Ok(AdminClient::with_interceptor(self.channel().await?, BearerToken(value)))
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+fn split_list(raw: &str) -> Vec<String> {
+    raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn expires_at(after: Duration) -> prost_types::Timestamp {
+    let at = std::time::SystemTime::now() + after;
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: 0,
+    }
+}
+
+fn time(ts: &Option<prost_types::Timestamp>) -> String {
+    ts.as_ref().map_or_else(|| "-".to_owned(), |t| format!("{}", t.seconds))
+}
+
+/// Readable text, or JSON with `--json`.
+fn print(json: bool, value: serde_json::Value, text: String) {
+    if json {
+        println!("{value:#}");
+    } else {
+        println!("{text}");
+    }
+}
+
+fn app_json(app: &pb::Application) -> serde_json::Value {
+    serde_json::json!({
+        "id": app.id, "account_id": app.account_id, "name": app.name,
+        "created_at": app.created_at.as_ref().map(|t| t.seconds),
+    })
+}
+
+fn key_json(key: &pb::ApiKey) -> serde_json::Value {
+    serde_json::json!({
+        "id": key.id, "account_id": key.account_id, "name": key.name, "scopes": key.scopes,
+        "application_ids": key.application_ids, "status": status_name(key.status),
+        "created_at": key.created_at.as_ref().map(|t| t.seconds),
+        "expires_at": key.expires_at.as_ref().map(|t| t.seconds),
+        "revoked_at": key.revoked_at.as_ref().map(|t| t.seconds),
+        "revoked_reason": key.revoked_reason,
+    })
+}
+
+fn status_name(status: i32) -> &'static str {
+    match pb::ApiKeyStatus::try_from(status) {
+        Ok(pb::ApiKeyStatus::Active) => "active",
+        Ok(pb::ApiKeyStatus::Expired) => "expired",
+        Ok(pb::ApiKeyStatus::Revoked) => "revoked",
+        _ => "unknown",
+    }
+}
+
+fn key_line(key: &pb::ApiKey) -> String {
+    format!(
+        "{:<22} {:<8} {:<24} scopes={} apps={} expires_at={}",
+        key.id,
+        status_name(key.status),
+        key.name,
+        key.scopes.join(","),
+        if key.application_ids.is_empty() { "*".to_owned() } else { key.application_ids.join(",") },
+        time(&key.expires_at),
+    )
+}
+
+fn app_line(app: &pb::Application) -> String {
+    format!("{:<22} {:<16} {}", app.id, app.account_id, app.name)
+}
+
+/// Turns a gRPC error into one readable line (code, message), never a debug dump.
+fn explain(status: tonic::Status) -> anyhow::Error {
+    use tonic_types::StatusExt;
+    let reason = status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_else(|| format!("{:?}", status.code()));
+    anyhow::anyhow!("{reason}: {}", status.message())
+}
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) => unreachable!("main runs the server"),
+        Command::Policy(PolicyCommand::Check { file }) => {
+            let policy = Policy::load(&file)?;
+            println!("{}: {} routes, valid", file.display(), policy.routes().len());
+            for route in policy.routes() {
+                let scopes: Vec<_> = route.scopes.iter().map(|s| s.as_str()).collect();
+                println!("  {:<60} {}", route.template, scopes.join(","));
+            }
+            Ok(())
+        }
+        Command::App(command) => run_app(command).await,
+        Command::Key(command) => run_key(command).await,
+        Command::Authorize(args) => {
+            let mut client = AuthorizerClient::new(args.connection.channel().await?);
+            let response = client
+                .authorize(pb::AuthorizeRequest {
+                    credential: args.credential,
+                    method: args.method,
+                    path: args.path,
+                    application_id: args.application,
+                    required_scopes: args.scopes,
+                    client_ip: String::new(),
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let principal = response.principal.as_ref();
+            print(
+                args.connection.json,
+                serde_json::json!({
+                    "allowed": response.allowed, "code": response.code, "http_status": response.http_status,
+                    "message": response.message, "route": response.route, "application_id": response.application_id,
+                    "key_id": principal.map(|p| &p.key_id), "account_id": principal.map(|p| &p.account_id),
+                }),
+                if response.allowed {
+                    format!("allowed  route={} key={}", response.route, principal.map_or("-", |p| &p.key_id))
+                } else {
+                    format!("denied   {} {} ({})", response.http_status, response.code, response.message)
+                },
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn run_app(command: AppCommand) -> anyhow::Result<()> {
+    match command {
+        AppCommand::Create { account, name, connection } => {
+            let request = pb::CreateApplicationRequest { account_id: account, name };
+            let app = connection.admin().await?.create_application(request).await.map_err(explain)?.into_inner();
+            print(connection.json, app_json(&app), app_line(&app));
+        }
+        AppCommand::Get { id, connection } => {
+            let request = pb::GetApplicationRequest { id };
+            let app = connection.admin().await?.get_application(request).await.map_err(explain)?.into_inner();
+            print(connection.json, app_json(&app), app_line(&app));
+        }
+        AppCommand::List { account, connection } => {
+            let mut admin = connection.admin().await?;
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = pb::ListApplicationsRequest {
+                    account_id: account.clone(),
+                    page_size: 500,
+                    page_token,
+                };
+                let page = admin.list_applications(request).await.map_err(explain)?.into_inner();
+                all.extend(page.applications);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            print(
+                connection.json,
+                all.iter().map(app_json).collect(),
+                all.iter().map(app_line).collect::<Vec<_>>().join("\n"),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::Create { account, name, scopes, applications, expires_in, connection } => {
+            let request = pb::CreateApiKeyRequest {
+                account_id: account,
+                name,
+                scopes,
+                application_ids: applications,
+                expires_at: expires_in.map(expires_at),
+            };
+            let created = connection.admin().await?.create_api_key(request).await.map_err(explain)?.into_inner();
+            let key = created.key.unwrap_or_default();
+            let mut json = key_json(&key);
+            json["secret"] = created.secret.clone().into();
+            print(
+                connection.json,
+                json,
+                format!("{}\nsecret (shown once, store it now): {}", key_line(&key), created.secret),
+            );
+        }
+        KeyCommand::Get { id, connection } => {
+            let key = connection.admin().await?.get_api_key(pb::GetApiKeyRequest { id }).await.map_err(explain)?.into_inner();
+            print(connection.json, key_json(&key), key_line(&key));
+        }
+        KeyCommand::List { account, search, connection } => {
+            let search_params = search.map(|s| serde_json::json!({ "searchString": s }).to_string()).unwrap_or_default();
+            let mut admin = connection.admin().await?;
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = pb::ListApiKeysRequest {
+                    account_id: account.clone(),
+                    page_size: 500,
+                    page_token,
+                    search_params: search_params.clone(),
+                };
+                let page = admin.list_api_keys(request).await.map_err(explain)?.into_inner();
+                all.extend(page.keys);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            print(
+                connection.json,
+                all.iter().map(key_json).collect(),
+                all.iter().map(key_line).collect::<Vec<_>>().join("\n"),
+            );
+        }
+        KeyCommand::Update { id, name, scopes, apps, expires_in, no_expiry, connection } => {
+            let request = pb::UpdateApiKeyRequest {
+                id,
+                name,
+                scopes: scopes.map(|s| pb::StringList { values: split_list(&s) }),
+                application_ids: apps.map(|a| pb::StringList { values: split_list(&a) }),
+                expires_at: expires_in.map(expires_at),
+                clear_expires_at: no_expiry,
+            };
+            let key = connection.admin().await?.update_api_key(request).await.map_err(explain)?.into_inner();
+            print(connection.json, key_json(&key), key_line(&key));
+        }
+        KeyCommand::Revoke { id, reason, connection } => {
+            let request = pb::RevokeApiKeyRequest { id, reason };
+            let key = connection.admin().await?.revoke_api_key(request).await.map_err(explain)?.into_inner();
+            print(connection.json, key_json(&key), key_line(&key));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86_400));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("5w").is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! The one place that knows the error page's codes: their strings, HTTP statuses, gRPC
+//! statuses and default messages. Nothing else spells `"api_key_revoked"`.
+
+/// Every stable code of the management API's error page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    ValidationError,
+    BadRequest,
+    Unauth,
+    ApiKeyInvalid,
+    ApiKeyExpired,
+    ApiKeyRevoked,
+    InsufficientScope,
+    ApplicationForbidden,
+    SessionRequired,
+    NotFound,
+    RateLimitReached,
+    InternalError,
+}
+
+impl Code {
+    pub const ALL: [Code; 12] = [
+        Code::ValidationError,
+        Code::BadRequest,
+        Code::Unauth,
+        Code::ApiKeyInvalid,
+        Code::ApiKeyExpired,
+        Code::ApiKeyRevoked,
+        Code::InsufficientScope,
+        Code::ApplicationForbidden,
+        Code::SessionRequired,
+        Code::NotFound,
+        Code::RateLimitReached,
+        Code::InternalError,
+    ];
+
+    /// The code exactly as the error page spells it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Code::ValidationError => "VALIDATION_ERROR",
+            Code::BadRequest => "bad_request",
+            Code::Unauth => "unauth",
+            Code::ApiKeyInvalid => "api_key_invalid",
+            Code::ApiKeyExpired => "api_key_expired",
+            Code::ApiKeyRevoked => "api_key_revoked",
+            Code::InsufficientScope => "insufficient_scope",
+            Code::ApplicationForbidden => "application_forbidden",
+            Code::SessionRequired => "session_required",
+            Code::NotFound => "not_found",
+            Code::RateLimitReached => "rate_limit_reached",
+            Code::InternalError => "INTERNAL_ERROR",
+        }
+    }
+
+    pub const fn http_status(self) -> u16 {
+        match self {
+            Code::ValidationError | Code::BadRequest => 400,
+            Code::Unauth | Code::ApiKeyInvalid | Code::ApiKeyExpired | Code::ApiKeyRevoked => 401,
+            Code::InsufficientScope | Code::ApplicationForbidden | Code::SessionRequired => 403,
+            Code::NotFound => 404,
+            Code::RateLimitReached => 429,
+            Code::InternalError => 500,
+        }
+    }
+
+    /// The gRPC status code for when this code is an error of an RPC itself (admin calls),
+    /// not a decision inside a successful Authorize response.
+    pub const fn grpc_code(self) -> tonic::Code {
+        match self {
+            Code::ValidationError | Code::BadRequest => tonic::Code::InvalidArgument,
+            Code::Unauth | Code::ApiKeyInvalid | Code::ApiKeyExpired | Code::ApiKeyRevoked => {
+                tonic::Code::Unauthenticated
+            }
+            Code::InsufficientScope | Code::ApplicationForbidden | Code::SessionRequired => {
+                tonic::Code::PermissionDenied
+            }
+            Code::NotFound => tonic::Code::NotFound,
+            Code::RateLimitReached => tonic::Code::ResourceExhausted,
+            Code::InternalError => tonic::Code::Internal,
+        }
+    }
+
+    /// The error page's meaning, as the default human text of a deny.
+    pub const fn default_message(self) -> &'static str {
+        match self {
+            Code::ValidationError => "Request does not match the schema",
+            Code::BadRequest => "The request is invalid for the resource",
+            Code::Unauth => "Dashboard session is missing or invalid",
+            Code::ApiKeyInvalid => "API key is missing, malformed, unknown, or hash verification failed",
+            Code::ApiKeyExpired => "API key is past its expiration time",
+            Code::ApiKeyRevoked => "API key has been revoked",
+            Code::InsufficientScope => "The key does not include the scope required by the route",
+            Code::ApplicationForbidden => "The key is restricted away from the requested application",
+            Code::SessionRequired => "The route accepts only dashboard session authentication",
+            Code::NotFound => "The requested application or related resource was not found",
+            Code::RateLimitReached => "A rate limit was exceeded",
+            Code::InternalError => "Unhandled server error",
+        }
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error page's table, row by row.
+    #[test]
+    fn codes_and_statuses_match_the_error_page() {
+        let page = [
+            (400, "VALIDATION_ERROR"),
+            (400, "bad_request"),
+            (401, "unauth"),
+            (401, "api_key_invalid"),
+            (401, "api_key_expired"),
+            (401, "api_key_revoked"),
+            (403, "insufficient_scope"),
+            (403, "application_forbidden"),
+            (403, "session_required"),
+            (404, "not_found"),
+            (429, "rate_limit_reached"),
+            (500, "INTERNAL_ERROR"),
+        ];
+        let ours: Vec<_> = Code::ALL.iter().map(|c| (c.http_status(), c.as_str())).collect();
+        assert_eq!(ours, page);
+    }
+}

@@ -1,0 +1,241 @@
+//! Settings for `keygate serve`. Each has a documented default, a flag and a `KEYGATE_*`
+//! environment variable; [`ServeArgs::into_settings`] checks them all and reports every
+//! bad value at once.
+
+use crate::authz::verifier::Argon2Settings;
+use crate::authz::VerifiedCacheSettings;
+use crate::store::cached::CacheSettings;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate-data/keygate.db";
+pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "keygate-data/admin-token";
+/// Admin tokens shorter than this are refused: they guard every key.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "KEYGATE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// sqlite://PATH (created if missing) or postgres://USER@HOST/DB.
+    #[arg(long, env = "KEYGATE_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    /// Route policy file (TOML). Default: the built-in policy for the management API.
+    #[arg(long, env = "KEYGATE_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// An accepted admin token (at least 16 characters). When unset, the token file is used.
+    #[arg(long, env = "KEYGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Used when no admin token is given: read, or created with a new random token (mode 0600).
+    #[arg(long, env = "KEYGATE_ADMIN_TOKEN_FILE", default_value = DEFAULT_ADMIN_TOKEN_FILE)]
+    pub admin_token_file: PathBuf,
+    /// Log format.
+    #[arg(long, env = "KEYGATE_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+    /// Most key records (and applications) cached in memory.
+    #[arg(long, env = "KEYGATE_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: u64,
+    /// Backstop on cached records, in seconds: staleness never exceeds it (1..=30).
+    #[arg(long, env = "KEYGATE_CACHE_TTL_SECONDS", default_value_t = 30)]
+    pub cache_ttl_seconds: u64,
+    /// argon2id memory cost in KiB (OWASP minimum: 19456).
+    #[arg(long, env = "KEYGATE_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations.
+    #[arg(long, env = "KEYGATE_ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+    /// argon2 verifications running at once (default: the number of cores).
+    #[arg(long, env = "KEYGATE_ARGON2_CONCURRENCY")]
+    pub argon2_concurrency: Option<usize>,
+    /// Database connections in the pool.
+    #[arg(long, env = "KEYGATE_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+}
+
+/// A database URL whose password `Debug` does not print.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // scheme://user:password@host → scheme://user:***@host
+        match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme_end), Some(at)) if at > scheme_end => {
+                let userinfo = &self.0[scheme_end + 3..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                write!(f, "{}{}:***{}", &self.0[..scheme_end + 3], user, &self.0[at..])
+            }
+            _ => f.write_str(&self.0),
+        }
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Where admin tokens come from.
+#[derive(Clone)]
+pub enum AdminTokenSource {
+    Given(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for AdminTokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Given(_) => f.write_str("Given(<redacted>)"),
+            Self::File(path) => write!(f, "File({})", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database_url: DatabaseUrl,
+    pub database_max_connections: u32,
+    pub policy: Option<PathBuf>,
+    pub admin_token: AdminTokenSource,
+    pub log_format: LogFormat,
+    pub cache: CacheSettings,
+    pub verified_cache: VerifiedCacheSettings,
+    pub argon2: Argon2Settings,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:{}", .0.iter().map(|p| format!("\n  - {p}")).collect::<String>())]
+pub struct ConfigError(pub Vec<String>);
+
+impl ServeArgs {
+    pub fn into_settings(self) -> Result<Settings, ConfigError> {
+        let mut problems = Vec::new();
+        let listen = self.listen.parse().unwrap_or_else(|_| {
+            problems.push(format!("--listen / KEYGATE_LISTEN: {:?} is not an address like 127.0.0.1:50051", self.listen));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        });
+        if crate::store::sql::Backend::of_url(&self.database_url).is_none() {
+            problems.push("--database-url / KEYGATE_DATABASE_URL: must start with sqlite:// or postgres://".to_owned());
+        }
+        if !(1..=30).contains(&self.cache_ttl_seconds) {
+            problems.push("--cache-ttl-seconds: must be between 1 and 30".to_owned());
+        }
+        if self.cache_capacity == 0 {
+            problems.push("--cache-capacity: must be at least 1".to_owned());
+        }
+        if self.argon2_memory_kib < 8 * 1024 || self.argon2_iterations == 0 {
+            problems.push("--argon2-memory-kib must be at least 8192 and --argon2-iterations at least 1".to_owned());
+        }
+        if self.argon2_concurrency == Some(0) {
+            problems.push("--argon2-concurrency: must be at least 1".to_owned());
+        }
+        if self.database_max_connections == 0 {
+            problems.push("--database-max-connections: must be at least 1".to_owned());
+        }
+        let admin_token = match self.admin_token {
+            Some(token) if token.trim().len() < MIN_ADMIN_TOKEN_LEN => {
+                problems.push(format!("KEYGATE_ADMIN_TOKEN: must be at least {MIN_ADMIN_TOKEN_LEN} characters"));
+                AdminTokenSource::Given(token)
+            }
+            Some(token) => AdminTokenSource::Given(token.trim().to_owned()),
+            None => AdminTokenSource::File(self.admin_token_file),
+        };
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        let ttl = Duration::from_secs(self.cache_ttl_seconds);
+        let defaults = Argon2Settings::default();
+        Ok(Settings {
+            listen,
+            database_url: DatabaseUrl::new(self.database_url),
+            database_max_connections: self.database_max_connections,
+            policy: self.policy,
+            admin_token,
+            log_format: self.log_format,
+            cache: CacheSettings {
+                capacity: self.cache_capacity,
+                ttl,
+            },
+            verified_cache: VerifiedCacheSettings {
+                capacity: self.cache_capacity,
+                // Whether a secret matches never changes; the TTL only bounds memory churn.
+                ttl: Duration::from_secs(3600),
+            },
+            argon2: Argon2Settings {
+                memory_kib: self.argon2_memory_kib,
+                iterations: self.argon2_iterations,
+                parallelism: 1,
+                max_concurrent: self.argon2_concurrency.unwrap_or(defaults.max_concurrent),
+            },
+        })
+    }
+}
+
+impl Settings {
+    /// Defaults for a given database, as `keygate serve` with no flags would use.
+    pub fn with_database(database_url: &str) -> Self {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let mut args = Only::parse_from(["keygate"]).serve;
+        args.database_url = database_url.to_owned();
+        args.into_settings().expect("defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_debug_masks_the_password() {
+        let url = DatabaseUrl::new("postgres://kg:hunter2@db:5432/keygate");
+        assert_eq!(format!("{url:?}"), "postgres://kg:***@db:5432/keygate");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let bad = ServeArgs {
+            listen: "nowhere".into(),
+            database_url: "mysql://x".into(),
+            policy: None,
+            admin_token: Some("short".into()),
+            admin_token_file: "t".into(),
+            log_format: LogFormat::Pretty,
+            cache_capacity: 0,
+            cache_ttl_seconds: 0,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            argon2_concurrency: None,
+            database_max_connections: 10,
+        };
+        let err = bad.into_settings().unwrap_err();
+        assert_eq!(err.0.len(), 5, "{err}");
+        assert!(!err.to_string().contains("short\""), "{err}");
+    }
+}

@@ -1,0 +1,215 @@
+//! The API key credential: `kg_` + key id (16) + secret (44) + checksum (6), all base62.
+//!
+//! - The key id is not secret: it finds the stored record with one indexed lookup.
+//! - The secret is 44 base62 characters from the OS CSPRNG: 44 × log2(62) ≈ 262 bits.
+//! - The checksum (CRC-32 of everything before it) rejects typos and garbage before any
+//!   I/O. It is not a MAC: anyone can compute it, so the store and argon2 stay the gate.
+
+use super::KeyId;
+use std::fmt;
+
+pub const CREDENTIAL_PREFIX: &str = "kg_";
+pub(crate) const KEY_ID_LEN: usize = 16;
+const SECRET_LEN: usize = 44;
+const CHECKSUM_LEN: usize = 6;
+const CREDENTIAL_LEN: usize = CREDENTIAL_PREFIX.len() + KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Why a credential was rejected before any lookup. Never carries the credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedCredential {
+    #[error("the credential does not start with the API key prefix")]
+    Prefix,
+    #[error("the credential has the wrong length")]
+    Length,
+    #[error("the credential contains characters outside the key alphabet")]
+    Alphabet,
+    #[error("the credential's checksum does not match")]
+    Checksum,
+}
+
+/// A syntactically valid credential, borrowed from the request.
+#[derive(Clone, Copy)]
+pub struct ApiKeyCredential<'a> {
+    raw: &'a str,
+}
+
+impl<'a> ApiKeyCredential<'a> {
+    /// Checks prefix, length, alphabet and checksum. Allocates nothing.
+    pub fn parse(raw: &'a str) -> Result<Self, MalformedCredential> {
+        let Some(rest) = raw.strip_prefix(CREDENTIAL_PREFIX) else {
+            return Err(MalformedCredential::Prefix);
+        };
+        if raw.len() != CREDENTIAL_LEN {
+            return Err(MalformedCredential::Length);
+        }
+        if !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(MalformedCredential::Alphabet);
+        }
+        let (body, checksum) = raw.split_at(CREDENTIAL_LEN - CHECKSUM_LEN);
+        if checksum.as_bytes() != encode_checksum(crc32(body.as_bytes())) {
+            return Err(MalformedCredential::Checksum);
+        }
+        Ok(Self { raw })
+    }
+
+    pub fn key_id(&self) -> KeyId {
+        let start = CREDENTIAL_PREFIX.len();
+        KeyId::from_body(&self.raw.as_bytes()[start..start + KEY_ID_LEN])
+            .expect("parse checked the alphabet and length")
+    }
+
+    /// The secret part, the only part argon2 hashes.
+    pub fn secret(&self) -> &'a str {
+        let start = CREDENTIAL_PREFIX.len() + KEY_ID_LEN;
+        &self.raw[start..start + SECRET_LEN]
+    }
+
+    pub fn as_str(&self) -> &'a str {
+        self.raw
+    }
+}
+
+impl fmt::Debug for ApiKeyCredential<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKeyCredential({}, <redacted>)", self.key_id())
+    }
+}
+
+/// A freshly generated key: shown to its creator once, then dropped.
+pub struct GeneratedKey {
+    credential: String,
+}
+
+impl GeneratedKey {
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut credential = String::with_capacity(CREDENTIAL_LEN);
+        credential.push_str(CREDENTIAL_PREFIX);
+        credential.push_str(&random_base62(KEY_ID_LEN)?);
+        credential.push_str(&random_base62(SECRET_LEN)?);
+        let checksum = encode_checksum(crc32(credential.as_bytes()));
+        credential.push_str(std::str::from_utf8(&checksum).expect("base62 is ASCII"));
+        Ok(Self { credential })
+    }
+
+    pub fn credential(&self) -> ApiKeyCredential<'_> {
+        ApiKeyCredential::parse(&self.credential).expect("generated credentials are well-formed")
+    }
+
+    /// The full credential, for the one response that may carry it.
+    pub fn into_secret_string(self) -> String {
+        self.credential
+    }
+}
+
+impl fmt::Debug for GeneratedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.credential().fmt(f)
+    }
+}
+
+/// Uniform base62 from the OS CSPRNG, by rejection sampling (248 = 4 × 62).
+pub(crate) fn random_base62(len: usize) -> Result<String, getrandom::Error> {
+    let mut out = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    while out.len() < len {
+        getrandom::getrandom(&mut buf)?;
+        for &b in &buf {
+            if b < 248 && out.len() < len {
+                out.push(BASE62[(b % 62) as usize] as char);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn encode_checksum(mut value: u32) -> [u8; CHECKSUM_LEN] {
+    // 62^6 > 2^32, so six digits hold any CRC-32.
+    let mut out = [b'0'; CHECKSUM_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(value % 62) as usize];
+        value /= 62;
+    }
+    out
+}
+
+const CRC32_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            k += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+};
+
+fn crc32(bytes: &[u8]) -> u32 {
+    !bytes.iter().fold(!0u32, |crc, &b| {
+        CRC32_TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32_matches_the_standard_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn generated_keys_parse_and_round_trip() {
+        for _ in 0..100 {
+            let key = GeneratedKey::generate().unwrap();
+            let parsed = key.credential();
+            assert_eq!(parsed.as_str().len(), CREDENTIAL_LEN);
+            assert_eq!(parsed.secret().len(), SECRET_LEN);
+            let id = parsed.key_id();
+            assert_eq!(KeyId::parse(&id.to_string()).unwrap(), id);
+        }
+    }
+
+    #[test]
+    fn every_single_character_typo_is_rejected() {
+        let key = GeneratedKey::generate().unwrap().into_secret_string();
+        for i in CREDENTIAL_PREFIX.len()..key.len() {
+            let mut bytes = key.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
+            let typo = String::from_utf8(bytes).unwrap();
+            assert_eq!(
+                ApiKeyCredential::parse(&typo).unwrap_err(),
+                MalformedCredential::Checksum
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_is_classified() {
+        let key = GeneratedKey::generate().unwrap().into_secret_string();
+        assert_eq!(ApiKeyCredential::parse("").unwrap_err(), MalformedCredential::Prefix);
+        assert_eq!(ApiKeyCredential::parse("sk_live_x").unwrap_err(), MalformedCredential::Prefix);
+        assert_eq!(ApiKeyCredential::parse("kg_short").unwrap_err(), MalformedCredential::Length);
+        let long = format!("{key}a");
+        assert_eq!(ApiKeyCredential::parse(&long).unwrap_err(), MalformedCredential::Length);
+        let unicode = format!("kg_é{}", &key[5..]);
+        assert!(ApiKeyCredential::parse(&unicode).is_err());
+        let dashed = format!("kg_-{}", &key[4..]);
+        assert_eq!(ApiKeyCredential::parse(&dashed).unwrap_err(), MalformedCredential::Alphabet);
+    }
+
+    #[test]
+    fn debug_never_prints_the_secret() {
+        let key = GeneratedKey::generate().unwrap();
+        let secret = key.credential().secret().to_owned();
+        assert!(!format!("{key:?}").contains(&secret));
+        assert!(!format!("{:?}", key.credential()).contains(&secret));
+    }
+}

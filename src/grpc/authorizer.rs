@@ -1,0 +1,39 @@
+//! `keygate.v1.Authorizer`: a deny is an ordinary response; only a malformed request or
+//! a failure is a gRPC error.
+
+use super::proto::{self as pb, authorizer_server};
+use super::{convert, RequestId};
+use crate::authz::Authorizer;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+pub struct AuthorizerService {
+    authorizer: Arc<Authorizer>,
+}
+
+impl AuthorizerService {
+    pub fn new(authorizer: Arc<Authorizer>) -> Self {
+        Self { authorizer }
+    }
+}
+
+#[tonic::async_trait]
+impl authorizer_server::Authorizer for AuthorizerService {
+    async fn authorize(&self, request: Request<pb::AuthorizeRequest>) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let request_id = RequestId::from_metadata(request.metadata());
+        let span = tracing::debug_span!("authorize", request_id = %request_id);
+        let message = request.into_inner();
+        let query = convert::authorize_query(&message)?;
+        let verdict = self.authorizer.authorize(&query).instrument(span.clone()).await?;
+        span.in_scope(|| {
+            tracing::debug!(
+                route = verdict.route.as_deref().unwrap_or("-"),
+                code = verdict.deny.as_ref().map_or("allowed", |d| d.code.as_str()),
+                key_id = verdict.principal.as_ref().map(|k| k.id.to_string()).as_deref().unwrap_or("-"),
+                "decided"
+            )
+        });
+        Ok(request_id.attach(Response::new(convert::authorize_response(verdict))))
+    }
+}

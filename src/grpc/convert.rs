@@ -1,0 +1,199 @@
+//! Proto ↔ domain. Every request field is validated here, at the edge, into a domain
+//! type; a bad one becomes a VALIDATION_ERROR that names the field.
+
+use super::proto as pb;
+use crate::authz::{AuthorizeQuery, Verdict};
+use crate::code::Code;
+use crate::domain::{AccountId, ApplicationId, InvalidField, KeyId, Name, Scope, Scopes, Timestamp};
+use crate::manage::NewApiKey;
+use crate::store::{Application, KeyChanges, KeyRecord, PageRequest};
+
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 500;
+pub const MAX_PATH_LEN: usize = 4096;
+pub const MAX_METHOD_LEN: usize = 16;
+pub const MAX_REQUIRED_SCOPES: usize = 32;
+
+pub fn timestamp_from_proto(field: &'static str, ts: &prost_types::Timestamp) -> Result<Timestamp, InvalidField> {
+    // Up to the year 9999; enough for an expiry and far from overflow.
+    const MAX_SECONDS: i64 = 253_402_300_799;
+    if !(0..1_000_000_000).contains(&ts.nanos) || !(0..=MAX_SECONDS).contains(&ts.seconds) {
+        return Err(InvalidField::new(field, "is not a valid timestamp between 1970 and 9999"));
+    }
+    Ok(Timestamp::from_millis(ts.seconds * 1000 + i64::from(ts.nanos / 1_000_000)))
+}
+
+pub fn timestamp_to_proto(ts: Timestamp) -> prost_types::Timestamp {
+    let millis = ts.as_millis();
+    prost_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn application_to_proto(app: &Application) -> pb::Application {
+    pb::Application {
+        id: app.id.to_string(),
+        account_id: app.account_id.to_string(),
+        name: app.name.as_str().to_owned(),
+        created_at: Some(timestamp_to_proto(app.created_at)),
+    }
+}
+
+pub fn key_to_proto(key: &KeyRecord, now: Timestamp) -> pb::ApiKey {
+    let status = if key.is_revoked() {
+        pb::ApiKeyStatus::Revoked
+    } else if key.is_expired_at(now) {
+        pb::ApiKeyStatus::Expired
+    } else {
+        pb::ApiKeyStatus::Active
+    };
+    pb::ApiKey {
+        id: key.id.to_string(),
+        account_id: key.account_id.to_string(),
+        name: key.name.as_str().to_owned(),
+        scopes: key.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+        application_ids: key.application_ids.iter().map(|a| a.to_string()).collect(),
+        created_at: Some(timestamp_to_proto(key.created_at)),
+        updated_at: Some(timestamp_to_proto(key.updated_at)),
+        expires_at: key.expires_at.map(timestamp_to_proto),
+        revoked_at: key.revoked_at.map(timestamp_to_proto),
+        revoked_reason: key.revoked_reason.clone().unwrap_or_default(),
+        status: status.into(),
+    }
+}
+
+/// `page_token` is the last id of the previous page; `valid_token` checks its shape.
+pub fn page_request(
+    page_size: u32,
+    page_token: &str,
+    valid_token: impl Fn(&str) -> bool,
+) -> Result<PageRequest, InvalidField> {
+    let limit = match page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n if n <= MAX_PAGE_SIZE => n,
+        _ => return Err(InvalidField::new("page_size", format!("must be at most {MAX_PAGE_SIZE}"))),
+    };
+    let after = match page_token {
+        "" => None,
+        token if valid_token(token) => Some(token.to_owned()),
+        _ => return Err(InvalidField::new("page_token", "is not a token this listing returned")),
+    };
+    Ok(PageRequest { after, limit })
+}
+
+pub fn application_ids(field: &'static str, raw: &[String]) -> Result<Vec<ApplicationId>, InvalidField> {
+    let mut ids = raw
+        .iter()
+        .map(|id| ApplicationId::parse_field(field, id))
+        .collect::<Result<Vec<_>, _>>()?;
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
+impl TryFrom<pb::CreateApiKeyRequest> for NewApiKey {
+    type Error = InvalidField;
+
+    fn try_from(req: pb::CreateApiKeyRequest) -> Result<Self, Self::Error> {
+        Ok(NewApiKey {
+            account_id: AccountId::parse(&req.account_id)?,
+            name: Name::parse("name", &req.name)?,
+            scopes: Scopes::parse_grants(&req.scopes)?,
+            application_ids: application_ids("application_ids", &req.application_ids)?,
+            expires_at: req
+                .expires_at
+                .as_ref()
+                .map(|ts| timestamp_from_proto("expires_at", ts))
+                .transpose()?,
+        })
+    }
+}
+
+pub fn key_changes(req: &pb::UpdateApiKeyRequest) -> Result<(KeyId, KeyChanges), InvalidField> {
+    let id = KeyId::parse(&req.id)?;
+    if req.clear_expires_at && req.expires_at.is_some() {
+        return Err(InvalidField::new("clear_expires_at", "cannot be combined with expires_at"));
+    }
+    let expires_at = match (&req.expires_at, req.clear_expires_at) {
+        (Some(ts), _) => Some(Some(timestamp_from_proto("expires_at", ts)?)),
+        (None, true) => Some(None),
+        (None, false) => None,
+    };
+    let changes = KeyChanges {
+        name: req.name.as_deref().map(|n| Name::parse("name", n)).transpose()?,
+        scopes: req.scopes.as_ref().map(|s| Scopes::parse_grants(&s.values)).transpose()?,
+        application_ids: req
+            .application_ids
+            .as_ref()
+            .map(|a| application_ids("application_ids", &a.values))
+            .transpose()?,
+        expires_at,
+    };
+    if changes.name.is_none() && changes.scopes.is_none() && changes.application_ids.is_none() && changes.expires_at.is_none() {
+        return Err(InvalidField::new("update", "names no field to change"));
+    }
+    Ok((id, changes))
+}
+
+/// Checks the request's own shape; the credential is judged by the decision, not here.
+pub fn authorize_query(req: &pb::AuthorizeRequest) -> Result<AuthorizeQuery<'_>, InvalidField> {
+    if req.method.is_empty() || req.method.len() > MAX_METHOD_LEN || !req.method.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(InvalidField::new("method", "must be an HTTP method such as GET"));
+    }
+    if !req.path.starts_with('/') {
+        return Err(InvalidField::new("path", "must start with '/'"));
+    }
+    if req.path.len() > MAX_PATH_LEN {
+        return Err(InvalidField::new("path", format!("must be at most {MAX_PATH_LEN} bytes")));
+    }
+    if req.required_scopes.len() > MAX_REQUIRED_SCOPES {
+        return Err(InvalidField::new("required_scopes", format!("at most {MAX_REQUIRED_SCOPES}")));
+    }
+    if !req.client_ip.is_empty() && req.client_ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(InvalidField::new("client_ip", "is not an IP address"));
+    }
+    Ok(AuthorizeQuery {
+        credential: &req.credential,
+        method: &req.method,
+        path: &req.path,
+        application_id: Some(req.application_id.as_str()).filter(|a| !a.is_empty()),
+        required_scopes: req
+            .required_scopes
+            .iter()
+            .map(|s| Scope::parse_required(s))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+pub fn authorize_response(verdict: Verdict) -> pb::AuthorizeResponse {
+    let (allowed, code, http_status, message) = match &verdict.deny {
+        None => (true, String::new(), 200, String::new()),
+        Some(deny) => (
+            false,
+            deny.code.as_str().to_owned(),
+            u32::from(deny.code.http_status()),
+            deny.message.to_string(),
+        ),
+    };
+    pb::AuthorizeResponse {
+        allowed,
+        code,
+        http_status,
+        message,
+        principal: verdict.principal.as_deref().map(|key| pb::Principal {
+            kind: "api_key".to_owned(),
+            key_id: key.id.to_string(),
+            account_id: key.account_id.to_string(),
+            scopes: key.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            application_ids: key.application_ids.iter().map(|a| a.to_string()).collect(),
+        }),
+        route: verdict.route.as_deref().unwrap_or_default().to_owned(),
+        application_id: verdict.application_id.unwrap_or_default(),
+    }
+}
+
+/// For tests and the CLI: the code of a response, as the domain enum.
+pub fn code_of(response: &pb::AuthorizeResponse) -> Option<Code> {
+    Code::ALL.into_iter().find(|c| c.as_str() == response.code)
+}

@@ -1,0 +1,64 @@
+//! The gRPC edge. Protobuf types stop here: handlers convert requests into domain
+//! values ([`convert`]), call the domain, and map results and errors back ([`status`]).
+
+pub mod admin;
+pub mod authorizer;
+pub mod convert;
+pub mod status;
+
+/// Generated from `proto/keygate/v1`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("keygate.v1");
+
+    /// For gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/keygate_descriptor.bin"));
+}
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use tonic::metadata::{MetadataMap, MetadataValue};
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The caller's request id, or a new one. Echoed back in the response metadata.
+#[derive(Debug, Clone)]
+pub struct RequestId(MetadataValue<tonic::metadata::Ascii>);
+
+impl RequestId {
+    pub fn from_metadata(metadata: &MetadataMap) -> Self {
+        let given = metadata.get(REQUEST_ID_HEADER).filter(|v| {
+            let bytes = v.as_bytes();
+            !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID_LEN && bytes.iter().all(|b| b.is_ascii_graphic())
+        });
+        Self(given.cloned().unwrap_or_else(generate))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("-")
+    }
+
+    pub fn attach<T>(self, mut response: tonic::Response<T>) -> tonic::Response<T> {
+        response.metadata_mut().insert(REQUEST_ID_HEADER, self.0);
+        response
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A process-unique id: a random per-process prefix and a counter (no syscall per call).
+fn generate() -> MetadataValue<tonic::metadata::Ascii> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        let _ = getrandom::getrandom(&mut bytes);
+        u32::from_le_bytes(bytes)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    MetadataValue::try_from(format!("kg-{prefix:08x}-{n:x}")).expect("ASCII")
+}

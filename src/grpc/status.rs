@@ -1,0 +1,106 @@
+//! The one map from keygate's errors to gRPC statuses. Every status carries the error
+//! page's code as `google.rpc.ErrorInfo.reason`; internal failures are logged with an
+//! error id and the caller gets only the id, never a SQL message or a secret.
+
+use crate::authz::AuthzError;
+use crate::code::Code;
+use crate::domain::InvalidField;
+use crate::manage::ManageError;
+use crate::store::StoreError;
+use std::collections::HashMap;
+use tonic::Status;
+use tonic_types::{ErrorDetails, StatusExt};
+
+pub const ERROR_DOMAIN: &str = "keygate";
+
+/// A status for `code`, with the code as ErrorInfo.reason.
+pub fn coded(code: Code, message: impl Into<String>) -> Status {
+    coded_with(code.grpc_code(), code, message.into(), HashMap::new())
+}
+
+fn coded_with(grpc: tonic::Code, code: Code, message: String, metadata: HashMap<String, String>) -> Status {
+    Status::with_error_details(
+        grpc,
+        message,
+        ErrorDetails::with_error_info(code.as_str(), ERROR_DOMAIN, metadata),
+    )
+}
+
+/// Logs `cause` under a fresh error id and returns a status that carries only the id.
+pub fn internal(grpc: tonic::Code, cause: &dyn std::error::Error) -> Status {
+    let error_id = new_error_id();
+    tracing::error!(error_id = %error_id, error = %ErrorChain(cause), "request failed");
+    let message = match grpc {
+        tonic::Code::Unavailable => format!("the key store is unavailable; retry later (error id {error_id})"),
+        _ => format!("internal error (error id {error_id})"),
+    };
+    coded_with(
+        grpc,
+        Code::InternalError,
+        message,
+        HashMap::from([("error_id".to_owned(), error_id)]),
+    )
+}
+
+pub fn invalid(e: InvalidField) -> Status {
+    coded(Code::ValidationError, e.to_string())
+}
+
+impl From<InvalidField> for Status {
+    fn from(e: InvalidField) -> Self {
+        invalid(e)
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        let grpc = match e {
+            StoreError::Unavailable(_) => tonic::Code::Unavailable,
+            _ => tonic::Code::Internal,
+        };
+        internal(grpc, &e)
+    }
+}
+
+impl From<ManageError> for Status {
+    fn from(e: ManageError) -> Self {
+        match e {
+            ManageError::Invalid(e) => invalid(e),
+            ManageError::BadRequest(message) => coded(Code::BadRequest, message),
+            ManageError::NotFound(message) => coded(Code::NotFound, message),
+            ManageError::Store(e) => e.into(),
+            ManageError::Verifier(e) => internal(tonic::Code::Internal, &e),
+        }
+    }
+}
+
+impl From<AuthzError> for Status {
+    fn from(e: AuthzError) -> Self {
+        match e {
+            AuthzError::Unavailable(_) => internal(tonic::Code::Unavailable, &e),
+            other => internal(tonic::Code::Internal, &other),
+        }
+    }
+}
+
+fn new_error_id() -> String {
+    let mut bytes = [0u8; 8];
+    // An all-zero id on a failing random source still logs and answers.
+    let _ = getrandom::getrandom(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Formats an error with its sources, for the log line only.
+struct ErrorChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}

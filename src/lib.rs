@@ -1,0 +1,26 @@
+//! keygate: decides, on every request, whether a credential may call a route.
+//!
+//! # Layout
+//! - [`domain`]: ids, credentials, scopes, search params — parsed once at the edge.
+//! - [`code`]: the error page's codes, statuses and messages; the only place that spells them.
+//! - [`policy`]: the route policy file and its route matcher.
+//! - [`authz`]: Authorize — gathers facts and decides ([`authz::decision`] is pure).
+//! - [`manage`]: the admin API's rules for applications and keys.
+//! - [`store`]: the storage trait, its SQL implementation and the caching decorator.
+//! - [`grpc`]: tonic services; protobuf types stop here.
+//! - [`config`], [`startup`], [`telemetry`]: settings, wiring, logs.
+//! - [`clock`]: time as a dependency, so tests move it.
+//! - [`cli`]: the `keygate` command line client.
+
+pub mod authz;
+pub mod cli;
+pub mod clock;
+pub mod code;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod manage;
+pub mod policy;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,163 @@
+//! Key and application management: the admin API's rules, free of gRPC.
+
+use crate::authz::verifier::{Verifier, VerifierError};
+use crate::clock::Clock;
+use crate::domain::{AccountId, ApplicationId, GeneratedKey, InvalidField, KeyId, Name, Scopes, Timestamp};
+use crate::store::{Application, KeyChanges, KeyRecord, Page, PageRequest, Store, StoreError, UpdateOutcome};
+use std::sync::Arc;
+
+/// The most applications a key can be restricted to.
+pub const MAX_KEY_APPLICATIONS: usize = 100;
+pub const MAX_REASON_LEN: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    /// The request does not have the expected shape (VALIDATION_ERROR).
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    /// Well-formed but not valid for the resource (bad_request).
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Verifier(#[from] VerifierError),
+}
+
+#[derive(Debug)]
+pub struct NewApiKey {
+    pub account_id: AccountId,
+    pub name: Name,
+    pub scopes: Scopes,
+    pub application_ids: Vec<ApplicationId>,
+    pub expires_at: Option<Timestamp>,
+}
+
+pub struct Manager {
+    store: Arc<dyn Store>,
+    verifier: Arc<Verifier>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Manager {
+    pub fn new(store: Arc<dyn Store>, verifier: Arc<Verifier>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, verifier, clock }
+    }
+
+    pub async fn create_application(&self, account_id: AccountId, name: Name) -> Result<Application, ManageError> {
+        let app = Application {
+            id: ApplicationId::generate().map_err(VerifierError::from)?,
+            account_id,
+            name,
+            created_at: self.clock.now(),
+        };
+        self.store.create_application(&app).await?;
+        Ok(app)
+    }
+
+    pub async fn application(&self, id: &ApplicationId) -> Result<Arc<Application>, ManageError> {
+        self.store
+            .application(id)
+            .await?
+            .ok_or_else(|| ManageError::NotFound(format!("application {id} was not found")))
+    }
+
+    pub async fn list_applications(&self, account: &AccountId, page: &PageRequest) -> Result<Page<Application>, ManageError> {
+        Ok(self.store.list_applications(account, page).await?)
+    }
+
+    /// Creates a key; the returned credential is the only copy of the secret anywhere.
+    pub async fn create_api_key(&self, new: NewApiKey) -> Result<(KeyRecord, GeneratedKey), ManageError> {
+        let now = self.clock.now();
+        self.check_expiry(new.expires_at, now)?;
+        self.check_applications(&new.account_id, &new.application_ids).await?;
+        let generated = GeneratedKey::generate().map_err(VerifierError::from)?;
+        let secret_hash = self.verifier.hash(generated.credential().secret().as_bytes()).await?;
+        let record = KeyRecord {
+            id: generated.credential().key_id(),
+            account_id: new.account_id,
+            name: new.name,
+            scopes: new.scopes,
+            application_ids: new.application_ids,
+            secret_hash,
+            created_at: now,
+            updated_at: now,
+            expires_at: new.expires_at,
+            revoked_at: None,
+            revoked_reason: None,
+            version: 1,
+        };
+        self.store.create_key(&record).await?;
+        Ok((record, generated))
+    }
+
+    pub async fn api_key(&self, id: KeyId) -> Result<Arc<KeyRecord>, ManageError> {
+        self.store.key(id).await?.ok_or_else(|| key_not_found(id))
+    }
+
+    pub async fn list_api_keys(
+        &self,
+        account: &AccountId,
+        search: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Page<KeyRecord>, ManageError> {
+        Ok(self.store.list_keys(account, search, page).await?)
+    }
+
+    pub async fn update_api_key(&self, id: KeyId, changes: KeyChanges) -> Result<KeyRecord, ManageError> {
+        let now = self.clock.now();
+        if let Some(expires_at) = changes.expires_at {
+            self.check_expiry(expires_at, now)?;
+        }
+        if let Some(apps) = &changes.application_ids {
+            let key = self.api_key(id).await?;
+            self.check_applications(&key.account_id, apps).await?;
+        }
+        match self.store.update_key(id, &changes, now).await? {
+            UpdateOutcome::Updated(key) => Ok(key),
+            UpdateOutcome::NotFound => Err(key_not_found(id)),
+            UpdateOutcome::Revoked => Err(ManageError::BadRequest(format!("API key {id} is revoked and cannot be changed"))),
+        }
+    }
+
+    pub async fn revoke_api_key(&self, id: KeyId, reason: &str) -> Result<KeyRecord, ManageError> {
+        if reason.chars().count() > MAX_REASON_LEN {
+            return Err(InvalidField::new("reason", format!("must be at most {MAX_REASON_LEN} characters")).into());
+        }
+        self.store
+            .revoke_key(id, reason.trim(), self.clock.now())
+            .await?
+            .ok_or_else(|| key_not_found(id))
+    }
+
+    fn check_expiry(&self, expires_at: Option<Timestamp>, now: Timestamp) -> Result<(), ManageError> {
+        match expires_at {
+            Some(at) if at <= now => Err(ManageError::BadRequest("expires_at must be in the future".into())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every application a key is restricted to must belong to the key's account.
+    async fn check_applications(&self, account: &AccountId, ids: &[ApplicationId]) -> Result<(), ManageError> {
+        if ids.len() > MAX_KEY_APPLICATIONS {
+            return Err(InvalidField::new(
+                "application_ids",
+                format!("at most {MAX_KEY_APPLICATIONS} applications"),
+            )
+            .into());
+        }
+        for id in ids {
+            match self.store.application(id).await? {
+                Some(app) if app.account_id == *account => {}
+                _ => return Err(ManageError::NotFound(format!("application {id} was not found for account {account}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn key_not_found(id: KeyId) -> ManageError {
+    ManageError::NotFound(format!("API key {id} was not found"))
+}

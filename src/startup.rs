@@ -1,0 +1,165 @@
+//! Wiring: store → cache → verifier → authorizer and manager → gRPC services.
+//! [`Application::build`] binds the listener (port 0 works), so tests and `main` start
+//! the very same server.
+
+use crate::authz::verifier::Verifier;
+use crate::authz::Authorizer;
+use crate::clock::Clock;
+use crate::config::{AdminTokenSource, Settings, MIN_ADMIN_TOKEN_LEN};
+use crate::grpc::admin::{AdminService, AdminTokens};
+use crate::grpc::authorizer::AuthorizerService;
+use crate::grpc::proto::{self, admin_server::AdminServer, authorizer_server::AuthorizerServer};
+use crate::manage::Manager;
+use crate::policy::Policy;
+use crate::store::cached::CachedStore;
+use crate::store::sql::SqlStore;
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::Server;
+
+/// Parts of a running server that tests and operators may look at.
+#[derive(Clone)]
+pub struct Handles {
+    pub verifier: Arc<Verifier>,
+    pub cache: Arc<CachedStore>,
+    pub store: SqlStore,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    router: Router,
+    health: tonic_health::server::HealthReporter,
+    handles: Handles,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let policy = Arc::new(match &settings.policy {
+            Some(path) => Policy::load(path)?,
+            None => Policy::default_policy(),
+        });
+        let admin_tokens = AdminTokens::new([load_admin_token(&settings.admin_token)?.as_str()]);
+
+        let store = SqlStore::connect(
+            settings.database_url.expose(),
+            settings.database_max_connections,
+            Duration::from_secs(5),
+        )
+        .await
+        .with_context(|| format!("cannot open the database {}", settings.database_url))?;
+        let cache = Arc::new(CachedStore::new(Arc::new(store.clone()), settings.cache));
+        let verifier = Arc::new(Verifier::new(settings.argon2).await?);
+
+        let authorizer = Arc::new(Authorizer::new(
+            policy,
+            cache.clone(),
+            verifier.clone(),
+            clock.clone(),
+            settings.verified_cache,
+        ));
+        let manager = Arc::new(Manager::new(cache.clone(), verifier.clone(), clock.clone()));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<AuthorizerServer<AuthorizerService>>().await;
+        health.set_serving::<AdminServer<AdminService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+
+        let router = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(AuthorizerServer::new(AuthorizerService::new(authorizer)))
+            .add_service(AdminServer::with_interceptor(
+                AdminService::new(manager, clock),
+                move |request| admin_tokens.check(request),
+            ));
+
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            router,
+            health,
+            handles: Handles { verifier, cache, store },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    pub fn handles(&self) -> Handles {
+        self.handles.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops taking calls and lets those in
+    /// flight finish.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let health = self.health.clone();
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing calls in flight");
+            health.set_not_serving::<AuthorizerServer<AuthorizerService>>().await;
+            health.set_not_serving::<AdminServer<AdminService>>().await;
+        };
+        tracing::info!(address = %self.local_addr, "keygate is serving");
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        self.router.serve_with_incoming_shutdown(incoming, shutdown).await?;
+        self.handles.store.pool().close().await;
+        Ok(())
+    }
+}
+
+/// The given token, or the one in the token file, creating the file on first start.
+fn load_admin_token(source: &AdminTokenSource) -> anyhow::Result<String> {
+    let path = match source {
+        AdminTokenSource::Given(token) => return Ok(token.clone()),
+        AdminTokenSource::File(path) => path,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(token) if token.trim().len() >= MIN_ADMIN_TOKEN_LEN => return Ok(token.trim().to_owned()),
+        Ok(_) => anyhow::bail!(
+            "the admin token file {} holds a token shorter than {MIN_ADMIN_TOKEN_LEN} characters",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read the admin token file {}", path.display())),
+    }
+    let token = format!("kgadm_{}", crate::domain::random_token(40)?);
+    write_private(path, &token).with_context(|| format!("cannot create the admin token file {}", path.display()))?;
+    tracing::info!(path = %path.display(), "created a new admin token file (KEYGATE_ADMIN_TOKEN was not set)");
+    Ok(token)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")
+}

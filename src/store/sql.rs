@@ -1,0 +1,354 @@
+//! The SQL store. One implementation over sqlx's `any` driver serves SQLite and Postgres:
+//! the schema uses only TEXT and BIGINT and every statement is portable (`$n`
+//! placeholders, `RETURNING`), so the conformance suite proves both with the same code.
+//! What differs per backend (connection set-up, migrations) is chosen by [`Backend`].
+
+use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, Store, StoreError, UpdateOutcome};
+use crate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, Timestamp};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Row};
+use std::sync::Arc;
+use std::time::Duration;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+const KEY_COLUMNS: &str = "id, account_id, name, scopes, application_ids, secret_hash, created_at, \
+     updated_at, expires_at, revoked_at, revoked_reason, version";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl SqlStore {
+    /// Connects, creating a SQLite file (and its folder) if needed, and applies the
+    /// migrations. Safe when several replicas start at once: sqlx takes a database lock
+    /// around migrations.
+    pub async fn connect(url: &str, max_connections: u32, connect_timeout: Duration) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url)
+            .ok_or_else(|| anyhow::anyhow!("the database URL must start with sqlite: or postgres:"))?;
+        let mut options = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(connect_timeout);
+        let url = match backend {
+            Backend::Sqlite => {
+                options = options.after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // WAL lets readers run beside the one writer; the busy timeout makes
+                        // writers queue instead of failing at once.
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                        Ok(())
+                    })
+                });
+                prepare_sqlite_url(url)?
+            }
+            Backend::Postgres => url.to_owned(),
+        };
+        let pool = options.connect(&url).await?;
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&pool).await?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+/// Creates the folder of a SQLite file and asks sqlx to create the file itself.
+fn prepare_sqlite_url(url: &str) -> anyhow::Result<String> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path.starts_with(":memory:") {
+        anyhow::bail!("an in-memory SQLite database is not supported: each pooled connection would see its own empty database");
+    }
+    if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("cannot create the folder {} for the database: {e}", parent.display()))?;
+    }
+    Ok(if query.contains("mode=") {
+        url.to_owned()
+    } else if query.is_empty() {
+        format!("sqlite://{path}?mode=rwc")
+    } else {
+        format!("sqlite://{path}?{query}&mode=rwc")
+    })
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}
+
+fn application_from_row(row: &AnyRow) -> Result<Application, StoreError> {
+    Ok(Application {
+        id: ApplicationId::parse(row.try_get("id")?).map_err(|_| corrupt("applications.id"))?,
+        account_id: AccountId::parse(row.try_get("account_id")?).map_err(|_| corrupt("applications.account_id"))?,
+        name: Name::from_trusted(row.try_get("name")?),
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+    })
+}
+
+fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
+    let scopes: Vec<String> =
+        serde_json::from_str(row.try_get("scopes")?).map_err(|_| corrupt("api_keys.scopes"))?;
+    let application_ids: Vec<String> =
+        serde_json::from_str(row.try_get("application_ids")?).map_err(|_| corrupt("api_keys.application_ids"))?;
+    let optional_time = |column| -> Result<Option<Timestamp>, StoreError> {
+        Ok(row.try_get::<Option<i64>, _>(column)?.map(Timestamp::from_millis))
+    };
+    Ok(KeyRecord {
+        id: KeyId::from_stored(row.try_get("id")?).ok_or_else(|| corrupt("api_keys.id"))?,
+        account_id: AccountId::parse(row.try_get("account_id")?).map_err(|_| corrupt("api_keys.account_id"))?,
+        name: Name::from_trusted(row.try_get("name")?),
+        scopes: Scopes::parse_grants(&scopes).map_err(|_| corrupt("api_keys.scopes"))?,
+        application_ids: application_ids
+            .iter()
+            .map(|id| ApplicationId::parse(id))
+            .collect::<Result<_, _>>()
+            .map_err(|_| corrupt("api_keys.application_ids"))?,
+        secret_hash: SecretHash::new(row.try_get("secret_hash")?),
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
+        expires_at: optional_time("expires_at")?,
+        revoked_at: optional_time("revoked_at")?,
+        revoked_reason: row.try_get("revoked_reason")?,
+        version: row.try_get("version")?,
+    })
+}
+
+fn scopes_json(scopes: &Scopes) -> String {
+    serde_json::to_string(&scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>()).expect("strings serialize")
+}
+
+fn application_ids_json(ids: &[ApplicationId]) -> String {
+    serde_json::to_string(&ids.iter().map(|s| s.as_str()).collect::<Vec<_>>()).expect("strings serialize")
+}
+
+/// `%term%` for LIKE, with LIKE's own wildcards in the term escaped.
+fn like_pattern(term: &str) -> String {
+    let mut pattern = String::with_capacity(term.len() + 2);
+    pattern.push('%');
+    for c in term.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// Fetches one row more than the page holds, to know whether another page follows.
+fn into_page<T>(mut items: Vec<T>, limit: u32, id_of: impl Fn(&T) -> String) -> Page<T> {
+    let next_after = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(id_of)
+    } else {
+        None
+    };
+    Page { items, next_after }
+}
+
+#[async_trait::async_trait]
+impl Store for SqlStore {
+    #[tracing::instrument(skip_all, fields(application_id = %app.id), err)]
+    async fn create_application(&self, app: &Application) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO applications (id, account_id, name, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(app.id.as_str())
+            .bind(app.account_id.as_str())
+            .bind(app.name.as_str())
+            .bind(app.created_at.as_millis())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(application_id = %id), err)]
+    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
+        sqlx::query("SELECT id, account_id, name, created_at FROM applications WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| application_from_row(&row).map(Arc::new))
+            .transpose()
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %account), err)]
+    async fn list_applications(&self, account: &AccountId, page: &PageRequest) -> Result<Page<Application>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, account_id, name, created_at FROM applications \
+             WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(account.as_str())
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let items = rows.iter().map(application_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(into_page(items, page.limit, |a| a.id.to_string()))
+    }
+
+    #[tracing::instrument(skip_all, fields(key_id = %key.id), err)]
+    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, account_id, name, scopes, application_ids, secret_hash, \
+             created_at, updated_at, expires_at, revoked_at, revoked_reason, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(key.id.to_string())
+        .bind(key.account_id.as_str())
+        .bind(key.name.as_str())
+        .bind(scopes_json(&key.scopes))
+        .bind(application_ids_json(&key.application_ids))
+        .bind(key.secret_hash.expose_phc())
+        .bind(key.created_at.as_millis())
+        .bind(key.updated_at.as_millis())
+        .bind(key.expires_at.map(Timestamp::as_millis))
+        .bind(key.revoked_at.map(Timestamp::as_millis))
+        .bind(key.revoked_reason.as_deref())
+        .bind(key.version)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(key_id = %id), err)]
+    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| key_from_row(&row).map(Arc::new))
+            .transpose()
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %account), err)]
+    async fn list_keys(
+        &self,
+        account: &AccountId,
+        search: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Page<KeyRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = $1 AND id > $2 \
+             AND ($3 = '' OR lower(name) LIKE $3 ESCAPE '\\' OR lower(id) LIKE $3 ESCAPE '\\') \
+             ORDER BY id LIMIT $4"
+        ))
+        .bind(account.as_str())
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(search.map(like_pattern).unwrap_or_default())
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let items = rows.iter().map(key_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(into_page(items, page.limit, |k| k.id.to_string()))
+    }
+
+    #[tracing::instrument(skip_all, fields(key_id = %id), err)]
+    async fn update_key(&self, id: KeyId, changes: &KeyChanges, now: Timestamp) -> Result<UpdateOutcome, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE api_keys SET \
+               name = COALESCE($2, name), \
+               scopes = COALESCE($3, scopes), \
+               application_ids = COALESCE($4, application_ids), \
+               expires_at = CASE WHEN $5 = 1 THEN $6 ELSE expires_at END, \
+               updated_at = $7, \
+               version = version + 1 \
+             WHERE id = $1 AND revoked_at IS NULL \
+             RETURNING {KEY_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(changes.name.as_ref().map(|n| n.as_str().to_owned()))
+        .bind(changes.scopes.as_ref().map(scopes_json))
+        .bind(changes.application_ids.as_deref().map(application_ids_json))
+        .bind(i64::from(changes.expires_at.is_some()))
+        .bind(changes.expires_at.flatten().map(Timestamp::as_millis))
+        .bind(now.as_millis())
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            return Ok(UpdateOutcome::Updated(key_from_row(&row)?));
+        }
+        Ok(match self.key(id).await? {
+            Some(_) => UpdateOutcome::Revoked,
+            None => UpdateOutcome::NotFound,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(key_id = %id), err)]
+    async fn revoke_key(&self, id: KeyId, reason: &str, now: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
+        // Every SET expression reads the row as it was, so a second revoke changes nothing.
+        let row = sqlx::query(&format!(
+            "UPDATE api_keys SET \
+               revoked_at = COALESCE(revoked_at, $2), \
+               revoked_reason = CASE WHEN revoked_at IS NULL THEN $3 ELSE revoked_reason END, \
+               updated_at = CASE WHEN revoked_at IS NULL THEN $2 ELSE updated_at END, \
+               version = CASE WHEN revoked_at IS NULL THEN version + 1 ELSE version END \
+             WHERE id = $1 \
+             RETURNING {KEY_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(now.as_millis())
+        .bind(reason)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| key_from_row(&row)).transpose()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_pattern("John"), "%john%");
+        assert_eq!(like_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
+    }
+
+    #[test]
+    fn sqlite_urls_get_create_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/k.db");
+        let url = prepare_sqlite_url(&format!("sqlite://{}", path.display())).unwrap();
+        assert!(url.ends_with("?mode=rwc"));
+        assert!(path.parent().unwrap().is_dir());
+        assert!(prepare_sqlite_url("sqlite::memory:").is_err());
+    }
+}
