@@ -138,13 +138,18 @@ impl Authorizer {
         }
         let credential = match ApiKeyCredential::parse(query.credential) {
             Ok(credential) => credential,
-            Err(malformed) => return Ok(verdict.deny(Deny::new(Code::ApiKeyInvalid, malformed.to_string()))),
+            Err(malformed) => {
+                return Ok(verdict.deny(Deny::new(Code::ApiKeyInvalid, malformed.to_string())))
+            }
         };
 
         // 4. A known key and its secret; until then the caller learns nothing of its state.
         let key = self.store.key(credential.key_id()).await?;
         if !self.verify(&credential, key.as_deref()).await? {
-            return Ok(verdict.deny(Deny::new(Code::ApiKeyInvalid, "unknown API key or wrong secret")));
+            return Ok(verdict.deny(Deny::new(
+                Code::ApiKeyInvalid,
+                "unknown API key or wrong secret",
+            )));
         }
         let key = key.expect("a verified credential has a key record");
 
@@ -172,7 +177,11 @@ impl Authorizer {
 
     /// Is this the key's secret? A cache hit costs a SHA-256; a miss costs one argon2
     /// verification, shared by every concurrent caller presenting the same credential.
-    async fn verify(&self, credential: &ApiKeyCredential<'_>, key: Option<&KeyRecord>) -> Result<bool, AuthzError> {
+    async fn verify(
+        &self,
+        credential: &ApiKeyCredential<'_>,
+        key: Option<&KeyRecord>,
+    ) -> Result<bool, AuthzError> {
         let Some(key) = key else {
             self.verifier.verify(credential.secret(), None).await?;
             return Ok(false);
@@ -184,7 +193,11 @@ impl Authorizer {
         let checked = self
             .verified
             .try_get_with(digest, async {
-                match self.verifier.verify(credential.secret(), Some(&key.secret_hash)).await {
+                match self
+                    .verifier
+                    .verify(credential.secret(), Some(&key.secret_hash))
+                    .await
+                {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(NotVerified::Mismatch),
                     Err(e) => Err(NotVerified::Failed(e)),

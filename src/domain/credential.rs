@@ -141,7 +141,11 @@ const CRC32_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         table[i] = c;
@@ -194,15 +198,30 @@ mod tests {
     #[test]
     fn garbage_is_classified() {
         let key = GeneratedKey::generate().unwrap().into_secret_string();
-        assert_eq!(ApiKeyCredential::parse("").unwrap_err(), MalformedCredential::Prefix);
-        assert_eq!(ApiKeyCredential::parse("sk_live_x").unwrap_err(), MalformedCredential::Prefix);
-        assert_eq!(ApiKeyCredential::parse("kg_short").unwrap_err(), MalformedCredential::Length);
+        assert_eq!(
+            ApiKeyCredential::parse("").unwrap_err(),
+            MalformedCredential::Prefix
+        );
+        assert_eq!(
+            ApiKeyCredential::parse("sk_live_x").unwrap_err(),
+            MalformedCredential::Prefix
+        );
+        assert_eq!(
+            ApiKeyCredential::parse("kg_short").unwrap_err(),
+            MalformedCredential::Length
+        );
         let long = format!("{key}a");
-        assert_eq!(ApiKeyCredential::parse(&long).unwrap_err(), MalformedCredential::Length);
+        assert_eq!(
+            ApiKeyCredential::parse(&long).unwrap_err(),
+            MalformedCredential::Length
+        );
         let unicode = format!("kg_é{}", &key[5..]);
         assert!(ApiKeyCredential::parse(&unicode).is_err());
         let dashed = format!("kg_-{}", &key[4..]);
-        assert_eq!(ApiKeyCredential::parse(&dashed).unwrap_err(), MalformedCredential::Alphabet);
+        assert_eq!(
+            ApiKeyCredential::parse(&dashed).unwrap_err(),
+            MalformedCredential::Alphabet
+        );
     }
 
     #[test]

@@ -110,7 +110,10 @@ impl Scopes {
     }
 
     /// The first of `required` that no granted scope covers.
-    pub fn first_missing<'r>(&self, required: impl IntoIterator<Item = &'r Scope>) -> Option<&'r Scope> {
+    pub fn first_missing<'r>(
+        &self,
+        required: impl IntoIterator<Item = &'r Scope>,
+    ) -> Option<&'r Scope> {
         required.into_iter().find(|r| !self.covers(r.as_str()))
     }
 

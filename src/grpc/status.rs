@@ -18,7 +18,12 @@ pub fn coded(code: Code, message: impl Into<String>) -> Status {
     coded_with(code.grpc_code(), code, message.into(), HashMap::new())
 }
 
-fn coded_with(grpc: tonic::Code, code: Code, message: String, metadata: HashMap<String, String>) -> Status {
+fn coded_with(
+    grpc: tonic::Code,
+    code: Code,
+    message: String,
+    metadata: HashMap<String, String>,
+) -> Status {
     Status::with_error_details(
         grpc,
         message,
@@ -31,7 +36,9 @@ pub fn internal(grpc: tonic::Code, cause: &dyn std::error::Error) -> Status {
     let error_id = new_error_id();
     tracing::error!(error_id = %error_id, error = %ErrorChain(cause), "request failed");
     let message = match grpc {
-        tonic::Code::Unavailable => format!("the key store is unavailable; retry later (error id {error_id})"),
+        tonic::Code::Unavailable => {
+            format!("the key store is unavailable; retry later (error id {error_id})")
+        }
         _ => format!("internal error (error id {error_id})"),
     };
     coded_with(

@@ -1,0 +1,232 @@
+//! `TestApp`: the real server on a random port over a real database, driven through
+//! real gRPC clients. SQLite always; Postgres when KEYGATE_TEST_POSTGRES_URL is set, each
+//! test in a schema of its own.
+
+use keygate::cli::BearerToken;
+use keygate::clock::ManualClock;
+use keygate::config::{AdminTokenSource, Settings};
+use keygate::grpc::proto::{
+    self as pb, admin_client::AdminClient, authorizer_client::AuthorizerClient,
+};
+use keygate::startup::{Application, Handles};
+use std::sync::Arc;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of the test's own; dropped with it (SQLite) or left as a schema (Postgres).
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// `None` when the backend is not configured on this machine.
+    pub async fn new(db: Db) -> Option<Self> {
+        match db {
+            Db::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("keygate.db").display());
+                Some(Self {
+                    url,
+                    _dir: Some(dir),
+                })
+            }
+            Db::Postgres => {
+                let base = std::env::var("KEYGATE_TEST_POSTGRES_URL").ok()?;
+                let schema = format!(
+                    "kg_test_{}",
+                    keygate::domain::random_token(12).unwrap().to_lowercase()
+                );
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&base)
+                    .await
+                    .expect("KEYGATE_TEST_POSTGRES_URL reachable");
+                sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let sep = if base.contains('?') { '&' } else { '?' };
+                let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+                Some(Self { url, _dir: None })
+            }
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub clock: ManualClock,
+    pub handles: Handles,
+    pub admin: AdminClient<InterceptedService<Channel, BearerToken>>,
+    pub authorizer: AuthorizerClient<Channel>,
+    pub channel: Channel,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _db: TestDb,
+}
+
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        keygate::telemetry::init(keygate::config::LogFormat::Pretty);
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(db: Db) -> Option<Self> {
+        let db = TestDb::new(db).await?;
+        Some(Self::spawn_on(db, |_| {}).await)
+    }
+
+    pub async fn spawn_on(db: TestDb, customize: impl FnOnce(&mut Settings)) -> Self {
+        init_logs();
+        let mut settings = Settings::with_database(&db.url);
+        settings.listen = "127.0.0.1:0".parse().unwrap();
+        settings.admin_token = AdminTokenSource::Given(ADMIN_TOKEN.into());
+        customize(&mut settings);
+        let clock = ManualClock::starting_now();
+        let app = Application::build(settings, Arc::new(clock.clone()))
+            .await
+            .expect("server builds");
+        let address = format!("http://{}", app.local_addr());
+        let handles = app.handles();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
+        // The listener is already bound, so connecting cannot race the server's start.
+        let channel = Channel::from_shared(address.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let token = BearerToken::new(ADMIN_TOKEN).unwrap();
+        Self {
+            address,
+            clock,
+            handles,
+            admin: AdminClient::with_interceptor(channel.clone(), token),
+            authorizer: AuthorizerClient::new(channel.clone()),
+            channel,
+            shutdown: Some(tx),
+            server: Some(server),
+            _db: db,
+        }
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    pub async fn create_app(&mut self, account: &str) -> pb::Application {
+        self.admin
+            .create_application(pb::CreateApplicationRequest {
+                account_id: account.into(),
+                name: "app".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn create_key(
+        &mut self,
+        account: &str,
+        scopes: &[&str],
+        apps: &[&str],
+    ) -> (pb::ApiKey, String) {
+        let created = self
+            .admin
+            .create_api_key(pb::CreateApiKeyRequest {
+                account_id: account.into(),
+                name: "test key".into(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                application_ids: apps.iter().map(|s| s.to_string()).collect(),
+                expires_at: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (created.key.unwrap(), created.secret)
+    }
+
+    pub async fn authorize(
+        &mut self,
+        credential: &str,
+        method: &str,
+        path: &str,
+    ) -> pb::AuthorizeResponse {
+        self.authorize_with(pb::AuthorizeRequest {
+            credential: credential.into(),
+            method: method.into(),
+            path: path.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn authorize_with(&mut self, request: pb::AuthorizeRequest) -> pb::AuthorizeResponse {
+        self.authorizer
+            .authorize(request)
+            .await
+            .expect("Authorize answers")
+            .into_inner()
+    }
+
+    pub fn verifications(&self) -> u64 {
+        self.handles.verifier.verifications()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The ErrorInfo reason of a failed call.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+/// Runs a test body once per configured backend: `backend_tests!(name);` makes
+/// `name::sqlite` and `name::postgres` (which says it skipped when Postgres is not set).
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::Db::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if std::env::var_os("KEYGATE_TEST_POSTGRES_URL").is_none() {
+                    eprintln!("skipped: KEYGATE_TEST_POSTGRES_URL is not set");
+                    return;
+                }
+                super::$name($crate::helpers::Db::Postgres).await
+            }
+        }
+    )*};
+}

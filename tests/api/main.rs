@@ -1,0 +1,6 @@
+//! One integration binary: the real server, real databases, real gRPC clients.
+
+mod admin;
+mod authorize;
+mod helpers;
+mod store;
