@@ -1,9 +1,7 @@
 //! The `keygate` command line: `serve`, and a client for every admin call.
 
 use crate::config::{ServeArgs, DEFAULT_ADMIN_TOKEN_FILE};
-use crate::grpc::proto::{
-    self as pb, admin_client::AdminClient, authorizer_client::AuthorizerClient,
-};
+use crate::grpc::proto::{self as pb, admin_client::AdminClient, authorizer_client::AuthorizerClient};
 use crate::policy::Policy;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -12,11 +10,7 @@ use std::time::Duration;
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "keygate",
-    version,
-    about = "Auth and policy service for API keys, over gRPC"
-)]
+#[command(name = "keygate", version, about = "Auth and policy service for API keys, over gRPC")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -42,20 +36,10 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct Connection {
     /// keygate's gRPC address.
-    #[arg(
-        long,
-        env = "KEYGATE_SERVER",
-        default_value = "http://127.0.0.1:50051",
-        global = true
-    )]
+    #[arg(long, env = "KEYGATE_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
     pub server: String,
     /// Admin token; when unset, read from the token file.
-    #[arg(
-        long,
-        env = "KEYGATE_ADMIN_TOKEN",
-        hide_env_values = true,
-        global = true
-    )]
+    #[arg(long, env = "KEYGATE_ADMIN_TOKEN", hide_env_values = true, global = true)]
     pub admin_token: Option<String>,
     #[arg(long, env = "KEYGATE_ADMIN_TOKEN_FILE", default_value = DEFAULT_ADMIN_TOKEN_FILE, global = true)]
     pub admin_token_file: PathBuf,
@@ -150,12 +134,7 @@ pub enum KeyCommand {
 #[derive(Debug, clap::Args)]
 pub struct AuthorizeArgs {
     /// The credential (or set KEYGATE_CREDENTIAL).
-    #[arg(
-        long,
-        env = "KEYGATE_CREDENTIAL",
-        hide_env_values = true,
-        default_value = ""
-    )]
+    #[arg(long, env = "KEYGATE_CREDENTIAL", hide_env_values = true, default_value = "")]
     pub credential: String,
     #[arg(long, default_value = "GET")]
     pub method: String,
@@ -179,9 +158,7 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (number, unit) = raw.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{raw:?} is not a duration like 30d"))?;
+    let n: u64 = number.parse().map_err(|_| format!("{raw:?} is not a duration like 30d"))?;
     let seconds = match unit {
         "s" => 1,
         "m" => 60,
@@ -206,21 +183,17 @@ impl Connection {
         if let Some(token) = &self.admin_token {
             return Ok(token.clone());
         }
-        std::fs::read_to_string(&self.admin_token_file)
-            .map(|t| t.trim().to_owned())
-            .with_context(|| {
-                format!(
-                    "no admin token: set KEYGATE_ADMIN_TOKEN or run from the folder holding {}",
-                    self.admin_token_file.display()
-                )
-            })
+        std::fs::read_to_string(&self.admin_token_file).map(|t| t.trim().to_owned()).with_context(|| {
+            format!(
+                "no admin token: set KEYGATE_ADMIN_TOKEN or run from the folder holding {}",
+                self.admin_token_file.display()
+            )
+        })
     }
 
     async fn admin(
         &self,
-    ) -> anyhow::Result<
-        AdminClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>,
-    > {
+    ) -> anyhow::Result<AdminClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>> {
         let token = BearerToken::new(&self.token()?)?;
         Ok(AdminClient::with_interceptor(self.channel().await?, token))
     }
@@ -232,46 +205,31 @@ pub struct BearerToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
 
 impl BearerToken {
     pub fn new(token: &str) -> anyhow::Result<Self> {
-        let value = format!("Bearer {token}")
-            .parse()
-            .context("the admin token has characters a header cannot carry")?;
+        let value =
+            format!("Bearer {token}").parse().context("the admin token has characters a header cannot carry")?;
         Ok(Self(value))
     }
 }
 
 impl tonic::service::Interceptor for BearerToken {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
         Ok(request)
     }
 }
 
 fn split_list(raw: &str) -> Vec<String> {
-    raw.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+    raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
 fn expires_at(after: Duration) -> prost_types::Timestamp {
     let at = std::time::SystemTime::now() + after;
     let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: 0,
-    }
+    prost_types::Timestamp { seconds: since.as_secs() as i64, nanos: 0 }
 }
 
 fn time(ts: &Option<prost_types::Timestamp>) -> Option<String> {
-    ts.as_ref()
-        .and_then(|t| crate::grpc::convert::timestamp_from_proto("time", t).ok())
-        .map(|t| t.to_string())
+    ts.as_ref().and_then(|t| crate::grpc::convert::timestamp_from_proto("time", t).ok()).map(|t| t.to_string())
 }
 
 /// Writes a line to stdout; a closed pipe (`keygate ... | head`) ends output quietly.
@@ -323,11 +281,7 @@ fn key_line(key: &pb::ApiKey) -> String {
         status_name(key.status),
         key.name,
         key.scopes.join(","),
-        if key.application_ids.is_empty() {
-            "*".to_owned()
-        } else {
-            key.application_ids.join(",")
-        },
+        if key.application_ids.is_empty() { "*".to_owned() } else { key.application_ids.join(",") },
         time(&key.expires_at).unwrap_or_else(|| "never".into()),
     )
 }
@@ -339,10 +293,8 @@ fn app_line(app: &pb::Application) -> String {
 /// Turns a gRPC error into one readable line (code, message), never a debug dump.
 fn explain(status: tonic::Status) -> anyhow::Error {
     use tonic_types::StatusExt;
-    let reason = status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_else(|| format!("{:?}", status.code()));
+    let reason =
+        status.get_details_error_info().map(|info| info.reason).unwrap_or_else(|| format!("{:?}", status.code()));
     anyhow::anyhow!("{reason}: {}", status.message())
 }
 
@@ -383,16 +335,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     "key_id": principal.map(|p| &p.key_id), "account_id": principal.map(|p| &p.account_id),
                 }),
                 if response.allowed {
-                    format!(
-                        "allowed  route={} key={}",
-                        response.route,
-                        principal.map_or("-", |p| &p.key_id)
-                    )
+                    format!("allowed  route={} key={}", response.route, principal.map_or("-", |p| &p.key_id))
                 } else {
-                    format!(
-                        "denied   {} {} ({})",
-                        response.http_status, response.code, response.message
-                    )
+                    format!("denied   {} {} ({})", response.http_status, response.code, response.message)
                 },
             );
             Ok(())
@@ -402,53 +347,23 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn run_app(command: AppCommand) -> anyhow::Result<()> {
     match command {
-        AppCommand::Create {
-            account,
-            name,
-            connection,
-        } => {
-            let request = pb::CreateApplicationRequest {
-                account_id: account,
-                name,
-            };
-            let app = connection
-                .admin()
-                .await?
-                .create_application(request)
-                .await
-                .map_err(explain)?
-                .into_inner();
+        AppCommand::Create { account, name, connection } => {
+            let request = pb::CreateApplicationRequest { account_id: account, name };
+            let app = connection.admin().await?.create_application(request).await.map_err(explain)?.into_inner();
             print(connection.json, app_json(&app), app_line(&app));
         }
         AppCommand::Get { id, connection } => {
             let request = pb::GetApplicationRequest { id };
-            let app = connection
-                .admin()
-                .await?
-                .get_application(request)
-                .await
-                .map_err(explain)?
-                .into_inner();
+            let app = connection.admin().await?.get_application(request).await.map_err(explain)?.into_inner();
             print(connection.json, app_json(&app), app_line(&app));
         }
-        AppCommand::List {
-            account,
-            connection,
-        } => {
+        AppCommand::List { account, connection } => {
             let mut admin = connection.admin().await?;
             let mut all = Vec::new();
             let mut page_token = String::new();
             loop {
-                let request = pb::ListApplicationsRequest {
-                    account_id: account.clone(),
-                    page_size: 500,
-                    page_token,
-                };
-                let page = admin
-                    .list_applications(request)
-                    .await
-                    .map_err(explain)?
-                    .into_inner();
+                let request = pb::ListApplicationsRequest { account_id: account.clone(), page_size: 500, page_token };
+                let page = admin.list_applications(request).await.map_err(explain)?.into_inner();
                 all.extend(page.applications);
                 if page.next_page_token.is_empty() {
                     break;
@@ -467,14 +382,7 @@ async fn run_app(command: AppCommand) -> anyhow::Result<()> {
 
 async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
     match command {
-        KeyCommand::Create {
-            account,
-            name,
-            scopes,
-            applications,
-            expires_in,
-            connection,
-        } => {
+        KeyCommand::Create { account, name, scopes, applications, expires_in, connection } => {
             let request = pb::CreateApiKeyRequest {
                 account_id: account,
                 name,
@@ -482,44 +390,24 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
                 application_ids: applications,
                 expires_at: expires_in.map(expires_at),
             };
-            let created = connection
-                .admin()
-                .await?
-                .create_api_key(request)
-                .await
-                .map_err(explain)?
-                .into_inner();
+            let created = connection.admin().await?.create_api_key(request).await.map_err(explain)?.into_inner();
             let key = created.key.unwrap_or_default();
             let mut json = key_json(&key);
             json["secret"] = created.secret.clone().into();
             print(
                 connection.json,
                 json,
-                format!(
-                    "{}\nsecret (shown once, store it now): {}",
-                    key_line(&key),
-                    created.secret
-                ),
+                format!("{}\nsecret (shown once, store it now): {}", key_line(&key), created.secret),
             );
         }
         KeyCommand::Get { id, connection } => {
-            let key = connection
-                .admin()
-                .await?
-                .get_api_key(pb::GetApiKeyRequest { id })
-                .await
-                .map_err(explain)?
-                .into_inner();
+            let key =
+                connection.admin().await?.get_api_key(pb::GetApiKeyRequest { id }).await.map_err(explain)?.into_inner();
             print(connection.json, key_json(&key), key_line(&key));
         }
-        KeyCommand::List {
-            account,
-            search,
-            connection,
-        } => {
-            let search_params = search
-                .map(|s| serde_json::json!({ "searchString": s }).to_string())
-                .unwrap_or_default();
+        KeyCommand::List { account, search, connection } => {
+            let search_params =
+                search.map(|s| serde_json::json!({ "searchString": s }).to_string()).unwrap_or_default();
             let mut admin = connection.admin().await?;
             let mut all = Vec::new();
             let mut page_token = String::new();
@@ -530,11 +418,7 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
                     page_token,
                     search_params: search_params.clone(),
                 };
-                let page = admin
-                    .list_api_keys(request)
-                    .await
-                    .map_err(explain)?
-                    .into_inner();
+                let page = admin.list_api_keys(request).await.map_err(explain)?.into_inner();
                 all.extend(page.keys);
                 if page.next_page_token.is_empty() {
                     break;
@@ -547,49 +431,21 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
                 all.iter().map(key_line).collect::<Vec<_>>().join("\n"),
             );
         }
-        KeyCommand::Update {
-            id,
-            name,
-            scopes,
-            apps,
-            expires_in,
-            no_expiry,
-            connection,
-        } => {
+        KeyCommand::Update { id, name, scopes, apps, expires_in, no_expiry, connection } => {
             let request = pb::UpdateApiKeyRequest {
                 id,
                 name,
-                scopes: scopes.map(|s| pb::StringList {
-                    values: split_list(&s),
-                }),
-                application_ids: apps.map(|a| pb::StringList {
-                    values: split_list(&a),
-                }),
+                scopes: scopes.map(|s| pb::StringList { values: split_list(&s) }),
+                application_ids: apps.map(|a| pb::StringList { values: split_list(&a) }),
                 expires_at: expires_in.map(expires_at),
                 clear_expires_at: no_expiry,
             };
-            let key = connection
-                .admin()
-                .await?
-                .update_api_key(request)
-                .await
-                .map_err(explain)?
-                .into_inner();
+            let key = connection.admin().await?.update_api_key(request).await.map_err(explain)?.into_inner();
             print(connection.json, key_json(&key), key_line(&key));
         }
-        KeyCommand::Revoke {
-            id,
-            reason,
-            connection,
-        } => {
+        KeyCommand::Revoke { id, reason, connection } => {
             let request = pb::RevokeApiKeyRequest { id, reason };
-            let key = connection
-                .admin()
-                .await?
-                .revoke_api_key(request)
-                .await
-                .map_err(explain)?
-                .into_inner();
+            let key = connection.admin().await?.revoke_api_key(request).await.map_err(explain)?.into_inner();
             print(connection.json, key_json(&key), key_line(&key));
         }
     }
@@ -603,10 +459,7 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(
-            parse_duration("30d").unwrap(),
-            Duration::from_secs(30 * 86_400)
-        );
+        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86_400));
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("d").is_err());
         assert!(parse_duration("5w").is_err());

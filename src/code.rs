@@ -86,15 +86,11 @@ impl Code {
             Code::ValidationError => "Request does not match the schema",
             Code::BadRequest => "The request is invalid for the resource",
             Code::Unauth => "Dashboard session is missing or invalid",
-            Code::ApiKeyInvalid => {
-                "API key is missing, malformed, unknown, or hash verification failed"
-            }
+            Code::ApiKeyInvalid => "API key is missing, malformed, unknown, or hash verification failed",
             Code::ApiKeyExpired => "API key is past its expiration time",
             Code::ApiKeyRevoked => "API key has been revoked",
             Code::InsufficientScope => "The key does not include the scope required by the route",
-            Code::ApplicationForbidden => {
-                "The key is restricted away from the requested application"
-            }
+            Code::ApplicationForbidden => "The key is restricted away from the requested application",
             Code::SessionRequired => "The route accepts only dashboard session authentication",
             Code::NotFound => "The requested application or related resource was not found",
             Code::RateLimitReached => "A rate limit was exceeded",
@@ -130,10 +126,7 @@ mod tests {
             (429, "rate_limit_reached"),
             (500, "INTERNAL_ERROR"),
         ];
-        let ours: Vec<_> = Code::ALL
-            .iter()
-            .map(|c| (c.http_status(), c.as_str()))
-            .collect();
+        let ours: Vec<_> = Code::ALL.iter().map(|c| (c.http_status(), c.as_str())).collect();
         assert_eq!(ours, page);
     }
 }

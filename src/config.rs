@@ -83,13 +83,7 @@ impl fmt::Debug for DatabaseUrl {
             (Some(scheme_end), Some(at)) if at > scheme_end => {
                 let userinfo = &self.0[scheme_end + 3..at];
                 let user = userinfo.split(':').next().unwrap_or("");
-                write!(
-                    f,
-                    "{}{}:***{}",
-                    &self.0[..scheme_end + 3],
-                    user,
-                    &self.0[at..]
-                )
+                write!(f, "{}{}:***{}", &self.0[..scheme_end + 3], user, &self.0[at..])
             }
             _ => f.write_str(&self.0),
         }
@@ -139,17 +133,12 @@ impl ServeArgs {
     pub fn into_settings(self) -> Result<Settings, ConfigError> {
         let mut problems = Vec::new();
         let listen = self.listen.parse().unwrap_or_else(|_| {
-            problems.push(format!(
-                "--listen / KEYGATE_LISTEN: {:?} is not an address like 127.0.0.1:50051",
-                self.listen
-            ));
+            problems
+                .push(format!("--listen / KEYGATE_LISTEN: {:?} is not an address like 127.0.0.1:50051", self.listen));
             SocketAddr::from(([127, 0, 0, 1], 0))
         });
         if crate::store::sql::Backend::of_url(&self.database_url).is_none() {
-            problems.push(
-                "--database-url / KEYGATE_DATABASE_URL: must start with sqlite:// or postgres://"
-                    .to_owned(),
-            );
+            problems.push("--database-url / KEYGATE_DATABASE_URL: must start with sqlite:// or postgres://".to_owned());
         }
         if !(1..=30).contains(&self.cache_ttl_seconds) {
             problems.push("--cache-ttl-seconds: must be between 1 and 30".to_owned());
@@ -158,10 +147,7 @@ impl ServeArgs {
             problems.push("--cache-capacity: must be at least 1".to_owned());
         }
         if self.argon2_memory_kib < 8 * 1024 || self.argon2_iterations == 0 {
-            problems.push(
-                "--argon2-memory-kib must be at least 8192 and --argon2-iterations at least 1"
-                    .to_owned(),
-            );
+            problems.push("--argon2-memory-kib must be at least 8192 and --argon2-iterations at least 1".to_owned());
         }
         if self.argon2_concurrency == Some(0) {
             problems.push("--argon2-concurrency: must be at least 1".to_owned());
@@ -171,9 +157,7 @@ impl ServeArgs {
         }
         let admin_token = match self.admin_token {
             Some(token) if token.trim().len() < MIN_ADMIN_TOKEN_LEN => {
-                problems.push(format!(
-                    "KEYGATE_ADMIN_TOKEN: must be at least {MIN_ADMIN_TOKEN_LEN} characters"
-                ));
+                problems.push(format!("KEYGATE_ADMIN_TOKEN: must be at least {MIN_ADMIN_TOKEN_LEN} characters"));
                 AdminTokenSource::Given(token)
             }
             Some(token) => AdminTokenSource::Given(token.trim().to_owned()),
@@ -191,10 +175,7 @@ impl ServeArgs {
             policy: self.policy,
             admin_token,
             log_format: self.log_format,
-            cache: CacheSettings {
-                capacity: self.cache_capacity,
-                ttl,
-            },
+            cache: CacheSettings { capacity: self.cache_capacity, ttl },
             verified_cache: VerifiedCacheSettings {
                 capacity: self.cache_capacity,
                 // Whether a secret matches never changes; the TTL only bounds memory churn.

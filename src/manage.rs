@@ -2,12 +2,8 @@
 
 use crate::authz::verifier::{Verifier, VerifierError};
 use crate::clock::Clock;
-use crate::domain::{
-    AccountId, ApplicationId, GeneratedKey, InvalidField, KeyId, Name, Scopes, Timestamp,
-};
-use crate::store::{
-    Application, KeyChanges, KeyRecord, Page, PageRequest, Store, StoreError, UpdateOutcome,
-};
+use crate::domain::{AccountId, ApplicationId, GeneratedKey, InvalidField, KeyId, Name, Scopes, Timestamp};
+use crate::store::{Application, KeyChanges, KeyRecord, Page, PageRequest, Store, StoreError, UpdateOutcome};
 use std::sync::Arc;
 
 /// The most applications a key can be restricted to.
@@ -47,18 +43,10 @@ pub struct Manager {
 
 impl Manager {
     pub fn new(store: Arc<dyn Store>, verifier: Arc<Verifier>, clock: Arc<dyn Clock>) -> Self {
-        Self {
-            store,
-            verifier,
-            clock,
-        }
+        Self { store, verifier, clock }
     }
 
-    pub async fn create_application(
-        &self,
-        account_id: AccountId,
-        name: Name,
-    ) -> Result<Application, ManageError> {
+    pub async fn create_application(&self, account_id: AccountId, name: Name) -> Result<Application, ManageError> {
         let app = Application {
             id: ApplicationId::generate().map_err(VerifierError::from)?,
             account_id,
@@ -85,19 +73,12 @@ impl Manager {
     }
 
     /// Creates a key; the returned credential is the only copy of the secret anywhere.
-    pub async fn create_api_key(
-        &self,
-        new: NewApiKey,
-    ) -> Result<(KeyRecord, GeneratedKey), ManageError> {
+    pub async fn create_api_key(&self, new: NewApiKey) -> Result<(KeyRecord, GeneratedKey), ManageError> {
         let now = self.clock.now();
         self.check_expiry(new.expires_at, now)?;
-        self.check_applications(&new.account_id, &new.application_ids)
-            .await?;
+        self.check_applications(&new.account_id, &new.application_ids).await?;
         let generated = GeneratedKey::generate().map_err(VerifierError::from)?;
-        let secret_hash = self
-            .verifier
-            .hash(generated.credential().secret().as_bytes())
-            .await?;
+        let secret_hash = self.verifier.hash(generated.credential().secret().as_bytes()).await?;
         let record = KeyRecord {
             id: generated.credential().key_id(),
             account_id: new.account_id,
@@ -129,11 +110,7 @@ impl Manager {
         Ok(self.store.list_keys(account, search, page).await?)
     }
 
-    pub async fn update_api_key(
-        &self,
-        id: KeyId,
-        changes: KeyChanges,
-    ) -> Result<KeyRecord, ManageError> {
+    pub async fn update_api_key(&self, id: KeyId, changes: KeyChanges) -> Result<KeyRecord, ManageError> {
         let now = self.clock.now();
         if let Some(expires_at) = changes.expires_at {
             self.check_expiry(expires_at, now)?;
@@ -145,59 +122,38 @@ impl Manager {
         match self.store.update_key(id, &changes, now).await? {
             UpdateOutcome::Updated(key) => Ok(*key),
             UpdateOutcome::NotFound => Err(key_not_found(id)),
-            UpdateOutcome::Revoked => Err(ManageError::BadRequest(format!(
-                "API key {id} is revoked and cannot be changed"
-            ))),
+            UpdateOutcome::Revoked => {
+                Err(ManageError::BadRequest(format!("API key {id} is revoked and cannot be changed")))
+            }
         }
     }
 
     pub async fn revoke_api_key(&self, id: KeyId, reason: &str) -> Result<KeyRecord, ManageError> {
         if reason.chars().count() > MAX_REASON_LEN {
-            return Err(InvalidField::new(
-                "reason",
-                format!("must be at most {MAX_REASON_LEN} characters"),
-            )
-            .into());
+            return Err(InvalidField::new("reason", format!("must be at most {MAX_REASON_LEN} characters")).into());
         }
-        self.store
-            .revoke_key(id, reason.trim(), self.clock.now())
-            .await?
-            .ok_or_else(|| key_not_found(id))
+        self.store.revoke_key(id, reason.trim(), self.clock.now()).await?.ok_or_else(|| key_not_found(id))
     }
 
-    fn check_expiry(
-        &self,
-        expires_at: Option<Timestamp>,
-        now: Timestamp,
-    ) -> Result<(), ManageError> {
+    fn check_expiry(&self, expires_at: Option<Timestamp>, now: Timestamp) -> Result<(), ManageError> {
         match expires_at {
-            Some(at) if at <= now => Err(ManageError::BadRequest(
-                "expires_at must be in the future".into(),
-            )),
+            Some(at) if at <= now => Err(ManageError::BadRequest("expires_at must be in the future".into())),
             _ => Ok(()),
         }
     }
 
     /// Every application a key is restricted to must belong to the key's account.
-    async fn check_applications(
-        &self,
-        account: &AccountId,
-        ids: &[ApplicationId],
-    ) -> Result<(), ManageError> {
+    async fn check_applications(&self, account: &AccountId, ids: &[ApplicationId]) -> Result<(), ManageError> {
         if ids.len() > MAX_KEY_APPLICATIONS {
-            return Err(InvalidField::new(
-                "application_ids",
-                format!("at most {MAX_KEY_APPLICATIONS} applications"),
-            )
-            .into());
+            return Err(
+                InvalidField::new("application_ids", format!("at most {MAX_KEY_APPLICATIONS} applications")).into()
+            );
         }
         for id in ids {
             match self.store.application(id).await? {
                 Some(app) if app.account_id == *account => {}
                 _ => {
-                    return Err(ManageError::NotFound(format!(
-                        "application {id} was not found for account {account}"
-                    )))
+                    return Err(ManageError::NotFound(format!("application {id} was not found for account {account}")))
                 }
             }
         }

@@ -57,19 +57,12 @@ impl Application {
         let cache = Arc::new(CachedStore::new(Arc::new(store.clone()), settings.cache));
         let verifier = Arc::new(Verifier::new(settings.argon2).await?);
 
-        let authorizer = Arc::new(Authorizer::new(
-            policy,
-            cache.clone(),
-            verifier.clone(),
-            clock.clone(),
-            settings.verified_cache,
-        ));
+        let authorizer =
+            Arc::new(Authorizer::new(policy, cache.clone(), verifier.clone(), clock.clone(), settings.verified_cache));
         let manager = Arc::new(Manager::new(cache.clone(), verifier.clone(), clock.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<AuthorizerServer<AuthorizerService>>()
-            .await;
+        health.set_serving::<AuthorizerServer<AuthorizerService>>().await;
         health.set_serving::<AdminServer<AdminService>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -80,26 +73,15 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(AuthorizerServer::new(AuthorizerService::new(authorizer)))
-            .add_service(AdminServer::with_interceptor(
-                AdminService::new(manager, clock),
-                move |request| admin_tokens.check(request),
-            ));
+            .add_service(AdminServer::with_interceptor(AdminService::new(manager, clock), move |request| {
+                admin_tokens.check(request)
+            }));
 
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let local_addr = listener.local_addr()?;
-        Ok(Self {
-            listener,
-            local_addr,
-            router,
-            health,
-            handles: Handles {
-                verifier,
-                cache,
-                store,
-            },
-        })
+        Ok(Self { listener, local_addr, router, health, handles: Handles { verifier, cache, store } })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -116,24 +98,17 @@ impl Application {
 
     /// Serves until `shutdown` completes, then stops taking calls and lets those in
     /// flight finish.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let health = self.health.clone();
         let shutdown = async move {
             shutdown.await;
             tracing::info!("shutting down: finishing calls in flight");
-            health
-                .set_not_serving::<AuthorizerServer<AuthorizerService>>()
-                .await;
+            health.set_not_serving::<AuthorizerServer<AuthorizerService>>().await;
             health.set_not_serving::<AdminServer<AdminService>>().await;
         };
         tracing::info!(address = %self.local_addr, "keygate is serving");
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        self.router
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
+        self.router.serve_with_incoming_shutdown(incoming, shutdown).await?;
         self.handles.store.pool().close().await;
         Ok(())
     }
@@ -146,22 +121,16 @@ fn load_admin_token(source: &AdminTokenSource) -> anyhow::Result<String> {
         AdminTokenSource::File(path) => path,
     };
     match std::fs::read_to_string(path) {
-        Ok(token) if token.trim().len() >= MIN_ADMIN_TOKEN_LEN => {
-            return Ok(token.trim().to_owned())
-        }
+        Ok(token) if token.trim().len() >= MIN_ADMIN_TOKEN_LEN => return Ok(token.trim().to_owned()),
         Ok(_) => anyhow::bail!(
             "the admin token file {} holds a token shorter than {MIN_ADMIN_TOKEN_LEN} characters",
             path.display()
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("cannot read the admin token file {}", path.display()))
-        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read the admin token file {}", path.display())),
     }
     let token = format!("kgadm_{}", crate::domain::random_token(40)?);
-    write_private(path, &token)
-        .with_context(|| format!("cannot create the admin token file {}", path.display()))?;
+    write_private(path, &token).with_context(|| format!("cannot create the admin token file {}", path.display()))?;
     tracing::info!(path = %path.display(), "created a new admin token file (KEYGATE_ADMIN_TOKEN was not set)");
     Ok(token)
 }

@@ -15,10 +15,7 @@ pub struct Deny {
 
 impl Deny {
     pub fn new(code: Code, message: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 }
 
@@ -40,24 +37,16 @@ pub fn evaluate<'s>(
     now: Timestamp,
 ) -> Result<(), Deny> {
     if key.is_revoked() {
-        return Err(Deny::new(
-            Code::ApiKeyRevoked,
-            Code::ApiKeyRevoked.default_message(),
-        ));
+        return Err(Deny::new(Code::ApiKeyRevoked, Code::ApiKeyRevoked.default_message()));
     }
     if key.is_expired_at(now) {
-        return Err(Deny::new(
-            Code::ApiKeyExpired,
-            Code::ApiKeyExpired.default_message(),
-        ));
+        return Err(Deny::new(Code::ApiKeyExpired, Code::ApiKeyExpired.default_message()));
     }
     match application {
         ApplicationFact::NotRequested => {}
         // Another account's application is as absent as one that never existed.
         ApplicationFact::Unknown => return Err(application_not_found()),
-        ApplicationFact::Known(app) if app.account_id != key.account_id => {
-            return Err(application_not_found())
-        }
+        ApplicationFact::Known(app) if app.account_id != key.account_id => return Err(application_not_found()),
         ApplicationFact::Known(app) if !key.allows_application(&app.id) => {
             return Err(Deny::new(
                 Code::ApplicationForbidden,
@@ -67,19 +56,13 @@ pub fn evaluate<'s>(
         ApplicationFact::Known(_) => {}
     }
     if let Some(missing) = key.scopes.first_missing(required) {
-        return Err(Deny::new(
-            Code::InsufficientScope,
-            format!("the key does not include the scope {missing}"),
-        ));
+        return Err(Deny::new(Code::InsufficientScope, format!("the key does not include the scope {missing}")));
     }
     Ok(())
 }
 
 fn application_not_found() -> Deny {
-    Deny::new(
-        Code::NotFound,
-        "the application was not found for the account",
-    )
+    Deny::new(Code::NotFound, "the application was not found for the account")
 }
 
 #[cfg(test)]
@@ -125,15 +108,7 @@ mod tests {
 
     #[test]
     fn a_live_key_with_the_scope_is_allowed() {
-        assert_eq!(
-            code_of(evaluate(
-                &key(),
-                ApplicationFact::NotRequested,
-                &read(),
-                NOW
-            )),
-            None
-        );
+        assert_eq!(code_of(evaluate(&key(), ApplicationFact::NotRequested, &read(), NOW)), None);
     }
 
     #[test]
@@ -141,43 +116,23 @@ mod tests {
         let mut k = key();
         k.revoked_at = Some(Timestamp::from_millis(1));
         k.expires_at = Some(Timestamp::from_millis(2));
-        assert_eq!(
-            code_of(evaluate(&k, ApplicationFact::NotRequested, &read(), NOW)),
-            Some(Code::ApiKeyRevoked)
-        );
+        assert_eq!(code_of(evaluate(&k, ApplicationFact::NotRequested, &read(), NOW)), Some(Code::ApiKeyRevoked));
     }
 
     #[test]
     fn expiry_is_inclusive_of_its_instant() {
         let mut k = key();
         k.expires_at = Some(NOW);
-        assert_eq!(
-            code_of(evaluate(&k, ApplicationFact::NotRequested, &read(), NOW)),
-            Some(Code::ApiKeyExpired)
-        );
+        assert_eq!(code_of(evaluate(&k, ApplicationFact::NotRequested, &read(), NOW)), Some(Code::ApiKeyExpired));
         k.expires_at = Some(Timestamp::from_millis(NOW.as_millis() + 1));
-        assert_eq!(
-            code_of(evaluate(&k, ApplicationFact::NotRequested, &read(), NOW)),
-            None
-        );
+        assert_eq!(code_of(evaluate(&k, ApplicationFact::NotRequested, &read(), NOW)), None);
     }
 
     #[test]
     fn applications_of_other_accounts_are_not_found() {
         let other = app("app_x", "acct_2");
-        assert_eq!(
-            code_of(evaluate(
-                &key(),
-                ApplicationFact::Known(&other),
-                &read(),
-                NOW
-            )),
-            Some(Code::NotFound)
-        );
-        assert_eq!(
-            code_of(evaluate(&key(), ApplicationFact::Unknown, &read(), NOW)),
-            Some(Code::NotFound)
-        );
+        assert_eq!(code_of(evaluate(&key(), ApplicationFact::Known(&other), &read(), NOW)), Some(Code::NotFound));
+        assert_eq!(code_of(evaluate(&key(), ApplicationFact::Unknown, &read(), NOW)), Some(Code::NotFound));
     }
 
     #[test]
@@ -186,15 +141,9 @@ mod tests {
         k.application_ids = vec![ApplicationId::parse("app_a").unwrap()];
         k.scopes = Scopes::default();
         let b = app("app_b", "acct_1");
-        assert_eq!(
-            code_of(evaluate(&k, ApplicationFact::Known(&b), &read(), NOW)),
-            Some(Code::ApplicationForbidden)
-        );
+        assert_eq!(code_of(evaluate(&k, ApplicationFact::Known(&b), &read(), NOW)), Some(Code::ApplicationForbidden));
         let a = app("app_a", "acct_1");
-        assert_eq!(
-            code_of(evaluate(&k, ApplicationFact::Known(&a), &read(), NOW)),
-            Some(Code::InsufficientScope)
-        );
+        assert_eq!(code_of(evaluate(&k, ApplicationFact::Known(&a), &read(), NOW)), Some(Code::InsufficientScope));
     }
 
     #[test]

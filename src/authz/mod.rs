@@ -102,10 +102,7 @@ impl Authorizer {
             policy,
             store,
             verifier,
-            verified: moka::future::Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_live(settings.ttl)
-                .build(),
+            verified: moka::future::Cache::builder().max_capacity(settings.capacity).time_to_live(settings.ttl).build(),
             clock,
         }
     }
@@ -138,18 +135,13 @@ impl Authorizer {
         }
         let credential = match ApiKeyCredential::parse(query.credential) {
             Ok(credential) => credential,
-            Err(malformed) => {
-                return Ok(verdict.deny(Deny::new(Code::ApiKeyInvalid, malformed.to_string())))
-            }
+            Err(malformed) => return Ok(verdict.deny(Deny::new(Code::ApiKeyInvalid, malformed.to_string()))),
         };
 
         // 4. A known key and its secret; until then the caller learns nothing of its state.
         let key = self.store.key(credential.key_id()).await?;
         if !self.verify(&credential, key.as_deref()).await? {
-            return Ok(verdict.deny(Deny::new(
-                Code::ApiKeyInvalid,
-                "unknown API key or wrong secret",
-            )));
+            return Ok(verdict.deny(Deny::new(Code::ApiKeyInvalid, "unknown API key or wrong secret")));
         }
         let key = key.expect("a verified credential has a key record");
 
@@ -168,20 +160,12 @@ impl Authorizer {
         };
         let required = matched.route.scopes.iter().chain(&query.required_scopes);
         let outcome = evaluate(&key, fact, required, self.clock.now());
-        Ok(Verdict {
-            deny: outcome.err(),
-            principal: Some(key),
-            ..verdict
-        })
+        Ok(Verdict { deny: outcome.err(), principal: Some(key), ..verdict })
     }
 
     /// Is this the key's secret? A cache hit costs a SHA-256; a miss costs one argon2
     /// verification, shared by every concurrent caller presenting the same credential.
-    async fn verify(
-        &self,
-        credential: &ApiKeyCredential<'_>,
-        key: Option<&KeyRecord>,
-    ) -> Result<bool, AuthzError> {
+    async fn verify(&self, credential: &ApiKeyCredential<'_>, key: Option<&KeyRecord>) -> Result<bool, AuthzError> {
         let Some(key) = key else {
             self.verifier.verify(credential.secret(), None).await?;
             return Ok(false);
@@ -193,11 +177,7 @@ impl Authorizer {
         let checked = self
             .verified
             .try_get_with(digest, async {
-                match self
-                    .verifier
-                    .verify(credential.secret(), Some(&key.secret_hash))
-                    .await
-                {
+                match self.verifier.verify(credential.secret(), Some(&key.secret_hash)).await {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(NotVerified::Mismatch),
                     Err(e) => Err(NotVerified::Failed(e)),
@@ -212,9 +192,9 @@ impl Authorizer {
                 // Shared with other waiters: a mismatch for them is a mismatch for us.
                 Err(shared) => match *shared {
                     NotVerified::Mismatch => Ok(false),
-                    NotVerified::Failed(_) => Err(AuthzError::Verifier(VerifierError::Hash(
-                        "a shared verification failed".into(),
-                    ))),
+                    NotVerified::Failed(_) => {
+                        Err(AuthzError::Verifier(VerifierError::Hash("a shared verification failed".into())))
+                    }
                 },
             },
         }

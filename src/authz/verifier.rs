@@ -59,13 +59,8 @@ pub struct Verifier {
 
 impl Verifier {
     pub async fn new(settings: Argon2Settings) -> Result<Self, VerifierError> {
-        let params = Params::new(
-            settings.memory_kib,
-            settings.iterations,
-            settings.parallelism,
-            None,
-        )
-        .map_err(|e| VerifierError::Params(e.to_string()))?;
+        let params = Params::new(settings.memory_kib, settings.iterations, settings.parallelism, None)
+            .map_err(|e| VerifierError::Params(e.to_string()))?;
         let mut verifier = Self {
             argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
             permits: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
@@ -85,11 +80,8 @@ impl Verifier {
         let secret = secret.to_vec();
         let argon2 = self.argon2.clone();
         self.run(move || {
-            let salt =
-                SaltString::encode_b64(&salt).map_err(|e| VerifierError::Hash(e.to_string()))?;
-            let hash = argon2
-                .hash_password(&secret, &salt)
-                .map_err(|e| VerifierError::Hash(e.to_string()))?;
+            let salt = SaltString::encode_b64(&salt).map_err(|e| VerifierError::Hash(e.to_string()))?;
+            let hash = argon2.hash_password(&secret, &salt).map_err(|e| VerifierError::Hash(e.to_string()))?;
             Ok(SecretHash::new(hash.to_string()))
         })
         .await
@@ -97,11 +89,7 @@ impl Verifier {
 
     /// Checks `secret` against `hash`; with no hash (unknown key), does the same work
     /// against the decoy and answers false.
-    pub async fn verify(
-        &self,
-        secret: &str,
-        hash: Option<&SecretHash>,
-    ) -> Result<bool, VerifierError> {
+    pub async fn verify(&self, secret: &str, hash: Option<&SecretHash>) -> Result<bool, VerifierError> {
         let known = hash.is_some();
         let phc = hash.unwrap_or(&self.decoy).expose_phc().to_owned();
         let secret = secret.as_bytes().to_vec();
@@ -126,12 +114,7 @@ impl Verifier {
         &self,
         work: impl FnOnce() -> Result<T, VerifierError> + Send + 'static,
     ) -> Result<T, VerifierError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+        let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;

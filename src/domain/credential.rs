@@ -141,11 +141,7 @@ const CRC32_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
             k += 1;
         }
         table[i] = c;
@@ -155,9 +151,7 @@ const CRC32_TABLE: [u32; 256] = {
 };
 
 fn crc32(bytes: &[u8]) -> u32 {
-    !bytes.iter().fold(!0u32, |crc, &b| {
-        CRC32_TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8)
-    })
+    !bytes.iter().fold(!0u32, |crc, &b| CRC32_TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8))
 }
 
 #[cfg(test)]
@@ -188,40 +182,22 @@ mod tests {
             let mut bytes = key.clone().into_bytes();
             bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
             let typo = String::from_utf8(bytes).unwrap();
-            assert_eq!(
-                ApiKeyCredential::parse(&typo).unwrap_err(),
-                MalformedCredential::Checksum
-            );
+            assert_eq!(ApiKeyCredential::parse(&typo).unwrap_err(), MalformedCredential::Checksum);
         }
     }
 
     #[test]
     fn garbage_is_classified() {
         let key = GeneratedKey::generate().unwrap().into_secret_string();
-        assert_eq!(
-            ApiKeyCredential::parse("").unwrap_err(),
-            MalformedCredential::Prefix
-        );
-        assert_eq!(
-            ApiKeyCredential::parse("sk_live_x").unwrap_err(),
-            MalformedCredential::Prefix
-        );
-        assert_eq!(
-            ApiKeyCredential::parse("kg_short").unwrap_err(),
-            MalformedCredential::Length
-        );
+        assert_eq!(ApiKeyCredential::parse("").unwrap_err(), MalformedCredential::Prefix);
+        assert_eq!(ApiKeyCredential::parse("sk_live_x").unwrap_err(), MalformedCredential::Prefix);
+        assert_eq!(ApiKeyCredential::parse("kg_short").unwrap_err(), MalformedCredential::Length);
         let long = format!("{key}a");
-        assert_eq!(
-            ApiKeyCredential::parse(&long).unwrap_err(),
-            MalformedCredential::Length
-        );
+        assert_eq!(ApiKeyCredential::parse(&long).unwrap_err(), MalformedCredential::Length);
         let unicode = format!("kg_é{}", &key[5..]);
         assert!(ApiKeyCredential::parse(&unicode).is_err());
         let dashed = format!("kg_-{}", &key[4..]);
-        assert_eq!(
-            ApiKeyCredential::parse(&dashed).unwrap_err(),
-            MalformedCredential::Alphabet
-        );
+        assert_eq!(ApiKeyCredential::parse(&dashed).unwrap_err(), MalformedCredential::Alphabet);
     }
 
     #[test]

@@ -16,20 +16,12 @@ impl KeyId {
     pub fn parse(raw: &str) -> Result<Self, InvalidField> {
         raw.strip_prefix(Self::PREFIX)
             .and_then(|body| Self::from_body(body.as_bytes()))
-            .ok_or_else(|| {
-                InvalidField::new(
-                    "id",
-                    "is not an API key id (key_ followed by 16 letters or digits)",
-                )
-            })
+            .ok_or_else(|| InvalidField::new("id", "is not an API key id (key_ followed by 16 letters or digits)"))
     }
 
     pub(crate) fn from_body(body: &[u8]) -> Option<Self> {
         let array: [u8; KEY_ID_LEN] = body.try_into().ok()?;
-        array
-            .iter()
-            .all(u8::is_ascii_alphanumeric)
-            .then_some(Self(array))
+        array.iter().all(u8::is_ascii_alphanumeric).then_some(Self(array))
     }
 
     pub fn as_body(&self) -> &str {
@@ -57,14 +49,8 @@ fn check_external_id(field: &'static str, raw: &str) -> Result<(), InvalidField>
     if raw.len() > 64 {
         return Err(InvalidField::new(field, "must be at most 64 characters"));
     }
-    if !raw
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        return Err(InvalidField::new(
-            field,
-            "may contain only letters, digits, '_' and '-'",
-        ));
+    if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(InvalidField::new(field, "may contain only letters, digits, '_' and '-'"));
     }
     Ok(())
 }
@@ -141,9 +127,6 @@ mod tests {
         assert!(AccountId::parse("").is_err());
         assert!(AccountId::parse(&"a".repeat(65)).is_err());
         assert!(ApplicationId::parse("app 1").is_err());
-        assert!(ApplicationId::generate()
-            .unwrap()
-            .as_str()
-            .starts_with("app_"));
+        assert!(ApplicationId::generate().unwrap().as_str().starts_with("app_"));
     }
 }

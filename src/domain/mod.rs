@@ -23,10 +23,7 @@ pub struct InvalidField {
 
 impl InvalidField {
     pub fn new(field: &'static str, problem: impl Into<String>) -> Self {
-        Self {
-            field,
-            problem: problem.into(),
-        }
+        Self { field, problem: problem.into() }
     }
 }
 
@@ -99,16 +96,10 @@ impl Name {
             return Err(InvalidField::new(field, "must not be empty"));
         }
         if trimmed.chars().count() > Self::MAX_LEN {
-            return Err(InvalidField::new(
-                field,
-                format!("must be at most {} characters", Self::MAX_LEN),
-            ));
+            return Err(InvalidField::new(field, format!("must be at most {} characters", Self::MAX_LEN)));
         }
         if trimmed.chars().any(char::is_control) {
-            return Err(InvalidField::new(
-                field,
-                "must not contain control characters",
-            ));
+            return Err(InvalidField::new(field, "must not contain control characters"));
         }
         Ok(Self(trimmed.to_owned()))
     }

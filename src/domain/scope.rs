@@ -56,10 +56,7 @@ fn check_name(field: &'static str, raw: &str) -> Result<(), InvalidField> {
         format!("a scope must be at most {} characters", Scope::MAX_LEN)
     } else if raw.split(':').any(str::is_empty) {
         format!("scope '{}' has an empty segment", raw.escape_debug())
-    } else if !raw
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'))
-    {
+    } else if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':')) {
         format!(
             "scope '{}' may contain only letters, digits, '_', '.', '-' and ':' (and a final ':*' or '*' in grants)",
             raw.escape_debug()
@@ -91,15 +88,9 @@ impl Scopes {
 
     pub fn parse_grants<S: AsRef<str>>(raw: &[S]) -> Result<Self, InvalidField> {
         if raw.len() > Self::MAX {
-            return Err(InvalidField::new(
-                "scopes",
-                format!("at most {} scopes", Self::MAX),
-            ));
+            return Err(InvalidField::new("scopes", format!("at most {} scopes", Self::MAX)));
         }
-        let mut scopes = raw
-            .iter()
-            .map(|s| Scope::parse_grant(s.as_ref()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut scopes = raw.iter().map(|s| Scope::parse_grant(s.as_ref())).collect::<Result<Vec<_>, _>>()?;
         scopes.sort();
         scopes.dedup();
         Ok(Self(scopes))
@@ -110,10 +101,7 @@ impl Scopes {
     }
 
     /// The first of `required` that no granted scope covers.
-    pub fn first_missing<'r>(
-        &self,
-        required: impl IntoIterator<Item = &'r Scope>,
-    ) -> Option<&'r Scope> {
+    pub fn first_missing<'r>(&self, required: impl IntoIterator<Item = &'r Scope>) -> Option<&'r Scope> {
         required.into_iter().find(|r| !self.covers(r.as_str()))
     }
 

@@ -28,26 +28,16 @@ impl SearchParams {
         if raw.trim().is_empty() {
             return Ok(Self::default());
         }
-        let parsed: Raw = serde_json::from_str(raw).map_err(|e| {
-            InvalidField::new("search_params", format!("is not valid search JSON: {e}"))
-        })?;
-        let search_string = parsed
-            .search_string
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty());
-        if search_string
-            .as_ref()
-            .is_some_and(|s| s.chars().count() > MAX_SEARCH_STRING)
-        {
+        let parsed: Raw = serde_json::from_str(raw)
+            .map_err(|e| InvalidField::new("search_params", format!("is not valid search JSON: {e}")))?;
+        let search_string = parsed.search_string.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        if search_string.as_ref().is_some_and(|s| s.chars().count() > MAX_SEARCH_STRING) {
             return Err(InvalidField::new(
                 "search_params",
                 format!("searchString must be at most {MAX_SEARCH_STRING} characters"),
             ));
         }
-        Ok(Self {
-            search_string,
-            categories: parsed.categories,
-        })
+        Ok(Self { search_string, categories: parsed.categories })
     }
 }
 
@@ -57,8 +47,7 @@ mod tests {
 
     #[test]
     fn parses_the_page_example() {
-        let p =
-            SearchParams::parse(r#"{"searchString": " john ", "categories": ["Login"]}"#).unwrap();
+        let p = SearchParams::parse(r#"{"searchString": " john ", "categories": ["Login"]}"#).unwrap();
         assert_eq!(p.search_string.as_deref(), Some("john"));
         assert_eq!(p.categories, ["Login"]);
         assert_eq!(SearchParams::parse("").unwrap(), SearchParams::default());
@@ -67,14 +56,7 @@ mod tests {
 
     #[test]
     fn malformed_json_is_always_a_validation_error() {
-        for bad in [
-            "{",
-            "[]",
-            "null",
-            r#"{"searchString": 5}"#,
-            r#"{"search": "x"}"#,
-            "john",
-        ] {
+        for bad in ["{", "[]", "null", r#"{"searchString": 5}"#, r#"{"search": "x"}"#, "john"] {
             let err = SearchParams::parse(bad).unwrap_err();
             assert_eq!(err.field, "search_params", "{bad}");
         }

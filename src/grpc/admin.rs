@@ -17,23 +17,13 @@ pub struct AdminTokens(Arc<Vec<[u8; 32]>>);
 
 impl AdminTokens {
     pub fn new<'a>(tokens: impl IntoIterator<Item = &'a str>) -> Self {
-        Self(Arc::new(
-            tokens
-                .into_iter()
-                .map(|t| Sha256::digest(t.as_bytes()).into())
-                .collect(),
-        ))
+        Self(Arc::new(tokens.into_iter().map(|t| Sha256::digest(t.as_bytes()).into()).collect()))
     }
 
     pub fn accepts(&self, presented: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         // Compare against every token so the time does not say which one matched.
-        self.0
-            .iter()
-            .fold(subtle::Choice::from(0), |any, token| {
-                any | token.ct_eq(&digest)
-            })
-            .into()
+        self.0.iter().fold(subtle::Choice::from(0), |any, token| any | token.ct_eq(&digest)).into()
     }
 
     /// A tonic interceptor: `authorization: Bearer <token>` or UNAUTHENTICATED.
@@ -42,17 +32,11 @@ impl AdminTokens {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            });
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
         match presented {
             Some(token) if self.accepts(token.trim()) => Ok(request),
             Some(_) => Err(status::coded(Code::Unauth, "the admin token is not valid")),
-            None => Err(status::coded(
-                Code::Unauth,
-                "admin calls need `authorization: Bearer <admin token>`",
-            )),
+            None => Err(status::coded(Code::Unauth, "admin calls need `authorization: Bearer <admin token>`")),
         }
     }
 }
@@ -69,12 +53,7 @@ impl AdminService {
 }
 
 /// Logs an admin action with its request id and echoes the id back.
-fn respond<T>(
-    request_id: RequestId,
-    action: &str,
-    target: &str,
-    message: T,
-) -> Result<Response<T>, Status> {
+fn respond<T>(request_id: RequestId, action: &str, target: &str, message: T) -> Result<Response<T>, Status> {
     tracing::info!(request_id = %request_id, action, target, "admin action");
     Ok(request_id.attach(Response::new(message)))
 }
@@ -90,12 +69,7 @@ impl admin_server::Admin for AdminService {
         let account = AccountId::parse(&req.account_id)?;
         let name = Name::parse("name", &req.name)?;
         let app = self.manager.create_application(account, name).await?;
-        respond(
-            request_id,
-            "create_application",
-            app.id.as_str(),
-            convert::application_to_proto(&app),
-        )
+        respond(request_id, "create_application", app.id.as_str(), convert::application_to_proto(&app))
     }
 
     async fn get_application(
@@ -115,20 +89,12 @@ impl admin_server::Admin for AdminService {
         let request_id = RequestId::from_metadata(request.metadata());
         let req = request.into_inner();
         let account = AccountId::parse(&req.account_id)?;
-        let page = convert::page_request(req.page_size, &req.page_token, |t| {
-            ApplicationId::parse(t).is_ok()
-        })?;
+        let page = convert::page_request(req.page_size, &req.page_token, |t| ApplicationId::parse(t).is_ok())?;
         let page = self.manager.list_applications(&account, &page).await?;
-        Ok(
-            request_id.attach(Response::new(pb::ListApplicationsResponse {
-                applications: page
-                    .items
-                    .iter()
-                    .map(convert::application_to_proto)
-                    .collect(),
-                next_page_token: page.next_after.unwrap_or_default(),
-            })),
-        )
+        Ok(request_id.attach(Response::new(pb::ListApplicationsResponse {
+            applications: page.items.iter().map(convert::application_to_proto).collect(),
+            next_page_token: page.next_after.unwrap_or_default(),
+        })))
     }
 
     async fn create_api_key(
@@ -145,10 +111,7 @@ impl admin_server::Admin for AdminService {
         respond(request_id, "create_api_key", &key.id.to_string(), response)
     }
 
-    async fn get_api_key(
-        &self,
-        request: Request<pb::GetApiKeyRequest>,
-    ) -> Result<Response<pb::ApiKey>, Status> {
+    async fn get_api_key(&self, request: Request<pb::GetApiKeyRequest>) -> Result<Response<pb::ApiKey>, Status> {
         let request_id = RequestId::from_metadata(request.metadata());
         let id = KeyId::parse(&request.get_ref().id)?;
         let key = self.manager.api_key(id).await?;
@@ -169,51 +132,27 @@ impl admin_server::Admin for AdminService {
                 "search_params: categories are not supported when listing API keys",
             ));
         }
-        let page =
-            convert::page_request(req.page_size, &req.page_token, |t| KeyId::parse(t).is_ok())?;
-        let page = self
-            .manager
-            .list_api_keys(&account, search.search_string.as_deref(), &page)
-            .await?;
+        let page = convert::page_request(req.page_size, &req.page_token, |t| KeyId::parse(t).is_ok())?;
+        let page = self.manager.list_api_keys(&account, search.search_string.as_deref(), &page).await?;
         let now = self.clock.now();
         Ok(request_id.attach(Response::new(pb::ListApiKeysResponse {
-            keys: page
-                .items
-                .iter()
-                .map(|k| convert::key_to_proto(k, now))
-                .collect(),
+            keys: page.items.iter().map(|k| convert::key_to_proto(k, now)).collect(),
             next_page_token: page.next_after.unwrap_or_default(),
         })))
     }
 
-    async fn update_api_key(
-        &self,
-        request: Request<pb::UpdateApiKeyRequest>,
-    ) -> Result<Response<pb::ApiKey>, Status> {
+    async fn update_api_key(&self, request: Request<pb::UpdateApiKeyRequest>) -> Result<Response<pb::ApiKey>, Status> {
         let request_id = RequestId::from_metadata(request.metadata());
         let (id, changes) = convert::key_changes(request.get_ref())?;
         let key = self.manager.update_api_key(id, changes).await?;
-        respond(
-            request_id,
-            "update_api_key",
-            &id.to_string(),
-            convert::key_to_proto(&key, self.clock.now()),
-        )
+        respond(request_id, "update_api_key", &id.to_string(), convert::key_to_proto(&key, self.clock.now()))
     }
 
-    async fn revoke_api_key(
-        &self,
-        request: Request<pb::RevokeApiKeyRequest>,
-    ) -> Result<Response<pb::ApiKey>, Status> {
+    async fn revoke_api_key(&self, request: Request<pb::RevokeApiKeyRequest>) -> Result<Response<pb::ApiKey>, Status> {
         let request_id = RequestId::from_metadata(request.metadata());
         let req = request.into_inner();
         let id = KeyId::parse(&req.id)?;
         let key = self.manager.revoke_api_key(id, &req.reason).await?;
-        respond(
-            request_id,
-            "revoke_api_key",
-            &id.to_string(),
-            convert::key_to_proto(&key, self.clock.now()),
-        )
+        respond(request_id, "revoke_api_key", &id.to_string(), convert::key_to_proto(&key, self.clock.now()))
     }
 }

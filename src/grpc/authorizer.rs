@@ -28,21 +28,12 @@ impl authorizer_server::Authorizer for AuthorizerService {
         let span = tracing::debug_span!("authorize", request_id = %request_id);
         let message = request.into_inner();
         let query = convert::authorize_query(&message)?;
-        let verdict = self
-            .authorizer
-            .authorize(&query)
-            .instrument(span.clone())
-            .await?;
+        let verdict = self.authorizer.authorize(&query).instrument(span.clone()).await?;
         span.in_scope(|| {
             tracing::debug!(
                 route = verdict.route.as_deref().unwrap_or("-"),
                 code = verdict.deny.as_ref().map_or("allowed", |d| d.code.as_str()),
-                key_id = verdict
-                    .principal
-                    .as_ref()
-                    .map(|k| k.id.to_string())
-                    .as_deref()
-                    .unwrap_or("-"),
+                key_id = verdict.principal.as_ref().map(|k| k.id.to_string()).as_deref().unwrap_or("-"),
                 "decided"
             )
         });

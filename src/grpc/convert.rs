@@ -4,9 +4,7 @@
 use super::proto as pb;
 use crate::authz::{AuthorizeQuery, Verdict};
 use crate::code::Code;
-use crate::domain::{
-    AccountId, ApplicationId, InvalidField, KeyId, Name, Scope, Scopes, Timestamp,
-};
+use crate::domain::{AccountId, ApplicationId, InvalidField, KeyId, Name, Scope, Scopes, Timestamp};
 use crate::manage::NewApiKey;
 use crate::store::{Application, KeyChanges, KeyRecord, PageRequest};
 
@@ -16,29 +14,18 @@ pub const MAX_PATH_LEN: usize = 4096;
 pub const MAX_METHOD_LEN: usize = 16;
 pub const MAX_REQUIRED_SCOPES: usize = 32;
 
-pub fn timestamp_from_proto(
-    field: &'static str,
-    ts: &prost_types::Timestamp,
-) -> Result<Timestamp, InvalidField> {
+pub fn timestamp_from_proto(field: &'static str, ts: &prost_types::Timestamp) -> Result<Timestamp, InvalidField> {
     // Up to the year 9999; enough for an expiry and far from overflow.
     const MAX_SECONDS: i64 = 253_402_300_799;
     if !(0..1_000_000_000).contains(&ts.nanos) || !(0..=MAX_SECONDS).contains(&ts.seconds) {
-        return Err(InvalidField::new(
-            field,
-            "is not a valid timestamp between 1970 and 9999",
-        ));
+        return Err(InvalidField::new(field, "is not a valid timestamp between 1970 and 9999"));
     }
-    Ok(Timestamp::from_millis(
-        ts.seconds * 1000 + i64::from(ts.nanos / 1_000_000),
-    ))
+    Ok(Timestamp::from_millis(ts.seconds * 1000 + i64::from(ts.nanos / 1_000_000)))
 }
 
 pub fn timestamp_to_proto(ts: Timestamp) -> prost_types::Timestamp {
     let millis = ts.as_millis();
-    prost_types::Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    prost_types::Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 pub fn application_to_proto(app: &Application) -> pb::Application {
@@ -82,34 +69,18 @@ pub fn page_request(
     let limit = match page_size {
         0 => DEFAULT_PAGE_SIZE,
         n if n <= MAX_PAGE_SIZE => n,
-        _ => {
-            return Err(InvalidField::new(
-                "page_size",
-                format!("must be at most {MAX_PAGE_SIZE}"),
-            ))
-        }
+        _ => return Err(InvalidField::new("page_size", format!("must be at most {MAX_PAGE_SIZE}"))),
     };
     let after = match page_token {
         "" => None,
         token if valid_token(token) => Some(token.to_owned()),
-        _ => {
-            return Err(InvalidField::new(
-                "page_token",
-                "is not a token this listing returned",
-            ))
-        }
+        _ => return Err(InvalidField::new("page_token", "is not a token this listing returned")),
     };
     Ok(PageRequest { after, limit })
 }
 
-pub fn application_ids(
-    field: &'static str,
-    raw: &[String],
-) -> Result<Vec<ApplicationId>, InvalidField> {
-    let mut ids = raw
-        .iter()
-        .map(|id| ApplicationId::parse_field(field, id))
-        .collect::<Result<Vec<_>, _>>()?;
+pub fn application_ids(field: &'static str, raw: &[String]) -> Result<Vec<ApplicationId>, InvalidField> {
+    let mut ids = raw.iter().map(|id| ApplicationId::parse_field(field, id)).collect::<Result<Vec<_>, _>>()?;
     ids.sort();
     ids.dedup();
     Ok(ids)
@@ -124,11 +95,7 @@ impl TryFrom<pb::CreateApiKeyRequest> for NewApiKey {
             name: Name::parse("name", &req.name)?,
             scopes: Scopes::parse_grants(&req.scopes)?,
             application_ids: application_ids("application_ids", &req.application_ids)?,
-            expires_at: req
-                .expires_at
-                .as_ref()
-                .map(|ts| timestamp_from_proto("expires_at", ts))
-                .transpose()?,
+            expires_at: req.expires_at.as_ref().map(|ts| timestamp_from_proto("expires_at", ts)).transpose()?,
         })
     }
 }
@@ -136,10 +103,7 @@ impl TryFrom<pb::CreateApiKeyRequest> for NewApiKey {
 pub fn key_changes(req: &pb::UpdateApiKeyRequest) -> Result<(KeyId, KeyChanges), InvalidField> {
     let id = KeyId::parse(&req.id)?;
     if req.clear_expires_at && req.expires_at.is_some() {
-        return Err(InvalidField::new(
-            "clear_expires_at",
-            "cannot be combined with expires_at",
-        ));
+        return Err(InvalidField::new("clear_expires_at", "cannot be combined with expires_at"));
     }
     let expires_at = match (&req.expires_at, req.clear_expires_at) {
         (Some(ts), _) => Some(Some(timestamp_from_proto("expires_at", ts)?)),
@@ -147,16 +111,8 @@ pub fn key_changes(req: &pb::UpdateApiKeyRequest) -> Result<(KeyId, KeyChanges),
         (None, false) => None,
     };
     let changes = KeyChanges {
-        name: req
-            .name
-            .as_deref()
-            .map(|n| Name::parse("name", n))
-            .transpose()?,
-        scopes: req
-            .scopes
-            .as_ref()
-            .map(|s| Scopes::parse_grants(&s.values))
-            .transpose()?,
+        name: req.name.as_deref().map(|n| Name::parse("name", n)).transpose()?,
+        scopes: req.scopes.as_ref().map(|s| Scopes::parse_grants(&s.values)).transpose()?,
         application_ids: req
             .application_ids
             .as_ref()
@@ -180,25 +136,16 @@ pub fn authorize_query(req: &pb::AuthorizeRequest) -> Result<AuthorizeQuery<'_>,
         || req.method.len() > MAX_METHOD_LEN
         || !req.method.bytes().all(|b| b.is_ascii_alphabetic())
     {
-        return Err(InvalidField::new(
-            "method",
-            "must be an HTTP method such as GET",
-        ));
+        return Err(InvalidField::new("method", "must be an HTTP method such as GET"));
     }
     if !req.path.starts_with('/') {
         return Err(InvalidField::new("path", "must start with '/'"));
     }
     if req.path.len() > MAX_PATH_LEN {
-        return Err(InvalidField::new(
-            "path",
-            format!("must be at most {MAX_PATH_LEN} bytes"),
-        ));
+        return Err(InvalidField::new("path", format!("must be at most {MAX_PATH_LEN} bytes")));
     }
     if req.required_scopes.len() > MAX_REQUIRED_SCOPES {
-        return Err(InvalidField::new(
-            "required_scopes",
-            format!("at most {MAX_REQUIRED_SCOPES}"),
-        ));
+        return Err(InvalidField::new("required_scopes", format!("at most {MAX_REQUIRED_SCOPES}")));
     }
     if !req.client_ip.is_empty() && req.client_ip.parse::<std::net::IpAddr>().is_err() {
         return Err(InvalidField::new("client_ip", "is not an IP address"));
@@ -208,23 +155,16 @@ pub fn authorize_query(req: &pb::AuthorizeRequest) -> Result<AuthorizeQuery<'_>,
         method: &req.method,
         path: &req.path,
         application_id: Some(req.application_id.as_str()).filter(|a| !a.is_empty()),
-        required_scopes: req
-            .required_scopes
-            .iter()
-            .map(|s| Scope::parse_required(s))
-            .collect::<Result<_, _>>()?,
+        required_scopes: req.required_scopes.iter().map(|s| Scope::parse_required(s)).collect::<Result<_, _>>()?,
     })
 }
 
 pub fn authorize_response(verdict: Verdict) -> pb::AuthorizeResponse {
     let (allowed, code, http_status, message) = match &verdict.deny {
         None => (true, String::new(), 200, String::new()),
-        Some(deny) => (
-            false,
-            deny.code.as_str().to_owned(),
-            u32::from(deny.code.http_status()),
-            deny.message.to_string(),
-        ),
+        Some(deny) => {
+            (false, deny.code.as_str().to_owned(), u32::from(deny.code.http_status()), deny.message.to_string())
+        }
     };
     pb::AuthorizeResponse {
         allowed,

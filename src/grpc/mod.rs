@@ -12,8 +12,7 @@ pub mod proto {
     tonic::include_proto!("keygate.v1");
 
     /// For gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/keygate_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/keygate_descriptor.bin"));
 }
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,9 +29,7 @@ impl RequestId {
     pub fn from_metadata(metadata: &MetadataMap) -> Self {
         let given = metadata.get(REQUEST_ID_HEADER).filter(|v| {
             let bytes = v.as_bytes();
-            !bytes.is_empty()
-                && bytes.len() <= MAX_REQUEST_ID_LEN
-                && bytes.iter().all(|b| b.is_ascii_graphic())
+            !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID_LEN && bytes.iter().all(|b| b.is_ascii_graphic())
         });
         Self(given.cloned().unwrap_or_else(generate))
     }

@@ -18,17 +18,8 @@ pub fn coded(code: Code, message: impl Into<String>) -> Status {
     coded_with(code.grpc_code(), code, message.into(), HashMap::new())
 }
 
-fn coded_with(
-    grpc: tonic::Code,
-    code: Code,
-    message: String,
-    metadata: HashMap<String, String>,
-) -> Status {
-    Status::with_error_details(
-        grpc,
-        message,
-        ErrorDetails::with_error_info(code.as_str(), ERROR_DOMAIN, metadata),
-    )
+fn coded_with(grpc: tonic::Code, code: Code, message: String, metadata: HashMap<String, String>) -> Status {
+    Status::with_error_details(grpc, message, ErrorDetails::with_error_info(code.as_str(), ERROR_DOMAIN, metadata))
 }
 
 /// Logs `cause` under a fresh error id and returns a status that carries only the id.
@@ -41,12 +32,7 @@ pub fn internal(grpc: tonic::Code, cause: &dyn std::error::Error) -> Status {
         }
         _ => format!("internal error (error id {error_id})"),
     };
-    coded_with(
-        grpc,
-        Code::InternalError,
-        message,
-        HashMap::from([("error_id".to_owned(), error_id)]),
-    )
+    coded_with(grpc, Code::InternalError, message, HashMap::from([("error_id".to_owned(), error_id)]))
 }
 
 pub fn invalid(e: InvalidField) -> Status {

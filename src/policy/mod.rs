@@ -64,8 +64,7 @@ struct RouteEntry {
 
 impl Policy {
     pub fn default_policy() -> Self {
-        Self::from_toml(DEFAULT_POLICY, "(built-in default)")
-            .expect("the shipped default policy is valid")
+        Self::from_toml(DEFAULT_POLICY, "(built-in default)").expect("the shipped default policy is valid")
     }
 
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
@@ -78,15 +77,10 @@ impl Policy {
     }
 
     pub fn from_toml(text: &str, source_name: &str) -> Result<Self, PolicyError> {
-        let fail = |problems| PolicyError {
-            source_name: source_name.to_owned(),
-            problems,
-        };
+        let fail = |problems| PolicyError { source_name: source_name.to_owned(), problems };
         let file: PolicyFile = toml::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
         if file.routes.is_empty() {
-            return Err(fail(vec![
-                "no [[routes]] entries: every request would be not_found".into(),
-            ]));
+            return Err(fail(vec!["no [[routes]] entries: every request would be not_found".into()]));
         }
         let mut problems = Vec::new();
         let mut routes = Vec::with_capacity(file.routes.len());
@@ -98,10 +92,7 @@ impl Policy {
                     if let Err(other) = router.insert(method, &segments, routes.len()) {
                         problems.push(format!(
                             "{name}: matches the same requests as {:?}",
-                            routes
-                                .get(other)
-                                .map(|r: &Route| &*r.template)
-                                .unwrap_or("?")
+                            routes.get(other).map(|r: &Route| &*r.template).unwrap_or("?")
                         ));
                     }
                     routes.push(route);
@@ -121,13 +112,8 @@ impl Policy {
         let path = path.split_once('?').map_or(path, |(p, _)| p);
         let (index, segments) = self.router.find(method, path)?;
         let route = &self.routes[index];
-        let application_id = route
-            .application_segment
-            .and_then(|s| segments.get(s).copied());
-        Some(RouteMatch {
-            route,
-            application_id,
-        })
+        let application_id = route.application_segment.and_then(|s| segments.get(s).copied());
+        Some(RouteMatch { route, application_id })
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -147,10 +133,7 @@ fn parse_route(entry: &RouteEntry) -> Result<(Route, &'static str, Vec<Segment>)
     let (method, path) = entry.route.trim().split_once(' ').unwrap_or(("", ""));
     let method = METHODS.iter().copied().find(|m| *m == method);
     if method.is_none() {
-        problems.push(format!(
-            "route must be \"METHOD /path\" with METHOD one of {}",
-            METHODS.join(", ")
-        ));
+        problems.push(format!("route must be \"METHOD /path\" with METHOD one of {}", METHODS.join(", ")));
     }
     let segments = match parse_path(path.trim()) {
         Ok(segments) => segments,
@@ -170,18 +153,12 @@ fn parse_route(entry: &RouteEntry) -> Result<(Route, &'static str, Vec<Segment>)
             }
         })
         .collect();
-    let param_position = |name: &str| {
-        segments
-            .iter()
-            .position(|s| *s == Segment::Param(name.to_owned()))
-    };
+    let param_position = |name: &str| segments.iter().position(|s| *s == Segment::Param(name.to_owned()));
     let application_segment = match &entry.application_param {
         Some(name) => {
             let position = param_position(name);
             if position.is_none() {
-                problems.push(format!(
-                    "application_param {name:?} is not a parameter of the path"
-                ));
+                problems.push(format!("application_param {name:?} is not a parameter of the path"));
             }
             position
         }
@@ -189,11 +166,7 @@ fn parse_route(entry: &RouteEntry) -> Result<(Route, &'static str, Vec<Segment>)
     };
     match method {
         Some(method) if problems.is_empty() => Ok((
-            Route {
-                template: format!("{method} {}", path.trim()).into(),
-                scopes,
-                application_segment,
-            },
+            Route { template: format!("{method} {}", path.trim()).into(), scopes, application_segment },
             method,
             segments,
         )),
@@ -211,33 +184,24 @@ fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
     let mut segments = Vec::new();
     for raw in rest.split('/') {
         let segment = if let Some(name) = raw.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
-            let valid = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            let valid =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
             if !valid {
-                return Err(format!(
-                    "parameter {raw:?} must be {{name}} with lowercase letters, digits or '_'"
-                ));
+                return Err(format!("parameter {raw:?} must be {{name}} with lowercase letters, digits or '_'"));
             }
             if segments.contains(&Segment::Param(name.to_owned())) {
                 return Err(format!("parameter {raw:?} appears twice"));
             }
             Segment::Param(name.to_owned())
         } else if raw.is_empty() || raw.contains(['{', '}', '?', '#', ' ']) {
-            return Err(format!(
-                "segment {raw:?} is empty or has a character a path segment cannot have"
-            ));
+            return Err(format!("segment {raw:?} is empty or has a character a path segment cannot have"));
         } else {
             Segment::Literal(raw.to_owned())
         };
         segments.push(segment);
     }
     if segments.len() > router::MAX_SEGMENTS {
-        return Err(format!(
-            "the path has more than {} segments",
-            router::MAX_SEGMENTS
-        ));
+        return Err(format!("the path has more than {} segments", router::MAX_SEGMENTS));
     }
     Ok(segments)
 }
@@ -253,18 +217,11 @@ mod tests {
     #[test]
     fn the_default_policy_loads_and_matches_the_page_routes() {
         let p = Policy::default_policy();
-        let m = p
-            .match_route("GET", "/api/v1/panel/applications/app_123")
-            .unwrap();
-        assert_eq!(
-            &*m.route.template,
-            "GET /api/v1/panel/applications/{application_id}"
-        );
+        let m = p.match_route("GET", "/api/v1/panel/applications/app_123").unwrap();
+        assert_eq!(&*m.route.template, "GET /api/v1/panel/applications/{application_id}");
         assert_eq!(m.application_id, Some("app_123"));
         assert!(p.match_route("POST", "/api/v1/panel/api-keys").is_some());
-        assert!(p
-            .match_route("PATCH", "/api/v1/panel/update-api-keys")
-            .is_some());
+        assert!(p.match_route("PATCH", "/api/v1/panel/update-api-keys").is_some());
         assert!(p.match_route("GET", "/nope").is_none());
     }
 
@@ -280,10 +237,7 @@ mod tests {
             route = "GET /apps/mine"
             "#,
         );
-        assert_eq!(
-            &*p.match_route("GET", "/apps/mine").unwrap().route.template,
-            "GET /apps/mine"
-        );
+        assert_eq!(&*p.match_route("GET", "/apps/mine").unwrap().route.template, "GET /apps/mine");
         // "mine" is tried as a literal first, then as the parameter.
         let m = p.match_route("GET", "/apps/mine/users").unwrap();
         assert_eq!(&*m.route.template, "GET /apps/{application_id}/users");
@@ -314,14 +268,8 @@ mod tests {
         let text = err.to_string();
         assert_eq!(err.problems.len(), 4, "{text}");
         assert!(text.contains("route #1"), "{text}");
-        assert!(
-            text.contains("route #2") && text.contains("\"y\""),
-            "{text}"
-        );
-        assert!(
-            text.contains("route #4") && text.contains("GET /c/{id}"),
-            "{text}"
-        );
+        assert!(text.contains("route #2") && text.contains("\"y\""), "{text}");
+        assert!(text.contains("route #4") && text.contains("GET /c/{id}"), "{text}");
     }
 
     #[test]

@@ -33,12 +33,7 @@ impl<'p> Segments<'p> {
 
 impl Router {
     /// Adds a route; on a clash returns the index of the route already there.
-    pub fn insert(
-        &mut self,
-        method: &'static str,
-        segments: &[Segment],
-        route: usize,
-    ) -> Result<(), usize> {
+    pub fn insert(&mut self, method: &'static str, segments: &[Segment], route: usize) -> Result<(), usize> {
         let nodes = match self.methods.iter_mut().position(|(m, _)| *m == method) {
             Some(i) => &mut self.methods[i].1,
             None => {
@@ -58,9 +53,7 @@ impl Router {
                     nodes.push(Node::default());
                     let new = nodes.len() - 1;
                     match segment {
-                        Segment::Literal(text) => {
-                            nodes[at].literals.insert(text.as_str().into(), new)
-                        }
+                        Segment::Literal(text) => nodes[at].literals.insert(text.as_str().into(), new),
                         Segment::Param(_) => nodes[at].param.replace(new),
                     };
                     new
@@ -77,21 +70,11 @@ impl Router {
     }
 
     pub fn find<'p>(&self, method: &str, path: &'p str) -> Option<(usize, Segments<'p>)> {
-        let (_, nodes) = self
-            .methods
-            .iter()
-            .find(|(m, _)| m.eq_ignore_ascii_case(method))?;
+        let (_, nodes) = self.methods.iter().find(|(m, _)| m.eq_ignore_ascii_case(method))?;
         let rest = path.strip_prefix('/')?;
         // One trailing slash is tolerated: "/a/b/" is "/a/b".
-        let rest = if rest.len() > 1 {
-            rest.strip_suffix('/').unwrap_or(rest)
-        } else {
-            rest
-        };
-        let mut segments = Segments {
-            items: [""; MAX_SEGMENTS],
-            len: 0,
-        };
+        let rest = if rest.len() > 1 { rest.strip_suffix('/').unwrap_or(rest) } else { rest };
+        let mut segments = Segments { items: [""; MAX_SEGMENTS], len: 0 };
         if !rest.is_empty() {
             for segment in rest.split('/') {
                 if segment.is_empty() || segments.len == MAX_SEGMENTS {

@@ -10,9 +10,7 @@
 //! inserts only if the epoch it saw before reading the store is still current, checked
 //! under the same lock. Cache hits take no lock.
 
-use super::{
-    Application, KeyChanges, KeyRecord, Page, PageRequest, Store, StoreError, UpdateOutcome,
-};
+use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, Store, StoreError, UpdateOutcome};
 use crate::domain::{AccountId, ApplicationId, KeyId, Timestamp};
 use moka::sync::Cache;
 use std::hash::{BuildHasher, Hash};
@@ -43,10 +41,7 @@ where
 {
     fn new(settings: CacheSettings) -> Self {
         Self {
-            entries: Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_live(settings.ttl)
-                .build(),
+            entries: Cache::builder().max_capacity(settings.capacity).time_to_live(settings.ttl).build(),
             epochs: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
             hasher: Default::default(),
         }
@@ -84,11 +79,7 @@ where
 
     fn invalidate_all(&self) {
         // Bump every shard first so that loads under way cannot insert afterwards.
-        let mut guards: Vec<_> = self
-            .epochs
-            .iter()
-            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
-            .collect();
+        let mut guards: Vec<_> = self.epochs.iter().map(|m| m.lock().unwrap_or_else(|e| e.into_inner())).collect();
         for epoch in guards.iter_mut() {
             **epoch += 1;
         }
@@ -104,11 +95,7 @@ pub struct CachedStore {
 
 impl CachedStore {
     pub fn new(inner: Arc<dyn Store>, settings: CacheSettings) -> Self {
-        Self {
-            inner,
-            keys: GuardedCache::new(settings),
-            applications: GuardedCache::new(settings),
-        }
+        Self { inner, keys: GuardedCache::new(settings), applications: GuardedCache::new(settings) }
     }
 
     pub fn invalidate_key(&self, id: KeyId) {
@@ -140,13 +127,8 @@ impl Store for CachedStore {
         result
     }
 
-    async fn application(
-        &self,
-        id: &ApplicationId,
-    ) -> Result<Option<Arc<Application>>, StoreError> {
-        self.applications
-            .get_or_load(id.clone(), self.inner.application(id))
-            .await
+    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
+        self.applications.get_or_load(id.clone(), self.inner.application(id)).await
     }
 
     async fn list_applications(
@@ -176,24 +158,14 @@ impl Store for CachedStore {
         self.inner.list_keys(account, search, page).await
     }
 
-    async fn update_key(
-        &self,
-        id: KeyId,
-        changes: &KeyChanges,
-        now: Timestamp,
-    ) -> Result<UpdateOutcome, StoreError> {
+    async fn update_key(&self, id: KeyId, changes: &KeyChanges, now: Timestamp) -> Result<UpdateOutcome, StoreError> {
         // Invalidate even when the write errors: it may have committed before the error.
         let result = self.inner.update_key(id, changes, now).await;
         self.keys.invalidate(&id);
         result
     }
 
-    async fn revoke_key(
-        &self,
-        id: KeyId,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<Option<KeyRecord>, StoreError> {
+    async fn revoke_key(&self, id: KeyId, reason: &str, now: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
         let result = self.inner.revoke_key(id, reason, now).await;
         self.keys.invalidate(&id);
         result

@@ -109,13 +109,9 @@ impl From<sqlx::Error> for StoreError {
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn create_application(&self, app: &Application) -> Result<(), StoreError>;
-    async fn application(&self, id: &ApplicationId)
-        -> Result<Option<Arc<Application>>, StoreError>;
-    async fn list_applications(
-        &self,
-        account: &AccountId,
-        page: &PageRequest,
-    ) -> Result<Page<Application>, StoreError>;
+    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError>;
+    async fn list_applications(&self, account: &AccountId, page: &PageRequest)
+        -> Result<Page<Application>, StoreError>;
 
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
     async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError>;
@@ -126,19 +122,9 @@ pub trait Store: Send + Sync + 'static {
         search: Option<&str>,
         page: &PageRequest,
     ) -> Result<Page<KeyRecord>, StoreError>;
-    async fn update_key(
-        &self,
-        id: KeyId,
-        changes: &KeyChanges,
-        now: Timestamp,
-    ) -> Result<UpdateOutcome, StoreError>;
+    async fn update_key(&self, id: KeyId, changes: &KeyChanges, now: Timestamp) -> Result<UpdateOutcome, StoreError>;
     /// Idempotent: revoking a revoked key returns it unchanged. `None` if there is no such key.
-    async fn revoke_key(
-        &self,
-        id: KeyId,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<Option<KeyRecord>, StoreError>;
+    async fn revoke_key(&self, id: KeyId, reason: &str, now: Timestamp) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;

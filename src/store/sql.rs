@@ -3,9 +3,7 @@
 //! placeholders, `RETURNING`), so the conformance suite proves both with the same code.
 //! What differs per backend (connection set-up, migrations) is chosen by [`Backend`].
 
-use super::{
-    Application, KeyChanges, KeyRecord, Page, PageRequest, Store, StoreError, UpdateOutcome,
-};
+use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, Store, StoreError, UpdateOutcome};
 use crate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, Timestamp};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
@@ -16,8 +14,7 @@ use std::time::Duration;
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
-const KEY_COLUMNS: &str =
-    "id, account_id, name, scopes, application_ids, secret_hash, created_at, \
+const KEY_COLUMNS: &str = "id, account_id, name, scopes, application_ids, secret_hash, created_at, \
      updated_at, expires_at, revoked_at, revoked_reason, version";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,33 +45,20 @@ impl SqlStore {
     /// Connects, creating a SQLite file (and its folder) if needed, and applies the
     /// migrations. Safe when several replicas start at once: sqlx takes a database lock
     /// around migrations.
-    pub async fn connect(
-        url: &str,
-        max_connections: u32,
-        connect_timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    pub async fn connect(url: &str, max_connections: u32, connect_timeout: Duration) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
-        let backend = Backend::of_url(url).ok_or_else(|| {
-            anyhow::anyhow!("the database URL must start with sqlite: or postgres:")
-        })?;
-        let mut options = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(connect_timeout);
+        let backend = Backend::of_url(url)
+            .ok_or_else(|| anyhow::anyhow!("the database URL must start with sqlite: or postgres:"))?;
+        let mut options = AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(connect_timeout);
         let url = match backend {
             Backend::Sqlite => {
                 options = options.after_connect(|conn, _| {
                     Box::pin(async move {
                         // WAL lets readers run beside the one writer; the busy timeout makes
                         // writers queue instead of failing at once.
-                        sqlx::query("PRAGMA journal_mode = WAL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA busy_timeout = 5000")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL")
-                            .execute(&mut *conn)
-                            .await?;
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
                         Ok(())
                     })
                 });
@@ -105,18 +89,13 @@ fn prepare_sqlite_url(url: &str) -> anyhow::Result<String> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     if path.is_empty() || path.starts_with(":memory:") {
-        anyhow::bail!("an in-memory SQLite database is not supported: each pooled connection would see its own empty database");
+        anyhow::bail!(
+            "an in-memory SQLite database is not supported: each pooled connection would see its own empty database"
+        );
     }
-    if let Some(parent) = std::path::Path::new(path)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create the folder {} for the database: {e}",
-                parent.display()
-            )
-        })?;
+    if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("cannot create the folder {} for the database: {e}", parent.display()))?;
     }
     Ok(if query.contains("mode=") {
         url.to_owned()
@@ -134,27 +113,22 @@ fn corrupt(what: &str) -> StoreError {
 fn application_from_row(row: &AnyRow) -> Result<Application, StoreError> {
     Ok(Application {
         id: ApplicationId::parse(row.try_get("id")?).map_err(|_| corrupt("applications.id"))?,
-        account_id: AccountId::parse(row.try_get("account_id")?)
-            .map_err(|_| corrupt("applications.account_id"))?,
+        account_id: AccountId::parse(row.try_get("account_id")?).map_err(|_| corrupt("applications.account_id"))?,
         name: Name::from_trusted(row.try_get("name")?),
         created_at: Timestamp::from_millis(row.try_get("created_at")?),
     })
 }
 
 fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
-    let scopes: Vec<String> =
-        serde_json::from_str(row.try_get("scopes")?).map_err(|_| corrupt("api_keys.scopes"))?;
-    let application_ids: Vec<String> = serde_json::from_str(row.try_get("application_ids")?)
-        .map_err(|_| corrupt("api_keys.application_ids"))?;
+    let scopes: Vec<String> = serde_json::from_str(row.try_get("scopes")?).map_err(|_| corrupt("api_keys.scopes"))?;
+    let application_ids: Vec<String> =
+        serde_json::from_str(row.try_get("application_ids")?).map_err(|_| corrupt("api_keys.application_ids"))?;
     let optional_time = |column| -> Result<Option<Timestamp>, StoreError> {
-        Ok(row
-            .try_get::<Option<i64>, _>(column)?
-            .map(Timestamp::from_millis))
+        Ok(row.try_get::<Option<i64>, _>(column)?.map(Timestamp::from_millis))
     };
     Ok(KeyRecord {
         id: KeyId::from_stored(row.try_get("id")?).ok_or_else(|| corrupt("api_keys.id"))?,
-        account_id: AccountId::parse(row.try_get("account_id")?)
-            .map_err(|_| corrupt("api_keys.account_id"))?,
+        account_id: AccountId::parse(row.try_get("account_id")?).map_err(|_| corrupt("api_keys.account_id"))?,
         name: Name::from_trusted(row.try_get("name")?),
         scopes: Scopes::parse_grants(&scopes).map_err(|_| corrupt("api_keys.scopes"))?,
         application_ids: application_ids
@@ -173,13 +147,11 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
 }
 
 fn scopes_json(scopes: &Scopes) -> String {
-    serde_json::to_string(&scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>())
-        .expect("strings serialize")
+    serde_json::to_string(&scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>()).expect("strings serialize")
 }
 
 fn application_ids_json(ids: &[ApplicationId]) -> String {
-    serde_json::to_string(&ids.iter().map(|s| s.as_str()).collect::<Vec<_>>())
-        .expect("strings serialize")
+    serde_json::to_string(&ids.iter().map(|s| s.as_str()).collect::<Vec<_>>()).expect("strings serialize")
 }
 
 /// `%term%` for LIKE, with LIKE's own wildcards in the term escaped.
@@ -211,23 +183,18 @@ fn into_page<T>(mut items: Vec<T>, limit: u32, id_of: impl Fn(&T) -> String) -> 
 impl Store for SqlStore {
     #[tracing::instrument(skip_all, fields(application_id = %app.id), err)]
     async fn create_application(&self, app: &Application) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO applications (id, account_id, name, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(app.id.as_str())
-        .bind(app.account_id.as_str())
-        .bind(app.name.as_str())
-        .bind(app.created_at.as_millis())
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("INSERT INTO applications (id, account_id, name, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(app.id.as_str())
+            .bind(app.account_id.as_str())
+            .bind(app.name.as_str())
+            .bind(app.created_at.as_millis())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     #[tracing::instrument(skip_all, fields(application_id = %id), err)]
-    async fn application(
-        &self,
-        id: &ApplicationId,
-    ) -> Result<Option<Arc<Application>>, StoreError> {
+    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
         sqlx::query("SELECT id, account_id, name, created_at FROM applications WHERE id = $1")
             .bind(id.as_str())
             .fetch_optional(&self.pool)
@@ -251,10 +218,7 @@ impl Store for SqlStore {
         .bind(i64::from(page.limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        let items = rows
-            .iter()
-            .map(application_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let items = rows.iter().map(application_from_row).collect::<Result<Vec<_>, _>>()?;
         Ok(into_page(items, page.limit, |a| a.id.to_string()))
     }
 
@@ -310,20 +274,12 @@ impl Store for SqlStore {
         .bind(i64::from(page.limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        let items = rows
-            .iter()
-            .map(key_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let items = rows.iter().map(key_from_row).collect::<Result<Vec<_>, _>>()?;
         Ok(into_page(items, page.limit, |k| k.id.to_string()))
     }
 
     #[tracing::instrument(skip_all, fields(key_id = %id), err)]
-    async fn update_key(
-        &self,
-        id: KeyId,
-        changes: &KeyChanges,
-        now: Timestamp,
-    ) -> Result<UpdateOutcome, StoreError> {
+    async fn update_key(&self, id: KeyId, changes: &KeyChanges, now: Timestamp) -> Result<UpdateOutcome, StoreError> {
         let row = sqlx::query(&format!(
             "UPDATE api_keys SET \
                name = COALESCE($2, name), \
@@ -354,12 +310,7 @@ impl Store for SqlStore {
     }
 
     #[tracing::instrument(skip_all, fields(key_id = %id), err)]
-    async fn revoke_key(
-        &self,
-        id: KeyId,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<Option<KeyRecord>, StoreError> {
+    async fn revoke_key(&self, id: KeyId, reason: &str, now: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
         // Every SET expression reads the row as it was, so a second revoke changes nothing.
         let row = sqlx::query(&format!(
             "UPDATE api_keys SET \

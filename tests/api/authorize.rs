@@ -27,9 +27,7 @@ async fn decision_table(db: Db) {
     let other = app.create_app("acct_a").await;
     let theirs = app.create_app("acct_b").await;
     let (key, secret) = app.create_key("acct_a", &["applications:read"], &[]).await;
-    let (_, restricted) = app
-        .create_key("acct_a", &["applications:*"], &[&mine.id])
-        .await;
+    let (_, restricted) = app.create_key("acct_a", &["applications:*"], &[&mine.id]).await;
 
     // Allowed: principal, route and the application from the path.
     let ok = app.authorize(&secret, "GET", &app_path(&mine.id)).await;
@@ -38,21 +36,13 @@ async fn decision_table(db: Db) {
     assert_eq!(ok.route, "GET /api/v1/panel/applications/{application_id}");
     assert_eq!(ok.application_id, mine.id);
     let principal = ok.principal.unwrap();
-    assert_eq!(
-        (principal.key_id.as_str(), principal.account_id.as_str()),
-        (key.id.as_str(), "acct_a")
-    );
+    assert_eq!((principal.key_id.as_str(), principal.account_id.as_str()), (key.id.as_str(), "acct_a"));
     assert_eq!(principal.scopes, ["applications:read"]);
 
     // 1. No route.
     let r = app.authorize(&secret, "GET", "/api/v1/nothing-here").await;
-    assert_eq!(
-        (r.allowed, r.code.as_str(), r.http_status),
-        (false, "not_found", 404)
-    );
-    let r = app
-        .authorize(&secret, "DELETE", "/api/v1/panel/api-keys")
-        .await;
+    assert_eq!((r.allowed, r.code.as_str(), r.http_status), (false, "not_found", 404));
+    let r = app.authorize(&secret, "DELETE", "/api/v1/panel/api-keys").await;
     assert_eq!(r.code, "not_found");
 
     // 2. No credential.
@@ -63,11 +53,7 @@ async fn decision_table(db: Db) {
     let before = app.verifications();
     let mut bad_checksum = secret.clone().into_bytes();
     let last = bad_checksum.len() - 1;
-    bad_checksum[last] = if bad_checksum[last] == b'a' {
-        b'b'
-    } else {
-        b'a'
-    };
+    bad_checksum[last] = if bad_checksum[last] == b'a' { b'b' } else { b'a' };
     for garbage in [
         "sk_live_123".to_owned(),
         String::from_utf8(bad_checksum).unwrap(),
@@ -77,27 +63,14 @@ async fn decision_table(db: Db) {
         secret[..secret.len() - 1].to_owned(),
     ] {
         let r = app.authorize(&garbage, "GET", APPS).await;
-        assert_eq!(
-            (r.code.as_str(), r.http_status),
-            ("api_key_invalid", 401),
-            "{garbage:.40}"
-        );
-        assert!(
-            !r.message.contains(&garbage),
-            "the message must not echo the credential"
-        );
+        assert_eq!((r.code.as_str(), r.http_status), ("api_key_invalid", 401), "{garbage:.40}");
+        assert!(!r.message.contains(&garbage), "the message must not echo the credential");
         assert!(r.principal.is_none());
     }
-    assert_eq!(
-        app.verifications(),
-        before,
-        "malformed credentials cost no argon2"
-    );
+    assert_eq!(app.verifications(), before, "malformed credentials cost no argon2");
 
     // 4. Unknown key id (well-formed) and wrong secret: the same answer.
-    let unknown = keygate::domain::GeneratedKey::generate()
-        .unwrap()
-        .into_secret_string();
+    let unknown = keygate::domain::GeneratedKey::generate().unwrap().into_secret_string();
     let r = app.authorize(&unknown, "GET", APPS).await;
     assert_eq!(r.code, "api_key_invalid");
     let wrong_secret = forge_with_key_id(&secret);
@@ -106,27 +79,13 @@ async fn decision_table(db: Db) {
     assert!(r.principal.is_none());
 
     // 6. Applications: absent, another account's, restricted away.
-    let r = app
-        .authorize(&secret, "GET", &app_path("app_doesnotexist"))
-        .await;
+    let r = app.authorize(&secret, "GET", &app_path("app_doesnotexist")).await;
     assert_eq!((r.code.as_str(), r.http_status), ("not_found", 404));
     let r = app.authorize(&secret, "GET", &app_path(&theirs.id)).await;
-    assert_eq!(
-        r.code, "not_found",
-        "another account's application is not found"
-    );
-    let r = app
-        .authorize(&restricted, "GET", &app_path(&other.id))
-        .await;
-    assert_eq!(
-        (r.code.as_str(), r.http_status),
-        ("application_forbidden", 403)
-    );
-    assert!(
-        app.authorize(&restricted, "GET", &app_path(&mine.id))
-            .await
-            .allowed
-    );
+    assert_eq!(r.code, "not_found", "another account's application is not found");
+    let r = app.authorize(&restricted, "GET", &app_path(&other.id)).await;
+    assert_eq!((r.code.as_str(), r.http_status), ("application_forbidden", 403));
+    assert!(app.authorize(&restricted, "GET", &app_path(&mine.id)).await.allowed);
     // The request's application_id wins over the path.
     let r = app
         .authorize_with(pb::AuthorizeRequest {
@@ -141,16 +100,9 @@ async fn decision_table(db: Db) {
 
     // 7. Scopes, from the route and from the request; wildcards.
     let r = app.authorize(&secret, "PATCH", &app_path(&mine.id)).await;
-    assert_eq!(
-        (r.code.as_str(), r.http_status),
-        ("insufficient_scope", 403)
-    );
+    assert_eq!((r.code.as_str(), r.http_status), ("insufficient_scope", 403));
     assert!(r.message.contains("applications:write"), "{}", r.message);
-    assert!(
-        app.authorize(&restricted, "PATCH", &app_path(&mine.id))
-            .await
-            .allowed
-    );
+    assert!(app.authorize(&restricted, "PATCH", &app_path(&mine.id)).await.allowed);
     let r = app
         .authorize_with(pb::AuthorizeRequest {
             credential: secret.clone(),
@@ -167,19 +119,13 @@ async fn decision_table(db: Db) {
 /// Built from the documented format (CRC-32 of the body, six base62 digits), independently
 /// of keygate's own code.
 fn forge_with_key_id(credential: &str) -> String {
-    let other = keygate::domain::GeneratedKey::generate()
-        .unwrap()
-        .into_secret_string();
+    let other = keygate::domain::GeneratedKey::generate().unwrap().into_secret_string();
     let body = format!("{}{}", &credential[..19], &other[19..63]);
     let mut crc = !0u32;
     for &byte in body.as_bytes() {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                0xEDB8_8320 ^ (crc >> 1)
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { 0xEDB8_8320 ^ (crc >> 1) } else { crc >> 1 };
         }
     }
     let mut value = !crc;
@@ -202,42 +148,26 @@ async fn revoke_takes_effect_on_the_next_call(db: Db) {
     assert!(app.authorize(&secret, "GET", APPS).await.allowed);
     let revoked = app
         .admin
-        .revoke_api_key(pb::RevokeApiKeyRequest {
-            id: key.id.clone(),
-            reason: "leaked".into(),
-        })
+        .revoke_api_key(pb::RevokeApiKeyRequest { id: key.id.clone(), reason: "leaked".into() })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(revoked.status, pb::ApiKeyStatus::Revoked as i32);
     assert_eq!(revoked.revoked_reason, "leaked");
     let r = app.authorize(&secret, "GET", APPS).await;
-    assert_eq!(
-        (r.allowed, r.code.as_str(), r.http_status),
-        (false, "api_key_revoked", 401)
-    );
+    assert_eq!((r.allowed, r.code.as_str(), r.http_status), (false, "api_key_revoked", 401));
     // Revoking again changes nothing.
     let again = app
         .admin
-        .revoke_api_key(pb::RevokeApiKeyRequest {
-            id: key.id.clone(),
-            reason: "other".into(),
-        })
+        .revoke_api_key(pb::RevokeApiKeyRequest { id: key.id.clone(), reason: "other".into() })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        (again.revoked_reason.as_str(), again.revoked_at),
-        ("leaked", revoked.revoked_at)
-    );
+    assert_eq!((again.revoked_reason.as_str(), again.revoked_at), ("leaked", revoked.revoked_at));
     // A revoked key cannot be changed back.
     let err = app
         .admin
-        .update_api_key(pb::UpdateApiKeyRequest {
-            id: key.id,
-            name: Some("revived".into()),
-            ..Default::default()
-        })
+        .update_api_key(pb::UpdateApiKeyRequest { id: key.id, name: Some("revived".into()), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(reason(&err), "bad_request");
@@ -247,14 +177,9 @@ async fn expiry_follows_the_clock(db: Db) {
     let Some(mut app) = TestApp::spawn(db).await else {
         return;
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     // The server's clock is a manual one started at "now"; expire an hour from it.
-    let expires = prost_types::Timestamp {
-        seconds: now.as_secs() as i64 + 3600,
-        nanos: 0,
-    };
+    let expires = prost_types::Timestamp { seconds: now.as_secs() as i64 + 3600, nanos: 0 };
     let created = app
         .admin
         .create_api_key(pb::CreateApiKeyRequest {
@@ -270,18 +195,12 @@ async fn expiry_follows_the_clock(db: Db) {
     let secret = created.secret;
     assert!(app.authorize(&secret, "GET", APPS).await.allowed);
     app.clock.advance(Duration::from_secs(3599));
-    assert!(
-        app.authorize(&secret, "GET", APPS).await.allowed,
-        "cached decisions never outlive expiry"
-    );
+    assert!(app.authorize(&secret, "GET", APPS).await.allowed, "cached decisions never outlive expiry");
     app.clock.advance(Duration::from_secs(2));
     let r = app.authorize(&secret, "GET", APPS).await;
     assert_eq!((r.code.as_str(), r.http_status), ("api_key_expired", 401));
     // Extending the expiry brings it back at once.
-    let later = prost_types::Timestamp {
-        seconds: now.as_secs() as i64 + 7200,
-        nanos: 0,
-    };
+    let later = prost_types::Timestamp { seconds: now.as_secs() as i64 + 7200, nanos: 0 };
     app.admin
         .update_api_key(pb::UpdateApiKeyRequest {
             id: created.key.unwrap().id,
@@ -299,51 +218,28 @@ async fn scope_update_takes_effect_at_once(db: Db) {
     };
     let target = app.create_app("acct_a").await;
     let (key, secret) = app.create_key("acct_a", &["applications:read"], &[]).await;
-    assert_eq!(
-        app.authorize(&secret, "PATCH", &app_path(&target.id))
-            .await
-            .code,
-        "insufficient_scope"
-    );
+    assert_eq!(app.authorize(&secret, "PATCH", &app_path(&target.id)).await.code, "insufficient_scope");
     app.admin
         .update_api_key(pb::UpdateApiKeyRequest {
             id: key.id.clone(),
-            scopes: Some(pb::StringList {
-                values: vec!["applications:write".into()],
-            }),
+            scopes: Some(pb::StringList { values: vec!["applications:write".into()] }),
             ..Default::default()
         })
         .await
         .unwrap();
-    assert!(
-        app.authorize(&secret, "PATCH", &app_path(&target.id))
-            .await
-            .allowed
-    );
-    assert_eq!(
-        app.authorize(&secret, "GET", &app_path(&target.id))
-            .await
-            .code,
-        "insufficient_scope"
-    );
+    assert!(app.authorize(&secret, "PATCH", &app_path(&target.id)).await.allowed);
+    assert_eq!(app.authorize(&secret, "GET", &app_path(&target.id)).await.code, "insufficient_scope");
     // And a restriction added later forbids at once too.
     let other = app.create_app("acct_a").await;
     app.admin
         .update_api_key(pb::UpdateApiKeyRequest {
             id: key.id,
-            application_ids: Some(pb::StringList {
-                values: vec![other.id.clone()],
-            }),
+            application_ids: Some(pb::StringList { values: vec![other.id.clone()] }),
             ..Default::default()
         })
         .await
         .unwrap();
-    assert_eq!(
-        app.authorize(&secret, "PATCH", &app_path(&target.id))
-            .await
-            .code,
-        "application_forbidden"
-    );
+    assert_eq!(app.authorize(&secret, "PATCH", &app_path(&target.id)).await.code, "application_forbidden");
 }
 
 async fn cache_hits_run_no_argon2(db: Db) {
@@ -382,37 +278,17 @@ async fn cache_hits_run_no_argon2(db: Db) {
     for call in calls.collect::<Vec<_>>() {
         assert!(call.await.unwrap());
     }
-    assert_eq!(
-        app.verifications(),
-        before + 1,
-        "concurrent misses share one verification"
-    );
+    assert_eq!(app.verifications(), before + 1, "concurrent misses share one verification");
 }
 
 #[tokio::test]
 async fn malformed_requests_are_invalid_argument() {
     let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
     let cases = [
-        pb::AuthorizeRequest {
-            method: "".into(),
-            path: "/x".into(),
-            ..Default::default()
-        },
-        pb::AuthorizeRequest {
-            method: "GET".into(),
-            path: "no-slash".into(),
-            ..Default::default()
-        },
-        pb::AuthorizeRequest {
-            method: "GÉT".into(),
-            path: "/x".into(),
-            ..Default::default()
-        },
-        pb::AuthorizeRequest {
-            method: "GET".into(),
-            path: format!("/{}", "a".repeat(5000)),
-            ..Default::default()
-        },
+        pb::AuthorizeRequest { method: "".into(), path: "/x".into(), ..Default::default() },
+        pb::AuthorizeRequest { method: "GET".into(), path: "no-slash".into(), ..Default::default() },
+        pb::AuthorizeRequest { method: "GÉT".into(), path: "/x".into(), ..Default::default() },
+        pb::AuthorizeRequest { method: "GET".into(), path: format!("/{}", "a".repeat(5000)), ..Default::default() },
         pb::AuthorizeRequest {
             method: "GET".into(),
             path: "/x".into(),
@@ -436,32 +312,17 @@ async fn malformed_requests_are_invalid_argument() {
 #[tokio::test]
 async fn request_ids_are_echoed_or_made() {
     let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
-    let mut request = tonic::Request::new(pb::AuthorizeRequest {
-        method: "GET".into(),
-        path: APPS.into(),
-        ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("x-request-id", "edge-42".parse().unwrap());
+    let mut request =
+        tonic::Request::new(pb::AuthorizeRequest { method: "GET".into(), path: APPS.into(), ..Default::default() });
+    request.metadata_mut().insert("x-request-id", "edge-42".parse().unwrap());
     let response = app.authorizer.authorize(request).await.unwrap();
     assert_eq!(response.metadata().get("x-request-id").unwrap(), "edge-42");
     let response = app
         .authorizer
-        .authorize(pb::AuthorizeRequest {
-            method: "GET".into(),
-            path: APPS.into(),
-            ..Default::default()
-        })
+        .authorize(pb::AuthorizeRequest { method: "GET".into(), path: APPS.into(), ..Default::default() })
         .await
         .unwrap();
-    assert!(response
-        .metadata()
-        .get("x-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .starts_with("kg-"));
+    assert!(response.metadata().get("x-request-id").unwrap().to_str().unwrap().starts_with("kg-"));
 }
 
 #[tokio::test]
@@ -470,44 +331,29 @@ async fn health_and_reflection_are_served() {
     let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
     for service in ["", "keygate.v1.Authorizer", "keygate.v1.Admin"] {
         let status = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: service.into(),
-            })
+            .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
             .await
             .unwrap()
             .into_inner()
             .status;
-        assert_eq!(
-            status,
-            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
-            "{service:?}"
-        );
+        assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service:?}");
     }
     use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
+        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse, ServerReflectionRequest,
     };
     let mut reflection = ServerReflectionClient::new(app.channel.clone());
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) =
-        stream.message().await.unwrap().unwrap().message_response
+    let mut stream = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = stream.message().await.unwrap().unwrap().message_response
     else {
         panic!("expected a service list")
     };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(
-        names.contains(&"keygate.v1.Authorizer") && names.contains(&"keygate.v1.Admin"),
-        "{names:?}"
-    );
+    assert!(names.contains(&"keygate.v1.Authorizer") && names.contains(&"keygate.v1.Admin"), "{names:?}");
 }
 
 #[tokio::test]

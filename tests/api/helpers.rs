@@ -5,9 +5,7 @@
 use keygate::cli::BearerToken;
 use keygate::clock::ManualClock;
 use keygate::config::{AdminTokenSource, Settings};
-use keygate::grpc::proto::{
-    self as pb, admin_client::AdminClient, authorizer_client::AuthorizerClient,
-};
+use keygate::grpc::proto::{self as pb, admin_client::AdminClient, authorizer_client::AuthorizerClient};
 use keygate::startup::{Application, Handles};
 use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
@@ -34,25 +32,14 @@ impl TestDb {
             Db::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}", dir.path().join("keygate.db").display());
-                Some(Self {
-                    url,
-                    _dir: Some(dir),
-                })
+                Some(Self { url, _dir: Some(dir) })
             }
             Db::Postgres => {
                 let base = std::env::var("KEYGATE_TEST_POSTGRES_URL").ok()?;
-                let schema = format!(
-                    "kg_test_{}",
-                    keygate::domain::random_token(12).unwrap().to_lowercase()
-                );
+                let schema = format!("kg_test_{}", keygate::domain::random_token(12).unwrap().to_lowercase());
                 use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&base)
-                    .await
-                    .expect("KEYGATE_TEST_POSTGRES_URL reachable");
-                sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
+                let mut conn = sqlx::PgConnection::connect(&base).await.expect("KEYGATE_TEST_POSTGRES_URL reachable");
+                sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await.unwrap();
                 let sep = if base.contains('?') { '&' } else { '?' };
                 let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
                 Some(Self { url, _dir: None })
@@ -92,9 +79,7 @@ impl TestApp {
         settings.admin_token = AdminTokenSource::Given(ADMIN_TOKEN.into());
         customize(&mut settings);
         let clock = ManualClock::starting_now();
-        let app = Application::build(settings, Arc::new(clock.clone()))
-            .await
-            .expect("server builds");
+        let app = Application::build(settings, Arc::new(clock.clone())).await.expect("server builds");
         let address = format!("http://{}", app.local_addr());
         let handles = app.handles();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -102,11 +87,7 @@ impl TestApp {
             let _ = rx.await;
         }));
         // The listener is already bound, so connecting cannot race the server's start.
-        let channel = Channel::from_shared(address.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = Channel::from_shared(address.clone()).unwrap().connect().await.unwrap();
         let token = BearerToken::new(ADMIN_TOKEN).unwrap();
         Self {
             address,
@@ -133,21 +114,13 @@ impl TestApp {
 
     pub async fn create_app(&mut self, account: &str) -> pb::Application {
         self.admin
-            .create_application(pb::CreateApplicationRequest {
-                account_id: account.into(),
-                name: "app".into(),
-            })
+            .create_application(pb::CreateApplicationRequest { account_id: account.into(), name: "app".into() })
             .await
             .unwrap()
             .into_inner()
     }
 
-    pub async fn create_key(
-        &mut self,
-        account: &str,
-        scopes: &[&str],
-        apps: &[&str],
-    ) -> (pb::ApiKey, String) {
+    pub async fn create_key(&mut self, account: &str, scopes: &[&str], apps: &[&str]) -> (pb::ApiKey, String) {
         let created = self
             .admin
             .create_api_key(pb::CreateApiKeyRequest {
@@ -163,12 +136,7 @@ impl TestApp {
         (created.key.unwrap(), created.secret)
     }
 
-    pub async fn authorize(
-        &mut self,
-        credential: &str,
-        method: &str,
-        path: &str,
-    ) -> pb::AuthorizeResponse {
+    pub async fn authorize(&mut self, credential: &str, method: &str, path: &str) -> pb::AuthorizeResponse {
         self.authorize_with(pb::AuthorizeRequest {
             credential: credential.into(),
             method: method.into(),
@@ -179,11 +147,7 @@ impl TestApp {
     }
 
     pub async fn authorize_with(&mut self, request: pb::AuthorizeRequest) -> pb::AuthorizeResponse {
-        self.authorizer
-            .authorize(request)
-            .await
-            .expect("Authorize answers")
-            .into_inner()
+        self.authorizer.authorize(request).await.expect("Authorize answers").into_inner()
     }
 
     pub fn verifications(&self) -> u64 {
@@ -202,10 +166,7 @@ impl Drop for TestApp {
 /// The ErrorInfo reason of a failed call.
 pub fn reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
-    status
-        .get_details_error_info()
-        .map(|i| i.reason)
-        .unwrap_or_default()
+    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
 }
 
 /// Runs a test body once per configured backend: `backend_tests!(name);` makes

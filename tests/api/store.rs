@@ -6,22 +6,15 @@ use crate::helpers::{Db, TestDb};
 use keygate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, Timestamp};
 use keygate::store::cached::{CacheSettings, CachedStore};
 use keygate::store::sql::SqlStore;
-use keygate::store::{
-    Application, KeyChanges, KeyRecord, Page, PageRequest, Store, StoreError, UpdateOutcome,
-};
+use keygate::store::{Application, KeyChanges, KeyRecord, Page, PageRequest, Store, StoreError, UpdateOutcome};
 use std::sync::Arc;
 use std::time::Duration;
 
-backend_tests!(
-    conformance,
-    a_load_racing_a_revoke_does_not_cache_the_stale_record
-);
+backend_tests!(conformance, a_load_racing_a_revoke_does_not_cache_the_stale_record);
 
 async fn connect(db: Db) -> Option<(SqlStore, TestDb)> {
     let test_db = TestDb::new(db).await?;
-    let store = SqlStore::connect(&test_db.url, 5, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let store = SqlStore::connect(&test_db.url, 5, Duration::from_secs(5)).await.unwrap();
     Some((store, test_db))
 }
 
@@ -43,10 +36,7 @@ fn key(id: &str, account: &str, name: &str) -> KeyRecord {
 }
 
 fn first_page() -> PageRequest {
-    PageRequest {
-        after: None,
-        limit: 50,
-    }
+    PageRequest { after: None, limit: 50 }
 }
 
 async fn conformance(db: Db) {
@@ -63,20 +53,10 @@ async fn conformance(db: Db) {
         created_at: Timestamp::from_millis(5),
     };
     store.create_application(&app).await.unwrap();
-    assert_eq!(
-        store.application(&app.id).await.unwrap().as_deref(),
-        Some(&app)
-    );
-    assert!(store
-        .application(&ApplicationId::parse("app_2").unwrap())
-        .await
-        .unwrap()
-        .is_none());
+    assert_eq!(store.application(&app.id).await.unwrap().as_deref(), Some(&app));
+    assert!(store.application(&ApplicationId::parse("app_2").unwrap()).await.unwrap().is_none());
     let err = store.create_application(&app).await.unwrap_err();
-    assert!(
-        matches!(err, StoreError::Other(_)),
-        "a duplicate id is refused"
-    );
+    assert!(matches!(err, StoreError::Other(_)), "a duplicate id is refused");
 
     // Keys round-trip every field.
     let a = key("key_aaaaaaaaaaaaaaaa", "acct_a", "Alpha");
@@ -86,56 +66,18 @@ async fn conformance(db: Db) {
         store.create_key(k).await.unwrap();
     }
     assert_eq!(store.key(a.id).await.unwrap().as_deref(), Some(&a));
-    assert!(store
-        .key(KeyId::parse("key_zzzzzzzzzzzzzzzz").unwrap())
-        .await
-        .unwrap()
-        .is_none());
+    assert!(store.key(KeyId::parse("key_zzzzzzzzzzzzzzzz").unwrap()).await.unwrap().is_none());
 
     // Listing: by account, in id order, paged, searched.
     let account = AccountId::parse("acct_a").unwrap();
-    let ids = |page: &Page<KeyRecord>| {
-        page.items
-            .iter()
-            .map(|k| k.id.to_string())
-            .collect::<Vec<_>>()
-    };
-    let page = store
-        .list_keys(
-            &account,
-            None,
-            &PageRequest {
-                after: None,
-                limit: 1,
-            },
-        )
-        .await
-        .unwrap();
+    let ids = |page: &Page<KeyRecord>| page.items.iter().map(|k| k.id.to_string()).collect::<Vec<_>>();
+    let page = store.list_keys(&account, None, &PageRequest { after: None, limit: 1 }).await.unwrap();
     assert_eq!(ids(&page), ["key_aaaaaaaaaaaaaaaa"]);
-    let page = store
-        .list_keys(
-            &account,
-            None,
-            &PageRequest {
-                after: page.next_after,
-                limit: 1,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (ids(&page), page.next_after),
-        (vec!["key_bbbbbbbbbbbbbbbb".to_owned()], None)
-    );
-    let found = store
-        .list_keys(&account, Some("0%"), &first_page())
-        .await
-        .unwrap();
+    let page = store.list_keys(&account, None, &PageRequest { after: page.next_after, limit: 1 }).await.unwrap();
+    assert_eq!((ids(&page), page.next_after), (vec!["key_bbbbbbbbbbbbbbbb".to_owned()], None));
+    let found = store.list_keys(&account, Some("0%"), &first_page()).await.unwrap();
     assert_eq!(ids(&found), ["key_bbbbbbbbbbbbbbbb"]);
-    let found = store
-        .list_keys(&account, Some("alpha"), &first_page())
-        .await
-        .unwrap();
+    let found = store.list_keys(&account, Some("alpha"), &first_page()).await.unwrap();
     assert_eq!(ids(&found), ["key_aaaaaaaaaaaaaaaa"]);
 
     // Updates change only what they name and bump the version.
@@ -144,60 +86,26 @@ async fn conformance(db: Db) {
         expires_at: Some(None),
         ..Default::default()
     };
-    let UpdateOutcome::Updated(updated) = store
-        .update_key(a.id, &changes, Timestamp::from_millis(9))
-        .await
-        .unwrap()
+    let UpdateOutcome::Updated(updated) = store.update_key(a.id, &changes, Timestamp::from_millis(9)).await.unwrap()
     else {
         panic!("expected an update")
     };
-    assert_eq!(
-        (updated.name.as_str(), updated.expires_at, updated.version),
-        ("Alpha", None, 2)
-    );
+    assert_eq!((updated.name.as_str(), updated.expires_at, updated.version), ("Alpha", None, 2));
     assert_eq!(updated.scopes, Scopes::parse_grants(&["*"]).unwrap());
     assert_eq!(updated.updated_at, Timestamp::from_millis(9));
     let missing = KeyId::parse("key_zzzzzzzzzzzzzzzz").unwrap();
-    assert_eq!(
-        store
-            .update_key(missing, &changes, Timestamp::from_millis(9))
-            .await
-            .unwrap(),
-        UpdateOutcome::NotFound
-    );
+    assert_eq!(store.update_key(missing, &changes, Timestamp::from_millis(9)).await.unwrap(), UpdateOutcome::NotFound);
 
     // Revocation: durable, idempotent, and it freezes the key.
-    let revoked = store
-        .revoke_key(a.id, "leaked", Timestamp::from_millis(10))
-        .await
-        .unwrap()
-        .unwrap();
+    let revoked = store.revoke_key(a.id, "leaked", Timestamp::from_millis(10)).await.unwrap().unwrap();
     assert_eq!(
-        (
-            revoked.revoked_at,
-            revoked.revoked_reason.as_deref(),
-            revoked.version
-        ),
+        (revoked.revoked_at, revoked.revoked_reason.as_deref(), revoked.version),
         (Some(Timestamp::from_millis(10)), Some("leaked"), 3)
     );
-    let again = store
-        .revoke_key(a.id, "again", Timestamp::from_millis(11))
-        .await
-        .unwrap()
-        .unwrap();
+    let again = store.revoke_key(a.id, "again", Timestamp::from_millis(11)).await.unwrap().unwrap();
     assert_eq!(again, revoked);
-    assert_eq!(
-        store
-            .update_key(a.id, &changes, Timestamp::from_millis(12))
-            .await
-            .unwrap(),
-        UpdateOutcome::Revoked
-    );
-    assert!(store
-        .revoke_key(missing, "x", Timestamp::from_millis(10))
-        .await
-        .unwrap()
-        .is_none());
+    assert_eq!(store.update_key(a.id, &changes, Timestamp::from_millis(12)).await.unwrap(), UpdateOutcome::Revoked);
+    assert!(store.revoke_key(missing, "x", Timestamp::from_millis(10)).await.unwrap().is_none());
     store.ping().await.unwrap();
 }
 
@@ -213,10 +121,7 @@ impl Store for Gated {
     async fn create_application(&self, app: &Application) -> Result<(), StoreError> {
         self.inner.create_application(app).await
     }
-    async fn application(
-        &self,
-        id: &ApplicationId,
-    ) -> Result<Option<Arc<Application>>, StoreError> {
+    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
         self.inner.application(id).await
     }
     async fn list_applications(
@@ -235,28 +140,13 @@ impl Store for Gated {
         self.release.lock().await.recv().await;
         record
     }
-    async fn list_keys(
-        &self,
-        a: &AccountId,
-        s: Option<&str>,
-        p: &PageRequest,
-    ) -> Result<Page<KeyRecord>, StoreError> {
+    async fn list_keys(&self, a: &AccountId, s: Option<&str>, p: &PageRequest) -> Result<Page<KeyRecord>, StoreError> {
         self.inner.list_keys(a, s, p).await
     }
-    async fn update_key(
-        &self,
-        id: KeyId,
-        c: &KeyChanges,
-        now: Timestamp,
-    ) -> Result<UpdateOutcome, StoreError> {
+    async fn update_key(&self, id: KeyId, c: &KeyChanges, now: Timestamp) -> Result<UpdateOutcome, StoreError> {
         self.inner.update_key(id, c, now).await
     }
-    async fn revoke_key(
-        &self,
-        id: KeyId,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<Option<KeyRecord>, StoreError> {
+    async fn revoke_key(&self, id: KeyId, reason: &str, now: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.revoke_key(id, reason, now).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
@@ -272,18 +162,9 @@ async fn a_load_racing_a_revoke_does_not_cache_the_stale_record(db: Db) {
     sql.create_key(&record).await.unwrap();
     let (entered_tx, mut entered) = tokio::sync::mpsc::channel(1);
     let (release, release_rx) = tokio::sync::mpsc::channel(1);
-    let gated = Gated {
-        inner: sql,
-        entered: entered_tx,
-        release: tokio::sync::Mutex::new(release_rx),
-    };
-    let cache = Arc::new(CachedStore::new(
-        Arc::new(gated),
-        CacheSettings {
-            capacity: 100,
-            ttl: Duration::from_secs(30),
-        },
-    ));
+    let gated = Gated { inner: sql, entered: entered_tx, release: tokio::sync::Mutex::new(release_rx) };
+    let cache =
+        Arc::new(CachedStore::new(Arc::new(gated), CacheSettings { capacity: 100, ttl: Duration::from_secs(30) }));
 
     // A read loads the live record and is held before it can cache it...
     let reader = tokio::spawn({
@@ -292,10 +173,7 @@ async fn a_load_racing_a_revoke_does_not_cache_the_stale_record(db: Db) {
     });
     entered.recv().await.unwrap();
     // ...while a revoke commits and invalidates.
-    cache
-        .revoke_key(record.id, "race", Timestamp::from_millis(20))
-        .await
-        .unwrap();
+    cache.revoke_key(record.id, "race", Timestamp::from_millis(20)).await.unwrap();
     release.send(()).await.unwrap();
     let stale = reader.await.unwrap().unwrap();
     assert!(!stale.is_revoked(), "the racing read saw the old row");
@@ -304,8 +182,5 @@ async fn a_load_racing_a_revoke_does_not_cache_the_stale_record(db: Db) {
     // if it makes one, is let through in advance.
     release.send(()).await.unwrap();
     let next = cache.key(record.id).await.unwrap().unwrap();
-    assert!(
-        next.is_revoked(),
-        "the cache served the record from before the revoke"
-    );
+    assert!(next.is_revoked(), "the cache served the record from before the revoke");
 }
