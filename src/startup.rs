@@ -12,7 +12,8 @@ use crate::grpc::proto::{self, admin_server::AdminServer, authorizer_server::Aut
 use crate::manage::Manager;
 use crate::policy::Policy;
 use crate::store::cached::CachedStore;
-use crate::store::sql::SqlStore;
+use crate::store::invalidation::{self, ListenerStatus};
+use crate::store::sql::{Backend, SqlStore};
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +30,17 @@ pub struct Handles {
     pub verifier: Arc<Verifier>,
     pub cache: Arc<CachedStore>,
     pub store: SqlStore,
+    /// The cross-replica invalidation listener (Postgres only).
+    pub invalidation: Option<Arc<ListenerStatus>>,
+}
+
+/// Aborts a background task when the server it belongs to goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 pub struct Application {
@@ -37,6 +49,7 @@ pub struct Application {
     router: Router,
     health: tonic_health::server::HealthReporter,
     handles: Handles,
+    _background: Vec<AbortOnDrop>,
 }
 
 impl Application {
@@ -56,6 +69,16 @@ impl Application {
         .with_context(|| format!("cannot open the database {}", settings.database_url))?;
         let cache = Arc::new(CachedStore::new(Arc::new(store.clone()), settings.cache));
         let verifier = Arc::new(Verifier::new(settings.argon2).await?);
+        let mut background = Vec::new();
+        let invalidation = match store.backend() {
+            Backend::Postgres => {
+                let (status, task) = invalidation::spawn(settings.database_url.expose().to_owned(), cache.clone());
+                background.push(AbortOnDrop(task));
+                Some(status)
+            }
+            // One process owns a SQLite file: its own writes invalidate its cache.
+            Backend::Sqlite => None,
+        };
 
         let authorizer =
             Arc::new(Authorizer::new(policy, cache.clone(), verifier.clone(), clock.clone(), settings.verified_cache));
@@ -81,7 +104,8 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let local_addr = listener.local_addr()?;
-        Ok(Self { listener, local_addr, router, health, handles: Handles { verifier, cache, store } })
+        let handles = Handles { verifier, cache, store, invalidation };
+        Ok(Self { listener, local_addr, router, health, handles, _background: background })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

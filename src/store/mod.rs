@@ -3,6 +3,7 @@
 //! decorator over the same trait ([`cached::CachedStore`]).
 
 pub mod cached;
+pub mod invalidation;
 pub mod sql;
 
 use crate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, Timestamp};

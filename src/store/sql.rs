@@ -54,11 +54,12 @@ impl SqlStore {
             Backend::Sqlite => {
                 options = options.after_connect(|conn, _| {
                     Box::pin(async move {
-                        // WAL lets readers run beside the one writer; the busy timeout makes
+                        // WAL lets readers run beside the one writer; FULL makes a commit durable
+                        // before the RPC that made it returns; the busy timeout makes
                         // writers queue instead of failing at once.
                         sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
                         Ok(())
                     })
                 });

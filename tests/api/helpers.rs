@@ -57,7 +57,7 @@ pub struct TestApp {
     pub channel: Channel,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _db: TestDb,
+    _db: Option<TestDb>,
 }
 
 pub fn init_logs() {
@@ -73,8 +73,15 @@ impl TestApp {
     }
 
     pub async fn spawn_on(db: TestDb, customize: impl FnOnce(&mut Settings)) -> Self {
+        let mut app = Self::spawn_url(&db.url.clone(), customize).await;
+        app._db = Some(db);
+        app
+    }
+
+    /// Another replica on a database that someone else owns.
+    pub async fn spawn_url(url: &str, customize: impl FnOnce(&mut Settings)) -> Self {
         init_logs();
-        let mut settings = Settings::with_database(&db.url);
+        let mut settings = Settings::with_database(url);
         settings.listen = "127.0.0.1:0".parse().unwrap();
         settings.admin_token = AdminTokenSource::Given(ADMIN_TOKEN.into());
         customize(&mut settings);
@@ -98,7 +105,7 @@ impl TestApp {
             channel,
             shutdown: Some(tx),
             server: Some(server),
-            _db: db,
+            _db: None,
         }
     }
 
@@ -190,4 +197,17 @@ macro_rules! backend_tests {
             }
         }
     )*};
+}
+
+/// Polls `check` until it holds; the deadline only stops a hang, it asserts no speed.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }

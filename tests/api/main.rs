@@ -3,4 +3,6 @@
 mod admin;
 mod authorize;
 mod helpers;
+mod relay;
+mod replicas;
 mod store;

@@ -1,0 +1,74 @@
+//! A TCP relay on loopback between keygate and Postgres, which a test can cut (every
+//! connection dropped, new ones refused) and restore.
+
+use std::net::SocketAddr;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub struct Relay {
+    pub address: SocketAddr,
+    open: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (open, watcher) = watch::channel(true);
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if !*watcher.borrow() {
+                    drop(client);
+                    continue;
+                }
+                tokio::spawn(pipe(client, target, watcher.clone()));
+            }
+        });
+        Self { address, open, accept }
+    }
+
+    /// Drops every connection through the relay and refuses new ones.
+    pub fn cut(&self) {
+        self.open.send_replace(false);
+    }
+
+    pub fn restore(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// `url` with its host:port pointed at this relay.
+    pub fn url_for(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let (userinfo, rest) = rest.rsplit_once('@').map_or(("", rest), |(u, r)| (u, r));
+        let path_start = rest.find(['/', '?']).unwrap_or(rest.len());
+        let at = if userinfo.is_empty() { "" } else { "@" };
+        format!("{scheme}://{userinfo}{at}{}{}", self.address, &rest[path_start..])
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+async fn pipe(mut client: TcpStream, target: SocketAddr, mut open: watch::Receiver<bool>) {
+    let Ok(mut server) = TcpStream::connect(target).await else { return };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = open.wait_for(|open| !*open) => {}
+    }
+}
+
+/// The host:port of a postgres:// URL.
+pub fn target_of(url: &str) -> SocketAddr {
+    let rest = url.split_once("://").unwrap().1;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let host_port = &rest[..end];
+    let host_port = if host_port.contains(':') { host_port.to_owned() } else { format!("{host_port}:5432") };
+    let host_port = host_port.replace("localhost", "127.0.0.1");
+    host_port.parse().expect("a numeric host:port in KEYGATE_TEST_POSTGRES_URL")
+}

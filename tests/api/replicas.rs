@@ -1,0 +1,212 @@
+//! Several keygate replicas on one Postgres: changes made through one reach the others'
+//! caches without waiting for the TTL, even when the listener's connection is lost.
+
+use crate::helpers::{eventually, Db, TestApp, TestDb};
+use crate::relay::{target_of, Relay};
+use keygate::grpc::proto as pb;
+use sqlx::Connection;
+
+const PATH: &str = "/api/v1/panel/applications";
+
+/// Two replicas on a fresh Postgres schema, with their listeners connected.
+async fn two_replicas() -> Option<(TestDb, TestApp, TestApp)> {
+    let db = TestDb::new(Db::Postgres).await?;
+    let (a, b) = tokio::join!(TestApp::spawn_url(&db.url, |_| {}), TestApp::spawn_url(&db.url, |_| {}));
+    for app in [&a, &b] {
+        let status = app.handles.invalidation.clone().expect("Postgres replicas listen");
+        eventually("the listener connects", || {
+            let status = status.clone();
+            async move { status.is_connected() }
+        })
+        .await;
+    }
+    Some((db, a, b))
+}
+
+async fn code_on(app: &TestApp, secret: &str) -> String {
+    let mut client = app.authorizer.clone();
+    let request = pb::AuthorizeRequest {
+        credential: secret.into(),
+        method: "GET".into(),
+        path: PATH.into(),
+        ..Default::default()
+    };
+    match client.authorize(request).await {
+        Ok(response) if response.get_ref().allowed => "allowed".into(),
+        Ok(response) => response.into_inner().code,
+        // While its store is cut off a replica may answer UNAVAILABLE: never an allow.
+        Err(status) => format!("{:?}", status.code()),
+    }
+}
+
+async fn revoke(app: &mut TestApp, id: &str) {
+    app.admin.revoke_api_key(pb::RevokeApiKeyRequest { id: id.into(), reason: "test".into() }).await.unwrap();
+}
+
+macro_rules! skip_without_postgres {
+    ($e:expr) => {
+        match $e {
+            Some(v) => v,
+            None => {
+                eprintln!("skipped: KEYGATE_TEST_POSTGRES_URL is not set");
+                return;
+            }
+        }
+    };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_on_one_replica_is_denied_on_the_other() {
+    let (_db, mut a, mut b) = skip_without_postgres!(two_replicas().await);
+    let (key, secret) = a.create_key("acct_r", &["applications:read"], &[]).await;
+    assert_eq!(code_on(&b, &secret).await, "allowed");
+    assert!(b.handles.cache.cached_keys() > 0, "B serves the key from its cache");
+
+    revoke(&mut a, &key.id).await;
+    eventually("B denies the revoked key", || async { code_on(&b, &secret).await == "api_key_revoked" }).await;
+
+    // Updates travel the same way: a scope removed on B is missing on A.
+    let (key, secret) = b.create_key("acct_r", &["applications:read"], &[]).await;
+    assert_eq!(code_on(&a, &secret).await, "allowed");
+    b.admin
+        .update_api_key(pb::UpdateApiKeyRequest {
+            id: key.id,
+            scopes: Some(pb::StringList { values: vec!["logs:read".into()] }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    eventually("A sees the scope change", || async { code_on(&a, &secret).await == "insufficient_scope" }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_listener_was_terminated_still_converges() {
+    let (db, mut a, b) = skip_without_postgres!(two_replicas().await);
+    let (key, secret) = a.create_key("acct_t", &["applications:read"], &[]).await;
+    assert_eq!(code_on(&b, &secret).await, "allowed");
+
+    let status = b.handles.invalidation.clone().unwrap();
+    let pid = status.backend_pid();
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let terminated: bool =
+        sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(&mut admin).await.unwrap();
+    assert!(terminated);
+    revoke(&mut a, &key.id).await;
+
+    eventually("B denies the revoked key", || async { code_on(&b, &secret).await == "api_key_revoked" }).await;
+    eventually("B's listener reconnects", || {
+        let status = status.clone();
+        async move { status.connections() >= 2 && status.is_connected() && status.backend_pid() != pid }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_while_the_listener_was_cut_off_are_not_served_after_it_returns() {
+    let db = skip_without_postgres!(TestDb::new(Db::Postgres).await);
+    let relay = Relay::start(target_of(&db.url)).await;
+    let mut a = TestApp::spawn_url(&db.url, |_| {}).await;
+    let b = TestApp::spawn_url(&relay.url_for(&db.url), |_| {}).await;
+    let status = b.handles.invalidation.clone().unwrap();
+    eventually("B's listener connects", || {
+        let status = status.clone();
+        async move { status.is_connected() }
+    })
+    .await;
+    let (key, secret) = a.create_key("acct_c", &["applications:read"], &[]).await;
+    assert_eq!(code_on(&b, &secret).await, "allowed");
+
+    // B loses Postgres entirely; the revoke's notification can never reach it.
+    relay.cut();
+    eventually("B notices", || {
+        let status = status.clone();
+        async move { !status.is_connected() }
+    })
+    .await;
+    revoke(&mut a, &key.id).await;
+    relay.restore();
+
+    eventually("B denies once it is back", || async { code_on(&b, &secret).await == "api_key_revoked" }).await;
+    eventually("B's listener reconnects", || {
+        let status = status.clone();
+        async move { status.connections() >= 2 && status.is_connected() }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_and_revokes_on_both_replicas_lose_nothing() {
+    let (_db, a, b) = skip_without_postgres!(two_replicas().await);
+    const PER_REPLICA: usize = 12;
+    let create = |app: &TestApp, i: usize| {
+        let mut admin = app.admin.clone();
+        async move {
+            admin
+                .create_api_key(pb::CreateApiKeyRequest {
+                    account_id: "acct_many".into(),
+                    name: format!("key {i}"),
+                    scopes: vec!["applications:read".into()],
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let creates = (0..PER_REPLICA).flat_map(|i| [create(&a, i), create(&b, PER_REPLICA + i)]);
+    let created = futures_join_all(creates.collect()).await;
+    assert_eq!(created.len(), 2 * PER_REPLICA);
+
+    // Every other key is revoked, half of them through the replica that did not create it.
+    let revokes = created.iter().enumerate().filter(|(i, _)| i % 2 == 0).map(|(i, c)| {
+        let mut admin = if i % 4 == 0 { a.admin.clone() } else { b.admin.clone() };
+        let id = c.key.as_ref().unwrap().id.clone();
+        async move {
+            admin.revoke_api_key(pb::RevokeApiKeyRequest { id, reason: "churn".into() }).await.unwrap();
+        }
+    });
+    futures_join_all(revokes.collect()).await;
+
+    let mut listed = a
+        .admin
+        .clone()
+        .list_api_keys(pb::ListApiKeysRequest { account_id: "acct_many".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    listed.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(listed.len(), 2 * PER_REPLICA, "every create is there");
+    for (i, c) in created.iter().enumerate() {
+        let expected = if i % 2 == 0 { "api_key_revoked" } else { "allowed" };
+        for replica in [&a, &b] {
+            eventually("both replicas agree", || async { code_on(replica, &c.secret).await == expected }).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_at_once_share_one_migration() {
+    let db = skip_without_postgres!(TestDb::new(Db::Postgres).await);
+    let starts = (0..3).map(|_| {
+        let url = db.url.clone();
+        async move { TestApp::spawn_url(&url, |_| {}).await }
+    });
+    let apps: Vec<TestApp> = futures_join_all(starts.collect()).await;
+    let mut a = apps.into_iter().next().unwrap();
+    a.create_key("acct_m", &["*"], &[]).await;
+}
+
+/// Runs futures concurrently on the test's runtime and collects their outputs in order.
+async fn futures_join_all<F>(futures: Vec<F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
