@@ -4,6 +4,7 @@
 
 use crate::authz::verifier::Argon2Settings;
 use crate::authz::VerifiedCacheSettings;
+use crate::manage::ManageSettings;
 use crate::store::cached::CacheSettings;
 use std::fmt;
 use std::net::SocketAddr;
@@ -60,13 +61,28 @@ pub struct ServeArgs {
     /// Database connections in the pool.
     #[arg(long, env = "KEYGATE_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
+    /// redis://HOST:PORT to share rate-limit counters across replicas. Default: in-process.
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_STORE", hide_env_values = true)]
+    pub rate_limit_store: Option<String>,
+    /// Prefix of every Redis key keygate writes.
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_KEY_PREFIX", default_value = "keygate:rl:")]
+    pub rate_limit_key_prefix: String,
+    /// How long a rotated runtime key keeps working, unless the rotation says otherwise.
+    #[arg(long, env = "KEYGATE_RUNTIME_KEY_GRACE_SECONDS", default_value_t = 3600)]
+    pub runtime_key_grace_seconds: u64,
+    /// Session lifetime when CreateSession gives none.
+    #[arg(long, env = "KEYGATE_SESSION_TTL_SECONDS", default_value_t = 43_200)]
+    pub session_ttl_seconds: u64,
+    /// The longest session CreateSession may ask for.
+    #[arg(long, env = "KEYGATE_SESSION_MAX_TTL_SECONDS", default_value_t = 2_592_000)]
+    pub session_max_ttl_seconds: u64,
 }
 
-/// A database URL whose password `Debug` does not print.
+/// A database or Redis URL whose password `Debug` does not print.
 #[derive(Clone)]
-pub struct DatabaseUrl(String);
+pub struct MaskedUrl(String);
 
-impl DatabaseUrl {
+impl MaskedUrl {
     pub fn new(url: impl Into<String>) -> Self {
         Self(url.into())
     }
@@ -76,7 +92,7 @@ impl DatabaseUrl {
     }
 }
 
-impl fmt::Debug for DatabaseUrl {
+impl fmt::Debug for MaskedUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // scheme://user:password@host → scheme://user:***@host
         match (self.0.find("://"), self.0.rfind('@')) {
@@ -90,7 +106,7 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-impl fmt::Display for DatabaseUrl {
+impl fmt::Display for MaskedUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
     }
@@ -115,7 +131,7 @@ impl fmt::Debug for AdminTokenSource {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
-    pub database_url: DatabaseUrl,
+    pub database_url: MaskedUrl,
     pub database_max_connections: u32,
     pub policy: Option<PathBuf>,
     pub admin_token: AdminTokenSource,
@@ -123,6 +139,9 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub verified_cache: VerifiedCacheSettings,
     pub argon2: Argon2Settings,
+    pub rate_limit_store: Option<MaskedUrl>,
+    pub rate_limit_key_prefix: String,
+    pub manage: ManageSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +171,17 @@ impl ServeArgs {
         if self.argon2_concurrency == Some(0) {
             problems.push("--argon2-concurrency: must be at least 1".to_owned());
         }
+        if let Some(url) = &self.rate_limit_store {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                problems.push("--rate-limit-store / KEYGATE_RATE_LIMIT_STORE: must start with redis://".to_owned());
+            }
+        }
+        if self.session_ttl_seconds == 0 || self.session_ttl_seconds > self.session_max_ttl_seconds {
+            problems.push("--session-ttl-seconds: must be between 1 and --session-max-ttl-seconds".to_owned());
+        }
+        if self.runtime_key_grace_seconds > 7 * 86_400 {
+            problems.push("--runtime-key-grace-seconds: must be at most 604800 (7 days)".to_owned());
+        }
         if self.database_max_connections == 0 {
             problems.push("--database-max-connections: must be at least 1".to_owned());
         }
@@ -170,7 +200,7 @@ impl ServeArgs {
         let defaults = Argon2Settings::default();
         Ok(Settings {
             listen,
-            database_url: DatabaseUrl::new(self.database_url),
+            database_url: MaskedUrl::new(self.database_url),
             database_max_connections: self.database_max_connections,
             policy: self.policy,
             admin_token,
@@ -186,6 +216,14 @@ impl ServeArgs {
                 iterations: self.argon2_iterations,
                 parallelism: 1,
                 max_concurrent: self.argon2_concurrency.unwrap_or(defaults.max_concurrent),
+            },
+            rate_limit_store: self.rate_limit_store.map(MaskedUrl::new),
+            rate_limit_key_prefix: self.rate_limit_key_prefix,
+            manage: ManageSettings {
+                default_session_ttl: Duration::from_secs(self.session_ttl_seconds),
+                max_session_ttl: Duration::from_secs(self.session_max_ttl_seconds),
+                default_runtime_grace: Duration::from_secs(self.runtime_key_grace_seconds),
+                max_runtime_grace: Duration::from_secs(7 * 86_400),
             },
         })
     }
@@ -212,7 +250,7 @@ mod tests {
 
     #[test]
     fn database_url_debug_masks_the_password() {
-        let url = DatabaseUrl::new("postgres://kg:hunter2@db:5432/keygate");
+        let url = MaskedUrl::new("postgres://kg:hunter2@db:5432/keygate");
         assert_eq!(format!("{url:?}"), "postgres://kg:***@db:5432/keygate");
     }
 
@@ -231,9 +269,14 @@ mod tests {
             argon2_iterations: 2,
             argon2_concurrency: None,
             database_max_connections: 10,
+            rate_limit_store: Some("http://nope".into()),
+            rate_limit_key_prefix: "p".into(),
+            runtime_key_grace_seconds: 3600,
+            session_ttl_seconds: 60,
+            session_max_ttl_seconds: 3600,
         };
         let err = bad.into_settings().unwrap_err();
-        assert_eq!(err.0.len(), 5, "{err}");
+        assert_eq!(err.0.len(), 6, "{err}");
         assert!(!err.to_string().contains("short\""), "{err}");
     }
 }

@@ -21,6 +21,7 @@ pub mod domain;
 pub mod grpc;
 pub mod manage;
 pub mod policy;
+pub mod ratelimit;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

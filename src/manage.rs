@@ -2,9 +2,43 @@
 
 use crate::authz::verifier::{Verifier, VerifierError};
 use crate::clock::Clock;
-use crate::domain::{AccountId, ApplicationId, GeneratedKey, InvalidField, KeyId, Name, Scopes, Timestamp};
-use crate::store::{Application, KeyChanges, KeyRecord, Page, PageRequest, Store, StoreError, UpdateOutcome};
+use crate::domain::{
+    AccountId, ApplicationId, CredentialKind, GeneratedKey, InvalidField, KeyId, Name, Scopes, SessionId, Timestamp,
+    UserId,
+};
+use crate::store::{
+    Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
+};
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Limits and defaults of sessions and runtime keys.
+#[derive(Debug, Clone, Copy)]
+pub struct ManageSettings {
+    pub default_session_ttl: Duration,
+    pub max_session_ttl: Duration,
+    pub default_runtime_grace: Duration,
+    pub max_runtime_grace: Duration,
+}
+
+impl Default for ManageSettings {
+    fn default() -> Self {
+        Self {
+            default_session_ttl: Duration::from_secs(12 * 3600),
+            max_session_ttl: Duration::from_secs(30 * 86_400),
+            default_runtime_grace: Duration::from_secs(3600),
+            max_runtime_grace: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+/// A rotation's result: the new key (and its credential, shown once) and the one it replaces.
+pub struct Rotation {
+    pub key: KeyRecord,
+    pub credential: GeneratedKey,
+    pub previous: Option<(KeyId, Timestamp)>,
+}
 
 /// The most applications a key can be restricted to.
 pub const MAX_KEY_APPLICATIONS: usize = 100;
@@ -39,11 +73,17 @@ pub struct Manager {
     store: Arc<dyn Store>,
     verifier: Arc<Verifier>,
     clock: Arc<dyn Clock>,
+    settings: ManageSettings,
 }
 
 impl Manager {
-    pub fn new(store: Arc<dyn Store>, verifier: Arc<Verifier>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, verifier, clock }
+    pub fn new(
+        store: Arc<dyn Store>,
+        verifier: Arc<Verifier>,
+        clock: Arc<dyn Clock>,
+        settings: ManageSettings,
+    ) -> Self {
+        Self { store, verifier, clock, settings }
     }
 
     pub async fn create_application(&self, account_id: AccountId, name: Name) -> Result<Application, ManageError> {
@@ -82,6 +122,7 @@ impl Manager {
         let record = KeyRecord {
             id: generated.credential().key_id(),
             account_id: new.account_id,
+            kind: KeyKind::ApiKey,
             name: new.name,
             scopes: new.scopes,
             application_ids: new.application_ids,
@@ -90,6 +131,7 @@ impl Manager {
             updated_at: now,
             expires_at: new.expires_at,
             revoked_at: None,
+            retire_at: None,
             revoked_reason: None,
             version: 1,
         };
@@ -115,8 +157,11 @@ impl Manager {
         if let Some(expires_at) = changes.expires_at {
             self.check_expiry(expires_at, now)?;
         }
+        let key = self.api_key(id).await?;
+        if key.kind == KeyKind::Runtime {
+            return Err(ManageError::BadRequest(format!("{id} is a runtime key: rotate it instead of changing it")));
+        }
         if let Some(apps) = &changes.application_ids {
-            let key = self.api_key(id).await?;
             self.check_applications(&key.account_id, apps).await?;
         }
         match self.store.update_key(id, &changes, now).await? {
@@ -133,6 +178,92 @@ impl Manager {
             return Err(InvalidField::new("reason", format!("must be at most {MAX_REASON_LEN} characters")).into());
         }
         self.store.revoke_key(id, reason.trim(), self.clock.now()).await?.ok_or_else(|| key_not_found(id))
+    }
+
+    /// Makes a new runtime key for an application; the current one keeps working for the
+    /// grace period (the server's default unless given).
+    pub async fn rotate_application_key(
+        &self,
+        application_id: &ApplicationId,
+        grace: Option<Duration>,
+    ) -> Result<Rotation, ManageError> {
+        let grace = grace.unwrap_or(self.settings.default_runtime_grace);
+        if grace > self.settings.max_runtime_grace {
+            return Err(InvalidField::new(
+                "grace_period_seconds",
+                format!("must be at most {}", self.settings.max_runtime_grace.as_secs()),
+            )
+            .into());
+        }
+        let application = self.application(application_id).await?;
+        let now = self.clock.now();
+        let credential = GeneratedKey::generate_kind(CredentialKind::RuntimeKey).map_err(VerifierError::from)?;
+        let secret_hash = self.verifier.hash(credential.credential().secret().as_bytes()).await?;
+        let key = KeyRecord {
+            id: credential.credential().key_id(),
+            account_id: application.account_id.clone(),
+            kind: KeyKind::Runtime,
+            name: Name::from_trusted(format!("runtime key of {}", application.id)),
+            scopes: Scopes::default(),
+            application_ids: vec![application.id.clone()],
+            secret_hash,
+            created_at: now,
+            updated_at: now,
+            expires_at: None,
+            revoked_at: None,
+            retire_at: None,
+            revoked_reason: None,
+            version: 1,
+        };
+        let retire_at = now.saturating_add(grace);
+        let previous = self.store.rotate_runtime_key(&key, retire_at).await?;
+        Ok(Rotation { key, credential, previous: previous.map(|id| (id, retire_at)) })
+    }
+
+    /// Starts a dashboard session; the token is the only copy of its secret anywhere.
+    pub async fn create_session(
+        &self,
+        account_id: AccountId,
+        user_id: UserId,
+        ttl: Option<Duration>,
+    ) -> Result<(SessionRecord, GeneratedKey), ManageError> {
+        let ttl = ttl.unwrap_or(self.settings.default_session_ttl);
+        if ttl.is_zero() || ttl > self.settings.max_session_ttl {
+            return Err(InvalidField::new(
+                "ttl_seconds",
+                format!("must be at most {}", self.settings.max_session_ttl.as_secs()),
+            )
+            .into());
+        }
+        let now = self.clock.now();
+        let token = GeneratedKey::generate_kind(CredentialKind::Session).map_err(VerifierError::from)?;
+        let session = SessionRecord {
+            id: token.credential().session_id(),
+            account_id,
+            user_id,
+            secret_digest: Sha256::digest(token.credential().secret().as_bytes()).into(),
+            created_at: now,
+            expires_at: now.saturating_add(ttl),
+            revoked_at: None,
+            version: 1,
+        };
+        self.store.create_session(&session).await?;
+        Ok((session, token))
+    }
+
+    pub async fn session(&self, id: SessionId) -> Result<Arc<SessionRecord>, ManageError> {
+        self.store.session(id).await?.ok_or_else(|| ManageError::NotFound(format!("session {id} was not found")))
+    }
+
+    pub async fn revoke_session(&self, id: SessionId) -> Result<SessionRecord, ManageError> {
+        self.store
+            .revoke_session(id, self.clock.now())
+            .await?
+            .ok_or_else(|| ManageError::NotFound(format!("session {id} was not found")))
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     fn check_expiry(&self, expires_at: Option<Timestamp>, now: Timestamp) -> Result<(), ManageError> {

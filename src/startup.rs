@@ -11,6 +11,7 @@ use crate::grpc::authorizer::AuthorizerService;
 use crate::grpc::proto::{self, admin_server::AdminServer, authorizer_server::AuthorizerServer};
 use crate::manage::Manager;
 use crate::policy::Policy;
+use crate::ratelimit::{redis::RedisLimiter, Limiter, LocalLimiter};
 use crate::store::cached::CachedStore;
 use crate::store::invalidation::{self, ListenerStatus};
 use crate::store::sql::{Backend, SqlStore};
@@ -80,9 +81,22 @@ impl Application {
             Backend::Sqlite => None,
         };
 
-        let authorizer =
-            Arc::new(Authorizer::new(policy, cache.clone(), verifier.clone(), clock.clone(), settings.verified_cache));
-        let manager = Arc::new(Manager::new(cache.clone(), verifier.clone(), clock.clone()));
+        let limiter = Arc::new(match &settings.rate_limit_store {
+            Some(url) => Limiter::Redis(
+                RedisLimiter::new(url.expose(), settings.rate_limit_key_prefix.clone())
+                    .with_context(|| format!("invalid rate limit store URL {url}"))?,
+            ),
+            None => Limiter::Local(LocalLimiter::default()),
+        });
+        let authorizer = Arc::new(Authorizer::new(
+            policy,
+            cache.clone(),
+            verifier.clone(),
+            limiter,
+            clock.clone(),
+            settings.verified_cache,
+        ));
+        let manager = Arc::new(Manager::new(cache.clone(), verifier.clone(), clock.clone(), settings.manage));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<AuthorizerServer<AuthorizerService>>().await;
@@ -96,7 +110,7 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(AuthorizerServer::new(AuthorizerService::new(authorizer)))
-            .add_service(AdminServer::with_interceptor(AdminService::new(manager, clock), move |request| {
+            .add_service(AdminServer::with_interceptor(AdminService::new(manager), move |request| {
                 admin_tokens.check(request)
             }));
 

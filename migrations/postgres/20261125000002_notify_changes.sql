@@ -1,4 +1,4 @@
--- Every change to a key or an application notifies every replica, from inside the
+-- Every change to a key, an application or a session notifies every replica, from inside the
 -- transaction that makes it (Postgres delivers NOTIFY on commit). The payload carries only
 -- ids and the send time: "<kind>:<id>:<unix millis>". The channel is per schema, so
 -- deployments (and tests) sharing one database do not hear each other.
@@ -21,3 +21,7 @@ CREATE TRIGGER api_keys_notify_change
 CREATE TRIGGER applications_notify_change
     AFTER INSERT OR UPDATE OR DELETE ON applications
     FOR EACH ROW EXECUTE FUNCTION keygate_notify_change('app');
+
+CREATE TRIGGER sessions_notify_change
+    AFTER INSERT OR UPDATE OR DELETE ON sessions
+    FOR EACH ROW EXECUTE FUNCTION keygate_notify_change('ses');

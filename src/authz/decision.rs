@@ -1,10 +1,11 @@
-//! The decision itself: a pure function of the verified key, the application the request
-//! is about, the scopes it needs and the time. No I/O, no clock, no tonic.
+//! The decision itself: a pure function of the authenticated principal, the application
+//! the request is about, the scopes it needs and the time. No I/O, no clock, no tonic.
 
 use crate::code::Code;
-use crate::domain::{Scope, Timestamp};
-use crate::store::{Application, KeyRecord};
+use crate::domain::{AccountId, ApplicationId, CredentialKind, Scope, Timestamp};
+use crate::store::{Application, KeyKind, KeyRecord, SessionRecord};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// Why a request is denied: a stable code and human text that never holds a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +17,42 @@ pub struct Deny {
 impl Deny {
     pub fn new(code: Code, message: impl Into<Cow<'static, str>>) -> Self {
         Self { code, message: message.into() }
+    }
+
+    pub fn of(code: Code) -> Self {
+        Self::new(code, code.default_message())
+    }
+}
+
+/// Who presented a verified credential.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// An API key or an application runtime key.
+    Key(Arc<KeyRecord>),
+    Session(Arc<SessionRecord>),
+}
+
+impl Principal {
+    pub fn kind(&self) -> CredentialKind {
+        match self {
+            Principal::Key(key) if key.kind == KeyKind::Runtime => CredentialKind::RuntimeKey,
+            Principal::Key(_) => CredentialKind::ApiKey,
+            Principal::Session(_) => CredentialKind::Session,
+        }
+    }
+
+    pub fn account_id(&self) -> &AccountId {
+        match self {
+            Principal::Key(key) => &key.account_id,
+            Principal::Session(session) => &session.account_id,
+        }
+    }
+
+    fn allows_application(&self, id: &ApplicationId) -> bool {
+        match self {
+            Principal::Key(key) => key.allows_application(id),
+            Principal::Session(_) => true,
+        }
     }
 }
 
@@ -29,25 +66,27 @@ pub enum ApplicationFact<'a> {
     Known(&'a Application),
 }
 
-/// Steps 5 to 7 of the decision table, in order, for a key whose secret was verified.
+/// Steps 5 to 7 of the decision table, in order, for a principal whose secret was verified.
 pub fn evaluate<'s>(
-    key: &KeyRecord,
+    principal: &Principal,
     application: ApplicationFact<'_>,
     required: impl IntoIterator<Item = &'s Scope>,
     now: Timestamp,
 ) -> Result<(), Deny> {
-    if key.is_revoked() {
-        return Err(Deny::new(Code::ApiKeyRevoked, Code::ApiKeyRevoked.default_message()));
-    }
-    if key.is_expired_at(now) {
-        return Err(Deny::new(Code::ApiKeyExpired, Code::ApiKeyExpired.default_message()));
+    match principal {
+        Principal::Key(key) if key.is_revoked_at(now) => return Err(Deny::of(Code::ApiKeyRevoked)),
+        Principal::Key(key) if key.is_expired_at(now) => return Err(Deny::of(Code::ApiKeyExpired)),
+        Principal::Session(session) if !session.is_live_at(now) => {
+            return Err(Deny::new(Code::Unauth, "the dashboard session has expired or was revoked"))
+        }
+        _ => {}
     }
     match application {
         ApplicationFact::NotRequested => {}
         // Another account's application is as absent as one that never existed.
         ApplicationFact::Unknown => return Err(application_not_found()),
-        ApplicationFact::Known(app) if app.account_id != key.account_id => return Err(application_not_found()),
-        ApplicationFact::Known(app) if !key.allows_application(&app.id) => {
+        ApplicationFact::Known(app) if app.account_id != *principal.account_id() => return Err(application_not_found()),
+        ApplicationFact::Known(app) if !principal.allows_application(&app.id) => {
             return Err(Deny::new(
                 Code::ApplicationForbidden,
                 format!("the key is restricted away from application {}", app.id),
@@ -55,8 +94,17 @@ pub fn evaluate<'s>(
         }
         ApplicationFact::Known(_) => {}
     }
-    if let Some(missing) = key.scopes.first_missing(required) {
-        return Err(Deny::new(Code::InsufficientScope, format!("the key does not include the scope {missing}")));
+    // Scopes bound API keys. A session acts with its account's full rights; a runtime key
+    // is bounded by the routes that accept it and by its one application.
+    if let Principal::Key(key) = principal {
+        if key.kind == KeyKind::ApiKey {
+            if let Some(missing) = key.scopes.first_missing(required) {
+                return Err(Deny::new(
+                    Code::InsufficientScope,
+                    format!("the key does not include the scope {missing}"),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -68,12 +116,13 @@ fn application_not_found() -> Deny {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash};
+    use crate::domain::{KeyId, Name, Scopes, SecretHash, SessionId, UserId};
 
     fn key() -> KeyRecord {
         KeyRecord {
             id: KeyId::parse("key_0000000000000000").unwrap(),
             account_id: AccountId::parse("acct_1").unwrap(),
+            kind: KeyKind::ApiKey,
             name: Name::parse("name", "k").unwrap(),
             scopes: Scopes::parse_grants(&["applications:read"]).unwrap(),
             application_ids: vec![],
@@ -82,9 +131,23 @@ mod tests {
             updated_at: Timestamp::from_millis(0),
             expires_at: None,
             revoked_at: None,
+            retire_at: None,
             revoked_reason: None,
             version: 1,
         }
+    }
+
+    fn session(expires_at: i64) -> Principal {
+        Principal::Session(Arc::new(SessionRecord {
+            id: SessionId::parse("ses_0000000000000000").unwrap(),
+            account_id: AccountId::parse("acct_1").unwrap(),
+            user_id: UserId::parse("user_1").unwrap(),
+            secret_digest: [0; 32],
+            created_at: Timestamp::from_millis(0),
+            expires_at: Timestamp::from_millis(expires_at),
+            revoked_at: None,
+            version: 1,
+        }))
     }
 
     fn app(id: &str, account: &str) -> Application {
@@ -104,35 +167,60 @@ mod tests {
         result.err().map(|d| d.code)
     }
 
+    fn p(key: KeyRecord) -> Principal {
+        Principal::Key(Arc::new(key))
+    }
+
     const NOW: Timestamp = Timestamp::from_millis(1_000);
 
     #[test]
     fn a_live_key_with_the_scope_is_allowed() {
-        assert_eq!(code_of(evaluate(&key(), ApplicationFact::NotRequested, &read(), NOW)), None);
+        assert_eq!(code_of(evaluate(&p(key()), ApplicationFact::NotRequested, &read(), NOW)), None);
     }
 
     #[test]
-    fn revoked_comes_before_expired() {
+    fn revoked_comes_before_expired_and_scheduled_revocations_wait() {
         let mut k = key();
         k.revoked_at = Some(Timestamp::from_millis(1));
         k.expires_at = Some(Timestamp::from_millis(2));
-        assert_eq!(code_of(evaluate(&k, ApplicationFact::NotRequested, &read(), NOW)), Some(Code::ApiKeyRevoked));
+        assert_eq!(
+            code_of(evaluate(&p(k.clone()), ApplicationFact::NotRequested, &read(), NOW)),
+            Some(Code::ApiKeyRevoked)
+        );
+        k.revoked_at = None;
+        k.expires_at = None;
+        k.retire_at = Some(Timestamp::from_millis(NOW.as_millis() + 1));
+        assert_eq!(code_of(evaluate(&p(k.clone()), ApplicationFact::NotRequested, &read(), NOW)), None);
+        k.retire_at = Some(NOW);
+        assert_eq!(
+            code_of(evaluate(&p(k.clone()), ApplicationFact::NotRequested, &read(), NOW)),
+            Some(Code::ApiKeyRevoked)
+        );
+        k.retire_at = Some(Timestamp::from_millis(NOW.as_millis() + 1));
+        assert_eq!(code_of(evaluate(&p(k), ApplicationFact::NotRequested, &read(), NOW)), None);
     }
 
     #[test]
     fn expiry_is_inclusive_of_its_instant() {
         let mut k = key();
         k.expires_at = Some(NOW);
-        assert_eq!(code_of(evaluate(&k, ApplicationFact::NotRequested, &read(), NOW)), Some(Code::ApiKeyExpired));
+        assert_eq!(
+            code_of(evaluate(&p(k.clone()), ApplicationFact::NotRequested, &read(), NOW)),
+            Some(Code::ApiKeyExpired)
+        );
         k.expires_at = Some(Timestamp::from_millis(NOW.as_millis() + 1));
-        assert_eq!(code_of(evaluate(&k, ApplicationFact::NotRequested, &read(), NOW)), None);
+        assert_eq!(code_of(evaluate(&p(k), ApplicationFact::NotRequested, &read(), NOW)), None);
     }
 
     #[test]
     fn applications_of_other_accounts_are_not_found() {
         let other = app("app_x", "acct_2");
-        assert_eq!(code_of(evaluate(&key(), ApplicationFact::Known(&other), &read(), NOW)), Some(Code::NotFound));
-        assert_eq!(code_of(evaluate(&key(), ApplicationFact::Unknown, &read(), NOW)), Some(Code::NotFound));
+        assert_eq!(code_of(evaluate(&p(key()), ApplicationFact::Known(&other), &read(), NOW)), Some(Code::NotFound));
+        assert_eq!(code_of(evaluate(&p(key()), ApplicationFact::Unknown, &read(), NOW)), Some(Code::NotFound));
+        assert_eq!(
+            code_of(evaluate(&session(5_000), ApplicationFact::Known(&other), &read(), NOW)),
+            Some(Code::NotFound)
+        );
     }
 
     #[test]
@@ -141,16 +229,41 @@ mod tests {
         k.application_ids = vec![ApplicationId::parse("app_a").unwrap()];
         k.scopes = Scopes::default();
         let b = app("app_b", "acct_1");
-        assert_eq!(code_of(evaluate(&k, ApplicationFact::Known(&b), &read(), NOW)), Some(Code::ApplicationForbidden));
+        assert_eq!(
+            code_of(evaluate(&p(k.clone()), ApplicationFact::Known(&b), &read(), NOW)),
+            Some(Code::ApplicationForbidden)
+        );
         let a = app("app_a", "acct_1");
-        assert_eq!(code_of(evaluate(&k, ApplicationFact::Known(&a), &read(), NOW)), Some(Code::InsufficientScope));
+        assert_eq!(code_of(evaluate(&p(k), ApplicationFact::Known(&a), &read(), NOW)), Some(Code::InsufficientScope));
     }
 
     #[test]
     fn a_missing_scope_is_named() {
         let write = [Scope::parse_required("applications:write").unwrap()];
-        let deny = evaluate(&key(), ApplicationFact::NotRequested, &write, NOW).unwrap_err();
+        let deny = evaluate(&p(key()), ApplicationFact::NotRequested, &write, NOW).unwrap_err();
         assert_eq!(deny.code, Code::InsufficientScope);
         assert!(deny.message.contains("applications:write"));
+    }
+
+    #[test]
+    fn sessions_skip_scopes_and_end_at_expiry() {
+        let write = [Scope::parse_required("applications:write").unwrap()];
+        assert_eq!(code_of(evaluate(&session(5_000), ApplicationFact::NotRequested, &write, NOW)), None);
+        assert_eq!(code_of(evaluate(&session(1_000), ApplicationFact::NotRequested, &write, NOW)), Some(Code::Unauth));
+    }
+
+    #[test]
+    fn runtime_keys_are_bound_to_their_application_not_to_scopes() {
+        let mut k = key();
+        k.kind = KeyKind::Runtime;
+        k.scopes = Scopes::default();
+        k.application_ids = vec![ApplicationId::parse("app_a").unwrap()];
+        let a = app("app_a", "acct_1");
+        let b = app("app_b", "acct_1");
+        assert_eq!(code_of(evaluate(&p(k.clone()), ApplicationFact::Known(&a), &read(), NOW)), None);
+        assert_eq!(
+            code_of(evaluate(&p(k), ApplicationFact::Known(&b), &read(), NOW)),
+            Some(Code::ApplicationForbidden)
+        );
     }
 }

@@ -1,20 +1,23 @@
 //! Authorize: from a request to a [`Verdict`], in the order of the README's decision table.
 //!
-//! This module gathers the facts (route, credential, key record, application) through the
-//! [`Store`] trait and the [`Verifier`]; [`decision::evaluate`] decides on them.
+//! This module gathers the facts (route, credential, principal, application, limits)
+//! through the [`Store`] trait, the [`Verifier`] and the [`Limiter`];
+//! [`decision::evaluate`] decides on them.
 
 pub mod decision;
 pub mod verifier;
 
 use crate::clock::Clock;
 use crate::code::Code;
-use crate::domain::{ApiKeyCredential, ApplicationId, Scope};
-use crate::policy::Policy;
-use crate::store::{KeyRecord, Store, StoreError};
-use decision::{evaluate, ApplicationFact, Deny};
+use crate::domain::{ApplicationId, Credential, CredentialKind, Scope};
+use crate::policy::{Accepts, Access, LimitSubject, Policy};
+use crate::ratelimit::{LimitCheck, LimitOutcome, Limiter, LimiterError, Room};
+use crate::store::{KeyKind, KeyRecord, Store, StoreError};
+use decision::{evaluate, ApplicationFact, Deny, Principal};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 use verifier::{Verifier, VerifierError};
 
 /// A request to decide, borrowed from the wire message.
@@ -25,17 +28,28 @@ pub struct AuthorizeQuery<'a> {
     pub path: &'a str,
     pub application_id: Option<&'a str>,
     pub required_scopes: Vec<Scope>,
+    pub client_ip: Option<&'a str>,
 }
 
 #[derive(Debug)]
 pub struct Verdict {
     /// `None` when allowed.
     pub deny: Option<Deny>,
-    /// The key whose secret was verified, if any (even when denied: the caller proved
-    /// possession, so saying whose key it is tells them nothing new).
-    pub principal: Option<Arc<KeyRecord>>,
+    /// Who presented a verified credential (even when denied: the caller proved
+    /// possession, so saying whose it is tells them nothing new).
+    pub principal: Option<Principal>,
     pub route: Option<Arc<str>>,
     pub application_id: Option<String>,
+    /// The tightest limit that applied, and when denied by one, how long to wait.
+    pub rate_limit: Option<RateLimitState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitState {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Whole seconds, rounded up; 0 unless limited.
+    pub retry_after_seconds: u32,
 }
 
 impl Verdict {
@@ -49,6 +63,8 @@ impl Verdict {
 pub enum AuthzError {
     #[error("the key store is unavailable")]
     Unavailable(#[source] StoreError),
+    #[error("the rate limit store is unavailable and the limit fails closed")]
+    LimiterUnavailable(#[source] LimiterError),
     #[error(transparent)]
     Store(StoreError),
     #[error(transparent)]
@@ -83,9 +99,10 @@ pub struct Authorizer {
     policy: Arc<Policy>,
     store: Arc<dyn Store>,
     verifier: Arc<Verifier>,
-    /// SHA-256 digests of credentials whose secret argon2 has accepted. Keyed by a digest
-    /// of the whole credential, never the credential itself. A key's hash never changes,
-    /// so an entry stays true; revocation and expiry are read from the key record.
+    limiter: Arc<Limiter>,
+    /// SHA-256 digests of key credentials whose secret argon2 has accepted. Keyed by a
+    /// digest of the whole credential, never the credential itself. A key's hash never
+    /// changes, so an entry stays true; revocation and expiry are read from the record.
     verified: moka::future::Cache<[u8; 32], ()>,
     clock: Arc<dyn Clock>,
 }
@@ -95,6 +112,7 @@ impl Authorizer {
         policy: Arc<Policy>,
         store: Arc<dyn Store>,
         verifier: Arc<Verifier>,
+        limiter: Arc<Limiter>,
         clock: Arc<dyn Clock>,
         settings: VerifiedCacheSettings,
     ) -> Self {
@@ -102,6 +120,7 @@ impl Authorizer {
             policy,
             store,
             verifier,
+            limiter,
             verified: moka::future::Cache::builder().max_capacity(settings.capacity).time_to_live(settings.ttl).build(),
             clock,
         }
@@ -119,53 +138,153 @@ impl Authorizer {
                 principal: None,
                 route: None,
                 application_id: query.application_id.map(str::to_owned),
+                rate_limit: None,
             });
         };
+        let route = matched.route;
         let application_id = query.application_id.or(matched.application_id);
-        let verdict = Verdict {
+        let mut verdict = Verdict {
             deny: None,
             principal: None,
-            route: Some(matched.route.template.clone()),
+            route: Some(route.template.clone()),
             application_id: application_id.map(str::to_owned),
+            rate_limit: None,
         };
 
-        // 2-3. A well-formed credential, decided without touching the store.
-        if query.credential.is_empty() {
-            return Ok(verdict.deny(Deny::new(Code::ApiKeyInvalid, "no API key was presented")));
+        // 2-4. Who is calling, unless the route is public.
+        if let Access::Credentials(accepts) = route.access {
+            let principal = match self.authenticate(query.credential, accepts).await? {
+                Ok(principal) => principal,
+                Err(deny) => return Ok(verdict.deny(deny)),
+            };
+            // 5-7. State, application, scopes.
+            let application = match application_id {
+                None => None,
+                Some(raw) => match ApplicationId::parse(raw) {
+                    Ok(id) => self.store.application(&id).await?,
+                    Err(_) => None,
+                },
+            };
+            let fact = match (&application_id, &application) {
+                (None, _) => ApplicationFact::NotRequested,
+                (Some(_), None) => ApplicationFact::Unknown,
+                (Some(_), Some(app)) => ApplicationFact::Known(app),
+            };
+            let required = route.scopes.iter().chain(&query.required_scopes);
+            let outcome = evaluate(&principal, fact, required, self.clock.now());
+            verdict.principal = Some(principal);
+            if let Err(deny) = outcome {
+                return Ok(verdict.deny(deny));
+            }
         }
-        let credential = match ApiKeyCredential::parse(query.credential) {
+
+        // 8. Limits, counted only for requests that would otherwise be allowed.
+        let subject_of = |per: LimitSubject| -> Option<std::borrow::Cow<'_, str>> {
+            let principal = verdict.principal.as_ref();
+            match per {
+                LimitSubject::Account => principal.map(|p| p.account_id().as_str().into()),
+                LimitSubject::Key => principal.map(|p| match p {
+                    Principal::Key(key) => key.id.to_string().into(),
+                    Principal::Session(session) => session.id.to_string().into(),
+                }),
+                LimitSubject::Application => application_id.map(Into::into),
+                LimitSubject::Ip => query.client_ip.map(Into::into),
+            }
+        };
+        // The global limit applies to every authenticated request.
+        let global = self.policy.global_limit().filter(|_| verdict.principal.is_some());
+        let subjects: Vec<_> = global
+            .into_iter()
+            .chain(&route.limits)
+            .filter_map(|rule| subject_of(rule.per).map(|subject| (rule, subject)))
+            .collect();
+        if subjects.is_empty() {
+            return Ok(verdict);
+        }
+        let checks: Vec<LimitCheck<'_>> =
+            subjects.iter().map(|(rule, subject)| LimitCheck { rule, subject: subject.as_ref() }).collect();
+        let outcome = self.limiter.check(&checks, self.clock.now()).await.map_err(AuthzError::LimiterUnavailable)?;
+        drop(checks);
+        drop(subjects);
+        match outcome {
+            LimitOutcome::Admitted { tightest } => {
+                verdict.rate_limit = tightest.map(|Room { limit, remaining }| RateLimitState {
+                    limit,
+                    remaining,
+                    retry_after_seconds: 0,
+                });
+                Ok(verdict)
+            }
+            LimitOutcome::Limited { limit, retry_after } => {
+                let retry_after_seconds = retry_after.as_millis().div_ceil(1000).max(1) as u32;
+                verdict.rate_limit = Some(RateLimitState { limit, remaining: 0, retry_after_seconds });
+                Ok(verdict.deny(Deny::new(
+                    Code::RateLimitReached,
+                    format!("rate limit of {limit} reached; retry after {retry_after_seconds} s"),
+                )))
+            }
+        }
+    }
+
+    /// Steps 2-4: a credential the route accepts, well-formed, known and verified.
+    async fn authenticate(&self, raw: &str, accepts: Accepts) -> Result<Result<Principal, Deny>, AuthzError> {
+        // What a missing or unusable credential is called depends on what the route wants.
+        let missing = if accepts.any_key() { Code::ApiKeyInvalid } else { Code::Unauth };
+        if raw.is_empty() {
+            return Ok(Err(Deny::new(missing, "no credential was presented")));
+        }
+        let Some(kind) = CredentialKind::of(raw) else {
+            return Ok(Err(Deny::new(missing, "the credential is not in a format keygate issues")));
+        };
+        if !accepts.allows(kind) {
+            let deny = match kind {
+                // A key where only a session will do: said without any argon2 work.
+                CredentialKind::ApiKey | CredentialKind::RuntimeKey if !accepts.any_key() => {
+                    Deny::of(Code::SessionRequired)
+                }
+                CredentialKind::ApiKey | CredentialKind::RuntimeKey => {
+                    Deny::new(Code::ApiKeyInvalid, format!("a {} is not accepted on this route", kind.as_str()))
+                }
+                CredentialKind::Session => {
+                    Deny::new(Code::ApiKeyInvalid, "this route needs an API key, not a dashboard session")
+                }
+            };
+            return Ok(Err(deny));
+        }
+        let invalid = match kind {
+            CredentialKind::Session => Code::Unauth,
+            CredentialKind::ApiKey | CredentialKind::RuntimeKey => Code::ApiKeyInvalid,
+        };
+        let credential = match Credential::parse(raw) {
             Ok(credential) => credential,
-            Err(malformed) => return Ok(verdict.deny(Deny::new(Code::ApiKeyInvalid, malformed.to_string()))),
+            Err(malformed) => return Ok(Err(Deny::new(invalid, malformed.to_string()))),
         };
-
-        // 4. A known key and its secret; until then the caller learns nothing of its state.
-        let key = self.store.key(credential.key_id()).await?;
-        if !self.verify(&credential, key.as_deref()).await? {
-            return Ok(verdict.deny(Deny::new(Code::ApiKeyInvalid, "unknown API key or wrong secret")));
+        match kind {
+            CredentialKind::Session => {
+                let session = self.store.session(credential.session_id()).await?;
+                let digest: [u8; 32] = Sha256::digest(credential.secret().as_bytes()).into();
+                match session {
+                    Some(session) if bool::from(session.secret_digest.ct_eq(&digest)) => {
+                        Ok(Ok(Principal::Session(session)))
+                    }
+                    _ => Ok(Err(Deny::new(Code::Unauth, "unknown dashboard session"))),
+                }
+            }
+            CredentialKind::ApiKey | CredentialKind::RuntimeKey => {
+                let expected = if kind == CredentialKind::RuntimeKey { KeyKind::Runtime } else { KeyKind::ApiKey };
+                // A record of the other kind is as unknown as no record at all.
+                let key = self.store.key(credential.key_id()).await?.filter(|k| k.kind == expected);
+                if !self.verify(&credential, key.as_deref()).await? {
+                    return Ok(Err(Deny::new(Code::ApiKeyInvalid, "unknown API key or wrong secret")));
+                }
+                Ok(Ok(Principal::Key(key.expect("a verified credential has a key record"))))
+            }
         }
-        let key = key.expect("a verified credential has a key record");
-
-        // 5-7. State, application, scopes.
-        let application = match application_id {
-            None => None,
-            Some(raw) => match ApplicationId::parse(raw) {
-                Ok(id) => self.store.application(&id).await?,
-                Err(_) => None,
-            },
-        };
-        let fact = match (&application_id, &application) {
-            (None, _) => ApplicationFact::NotRequested,
-            (Some(_), None) => ApplicationFact::Unknown,
-            (Some(_), Some(app)) => ApplicationFact::Known(app),
-        };
-        let required = matched.route.scopes.iter().chain(&query.required_scopes);
-        let outcome = evaluate(&key, fact, required, self.clock.now());
-        Ok(Verdict { deny: outcome.err(), principal: Some(key), ..verdict })
     }
 
     /// Is this the key's secret? A cache hit costs a SHA-256; a miss costs one argon2
     /// verification, shared by every concurrent caller presenting the same credential.
-    async fn verify(&self, credential: &ApiKeyCredential<'_>, key: Option<&KeyRecord>) -> Result<bool, AuthzError> {
+    async fn verify(&self, credential: &Credential<'_>, key: Option<&KeyRecord>) -> Result<bool, AuthzError> {
         let Some(key) = key else {
             self.verifier.verify(credential.secret(), None).await?;
             return Ok(false);

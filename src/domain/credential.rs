@@ -1,18 +1,59 @@
-//! The API key credential: `kg_` + key id (16) + secret (44) + checksum (6), all base62.
+//! Credentials: a prefix that says what kind it is, then id (16) + secret (44) +
+//! checksum (6), all base62.
+//!
+//! | kind | prefix | id names |
+//! |------|--------|----------|
+//! | API key | `kg_` | `key_…` |
+//! | application runtime key | `kgr_` | `key_…` (same table, kind `runtime`) |
+//! | dashboard session | `kgs_` | `ses_…` |
 //!
 //! - The key id is not secret: it finds the stored record with one indexed lookup.
 //! - The secret is 44 base62 characters from the OS CSPRNG: 44 × log2(62) ≈ 262 bits.
 //! - The checksum (CRC-32 of everything before it) rejects typos and garbage before any
 //!   I/O. It is not a MAC: anyone can compute it, so the store and argon2 stay the gate.
 
-use super::KeyId;
+use super::{KeyId, SessionId};
 use std::fmt;
 
 pub const CREDENTIAL_PREFIX: &str = "kg_";
 pub(crate) const KEY_ID_LEN: usize = 16;
 const SECRET_LEN: usize = 44;
 const CHECKSUM_LEN: usize = 6;
-const CREDENTIAL_LEN: usize = CREDENTIAL_PREFIX.len() + KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN;
+const BODY_LEN: usize = KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN;
+
+/// What a credential is, told by its prefix alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialKind {
+    ApiKey,
+    RuntimeKey,
+    Session,
+}
+
+impl CredentialKind {
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            CredentialKind::ApiKey => CREDENTIAL_PREFIX,
+            CredentialKind::RuntimeKey => "kgr_",
+            CredentialKind::Session => "kgs_",
+        }
+    }
+
+    /// The kind a raw credential claims to be, by prefix; nothing else is checked.
+    pub fn of(raw: &str) -> Option<Self> {
+        [CredentialKind::ApiKey, CredentialKind::RuntimeKey, CredentialKind::Session]
+            .into_iter()
+            .find(|kind| raw.starts_with(kind.prefix()))
+    }
+
+    /// The name used in the policy file and in `Principal.kind`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::ApiKey => "api_key",
+            CredentialKind::RuntimeKey => "runtime_key",
+            CredentialKind::Session => "session",
+        }
+    }
+}
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
@@ -31,38 +72,53 @@ pub enum MalformedCredential {
 
 /// A syntactically valid credential, borrowed from the request.
 #[derive(Clone, Copy)]
-pub struct ApiKeyCredential<'a> {
+pub struct Credential<'a> {
+    kind: CredentialKind,
     raw: &'a str,
 }
 
-impl<'a> ApiKeyCredential<'a> {
+/// The common case, kept as a name of its own.
+pub type ApiKeyCredential<'a> = Credential<'a>;
+
+impl<'a> Credential<'a> {
     /// Checks prefix, length, alphabet and checksum. Allocates nothing.
     pub fn parse(raw: &'a str) -> Result<Self, MalformedCredential> {
-        let Some(rest) = raw.strip_prefix(CREDENTIAL_PREFIX) else {
-            return Err(MalformedCredential::Prefix);
-        };
-        if raw.len() != CREDENTIAL_LEN {
+        let kind = CredentialKind::of(raw).ok_or(MalformedCredential::Prefix)?;
+        let rest = &raw[kind.prefix().len()..];
+        if rest.len() != BODY_LEN {
             return Err(MalformedCredential::Length);
         }
         if !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(MalformedCredential::Alphabet);
         }
-        let (body, checksum) = raw.split_at(CREDENTIAL_LEN - CHECKSUM_LEN);
+        let (body, checksum) = raw.split_at(raw.len() - CHECKSUM_LEN);
         if checksum.as_bytes() != encode_checksum(crc32(body.as_bytes())) {
             return Err(MalformedCredential::Checksum);
         }
-        Ok(Self { raw })
+        Ok(Self { kind, raw })
     }
 
+    pub fn kind(&self) -> CredentialKind {
+        self.kind
+    }
+
+    fn id_body(&self) -> &'a [u8] {
+        let start = self.kind.prefix().len();
+        &self.raw.as_bytes()[start..start + KEY_ID_LEN]
+    }
+
+    /// The key id of an API key or runtime key credential (a session's id body reads the same).
     pub fn key_id(&self) -> KeyId {
-        let start = CREDENTIAL_PREFIX.len();
-        KeyId::from_body(&self.raw.as_bytes()[start..start + KEY_ID_LEN])
-            .expect("parse checked the alphabet and length")
+        KeyId::from_body(self.id_body()).expect("parse checked the alphabet and length")
     }
 
-    /// The secret part, the only part argon2 hashes.
+    pub fn session_id(&self) -> SessionId {
+        SessionId::from_body(self.id_body()).expect("parse checked the alphabet and length")
+    }
+
+    /// The secret part, the only part that is hashed.
     pub fn secret(&self) -> &'a str {
-        let start = CREDENTIAL_PREFIX.len() + KEY_ID_LEN;
+        let start = self.kind.prefix().len() + KEY_ID_LEN;
         &self.raw[start..start + SECRET_LEN]
     }
 
@@ -71,21 +127,25 @@ impl<'a> ApiKeyCredential<'a> {
     }
 }
 
-impl fmt::Debug for ApiKeyCredential<'_> {
+impl fmt::Debug for Credential<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ApiKeyCredential({}, <redacted>)", self.key_id())
+        write!(f, "Credential({:?}, {}, <redacted>)", self.kind, self.key_id().as_body())
     }
 }
 
-/// A freshly generated key: shown to its creator once, then dropped.
+/// A freshly generated credential: shown to its creator once, then dropped.
 pub struct GeneratedKey {
     credential: String,
 }
 
 impl GeneratedKey {
     pub fn generate() -> Result<Self, getrandom::Error> {
-        let mut credential = String::with_capacity(CREDENTIAL_LEN);
-        credential.push_str(CREDENTIAL_PREFIX);
+        Self::generate_kind(CredentialKind::ApiKey)
+    }
+
+    pub fn generate_kind(kind: CredentialKind) -> Result<Self, getrandom::Error> {
+        let mut credential = String::with_capacity(kind.prefix().len() + BODY_LEN);
+        credential.push_str(kind.prefix());
         credential.push_str(&random_base62(KEY_ID_LEN)?);
         credential.push_str(&random_base62(SECRET_LEN)?);
         let checksum = encode_checksum(crc32(credential.as_bytes()));
@@ -93,8 +153,8 @@ impl GeneratedKey {
         Ok(Self { credential })
     }
 
-    pub fn credential(&self) -> ApiKeyCredential<'_> {
-        ApiKeyCredential::parse(&self.credential).expect("generated credentials are well-formed")
+    pub fn credential(&self) -> Credential<'_> {
+        Credential::parse(&self.credential).expect("generated credentials are well-formed")
     }
 
     /// The full credential, for the one response that may carry it.
@@ -168,7 +228,7 @@ mod tests {
         for _ in 0..100 {
             let key = GeneratedKey::generate().unwrap();
             let parsed = key.credential();
-            assert_eq!(parsed.as_str().len(), CREDENTIAL_LEN);
+            assert_eq!(parsed.as_str().len(), CREDENTIAL_PREFIX.len() + BODY_LEN);
             assert_eq!(parsed.secret().len(), SECRET_LEN);
             let id = parsed.key_id();
             assert_eq!(KeyId::parse(&id.to_string()).unwrap(), id);
@@ -198,6 +258,20 @@ mod tests {
         assert!(ApiKeyCredential::parse(&unicode).is_err());
         let dashed = format!("kg_-{}", &key[4..]);
         assert_eq!(ApiKeyCredential::parse(&dashed).unwrap_err(), MalformedCredential::Alphabet);
+    }
+
+    #[test]
+    fn the_prefix_tells_the_kind() {
+        for kind in [CredentialKind::ApiKey, CredentialKind::RuntimeKey, CredentialKind::Session] {
+            let generated = GeneratedKey::generate_kind(kind).unwrap();
+            assert_eq!(generated.credential().kind(), kind);
+            assert_eq!(CredentialKind::of(generated.credential().as_str()), Some(kind));
+        }
+        assert_eq!(CredentialKind::of("kgx_abc"), None);
+        // A session token with an API key's prefix swapped in fails its checksum.
+        let session = GeneratedKey::generate_kind(CredentialKind::Session).unwrap().into_secret_string();
+        let swapped = format!("kg_{}", &session[4..]);
+        assert!(Credential::parse(&swapped).is_err());
     }
 
     #[test]

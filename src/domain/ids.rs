@@ -41,6 +41,40 @@ impl fmt::Debug for KeyId {
     }
 }
 
+/// A dashboard session's id: `ses_` + the 16 base62 characters embedded in its token.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId([u8; KEY_ID_LEN]);
+
+impl SessionId {
+    pub const PREFIX: &'static str = "ses_";
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidField> {
+        raw.strip_prefix(Self::PREFIX)
+            .and_then(|body| Self::from_body(body.as_bytes()))
+            .ok_or_else(|| InvalidField::new("id", "is not a session id (ses_ followed by 16 letters or digits)"))
+    }
+
+    pub(crate) fn from_body(body: &[u8]) -> Option<Self> {
+        KeyId::from_body(body).map(|k| Self(k.0))
+    }
+
+    pub fn as_body(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("checked ASCII at construction")
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", Self::PREFIX, self.as_body())
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 /// Letters, digits, `_` and `-`, 1 to 64 of them: the shape of every external id.
 fn check_external_id(field: &'static str, raw: &str) -> Result<(), InvalidField> {
     if raw.is_empty() {
@@ -88,6 +122,11 @@ external_id!(
     /// The account (tenant) that owns applications and keys; assigned by the dashboard.
     AccountId,
     "account_id"
+);
+external_id!(
+    /// A dashboard user; assigned by the dashboard.
+    UserId,
+    "user_id"
 );
 external_id!(
     /// An application of an account: `app_` + 16 base62 characters when keygate made it.

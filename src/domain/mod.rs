@@ -6,8 +6,10 @@ mod ids;
 mod scope;
 mod search;
 
-pub use credential::{ApiKeyCredential, GeneratedKey, MalformedCredential, CREDENTIAL_PREFIX};
-pub use ids::{AccountId, ApplicationId, KeyId};
+pub use credential::{
+    ApiKeyCredential, Credential, CredentialKind, GeneratedKey, MalformedCredential, CREDENTIAL_PREFIX,
+};
+pub use ids::{AccountId, ApplicationId, KeyId, SessionId, UserId};
 pub use scope::{Scope, Scopes};
 pub use search::SearchParams;
 

@@ -2,9 +2,8 @@
 
 use super::proto::{self as pb, admin_server};
 use super::{convert, status, RequestId};
-use crate::clock::Clock;
 use crate::code::Code;
-use crate::domain::{AccountId, ApplicationId, KeyId, Name, SearchParams};
+use crate::domain::{AccountId, ApplicationId, KeyId, Name, SearchParams, SessionId, UserId};
 use crate::manage::Manager;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -43,12 +42,11 @@ impl AdminTokens {
 
 pub struct AdminService {
     manager: Arc<Manager>,
-    clock: Arc<dyn Clock>,
 }
 
 impl AdminService {
-    pub fn new(manager: Arc<Manager>, clock: Arc<dyn Clock>) -> Self {
-        Self { manager, clock }
+    pub fn new(manager: Arc<Manager>) -> Self {
+        Self { manager }
     }
 }
 
@@ -105,7 +103,7 @@ impl admin_server::Admin for AdminService {
         let new = request.into_inner().try_into()?;
         let (key, generated) = self.manager.create_api_key(new).await?;
         let response = pb::CreateApiKeyResponse {
-            key: Some(convert::key_to_proto(&key, self.clock.now())),
+            key: Some(convert::key_to_proto(&key, self.manager.now())),
             secret: generated.into_secret_string(),
         };
         respond(request_id, "create_api_key", &key.id.to_string(), response)
@@ -115,7 +113,7 @@ impl admin_server::Admin for AdminService {
         let request_id = RequestId::from_metadata(request.metadata());
         let id = KeyId::parse(&request.get_ref().id)?;
         let key = self.manager.api_key(id).await?;
-        Ok(request_id.attach(Response::new(convert::key_to_proto(&key, self.clock.now()))))
+        Ok(request_id.attach(Response::new(convert::key_to_proto(&key, self.manager.now()))))
     }
 
     async fn list_api_keys(
@@ -134,7 +132,7 @@ impl admin_server::Admin for AdminService {
         }
         let page = convert::page_request(req.page_size, &req.page_token, |t| KeyId::parse(t).is_ok())?;
         let page = self.manager.list_api_keys(&account, search.search_string.as_deref(), &page).await?;
-        let now = self.clock.now();
+        let now = self.manager.now();
         Ok(request_id.attach(Response::new(pb::ListApiKeysResponse {
             keys: page.items.iter().map(|k| convert::key_to_proto(k, now)).collect(),
             next_page_token: page.next_after.unwrap_or_default(),
@@ -145,7 +143,7 @@ impl admin_server::Admin for AdminService {
         let request_id = RequestId::from_metadata(request.metadata());
         let (id, changes) = convert::key_changes(request.get_ref())?;
         let key = self.manager.update_api_key(id, changes).await?;
-        respond(request_id, "update_api_key", &id.to_string(), convert::key_to_proto(&key, self.clock.now()))
+        respond(request_id, "update_api_key", &id.to_string(), convert::key_to_proto(&key, self.manager.now()))
     }
 
     async fn revoke_api_key(&self, request: Request<pb::RevokeApiKeyRequest>) -> Result<Response<pb::ApiKey>, Status> {
@@ -153,6 +151,58 @@ impl admin_server::Admin for AdminService {
         let req = request.into_inner();
         let id = KeyId::parse(&req.id)?;
         let key = self.manager.revoke_api_key(id, &req.reason).await?;
-        respond(request_id, "revoke_api_key", &id.to_string(), convert::key_to_proto(&key, self.clock.now()))
+        respond(request_id, "revoke_api_key", &id.to_string(), convert::key_to_proto(&key, self.manager.now()))
+    }
+
+    async fn rotate_application_key(
+        &self,
+        request: Request<pb::RotateApplicationKeyRequest>,
+    ) -> Result<Response<pb::RotateApplicationKeyResponse>, Status> {
+        let request_id = RequestId::from_metadata(request.metadata());
+        let req = request.into_inner();
+        let application = ApplicationId::parse(&req.application_id)?;
+        let grace = req.grace_period_seconds.map(|s| std::time::Duration::from_secs(s.into()));
+        let rotation = self.manager.rotate_application_key(&application, grace).await?;
+        let response = pb::RotateApplicationKeyResponse {
+            key: Some(convert::key_to_proto(&rotation.key, self.manager.now())),
+            secret: rotation.credential.into_secret_string(),
+            previous_key_id: rotation.previous.map(|(id, _)| id.to_string()).unwrap_or_default(),
+            previous_key_retires_at: rotation.previous.map(|(_, at)| convert::timestamp_to_proto(at)),
+        };
+        respond(request_id, "rotate_application_key", application.as_str(), response)
+    }
+
+    async fn create_session(
+        &self,
+        request: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        let request_id = RequestId::from_metadata(request.metadata());
+        let req = request.into_inner();
+        let account = AccountId::parse(&req.account_id)?;
+        let user = UserId::parse(&req.user_id)?;
+        let ttl = (req.ttl_seconds > 0).then(|| std::time::Duration::from_secs(req.ttl_seconds.into()));
+        let (session, token) = self.manager.create_session(account, user, ttl).await?;
+        let response = pb::CreateSessionResponse {
+            session: Some(convert::session_to_proto(&session, self.manager.now())),
+            token: token.into_secret_string(),
+        };
+        respond(request_id, "create_session", &session.id.to_string(), response)
+    }
+
+    async fn get_session(&self, request: Request<pb::GetSessionRequest>) -> Result<Response<pb::Session>, Status> {
+        let request_id = RequestId::from_metadata(request.metadata());
+        let id = SessionId::parse(&request.get_ref().id)?;
+        let session = self.manager.session(id).await?;
+        Ok(request_id.attach(Response::new(convert::session_to_proto(&session, self.manager.now()))))
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let request_id = RequestId::from_metadata(request.metadata());
+        let id = SessionId::parse(&request.get_ref().id)?;
+        let session = self.manager.revoke_session(id).await?;
+        respond(request_id, "revoke_session", &id.to_string(), convert::session_to_proto(&session, self.manager.now()))
     }
 }

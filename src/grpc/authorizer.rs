@@ -33,7 +33,7 @@ impl authorizer_server::Authorizer for AuthorizerService {
             tracing::debug!(
                 route = verdict.route.as_deref().unwrap_or("-"),
                 code = verdict.deny.as_ref().map_or("allowed", |d| d.code.as_str()),
-                key_id = verdict.principal.as_ref().map(|k| k.id.to_string()).as_deref().unwrap_or("-"),
+                principal = verdict.principal.as_ref().map_or("-", |p| p.kind().as_str()),
                 "decided"
             )
         });

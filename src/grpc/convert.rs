@@ -2,11 +2,12 @@
 //! type; a bad one becomes a VALIDATION_ERROR that names the field.
 
 use super::proto as pb;
+use crate::authz::decision::Principal;
 use crate::authz::{AuthorizeQuery, Verdict};
 use crate::code::Code;
 use crate::domain::{AccountId, ApplicationId, InvalidField, KeyId, Name, Scope, Scopes, Timestamp};
 use crate::manage::NewApiKey;
-use crate::store::{Application, KeyChanges, KeyRecord, PageRequest};
+use crate::store::{Application, KeyChanges, KeyRecord, PageRequest, SessionRecord};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 500;
@@ -38,7 +39,7 @@ pub fn application_to_proto(app: &Application) -> pb::Application {
 }
 
 pub fn key_to_proto(key: &KeyRecord, now: Timestamp) -> pb::ApiKey {
-    let status = if key.is_revoked() {
+    let status = if key.is_revoked_at(now) {
         pb::ApiKeyStatus::Revoked
     } else if key.is_expired_at(now) {
         pb::ApiKeyStatus::Expired
@@ -54,9 +55,48 @@ pub fn key_to_proto(key: &KeyRecord, now: Timestamp) -> pb::ApiKey {
         created_at: Some(timestamp_to_proto(key.created_at)),
         updated_at: Some(timestamp_to_proto(key.updated_at)),
         expires_at: key.expires_at.map(timestamp_to_proto),
-        revoked_at: key.revoked_at.map(timestamp_to_proto),
+        revoked_at: key.revoked_at.or(key.retire_at).map(timestamp_to_proto),
         revoked_reason: key.revoked_reason.clone().unwrap_or_default(),
         status: status.into(),
+        kind: key.kind.as_str().to_owned(),
+    }
+}
+
+pub fn session_to_proto(session: &SessionRecord, now: Timestamp) -> pb::Session {
+    let status = match session.revoked_at {
+        Some(_) => "revoked",
+        None if session.is_live_at(now) => "active",
+        None => "expired",
+    };
+    pb::Session {
+        id: session.id.to_string(),
+        account_id: session.account_id.to_string(),
+        user_id: session.user_id.to_string(),
+        created_at: Some(timestamp_to_proto(session.created_at)),
+        expires_at: Some(timestamp_to_proto(session.expires_at)),
+        revoked_at: session.revoked_at.map(timestamp_to_proto),
+        status: status.to_owned(),
+    }
+}
+
+fn principal_to_proto(principal: &Principal) -> pb::Principal {
+    let kind = principal.kind().as_str().to_owned();
+    match principal {
+        Principal::Key(key) => pb::Principal {
+            kind,
+            key_id: key.id.to_string(),
+            account_id: key.account_id.to_string(),
+            scopes: key.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            application_ids: key.application_ids.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        },
+        Principal::Session(session) => pb::Principal {
+            kind,
+            account_id: session.account_id.to_string(),
+            session_id: session.id.to_string(),
+            user_id: session.user_id.to_string(),
+            ..Default::default()
+        },
     }
 }
 
@@ -156,6 +196,7 @@ pub fn authorize_query(req: &pb::AuthorizeRequest) -> Result<AuthorizeQuery<'_>,
         path: &req.path,
         application_id: Some(req.application_id.as_str()).filter(|a| !a.is_empty()),
         required_scopes: req.required_scopes.iter().map(|s| Scope::parse_required(s)).collect::<Result<_, _>>()?,
+        client_ip: Some(req.client_ip.as_str()).filter(|ip| !ip.is_empty()),
     })
 }
 
@@ -171,15 +212,12 @@ pub fn authorize_response(verdict: Verdict) -> pb::AuthorizeResponse {
         code,
         http_status,
         message,
-        principal: verdict.principal.as_deref().map(|key| pb::Principal {
-            kind: "api_key".to_owned(),
-            key_id: key.id.to_string(),
-            account_id: key.account_id.to_string(),
-            scopes: key.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
-            application_ids: key.application_ids.iter().map(|a| a.to_string()).collect(),
-        }),
+        principal: verdict.principal.as_ref().map(principal_to_proto),
         route: verdict.route.as_deref().unwrap_or_default().to_owned(),
         application_id: verdict.application_id.unwrap_or_default(),
+        limit: verdict.rate_limit.map_or(0, |r| r.limit),
+        remaining: verdict.rate_limit.map_or(0, |r| r.remaining),
+        retry_after_seconds: verdict.rate_limit.map_or(0, |r| r.retry_after_seconds),
     }
 }
 

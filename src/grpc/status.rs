@@ -70,7 +70,7 @@ impl From<ManageError> for Status {
 impl From<AuthzError> for Status {
     fn from(e: AuthzError) -> Self {
         match e {
-            AuthzError::Unavailable(_) => internal(tonic::Code::Unavailable, &e),
+            AuthzError::Unavailable(_) | AuthzError::LimiterUnavailable(_) => internal(tonic::Code::Unavailable, &e),
             other => internal(tonic::Code::Internal, &other),
         }
     }

@@ -2,9 +2,12 @@
 //! parameter names the application. Loaded from TOML; every problem in a file is
 //! reported at once, each naming its entry.
 
+mod access;
 mod router;
 
 use crate::domain::Scope;
+use access::LimitEntry;
+pub use access::{Accepts, Access, LimitRule, LimitSubject, OnStoreError};
 use router::Router;
 use serde::Deserialize;
 use std::path::Path;
@@ -20,7 +23,11 @@ const DEFAULT_APPLICATION_PARAM: &str = "application_id";
 pub struct Route {
     /// "GET /api/v1/panel/applications/{application_id}", as written in the policy.
     pub template: std::sync::Arc<str>,
+    /// Required of API keys; sessions act with their account's full rights, and runtime
+    /// keys are bounded by the routes that accept them and their one application.
     pub scopes: Vec<Scope>,
+    pub access: Access,
+    pub limits: Vec<LimitRule>,
     /// Which path segment (0-based, after the leading '/') holds the application id.
     application_segment: Option<usize>,
 }
@@ -37,6 +44,8 @@ pub struct RouteMatch<'r, 'p> {
 pub struct Policy {
     routes: Vec<Route>,
     router: Router,
+    /// Applies to every authenticated request.
+    global_limit: Option<LimitRule>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +60,7 @@ pub struct PolicyError {
 struct PolicyFile {
     #[serde(default)]
     routes: Vec<RouteEntry>,
+    global_limit: Option<LimitEntry>,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +70,11 @@ struct RouteEntry {
     #[serde(default)]
     scopes: Vec<String>,
     application_param: Option<String>,
+    accepts: Option<Vec<String>>,
+    #[serde(default)]
+    public: bool,
+    #[serde(default)]
+    limits: Vec<LimitEntry>,
 }
 
 impl Policy {
@@ -83,9 +98,19 @@ impl Policy {
             return Err(fail(vec!["no [[routes]] entries: every request would be not_found".into()]));
         }
         let mut problems = Vec::new();
+        let global_limit = match file.global_limit {
+            None => None,
+            Some(entry) => match entry.into_rule("global".into(), OnStoreError::Local) {
+                Ok(rule) => Some(rule),
+                Err(e) => {
+                    problems.push(format!("global_limit: {e}"));
+                    None
+                }
+            },
+        };
         let mut routes = Vec::with_capacity(file.routes.len());
         let mut router = Router::default();
-        for (i, entry) in file.routes.iter().enumerate() {
+        for (i, entry) in file.routes.into_iter().enumerate() {
             let name = format!("route #{} ({:?})", i + 1, entry.route);
             match parse_route(entry) {
                 Ok((route, method, segments)) => {
@@ -101,7 +126,7 @@ impl Policy {
             }
         }
         if problems.is_empty() {
-            Ok(Self { routes, router })
+            Ok(Self { routes, router, global_limit })
         } else {
             Err(fail(problems))
         }
@@ -119,6 +144,10 @@ impl Policy {
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
+
+    pub fn global_limit(&self) -> Option<&LimitRule> {
+        self.global_limit.as_ref()
+    }
 }
 
 /// A template's segment: literal text or a named parameter.
@@ -128,7 +157,7 @@ enum Segment {
     Param(String),
 }
 
-fn parse_route(entry: &RouteEntry) -> Result<(Route, &'static str, Vec<Segment>), Vec<String>> {
+fn parse_route(entry: RouteEntry) -> Result<(Route, &'static str, Vec<Segment>), Vec<String>> {
     let mut problems = Vec::new();
     let (method, path) = entry.route.trim().split_once(' ').unwrap_or(("", ""));
     let method = METHODS.iter().copied().find(|m| *m == method);
@@ -164,12 +193,30 @@ fn parse_route(entry: &RouteEntry) -> Result<(Route, &'static str, Vec<Segment>)
         }
         None => param_position(DEFAULT_APPLICATION_PARAM),
     };
+    let access = match (entry.public, &entry.accepts) {
+        (true, Some(_)) => {
+            problems.push("a public route accepts no credentials: drop accepts or public".into());
+            Access::Public
+        }
+        (true, None) => Access::Public,
+        (false, None) => Access::Credentials(Accepts::API_KEY),
+        (false, Some(names)) => Accepts::parse(names).map(Access::Credentials).unwrap_or_else(|e| {
+            problems.push(e);
+            Access::Public
+        }),
+    };
+    let template = format!("{} {}", method.unwrap_or("?"), path.trim());
+    let mut limits = Vec::new();
+    for (i, limit) in entry.limits.into_iter().enumerate() {
+        match limit.into_rule(format!("{template}#{i}"), OnStoreError::Closed) {
+            Ok(rule) => limits.push(rule),
+            Err(e) => problems.push(format!("limits[{i}]: {e}")),
+        }
+    }
     match method {
-        Some(method) if problems.is_empty() => Ok((
-            Route { template: format!("{method} {}", path.trim()).into(), scopes, application_segment },
-            method,
-            segments,
-        )),
+        Some(method) if problems.is_empty() => {
+            Ok((Route { template: template.into(), scopes, access, limits, application_segment }, method, segments))
+        }
         _ => Err(problems),
     }
 }

@@ -10,8 +10,8 @@
 //! inserts only if the epoch it saw before reading the store is still current, checked
 //! under the same lock. Cache hits take no lock.
 
-use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, Store, StoreError, UpdateOutcome};
-use crate::domain::{AccountId, ApplicationId, KeyId, Timestamp};
+use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome};
+use crate::domain::{AccountId, ApplicationId, KeyId, SessionId, Timestamp};
 use moka::sync::Cache;
 use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Mutex};
@@ -91,11 +91,17 @@ pub struct CachedStore {
     inner: Arc<dyn Store>,
     keys: GuardedCache<KeyId, Option<Arc<KeyRecord>>>,
     applications: GuardedCache<ApplicationId, Option<Arc<Application>>>,
+    sessions: GuardedCache<SessionId, Option<Arc<SessionRecord>>>,
 }
 
 impl CachedStore {
     pub fn new(inner: Arc<dyn Store>, settings: CacheSettings) -> Self {
-        Self { inner, keys: GuardedCache::new(settings), applications: GuardedCache::new(settings) }
+        Self {
+            inner,
+            keys: GuardedCache::new(settings),
+            applications: GuardedCache::new(settings),
+            sessions: GuardedCache::new(settings),
+        }
     }
 
     pub fn invalidate_key(&self, id: KeyId) {
@@ -106,10 +112,15 @@ impl CachedStore {
         self.applications.invalidate(id);
     }
 
+    pub fn invalidate_session(&self, id: SessionId) {
+        self.sessions.invalidate(&id);
+    }
+
     /// Drops everything, for when invalidations may have been missed.
     pub fn invalidate_all(&self) {
         self.keys.invalidate_all();
         self.applications.invalidate_all();
+        self.sessions.invalidate_all();
     }
 
     pub fn cached_keys(&self) -> u64 {
@@ -168,6 +179,31 @@ impl Store for CachedStore {
     async fn revoke_key(&self, id: KeyId, reason: &str, now: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
         let result = self.inner.revoke_key(id, reason, now).await;
         self.keys.invalidate(&id);
+        result
+    }
+
+    async fn rotate_runtime_key(&self, new: &KeyRecord, retire_at: Timestamp) -> Result<Option<KeyId>, StoreError> {
+        let result = self.inner.rotate_runtime_key(new, retire_at).await;
+        self.keys.invalidate(&new.id);
+        if let Ok(Some(retired)) = &result {
+            self.keys.invalidate(retired);
+        }
+        result
+    }
+
+    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let result = self.inner.create_session(session).await;
+        self.sessions.invalidate(&session.id);
+        result
+    }
+
+    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.sessions.get_or_load(id, self.inner.session(id)).await
+    }
+
+    async fn revoke_session(&self, id: SessionId, now: Timestamp) -> Result<Option<SessionRecord>, StoreError> {
+        let result = self.inner.revoke_session(id, now).await;
+        self.sessions.invalidate(&id);
         result
     }
 

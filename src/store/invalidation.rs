@@ -8,7 +8,7 @@
 //! if everything else fails.
 
 use super::cached::CachedStore;
-use crate::domain::{ApplicationId, KeyId};
+use crate::domain::{ApplicationId, KeyId, SessionId};
 use sqlx::postgres::{PgListener, PgNotification};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -119,6 +119,9 @@ fn apply(notification: &PgNotification, cache: &CachedStore, status: &ListenerSt
     match (kind, id) {
         (Some("key"), Some(id)) if KeyId::parse(id).is_ok() => {
             cache.invalidate_key(KeyId::parse(id).expect("checked"));
+        }
+        (Some("ses"), Some(id)) if SessionId::parse(id).is_ok() => {
+            cache.invalidate_session(SessionId::parse(id).expect("checked"));
         }
         (Some("app"), Some(id)) if ApplicationId::parse(id).is_ok() => {
             cache.invalidate_application(&ApplicationId::parse(id).expect("checked"));

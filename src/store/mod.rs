@@ -6,7 +6,7 @@ pub mod cached;
 pub mod invalidation;
 pub mod sql;
 
-use crate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, Timestamp};
+use crate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, SessionId, Timestamp, UserId};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,11 +17,31 @@ pub struct Application {
     pub created_at: Timestamp,
 }
 
+/// What a key record is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A management API key, made by `CreateApiKey`.
+    ApiKey,
+    /// An application's runtime key, made by `RotateApplicationKey`; restricted to that one
+    /// application and accepted only on routes whose policy names `runtime_key`.
+    Runtime,
+}
+
+impl KeyKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::ApiKey => "api_key",
+            KeyKind::Runtime => "runtime",
+        }
+    }
+}
+
 /// A stored API key: everything but the secret, which is never stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {
     pub id: KeyId,
     pub account_id: AccountId,
+    pub kind: KeyKind,
     pub name: Name,
     pub scopes: Scopes,
     /// Empty means every application of the account.
@@ -31,14 +51,18 @@ pub struct KeyRecord {
     pub updated_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
+    /// A rotated runtime key keeps working until then and counts as revoked after.
+    pub retire_at: Option<Timestamp>,
     pub revoked_reason: Option<String>,
     /// Bumped by every change; lets caches and replicas tell old from new.
     pub version: i64,
 }
 
 impl KeyRecord {
-    pub fn is_revoked(&self) -> bool {
-        self.revoked_at.is_some()
+    /// An explicit revoke counts at once, whatever any replica's clock says; a scheduled
+    /// retirement counts from its time.
+    pub fn is_revoked_at(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_some() || self.retire_at.is_some_and(|at| at <= now)
     }
 
     pub fn is_expired_at(&self, now: Timestamp) -> bool {
@@ -47,6 +71,26 @@ impl KeyRecord {
 
     pub fn allows_application(&self, id: &ApplicationId) -> bool {
         self.application_ids.is_empty() || self.application_ids.contains(id)
+    }
+}
+
+/// A dashboard session. Its token's secret is kept only as a SHA-256 digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub account_id: AccountId,
+    pub user_id: UserId,
+    pub secret_digest: [u8; 32],
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+    pub version: i64,
+}
+
+impl SessionRecord {
+    /// Usable at `now`: neither revoked nor expired.
+    pub fn is_live_at(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && now < self.expires_at
     }
 }
 
@@ -126,6 +170,14 @@ pub trait Store: Send + Sync + 'static {
     async fn update_key(&self, id: KeyId, changes: &KeyChanges, now: Timestamp) -> Result<UpdateOutcome, StoreError>;
     /// Idempotent: revoking a revoked key returns it unchanged. `None` if there is no such key.
     async fn revoke_key(&self, id: KeyId, reason: &str, now: Timestamp) -> Result<Option<KeyRecord>, StoreError>;
+    /// Makes `new` (a runtime key) its application's current runtime key, in one
+    /// transaction; the key it replaces keeps working until `retire_at`. Returns that key.
+    async fn rotate_runtime_key(&self, new: &KeyRecord, retire_at: Timestamp) -> Result<Option<KeyId>, StoreError>;
+
+    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError>;
+    /// Idempotent. `None` if there is no such session.
+    async fn revoke_session(&self, id: SessionId, now: Timestamp) -> Result<Option<SessionRecord>, StoreError>;
 
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -3,8 +3,10 @@
 //! placeholders, `RETURNING`), so the conformance suite proves both with the same code.
 //! What differs per backend (connection set-up, migrations) is chosen by [`Backend`].
 
-use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, Store, StoreError, UpdateOutcome};
-use crate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, Timestamp};
+use super::{
+    Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
+};
+use crate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, SessionId, Timestamp, UserId};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
@@ -14,8 +16,9 @@ use std::time::Duration;
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
-const KEY_COLUMNS: &str = "id, account_id, name, scopes, application_ids, secret_hash, created_at, \
-     updated_at, expires_at, revoked_at, revoked_reason, version";
+const KEY_COLUMNS: &str = "id, account_id, kind, name, scopes, application_ids, secret_hash, created_at, \
+     updated_at, expires_at, revoked_at, retire_at, revoked_reason, version";
+const SESSION_COLUMNS: &str = "id, account_id, user_id, secret_digest, created_at, expires_at, revoked_at, version";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -127,9 +130,15 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
     let optional_time = |column| -> Result<Option<Timestamp>, StoreError> {
         Ok(row.try_get::<Option<i64>, _>(column)?.map(Timestamp::from_millis))
     };
+    let kind = match row.try_get::<&str, _>("kind")? {
+        "api_key" => KeyKind::ApiKey,
+        "runtime" => KeyKind::Runtime,
+        _ => return Err(corrupt("api_keys.kind")),
+    };
     Ok(KeyRecord {
         id: KeyId::from_stored(row.try_get("id")?).ok_or_else(|| corrupt("api_keys.id"))?,
         account_id: AccountId::parse(row.try_get("account_id")?).map_err(|_| corrupt("api_keys.account_id"))?,
+        kind,
         name: Name::from_trusted(row.try_get("name")?),
         scopes: Scopes::parse_grants(&scopes).map_err(|_| corrupt("api_keys.scopes"))?,
         application_ids: application_ids
@@ -142,9 +151,35 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
         expires_at: optional_time("expires_at")?,
         revoked_at: optional_time("revoked_at")?,
+        retire_at: optional_time("retire_at")?,
         revoked_reason: row.try_get("revoked_reason")?,
         version: row.try_get("version")?,
     })
+}
+
+fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError> {
+    let digest_hex: &str = row.try_get("secret_digest")?;
+    let mut secret_digest = [0u8; 32];
+    if digest_hex.len() != 64 {
+        return Err(corrupt("sessions.secret_digest"));
+    }
+    for (i, byte) in secret_digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&digest_hex[2 * i..2 * i + 2], 16).map_err(|_| corrupt("sessions.secret_digest"))?;
+    }
+    Ok(SessionRecord {
+        id: SessionId::parse(row.try_get("id")?).map_err(|_| corrupt("sessions.id"))?,
+        account_id: AccountId::parse(row.try_get("account_id")?).map_err(|_| corrupt("sessions.account_id"))?,
+        user_id: UserId::parse(row.try_get("user_id")?).map_err(|_| corrupt("sessions.user_id"))?,
+        secret_digest,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        expires_at: Timestamp::from_millis(row.try_get("expires_at")?),
+        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(Timestamp::from_millis),
+        version: row.try_get("version")?,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn scopes_json(scopes: &Scopes) -> String {
@@ -153,6 +188,33 @@ fn scopes_json(scopes: &Scopes) -> String {
 
 fn application_ids_json(ids: &[ApplicationId]) -> String {
     serde_json::to_string(&ids.iter().map(|s| s.as_str()).collect::<Vec<_>>()).expect("strings serialize")
+}
+
+fn insert_key(key: &KeyRecord) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    let runtime_of = match key.kind {
+        KeyKind::Runtime => key.application_ids.first().map(|a| a.as_str()),
+        KeyKind::ApiKey => None,
+    };
+    sqlx::query(
+        "INSERT INTO api_keys (id, account_id, kind, runtime_of, name, scopes, application_ids, secret_hash, \
+         created_at, updated_at, expires_at, revoked_at, retire_at, revoked_reason, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(key.id.to_string())
+    .bind(key.account_id.as_str())
+    .bind(key.kind.as_str())
+    .bind(runtime_of)
+    .bind(key.name.as_str())
+    .bind(scopes_json(&key.scopes))
+    .bind(application_ids_json(&key.application_ids))
+    .bind(key.secret_hash.expose_phc())
+    .bind(key.created_at.as_millis())
+    .bind(key.updated_at.as_millis())
+    .bind(key.expires_at.map(Timestamp::as_millis))
+    .bind(key.revoked_at.map(Timestamp::as_millis))
+    .bind(key.retire_at.map(Timestamp::as_millis))
+    .bind(key.revoked_reason.as_deref())
+    .bind(key.version)
 }
 
 /// `%term%` for LIKE, with LIKE's own wildcards in the term escaped.
@@ -225,26 +287,77 @@ impl Store for SqlStore {
 
     #[tracing::instrument(skip_all, fields(key_id = %key.id), err)]
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, account_id, name, scopes, application_ids, secret_hash, \
-             created_at, updated_at, expires_at, revoked_at, revoked_reason, version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        insert_key(key).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(key_id = %new.id), err)]
+    async fn rotate_runtime_key(&self, new: &KeyRecord, retire_at: Timestamp) -> Result<Option<KeyId>, StoreError> {
+        let application = new.application_ids.first().ok_or_else(|| corrupt("a runtime key names its application"))?;
+        let mut tx = self.pool.begin().await?;
+        // Taking the application's row first serializes concurrent rotations of one
+        // application on both backends, so exactly one key is current afterwards.
+        sqlx::query("UPDATE applications SET runtime_rotations = runtime_rotations + 1 WHERE id = $1")
+            .bind(application.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let retired = sqlx::query(
+            "UPDATE api_keys SET retire_at = $2, updated_at = $3, version = version + 1 \
+             WHERE runtime_of = $1 AND kind = 'runtime' AND revoked_at IS NULL AND retire_at IS NULL RETURNING id",
         )
-        .bind(key.id.to_string())
-        .bind(key.account_id.as_str())
-        .bind(key.name.as_str())
-        .bind(scopes_json(&key.scopes))
-        .bind(application_ids_json(&key.application_ids))
-        .bind(key.secret_hash.expose_phc())
-        .bind(key.created_at.as_millis())
-        .bind(key.updated_at.as_millis())
-        .bind(key.expires_at.map(Timestamp::as_millis))
-        .bind(key.revoked_at.map(Timestamp::as_millis))
-        .bind(key.revoked_reason.as_deref())
-        .bind(key.version)
+        .bind(application.as_str())
+        .bind(retire_at.as_millis())
+        .bind(new.created_at.as_millis())
+        .fetch_all(&mut *tx)
+        .await?;
+        insert_key(new).execute(&mut *tx).await?;
+        tx.commit().await?;
+        let retired = retired.first().map(|row| row.try_get::<&str, _>("id")).transpose()?;
+        Ok(retired.and_then(KeyId::from_stored))
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %session.id), err)]
+    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (id, account_id, user_id, secret_digest, created_at, expires_at, revoked_at, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(session.id.to_string())
+        .bind(session.account_id.as_str())
+        .bind(session.user_id.as_str())
+        .bind(hex(&session.secret_digest))
+        .bind(session.created_at.as_millis())
+        .bind(session.expires_at.as_millis())
+        .bind(session.revoked_at.map(Timestamp::as_millis))
+        .bind(session.version)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %id), err)]
+    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| session_from_row(&row).map(Arc::new))
+            .transpose()
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %id), err)]
+    async fn revoke_session(&self, id: SessionId, now: Timestamp) -> Result<Option<SessionRecord>, StoreError> {
+        sqlx::query(&format!(
+            "UPDATE sessions SET revoked_at = COALESCE(revoked_at, $2), \
+               version = CASE WHEN revoked_at IS NULL THEN version + 1 ELSE version END \
+             WHERE id = $1 RETURNING {SESSION_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(now.as_millis())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| session_from_row(&row))
+        .transpose()
     }
 
     #[tracing::instrument(skip_all, fields(key_id = %id), err)]
@@ -265,7 +378,7 @@ impl Store for SqlStore {
         page: &PageRequest,
     ) -> Result<Page<KeyRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = $1 AND id > $2 \
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = $1 AND kind = 'api_key' AND id > $2 \
              AND ($3 = '' OR lower(name) LIKE $3 ESCAPE '\\' OR lower(id) LIKE $3 ESCAPE '\\') \
              ORDER BY id LIMIT $4"
         ))

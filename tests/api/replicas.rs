@@ -179,8 +179,15 @@ async fn concurrent_creates_and_revokes_on_both_replicas_lose_nothing() {
     assert_eq!(listed.len(), 2 * PER_REPLICA, "every create is there");
     for (i, c) in created.iter().enumerate() {
         let expected = if i % 2 == 0 { "api_key_revoked" } else { "allowed" };
-        for replica in [&a, &b] {
-            eventually("both replicas agree", || async { code_on(replica, &c.secret).await == expected }).await;
+        for (name, replica) in [("a", &a), ("b", &b)] {
+            eventually(&format!("both replicas agree on key {i}: {expected}"), || async {
+                let code = code_on(replica, &c.secret).await;
+                if code != expected {
+                    eprintln!("key {i} on {name}: {code}");
+                }
+                code == expected
+            })
+            .await;
         }
     }
 }

@@ -3,10 +3,12 @@
 
 use crate::backend_tests;
 use crate::helpers::{Db, TestDb};
-use keygate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, Timestamp};
+use keygate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, SessionId, Timestamp, UserId};
 use keygate::store::cached::{CacheSettings, CachedStore};
 use keygate::store::sql::SqlStore;
-use keygate::store::{Application, KeyChanges, KeyRecord, Page, PageRequest, Store, StoreError, UpdateOutcome};
+use keygate::store::{
+    Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ fn key(id: &str, account: &str, name: &str) -> KeyRecord {
     KeyRecord {
         id: KeyId::parse(id).unwrap(),
         account_id: AccountId::parse(account).unwrap(),
+        kind: KeyKind::ApiKey,
         name: Name::parse("name", name).unwrap(),
         scopes: Scopes::parse_grants(&["applications:read", "logs:*"]).unwrap(),
         application_ids: vec![ApplicationId::parse("app_1").unwrap()],
@@ -30,6 +33,7 @@ fn key(id: &str, account: &str, name: &str) -> KeyRecord {
         updated_at: Timestamp::from_millis(1_700_000_000_123),
         expires_at: Some(Timestamp::from_millis(1_800_000_000_000)),
         revoked_at: None,
+        retire_at: None,
         revoked_reason: None,
         version: 1,
     }
@@ -107,6 +111,49 @@ async fn conformance(db: Db) {
     assert_eq!(store.update_key(a.id, &changes, Timestamp::from_millis(12)).await.unwrap(), UpdateOutcome::Revoked);
     assert!(store.revoke_key(missing, "x", Timestamp::from_millis(10)).await.unwrap().is_none());
     store.ping().await.unwrap();
+
+    // Runtime keys: one current per application; rotation schedules the old one's end,
+    // and an explicit revoke brings it forward. They never show in API key listings.
+    let runtime = |id: &str| KeyRecord {
+        kind: KeyKind::Runtime,
+        scopes: Scopes::default(),
+        application_ids: vec![app.id.clone()],
+        expires_at: None,
+        ..key(id, "acct_a", "runtime")
+    };
+    let first = runtime("key_r000000000000001");
+    assert_eq!(store.rotate_runtime_key(&first, Timestamp::from_millis(100)).await.unwrap(), None);
+    let second = runtime("key_r000000000000002");
+    assert_eq!(store.rotate_runtime_key(&second, Timestamp::from_millis(100)).await.unwrap(), Some(first.id));
+    let retiring = store.key(first.id).await.unwrap().unwrap();
+    assert_eq!((retiring.kind, retiring.retire_at), (KeyKind::Runtime, Some(Timestamp::from_millis(100))));
+    assert!(!retiring.is_revoked_at(Timestamp::from_millis(99)) && retiring.is_revoked_at(Timestamp::from_millis(100)));
+    let now_revoked = store.revoke_key(first.id, "leaked", Timestamp::from_millis(50)).await.unwrap().unwrap();
+    assert!(now_revoked.is_revoked_at(Timestamp::from_millis(0)), "an explicit revoke counts at once");
+    let third = runtime("key_r000000000000003");
+    assert_eq!(store.rotate_runtime_key(&third, Timestamp::from_millis(200)).await.unwrap(), Some(second.id));
+    let listed = store.list_keys(&account, None, &first_page()).await.unwrap();
+    assert!(listed.items.iter().all(|k| k.kind == KeyKind::ApiKey));
+
+    // Sessions.
+    let session = SessionRecord {
+        id: SessionId::parse("ses_ssssssssssssssss").unwrap(),
+        account_id: AccountId::parse("acct_a").unwrap(),
+        user_id: UserId::parse("user_1").unwrap(),
+        secret_digest: [7; 32],
+        created_at: Timestamp::from_millis(1),
+        expires_at: Timestamp::from_millis(1_000),
+        revoked_at: None,
+        version: 1,
+    };
+    store.create_session(&session).await.unwrap();
+    assert_eq!(store.session(session.id).await.unwrap().as_deref(), Some(&session));
+    let revoked = store.revoke_session(session.id, Timestamp::from_millis(5)).await.unwrap().unwrap();
+    assert_eq!((revoked.revoked_at, revoked.version), (Some(Timestamp::from_millis(5)), 2));
+    assert_eq!(store.revoke_session(session.id, Timestamp::from_millis(9)).await.unwrap().unwrap(), revoked);
+    let unknown = SessionId::parse("ses_zzzzzzzzzzzzzzzz").unwrap();
+    assert!(store.session(unknown).await.unwrap().is_none());
+    assert!(store.revoke_session(unknown, Timestamp::from_millis(9)).await.unwrap().is_none());
 }
 
 /// A store whose key reads wait for a signal, to hold a load open across a revoke.
@@ -149,6 +196,18 @@ impl Store for Gated {
     async fn revoke_key(&self, id: KeyId, reason: &str, now: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.revoke_key(id, reason, now).await
     }
+    async fn rotate_runtime_key(&self, new: &KeyRecord, retire_at: Timestamp) -> Result<Option<KeyId>, StoreError> {
+        self.inner.rotate_runtime_key(new, retire_at).await
+    }
+    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        self.inner.create_session(session).await
+    }
+    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.inner.session(id).await
+    }
+    async fn revoke_session(&self, id: SessionId, now: Timestamp) -> Result<Option<SessionRecord>, StoreError> {
+        self.inner.revoke_session(id, now).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
@@ -176,11 +235,11 @@ async fn a_load_racing_a_revoke_does_not_cache_the_stale_record(db: Db) {
     cache.revoke_key(record.id, "race", Timestamp::from_millis(20)).await.unwrap();
     release.send(()).await.unwrap();
     let stale = reader.await.unwrap().unwrap();
-    assert!(!stale.is_revoked(), "the racing read saw the old row");
+    assert!(!stale.is_revoked_at(Timestamp::from_millis(i64::MAX)), "the racing read saw the old row");
 
     // The next read must not be served that stale record from the cache. Its store read,
     // if it makes one, is let through in advance.
     release.send(()).await.unwrap();
     let next = cache.key(record.id).await.unwrap().unwrap();
-    assert!(next.is_revoked(), "the cache served the record from before the revoke");
+    assert!(next.is_revoked_at(Timestamp::from_millis(i64::MAX)), "the cache served the record from before the revoke");
 }

@@ -1,0 +1,207 @@
+//! Rate limits: sliding windows, exact — never more than `limit` admitted requests in any
+//! `window` for a subject, so there is no burst at a fixed window's boundary.
+//!
+//! A request is checked against all of its limits in one step: it is admitted only if
+//! every limit has room, and only then counted in all of them. A denied request uses no
+//! quota. In one process the counters live in memory ([`LocalLimiter`]); across replicas
+//! they live in Redis ([`redis::RedisLimiter`]), checked and counted by one Lua script.
+
+pub mod redis;
+
+use crate::domain::Timestamp;
+use crate::policy::{LimitRule, OnStoreError};
+use moka::sync::Cache;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One limit to check for one subject ("acct_42", "key_…", an application id, an IP).
+#[derive(Debug, Clone, Copy)]
+pub struct LimitCheck<'a> {
+    pub rule: &'a LimitRule,
+    pub subject: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitOutcome {
+    /// Admitted and counted; the limit with the least room left, if any applied.
+    Admitted { tightest: Option<Room> },
+    /// Not admitted, and not counted anywhere.
+    Limited { limit: u32, retry_after: Duration },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    pub limit: u32,
+    pub remaining: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LimiterError {
+    #[error("the rate limit store is unreachable")]
+    Unreachable(#[source] ::redis::RedisError),
+}
+
+pub enum Limiter {
+    Local(LocalLimiter),
+    Redis(redis::RedisLimiter),
+}
+
+impl Limiter {
+    pub async fn check(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> Result<LimitOutcome, LimiterError> {
+        if checks.is_empty() {
+            return Ok(LimitOutcome::Admitted { tightest: None });
+        }
+        match self {
+            Limiter::Local(local) => Ok(local.check(checks, now)),
+            Limiter::Redis(shared) => match shared.check(checks, now).await {
+                Ok(outcome) => Ok(outcome),
+                // Limits that may fall back count locally; any that must not, fail closed.
+                Err(e) if checks.iter().all(|c| c.rule.on_store_error == OnStoreError::Local) => {
+                    tracing::warn!(error = %e, "rate limit store unreachable; counting locally");
+                    Ok(shared.fallback().check(checks, now))
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+}
+
+/// The admitted requests of one subject under one rule, oldest first.
+type Log = Arc<Mutex<VecDeque<i64>>>;
+
+/// In-process sliding-window logs. Exact for one process.
+pub struct LocalLimiter {
+    logs: Cache<(Arc<str>, Box<str>), Log>,
+}
+
+impl Default for LocalLimiter {
+    fn default() -> Self {
+        Self::new(1_000_000)
+    }
+}
+
+impl LocalLimiter {
+    /// Subjects idle for a day are forgotten (no window is longer); at most `capacity` kept.
+    pub fn new(capacity: u64) -> Self {
+        Self { logs: Cache::builder().max_capacity(capacity).time_to_idle(Duration::from_secs(86_400)).build() }
+    }
+
+    pub fn check(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> LimitOutcome {
+        let logs: Vec<Log> =
+            checks.iter().map(|c| self.logs.get_with((c.rule.key.clone(), c.subject.into()), Log::default)).collect();
+        // Always locked in the order of the checks (global first, then the route's limits
+        // in policy order), so two requests can never wait on each other in a cycle.
+        let mut guards: Vec<_> = logs.iter().map(|log| log.lock().unwrap_or_else(|e| e.into_inner())).collect();
+        let now = now.as_millis();
+        let mut limited: Option<(u32, i64)> = None;
+        let mut tightest: Option<Room> = None;
+        for (log, check) in guards.iter_mut().zip(checks) {
+            let window = check.rule.window.as_millis() as i64;
+            let room = window_room(log, check.rule.limit, window, now);
+            match room {
+                Err(retry_after) if limited.is_none_or(|(_, r)| retry_after > r) => {
+                    limited = Some((check.rule.limit, retry_after))
+                }
+                Err(_) => {}
+                Ok(remaining) if tightest.is_none_or(|t| remaining < t.remaining) => {
+                    tightest = Some(Room { limit: check.rule.limit, remaining })
+                }
+                Ok(_) => {}
+            }
+        }
+        if let Some((limit, retry_after)) = limited {
+            return LimitOutcome::Limited { limit, retry_after: Duration::from_millis(retry_after.max(0) as u64) };
+        }
+        for log in guards.iter_mut() {
+            log.push_back(now);
+        }
+        LimitOutcome::Admitted { tightest }
+    }
+}
+
+/// Drops what has left the window `(now - window, now]`; then either the room left after
+/// admitting one more (`Ok`) or how long until the oldest entry leaves (`Err`, in ms).
+fn window_room(log: &mut VecDeque<i64>, limit: u32, window: i64, now: i64) -> Result<u32, i64> {
+    while log.front().is_some_and(|&t| t <= now - window) {
+        log.pop_front();
+    }
+    if log.len() < limit as usize {
+        Ok(limit - log.len() as u32 - 1)
+    } else {
+        Err(log.front().map_or(0, |&oldest| oldest + window - now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::LimitSubject;
+
+    fn rule(key: &str, limit: u32, window_secs: u64) -> LimitRule {
+        LimitRule {
+            key: key.into(),
+            limit,
+            window: Duration::from_secs(window_secs),
+            per: LimitSubject::Account,
+            on_store_error: OnStoreError::Closed,
+        }
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_millis(seconds * 1000)
+    }
+
+    #[test]
+    fn the_eleventh_in_an_hour_waits_for_the_first_to_leave() {
+        let limiter = LocalLimiter::default();
+        let hourly = rule("r", 10, 3600);
+        let check = [LimitCheck { rule: &hourly, subject: "acct" }];
+        for i in 0..10 {
+            let outcome = limiter.check(&check, at(i * 60));
+            assert_eq!(outcome, LimitOutcome::Admitted { tightest: Some(Room { limit: 10, remaining: 9 - i as u32 }) });
+        }
+        // 10 admitted between t=0 and t=540 s; the 11th at t=600 s waits until t=3600 s.
+        assert_eq!(
+            limiter.check(&check, at(600)),
+            LimitOutcome::Limited { limit: 10, retry_after: Duration::from_secs(3000) }
+        );
+        assert!(matches!(limiter.check(&check, at(3599)), LimitOutcome::Limited { .. }));
+        assert!(matches!(limiter.check(&check, at(3600)), LimitOutcome::Admitted { .. }));
+        // No boundary burst: the second request (t=60) still counts until t=3660.
+        assert!(matches!(limiter.check(&check, at(3601)), LimitOutcome::Limited { .. }));
+    }
+
+    #[test]
+    fn a_denied_request_uses_no_quota_anywhere() {
+        let limiter = LocalLimiter::default();
+        let wide = rule("wide", 100, 60);
+        let narrow = rule("narrow", 1, 60);
+        let checks = [LimitCheck { rule: &wide, subject: "a" }, LimitCheck { rule: &narrow, subject: "a" }];
+        assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Admitted { .. }));
+        for _ in 0..5 {
+            assert!(matches!(limiter.check(&checks, at(1)), LimitOutcome::Limited { .. }));
+        }
+        let only_wide = [LimitCheck { rule: &wide, subject: "a" }];
+        let LimitOutcome::Admitted { tightest: Some(room) } = limiter.check(&only_wide, at(2)) else { panic!() };
+        assert_eq!(room.remaining, 98, "only the one admitted request was counted");
+    }
+
+    #[test]
+    fn subjects_are_counted_apart() {
+        let limiter = LocalLimiter::default();
+        let one = rule("one", 1, 60);
+        assert!(matches!(
+            limiter.check(&[LimitCheck { rule: &one, subject: "a" }], at(0)),
+            LimitOutcome::Admitted { .. }
+        ));
+        assert!(matches!(
+            limiter.check(&[LimitCheck { rule: &one, subject: "b" }], at(0)),
+            LimitOutcome::Admitted { .. }
+        ));
+        assert!(matches!(
+            limiter.check(&[LimitCheck { rule: &one, subject: "a" }], at(0)),
+            LimitOutcome::Limited { .. }
+        ));
+    }
+}
