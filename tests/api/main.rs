@@ -5,4 +5,6 @@ mod authorize;
 mod helpers;
 mod relay;
 mod replicas;
+mod sessions;
+mod limits;
 mod store;

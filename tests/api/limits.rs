@@ -1,0 +1,167 @@
+//! Rate limits: the page's route limits, sliding windows under an injected clock, and
+//! limits shared by replicas through Redis.
+
+use crate::helpers::{Db, TestApp, TestDb};
+use crate::relay::Relay;
+use crate::sessions::create_session;
+use keygate::grpc::proto as pb;
+use std::time::Duration;
+
+const CREATE_KEYS: &str = "/api/v1/panel/api-keys";
+const ROTATE: &str = "/api/v1/panel/update-api-keys";
+
+fn redis_url() -> Option<String> {
+    std::env::var("KEYGATE_TEST_REDIS_URL").ok()
+}
+
+/// A key prefix no other test (or run) uses.
+fn fresh_prefix() -> String {
+    format!("keygate-test:{}:", keygate::domain::random_token(12).unwrap())
+}
+
+#[tokio::test]
+async fn the_eleventh_key_creation_in_an_hour_is_limited_until_the_window_moves() {
+    let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
+    let (_, token) = create_session(&mut app, "acct_l", 86_400).await;
+    for i in 0..10 {
+        let r = app.authorize(&token, "POST", CREATE_KEYS).await;
+        assert!(r.allowed, "creation {} is allowed", i + 1);
+        assert_eq!((r.limit, r.remaining), (10, 9 - i));
+        app.clock.advance(Duration::from_secs(60));
+    }
+    // The first was at t=0; it leaves the window at t=3600; we are at t=600.
+    let r = app.authorize(&token, "POST", CREATE_KEYS).await;
+    assert_eq!((r.allowed, r.code.as_str(), r.http_status), (false, "rate_limit_reached", 429));
+    assert_eq!((r.limit, r.remaining, r.retry_after_seconds), (10, 0, 3000));
+    // Denied attempts use no quota.
+    for _ in 0..5 {
+        assert!(!app.authorize(&token, "POST", CREATE_KEYS).await.allowed);
+    }
+    app.clock.advance(Duration::from_secs(2999));
+    let r = app.authorize(&token, "POST", CREATE_KEYS).await;
+    assert_eq!((r.code.as_str(), r.retry_after_seconds), ("rate_limit_reached", 1));
+    app.clock.advance(Duration::from_secs(1));
+    assert!(app.authorize(&token, "POST", CREATE_KEYS).await.allowed, "the window moved past the first");
+    assert!(!app.authorize(&token, "POST", CREATE_KEYS).await.allowed, "but only the first");
+
+    // Another account has its own budget.
+    let (_, other) = create_session(&mut app, "acct_other", 86_400).await;
+    assert!(app.authorize(&other, "POST", CREATE_KEYS).await.allowed);
+}
+
+#[tokio::test]
+async fn the_third_rotation_in_an_hour_is_limited_per_application() {
+    let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
+    let a = app.create_app("acct_rot").await;
+    let b = app.create_app("acct_rot").await;
+    let (_, key) = app.create_key("acct_rot", &["applications:write"], &[]).await;
+    let rotate = |application: &str| pb::AuthorizeRequest {
+        credential: key.clone(),
+        method: "PATCH".into(),
+        path: ROTATE.into(),
+        application_id: application.into(),
+        ..Default::default()
+    };
+    assert!(app.authorize_with(rotate(&a.id)).await.allowed);
+    assert!(app.authorize_with(rotate(&a.id)).await.allowed);
+    let r = app.authorize_with(rotate(&a.id)).await;
+    assert_eq!((r.code.as_str(), r.http_status, r.limit, r.retry_after_seconds), ("rate_limit_reached", 429, 2, 3600));
+    assert!(app.authorize_with(rotate(&b.id)).await.allowed, "each application has its own budget");
+    app.clock.advance(Duration::from_secs(3600));
+    assert!(app.authorize_with(rotate(&a.id)).await.allowed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_redis_admit_exactly_ten_of_fifty() {
+    let Some(redis) = redis_url() else {
+        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
+        return;
+    };
+    // Both replicas share one SQLite file (sessions) and one Redis prefix (counters).
+    let db = TestDb::new(Db::Sqlite).await.unwrap();
+    let prefix = fresh_prefix();
+    let configure = |s: &mut keygate::config::Settings| {
+        s.rate_limit_store = Some(keygate::config::MaskedUrl::new(redis.clone()));
+        s.rate_limit_key_prefix = prefix.clone();
+    };
+    let mut a = TestApp::spawn_url(&db.url, configure).await;
+    let b = TestApp::spawn_url(&db.url, configure).await;
+    let (_, token) = create_session(&mut a, "acct_shared", 86_400).await;
+
+    let attempts = (0..50).map(|i| {
+        let mut client = if i % 2 == 0 { a.authorizer.clone() } else { b.authorizer.clone() };
+        let token = token.clone();
+        tokio::spawn(async move {
+            let request = pb::AuthorizeRequest {
+                credential: token,
+                method: "POST".into(),
+                path: CREATE_KEYS.into(),
+                ..Default::default()
+            };
+            client.authorize(request).await.unwrap().into_inner()
+        })
+    });
+    let mut admitted = 0;
+    for attempt in attempts.collect::<Vec<_>>() {
+        let r = attempt.await.unwrap();
+        if r.allowed {
+            admitted += 1;
+        } else {
+            assert_eq!((r.code.as_str(), r.http_status), ("rate_limit_reached", 429));
+            assert!(r.retry_after_seconds > 0);
+        }
+    }
+    assert_eq!(admitted, 10, "exactly 10 across both replicas");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_is_unreachable_business_limits_fail_closed_and_the_global_limit_counts_locally() {
+    let Some(redis) = redis_url() else {
+        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
+        return;
+    };
+    let relay = Relay::start(crate::relay::target_of(&redis)).await;
+    let through_relay = relay.url_for(&redis);
+    let prefix = fresh_prefix();
+    let mut app = TestApp::spawn_on(TestDb::new(Db::Sqlite).await.unwrap(), |s| {
+        s.rate_limit_store = Some(keygate::config::MaskedUrl::new(through_relay));
+        s.rate_limit_key_prefix = prefix;
+    })
+    .await;
+    let (_, token) = create_session(&mut app, "acct_down", 86_400).await;
+    let (_, key) = app.create_key("acct_down", &["*"], &[]).await;
+    assert!(app.authorize(&token, "POST", CREATE_KEYS).await.allowed, "Redis up: counted in Redis");
+
+    relay.cut();
+    // A route limit (closed): no decision, UNAVAILABLE, never an allow.
+    let err = app
+        .authorizer
+        .authorize(pb::AuthorizeRequest {
+            credential: token.clone(),
+            method: "POST".into(),
+            path: CREATE_KEYS.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    // Only the global limit (local): decided, counted in this replica.
+    let r = app.authorize(&key, "GET", "/api/v1/panel/applications").await;
+    assert!(r.allowed, "{r:?}");
+    assert_eq!((r.limit, r.remaining), (3000, 2999), "counted locally from zero");
+
+    relay.restore();
+    crate::helpers::eventually("Redis is used again", || async {
+        app.authorizer
+            .clone()
+            .authorize(pb::AuthorizeRequest {
+                credential: token.clone(),
+                method: "POST".into(),
+                path: CREATE_KEYS.into(),
+                ..Default::default()
+            })
+            .await
+            .is_ok_and(|r| r.get_ref().allowed && r.get_ref().remaining == 8)
+    })
+    .await;
+}
