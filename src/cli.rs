@@ -26,6 +26,9 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Manage dashboard sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Ask for a decision, as an edge would.
     Authorize(AuthorizeArgs),
     /// Route policy files.
@@ -66,6 +69,41 @@ pub enum AppCommand {
     List {
         #[arg(long)]
         account: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Make a new runtime key for the application; its secret is printed once.
+    RotateKey {
+        id: String,
+        /// How long the replaced key keeps working: 90s, 30m, 12h, 1d. Default: the server's.
+        #[arg(long, value_parser = parse_duration)]
+        grace: Option<Duration>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Start a session; its token is printed once.
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        user: String,
+        /// Lifetime: 30m, 12h, 7d. Default: the server's.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    Get {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    Revoke {
+        id: String,
         #[command(flatten)]
         connection: Connection,
     },
@@ -311,6 +349,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::App(command) => run_app(command).await,
+        Command::Session(command) => run_session(command).await,
         Command::Key(command) => run_key(command).await,
         Command::Authorize(args) => {
             let mut client = AuthorizerClient::new(args.connection.channel().await?);
@@ -333,9 +372,18 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     "allowed": response.allowed, "code": response.code, "http_status": response.http_status,
                     "message": response.message, "route": response.route, "application_id": response.application_id,
                     "key_id": principal.map(|p| &p.key_id), "account_id": principal.map(|p| &p.account_id),
+                    "principal_kind": principal.map(|p| &p.kind), "session_id": principal.map(|p| &p.session_id),
+                    "limit": response.limit, "remaining": response.remaining,
+                    "retry_after_seconds": response.retry_after_seconds,
                 }),
                 if response.allowed {
-                    format!("allowed  route={} key={}", response.route, principal.map_or("-", |p| &p.key_id))
+                    let who = principal.map_or("-", |p| if p.key_id.is_empty() { &p.session_id } else { &p.key_id });
+                    format!("allowed  route={} principal={who}", response.route)
+                } else if response.retry_after_seconds > 0 {
+                    format!(
+                        "denied   {} {} ({}; retry after {} s)",
+                        response.http_status, response.code, response.message, response.retry_after_seconds
+                    )
                 } else {
                     format!("denied   {} {} ({})", response.http_status, response.code, response.message)
                 },
@@ -375,6 +423,81 @@ async fn run_app(command: AppCommand) -> anyhow::Result<()> {
                 all.iter().map(app_json).collect(),
                 all.iter().map(app_line).collect::<Vec<_>>().join("\n"),
             );
+        }
+        AppCommand::RotateKey { id, grace, connection } => {
+            let request = pb::RotateApplicationKeyRequest {
+                application_id: id,
+                grace_period_seconds: grace.map(|g| u32::try_from(g.as_secs()).unwrap_or(u32::MAX)),
+            };
+            let rotated =
+                connection.admin().await?.rotate_application_key(request).await.map_err(explain)?.into_inner();
+            let key = rotated.key.unwrap_or_default();
+            let mut json = key_json(&key);
+            json["secret"] = rotated.secret.clone().into();
+            json["previous_key_id"] = rotated.previous_key_id.clone().into();
+            json["previous_key_retires_at"] = time(&rotated.previous_key_retires_at).into();
+            let previous = if rotated.previous_key_id.is_empty() {
+                "no previous runtime key".to_owned()
+            } else {
+                format!(
+                    "{} keeps working until {}",
+                    rotated.previous_key_id,
+                    time(&rotated.previous_key_retires_at).unwrap_or_default()
+                )
+            };
+            print(
+                connection.json,
+                json,
+                format!("{}\n{previous}\nsecret (shown once, store it now): {}", key_line(&key), rotated.secret),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn session_json(session: &pb::Session) -> serde_json::Value {
+    serde_json::json!({
+        "id": session.id, "account_id": session.account_id, "user_id": session.user_id, "status": session.status,
+        "created_at": time(&session.created_at), "expires_at": time(&session.expires_at),
+        "revoked_at": time(&session.revoked_at),
+    })
+}
+
+fn session_line(session: &pb::Session) -> String {
+    format!(
+        "{:<22} {:<8} account={} user={} expires_at={}",
+        session.id,
+        session.status,
+        session.account_id,
+        session.user_id,
+        time(&session.expires_at).unwrap_or_default()
+    )
+}
+
+async fn run_session(command: SessionCommand) -> anyhow::Result<()> {
+    match command {
+        SessionCommand::Create { account, user, ttl, connection } => {
+            let ttl_seconds = ttl.map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX));
+            let request = pb::CreateSessionRequest { account_id: account, user_id: user, ttl_seconds };
+            let created = connection.admin().await?.create_session(request).await.map_err(explain)?.into_inner();
+            let session = created.session.unwrap_or_default();
+            let mut json = session_json(&session);
+            json["token"] = created.token.clone().into();
+            print(
+                connection.json,
+                json,
+                format!("{}\ntoken (shown once, store it now): {}", session_line(&session), created.token),
+            );
+        }
+        SessionCommand::Get { id, connection } => {
+            let request = pb::GetSessionRequest { id };
+            let session = connection.admin().await?.get_session(request).await.map_err(explain)?.into_inner();
+            print(connection.json, session_json(&session), session_line(&session));
+        }
+        SessionCommand::Revoke { id, connection } => {
+            let request = pb::RevokeSessionRequest { id };
+            let session = connection.admin().await?.revoke_session(request).await.map_err(explain)?.into_inner();
+            print(connection.json, session_json(&session), session_line(&session));
         }
     }
     Ok(())

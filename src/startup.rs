@@ -82,10 +82,10 @@ impl Application {
         };
 
         let limiter = Arc::new(match &settings.rate_limit_store {
-            Some(url) => Limiter::Redis(
+            Some(url) => Limiter::Redis(Box::new(
                 RedisLimiter::new(url.expose(), settings.rate_limit_key_prefix.clone())
                     .with_context(|| format!("invalid rate limit store URL {url}"))?,
-            ),
+            )),
             None => Limiter::Local(LocalLimiter::default()),
         });
         let authorizer = Arc::new(Authorizer::new(

@@ -44,7 +44,7 @@ pub enum LimiterError {
 
 pub enum Limiter {
     Local(LocalLimiter),
-    Redis(redis::RedisLimiter),
+    Redis(Box<redis::RedisLimiter>),
 }
 
 impl Limiter {

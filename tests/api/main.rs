@@ -3,8 +3,8 @@
 mod admin;
 mod authorize;
 mod helpers;
+mod limits;
 mod relay;
 mod replicas;
 mod sessions;
-mod limits;
 mod store;

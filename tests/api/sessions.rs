@@ -53,21 +53,13 @@ async fn sessions_are_accepted_where_the_policy_says(db: Db) {
     }
 
     // Either-routes take both; sessions need no scopes but stay in their account.
-    assert_eq!(decision(&app.authorize(&token, "GET", &format!("/api/v1/panel/applications/{}", mine.id)).await).0, "allowed");
+    assert_eq!(
+        decision(&app.authorize(&token, "GET", &format!("/api/v1/panel/applications/{}", mine.id)).await).0,
+        "allowed"
+    );
     let theirs = app.create_app("acct_other").await;
     let r = app.authorize(&token, "GET", &format!("/api/v1/panel/applications/{}", theirs.id)).await;
     assert_eq!(decision(&r), ("not_found", 404));
-
-    // A session where only keys will do.
-    let mut policy_key_only = pb::AuthorizeRequest {
-        credential: token.clone(),
-        method: "GET".into(),
-        path: "/api/v1/panel/applications".into(),
-        ..Default::default()
-    };
-    assert_eq!(app.authorize_with(policy_key_only.clone()).await.allowed, true);
-    policy_key_only.path = "/api/v1/panel/nothing".into();
-    assert_eq!(app.authorize_with(policy_key_only).await.code, "not_found");
 
     // Public routes need nothing.
     assert_eq!(decision(&app.authorize("", "GET", "/api/v1/health").await), ("allowed", 200));
@@ -78,12 +70,8 @@ async fn sessions_are_accepted_where_the_policy_says(db: Db) {
     assert_eq!(decision(&r), ("unauth", 401));
     let (session, token) = create_session(&mut app, "acct_s", 0).await;
     assert_eq!(decision(&app.authorize(&token, "POST", CREATE_KEYS).await).0, "allowed");
-    let revoked = app
-        .admin
-        .revoke_session(pb::RevokeSessionRequest { id: session.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let revoked =
+        app.admin.revoke_session(pb::RevokeSessionRequest { id: session.id.clone() }).await.unwrap().into_inner();
     assert_eq!(revoked.status, "revoked");
     assert_eq!(decision(&app.authorize(&token, "POST", CREATE_KEYS).await), ("unauth", 401));
     let got = app.admin.get_session(pb::GetSessionRequest { id: session.id }).await.unwrap().into_inner();
@@ -158,13 +146,64 @@ async fn session_requests_are_validated() {
     for (account, user, ttl) in [("", "u", 60), ("a", "", 60), ("a", "u 1", 60), ("a", "u", u32::MAX)] {
         let err = app
             .admin
-            .create_session(pb::CreateSessionRequest { account_id: account.into(), user_id: user.into(), ttl_seconds: ttl })
+            .create_session(pb::CreateSessionRequest {
+                account_id: account.into(),
+                user_id: user.into(),
+                ttl_seconds: ttl,
+            })
             .await
             .unwrap_err();
         assert_eq!(reason(&err), "VALIDATION_ERROR", "{account:?} {user:?} {ttl}");
     }
     let err = app.admin.get_session(pb::GetSessionRequest { id: "ses_0000000000000000".into() }).await.unwrap_err();
     assert_eq!(reason(&err), "not_found");
-    let err = app.admin.revoke_session(pb::RevokeSessionRequest { id: "key_0000000000000000".into() }).await.unwrap_err();
+    let err =
+        app.admin.revoke_session(pb::RevokeSessionRequest { id: "key_0000000000000000".into() }).await.unwrap_err();
     assert_eq!(reason(&err), "VALIDATION_ERROR");
+}
+
+#[tokio::test]
+async fn credentials_of_the_wrong_kind_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        r#"
+        [[routes]]
+        route = "GET /keys-only"
+        [[routes]]
+        route = "GET /sessions-only"
+        accepts = ["session"]
+        [[routes]]
+        route = "GET /public/{application_id}"
+        public = true
+        [[routes.limits]]
+        limit = 1
+        window = "minute"
+        per = "ip"
+        "#,
+    )
+    .unwrap();
+    let db = crate::helpers::TestDb::new(Db::Sqlite).await.unwrap();
+    let mut app = TestApp::spawn_on(db, |s| s.policy = Some(policy)).await;
+    let (_, token) = create_session(&mut app, "acct_w", 3600).await;
+    let (_, key) = app.create_key("acct_w", &[], &[]).await;
+    let r = app.authorize(&token, "GET", "/keys-only").await;
+    assert_eq!(decision(&r), ("api_key_invalid", 401));
+    assert!(r.message.contains("session"), "{}", r.message);
+    assert_eq!(decision(&app.authorize(&key, "GET", "/keys-only").await), ("allowed", 200));
+    assert_eq!(decision(&app.authorize("", "GET", "/sessions-only").await), ("unauth", 401));
+    assert_eq!(decision(&app.authorize("", "GET", "/keys-only").await), ("api_key_invalid", 401));
+
+    // Public routes decide without a credential, yet their per-IP limits still count.
+    let public = |ip: &str| pb::AuthorizeRequest {
+        method: "GET".into(),
+        path: "/public/app_whatever".into(),
+        client_ip: ip.into(),
+        ..Default::default()
+    };
+    assert!(app.authorize_with(public("10.0.0.1")).await.allowed);
+    assert_eq!(app.authorize_with(public("10.0.0.1")).await.code, "rate_limit_reached");
+    assert!(app.authorize_with(public("10.0.0.2")).await.allowed);
+    assert!(app.authorize_with(public("")).await.allowed, "no client_ip: the per-IP limit does not apply");
 }
