@@ -4,6 +4,7 @@
 
 use crate::authz::verifier::Argon2Settings;
 use crate::authz::VerifiedCacheSettings;
+use crate::grpc::ext_authz::{CredentialHeader, ExtAuthzSettings};
 use crate::manage::ManageSettings;
 use crate::store::cached::CacheSettings;
 use std::fmt;
@@ -73,6 +74,18 @@ pub struct ServeArgs {
     /// Session lifetime when CreateSession gives none.
     #[arg(long, env = "KEYGATE_SESSION_TTL_SECONDS", default_value_t = 43_200)]
     pub session_ttl_seconds: u64,
+    /// Where Envoy's Check finds the credential, in order: `authorization` (Bearer), a
+    /// header name (bare credential), or `cookie:NAME`.
+    #[arg(
+        long,
+        env = "KEYGATE_EXT_AUTHZ_CREDENTIAL_HEADERS",
+        value_delimiter = ',',
+        default_value = "authorization,x-api-key,cookie:keygate_session"
+    )]
+    pub ext_authz_credential_headers: Vec<String>,
+    /// Check removes the credential's header before the request goes upstream.
+    #[arg(long, env = "KEYGATE_EXT_AUTHZ_STRIP_CREDENTIAL")]
+    pub ext_authz_strip_credential: bool,
     /// The longest session CreateSession may ask for.
     #[arg(long, env = "KEYGATE_SESSION_MAX_TTL_SECONDS", default_value_t = 2_592_000)]
     pub session_max_ttl_seconds: u64,
@@ -142,6 +155,7 @@ pub struct Settings {
     pub rate_limit_store: Option<MaskedUrl>,
     pub rate_limit_key_prefix: String,
     pub manage: ManageSettings,
+    pub ext_authz: ExtAuthzSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +196,15 @@ impl ServeArgs {
         if self.runtime_key_grace_seconds > 7 * 86_400 {
             problems.push("--runtime-key-grace-seconds: must be at most 604800 (7 days)".to_owned());
         }
+        let credential_headers = self
+            .ext_authz_credential_headers
+            .iter()
+            .filter_map(|raw| {
+                CredentialHeader::parse(raw)
+                    .map_err(|e| problems.push(format!("--ext-authz-credential-headers: {e}")))
+                    .ok()
+            })
+            .collect();
         if self.database_max_connections == 0 {
             problems.push("--database-max-connections: must be at least 1".to_owned());
         }
@@ -225,6 +248,7 @@ impl ServeArgs {
                 default_runtime_grace: Duration::from_secs(self.runtime_key_grace_seconds),
                 max_runtime_grace: Duration::from_secs(7 * 86_400),
             },
+            ext_authz: ExtAuthzSettings { credential_headers, strip_credential: self.ext_authz_strip_credential },
         })
     }
 }
@@ -274,6 +298,8 @@ mod tests {
             runtime_key_grace_seconds: 3600,
             session_ttl_seconds: 60,
             session_max_ttl_seconds: 3600,
+            ext_authz_credential_headers: vec!["authorization".into()],
+            ext_authz_strip_credential: false,
         };
         let err = bad.into_settings().unwrap_err();
         assert_eq!(err.0.len(), 6, "{err}");

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`domain`]: ids, credentials, scopes, search params — parsed once at the edge.
-//! - [`code`]: the error page's codes, statuses and messages; the only place that spells them.
+//! - [`code`] (from the `keygate-api` crate, with the protos): the error page's codes,
+//!   statuses, envelopes and messages; the only place that spells them.
 //! - [`policy`]: the route policy file and its route matcher.
 //! - [`authz`]: Authorize — gathers facts and decides ([`authz::decision`] is pure).
 //! - [`manage`]: the admin API's rules for applications and keys.
@@ -15,7 +16,7 @@
 pub mod authz;
 pub mod cli;
 pub mod clock;
-pub mod code;
+pub use keygate_api::code;
 pub mod config;
 pub mod domain;
 pub mod grpc;

@@ -8,6 +8,8 @@ use crate::clock::Clock;
 use crate::config::{AdminTokenSource, Settings, MIN_ADMIN_TOKEN_LEN};
 use crate::grpc::admin::{AdminService, AdminTokens};
 use crate::grpc::authorizer::AuthorizerService;
+use crate::grpc::ext_authz::CheckService;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use crate::grpc::proto::{self, admin_server::AdminServer, authorizer_server::AuthorizerServer};
 use crate::manage::Manager;
 use crate::policy::Policy;
@@ -101,6 +103,7 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<AuthorizerServer<AuthorizerService>>().await;
         health.set_serving::<AdminServer<AdminService>>().await;
+        health.set_serving::<AuthorizationServer<CheckService>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -109,7 +112,8 @@ impl Application {
         let router = Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(AuthorizerServer::new(AuthorizerService::new(authorizer)))
+            .add_service(AuthorizerServer::new(AuthorizerService::new(authorizer.clone())))
+            .add_service(AuthorizationServer::new(CheckService::new(authorizer, settings.ext_authz.clone())))
             .add_service(AdminServer::with_interceptor(AdminService::new(manager), move |request| {
                 admin_tokens.check(request)
             }));
@@ -143,6 +147,7 @@ impl Application {
             tracing::info!("shutting down: finishing calls in flight");
             health.set_not_serving::<AuthorizerServer<AuthorizerService>>().await;
             health.set_not_serving::<AdminServer<AdminService>>().await;
+            health.set_not_serving::<AuthorizationServer<CheckService>>().await;
         };
         tracing::info!(address = %self.local_addr, "keygate is serving");
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));

@@ -4,16 +4,10 @@
 pub mod admin;
 pub mod authorizer;
 pub mod convert;
+pub mod ext_authz;
 pub mod status;
 
-/// Generated from `proto/keygate/v1`.
-pub mod proto {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("keygate.v1");
-
-    /// For gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/keygate_descriptor.bin"));
-}
+pub use keygate_api::proto;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::metadata::{MetadataMap, MetadataValue};

@@ -22,10 +22,17 @@ fn coded_with(grpc: tonic::Code, code: Code, message: String, metadata: HashMap<
     Status::with_error_details(grpc, message, ErrorDetails::with_error_info(code.as_str(), ERROR_DOMAIN, metadata))
 }
 
-/// Logs `cause` under a fresh error id and returns a status that carries only the id.
-pub fn internal(grpc: tonic::Code, cause: &dyn std::error::Error) -> Status {
+/// Logs `cause` with a fresh error id, and returns the id: the caller gets the id, the log
+/// gets the cause.
+pub fn log_failure(cause: &dyn std::error::Error) -> String {
     let error_id = new_error_id();
     tracing::error!(error_id = %error_id, error = %ErrorChain(cause), "request failed");
+    error_id
+}
+
+/// Logs `cause` under a fresh error id and returns a status that carries only the id.
+pub fn internal(grpc: tonic::Code, cause: &dyn std::error::Error) -> Status {
+    let error_id = log_failure(cause);
     let message = match grpc {
         tonic::Code::Unavailable => {
             format!("the key store is unavailable; retry later (error id {error_id})")

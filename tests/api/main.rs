@@ -4,6 +4,7 @@ mod admin;
 mod authorize;
 mod helpers;
 mod limits;
+mod ext_authz;
 mod relay;
 mod replicas;
 mod sessions;

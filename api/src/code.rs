@@ -1,5 +1,5 @@
 //! The one place that knows the error page's codes: their strings, HTTP statuses, gRPC
-//! statuses and default messages. Nothing else spells `"api_key_revoked"`.
+//! statuses, default messages and JSON envelopes. Nothing else spells `"api_key_revoked"`.
 
 /// Every stable code of the management API's error page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,6 +99,27 @@ impl Code {
     }
 }
 
+/// The error page's JSON envelope: `{"success":false,"code":"...","message":"..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Envelope {
+    pub success: bool,
+    pub code: String,
+    pub message: String,
+}
+
+impl Code {
+    /// The code as the error page spells it, back to the enum.
+    pub fn parse(raw: &str) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| c.as_str() == raw)
+    }
+
+    /// The envelope's exact bytes, fields in the page's order.
+    pub fn envelope(self, message: &str) -> String {
+        let envelope = Envelope { success: false, code: self.as_str().to_owned(), message: message.to_owned() };
+        serde_json::to_string(&envelope).expect("strings serialize")
+    }
+}
+
 impl std::fmt::Display for Code {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -128,5 +149,21 @@ mod tests {
         ];
         let ours: Vec<_> = Code::ALL.iter().map(|c| (c.http_status(), c.as_str())).collect();
         assert_eq!(ours, page);
+        for code in Code::ALL {
+            assert_eq!(Code::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(Code::parse("nope"), None);
+    }
+
+    #[test]
+    fn envelopes_are_the_pages_json() {
+        assert_eq!(
+            Code::ValidationError.envelope("Request does not match the schema"),
+            r#"{"success":false,"code":"VALIDATION_ERROR","message":"Request does not match the schema"}"#
+        );
+        assert_eq!(
+            Code::ApiKeyRevoked.envelope("say \"hi\"\n"),
+            r#"{"success":false,"code":"api_key_revoked","message":"say \"hi\"\n"}"#
+        );
     }
 }

@@ -1,0 +1,17 @@
+//! keygate's API, shared by the server and every client:
+//! - [`proto`]: the generated `keygate.v1` messages, clients and servers;
+//! - [`code`]: the management API error page's codes, with their HTTP statuses, gRPC
+//!   statuses and JSON envelopes — the one place that spells them.
+
+pub mod code;
+
+/// Generated from `proto/keygate/v1`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("keygate.v1");
+
+    /// For gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/keygate_descriptor.bin"));
+}
+
+pub use code::Code;

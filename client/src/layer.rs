@@ -1,0 +1,243 @@
+//! The tower layer: credential in, decision out.
+
+use crate::{ClientError, Code, Decision, KeygateClient, Principal};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use keygate_api::proto as pb;
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Where the credential is read from; the first source that has one wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `authorization: Bearer <credential>`.
+    BearerAuthorization,
+    /// A header carrying the bare credential, e.g. `x-api-key`.
+    Header(header::HeaderName),
+    /// A cookie, e.g. the dashboard's session cookie.
+    Cookie(String),
+}
+
+/// What to do when keygate cannot decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Answer 503 with an `INTERNAL_ERROR` envelope. The default.
+    Closed,
+    /// Pass the request on without a [`Principal`]. Only for routes that can live with it.
+    Open,
+}
+
+/// The longest decision-cache TTL: keygate's own worst-case revocation bound.
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct KeygateLayer {
+    state: Arc<State>,
+}
+
+struct State {
+    client: KeygateClient,
+    sources: Vec<CredentialSource>,
+    failure_mode: FailureMode,
+    cache: Option<moka::sync::Cache<[u8; 32], Arc<Decision>>>,
+}
+
+impl KeygateLayer {
+    /// Reads `authorization: Bearer`, then `x-api-key`, then the `keygate_session` cookie;
+    /// fails closed; caches nothing.
+    pub fn new(client: KeygateClient) -> Self {
+        Self {
+            state: Arc::new(State {
+                client,
+                sources: vec![
+                    CredentialSource::BearerAuthorization,
+                    CredentialSource::Header(header::HeaderName::from_static("x-api-key")),
+                    CredentialSource::Cookie("keygate_session".into()),
+                ],
+                failure_mode: FailureMode::Closed,
+                cache: None,
+            }),
+        }
+    }
+
+    fn edit(self, f: impl FnOnce(&mut State)) -> Self {
+        let mut state = Arc::try_unwrap(self.state).unwrap_or_else(|shared| State {
+            client: shared.client.clone(),
+            sources: shared.sources.clone(),
+            failure_mode: shared.failure_mode,
+            cache: shared.cache.clone(),
+        });
+        f(&mut state);
+        Self { state: Arc::new(state) }
+    }
+
+    pub fn credential_sources(self, sources: Vec<CredentialSource>) -> Self {
+        self.edit(|s| s.sources = sources)
+    }
+
+    pub fn failure_mode(self, mode: FailureMode) -> Self {
+        self.edit(|s| s.failure_mode = mode)
+    }
+
+    /// Remembers decisions for `ttl` (at most [`MAX_CACHE_TTL`]). Off by default: a cached
+    /// allow outlives a revoke by up to `ttl`. Decisions under a rate limit are never
+    /// cached, so limits keep counting.
+    pub fn decision_cache(self, ttl: Duration, capacity: u64) -> Self {
+        let ttl = ttl.min(MAX_CACHE_TTL);
+        self.edit(|s| s.cache = Some(moka::sync::Cache::builder().time_to_live(ttl).max_capacity(capacity).build()))
+    }
+}
+
+impl<S> tower_layer::Layer<S> for KeygateLayer {
+    type Service = Keygate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Keygate { inner, state: self.state.clone() }
+    }
+}
+
+/// A service guarded by keygate.
+#[derive(Clone)]
+pub struct Keygate<S> {
+    inner: S,
+    state: Arc<State>,
+}
+
+impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for Keygate<S>
+where
+    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: From<String> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // The clone that was polled ready is the one that serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let state = self.state.clone();
+        Box::pin(async move {
+            let credential = state.sources.iter().find_map(|s| read_credential(s, request.headers()));
+            let ask = pb::AuthorizeRequest {
+                credential: credential.unwrap_or_default(),
+                method: request.method().as_str().to_owned(),
+                path: request.uri().path().to_owned(),
+                ..Default::default()
+            };
+            match state.decide(ask).await {
+                Ok(decision) if decision.allowed => {
+                    if let Some(principal) = decision.principal.clone() {
+                        request.extensions_mut().insert::<Principal>(principal);
+                    }
+                    inner.call(request).await
+                }
+                Ok(decision) => Ok(deny_response(&decision)),
+                Err(ClientError::InvalidRequest(message)) => Ok(envelope_response(
+                    StatusCode::BAD_REQUEST,
+                    Code::ValidationError.envelope(&message),
+                    None,
+                )),
+                Err(e) if state.failure_mode == FailureMode::Open => {
+                    tracing::warn!(error = %e, "keygate unavailable; failing open as configured");
+                    inner.call(request).await
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "keygate unavailable; failing closed");
+                    Ok(envelope_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Code::InternalError.envelope("the authorization service is unavailable; retry later"),
+                        None,
+                    ))
+                }
+            }
+        })
+    }
+}
+
+impl State {
+    async fn decide(&self, ask: pb::AuthorizeRequest) -> Result<Arc<Decision>, ClientError> {
+        let Some(cache) = &self.cache else {
+            return self.client.authorize(ask).await.map(Arc::new);
+        };
+        let mut hasher = Sha256::new();
+        for part in [&ask.credential, &ask.method, &ask.path] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+        let key: [u8; 32] = hasher.finalize().into();
+        if let Some(hit) = cache.get(&key) {
+            return Ok(hit);
+        }
+        let decision = Arc::new(self.client.authorize(ask).await?);
+        if decision.limit == 0 {
+            cache.insert(key, decision.clone());
+        }
+        Ok(decision)
+    }
+}
+
+fn read_credential(source: &CredentialSource, headers: &HeaderMap) -> Option<String> {
+    match source {
+        CredentialSource::BearerAuthorization => {
+            let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+        }
+        CredentialSource::Header(name) => Some(headers.get(name)?.to_str().ok()?.trim().to_owned()),
+        CredentialSource::Cookie(name) => headers.get_all(header::COOKIE).iter().find_map(|value| {
+            value.to_str().ok()?.split(';').find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                (key == name).then(|| value.to_owned())
+            })
+        }),
+    }
+    .filter(|c| !c.is_empty())
+}
+
+fn deny_response<B: From<String>>(decision: &Decision) -> Response<B> {
+    let status = StatusCode::from_u16(decision.http_status).unwrap_or(StatusCode::FORBIDDEN);
+    let body = decision.envelope().unwrap_or_default();
+    let retry_after = (decision.retry_after_seconds > 0).then_some(decision.retry_after_seconds);
+    envelope_response(status, body, retry_after)
+}
+
+fn envelope_response<B: From<String>>(status: StatusCode, body: String, retry_after: Option<u32>) -> Response<B> {
+    let mut response = Response::new(B::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_read_from_each_source() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, "theme=dark; keygate_session=kgs_abc".parse().unwrap());
+        let cookie = CredentialSource::Cookie("keygate_session".into());
+        assert_eq!(read_credential(&cookie, &headers).as_deref(), Some("kgs_abc"));
+        assert_eq!(read_credential(&CredentialSource::BearerAuthorization, &headers), None);
+        headers.insert(header::AUTHORIZATION, "bearer kg_xyz".parse().unwrap());
+        assert_eq!(read_credential(&CredentialSource::BearerAuthorization, &headers).as_deref(), Some("kg_xyz"));
+        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(read_credential(&CredentialSource::BearerAuthorization, &headers), None);
+        let api_key = CredentialSource::Header(header::HeaderName::from_static("x-api-key"));
+        headers.insert("x-api-key", " ".parse().unwrap());
+        assert_eq!(read_credential(&api_key, &headers), None);
+    }
+}

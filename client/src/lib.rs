@@ -1,0 +1,143 @@
+//! A client for keygate, for Rust edges.
+//!
+//! - [`KeygateClient`]: Authorize as a typed call, with a timeout.
+//! - [`KeygateLayer`]: a tower layer for axum/hyper services. It takes the credential from
+//!   the request, asks keygate, and either passes the request on with the [`Principal`] in
+//!   its extensions, or answers with the error page's envelope and status itself.
+//!
+//! When keygate cannot be reached the layer fails closed by default: 503 with an
+//! `INTERNAL_ERROR` envelope. Fail-open is a choice you make explicitly.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keygate_client::ClientError> {
+//! use keygate_client::{KeygateClient, KeygateLayer};
+//! let client = KeygateClient::connect_lazy("http://127.0.0.1:50051")?;
+//! let layer = KeygateLayer::new(client); // .layer(...) on an axum Router
+//! # Ok(()) }
+//! ```
+
+mod layer;
+
+pub use keygate_api::code::{Code, Envelope};
+pub use layer::{CredentialSource, FailureMode, Keygate, KeygateLayer};
+
+use keygate_api::proto::{self as pb, authorizer_client::AuthorizerClient};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// The default time to wait for a decision.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Who the verified caller is, as keygate saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// "api_key", "runtime_key" or "session".
+    pub kind: String,
+    pub account_id: String,
+    pub key_id: Option<String>,
+    pub session_id: Option<String>,
+    pub user_id: Option<String>,
+    pub scopes: Vec<String>,
+    pub application_ids: Vec<String>,
+}
+
+impl From<pb::Principal> for Principal {
+    fn from(p: pb::Principal) -> Self {
+        let some = |s: String| Some(s).filter(|s| !s.is_empty());
+        Self {
+            kind: p.kind,
+            account_id: p.account_id,
+            key_id: some(p.key_id),
+            session_id: some(p.session_id),
+            user_id: some(p.user_id),
+            scopes: p.scopes,
+            application_ids: p.application_ids,
+        }
+    }
+}
+
+/// keygate's answer.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub allowed: bool,
+    /// `None` when allowed.
+    pub code: Option<Code>,
+    pub http_status: u16,
+    pub message: String,
+    pub principal: Option<Principal>,
+    pub route: String,
+    /// The tightest rate limit that applied (0 when none did) and the room left in it.
+    pub limit: u32,
+    pub remaining: u32,
+    pub retry_after_seconds: u32,
+}
+
+impl Decision {
+    /// The error page's envelope for a deny.
+    pub fn envelope(&self) -> Option<String> {
+        self.code.map(|code| code.envelope(&self.message))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid keygate address: {0}")]
+    Address(String),
+    /// keygate could not decide: unreachable, timed out, or it reported a failure.
+    #[error("keygate is unavailable: {0}")]
+    Unavailable(String),
+    /// keygate says the request itself is malformed (e.g. a path not starting with '/').
+    #[error("keygate rejected the request: {0}")]
+    InvalidRequest(String),
+}
+
+#[derive(Clone)]
+pub struct KeygateClient {
+    authorizer: AuthorizerClient<Channel>,
+    timeout: Duration,
+}
+
+impl KeygateClient {
+    /// Connects on first use, so an edge can start while keygate is still down.
+    pub fn connect_lazy(address: &str) -> Result<Self, ClientError> {
+        let channel = Channel::from_shared(address.to_owned())
+            .map_err(|e| ClientError::Address(e.to_string()))?
+            .connect_timeout(DEFAULT_TIMEOUT)
+            .connect_lazy();
+        Ok(Self::new(channel))
+    }
+
+    pub fn new(channel: Channel) -> Self {
+        Self { authorizer: AuthorizerClient::new(channel), timeout: DEFAULT_TIMEOUT }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub async fn authorize(&self, request: pb::AuthorizeRequest) -> Result<Decision, ClientError> {
+        let mut authorizer = self.authorizer.clone();
+        let response = tokio::time::timeout(self.timeout, authorizer.authorize(request))
+            .await
+            .map_err(|_| ClientError::Unavailable(format!("no decision within {:?}", self.timeout)))?;
+        let response = match response {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                return Err(ClientError::InvalidRequest(status.message().to_owned()))
+            }
+            Err(status) => return Err(ClientError::Unavailable(format!("{:?}: {}", status.code(), status.message()))),
+        };
+        Ok(Decision {
+            allowed: response.allowed,
+            code: if response.allowed { None } else { Some(Code::parse(&response.code).unwrap_or(Code::InternalError)) },
+            http_status: u16::try_from(response.http_status).unwrap_or(500),
+            message: response.message,
+            principal: response.principal.map(Principal::from),
+            route: response.route,
+            limit: response.limit,
+            remaining: response.remaining,
+            retry_after_seconds: response.retry_after_seconds,
+        })
+    }
+}
