@@ -142,11 +142,9 @@ where
                     inner.call(request).await
                 }
                 Ok(decision) => Ok(deny_response(&decision)),
-                Err(ClientError::InvalidRequest(message)) => Ok(envelope_response(
-                    StatusCode::BAD_REQUEST,
-                    Code::ValidationError.envelope(&message),
-                    None,
-                )),
+                Err(ClientError::InvalidRequest(message)) => {
+                    Ok(envelope_response(StatusCode::BAD_REQUEST, Code::ValidationError.envelope(&message), None))
+                }
                 Err(e) if state.failure_mode == FailureMode::Open => {
                     tracing::warn!(error = %e, "keygate unavailable; failing open as configured");
                     inner.call(request).await

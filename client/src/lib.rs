@@ -130,7 +130,11 @@ impl KeygateClient {
         };
         Ok(Decision {
             allowed: response.allowed,
-            code: if response.allowed { None } else { Some(Code::parse(&response.code).unwrap_or(Code::InternalError)) },
+            code: if response.allowed {
+                None
+            } else {
+                Some(Code::parse(&response.code).unwrap_or(Code::InternalError))
+            },
             http_status: u16::try_from(response.http_status).unwrap_or(500),
             message: response.message,
             principal: response.principal.map(Principal::from),

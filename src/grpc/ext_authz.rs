@@ -11,12 +11,8 @@ use super::status::log_failure;
 use crate::authz::decision::{Deny, Principal};
 use crate::authz::{Authorizer, Verdict};
 use crate::code::Code;
-use envoy_types::ext_authz::v3::pb::{
-    Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
-};
-use envoy_types::ext_authz::v3::{
-    CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
-};
+use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode};
+use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -47,7 +43,8 @@ impl CredentialHeader {
     /// `authorization`, `cookie:NAME`, or any other header name.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let raw = raw.trim().to_ascii_lowercase();
-        let valid_name = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let valid_name =
+            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         match raw.split_once(':') {
             Some(("cookie", name)) if valid_name(name) => Ok(Self::Cookie(name.to_owned())),
             None if raw == "authorization" => Ok(Self::Authorization),

@@ -127,7 +127,10 @@ async fn check_answers_every_code_with_the_pages_envelope() {
     let response = check(&app, "POST", "/api/v1/panel/api-keys", &[("cookie", &cookie)]).await;
     let (status, headers, body) = denied(&response);
     assert_eq!((status, headers.get("retry-after").map(String::as_str)), (429, Some("3600")));
-    assert_eq!(body, r#"{"success":false,"code":"rate_limit_reached","message":"rate limit of 10 reached; retry after 3600 s"}"#);
+    assert_eq!(
+        body,
+        r#"{"success":false,"code":"rate_limit_reached","message":"rate limit of 10 reached; retry after 3600 s"}"#
+    );
 
     // A request without HTTP attributes is malformed.
     let mut client = AuthorizationClient::new(app.channel.clone());

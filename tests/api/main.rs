@@ -2,9 +2,10 @@
 
 mod admin;
 mod authorize;
+mod edge;
+mod ext_authz;
 mod helpers;
 mod limits;
-mod ext_authz;
 mod relay;
 mod replicas;
 mod sessions;
