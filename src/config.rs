@@ -3,7 +3,7 @@
 //! bad value at once.
 
 use crate::authz::verifier::Argon2Settings;
-use crate::authz::VerifiedCacheSettings;
+use crate::authz::{BruteForceSettings, VerifiedCacheSettings};
 use crate::grpc::ext_authz::{CredentialHeader, ExtAuthzSettings};
 use crate::manage::ManageSettings;
 use crate::store::cached::CacheSettings;
@@ -56,7 +56,7 @@ pub struct ServeArgs {
     /// argon2id iterations.
     #[arg(long, env = "KEYGATE_ARGON2_ITERATIONS", default_value_t = 2)]
     pub argon2_iterations: u32,
-    /// argon2 verifications running at once (default: the number of cores).
+    /// argon2 verifications running at once (default: half the cores, at least 1).
     #[arg(long, env = "KEYGATE_ARGON2_CONCURRENCY")]
     pub argon2_concurrency: Option<usize>,
     /// Database connections in the pool.
@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// Check removes the credential's header before the request goes upstream.
     #[arg(long, env = "KEYGATE_EXT_AUTHZ_STRIP_CREDENTIAL")]
     pub ext_authz_strip_credential: bool,
+    /// Failed verifications per key id per minute before that key id is refused without
+    /// argon2 for the rest of the minute.
+    #[arg(long, env = "KEYGATE_MAX_FAILURES_PER_KEY", default_value_t = 20)]
+    pub max_failures_per_key: u32,
     /// The longest session CreateSession may ask for.
     #[arg(long, env = "KEYGATE_SESSION_MAX_TTL_SECONDS", default_value_t = 2_592_000)]
     pub session_max_ttl_seconds: u64,
@@ -156,6 +160,7 @@ pub struct Settings {
     pub rate_limit_key_prefix: String,
     pub manage: ManageSettings,
     pub ext_authz: ExtAuthzSettings,
+    pub brute_force: BruteForceSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +254,10 @@ impl ServeArgs {
                 max_runtime_grace: Duration::from_secs(7 * 86_400),
             },
             ext_authz: ExtAuthzSettings { credential_headers, strip_credential: self.ext_authz_strip_credential },
+            brute_force: BruteForceSettings {
+                max_failures_per_key: self.max_failures_per_key.max(1),
+                ..BruteForceSettings::default()
+            },
         })
     }
 }
@@ -300,6 +309,7 @@ mod tests {
             session_max_ttl_seconds: 3600,
             ext_authz_credential_headers: vec!["authorization".into()],
             ext_authz_strip_credential: false,
+            max_failures_per_key: 20,
         };
         let err = bad.into_settings().unwrap_err();
         assert_eq!(err.0.len(), 6, "{err}");

@@ -97,6 +97,7 @@ impl Application {
             limiter,
             clock.clone(),
             settings.verified_cache,
+            settings.brute_force,
         ));
         let manager = Arc::new(Manager::new(cache.clone(), verifier.clone(), clock.clone(), settings.manage));
 

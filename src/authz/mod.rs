@@ -9,12 +9,13 @@ pub mod verifier;
 
 use crate::clock::Clock;
 use crate::code::Code;
-use crate::domain::{ApplicationId, Credential, CredentialKind, Scope};
+use crate::domain::{ApplicationId, Credential, CredentialKind, KeyId, Scope};
 use crate::policy::{Accepts, Access, LimitSubject, Policy};
 use crate::ratelimit::{LimitCheck, LimitOutcome, Limiter, LimiterError, Room};
 use crate::store::{KeyKind, KeyRecord, Store, StoreError};
 use decision::{evaluate, ApplicationFact, Deny, Principal};
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -86,6 +87,23 @@ pub struct VerifiedCacheSettings {
     pub ttl: Duration,
 }
 
+/// Bounds on what wrong secrets can cost.
+#[derive(Debug, Clone, Copy)]
+pub struct BruteForceSettings {
+    /// A wrong credential is remembered this long, so repeating it costs no argon2.
+    pub negative_ttl: Duration,
+    /// Failed verifications allowed per key id per window; past it, that key id is
+    /// refused without argon2 until the window (counted from the first failure) ends.
+    pub max_failures_per_key: u32,
+    pub failure_window: Duration,
+}
+
+impl Default for BruteForceSettings {
+    fn default() -> Self {
+        Self { negative_ttl: Duration::from_secs(60), max_failures_per_key: 20, failure_window: Duration::from_secs(60) }
+    }
+}
+
 /// Why a presented secret was not accepted; shared by callers that waited on one check.
 #[derive(Debug, thiserror::Error)]
 enum NotVerified {
@@ -104,6 +122,11 @@ pub struct Authorizer {
     /// digest of the whole credential, never the credential itself. A key's hash never
     /// changes, so an entry stays true; revocation and expiry are read from the record.
     verified: moka::future::Cache<[u8; 32], ()>,
+    /// Digests of credentials argon2 rejected: a repeated wrong secret costs a lookup.
+    rejected: moka::sync::Cache<[u8; 32], ()>,
+    /// Failed verifications per key id, in a window that starts at the first failure.
+    failures: moka::sync::Cache<KeyId, Arc<AtomicU32>>,
+    brute_force: BruteForceSettings,
     clock: Arc<dyn Clock>,
 }
 
@@ -115,6 +138,7 @@ impl Authorizer {
         limiter: Arc<Limiter>,
         clock: Arc<dyn Clock>,
         settings: VerifiedCacheSettings,
+        brute_force: BruteForceSettings,
     ) -> Self {
         Self {
             policy,
@@ -122,6 +146,15 @@ impl Authorizer {
             verifier,
             limiter,
             verified: moka::future::Cache::builder().max_capacity(settings.capacity).time_to_live(settings.ttl).build(),
+            rejected: moka::sync::Cache::builder()
+                .max_capacity(settings.capacity)
+                .time_to_live(brute_force.negative_ttl)
+                .build(),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(settings.capacity)
+                .time_to_live(brute_force.failure_window)
+                .build(),
+            brute_force,
             clock,
         }
     }
@@ -293,6 +326,14 @@ impl Authorizer {
         if self.verified.get(&digest).await.is_some() {
             return Ok(true);
         }
+        if self.rejected.contains_key(&digest) {
+            return Ok(false);
+        }
+        let failures = self.failures.get(&key.id);
+        if failures.as_ref().is_some_and(|f| f.load(Ordering::Relaxed) >= self.brute_force.max_failures_per_key) {
+            tracing::debug!(key_id = %key.id, "too many failed verifications for this key id; refusing without argon2");
+            return Ok(false);
+        }
         let checked = self
             .verified
             .try_get_with(digest, async {
@@ -303,6 +344,12 @@ impl Authorizer {
                 }
             })
             .await;
+        if let Err(e) = &checked {
+            if matches!(**e, NotVerified::Mismatch) {
+                self.rejected.insert(digest, ());
+                self.failures.get_with(key.id, Default::default).fetch_add(1, Ordering::Relaxed);
+            }
+        }
         match checked {
             Ok(()) => Ok(true),
             Err(e) => match Arc::try_unwrap(e) {

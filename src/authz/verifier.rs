@@ -29,7 +29,9 @@ impl Default for Argon2Settings {
             memory_kib: 19 * 1024,
             iterations: 2,
             parallelism: 1,
-            max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            // Half the cores: a flood of misses can take no more than half the machine
+            // from the hot keys served from cache.
+            max_concurrent: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         }
     }
 }

@@ -364,3 +364,27 @@ async fn shutdown_stops_taking_calls() {
     let reconnect = tonic::transport::Channel::from_shared(address).unwrap().connect().await;
     assert!(reconnect.is_err(), "the listener is closed after shutdown");
 }
+
+#[tokio::test]
+async fn wrong_secrets_cost_bounded_argon2_and_never_lock_out_a_verified_secret() {
+    let db = crate::helpers::TestDb::new(Db::Sqlite).await.unwrap();
+    let mut app = TestApp::spawn_on(db, |s| s.brute_force.max_failures_per_key = 3).await;
+    let (_, secret) = app.create_key("acct_bf", &["*"], &[]).await;
+    assert!(app.authorize(&secret, "GET", APPS).await.allowed, "verified (and cached) before the attack");
+
+    // The same wrong secret again and again: one argon2 run.
+    let wrong = forge_with_key_id(&secret);
+    let before = app.verifications();
+    for _ in 0..5 {
+        assert_eq!(app.authorize(&wrong, "GET", APPS).await.code, "api_key_invalid");
+    }
+    assert_eq!(app.verifications(), before + 1, "a repeated wrong secret is remembered");
+
+    // Different wrong secrets: at most 3 failures per key id, then refused without argon2.
+    for _ in 0..10 {
+        assert_eq!(app.authorize(&forge_with_key_id(&secret), "GET", APPS).await.code, "api_key_invalid");
+    }
+    assert_eq!(app.verifications(), before + 3);
+    // The real secret, verified before, keeps working throughout.
+    assert!(app.authorize(&secret, "GET", APPS).await.allowed);
+}
