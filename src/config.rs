@@ -234,11 +234,7 @@ impl ServeArgs {
             admin_token,
             log_format: self.log_format,
             cache: CacheSettings { capacity: self.cache_capacity, ttl },
-            verified_cache: VerifiedCacheSettings {
-                capacity: self.cache_capacity,
-                // Whether a secret matches never changes; the TTL only bounds memory churn.
-                ttl: Duration::from_secs(3600),
-            },
+            verified_cache: VerifiedCacheSettings { capacity: self.cache_capacity },
             argon2: Argon2Settings {
                 memory_kib: self.argon2_memory_kib,
                 iterations: self.argon2_iterations,

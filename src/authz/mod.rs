@@ -84,7 +84,6 @@ impl From<StoreError> for AuthzError {
 #[derive(Debug, Clone, Copy)]
 pub struct VerifiedCacheSettings {
     pub capacity: u64,
-    pub ttl: Duration,
 }
 
 /// Bounds on what wrong secrets can cost.
@@ -145,7 +144,8 @@ impl Authorizer {
             store,
             verifier,
             limiter,
-            verified: moka::future::Cache::builder().max_capacity(settings.capacity).time_to_live(settings.ttl).build(),
+            // No TTL: whether a secret matches its hash never changes, and the capacity bounds memory.
+            verified: moka::future::Cache::builder().max_capacity(settings.capacity).build(),
             rejected: moka::sync::Cache::builder()
                 .max_capacity(settings.capacity)
                 .time_to_live(brute_force.negative_ttl)
@@ -329,6 +329,11 @@ impl Authorizer {
         if self.rejected.contains_key(&digest) {
             return Ok(false);
         }
+        // The rest runs argon2 (or refuses to): boxed, so the hit path's future stays small.
+        Box::pin(self.verify_miss(credential, key, digest)).await
+    }
+
+    async fn verify_miss(&self, credential: &Credential<'_>, key: &KeyRecord, digest: [u8; 32]) -> Result<bool, AuthzError> {
         let failures = self.failures.get(&key.id);
         if failures.as_ref().is_some_and(|f| f.load(Ordering::Relaxed) >= self.brute_force.max_failures_per_key) {
             tracing::debug!(key_id = %key.id, "too many failed verifications for this key id; refusing without argon2");

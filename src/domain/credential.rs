@@ -157,6 +157,18 @@ impl GeneratedKey {
         Credential::parse(&self.credential).expect("generated credentials are well-formed")
     }
 
+    /// A well-formed credential with this one's kind and id and a fresh random secret:
+    /// what an attacker who knows a key id can make. For tests and benchmarks.
+    pub fn impostor_of(credential: &Credential<'_>) -> Result<Self, getrandom::Error> {
+        let mut forged = String::with_capacity(credential.kind.prefix().len() + BODY_LEN);
+        forged.push_str(credential.kind.prefix());
+        forged.push_str(credential.key_id().as_body());
+        forged.push_str(&random_base62(SECRET_LEN)?);
+        let checksum = encode_checksum(crc32(forged.as_bytes()));
+        forged.push_str(std::str::from_utf8(&checksum).expect("base62 is ASCII"));
+        Ok(Self { credential: forged })
+    }
+
     /// The full credential, for the one response that may carry it.
     pub fn into_secret_string(self) -> String {
         self.credential

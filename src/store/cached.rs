@@ -55,18 +55,20 @@ where
         *self.shard(key).lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn get_or_load<F>(&self, key: K, load: F) -> Result<V, StoreError>
+    /// A hit borrows the key and builds no future: the hot path allocates nothing here.
+    async fn get_or_load<F, Fut>(&self, key: &K, load: F) -> Result<V, StoreError>
     where
-        F: std::future::Future<Output = Result<V, StoreError>>,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, StoreError>>,
     {
-        if let Some(hit) = self.entries.get(&key) {
+        if let Some(hit) = self.entries.get(key) {
             return Ok(hit);
         }
-        let seen = self.epoch(&key);
-        let value = load.await?;
-        let epoch = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
+        let seen = self.epoch(key);
+        let value = load().await?;
+        let epoch = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         if *epoch == seen {
-            self.entries.insert(key, value.clone());
+            self.entries.insert(key.clone(), value.clone());
         }
         Ok(value)
     }
@@ -139,7 +141,7 @@ impl Store for CachedStore {
     }
 
     async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
-        self.applications.get_or_load(id.clone(), self.inner.application(id)).await
+        self.applications.get_or_load(id, || self.inner.application(id)).await
     }
 
     async fn list_applications(
@@ -157,7 +159,7 @@ impl Store for CachedStore {
     }
 
     async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        self.keys.get_or_load(id, self.inner.key(id)).await
+        self.keys.get_or_load(&id, || self.inner.key(id)).await
     }
 
     async fn list_keys(
@@ -198,7 +200,7 @@ impl Store for CachedStore {
     }
 
     async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        self.sessions.get_or_load(id, self.inner.session(id)).await
+        self.sessions.get_or_load(&id, || self.inner.session(id)).await
     }
 
     async fn revoke_session(&self, id: SessionId, now: Timestamp) -> Result<Option<SessionRecord>, StoreError> {

@@ -4,6 +4,7 @@
 
 pub mod cached;
 pub mod invalidation;
+pub mod memory;
 pub mod sql;
 
 use crate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, SessionId, Timestamp, UserId};

@@ -1,0 +1,129 @@
+//! The decision path without I/O: parsing, route matching, scope checks, cache hits, and
+//! a whole Authorize of a hot key (everything but gRPC).
+//!
+//! `cargo bench --bench decision`
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use keygate::authz::verifier::{Argon2Settings, Verifier};
+use keygate::authz::{AuthorizeQuery, Authorizer, BruteForceSettings, VerifiedCacheSettings};
+use keygate::clock::SystemClock;
+use keygate::domain::{AccountId, Credential, GeneratedKey, Name, Scope, Scopes, Timestamp};
+use keygate::policy::Policy;
+use keygate::ratelimit::{Limiter, LocalLimiter};
+use keygate::store::cached::{CacheSettings, CachedStore};
+use keygate::store::memory::MemoryStore;
+use keygate::store::{KeyKind, KeyRecord, Store};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn policy_with(routes: usize) -> Policy {
+    let mut text = String::new();
+    for i in 0..routes {
+        text += &format!(
+            "[[routes]]\nroute = \"GET /api/v1/resource{i}/{{application_id}}/items/{{item_id}}\"\nscopes = [\"r{i}:read\"]\n"
+        );
+    }
+    Policy::from_toml(&text, "bench").expect("valid")
+}
+
+fn parsing_and_matching(c: &mut Criterion) {
+    let key = GeneratedKey::generate().expect("random").into_secret_string();
+    c.bench_function("credential parse", |b| b.iter(|| Credential::parse(black_box(&key)).is_ok()));
+    c.bench_function("credential reject (bad checksum)", |b| {
+        let mut bad = key.clone().into_bytes();
+        let last = bad.len() - 1;
+        bad[last] = if bad[last] == b'a' { b'b' } else { b'a' };
+        let bad = String::from_utf8(bad).expect("ascii");
+        b.iter(|| Credential::parse(black_box(&bad)).is_err())
+    });
+    for routes in [10, 1000] {
+        let policy = policy_with(routes);
+        let last = format!("/api/v1/resource{}/app_1/items/42", routes - 1);
+        c.bench_function(&format!("route match, {routes} routes"), |b| {
+            b.iter(|| policy.match_route(black_box("GET"), black_box(&last)).is_some())
+        });
+    }
+    let granted = Scopes::parse_grants(&["applications:read", "logs:*", "users:read", "billing:read"]).expect("valid");
+    let required = [Scope::parse_required("logs:export").expect("valid")];
+    c.bench_function("scope check (4 grants, wildcard hit)", |b| {
+        b.iter(|| granted.first_missing(black_box(&required)).is_none())
+    });
+}
+
+fn record(id: keygate::domain::KeyId, hash: keygate::domain::SecretHash) -> KeyRecord {
+    KeyRecord {
+        id,
+        account_id: AccountId::parse("acct_bench").expect("valid"),
+        kind: KeyKind::ApiKey,
+        name: Name::parse("name", "bench").expect("valid"),
+        scopes: Scopes::parse_grants(&["applications:read"]).expect("valid"),
+        application_ids: vec![],
+        secret_hash: hash,
+        created_at: Timestamp::from_millis(0),
+        updated_at: Timestamp::from_millis(0),
+        expires_at: None,
+        revoked_at: None,
+        retire_at: None,
+        revoked_reason: None,
+        version: 1,
+    }
+}
+
+fn hot_path(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let cheap = Argon2Settings { memory_kib: 8 * 1024, iterations: 1, parallelism: 1, max_concurrent: 1 };
+    let verifier = Arc::new(runtime.block_on(Verifier::new(cheap)).expect("verifier"));
+    let generated = GeneratedKey::generate().expect("random");
+    let credential = generated.credential();
+    let hash = runtime.block_on(verifier.hash(credential.secret().as_bytes())).expect("hash");
+    let memory = Arc::new(MemoryStore::default());
+    runtime.block_on(memory.create_key(&record(credential.key_id(), hash))).expect("stored");
+    let application = keygate::store::Application {
+        id: keygate::domain::ApplicationId::parse("app_bench").expect("valid"),
+        account_id: AccountId::parse("acct_bench").expect("valid"),
+        name: Name::parse("name", "bench").expect("valid"),
+        created_at: Timestamp::from_millis(0),
+    };
+    runtime.block_on(memory.create_application(&application)).expect("stored");
+    let cache = Arc::new(CachedStore::new(memory, CacheSettings { capacity: 10_000, ttl: Duration::from_secs(30) }));
+
+    c.bench_function("cache hit (key record)", |b| {
+        let id = credential.key_id();
+        b.iter(|| runtime.block_on(cache.key(black_box(id))).expect("hit").is_some())
+    });
+
+    let authorizer = Authorizer::new(
+        // The routes of keygate-bench's load runs: an application in the path, no limits.
+        Arc::new(
+            Policy::from_toml(
+                "[[routes]]\nroute = \"GET /api/v1/panel/applications/{application_id}\"\nscopes = [\"applications:read\"]\n",
+                "bench",
+            )
+            .expect("valid"),
+        ),
+        cache.clone(),
+        verifier,
+        Arc::new(Limiter::Local(LocalLimiter::default())),
+        Arc::new(SystemClock),
+        VerifiedCacheSettings { capacity: 10_000 },
+        BruteForceSettings::default(),
+    );
+    let secret = generated.credential().as_str().to_owned();
+    let query = AuthorizeQuery {
+        credential: &secret,
+        method: "GET",
+        path: "/api/v1/panel/applications/app_bench",
+        application_id: None,
+        required_scopes: vec![],
+        client_ip: None,
+    };
+    let verdict = runtime.block_on(authorizer.authorize(&query)).expect("decides");
+    assert!(verdict.deny.is_none(), "{:?}", verdict.deny);
+    c.bench_function("authorize, hot key, application in the path (no gRPC)", |b| {
+        b.iter(|| runtime.block_on(authorizer.authorize(black_box(&query))).expect("decides").deny.is_none())
+    });
+}
+
+criterion_group!(benches, parsing_and_matching, hot_path);
+criterion_main!(benches);

@@ -1,0 +1,157 @@
+//! Servers for the benchmarks: keygate (the real `Application`) and the floor, each on a
+//! runtime of its own in a thread of its own.
+
+use keygate::cli::BearerToken;
+use keygate::clock::SystemClock;
+use keygate::config::{AdminTokenSource, Settings};
+use keygate::grpc::proto::{self as pb, admin_client::AdminClient, authorizer_server};
+use keygate::startup::{Application, Handles};
+use std::sync::Arc;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+
+pub type Admin = AdminClient<InterceptedService<Channel, BearerToken>>;
+
+/// A server running on its own runtime; dropping it shuts the server down.
+pub struct Server {
+    pub address: String,
+    pub handles: Option<Handles>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Server {
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(self.address.clone())?.connect().await?)
+    }
+
+    pub async fn admin(&self) -> anyhow::Result<Admin> {
+        Ok(AdminClient::with_interceptor(self.channel().await?, BearerToken::new(ADMIN_TOKEN)?))
+    }
+}
+
+/// Runs `serve` on a fresh two-worker runtime in its own thread.
+fn spawn_on_own_runtime<F, Fut>(serve: F) -> anyhow::Result<Server>
+where
+    F: FnOnce(tokio::sync::oneshot::Receiver<()>, std::sync::mpsc::Sender<anyhow::Result<(String, Option<Handles>)>>) -> Fut
+        + Send
+        + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime for the server");
+        runtime.block_on(serve(stopped, ready_tx));
+    });
+    let (address, handles) = ready_rx.recv()??;
+    Ok(Server { address, handles, stop: Some(stop), thread: Some(thread) })
+}
+
+/// keygate over a SQLite file in `dir`, with the benchmark's policy.
+pub fn keygate(dir: &std::path::Path, customize: impl FnOnce(&mut Settings) + Send + 'static) -> anyhow::Result<Server> {
+    let url = format!("sqlite://{}", dir.join("bench.db").display());
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, POLICY)?;
+    spawn_on_own_runtime(move |stopped, ready| async move {
+        let mut settings = Settings::with_database(&url);
+        settings.listen = "127.0.0.1:0".parse().expect("address");
+        settings.admin_token = AdminTokenSource::Given(ADMIN_TOKEN.into());
+        settings.policy = Some(policy);
+        customize(&mut settings);
+        let app = match Application::build(settings, Arc::new(SystemClock)).await {
+            Ok(app) => app,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok((format!("http://{}", app.local_addr()), Some(app.handles()))));
+        let _ = app
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await;
+    })
+}
+
+/// The benchmark's routes: the hot route has an application in its path (so the decision
+/// looks the application up) and no rate limit (limits would cap the load, not measure it).
+pub const POLICY: &str = r#"
+[[routes]]
+route = "GET /api/v1/panel/applications/{application_id}"
+accepts = ["api_key", "session", "runtime_key"]
+scopes = ["applications:read"]
+"#;
+
+/// The floor: a tonic service that answers Authorize with a canned response of the size
+/// keygate's allowed responses have, doing nothing else.
+pub fn floor() -> anyhow::Result<Server> {
+    spawn_on_own_runtime(|stopped, ready| async move {
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = ready.send(Err(e.into()));
+                return;
+            }
+        };
+        let address = listener.local_addr().expect("bound");
+        let _ = ready.send(Ok((format!("http://{address}"), None)));
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let _ = tonic::transport::Server::builder()
+            .add_service(authorizer_server::AuthorizerServer::new(Floor { response: canned_response() }))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            })
+            .await;
+    })
+}
+
+struct Floor {
+    response: pb::AuthorizeResponse,
+}
+
+#[tonic::async_trait]
+impl authorizer_server::Authorizer for Floor {
+    async fn authorize(
+        &self,
+        _request: tonic::Request<pb::AuthorizeRequest>,
+    ) -> Result<tonic::Response<pb::AuthorizeResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.response.clone()))
+    }
+}
+
+/// What keygate answers for an allowed hot-key call, field for field.
+fn canned_response() -> pb::AuthorizeResponse {
+    pb::AuthorizeResponse {
+        allowed: true,
+        http_status: 200,
+        principal: Some(pb::Principal {
+            kind: "api_key".into(),
+            key_id: "key_0123456789abcdef".into(),
+            account_id: "acct_bench".into(),
+            scopes: vec!["applications:read".into()],
+            ..Default::default()
+        }),
+        route: "GET /api/v1/panel/applications/{application_id}".into(),
+        application_id: "app_0123456789abcdef".into(),
+        ..Default::default()
+    }
+}

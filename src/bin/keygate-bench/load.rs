@@ -1,0 +1,381 @@
+//! The load generator and its scenarios.
+
+use crate::fixture::{self, Server};
+use crate::report::{latency_plot, Run};
+use hdrhistogram::Histogram;
+use keygate::domain::{Credential, GeneratedKey};
+use keygate::grpc::proto::{self as pb, authorizer_client::AuthorizerClient};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Measured seconds per run (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u64,
+    /// HTTP/2 connections the calls are spread over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Concurrency levels for the floor and the hot-key runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    concurrency: Vec<usize>,
+    /// Hot keys (Zipf-distributed).
+    #[arg(long, default_value_t = 10_000)]
+    keys: usize,
+    /// Keys for the cold run (each used once, at concurrency 1).
+    #[arg(long, default_value_t = 100)]
+    cold_keys: usize,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+/// splitmix64: fast, and plenty for choosing keys.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Zipf (s = 1) over `n` ranks: rank 0 is the hottest key.
+struct Zipf {
+    cumulative: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: usize) -> Self {
+        let mut total = 0.0;
+        let cumulative = (1..=n)
+            .map(|rank| {
+                total += 1.0 / rank as f64;
+                total
+            })
+            .collect();
+        Self { cumulative }
+    }
+
+    fn sample(&self, rng: &mut Rng) -> usize {
+        let target = rng.unit() * self.cumulative.last().copied().unwrap_or(0.0);
+        self.cumulative.partition_point(|&c| c < target).min(self.cumulative.len() - 1)
+    }
+}
+
+type Generator = Arc<dyn Fn(&mut Rng) -> pb::AuthorizeRequest + Send + Sync>;
+
+struct Load {
+    channels: Vec<Channel>,
+    warmup: Duration,
+    measure: Duration,
+}
+
+impl Load {
+    async fn new(server: &Server, connections: usize, warmup: Duration, measure: Duration) -> anyhow::Result<Self> {
+        let mut channels = Vec::with_capacity(connections);
+        for _ in 0..connections.max(1) {
+            // One connection each: `connect` on a fresh endpoint does not share.
+            channels.push(server.channel().await?);
+        }
+        Ok(Self { channels, warmup, measure })
+    }
+
+    /// `concurrency` callers in a closed loop for warm-up + measure; only calls that start
+    /// after the warm-up are recorded.
+    async fn run(&self, scenario: &str, concurrency: usize, generate: Generator) -> Run {
+        let start = Instant::now();
+        let measure_from = start + self.warmup;
+        let end = measure_from + self.measure;
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|i| {
+                let mut client = AuthorizerClient::new(self.channels[i % self.channels.len()].clone());
+                let generate = generate.clone();
+                tokio::spawn(async move {
+                    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+                    let mut errors = 0u64;
+                    let mut rng = Rng::new(i as u64 + 1);
+                    loop {
+                        let request = generate(&mut rng);
+                        let sent = Instant::now();
+                        if sent >= end {
+                            break;
+                        }
+                        let outcome = client.authorize(request).await;
+                        if sent >= measure_from {
+                            match outcome {
+                                Ok(_) => histogram.saturating_record(sent.elapsed().as_micros() as u64),
+                                Err(_) => errors += 1,
+                            }
+                        }
+                    }
+                    (histogram, errors)
+                })
+            })
+            .collect();
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+        let mut errors = 0;
+        for task in tasks {
+            let (h, e) = task.await.expect("load task");
+            histogram.add(&h).expect("same bounds");
+            errors += e;
+        }
+        Run::new(scenario, concurrency, &histogram, errors, self.measure.as_secs_f64())
+    }
+}
+
+const APP_PATH_PREFIX: &str = "/api/v1/panel/applications/";
+
+/// Creates `count` keys (and one application) through the admin API, `parallel` at once.
+async fn create_keys(server: &Server, count: usize, parallel: usize) -> anyhow::Result<(String, Vec<String>)> {
+    let mut admin = server.admin().await?;
+    let application = admin
+        .create_application(pb::CreateApplicationRequest { account_id: "acct_bench".into(), name: "bench".into() })
+        .await?
+        .into_inner();
+    let next = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..parallel)
+        .map(|_| {
+            let mut admin = admin.clone();
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut secrets = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < count as u64 {
+                    let created = admin
+                        .create_api_key(pb::CreateApiKeyRequest {
+                            account_id: "acct_bench".into(),
+                            name: "bench".into(),
+                            scopes: vec!["applications:read".into()],
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    secrets.push(created.secret);
+                }
+                anyhow::Ok(secrets)
+            })
+        })
+        .collect();
+    let mut secrets = Vec::with_capacity(count);
+    for worker in workers {
+        secrets.extend(worker.await??);
+    }
+    Ok((format!("{APP_PATH_PREFIX}{}", application.id), secrets))
+}
+
+fn request(credential: &str, path: &str) -> pb::AuthorizeRequest {
+    pb::AuthorizeRequest {
+        credential: credential.to_owned(),
+        method: "GET".into(),
+        path: path.to_owned(),
+        ..Default::default()
+    }
+}
+
+pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    let warmup = Duration::from_secs(args.warmup_seconds);
+    let measure = Duration::from_secs(args.seconds);
+    let dir = std::env::temp_dir().join(format!("keygate-load-{}", keygate::domain::random_token(8)?));
+    std::fs::create_dir_all(&dir)?;
+
+    // The floor first, at every concurrency.
+    let floor_server = fixture::floor()?;
+    let floor_load = Load::new(&floor_server, args.connections, warmup, measure).await?;
+    let sample_path = format!("{APP_PATH_PREFIX}app_0123456789abcdef");
+    let sample = GeneratedKey::generate()?.into_secret_string();
+    let floor_generator: Generator = Arc::new(move |_| request(&sample, &sample_path));
+    let mut floor = Vec::new();
+    for &c in &args.concurrency {
+        let run = floor_load.run("floor (no-op tonic)", c, floor_generator.clone()).await;
+        run.print();
+        floor.push(run);
+    }
+    drop(floor_load);
+    drop(floor_server);
+
+    // Hot keys. New keys are hashed with cheap argon2 parameters so that making and warming
+    // 10k of them takes a minute; the hot path never runs argon2, whatever its parameters.
+    let hot_dir = dir.join("hot");
+    std::fs::create_dir_all(&hot_dir)?;
+    let hot_server = fixture::keygate(&hot_dir, |s| {
+        s.argon2.memory_kib = 8 * 1024;
+        s.argon2.iterations = 1;
+    })?;
+    eprintln!("creating and warming {} hot keys…", args.keys);
+    let (path, secrets) = create_keys(&hot_server, args.keys, 8).await?;
+    let secrets = Arc::new(secrets);
+    {
+        let mut client = AuthorizerClient::new(hot_server.channel().await?);
+        for secret in secrets.iter() {
+            anyhow::ensure!(client.authorize(request(secret, &path)).await?.into_inner().allowed, "warm-up denied");
+        }
+    }
+    let load = Load::new(&hot_server, args.connections, warmup, measure).await?;
+    let zipf = Arc::new(Zipf::new(secrets.len()));
+    let hot: Generator = {
+        let (secrets, zipf, path) = (secrets.clone(), zipf.clone(), path.clone());
+        Arc::new(move |rng| request(&secrets[zipf.sample(rng)], &path))
+    };
+    let mut runs = Vec::new();
+    let mut hot_runs = Vec::new();
+    for (i, &c) in args.concurrency.iter().enumerate() {
+        let mut run = load.run("keygate hot keys (zipf)", c, hot.clone()).await;
+        run.compare_to(&floor[i]);
+        run.print();
+        hot_runs.push(run);
+    }
+    let top = *args.concurrency.last().unwrap_or(&64);
+    let floor_top = floor.last().expect("a floor run").clone();
+    let calm = hot_runs.last().expect("a hot run").clone();
+
+    // 1% garbage.
+    let garbage: Generator = {
+        let (secrets, zipf, path) = (secrets.clone(), zipf.clone(), path.clone());
+        Arc::new(move |rng| {
+            if rng.unit() < 0.01 {
+                request("kg_garbageGARBAGEgarbageGARBAGEgarbage", &path)
+            } else {
+                request(&secrets[zipf.sample(rng)], &path)
+            }
+        })
+    };
+    let mut run = load.run("keygate hot + 1% garbage", top, garbage).await;
+    run.compare_to(&floor_top);
+    run.print();
+    runs.push(run);
+
+    // Miss storm: 8 callers sending wrong secrets for known key ids, beside the hot load.
+    let storming = Arc::new(AtomicBool::new(true));
+    let storm_calls = Arc::new(AtomicU64::new(0));
+    let storm: Vec<_> = (0..8)
+        .map(|i| {
+            let mut client = AuthorizerClient::new(load.channels[i % load.channels.len()].clone());
+            let (secrets, path, storming, calls) = (secrets.clone(), path.clone(), storming.clone(), storm_calls.clone());
+            tokio::spawn(async move {
+                let mut rng = Rng::new(1_000 + i as u64);
+                while storming.load(Ordering::Relaxed) {
+                    let known = &secrets[(rng.next_u64() % secrets.len() as u64) as usize];
+                    let credential = Credential::parse(known).expect("generated");
+                    let wrong = GeneratedKey::impostor_of(&credential).expect("random").into_secret_string();
+                    let _ = client.authorize(request(&wrong, &path)).await;
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let mut run = load.run("keygate hot during miss storm", top, hot.clone()).await;
+    storming.store(false, Ordering::Relaxed);
+    for task in storm {
+        task.await?;
+    }
+    run.compare_to(&floor_top);
+    run.print();
+    println!(
+        "    miss storm: {} wrong secrets sent; hot p99 {:.0}us during vs {:.0}us calm = {:.2}x",
+        storm_calls.load(Ordering::Relaxed),
+        run.p99_us,
+        calm.p99_us,
+        run.p99_us / calm.p99_us
+    );
+    runs.push(run);
+
+    // Revoke storm: 100 revokes per second beside the hot load.
+    let revoking = Arc::new(AtomicBool::new(true));
+    let revoker = {
+        let mut admin = hot_server.admin().await?;
+        let (secrets, revoking) = (secrets.clone(), revoking.clone());
+        tokio::spawn(async move {
+            let mut revoked = 0usize;
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            // Revoke from the cold end of the distribution first.
+            while revoking.load(Ordering::Relaxed) && revoked < secrets.len() {
+                tick.tick().await;
+                let id = Credential::parse(&secrets[secrets.len() - 1 - revoked]).expect("generated").key_id();
+                let _ = admin.revoke_api_key(pb::RevokeApiKeyRequest { id: id.to_string(), reason: "bench".into() }).await;
+                revoked += 1;
+            }
+            revoked
+        })
+    };
+    let mut run = load.run("keygate hot during revoke storm", top, hot.clone()).await;
+    revoking.store(false, Ordering::Relaxed);
+    let revoked = revoker.await?;
+    run.compare_to(&floor_top);
+    run.print();
+    println!("    revoke storm: {revoked} keys revoked during the run; hot p99 {:.2}x calm", run.p99_us / calm.p99_us);
+    runs.push(run);
+    drop(load);
+    drop(hot_server);
+
+    // Cold keys: default (OWASP) argon2; every call a miss, one at a time.
+    let cold_dir = dir.join("cold");
+    std::fs::create_dir_all(&cold_dir)?;
+    let cold_server = fixture::keygate(&cold_dir, |_| {})?;
+    eprintln!("creating {} cold keys…", args.cold_keys);
+    let (cold_path, cold_secrets) = create_keys(&cold_server, args.cold_keys, 1).await?;
+    let mut client = AuthorizerClient::new(cold_server.channel().await?);
+    let mut cold = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let started = Instant::now();
+    for secret in &cold_secrets {
+        let sent = Instant::now();
+        anyhow::ensure!(client.authorize(request(secret, &cold_path)).await?.into_inner().allowed, "cold call denied");
+        cold.saturating_record(sent.elapsed().as_micros() as u64);
+    }
+    let cold_run = Run::new("keygate cold keys (miss)", 1, &cold, 0, started.elapsed().as_secs_f64());
+    cold_run.print();
+    // The argon2 verification alone, same parameters, same machine, same run.
+    let verifier = keygate::authz::verifier::Verifier::new(Default::default()).await?;
+    let hash = verifier.hash(b"a secret of the usual length, 44 characters").await?;
+    let mut argon2 = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for _ in 0..30 {
+        let t = Instant::now();
+        verifier.verify("a secret of the usual length, 44 characters", Some(&hash)).await?;
+        argon2.saturating_record(t.elapsed().as_micros() as u64);
+    }
+    let argon2_p50 = argon2.value_at_quantile(0.5) as f64;
+    println!(
+        "    cold: p50 {:.0}us = argon2 verification p50 {:.0}us + {:.0}us overhead",
+        cold_run.p50_us,
+        argon2_p50,
+        cold_run.p50_us - argon2_p50
+    );
+    drop(cold_server);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    if let Some(path) = &args.svg {
+        std::fs::write(path, latency_plot(&floor, &hot_runs))?;
+    }
+    if let Some(path) = &args.json {
+        let report = serde_json::json!({
+            "benchmark": "load",
+            "seconds": args.seconds,
+            "warmup_seconds": args.warmup_seconds,
+            "connections": args.connections,
+            "hot_keys": args.keys,
+            "floor": floor,
+            "hot": hot_runs,
+            "scenarios": runs,
+            "cold": cold_run,
+            "argon2_verify_p50_us": argon2_p50,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}

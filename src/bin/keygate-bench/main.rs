@@ -1,0 +1,61 @@
+//! Benchmarks that need running servers. They report; they never pass or fail.
+//!
+//! - `propagation`: revoke-to-deny time between two replicas on one Postgres.
+//! - `load`: keygate against the floor (a no-op tonic service with messages of
+//!   Authorize's size), both loaded the same way in the same run; every figure is also
+//!   reported as a ratio to the floor.
+//! - `memory`: bytes per cached hot key with a million keys cached.
+//!
+//! Servers run on a runtime of their own (two workers) and the load on another, so the
+//! client and the server compete for the machine the same way for keygate and the floor.
+
+mod fixture;
+mod load;
+mod memory;
+mod propagation;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "keygate-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Revoke-to-deny propagation between two replicas on one Postgres.
+    Propagation {
+        /// A Postgres database; the benchmark works in a schema of its own and drops it.
+        #[arg(long, env = "KEYGATE_TEST_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/test")]
+        database_url: String,
+        #[arg(long, default_value_t = 200)]
+        revocations: usize,
+        /// Also write the results here as JSON.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+    /// Throughput and latency of keygate's scenarios against the floor.
+    Load(load::LoadArgs),
+    /// Memory per cached hot key.
+    Memory {
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    // The load runs here; servers get a runtime of their own (see fixture.rs).
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        match Cli::parse().command {
+            Command::Propagation { database_url, revocations, json } => {
+                propagation::run(&database_url, revocations, json).await
+            }
+            Command::Load(args) => load::run(args).await,
+            Command::Memory { keys } => memory::run(keys).await,
+        }
+    })
+}

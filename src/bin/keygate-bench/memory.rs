@@ -1,0 +1,74 @@
+//! Memory per cached hot key: a million key records in the real caching decorator, plus
+//! the verified-credential digest each hot key also holds (the same cache type and
+//! settings as the Authorizer's), measured as the process's resident memory before and
+//! after. The records come from a [`MemoryStore`], which hands out fresh copies as a
+//! database would; its own copies are counted before the measurement starts.
+
+use keygate::domain::{AccountId, KeyId, Name, Scopes, SecretHash, Timestamp};
+use keygate::store::cached::{CacheSettings, CachedStore};
+use keygate::store::memory::MemoryStore;
+use keygate::store::{KeyKind, KeyRecord, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+pub async fn run(keys: usize) -> anyhow::Result<()> {
+    let store = Arc::new(MemoryStore::default());
+    // A real argon2id PHC string: stored hashes are all this long.
+    let hash = SecretHash::new(
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$qJ8m2k0cXo9gq9Zt7wOQm8Lr2nF1xjv6vX0jH3k4b9E".into(),
+    );
+    let ids: Vec<KeyId> = (0..keys).map(|i| KeyId::parse(&format!("key_{i:016}")).expect("valid")).collect();
+    for &id in &ids {
+        store
+            .create_key(&KeyRecord {
+                id,
+                account_id: AccountId::parse("acct_0123456789").expect("valid"),
+                kind: KeyKind::ApiKey,
+                name: Name::parse("name", "production backend key").expect("valid"),
+                scopes: Scopes::parse_grants(&["applications:read", "logs:read"]).expect("valid"),
+                application_ids: vec![],
+                secret_hash: hash.clone(),
+                created_at: Timestamp::from_millis(1_700_000_000_000),
+                updated_at: Timestamp::from_millis(1_700_000_000_000),
+                expires_at: None,
+                revoked_at: None,
+                retire_at: None,
+                revoked_reason: None,
+                version: 1,
+            })
+            .await?;
+    }
+    let settings = CacheSettings { capacity: keys as u64 * 2, ttl: Duration::from_secs(30) };
+    let cache = CachedStore::new(store, settings);
+    let verified: moka::future::Cache<[u8; 32], ()> = moka::future::Cache::builder().max_capacity(keys as u64 * 2).build();
+
+    let before = resident_bytes();
+    for &id in &ids {
+        cache.key(id).await?;
+    }
+    let cached = cache.cached_keys();
+    let records = resident_bytes();
+    for i in 0..keys {
+        let mut digest = [0u8; 32];
+        digest[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        verified.insert(digest, ()).await;
+    }
+    verified.run_pending_tasks().await;
+    let after = resident_bytes();
+    let per = |bytes: u64| bytes as f64 / keys as f64;
+    println!(
+        "{keys} hot keys cached ({cached} records): resident memory +{:.1} MiB, {:.0} bytes per cached key \
+         ({:.0} for the key record entry, {:.0} for the verified-credential entry)",
+        (after - before) as f64 / (1024.0 * 1024.0),
+        per(after.saturating_sub(before)),
+        per(records.saturating_sub(before)),
+        per(after.saturating_sub(records)),
+    );
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! A store in process memory: for benchmarks and embedding, where the cost or the
+//! absence of a database is the point. Every read returns a fresh copy, as a database
+//! would, so what sits above it (the cache) behaves as it does over SQL. Nothing survives
+//! the process.
+
+use super::{
+    Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
+};
+use crate::domain::{AccountId, ApplicationId, KeyId, SessionId, Timestamp};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    applications: BTreeMap<ApplicationId, Application>,
+    keys: BTreeMap<KeyId, KeyRecord>,
+    sessions: BTreeMap<SessionId, SessionRecord>,
+}
+
+impl MemoryStore {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn page<T: Clone>(items: impl Iterator<Item = (String, T)>, page: &PageRequest) -> Page<T> {
+    let after = page.after.as_deref().unwrap_or("");
+    let mut items: Vec<(String, T)> = items.filter(|(id, _)| id.as_str() > after).take(page.limit as usize + 1).collect();
+    let next_after = if items.len() > page.limit as usize {
+        items.truncate(page.limit as usize);
+        items.last().map(|(id, _)| id.clone())
+    } else {
+        None
+    };
+    Page { items: items.into_iter().map(|(_, item)| item).collect(), next_after }
+}
+
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    async fn create_application(&self, app: &Application) -> Result<(), StoreError> {
+        self.state().applications.insert(app.id.clone(), app.clone());
+        Ok(())
+    }
+
+    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
+        Ok(self.state().applications.get(id).cloned().map(Arc::new))
+    }
+
+    async fn list_applications(&self, account: &AccountId, request: &PageRequest) -> Result<Page<Application>, StoreError> {
+        let state = self.state();
+        let mine = state.applications.values().filter(|a| a.account_id == *account).map(|a| (a.id.to_string(), a.clone()));
+        Ok(page(mine, request))
+    }
+
+    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.state().keys.insert(key.id, key.clone());
+        Ok(())
+    }
+
+    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        Ok(self.state().keys.get(&id).cloned().map(Arc::new))
+    }
+
+    async fn list_keys(
+        &self,
+        account: &AccountId,
+        search: Option<&str>,
+        request: &PageRequest,
+    ) -> Result<Page<KeyRecord>, StoreError> {
+        let search = search.map(str::to_lowercase);
+        let state = self.state();
+        let matching = state
+            .keys
+            .values()
+            .filter(|k| k.account_id == *account && k.kind == KeyKind::ApiKey)
+            .filter(|k| {
+                search.as_deref().is_none_or(|s| {
+                    k.name.as_str().to_lowercase().contains(s) || k.id.to_string().to_lowercase().contains(s)
+                })
+            })
+            .map(|k| (k.id.to_string(), k.clone()));
+        Ok(page(matching, request))
+    }
+
+    async fn update_key(&self, id: KeyId, changes: &KeyChanges, now: Timestamp) -> Result<UpdateOutcome, StoreError> {
+        let mut state = self.state();
+        let Some(key) = state.keys.get_mut(&id) else { return Ok(UpdateOutcome::NotFound) };
+        if key.revoked_at.is_some() {
+            return Ok(UpdateOutcome::Revoked);
+        }
+        if let Some(name) = &changes.name {
+            key.name = name.clone();
+        }
+        if let Some(scopes) = &changes.scopes {
+            key.scopes = scopes.clone();
+        }
+        if let Some(apps) = &changes.application_ids {
+            key.application_ids = apps.clone();
+        }
+        if let Some(expires_at) = changes.expires_at {
+            key.expires_at = expires_at;
+        }
+        key.updated_at = now;
+        key.version += 1;
+        Ok(UpdateOutcome::Updated(Box::new(key.clone())))
+    }
+
+    async fn revoke_key(&self, id: KeyId, reason: &str, now: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
+        let mut state = self.state();
+        let Some(key) = state.keys.get_mut(&id) else { return Ok(None) };
+        if key.revoked_at.is_none() {
+            key.revoked_at = Some(now);
+            key.revoked_reason = Some(reason.to_owned());
+            key.updated_at = now;
+            key.version += 1;
+        }
+        Ok(Some(key.clone()))
+    }
+
+    async fn rotate_runtime_key(&self, new: &KeyRecord, retire_at: Timestamp) -> Result<Option<KeyId>, StoreError> {
+        let mut state = self.state();
+        let current = state
+            .keys
+            .values_mut()
+            .find(|k| {
+                k.kind == KeyKind::Runtime
+                    && k.application_ids == new.application_ids
+                    && k.revoked_at.is_none()
+                    && k.retire_at.is_none()
+            })
+            .map(|k| {
+                k.retire_at = Some(retire_at);
+                k.version += 1;
+                k.id
+            });
+        state.keys.insert(new.id, new.clone());
+        Ok(current)
+    }
+
+    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        self.state().sessions.insert(session.id, session.clone());
+        Ok(())
+    }
+
+    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        Ok(self.state().sessions.get(&id).cloned().map(Arc::new))
+    }
+
+    async fn revoke_session(&self, id: SessionId, now: Timestamp) -> Result<Option<SessionRecord>, StoreError> {
+        let mut state = self.state();
+        let Some(session) = state.sessions.get_mut(&id) else { return Ok(None) };
+        if session.revoked_at.is_none() {
+            session.revoked_at = Some(now);
+            session.version += 1;
+        }
+        Ok(Some(session.clone()))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
