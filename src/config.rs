@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// Backstop on cached records, in seconds: staleness never exceeds it (1..=30).
     #[arg(long, env = "KEYGATE_CACHE_TTL_SECONDS", default_value_t = 30)]
     pub cache_ttl_seconds: u64,
+    /// While the store is unreachable, records cached up to this many seconds past the TTL
+    /// are still served (0: never serve stale).
+    #[arg(long, env = "KEYGATE_SERVE_STALE_SECONDS", default_value_t = 60)]
+    pub serve_stale_seconds: u64,
     /// argon2id memory cost in KiB (OWASP minimum: 19456).
     #[arg(long, env = "KEYGATE_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
     pub argon2_memory_kib: u32,
@@ -181,6 +185,9 @@ impl ServeArgs {
         if !(1..=30).contains(&self.cache_ttl_seconds) {
             problems.push("--cache-ttl-seconds: must be between 1 and 30".to_owned());
         }
+        if self.serve_stale_seconds > 3600 {
+            problems.push("--serve-stale-seconds: must be at most 3600".to_owned());
+        }
         if self.cache_capacity == 0 {
             problems.push("--cache-capacity: must be at least 1".to_owned());
         }
@@ -233,7 +240,11 @@ impl ServeArgs {
             policy: self.policy,
             admin_token,
             log_format: self.log_format,
-            cache: CacheSettings { capacity: self.cache_capacity, ttl },
+            cache: CacheSettings {
+                capacity: self.cache_capacity,
+                ttl,
+                max_stale: Duration::from_secs(self.serve_stale_seconds),
+            },
             verified_cache: VerifiedCacheSettings { capacity: self.cache_capacity },
             argon2: Argon2Settings {
                 memory_kib: self.argon2_memory_kib,
@@ -294,6 +305,7 @@ mod tests {
             log_format: LogFormat::Pretty,
             cache_capacity: 0,
             cache_ttl_seconds: 0,
+            serve_stale_seconds: 60,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             argon2_concurrency: None,

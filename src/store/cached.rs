@@ -9,29 +9,52 @@
 //! shard holding an epoch; invalidation bumps the epoch under the shard's lock, and a load
 //! inserts only if the epoch it saw before reading the store is still current, checked
 //! under the same lock. Cache hits take no lock.
+//!
+//! When the store cannot be reached, a record loaded at most `ttl + max_stale` ago is
+//! still served (and counted): keys already in use keep working through a short outage.
+//! A record that was invalidated — changed through this replica or announced by another —
+//! is gone and never served stale. [`CachedStore::invalidate_all`], used when
+//! notifications may have been missed, keeps records only as that fallback: every one is
+//! reloaded before it is served fresh again.
 
 use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome};
 use crate::domain::{AccountId, ApplicationId, KeyId, SessionId, Timestamp};
 use moka::sync::Cache;
 use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SHARDS: usize = 64;
 
 #[derive(Debug, Clone, Copy)]
 pub struct CacheSettings {
-    /// Most key records (and, separately, applications) held.
+    /// Most key records (and, separately, applications and sessions) held.
     pub capacity: u64,
-    /// Backstop: no entry is served longer than this, whatever else fails.
+    /// Backstop: no entry is served as fresh longer than this, whatever else fails.
     pub ttl: Duration,
+    /// How much longer an entry may be served while the store is unreachable.
+    pub max_stale: Duration,
+}
+
+/// A cached value and when (and under which generation) it was loaded.
+#[derive(Clone)]
+struct Stamped<V> {
+    value: V,
+    loaded_at: Instant,
+    generation: u64,
 }
 
 /// A cache whose loads cannot resurrect what an invalidation removed.
 struct GuardedCache<K, V> {
-    entries: Cache<K, V>,
+    entries: Cache<K, Stamped<V>>,
     epochs: Box<[Mutex<u64>]>,
     hasher: std::collections::hash_map::RandomState,
+    /// Bumped by `invalidate_all`: entries of older generations are not fresh.
+    generation: AtomicU64,
+    ttl: Duration,
+    max_stale: Duration,
+    served_stale: Arc<AtomicU64>,
 }
 
 impl<K, V> GuardedCache<K, V>
@@ -39,11 +62,18 @@ where
     K: Hash + Eq + Send + Sync + Clone + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    fn new(settings: CacheSettings) -> Self {
+    fn new(settings: CacheSettings, served_stale: Arc<AtomicU64>) -> Self {
         Self {
-            entries: Cache::builder().max_capacity(settings.capacity).time_to_live(settings.ttl).build(),
+            entries: Cache::builder()
+                .max_capacity(settings.capacity)
+                .time_to_live(settings.ttl + settings.max_stale)
+                .build(),
             epochs: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
             hasher: Default::default(),
+            generation: AtomicU64::new(0),
+            ttl: settings.ttl,
+            max_stale: settings.max_stale,
+            served_stale,
         }
     }
 
@@ -61,14 +91,31 @@ where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<V, StoreError>>,
     {
-        if let Some(hit) = self.entries.get(key) {
-            return Ok(hit);
+        let generation = self.generation.load(Ordering::Acquire);
+        let cached = self.entries.get(key);
+        if let Some(entry) = &cached {
+            if entry.generation == generation && entry.loaded_at.elapsed() < self.ttl {
+                return Ok(entry.value.clone());
+            }
         }
         let seen = self.epoch(key);
-        let value = load().await?;
+        let loaded_at = Instant::now();
+        let value = match load().await {
+            Ok(value) => value,
+            Err(StoreError::Unavailable(e)) => {
+                return match cached {
+                    Some(entry) if entry.loaded_at.elapsed() < self.ttl + self.max_stale => {
+                        self.served_stale.fetch_add(1, Ordering::Relaxed);
+                        Ok(entry.value)
+                    }
+                    _ => Err(StoreError::Unavailable(e)),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         let epoch = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         if *epoch == seen {
-            self.entries.insert(key.clone(), value.clone());
+            self.entries.insert(key.clone(), Stamped { value: value.clone(), loaded_at, generation });
         }
         Ok(value)
     }
@@ -79,18 +126,17 @@ where
         self.entries.invalidate(key);
     }
 
-    fn invalidate_all(&self) {
-        // Bump every shard first so that loads under way cannot insert afterwards.
-        let mut guards: Vec<_> = self.epochs.iter().map(|m| m.lock().unwrap_or_else(|e| e.into_inner())).collect();
-        for epoch in guards.iter_mut() {
-            **epoch += 1;
-        }
-        self.entries.invalidate_all();
+    /// Distrusts every entry: each is reloaded before it is served fresh again, and kept
+    /// only as the fallback for when the store is unreachable. Loads under way insert
+    /// entries of the old generation, which are not fresh either.
+    fn distrust_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
 pub struct CachedStore {
     inner: Arc<dyn Store>,
+    served_stale: Arc<AtomicU64>,
     keys: GuardedCache<KeyId, Option<Arc<KeyRecord>>>,
     applications: GuardedCache<ApplicationId, Option<Arc<Application>>>,
     sessions: GuardedCache<SessionId, Option<Arc<SessionRecord>>>,
@@ -98,11 +144,13 @@ pub struct CachedStore {
 
 impl CachedStore {
     pub fn new(inner: Arc<dyn Store>, settings: CacheSettings) -> Self {
+        let served_stale = Arc::new(AtomicU64::new(0));
         Self {
             inner,
-            keys: GuardedCache::new(settings),
-            applications: GuardedCache::new(settings),
-            sessions: GuardedCache::new(settings),
+            keys: GuardedCache::new(settings, served_stale.clone()),
+            applications: GuardedCache::new(settings, served_stale.clone()),
+            sessions: GuardedCache::new(settings, served_stale.clone()),
+            served_stale,
         }
     }
 
@@ -118,11 +166,17 @@ impl CachedStore {
         self.sessions.invalidate(&id);
     }
 
-    /// Drops everything, for when invalidations may have been missed.
+    /// For when invalidations may have been missed: nothing cached is served as fresh
+    /// again before it is reloaded (but it may still bridge a store outage).
     pub fn invalidate_all(&self) {
-        self.keys.invalidate_all();
-        self.applications.invalidate_all();
-        self.sessions.invalidate_all();
+        self.keys.distrust_all();
+        self.applications.distrust_all();
+        self.sessions.distrust_all();
+    }
+
+    /// How many reads were answered from the cache because the store was unreachable.
+    pub fn served_stale(&self) -> u64 {
+        self.served_stale.load(Ordering::Relaxed)
     }
 
     pub fn cached_keys(&self) -> u64 {

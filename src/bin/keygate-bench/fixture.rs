@@ -56,6 +56,8 @@ where
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            // Named, so a profile can tell the server's time from the load's.
+            .thread_name("server")
             .enable_all()
             .build()
             .expect("a runtime for the server");

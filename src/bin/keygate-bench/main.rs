@@ -48,7 +48,8 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     // The load runs here; servers get a runtime of their own (see fixture.rs).
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("load").enable_all().build()?;
     runtime.block_on(async {
         match Cli::parse().command {
             Command::Propagation { database_url, revocations, json } => {

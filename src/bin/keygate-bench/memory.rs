@@ -44,7 +44,7 @@ pub async fn run(keys: usize) -> anyhow::Result<()> {
             })
             .await?;
     }
-    let settings = CacheSettings { capacity: keys as u64 * 2, ttl: Duration::from_secs(30) };
+    let settings = CacheSettings { capacity: keys as u64 * 2, ttl: Duration::from_secs(30), max_stale: Duration::ZERO };
     let cache = CachedStore::new(store, settings);
     let verified: moka::future::Cache<[u8; 32], ()> = moka::future::Cache::builder().max_capacity(keys as u64 * 2).build();
 
