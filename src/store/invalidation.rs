@@ -3,7 +3,7 @@
 //! A trigger notifies on every change to a key or an application, inside the writing
 //! transaction (see the Postgres migrations). Each replica runs one listener task that
 //! invalidates what a notification names. Notifications are lost while the listener's
-//! connection is down, so each (re)connection flushes the whole cache *after* `LISTEN` is
+//! connection is down, so each (re)connection distrusts the whole cache *after* `LISTEN` is
 //! active: nothing changed during the gap can survive it. The cache TTL bounds staleness
 //! if everything else fails.
 
@@ -65,16 +65,16 @@ async fn listen_forever(database_url: String, cache: Arc<CachedStore>, status: A
                 status.backend_pid.store(pid, Ordering::SeqCst);
                 status.connected.store(true, Ordering::SeqCst);
                 let connections = status.connections.fetch_add(1, Ordering::SeqCst) + 1;
-                // Whatever changed while nobody listened is unknown: forget everything.
+                // Whatever changed while nobody listened is unknown: reload everything.
                 cache.invalidate_all();
                 if connections > 1 {
-                    tracing::info!(backend_pid = pid, "invalidation listener reconnected; caches flushed");
+                    tracing::info!(backend_pid = pid, "invalidation listener reconnected; every cached record will be reloaded");
                 }
                 let reason = receive(&mut listener, &cache, &status).await;
                 status.connected.store(false, Ordering::SeqCst);
                 status.backend_pid.store(0, Ordering::SeqCst);
                 tracing::warn!(%reason, "invalidation listener lost its connection; reconnecting");
-                // Flush now too, so the gap serves as little as possible from before it.
+                // Distrust now too, so the gap serves nothing fresh from before it.
                 cache.invalidate_all();
             }
             Err(e) => {
@@ -88,7 +88,7 @@ async fn listen_forever(database_url: String, cache: Arc<CachedStore>, status: A
 
 async fn connect(database_url: &str) -> Result<(PgListener, i32), sqlx::Error> {
     let mut listener = PgListener::connect(database_url).await?;
-    // We reconnect ourselves, so that the flush comes after LISTEN is active again.
+    // We reconnect ourselves, so that distrusting the cache comes after LISTEN is active again.
     listener.eager_reconnect(false);
     let (schema, pid): (String, i32) =
         sqlx::query_as("SELECT current_schema()::TEXT, pg_backend_pid()").fetch_one(&mut listener).await?;
@@ -128,7 +128,7 @@ fn apply(notification: &PgNotification, cache: &CachedStore, status: &ListenerSt
         }
         // Something we do not understand may still be a change: be safe.
         _ => {
-            tracing::warn!(payload = notification.payload(), "unknown change notification; flushing caches");
+            tracing::warn!(payload = notification.payload(), "unknown change notification; reloading every cached record");
             cache.invalidate_all();
         }
     }
