@@ -86,7 +86,10 @@ fn hot_path(c: &mut Criterion) {
         created_at: Timestamp::from_millis(0),
     };
     runtime.block_on(memory.create_application(&application)).expect("stored");
-    let cache = Arc::new(CachedStore::new(memory, CacheSettings { capacity: 10_000, ttl: Duration::from_secs(30), max_stale: Duration::ZERO }));
+    let cache = Arc::new(CachedStore::new(
+        memory,
+        CacheSettings { capacity: 10_000, ttl: Duration::from_secs(30), max_stale: Duration::ZERO },
+    ));
 
     c.bench_function("cache hit (key record)", |b| {
         let id = credential.key_id();

@@ -24,8 +24,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::Server;
+
+/// Largest Authorize request: a credential, a path of at most 4 KiB, some scopes.
+pub const MAX_AUTHORIZE_MESSAGE: usize = 64 * 1024;
+/// Largest Envoy Check request: headers can be large, bodies are not sent.
+pub const MAX_CHECK_MESSAGE: usize = 256 * 1024;
+pub const MAX_ADMIN_MESSAGE: usize = 1024 * 1024;
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// Parts of a running server that tests and operators may look at.
 #[derive(Clone)]
@@ -110,14 +118,27 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
 
+        // Bounds on what one caller can make keygate hold: message sizes per service (a
+        // larger message is refused with OUT_OF_RANGE before it is decoded), streams per
+        // connection, and keepalives that find dead peers.
         let router = Server::builder()
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(AuthorizerServer::new(AuthorizerService::new(authorizer.clone())))
-            .add_service(AuthorizationServer::new(CheckService::new(authorizer, settings.ext_authz.clone())))
-            .add_service(AdminServer::with_interceptor(AdminService::new(manager), move |request| {
-                admin_tokens.check(request)
-            }));
+            .add_service(
+                AuthorizerServer::new(AuthorizerService::new(authorizer.clone()))
+                    .max_decoding_message_size(MAX_AUTHORIZE_MESSAGE),
+            )
+            .add_service(
+                AuthorizationServer::new(CheckService::new(authorizer, settings.ext_authz.clone()))
+                    .max_decoding_message_size(MAX_CHECK_MESSAGE),
+            )
+            .add_service(InterceptedService::new(
+                AdminServer::new(AdminService::new(manager)).max_decoding_message_size(MAX_ADMIN_MESSAGE),
+                move |request| admin_tokens.check(request),
+            ));
 
         let listener = TcpListener::bind(settings.listen)
             .await

@@ -83,7 +83,8 @@ impl Decision {
 pub enum ClientError {
     #[error("invalid keygate address: {0}")]
     Address(String),
-    /// keygate could not decide: unreachable, timed out, or it reported a failure.
+    /// keygate could not decide: unreachable, timed out, a call cut off by a restart, or a
+    /// failure it reported. Safe to retry: a deny is never an error.
     #[error("keygate is unavailable: {0}")]
     Unavailable(String),
     /// keygate says the request itself is malformed (e.g. a path not starting with '/').

@@ -99,7 +99,11 @@ pub struct BruteForceSettings {
 
 impl Default for BruteForceSettings {
     fn default() -> Self {
-        Self { negative_ttl: Duration::from_secs(60), max_failures_per_key: 20, failure_window: Duration::from_secs(60) }
+        Self {
+            negative_ttl: Duration::from_secs(60),
+            max_failures_per_key: 20,
+            failure_window: Duration::from_secs(60),
+        }
     }
 }
 
@@ -333,7 +337,12 @@ impl Authorizer {
         Box::pin(self.verify_miss(credential, key, digest)).await
     }
 
-    async fn verify_miss(&self, credential: &Credential<'_>, key: &KeyRecord, digest: [u8; 32]) -> Result<bool, AuthzError> {
+    async fn verify_miss(
+        &self,
+        credential: &Credential<'_>,
+        key: &KeyRecord,
+        digest: [u8; 32],
+    ) -> Result<bool, AuthzError> {
         let failures = self.failures.get(&key.id);
         if failures.as_ref().is_some_and(|f| f.load(Ordering::Relaxed) >= self.brute_force.max_failures_per_key) {
             tracing::debug!(key_id = %key.id, "too many failed verifications for this key id; refusing without argon2");

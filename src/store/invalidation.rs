@@ -68,7 +68,10 @@ async fn listen_forever(database_url: String, cache: Arc<CachedStore>, status: A
                 // Whatever changed while nobody listened is unknown: reload everything.
                 cache.invalidate_all();
                 if connections > 1 {
-                    tracing::info!(backend_pid = pid, "invalidation listener reconnected; every cached record will be reloaded");
+                    tracing::info!(
+                        backend_pid = pid,
+                        "invalidation listener reconnected; every cached record will be reloaded"
+                    );
                 }
                 let reason = receive(&mut listener, &cache, &status).await;
                 status.connected.store(false, Ordering::SeqCst);
@@ -128,7 +131,10 @@ fn apply(notification: &PgNotification, cache: &CachedStore, status: &ListenerSt
         }
         // Something we do not understand may still be a change: be safe.
         _ => {
-            tracing::warn!(payload = notification.payload(), "unknown change notification; reloading every cached record");
+            tracing::warn!(
+                payload = notification.payload(),
+                "unknown change notification; reloading every cached record"
+            );
             cache.invalidate_all();
         }
     }

@@ -30,7 +30,8 @@ impl MemoryStore {
 
 fn page<T: Clone>(items: impl Iterator<Item = (String, T)>, page: &PageRequest) -> Page<T> {
     let after = page.after.as_deref().unwrap_or("");
-    let mut items: Vec<(String, T)> = items.filter(|(id, _)| id.as_str() > after).take(page.limit as usize + 1).collect();
+    let mut items: Vec<(String, T)> =
+        items.filter(|(id, _)| id.as_str() > after).take(page.limit as usize + 1).collect();
     let next_after = if items.len() > page.limit as usize {
         items.truncate(page.limit as usize);
         items.last().map(|(id, _)| id.clone())
@@ -51,9 +52,14 @@ impl Store for MemoryStore {
         Ok(self.state().applications.get(id).cloned().map(Arc::new))
     }
 
-    async fn list_applications(&self, account: &AccountId, request: &PageRequest) -> Result<Page<Application>, StoreError> {
+    async fn list_applications(
+        &self,
+        account: &AccountId,
+        request: &PageRequest,
+    ) -> Result<Page<Application>, StoreError> {
         let state = self.state();
-        let mine = state.applications.values().filter(|a| a.account_id == *account).map(|a| (a.id.to_string(), a.clone()));
+        let mine =
+            state.applications.values().filter(|a| a.account_id == *account).map(|a| (a.id.to_string(), a.clone()));
         Ok(page(mine, request))
     }
 

@@ -4,6 +4,7 @@ mod admin;
 mod authorize;
 mod edge;
 mod ext_authz;
+mod faults;
 mod helpers;
 mod limits;
 mod relay;

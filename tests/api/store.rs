@@ -222,8 +222,10 @@ async fn a_load_racing_a_revoke_does_not_cache_the_stale_record(db: Db) {
     let (entered_tx, mut entered) = tokio::sync::mpsc::channel(1);
     let (release, release_rx) = tokio::sync::mpsc::channel(1);
     let gated = Gated { inner: sql, entered: entered_tx, release: tokio::sync::Mutex::new(release_rx) };
-    let cache =
-        Arc::new(CachedStore::new(Arc::new(gated), CacheSettings { capacity: 100, ttl: Duration::from_secs(30), max_stale: Duration::ZERO }));
+    let cache = Arc::new(CachedStore::new(
+        Arc::new(gated),
+        CacheSettings { capacity: 100, ttl: Duration::from_secs(30), max_stale: Duration::ZERO },
+    ));
 
     // A read loads the live record and is held before it can cache it...
     let reader = tokio::spawn({

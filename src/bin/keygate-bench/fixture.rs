@@ -46,7 +46,10 @@ impl Server {
 /// Runs `serve` on a fresh two-worker runtime in its own thread.
 fn spawn_on_own_runtime<F, Fut>(serve: F) -> anyhow::Result<Server>
 where
-    F: FnOnce(tokio::sync::oneshot::Receiver<()>, std::sync::mpsc::Sender<anyhow::Result<(String, Option<Handles>)>>) -> Fut
+    F: FnOnce(
+            tokio::sync::oneshot::Receiver<()>,
+            std::sync::mpsc::Sender<anyhow::Result<(String, Option<Handles>)>>,
+        ) -> Fut
         + Send
         + 'static,
     Fut: std::future::Future<Output = ()>,
@@ -68,7 +71,10 @@ where
 }
 
 /// keygate over a SQLite file in `dir`, with the benchmark's policy.
-pub fn keygate(dir: &std::path::Path, customize: impl FnOnce(&mut Settings) + Send + 'static) -> anyhow::Result<Server> {
+pub fn keygate(
+    dir: &std::path::Path,
+    customize: impl FnOnce(&mut Settings) + Send + 'static,
+) -> anyhow::Result<Server> {
     let url = format!("sqlite://{}", dir.join("bench.db").display());
     let policy = dir.join("policy.toml");
     std::fs::write(&policy, POLICY)?;

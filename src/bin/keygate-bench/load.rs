@@ -267,7 +267,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let storm: Vec<_> = (0..8)
         .map(|i| {
             let mut client = AuthorizerClient::new(load.channels[i % load.channels.len()].clone());
-            let (secrets, path, storming, calls) = (secrets.clone(), path.clone(), storming.clone(), storm_calls.clone());
+            let (secrets, path, storming, calls) =
+                (secrets.clone(), path.clone(), storming.clone(), storm_calls.clone());
             tokio::spawn(async move {
                 let mut rng = Rng::new(1_000 + i as u64);
                 while storming.load(Ordering::Relaxed) {
@@ -308,7 +309,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             while revoking.load(Ordering::Relaxed) && revoked < secrets.len() {
                 tick.tick().await;
                 let id = Credential::parse(&secrets[secrets.len() - 1 - revoked]).expect("generated").key_id();
-                let _ = admin.revoke_api_key(pb::RevokeApiKeyRequest { id: id.to_string(), reason: "bench".into() }).await;
+                let _ =
+                    admin.revoke_api_key(pb::RevokeApiKeyRequest { id: id.to_string(), reason: "bench".into() }).await;
                 revoked += 1;
             }
             revoked

@@ -46,7 +46,8 @@ pub async fn run(keys: usize) -> anyhow::Result<()> {
     }
     let settings = CacheSettings { capacity: keys as u64 * 2, ttl: Duration::from_secs(30), max_stale: Duration::ZERO };
     let cache = CachedStore::new(store, settings);
-    let verified: moka::future::Cache<[u8; 32], ()> = moka::future::Cache::builder().max_capacity(keys as u64 * 2).build();
+    let verified: moka::future::Cache<[u8; 32], ()> =
+        moka::future::Cache::builder().max_capacity(keys as u64 * 2).build();
 
     let before = resident_bytes();
     for &id in &ids {
