@@ -118,7 +118,9 @@ pub fn latency_plot(floor: &[Run], keygate: &[Run]) -> String {
             y(us)
         );
     }
-    let series: [(&str, &[Run], fn(&Run) -> f64, &str, &str); 4] = [
+    /// A line of the plot: name, runs, the value plotted, colour, dash pattern.
+    type Series<'a> = (&'a str, &'a [Run], fn(&Run) -> f64, &'a str, &'a str);
+    let series: [Series<'_>; 4] = [
         ("floor p50", floor, |r| r.p50_us, "#1f77b4", ""),
         ("floor p99", floor, |r| r.p99_us, "#1f77b4", "6 4"),
         ("keygate p50", keygate, |r| r.p50_us, "#d62728", ""),
