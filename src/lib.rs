@@ -22,6 +22,8 @@ pub mod domain;
 pub mod grpc;
 pub mod manage;
 pub mod policy;
+#[cfg(test)]
+mod properties;
 pub mod ratelimit;
 pub mod startup;
 pub mod store;
