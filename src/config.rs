@@ -94,6 +94,9 @@ pub struct ServeArgs {
     /// argon2 for the rest of the minute.
     #[arg(long, env = "KEYGATE_MAX_FAILURES_PER_KEY", default_value_t = 20)]
     pub max_failures_per_key: u32,
+    /// The same per client IP (Authorize's client_ip, Check's source address).
+    #[arg(long, env = "KEYGATE_MAX_FAILURES_PER_IP", default_value_t = 100)]
+    pub max_failures_per_ip: u32,
     /// The longest session CreateSession may ask for.
     #[arg(long, env = "KEYGATE_SESSION_MAX_TTL_SECONDS", default_value_t = 2_592_000)]
     pub session_max_ttl_seconds: u64,
@@ -263,6 +266,7 @@ impl ServeArgs {
             ext_authz: ExtAuthzSettings { credential_headers, strip_credential: self.ext_authz_strip_credential },
             brute_force: BruteForceSettings {
                 max_failures_per_key: self.max_failures_per_key.max(1),
+                max_failures_per_ip: self.max_failures_per_ip.max(1),
                 ..BruteForceSettings::default()
             },
         })
@@ -318,6 +322,7 @@ mod tests {
             ext_authz_credential_headers: vec!["authorization".into()],
             ext_authz_strip_credential: false,
             max_failures_per_key: 20,
+            max_failures_per_ip: 100,
         };
         let err = bad.into_settings().unwrap_err();
         assert_eq!(err.0.len(), 6, "{err}");

@@ -94,6 +94,8 @@ pub struct BruteForceSettings {
     /// Failed verifications allowed per key id per window; past it, that key id is
     /// refused without argon2 until the window (counted from the first failure) ends.
     pub max_failures_per_key: u32,
+    /// The same per client IP (when the request names one), across key ids.
+    pub max_failures_per_ip: u32,
     pub failure_window: Duration,
 }
 
@@ -102,6 +104,7 @@ impl Default for BruteForceSettings {
         Self {
             negative_ttl: Duration::from_secs(60),
             max_failures_per_key: 20,
+            max_failures_per_ip: 100,
             failure_window: Duration::from_secs(60),
         }
     }
@@ -129,6 +132,8 @@ pub struct Authorizer {
     rejected: moka::sync::Cache<[u8; 32], ()>,
     /// Failed verifications per key id, in a window that starts at the first failure.
     failures: moka::sync::Cache<KeyId, Arc<AtomicU32>>,
+    /// The same per client IP.
+    failures_by_ip: moka::sync::Cache<Box<str>, Arc<AtomicU32>>,
     brute_force: BruteForceSettings,
     clock: Arc<dyn Clock>,
 }
@@ -155,6 +160,10 @@ impl Authorizer {
                 .time_to_live(brute_force.negative_ttl)
                 .build(),
             failures: moka::sync::Cache::builder()
+                .max_capacity(settings.capacity)
+                .time_to_live(brute_force.failure_window)
+                .build(),
+            failures_by_ip: moka::sync::Cache::builder()
                 .max_capacity(settings.capacity)
                 .time_to_live(brute_force.failure_window)
                 .build(),
@@ -190,7 +199,7 @@ impl Authorizer {
 
         // 2-4. Who is calling, unless the route is public.
         if let Access::Credentials(accepts) = route.access {
-            let principal = match self.authenticate(query.credential, accepts).await? {
+            let principal = match self.authenticate(query.credential, accepts, query.client_ip).await? {
                 Ok(principal) => principal,
                 Err(deny) => return Ok(verdict.deny(deny)),
             };
@@ -264,7 +273,12 @@ impl Authorizer {
     }
 
     /// Steps 2-4: a credential the route accepts, well-formed, known and verified.
-    async fn authenticate(&self, raw: &str, accepts: Accepts) -> Result<Result<Principal, Deny>, AuthzError> {
+    async fn authenticate(
+        &self,
+        raw: &str,
+        accepts: Accepts,
+        client_ip: Option<&str>,
+    ) -> Result<Result<Principal, Deny>, AuthzError> {
         // What a missing or unusable credential is called depends on what the route wants.
         let missing = if accepts.any_key() { Code::ApiKeyInvalid } else { Code::Unauth };
         if raw.is_empty() {
@@ -311,7 +325,7 @@ impl Authorizer {
                 let expected = if kind == CredentialKind::RuntimeKey { KeyKind::Runtime } else { KeyKind::ApiKey };
                 // A record of the other kind is as unknown as no record at all.
                 let key = self.store.key(credential.key_id()).await?.filter(|k| k.kind == expected);
-                if !self.verify(&credential, key.as_deref()).await? {
+                if !self.verify(&credential, key.as_deref(), client_ip).await? {
                     return Ok(Err(Deny::new(Code::ApiKeyInvalid, "unknown API key or wrong secret")));
                 }
                 Ok(Ok(Principal::Key(key.expect("a verified credential has a key record"))))
@@ -321,9 +335,19 @@ impl Authorizer {
 
     /// Is this the key's secret? A cache hit costs a SHA-256; a miss costs one argon2
     /// verification, shared by every concurrent caller presenting the same credential.
-    async fn verify(&self, credential: &Credential<'_>, key: Option<&KeyRecord>) -> Result<bool, AuthzError> {
+    async fn verify(
+        &self,
+        credential: &Credential<'_>,
+        key: Option<&KeyRecord>,
+        client_ip: Option<&str>,
+    ) -> Result<bool, AuthzError> {
         let Some(key) = key else {
-            self.verifier.verify(credential.secret(), None).await?;
+            // An unknown key id costs the decoy verification a wrong secret would, unless
+            // this client has failed too often already; it counts as a failure either way.
+            if !self.client_over_limit(client_ip) {
+                self.verifier.verify(credential.secret(), None).await?;
+            }
+            self.count_client_failure(client_ip);
             return Ok(false);
         };
         let digest: [u8; 32] = Sha256::digest(credential.as_str().as_bytes()).into();
@@ -334,7 +358,23 @@ impl Authorizer {
             return Ok(false);
         }
         // The rest runs argon2 (or refuses to): boxed, so the hit path's future stays small.
-        Box::pin(self.verify_miss(credential, key, digest)).await
+        Box::pin(self.verify_miss(credential, key, digest, client_ip)).await
+    }
+
+    fn client_over_limit(&self, client_ip: Option<&str>) -> bool {
+        let over = client_ip
+            .and_then(|ip| self.failures_by_ip.get(ip))
+            .is_some_and(|count| count.load(Ordering::Relaxed) >= self.brute_force.max_failures_per_ip);
+        if over {
+            tracing::debug!(client_ip, "too many failed verifications from this client; refusing without argon2");
+        }
+        over
+    }
+
+    fn count_client_failure(&self, client_ip: Option<&str>) {
+        if let Some(ip) = client_ip {
+            self.failures_by_ip.get_with(ip.into(), Default::default).fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     async fn verify_miss(
@@ -342,10 +382,15 @@ impl Authorizer {
         credential: &Credential<'_>,
         key: &KeyRecord,
         digest: [u8; 32],
+        client_ip: Option<&str>,
     ) -> Result<bool, AuthzError> {
-        let failures = self.failures.get(&key.id);
-        if failures.as_ref().is_some_and(|f| f.load(Ordering::Relaxed) >= self.brute_force.max_failures_per_key) {
+        let over =
+            |count: Option<Arc<AtomicU32>>, limit: u32| count.is_some_and(|c| c.load(Ordering::Relaxed) >= limit);
+        if over(self.failures.get(&key.id), self.brute_force.max_failures_per_key) {
             tracing::debug!(key_id = %key.id, "too many failed verifications for this key id; refusing without argon2");
+            return Ok(false);
+        }
+        if self.client_over_limit(client_ip) {
             return Ok(false);
         }
         let checked = self
@@ -362,6 +407,7 @@ impl Authorizer {
             if matches!(**e, NotVerified::Mismatch) {
                 self.rejected.insert(digest, ());
                 self.failures.get_with(key.id, Default::default).fetch_add(1, Ordering::Relaxed);
+                self.count_client_failure(client_ip);
             }
         }
         match checked {

@@ -388,3 +388,31 @@ async fn wrong_secrets_cost_bounded_argon2_and_never_lock_out_a_verified_secret(
     // The real secret, verified before, keeps working throughout.
     assert!(app.authorize(&secret, "GET", APPS).await.allowed);
 }
+
+#[tokio::test]
+async fn one_client_ip_guessing_across_many_keys_is_bounded_too() {
+    let db = crate::helpers::TestDb::new(Db::Sqlite).await.unwrap();
+    let mut app = TestApp::spawn_on(db, |s| s.brute_force.max_failures_per_ip = 2).await;
+    let mut keys = Vec::new();
+    for _ in 0..4 {
+        keys.push(app.create_key("acct_ip", &["*"], &[]).await.1);
+    }
+    let from = |credential: &str, ip: &str| pb::AuthorizeRequest {
+        credential: credential.into(),
+        method: "GET".into(),
+        path: APPS.into(),
+        client_ip: ip.into(),
+        ..Default::default()
+    };
+    let before = app.verifications();
+    for key in &keys {
+        let r = app.authorize_with(from(&forge_with_key_id(key), "198.51.100.9")).await;
+        assert_eq!(r.code, "api_key_invalid");
+    }
+    assert_eq!(app.verifications(), before + 2, "two failures from that IP, then no more argon2");
+    let unknown = keygate::domain::GeneratedKey::generate().unwrap().into_secret_string();
+    assert_eq!(app.authorize_with(from(&unknown, "198.51.100.9")).await.code, "api_key_invalid");
+    assert_eq!(app.verifications(), before + 2, "unknown key ids from that IP cost nothing more either");
+    // Another client is unaffected, and so is a correct secret from elsewhere.
+    assert!(app.authorize_with(from(&keys[3], "198.51.100.10")).await.allowed);
+}
