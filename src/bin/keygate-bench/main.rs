@@ -5,6 +5,7 @@
 //!   Authorize's size), both loaded the same way in the same run; every figure is also
 //!   reported as a ratio to the floor.
 //! - `memory`: bytes per cached hot key with a million keys cached.
+//! - `soak`: minutes of load with key churn and garbage, every decision checked.
 //!
 //! Servers run on a runtime of their own (two workers) and the load on another, so the
 //! client and the server compete for the machine the same way for keygate and the floor.
@@ -14,6 +15,7 @@ mod load;
 mod memory;
 mod propagation;
 mod report;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +46,13 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         keys: usize,
     },
+    /// Minutes of load with key churn and garbage, every decision checked.
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        #[arg(long, default_value_t = 32)]
+        callers: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Load(args) => load::run(args).await,
             Command::Memory { keys } => memory::run(keys).await,
+            Command::Soak { minutes, callers } => soak::run(minutes, callers).await,
         }
     })
 }
