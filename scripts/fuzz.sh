@@ -2,7 +2,7 @@
 # Fuzzes the parsers for a set time per target, by running their property tests
 # (src/properties.rs) over and over with many cases and fresh random seeds: arbitrary
 # strings and near-misses of valid inputs, on the stable toolchain, without coverage
-# guidance (cargo-fuzz targets for the same parsers are in fuzz/, where present).
+# guidance. For coverage-guided fuzzing of the same parsers see scripts/cargo-fuzz.sh.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]      (default 60; CASES_PER_RUN, default 20000)
 set -euo pipefail

@@ -16,7 +16,12 @@ use std::time::Duration;
 const APPS: &str = "/api/v1/panel/applications";
 
 fn ask(credential: &str) -> pb::AuthorizeRequest {
-    pb::AuthorizeRequest { credential: credential.into(), method: "GET".into(), path: APPS.into(), ..Default::default() }
+    pb::AuthorizeRequest {
+        credential: credential.into(),
+        method: "GET".into(),
+        path: APPS.into(),
+        ..Default::default()
+    }
 }
 
 fn restart_postgres() {
@@ -57,7 +62,11 @@ async fn after_a_postgres_restart_under_load_errors_return_to_zero() {
                 while running.load(Ordering::Relaxed) {
                     match client.authorize(ask(&hot)).await {
                         Ok(r) => {
-                            assert!(r.get_ref().allowed || r.get_ref().code == "rate_limit_reached", "{:?}", r.get_ref());
+                            assert!(
+                                r.get_ref().allowed || r.get_ref().code == "rate_limit_reached",
+                                "{:?}",
+                                r.get_ref()
+                            );
                             decided.fetch_add(1, Ordering::Relaxed)
                         }
                         Err(_) => failed.fetch_add(1, Ordering::Relaxed),
