@@ -65,6 +65,7 @@ fn record(id: keygate::domain::KeyId, hash: keygate::domain::SecretHash) -> KeyR
         expires_at: None,
         revoked_at: None,
         retire_at: None,
+        verified: Default::default(),
         revoked_reason: None,
         version: 1,
     }

@@ -132,6 +132,7 @@ impl Manager {
             expires_at: new.expires_at,
             revoked_at: None,
             retire_at: None,
+            verified: Default::default(),
             revoked_reason: None,
             version: 1,
         };
@@ -212,6 +213,7 @@ impl Manager {
             expires_at: None,
             revoked_at: None,
             retire_at: None,
+            verified: Default::default(),
             revoked_reason: None,
             version: 1,
         };

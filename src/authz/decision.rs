@@ -132,6 +132,7 @@ mod tests {
             expires_at: None,
             revoked_at: None,
             retire_at: None,
+            verified: Default::default(),
             revoked_reason: None,
             version: 1,
         }

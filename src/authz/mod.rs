@@ -124,10 +124,11 @@ pub struct Authorizer {
     store: Arc<dyn Store>,
     verifier: Arc<Verifier>,
     limiter: Arc<Limiter>,
-    /// SHA-256 digests of key credentials whose secret argon2 has accepted. Keyed by a
-    /// digest of the whole credential, never the credential itself. A key's hash never
-    /// changes, so an entry stays true; revocation and expiry are read from the record.
-    verified: moka::future::Cache<[u8; 32], ()>,
+    /// Verifications in flight and just finished, by SHA-256 digest of the whole credential
+    /// (never the credential): concurrent misses for one credential share one argon2 run.
+    /// What was verified is then remembered on the cached record itself
+    /// ([`KeyRecord::verified`]), so a hot key costs one cache entry, not two.
+    verifying: moka::future::Cache<[u8; 32], ()>,
     /// Digests of credentials argon2 rejected: a repeated wrong secret costs a lookup.
     rejected: moka::sync::Cache<[u8; 32], ()>,
     /// Failed verifications per key id, in a window that starts at the first failure.
@@ -153,8 +154,10 @@ impl Authorizer {
             store,
             verifier,
             limiter,
-            // No TTL: whether a secret matches its hash never changes, and the capacity bounds memory.
-            verified: moka::future::Cache::builder().max_capacity(settings.capacity).build(),
+            verifying: moka::future::Cache::builder()
+                .max_capacity(settings.capacity)
+                .time_to_live(Duration::from_secs(10))
+                .build(),
             rejected: moka::sync::Cache::builder()
                 .max_capacity(settings.capacity)
                 .time_to_live(brute_force.negative_ttl)
@@ -351,7 +354,7 @@ impl Authorizer {
             return Ok(false);
         };
         let digest: [u8; 32] = Sha256::digest(credential.as_str().as_bytes()).into();
-        if self.verified.get(&digest).await.is_some() {
+        if key.verified.matches(&digest) {
             return Ok(true);
         }
         if self.rejected.contains_key(&digest) {
@@ -394,7 +397,7 @@ impl Authorizer {
             return Ok(false);
         }
         let checked = self
-            .verified
+            .verifying
             .try_get_with(digest, async {
                 match self.verifier.verify(credential.secret(), Some(&key.secret_hash)).await {
                     Ok(true) => Ok(()),
@@ -411,7 +414,10 @@ impl Authorizer {
             }
         }
         match checked {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                key.verified.remember(&digest);
+                Ok(true)
+            }
             Err(e) => match Arc::try_unwrap(e) {
                 Ok(NotVerified::Mismatch) => Ok(false),
                 Ok(NotVerified::Failed(e)) => Err(e.into()),

@@ -55,6 +55,8 @@ struct GuardedCache<K, V> {
     ttl: Duration,
     max_stale: Duration,
     served_stale: Arc<AtomicU64>,
+    /// What a reloaded value keeps of the one it replaces.
+    carry_over: fn(previous: &V, current: &V),
 }
 
 impl<K, V> GuardedCache<K, V>
@@ -62,11 +64,13 @@ where
     K: Hash + Eq + Send + Sync + Clone + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    fn new(settings: CacheSettings, served_stale: Arc<AtomicU64>) -> Self {
+    fn new(settings: CacheSettings, served_stale: Arc<AtomicU64>, carry_over: fn(&V, &V)) -> Self {
         Self {
+            // Entries outlive their freshness: as the fallback through a store outage, and
+            // so that a periodic reload finds the entry it replaces.
             entries: Cache::builder()
                 .max_capacity(settings.capacity)
-                .time_to_live(settings.ttl + settings.max_stale)
+                .time_to_live(settings.ttl * 2 + settings.max_stale)
                 .build(),
             epochs: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
             hasher: Default::default(),
@@ -74,6 +78,7 @@ where
             ttl: settings.ttl,
             max_stale: settings.max_stale,
             served_stale,
+            carry_over,
         }
     }
 
@@ -113,6 +118,9 @@ where
             }
             Err(e) => return Err(e),
         };
+        if let Some(previous) = &cached {
+            (self.carry_over)(&previous.value, &value);
+        }
         let epoch = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         if *epoch == seen {
             self.entries.insert(key.clone(), Stamped { value: value.clone(), loaded_at, generation });
@@ -134,6 +142,14 @@ where
     }
 }
 
+/// A reloaded key record keeps the verified credential of the record it replaces (same
+/// hash), so the periodic reload costs no argon2.
+fn keep_verified(previous: &Option<Arc<KeyRecord>>, current: &Option<Arc<KeyRecord>>) {
+    if let (Some(previous), Some(current)) = (previous, current) {
+        current.verified.carry_over(previous, current);
+    }
+}
+
 pub struct CachedStore {
     inner: Arc<dyn Store>,
     served_stale: Arc<AtomicU64>,
@@ -147,9 +163,9 @@ impl CachedStore {
         let served_stale = Arc::new(AtomicU64::new(0));
         Self {
             inner,
-            keys: GuardedCache::new(settings, served_stale.clone()),
-            applications: GuardedCache::new(settings, served_stale.clone()),
-            sessions: GuardedCache::new(settings, served_stale.clone()),
+            keys: GuardedCache::new(settings, served_stale.clone(), keep_verified),
+            applications: GuardedCache::new(settings, served_stale.clone(), |_, _| {}),
+            sessions: GuardedCache::new(settings, served_stale.clone(), |_, _| {}),
             served_stale,
         }
     }

@@ -57,6 +57,82 @@ pub struct KeyRecord {
     pub revoked_reason: Option<String>,
     /// Bumped by every change; lets caches and replicas tell old from new.
     pub version: i64,
+    /// Not stored: which credential argon2 has accepted for this record, so a cached
+    /// record answers "is this the secret?" without a second cache entry per hot key.
+    pub verified: VerifiedMemo,
+}
+
+/// The SHA-256 digest of the one credential verified against a record's hash. A key has a
+/// single secret, so every write stores the same value and a reader can never see a mix
+/// of two digests; a reader racing the first write sees "not verified" and verifies.
+#[derive(Default)]
+pub struct VerifiedMemo {
+    set: std::sync::atomic::AtomicBool,
+    digest: [std::sync::atomic::AtomicU64; 4],
+}
+
+impl VerifiedMemo {
+    pub fn matches(&self, digest: &[u8; 32]) -> bool {
+        use std::sync::atomic::Ordering::Acquire;
+        self.set.load(Acquire)
+            && self.digest.iter().enumerate().all(|(i, word)| {
+                word.load(Acquire) == u64::from_le_bytes(digest[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+            })
+    }
+
+    pub fn remember(&self, digest: &[u8; 32]) {
+        use std::sync::atomic::Ordering::Release;
+        for (i, word) in self.digest.iter().enumerate() {
+            word.store(u64::from_le_bytes(digest[i * 8..i * 8 + 8].try_into().expect("8 bytes")), Release);
+        }
+        self.set.store(true, Release);
+    }
+
+    fn digest(&self) -> Option<[u8; 32]> {
+        use std::sync::atomic::Ordering::Acquire;
+        if !self.set.load(Acquire) {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, word) in self.digest.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&word.load(Acquire).to_le_bytes());
+        }
+        Some(out)
+    }
+
+    /// Keeps what `previous` knew, when it was about the same secret hash.
+    pub fn carry_over(&self, previous: &KeyRecord, current: &KeyRecord) {
+        if previous.secret_hash == current.secret_hash {
+            if let Some(digest) = previous.verified.digest() {
+                self.remember(&digest);
+            }
+        }
+    }
+}
+
+impl Clone for VerifiedMemo {
+    fn clone(&self) -> Self {
+        let memo = Self::default();
+        if let Some(digest) = self.digest() {
+            memo.remember(&digest);
+        }
+        memo
+    }
+}
+
+/// A memo is not data: records compare equal whatever their memos hold.
+impl PartialEq for VerifiedMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for VerifiedMemo {}
+
+impl std::fmt::Debug for VerifiedMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.set.load(std::sync::atomic::Ordering::Relaxed) { "verified" } else { "unverified" })
+    }
 }
 
 impl KeyRecord {

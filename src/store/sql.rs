@@ -152,6 +152,7 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         expires_at: optional_time("expires_at")?,
         revoked_at: optional_time("revoked_at")?,
         retire_at: optional_time("retire_at")?,
+        verified: Default::default(),
         revoked_reason: row.try_get("revoked_reason")?,
         version: row.try_get("version")?,
     })

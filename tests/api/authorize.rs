@@ -416,3 +416,23 @@ async fn one_client_ip_guessing_across_many_keys_is_bounded_too() {
     // Another client is unaffected, and so is a correct secret from elsewhere.
     assert!(app.authorize_with(from(&keys[3], "198.51.100.10")).await.allowed);
 }
+
+#[tokio::test]
+async fn a_reloaded_record_keeps_its_verified_credential() {
+    let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
+    use keygate::store::Store;
+    let (key, secret) = app.create_key("acct_re", &["*"], &[]).await;
+    let id = keygate::domain::KeyId::parse(&key.id).unwrap();
+    assert!(app.authorize(&secret, "GET", APPS).await.allowed);
+    let before = app.verifications();
+    let cached = app.handles.cache.key(id).await.unwrap().unwrap();
+    assert_eq!(format!("{:?}", cached.verified), "verified");
+    // What the invalidation listener does after missed notifications: every record is
+    // reloaded before it is served again; the reload keeps what was verified.
+    app.handles.cache.invalidate_all();
+    let reloaded = app.handles.cache.key(id).await.unwrap().unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&cached, &reloaded), "a fresh copy from the store");
+    assert_eq!(format!("{:?}", reloaded.verified), "verified", "the reload kept the verified credential");
+    assert!(app.authorize(&secret, "GET", APPS).await.allowed);
+    assert_eq!(app.verifications(), before, "no argon2 for a reload of the same hash");
+}

@@ -34,6 +34,7 @@ fn key(id: &str, account: &str, name: &str) -> KeyRecord {
         expires_at: Some(Timestamp::from_millis(1_800_000_000_000)),
         revoked_at: None,
         retire_at: None,
+        verified: Default::default(),
         revoked_reason: None,
         version: 1,
     }
