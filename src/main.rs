@@ -24,7 +24,24 @@ async fn serve(args: keygate::config::ServeArgs) -> anyhow::Result<()> {
     let settings = args.into_settings()?;
     keygate::telemetry::init(settings.log_format);
     let app = Application::build(settings, Arc::new(SystemClock)).await?;
+    reload_policy_on_sighup(app.handles());
     app.run_until(shutdown_signal()).await
+}
+
+/// SIGHUP re-reads the policy file; a bad file is logged and the last good policy stays.
+fn reload_policy_on_sighup(handles: keygate::startup::Handles) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            // Success and failure are both logged by reload_policy.
+            let _ = handles.reload_policy();
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = handles;
 }
 
 /// Ctrl-C or SIGTERM.

@@ -43,6 +43,34 @@ pub struct Handles {
     pub store: SqlStore,
     /// The cross-replica invalidation listener (Postgres only).
     pub invalidation: Option<Arc<ListenerStatus>>,
+    pub authorizer: Arc<Authorizer>,
+    /// The policy file, when one was given (the built-in policy cannot be reloaded).
+    pub policy_path: Option<std::path::PathBuf>,
+}
+
+impl Handles {
+    /// Reads the policy file again and puts it in force if it is valid; a bad file changes
+    /// nothing and the last good policy keeps serving. What SIGHUP does.
+    pub fn reload_policy(&self) -> Result<usize, crate::policy::PolicyError> {
+        let Some(path) = &self.policy_path else {
+            return Err(crate::policy::PolicyError {
+                source_name: "(built-in default)".into(),
+                problems: vec!["no policy file was given at start-up; nothing to reload".into()],
+            });
+        };
+        match Policy::load(path) {
+            Ok(policy) => {
+                let routes = policy.routes().len();
+                self.authorizer.replace_policy(policy);
+                tracing::info!(path = %path.display(), routes, "policy reloaded");
+                Ok(routes)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload rejected; the last good policy keeps serving");
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Aborts a background task when the server it belongs to goes away.
@@ -132,7 +160,7 @@ impl Application {
                     .max_decoding_message_size(MAX_AUTHORIZE_MESSAGE),
             )
             .add_service(
-                AuthorizationServer::new(CheckService::new(authorizer, settings.ext_authz.clone()))
+                AuthorizationServer::new(CheckService::new(authorizer.clone(), settings.ext_authz.clone()))
                     .max_decoding_message_size(MAX_CHECK_MESSAGE),
             )
             .add_service(InterceptedService::new(
@@ -144,7 +172,8 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let local_addr = listener.local_addr()?;
-        let handles = Handles { verifier, cache, store, invalidation };
+        let handles =
+            Handles { verifier, cache, store, invalidation, authorizer, policy_path: settings.policy.clone() };
         Ok(Self { listener, local_addr, router, health, handles, _background: background })
     }
 

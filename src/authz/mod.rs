@@ -120,7 +120,8 @@ enum NotVerified {
 }
 
 pub struct Authorizer {
-    policy: Arc<Policy>,
+    /// Replaced whole by a reload; each call decides under the one it loaded.
+    policy: arc_swap::ArcSwap<Policy>,
     store: Arc<dyn Store>,
     verifier: Arc<Verifier>,
     limiter: Arc<Limiter>,
@@ -150,7 +151,7 @@ impl Authorizer {
         brute_force: BruteForceSettings,
     ) -> Self {
         Self {
-            policy,
+            policy: arc_swap::ArcSwap::new(policy),
             store,
             verifier,
             limiter,
@@ -175,13 +176,20 @@ impl Authorizer {
         }
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Puts `policy` in force for every call that starts from now on.
+    pub fn replace_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
     }
 
     pub async fn authorize(&self, query: &AuthorizeQuery<'_>) -> Result<Verdict, AuthzError> {
         // 1. The route.
-        let Some(matched) = self.policy.match_route(query.method, query.path) else {
+        let policy = self.policy.load();
+        let Some(matched) = policy.match_route(query.method, query.path) else {
             return Ok(Verdict {
                 deny: Some(Deny::new(Code::NotFound, "no route matches the request")),
                 principal: None,
@@ -241,7 +249,7 @@ impl Authorizer {
             }
         };
         // The global limit applies to every authenticated request.
-        let global = self.policy.global_limit().filter(|_| verdict.principal.is_some());
+        let global = policy.global_limit().filter(|_| verdict.principal.is_some());
         let subjects: Vec<_> = global
             .into_iter()
             .chain(&route.limits)
