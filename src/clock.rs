@@ -39,9 +39,6 @@ impl ManualClock {
         self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
     }
 
-    pub fn set(&self, to: Timestamp) {
-        self.0.store(to.as_millis(), Ordering::SeqCst);
-    }
 }
 
 impl Clock for ManualClock {

@@ -176,11 +176,6 @@ impl Authorizer {
         }
     }
 
-    /// The policy in force now.
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy.load_full()
-    }
-
     /// Puts `policy` in force for every call that starts from now on.
     pub fn replace_policy(&self, policy: Policy) {
         self.policy.store(Arc::new(policy));

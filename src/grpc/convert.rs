@@ -4,7 +4,6 @@
 use super::proto as pb;
 use crate::authz::decision::Principal;
 use crate::authz::{AuthorizeQuery, Verdict};
-use crate::code::Code;
 use crate::domain::{AccountId, ApplicationId, InvalidField, KeyId, Name, Scope, Scopes, Timestamp};
 use crate::manage::NewApiKey;
 use crate::store::{Application, KeyChanges, KeyRecord, PageRequest, SessionRecord};
@@ -219,9 +218,4 @@ pub fn authorize_response(verdict: Verdict) -> pb::AuthorizeResponse {
         remaining: verdict.rate_limit.map_or(0, |r| r.remaining),
         retry_after_seconds: verdict.rate_limit.map_or(0, |r| r.retry_after_seconds),
     }
-}
-
-/// For tests and the CLI: the code of a response, as the domain enum.
-pub fn code_of(response: &pb::AuthorizeResponse) -> Option<Code> {
-    Code::ALL.into_iter().find(|c| c.as_str() == response.code)
 }
