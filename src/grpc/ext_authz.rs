@@ -142,14 +142,14 @@ impl Authorization for CheckService {
             }
             Err(failure) => {
                 let error_id = log_failure(&failure);
-                let mut response = denied(
+                // Not the error page's 500: the edge should see that this is retryable.
+                deny_response(
+                    HttpStatusCode::ServiceUnavailable,
+                    tonic::Code::Unavailable,
                     Code::InternalError,
                     &format!("the authorization service cannot decide right now (error id {error_id})"),
                     None,
-                );
-                response.set_status(Status::unavailable("keygate cannot decide"));
-                set_denied_status(&mut response, HttpStatusCode::ServiceUnavailable);
-                response
+                )
             }
         };
         Ok(Response::new(response))
@@ -190,25 +190,29 @@ fn allowed(principal: Option<&Principal>, strip: Option<&CredentialHeader>) -> C
     response
 }
 
+/// A deny with the code's own HTTP and gRPC statuses.
 fn denied(code: Code, message: &str, retry_after_seconds: Option<u32>) -> CheckResponse {
-    let status = HttpStatusCode::try_from(i32::from(code.http_status())).unwrap_or(HttpStatusCode::Forbidden);
+    let http = HttpStatusCode::try_from(i32::from(code.http_status())).unwrap_or(HttpStatusCode::Forbidden);
+    deny_response(http, code.grpc_code(), code, message, retry_after_seconds)
+}
+
+fn deny_response(
+    http: HttpStatusCode,
+    grpc: tonic::Code,
+    code: Code,
+    message: &str,
+    retry_after_seconds: Option<u32>,
+) -> CheckResponse {
     let mut denied = DeniedHttpResponseBuilder::new();
-    denied.set_http_status(status);
+    denied.set_http_status(http);
     denied.add_header("content-type", "application/json", None, false);
     if let Some(seconds) = retry_after_seconds {
         denied.add_header("retry-after", seconds.to_string(), None, false);
     }
     denied.set_body(code.envelope(message));
-    let mut response = CheckResponse::with_status(Status::new(code.grpc_code(), message));
+    let mut response = CheckResponse::with_status(Status::new(grpc, message));
     response.set_http_response(denied);
     response
-}
-
-fn set_denied_status(response: &mut CheckResponse, status: HttpStatusCode) {
-    use envoy_types::ext_authz::v3::pb::HttpResponse;
-    if let Some(HttpResponse::DeniedResponse(denied)) = &mut response.http_response {
-        denied.status = Some(envoy_types::ext_authz::v3::pb::HttpStatus { code: status.into() });
-    }
 }
 
 #[cfg(test)]
