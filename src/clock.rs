@@ -38,7 +38,6 @@ impl ManualClock {
     pub fn advance(&self, by: std::time::Duration) {
         self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
     }
-
 }
 
 impl Clock for ManualClock {

@@ -7,22 +7,13 @@
 #[allow(dead_code)]
 mod helpers;
 
-use helpers::{eventually, Db, TestApp, TestDb};
+use helpers::{ask, eventually, Db, TestApp, TestDb};
 use keygate::grpc::proto as pb;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 const APPS: &str = "/api/v1/panel/applications";
-
-fn ask(credential: &str) -> pb::AuthorizeRequest {
-    pb::AuthorizeRequest {
-        credential: credential.into(),
-        method: "GET".into(),
-        path: APPS.into(),
-        ..Default::default()
-    }
-}
 
 fn restart_postgres() {
     let version = std::fs::read_dir("/etc/postgresql")

@@ -108,7 +108,6 @@ impl Scopes {
     pub fn iter(&self) -> impl Iterator<Item = &Scope> {
         self.0.iter()
     }
-
 }
 
 #[cfg(test)]

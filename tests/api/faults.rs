@@ -1,6 +1,6 @@
 //! Faults and hostile input: outages of the store, shutdowns under load, oversized input.
 
-use crate::helpers::{eventually, reason, Db, TestApp, TestDb};
+use crate::helpers::{ask, eventually, reason, Db, TestApp, TestDb};
 use crate::relay::{target_of, Relay};
 use keygate::grpc::proto as pb;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,15 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const APPS: &str = "/api/v1/panel/applications";
-
-fn ask(credential: &str) -> pb::AuthorizeRequest {
-    pb::AuthorizeRequest {
-        credential: credential.into(),
-        method: "GET".into(),
-        path: APPS.into(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn oversized_and_overlong_input_gets_clear_codes() {

@@ -170,6 +170,16 @@ impl Drop for TestApp {
     }
 }
 
+/// `GET /api/v1/panel/applications` with `credential`: the route most tests ask about.
+pub fn ask(credential: &str) -> pb::AuthorizeRequest {
+    pb::AuthorizeRequest {
+        credential: credential.into(),
+        method: "GET".into(),
+        path: "/api/v1/panel/applications".into(),
+        ..Default::default()
+    }
+}
+
 /// The ErrorInfo reason of a failed call.
 pub fn reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
