@@ -4,6 +4,7 @@
 //! `cargo bench --bench decision`
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use keygate::audit::{AuditAction, AuditEvent};
 use keygate::authz::verifier::{Argon2Settings, Verifier};
 use keygate::authz::{AuthorizeQuery, Authorizer, BruteForceSettings, VerifiedCacheSettings};
 use keygate::clock::SystemClock;
@@ -13,6 +14,7 @@ use keygate::ratelimit::{Limiter, LocalLimiter};
 use keygate::store::cached::{CacheSettings, CachedStore};
 use keygate::store::memory::MemoryStore;
 use keygate::store::{KeyKind, KeyRecord, Store};
+use keygate::usage::{UsageRecorder, UsageSettings};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +68,7 @@ fn record(id: keygate::domain::KeyId, hash: keygate::domain::SecretHash) -> KeyR
         revoked_at: None,
         retire_at: None,
         verified: Default::default(),
+        usage: Default::default(),
         revoked_reason: None,
         version: 1,
     }
@@ -79,14 +82,20 @@ fn hot_path(c: &mut Criterion) {
     let credential = generated.credential();
     let hash = runtime.block_on(verifier.hash(credential.secret().as_bytes())).expect("hash");
     let memory = Arc::new(MemoryStore::default());
-    runtime.block_on(memory.create_key(&record(credential.key_id(), hash))).expect("stored");
+    let account = AccountId::parse("acct_bench").expect("valid");
+    let created = |action, target: String| {
+        AuditEvent::system(account.clone(), action, target, Timestamp::from_millis(0)).expect("random")
+    };
+    let audit = created(AuditAction::ApiKeyCreate, credential.key_id().to_string());
+    runtime.block_on(memory.create_key(&record(credential.key_id(), hash), &audit)).expect("stored");
     let application = keygate::store::Application {
         id: keygate::domain::ApplicationId::parse("app_bench").expect("valid"),
         account_id: AccountId::parse("acct_bench").expect("valid"),
         name: Name::parse("name", "bench").expect("valid"),
         created_at: Timestamp::from_millis(0),
     };
-    runtime.block_on(memory.create_application(&application)).expect("stored");
+    let audit = created(AuditAction::ApplicationCreate, application.id.to_string());
+    runtime.block_on(memory.create_application(&application, &audit)).expect("stored");
     let cache = Arc::new(CachedStore::new(
         memory,
         CacheSettings { capacity: 10_000, ttl: Duration::from_secs(30), max_stale: Duration::ZERO },
@@ -112,6 +121,7 @@ fn hot_path(c: &mut Criterion) {
         Arc::new(SystemClock),
         VerifiedCacheSettings { capacity: 10_000 },
         BruteForceSettings::default(),
+        Arc::new(UsageRecorder::new(cache.clone(), UsageSettings::default())),
     );
     let secret = generated.credential().as_str().to_owned();
     let query = AuthorizeQuery {

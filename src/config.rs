@@ -7,6 +7,7 @@ use crate::authz::{BruteForceSettings, VerifiedCacheSettings};
 use crate::grpc::ext_authz::{CredentialHeader, ExtAuthzSettings};
 use crate::manage::ManageSettings;
 use crate::store::cached::CacheSettings;
+use crate::usage::UsageSettings;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -100,6 +101,12 @@ pub struct ServeArgs {
     /// The longest session CreateSession may ask for.
     #[arg(long, env = "KEYGATE_SESSION_MAX_TTL_SECONDS", default_value_t = 2_592_000)]
     pub session_max_ttl_seconds: u64,
+    /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9090). Off unless set.
+    #[arg(long, env = "KEYGATE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// A key's last_used_at is written at most once per this many seconds (per replica).
+    #[arg(long, env = "KEYGATE_LAST_USED_INTERVAL_SECONDS", default_value_t = 60)]
+    pub last_used_interval_seconds: u64,
 }
 
 /// A database or Redis URL whose password `Debug` does not print.
@@ -168,6 +175,8 @@ pub struct Settings {
     pub manage: ManageSettings,
     pub ext_authz: ExtAuthzSettings,
     pub brute_force: BruteForceSettings,
+    pub metrics_listen: Option<SocketAddr>,
+    pub usage: UsageSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +229,18 @@ impl ServeArgs {
                     .ok()
             })
             .collect();
+        let metrics_listen = self.metrics_listen.as_deref().and_then(|raw| {
+            raw.parse()
+                .map_err(|_| {
+                    problems.push(format!(
+                        "--metrics-listen / KEYGATE_METRICS_LISTEN: {raw:?} is not an address like 127.0.0.1:9090"
+                    ))
+                })
+                .ok()
+        });
+        if !(1..=3600).contains(&self.last_used_interval_seconds) {
+            problems.push("--last-used-interval-seconds: must be between 1 and 3600".to_owned());
+        }
         if self.database_max_connections == 0 {
             problems.push("--database-max-connections: must be at least 1".to_owned());
         }
@@ -268,6 +289,11 @@ impl ServeArgs {
                 max_failures_per_key: self.max_failures_per_key.max(1),
                 max_failures_per_ip: self.max_failures_per_ip.max(1),
                 ..BruteForceSettings::default()
+            },
+            metrics_listen,
+            usage: UsageSettings {
+                every: Duration::from_secs(self.last_used_interval_seconds),
+                ..UsageSettings::default()
             },
         })
     }
@@ -323,9 +349,11 @@ mod tests {
             ext_authz_strip_credential: false,
             max_failures_per_key: 20,
             max_failures_per_ip: 100,
+            metrics_listen: Some("localhost".into()),
+            last_used_interval_seconds: 60,
         };
         let err = bad.into_settings().unwrap_err();
-        assert_eq!(err.0.len(), 6, "{err}");
+        assert_eq!(err.0.len(), 7, "{err}");
         assert!(!err.to_string().contains("short\""), "{err}");
     }
 }

@@ -7,12 +7,16 @@
 //! - [`policy`]: the route policy file and its route matcher.
 //! - [`authz`]: Authorize — gathers facts and decides ([`authz::decision`] is pure).
 //! - [`manage`]: the admin API's rules for applications and keys.
+//! - [`audit`]: the audit trail's events and categories.
+//! - [`usage`]: batched `last_used_at`.
+//! - [`metrics`]: the Prometheus registry and its endpoint.
 //! - [`store`]: the storage trait, its SQL implementation and the caching decorator.
 //! - [`grpc`]: tonic services; protobuf types stop here.
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring, logs.
 //! - [`clock`]: time as a dependency, so tests move it.
 //! - [`cli`]: the `keygate` command line client.
 
+pub mod audit;
 pub mod authz;
 pub mod cli;
 pub mod clock;
@@ -21,6 +25,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod manage;
+pub mod metrics;
 pub mod policy;
 #[cfg(test)]
 mod properties;
@@ -28,3 +33,4 @@ pub mod ratelimit;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod usage;

@@ -1,5 +1,6 @@
 //! Key and application management: the admin API's rules, free of gRPC.
 
+use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
 use crate::authz::verifier::{Verifier, VerifierError};
 use crate::clock::Clock;
 use crate::domain::{
@@ -9,6 +10,7 @@ use crate::domain::{
 use crate::store::{
     Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
 };
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,14 +88,26 @@ impl Manager {
         Self { store, verifier, clock, settings }
     }
 
-    pub async fn create_application(&self, account_id: AccountId, name: Name) -> Result<Application, ManageError> {
+    pub async fn create_application(
+        &self,
+        account_id: AccountId,
+        name: Name,
+        actor: &Actor,
+    ) -> Result<Application, ManageError> {
         let app = Application {
             id: ApplicationId::generate().map_err(VerifierError::from)?,
             account_id,
             name,
             created_at: self.clock.now(),
         };
-        self.store.create_application(&app).await?;
+        let audit = self.event(
+            &app.account_id,
+            AuditAction::ApplicationCreate,
+            actor,
+            app.id.as_str(),
+            || json!({ "name": app.name.as_str() }),
+        )?;
+        self.store.create_application(&app, &audit).await?;
         Ok(app)
     }
 
@@ -113,7 +127,11 @@ impl Manager {
     }
 
     /// Creates a key; the returned credential is the only copy of the secret anywhere.
-    pub async fn create_api_key(&self, new: NewApiKey) -> Result<(KeyRecord, GeneratedKey), ManageError> {
+    pub async fn create_api_key(
+        &self,
+        new: NewApiKey,
+        actor: &Actor,
+    ) -> Result<(KeyRecord, GeneratedKey), ManageError> {
         let now = self.clock.now();
         self.check_expiry(new.expires_at, now)?;
         self.check_applications(&new.account_id, &new.application_ids).await?;
@@ -133,10 +151,19 @@ impl Manager {
             revoked_at: None,
             retire_at: None,
             verified: Default::default(),
+            usage: Default::default(),
             revoked_reason: None,
             version: 1,
         };
-        self.store.create_key(&record).await?;
+        let audit = self.event(&record.account_id, AuditAction::ApiKeyCreate, actor, &record.id.to_string(), || {
+            json!({
+                "name": record.name.as_str(),
+                "scopes": record.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                "application_ids": record.application_ids.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+                "expires_at": record.expires_at.map(|t| t.to_string()),
+            })
+        })?;
+        self.store.create_key(&record, &audit).await?;
         Ok((record, generated))
     }
 
@@ -153,7 +180,12 @@ impl Manager {
         Ok(self.store.list_keys(account, search, page).await?)
     }
 
-    pub async fn update_api_key(&self, id: KeyId, changes: KeyChanges) -> Result<KeyRecord, ManageError> {
+    pub async fn update_api_key(
+        &self,
+        id: KeyId,
+        changes: KeyChanges,
+        actor: &Actor,
+    ) -> Result<KeyRecord, ManageError> {
         let now = self.clock.now();
         if let Some(expires_at) = changes.expires_at {
             self.check_expiry(expires_at, now)?;
@@ -165,7 +197,23 @@ impl Manager {
         if let Some(apps) = &changes.application_ids {
             self.check_applications(&key.account_id, apps).await?;
         }
-        match self.store.update_key(id, &changes, now).await? {
+        let audit = self.event(&key.account_id, AuditAction::ApiKeyUpdate, actor, &id.to_string(), || {
+            let mut changed = serde_json::Map::new();
+            if let Some(name) = &changes.name {
+                changed.insert("name".into(), json!(name.as_str()));
+            }
+            if let Some(scopes) = &changes.scopes {
+                changed.insert("scopes".into(), json!(scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>()));
+            }
+            if let Some(apps) = &changes.application_ids {
+                changed.insert("application_ids".into(), json!(apps.iter().map(|a| a.as_str()).collect::<Vec<_>>()));
+            }
+            if let Some(expires_at) = changes.expires_at {
+                changed.insert("expires_at".into(), json!(expires_at.map(|t| t.to_string())));
+            }
+            serde_json::Value::Object(changed)
+        })?;
+        match self.store.update_key(id, &changes, now, &audit).await? {
             UpdateOutcome::Updated(key) => Ok(*key),
             UpdateOutcome::NotFound => Err(key_not_found(id)),
             UpdateOutcome::Revoked => {
@@ -174,11 +222,16 @@ impl Manager {
         }
     }
 
-    pub async fn revoke_api_key(&self, id: KeyId, reason: &str) -> Result<KeyRecord, ManageError> {
+    pub async fn revoke_api_key(&self, id: KeyId, reason: &str, actor: &Actor) -> Result<KeyRecord, ManageError> {
         if reason.chars().count() > MAX_REASON_LEN {
             return Err(InvalidField::new("reason", format!("must be at most {MAX_REASON_LEN} characters")).into());
         }
-        self.store.revoke_key(id, reason.trim(), self.clock.now()).await?.ok_or_else(|| key_not_found(id))
+        let reason = reason.trim();
+        // The account the event belongs to; it never changes, so a cached record tells it.
+        let account = self.api_key(id).await?.account_id.clone();
+        let audit =
+            self.event(&account, AuditAction::ApiKeyRevoke, actor, &id.to_string(), || json!({ "reason": reason }))?;
+        self.store.revoke_key(id, reason, self.clock.now(), &audit).await?.ok_or_else(|| key_not_found(id))
     }
 
     /// Makes a new runtime key for an application; the current one keeps working for the
@@ -187,6 +240,7 @@ impl Manager {
         &self,
         application_id: &ApplicationId,
         grace: Option<Duration>,
+        actor: &Actor,
     ) -> Result<Rotation, ManageError> {
         let grace = grace.unwrap_or(self.settings.default_runtime_grace);
         if grace > self.settings.max_runtime_grace {
@@ -214,11 +268,19 @@ impl Manager {
             revoked_at: None,
             retire_at: None,
             verified: Default::default(),
+            usage: Default::default(),
             revoked_reason: None,
             version: 1,
         };
         let retire_at = now.saturating_add(grace);
-        let previous = self.store.rotate_runtime_key(&key, retire_at).await?;
+        let audit = self.event(
+            &key.account_id,
+            AuditAction::ApplicationRotateKey,
+            actor,
+            application.id.as_str(),
+            || json!({ "key_id": key.id.to_string(), "grace_period_seconds": grace.as_secs() }),
+        )?;
+        let previous = self.store.rotate_runtime_key(&key, retire_at, &audit).await?;
         Ok(Rotation { key, credential, previous: previous.map(|id| (id, retire_at)) })
     }
 
@@ -228,6 +290,7 @@ impl Manager {
         account_id: AccountId,
         user_id: UserId,
         ttl: Option<Duration>,
+        actor: &Actor,
     ) -> Result<(SessionRecord, GeneratedKey), ManageError> {
         let ttl = ttl.unwrap_or(self.settings.default_session_ttl);
         if ttl.is_zero() || ttl > self.settings.max_session_ttl {
@@ -249,7 +312,14 @@ impl Manager {
             revoked_at: None,
             version: 1,
         };
-        self.store.create_session(&session).await?;
+        let audit = self.event(
+            &session.account_id,
+            AuditAction::SessionCreate,
+            actor,
+            &session.id.to_string(),
+            || json!({ "user_id": session.user_id.as_str(), "expires_at": session.expires_at.to_string() }),
+        )?;
+        self.store.create_session(&session, &audit).await?;
         Ok((session, token))
     }
 
@@ -257,11 +327,41 @@ impl Manager {
         self.store.session(id).await?.ok_or_else(|| ManageError::NotFound(format!("session {id} was not found")))
     }
 
-    pub async fn revoke_session(&self, id: SessionId) -> Result<SessionRecord, ManageError> {
+    pub async fn revoke_session(&self, id: SessionId, actor: &Actor) -> Result<SessionRecord, ManageError> {
+        let session = self.session(id).await?;
+        let audit = self.event(
+            &session.account_id,
+            AuditAction::SessionRevoke,
+            actor,
+            &id.to_string(),
+            || json!({ "user_id": session.user_id.as_str() }),
+        )?;
         self.store
-            .revoke_session(id, self.clock.now())
+            .revoke_session(id, self.clock.now(), &audit)
             .await?
             .ok_or_else(|| ManageError::NotFound(format!("session {id} was not found")))
+    }
+
+    pub async fn list_audit_events(
+        &self,
+        account: &AccountId,
+        query: &AuditQuery,
+        page: &PageRequest,
+    ) -> Result<Page<AuditEvent>, ManageError> {
+        Ok(self.store.list_audit_events(account, query, page).await?)
+    }
+
+    /// The record of an action, stamped now; `detail` must hold no secret.
+    fn event(
+        &self,
+        account: &AccountId,
+        action: AuditAction,
+        actor: &Actor,
+        target: &str,
+        detail: impl FnOnce() -> serde_json::Value,
+    ) -> Result<AuditEvent, ManageError> {
+        Ok(AuditEvent::new(account.clone(), action, actor, target, self.clock.now(), detail())
+            .map_err(VerifierError::from)?)
     }
 
     pub fn now(&self) -> Timestamp {

@@ -15,7 +15,9 @@ use crate::policy::Policy;
 use crate::ratelimit::{redis::RedisLimiter, Limiter, LocalLimiter};
 use crate::store::cached::CachedStore;
 use crate::store::invalidation::{self, ListenerStatus};
+use crate::store::metered::{MeteredStore, StoreMetrics};
 use crate::store::sql::{Backend, SqlStore};
+use crate::usage::UsageRecorder;
 use anyhow::Context;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use std::future::Future;
@@ -46,6 +48,8 @@ pub struct Handles {
     pub authorizer: Arc<Authorizer>,
     /// The policy file, when one was given (the built-in policy cannot be reloaded).
     pub policy_path: Option<std::path::PathBuf>,
+    pub store_metrics: StoreMetrics,
+    pub usage: Arc<UsageRecorder>,
 }
 
 impl Handles {
@@ -58,14 +62,18 @@ impl Handles {
                 problems: vec!["no policy file was given at start-up; nothing to reload".into()],
             });
         };
+        let reloads = self.authorizer.metrics().policy_reloads;
+        let count = |outcome| reloads.get_or_create(&crate::authz::OutcomeLabels { outcome }).inc();
         match Policy::load(path) {
             Ok(policy) => {
                 let routes = policy.routes().len();
                 self.authorizer.replace_policy(policy);
+                count("applied");
                 tracing::info!(path = %path.display(), routes, "policy reloaded");
                 Ok(routes)
             }
             Err(e) => {
+                count("rejected");
                 tracing::error!(error = %e, "policy reload rejected; the last good policy keeps serving");
                 Err(e)
             }
@@ -86,6 +94,7 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     router: Router,
+    metrics: Option<(tokio::net::TcpListener, SocketAddr)>,
     health: tonic_health::server::HealthReporter,
     handles: Handles,
     _background: Vec<AbortOnDrop>,
@@ -106,7 +115,10 @@ impl Application {
         )
         .await
         .with_context(|| format!("cannot open the database {}", settings.database_url))?;
-        let cache = Arc::new(CachedStore::new(Arc::new(store.clone()), settings.cache));
+        let metered = MeteredStore::new(Arc::new(store.clone()));
+        let store_metrics = metered.metrics();
+        let cache = Arc::new(CachedStore::new(Arc::new(metered), settings.cache));
+        let usage = Arc::new(UsageRecorder::new(cache.clone(), settings.usage));
         let verifier = Arc::new(Verifier::new(settings.argon2).await?);
         let mut background = Vec::new();
         let invalidation = match store.backend() {
@@ -134,6 +146,7 @@ impl Application {
             clock.clone(),
             settings.verified_cache,
             settings.brute_force,
+            usage.clone(),
         ));
         let manager = Arc::new(Manager::new(cache.clone(), verifier.clone(), clock.clone(), settings.manage));
 
@@ -172,9 +185,30 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let local_addr = listener.local_addr()?;
-        let handles =
-            Handles { verifier, cache, store, invalidation, authorizer, policy_path: settings.policy.clone() };
-        Ok(Self { listener, local_addr, router, health, handles, _background: background })
+        let metrics = match crate::metrics::bind(settings.metrics_listen).await? {
+            Some(listener) => {
+                let address = listener.local_addr()?;
+                Some((listener, address))
+            }
+            None => None,
+        };
+        background.push(AbortOnDrop(usage.clone().spawn_flusher()));
+        let handles = Handles {
+            verifier,
+            cache,
+            store,
+            invalidation,
+            authorizer,
+            policy_path: settings.policy.clone(),
+            store_metrics,
+            usage,
+        };
+        Ok(Self { listener, local_addr, router, metrics, health, handles, _background: background })
+    }
+
+    /// Where metrics are served, when `--metrics-listen` was given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, address)| *address)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -200,10 +234,32 @@ impl Application {
             health.set_not_serving::<AdminServer<AdminService>>().await;
             health.set_not_serving::<AuthorizationServer<CheckService>>().await;
         };
+        // The metrics endpoint stops with the gRPC server.
+        let (stopped, stop_metrics) = tokio::sync::watch::channel(false);
+        if let Some((listener, address)) = self.metrics {
+            let registry = Arc::new(crate::metrics::registry(&self.handles));
+            let mut stop = stop_metrics.clone();
+            tracing::info!(%address, "serving metrics at /metrics");
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                };
+                if let Err(e) = crate::metrics::serve(listener, registry, stop).await {
+                    tracing::error!(error = %e, "the metrics endpoint failed");
+                }
+            });
+        }
         tracing::info!(address = %self.local_addr, "keygate is serving");
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        self.router.serve_with_incoming_shutdown(incoming, shutdown).await?;
+        let served = self.router.serve_with_incoming_shutdown(incoming, shutdown).await;
+        let _ = stopped.send(true);
+        drop(stop_metrics);
+        // Uses seen since the last flush are written before the pool closes.
+        if let Err(e) = self.handles.usage.flush().await {
+            tracing::warn!(error = %e, pending = self.handles.usage.pending(), "could not record the last key uses");
+        }
         self.handles.store.pool().close().await;
+        served?;
         Ok(())
     }
 }

@@ -133,6 +133,7 @@ mod tests {
             revoked_at: None,
             retire_at: None,
             verified: Default::default(),
+            usage: Default::default(),
             revoked_reason: None,
             version: 1,
         }

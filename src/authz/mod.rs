@@ -13,7 +13,11 @@ use crate::domain::{ApplicationId, Credential, CredentialKind, KeyId, Scope};
 use crate::policy::{Accepts, Access, LimitSubject, Policy};
 use crate::ratelimit::{LimitCheck, LimitOutcome, Limiter, LimiterError, Room};
 use crate::store::{KeyKind, KeyRecord, Store, StoreError};
+use crate::usage::UsageRecorder;
 use decision::{evaluate, ApplicationFact, Deny, Principal};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -138,6 +142,33 @@ pub struct Authorizer {
     failures_by_ip: moka::sync::Cache<Box<str>, Arc<AtomicU32>>,
     brute_force: BruteForceSettings,
     clock: Arc<dyn Clock>,
+    usage: Arc<UsageRecorder>,
+    metrics: AuthorizeMetrics,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// The policy's route template; empty when no route matched.
+    pub route: Option<Arc<str>>,
+    /// `allowed`, or the deny's code.
+    pub code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+/// The authorizer's instruments; cloning shares them.
+#[derive(Clone, Default)]
+pub struct AuthorizeMetrics {
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// By cause: store_unavailable, store, limiter_unavailable, verifier.
+    pub failures: Family<OutcomeLabels, Counter>,
+    /// By outcome: admitted, limited, unavailable.
+    pub limits: Family<OutcomeLabels, Counter>,
+    /// By outcome: applied, rejected.
+    pub policy_reloads: Family<OutcomeLabels, Counter>,
 }
 
 impl Authorizer {
@@ -149,6 +180,7 @@ impl Authorizer {
         clock: Arc<dyn Clock>,
         settings: VerifiedCacheSettings,
         brute_force: BruteForceSettings,
+        usage: Arc<UsageRecorder>,
     ) -> Self {
         Self {
             policy: arc_swap::ArcSwap::new(policy),
@@ -173,6 +205,8 @@ impl Authorizer {
                 .build(),
             brute_force,
             clock,
+            usage,
+            metrics: AuthorizeMetrics::default(),
         }
     }
 
@@ -181,7 +215,35 @@ impl Authorizer {
         self.policy.store(Arc::new(policy));
     }
 
+    pub fn metrics(&self) -> AuthorizeMetrics {
+        self.metrics.clone()
+    }
+
+    /// Decides, then counts the decision and notes the key's use.
     pub async fn authorize(&self, query: &AuthorizeQuery<'_>) -> Result<Verdict, AuthzError> {
+        let decided = self.decide(query).await;
+        match &decided {
+            Ok(verdict) => {
+                let code = verdict.deny.as_ref().map_or("allowed", |d| d.code.as_str());
+                self.metrics.decisions.get_or_create(&DecisionLabels { route: verdict.route.clone(), code }).inc();
+                if let (None, Some(Principal::Key(key))) = (&verdict.deny, &verdict.principal) {
+                    self.usage.used(key, self.clock.now());
+                }
+            }
+            Err(e) => {
+                let outcome = match e {
+                    AuthzError::Unavailable(_) => "store_unavailable",
+                    AuthzError::Store(_) => "store",
+                    AuthzError::LimiterUnavailable(_) => "limiter_unavailable",
+                    AuthzError::Verifier(_) => "verifier",
+                };
+                self.metrics.failures.get_or_create(&OutcomeLabels { outcome }).inc();
+            }
+        }
+        decided
+    }
+
+    async fn decide(&self, query: &AuthorizeQuery<'_>) -> Result<Verdict, AuthzError> {
         // 1. The route.
         let policy = self.policy.load();
         let Some(matched) = policy.match_route(query.method, query.path) else {
@@ -255,9 +317,16 @@ impl Authorizer {
         }
         let checks: Vec<LimitCheck<'_>> =
             subjects.iter().map(|(rule, subject)| LimitCheck { rule, subject: subject.as_ref() }).collect();
-        let outcome = self.limiter.check(&checks, self.clock.now()).await.map_err(AuthzError::LimiterUnavailable)?;
+        let checked = self.limiter.check(&checks, self.clock.now()).await;
         drop(checks);
         drop(subjects);
+        let outcome = match &checked {
+            Ok(LimitOutcome::Admitted { .. }) => "admitted",
+            Ok(LimitOutcome::Limited { .. }) => "limited",
+            Err(_) => "unavailable",
+        };
+        self.metrics.limits.get_or_create(&OutcomeLabels { outcome }).inc();
+        let outcome = checked.map_err(AuthzError::LimiterUnavailable)?;
         match outcome {
             LimitOutcome::Admitted { tightest } => {
                 verdict.rate_limit = tightest.map(|Room { limit, remaining }| RateLimitState {

@@ -8,8 +8,10 @@
 use crate::domain::SecretHash;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
@@ -54,6 +56,8 @@ pub struct Verifier {
     argon2: Argon2<'static>,
     permits: Arc<Semaphore>,
     verifications: AtomicU64,
+    /// Seconds per verification, waiting for a slot included: what a cache miss costs.
+    durations: Histogram,
     /// Verified against when the key id is unknown, so an unknown id costs what a wrong
     /// secret costs and timing does not tell them apart.
     decoy: SecretHash,
@@ -67,6 +71,8 @@ impl Verifier {
             argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
             permits: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
             verifications: AtomicU64::new(0),
+            // 1 ms to ~4 s.
+            durations: Histogram::new(exponential_buckets(0.001, 2.0, 13)),
             decoy: SecretHash::new(String::new()),
         };
         let mut decoy_secret = [0u8; 32];
@@ -97,14 +103,23 @@ impl Verifier {
         let secret = secret.as_bytes().to_vec();
         let argon2 = self.argon2.clone();
         self.verifications.fetch_add(1, Ordering::Relaxed);
-        self.run(move || {
-            let parsed = PasswordHash::new(&phc).map_err(|_| VerifierError::BadHash)?;
-            // The parameters come from the stored hash, so keys hashed under older
-            // settings keep verifying after the settings change.
-            let matches = argon2.verify_password(&secret, &parsed).is_ok();
-            Ok(known && matches)
-        })
-        .await
+        let started = Instant::now();
+        let verified = self
+            .run(move || {
+                let parsed = PasswordHash::new(&phc).map_err(|_| VerifierError::BadHash)?;
+                // The parameters come from the stored hash, so keys hashed under older
+                // settings keep verifying after the settings change.
+                let matches = argon2.verify_password(&secret, &parsed).is_ok();
+                Ok(known && matches)
+            })
+            .await;
+        self.durations.observe(started.elapsed().as_secs_f64());
+        verified
+    }
+
+    /// The verification time histogram (shared: cloning it shares the counts).
+    pub fn durations(&self) -> Histogram {
+        self.durations.clone()
     }
 
     /// How many argon2 verifications have run, decoys included.

@@ -2,6 +2,7 @@
 
 use super::proto::{self as pb, admin_server};
 use super::{convert, status, RequestId};
+use crate::audit::{Actor, AuditCategory, AuditQuery};
 use crate::code::Code;
 use crate::domain::{AccountId, ApplicationId, KeyId, Name, SearchParams, SessionId, UserId};
 use crate::manage::Manager;
@@ -25,19 +26,56 @@ impl AdminTokens {
         self.0.iter().fold(subtle::Choice::from(0), |any, token| any | token.ct_eq(&digest)).into()
     }
 
-    /// A tonic interceptor: `authorization: Bearer <token>` or UNAUTHENTICATED.
-    pub fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
+    /// A tonic interceptor: `authorization: Bearer <token>` or UNAUTHENTICATED. An accepted
+    /// call carries the token's fingerprint on, for the audit trail.
+    pub fn check(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let presented = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
         match presented {
-            Some(token) if self.accepts(token.trim()) => Ok(request),
+            Some(token) if self.accepts(token.trim()) => {
+                let fingerprint = AdminCredential::of(token.trim());
+                request.extensions_mut().insert(fingerprint);
+                Ok(request)
+            }
             Some(_) => Err(status::coded(Code::Unauth, "the admin token is not valid")),
             None => Err(status::coded(Code::Unauth, "admin calls need `authorization: Bearer <admin token>`")),
         }
     }
+}
+
+/// Which admin token made a call: `admin:` and the first 8 hex digits of its SHA-256.
+#[derive(Debug, Clone)]
+pub struct AdminCredential(String);
+
+impl AdminCredential {
+    fn of(token: &str) -> Self {
+        let digest = Sha256::digest(token.as_bytes());
+        Self(format!("admin:{}", digest[..4].iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    }
+}
+
+/// Whom the caller acts for, when it says (the dashboard back end names its user).
+pub const ACTOR_HEADER: &str = "x-keygate-actor";
+
+/// The request id and the actor of an admin call, for its audit record.
+fn actor_of<T>(request: &Request<T>) -> Result<(RequestId, Actor), Status> {
+    let request_id = RequestId::from_metadata(request.metadata());
+    let credential =
+        request.extensions().get::<AdminCredential>().map_or_else(|| "admin:unknown".to_owned(), |c| c.0.clone());
+    let on_behalf_of = match request.metadata().get(ACTOR_HEADER) {
+        None => None,
+        Some(value) => {
+            let raw = value.to_str().map_err(|_| {
+                status::coded(Code::ValidationError, format!("{ACTOR_HEADER}: must be printable ASCII"))
+            })?;
+            Some(Actor::parse_on_behalf_of(raw)?)
+        }
+    };
+    let actor = Actor { credential, on_behalf_of, request_id: request_id.as_str().to_owned() };
+    Ok((request_id, actor))
 }
 
 pub struct AdminService {
@@ -62,11 +100,11 @@ impl admin_server::Admin for AdminService {
         &self,
         request: Request<pb::CreateApplicationRequest>,
     ) -> Result<Response<pb::Application>, Status> {
-        let request_id = RequestId::from_metadata(request.metadata());
+        let (request_id, actor) = actor_of(&request)?;
         let req = request.into_inner();
         let account = AccountId::parse(&req.account_id)?;
         let name = Name::parse("name", &req.name)?;
-        let app = self.manager.create_application(account, name).await?;
+        let app = self.manager.create_application(account, name, &actor).await?;
         respond(request_id, "create_application", app.id.as_str(), convert::application_to_proto(&app))
     }
 
@@ -99,9 +137,9 @@ impl admin_server::Admin for AdminService {
         &self,
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
-        let request_id = RequestId::from_metadata(request.metadata());
+        let (request_id, actor) = actor_of(&request)?;
         let new = request.into_inner().try_into()?;
-        let (key, generated) = self.manager.create_api_key(new).await?;
+        let (key, generated) = self.manager.create_api_key(new, &actor).await?;
         let response = pb::CreateApiKeyResponse {
             key: Some(convert::key_to_proto(&key, self.manager.now())),
             secret: generated.into_secret_string(),
@@ -140,17 +178,17 @@ impl admin_server::Admin for AdminService {
     }
 
     async fn update_api_key(&self, request: Request<pb::UpdateApiKeyRequest>) -> Result<Response<pb::ApiKey>, Status> {
-        let request_id = RequestId::from_metadata(request.metadata());
+        let (request_id, actor) = actor_of(&request)?;
         let (id, changes) = convert::key_changes(request.get_ref())?;
-        let key = self.manager.update_api_key(id, changes).await?;
+        let key = self.manager.update_api_key(id, changes, &actor).await?;
         respond(request_id, "update_api_key", &id.to_string(), convert::key_to_proto(&key, self.manager.now()))
     }
 
     async fn revoke_api_key(&self, request: Request<pb::RevokeApiKeyRequest>) -> Result<Response<pb::ApiKey>, Status> {
-        let request_id = RequestId::from_metadata(request.metadata());
+        let (request_id, actor) = actor_of(&request)?;
         let req = request.into_inner();
         let id = KeyId::parse(&req.id)?;
-        let key = self.manager.revoke_api_key(id, &req.reason).await?;
+        let key = self.manager.revoke_api_key(id, &req.reason, &actor).await?;
         respond(request_id, "revoke_api_key", &id.to_string(), convert::key_to_proto(&key, self.manager.now()))
     }
 
@@ -158,11 +196,11 @@ impl admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RotateApplicationKeyRequest>,
     ) -> Result<Response<pb::RotateApplicationKeyResponse>, Status> {
-        let request_id = RequestId::from_metadata(request.metadata());
+        let (request_id, actor) = actor_of(&request)?;
         let req = request.into_inner();
         let application = ApplicationId::parse(&req.application_id)?;
         let grace = req.grace_period_seconds.map(|s| std::time::Duration::from_secs(s.into()));
-        let rotation = self.manager.rotate_application_key(&application, grace).await?;
+        let rotation = self.manager.rotate_application_key(&application, grace, &actor).await?;
         let response = pb::RotateApplicationKeyResponse {
             key: Some(convert::key_to_proto(&rotation.key, self.manager.now())),
             secret: rotation.credential.into_secret_string(),
@@ -176,12 +214,12 @@ impl admin_server::Admin for AdminService {
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
-        let request_id = RequestId::from_metadata(request.metadata());
+        let (request_id, actor) = actor_of(&request)?;
         let req = request.into_inner();
         let account = AccountId::parse(&req.account_id)?;
         let user = UserId::parse(&req.user_id)?;
         let ttl = (req.ttl_seconds > 0).then(|| std::time::Duration::from_secs(req.ttl_seconds.into()));
-        let (session, token) = self.manager.create_session(account, user, ttl).await?;
+        let (session, token) = self.manager.create_session(account, user, ttl, &actor).await?;
         let response = pb::CreateSessionResponse {
             session: Some(convert::session_to_proto(&session, self.manager.now())),
             token: token.into_secret_string(),
@@ -200,9 +238,27 @@ impl admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RevokeSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        let request_id = RequestId::from_metadata(request.metadata());
+        let (request_id, actor) = actor_of(&request)?;
         let id = SessionId::parse(&request.get_ref().id)?;
-        let session = self.manager.revoke_session(id).await?;
+        let session = self.manager.revoke_session(id, &actor).await?;
         respond(request_id, "revoke_session", &id.to_string(), convert::session_to_proto(&session, self.manager.now()))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let request_id = RequestId::from_metadata(request.metadata());
+        let req = request.into_inner();
+        let account = AccountId::parse(&req.account_id)?;
+        let search = SearchParams::parse(&req.search_params)?;
+        let categories = search.categories.iter().map(|c| AuditCategory::parse(c)).collect::<Result<_, _>>()?;
+        let query = AuditQuery { search: search.search_string, categories };
+        let page = convert::page_request(req.page_size, &req.page_token, crate::audit::is_event_id)?;
+        let page = self.manager.list_audit_events(&account, &query, &page).await?;
+        Ok(request_id.attach(Response::new(pb::ListAuditEventsResponse {
+            events: page.items.iter().map(convert::audit_event_to_proto).collect(),
+            next_page_token: page.next_after.unwrap_or_default(),
+        })))
     }
 }

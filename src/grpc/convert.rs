@@ -2,6 +2,7 @@
 //! type; a bad one becomes a VALIDATION_ERROR that names the field.
 
 use super::proto as pb;
+use crate::audit::AuditEvent;
 use crate::authz::decision::Principal;
 use crate::authz::{AuthorizeQuery, Verdict};
 use crate::domain::{AccountId, ApplicationId, InvalidField, KeyId, Name, Scope, Scopes, Timestamp};
@@ -58,6 +59,7 @@ pub fn key_to_proto(key: &KeyRecord, now: Timestamp) -> pb::ApiKey {
         revoked_reason: key.revoked_reason.clone().unwrap_or_default(),
         status: status.into(),
         kind: key.kind.as_str().to_owned(),
+        last_used_at: key.usage.last_used_at().map(timestamp_to_proto),
     }
 }
 
@@ -100,6 +102,21 @@ fn principal_to_proto(principal: &Principal) -> pb::Principal {
 }
 
 /// `page_token` is the last id of the previous page; `valid_token` checks its shape.
+pub fn audit_event_to_proto(event: &AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        id: event.id.clone(),
+        account_id: event.account_id.to_string(),
+        category: event.category().as_str().to_owned(),
+        action: event.action.as_str().to_owned(),
+        actor: event.actor.credential.clone(),
+        on_behalf_of: event.actor.on_behalf_of.clone().unwrap_or_default(),
+        target: event.target.clone(),
+        request_id: event.actor.request_id.clone(),
+        occurred_at: Some(timestamp_to_proto(event.occurred_at)),
+        detail_json: event.detail.to_string(),
+    }
+}
+
 pub fn page_request(
     page_size: u32,
     page_token: &str,

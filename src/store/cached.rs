@@ -18,6 +18,7 @@
 //! reloaded before it is served fresh again.
 
 use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome};
+use crate::audit::{AuditEvent, AuditQuery};
 use crate::domain::{AccountId, ApplicationId, KeyId, SessionId, Timestamp};
 use moka::sync::Cache;
 use std::hash::{BuildHasher, Hash};
@@ -55,6 +56,9 @@ struct GuardedCache<K, V> {
     ttl: Duration,
     max_stale: Duration,
     served_stale: Arc<AtomicU64>,
+    /// Lookups answered from memory, and those that went to the store.
+    hits: AtomicU64,
+    misses: AtomicU64,
     /// What a reloaded value keeps of the one it replaces.
     carry_over: fn(previous: &V, current: &V),
 }
@@ -78,6 +82,8 @@ where
             ttl: settings.ttl,
             max_stale: settings.max_stale,
             served_stale,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
             carry_over,
         }
     }
@@ -100,9 +106,11 @@ where
         let cached = self.entries.get(key);
         if let Some(entry) = &cached {
             if entry.generation == generation && entry.loaded_at.elapsed() < self.ttl {
+                self.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(entry.value.clone());
             }
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let seen = self.epoch(key);
         let loaded_at = Instant::now();
         let value = match load().await {
@@ -143,11 +151,23 @@ where
 }
 
 /// A reloaded key record keeps the verified credential of the record it replaces (same
-/// hash), so the periodic reload costs no argon2.
+/// hash), so the periodic reload costs no argon2, and the latest use it knew of, so a
+/// use is not reported twice.
 fn keep_verified(previous: &Option<Arc<KeyRecord>>, current: &Option<Arc<KeyRecord>>) {
     if let (Some(previous), Some(current)) = (previous, current) {
         current.verified.carry_over(previous, current);
+        current.usage.carry_over(&previous.usage);
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CacheStats {
+    pub keys: u64,
+    pub applications: u64,
+    pub sessions: u64,
+    pub key_hits: u64,
+    pub key_misses: u64,
+    pub served_stale: u64,
 }
 
 pub struct CachedStore {
@@ -199,12 +219,24 @@ impl CachedStore {
         self.keys.entries.run_pending_tasks();
         self.keys.entries.entry_count()
     }
+
+    /// Sizes (approximate: moka counts lazily) and key lookup counts, for metrics.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            keys: self.keys.entries.entry_count(),
+            applications: self.applications.entries.entry_count(),
+            sessions: self.sessions.entries.entry_count(),
+            key_hits: self.keys.hits.load(Ordering::Relaxed),
+            key_misses: self.keys.misses.load(Ordering::Relaxed),
+            served_stale: self.served_stale(),
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl Store for CachedStore {
-    async fn create_application(&self, app: &Application) -> Result<(), StoreError> {
-        let result = self.inner.create_application(app).await;
+    async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
+        let result = self.inner.create_application(app, audit).await;
         // A miss may have been cached as "no such application".
         self.applications.invalidate(&app.id);
         result
@@ -222,8 +254,8 @@ impl Store for CachedStore {
         self.inner.list_applications(account, page).await
     }
 
-    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        let result = self.inner.create_key(key).await;
+    async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        let result = self.inner.create_key(key, audit).await;
         self.keys.invalidate(&key.id);
         result
     }
@@ -241,21 +273,38 @@ impl Store for CachedStore {
         self.inner.list_keys(account, search, page).await
     }
 
-    async fn update_key(&self, id: KeyId, changes: &KeyChanges, now: Timestamp) -> Result<UpdateOutcome, StoreError> {
+    async fn update_key(
+        &self,
+        id: KeyId,
+        changes: &KeyChanges,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<UpdateOutcome, StoreError> {
         // Invalidate even when the write errors: it may have committed before the error.
-        let result = self.inner.update_key(id, changes, now).await;
+        let result = self.inner.update_key(id, changes, now, audit).await;
         self.keys.invalidate(&id);
         result
     }
 
-    async fn revoke_key(&self, id: KeyId, reason: &str, now: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
-        let result = self.inner.revoke_key(id, reason, now).await;
+    async fn revoke_key(
+        &self,
+        id: KeyId,
+        reason: &str,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let result = self.inner.revoke_key(id, reason, now, audit).await;
         self.keys.invalidate(&id);
         result
     }
 
-    async fn rotate_runtime_key(&self, new: &KeyRecord, retire_at: Timestamp) -> Result<Option<KeyId>, StoreError> {
-        let result = self.inner.rotate_runtime_key(new, retire_at).await;
+    async fn rotate_runtime_key(
+        &self,
+        new: &KeyRecord,
+        retire_at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<KeyId>, StoreError> {
+        let result = self.inner.rotate_runtime_key(new, retire_at, audit).await;
         self.keys.invalidate(&new.id);
         if let Ok(Some(retired)) = &result {
             self.keys.invalidate(retired);
@@ -263,8 +312,13 @@ impl Store for CachedStore {
         result
     }
 
-    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
-        let result = self.inner.create_session(session).await;
+    /// Usage is not a change: cached records stay, and their own memo already says it.
+    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        self.inner.record_key_usage(uses).await
+    }
+
+    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        let result = self.inner.create_session(session, audit).await;
         self.sessions.invalidate(&session.id);
         result
     }
@@ -273,10 +327,24 @@ impl Store for CachedStore {
         self.sessions.get_or_load(&id, || self.inner.session(id)).await
     }
 
-    async fn revoke_session(&self, id: SessionId, now: Timestamp) -> Result<Option<SessionRecord>, StoreError> {
-        let result = self.inner.revoke_session(id, now).await;
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let result = self.inner.revoke_session(id, now, audit).await;
         self.sessions.invalidate(&id);
         result
+    }
+
+    async fn list_audit_events(
+        &self,
+        account: &AccountId,
+        query: &AuditQuery,
+        page: &PageRequest,
+    ) -> Result<Page<AuditEvent>, StoreError> {
+        self.inner.list_audit_events(account, query, page).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

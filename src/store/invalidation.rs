@@ -9,13 +9,14 @@
 
 use super::cached::CachedStore;
 use crate::domain::{ApplicationId, KeyId, SessionId};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use sqlx::postgres::{PgListener, PgNotification};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What the listener is doing, for health, tests and (later) metrics.
-#[derive(Debug, Default)]
+/// What the listener is doing, for health, tests and metrics.
+#[derive(Debug)]
 pub struct ListenerStatus {
     connected: AtomicBool,
     backend_pid: AtomicI32,
@@ -23,6 +24,22 @@ pub struct ListenerStatus {
     notifications: AtomicU64,
     /// Milliseconds from the writer's commit-time clock to this replica's invalidation.
     last_lag_millis: AtomicI64,
+    /// The same lag, in seconds, for every notification.
+    lag: Histogram,
+}
+
+impl Default for ListenerStatus {
+    fn default() -> Self {
+        Self {
+            connected: Default::default(),
+            backend_pid: Default::default(),
+            connections: Default::default(),
+            notifications: Default::default(),
+            last_lag_millis: Default::default(),
+            // 100 µs to ~3 s.
+            lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+        }
+    }
 }
 
 impl ListenerStatus {
@@ -46,6 +63,10 @@ impl ListenerStatus {
 
     pub fn last_lag_millis(&self) -> i64 {
         self.last_lag_millis.load(Ordering::SeqCst)
+    }
+
+    pub fn lag(&self) -> Histogram {
+        self.lag.clone()
     }
 }
 
@@ -141,5 +162,7 @@ fn apply(notification: &PgNotification, cache: &CachedStore, status: &ListenerSt
     if let Some(sent) = sent.and_then(|s| s.parse::<i64>().ok()) {
         let now = crate::clock::Clock::now(&crate::clock::SystemClock).as_millis();
         status.last_lag_millis.store(now - sent, Ordering::SeqCst);
+        // Clocks of two machines can disagree a little; a negative lag counts as none.
+        status.lag.observe((now - sent).max(0) as f64 / 1000.0);
     }
 }

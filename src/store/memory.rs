@@ -6,6 +6,7 @@
 use super::{
     Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
 };
+use crate::audit::{AuditEvent, AuditQuery};
 use crate::domain::{AccountId, ApplicationId, KeyId, SessionId, Timestamp};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,13 @@ struct State {
     applications: BTreeMap<ApplicationId, Application>,
     keys: BTreeMap<KeyId, KeyRecord>,
     sessions: BTreeMap<SessionId, SessionRecord>,
+    audit: BTreeMap<String, AuditEvent>,
+}
+
+impl State {
+    fn record(&mut self, event: &AuditEvent) {
+        self.audit.insert(event.id.clone(), event.clone());
+    }
 }
 
 impl MemoryStore {
@@ -43,8 +51,10 @@ fn page<T: Clone>(items: impl Iterator<Item = (String, T)>, page: &PageRequest) 
 
 #[async_trait::async_trait]
 impl Store for MemoryStore {
-    async fn create_application(&self, app: &Application) -> Result<(), StoreError> {
-        self.state().applications.insert(app.id.clone(), app.clone());
+    async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
+        let mut state = self.state();
+        state.applications.insert(app.id.clone(), app.clone());
+        state.record(audit);
         Ok(())
     }
 
@@ -63,8 +73,10 @@ impl Store for MemoryStore {
         Ok(page(mine, request))
     }
 
-    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.state().keys.insert(key.id, key.clone());
+    async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        let mut state = self.state();
+        state.keys.insert(key.id, key.clone());
+        state.record(audit);
         Ok(())
     }
 
@@ -93,8 +105,15 @@ impl Store for MemoryStore {
         Ok(page(matching, request))
     }
 
-    async fn update_key(&self, id: KeyId, changes: &KeyChanges, now: Timestamp) -> Result<UpdateOutcome, StoreError> {
+    async fn update_key(
+        &self,
+        id: KeyId,
+        changes: &KeyChanges,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<UpdateOutcome, StoreError> {
         let mut state = self.state();
+        let state = &mut *state;
         let Some(key) = state.keys.get_mut(&id) else { return Ok(UpdateOutcome::NotFound) };
         if key.revoked_at.is_some() {
             return Ok(UpdateOutcome::Revoked);
@@ -113,11 +132,20 @@ impl Store for MemoryStore {
         }
         key.updated_at = now;
         key.version += 1;
-        Ok(UpdateOutcome::Updated(Box::new(key.clone())))
+        let updated = key.clone();
+        state.record(audit);
+        Ok(UpdateOutcome::Updated(Box::new(updated)))
     }
 
-    async fn revoke_key(&self, id: KeyId, reason: &str, now: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
+    async fn revoke_key(
+        &self,
+        id: KeyId,
+        reason: &str,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<KeyRecord>, StoreError> {
         let mut state = self.state();
+        let state = &mut *state;
         let Some(key) = state.keys.get_mut(&id) else { return Ok(None) };
         if key.revoked_at.is_none() {
             key.revoked_at = Some(now);
@@ -125,10 +153,17 @@ impl Store for MemoryStore {
             key.updated_at = now;
             key.version += 1;
         }
-        Ok(Some(key.clone()))
+        let revoked = key.clone();
+        state.record(audit);
+        Ok(Some(revoked))
     }
 
-    async fn rotate_runtime_key(&self, new: &KeyRecord, retire_at: Timestamp) -> Result<Option<KeyId>, StoreError> {
+    async fn rotate_runtime_key(
+        &self,
+        new: &KeyRecord,
+        retire_at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<KeyId>, StoreError> {
         let mut state = self.state();
         let current = state
             .keys
@@ -145,11 +180,24 @@ impl Store for MemoryStore {
                 k.id
             });
         state.keys.insert(new.id, new.clone());
+        state.record(audit);
         Ok(current)
     }
 
-    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
-        self.state().sessions.insert(session.id, session.clone());
+    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        let state = self.state();
+        for (id, at) in uses {
+            if let Some(key) = state.keys.get(id) {
+                key.usage.carry_over(&crate::store::UsageMemo::new(Some(*at)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        let mut state = self.state();
+        state.sessions.insert(session.id, session.clone());
+        state.record(audit);
         Ok(())
     }
 
@@ -157,14 +205,48 @@ impl Store for MemoryStore {
         Ok(self.state().sessions.get(&id).cloned().map(Arc::new))
     }
 
-    async fn revoke_session(&self, id: SessionId, now: Timestamp) -> Result<Option<SessionRecord>, StoreError> {
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<SessionRecord>, StoreError> {
         let mut state = self.state();
+        let state = &mut *state;
         let Some(session) = state.sessions.get_mut(&id) else { return Ok(None) };
         if session.revoked_at.is_none() {
             session.revoked_at = Some(now);
             session.version += 1;
         }
-        Ok(Some(session.clone()))
+        let revoked = session.clone();
+        state.record(audit);
+        Ok(Some(revoked))
+    }
+
+    async fn list_audit_events(
+        &self,
+        account: &AccountId,
+        query: &AuditQuery,
+        request: &PageRequest,
+    ) -> Result<Page<AuditEvent>, StoreError> {
+        let state = self.state();
+        let before = request.after.as_deref();
+        let mut items: Vec<AuditEvent> = state
+            .audit
+            .values()
+            .rev()
+            .filter(|e| before.is_none_or(|b| e.id.as_str() < b))
+            .filter(|e| e.account_id == *account && query.matches(e))
+            .take(request.limit as usize + 1)
+            .cloned()
+            .collect();
+        let next_after = if items.len() > request.limit as usize {
+            items.truncate(request.limit as usize);
+            items.last().map(|e| e.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next_after })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

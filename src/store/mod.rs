@@ -5,8 +5,10 @@
 pub mod cached;
 pub mod invalidation;
 pub mod memory;
+pub mod metered;
 pub mod sql;
 
+use crate::audit::{AuditEvent, AuditQuery};
 use crate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, SessionId, Timestamp, UserId};
 use std::sync::Arc;
 
@@ -60,6 +62,60 @@ pub struct KeyRecord {
     /// Not stored: which credential argon2 has accepted for this record, so a cached
     /// record answers "is this the secret?" without a second cache entry per hot key.
     pub verified: VerifiedMemo,
+    /// When the key was last used: as stored (batched, about once a minute), or later if
+    /// this replica has seen a use since.
+    pub usage: UsageMemo,
+}
+
+/// The last known use of a key, in Unix milliseconds (0 = never). Lives on the cached
+/// record so that deciding whether a use must be reported takes no lock and no lookup.
+#[derive(Default)]
+pub struct UsageMemo(std::sync::atomic::AtomicI64);
+
+impl UsageMemo {
+    pub fn new(last_used_at: Option<Timestamp>) -> Self {
+        Self(std::sync::atomic::AtomicI64::new(last_used_at.map_or(0, Timestamp::as_millis)))
+    }
+
+    pub fn last_used_at(&self) -> Option<Timestamp> {
+        let millis = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        (millis > 0).then(|| Timestamp::from_millis(millis))
+    }
+
+    /// True for the one caller that should report a use at `now`: when the last known use
+    /// is at least `every` old. Concurrent callers race on one compare-and-swap.
+    pub fn claim_report(&self, now: Timestamp, every: std::time::Duration) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.0.load(Relaxed);
+        now.as_millis().saturating_sub(last) >= every.as_millis() as i64
+            && self.0.compare_exchange(last, now.as_millis(), Relaxed, Relaxed).is_ok()
+    }
+
+    /// Keeps the later of what `previous` knew and what was loaded.
+    pub fn carry_over(&self, previous: &UsageMemo) {
+        self.0.fetch_max(previous.0.load(std::sync::atomic::Ordering::Relaxed), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Clone for UsageMemo {
+    fn clone(&self) -> Self {
+        Self(std::sync::atomic::AtomicI64::new(self.0.load(std::sync::atomic::Ordering::Relaxed)))
+    }
+}
+
+/// Like [`VerifiedMemo`], usage is not part of what a record says.
+impl PartialEq for UsageMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for UsageMemo {}
+
+impl std::fmt::Debug for UsageMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.last_used_at())
+    }
 }
 
 /// The SHA-256 digest of the one credential verified against a record's hash. A key has a
@@ -228,14 +284,16 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// Every write takes the [`AuditEvent`] that records it and stores both in one
+/// transaction, or neither.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    async fn create_application(&self, app: &Application) -> Result<(), StoreError>;
+    async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError>;
     async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError>;
     async fn list_applications(&self, account: &AccountId, page: &PageRequest)
         -> Result<Page<Application>, StoreError>;
 
-    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError>;
     async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError>;
     /// `search` matches the name or the id, case-insensitively, as a substring.
     async fn list_keys(
@@ -244,17 +302,51 @@ pub trait Store: Send + Sync + 'static {
         search: Option<&str>,
         page: &PageRequest,
     ) -> Result<Page<KeyRecord>, StoreError>;
-    async fn update_key(&self, id: KeyId, changes: &KeyChanges, now: Timestamp) -> Result<UpdateOutcome, StoreError>;
-    /// Idempotent: revoking a revoked key returns it unchanged. `None` if there is no such key.
-    async fn revoke_key(&self, id: KeyId, reason: &str, now: Timestamp) -> Result<Option<KeyRecord>, StoreError>;
+    /// Records nothing unless the key was updated.
+    async fn update_key(
+        &self,
+        id: KeyId,
+        changes: &KeyChanges,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<UpdateOutcome, StoreError>;
+    /// Idempotent: revoking a revoked key returns it unchanged (and records the attempt).
+    /// `None`, recording nothing, if there is no such key.
+    async fn revoke_key(
+        &self,
+        id: KeyId,
+        reason: &str,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<KeyRecord>, StoreError>;
     /// Makes `new` (a runtime key) its application's current runtime key, in one
     /// transaction; the key it replaces keeps working until `retire_at`. Returns that key.
-    async fn rotate_runtime_key(&self, new: &KeyRecord, retire_at: Timestamp) -> Result<Option<KeyId>, StoreError>;
+    async fn rotate_runtime_key(
+        &self,
+        new: &KeyRecord,
+        retire_at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<KeyId>, StoreError>;
+    /// Raises each key's `last_used_at` to the given time (never lowers it).
+    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
 
-    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError>;
     async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError>;
-    /// Idempotent. `None` if there is no such session.
-    async fn revoke_session(&self, id: SessionId, now: Timestamp) -> Result<Option<SessionRecord>, StoreError>;
+    /// Idempotent. `None`, recording nothing, if there is no such session.
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// An account's audit events, newest first; pages continue *before* `page.after`.
+    async fn list_audit_events(
+        &self,
+        account: &AccountId,
+        query: &AuditQuery,
+        page: &PageRequest,
+    ) -> Result<Page<AuditEvent>, StoreError>;
 
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;

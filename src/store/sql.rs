@@ -5,7 +5,9 @@
 
 use super::{
     Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
+    UsageMemo,
 };
+use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
 use crate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, SessionId, Timestamp, UserId};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
@@ -16,8 +18,12 @@ use std::time::Duration;
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
-const KEY_COLUMNS: &str = "id, account_id, kind, name, scopes, application_ids, secret_hash, created_at, \
-     updated_at, expires_at, revoked_at, retire_at, revoked_reason, version";
+/// A key with its last use, which lives in its own table: usage is written in batches
+/// and must not notify replicas or bump the key's version as a change would.
+const KEY_SELECT: &str = "SELECT api_keys.id, account_id, kind, name, scopes, application_ids, secret_hash, \
+     created_at, updated_at, expires_at, revoked_at, retire_at, revoked_reason, version, u.last_used_at \
+     FROM api_keys LEFT JOIN key_usage u ON u.key_id = api_keys.id";
+const AUDIT_COLUMNS: &str = "id, account_id, action, actor, on_behalf_of, target, request_id, occurred_at, detail";
 const SESSION_COLUMNS: &str = "id, account_id, user_id, secret_digest, created_at, expires_at, revoked_at, version";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,9 +159,45 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         revoked_at: optional_time("revoked_at")?,
         retire_at: optional_time("retire_at")?,
         verified: Default::default(),
+        // Absent from a row that RETURNING gave (usage is in another table).
+        usage: UsageMemo::new(row.try_get::<Option<i64>, _>("last_used_at").ok().flatten().map(Timestamp::from_millis)),
         revoked_reason: row.try_get("revoked_reason")?,
         version: row.try_get("version")?,
     })
+}
+
+fn audit_from_row(row: &AnyRow) -> Result<AuditEvent, StoreError> {
+    let action = AuditAction::from_stored(row.try_get("action")?).ok_or_else(|| corrupt("audit_events.action"))?;
+    Ok(AuditEvent {
+        id: row.try_get("id")?,
+        account_id: AccountId::parse(row.try_get("account_id")?).map_err(|_| corrupt("audit_events.account_id"))?,
+        action,
+        actor: Actor {
+            credential: row.try_get("actor")?,
+            on_behalf_of: row.try_get("on_behalf_of")?,
+            request_id: row.try_get("request_id")?,
+        },
+        target: row.try_get("target")?,
+        occurred_at: Timestamp::from_millis(row.try_get("occurred_at")?),
+        detail: serde_json::from_str(row.try_get("detail")?).map_err(|_| corrupt("audit_events.detail"))?,
+    })
+}
+
+fn insert_audit(event: &AuditEvent) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(
+        "INSERT INTO audit_events (id, account_id, category, action, actor, on_behalf_of, target, request_id, \
+         occurred_at, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(event.id.as_str())
+    .bind(event.account_id.as_str())
+    .bind(event.category().as_str())
+    .bind(event.action.as_str())
+    .bind(event.actor.credential.as_str())
+    .bind(event.actor.on_behalf_of.as_deref())
+    .bind(event.target.as_str())
+    .bind(event.actor.request_id.as_str())
+    .bind(event.occurred_at.as_millis())
+    .bind(event.detail.to_string())
 }
 
 fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError> {
@@ -243,17 +285,30 @@ fn into_page<T>(mut items: Vec<T>, limit: u32, id_of: impl Fn(&T) -> String) -> 
     Page { items, next_after }
 }
 
+/// A key as the transaction `tx` sees it.
+async fn key_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+    sqlx::query(&format!("{KEY_SELECT} WHERE api_keys.id = $1"))
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|row| key_from_row(&row))
+        .transpose()
+}
+
 #[async_trait::async_trait]
 impl Store for SqlStore {
     #[tracing::instrument(skip_all, fields(application_id = %app.id), err)]
-    async fn create_application(&self, app: &Application) -> Result<(), StoreError> {
+    async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO applications (id, account_id, name, created_at) VALUES ($1, $2, $3, $4)")
             .bind(app.id.as_str())
             .bind(app.account_id.as_str())
             .bind(app.name.as_str())
             .bind(app.created_at.as_millis())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        insert_audit(audit).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -287,13 +342,21 @@ impl Store for SqlStore {
     }
 
     #[tracing::instrument(skip_all, fields(key_id = %key.id), err)]
-    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        insert_key(key).execute(&self.pool).await?;
+    async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_key(key).execute(&mut *tx).await?;
+        insert_audit(audit).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     #[tracing::instrument(skip_all, fields(key_id = %new.id), err)]
-    async fn rotate_runtime_key(&self, new: &KeyRecord, retire_at: Timestamp) -> Result<Option<KeyId>, StoreError> {
+    async fn rotate_runtime_key(
+        &self,
+        new: &KeyRecord,
+        retire_at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<KeyId>, StoreError> {
         let application = new.application_ids.first().ok_or_else(|| corrupt("a runtime key names its application"))?;
         let mut tx = self.pool.begin().await?;
         // Taking the application's row first serializes concurrent rotations of one
@@ -312,13 +375,15 @@ impl Store for SqlStore {
         .fetch_all(&mut *tx)
         .await?;
         insert_key(new).execute(&mut *tx).await?;
+        insert_audit(audit).execute(&mut *tx).await?;
         tx.commit().await?;
         let retired = retired.first().map(|row| row.try_get::<&str, _>("id")).transpose()?;
         Ok(retired.and_then(KeyId::from_stored))
     }
 
     #[tracing::instrument(skip_all, fields(session_id = %session.id), err)]
-    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO sessions (id, account_id, user_id, secret_digest, created_at, expires_at, revoked_at, version) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -331,8 +396,10 @@ impl Store for SqlStore {
         .bind(session.expires_at.as_millis())
         .bind(session.revoked_at.map(Timestamp::as_millis))
         .bind(session.version)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        insert_audit(audit).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -347,23 +414,32 @@ impl Store for SqlStore {
     }
 
     #[tracing::instrument(skip_all, fields(session_id = %id), err)]
-    async fn revoke_session(&self, id: SessionId, now: Timestamp) -> Result<Option<SessionRecord>, StoreError> {
-        sqlx::query(&format!(
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!(
             "UPDATE sessions SET revoked_at = COALESCE(revoked_at, $2), \
                version = CASE WHEN revoked_at IS NULL THEN version + 1 ELSE version END \
              WHERE id = $1 RETURNING {SESSION_COLUMNS}"
         ))
         .bind(id.to_string())
         .bind(now.as_millis())
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|row| session_from_row(&row))
-        .transpose()
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let session = session_from_row(&row)?;
+        insert_audit(audit).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Some(session))
     }
 
     #[tracing::instrument(skip_all, fields(key_id = %id), err)]
     async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"))
+        sqlx::query(&format!("{KEY_SELECT} WHERE api_keys.id = $1"))
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?
@@ -379,9 +455,9 @@ impl Store for SqlStore {
         page: &PageRequest,
     ) -> Result<Page<KeyRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = $1 AND kind = 'api_key' AND id > $2 \
-             AND ($3 = '' OR lower(name) LIKE $3 ESCAPE '\\' OR lower(id) LIKE $3 ESCAPE '\\') \
-             ORDER BY id LIMIT $4"
+            "{KEY_SELECT} WHERE account_id = $1 AND kind = 'api_key' AND api_keys.id > $2 \
+             AND ($3 = '' OR lower(name) LIKE $3 ESCAPE '\\' OR lower(api_keys.id) LIKE $3 ESCAPE '\\') \
+             ORDER BY api_keys.id LIMIT $4"
         ))
         .bind(account.as_str())
         .bind(page.after.as_deref().unwrap_or(""))
@@ -394,8 +470,15 @@ impl Store for SqlStore {
     }
 
     #[tracing::instrument(skip_all, fields(key_id = %id), err)]
-    async fn update_key(&self, id: KeyId, changes: &KeyChanges, now: Timestamp) -> Result<UpdateOutcome, StoreError> {
-        let row = sqlx::query(&format!(
+    async fn update_key(
+        &self,
+        id: KeyId,
+        changes: &KeyChanges,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<UpdateOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
             "UPDATE api_keys SET \
                name = COALESCE($2, name), \
                scopes = COALESCE($3, scopes), \
@@ -404,8 +487,8 @@ impl Store for SqlStore {
                updated_at = $7, \
                version = version + 1 \
              WHERE id = $1 AND revoked_at IS NULL \
-             RETURNING {KEY_COLUMNS}"
-        ))
+             RETURNING id",
+        )
         .bind(id.to_string())
         .bind(changes.name.as_ref().map(|n| n.as_str().to_owned()))
         .bind(changes.scopes.as_ref().map(scopes_json))
@@ -413,11 +496,15 @@ impl Store for SqlStore {
         .bind(i64::from(changes.expires_at.is_some()))
         .bind(changes.expires_at.flatten().map(Timestamp::as_millis))
         .bind(now.as_millis())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        if let Some(row) = row {
-            return Ok(UpdateOutcome::Updated(Box::new(key_from_row(&row)?)));
+        if updated.is_some() {
+            let key = key_in(&mut tx, id).await?.ok_or_else(|| corrupt("an updated key is gone"))?;
+            insert_audit(audit).execute(&mut *tx).await?;
+            tx.commit().await?;
+            return Ok(UpdateOutcome::Updated(Box::new(key)));
         }
+        tx.rollback().await?;
         Ok(match self.key(id).await? {
             Some(_) => UpdateOutcome::Revoked,
             None => UpdateOutcome::NotFound,
@@ -425,23 +512,87 @@ impl Store for SqlStore {
     }
 
     #[tracing::instrument(skip_all, fields(key_id = %id), err)]
-    async fn revoke_key(&self, id: KeyId, reason: &str, now: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
+    async fn revoke_key(
+        &self,
+        id: KeyId,
+        reason: &str,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let mut tx = self.pool.begin().await?;
         // Every SET expression reads the row as it was, so a second revoke changes nothing.
-        let row = sqlx::query(&format!(
+        let revoked = sqlx::query(
             "UPDATE api_keys SET \
                revoked_at = COALESCE(revoked_at, $2), \
                revoked_reason = CASE WHEN revoked_at IS NULL THEN $3 ELSE revoked_reason END, \
                updated_at = CASE WHEN revoked_at IS NULL THEN $2 ELSE updated_at END, \
                version = CASE WHEN revoked_at IS NULL THEN version + 1 ELSE version END \
              WHERE id = $1 \
-             RETURNING {KEY_COLUMNS}"
-        ))
+             RETURNING id",
+        )
         .bind(id.to_string())
         .bind(now.as_millis())
         .bind(reason)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        row.map(|row| key_from_row(&row)).transpose()
+        if revoked.is_none() {
+            return Ok(None);
+        }
+        let key = key_in(&mut tx, id).await?.ok_or_else(|| corrupt("a revoked key is gone"))?;
+        insert_audit(audit).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Some(key))
+    }
+
+    #[tracing::instrument(skip_all, fields(keys = uses.len()), err)]
+    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in uses {
+            sqlx::query(
+                "INSERT INTO key_usage (key_id, last_used_at) VALUES ($1, $2) \
+                 ON CONFLICT (key_id) DO UPDATE SET last_used_at = CASE \
+                   WHEN excluded.last_used_at > key_usage.last_used_at THEN excluded.last_used_at \
+                   ELSE key_usage.last_used_at END",
+            )
+            .bind(id.to_string())
+            .bind(at.as_millis())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %account), err)]
+    async fn list_audit_events(
+        &self,
+        account: &AccountId,
+        query: &AuditQuery,
+        page: &PageRequest,
+    ) -> Result<Page<AuditEvent>, StoreError> {
+        // One placeholder per category; the categories themselves are bound, never spliced.
+        let categories = (0..query.categories.len()).map(|i| format!("${}", i + 5)).collect::<Vec<_>>().join(", ");
+        let category_filter =
+            if categories.is_empty() { String::new() } else { format!("AND category IN ({categories})") };
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE account_id = $1 AND id < $2 \
+             AND ($3 = '' OR lower(action) LIKE $3 ESCAPE '\\' OR lower(target) LIKE $3 ESCAPE '\\' \
+               OR lower(actor) LIKE $3 ESCAPE '\\' OR lower(COALESCE(on_behalf_of, '')) LIKE $3 ESCAPE '\\' \
+               OR lower(request_id) LIKE $3 ESCAPE '\\') \
+             {category_filter} ORDER BY id DESC LIMIT $4"
+        );
+        let mut statement = sqlx::query(&sql)
+            .bind(account.as_str())
+            // Newest first: a page continues below the last id it showed; "~" sorts after every id.
+            .bind(page.after.as_deref().unwrap_or("evt_~"))
+            .bind(query.search.as_deref().map(like_pattern).unwrap_or_default())
+            .bind(i64::from(page.limit) + 1);
+        for category in &query.categories {
+            statement = statement.bind(category.as_str());
+        }
+        let rows = statement.fetch_all(&self.pool).await?;
+        let items = rows.iter().map(audit_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(into_page(items, page.limit, |e| e.id.clone()))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -3,6 +3,7 @@
 
 use crate::backend_tests;
 use crate::helpers::{Db, TestDb};
+use keygate::audit::{AuditAction, AuditCategory, AuditEvent, AuditQuery};
 use keygate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, SessionId, Timestamp, UserId};
 use keygate::store::cached::{CacheSettings, CachedStore};
 use keygate::store::sql::SqlStore;
@@ -35,6 +36,7 @@ fn key(id: &str, account: &str, name: &str) -> KeyRecord {
         revoked_at: None,
         retire_at: None,
         verified: Default::default(),
+        usage: Default::default(),
         revoked_reason: None,
         version: 1,
     }
@@ -42,6 +44,12 @@ fn key(id: &str, account: &str, name: &str) -> KeyRecord {
 
 fn first_page() -> PageRequest {
     PageRequest { after: None, limit: 50 }
+}
+
+/// The record of an action on `target` of account `acct_a`.
+fn ev(action: AuditAction, target: impl ToString) -> AuditEvent {
+    let account = AccountId::parse("acct_a").unwrap();
+    AuditEvent::system(account, action, target.to_string(), Timestamp::from_millis(1_000)).unwrap()
 }
 
 async fn conformance(db: Db) {
@@ -57,10 +65,10 @@ async fn conformance(db: Db) {
         name: Name::parse("name", "One").unwrap(),
         created_at: Timestamp::from_millis(5),
     };
-    store.create_application(&app).await.unwrap();
+    store.create_application(&app, &ev(AuditAction::ApplicationCreate, &app.id)).await.unwrap();
     assert_eq!(store.application(&app.id).await.unwrap().as_deref(), Some(&app));
     assert!(store.application(&ApplicationId::parse("app_2").unwrap()).await.unwrap().is_none());
-    let err = store.create_application(&app).await.unwrap_err();
+    let err = store.create_application(&app, &ev(AuditAction::ApplicationCreate, "app_dup")).await.unwrap_err();
     assert!(matches!(err, StoreError::Other(_)), "a duplicate id is refused");
 
     // Keys round-trip every field.
@@ -68,7 +76,7 @@ async fn conformance(db: Db) {
     let b = key("key_bbbbbbbbbbbbbbbb", "acct_a", "Beta 100%");
     let c = key("key_cccccccccccccccc", "acct_b", "Alpha");
     for k in [&a, &b, &c] {
-        store.create_key(k).await.unwrap();
+        store.create_key(k, &ev(AuditAction::ApiKeyCreate, k.id)).await.unwrap();
     }
     assert_eq!(store.key(a.id).await.unwrap().as_deref(), Some(&a));
     assert!(store.key(KeyId::parse("key_zzzzzzzzzzzzzzzz").unwrap()).await.unwrap().is_none());
@@ -91,7 +99,10 @@ async fn conformance(db: Db) {
         expires_at: Some(None),
         ..Default::default()
     };
-    let UpdateOutcome::Updated(updated) = store.update_key(a.id, &changes, Timestamp::from_millis(9)).await.unwrap()
+    let UpdateOutcome::Updated(updated) = store
+        .update_key(a.id, &changes, Timestamp::from_millis(9), &ev(AuditAction::ApiKeyUpdate, a.id))
+        .await
+        .unwrap()
     else {
         panic!("expected an update")
     };
@@ -99,18 +110,28 @@ async fn conformance(db: Db) {
     assert_eq!(updated.scopes, Scopes::parse_grants(&["*"]).unwrap());
     assert_eq!(updated.updated_at, Timestamp::from_millis(9));
     let missing = KeyId::parse("key_zzzzzzzzzzzzzzzz").unwrap();
-    assert_eq!(store.update_key(missing, &changes, Timestamp::from_millis(9)).await.unwrap(), UpdateOutcome::NotFound);
+    let update_missing = ev(AuditAction::ApiKeyUpdate, "missing-update");
+    let outcome = store.update_key(missing, &changes, Timestamp::from_millis(9), &update_missing).await.unwrap();
+    assert_eq!(outcome, UpdateOutcome::NotFound);
 
     // Revocation: durable, idempotent, and it freezes the key.
-    let revoked = store.revoke_key(a.id, "leaked", Timestamp::from_millis(10)).await.unwrap().unwrap();
+    let revoke = |id: KeyId, reason: &'static str, at: i64| {
+        let store = store.clone();
+        async move { store.revoke_key(id, reason, Timestamp::from_millis(at), &ev(AuditAction::ApiKeyRevoke, id)).await }
+    };
+    let revoked = revoke(a.id, "leaked", 10).await.unwrap().unwrap();
     assert_eq!(
         (revoked.revoked_at, revoked.revoked_reason.as_deref(), revoked.version),
         (Some(Timestamp::from_millis(10)), Some("leaked"), 3)
     );
-    let again = store.revoke_key(a.id, "again", Timestamp::from_millis(11)).await.unwrap().unwrap();
+    let again = revoke(a.id, "again", 11).await.unwrap().unwrap();
     assert_eq!(again, revoked);
-    assert_eq!(store.update_key(a.id, &changes, Timestamp::from_millis(12)).await.unwrap(), UpdateOutcome::Revoked);
-    assert!(store.revoke_key(missing, "x", Timestamp::from_millis(10)).await.unwrap().is_none());
+    let update_revoked = ev(AuditAction::ApiKeyUpdate, "revoked-update");
+    let outcome = store.update_key(a.id, &changes, Timestamp::from_millis(12), &update_revoked).await.unwrap();
+    assert_eq!(outcome, UpdateOutcome::Revoked);
+    let revoke_missing = ev(AuditAction::ApiKeyRevoke, "missing-revoke");
+    let outcome = store.revoke_key(missing, "x", Timestamp::from_millis(10), &revoke_missing).await.unwrap();
+    assert!(outcome.is_none());
     store.ping().await.unwrap();
 
     // Runtime keys: one current per application; rotation schedules the old one's end,
@@ -122,17 +143,24 @@ async fn conformance(db: Db) {
         expires_at: None,
         ..key(id, "acct_a", "runtime")
     };
+    let rotate = |new: KeyRecord, retire_at: i64| {
+        let store = store.clone();
+        async move {
+            let audit = ev(AuditAction::ApplicationRotateKey, "app_1");
+            store.rotate_runtime_key(&new, Timestamp::from_millis(retire_at), &audit).await.unwrap()
+        }
+    };
     let first = runtime("key_r000000000000001");
-    assert_eq!(store.rotate_runtime_key(&first, Timestamp::from_millis(100)).await.unwrap(), None);
+    assert_eq!(rotate(first.clone(), 100).await, None);
     let second = runtime("key_r000000000000002");
-    assert_eq!(store.rotate_runtime_key(&second, Timestamp::from_millis(100)).await.unwrap(), Some(first.id));
+    assert_eq!(rotate(second.clone(), 100).await, Some(first.id));
     let retiring = store.key(first.id).await.unwrap().unwrap();
     assert_eq!((retiring.kind, retiring.retire_at), (KeyKind::Runtime, Some(Timestamp::from_millis(100))));
     assert!(!retiring.is_revoked_at(Timestamp::from_millis(99)) && retiring.is_revoked_at(Timestamp::from_millis(100)));
-    let now_revoked = store.revoke_key(first.id, "leaked", Timestamp::from_millis(50)).await.unwrap().unwrap();
+    let now_revoked = revoke(first.id, "leaked", 50).await.unwrap().unwrap();
     assert!(now_revoked.is_revoked_at(Timestamp::from_millis(0)), "an explicit revoke counts at once");
     let third = runtime("key_r000000000000003");
-    assert_eq!(store.rotate_runtime_key(&third, Timestamp::from_millis(200)).await.unwrap(), Some(second.id));
+    assert_eq!(rotate(third, 200).await, Some(second.id));
     let listed = store.list_keys(&account, None, &first_page()).await.unwrap();
     assert!(listed.items.iter().all(|k| k.kind == KeyKind::ApiKey));
 
@@ -147,14 +175,89 @@ async fn conformance(db: Db) {
         revoked_at: None,
         version: 1,
     };
-    store.create_session(&session).await.unwrap();
+    store.create_session(&session, &ev(AuditAction::SessionCreate, session.id)).await.unwrap();
     assert_eq!(store.session(session.id).await.unwrap().as_deref(), Some(&session));
-    let revoked = store.revoke_session(session.id, Timestamp::from_millis(5)).await.unwrap().unwrap();
+    let end = |id: SessionId, at: i64| {
+        let store = store.clone();
+        async move { store.revoke_session(id, Timestamp::from_millis(at), &ev(AuditAction::SessionRevoke, id)).await }
+    };
+    let revoked = end(session.id, 5).await.unwrap().unwrap();
     assert_eq!((revoked.revoked_at, revoked.version), (Some(Timestamp::from_millis(5)), 2));
-    assert_eq!(store.revoke_session(session.id, Timestamp::from_millis(9)).await.unwrap().unwrap(), revoked);
+    assert_eq!(end(session.id, 9).await.unwrap().unwrap(), revoked);
     let unknown = SessionId::parse("ses_zzzzzzzzzzzzzzzz").unwrap();
     assert!(store.session(unknown).await.unwrap().is_none());
-    assert!(store.revoke_session(unknown, Timestamp::from_millis(9)).await.unwrap().is_none());
+    let revoke_unknown = ev(AuditAction::SessionRevoke, "missing-session");
+    assert!(store.revoke_session(unknown, Timestamp::from_millis(9), &revoke_unknown).await.unwrap().is_none());
+
+    // The audit trail holds one event per write that happened, newest first, and none for
+    // writes that failed or changed nothing that exists.
+    let all = store.list_audit_events(&account, &AuditQuery::default(), &first_page()).await.unwrap();
+    let actions: Vec<_> = all.items.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "session.revoke",
+            "session.revoke",
+            "session.create",
+            "application.rotate_key",
+            "api_key.revoke",
+            "application.rotate_key",
+            "application.rotate_key",
+            "api_key.revoke",
+            "api_key.revoke",
+            "api_key.update",
+            "api_key.create",
+            "api_key.create",
+            "api_key.create",
+            "application.create",
+        ]
+    );
+    let targets: Vec<_> = all.items.iter().map(|e| e.target.as_str()).collect();
+    for refused in ["app_dup", "missing-update", "revoked-update", "missing-revoke", "missing-session"] {
+        assert!(!targets.contains(&refused), "a refused write left an audit event for {refused}");
+    }
+    assert!(all.items.iter().all(|e| e.account_id == account), "acct_b's key is not in acct_a's trail");
+    let query = |search: Option<&str>, categories: Vec<AuditCategory>| AuditQuery {
+        search: search.map(str::to_owned),
+        categories,
+    };
+    let logins = store.list_audit_events(&account, &query(None, vec![AuditCategory::Login]), &first_page()).await;
+    assert_eq!(logins.unwrap().items.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["session.create"]);
+    let two = query(None, vec![AuditCategory::Session, AuditCategory::Application]);
+    assert_eq!(store.list_audit_events(&account, &two, &first_page()).await.unwrap().items.len(), 6);
+    let found = store.list_audit_events(&account, &query(Some("KEY_BBBB"), vec![]), &first_page()).await.unwrap();
+    assert_eq!(found.items.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(), ["key_bbbbbbbbbbbbbbbb"]);
+    let wildcard = store.list_audit_events(&account, &query(Some("_%"), vec![]), &first_page()).await.unwrap();
+    assert!(wildcard.items.is_empty(), "LIKE wildcards in the search are literal");
+    // Paging newest first, without gaps or repeats.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page =
+            store.list_audit_events(&account, &AuditQuery::default(), &PageRequest { after, limit: 5 }).await.unwrap();
+        paged.extend(page.items);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all.items);
+
+    // A change whose record cannot be written is not made: the audit insert fails on a
+    // duplicate event id, and the key stays unrevoked.
+    let reused = all.items.iter().find(|e| e.action == AuditAction::ApiKeyCreate).unwrap().clone();
+    let err = store.revoke_key(b.id, "no record, no change", Timestamp::from_millis(13), &reused).await;
+    assert!(err.is_err());
+    assert!(store.key(b.id).await.unwrap().unwrap().revoked_at.is_none(), "the revoke was rolled back");
+
+    // Key usage: raised, never lowered; not a change (the version stays).
+    assert_eq!(store.key(b.id).await.unwrap().unwrap().usage.last_used_at(), None);
+    store.record_key_usage(&[(b.id, Timestamp::from_millis(500)), (c.id, Timestamp::from_millis(7))]).await.unwrap();
+    store.record_key_usage(&[(b.id, Timestamp::from_millis(400))]).await.unwrap();
+    let used = store.key(b.id).await.unwrap().unwrap();
+    assert_eq!((used.usage.last_used_at(), used.version), (Some(Timestamp::from_millis(500)), 1));
+    let listed = store.list_keys(&account, Some("beta"), &first_page()).await.unwrap();
+    assert_eq!(listed.items[0].usage.last_used_at(), Some(Timestamp::from_millis(500)));
 }
 
 /// A store whose key reads wait for a signal, to hold a load open across a revoke.
@@ -166,8 +269,8 @@ struct Gated {
 
 #[async_trait::async_trait]
 impl Store for Gated {
-    async fn create_application(&self, app: &Application) -> Result<(), StoreError> {
-        self.inner.create_application(app).await
+    async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
+        self.inner.create_application(app, audit).await
     }
     async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
         self.inner.application(id).await
@@ -179,8 +282,8 @@ impl Store for Gated {
     ) -> Result<Page<Application>, StoreError> {
         self.inner.list_applications(account, page).await
     }
-    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.inner.create_key(key).await
+    async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        self.inner.create_key(key, audit).await
     }
     async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         let record = self.inner.key(id).await;
@@ -191,23 +294,56 @@ impl Store for Gated {
     async fn list_keys(&self, a: &AccountId, s: Option<&str>, p: &PageRequest) -> Result<Page<KeyRecord>, StoreError> {
         self.inner.list_keys(a, s, p).await
     }
-    async fn update_key(&self, id: KeyId, c: &KeyChanges, now: Timestamp) -> Result<UpdateOutcome, StoreError> {
-        self.inner.update_key(id, c, now).await
+    async fn update_key(
+        &self,
+        id: KeyId,
+        c: &KeyChanges,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<UpdateOutcome, StoreError> {
+        self.inner.update_key(id, c, now, audit).await
     }
-    async fn revoke_key(&self, id: KeyId, reason: &str, now: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.revoke_key(id, reason, now).await
+    async fn revoke_key(
+        &self,
+        id: KeyId,
+        reason: &str,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.revoke_key(id, reason, now, audit).await
     }
-    async fn rotate_runtime_key(&self, new: &KeyRecord, retire_at: Timestamp) -> Result<Option<KeyId>, StoreError> {
-        self.inner.rotate_runtime_key(new, retire_at).await
+    async fn rotate_runtime_key(
+        &self,
+        new: &KeyRecord,
+        retire_at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<KeyId>, StoreError> {
+        self.inner.rotate_runtime_key(new, retire_at, audit).await
     }
-    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
-        self.inner.create_session(session).await
+    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        self.inner.record_key_usage(uses).await
+    }
+    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        self.inner.create_session(session, audit).await
     }
     async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         self.inner.session(id).await
     }
-    async fn revoke_session(&self, id: SessionId, now: Timestamp) -> Result<Option<SessionRecord>, StoreError> {
-        self.inner.revoke_session(id, now).await
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        self.inner.revoke_session(id, now, audit).await
+    }
+    async fn list_audit_events(
+        &self,
+        account: &AccountId,
+        query: &AuditQuery,
+        page: &PageRequest,
+    ) -> Result<Page<AuditEvent>, StoreError> {
+        self.inner.list_audit_events(account, query, page).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
@@ -219,7 +355,7 @@ async fn a_load_racing_a_revoke_does_not_cache_the_stale_record(db: Db) {
         return;
     };
     let record = key("key_rrrrrrrrrrrrrrrr", "acct_a", "Racer");
-    sql.create_key(&record).await.unwrap();
+    sql.create_key(&record, &ev(AuditAction::ApiKeyCreate, record.id)).await.unwrap();
     let (entered_tx, mut entered) = tokio::sync::mpsc::channel(1);
     let (release, release_rx) = tokio::sync::mpsc::channel(1);
     let gated = Gated { inner: sql, entered: entered_tx, release: tokio::sync::Mutex::new(release_rx) };
@@ -235,7 +371,10 @@ async fn a_load_racing_a_revoke_does_not_cache_the_stale_record(db: Db) {
     });
     entered.recv().await.unwrap();
     // ...while a revoke commits and invalidates.
-    cache.revoke_key(record.id, "race", Timestamp::from_millis(20)).await.unwrap();
+    cache
+        .revoke_key(record.id, "race", Timestamp::from_millis(20), &ev(AuditAction::ApiKeyRevoke, record.id))
+        .await
+        .unwrap();
     release.send(()).await.unwrap();
     let stale = reader.await.unwrap().unwrap();
     assert!(!stale.is_revoked_at(Timestamp::from_millis(i64::MAX)), "the racing read saw the old row");

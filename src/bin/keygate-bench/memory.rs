@@ -3,6 +3,7 @@
 //! resident memory before and after. The records come from a [`MemoryStore`], which hands out fresh copies as a
 //! database would; its own copies are counted before the measurement starts.
 
+use keygate::audit::{AuditAction, AuditEvent};
 use keygate::domain::{AccountId, KeyId, Name, Scopes, SecretHash, Timestamp};
 use keygate::store::cached::{CacheSettings, CachedStore};
 use keygate::store::memory::MemoryStore;
@@ -23,25 +24,32 @@ pub async fn run(keys: usize) -> anyhow::Result<()> {
         "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$qJ8m2k0cXo9gq9Zt7wOQm8Lr2nF1xjv6vX0jH3k4b9E".into(),
     );
     let ids: Vec<KeyId> = (0..keys).map(|i| KeyId::parse(&format!("key_{i:016}")).expect("valid")).collect();
+    let account = AccountId::parse("acct_0123456789").expect("valid");
     for &id in &ids {
+        let created = Timestamp::from_millis(1_700_000_000_000);
+        let audit = AuditEvent::system(account.clone(), AuditAction::ApiKeyCreate, id.to_string(), created)?;
         store
-            .create_key(&KeyRecord {
-                id,
-                account_id: AccountId::parse("acct_0123456789").expect("valid"),
-                kind: KeyKind::ApiKey,
-                name: Name::parse("name", "production backend key").expect("valid"),
-                scopes: Scopes::parse_grants(&["applications:read", "logs:read"]).expect("valid"),
-                application_ids: vec![],
-                secret_hash: hash.clone(),
-                created_at: Timestamp::from_millis(1_700_000_000_000),
-                updated_at: Timestamp::from_millis(1_700_000_000_000),
-                expires_at: None,
-                revoked_at: None,
-                retire_at: None,
-                verified: Default::default(),
-                revoked_reason: None,
-                version: 1,
-            })
+            .create_key(
+                &KeyRecord {
+                    id,
+                    account_id: AccountId::parse("acct_0123456789").expect("valid"),
+                    kind: KeyKind::ApiKey,
+                    name: Name::parse("name", "production backend key").expect("valid"),
+                    scopes: Scopes::parse_grants(&["applications:read", "logs:read"]).expect("valid"),
+                    application_ids: vec![],
+                    secret_hash: hash.clone(),
+                    created_at: Timestamp::from_millis(1_700_000_000_000),
+                    updated_at: Timestamp::from_millis(1_700_000_000_000),
+                    expires_at: None,
+                    revoked_at: None,
+                    retire_at: None,
+                    verified: Default::default(),
+                    usage: Default::default(),
+                    revoked_reason: None,
+                    version: 1,
+                },
+                &audit,
+            )
             .await?;
     }
     let settings = CacheSettings { capacity: keys as u64 * 2, ttl: Duration::from_secs(30), max_stale: Duration::ZERO };

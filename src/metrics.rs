@@ -1,0 +1,193 @@
+//! Prometheus metrics: one registry over the instruments each part owns, served as
+//! OpenMetrics text on a separate port (off by default: `--metrics-listen`).
+//!
+//! Parts keep their own instruments (the authorizer its decision counters, the store
+//! decorator its latencies, the verifier its argon2 timings), so none of them depends on
+//! this module; values that already live in atomics (cache sizes, counts of the listener)
+//! are read at scrape time by [`StateCollector`].
+
+use crate::startup::Handles;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Every metric of a running server, under the `keygate_` prefix.
+pub fn registry(handles: &Handles) -> Registry {
+    let mut registry = Registry::with_prefix("keygate");
+    let authz = handles.authorizer.metrics();
+    registry.register("decisions", "Authorize and Check decisions, by route template and code", authz.decisions);
+    registry.register(
+        "authorize_failures",
+        "Calls that could not be decided (answered UNAVAILABLE or INTERNAL), by cause",
+        authz.failures,
+    );
+    registry.register(
+        "rate_limit_checks",
+        "Rate limit checks of otherwise allowed calls, by outcome (admitted, limited, unavailable)",
+        authz.limits,
+    );
+    registry.register("policy_reloads", "Policy file reloads, by result (applied, rejected)", authz.policy_reloads);
+    registry.register_with_unit(
+        "argon2_verification",
+        "argon2id verifications, from asking for a slot to the answer (decoys included)",
+        Unit::Seconds,
+        handles.verifier.durations(),
+    );
+    let store = handles.store_metrics.clone();
+    registry.register_with_unit(
+        "store_operation",
+        "Database operations (cache misses and writes), by operation",
+        Unit::Seconds,
+        store.seconds,
+    );
+    registry.register("store_errors", "Failed database operations, by operation and kind", store.errors);
+    registry.register("key_usage_written", "Key uses written to last_used_at (batched)", handles.usage.written());
+    if let Some(listener) = &handles.invalidation {
+        registry.register_with_unit(
+            "invalidation_lag",
+            "From a change's commit on any replica to this replica dropping it from its cache",
+            Unit::Seconds,
+            listener.lag(),
+        );
+    }
+    registry.register_collector(Box::new(StateCollector(handles.clone())));
+    registry
+}
+
+/// Renders the registry as OpenMetrics text.
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("writing to a String cannot fail");
+    text
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::header::CONTENT_TYPE as CONTENT_TYPE_HEADER;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move { ([(CONTENT_TYPE_HEADER, CONTENT_TYPE)], render(&registry)) }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    cache: &'static str,
+    result: &'static str,
+}
+
+/// Values read at scrape time from the parts that keep them.
+struct StateCollector(Handles);
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateCollector")
+    }
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let handles = &self.0;
+        let stats = handles.cache.stats();
+
+        let entries = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "cache_entries",
+            "Records held in the in-process cache, by cache",
+            None,
+            entries.metric_type(),
+        )?;
+        for (cache, count) in [("keys", stats.keys), ("applications", stats.applications), ("sessions", stats.sessions)]
+        {
+            ConstGauge::new(count as i64).encode(family.encode_family(&CacheLabels { cache })?)?;
+        }
+
+        let lookups = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "cache_lookups",
+            "Key record lookups, by result: hit (served from memory) or miss (read from the store)",
+            None,
+            lookups.metric_type(),
+        )?;
+        for (result, count) in [("hit", stats.key_hits), ("miss", stats.key_misses)] {
+            ConstCounter::new(count).encode(family.encode_family(&LookupLabels { cache: "keys", result })?)?;
+        }
+
+        counter(
+            &mut encoder,
+            "served_stale",
+            "Reads answered from the cache past its TTL because the store was unreachable",
+            stats.served_stale,
+        )?;
+        counter(
+            &mut encoder,
+            "argon2_verifications",
+            "argon2id verifications run (cache misses, wrong secrets and decoys)",
+            handles.verifier.verifications(),
+        )?;
+        gauge(&mut encoder, "key_usage_pending", "Key uses waiting to be written", handles.usage.pending() as i64)?;
+        if let Some(listener) = &handles.invalidation {
+            gauge(
+                &mut encoder,
+                "invalidation_listener_connected",
+                "1 while this replica listens for other replicas' changes",
+                i64::from(listener.is_connected()),
+            )?;
+            counter(
+                &mut encoder,
+                "invalidation_listener_connections",
+                "Connections made by the invalidation listener (1 + reconnects)",
+                listener.connections(),
+            )?;
+            counter(
+                &mut encoder,
+                "invalidation_notifications",
+                "Change notifications received from the database",
+                listener.notifications(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Binds the metrics port, if one was asked for.
+pub async fn bind(address: Option<SocketAddr>) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    use anyhow::Context;
+    match address {
+        None => Ok(None),
+        Some(address) => Ok(Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {address}"))?,
+        )),
+    }
+}
