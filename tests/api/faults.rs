@@ -90,6 +90,15 @@ async fn through_a_store_outage_cached_keys_are_decided_and_nothing_else_is_allo
     // The failed revoke was not half-applied.
     let got = app.admin.get_api_key(pb::GetApiKeyRequest { id: key.id }).await.unwrap().into_inner();
     assert_eq!(got.status, pb::ApiKeyStatus::Active as i32);
+    // ...and left no audit event behind.
+    let trail = app
+        .admin
+        .list_audit_events(pb::ListAuditEventsRequest { account_id: got.account_id, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(trail.events.iter().all(|e| e.action != "api_key.revoke"), "{:?}", trail.events);
+    assert!(trail.events.iter().any(|e| e.action == "api_key.create"));
 }
 
 /// Calls in a closed loop until told to stop; counts successes and failures.

@@ -55,6 +55,8 @@ pub struct TestApp {
     pub admin: AdminClient<InterceptedService<Channel, BearerToken>>,
     pub authorizer: AuthorizerClient<Channel>,
     pub channel: Channel,
+    /// `http://ADDRESS/metrics`, when the settings turned metrics on.
+    pub metrics_url: Option<String>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _db: Option<TestDb>,
@@ -89,6 +91,7 @@ impl TestApp {
         let app = Application::build(settings, Arc::new(clock.clone())).await.expect("server builds");
         let address = format!("http://{}", app.local_addr());
         let handles = app.handles();
+        let metrics_url = app.metrics_addr().map(|a| format!("http://{a}/metrics"));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let server = tokio::spawn(app.run_until(async {
             let _ = rx.await;
@@ -103,6 +106,7 @@ impl TestApp {
             admin: AdminClient::with_interceptor(channel.clone(), token),
             authorizer: AuthorizerClient::new(channel.clone()),
             channel,
+            metrics_url,
             shutdown: Some(tx),
             server: Some(server),
             _db: None,

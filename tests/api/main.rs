@@ -7,6 +7,7 @@ mod ext_authz;
 mod faults;
 mod helpers;
 mod limits;
+mod operations;
 mod relay;
 mod replicas;
 mod sessions;
