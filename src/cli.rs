@@ -34,6 +34,29 @@ pub enum Command {
     /// Route policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Read the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// An account's audit events, newest first.
+    List {
+        #[arg(long)]
+        account: String,
+        /// Matches the action, target, actor or request id.
+        #[arg(long)]
+        search: Option<String>,
+        /// ApiKey, Application, Session or Login (repeatable).
+        #[arg(long = "category")]
+        categories: Vec<String>,
+        /// Stop after this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,6 +69,9 @@ pub struct Connection {
     pub admin_token: Option<String>,
     #[arg(long, env = "KEYGATE_ADMIN_TOKEN_FILE", default_value = DEFAULT_ADMIN_TOKEN_FILE, global = true)]
     pub admin_token_file: PathBuf,
+    /// Who the audit trail records as acting (sent as x-keygate-actor). Default: $USER.
+    #[arg(long, env = "KEYGATE_ACTOR", global = true)]
+    pub actor: Option<String>,
     /// Print responses as JSON.
     #[arg(long, global = true)]
     pub json: bool,
@@ -167,6 +193,21 @@ pub enum KeyCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Revoke every active API key of an account (or those matching --search), e.g. after
+    /// a leak. Shows progress; each revoke is its own audited call.
+    RevokeAll {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        search: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Required: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -229,31 +270,93 @@ impl Connection {
         })
     }
 
-    async fn admin(
-        &self,
-    ) -> anyhow::Result<AdminClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>> {
-        let token = BearerToken::new(&self.token()?)?;
+    async fn admin(&self) -> anyhow::Result<Admin> {
+        let mut token = BearerToken::new(&self.token()?)?;
+        if let Some(actor) = self.actor.clone().or_else(|| std::env::var("USER").ok()).filter(|a| !a.is_empty()) {
+            token = token.acting_for(&actor)?;
+        }
         Ok(AdminClient::with_interceptor(self.channel().await?, token))
     }
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
+type Admin = AdminClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
+
+/// Adds `authorization: Bearer <token>` (and `x-keygate-actor`, when set) to every call.
 #[derive(Clone)]
-pub struct BearerToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+pub struct BearerToken {
+    bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    actor: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
 
 impl BearerToken {
     pub fn new(token: &str) -> anyhow::Result<Self> {
-        let value =
+        let bearer =
             format!("Bearer {token}").parse().context("the admin token has characters a header cannot carry")?;
-        Ok(Self(value))
+        Ok(Self { bearer, actor: None })
+    }
+
+    /// Names whom the calls are made for, for the audit trail.
+    pub fn acting_for(mut self, actor: &str) -> anyhow::Result<Self> {
+        self.actor = Some(actor.parse().context("--actor must be printable ASCII")?);
+        Ok(self)
     }
 }
 
 impl tonic::service::Interceptor for BearerToken {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+        request.metadata_mut().insert("authorization", self.bearer.clone());
+        if let Some(actor) = &self.actor {
+            request.metadata_mut().insert("x-keygate-actor", actor.clone());
+        }
         Ok(request)
     }
+}
+
+/// Progress on stderr for operations that take many calls; silent when stderr is not a
+/// terminal (scripts, `--json` piped into jq), so output stays clean.
+struct Progress {
+    shown: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        Self { shown: std::io::stderr().is_terminal() }
+    }
+
+    fn update(&self, text: std::fmt::Arguments<'_>) {
+        if self.shown {
+            eprint!("\r\x1b[2K{text}");
+        }
+    }
+
+    fn finish(&self) {
+        if self.shown {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+/// Follows page tokens to the end (or `limit` items), showing progress past one page.
+async fn all_pages<T, Fut>(what: &str, limit: usize, mut fetch: impl FnMut(String) -> Fut) -> anyhow::Result<Vec<T>>
+where
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let progress = Progress::new();
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let (items, next) = fetch(page_token).await.map_err(explain)?;
+        all.extend(items);
+        if next.is_empty() || all.len() >= limit {
+            break;
+        }
+        progress.update(format_args!("fetched {} {what}…", all.len()));
+        page_token = next;
+    }
+    progress.finish();
+    all.truncate(limit);
+    Ok(all)
 }
 
 fn split_list(raw: &str) -> Vec<String> {
@@ -300,7 +403,36 @@ fn key_json(key: &pb::ApiKey) -> serde_json::Value {
         "expires_at": time(&key.expires_at),
         "revoked_at": time(&key.revoked_at),
         "revoked_reason": key.revoked_reason,
+        "last_used_at": time(&key.last_used_at),
     })
+}
+
+fn audit_json(event: &pb::AuditEvent) -> serde_json::Value {
+    serde_json::json!({
+        "id": event.id, "account_id": event.account_id, "category": event.category, "action": event.action,
+        "actor": event.actor, "on_behalf_of": event.on_behalf_of, "target": event.target,
+        "request_id": event.request_id, "occurred_at": time(&event.occurred_at),
+        "detail": serde_json::from_str::<serde_json::Value>(&event.detail_json).unwrap_or_default(),
+    })
+}
+
+const AUDIT_HEADER: &str =
+    "OCCURRED_AT               CATEGORY     ACTION                   TARGET                 ACTOR";
+
+fn audit_line(event: &pb::AuditEvent) -> String {
+    let actor = if event.on_behalf_of.is_empty() {
+        event.actor.clone()
+    } else {
+        format!("{} (via {})", event.on_behalf_of, event.actor)
+    };
+    format!(
+        "{:<25} {:<12} {:<24} {:<22} {actor}  request_id={}",
+        time(&event.occurred_at).unwrap_or_default(),
+        event.category,
+        event.action,
+        event.target,
+        event.request_id,
+    )
 }
 
 fn status_name(status: i32) -> &'static str {
@@ -312,17 +444,30 @@ fn status_name(status: i32) -> &'static str {
     }
 }
 
+const KEY_HEADER: &str = "ID                     STATUS   NAME                     DETAILS";
+
 fn key_line(key: &pb::ApiKey) -> String {
     format!(
-        "{:<22} {:<8} {:<24} scopes={} apps={} expires_at={}",
+        "{:<22} {:<8} {:<24} scopes={} apps={} expires_at={} last_used_at={}",
         key.id,
         status_name(key.status),
         key.name,
         key.scopes.join(","),
         if key.application_ids.is_empty() { "*".to_owned() } else { key.application_ids.join(",") },
         time(&key.expires_at).unwrap_or_else(|| "never".into()),
+        time(&key.last_used_at).unwrap_or_else(|| "never".into()),
     )
 }
+
+/// A table: a header line, then one line per row (or a note that there are none).
+fn table<T>(header: &str, rows: &[T], line: impl Fn(&T) -> String) -> String {
+    if rows.is_empty() {
+        return "(none)".to_owned();
+    }
+    std::iter::once(header.to_owned()).chain(rows.iter().map(line)).collect::<Vec<_>>().join("\n")
+}
+
+const APP_HEADER: &str = "ID                     ACCOUNT          NAME";
 
 fn app_line(app: &pb::Application) -> String {
     format!("{:<22} {:<16} {}", app.id, app.account_id, app.name)
@@ -349,6 +494,21 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::App(command) => run_app(command).await,
+        Command::Audit(AuditCommand::List { account, search, categories, limit, connection }) => {
+            let search_params = serde_json::json!({ "searchString": search, "categories": categories }).to_string();
+            let admin = connection.admin().await?;
+            let events = all_pages("events", limit, |page_token| {
+                let (mut admin, account_id, search_params) = (admin.clone(), account.clone(), search_params.clone());
+                async move {
+                    let request = pb::ListAuditEventsRequest { account_id, page_size: 500, page_token, search_params };
+                    let page = admin.list_audit_events(request).await?.into_inner();
+                    Ok((page.events, page.next_page_token))
+                }
+            })
+            .await?;
+            print(connection.json, events.iter().map(audit_json).collect(), table(AUDIT_HEADER, &events, audit_line));
+            Ok(())
+        }
         Command::Session(command) => run_session(command).await,
         Command::Key(command) => run_key(command).await,
         Command::Authorize(args) => {
@@ -406,23 +566,17 @@ async fn run_app(command: AppCommand) -> anyhow::Result<()> {
             print(connection.json, app_json(&app), app_line(&app));
         }
         AppCommand::List { account, connection } => {
-            let mut admin = connection.admin().await?;
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request = pb::ListApplicationsRequest { account_id: account.clone(), page_size: 500, page_token };
-                let page = admin.list_applications(request).await.map_err(explain)?.into_inner();
-                all.extend(page.applications);
-                if page.next_page_token.is_empty() {
-                    break;
+            let admin = connection.admin().await?;
+            let all = all_pages("applications", usize::MAX, |page_token| {
+                let (mut admin, account_id) = (admin.clone(), account.clone());
+                async move {
+                    let request = pb::ListApplicationsRequest { account_id, page_size: 500, page_token };
+                    let page = admin.list_applications(request).await?.into_inner();
+                    Ok((page.applications, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
-            print(
-                connection.json,
-                all.iter().map(app_json).collect(),
-                all.iter().map(app_line).collect::<Vec<_>>().join("\n"),
-            );
+            })
+            .await?;
+            print(connection.json, all.iter().map(app_json).collect(), table(APP_HEADER, &all, app_line));
         }
         AppCommand::RotateKey { id, grace, connection } => {
             let request = pb::RotateApplicationKeyRequest {
@@ -503,6 +657,20 @@ async fn run_session(command: SessionCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every API key of an account, optionally searched.
+async fn list_keys(admin: &Admin, account: &str, search: Option<String>) -> anyhow::Result<Vec<pb::ApiKey>> {
+    let search_params = search.map(|s| serde_json::json!({ "searchString": s }).to_string()).unwrap_or_default();
+    all_pages("keys", usize::MAX, |page_token| {
+        let (mut admin, account_id, search_params) = (admin.clone(), account.to_owned(), search_params.clone());
+        async move {
+            let request = pb::ListApiKeysRequest { account_id, page_size: 500, page_token, search_params };
+            let page = admin.list_api_keys(request).await?.into_inner();
+            Ok((page.keys, page.next_page_token))
+        }
+    })
+    .await
+}
+
 async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::Create { account, name, scopes, applications, expires_in, connection } => {
@@ -529,30 +697,35 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
             print(connection.json, key_json(&key), key_line(&key));
         }
         KeyCommand::List { account, search, connection } => {
-            let search_params =
-                search.map(|s| serde_json::json!({ "searchString": s }).to_string()).unwrap_or_default();
-            let mut admin = connection.admin().await?;
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request = pb::ListApiKeysRequest {
-                    account_id: account.clone(),
-                    page_size: 500,
-                    page_token,
-                    search_params: search_params.clone(),
-                };
-                let page = admin.list_api_keys(request).await.map_err(explain)?.into_inner();
-                all.extend(page.keys);
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
+            let all = list_keys(&connection.admin().await?, &account, search).await?;
+            print(connection.json, all.iter().map(key_json).collect(), table(KEY_HEADER, &all, key_line));
+        }
+        KeyCommand::RevokeAll { account, search, reason, yes, connection } => {
+            let admin = connection.admin().await?;
+            let active: Vec<_> = list_keys(&admin, &account, search)
+                .await?
+                .into_iter()
+                .filter(|k| k.status == pb::ApiKeyStatus::Active as i32)
+                .collect();
+            if !yes {
+                anyhow::bail!("this would revoke {} active keys of {account}; run again with --yes", active.len());
             }
-            print(
-                connection.json,
-                all.iter().map(key_json).collect(),
-                all.iter().map(key_line).collect::<Vec<_>>().join("\n"),
-            );
+            let progress = Progress::new();
+            let mut revoked = Vec::new();
+            for (done, key) in active.iter().enumerate() {
+                progress.update(format_args!("revoking {}/{}: {}", done + 1, active.len(), key.id));
+                let request = pb::RevokeApiKeyRequest { id: key.id.clone(), reason: reason.clone() };
+                match admin.clone().revoke_api_key(request).await {
+                    Ok(key) => revoked.push(key.into_inner()),
+                    Err(status) => {
+                        progress.finish();
+                        let error = explain(status);
+                        anyhow::bail!("revoked {} of {} keys, then {}: {error}", revoked.len(), active.len(), key.id);
+                    }
+                }
+            }
+            progress.finish();
+            print(connection.json, revoked.iter().map(key_json).collect(), table(KEY_HEADER, &revoked, key_line));
         }
         KeyCommand::Update { id, name, scopes, apps, expires_in, no_expiry, connection } => {
             let request = pb::UpdateApiKeyRequest {

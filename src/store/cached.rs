@@ -220,8 +220,12 @@ impl CachedStore {
         self.keys.entries.entry_count()
     }
 
-    /// Sizes (approximate: moka counts lazily) and key lookup counts, for metrics.
+    /// Sizes and key lookup counts, for metrics.
     pub fn stats(&self) -> CacheStats {
+        // moka counts entries lazily; bring the counts up to date (off the hot path: scrapes).
+        self.keys.entries.run_pending_tasks();
+        self.applications.entries.run_pending_tasks();
+        self.sessions.entries.run_pending_tasks();
         CacheStats {
             keys: self.keys.entries.entry_count(),
             applications: self.applications.entries.entry_count(),
