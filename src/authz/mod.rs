@@ -159,12 +159,17 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub cause: &'static str,
+}
+
 /// The authorizer's instruments; cloning shares them.
 #[derive(Clone, Default)]
 pub struct AuthorizeMetrics {
     pub decisions: Family<DecisionLabels, Counter>,
     /// By cause: store_unavailable, store, limiter_unavailable, verifier.
-    pub failures: Family<OutcomeLabels, Counter>,
+    pub failures: Family<CauseLabels, Counter>,
     /// By outcome: admitted, limited, unavailable.
     pub limits: Family<OutcomeLabels, Counter>,
     /// By outcome: applied, rejected.
@@ -231,13 +236,13 @@ impl Authorizer {
                 }
             }
             Err(e) => {
-                let outcome = match e {
+                let cause = match e {
                     AuthzError::Unavailable(_) => "store_unavailable",
                     AuthzError::Store(_) => "store",
                     AuthzError::LimiterUnavailable(_) => "limiter_unavailable",
                     AuthzError::Verifier(_) => "verifier",
                 };
-                self.metrics.failures.get_or_create(&OutcomeLabels { outcome }).inc();
+                self.metrics.failures.get_or_create(&CauseLabels { cause }).inc();
             }
         }
         decided

@@ -43,6 +43,7 @@ async fn through_a_store_outage_cached_keys_are_decided_and_nothing_else_is_allo
     let mut app = TestApp::spawn_url(&relay.url_for(&db.url), |s| {
         s.cache.ttl = Duration::from_secs(1);
         s.cache.max_stale = Duration::from_secs(2);
+        s.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
     let listener = app.handles.invalidation.clone().unwrap();
@@ -99,6 +100,20 @@ async fn through_a_store_outage_cached_keys_are_decided_and_nothing_else_is_allo
         .into_inner();
     assert!(trail.events.iter().all(|e| e.action != "api_key.revoke"), "{:?}", trail.events);
     assert!(trail.events.iter().any(|e| e.action == "api_key.create"));
+
+    // The operator saw it all in the metrics.
+    let text = reqwest::get(app.metrics_url.clone().unwrap()).await.unwrap().text().await.unwrap();
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+    };
+    assert!(value(r#"keygate_authorize_failures_total{cause="store_unavailable"}"#) >= 1.0);
+    assert!(value(r#"keygate_store_errors_total{operation="key",kind="unavailable"}"#) >= 1.0);
+    assert!(value("keygate_served_stale_total") >= 1.0);
+    assert!(value("keygate_invalidation_listener_connections_total") >= 1.0);
+    assert!(value("keygate_invalidation_notifications_total") >= 2.0, "the two creates were announced");
+    assert!(value("keygate_invalidation_lag_seconds_count") >= 2.0);
 }
 
 /// Calls in a closed loop until told to stop; counts successes and failures.

@@ -322,7 +322,7 @@ async fn metrics_count_what_a_scripted_scenario_did() {
     assert_eq!(value("keygate_argon2_verification_seconds_count"), verifications);
     assert!(value(r#"keygate_cache_lookups_total{cache="keys",result="hit"}"#) >= 2.0);
     assert!(value(r#"keygate_cache_lookups_total{cache="keys",result="miss"}"#) >= 1.0);
-    assert!(value(r#"keygate_cache_entries{cache="keys"}"#) >= 0.0);
+    assert_eq!(value(r#"keygate_cache_entries{cache="keys"}"#), 1.0, "the revoked key, reloaded");
     assert_eq!(value(r#"keygate_store_operation_seconds_count{operation="create_key"}"#), 1.0);
     assert_eq!(value(r#"keygate_store_operation_seconds_count{operation="revoke_key"}"#), 1.0);
     assert_eq!(sample(&text, r#"keygate_store_errors_total{operation="key",kind="unavailable"}"#), None);
