@@ -6,7 +6,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use keygate::audit::{AuditAction, AuditEvent};
 use keygate::authz::verifier::{Argon2Settings, Verifier};
-use keygate::authz::{AuthorizeQuery, Authorizer, BruteForceSettings, VerifiedCacheSettings};
+use keygate::authz::{AuthorizeQuery, Authorizer, AuthorizerSettings, BruteForceSettings, VerifiedCacheSettings};
 use keygate::clock::SystemClock;
 use keygate::domain::{AccountId, Credential, GeneratedKey, Name, Scope, Scopes, Timestamp};
 use keygate::policy::Policy;
@@ -119,9 +119,11 @@ fn hot_path(c: &mut Criterion) {
         verifier,
         Arc::new(Limiter::Local(LocalLimiter::default())),
         Arc::new(SystemClock),
-        VerifiedCacheSettings { capacity: 10_000 },
-        BruteForceSettings::default(),
         Arc::new(UsageRecorder::new(cache.clone(), UsageSettings::default())),
+        AuthorizerSettings {
+            verified_cache: VerifiedCacheSettings { capacity: 10_000 },
+            brute_force: BruteForceSettings::default(),
+        },
     );
     let secret = generated.credential().as_str().to_owned();
     let query = AuthorizeQuery {

@@ -3,7 +3,7 @@
 //! the very same server.
 
 use crate::authz::verifier::Verifier;
-use crate::authz::Authorizer;
+use crate::authz::{Authorizer, AuthorizerSettings};
 use crate::clock::Clock;
 use crate::config::{AdminTokenSource, Settings, MIN_ADMIN_TOKEN_LEN};
 use crate::grpc::admin::{AdminService, AdminTokens};
@@ -144,9 +144,8 @@ impl Application {
             verifier.clone(),
             limiter,
             clock.clone(),
-            settings.verified_cache,
-            settings.brute_force,
             usage.clone(),
+            AuthorizerSettings { verified_cache: settings.verified_cache, brute_force: settings.brute_force },
         ));
         let manager = Arc::new(Manager::new(cache.clone(), verifier.clone(), clock.clone(), settings.manage));
 

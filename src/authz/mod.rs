@@ -90,6 +90,12 @@ pub struct VerifiedCacheSettings {
     pub capacity: u64,
 }
 
+#[derive(Debug, Clone, Copy)]
+pub struct AuthorizerSettings {
+    pub verified_cache: VerifiedCacheSettings,
+    pub brute_force: BruteForceSettings,
+}
+
 /// Bounds on what wrong secrets can cost.
 #[derive(Debug, Clone, Copy)]
 pub struct BruteForceSettings {
@@ -183,10 +189,10 @@ impl Authorizer {
         verifier: Arc<Verifier>,
         limiter: Arc<Limiter>,
         clock: Arc<dyn Clock>,
-        settings: VerifiedCacheSettings,
-        brute_force: BruteForceSettings,
         usage: Arc<UsageRecorder>,
+        settings: AuthorizerSettings,
     ) -> Self {
+        let AuthorizerSettings { verified_cache: settings, brute_force } = settings;
         Self {
             policy: arc_swap::ArcSwap::new(policy),
             store,
