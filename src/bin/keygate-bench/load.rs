@@ -227,6 +227,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             anyhow::ensure!(client.authorize(request(secret, &path)).await?.into_inner().allowed, "warm-up denied");
         }
     }
+    // A profiler attached from here on sees only the hot-key runs (`perf record -p`).
+    eprintln!("hot keys warm; loading them");
     let load = Load::new(&hot_server, args.connections, warmup, measure).await?;
     let zipf = Arc::new(Zipf::new(secrets.len()));
     let hot: Generator = {
