@@ -108,13 +108,11 @@ fn hot_path(c: &mut Criterion) {
 
     let authorizer = Authorizer::new(
         // The routes of keygate-bench's load runs: an application in the path, no limits.
-        Arc::new(
-            Policy::from_toml(
-                "[[routes]]\nroute = \"GET /api/v1/panel/applications/{application_id}\"\nscopes = [\"applications:read\"]\n",
-                "bench",
-            )
-            .expect("valid"),
-        ),
+        Policy::from_toml(
+            "[[routes]]\nroute = \"GET /api/v1/panel/applications/{application_id}\"\nscopes = [\"applications:read\"]\n",
+            "bench",
+        )
+        .expect("valid"),
         cache.clone(),
         verifier,
         Arc::new(Limiter::Local(LocalLimiter::default())),

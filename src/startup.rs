@@ -102,10 +102,10 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let policy = Arc::new(match &settings.policy {
+        let policy = match &settings.policy {
             Some(path) => Policy::load(path)?,
             None => Policy::default_policy(),
-        });
+        };
         let admin_tokens = AdminTokens::new([load_admin_token(&settings.admin_token)?.as_str()]);
 
         let store = SqlStore::connect(

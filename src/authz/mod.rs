@@ -9,7 +9,7 @@ pub mod verifier;
 
 use crate::clock::Clock;
 use crate::code::Code;
-use crate::domain::{ApplicationId, Credential, CredentialKind, KeyId, Scope};
+use crate::domain::{ApplicationId, Credential, CredentialKind, KeyId, Scope, Timestamp};
 use crate::policy::{Accepts, Access, LimitSubject, Policy};
 use crate::ratelimit::{LimitCheck, LimitOutcome, Limiter, LimiterError, Room};
 use crate::store::{KeyKind, KeyRecord, Store, StoreError};
@@ -44,6 +44,8 @@ pub struct Verdict {
     /// possession, so saying whose it is tells them nothing new).
     pub principal: Option<Principal>,
     pub route: Option<Arc<str>>,
+    /// The route's position in the policy the call was decided under.
+    route_index: Option<usize>,
     pub application_id: Option<String>,
     /// The tightest limit that applied, and when denied by one, how long to wait.
     pub rate_limit: Option<RateLimitState>,
@@ -131,7 +133,9 @@ enum NotVerified {
 
 pub struct Authorizer {
     /// Replaced whole by a reload; each call decides under the one it loaded.
-    policy: arc_swap::ArcSwap<Policy>,
+    policy: arc_swap::ArcSwap<ActivePolicy>,
+    /// Decisions of calls no route matched.
+    unrouted: DecisionCounters,
     store: Arc<dyn Store>,
     verifier: Arc<Verifier>,
     limiter: Arc<Limiter>,
@@ -170,6 +174,45 @@ pub struct CauseLabels {
     pub cause: &'static str,
 }
 
+/// A policy in force, with a decision counter per route and code resolved once, so that
+/// counting a decision takes no lock and hashes nothing.
+struct ActivePolicy {
+    policy: Policy,
+    decisions: Box<[DecisionCounters]>,
+}
+
+impl ActivePolicy {
+    fn new(policy: Policy) -> Self {
+        let decisions = policy.routes().iter().map(|_| DecisionCounters::default()).collect();
+        Self { policy, decisions }
+    }
+}
+
+/// One route's counters: slot 0 for allowed, then one per code.
+struct DecisionCounters([std::sync::OnceLock<Counter>; 16]);
+
+impl Default for DecisionCounters {
+    fn default() -> Self {
+        Self([const { std::sync::OnceLock::new() }; 16])
+    }
+}
+
+impl DecisionCounters {
+    fn count(&self, family: &Family<DecisionLabels, Counter>, verdict: &Verdict) {
+        let (slot, code) = match &verdict.deny {
+            None => (0, "allowed"),
+            Some(deny) => (1 + deny.code as usize, deny.code.as_str()),
+        };
+        // The family hands out a handle to the same counter for the same labels, so a
+        // reloaded policy keeps counting into the series it had.
+        let labels = || DecisionLabels { route: verdict.route.clone(), code };
+        match self.0.get(slot) {
+            Some(counter) => counter.get_or_init(|| family.get_or_create_owned(&labels())).inc(),
+            None => family.get_or_create(&labels()).inc(),
+        };
+    }
+}
+
 /// The authorizer's instruments; cloning shares them.
 #[derive(Clone, Default)]
 pub struct AuthorizeMetrics {
@@ -184,7 +227,7 @@ pub struct AuthorizeMetrics {
 
 impl Authorizer {
     pub fn new(
-        policy: Arc<Policy>,
+        policy: Policy,
         store: Arc<dyn Store>,
         verifier: Arc<Verifier>,
         limiter: Arc<Limiter>,
@@ -194,7 +237,8 @@ impl Authorizer {
     ) -> Self {
         let AuthorizerSettings { verified_cache: settings, brute_force } = settings;
         Self {
-            policy: arc_swap::ArcSwap::new(policy),
+            policy: arc_swap::ArcSwap::new(Arc::new(ActivePolicy::new(policy))),
+            unrouted: DecisionCounters::default(),
             store,
             verifier,
             limiter,
@@ -223,7 +267,7 @@ impl Authorizer {
 
     /// Puts `policy` in force for every call that starts from now on.
     pub fn replace_policy(&self, policy: Policy) {
-        self.policy.store(Arc::new(policy));
+        self.policy.store(Arc::new(ActivePolicy::new(policy)));
     }
 
     pub fn metrics(&self) -> AuthorizeMetrics {
@@ -232,13 +276,16 @@ impl Authorizer {
 
     /// Decides, then counts the decision and notes the key's use.
     pub async fn authorize(&self, query: &AuthorizeQuery<'_>) -> Result<Verdict, AuthzError> {
-        let decided = self.decide(query).await;
+        // One reading of the clock per call: every step decides at the same instant.
+        let now = self.clock.now();
+        let active = self.policy.load();
+        let decided = self.decide(query, now, &active.policy).await;
         match &decided {
             Ok(verdict) => {
-                let code = verdict.deny.as_ref().map_or("allowed", |d| d.code.as_str());
-                self.metrics.decisions.get_or_create(&DecisionLabels { route: verdict.route.clone(), code }).inc();
+                let counters = verdict.route_index.and_then(|i| active.decisions.get(i)).unwrap_or(&self.unrouted);
+                counters.count(&self.metrics.decisions, verdict);
                 if let (None, Some(Principal::Key(key))) = (&verdict.deny, &verdict.principal) {
-                    self.usage.used(key, self.clock.now());
+                    self.usage.used(key, now);
                 }
             }
             Err(e) => {
@@ -254,14 +301,14 @@ impl Authorizer {
         decided
     }
 
-    async fn decide(&self, query: &AuthorizeQuery<'_>) -> Result<Verdict, AuthzError> {
+    async fn decide(&self, query: &AuthorizeQuery<'_>, now: Timestamp, policy: &Policy) -> Result<Verdict, AuthzError> {
         // 1. The route.
-        let policy = self.policy.load();
         let Some(matched) = policy.match_route(query.method, query.path) else {
             return Ok(Verdict {
                 deny: Some(Deny::new(Code::NotFound, "no route matches the request")),
                 principal: None,
                 route: None,
+                route_index: None,
                 application_id: query.application_id.map(str::to_owned),
                 rate_limit: None,
             });
@@ -272,6 +319,7 @@ impl Authorizer {
             deny: None,
             principal: None,
             route: Some(route.template.clone()),
+            route_index: Some(matched.index),
             application_id: application_id.map(str::to_owned),
             rate_limit: None,
         };
@@ -296,7 +344,7 @@ impl Authorizer {
                 (Some(_), Some(app)) => ApplicationFact::Known(app),
             };
             let required = route.scopes.iter().chain(&query.required_scopes);
-            let outcome = evaluate(&principal, fact, required, self.clock.now());
+            let outcome = evaluate(&principal, fact, required, now);
             verdict.principal = Some(principal);
             if let Err(deny) = outcome {
                 return Ok(verdict.deny(deny));
@@ -328,7 +376,7 @@ impl Authorizer {
         }
         let checks: Vec<LimitCheck<'_>> =
             subjects.iter().map(|(rule, subject)| LimitCheck { rule, subject: subject.as_ref() }).collect();
-        let checked = self.limiter.check(&checks, self.clock.now()).await;
+        let checked = self.limiter.check(&checks, now).await;
         drop(checks);
         drop(subjects);
         let outcome = match &checked {

@@ -206,24 +206,12 @@ fn encode_checksum(mut value: u32) -> [u8; CHECKSUM_LEN] {
     out
 }
 
-const CRC32_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
+/// CRC-32 (ISO-HDLC, the zlib one), slice-by-16: several times faster than a byte at a
+/// time on a credential's 63 bytes, and it runs on every Authorize.
+const CRC32: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISO_HDLC);
 
 fn crc32(bytes: &[u8]) -> u32 {
-    !bytes.iter().fold(!0u32, |crc, &b| CRC32_TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8))
+    CRC32.checksum(bytes)
 }
 
 #[cfg(test)]

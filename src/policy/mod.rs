@@ -36,6 +36,8 @@ pub struct Route {
 #[derive(Debug, Clone, Copy)]
 pub struct RouteMatch<'r, 'p> {
     pub route: &'r Route,
+    /// The route's position in [`Policy::routes`].
+    pub index: usize,
     /// The application id taken from the path, if the route names one.
     pub application_id: Option<&'p str>,
 }
@@ -138,7 +140,7 @@ impl Policy {
         let (index, segments) = self.router.find(method, path)?;
         let route = &self.routes[index];
         let application_id = route.application_segment.and_then(|s| segments.get(s).copied());
-        Some(RouteMatch { route, application_id })
+        Some(RouteMatch { route, index, application_id })
     }
 
     pub fn routes(&self) -> &[Route] {

@@ -8,7 +8,7 @@
 //! that stale record into the cache *after* the write invalidated it. Each id hashes to a
 //! shard holding an epoch; invalidation bumps the epoch under the shard's lock, and a load
 //! inserts only if the epoch it saw before reading the store is still current, checked
-//! under the same lock. Cache hits take no lock.
+//! under the same lock. A cache hit takes only the cache's shard read lock, never an epoch lock.
 //!
 //! When the store cannot be reached, a record loaded at most `ttl + max_stale` ago is
 //! still served (and counted): keys already in use keep working through a short outage.
@@ -20,7 +20,7 @@
 use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome};
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::domain::{AccountId, ApplicationId, KeyId, SessionId, Timestamp};
-use moka::sync::Cache;
+use quick_cache::sync::Cache;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,12 +70,10 @@ where
 {
     fn new(settings: CacheSettings, served_stale: Arc<AtomicU64>, carry_over: fn(&V, &V)) -> Self {
         Self {
-            // Entries outlive their freshness: as the fallback through a store outage, and
-            // so that a periodic reload finds the entry it replaces.
-            entries: Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_live(settings.ttl * 2 + settings.max_stale)
-                .build(),
+            // Entries outlive their freshness (each carries its load time, checked on every
+            // read): as the fallback through a store outage, and so that a periodic reload
+            // finds the entry it replaces. Capacity bounds them.
+            entries: Cache::new(usize::try_from(settings.capacity).unwrap_or(usize::MAX)),
             epochs: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
             hasher: Default::default(),
             generation: AtomicU64::new(0),
@@ -139,7 +137,7 @@ where
     fn invalidate(&self, key: &K) {
         let mut epoch = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         *epoch += 1;
-        self.entries.invalidate(key);
+        self.entries.remove(key);
     }
 
     /// Distrusts every entry: each is reloaded before it is served fresh again, and kept
@@ -216,20 +214,15 @@ impl CachedStore {
     }
 
     pub fn cached_keys(&self) -> u64 {
-        self.keys.entries.run_pending_tasks();
-        self.keys.entries.entry_count()
+        self.keys.entries.len() as u64
     }
 
     /// Sizes and key lookup counts, for metrics.
     pub fn stats(&self) -> CacheStats {
-        // moka counts entries lazily; bring the counts up to date (off the hot path: scrapes).
-        self.keys.entries.run_pending_tasks();
-        self.applications.entries.run_pending_tasks();
-        self.sessions.entries.run_pending_tasks();
         CacheStats {
-            keys: self.keys.entries.entry_count(),
-            applications: self.applications.entries.entry_count(),
-            sessions: self.sessions.entries.entry_count(),
+            keys: self.keys.entries.len() as u64,
+            applications: self.applications.entries.len() as u64,
+            sessions: self.sessions.entries.len() as u64,
             key_hits: self.keys.hits.load(Ordering::Relaxed),
             key_misses: self.keys.misses.load(Ordering::Relaxed),
             served_stale: self.served_stale(),
