@@ -18,6 +18,10 @@ pub struct LoadArgs {
     seconds: u64,
     #[arg(long, default_value_t = 2)]
     warmup_seconds: u64,
+    /// The floor and keygate's hot-key runs alternate this many times per concurrency (each
+    /// round measures seconds/rounds), so drift in the machine's speed hits both alike.
+    #[arg(long, default_value_t = 4)]
+    rounds: u32,
     /// HTTP/2 connections the calls are spread over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -30,6 +34,9 @@ pub struct LoadArgs {
     /// Keys for the cold run (each used once, at concurrency 1).
     #[arg(long, default_value_t = 100)]
     cold_keys: usize,
+    /// Only the cold-key run.
+    #[arg(long)]
+    cold_only: bool,
     #[arg(long)]
     json: Option<PathBuf>,
     #[arg(long)]
@@ -101,6 +108,11 @@ impl Load {
     /// `concurrency` callers in a closed loop for warm-up + measure; only calls that start
     /// after the warm-up are recorded.
     async fn run(&self, scenario: &str, concurrency: usize, generate: Generator) -> Run {
+        let (histogram, errors) = self.record(concurrency, generate).await;
+        Run::new(scenario, concurrency, &histogram, errors, self.measure.as_secs_f64())
+    }
+
+    async fn record(&self, concurrency: usize, generate: Generator) -> (Histogram<u64>, u64) {
         let start = Instant::now();
         let measure_from = start + self.warmup;
         let end = measure_from + self.measure;
@@ -137,8 +149,33 @@ impl Load {
             histogram.add(&h).expect("same bounds");
             errors += e;
         }
-        Run::new(scenario, concurrency, &histogram, errors, self.measure.as_secs_f64())
+        (histogram, errors)
     }
+}
+
+/// The floor and keygate at one concurrency, in alternating rounds: ABAB… rather than
+/// AAAA…BBBB…, so that a machine that speeds up or slows down (shared hosts do, by 20%
+/// over minutes) shifts both measurements alike.
+async fn interleaved(
+    floor: (&Load, &Generator),
+    keygate: (&Load, &Generator),
+    concurrency: usize,
+    rounds: u32,
+) -> (Run, Run) {
+    let empty = || (Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds"), 0u64);
+    let (mut floor_total, mut keygate_total) = (empty(), empty());
+    for _ in 0..rounds.max(1) {
+        for ((load, generate), total) in [(floor, &mut floor_total), (keygate, &mut keygate_total)] {
+            let (histogram, errors) = load.record(concurrency, (*generate).clone()).await;
+            total.0.add(&histogram).expect("same bounds");
+            total.1 += errors;
+        }
+    }
+    let seconds = floor.0.measure.as_secs_f64() * f64::from(rounds.max(1));
+    let floor_run = Run::new("floor (no-op tonic)", concurrency, &floor_total.0, floor_total.1, seconds);
+    let mut keygate_run = Run::new("keygate hot keys (zipf)", concurrency, &keygate_total.0, keygate_total.1, seconds);
+    keygate_run.compare_to(&floor_run);
+    (floor_run, keygate_run)
 }
 
 const APP_PATH_PREFIX: &str = "/api/v1/panel/applications/";
@@ -189,26 +226,69 @@ fn request(credential: &str, path: &str) -> pb::AuthorizeRequest {
     }
 }
 
+/// Cold keys: default (OWASP) argon2; every call a miss, one at a time. The argon2 part
+/// of each call is read from the server's own verification histogram, so the overhead is
+/// measured on the same calls, not on verifications run elsewhere at another moment.
+async fn cold(dir: &std::path::Path, keys: usize) -> anyhow::Result<(Run, f64)> {
+    let cold_dir = dir.join("cold");
+    std::fs::create_dir_all(&cold_dir)?;
+    let cold_server = fixture::keygate(&cold_dir, |_| {})?;
+    eprintln!("creating {keys} cold keys…");
+    let (cold_path, cold_secrets) = create_keys(&cold_server, keys, 1).await?;
+    let mut client = AuthorizerClient::new(cold_server.channel().await?);
+    let mut cold = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut seconds = 0.0;
+    for secret in &cold_secrets {
+        let sent = Instant::now();
+        anyhow::ensure!(client.authorize(request(secret, &cold_path)).await?.into_inner().allowed, "cold call denied");
+        cold.saturating_record(sent.elapsed().as_micros() as u64);
+        seconds += sent.elapsed().as_secs_f64();
+    }
+    let run = Run::new("keygate cold keys (miss)", 1, &cold, 0, seconds);
+    run.print();
+    // Read as Prometheus would scrape it.
+    let handles = cold_server.handles.as_ref().expect("keygate has handles");
+    let text = keygate::metrics::render(&keygate::metrics::registry(handles));
+    let sample = |name: &str| {
+        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+    };
+    let (Some(sum), Some(count)) =
+        (sample("keygate_argon2_verification_seconds_sum"), sample("keygate_argon2_verification_seconds_count"))
+    else {
+        anyhow::bail!("the server reported no argon2 timings");
+    };
+    anyhow::ensure!(count as usize == cold_secrets.len(), "one verification per cold call, got {count}");
+    let argon2_mean_us = sum / count * 1e6;
+    println!(
+        "    cold: mean {:.0}us = argon2 in the server, mean {:.0}us + {:.0}us overhead (p50 {:.0}us)",
+        run.mean_us,
+        argon2_mean_us,
+        run.mean_us - argon2_mean_us,
+        run.p50_us
+    );
+    Ok((run, argon2_mean_us))
+}
+
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    if args.cold_only {
+        let dir = std::env::temp_dir().join(format!("keygate-load-{}", keygate::domain::random_token(8)?));
+        let result = cold(&dir, args.cold_keys).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        return result.map(|_| ());
+    }
     let warmup = Duration::from_secs(args.warmup_seconds);
     let measure = Duration::from_secs(args.seconds);
     let dir = std::env::temp_dir().join(format!("keygate-load-{}", keygate::domain::random_token(8)?));
     std::fs::create_dir_all(&dir)?;
 
-    // The floor first, at every concurrency.
+    // The floor, loaded in rounds alternating with keygate's hot keys (below).
     let floor_server = fixture::floor()?;
-    let floor_load = Load::new(&floor_server, args.connections, warmup, measure).await?;
+    let rounds = args.rounds.max(1);
+    let round_measure = measure / rounds;
+    let floor_load = Load::new(&floor_server, args.connections, warmup, round_measure).await?;
     let sample_path = format!("{APP_PATH_PREFIX}app_0123456789abcdef");
     let sample = GeneratedKey::generate()?.into_secret_string();
     let floor_generator: Generator = Arc::new(move |_| request(&sample, &sample_path));
-    let mut floor = Vec::new();
-    for &c in &args.concurrency {
-        let run = floor_load.run("floor (no-op tonic)", c, floor_generator.clone()).await;
-        run.print();
-        floor.push(run);
-    }
-    drop(floor_load);
-    drop(floor_server);
 
     // Hot keys. New keys are hashed with cheap argon2 parameters so that making and warming
     // 10k of them takes a minute; the hot path never runs argon2, whatever its parameters.
@@ -229,20 +309,28 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     }
     // A profiler attached from here on sees only the hot-key runs (`perf record -p`).
     eprintln!("hot keys warm; loading them");
-    let load = Load::new(&hot_server, args.connections, warmup, measure).await?;
     let zipf = Arc::new(Zipf::new(secrets.len()));
     let hot: Generator = {
         let (secrets, zipf, path) = (secrets.clone(), zipf.clone(), path.clone());
         Arc::new(move |rng| request(&secrets[zipf.sample(rng)], &path))
     };
     let mut runs = Vec::new();
+    let mut floor = Vec::new();
     let mut hot_runs = Vec::new();
-    for (i, &c) in args.concurrency.iter().enumerate() {
-        let mut run = load.run("keygate hot keys (zipf)", c, hot.clone()).await;
-        run.compare_to(&floor[i]);
-        run.print();
-        hot_runs.push(run);
+    {
+        let hot_load = Load::new(&hot_server, args.connections, warmup, round_measure).await?;
+        for &c in &args.concurrency {
+            let (floor_run, hot_run) =
+                interleaved((&floor_load, &floor_generator), (&hot_load, &hot), c, rounds).await;
+            floor_run.print();
+            hot_run.print();
+            floor.push(floor_run);
+            hot_runs.push(hot_run);
+        }
     }
+    drop(floor_load);
+    drop(floor_server);
+    let load = Load::new(&hot_server, args.connections, warmup, measure).await?;
     let top = *args.concurrency.last().unwrap_or(&64);
     let floor_top = floor.last().expect("a floor run").clone();
     let calm = hot_runs.last().expect("a hot run").clone();
@@ -328,39 +416,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     drop(load);
     drop(hot_server);
 
-    // Cold keys: default (OWASP) argon2; every call a miss, one at a time.
-    let cold_dir = dir.join("cold");
-    std::fs::create_dir_all(&cold_dir)?;
-    let cold_server = fixture::keygate(&cold_dir, |_| {})?;
-    eprintln!("creating {} cold keys…", args.cold_keys);
-    let (cold_path, cold_secrets) = create_keys(&cold_server, args.cold_keys, 1).await?;
-    let mut client = AuthorizerClient::new(cold_server.channel().await?);
-    let mut cold = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let started = Instant::now();
-    for secret in &cold_secrets {
-        let sent = Instant::now();
-        anyhow::ensure!(client.authorize(request(secret, &cold_path)).await?.into_inner().allowed, "cold call denied");
-        cold.saturating_record(sent.elapsed().as_micros() as u64);
-    }
-    let cold_run = Run::new("keygate cold keys (miss)", 1, &cold, 0, started.elapsed().as_secs_f64());
-    cold_run.print();
-    // The argon2 verification alone, same parameters, same machine, same run.
-    let verifier = keygate::authz::verifier::Verifier::new(Default::default()).await?;
-    let hash = verifier.hash(b"a secret of the usual length, 44 characters").await?;
-    let mut argon2 = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for _ in 0..30 {
-        let t = Instant::now();
-        verifier.verify("a secret of the usual length, 44 characters", Some(&hash)).await?;
-        argon2.saturating_record(t.elapsed().as_micros() as u64);
-    }
-    let argon2_p50 = argon2.value_at_quantile(0.5) as f64;
-    println!(
-        "    cold: p50 {:.0}us = argon2 verification p50 {:.0}us + {:.0}us overhead",
-        cold_run.p50_us,
-        argon2_p50,
-        cold_run.p50_us - argon2_p50
-    );
-    drop(cold_server);
+    let (cold_run, argon2_mean_us) = cold(&dir, args.cold_keys).await?;
     let _ = std::fs::remove_dir_all(&dir);
 
     if let Some(path) = &args.svg {
@@ -371,13 +427,15 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             "benchmark": "load",
             "seconds": args.seconds,
             "warmup_seconds": args.warmup_seconds,
+            "rounds": rounds,
             "connections": args.connections,
             "hot_keys": args.keys,
             "floor": floor,
             "hot": hot_runs,
             "scenarios": runs,
             "cold": cold_run,
-            "argon2_verify_p50_us": argon2_p50,
+            "cold_mean_us": cold_run.mean_us,
+            "argon2_in_server_mean_us": argon2_mean_us,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
