@@ -22,7 +22,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn serve(args: keygate::config::ServeArgs) -> anyhow::Result<()> {
     let settings = args.into_settings()?;
-    keygate::telemetry::init(settings.log_format);
+    let _telemetry = keygate::telemetry::init(settings.log_format);
     let app = Application::build(settings, Arc::new(SystemClock)).await?;
     reload_policy_on_sighup(app.handles());
     app.run_until(shutdown_signal()).await

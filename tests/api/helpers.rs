@@ -64,7 +64,8 @@ pub struct TestApp {
 
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        keygate::telemetry::init(keygate::config::LogFormat::Pretty);
+        // Like the subscriber itself, the exporter (if any) lives as long as the test process.
+        std::mem::forget(keygate::telemetry::init(keygate::config::LogFormat::Pretty));
     }
 }
 

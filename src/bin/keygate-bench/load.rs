@@ -320,8 +320,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     {
         let hot_load = Load::new(&hot_server, args.connections, warmup, round_measure).await?;
         for &c in &args.concurrency {
-            let (floor_run, hot_run) =
-                interleaved((&floor_load, &floor_generator), (&hot_load, &hot), c, rounds).await;
+            let (floor_run, hot_run) = interleaved((&floor_load, &floor_generator), (&hot_load, &hot), c, rounds).await;
             floor_run.print();
             hot_run.print();
             floor.push(floor_run);

@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
     // The logging `keygate serve` installs, so the servers pay what they pay in production
     // (without a subscriber, tracing falls back to the `log` crate on every span: sqlx
     // turns on tracing's `log` feature).
-    keygate::telemetry::init(keygate::config::LogFormat::Pretty);
+    let _telemetry = keygate::telemetry::init(keygate::config::LogFormat::Pretty);
     // The load runs here; servers get a runtime of their own (see fixture.rs).
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("load").enable_all().build()?;
