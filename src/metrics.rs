@@ -67,6 +67,12 @@ pub fn render(registry: &Registry) -> String {
     text
 }
 
+/// One sample's value from rendered text, by its series as printed (`name{labels}`): for
+/// tools and tests that read what a scrape would.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// Serves `GET /metrics` on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,

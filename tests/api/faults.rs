@@ -104,9 +104,7 @@ async fn through_a_store_outage_cached_keys_are_decided_and_nothing_else_is_allo
     // The operator saw it all in the metrics.
     let text = reqwest::get(app.metrics_url.clone().unwrap()).await.unwrap().text().await.unwrap();
     let value = |series: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+        keygate::metrics::sample(&text, series).unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
     };
     assert!(value(r#"keygate_authorize_failures_total{cause="store_unavailable"}"#) >= 1.0);
     assert!(value(r#"keygate_store_errors_total{operation="key",kind="unavailable"}"#) >= 1.0);

@@ -5,6 +5,7 @@ use crate::backend_tests;
 use crate::helpers::{ask, reason, Db, TestApp, TestDb, ADMIN_TOKEN};
 use keygate::clock::Clock;
 use keygate::grpc::proto as pb;
+use keygate::metrics::sample;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use tonic::Code;
@@ -261,11 +262,6 @@ async fn last_used_at_is_written_at_most_once_a_minute(db: Db) {
     use keygate::store::Store;
     let id = keygate::domain::KeyId::parse(&key.id).unwrap();
     assert_eq!(reopened.key(id).await.unwrap().unwrap().usage.last_used_at(), Some(last_use));
-}
-
-/// Reads one sample's value from OpenMetrics text: `name{labels} value`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

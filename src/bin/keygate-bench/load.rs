@@ -249,9 +249,7 @@ async fn cold(dir: &std::path::Path, keys: usize) -> anyhow::Result<(Run, f64)> 
     // Read as Prometheus would scrape it.
     let handles = cold_server.handles.as_ref().expect("keygate has handles");
     let text = keygate::metrics::render(&keygate::metrics::registry(handles));
-    let sample = |name: &str| {
-        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
-    };
+    let sample = |series| keygate::metrics::sample(&text, series);
     let (Some(sum), Some(count)) =
         (sample("keygate_argon2_verification_seconds_sum"), sample("keygate_argon2_verification_seconds_count"))
     else {
