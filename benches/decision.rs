@@ -137,6 +137,36 @@ fn hot_path(c: &mut Criterion) {
     c.bench_function("authorize, hot key, application in the path (no gRPC)", |b| {
         b.iter(|| runtime.block_on(authorizer.authorize(black_box(&query))).expect("decides").deny.is_none())
     });
+
+    // The same under a global limit per account, as the default policy has one. An injected
+    // clock moves 1 ms per call, so every call is admitted and counted, and each window
+    // holds 1,000 calls.
+    let clock = keygate::clock::ManualClock::starting_now();
+    let limited = Authorizer::new(
+        Policy::from_toml(
+            "[global_limit]\nlimit = 100000\nwindow = \"second\"\nper = \"account\"\n\
+             [[routes]]\nroute = \"GET /api/v1/panel/applications/{application_id}\"\nscopes = [\"applications:read\"]\n",
+            "bench",
+        )
+        .expect("valid"),
+        cache.clone(),
+        runtime.block_on(Verifier::new(cheap)).map(Arc::new).expect("verifier"),
+        Arc::new(Limiter::Local(LocalLimiter::default())),
+        Arc::new(clock.clone()),
+        Arc::new(UsageRecorder::new(cache.clone(), UsageSettings::default())),
+        AuthorizerSettings {
+            verified_cache: VerifiedCacheSettings { capacity: 10_000 },
+            brute_force: BruteForceSettings::default(),
+        },
+    );
+    let verdict = runtime.block_on(limited.authorize(&query)).expect("decides");
+    assert!(verdict.deny.is_none() && verdict.rate_limit.is_some(), "{verdict:?}");
+    c.bench_function("authorize, hot key, under a global limit per account", |b| {
+        b.iter(|| {
+            clock.advance(Duration::from_millis(1));
+            runtime.block_on(limited.authorize(black_box(&query))).expect("decides").deny.is_none()
+        })
+    });
 }
 
 criterion_group!(benches, parsing_and_matching, hot_path);
