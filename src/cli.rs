@@ -79,6 +79,7 @@ pub struct Connection {
 
 #[derive(Debug, Subcommand)]
 pub enum AppCommand {
+    /// Create an application for an account.
     Create {
         #[arg(long)]
         account: String,
@@ -87,11 +88,13 @@ pub enum AppCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Show one application.
     Get {
         id: String,
         #[command(flatten)]
         connection: Connection,
     },
+    /// List an account's applications (every page).
     List {
         #[arg(long)]
         account: String,
@@ -123,11 +126,13 @@ pub enum SessionCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Show one session and its status.
     Get {
         id: String,
         #[command(flatten)]
         connection: Connection,
     },
+    /// End a session at once (idempotent).
     Revoke {
         id: String,
         #[command(flatten)]
@@ -155,11 +160,13 @@ pub enum KeyCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Show one key, with its status and last use.
     Get {
         id: String,
         #[command(flatten)]
         connection: Connection,
     },
+    /// List an account's API keys (every page), optionally searched.
     List {
         #[arg(long)]
         account: String,
@@ -169,6 +176,7 @@ pub enum KeyCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Change a key's name, scopes, applications or expiry (only what is given).
     Update {
         id: String,
         #[arg(long)]
@@ -186,6 +194,7 @@ pub enum KeyCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Revoke a key at once (idempotent); every replica denies it on its next call.
     Revoke {
         id: String,
         #[arg(long, default_value = "")]
