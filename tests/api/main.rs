@@ -2,6 +2,7 @@
 
 mod admin;
 mod authorize;
+mod cli;
 mod edge;
 mod ext_authz;
 mod faults;

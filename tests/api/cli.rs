@@ -1,0 +1,119 @@
+//! The `keygate` binary as an operator uses it: every command against a real server,
+//! JSON output parsed, table output read, errors as one line with the page's code.
+
+use crate::helpers::{Db, TestApp, ADMIN_TOKEN};
+use serde_json::Value;
+
+/// Runs `keygate ARGS` against `app`; returns (success, stdout, stderr).
+fn keygate(app: &TestApp, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(args)
+        .env("KEYGATE_SERVER", &app.address)
+        .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("KEYGATE_ACTOR", "ops@example.com")
+        .env_remove("KEYGATE_CREDENTIAL")
+        .output()
+        .expect("the keygate binary runs");
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8 output");
+    (output.status.success(), text(output.stdout), text(output.stderr))
+}
+
+fn json(app: &TestApp, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (ok, stdout, stderr) = keygate(app, &all);
+    assert!(ok, "keygate {args:?} failed: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("keygate {args:?} printed no JSON ({e}): {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drives_every_admin_call() {
+    let app = TestApp::spawn(Db::Sqlite).await.unwrap();
+    let application = json(&app, &["app", "create", "--account", "acct_cli", "--name", "Shop"]);
+    let app_id = application["id"].as_str().unwrap().to_owned();
+    assert_eq!(json(&app, &["app", "get", &app_id])["name"], "Shop");
+    assert_eq!(json(&app, &["app", "list", "--account", "acct_cli"]).as_array().unwrap().len(), 1);
+
+    let created = json(
+        &app,
+        &[
+            "key",
+            "create",
+            "--account",
+            "acct_cli",
+            "--name",
+            "deploy",
+            "--scope",
+            "applications:read",
+            "--app",
+            &app_id,
+        ],
+    );
+    let (key_id, secret) = (created["id"].as_str().unwrap().to_owned(), created["secret"].as_str().unwrap().to_owned());
+    let (ok, decided, _) = keygate(
+        &app,
+        &["authorize", "--credential", &secret, "--path", &format!("/api/v1/panel/applications/{app_id}")],
+    );
+    assert!(ok && decided.starts_with("allowed"), "{decided}");
+    let updated = json(&app, &["key", "update", &key_id, "--name", "deploy (old)"]);
+    assert_eq!(updated["name"], "deploy (old)");
+    assert_eq!(json(&app, &["key", "get", &key_id])["status"], "active");
+
+    // Tables: a header and one line per key, the secret nowhere.
+    let (ok, table, _) = keygate(&app, &["key", "list", "--account", "acct_cli"]);
+    assert!(ok);
+    let lines: Vec<_> = table.lines().collect();
+    assert!(lines[0].starts_with("ID") && lines[0].contains("STATUS"), "{table}");
+    assert!(lines[1].starts_with(&key_id) && lines[1].contains("active"), "{table}");
+    assert!(!table.contains(&secret));
+
+    let rotated = json(&app, &["app", "rotate-key", &app_id]);
+    assert!(rotated["secret"].as_str().unwrap().starts_with("kgr_"));
+    let session = json(&app, &["session", "create", "--account", "acct_cli", "--user", "user_1"]);
+    let session_id = session["id"].as_str().unwrap().to_owned();
+    assert_eq!(json(&app, &["session", "get", &session_id])["status"], "active");
+    assert_eq!(json(&app, &["session", "revoke", &session_id])["status"], "revoked");
+
+    // revoke-all asks before it acts, then revokes every active key.
+    json(&app, &["key", "create", "--account", "acct_cli", "--name", "second"]);
+    let (ok, _, refusal) = keygate(&app, &["key", "revoke-all", "--account", "acct_cli", "--reason", "leak"]);
+    assert!(!ok && refusal.contains("would revoke 2 active keys") && refusal.contains("--yes"), "{refusal}");
+    let revoked = json(&app, &["key", "revoke-all", "--account", "acct_cli", "--reason", "leak", "--yes"]);
+    assert!(revoked.as_array().unwrap().iter().all(|k| k["status"] == "revoked"));
+    assert_eq!(revoked.as_array().unwrap().len(), 2);
+    let (_, decided, _) = keygate(
+        &app,
+        &["authorize", "--credential", &secret, "--path", &format!("/api/v1/panel/applications/{app_id}")],
+    );
+    assert!(decided.contains("api_key_revoked"), "{decided}");
+
+    // The audit trail saw all of it, with the CLI's actor.
+    let events = json(&app, &["audit", "list", "--account", "acct_cli"]);
+    let actions: Vec<_> = events.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        [
+            "api_key.revoke",
+            "api_key.revoke",
+            "api_key.create",
+            "session.revoke",
+            "session.create",
+            "application.rotate_key",
+            "api_key.update",
+            "api_key.create",
+            "application.create",
+        ]
+    );
+    assert!(events.as_array().unwrap().iter().all(|e| e["on_behalf_of"] == "ops@example.com"));
+    let logins = json(&app, &["audit", "list", "--account", "acct_cli", "--category", "Login"]);
+    assert_eq!(logins.as_array().unwrap().len(), 1);
+    let (ok, table, _) = keygate(&app, &["audit", "list", "--account", "acct_cli", "--limit", "2"]);
+    assert!(ok && table.lines().count() == 3 && table.contains("ops@example.com (via admin:"), "{table}");
+
+    // Errors: one line with the page's code, exit status 1.
+    let (ok, _, error) = keygate(&app, &["key", "get", "key_0000000000000000"]);
+    assert!(!ok);
+    assert!(error.trim().starts_with("error: not_found:") && error.trim().lines().count() == 1, "{error}");
+    let (ok, _, error) = keygate(&app, &["audit", "list", "--account", "acct_cli", "--category", "Logins"]);
+    assert!(!ok && error.contains("VALIDATION_ERROR") && error.contains("unknown category"), "{error}");
+}
