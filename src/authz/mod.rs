@@ -154,6 +154,22 @@ pub struct Authorizer {
     clock: Arc<dyn Clock>,
     usage: Arc<UsageRecorder>,
     metrics: AuthorizeMetrics,
+    /// The limit check counters, resolved once: counting takes no lock.
+    limit_outcomes: LimitOutcomes,
+}
+
+/// Handles to `keygate_rate_limit_checks_total`'s three series (all shown from the start).
+struct LimitOutcomes {
+    admitted: Counter,
+    limited: Counter,
+    unavailable: Counter,
+}
+
+impl LimitOutcomes {
+    fn of(family: &Family<OutcomeLabels, Counter>) -> Self {
+        let series = |outcome| family.get_or_create_owned(&OutcomeLabels { outcome });
+        Self { admitted: series("admitted"), limited: series("limited"), unavailable: series("unavailable") }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -236,6 +252,7 @@ impl Authorizer {
         settings: AuthorizerSettings,
     ) -> Self {
         let AuthorizerSettings { verified_cache: settings, brute_force } = settings;
+        let metrics = AuthorizeMetrics::default();
         Self {
             policy: arc_swap::ArcSwap::new(Arc::new(ActivePolicy::new(policy))),
             unrouted: DecisionCounters::default(),
@@ -261,7 +278,8 @@ impl Authorizer {
             brute_force,
             clock,
             usage,
-            metrics: AuthorizeMetrics::default(),
+            limit_outcomes: LimitOutcomes::of(&metrics.limits),
+            metrics,
         }
     }
 
@@ -366,25 +384,26 @@ impl Authorizer {
         };
         // The global limit applies to every authenticated request.
         let global = policy.global_limit().filter(|_| verdict.principal.is_some());
-        let subjects: Vec<_> = global
+        let subjects: smallvec::SmallVec<[_; 4]> = global
             .into_iter()
             .chain(&route.limits)
             .filter_map(|rule| subject_of(rule.per).map(|subject| (rule, subject)))
             .collect();
         if subjects.is_empty() {
+            drop(subjects);
             return Ok(verdict);
         }
-        let checks: Vec<LimitCheck<'_>> =
+        let checks: smallvec::SmallVec<[LimitCheck<'_>; 4]> =
             subjects.iter().map(|(rule, subject)| LimitCheck { rule, subject: subject.as_ref() }).collect();
         let checked = self.limiter.check(&checks, now).await;
         drop(checks);
         drop(subjects);
-        let outcome = match &checked {
-            Ok(LimitOutcome::Admitted { .. }) => "admitted",
-            Ok(LimitOutcome::Limited { .. }) => "limited",
-            Err(_) => "unavailable",
-        };
-        self.metrics.limits.get_or_create(&OutcomeLabels { outcome }).inc();
+        match &checked {
+            Ok(LimitOutcome::Admitted { .. }) => &self.limit_outcomes.admitted,
+            Ok(LimitOutcome::Limited { .. }) => &self.limit_outcomes.limited,
+            Err(_) => &self.limit_outcomes.unavailable,
+        }
+        .inc();
         let outcome = checked.map_err(AuthzError::LimiterUnavailable)?;
         match outcome {
             LimitOutcome::Admitted { tightest } => {

@@ -11,6 +11,7 @@ pub mod redis;
 use crate::domain::Timestamp;
 use crate::policy::{LimitRule, OnStoreError};
 use moka::sync::Cache;
+use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -72,7 +73,8 @@ type Log = Arc<Mutex<VecDeque<i64>>>;
 
 /// In-process sliding-window logs. Exact for one process.
 pub struct LocalLimiter {
-    logs: Cache<(Arc<str>, Box<str>), Log>,
+    /// By [`log_key`]: one string, so a hit can be looked up by `&str` without allocating.
+    logs: Cache<String, Log>,
 }
 
 impl Default for LocalLimiter {
@@ -88,11 +90,11 @@ impl LocalLimiter {
     }
 
     pub fn check(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> LimitOutcome {
-        let logs: Vec<Log> =
-            checks.iter().map(|c| self.logs.get_with((c.rule.key.clone(), c.subject.into()), Log::default)).collect();
+        let logs: SmallVec<[Log; 4]> = checks.iter().map(|c| self.log(&c.rule.key, c.subject)).collect();
         // Always locked in the order of the checks (global first, then the route's limits
         // in policy order), so two requests can never wait on each other in a cycle.
-        let mut guards: Vec<_> = logs.iter().map(|log| log.lock().unwrap_or_else(|e| e.into_inner())).collect();
+        let mut guards: SmallVec<[_; 4]> =
+            logs.iter().map(|log| log.lock().unwrap_or_else(|e| e.into_inner())).collect();
         let now = now.as_millis();
         let mut limited: Option<(u32, i64)> = None;
         let mut tightest: Option<Room> = None;
@@ -118,6 +120,34 @@ impl LocalLimiter {
         }
         LimitOutcome::Admitted { tightest }
     }
+}
+
+impl LocalLimiter {
+    /// The log of `subject` under the rule `rule`; a subject seen before costs no allocation.
+    fn log(&self, rule: &str, subject: &str) -> Log {
+        let mut buffer = [0u8; 256];
+        match log_key(rule, subject, &mut buffer) {
+            Some(key) => match self.logs.get(key) {
+                Some(log) => log,
+                None => self.logs.get_with(key.to_owned(), Log::default),
+            },
+            None => self.logs.get_with(log_key_owned(rule, subject), Log::default),
+        }
+    }
+}
+
+/// `<rule length>:<rule><subject>`: the length prefix keeps any two (rule, subject) pairs
+/// apart whatever characters they hold. Written into `buffer` when it fits.
+fn log_key<'b>(rule: &str, subject: &str, buffer: &'b mut [u8]) -> Option<&'b str> {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut *buffer);
+    write!(cursor, "{}:{rule}{subject}", rule.len()).ok()?;
+    let len = cursor.position() as usize;
+    std::str::from_utf8(&buffer[..len]).ok()
+}
+
+fn log_key_owned(rule: &str, subject: &str) -> String {
+    format!("{}:{rule}{subject}", rule.len())
 }
 
 /// Drops what has left the window `(now - window, now]`; then either the room left after
@@ -185,6 +215,16 @@ mod tests {
         let only_wide = [LimitCheck { rule: &wide, subject: "a" }];
         let LimitOutcome::Admitted { tightest: Some(room) } = limiter.check(&only_wide, at(2)) else { panic!() };
         assert_eq!(room.remaining, 98, "only the one admitted request was counted");
+    }
+
+    #[test]
+    fn log_keys_never_run_together() {
+        let mut a = [0u8; 256];
+        let mut b = [0u8; 256];
+        assert_ne!(log_key("ab", "c", &mut a), log_key("a", "bc", &mut b));
+        assert_eq!(log_key("global", "acct_1", &mut a), Some("6:globalacct_1"));
+        assert_eq!(log_key(&"r".repeat(300), "s", &mut a), None, "too long for the buffer");
+        assert_eq!(log_key_owned("global", "acct_1"), "6:globalacct_1");
     }
 
     #[test]
