@@ -10,6 +10,7 @@ use crate::grpc::admin::{AdminService, AdminTokens};
 use crate::grpc::authorizer::AuthorizerService;
 use crate::grpc::ext_authz::CheckService;
 use crate::grpc::proto::{self, admin_server::AdminServer, authorizer_server::AuthorizerServer};
+use crate::grpc::spans::CallSpans;
 use crate::manage::Manager;
 use crate::policy::Policy;
 use crate::ratelimit::{redis::RedisLimiter, Limiter, LocalLimiter};
@@ -175,10 +176,10 @@ impl Application {
                 AuthorizationServer::new(CheckService::new(authorizer.clone(), settings.ext_authz.clone()))
                     .max_decoding_message_size(MAX_CHECK_MESSAGE),
             )
-            .add_service(InterceptedService::new(
+            .add_service(CallSpans::new(InterceptedService::new(
                 AdminServer::new(AdminService::new(manager)).max_decoding_message_size(MAX_ADMIN_MESSAGE),
                 move |request| admin_tokens.check(request),
-            ));
+            )));
 
         let listener = TcpListener::bind(settings.listen)
             .await

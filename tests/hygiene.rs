@@ -88,6 +88,11 @@ async fn no_secret_reaches_a_log_line_an_error_or_a_later_response() {
     let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(logged.lines().count() > 20, "debug logging was on:\n{logged}");
     assert!(logged.contains("admin action"), "the scenario was logged");
+    // Every admin call runs in a span naming the call and its request id.
+    assert!(
+        logged.lines().any(|l| l.contains(r#"admin{rpc="RevokeApiKey" request_id=kg-"#) && l.contains("admin action")),
+        "no admin span around the revoke:\n{logged}"
+    );
     for (what, value) in &secrets {
         assert!(!logged.contains(value.as_str()), "the {what} appears in the logs");
         for response in &seen {

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod authorizer;
 pub mod convert;
 pub mod ext_authz;
+pub mod spans;
 pub mod status;
 
 pub use keygate_api::proto;
@@ -21,11 +22,24 @@ pub struct RequestId(MetadataValue<tonic::metadata::Ascii>);
 
 impl RequestId {
     pub fn from_metadata(metadata: &MetadataMap) -> Self {
-        let given = metadata.get(REQUEST_ID_HEADER).filter(|v| {
-            let bytes = v.as_bytes();
-            !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID_LEN && bytes.iter().all(|b| b.is_ascii_graphic())
-        });
+        let given = metadata.get(REQUEST_ID_HEADER).filter(|v| usable(v.as_bytes()));
         Self(given.cloned().unwrap_or_else(generate))
+    }
+
+    /// The id of an HTTP request's headers, which gets one (a generated id, replacing an
+    /// unusable one) if it has none: what a layer in front of the handlers uses, so that
+    /// its span and the handler's response carry the same id.
+    pub fn of_headers(headers: &mut http::HeaderMap) -> Self {
+        if let Some(value) = headers.get(REQUEST_ID_HEADER).filter(|v| usable(v.as_bytes())) {
+            if let Ok(value) = MetadataValue::try_from(value.as_bytes()) {
+                return Self(value);
+            }
+        }
+        let id = generate();
+        if let Ok(value) = http::HeaderValue::from_bytes(id.as_bytes()) {
+            headers.insert(REQUEST_ID_HEADER, value);
+        }
+        Self(id)
     }
 
     pub fn as_str(&self) -> &str {
@@ -42,6 +56,10 @@ impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+fn usable(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.iter().all(|b| b.is_ascii_graphic())
 }
 
 /// A process-unique id: a random per-process prefix and a counter (no syscall per call).

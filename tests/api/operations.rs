@@ -329,3 +329,27 @@ async fn metrics_count_what_a_scripted_scenario_did() {
     assert!(!text.contains(&secret) && !text.contains(&wrong), "no credential in the metrics");
     assert!(text.trim_end().ends_with("# EOF"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_call_without_a_request_id_gets_one_that_its_audit_event_shares() {
+    let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
+    let response = app
+        .admin
+        .create_application(pb::CreateApplicationRequest { account_id: "acct_ids".into(), name: "x".into() })
+        .await
+        .unwrap();
+    let echoed = response.metadata().get("x-request-id").expect("an id is echoed").to_str().unwrap().to_owned();
+    assert!(echoed.starts_with("kg-"), "{echoed}");
+    let events = trail(&mut app, "acct_ids", "").await.unwrap();
+    assert_eq!(events[0].request_id, echoed, "the span's id, the handler's and the response's are one");
+
+    // A caller's own id is kept; an unusable one is replaced.
+    let mut request = tonic::Request::new(pb::GetApplicationRequest { id: events[0].target.clone() });
+    request.metadata_mut().insert("x-request-id", "edge-7f3a".parse().unwrap());
+    let response = app.admin.get_application(request).await.unwrap();
+    assert_eq!(response.metadata().get("x-request-id").unwrap(), "edge-7f3a");
+    let mut request = tonic::Request::new(pb::GetApplicationRequest { id: events[0].target.clone() });
+    request.metadata_mut().insert("x-request-id", "x".repeat(300).parse().unwrap());
+    let response = app.admin.get_application(request).await.unwrap();
+    assert!(response.metadata().get("x-request-id").unwrap().to_str().unwrap().starts_with("kg-"));
+}
