@@ -45,7 +45,7 @@ pub enum AuditCommand {
     List {
         #[arg(long)]
         account: String,
-        /// Matches the action, target, actor or request id.
+        /// Matches the action, target, actor, on-behalf-of or request id.
         #[arg(long)]
         search: Option<String>,
         /// ApiKey, Application, Session or Login (repeatable).

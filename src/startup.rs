@@ -57,14 +57,16 @@ impl Handles {
     /// Reads the policy file again and puts it in force if it is valid; a bad file changes
     /// nothing and the last good policy keeps serving. What SIGHUP does.
     pub fn reload_policy(&self) -> Result<usize, crate::policy::PolicyError> {
+        let reloads = self.authorizer.metrics().policy_reloads;
+        let count = |outcome| reloads.get_or_create(&crate::authz::OutcomeLabels { outcome }).inc();
         let Some(path) = &self.policy_path else {
+            count("rejected");
+            tracing::warn!("policy reload asked for, but keygate started with the built-in policy: nothing to reload");
             return Err(crate::policy::PolicyError {
                 source_name: "(built-in default)".into(),
                 problems: vec!["no policy file was given at start-up; nothing to reload".into()],
             });
         };
-        let reloads = self.authorizer.metrics().policy_reloads;
-        let count = |outcome| reloads.get_or_create(&crate::authz::OutcomeLabels { outcome }).inc();
         match Policy::load(path) {
             Ok(policy) => {
                 let routes = policy.routes().len();
