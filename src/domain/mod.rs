@@ -136,6 +136,15 @@ impl fmt::Debug for SecretHash {
     }
 }
 
+/// Lowercase hex, for digests and ids written as text.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
 /// A random base62 token from the OS CSPRNG (for admin tokens).
 pub fn random_token(len: usize) -> Result<String, getrandom::Error> {
     credential::random_base62(len)

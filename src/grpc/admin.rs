@@ -20,10 +20,10 @@ impl AdminTokens {
         Self(Arc::new(tokens.into_iter().map(|t| Sha256::digest(t.as_bytes()).into()).collect()))
     }
 
-    pub fn accepts(&self, presented: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    /// Whether a presented token, by its SHA-256, is one of them.
+    fn accepts(&self, digest: &[u8; 32]) -> bool {
         // Compare against every token so the time does not say which one matched.
-        self.0.iter().fold(subtle::Choice::from(0), |any, token| any | token.ct_eq(&digest)).into()
+        self.0.iter().fold(subtle::Choice::from(0), |any, token| any | token.ct_eq(digest)).into()
     }
 
     /// A tonic interceptor: `authorization: Bearer <token>` or UNAUTHENTICATED. An accepted
@@ -34,15 +34,15 @@ impl AdminTokens {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-        match presented {
-            Some(token) if self.accepts(token.trim()) => {
-                let fingerprint = AdminCredential::of(token.trim());
-                request.extensions_mut().insert(fingerprint);
-                Ok(request)
-            }
-            Some(_) => Err(status::coded(Code::Unauth, "the admin token is not valid")),
-            None => Err(status::coded(Code::Unauth, "admin calls need `authorization: Bearer <admin token>`")),
+        let Some(token) = presented else {
+            return Err(status::coded(Code::Unauth, "admin calls need `authorization: Bearer <admin token>`"));
+        };
+        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        if !self.accepts(&digest) {
+            return Err(status::coded(Code::Unauth, "the admin token is not valid"));
         }
+        request.extensions_mut().insert(AdminCredential::of(&digest));
+        Ok(request)
     }
 }
 
@@ -51,9 +51,8 @@ impl AdminTokens {
 pub struct AdminCredential(String);
 
 impl AdminCredential {
-    fn of(token: &str) -> Self {
-        let digest = Sha256::digest(token.as_bytes());
-        Self(format!("admin:{}", digest[..4].iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    fn of(token_digest: &[u8; 32]) -> Self {
+        Self(format!("admin:{}", crate::domain::hex(&token_digest[..4])))
     }
 }
 

@@ -87,7 +87,7 @@ fn new_error_id() -> String {
     let mut bytes = [0u8; 8];
     // An all-zero id on a failing random source still logs and answers.
     let _ = getrandom::getrandom(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::domain::hex(&bytes)
 }
 
 /// Formats an error with its sources, for the log line only.

@@ -8,7 +8,7 @@ use super::{
     UsageMemo,
 };
 use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
-use crate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, SessionId, Timestamp, UserId};
+use crate::domain::{hex, AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, SessionId, Timestamp, UserId};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
@@ -219,10 +219,6 @@ fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError> {
         revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(Timestamp::from_millis),
         version: row.try_get("version")?,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn scopes_json(scopes: &Scopes) -> String {
