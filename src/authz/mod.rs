@@ -5,6 +5,7 @@
 //! [`decision::evaluate`] decides on them.
 
 pub mod decision;
+mod metrics;
 pub mod verifier;
 
 use crate::clock::Clock;
@@ -15,9 +16,8 @@ use crate::ratelimit::{LimitCheck, LimitOutcome, Limiter, LimiterError, Room};
 use crate::store::{KeyKind, KeyRecord, Store, StoreError};
 use crate::usage::UsageRecorder;
 use decision::{evaluate, ApplicationFact, Deny, Principal};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use metrics::{ActivePolicy, DecisionCounters, LimitOutcomes};
+pub use metrics::{AuthorizeMetrics, CauseLabels, DecisionLabels, OutcomeLabels};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -156,89 +156,6 @@ pub struct Authorizer {
     metrics: AuthorizeMetrics,
     /// The limit check counters, resolved once: counting takes no lock.
     limit_outcomes: LimitOutcomes,
-}
-
-/// Handles to `keygate_rate_limit_checks_total`'s three series (all shown from the start).
-struct LimitOutcomes {
-    admitted: Counter,
-    limited: Counter,
-    unavailable: Counter,
-}
-
-impl LimitOutcomes {
-    fn of(family: &Family<OutcomeLabels, Counter>) -> Self {
-        let series = |outcome| family.get_or_create_owned(&OutcomeLabels { outcome });
-        Self { admitted: series("admitted"), limited: series("limited"), unavailable: series("unavailable") }
-    }
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DecisionLabels {
-    /// The policy's route template; empty when no route matched.
-    pub route: Option<Arc<str>>,
-    /// `allowed`, or the deny's code.
-    pub code: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    pub outcome: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CauseLabels {
-    pub cause: &'static str,
-}
-
-/// A policy in force, with a decision counter per route and code resolved once, so that
-/// counting a decision takes no lock and hashes nothing.
-struct ActivePolicy {
-    policy: Policy,
-    decisions: Box<[DecisionCounters]>,
-}
-
-impl ActivePolicy {
-    fn new(policy: Policy) -> Self {
-        let decisions = policy.routes().iter().map(|_| DecisionCounters::default()).collect();
-        Self { policy, decisions }
-    }
-}
-
-/// One route's counters: slot 0 for allowed, then one per code.
-struct DecisionCounters([std::sync::OnceLock<Counter>; 16]);
-
-impl Default for DecisionCounters {
-    fn default() -> Self {
-        Self([const { std::sync::OnceLock::new() }; 16])
-    }
-}
-
-impl DecisionCounters {
-    fn count(&self, family: &Family<DecisionLabels, Counter>, verdict: &Verdict) {
-        let (slot, code) = match &verdict.deny {
-            None => (0, "allowed"),
-            Some(deny) => (1 + deny.code as usize, deny.code.as_str()),
-        };
-        // The family hands out a handle to the same counter for the same labels, so a
-        // reloaded policy keeps counting into the series it had.
-        let labels = || DecisionLabels { route: verdict.route.clone(), code };
-        match self.0.get(slot) {
-            Some(counter) => counter.get_or_init(|| family.get_or_create_owned(&labels())).inc(),
-            None => family.get_or_create(&labels()).inc(),
-        };
-    }
-}
-
-/// The authorizer's instruments; cloning shares them.
-#[derive(Clone, Default)]
-pub struct AuthorizeMetrics {
-    pub decisions: Family<DecisionLabels, Counter>,
-    /// By cause: store_unavailable, store, limiter_unavailable, verifier.
-    pub failures: Family<CauseLabels, Counter>,
-    /// By outcome: admitted, limited, unavailable.
-    pub limits: Family<OutcomeLabels, Counter>,
-    /// By outcome: applied, rejected.
-    pub policy_reloads: Family<OutcomeLabels, Counter>,
 }
 
 impl Authorizer {
