@@ -105,7 +105,7 @@ impl Manager {
             AuditAction::ApplicationCreate,
             actor,
             app.id.as_str(),
-            || json!({ "name": app.name.as_str() }),
+            json!({ "name": app.name.as_str() }),
         )?;
         self.store.create_application(&app, &audit).await?;
         Ok(app)
@@ -155,14 +155,13 @@ impl Manager {
             revoked_reason: None,
             version: 1,
         };
-        let audit = self.event(&record.account_id, AuditAction::ApiKeyCreate, actor, &record.id.to_string(), || {
-            json!({
-                "name": record.name.as_str(),
-                "scopes": record.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-                "application_ids": record.application_ids.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
-                "expires_at": record.expires_at.map(|t| t.to_string()),
-            })
-        })?;
+        let detail = json!({
+            "name": record.name.as_str(),
+            "scopes": scope_names(&record.scopes),
+            "application_ids": application_names(&record.application_ids),
+            "expires_at": record.expires_at.map(|t| t.to_string()),
+        });
+        let audit = self.event(&record.account_id, AuditAction::ApiKeyCreate, actor, &record.id.to_string(), detail)?;
         self.store.create_key(&record, &audit).await?;
         Ok((record, generated))
     }
@@ -197,22 +196,21 @@ impl Manager {
         if let Some(apps) = &changes.application_ids {
             self.check_applications(&key.account_id, apps).await?;
         }
-        let audit = self.event(&key.account_id, AuditAction::ApiKeyUpdate, actor, &id.to_string(), || {
-            let mut changed = serde_json::Map::new();
-            if let Some(name) = &changes.name {
-                changed.insert("name".into(), json!(name.as_str()));
-            }
-            if let Some(scopes) = &changes.scopes {
-                changed.insert("scopes".into(), json!(scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>()));
-            }
-            if let Some(apps) = &changes.application_ids {
-                changed.insert("application_ids".into(), json!(apps.iter().map(|a| a.as_str()).collect::<Vec<_>>()));
-            }
-            if let Some(expires_at) = changes.expires_at {
-                changed.insert("expires_at".into(), json!(expires_at.map(|t| t.to_string())));
-            }
-            serde_json::Value::Object(changed)
-        })?;
+        // Only what the update sets; a cleared expiry shows as null.
+        let mut detail = serde_json::Map::new();
+        if let Some(name) = &changes.name {
+            detail.insert("name".into(), json!(name.as_str()));
+        }
+        if let Some(scopes) = &changes.scopes {
+            detail.insert("scopes".into(), json!(scope_names(scopes)));
+        }
+        if let Some(apps) = &changes.application_ids {
+            detail.insert("application_ids".into(), json!(application_names(apps)));
+        }
+        if let Some(expires_at) = changes.expires_at {
+            detail.insert("expires_at".into(), json!(expires_at.map(|t| t.to_string())));
+        }
+        let audit = self.event(&key.account_id, AuditAction::ApiKeyUpdate, actor, &id.to_string(), detail.into())?;
         match self.store.update_key(id, &changes, now, &audit).await? {
             UpdateOutcome::Updated(key) => Ok(*key),
             UpdateOutcome::NotFound => Err(key_not_found(id)),
@@ -230,7 +228,7 @@ impl Manager {
         // The account the event belongs to; it never changes, so a cached record tells it.
         let account = self.api_key(id).await?.account_id.clone();
         let audit =
-            self.event(&account, AuditAction::ApiKeyRevoke, actor, &id.to_string(), || json!({ "reason": reason }))?;
+            self.event(&account, AuditAction::ApiKeyRevoke, actor, &id.to_string(), json!({ "reason": reason }))?;
         self.store.revoke_key(id, reason, self.clock.now(), &audit).await?.ok_or_else(|| key_not_found(id))
     }
 
@@ -278,7 +276,7 @@ impl Manager {
             AuditAction::ApplicationRotateKey,
             actor,
             application.id.as_str(),
-            || json!({ "key_id": key.id.to_string(), "grace_period_seconds": grace.as_secs() }),
+            json!({ "key_id": key.id.to_string(), "grace_period_seconds": grace.as_secs() }),
         )?;
         let previous = self.store.rotate_runtime_key(&key, retire_at, &audit).await?;
         Ok(Rotation { key, credential, previous: previous.map(|id| (id, retire_at)) })
@@ -317,7 +315,7 @@ impl Manager {
             AuditAction::SessionCreate,
             actor,
             &session.id.to_string(),
-            || json!({ "user_id": session.user_id.as_str(), "expires_at": session.expires_at.to_string() }),
+            json!({ "user_id": session.user_id.as_str(), "expires_at": session.expires_at.to_string() }),
         )?;
         self.store.create_session(&session, &audit).await?;
         Ok((session, token))
@@ -334,7 +332,7 @@ impl Manager {
             AuditAction::SessionRevoke,
             actor,
             &id.to_string(),
-            || json!({ "user_id": session.user_id.as_str() }),
+            json!({ "user_id": session.user_id.as_str() }),
         )?;
         self.store
             .revoke_session(id, self.clock.now(), &audit)
@@ -358,9 +356,9 @@ impl Manager {
         action: AuditAction,
         actor: &Actor,
         target: &str,
-        detail: impl FnOnce() -> serde_json::Value,
+        detail: serde_json::Value,
     ) -> Result<AuditEvent, ManageError> {
-        Ok(AuditEvent::new(account.clone(), action, actor, target, self.clock.now(), detail())
+        Ok(AuditEvent::new(account.clone(), action, actor, target, self.clock.now(), detail)
             .map_err(VerifierError::from)?)
     }
 
@@ -392,6 +390,14 @@ impl Manager {
         }
         Ok(())
     }
+}
+
+fn scope_names(scopes: &Scopes) -> Vec<&str> {
+    scopes.iter().map(|s| s.as_str()).collect()
+}
+
+fn application_names(ids: &[ApplicationId]) -> Vec<&str> {
+    ids.iter().map(|a| a.as_str()).collect()
 }
 
 fn key_not_found(id: KeyId) -> ManageError {

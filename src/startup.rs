@@ -97,7 +97,7 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     router: Router,
-    metrics: Option<(tokio::net::TcpListener, SocketAddr)>,
+    metrics: Option<TcpListener>,
     health: tonic_health::server::HealthReporter,
     handles: Handles,
     _background: Vec<AbortOnDrop>,
@@ -187,13 +187,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let local_addr = listener.local_addr()?;
-        let metrics = match crate::metrics::bind(settings.metrics_listen).await? {
-            Some(listener) => {
-                let address = listener.local_addr()?;
-                Some((listener, address))
-            }
-            None => None,
-        };
+        let metrics = crate::metrics::bind(settings.metrics_listen).await?;
         background.push(AbortOnDrop(usage.clone().spawn_flusher()));
         let handles = Handles {
             verifier,
@@ -210,7 +204,7 @@ impl Application {
 
     /// Where metrics are served, when `--metrics-listen` was given.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().map(|(_, address)| *address)
+        self.metrics.as_ref().and_then(|listener| listener.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -238,7 +232,8 @@ impl Application {
         };
         // The metrics endpoint stops with the gRPC server.
         let (stopped, stop_metrics) = tokio::sync::watch::channel(false);
-        if let Some((listener, address)) = self.metrics {
+        if let Some(listener) = self.metrics {
+            let address = listener.local_addr()?;
             let registry = Arc::new(crate::metrics::registry(&self.handles));
             let mut stop = stop_metrics.clone();
             tracing::info!(%address, "serving metrics at /metrics");

@@ -46,9 +46,7 @@ impl UsageRecorder {
     /// Called for every allowed call made with a key.
     pub fn used(&self, key: &KeyRecord, now: Timestamp) {
         if key.usage.claim_report(now, self.settings.every) {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let at = pending.entry(key.id).or_insert(now);
-            *at = (*at).max(now);
+            self.keep(&[(key.id, now)]);
         }
     }
 
@@ -61,17 +59,22 @@ impl UsageRecorder {
         let mut written = 0;
         for (i, chunk) in batch.chunks(MAX_BATCH).enumerate() {
             if let Err(e) = self.store.record_key_usage(chunk).await {
-                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                for &(id, at) in &batch[i * MAX_BATCH..] {
-                    let kept = pending.entry(id).or_insert(at);
-                    *kept = (*kept).max(at);
-                }
+                self.keep(&batch[i * MAX_BATCH..]);
                 return Err(e);
             }
             written += chunk.len();
             self.written.inc_by(chunk.len() as u64);
         }
         Ok(written)
+    }
+
+    /// Adds uses to the pending ones, keeping the later time per key.
+    fn keep(&self, uses: &[(KeyId, Timestamp)]) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for &(id, at) in uses {
+            let kept = pending.entry(id).or_insert(at);
+            *kept = (*kept).max(at);
+        }
     }
 
     /// How many key uses have been written; the counter the metrics export.

@@ -213,10 +213,6 @@ impl CachedStore {
         self.served_stale.load(Ordering::Relaxed)
     }
 
-    pub fn cached_keys(&self) -> u64 {
-        self.keys.entries.len() as u64
-    }
-
     /// Sizes and key lookup counts, for metrics.
     pub fn stats(&self) -> CacheStats {
         CacheStats {

@@ -188,7 +188,7 @@ impl Store for MemoryStore {
         let state = self.state();
         for (id, at) in uses {
             if let Some(key) = state.keys.get(id) {
-                key.usage.carry_over(&crate::store::UsageMemo::new(Some(*at)));
+                key.usage.raise(*at);
             }
         }
         Ok(())

@@ -91,9 +91,16 @@ impl UsageMemo {
             && self.0.compare_exchange(last, now.as_millis(), Relaxed, Relaxed).is_ok()
     }
 
+    /// Raises the last use to `at` (never lowers it).
+    pub fn raise(&self, at: Timestamp) {
+        self.0.fetch_max(at.as_millis(), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Keeps the later of what `previous` knew and what was loaded.
     pub fn carry_over(&self, previous: &UsageMemo) {
-        self.0.fetch_max(previous.0.load(std::sync::atomic::Ordering::Relaxed), std::sync::atomic::Ordering::Relaxed);
+        if let Some(at) = previous.last_used_at() {
+            self.raise(at);
+        }
     }
 }
 

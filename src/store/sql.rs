@@ -159,8 +159,7 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         revoked_at: optional_time("revoked_at")?,
         retire_at: optional_time("retire_at")?,
         verified: Default::default(),
-        // Absent from a row that RETURNING gave (usage is in another table).
-        usage: UsageMemo::new(row.try_get::<Option<i64>, _>("last_used_at").ok().flatten().map(Timestamp::from_millis)),
+        usage: UsageMemo::new(optional_time("last_used_at")?),
         revoked_reason: row.try_get("revoked_reason")?,
         version: row.try_get("version")?,
     })
