@@ -125,6 +125,7 @@ impl Collector for StateCollector {
         let handles = &self.0;
         let stats = handles.cache.stats();
 
+        let caches = [("keys", stats.keys), ("applications", stats.applications), ("sessions", stats.sessions)];
         let entries = ConstGauge::new(0i64);
         let mut family = encoder.encode_descriptor(
             "cache_entries",
@@ -132,20 +133,21 @@ impl Collector for StateCollector {
             None,
             entries.metric_type(),
         )?;
-        for (cache, count) in [("keys", stats.keys), ("applications", stats.applications), ("sessions", stats.sessions)]
-        {
-            ConstGauge::new(count as i64).encode(family.encode_family(&CacheLabels { cache })?)?;
+        for (cache, counts) in caches {
+            ConstGauge::new(counts.entries as i64).encode(family.encode_family(&CacheLabels { cache })?)?;
         }
 
         let lookups = ConstCounter::new(0u64);
         let mut family = encoder.encode_descriptor(
             "cache_lookups",
-            "Key record lookups, by result: hit (served from memory) or miss (read from the store)",
+            "Lookups by cache and result: hit (served from memory) or miss (read from the store)",
             None,
             lookups.metric_type(),
         )?;
-        for (result, count) in [("hit", stats.key_hits), ("miss", stats.key_misses)] {
-            ConstCounter::new(count).encode(family.encode_family(&LookupLabels { cache: "keys", result })?)?;
+        for (cache, counts) in caches {
+            for (result, count) in [("hit", counts.hits), ("miss", counts.misses)] {
+                ConstCounter::new(count).encode(family.encode_family(&LookupLabels { cache, result })?)?;
+            }
         }
 
         counter(

@@ -134,6 +134,14 @@ where
         Ok(value)
     }
 
+    fn counts(&self) -> CacheCounts {
+        CacheCounts {
+            entries: self.entries.len() as u64,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+
     fn invalidate(&self, key: &K) {
         let mut epoch = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         *epoch += 1;
@@ -158,13 +166,20 @@ fn keep_verified(previous: &Option<Arc<KeyRecord>>, current: &Option<Arc<KeyReco
     }
 }
 
+/// One cache's size and lookups.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheCounts {
+    pub entries: u64,
+    /// Lookups answered from memory, and those that went to the store.
+    pub hits: u64,
+    pub misses: u64,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct CacheStats {
-    pub keys: u64,
-    pub applications: u64,
-    pub sessions: u64,
-    pub key_hits: u64,
-    pub key_misses: u64,
+    pub keys: CacheCounts,
+    pub applications: CacheCounts,
+    pub sessions: CacheCounts,
     pub served_stale: u64,
 }
 
@@ -213,14 +228,12 @@ impl CachedStore {
         self.served_stale.load(Ordering::Relaxed)
     }
 
-    /// Sizes and key lookup counts, for metrics.
+    /// Sizes and lookup counts, for metrics.
     pub fn stats(&self) -> CacheStats {
         CacheStats {
-            keys: self.keys.entries.len() as u64,
-            applications: self.applications.entries.len() as u64,
-            sessions: self.sessions.entries.len() as u64,
-            key_hits: self.keys.hits.load(Ordering::Relaxed),
-            key_misses: self.keys.misses.load(Ordering::Relaxed),
+            keys: self.keys.counts(),
+            applications: self.applications.counts(),
+            sessions: self.sessions.counts(),
             served_stale: self.served_stale(),
         }
     }

@@ -62,7 +62,7 @@ pub async fn run(keys: usize) -> anyhow::Result<()> {
         digest[..8].copy_from_slice(&(i as u64).to_le_bytes());
         record.verified.remember(&digest);
     }
-    let cached = cache.stats().keys;
+    let cached = cache.stats().keys.entries;
     let after = resident_bytes();
     println!(
         "{keys} hot keys cached and verified ({cached} records): resident memory +{:.1} MiB, {:.0} bytes per cached key",
