@@ -32,6 +32,7 @@ impl Drop for Telemetry {
 
 pub fn init(format: LogFormat) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
     let mut layers: Layers = vec![match format {
         LogFormat::Json => {
             tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr).boxed()
@@ -43,8 +44,6 @@ pub fn init(format: LogFormat) -> Telemetry {
         layers.push(layer);
         provider
     });
-    #[cfg(not(feature = "otel"))]
-    let _ = &mut layers;
     // A second init (tests) is harmless: the first subscriber stays.
     let _ = tracing_subscriber::registry().with(filter).with(layers).try_init();
     Telemetry {
