@@ -130,7 +130,8 @@ fn hot_path(c: &mut Criterion) {
         path: "/api/v1/panel/applications/app_bench",
         application_id: None,
         required_scopes: vec![],
-        client_ip: None,
+        client: None,
+        parts: keygate::policy::RequestParts::NONE,
     };
     let verdict = runtime.block_on(authorizer.authorize(&query)).expect("decides");
     assert!(verdict.deny.is_none(), "{:?}", verdict.deny);

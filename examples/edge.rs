@@ -10,10 +10,11 @@
 //! extensions; every deny was already answered by the layer with the error page's envelope.
 
 use axum::extract::Path;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Extension, Json, Router};
 use keygate_client::{KeygateClient, KeygateLayer, Principal};
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 
 /// The edge's routes, guarded by `keygate`.
 pub fn app(keygate: KeygateLayer) -> Router {
@@ -21,7 +22,14 @@ pub fn app(keygate: KeygateLayer) -> Router {
         .route("/api/v1/panel/applications", get(list_applications))
         .route("/api/v1/panel/applications/{application_id}", get(get_application))
         .route("/api/v1/panel/api-keys", post(create_api_key))
+        .route("/api/v1/panel/update-api-keys", patch(rotate_runtime_key))
         .layer(keygate)
+}
+
+/// Serves the edge with each connection's peer address, which the layer counts per-IP
+/// limits and failed-verification budgets by.
+pub async fn serve(listener: tokio::net::TcpListener, keygate: KeygateLayer) -> std::io::Result<()> {
+    axum::serve(listener, app(keygate).into_make_service_with_connect_info::<SocketAddr>()).await
 }
 
 fn caller(principal: &Option<Extension<Principal>>) -> Value {
@@ -46,6 +54,13 @@ async fn create_api_key(principal: Option<Extension<Principal>>) -> Json<Value> 
     Json(json!({ "success": true, "data": { "created": true }, "caller": caller(&principal) }))
 }
 
+/// The application to rotate comes in the `x-application-id` header (or the query's
+/// `application_id`): the layer reads no bodies, and keygate decided on exactly that.
+async fn rotate_runtime_key(headers: axum::http::HeaderMap, principal: Option<Extension<Principal>>) -> Json<Value> {
+    let application = headers.get("x-application-id").and_then(|v| v.to_str().ok());
+    Json(json!({ "success": true, "data": { "rotated": application }, "caller": caller(&principal) }))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = std::env::var("KEYGATE_SERVER").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
@@ -53,6 +68,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keygate = KeygateLayer::new(KeygateClient::connect_lazy(&server)?);
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("edge on http://{listen}, asking keygate at {server}");
-    axum::serve(listener, app(keygate)).await?;
+    serve(listener, keygate).await?;
     Ok(())
 }

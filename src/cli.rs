@@ -529,7 +529,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     path: args.path,
                     application_id: args.application,
                     required_scopes: args.scopes,
-                    client_ip: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(explain)?

@@ -4,6 +4,7 @@
 
 use crate::authz::verifier::Argon2Settings;
 use crate::authz::{BruteForceSettings, VerifiedCacheSettings};
+use crate::breaker::BreakerSettings;
 use crate::grpc::ext_authz::{CredentialHeader, ExtAuthzSettings};
 use crate::manage::ManageSettings;
 use crate::store::cached::CacheSettings;
@@ -107,6 +108,23 @@ pub struct ServeArgs {
     /// A key's last_used_at is written at most once per this many seconds (per replica).
     #[arg(long, env = "KEYGATE_LAST_USED_INTERVAL_SECONDS", default_value_t = 60)]
     pub last_used_interval_seconds: u64,
+    /// Proxies in front of the edge whose `x-forwarded-for` entries are believed (Check
+    /// and forward auth). 0: the client is the address the edge saw; 1: the last entry a
+    /// proxy (e.g. nginx) appended; entries a client wrote are never believed.
+    #[arg(long, env = "KEYGATE_TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    pub trusted_proxy_hops: u8,
+    /// Longest time a decision may take when the caller sets no deadline (`grpc-timeout`);
+    /// a caller's deadline is honoured with a fifth of it kept for the answer's way back.
+    /// Past it, keygate answers its fail-closed INTERNAL_ERROR with an error id.
+    #[arg(long, env = "KEYGATE_DECISION_DEADLINE_MS", default_value_t = 800)]
+    pub decision_deadline_ms: u64,
+    /// Longest wait for one key-store read on the request path; 3 failures in a row mark
+    /// the store down, and until a background probe finds it up nothing waits for it.
+    #[arg(long, env = "KEYGATE_STORE_TIMEOUT_MS", default_value_t = 100)]
+    pub store_timeout_ms: u64,
+    /// The same for the rate-limit store (Redis).
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_TIMEOUT_MS", default_value_t = 50)]
+    pub rate_limit_timeout_ms: u64,
 }
 
 /// A database or Redis URL whose password `Debug` does not print.
@@ -177,6 +195,29 @@ pub struct Settings {
     pub brute_force: BruteForceSettings,
     pub metrics_listen: Option<SocketAddr>,
     pub usage: UsageSettings,
+    pub edge: EdgeSettings,
+    pub store_breaker: BreakerSettings,
+    pub limiter_breaker: BreakerSettings,
+}
+
+/// What every edge entry shares: how the client's address is read, and how long a
+/// decision may take.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeSettings {
+    pub trusted_proxy_hops: usize,
+    /// When the caller sets no deadline of its own.
+    pub decision_deadline: Duration,
+}
+
+impl EdgeSettings {
+    /// The time a decision may take: the caller's deadline less a fifth (kept for the
+    /// answer's way back), never more than the configured deadline.
+    pub fn budget(&self, caller_deadline: Option<Duration>) -> Duration {
+        match caller_deadline {
+            Some(deadline) => (deadline - deadline / 5).min(self.decision_deadline),
+            None => self.decision_deadline,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +282,15 @@ impl ServeArgs {
         if !(1..=3600).contains(&self.last_used_interval_seconds) {
             problems.push("--last-used-interval-seconds: must be between 1 and 3600".to_owned());
         }
+        if !(10..=60_000).contains(&self.decision_deadline_ms) {
+            problems.push("--decision-deadline-ms: must be between 10 and 60000".to_owned());
+        }
+        if !(1..=10_000).contains(&self.store_timeout_ms) {
+            problems.push("--store-timeout-ms: must be between 1 and 10000".to_owned());
+        }
+        if !(1..=10_000).contains(&self.rate_limit_timeout_ms) {
+            problems.push("--rate-limit-timeout-ms: must be between 1 and 10000".to_owned());
+        }
         if self.database_max_connections == 0 {
             problems.push("--database-max-connections: must be at least 1".to_owned());
         }
@@ -295,7 +345,25 @@ impl ServeArgs {
                 every: Duration::from_secs(self.last_used_interval_seconds),
                 ..UsageSettings::default()
             },
+            edge: EdgeSettings {
+                trusted_proxy_hops: usize::from(self.trusted_proxy_hops),
+                decision_deadline: Duration::from_millis(self.decision_deadline_ms),
+            },
+            store_breaker: breaker(self.store_timeout_ms),
+            limiter_breaker: breaker(self.rate_limit_timeout_ms),
         })
+    }
+}
+
+/// Consecutive failures that mark a store down, and how often a down store is probed.
+pub const BREAKER_FAILURES_TO_OPEN: u32 = 3;
+pub const BREAKER_PROBE_EVERY: Duration = Duration::from_millis(250);
+
+fn breaker(timeout_ms: u64) -> BreakerSettings {
+    BreakerSettings {
+        timeout: Duration::from_millis(timeout_ms),
+        failures_to_open: BREAKER_FAILURES_TO_OPEN,
+        probe_every: BREAKER_PROBE_EVERY,
     }
 }
 
@@ -351,9 +419,13 @@ mod tests {
             max_failures_per_ip: 100,
             metrics_listen: Some("localhost".into()),
             last_used_interval_seconds: 60,
+            trusted_proxy_hops: 0,
+            decision_deadline_ms: 5,
+            store_timeout_ms: 100,
+            rate_limit_timeout_ms: 50,
         };
         let err = bad.into_settings().unwrap_err();
-        assert_eq!(err.0.len(), 7, "{err}");
+        assert_eq!(err.0.len(), 8, "{err}");
         assert!(!err.to_string().contains("short\""), "{err}");
     }
 }

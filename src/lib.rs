@@ -10,6 +10,7 @@
 //! - [`audit`]: the audit trail's events and categories.
 //! - [`usage`]: batched `last_used_at`.
 //! - [`metrics`]: the Prometheus registry and its endpoint.
+//! - [`breaker`]: bounded waits on the stores a decision needs, none on a store known down.
 //! - [`store`]: the storage trait, its SQL implementation and the caching decorator.
 //! - [`grpc`]: tonic services; protobuf types stop here.
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring, logs.
@@ -18,6 +19,7 @@
 
 pub mod audit;
 pub mod authz;
+pub mod breaker;
 pub mod cli;
 pub mod clock;
 pub use keygate_api::code;

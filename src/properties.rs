@@ -3,6 +3,7 @@
 
 use crate::domain::{Credential, CredentialKind, GeneratedKey, KeyId, Scope, Scopes, SearchParams};
 use crate::policy::Policy;
+use keygate_api::edge::request_target;
 use proptest::prelude::*;
 
 /// A scope name: segments of [a-z0-9_.-] joined by ':'.
@@ -82,7 +83,7 @@ proptest! {
         for p in &prefixes {
             let path = format!("/{p}/{app}/{tail}");
             let m = policy.match_route("GET", &path).unwrap();
-            prop_assert_eq!(m.application_id, Some(app.as_str()));
+            prop_assert_eq!(m.path_application, Some(app.as_str()));
             let template = format!("GET /{p}/{{application_id}}/{tail}");
             prop_assert_eq!(&*m.route.template, template.as_str());
             let bare = format!("/{p}");
@@ -91,6 +92,50 @@ proptest! {
             prop_assert!(policy.match_route("POST", &path).is_none());
             prop_assert!(policy.match_route("GET", &short).is_none());
         }
+    }
+
+    // --- request targets: one reading at every entry ---
+    #[test]
+    fn every_entry_hands_the_decision_the_same_target(raw in "/[a-zA-Z0-9_./%;\\\\?=&-]{0,40}") {
+        // Check and forward auth pass the target as the edge got it; the layer passes
+        // `uri.path_and_query()`: for every target a URI can hold, that is the same text,
+        // and the decision reads all three with `request_target`.
+        if let Ok(uri) = raw.parse::<http::Uri>() {
+            let layer_sends = uri.path_and_query().map_or("/", |p| p.as_str());
+            prop_assert_eq!(layer_sends, raw.as_str());
+        }
+        if let Ok(target) = request_target(&raw) {
+            prop_assert!(raw.starts_with(target.path));
+            prop_assert!(!target.path.contains('?'));
+        }
+    }
+
+    #[test]
+    fn no_altered_path_matches_a_route(
+        prefix in literal(),
+        app in "[a-z0-9_]{1,12}",
+        tail in literal(),
+        trick in prop_oneof![
+            Just("/.."), Just("/."), Just("/%2e%2e"), Just("/%2E"), Just("%2F"), Just("%2f"), Just("//"),
+            Just("\\"), Just(";x=1"), Just("%5c"), Just("/%2e%2e/"),
+        ],
+        at in 0usize..3,
+    ) {
+        let policy = Policy::from_toml(
+            &format!("[[routes]]\nroute = \"GET /{prefix}/{{application_id}}/{tail}\"\n[[routes]]\nroute = \"GET /{prefix}\"\n"),
+            "prop",
+        ).unwrap();
+        let mut path = String::new();
+        for (i, part) in [&prefix, &app, &tail].into_iter().enumerate() {
+            path += "/";
+            path += part;
+            if i == at {
+                path += trick;
+            }
+        }
+        // Whatever the path would mean once normalised, as written it matches nothing.
+        let matched = request_target(&path).ok().and_then(|t| policy.match_route("GET", t.path).map(|m| m.index));
+        prop_assert_eq!(matched, None, "{} matched", path);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use crate::authz::verifier::Verifier;
 use crate::authz::{Authorizer, AuthorizerSettings};
+use crate::breaker::Breaker;
 use crate::clock::Clock;
 use crate::config::{AdminTokenSource, Settings, MIN_ADMIN_TOKEN_LEN};
 use crate::grpc::admin::{AdminService, AdminTokens};
@@ -14,10 +15,12 @@ use crate::grpc::spans::CallSpans;
 use crate::manage::Manager;
 use crate::policy::Policy;
 use crate::ratelimit::{redis::RedisLimiter, Limiter, LocalLimiter};
+use crate::store::bounded::BoundedStore;
 use crate::store::cached::CachedStore;
 use crate::store::invalidation::{self, ListenerStatus};
 use crate::store::metered::{MeteredStore, StoreMetrics};
 use crate::store::sql::{Backend, SqlStore};
+use crate::store::Store;
 use crate::usage::UsageRecorder;
 use anyhow::Context;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -51,6 +54,8 @@ pub struct Handles {
     pub policy_path: Option<std::path::PathBuf>,
     pub store_metrics: StoreMetrics,
     pub usage: Arc<UsageRecorder>,
+    /// Open while the key store is known to be unreachable.
+    pub store_breaker: Arc<Breaker>,
 }
 
 impl Handles {
@@ -118,12 +123,23 @@ impl Application {
         )
         .await
         .with_context(|| format!("cannot open the database {}", settings.database_url))?;
-        let metered = MeteredStore::new(Arc::new(store.clone()));
+        // cache → metering → bounding → SQL: the meter sees timeouts and refusals as the
+        // store errors they are; the cache falls back on them at once.
+        let store_breaker = Arc::new(Breaker::new("key store", settings.store_breaker));
+        let mut background = Vec::new();
+        background.push(AbortOnDrop(store_breaker.spawn_probe({
+            let store = store.clone();
+            move || {
+                let store = store.clone();
+                async move { Store::ping(&store).await.is_ok() }
+            }
+        })));
+        let bounded = BoundedStore::new(Arc::new(store.clone()), store_breaker.clone());
+        let metered = MeteredStore::new(Arc::new(bounded));
         let store_metrics = metered.metrics();
         let cache = Arc::new(CachedStore::new(Arc::new(metered), settings.cache));
         let usage = Arc::new(UsageRecorder::new(cache.clone(), settings.usage));
         let verifier = Arc::new(Verifier::new(settings.argon2).await?);
-        let mut background = Vec::new();
         let invalidation = match store.backend() {
             Backend::Postgres => {
                 let (status, task) = invalidation::spawn(settings.database_url.expose().to_owned(), cache.clone());
@@ -136,11 +152,27 @@ impl Application {
 
         let limiter = Arc::new(match &settings.rate_limit_store {
             Some(url) => Limiter::Redis(Box::new(
-                RedisLimiter::new(url.expose(), settings.rate_limit_key_prefix.clone())
-                    .with_context(|| format!("invalid rate limit store URL {url}"))?,
+                RedisLimiter::new(
+                    url.expose(),
+                    settings.rate_limit_key_prefix.clone(),
+                    Arc::new(Breaker::new("rate limit store", settings.limiter_breaker)),
+                )
+                .with_context(|| format!("invalid rate limit store URL {url}"))?,
             )),
             None => Limiter::Local(LocalLimiter::default()),
         });
+        if let Limiter::Redis(redis) = &*limiter {
+            let probed = limiter.clone();
+            background.push(AbortOnDrop(redis.breaker().spawn_probe(move || {
+                let limiter = probed.clone();
+                async move {
+                    match &*limiter {
+                        Limiter::Redis(redis) => redis.ping().await,
+                        Limiter::Local(_) => true,
+                    }
+                }
+            })));
+        }
         let authorizer = Arc::new(Authorizer::new(
             policy,
             cache.clone(),
@@ -171,12 +203,16 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(
-                AuthorizerServer::new(AuthorizerService::new(authorizer.clone()))
+                AuthorizerServer::new(AuthorizerService::new(authorizer.clone(), settings.edge))
                     .max_decoding_message_size(MAX_AUTHORIZE_MESSAGE),
             )
             .add_service(
-                AuthorizationServer::new(CheckService::new(authorizer.clone(), settings.ext_authz.clone()))
-                    .max_decoding_message_size(MAX_CHECK_MESSAGE),
+                AuthorizationServer::new(CheckService::new(
+                    authorizer.clone(),
+                    settings.ext_authz.clone(),
+                    settings.edge,
+                ))
+                .max_decoding_message_size(MAX_CHECK_MESSAGE),
             )
             .add_service(CallSpans::new(InterceptedService::new(
                 AdminServer::new(AdminService::new(manager)).max_decoding_message_size(MAX_ADMIN_MESSAGE),
@@ -198,6 +234,7 @@ impl Application {
             policy_path: settings.policy.clone(),
             store_metrics,
             usage,
+            store_breaker,
         };
         Ok(Self { listener, local_addr, router, metrics, health, handles, _background: background })
     }

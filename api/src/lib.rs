@@ -4,6 +4,7 @@
 //!   statuses and JSON envelopes — the one place that spells them.
 
 pub mod code;
+pub mod edge;
 
 /// Generated from `proto/keygate/v1`.
 pub mod proto {

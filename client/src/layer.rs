@@ -1,10 +1,19 @@
 //! The tower layer: credential in, decision out.
+//!
+//! It asks about the request as the client sent it: the method, the path with its query,
+//! the headers (routes may take their application from one), and the client's address
+//! under the trusted-hop rule. It does not read bodies: a route that names its
+//! application only in the body is answered bad_request behind the layer, so send it in
+//! the path, the query or a header.
 
 use crate::{ClientError, Code, Decision, KeygateClient, Principal};
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use keygate_api::edge::{client_address_from_headers, is_reserved_header};
 use keygate_api::proto as pb;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,7 +33,8 @@ pub enum CredentialSource {
 /// What to do when keygate cannot decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureMode {
-    /// Answer 503 with an `INTERNAL_ERROR` envelope. The default.
+    /// Answer the error page's 500 with an `INTERNAL_ERROR` envelope and an error id.
+    /// The default.
     Closed,
     /// Pass the request on without a [`Principal`]. Only for routes that can live with it.
     Open,
@@ -32,6 +42,10 @@ pub enum FailureMode {
 
 /// The longest decision-cache TTL: keygate's own worst-case revocation bound.
 pub const MAX_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Headers sent along to keygate, in bytes at most; those past it are left out (a route
+/// that needed one of them answers bad_request, never an allow).
+pub const MAX_FORWARDED_HEADER_BYTES: usize = 16 * 1024;
 
 #[derive(Clone)]
 pub struct KeygateLayer {
@@ -43,6 +57,7 @@ struct State {
     sources: Vec<CredentialSource>,
     failure_mode: FailureMode,
     cache: Option<moka::sync::Cache<[u8; 32], Arc<Decision>>>,
+    trusted_proxy_hops: usize,
 }
 
 impl KeygateLayer {
@@ -59,6 +74,7 @@ impl KeygateLayer {
                 ],
                 failure_mode: FailureMode::Closed,
                 cache: None,
+                trusted_proxy_hops: 0,
             }),
         }
     }
@@ -69,6 +85,7 @@ impl KeygateLayer {
             sources: shared.sources.clone(),
             failure_mode: shared.failure_mode,
             cache: shared.cache.clone(),
+            trusted_proxy_hops: shared.trusted_proxy_hops,
         });
         f(&mut state);
         Self { state: Arc::new(state) }
@@ -80,6 +97,13 @@ impl KeygateLayer {
 
     pub fn failure_mode(self, mode: FailureMode) -> Self {
         self.edit(|s| s.failure_mode = mode)
+    }
+
+    /// Proxies in front of this service whose `x-forwarded-for` entries are believed (the
+    /// client is the `hops`-th address from the right; 0, the default: the TCP peer, from
+    /// axum's `ConnectInfo<SocketAddr>` or a `SocketAddr` in the request's extensions).
+    pub fn trusted_proxy_hops(self, hops: usize) -> Self {
+        self.edit(|s| s.trusted_proxy_hops = hops)
     }
 
     /// Remembers decisions for `ttl` (at most [`MAX_CACHE_TTL`]). Off by default: a cached
@@ -128,14 +152,23 @@ where
         let state = self.state.clone();
         Box::pin(async move {
             let credential = state.sources.iter().find_map(|s| read_credential(s, request.headers()));
+            let client_ip = client_address_from_headers(
+                peer_address(request.extensions()),
+                header_text(request.headers(), "x-forwarded-for"),
+                header_text(request.headers(), "forwarded"),
+                state.trusted_proxy_hops,
+            );
             let ask = pb::AuthorizeRequest {
                 credential: credential.unwrap_or_default(),
                 method: request.method().as_str().to_owned(),
-                path: request.uri().path().to_owned(),
+                path: request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+                client_ip: client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                headers: forwarded_headers(request.headers()),
                 ..Default::default()
             };
             match state.decide(ask).await {
                 Ok(decision) if decision.allowed => {
+                    strip_reserved_headers(request.headers_mut());
                     if let Some(principal) = decision.principal.clone() {
                         request.extensions_mut().insert::<Principal>(principal);
                     }
@@ -147,19 +180,86 @@ where
                 }
                 Err(e) if state.failure_mode == FailureMode::Open => {
                     tracing::warn!(error = %e, "keygate unavailable; failing open as configured");
+                    strip_reserved_headers(request.headers_mut());
                     inner.call(request).await
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "keygate unavailable; failing closed");
+                    // keygate's own id when it reported the failure; else one of ours, logged
+                    // here, so the id in the answer is always in somebody's log.
+                    let error_id = match e.error_id() {
+                        Some(id) => id.to_owned(),
+                        None => {
+                            let id = new_error_id();
+                            tracing::error!(error_id = %id, error = %e, "keygate unavailable; failing closed");
+                            id
+                        }
+                    };
+                    let message = format!("the authorization service cannot decide right now (error id {error_id})");
                     Ok(envelope_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Code::InternalError.envelope("the authorization service is unavailable; retry later"),
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        Code::InternalError.envelope(&message),
                         None,
                     ))
                 }
             }
         })
     }
+}
+
+/// The TCP peer, as the server put it in the request's extensions.
+fn peer_address(extensions: &http::Extensions) -> Option<IpAddr> {
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(address)) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(address.ip());
+    }
+    extensions.get::<SocketAddr>().map(SocketAddr::ip)
+}
+
+fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The request's headers for keygate, names in lower case: not those that carry
+/// credentials (keygate gets the credential on its own) nor keygate's own namespace.
+fn forwarded_headers(headers: &HeaderMap) -> HashMap<String, String> {
+    let mut forwarded: HashMap<String, String> = HashMap::new();
+    let mut bytes = 0;
+    for (name, value) in headers {
+        if matches!(*name, header::AUTHORIZATION | header::COOKIE | header::PROXY_AUTHORIZATION)
+            || is_reserved_header(name.as_str())
+        {
+            continue;
+        }
+        let Ok(value) = value.to_str() else { continue };
+        bytes += name.as_str().len() + value.len();
+        if bytes > MAX_FORWARDED_HEADER_BYTES {
+            break;
+        }
+        forwarded
+            .entry(name.as_str().to_owned())
+            .and_modify(|joined| {
+                joined.push_str(", ");
+                joined.push_str(value);
+            })
+            .or_insert_with(|| value.to_owned());
+    }
+    forwarded
+}
+
+/// Every `x-keygate-*` header the client sent, gone before a handler can read it.
+fn strip_reserved_headers(headers: &mut HeaderMap) {
+    let reserved: Vec<header::HeaderName> =
+        headers.keys().filter(|name| is_reserved_header(name.as_str())).cloned().collect();
+    for name in reserved {
+        headers.remove(name);
+    }
+}
+
+fn new_error_id() -> String {
+    let mut bytes = [0u8; 8];
+    // An all-zero id on a failing random source still logs and answers.
+    let _ = getrandom::getrandom(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl State {

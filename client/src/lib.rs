@@ -5,8 +5,10 @@
 //!   the request, asks keygate, and either passes the request on with the [`Principal`] in
 //!   its extensions, or answers with the error page's envelope and status itself.
 //!
-//! When keygate cannot be reached the layer fails closed by default: 503 with an
-//! `INTERNAL_ERROR` envelope. Fail-open is a choice you make explicitly.
+//! When keygate cannot decide (unreachable, or no decision within the client's timeout)
+//! the layer fails closed by default: the error page's 500 with an `INTERNAL_ERROR`
+//! envelope whose message holds an error id (keygate's, or one the layer made and logged).
+//! Fail-open is a choice you make explicitly.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), keygate_client::ClientError> {
@@ -84,12 +86,23 @@ pub enum ClientError {
     #[error("invalid keygate address: {0}")]
     Address(String),
     /// keygate could not decide: unreachable, timed out, a call cut off by a restart, or a
-    /// failure it reported. Safe to retry: a deny is never an error.
+    /// failure it reported (its message then holds keygate's error id). Safe to retry: a
+    /// deny is never an error.
     #[error("keygate is unavailable: {0}")]
     Unavailable(String),
     /// keygate says the request itself is malformed (e.g. a path not starting with '/').
     #[error("keygate rejected the request: {0}")]
     InvalidRequest(String),
+}
+
+impl ClientError {
+    /// The error id keygate logged the failure under, when keygate reported one.
+    pub fn error_id(&self) -> Option<&str> {
+        let ClientError::Unavailable(message) = self else { return None };
+        let (_, rest) = message.split_once("(error id ")?;
+        let id = rest.split(')').next()?;
+        (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(id)
+    }
 }
 
 #[derive(Clone)]
@@ -119,6 +132,9 @@ impl KeygateClient {
 
     pub async fn authorize(&self, request: pb::AuthorizeRequest) -> Result<Decision, ClientError> {
         let mut authorizer = self.authorizer.clone();
+        // keygate sees the deadline (grpc-timeout) and answers fail-closed before it.
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(self.timeout);
         let response = tokio::time::timeout(self.timeout, authorizer.authorize(request))
             .await
             .map_err(|_| ClientError::Unavailable(format!("no decision within {:?}", self.timeout)))?;

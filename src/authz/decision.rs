@@ -59,8 +59,12 @@ impl Principal {
 /// What the request says about an application, after looking it up.
 #[derive(Debug, Clone, Copy)]
 pub enum ApplicationFact<'a> {
-    /// The request names no application.
+    /// The request names no application, and the route needs none.
     NotRequested,
+    /// The route acts on an application, and the request names none.
+    Missing,
+    /// The request names two different applications (say, a path and a body field).
+    Conflicting,
     /// It names one that does not exist (or is not a well-formed id).
     Unknown,
     Known(&'a Application),
@@ -83,6 +87,8 @@ pub fn evaluate<'s>(
     }
     match application {
         ApplicationFact::NotRequested => {}
+        ApplicationFact::Missing => return Err(application_missing()),
+        ApplicationFact::Conflicting => return Err(application_conflict()),
         // Another account's application is as absent as one that never existed.
         ApplicationFact::Unknown => return Err(application_not_found()),
         ApplicationFact::Known(app) if app.account_id != *principal.account_id() => return Err(application_not_found()),
@@ -107,6 +113,16 @@ pub fn evaluate<'s>(
         }
     }
     Ok(())
+}
+
+/// A route that acts on an application, asked about a request that names none: never
+/// decided as if the key's restriction and the application's limits did not apply.
+pub fn application_missing() -> Deny {
+    Deny::new(Code::BadRequest, "the route acts on an application: the application id is required")
+}
+
+pub fn application_conflict() -> Deny {
+    Deny::new(Code::BadRequest, "the request names two different application ids")
 }
 
 fn application_not_found() -> Deny {
@@ -266,6 +282,21 @@ mod tests {
         assert_eq!(
             code_of(evaluate(&p(k), ApplicationFact::Known(&b), &read(), NOW)),
             Some(Code::ApplicationForbidden)
+        );
+    }
+
+    #[test]
+    fn a_missing_or_doubly_named_application_is_a_bad_request_after_the_keys_state() {
+        let missing = evaluate(&p(key()), ApplicationFact::Missing, &read(), NOW).unwrap_err();
+        assert_eq!(missing.code, Code::BadRequest);
+        assert!(missing.message.contains("application id is required"), "{}", missing.message);
+        assert_eq!(code_of(evaluate(&p(key()), ApplicationFact::Conflicting, &read(), NOW)), Some(Code::BadRequest));
+        let mut revoked = key();
+        revoked.revoked_at = Some(Timestamp::from_millis(1));
+        assert_eq!(
+            code_of(evaluate(&p(revoked), ApplicationFact::Missing, &read(), NOW)),
+            Some(Code::ApiKeyRevoked),
+            "the key's state comes first"
         );
     }
 }

@@ -10,8 +10,8 @@ pub mod verifier;
 
 use crate::clock::Clock;
 use crate::code::Code;
-use crate::domain::{ApplicationId, Credential, CredentialKind, KeyId, Scope, Timestamp};
-use crate::policy::{Accepts, Access, LimitSubject, Policy};
+use crate::domain::{ApplicationId, ClientNetwork, Credential, CredentialKind, KeyId, Scope, Timestamp};
+use crate::policy::{Accepts, Access, LimitSubject, NamedApplication, Policy, RequestParts};
 use crate::ratelimit::{LimitCheck, LimitOutcome, Limiter, LimiterError, Room};
 use crate::store::{KeyKind, KeyRecord, Store, StoreError};
 use crate::usage::UsageRecorder;
@@ -30,10 +30,15 @@ use verifier::{Verifier, VerifierError};
 pub struct AuthorizeQuery<'a> {
     pub credential: &'a str,
     pub method: &'a str,
+    /// The request target as the edge got it: the path, and maybe its query.
     pub path: &'a str,
+    /// The application the edge says the request acts on, if it says.
     pub application_id: Option<&'a str>,
     pub required_scopes: Vec<Scope>,
-    pub client_ip: Option<&'a str>,
+    /// The client's network, as the edge determined it under its trusted-hop rule.
+    pub client: Option<ClientNetwork>,
+    /// Headers and body, for routes that read their application there.
+    pub parts: RequestParts<'a>,
 }
 
 #[derive(Debug)]
@@ -76,6 +81,9 @@ pub enum AuthzError {
     Store(StoreError),
     #[error(transparent)]
     Verifier(#[from] VerifierError),
+    /// The caller's deadline (or keygate's own) came before a decision did.
+    #[error("no decision within {0:?}: a store or the verifier is too slow")]
+    DeadlineExceeded(Duration),
 }
 
 impl From<StoreError> for AuthzError {
@@ -209,6 +217,18 @@ impl Authorizer {
         self.metrics.clone()
     }
 
+    /// [`Authorizer::authorize`], answered within `budget`: past it the caller gets an
+    /// error (fail closed) while it can still use one, not the edge's own timeout.
+    pub async fn authorize_within(&self, query: &AuthorizeQuery<'_>, budget: Duration) -> Result<Verdict, AuthzError> {
+        match tokio::time::timeout(budget, self.authorize(query)).await {
+            Ok(decided) => decided,
+            Err(_) => {
+                self.metrics.failures.get_or_create(&CauseLabels { cause: "deadline" }).inc();
+                Err(AuthzError::DeadlineExceeded(budget))
+            }
+        }
+    }
+
     /// Decides, then counts the decision and notes the key's use.
     pub async fn authorize(&self, query: &AuthorizeQuery<'_>) -> Result<Verdict, AuthzError> {
         // One reading of the clock per call: every step decides at the same instant.
@@ -229,6 +249,7 @@ impl Authorizer {
                     AuthzError::Store(_) => "store",
                     AuthzError::LimiterUnavailable(_) => "limiter_unavailable",
                     AuthzError::Verifier(_) => "verifier",
+                    AuthzError::DeadlineExceeded(_) => "deadline",
                 };
                 self.metrics.failures.get_or_create(&CauseLabels { cause }).inc();
             }
@@ -237,8 +258,12 @@ impl Authorizer {
     }
 
     async fn decide(&self, query: &AuthorizeQuery<'_>, now: Timestamp, policy: &Policy) -> Result<Verdict, AuthzError> {
-        // 1. The route.
-        let Some(matched) = policy.match_route(query.method, query.path) else {
+        // 1. The route: one reading of the target at every entry; a path that normalising
+        //    would change matches nothing.
+        let matched = keygate_api::edge::request_target(query.path)
+            .ok()
+            .and_then(|target| policy.match_route(query.method, target.path).map(|m| (m, target.query)));
+        let Some((matched, target_query)) = matched else {
             return Ok(Verdict {
                 deny: Some(Deny::new(Code::NotFound, "no route matches the request")),
                 principal: None,
@@ -249,7 +274,17 @@ impl Authorizer {
             });
         };
         let route = matched.route;
-        let application_id = query.application_id.or(matched.application_id);
+        let parts = RequestParts { query: target_query.or(query.parts.query), ..query.parts };
+        let named = crate::policy::named_application(
+            &route.application,
+            matched.path_application,
+            query.application_id,
+            &parts,
+        );
+        let application_id = match &named {
+            NamedApplication::One(id) => Some(id.as_ref()),
+            NamedApplication::None | NamedApplication::Conflict => None,
+        };
         let mut verdict = Verdict {
             deny: None,
             principal: None,
@@ -259,31 +294,44 @@ impl Authorizer {
             rate_limit: None,
         };
 
-        // 2-4. Who is calling, unless the route is public.
-        if let Access::Credentials(accepts) = route.access {
-            let principal = match self.authenticate(query.credential, accepts, query.client_ip).await? {
-                Ok(principal) => principal,
-                Err(deny) => return Ok(verdict.deny(deny)),
-            };
-            // 5-7. State, application, scopes.
-            let application = match application_id {
-                None => None,
-                Some(raw) => match ApplicationId::parse(raw) {
-                    Ok(id) => self.store.application(&id).await?,
-                    Err(_) => None,
-                },
-            };
-            let fact = match (&application_id, &application) {
-                (None, _) => ApplicationFact::NotRequested,
-                (Some(_), None) => ApplicationFact::Unknown,
-                (Some(_), Some(app)) => ApplicationFact::Known(app),
-            };
-            let required = route.scopes.iter().chain(&query.required_scopes);
-            let outcome = evaluate(&principal, fact, required, now);
-            verdict.principal = Some(principal);
-            if let Err(deny) = outcome {
-                return Ok(verdict.deny(deny));
+        match route.access {
+            // 2-4. Who is calling.
+            Access::Credentials(accepts) => {
+                let principal = match self.authenticate(query.credential, accepts, query.client).await? {
+                    Ok(principal) => principal,
+                    Err(deny) => return Ok(verdict.deny(deny)),
+                };
+                // 5-7. State, application, scopes.
+                let application = match application_id {
+                    None => None,
+                    Some(raw) => match ApplicationId::parse(raw) {
+                        Ok(id) => self.store.application(&id).await?,
+                        Err(_) => None,
+                    },
+                };
+                let fact = match (&named, &application) {
+                    (NamedApplication::Conflict, _) => ApplicationFact::Conflicting,
+                    (NamedApplication::None, _) if route.needs_application => ApplicationFact::Missing,
+                    (NamedApplication::None, _) => ApplicationFact::NotRequested,
+                    (NamedApplication::One(_), None) => ApplicationFact::Unknown,
+                    (NamedApplication::One(_), Some(app)) => ApplicationFact::Known(app),
+                };
+                let required = route.scopes.iter().chain(&query.required_scopes);
+                let outcome = evaluate(&principal, fact, required, now);
+                verdict.principal = Some(principal);
+                if let Err(deny) = outcome {
+                    return Ok(verdict.deny(deny));
+                }
             }
+            // A public route checks no credential, but a request that names its
+            // application twice, or not at all where it must, is still malformed.
+            Access::Public => match named {
+                NamedApplication::Conflict => return Ok(verdict.deny(decision::application_conflict())),
+                NamedApplication::None if route.needs_application => {
+                    return Ok(verdict.deny(decision::application_missing()))
+                }
+                NamedApplication::None | NamedApplication::One(_) => {}
+            },
         }
 
         // 8. Limits, counted only for requests that would otherwise be allowed.
@@ -296,16 +344,24 @@ impl Authorizer {
                     Principal::Session(session) => session.id.to_string().into(),
                 }),
                 LimitSubject::Application => application_id.map(Into::into),
-                LimitSubject::Ip => query.client_ip.map(Into::into),
+                LimitSubject::Ip => query.client.as_ref().map(|c| c.as_str().into()),
             }
         };
         // The global limit applies to every authenticated request.
         let global = policy.global_limit().filter(|_| verdict.principal.is_some());
-        let subjects: smallvec::SmallVec<[_; 4]> = global
-            .into_iter()
-            .chain(&route.limits)
-            .filter_map(|rule| subject_of(rule.per).map(|subject| (rule, subject)))
-            .collect();
+        let mut subjects: smallvec::SmallVec<[_; 4]> = smallvec::SmallVec::new();
+        for rule in global.into_iter().chain(&route.limits) {
+            // A limit is never skipped for want of its subject: the request is refused.
+            let Some(subject) = subject_of(rule.per) else {
+                let deny = Deny::new(
+                    Code::BadRequest,
+                    format!("the route counts requests per {}, and the request names none", rule.per.as_str()),
+                );
+                drop(subjects);
+                return Ok(verdict.deny(deny));
+            };
+            subjects.push((rule, subject));
+        }
         if subjects.is_empty() {
             drop(subjects);
             return Ok(verdict);
@@ -347,7 +403,7 @@ impl Authorizer {
         &self,
         raw: &str,
         accepts: Accepts,
-        client_ip: Option<&str>,
+        client: Option<ClientNetwork>,
     ) -> Result<Result<Principal, Deny>, AuthzError> {
         // What a missing or unusable credential is called depends on what the route wants.
         let missing = if accepts.any_key() { Code::ApiKeyInvalid } else { Code::Unauth };
@@ -395,7 +451,7 @@ impl Authorizer {
                 let expected = if kind == CredentialKind::RuntimeKey { KeyKind::Runtime } else { KeyKind::ApiKey };
                 // A record of the other kind is as unknown as no record at all.
                 let key = self.store.key(credential.key_id()).await?.filter(|k| k.kind == expected);
-                if !self.verify(&credential, key.as_deref(), client_ip).await? {
+                if !self.verify(&credential, key.as_deref(), client).await? {
                     return Ok(Err(Deny::new(Code::ApiKeyInvalid, "unknown API key or wrong secret")));
                 }
                 Ok(Ok(Principal::Key(key.expect("a verified credential has a key record"))))
@@ -409,15 +465,15 @@ impl Authorizer {
         &self,
         credential: &Credential<'_>,
         key: Option<&KeyRecord>,
-        client_ip: Option<&str>,
+        client: Option<ClientNetwork>,
     ) -> Result<bool, AuthzError> {
         let Some(key) = key else {
             // An unknown key id costs the decoy verification a wrong secret would, unless
             // this client has failed too often already; it counts as a failure either way.
-            if !self.client_over_limit(client_ip) {
+            if !self.client_over_limit(client) {
                 self.verifier.verify(credential.secret(), None).await?;
             }
-            self.count_client_failure(client_ip);
+            self.count_client_failure(client);
             return Ok(false);
         };
         let digest: [u8; 32] = Sha256::digest(credential.as_str().as_bytes()).into();
@@ -428,22 +484,22 @@ impl Authorizer {
             return Ok(false);
         }
         // The rest runs argon2 (or refuses to): boxed, so the hit path's future stays small.
-        Box::pin(self.verify_miss(credential, key, digest, client_ip)).await
+        Box::pin(self.verify_miss(credential, key, digest, client)).await
     }
 
-    fn client_over_limit(&self, client_ip: Option<&str>) -> bool {
-        let over = client_ip
-            .and_then(|ip| self.failures_by_ip.get(ip))
+    fn client_over_limit(&self, client: Option<ClientNetwork>) -> bool {
+        let over = client
+            .and_then(|c| self.failures_by_ip.get(c.as_str()))
             .is_some_and(|count| count.load(Ordering::Relaxed) >= self.brute_force.max_failures_per_ip);
         if over {
-            tracing::debug!(client_ip, "too many failed verifications from this client; refusing without argon2");
+            tracing::debug!(client = ?client, "too many failed verifications from this client; refusing without argon2");
         }
         over
     }
 
-    fn count_client_failure(&self, client_ip: Option<&str>) {
-        if let Some(ip) = client_ip {
-            self.failures_by_ip.get_with(ip.into(), Default::default).fetch_add(1, Ordering::Relaxed);
+    fn count_client_failure(&self, client: Option<ClientNetwork>) {
+        if let Some(c) = client {
+            self.failures_by_ip.get_with(c.as_str().into(), Default::default).fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -452,7 +508,7 @@ impl Authorizer {
         credential: &Credential<'_>,
         key: &KeyRecord,
         digest: [u8; 32],
-        client_ip: Option<&str>,
+        client: Option<ClientNetwork>,
     ) -> Result<bool, AuthzError> {
         let over =
             |count: Option<Arc<AtomicU32>>, limit: u32| count.is_some_and(|c| c.load(Ordering::Relaxed) >= limit);
@@ -460,7 +516,7 @@ impl Authorizer {
             tracing::debug!(key_id = %key.id, "too many failed verifications for this key id; refusing without argon2");
             return Ok(false);
         }
-        if self.client_over_limit(client_ip) {
+        if self.client_over_limit(client) {
             return Ok(false);
         }
         let checked = self
@@ -477,7 +533,7 @@ impl Authorizer {
             if matches!(**e, NotVerified::Mismatch) {
                 self.rejected.insert(digest, ());
                 self.failures.get_with(key.id, Default::default).fetch_add(1, Ordering::Relaxed);
-                self.count_client_failure(client_ip);
+                self.count_client_failure(client);
             }
         }
         match checked {

@@ -149,3 +149,41 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn random_token(len: usize) -> Result<String, getrandom::Error> {
     credential::random_base62(len)
 }
+
+/// A client's network as budgets and limits count it: an IPv4 address, or an IPv6 /64
+/// (see [`keygate_api::edge::counted_network`]), with its text kept inline so counting
+/// allocates nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ClientNetwork {
+    text: [u8; 39],
+    len: u8,
+}
+
+impl ClientNetwork {
+    pub fn of(ip: std::net::IpAddr) -> Self {
+        use std::io::Write;
+        let network = keygate_api::edge::counted_network(ip);
+        let mut text = [0u8; 39];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        // The longest IPv6 text is 39 bytes: it always fits.
+        let _ = write!(cursor, "{network}");
+        let len = cursor.position() as u8;
+        Self { text, len }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.text[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for ClientNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for ClientNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -4,17 +4,19 @@
 use super::proto::{self as pb, authorizer_server};
 use super::{convert, RequestId};
 use crate::authz::Authorizer;
+use crate::config::EdgeSettings;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 pub struct AuthorizerService {
     authorizer: Arc<Authorizer>,
+    edge: EdgeSettings,
 }
 
 impl AuthorizerService {
-    pub fn new(authorizer: Arc<Authorizer>) -> Self {
-        Self { authorizer }
+    pub fn new(authorizer: Arc<Authorizer>, edge: EdgeSettings) -> Self {
+        Self { authorizer, edge }
     }
 }
 
@@ -25,10 +27,11 @@ impl authorizer_server::Authorizer for AuthorizerService {
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
         let request_id = RequestId::from_metadata(request.metadata());
+        let budget = self.edge.budget(super::caller_deadline(request.metadata()));
         let span = tracing::debug_span!("authorize", request_id = %request_id);
         let message = request.into_inner();
         let query = convert::authorize_query(&message)?;
-        let verdict = self.authorizer.authorize(&query).instrument(span.clone()).await?;
+        let verdict = self.authorizer.authorize_within(&query, budget).instrument(span.clone()).await?;
         span.in_scope(|| {
             tracing::debug!(
                 route = verdict.route.as_deref().unwrap_or("-"),

@@ -5,8 +5,9 @@ use super::proto as pb;
 use crate::audit::AuditEvent;
 use crate::authz::decision::Principal;
 use crate::authz::{AuthorizeQuery, Verdict};
-use crate::domain::{AccountId, ApplicationId, InvalidField, KeyId, Name, Scope, Scopes, Timestamp};
+use crate::domain::{AccountId, ApplicationId, ClientNetwork, InvalidField, KeyId, Name, Scope, Scopes, Timestamp};
 use crate::manage::NewApiKey;
+use crate::policy::RequestParts;
 use crate::store::{Application, KeyChanges, KeyRecord, PageRequest, SessionRecord};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -14,6 +15,7 @@ pub const MAX_PAGE_SIZE: u32 = 500;
 pub const MAX_PATH_LEN: usize = 4096;
 pub const MAX_METHOD_LEN: usize = 16;
 pub const MAX_REQUIRED_SCOPES: usize = 32;
+pub const MAX_HEADERS: usize = 256;
 
 pub fn timestamp_from_proto(field: &'static str, ts: &prost_types::Timestamp) -> Result<Timestamp, InvalidField> {
     // Up to the year 9999; enough for an expiry and far from overflow.
@@ -186,25 +188,36 @@ pub fn key_changes(req: &pb::UpdateApiKeyRequest) -> Result<(KeyId, KeyChanges),
     Ok((id, changes))
 }
 
-/// Checks the request's own shape; the credential is judged by the decision, not here.
-pub fn authorize_query(req: &pb::AuthorizeRequest) -> Result<AuthorizeQuery<'_>, InvalidField> {
-    if req.method.is_empty()
-        || req.method.len() > MAX_METHOD_LEN
-        || !req.method.bytes().all(|b| b.is_ascii_alphabetic())
-    {
+/// The shape every entry checks before deciding: an HTTP method, and a target that starts
+/// with '/' and is not absurdly long. Whether the path can match a route is the decision's
+/// question ([`keygate_api::edge::request_target`]), answered not_found.
+pub fn method_and_path(method: &str, path: &str) -> Result<(), InvalidField> {
+    if method.is_empty() || method.len() > MAX_METHOD_LEN || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
         return Err(InvalidField::new("method", "must be an HTTP method such as GET"));
     }
-    if !req.path.starts_with('/') {
+    if !path.starts_with('/') {
         return Err(InvalidField::new("path", "must start with '/'"));
     }
-    if req.path.len() > MAX_PATH_LEN {
+    if path.len() > MAX_PATH_LEN {
         return Err(InvalidField::new("path", format!("must be at most {MAX_PATH_LEN} bytes")));
     }
+    Ok(())
+}
+
+/// Checks the request's own shape; the credential is judged by the decision, not here.
+pub fn authorize_query(req: &pb::AuthorizeRequest) -> Result<AuthorizeQuery<'_>, InvalidField> {
+    method_and_path(&req.method, &req.path)?;
     if req.required_scopes.len() > MAX_REQUIRED_SCOPES {
         return Err(InvalidField::new("required_scopes", format!("at most {MAX_REQUIRED_SCOPES}")));
     }
-    if !req.client_ip.is_empty() && req.client_ip.parse::<std::net::IpAddr>().is_err() {
-        return Err(InvalidField::new("client_ip", "is not an IP address"));
+    let client = match req.client_ip.as_str() {
+        "" => None,
+        raw => {
+            Some(ClientNetwork::of(raw.parse().map_err(|_| InvalidField::new("client_ip", "is not an IP address"))?))
+        }
+    };
+    if req.headers.len() > MAX_HEADERS {
+        return Err(InvalidField::new("headers", format!("at most {MAX_HEADERS}")));
     }
     Ok(AuthorizeQuery {
         credential: &req.credential,
@@ -212,7 +225,12 @@ pub fn authorize_query(req: &pb::AuthorizeRequest) -> Result<AuthorizeQuery<'_>,
         path: &req.path,
         application_id: Some(req.application_id.as_str()).filter(|a| !a.is_empty()),
         required_scopes: req.required_scopes.iter().map(|s| Scope::parse_required(s)).collect::<Result<_, _>>()?,
-        client_ip: Some(req.client_ip.as_str()).filter(|ip| !ip.is_empty()),
+        client,
+        parts: RequestParts {
+            query: None,
+            headers: &req.headers,
+            body: Some(req.body.as_slice()).filter(|b| !b.is_empty()),
+        },
     })
 }
 

@@ -3,30 +3,25 @@
 //!
 //! The decision is Authorize's; this module only translates. A deny becomes a
 //! `DeniedHttpResponse` with the error page's status and exact JSON envelope; an allow
-//! becomes an `OkHttpResponse` that tells the upstream who the caller is; a failure
-//! denies with 503 (fail closed), whatever Envoy's own `failure_mode_allow` says.
+//! becomes an `OkHttpResponse` that tells the upstream who the caller is and removes every
+//! `x-keygate-*` header the client sent; a failure, or no decision within the caller's
+//! deadline, denies with the page's 500 `INTERNAL_ERROR` and an error id (fail closed),
+//! whatever Envoy's own `failure_mode_allow` says.
 
 use super::convert;
 use super::status::log_failure;
 use crate::authz::decision::{Deny, Principal};
-use crate::authz::{Authorizer, Verdict};
+use crate::authz::{AuthorizeQuery, Authorizer, Verdict};
 use crate::code::Code;
+use crate::config::EdgeSettings;
+use crate::domain::ClientNetwork;
+use crate::policy::RequestParts;
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode};
 use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder};
+use keygate_api::edge::is_reserved_header;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-
-/// Headers keygate sets on allowed requests. Any the caller sent are removed or
-/// overwritten, so the upstream can trust them.
-const PRINCIPAL_HEADERS: [&str; 6] = [
-    "x-keygate-account-id",
-    "x-keygate-key-id",
-    "x-keygate-session-id",
-    "x-keygate-user-id",
-    "x-keygate-scopes",
-    "x-keygate-principal-kind",
-];
 
 /// Where Check finds the credential, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,51 +96,59 @@ impl Default for ExtAuthzSettings {
 pub struct CheckService {
     authorizer: Arc<Authorizer>,
     settings: ExtAuthzSettings,
+    edge: EdgeSettings,
 }
 
 impl CheckService {
-    pub fn new(authorizer: Arc<Authorizer>, settings: ExtAuthzSettings) -> Self {
-        Self { authorizer, settings }
+    pub fn new(authorizer: Arc<Authorizer>, settings: ExtAuthzSettings, edge: EdgeSettings) -> Self {
+        Self { authorizer, settings, edge }
     }
 }
 
 #[tonic::async_trait]
 impl Authorization for CheckService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let budget = self.edge.budget(super::caller_deadline(request.metadata()));
         let check = request.into_inner();
         let Some(http) = check.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref())
         else {
             return Ok(Response::new(denied(Code::ValidationError, "the check request has no HTTP attributes", None)));
         };
+        if let Err(invalid) = convert::method_and_path(&http.method, &http.path) {
+            return Ok(Response::new(denied(Code::ValidationError, &invalid.to_string(), None)));
+        }
         let found = self.settings.credential_headers.iter().find_map(|h| h.read(&http.headers).map(|c| (h, c)));
-        let ask = super::proto::AuthorizeRequest {
-            credential: found.map(|(_, c)| c.to_owned()).unwrap_or_default(),
-            method: http.method.clone(),
-            path: http.path.clone(),
-            client_ip: check
-                .get_client_address()
-                .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
-                .cloned()
-                .unwrap_or_default(),
-            ..Default::default()
+        // Envoy's source address is the peer it saw; what proxies before it wrote in
+        // x-forwarded-for is believed only through the configured trusted hops.
+        let peer = check.get_client_address().and_then(|ip| ip.parse().ok());
+        let client = keygate_api::edge::client_address_from_headers(
+            peer,
+            http.headers.get("x-forwarded-for").map(String::as_str),
+            http.headers.get("forwarded").map(String::as_str),
+            self.edge.trusted_proxy_hops,
+        )
+        .map(ClientNetwork::of);
+        // The body, when Envoy sends it (`with_request_body`): as bytes or as text.
+        let body = [http.raw_body.as_slice(), http.body.as_bytes()].into_iter().find(|b| !b.is_empty());
+        let query = AuthorizeQuery {
+            credential: found.map_or("", |(_, c)| c),
+            method: &http.method,
+            path: &http.path,
+            application_id: None,
+            required_scopes: Vec::new(),
+            client,
+            parts: RequestParts { query: None, headers: &http.headers, body },
         };
-        let query = match convert::authorize_query(&ask) {
-            Ok(query) => query,
-            Err(invalid) => return Ok(Response::new(denied(Code::ValidationError, &invalid.to_string(), None))),
-        };
-        let response = match self.authorizer.authorize(&query).await {
-            Ok(Verdict { deny: None, principal, .. }) => {
-                allowed(principal.as_ref(), found.filter(|_| self.settings.strip_credential).map(|(h, _)| h))
+        let response = match self.authorizer.authorize_within(&query, budget).await {
+            Ok(verdict @ Verdict { deny: None, .. }) => {
+                allowed(&verdict, http.headers.keys(), found.filter(|_| self.settings.strip_credential).map(|(h, _)| h))
             }
             Ok(Verdict { deny: Some(Deny { code, message }), rate_limit, .. }) => {
                 denied(code, &message, rate_limit.map(|r| r.retry_after_seconds).filter(|s| *s > 0))
             }
             Err(failure) => {
                 let error_id = log_failure(&failure);
-                // Not the error page's 500: the edge should see that this is retryable.
-                deny_response(
-                    HttpStatusCode::ServiceUnavailable,
-                    tonic::Code::Unavailable,
+                denied(
                     Code::InternalError,
                     &format!("the authorization service cannot decide right now (error id {error_id})"),
                     None,
@@ -156,10 +159,35 @@ impl Authorization for CheckService {
     }
 }
 
-fn allowed(principal: Option<&Principal>, strip: Option<&CredentialHeader>) -> CheckResponse {
+/// An allow: who the caller is and which application it acts on, for the upstream; every
+/// other name in keygate's header namespace that the client sent is removed.
+fn allowed<'h>(
+    verdict: &Verdict,
+    client_headers: impl Iterator<Item = &'h String>,
+    strip: Option<&CredentialHeader>,
+) -> CheckResponse {
     let mut ok = OkHttpResponseBuilder::new();
-    let mut set = Vec::new();
-    if let Some(principal) = principal {
+    let set = principal_headers(verdict);
+    for (name, value) in &set {
+        ok.add_header(*name, value.clone(), Some(HeaderAppendAction::OverwriteIfExistsOrAdd), true);
+    }
+    for name in client_headers.filter(|name| is_reserved_header(name)) {
+        if !set.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            ok.remove_header(name);
+        }
+    }
+    if let Some(header) = strip {
+        ok.remove_header(header.header_name());
+    }
+    let mut response = CheckResponse::with_status(Status::ok(""));
+    response.set_http_response(ok);
+    response
+}
+
+/// The `x-keygate-*` headers an allowed request carries upstream.
+pub fn principal_headers(verdict: &Verdict) -> Vec<(&'static str, String)> {
+    let mut set = Vec::with_capacity(6);
+    if let Some(principal) = &verdict.principal {
         set.push(("x-keygate-principal-kind", principal.kind().as_str().to_owned()));
         set.push(("x-keygate-account-id", principal.account_id().to_string()));
         match principal {
@@ -174,43 +202,24 @@ fn allowed(principal: Option<&Principal>, strip: Option<&CredentialHeader>) -> C
             }
         }
     }
-    for (name, value) in &set {
-        ok.add_header(*name, value.clone(), Some(HeaderAppendAction::OverwriteIfExistsOrAdd), true);
+    // The application the decision was made for: what the upstream should act on.
+    if let Some(application) = &verdict.application_id {
+        set.push(("x-keygate-application-id", application.clone()));
     }
-    for name in PRINCIPAL_HEADERS {
-        if !set.iter().any(|(n, _)| *n == name) {
-            ok.remove_header(name);
-        }
-    }
-    if let Some(header) = strip {
-        ok.remove_header(header.header_name());
-    }
-    let mut response = CheckResponse::with_status(Status::ok(""));
-    response.set_http_response(ok);
-    response
+    set
 }
 
-/// A deny with the code's own HTTP and gRPC statuses.
+/// A deny with the code's own HTTP and gRPC statuses, and the page's exact envelope.
 fn denied(code: Code, message: &str, retry_after_seconds: Option<u32>) -> CheckResponse {
-    let http = HttpStatusCode::try_from(i32::from(code.http_status())).unwrap_or(HttpStatusCode::Forbidden);
-    deny_response(http, code.grpc_code(), code, message, retry_after_seconds)
-}
-
-fn deny_response(
-    http: HttpStatusCode,
-    grpc: tonic::Code,
-    code: Code,
-    message: &str,
-    retry_after_seconds: Option<u32>,
-) -> CheckResponse {
     let mut denied = DeniedHttpResponseBuilder::new();
-    denied.set_http_status(http);
+    denied
+        .set_http_status(HttpStatusCode::try_from(i32::from(code.http_status())).unwrap_or(HttpStatusCode::Forbidden));
     denied.add_header("content-type", "application/json", None, false);
     if let Some(seconds) = retry_after_seconds {
         denied.add_header("retry-after", seconds.to_string(), None, false);
     }
     denied.set_body(code.envelope(message));
-    let mut response = CheckResponse::with_status(Status::new(grpc, message));
+    let mut response = CheckResponse::with_status(Status::new(code.grpc_code(), message));
     response.set_http_response(denied);
     response
 }

@@ -74,3 +74,47 @@ fn generate() -> MetadataValue<tonic::metadata::Ascii> {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     MetadataValue::try_from(format!("kg-{prefix:08x}-{n:x}")).expect("ASCII")
 }
+
+/// The caller's deadline from its `grpc-timeout` header ("250m" = 250 ms; units H, M, S,
+/// m, u, n; at most 8 digits), or `None` when it sets none or sets it badly.
+pub fn caller_deadline(metadata: &MetadataMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value * 3600),
+        "M" => Duration::from_secs(value * 60),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_spec_writes_them() {
+        let deadline = |raw: &str| {
+            let mut metadata = MetadataMap::new();
+            metadata.insert("grpc-timeout", raw.parse().unwrap());
+            caller_deadline(&metadata)
+        };
+        assert_eq!(deadline("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(deadline("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(deadline("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(deadline("100u"), Some(Duration::from_micros(100)));
+        for bad in ["", "m", "123456789m", "10x", "-1m", "1.5S"] {
+            assert_eq!(deadline(bad), None, "{bad:?}");
+        }
+        assert_eq!(caller_deadline(&MetadataMap::new()), None);
+    }
+}

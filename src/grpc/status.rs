@@ -77,7 +77,9 @@ impl From<ManageError> for Status {
 impl From<AuthzError> for Status {
     fn from(e: AuthzError) -> Self {
         match e {
-            AuthzError::Unavailable(_) | AuthzError::LimiterUnavailable(_) => internal(tonic::Code::Unavailable, &e),
+            AuthzError::Unavailable(_) | AuthzError::LimiterUnavailable(_) | AuthzError::DeadlineExceeded(_) => {
+                internal(tonic::Code::Unavailable, &e)
+            }
             other => internal(tonic::Code::Internal, &other),
         }
     }

@@ -69,6 +69,17 @@ pub enum LimitSubject {
     Ip,
 }
 
+impl LimitSubject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitSubject::Account => "account",
+            LimitSubject::Key => "key",
+            LimitSubject::Application => "application",
+            LimitSubject::Ip => "ip",
+        }
+    }
+}
+
 /// When the shared counter store (Redis) cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

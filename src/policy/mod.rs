@@ -1,13 +1,15 @@
-//! The route policy: which routes exist, which scopes each requires, and which path
-//! parameter names the application. Loaded from TOML; every problem in a file is
+//! The route policy: which routes exist, which scopes each requires, and where each
+//! route's request names its application. Loaded from TOML; every problem in a file is
 //! reported at once, each naming its entry.
 
 mod access;
+mod application;
 mod router;
 
 use crate::domain::Scope;
 use access::LimitEntry;
 pub use access::{Accepts, Access, LimitRule, LimitSubject, OnStoreError};
+pub use application::{named_application, ApplicationSource, NamedApplication, RequestHeaders, RequestParts};
 use router::Router;
 use serde::Deserialize;
 use std::path::Path;
@@ -28,8 +30,12 @@ pub struct Route {
     pub scopes: Vec<Scope>,
     pub access: Access,
     pub limits: Vec<LimitRule>,
-    /// Which path segment (0-based, after the leading '/') holds the application id.
-    application_segment: Option<usize>,
+    /// Where a request names the application it acts on, in the order they are read.
+    /// Every source present must name the same one.
+    pub application: Vec<ApplicationSource>,
+    /// The route cannot be decided without an application: it names a source, or counts
+    /// a limit per application. A request without one is a bad request, never unlimited.
+    pub needs_application: bool,
 }
 
 /// A route matched against a request path.
@@ -38,8 +44,8 @@ pub struct RouteMatch<'r, 'p> {
     pub route: &'r Route,
     /// The route's position in [`Policy::routes`].
     pub index: usize,
-    /// The application id taken from the path, if the route names one.
-    pub application_id: Option<&'p str>,
+    /// The application id taken from the path, if the route reads it there.
+    pub path_application: Option<&'p str>,
 }
 
 #[derive(Debug)]
@@ -66,12 +72,22 @@ struct PolicyFile {
 }
 
 #[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RouteEntry {
     route: String,
     #[serde(default)]
     scopes: Vec<String>,
+    /// Shorthand for `application = "path:NAME"`.
     application_param: Option<String>,
+    /// "path:NAME", "query:NAME", "header:NAME" or "body:FIELD", or a list of them.
+    application: Option<OneOrMany>,
     accepts: Option<Vec<String>>,
     #[serde(default)]
     public: bool,
@@ -103,6 +119,14 @@ impl Policy {
         let global_limit = match file.global_limit {
             None => None,
             Some(entry) => match entry.into_rule("global".into(), OnStoreError::Local) {
+                Ok(rule) if rule.per == LimitSubject::Application => {
+                    problems.push(
+                        "global_limit: cannot count per application (not every route names one); \
+                         put the limit on the routes that do"
+                            .into(),
+                    );
+                    None
+                }
                 Ok(rule) => Some(rule),
                 Err(e) => {
                     problems.push(format!("global_limit: {e}"));
@@ -134,13 +158,16 @@ impl Policy {
         }
     }
 
-    /// Finds the route for `method path`. `path` may carry a query string, which is ignored.
+    /// Finds the route for `method path`, where `path` is a path that
+    /// [`keygate_api::edge::request_target`] accepted (without its query).
     pub fn match_route<'p>(&self, method: &str, path: &'p str) -> Option<RouteMatch<'_, 'p>> {
-        let path = path.split_once('?').map_or(path, |(p, _)| p);
         let (index, segments) = self.router.find(method, path)?;
         let route = &self.routes[index];
-        let application_id = route.application_segment.and_then(|s| segments.get(s).copied());
-        Some(RouteMatch { route, index, application_id })
+        let path_application = route.application.iter().find_map(|source| match source {
+            ApplicationSource::Path { segment, .. } => segments.get(*segment).copied(),
+            _ => None,
+        });
+        Some(RouteMatch { route, index, path_application })
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -185,16 +212,33 @@ fn parse_route(entry: RouteEntry) -> Result<(Route, &'static str, Vec<Segment>),
         })
         .collect();
     let param_position = |name: &str| segments.iter().position(|s| *s == Segment::Param(name.to_owned()));
-    let application_segment = match &entry.application_param {
-        Some(name) => {
-            let position = param_position(name);
-            if position.is_none() {
-                problems.push(format!("application_param {name:?} is not a parameter of the path"));
-            }
-            position
+    let written: Vec<String> = match (entry.application_param, entry.application) {
+        (Some(_), Some(_)) => {
+            problems.push("give the application's source once: application or application_param".into());
+            Vec::new()
         }
-        None => param_position(DEFAULT_APPLICATION_PARAM),
+        (Some(name), None) => vec![format!("path:{name}")],
+        (None, Some(OneOrMany::One(source))) => vec![source],
+        (None, Some(OneOrMany::Many(sources))) => sources,
+        // The parameter named application_id names the application unless a route says otherwise.
+        (None, None) if param_position(DEFAULT_APPLICATION_PARAM).is_some() => {
+            vec![format!("path:{DEFAULT_APPLICATION_PARAM}")]
+        }
+        (None, None) => Vec::new(),
     };
+    let mut application = Vec::new();
+    for raw in &written {
+        match ApplicationSource::parse(raw, param_position) {
+            Ok(source) if application.contains(&source) => {
+                problems.push(format!("application source {raw:?} appears twice"))
+            }
+            Ok(source) => application.push(source),
+            Err(e) => problems.push(e),
+        }
+    }
+    if application.iter().filter(|s| matches!(s, ApplicationSource::Path { .. })).count() > 1 {
+        problems.push("at most one application source can be a path parameter".into());
+    }
     let access = match (entry.public, &entry.accepts) {
         (true, Some(_)) => {
             problems.push("a public route accepts no credentials: drop accepts or public".into());
@@ -215,10 +259,27 @@ fn parse_route(entry: RouteEntry) -> Result<(Route, &'static str, Vec<Segment>),
             Err(e) => problems.push(format!("limits[{i}]: {e}")),
         }
     }
-    match method {
-        Some(method) if problems.is_empty() => {
-            Ok((Route { template: template.into(), scopes, access, limits, application_segment }, method, segments))
+    // A limit whose subject a request may lack is a start-up error, not a skip.
+    for (i, limit) in limits.iter().enumerate() {
+        match limit.per {
+            LimitSubject::Application if application.is_empty() => problems.push(format!(
+                "limits[{i}]: counts per application, but the route names no application source \
+                 (application = \"path:…\", \"query:…\", \"header:…\" or \"body:…\")"
+            )),
+            LimitSubject::Account | LimitSubject::Key if access == Access::Public => problems.push(format!(
+                "limits[{i}]: a public route has no caller to count per {}; count per ip",
+                limit.per.as_str()
+            )),
+            _ => {}
         }
+    }
+    let needs_application = !application.is_empty() || limits.iter().any(|l| l.per == LimitSubject::Application);
+    match method {
+        Some(method) if problems.is_empty() => Ok((
+            Route { template: template.into(), scopes, access, limits, application, needs_application },
+            method,
+            segments,
+        )),
         _ => Err(problems),
     }
 }
@@ -268,7 +329,7 @@ mod tests {
         let p = Policy::default_policy();
         let m = p.match_route("GET", "/api/v1/panel/applications/app_123").unwrap();
         assert_eq!(&*m.route.template, "GET /api/v1/panel/applications/{application_id}");
-        assert_eq!(m.application_id, Some("app_123"));
+        assert_eq!(m.path_application, Some("app_123"));
         assert!(p.match_route("POST", "/api/v1/panel/api-keys").is_some());
         assert!(p.match_route("PATCH", "/api/v1/panel/update-api-keys").is_some());
         assert!(p.match_route("GET", "/nope").is_none());
@@ -290,9 +351,9 @@ mod tests {
         // "mine" is tried as a literal first, then as the parameter.
         let m = p.match_route("GET", "/apps/mine/users").unwrap();
         assert_eq!(&*m.route.template, "GET /apps/{application_id}/users");
-        assert_eq!(m.application_id, Some("mine"));
+        assert_eq!(m.path_application, Some("mine"));
         assert!(p.match_route("GET", "/apps//users").is_none());
-        assert!(p.match_route("get", "/apps/mine?x=1").is_some());
+        assert!(p.match_route("get", "/apps/mine").is_some());
         assert!(p.match_route("POST", "/apps/mine").is_none());
     }
 
@@ -325,5 +386,59 @@ mod tests {
     fn unknown_fields_and_empty_files_are_rejected() {
         assert!(Policy::from_toml("[[routes]]\nroute = \"GET /\"\nscope = []", "t").is_err());
         assert!(Policy::from_toml("", "t").is_err());
+    }
+
+    #[test]
+    fn a_limit_whose_subject_a_request_may_lack_is_refused_at_load() {
+        let per_application = r#"
+            [[routes]]
+            route = "PATCH /rotate"
+            [[routes.limits]]
+            limit = 2
+            window = "hour"
+            per = "application"
+        "#;
+        let err = Policy::from_toml(per_application, "t").unwrap_err().to_string();
+        assert!(err.contains("counts per application") && err.contains("no application source"), "{err}");
+        let global =
+            "[global_limit]\nlimit = 5\nwindow = \"minute\"\nper = \"application\"\n[[routes]]\nroute = \"GET /a\"\n";
+        assert!(Policy::from_toml(global, "t").unwrap_err().to_string().contains("global_limit"));
+        let public =
+            "[[routes]]\nroute = \"GET /a\"\npublic = true\n[[routes.limits]]\nlimit = 5\nwindow = \"minute\"\n";
+        assert!(Policy::from_toml(public, "t").unwrap_err().to_string().contains("public route"));
+    }
+
+    #[test]
+    fn routes_name_where_their_application_comes_from() {
+        let p = policy(
+            r#"
+            [[routes]]
+            route = "PATCH /rotate"
+            application = ["body:application_id", "query:application_id", "header:X-Application-Id"]
+            [[routes.limits]]
+            limit = 2
+            window = "hour"
+            per = "application"
+            [[routes]]
+            route = "GET /apps/{id}/logs"
+            application_param = "id"
+            [[routes]]
+            route = "GET /apps"
+            "#,
+        );
+        let rotate = p.match_route("PATCH", "/rotate").unwrap().route;
+        assert!(rotate.needs_application);
+        assert_eq!(rotate.application[2], ApplicationSource::Header("x-application-id".into()));
+        let logs = p.match_route("GET", "/apps/app_1/logs").unwrap();
+        assert_eq!(logs.path_application, Some("app_1"));
+        assert!(logs.route.needs_application);
+        assert!(!p.match_route("GET", "/apps").unwrap().route.needs_application);
+        // The default policy's rotation route reads the application from each source
+        // forward-auth proxies, Envoy and the layer can send.
+        let default = Policy::default_policy();
+        let rotate = default.match_route("PATCH", "/api/v1/panel/update-api-keys").unwrap().route;
+        assert!(rotate.needs_application && rotate.application.len() == 3);
+        let both = "[[routes]]\nroute = \"GET /a/{x}\"\napplication_param = \"x\"\napplication = \"query:x\"\n";
+        assert!(Policy::from_toml(both, "t").unwrap_err().to_string().contains("once"));
     }
 }

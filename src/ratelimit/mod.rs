@@ -40,7 +40,7 @@ pub struct Room {
 #[derive(Debug, thiserror::Error)]
 pub enum LimiterError {
     #[error("the rate limit store is unreachable")]
-    Unreachable(#[source] ::redis::RedisError),
+    Unreachable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub enum Limiter {

@@ -7,6 +7,7 @@
 //! immaterial for windows of a second or more).
 
 use super::{LimitCheck, LimitOutcome, LimiterError, LocalLimiter, Room};
+use crate::breaker::Breaker;
 use crate::domain::Timestamp;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,11 +52,13 @@ pub struct RedisLimiter {
     nonce: String,
     counter: AtomicU64,
     fallback: LocalLimiter,
+    /// Bounds each check, and skips Redis entirely while it is known to be down.
+    breaker: std::sync::Arc<Breaker>,
 }
 
 impl RedisLimiter {
     /// Does not connect yet: keygate starts (and fails closed per limit) while Redis is down.
-    pub fn new(url: &str, prefix: String) -> Result<Self, redis::RedisError> {
+    pub fn new(url: &str, prefix: String, breaker: std::sync::Arc<Breaker>) -> Result<Self, redis::RedisError> {
         Ok(Self {
             client: redis::Client::open(url)?,
             connection: OnceCell::new(),
@@ -64,6 +67,7 @@ impl RedisLimiter {
             nonce: crate::domain::random_token(12).unwrap_or_default(),
             counter: AtomicU64::new(0),
             fallback: LocalLimiter::default(),
+            breaker,
         })
     }
 
@@ -81,10 +85,28 @@ impl RedisLimiter {
             .get_or_try_init(|| self.client.get_connection_manager_with_config(config))
             .await
             .cloned()
-            .map_err(LimiterError::Unreachable)
+            .map_err(|e| LimiterError::Unreachable(Box::new(e)))
     }
 
+    pub fn breaker(&self) -> &std::sync::Arc<Breaker> {
+        &self.breaker
+    }
+
+    /// Does Redis answer a PING? For the breaker's background probe.
+    pub async fn ping(&self) -> bool {
+        let Ok(mut connection) = self.connection().await else { return false };
+        redis::cmd("PING").query_async::<String>(&mut connection).await.is_ok()
+    }
+
+    /// Checks and counts in Redis, within the breaker's timeout.
     pub async fn check(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> Result<LimitOutcome, LimiterError> {
+        self.breaker
+            .guard(self.check_in_redis(checks, now), |_| true)
+            .await
+            .map_err(|refused| LimiterError::Unreachable(Box::new(refused)))?
+    }
+
+    async fn check_in_redis(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> Result<LimitOutcome, LimiterError> {
         let mut connection = self.connection().await?;
         let mut invocation = self.script.prepare_invoke();
         for check in checks {
@@ -96,7 +118,7 @@ impl RedisLimiter {
             invocation.arg(check.rule.window.as_millis() as i64).arg(check.rule.limit);
         }
         let (admitted, limit, value): (i64, i64, i64) =
-            invocation.invoke_async(&mut connection).await.map_err(LimiterError::Unreachable)?;
+            invocation.invoke_async(&mut connection).await.map_err(|e| LimiterError::Unreachable(Box::new(e)))?;
         Ok(if admitted == 1 {
             let tightest = (value >= 0).then(|| Room { limit: limit.max(0) as u32, remaining: value.max(0) as u32 });
             LimitOutcome::Admitted { tightest }

@@ -2,6 +2,7 @@
 //! implementation serves SQLite and Postgres ([`sql::SqlStore`]), and caching is a
 //! decorator over the same trait ([`cached::CachedStore`]).
 
+pub mod bounded;
 pub mod cached;
 pub mod invalidation;
 pub mod memory;
@@ -270,7 +271,7 @@ pub enum UpdateOutcome {
 pub enum StoreError {
     /// The database cannot be reached right now; retrying later may work.
     #[error("the store is unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A row says something keygate never writes.
     #[error("the store holds a corrupt row: {0}")]
     Corrupt(String),
@@ -285,7 +286,7 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(Box::new(e)),
             other => StoreError::Other(other),
         }
     }

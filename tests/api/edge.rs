@@ -14,7 +14,7 @@ use serde_json::Value;
 async fn spawn_edge(layer: KeygateLayer) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, example::app(layer)).await.unwrap() });
+    tokio::spawn(async move { example::serve(listener, layer).await.unwrap() });
     format!("http://{address}")
 }
 
@@ -76,15 +76,17 @@ async fn the_example_edge_passes_principals_and_answers_denies_with_envelopes() 
         r#"{"success":false,"code":"not_found","message":"the application was not found for the account"}"#
     );
 
-    // keygate down: fail closed, 503 with an envelope.
+    // keygate down: fail closed, the page's 500 with an envelope whose message holds an
+    // error id (the layer's own, logged, since keygate could not give one).
     keygate.stop().await;
     let (status, content_type, body) =
         get(&format!("{edge}/api/v1/panel/applications"), &[("x-api-key", &secret)]).await;
-    assert_eq!((status, content_type), (503, json));
-    assert_eq!(
-        body,
-        r#"{"success":false,"code":"INTERNAL_ERROR","message":"the authorization service is unavailable; retry later"}"#
-    );
+    assert_eq!((status, content_type), (500, json));
+    let envelope: keygate::code::Envelope = serde_json::from_str(&body).unwrap();
+    assert_eq!(envelope.code, "INTERNAL_ERROR");
+    let id = envelope.message.split("(error id ").nth(1).and_then(|rest| rest.strip_suffix(')'));
+    assert!(id.is_some_and(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())), "{body}");
+    assert!(!body.contains(&secret), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -164,7 +164,7 @@ async fn an_allowed_check_tells_the_upstream_who_called_and_strips_what_it_must(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_fails_closed_with_503_when_the_store_is_down() {
+async fn check_fails_closed_with_the_pages_500_when_the_store_is_down() {
     let Some(db) = TestDb::new(Db::Postgres).await else {
         eprintln!("skipped: KEYGATE_TEST_POSTGRES_URL is not set");
         return;
@@ -176,12 +176,12 @@ async fn check_fails_closed_with_503_when_the_store_is_down() {
     .await;
     let (_, secret) = app.create_key("acct_down", &["*"], &[]).await;
     relay.cut();
-    // A key keygate has never seen needs the store: no decision, so a 503 deny.
+    // A key keygate has never seen needs the store: no decision, so the page's 500 deny.
     let unknown = keygate::domain::GeneratedKey::generate().unwrap().into_secret_string();
     let response = check(&app, "GET", "/api/v1/panel/applications", &[("x-api-key", &unknown)]).await;
-    assert_eq!(response.status.as_ref().unwrap().code, tonic::Code::Unavailable as i32);
+    assert_eq!(response.status.as_ref().unwrap().code, tonic::Code::Internal as i32);
     let (status, headers, body) = denied(&response);
-    assert_eq!((status, headers.get("content-type").map(String::as_str)), (503, Some("application/json")));
+    assert_eq!((status, headers.get("content-type").map(String::as_str)), (500, Some("application/json")));
     let envelope: keygate::code::Envelope = serde_json::from_str(&body).unwrap();
     assert_eq!((envelope.success, envelope.code.as_str()), (false, "INTERNAL_ERROR"));
     assert!(envelope.message.contains("error id"), "{}", envelope.message);

@@ -83,7 +83,7 @@ async fn through_a_store_outage_cached_keys_are_decided_and_nothing_else_is_allo
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
 
-    relay.restore();
+    relay.restore().await;
     eventually("keygate recovers by itself", || async {
         app.authorizer.clone().authorize(ask(&never_used)).await.is_ok_and(|r| r.get_ref().allowed)
     })

@@ -150,7 +150,7 @@ async fn when_redis_is_unreachable_business_limits_fail_closed_and_the_global_li
     assert!(r.allowed, "{r:?}");
     assert_eq!((r.limit, r.remaining), (3000, 2999), "counted locally from zero");
 
-    relay.restore();
+    relay.restore().await;
     crate::helpers::eventually("Redis is used again", || async {
         app.authorizer
             .clone()

@@ -1,21 +1,31 @@
 //! A TCP relay on loopback between keygate and Postgres, which a test can cut (every
-//! connection dropped, new ones refused) and restore.
+//! connection dropped, new ones accepted and closed at once), close (the port refuses
+//! connections, as when the database host is down) and restore.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub struct Relay {
     pub address: SocketAddr,
+    target: SocketAddr,
     open: watch::Sender<bool>,
-    accept: tokio::task::JoinHandle<()>,
+    accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Relay {
     pub async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let (open, watcher) = watch::channel(true);
+        let (open, _) = watch::channel(true);
+        let relay = Self { address, target, open, accept: Mutex::new(None) };
+        relay.serve(listener);
+        relay
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let (target, watcher) = (self.target, self.open.subscribe());
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if !*watcher.borrow() {
@@ -25,15 +35,31 @@ impl Relay {
                 tokio::spawn(pipe(client, target, watcher.clone()));
             }
         });
-        Self { address, open, accept }
+        if let Some(old) = self.accept.lock().unwrap().replace(accept) {
+            old.abort();
+        }
     }
 
-    /// Drops every connection through the relay and refuses new ones.
+    /// Drops every connection through the relay; new ones are accepted and closed.
     pub fn cut(&self) {
         self.open.send_replace(false);
     }
 
-    pub fn restore(&self) {
+    /// Drops every connection and stops listening: connecting is refused outright.
+    pub async fn close(&self) {
+        self.cut();
+        if let Some(accept) = self.accept.lock().unwrap().take() {
+            accept.abort();
+            let _ = accept.await;
+        }
+        // The listener went with the task: the port now refuses connections.
+        assert!(TcpStream::connect(self.address).await.is_err(), "the relay's port still accepts");
+    }
+
+    pub async fn restore(&self) {
+        if self.accept.lock().unwrap().as_ref().is_none_or(|task| task.is_finished()) {
+            self.serve(TcpListener::bind(self.address).await.expect("the relay's port is free again"));
+        }
         self.open.send_replace(true);
     }
 
@@ -50,7 +76,9 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.cut();
-        self.accept.abort();
+        if let Some(accept) = self.accept.lock().unwrap().take() {
+            accept.abort();
+        }
     }
 }
 

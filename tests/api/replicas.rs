@@ -124,7 +124,7 @@ async fn changes_made_while_the_listener_was_cut_off_are_not_served_after_it_ret
     })
     .await;
     revoke(&mut a, &key.id).await;
-    relay.restore();
+    relay.restore().await;
 
     eventually("B denies once it is back", || async { code_on(&b, &secret).await == "api_key_revoked" }).await;
     eventually("B's listener reconnects", || {

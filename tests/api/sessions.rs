@@ -205,5 +205,6 @@ async fn credentials_of_the_wrong_kind_are_named() {
     assert!(app.authorize_with(public("10.0.0.1")).await.allowed);
     assert_eq!(app.authorize_with(public("10.0.0.1")).await.code, "rate_limit_reached");
     assert!(app.authorize_with(public("10.0.0.2")).await.allowed);
-    assert!(app.authorize_with(public("")).await.allowed, "no client_ip: the per-IP limit does not apply");
+    // No client_ip on a route that counts per address: refused, never unlimited.
+    assert_eq!(decision(&app.authorize_with(public("")).await), ("bad_request", 400));
 }

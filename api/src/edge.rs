@@ -1,0 +1,277 @@
+//! What every edge entry (Authorize's callers, Envoy's Check, the HTTP forward-auth
+//! listener, the tower layer) must agree on, so that each decides on the same facts:
+//! which client address a request came from, and which header names belong to keygate.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+/// Every header whose name starts with this belongs to keygate. What a client sent under
+/// it is removed before the request goes upstream (or refused, where an edge cannot
+/// remove it), so an upstream can trust every `x-keygate-*` header it receives.
+pub const RESERVED_HEADER_PREFIX: &str = "x-keygate-";
+
+/// True for a header name in keygate's namespace, in any case.
+pub fn is_reserved_header(name: &str) -> bool {
+    name.len() >= RESERVED_HEADER_PREFIX.len()
+        && name.as_bytes()[..RESERVED_HEADER_PREFIX.len()].eq_ignore_ascii_case(RESERVED_HEADER_PREFIX.as_bytes())
+}
+
+/// The client's address, under the trusted-hop rule.
+///
+/// `peer` is the address the edge saw the request come from (Envoy's source address, the
+/// TCP peer of an axum server, a forward-auth proxy's own address). `forwarded_for` are the
+/// values of every `x-forwarded-for` header, in order. Each trusted proxy in front of the
+/// peer appends the address it saw, so with `trusted_hops = N` the client is the N-th
+/// address counted from the right of `forwarded_for ++ [peer]` (0 = the peer itself).
+/// Entries left of that were written by the client and are never believed. When the list
+/// is shorter than the hops, the leftmost address is the best anyone can say.
+///
+/// An entry that is not an IP address where the client is read makes the answer `None`:
+/// a garbled hop is not guessed around.
+pub fn client_address<'h>(
+    peer: Option<IpAddr>,
+    forwarded_for: impl IntoIterator<Item = &'h str>,
+    trusted_hops: usize,
+) -> Option<IpAddr> {
+    if trusted_hops == 0 {
+        return peer.map(canonical);
+    }
+    // Only the last `trusted_hops` entries can matter: keep a small window of them.
+    let mut window: Vec<&str> = Vec::with_capacity(trusted_hops + 1);
+    for value in forwarded_for {
+        for entry in value.split(',') {
+            if window.len() == trusted_hops + 1 {
+                window.remove(0);
+            }
+            window.push(entry.trim());
+        }
+    }
+    let peer_text;
+    if let Some(peer) = peer {
+        if window.len() == trusted_hops + 1 {
+            window.remove(0);
+        }
+        peer_text = peer.to_string();
+        window.push(&peer_text);
+    }
+    // The entry `trusted_hops` places left of the last one, or the leftmost there is.
+    let at = window.len().checked_sub(trusted_hops + 1).unwrap_or(0);
+    window.get(at).and_then(|raw| parse_forwarded_address(raw)).map(canonical)
+}
+
+/// The addresses of a `forwarded` header (RFC 7239), in order: each element's `for=`.
+/// Obfuscated identifiers ("_hidden", "unknown") are kept, so that they are not believed.
+pub fn forwarded_for(header: &str) -> impl Iterator<Item = &str> {
+    header.split(',').filter_map(|element| {
+        element.split(';').find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            key.trim().eq_ignore_ascii_case("for").then(|| value.trim().trim_matches('"'))
+        })
+    })
+}
+
+/// [`client_address`] from an edge's headers: `x-forwarded-for` when present, else
+/// `forwarded`.
+pub fn client_address_from_headers(
+    peer: Option<IpAddr>,
+    x_forwarded_for: Option<&str>,
+    forwarded: Option<&str>,
+    trusted_hops: usize,
+) -> Option<IpAddr> {
+    match (x_forwarded_for, forwarded) {
+        (Some(xff), _) => client_address(peer, [xff], trusted_hops),
+        (None, Some(forwarded)) => client_address(peer, forwarded_for(forwarded), trusted_hops),
+        (None, None) => client_address(peer, [], trusted_hops),
+    }
+}
+
+/// One `x-forwarded-for` entry: an address, possibly with a port or in brackets.
+fn parse_forwarded_address(raw: &str) -> Option<IpAddr> {
+    let raw = raw.trim().trim_matches('"');
+    if let Ok(ip) = raw.parse() {
+        return Some(ip);
+    }
+    // "[2001:db8::1]:443" or "[2001:db8::1]".
+    if let Some(rest) = raw.strip_prefix('[') {
+        return rest.split_once(']').and_then(|(ip, _)| ip.parse().ok());
+    }
+    // "203.0.113.7:443".
+    raw.rsplit_once(':').filter(|(ip, _)| !ip.contains(':')).and_then(|(ip, _)| ip.parse().ok())
+}
+
+/// The one spelling of an address: an IPv4-mapped IPv6 address is its IPv4 address.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// What per-address budgets and limits count: an IPv4 address, or an IPv6 address's /64
+/// (one subscriber's network: a host that can pick any of 2^64 addresses must not get a
+/// fresh budget with each).
+pub fn counted_network(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & (u128::MAX << 64);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
+/// A request target split at its query, with a path that routes can be matched on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTarget<'a> {
+    /// Starts with '/'; never holds a dot segment, an empty segment (but for one trailing
+    /// slash), an encoded dot, slash or backslash, a backslash, a ';' or a control byte.
+    pub path: &'a str,
+    /// After the first '?', without the fragment; `None` when there is no '?'.
+    pub query: Option<&'a str>,
+}
+
+/// Why a path can match no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefusedPath(pub &'static str);
+
+/// The one reading of a request target, at every entry (Authorize, Check, forward auth,
+/// and so the layer, which passes the URI on as it got it).
+///
+/// Nothing is decoded or resolved: a path that would mean something else after
+/// normalisation (`/a/../b`, `/a/%2e%2e/b`, `/a%2Fb`, `/a//b`, `/a\b`, `/a;x=1`) is
+/// refused, so it can never match a route that its normalised form would not. Edges
+/// normalise legitimate paths before they ask (see the edge sections of the docs).
+pub fn request_target(raw: &str) -> Result<RequestTarget<'_>, RefusedPath> {
+    let raw = raw.split_once('#').map_or(raw, |(before, _)| before);
+    let (path, query) = match raw.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (raw, None),
+    };
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(RefusedPath("the path does not start with '/'"));
+    };
+    if path.bytes().any(|b| b < 0x20 || b == 0x7f || b == b' ' || b == b'\\' || b == b';') {
+        return Err(RefusedPath("the path holds a control character, a space, a backslash or a ';'"));
+    }
+    let lower = |b: u8| b.to_ascii_lowercase();
+    let encoded = path
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && matches!((w[1], lower(w[2])), (b'2', b'e') | (b'2', b'f') | (b'5', b'c')));
+    if encoded {
+        return Err(RefusedPath("the path holds an encoded '.', '/' or '\\'"));
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if !rest.is_empty() {
+        for segment in rest.split('/') {
+            match segment {
+                "" => return Err(RefusedPath("the path has an empty segment")),
+                "." | ".." => return Err(RefusedPath("the path has a dot segment")),
+                _ => {}
+            }
+        }
+    }
+    Ok(RequestTarget { path, query })
+}
+
+/// The first value of `name` in a query string (`a=1&b=2`), as written (not decoded).
+pub fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn with_no_trusted_hop_the_peer_is_the_client_whatever_the_header_says() {
+        assert_eq!(client_address(Some(ip("198.51.100.1")), ["6.6.6.6"], 0), Some(ip("198.51.100.1")));
+        assert_eq!(client_address(None, ["6.6.6.6"], 0), None);
+    }
+
+    #[test]
+    fn trusted_hops_count_from_the_right_and_ignore_what_the_client_wrote() {
+        // The client wrote "6.6.6.6"; the trusted proxy appended the address it saw.
+        let peer = Some(ip("127.0.0.1"));
+        assert_eq!(client_address(peer, ["6.6.6.6, 203.0.113.9"], 1), Some(ip("203.0.113.9")));
+        assert_eq!(client_address(peer, ["6.6.6.6", "203.0.113.9, 10.0.0.2"], 2), Some(ip("203.0.113.9")));
+        // Fewer entries than hops: the leftmost is the best there is.
+        assert_eq!(client_address(peer, ["203.0.113.9"], 3), Some(ip("203.0.113.9")));
+        assert_eq!(client_address(peer, [], 1), Some(ip("127.0.0.1")));
+        // Ports and brackets, as some proxies write them.
+        assert_eq!(client_address(peer, ["[2001:db8::1]:443"], 1), Some(ip("2001:db8::1")));
+        assert_eq!(client_address(peer, ["203.0.113.9:5000"], 1), Some(ip("203.0.113.9")));
+        // A garbled entry where the client is read is not guessed around.
+        assert_eq!(client_address(peer, ["unknown"], 1), None);
+    }
+
+    #[test]
+    fn forwarded_headers_are_read_like_x_forwarded_for() {
+        let peer = Some(ip("127.0.0.1"));
+        let forwarded = r#"for=6.6.6.6;proto=http, for="[2001:db8::7]:80""#;
+        assert_eq!(forwarded_for(forwarded).collect::<Vec<_>>(), ["6.6.6.6", "[2001:db8::7]:80"]);
+        assert_eq!(client_address_from_headers(peer, None, Some(forwarded), 1), Some(ip("2001:db8::7")));
+        assert_eq!(client_address_from_headers(peer, Some("203.0.113.1"), Some(forwarded), 1), Some(ip("203.0.113.1")));
+        assert_eq!(client_address_from_headers(peer, None, Some("for=_hidden"), 1), None);
+        assert_eq!(client_address_from_headers(peer, Some("6.6.6.6"), None, 0), peer);
+    }
+
+    #[test]
+    fn addresses_are_canonical_and_ipv6_counts_per_64() {
+        assert_eq!(canonical(ip("::ffff:203.0.113.9")), ip("203.0.113.9"));
+        assert_eq!(client_address(Some(ip("::ffff:203.0.113.9")), [], 0), Some(ip("203.0.113.9")));
+        assert_eq!(counted_network(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(counted_network(ip("2001:db8:1:2:bbbb::7")), counted_network(ip("2001:db8:1:2:aaaa::1")));
+        assert_eq!(counted_network(ip("203.0.113.9")), ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn the_reserved_namespace_is_matched_in_any_case() {
+        assert!(is_reserved_header("x-keygate-application-id"));
+        assert!(is_reserved_header("X-Keygate-Anything"));
+        assert!(!is_reserved_header("x-keygat"));
+        assert!(!is_reserved_header("x-api-key"));
+    }
+
+    #[test]
+    fn request_targets_split_at_the_query_and_refuse_what_normalisation_would_change() {
+        let ok = request_target("/api/v1/apps/app_1/users?x=1#frag").unwrap();
+        assert_eq!((ok.path, ok.query), ("/api/v1/apps/app_1/users", Some("x=1")));
+        assert_eq!(request_target("/").unwrap().query, None);
+        assert!(request_target("/a/b/").is_ok());
+        for bad in [
+            "a/b",
+            "/a//b",
+            "//a",
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/a/%2e%2E/b",
+            "/a%2Fb",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a\\b",
+            "/a;x=1/b",
+            "/a b",
+            "/a\tb",
+            "/a/b//",
+        ] {
+            assert!(request_target(bad).is_err(), "{bad:?} was accepted");
+        }
+        // Only the path is judged: a query may say anything.
+        assert!(request_target("/a?next=/../x;y").is_ok());
+    }
+
+    #[test]
+    fn query_values_are_found_by_exact_name() {
+        assert_eq!(query_value("a=1&application_id=app_2&b", "application_id"), Some("app_2"));
+        assert_eq!(query_value("xapplication_id=app_2", "application_id"), None);
+        assert_eq!(query_value("flag&x=1", "flag"), Some(""));
+    }
+}

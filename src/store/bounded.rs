@@ -1,0 +1,145 @@
+//! The bounding decorator: a read on the request path waits at most the breaker's timeout,
+//! and nothing waits for a store that is known to be down (see [`crate::breaker`]).
+//!
+//! It sits under the cache, so a cached record is answered without it, and a record the
+//! cache must reload (its freshness ran out, or the invalidation listener was lost) is
+//! served from the cache's fallback the moment this store says it is unavailable, instead
+//! of after the pool's own connect timeout.
+
+use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome};
+use crate::audit::{AuditEvent, AuditQuery};
+use crate::breaker::{Breaker, Refused};
+use crate::domain::{AccountId, ApplicationId, KeyId, SessionId, Timestamp};
+use std::future::Future;
+use std::sync::Arc;
+
+pub struct BoundedStore {
+    inner: Arc<dyn Store>,
+    breaker: Arc<Breaker>,
+}
+
+fn is_outage(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable(_))
+}
+
+fn unavailable(refused: Refused) -> StoreError {
+    StoreError::Unavailable(Box::new(refused))
+}
+
+impl BoundedStore {
+    pub fn new(inner: Arc<dyn Store>, breaker: Arc<Breaker>) -> Self {
+        Self { inner, breaker }
+    }
+
+    /// A read a decision waits on: bounded, and refused while the store is down.
+    async fn read<T>(&self, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        self.breaker.guard(call, is_outage).await.map_err(unavailable)?
+    }
+
+    /// An admin call: refused while the store is down, otherwise left to the pool's own
+    /// timeout (a write must not be abandoned between its statements by a timer of ours).
+    async fn admin<T>(&self, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        self.breaker.check_closed().map_err(unavailable)?;
+        call.await
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for BoundedStore {
+    async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
+        self.admin(self.inner.create_application(app, audit)).await
+    }
+
+    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
+        self.read(self.inner.application(id)).await
+    }
+
+    async fn list_applications(
+        &self,
+        account: &AccountId,
+        page: &PageRequest,
+    ) -> Result<Page<Application>, StoreError> {
+        self.admin(self.inner.list_applications(account, page)).await
+    }
+
+    async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        self.admin(self.inner.create_key(key, audit)).await
+    }
+
+    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.read(self.inner.key(id)).await
+    }
+
+    async fn list_keys(
+        &self,
+        account: &AccountId,
+        search: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Page<KeyRecord>, StoreError> {
+        self.admin(self.inner.list_keys(account, search, page)).await
+    }
+
+    async fn update_key(
+        &self,
+        id: KeyId,
+        changes: &KeyChanges,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<UpdateOutcome, StoreError> {
+        self.admin(self.inner.update_key(id, changes, now, audit)).await
+    }
+
+    async fn revoke_key(
+        &self,
+        id: KeyId,
+        reason: &str,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.admin(self.inner.revoke_key(id, reason, now, audit)).await
+    }
+
+    async fn rotate_runtime_key(
+        &self,
+        new: &KeyRecord,
+        retire_at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<KeyId>, StoreError> {
+        self.admin(self.inner.rotate_runtime_key(new, retire_at, audit)).await
+    }
+
+    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        self.admin(self.inner.record_key_usage(uses)).await
+    }
+
+    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        self.admin(self.inner.create_session(session, audit)).await
+    }
+
+    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.read(self.inner.session(id)).await
+    }
+
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        self.admin(self.inner.revoke_session(id, now, audit)).await
+    }
+
+    async fn list_audit_events(
+        &self,
+        account: &AccountId,
+        query: &AuditQuery,
+        page: &PageRequest,
+    ) -> Result<Page<AuditEvent>, StoreError> {
+        self.admin(self.inner.list_audit_events(account, query, page)).await
+    }
+
+    /// Health checks ask the store itself: the breaker is not the answer they want.
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
