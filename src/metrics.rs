@@ -163,6 +163,24 @@ impl Collector for StateCollector {
             handles.verifier.verifications(),
         )?;
         gauge(&mut encoder, "key_usage_pending", "Key uses waiting to be written", handles.usage.pending() as i64)?;
+        let breakers = [
+            Some(("store", &handles.store_breaker)),
+            handles.limiter_breaker.as_ref().map(|b| ("rate_limit_store", b)),
+        ];
+        for (name, breaker) in breakers.into_iter().flatten() {
+            gauge(
+                &mut encoder,
+                &format!("{name}_circuit_open"),
+                "1 while the store is known to be unreachable: nothing waits for it until a probe succeeds",
+                i64::from(breaker.is_open()),
+            )?;
+            counter(
+                &mut encoder,
+                &format!("{name}_circuit_opened"),
+                "Times the store was found unreachable (the breaker opened)",
+                breaker.times_opened(),
+            )?;
+        }
         if let Some(listener) = &handles.invalidation {
             gauge(
                 &mut encoder,

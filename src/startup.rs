@@ -56,6 +56,8 @@ pub struct Handles {
     pub usage: Arc<UsageRecorder>,
     /// Open while the key store is known to be unreachable.
     pub store_breaker: Arc<Breaker>,
+    /// The same for Redis, when limits are shared there.
+    pub limiter_breaker: Option<Arc<Breaker>>,
 }
 
 impl Handles {
@@ -161,6 +163,10 @@ impl Application {
             )),
             None => Limiter::Local(LocalLimiter::default()),
         });
+        let limiter_breaker = match &*limiter {
+            Limiter::Redis(redis) => Some(redis.breaker().clone()),
+            Limiter::Local(_) => None,
+        };
         if let Limiter::Redis(redis) = &*limiter {
             let probed = limiter.clone();
             background.push(AbortOnDrop(redis.breaker().spawn_probe(move || {
@@ -235,6 +241,7 @@ impl Application {
             store_metrics,
             usage,
             store_breaker,
+            limiter_breaker,
         };
         Ok(Self { listener, local_addr, router, metrics, health, handles, _background: background })
     }

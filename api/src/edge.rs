@@ -54,7 +54,7 @@ pub fn client_address<'h>(
         window.push(&peer_text);
     }
     // The entry `trusted_hops` places left of the last one, or the leftmost there is.
-    let at = window.len().checked_sub(trusted_hops + 1).unwrap_or(0);
+    let at = window.len().saturating_sub(trusted_hops + 1);
     window.get(at).and_then(|raw| parse_forwarded_address(raw)).map(canonical)
 }
 

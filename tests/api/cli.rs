@@ -117,3 +117,25 @@ async fn the_cli_drives_every_admin_call() {
     let (ok, _, error) = keygate(&app, &["audit", "list", "--account", "acct_cli", "--category", "Logins"]);
     assert!(!ok && error.contains("VALIDATION_ERROR") && error.contains("unknown category"), "{error}");
 }
+
+#[test]
+fn policy_check_refuses_a_per_application_limit_on_a_route_without_an_application_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["policy", "check", path.to_str().unwrap()])
+            .output()
+            .expect("the keygate binary runs");
+        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), said)
+    };
+    let route = "[[routes]]\nroute = \"PATCH /api/v1/panel/update-api-keys\"\n";
+    let limit = "[[routes.limits]]\nlimit = 2\nwindow = \"hour\"\nper = \"application\"\n";
+    let (ok, said) = check(&format!("{route}{limit}"));
+    assert!(!ok, "accepted: {said}");
+    assert!(said.contains("counts per application") && said.contains("no application source"), "{said}");
+    let (ok, said) = check(&format!("{route}application = \"header:x-application-id\"\n{limit}"));
+    assert!(ok, "{said}");
+}

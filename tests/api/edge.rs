@@ -1,10 +1,7 @@
 //! The example axum edge (examples/edge.rs, compiled in here as it is) in front of a real
 //! keygate, over real HTTP.
 
-#[path = "../../examples/edge.rs"]
-#[allow(dead_code)]
-mod example;
-
+use crate::example;
 use crate::helpers::{Db, TestApp};
 use crate::sessions::create_session;
 use keygate_client::{FailureMode, KeygateClient, KeygateLayer};

@@ -2,10 +2,7 @@
 //! headers (and a body only with `with_request_body`), never an `application_id`; the
 //! layer sends what an axum service received; Authorize's callers send what they choose.
 
-#[path = "../../examples/edge.rs"]
-#[allow(dead_code)]
-mod example;
-
+use crate::example;
 use crate::helpers::{Db, TestApp, TestDb};
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address, SocketAddress};

@@ -5,6 +5,10 @@ mod authorize;
 mod cli;
 mod edge;
 mod edge_contract;
+/// The example axum edge (examples/edge.rs), compiled in as it is.
+#[path = "../../examples/edge.rs"]
+#[allow(dead_code)]
+mod example;
 mod ext_authz;
 mod faults;
 mod helpers;

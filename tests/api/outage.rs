@@ -3,11 +3,8 @@
 //! asked through Envoy's Check with the shipped example's 250 ms timeout and through the
 //! layer with the client's default timeout.
 
-#[path = "../../examples/edge.rs"]
-#[allow(dead_code)]
-mod example;
-
 use crate::edge_contract::envoy_check;
+use crate::example;
 use crate::helpers::{eventually, Db, TestDb, ADMIN_TOKEN};
 use crate::relay::{target_of, Relay};
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse};

@@ -48,7 +48,8 @@ impl Relay {
     /// Drops every connection and stops listening: connecting is refused outright.
     pub async fn close(&self) {
         self.cut();
-        if let Some(accept) = self.accept.lock().unwrap().take() {
+        let accept = self.accept.lock().unwrap().take();
+        if let Some(accept) = accept {
             accept.abort();
             let _ = accept.await;
         }
