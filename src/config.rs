@@ -5,7 +5,8 @@
 use crate::authz::verifier::Argon2Settings;
 use crate::authz::{BruteForceSettings, VerifiedCacheSettings};
 use crate::breaker::BreakerSettings;
-use crate::grpc::ext_authz::{CredentialHeader, ExtAuthzSettings};
+use crate::edge::CredentialHeader;
+use crate::grpc::ext_authz::ExtAuthzSettings;
 use crate::manage::ManageSettings;
 use crate::store::cached::CacheSettings;
 use crate::usage::UsageSettings;
@@ -102,6 +103,10 @@ pub struct ServeArgs {
     /// The longest session CreateSession may ask for.
     #[arg(long, env = "KEYGATE_SESSION_MAX_TTL_SECONDS", default_value_t = 2_592_000)]
     pub session_max_ttl_seconds: u64,
+    /// Serve HTTP forward auth (nginx auth_request, Caddy forward_auth, Traefik forwardAuth)
+    /// at http://ADDRESS/forward-auth, with /healthz (e.g. 127.0.0.1:8081). Off unless set.
+    #[arg(long, env = "KEYGATE_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
     /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9090). Off unless set.
     #[arg(long, env = "KEYGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -194,6 +199,7 @@ pub struct Settings {
     pub ext_authz: ExtAuthzSettings,
     pub brute_force: BruteForceSettings,
     pub metrics_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
     pub usage: UsageSettings,
     pub edge: EdgeSettings,
     pub store_breaker: BreakerSettings,
@@ -279,6 +285,15 @@ impl ServeArgs {
                 })
                 .ok()
         });
+        let http_listen = self.http_listen.as_deref().and_then(|raw| {
+            raw.parse()
+                .map_err(|_| {
+                    problems.push(format!(
+                        "--http-listen / KEYGATE_HTTP_LISTEN: {raw:?} is not an address like 127.0.0.1:8081"
+                    ))
+                })
+                .ok()
+        });
         if !(1..=3600).contains(&self.last_used_interval_seconds) {
             problems.push("--last-used-interval-seconds: must be between 1 and 3600".to_owned());
         }
@@ -341,6 +356,7 @@ impl ServeArgs {
                 ..BruteForceSettings::default()
             },
             metrics_listen,
+            http_listen,
             usage: UsageSettings {
                 every: Duration::from_secs(self.last_used_interval_seconds),
                 ..UsageSettings::default()
@@ -418,6 +434,7 @@ mod tests {
             max_failures_per_key: 20,
             max_failures_per_ip: 100,
             metrics_listen: Some("localhost".into()),
+            http_listen: Some("nowhere:80".into()),
             last_used_interval_seconds: 60,
             trusted_proxy_hops: 0,
             decision_deadline_ms: 5,
@@ -425,7 +442,7 @@ mod tests {
             rate_limit_timeout_ms: 50,
         };
         let err = bad.into_settings().unwrap_err();
-        assert_eq!(err.0.len(), 8, "{err}");
+        assert_eq!(err.0.len(), 9, "{err}");
         assert!(!err.to_string().contains("short\""), "{err}");
     }
 }

@@ -12,7 +12,9 @@
 //! - [`metrics`]: the Prometheus registry and its endpoint.
 //! - [`breaker`]: bounded waits on the stores a decision needs, none on a store known down.
 //! - [`store`]: the storage trait, its SQL implementation and the caching decorator.
+//! - [`edge`]: what Check and forward auth share: credential sources, principal headers.
 //! - [`grpc`]: tonic services; protobuf types stop here.
+//! - [`forward_auth`]: the HTTP forward-auth listener for nginx, Caddy and Traefik.
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring, logs.
 //! - [`clock`]: time as a dependency, so tests move it.
 //! - [`cli`]: the `keygate` command line client.
@@ -25,6 +27,8 @@ pub mod clock;
 pub use keygate_api::code;
 pub mod config;
 pub mod domain;
+pub mod edge;
+pub mod forward_auth;
 pub mod grpc;
 pub mod manage;
 pub mod metrics;

@@ -7,6 +7,7 @@ use crate::authz::{Authorizer, AuthorizerSettings};
 use crate::breaker::Breaker;
 use crate::clock::Clock;
 use crate::config::{AdminTokenSource, Settings, MIN_ADMIN_TOKEN_LEN};
+use crate::forward_auth::ForwardAuth;
 use crate::grpc::admin::{AdminService, AdminTokens};
 use crate::grpc::authorizer::AuthorizerService;
 use crate::grpc::ext_authz::CheckService;
@@ -105,6 +106,8 @@ pub struct Application {
     local_addr: SocketAddr,
     router: Router,
     metrics: Option<TcpListener>,
+    /// The forward-auth listener and what it serves, when `--http-listen` was given.
+    forward_auth: Option<(TcpListener, ForwardAuth)>,
     health: tonic_health::server::HealthReporter,
     handles: Handles,
     _background: Vec<AbortOnDrop>,
@@ -230,6 +233,20 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let local_addr = listener.local_addr()?;
         let metrics = crate::metrics::bind(settings.metrics_listen).await?;
+        let forward_auth = match settings.http_listen {
+            None => None,
+            Some(address) => Some((
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen for forward auth on {address}"))?,
+                ForwardAuth {
+                    authorizer: authorizer.clone(),
+                    credential_headers: settings.ext_authz.credential_headers.clone().into(),
+                    edge: settings.edge,
+                    store_breaker: store_breaker.clone(),
+                },
+            )),
+        };
         background.push(AbortOnDrop(usage.clone().spawn_flusher()));
         let handles = Handles {
             verifier,
@@ -243,12 +260,17 @@ impl Application {
             store_breaker,
             limiter_breaker,
         };
-        Ok(Self { listener, local_addr, router, metrics, health, handles, _background: background })
+        Ok(Self { listener, local_addr, router, metrics, forward_auth, health, handles, _background: background })
     }
 
     /// Where metrics are served, when `--metrics-listen` was given.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().and_then(|listener| listener.local_addr().ok())
+    }
+
+    /// Where forward auth is served, when `--http-listen` was given.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.forward_auth.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -274,7 +296,7 @@ impl Application {
             health.set_not_serving::<AdminServer<AdminService>>().await;
             health.set_not_serving::<AuthorizationServer<CheckService>>().await;
         };
-        // The metrics endpoint stops with the gRPC server.
+        // The metrics and forward-auth listeners stop with the gRPC server.
         let (stopped, stop_metrics) = tokio::sync::watch::channel(false);
         if let Some(listener) = self.metrics {
             let address = listener.local_addr()?;
@@ -287,6 +309,19 @@ impl Application {
                 };
                 if let Err(e) = crate::metrics::serve(listener, registry, stop).await {
                     tracing::error!(error = %e, "the metrics endpoint failed");
+                }
+            });
+        }
+        if let Some((listener, state)) = self.forward_auth {
+            let address = listener.local_addr()?;
+            let mut stop = stop_metrics.clone();
+            tracing::info!(%address, "serving forward auth at /forward-auth");
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                };
+                if let Err(e) = crate::forward_auth::serve(listener, state, stop).await {
+                    tracing::error!(error = %e, "the forward-auth listener failed");
                 }
             });
         }

@@ -12,8 +12,6 @@ use crate::store::{Application, KeyChanges, KeyRecord, PageRequest, SessionRecor
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 500;
-pub const MAX_PATH_LEN: usize = 4096;
-pub const MAX_METHOD_LEN: usize = 16;
 pub const MAX_REQUIRED_SCOPES: usize = 32;
 pub const MAX_HEADERS: usize = 256;
 
@@ -188,25 +186,9 @@ pub fn key_changes(req: &pb::UpdateApiKeyRequest) -> Result<(KeyId, KeyChanges),
     Ok((id, changes))
 }
 
-/// The shape every entry checks before deciding: an HTTP method, and a target that starts
-/// with '/' and is not absurdly long. Whether the path can match a route is the decision's
-/// question ([`keygate_api::edge::request_target`]), answered not_found.
-pub fn method_and_path(method: &str, path: &str) -> Result<(), InvalidField> {
-    if method.is_empty() || method.len() > MAX_METHOD_LEN || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-        return Err(InvalidField::new("method", "must be an HTTP method such as GET"));
-    }
-    if !path.starts_with('/') {
-        return Err(InvalidField::new("path", "must start with '/'"));
-    }
-    if path.len() > MAX_PATH_LEN {
-        return Err(InvalidField::new("path", format!("must be at most {MAX_PATH_LEN} bytes")));
-    }
-    Ok(())
-}
-
 /// Checks the request's own shape; the credential is judged by the decision, not here.
 pub fn authorize_query(req: &pb::AuthorizeRequest) -> Result<AuthorizeQuery<'_>, InvalidField> {
-    method_and_path(&req.method, &req.path)?;
+    crate::edge::method_and_path(&req.method, &req.path)?;
     if req.required_scopes.len() > MAX_REQUIRED_SCOPES {
         return Err(InvalidField::new("required_scopes", format!("at most {MAX_REQUIRED_SCOPES}")));
     }

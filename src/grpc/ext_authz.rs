@@ -8,70 +8,19 @@
 //! deadline, denies with the page's 500 `INTERNAL_ERROR` and an error id (fail closed),
 //! whatever Envoy's own `failure_mode_allow` says.
 
-use super::convert;
 use super::status::log_failure;
-use crate::authz::decision::{Deny, Principal};
+use crate::authz::decision::Deny;
 use crate::authz::{AuthorizeQuery, Authorizer, Verdict};
 use crate::code::Code;
 use crate::config::EdgeSettings;
 use crate::domain::ClientNetwork;
+use crate::edge::{principal_headers, CredentialHeader};
 use crate::policy::RequestParts;
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode};
 use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder};
 use keygate_api::edge::is_reserved_header;
-use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-
-/// Where Check finds the credential, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CredentialHeader {
-    /// `authorization: Bearer <credential>`.
-    Authorization,
-    /// A header with the bare credential, e.g. `x-api-key` (lowercase).
-    Header(String),
-    /// A cookie by name.
-    Cookie(String),
-}
-
-impl CredentialHeader {
-    /// `authorization`, `cookie:NAME`, or any other header name.
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let raw = raw.trim().to_ascii_lowercase();
-        let valid_name =
-            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        match raw.split_once(':') {
-            Some(("cookie", name)) if valid_name(name) => Ok(Self::Cookie(name.to_owned())),
-            None if raw == "authorization" => Ok(Self::Authorization),
-            None if valid_name(&raw) => Ok(Self::Header(raw)),
-            _ => Err(format!("{raw:?} is not a header name, 'authorization' or 'cookie:NAME'")),
-        }
-    }
-
-    fn header_name(&self) -> &str {
-        match self {
-            Self::Authorization => "authorization",
-            Self::Header(name) => name,
-            Self::Cookie(_) => "cookie",
-        }
-    }
-
-    fn read<'h>(&self, headers: &'h HashMap<String, String>) -> Option<&'h str> {
-        let value = headers.get(self.header_name())?;
-        match self {
-            Self::Authorization => {
-                let (scheme, token) = value.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            }
-            Self::Header(_) => Some(value.trim()),
-            Self::Cookie(name) => value.split(';').find_map(|pair| {
-                let (key, value) = pair.trim().split_once('=')?;
-                (key == name).then_some(value)
-            }),
-        }
-        .filter(|c| !c.is_empty())
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct ExtAuthzSettings {
@@ -114,7 +63,7 @@ impl Authorization for CheckService {
         else {
             return Ok(Response::new(denied(Code::ValidationError, "the check request has no HTTP attributes", None)));
         };
-        if let Err(invalid) = convert::method_and_path(&http.method, &http.path) {
+        if let Err(invalid) = crate::edge::method_and_path(&http.method, &http.path) {
             return Ok(Response::new(denied(Code::ValidationError, &invalid.to_string(), None)));
         }
         let found = self.settings.credential_headers.iter().find_map(|h| h.read(&http.headers).map(|c| (h, c)));
@@ -184,31 +133,6 @@ fn allowed<'h>(
     response
 }
 
-/// The `x-keygate-*` headers an allowed request carries upstream.
-pub fn principal_headers(verdict: &Verdict) -> Vec<(&'static str, String)> {
-    let mut set = Vec::with_capacity(6);
-    if let Some(principal) = &verdict.principal {
-        set.push(("x-keygate-principal-kind", principal.kind().as_str().to_owned()));
-        set.push(("x-keygate-account-id", principal.account_id().to_string()));
-        match principal {
-            Principal::Key(key) => {
-                set.push(("x-keygate-key-id", key.id.to_string()));
-                let scopes: Vec<_> = key.scopes.iter().map(|s| s.as_str()).collect();
-                set.push(("x-keygate-scopes", scopes.join(",")));
-            }
-            Principal::Session(session) => {
-                set.push(("x-keygate-session-id", session.id.to_string()));
-                set.push(("x-keygate-user-id", session.user_id.to_string()));
-            }
-        }
-    }
-    // The application the decision was made for: what the upstream should act on.
-    if let Some(application) = &verdict.application_id {
-        set.push(("x-keygate-application-id", application.clone()));
-    }
-    set
-}
-
 /// A deny with the code's own HTTP and gRPC statuses, and the page's exact envelope.
 fn denied(code: Code, message: &str, retry_after_seconds: Option<u32>) -> CheckResponse {
     let mut denied = DeniedHttpResponseBuilder::new();
@@ -222,25 +146,4 @@ fn denied(code: Code, message: &str, retry_after_seconds: Option<u32>) -> CheckR
     let mut response = CheckResponse::with_status(Status::new(code.grpc_code(), message));
     response.set_http_response(denied);
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credential_headers_parse_and_read() {
-        assert_eq!(CredentialHeader::parse("Authorization").unwrap(), CredentialHeader::Authorization);
-        assert_eq!(CredentialHeader::parse("X-Api-Key").unwrap(), CredentialHeader::Header("x-api-key".into()));
-        assert_eq!(CredentialHeader::parse("cookie:sid").unwrap(), CredentialHeader::Cookie("sid".into()));
-        assert!(CredentialHeader::parse("cookie:").is_err());
-        assert!(CredentialHeader::parse("a b").is_err());
-        let headers = HashMap::from([
-            ("authorization".to_owned(), "Bearer kg_1".to_owned()),
-            ("cookie".to_owned(), "a=1; sid=kgs_2".to_owned()),
-        ]);
-        assert_eq!(CredentialHeader::Authorization.read(&headers), Some("kg_1"));
-        assert_eq!(CredentialHeader::Cookie("sid".into()).read(&headers), Some("kgs_2"));
-        assert_eq!(CredentialHeader::Header("x-api-key".into()).read(&headers), None);
-    }
 }

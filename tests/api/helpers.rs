@@ -57,6 +57,8 @@ pub struct TestApp {
     pub channel: Channel,
     /// `http://ADDRESS/metrics`, when the settings turned metrics on.
     pub metrics_url: Option<String>,
+    /// `http://ADDRESS` of the forward-auth listener, when the settings turned it on.
+    pub http_url: Option<String>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _db: Option<TestDb>,
@@ -93,6 +95,7 @@ impl TestApp {
         let address = format!("http://{}", app.local_addr());
         let handles = app.handles();
         let metrics_url = app.metrics_addr().map(|a| format!("http://{a}/metrics"));
+        let http_url = app.http_addr().map(|a| format!("http://{a}"));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let server = tokio::spawn(app.run_until(async {
             let _ = rx.await;
@@ -108,6 +111,7 @@ impl TestApp {
             authorizer: AuthorizerClient::new(channel.clone()),
             channel,
             metrics_url,
+            http_url,
             shutdown: Some(tx),
             server: Some(server),
             _db: None,

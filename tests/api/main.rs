@@ -11,6 +11,7 @@ mod edge_contract;
 mod example;
 mod ext_authz;
 mod faults;
+mod forward_auth;
 mod helpers;
 mod limits;
 mod operations;

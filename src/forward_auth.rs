@@ -1,0 +1,158 @@
+//! HTTP forward auth: keygate behind nginx (`auth_request`), Caddy (`forward_auth`),
+//! Traefik (`forwardAuth`) and any proxy that asks an HTTP endpoint before it proxies.
+//!
+//! The proxy sends a subrequest with the client's headers and the original method and URI
+//! in `X-Forwarded-Method`/`X-Forwarded-Uri` (Caddy, Traefik) or
+//! `X-Original-Method`/`X-Original-URI` (nginx), never the body. The decision is
+//! Authorize's; this module only translates:
+//! - allow: 200, and every principal header (empty when it does not apply) for the proxy to
+//!   copy upstream;
+//! - deny: the error page's status, `content-type: application/json`, the exact envelope,
+//!   `retry-after` on 429 — and the same facts as headers (`x-keygate-status`,
+//!   `x-keygate-code`, `x-keygate-envelope`), because nginx can read an auth response's
+//!   headers but not its body, and turns every status but 401 and 403 into 500;
+//! - no decision (a store down, the deadline passed): the page's 500 with an error id.
+//!
+//! A subrequest that carries a client's `x-keygate-*` header is refused (400 bad_request):
+//! nginx cannot remove a header namespace, so keygate makes sure none passes.
+
+use crate::authz::decision::Deny;
+use crate::authz::{AuthorizeQuery, Authorizer, Verdict};
+use crate::breaker::Breaker;
+use crate::code::Code;
+use crate::config::EdgeSettings;
+use crate::domain::ClientNetwork;
+use crate::edge::{principal_headers, CredentialHeader, PRINCIPAL_HEADERS};
+use crate::policy::RequestParts;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keygate_api::edge::is_reserved_header;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Where the proxy asks.
+pub const FORWARD_AUTH_PATH: &str = "/forward-auth";
+/// Where proxies and orchestrators check that keygate serves.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// What the forward-auth listener needs.
+#[derive(Clone)]
+pub struct ForwardAuth {
+    pub authorizer: Arc<Authorizer>,
+    pub credential_headers: Arc<[CredentialHeader]>,
+    pub edge: EdgeSettings,
+    pub store_breaker: Arc<Breaker>,
+}
+
+/// The listener's routes.
+pub fn router(state: ForwardAuth) -> axum::Router {
+    axum::Router::new()
+        .route(FORWARD_AUTH_PATH, axum::routing::any(forward_auth))
+        .route(HEALTH_PATH, axum::routing::get(health))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` completes; each connection's peer address is the proxy's.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ForwardAuth,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn health(State(state): State<ForwardAuth>) -> Response {
+    // Serving even while the store is down: cached keys are still decided.
+    let store = if state.store_breaker.is_open() { "unreachable" } else { "up" };
+    json(StatusCode::OK, format!(r#"{{"status":"serving","store":"{store}"}}"#))
+}
+
+async fn forward_auth(
+    State(state): State<ForwardAuth>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(name) = headers.keys().find(|name| is_reserved_header(name.as_str())) {
+        let message = format!("the header {name} is reserved for keygate and may not be sent by a client");
+        return denied(Code::BadRequest, &message, None);
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let text = |names: [&str; 2]| names.into_iter().find_map(header);
+    let (Some(method), Some(uri)) =
+        (text(["x-forwarded-method", "x-original-method"]), text(["x-forwarded-uri", "x-original-uri"]))
+    else {
+        let message = "a forward-auth request names the original request in X-Forwarded-Method and \
+                       X-Forwarded-Uri (or X-Original-Method and X-Original-URI)";
+        return denied(Code::ValidationError, message, None);
+    };
+    if let Err(invalid) = crate::edge::method_and_path(method, uri) {
+        return denied(Code::ValidationError, &invalid.to_string(), None);
+    }
+    let credential = state.credential_headers.iter().find_map(|source| source.read(&headers)).unwrap_or("");
+    let client = keygate_api::edge::client_address_from_headers(
+        Some(peer.ip()),
+        header("x-forwarded-for"),
+        header("forwarded"),
+        state.edge.trusted_proxy_hops,
+    )
+    .map(ClientNetwork::of);
+    let query = AuthorizeQuery {
+        credential,
+        method,
+        path: uri,
+        application_id: None,
+        required_scopes: Vec::new(),
+        client,
+        parts: RequestParts { query: None, headers: &headers, body: None },
+    };
+    // No caller deadline travels over HTTP: the configured one, below the proxy's timeout.
+    match state.authorizer.authorize_within(&query, state.edge.decision_deadline).await {
+        Ok(verdict @ Verdict { deny: None, .. }) => allowed(&verdict),
+        Ok(Verdict { deny: Some(Deny { code, message }), rate_limit, .. }) => {
+            denied(code, &message, rate_limit.map(|r| r.retry_after_seconds).filter(|s| *s > 0))
+        }
+        Err(failure) => {
+            let error_id = crate::grpc::status::log_failure(&failure);
+            let message = format!("the authorization service cannot decide right now (error id {error_id})");
+            denied(Code::InternalError, &message, None)
+        }
+    }
+}
+
+fn allowed(verdict: &Verdict) -> Response {
+    let set = principal_headers(verdict);
+    let mut response = StatusCode::OK.into_response();
+    for name in PRINCIPAL_HEADERS {
+        let value = set.iter().find(|(n, _)| *n == name).map_or("", |(_, v)| v.as_str());
+        // Ids and scopes are printable ASCII; anything else is sent empty rather than mangled.
+        let value = HeaderValue::from_str(value).unwrap_or(HeaderValue::from_static(""));
+        response.headers_mut().insert(HeaderName::from_static(name), value);
+    }
+    response
+}
+
+fn denied(code: Code, message: &str, retry_after_seconds: Option<u32>) -> Response {
+    let envelope = code.envelope(message);
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = json(status, envelope.clone());
+    let headers = response.headers_mut();
+    if let Some(seconds) = retry_after_seconds {
+        headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    headers.insert("x-keygate-status", HeaderValue::from(code.http_status()));
+    headers.insert("x-keygate-code", HeaderValue::from_static(code.as_str()));
+    // The envelope is one line (JSON escapes control characters); bytes, so UTF-8 passes.
+    if let Ok(value) = HeaderValue::from_bytes(envelope.as_bytes()) {
+        headers.insert("x-keygate-envelope", value);
+    }
+    response
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,314 @@
+//! HTTP forward auth through a real nginx and a real Caddy, started here on free ports with
+//! the shipped configurations (examples/nginx, examples/caddy), in front of an upstream
+//! that echoes what reached it. The proxies come from Debian's packages (`.ci/run` installs
+//! them); without them a test fails under CI and says it skipped otherwise.
+
+use crate::helpers::{Db, TestApp, TestDb};
+use crate::sessions::create_session;
+use keygate::code::Code;
+use keygate::grpc::proto as pb;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Nginx,
+    Caddy,
+}
+
+/// A proxy process on a free loopback port, configured from the shipped example.
+pub struct Proxy {
+    pub kind: Kind,
+    pub url: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+fn binary(kind: Kind) -> Option<PathBuf> {
+    let (name, usual) = match kind {
+        Kind::Nginx => ("nginx", "/usr/sbin/nginx"),
+        Kind::Caddy => ("caddy", "/usr/bin/caddy"),
+    };
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(name));
+    std::iter::once(PathBuf::from(usual)).chain(on_path).find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Proxy {
+    /// `None` (having said why) when the proxy is not installed and CI is not set.
+    pub async fn start(kind: Kind, keygate_http: &str, upstream: &str) -> Option<Self> {
+        let Some(binary) = binary(kind) else {
+            assert!(std::env::var_os("CI").is_none(), "{kind:?} is not installed; .ci/run installs it");
+            eprintln!("skipped: {kind:?} is not installed (apt-get install nginx caddy)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let (template, file) = match kind {
+            Kind::Nginx => ("examples/nginx/nginx.conf", "nginx.conf"),
+            Kind::Caddy => ("examples/caddy/Caddyfile", "Caddyfile"),
+        };
+        let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(template))
+            .unwrap()
+            .replace("{{LISTEN_PORT}}", &port.to_string())
+            .replace("{{KEYGATE_HTTP}}", keygate_http)
+            .replace("{{UPSTREAM}}", upstream)
+            .replace("{{PREFIX}}", dir.path().to_str().unwrap());
+        let config = dir.path().join(file);
+        std::fs::write(&config, text).unwrap();
+        let mut command = Command::new(binary);
+        match kind {
+            Kind::Nginx => {
+                let prefix = dir.path().to_str().unwrap();
+                command.args(["-c", config.to_str().unwrap(), "-p", prefix, "-e", &format!("{prefix}/error.log")]);
+            }
+            Kind::Caddy => {
+                command.args(["run", "--config", config.to_str().unwrap(), "--adapter", "caddyfile"]);
+                // Caddy writes autosave.json and more under these.
+                for var in ["HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME"] {
+                    command.env(var, dir.path());
+                }
+            }
+        }
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the proxy starts");
+        let proxy = Self { kind, url: format!("http://127.0.0.1:{port}"), child, _dir: dir };
+        crate::helpers::eventually(&format!("{kind:?} listens"), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        Some(proxy)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An upstream that answers with what reached it: method, path, headers, body.
+pub async fn echo_upstream() -> String {
+    use axum::http::{HeaderMap, Method, Uri};
+    let echo = |method: Method, uri: Uri, headers: HeaderMap, body: String| async move {
+        let headers: serde_json::Map<String, Value> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), Value::from(v.to_str().unwrap_or("<binary>"))))
+            .collect();
+        axum::Json(json!({ "method": method.as_str(), "uri": uri.to_string(), "headers": headers, "body": body }))
+    };
+    let app = axum::Router::new().fallback(echo);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address.to_string()
+}
+
+/// keygate with forward auth on, one trusted hop (the proxy appends the client's address).
+async fn keygate() -> TestApp {
+    let db = TestDb::new(Db::Sqlite).await.unwrap();
+    TestApp::spawn_on(db, |s| {
+        s.http_listen = Some("127.0.0.1:0".parse().unwrap());
+        s.edge.trusted_proxy_hops = 1;
+    })
+    .await
+}
+
+fn host_port(url: &str) -> String {
+    url.trim_start_matches("http://").to_owned()
+}
+
+/// Status, content type, body, and retry-after.
+async fn call(request: reqwest::RequestBuilder) -> (u16, Option<String>, String, Option<String>) {
+    let response = request.send().await.unwrap();
+    let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    let (status, content_type, retry) = (response.status().as_u16(), header("content-type"), header("retry-after"));
+    (status, content_type, response.text().await.unwrap(), retry)
+}
+
+/// The page's status, exactly `application/json`, and the exact envelope bytes of `code`.
+#[track_caller]
+fn assert_envelope(kind: Kind, got: &(u16, Option<String>, String, Option<String>), code: Code) {
+    let (status, content_type, body, _) = got;
+    assert_eq!(*status, code.http_status(), "{kind:?}: {body}");
+    assert_eq!(content_type.as_deref(), Some("application/json"), "{kind:?}: {body}");
+    let envelope: keygate::code::Envelope =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{kind:?}: not an envelope ({e}): {body}"));
+    assert_eq!(envelope.code, code.as_str(), "{kind:?}: {body}");
+    assert_eq!(*body, code.envelope(&envelope.message), "{kind:?}: not the page's exact bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_answers_proxies_directly() {
+    let mut app = keygate().await;
+    let url = format!("{}/forward-auth", app.http_url.clone().unwrap());
+    let (key, secret) = app.create_key("acct_fa", &["applications:read"], &[]).await;
+    let client = reqwest::Client::new();
+    let ask =
+        |method: &str, uri: &str| client.get(&url).header("x-forwarded-method", method).header("x-forwarded-uri", uri);
+    // Allowed: 200 and every principal header, empty where it does not apply.
+    let response = ask("GET", "/api/v1/panel/applications?x=1").header("x-api-key", &secret).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(header("x-keygate-key-id").as_deref(), Some(key.id.as_str()));
+    assert_eq!(header("x-keygate-scopes").as_deref(), Some("applications:read"));
+    assert_eq!(header("x-keygate-session-id").as_deref(), Some(""));
+    assert_eq!(header("x-keygate-application-id").as_deref(), Some(""));
+    // nginx's names work the same.
+    let nginx = client
+        .get(&url)
+        .header("x-original-method", "GET")
+        .header("x-original-uri", "/api/v1/panel/applications")
+        .header("authorization", format!("Bearer {secret}"));
+    assert_eq!(nginx.send().await.unwrap().status(), 200);
+    // Denied: the envelope as body and as headers, for proxies that read only headers.
+    let response = ask("GET", "/api/v1/panel/api-keys").header("x-api-key", &secret).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(header("x-keygate-status").as_deref(), Some("403"));
+    assert_eq!(header("x-keygate-code").as_deref(), Some("insufficient_scope"));
+    let envelope = header("x-keygate-envelope").unwrap();
+    assert_eq!(response.text().await.unwrap(), envelope);
+    // A subrequest without the original request, or with a client's x-keygate-* header.
+    let got = call(client.get(&url).header("x-api-key", &secret)).await;
+    assert_envelope(Kind::Nginx, &got, Code::ValidationError);
+    let got = call(ask("GET", "/api/v1/panel/applications").header("x-keygate-account-id", "acct_admin")).await;
+    assert_envelope(Kind::Nginx, &got, Code::BadRequest);
+    assert!(got.2.contains("x-keygate-account-id"), "{}", got.2);
+    // Health, for the proxies' and orchestrators' checks.
+    let health = client.get(format!("{}/healthz", app.http_url.clone().unwrap())).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.json::<Value>().await.unwrap()["status"], "serving");
+}
+
+async fn through(kind: Kind) {
+    let mut app = keygate().await;
+    let upstream = echo_upstream().await;
+    let Some(proxy) = Proxy::start(kind, &host_port(app.http_url.as_ref().unwrap()), &upstream).await else {
+        return;
+    };
+    let base = proxy.url.clone();
+    let client = reqwest::Client::new();
+    let (a, b) = (app.create_app("acct_px").await.id, app.create_app("acct_px").await.id);
+    let (key, secret) = app.create_key("acct_px", &["applications:*"], &[&a]).await;
+    let (_, reader) = app.create_key("acct_px", &["applications:read"], &[]).await;
+    let (session, token) = create_session(&mut app, "acct_px", 3600).await;
+    let cookie = format!("keygate_session={token}");
+
+    // Allowed: the upstream gets the request, its body, and who the caller is.
+    let body = r#"{"name":"renamed"}"#;
+    let request = client.patch(format!("{base}/api/v1/panel/applications/{a}?verbose=1")).header("x-api-key", &secret);
+    let (status, _, echoed, _) = call(request.body(body)).await;
+    assert_eq!(status, 200, "{kind:?}: {echoed}");
+    let echoed: Value = serde_json::from_str(&echoed).unwrap();
+    assert_eq!((echoed["method"].as_str(), echoed["body"].as_str()), (Some("PATCH"), Some(body)));
+    let seen = &echoed["headers"];
+    assert_eq!(seen["x-keygate-key-id"], key.id.as_str(), "{kind:?}: {seen}");
+    assert_eq!(seen["x-keygate-account-id"], "acct_px");
+    assert_eq!(seen["x-keygate-application-id"], a.as_str());
+    let (status, _, echoed, _) =
+        call(client.post(format!("{base}/api/v1/panel/api-keys")).header("cookie", &cookie)).await;
+    assert_eq!(status, 200, "{kind:?}: {echoed}");
+    assert_eq!(serde_json::from_str::<Value>(&echoed).unwrap()["headers"]["x-keygate-session-id"], session.id);
+
+    // A client's own x-keygate-* headers never reach the upstream: Caddy removes the
+    // namespace; nginx cannot, so keygate refuses the request.
+    let spoofed = client
+        .get(format!("{base}/api/v1/panel/applications"))
+        .header("x-api-key", &reader)
+        .header("x-keygate-account-id", "acct_admin")
+        .header("x-keygate-anything", "1");
+    let got = call(spoofed).await;
+    match kind {
+        Kind::Caddy => {
+            assert_eq!(got.0, 200, "{}", got.2);
+            let seen = &serde_json::from_str::<Value>(&got.2).unwrap()["headers"];
+            assert_eq!(seen["x-keygate-account-id"], "acct_px");
+            assert!(seen.get("x-keygate-anything").is_none(), "{seen}");
+        }
+        Kind::Nginx => assert_envelope(kind, &got, Code::BadRequest),
+    }
+
+    // Every code keygate decides, with the page's status and exact envelope.
+    let get = |path: &str| client.get(format!("{base}{path}"));
+    assert_envelope(kind, &call(get("/api/v1/panel/applications")).await, Code::ApiKeyInvalid);
+    assert_envelope(kind, &call(client.post(format!("{base}/api/v1/panel/api-keys"))).await, Code::Unauth);
+    let as_key = client.post(format!("{base}/api/v1/panel/api-keys")).header("x-api-key", &reader);
+    assert_envelope(kind, &call(as_key).await, Code::SessionRequired);
+    assert_envelope(
+        kind,
+        &call(get("/api/v1/panel/api-keys").header("x-api-key", &reader)).await,
+        Code::InsufficientScope,
+    );
+    let other = get(&format!("/api/v1/panel/applications/{b}")).header("x-api-key", &secret);
+    assert_envelope(kind, &call(other).await, Code::ApplicationForbidden);
+    assert_envelope(kind, &call(get("/api/v1/nothing-here").header("x-api-key", &reader)).await, Code::NotFound);
+    assert_envelope(kind, &call(get("/api/v1/panel%2Fapplications")).await, Code::NotFound);
+    let rotate = || client.patch(format!("{base}/api/v1/panel/update-api-keys")).header("x-api-key", &secret);
+    assert_envelope(kind, &call(rotate()).await, Code::BadRequest);
+    // The error page's limits: 2 rotations per application per hour, restricted keys.
+    for _ in 0..2 {
+        let (status, _, body, _) = call(rotate().header("x-application-id", &a)).await;
+        assert_eq!(status, 200, "{kind:?}: {body}");
+    }
+    let limited = call(rotate().header("x-application-id", &a)).await;
+    assert_envelope(kind, &limited, Code::RateLimitReached);
+    assert!(limited.3.as_deref().is_some_and(|s| s.parse::<u32>().unwrap() > 0), "{kind:?}: retry-after");
+    let elsewhere = call(rotate().query(&[("application_id", b.as_str())])).await;
+    assert_envelope(kind, &elsewhere, Code::ApplicationForbidden);
+    // ... and 10 key creations per hour per account, by dashboard session.
+    for n in 1..10 {
+        let (status, _, body, _) =
+            call(client.post(format!("{base}/api/v1/panel/api-keys")).header("cookie", &cookie)).await;
+        assert_eq!(status, 200, "{kind:?}: creation {}: {body}", n + 1);
+    }
+    let eleventh = call(client.post(format!("{base}/api/v1/panel/api-keys")).header("cookie", &cookie)).await;
+    assert_envelope(kind, &eleventh, Code::RateLimitReached);
+    assert_eq!(eleventh.3.as_deref(), Some("3600"));
+    // Revoked and expired keys.
+    app.admin.revoke_api_key(pb::RevokeApiKeyRequest { id: key.id.clone(), reason: "test".into() }).await.unwrap();
+    assert_envelope(
+        kind,
+        &call(get("/api/v1/panel/applications").header("x-api-key", &secret)).await,
+        Code::ApiKeyRevoked,
+    );
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let expiring = app
+        .admin
+        .create_api_key(pb::CreateApiKeyRequest {
+            account_id: "acct_px".into(),
+            name: "short".into(),
+            scopes: vec!["*".into()],
+            expires_at: Some(prost_types::Timestamp { seconds: now.as_secs() as i64 + 3600, nanos: 0 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    app.clock.advance(Duration::from_secs(7200));
+    let bearer = format!("Bearer {expiring}");
+    assert_envelope(
+        kind,
+        &call(get("/api/v1/panel/applications").header("authorization", &bearer)).await,
+        Code::ApiKeyExpired,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_real_nginx() {
+    through(Kind::Nginx).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_real_caddy() {
+    through(Kind::Caddy).await
+}
