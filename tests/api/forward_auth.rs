@@ -20,7 +20,6 @@ pub enum Kind {
 
 /// A proxy process on a free loopback port, configured from the shipped example.
 pub struct Proxy {
-    pub kind: Kind,
     pub url: String,
     child: Child,
     _dir: tempfile::TempDir,
@@ -79,7 +78,7 @@ impl Proxy {
             }
         }
         let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the proxy starts");
-        let proxy = Self { kind, url: format!("http://127.0.0.1:{port}"), child, _dir: dir };
+        let proxy = Self { url: format!("http://127.0.0.1:{port}"), child, _dir: dir };
         crate::helpers::eventually(&format!("{kind:?} listens"), || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
         })

@@ -5,6 +5,7 @@
 
 use crate::edge_contract::envoy_check;
 use crate::example;
+use crate::forward_auth::{Kind as ProxyKind, Proxy};
 use crate::helpers::{eventually, Db, TestDb, ADMIN_TOKEN};
 use crate::relay::{target_of, Relay};
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse};
@@ -26,6 +27,8 @@ const APPS: &str = "/api/v1/panel/applications";
 struct Server {
     child: Child,
     address: String,
+    /// host:port of the forward-auth listener.
+    http: String,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -33,6 +36,7 @@ impl Server {
     fn start(database_url: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--http-listen", "127.0.0.1:0", "--trusted-proxy-hops", "1"])
             // Short freshness, so that cached keys are reloaded (and so served stale) soon.
             .args(["--cache-ttl-seconds", "1", "--serve-stale-seconds", "120"])
             .env("KEYGATE_DATABASE_URL", database_url)
@@ -49,17 +53,24 @@ impl Server {
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if event["message"] == "keygate is serving" {
-                        let _ = address_tx.send(event["address"].as_str().unwrap_or_default().to_owned());
+                    let address = event["address"].as_str().unwrap_or_default().to_owned();
+                    if event["message"] == "serving forward auth at /forward-auth" {
+                        let _ = address_tx.send(("http", address));
+                    } else if event["message"] == "keygate is serving" {
+                        let _ = address_tx.send(("grpc", address));
                     }
                 }
                 lines.lock().unwrap().push(line);
             }
         });
-        let address = address_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-            panic!("keygate did not start:\n{}", log.lock().unwrap().join("\n"));
-        });
-        Self { child, address: format!("http://{address}"), log }
+        let (mut address, mut http) = (String::new(), String::new());
+        while address.is_empty() || http.is_empty() {
+            let (which, value) = address_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+                panic!("keygate did not start:\n{}", log.lock().unwrap().join("\n"));
+            });
+            *(if which == "http" { &mut http } else { &mut address }) = value;
+        }
+        Self { child, address: format!("http://{address}"), http, log }
     }
 
     /// The log line that names `error_id`, if keygate logged one.
@@ -167,6 +178,25 @@ async fn a_refused_store_is_answered_within_the_edges_timeouts() {
     })
     .await;
     assert_eq!(http.get(&edge).header("x-api-key", &in_use).send().await.unwrap().status(), 200);
+    // Through nginx and Caddy with the shipped configurations (1 s auth timeouts).
+    let upstream = crate::forward_auth::echo_upstream().await;
+    for kind in [ProxyKind::Nginx, ProxyKind::Caddy] {
+        let Some(proxy) = Proxy::start(kind, &server.http, &upstream).await else { continue };
+        let url = format!("{}{APPS}", proxy.url);
+        let response = http.get(&url).header("x-api-key", &never_seen).send().await.unwrap();
+        assert_eq!(response.status(), 500, "{kind:?}");
+        assert_eq!(response.headers()["content-type"], "application/json", "{kind:?}");
+        let envelope: keygate::code::Envelope = response.json().await.unwrap();
+        assert_eq!(envelope.code, "INTERNAL_ERROR", "{kind:?}");
+        let id = error_id_of(&envelope.message);
+        eventually("the proxy's error id is keygate's", || {
+            let found = server.logged(&id).is_some();
+            async move { found }
+        })
+        .await;
+        let response = http.get(&url).header("x-api-key", &in_use).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{kind:?}: a cached key is served through the proxy");
+    }
     let stale = server.log.lock().unwrap().iter().any(|l| l.contains("unreachable: not waiting"));
     assert!(stale, "the breaker opened and said so");
 
