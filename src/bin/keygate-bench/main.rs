@@ -6,6 +6,8 @@
 //!   reported as a ratio to the floor.
 //! - `memory`: bytes per cached hot key with a million keys cached.
 //! - `soak`: minutes of load with key churn and garbage, every decision checked.
+//! - `proxy`: HTTP through a real nginx asking keygate's forward auth, against the same
+//!   nginx asking a no-op endpoint (every server in a process of its own).
 //!
 //! Servers run on a runtime of their own (two workers) and the load on another, so the
 //! client and the server compete for the machine the same way for keygate and the floor.
@@ -14,6 +16,7 @@ mod fixture;
 mod load;
 mod memory;
 mod propagation;
+mod proxy;
 mod report;
 mod soak;
 
@@ -46,6 +49,14 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         keys: usize,
     },
+    /// HTTP through nginx with keygate's forward auth against nginx with a no-op one.
+    Proxy(proxy::ProxyArgs),
+    /// (Used by `proxy`.) A no-op forward-auth endpoint and upstream, in its own process.
+    #[command(hide = true)]
+    NoopHttp {
+        #[arg(long)]
+        listen: String,
+    },
     /// Minutes of load with key churn and garbage, every decision checked.
     Soak {
         #[arg(long, default_value_t = 10)]
@@ -71,6 +82,8 @@ fn main() -> anyhow::Result<()> {
             Command::Load(args) => load::run(args).await,
             Command::Memory { keys } => memory::run(keys).await,
             Command::Soak { minutes, callers } => soak::run(minutes, callers).await,
+            Command::Proxy(args) => proxy::run(args).await,
+            Command::NoopHttp { listen } => proxy::serve_noop(&listen).await,
         }
     })
 }
