@@ -391,10 +391,9 @@ pub async fn serve_noop(listen: &str) -> anyhow::Result<()> {
         async move {
             let mut response = axum::http::Response::new(axum::body::Body::empty());
             for (name, value) in headers {
-                if let (Ok(name), Ok(value)) = (
-                    axum::http::HeaderName::from_bytes(name.as_bytes()),
-                    axum::http::HeaderValue::from_str(&value),
-                ) {
+                if let (Ok(name), Ok(value)) =
+                    (axum::http::HeaderName::from_bytes(name.as_bytes()), axum::http::HeaderValue::from_str(&value))
+                {
                     response.headers_mut().insert(name, value);
                 }
             }
