@@ -2,8 +2,9 @@
 //! environment variable; [`ServeArgs::into_settings`] checks them all and reports every
 //! bad value at once.
 
-use crate::authz::verifier::Argon2Settings;
-use crate::authz::{BruteForceSettings, VerifiedCacheSettings};
+use crate::authn::budget::BudgetSettings;
+use crate::authn::verifier::Argon2Settings;
+use crate::authn::AuthnSettings;
 use crate::breaker::BreakerSettings;
 use crate::edge::CredentialHeader;
 use crate::grpc::ext_authz::ExtAuthzSettings;
@@ -20,6 +21,9 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate-data/keygate.db";
 pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "keygate-data/admin-token";
 /// Admin tokens shorter than this are refused: they guard every key.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+pub const DEFAULT_DIGEST_KEY_FILE: &str = "keygate-data/digest-key";
+/// Digest keys shorter than this are refused.
+pub const MIN_DIGEST_KEY_LEN: usize = crate::authn::digest::MIN_DIGEST_KEY_LEN;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -93,13 +97,26 @@ pub struct ServeArgs {
     /// Check removes the credential's header before the request goes upstream.
     #[arg(long, env = "KEYGATE_EXT_AUTHZ_STRIP_CREDENTIAL")]
     pub ext_authz_strip_credential: bool,
-    /// Failed verifications per key id per minute before that key id is refused without
-    /// argon2 for the rest of the minute.
+    /// Failed argon2 verifications per key id per minute before further unrecognised
+    /// credentials for it are throttled (answered 429 with a retry time, never refused as
+    /// invalid). A credential recognised by its stored digest is never throttled.
     #[arg(long, env = "KEYGATE_MAX_FAILURES_PER_KEY", default_value_t = 20)]
     pub max_failures_per_key: u32,
-    /// The same per client IP (Authorize's client_ip, Check's source address).
+    /// Failed verifications and lookups of unknown ids per client network (IPv4 address,
+    /// IPv6 /64) per minute before that client's unrecognised credentials are throttled.
     #[arg(long, env = "KEYGATE_MAX_FAILURES_PER_IP", default_value_t = 100)]
     pub max_failures_per_ip: u32,
+    /// argon2 runs per second for key ids and clients that have failed before (default:
+    /// a quarter of argon2's capacity), so first verifications of real keys keep the rest.
+    #[arg(long, env = "KEYGATE_SUSPECT_VERIFICATIONS_PER_SECOND")]
+    pub suspect_verifications_per_second: Option<u32>,
+    /// The key of the digests of verified credentials (at least 32 characters; every
+    /// replica must have the same). When unset, the digest key file is used.
+    #[arg(long, env = "KEYGATE_DIGEST_KEY", hide_env_values = true)]
+    pub digest_key: Option<String>,
+    /// Used when no digest key is given: read, or created with a new random key (mode 0600).
+    #[arg(long, env = "KEYGATE_DIGEST_KEY_FILE", default_value = DEFAULT_DIGEST_KEY_FILE)]
+    pub digest_key_file: PathBuf,
     /// The longest session CreateSession may ask for.
     #[arg(long, env = "KEYGATE_SESSION_MAX_TTL_SECONDS", default_value_t = 2_592_000)]
     pub session_max_ttl_seconds: u64,
@@ -166,6 +183,22 @@ impl fmt::Display for MaskedUrl {
     }
 }
 
+/// Where the digest key comes from: given, or a file (created on first start).
+#[derive(Clone)]
+pub enum DigestKeySource {
+    Given(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for DigestKeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Given(_) => f.write_str("Given(<redacted>)"),
+            Self::File(path) => write!(f, "File({})", path.display()),
+        }
+    }
+}
+
 /// Where admin tokens come from.
 #[derive(Clone)]
 pub enum AdminTokenSource {
@@ -191,13 +224,15 @@ pub struct Settings {
     pub admin_token: AdminTokenSource,
     pub log_format: LogFormat,
     pub cache: CacheSettings,
-    pub verified_cache: VerifiedCacheSettings,
+    pub authn: AuthnSettings,
+    /// Where the key of the verified-credential digests comes from.
+    pub digest_key: DigestKeySource,
     pub argon2: Argon2Settings,
     pub rate_limit_store: Option<MaskedUrl>,
     pub rate_limit_key_prefix: String,
     pub manage: ManageSettings,
     pub ext_authz: ExtAuthzSettings,
-    pub brute_force: BruteForceSettings,
+    pub budgets: BudgetSettings,
     pub metrics_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
     pub usage: UsageSettings,
@@ -309,6 +344,14 @@ impl ServeArgs {
         if self.database_max_connections == 0 {
             problems.push("--database-max-connections: must be at least 1".to_owned());
         }
+        let digest_key = match self.digest_key {
+            Some(key) if key.trim().len() < MIN_DIGEST_KEY_LEN => {
+                problems.push(format!("KEYGATE_DIGEST_KEY: must be at least {MIN_DIGEST_KEY_LEN} characters"));
+                DigestKeySource::Given(key)
+            }
+            Some(key) => DigestKeySource::Given(key.trim().to_owned()),
+            None => DigestKeySource::File(self.digest_key_file),
+        };
         let admin_token = match self.admin_token {
             Some(token) if token.trim().len() < MIN_ADMIN_TOKEN_LEN => {
                 problems.push(format!("KEYGATE_ADMIN_TOKEN: must be at least {MIN_ADMIN_TOKEN_LEN} characters"));
@@ -322,6 +365,7 @@ impl ServeArgs {
         }
         let ttl = Duration::from_secs(self.cache_ttl_seconds);
         let defaults = Argon2Settings::default();
+        let argon2_slots = self.argon2_concurrency.unwrap_or(defaults.max_concurrent).max(1);
         Ok(Settings {
             listen,
             database_url: MaskedUrl::new(self.database_url),
@@ -334,7 +378,8 @@ impl ServeArgs {
                 ttl,
                 max_stale: Duration::from_secs(self.serve_stale_seconds),
             },
-            verified_cache: VerifiedCacheSettings { capacity: self.cache_capacity },
+            authn: AuthnSettings { capacity: self.cache_capacity, ..AuthnSettings::default() },
+            digest_key,
             argon2: Argon2Settings {
                 memory_kib: self.argon2_memory_kib,
                 iterations: self.argon2_iterations,
@@ -350,10 +395,15 @@ impl ServeArgs {
                 max_runtime_grace: Duration::from_secs(7 * 86_400),
             },
             ext_authz: ExtAuthzSettings { credential_headers, strip_credential: self.ext_authz_strip_credential },
-            brute_force: BruteForceSettings {
+            budgets: BudgetSettings {
                 max_failures_per_key: self.max_failures_per_key.max(1),
-                max_failures_per_ip: self.max_failures_per_ip.max(1),
-                ..BruteForceSettings::default()
+                max_failures_per_client: self.max_failures_per_ip.max(1),
+                suspect_verifications_per_second: self.suspect_verifications_per_second.unwrap_or(
+                    // A quarter of argon2's capacity at ~20 ms per verification.
+                    u32::try_from(argon2_slots * 50 / 4).unwrap_or(u32::MAX).max(1),
+                ),
+                capacity: self.cache_capacity,
+                ..BudgetSettings::default()
             },
             metrics_listen,
             http_listen,
@@ -433,6 +483,9 @@ mod tests {
             ext_authz_strip_credential: false,
             max_failures_per_key: 20,
             max_failures_per_ip: 100,
+            suspect_verifications_per_second: None,
+            digest_key: None,
+            digest_key_file: "d".into(),
             metrics_listen: Some("localhost".into()),
             http_listen: Some("nowhere:80".into()),
             last_used_interval_seconds: 60,

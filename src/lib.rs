@@ -5,6 +5,7 @@
 //! - [`code`] (from the `keygate-api` crate, with the protos): the error page's codes,
 //!   statuses, envelopes and messages; the only place that spells them.
 //! - [`policy`]: the route policy file and its route matcher.
+//! - [`authn`]: who is calling — credentials, keyed digests, argon2, guessing budgets.
 //! - [`authz`]: Authorize — gathers facts and decides ([`authz::decision`] is pure).
 //! - [`manage`]: the admin API's rules for applications and keys.
 //! - [`audit`]: the audit trail's events and categories.
@@ -20,6 +21,7 @@
 //! - [`cli`]: the `keygate` command line client.
 
 pub mod audit;
+pub mod authn;
 pub mod authz;
 pub mod breaker;
 pub mod cli;

@@ -1,15 +1,16 @@
 //! Key and application management: the admin API's rules, free of gRPC.
 
 use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
-use crate::authz::verifier::{Verifier, VerifierError};
+use crate::authn::verifier::{Verifier, VerifierError};
 use crate::clock::Clock;
 use crate::domain::{
-    AccountId, ApplicationId, CredentialKind, GeneratedKey, InvalidField, KeyId, Name, Scopes, SessionId, Timestamp,
-    UserId,
+    AccountId, ApplicationId, CredentialKind, GeneratedKey, InvalidField, KeyId, Name, NewKeyRecord, Scopes, SessionId,
+    Timestamp, UserId,
 };
 use crate::store::{
     Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
 };
+use crate::usage::UsageRecorder;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -75,6 +76,7 @@ pub struct Manager {
     store: Arc<dyn Store>,
     verifier: Arc<Verifier>,
     clock: Arc<dyn Clock>,
+    usage: Arc<UsageRecorder>,
     settings: ManageSettings,
 }
 
@@ -83,9 +85,15 @@ impl Manager {
         store: Arc<dyn Store>,
         verifier: Arc<Verifier>,
         clock: Arc<dyn Clock>,
+        usage: Arc<UsageRecorder>,
         settings: ManageSettings,
     ) -> Self {
-        Self { store, verifier, clock, settings }
+        Self { store, verifier, clock, usage, settings }
+    }
+
+    /// A key's last use as this replica knows it: stored, or seen since (batched writes).
+    pub fn last_used_at(&self, key: &KeyRecord) -> Option<Timestamp> {
+        self.usage.last_known(key)
     }
 
     pub async fn create_application(
@@ -137,24 +145,19 @@ impl Manager {
         self.check_applications(&new.account_id, &new.application_ids).await?;
         let generated = GeneratedKey::generate().map_err(VerifierError::from)?;
         let secret_hash = self.verifier.hash(generated.credential().secret().as_bytes()).await?;
-        let record = KeyRecord {
-            id: generated.credential().key_id(),
-            account_id: new.account_id,
-            kind: KeyKind::ApiKey,
-            name: new.name,
-            scopes: new.scopes,
-            application_ids: new.application_ids,
-            secret_hash,
-            created_at: now,
-            updated_at: now,
-            expires_at: new.expires_at,
-            revoked_at: None,
-            retire_at: None,
-            verified: Default::default(),
-            usage: Default::default(),
-            revoked_reason: None,
-            version: 1,
-        };
+        let record = KeyRecord::issued(
+            NewKeyRecord {
+                id: generated.credential().key_id(),
+                account_id: new.account_id,
+                kind: KeyKind::ApiKey,
+                name: new.name,
+                scopes: new.scopes,
+                application_ids: new.application_ids,
+                secret_hash,
+                expires_at: new.expires_at,
+            },
+            now,
+        );
         let detail = json!({
             "name": record.name.as_str(),
             "scopes": scope_names(&record.scopes),
@@ -252,24 +255,19 @@ impl Manager {
         let now = self.clock.now();
         let credential = GeneratedKey::generate_kind(CredentialKind::RuntimeKey).map_err(VerifierError::from)?;
         let secret_hash = self.verifier.hash(credential.credential().secret().as_bytes()).await?;
-        let key = KeyRecord {
-            id: credential.credential().key_id(),
-            account_id: application.account_id.clone(),
-            kind: KeyKind::Runtime,
-            name: Name::from_trusted(format!("runtime key of {}", application.id)),
-            scopes: Scopes::default(),
-            application_ids: vec![application.id.clone()],
-            secret_hash,
-            created_at: now,
-            updated_at: now,
-            expires_at: None,
-            revoked_at: None,
-            retire_at: None,
-            verified: Default::default(),
-            usage: Default::default(),
-            revoked_reason: None,
-            version: 1,
-        };
+        let key = KeyRecord::issued(
+            NewKeyRecord {
+                id: credential.credential().key_id(),
+                account_id: application.account_id.clone(),
+                kind: KeyKind::Runtime,
+                name: Name::from_trusted(format!("runtime key of {}", application.id)),
+                scopes: Scopes::default(),
+                application_ids: vec![application.id.clone()],
+                secret_hash,
+                expires_at: None,
+            },
+            now,
+        );
         let retire_at = now.saturating_add(grace);
         let audit = self.event(
             &key.account_id,
@@ -279,7 +277,7 @@ impl Manager {
             json!({ "key_id": key.id.to_string(), "grace_period_seconds": grace.as_secs() }),
         )?;
         let previous = self.store.rotate_runtime_key(&key, retire_at, &audit).await?;
-        Ok(Rotation { key, credential, previous: previous.map(|id| (id, retire_at)) })
+        Ok(Rotation { key, credential, previous: previous.first().map(|id| (*id, retire_at)) })
     }
 
     /// Starts a dashboard session; the token is the only copy of its secret anywhere.

@@ -2,11 +2,14 @@
 //! [`Application::build`] binds the listener (port 0 works), so tests and `main` start
 //! the very same server.
 
-use crate::authz::verifier::Verifier;
-use crate::authz::{Authorizer, AuthorizerSettings};
+use crate::authn::budget::FailureBudgets;
+use crate::authn::digest::CredentialDigester;
+use crate::authn::verifier::Verifier;
+use crate::authn::Authenticator;
+use crate::authz::Authorizer;
 use crate::breaker::Breaker;
 use crate::clock::Clock;
-use crate::config::{AdminTokenSource, Settings, MIN_ADMIN_TOKEN_LEN};
+use crate::config::{AdminTokenSource, DigestKeySource, Settings, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN};
 use crate::forward_auth::ForwardAuth;
 use crate::grpc::admin::{AdminService, AdminTokens};
 use crate::grpc::authorizer::AuthorizerService;
@@ -143,8 +146,9 @@ impl Application {
         let metered = MeteredStore::new(Arc::new(bounded));
         let store_metrics = metered.metrics();
         let cache = Arc::new(CachedStore::new(Arc::new(metered), settings.cache));
-        let usage = Arc::new(UsageRecorder::new(cache.clone(), settings.usage));
-        let verifier = Arc::new(Verifier::new(settings.argon2).await?);
+        let usage = Arc::new(UsageRecorder::new(cache.clone(), settings.usage, settings.cache.capacity));
+        let verifier = Arc::new(Verifier::new(settings.argon2)?);
+        let digester = CredentialDigester::new(load_digest_key(&settings.digest_key)?.as_bytes());
         let invalidation = match store.backend() {
             Backend::Postgres => {
                 let (status, task) = invalidation::spawn(settings.database_url.expose().to_owned(), cache.clone());
@@ -182,16 +186,16 @@ impl Application {
                 }
             })));
         }
-        let authorizer = Arc::new(Authorizer::new(
-            policy,
+        let authn = Arc::new(Authenticator::new(
             cache.clone(),
             verifier.clone(),
-            limiter,
-            clock.clone(),
-            usage.clone(),
-            AuthorizerSettings { verified_cache: settings.verified_cache, brute_force: settings.brute_force },
+            digester,
+            FailureBudgets::new(settings.budgets),
+            settings.authn,
         ));
-        let manager = Arc::new(Manager::new(cache.clone(), verifier.clone(), clock.clone(), settings.manage));
+        let authorizer = Arc::new(Authorizer::new(policy, cache.clone(), authn, limiter, clock.clone(), usage.clone()));
+        let manager =
+            Arc::new(Manager::new(cache.clone(), verifier.clone(), clock.clone(), usage.clone(), settings.manage));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<AuthorizerServer<AuthorizerService>>().await;
@@ -342,23 +346,32 @@ impl Application {
 
 /// The given token, or the one in the token file, creating the file on first start.
 fn load_admin_token(source: &AdminTokenSource) -> anyhow::Result<String> {
-    let path = match source {
-        AdminTokenSource::Given(token) => return Ok(token.clone()),
-        AdminTokenSource::File(path) => path,
-    };
-    match std::fs::read_to_string(path) {
-        Ok(token) if token.trim().len() >= MIN_ADMIN_TOKEN_LEN => return Ok(token.trim().to_owned()),
-        Ok(_) => anyhow::bail!(
-            "the admin token file {} holds a token shorter than {MIN_ADMIN_TOKEN_LEN} characters",
-            path.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read the admin token file {}", path.display())),
+    match source {
+        AdminTokenSource::Given(token) => Ok(token.clone()),
+        AdminTokenSource::File(path) => secret_file(path, "admin token", MIN_ADMIN_TOKEN_LEN, "kgadm_"),
     }
-    let token = format!("kgadm_{}", crate::domain::random_token(40)?);
-    write_private(path, &token).with_context(|| format!("cannot create the admin token file {}", path.display()))?;
-    tracing::info!(path = %path.display(), "created a new admin token file (KEYGATE_ADMIN_TOKEN was not set)");
-    Ok(token)
+}
+
+/// The given digest key, or the one in the digest key file, creating it on first start.
+fn load_digest_key(source: &DigestKeySource) -> anyhow::Result<String> {
+    match source {
+        DigestKeySource::Given(key) => Ok(key.clone()),
+        DigestKeySource::File(path) => secret_file(path, "digest key", MIN_DIGEST_KEY_LEN, "kgdk_"),
+    }
+}
+
+/// A secret kept in a file: read, or made (random, mode 0600) when the file is missing.
+fn secret_file(path: &Path, what: &str, min_len: usize, prefix: &str) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(secret) if secret.trim().len() >= min_len => return Ok(secret.trim().to_owned()),
+        Ok(_) => anyhow::bail!("the {what} file {} holds fewer than {min_len} characters", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read the {what} file {}", path.display())),
+    }
+    let secret = format!("{prefix}{}", crate::domain::random_token(43)?);
+    write_private(path, &secret).with_context(|| format!("cannot create the {what} file {}", path.display()))?;
+    tracing::info!(path = %path.display(), "created a new {what} file");
+    Ok(secret)
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {

@@ -1,8 +1,9 @@
 //! `last_used_at` without a database write per request.
 //!
-//! An allowed call asks the cached key record whether its last known use is older than
-//! the reporting interval (an atomic on the record: no lock, no lookup on the hot path).
-//! Only the one call that claims the report touches the pending map; a background task
+//! An allowed call asks whether the key's last known use — the later of what is stored and
+//! what this replica last reported, kept here, not on the record — is older than the
+//! reporting interval. Only a call that claims the report touches the pending map; a
+//! background task
 //! writes the map to the store in one transaction every few seconds. So each key costs at
 //! most one write per interval per replica, and a failed write is kept for the next flush.
 
@@ -33,21 +34,39 @@ impl Default for UsageSettings {
 pub struct UsageRecorder {
     store: Arc<dyn Store>,
     settings: UsageSettings,
+    /// The last use this replica reported per key, in Unix milliseconds.
+    reported: quick_cache::sync::Cache<KeyId, i64>,
     pending: Mutex<HashMap<KeyId, Timestamp>>,
     /// Key uses written to the store.
     written: Counter,
 }
 
 impl UsageRecorder {
-    pub fn new(store: Arc<dyn Store>, settings: UsageSettings) -> Self {
-        Self { store, settings, pending: Mutex::default(), written: Counter::default() }
+    /// `capacity`: the keys whose last report is remembered (as many as the cache holds).
+    pub fn new(store: Arc<dyn Store>, settings: UsageSettings, capacity: u64) -> Self {
+        Self {
+            store,
+            settings,
+            reported: quick_cache::sync::Cache::new(usize::try_from(capacity.max(1)).unwrap_or(usize::MAX)),
+            pending: Mutex::default(),
+            written: Counter::default(),
+        }
     }
 
-    /// Called for every allowed call made with a key.
+    /// Called for every allowed call made with a key. Two calls racing past the interval
+    /// may both report: the pending map keeps one use per key either way.
     pub fn used(&self, key: &KeyRecord, now: Timestamp) {
-        if key.usage.claim_report(now, self.settings.every) {
+        let last = self.last_known(key).map_or(0, Timestamp::as_millis);
+        if now.as_millis().saturating_sub(last) >= self.settings.every.as_millis() as i64 {
+            self.reported.insert(key.id, now.as_millis());
             self.keep(&[(key.id, now)]);
         }
+    }
+
+    /// The key's last use as known here: stored, or reported since.
+    pub fn last_known(&self, key: &KeyRecord) -> Option<Timestamp> {
+        let reported = self.reported.get(&key.id).map(Timestamp::from_millis);
+        key.last_used_at.max(reported)
     }
 
     /// Writes what is pending. On failure everything not written stays pending.

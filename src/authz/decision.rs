@@ -2,59 +2,8 @@
 //! the request is about, the scopes it needs and the time. No I/O, no clock, no tonic.
 
 use crate::code::Code;
-use crate::domain::{AccountId, ApplicationId, CredentialKind, Scope, Timestamp};
-use crate::store::{Application, KeyKind, KeyRecord, SessionRecord};
-use std::borrow::Cow;
-use std::sync::Arc;
-
-/// Why a request is denied: a stable code and human text that never holds a secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Deny {
-    pub code: Code,
-    pub message: Cow<'static, str>,
-}
-
-impl Deny {
-    pub fn new(code: Code, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { code, message: message.into() }
-    }
-
-    pub fn of(code: Code) -> Self {
-        Self::new(code, code.default_message())
-    }
-}
-
-/// Who presented a verified credential.
-#[derive(Debug, Clone)]
-pub enum Principal {
-    /// An API key or an application runtime key.
-    Key(Arc<KeyRecord>),
-    Session(Arc<SessionRecord>),
-}
-
-impl Principal {
-    pub fn kind(&self) -> CredentialKind {
-        match self {
-            Principal::Key(key) if key.kind == KeyKind::Runtime => CredentialKind::RuntimeKey,
-            Principal::Key(_) => CredentialKind::ApiKey,
-            Principal::Session(_) => CredentialKind::Session,
-        }
-    }
-
-    pub fn account_id(&self) -> &AccountId {
-        match self {
-            Principal::Key(key) => &key.account_id,
-            Principal::Session(session) => &session.account_id,
-        }
-    }
-
-    fn allows_application(&self, id: &ApplicationId) -> bool {
-        match self {
-            Principal::Key(key) => key.allows_application(id),
-            Principal::Session(_) => true,
-        }
-    }
-}
+use crate::domain::{Application, KeyKind, Scope, Timestamp};
+pub use crate::domain::{Deny, Principal};
 
 /// What the request says about an application, after looking it up.
 #[derive(Debug, Clone, Copy)]
@@ -132,27 +81,26 @@ fn application_not_found() -> Deny {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{KeyId, Name, Scopes, SecretHash, SessionId, UserId};
+    use crate::domain::{
+        AccountId, ApplicationId, KeyId, KeyRecord, Name, NewKeyRecord, Scopes, SecretHash, SessionId, SessionRecord,
+        UserId,
+    };
+    use std::sync::Arc;
 
     fn key() -> KeyRecord {
-        KeyRecord {
-            id: KeyId::parse("key_0000000000000000").unwrap(),
-            account_id: AccountId::parse("acct_1").unwrap(),
-            kind: KeyKind::ApiKey,
-            name: Name::parse("name", "k").unwrap(),
-            scopes: Scopes::parse_grants(&["applications:read"]).unwrap(),
-            application_ids: vec![],
-            secret_hash: SecretHash::new(String::new()),
-            created_at: Timestamp::from_millis(0),
-            updated_at: Timestamp::from_millis(0),
-            expires_at: None,
-            revoked_at: None,
-            retire_at: None,
-            verified: Default::default(),
-            usage: Default::default(),
-            revoked_reason: None,
-            version: 1,
-        }
+        KeyRecord::issued(
+            NewKeyRecord {
+                id: KeyId::parse("key_0000000000000000").unwrap(),
+                account_id: AccountId::parse("acct_1").unwrap(),
+                kind: KeyKind::ApiKey,
+                name: Name::parse("name", "k").unwrap(),
+                scopes: Scopes::parse_grants(&["applications:read"]).unwrap(),
+                application_ids: vec![],
+                secret_hash: SecretHash::new(String::new()),
+                expires_at: None,
+            },
+            Timestamp::from_millis(0),
+        )
     }
 
     fn session(expires_at: i64) -> Principal {

@@ -1,29 +1,26 @@
 //! Authorize: from a request to a [`Verdict`], in the order of the README's decision table.
 //!
-//! This module gathers the facts (route, credential, principal, application, limits)
-//! through the [`Store`] trait, the [`Verifier`] and the [`Limiter`];
+//! This module gathers the facts — the route, who is calling ([`Authenticator`]), the
+//! application (through the [`Store`] trait), the limits ([`Limiter`]) — and
 //! [`decision::evaluate`] decides on them.
 
 pub mod decision;
 mod metrics;
-pub mod verifier;
 
+use crate::authn::verifier::VerifierError;
+use crate::authn::{Authentication, Authenticator, AuthnError, Throttled};
 use crate::clock::Clock;
 use crate::code::Code;
-use crate::domain::{ApplicationId, ClientNetwork, Credential, CredentialKind, KeyId, Scope, Timestamp};
-use crate::policy::{Accepts, Access, LimitSubject, NamedApplication, Policy, RequestParts};
+use crate::domain::{ApplicationId, ClientNetwork, Scope, Timestamp};
+use crate::policy::{Access, LimitSubject, NamedApplication, Policy, RequestParts};
 use crate::ratelimit::{LimitCheck, LimitOutcome, Limiter, LimiterError, Room};
-use crate::store::{KeyKind, KeyRecord, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::usage::UsageRecorder;
 use decision::{evaluate, ApplicationFact, Deny, Principal};
 use metrics::{ActivePolicy, DecisionCounters, LimitOutcomes};
 pub use metrics::{AuthorizeMetrics, CauseLabels, DecisionLabels, OutcomeLabels};
-use sha2::{Digest, Sha256};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use subtle::ConstantTimeEq;
-use verifier::{Verifier, VerifierError};
 
 /// A request to decide, borrowed from the wire message.
 #[derive(Debug)]
@@ -95,48 +92,13 @@ impl From<StoreError> for AuthzError {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct VerifiedCacheSettings {
-    pub capacity: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct AuthorizerSettings {
-    pub verified_cache: VerifiedCacheSettings,
-    pub brute_force: BruteForceSettings,
-}
-
-/// Bounds on what wrong secrets can cost.
-#[derive(Debug, Clone, Copy)]
-pub struct BruteForceSettings {
-    /// A wrong credential is remembered this long, so repeating it costs no argon2.
-    pub negative_ttl: Duration,
-    /// Failed verifications allowed per key id per window; past it, that key id is
-    /// refused without argon2 until the window (counted from the first failure) ends.
-    pub max_failures_per_key: u32,
-    /// The same per client IP (when the request names one), across key ids.
-    pub max_failures_per_ip: u32,
-    pub failure_window: Duration,
-}
-
-impl Default for BruteForceSettings {
-    fn default() -> Self {
-        Self {
-            negative_ttl: Duration::from_secs(60),
-            max_failures_per_key: 20,
-            max_failures_per_ip: 100,
-            failure_window: Duration::from_secs(60),
+impl From<AuthnError> for AuthzError {
+    fn from(e: AuthnError) -> Self {
+        match e {
+            AuthnError::Store(e) => e.into(),
+            AuthnError::Verifier(e) => AuthzError::Verifier(e),
         }
     }
-}
-
-/// Why a presented secret was not accepted; shared by callers that waited on one check.
-#[derive(Debug, thiserror::Error)]
-enum NotVerified {
-    #[error("wrong secret")]
-    Mismatch,
-    #[error(transparent)]
-    Failed(#[from] VerifierError),
 }
 
 pub struct Authorizer {
@@ -144,21 +106,10 @@ pub struct Authorizer {
     policy: arc_swap::ArcSwap<ActivePolicy>,
     /// Decisions of calls no route matched.
     unrouted: DecisionCounters,
+    /// Applications, looked up by the id a request names.
     store: Arc<dyn Store>,
-    verifier: Arc<Verifier>,
+    authn: Arc<Authenticator>,
     limiter: Arc<Limiter>,
-    /// Verifications in flight and just finished, by SHA-256 digest of the whole credential
-    /// (never the credential): concurrent misses for one credential share one argon2 run.
-    /// What was verified is then remembered on the cached record itself
-    /// ([`KeyRecord::verified`]), so a hot key costs one cache entry, not two.
-    verifying: moka::future::Cache<[u8; 32], ()>,
-    /// Digests of credentials argon2 rejected: a repeated wrong secret costs a lookup.
-    rejected: moka::sync::Cache<[u8; 32], ()>,
-    /// Failed verifications per key id, in a window that starts at the first failure.
-    failures: moka::sync::Cache<KeyId, Arc<AtomicU32>>,
-    /// The same per client IP.
-    failures_by_ip: moka::sync::Cache<Box<str>, Arc<AtomicU32>>,
-    brute_force: BruteForceSettings,
     clock: Arc<dyn Clock>,
     usage: Arc<UsageRecorder>,
     metrics: AuthorizeMetrics,
@@ -170,37 +121,18 @@ impl Authorizer {
     pub fn new(
         policy: Policy,
         store: Arc<dyn Store>,
-        verifier: Arc<Verifier>,
+        authn: Arc<Authenticator>,
         limiter: Arc<Limiter>,
         clock: Arc<dyn Clock>,
         usage: Arc<UsageRecorder>,
-        settings: AuthorizerSettings,
     ) -> Self {
-        let AuthorizerSettings { verified_cache: settings, brute_force } = settings;
         let metrics = AuthorizeMetrics::default();
         Self {
             policy: arc_swap::ArcSwap::new(Arc::new(ActivePolicy::new(policy))),
             unrouted: DecisionCounters::default(),
             store,
-            verifier,
+            authn,
             limiter,
-            verifying: moka::future::Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_live(Duration::from_secs(10))
-                .build(),
-            rejected: moka::sync::Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_live(brute_force.negative_ttl)
-                .build(),
-            failures: moka::sync::Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_live(brute_force.failure_window)
-                .build(),
-            failures_by_ip: moka::sync::Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_live(brute_force.failure_window)
-                .build(),
-            brute_force,
             clock,
             usage,
             limit_outcomes: LimitOutcomes::of(&metrics.limits),
@@ -297,9 +229,10 @@ impl Authorizer {
         match route.access {
             // 2-4. Who is calling.
             Access::Credentials(accepts) => {
-                let principal = match self.authenticate(query.credential, accepts, query.client).await? {
-                    Ok(principal) => principal,
-                    Err(deny) => return Ok(verdict.deny(deny)),
+                let principal = match self.authn.authenticate(query.credential, accepts, query.client).await? {
+                    Authentication::Verified(principal) => principal,
+                    Authentication::Refused(deny) => return Ok(verdict.deny(deny)),
+                    Authentication::Throttled(throttled) => return Ok(throttled_verdict(verdict, throttled)),
                 };
                 // 5-7. State, application, scopes.
                 let application = match application_id {
@@ -397,161 +330,16 @@ impl Authorizer {
             }
         }
     }
+}
 
-    /// Steps 2-4: a credential the route accepts, well-formed, known and verified.
-    async fn authenticate(
-        &self,
-        raw: &str,
-        accepts: Accepts,
-        client: Option<ClientNetwork>,
-    ) -> Result<Result<Principal, Deny>, AuthzError> {
-        // What a missing or unusable credential is called depends on what the route wants.
-        let missing = if accepts.any_key() { Code::ApiKeyInvalid } else { Code::Unauth };
-        if raw.is_empty() {
-            return Ok(Err(Deny::new(missing, "no credential was presented")));
-        }
-        let Some(kind) = CredentialKind::of(raw) else {
-            return Ok(Err(Deny::new(missing, "the credential is not in a format keygate issues")));
-        };
-        if !accepts.allows(kind) {
-            let deny = match kind {
-                // A key where only a session will do: said without any argon2 work.
-                CredentialKind::ApiKey | CredentialKind::RuntimeKey if !accepts.any_key() => {
-                    Deny::of(Code::SessionRequired)
-                }
-                CredentialKind::ApiKey | CredentialKind::RuntimeKey => {
-                    Deny::new(Code::ApiKeyInvalid, format!("a {} is not accepted on this route", kind.as_str()))
-                }
-                CredentialKind::Session => {
-                    Deny::new(Code::ApiKeyInvalid, "this route needs an API key, not a dashboard session")
-                }
-            };
-            return Ok(Err(deny));
-        }
-        let invalid = match kind {
-            CredentialKind::Session => Code::Unauth,
-            CredentialKind::ApiKey | CredentialKind::RuntimeKey => Code::ApiKeyInvalid,
-        };
-        let credential = match Credential::parse(raw) {
-            Ok(credential) => credential,
-            Err(malformed) => return Ok(Err(Deny::new(invalid, malformed.to_string()))),
-        };
-        match kind {
-            CredentialKind::Session => {
-                let session = self.store.session(credential.session_id()).await?;
-                let digest: [u8; 32] = Sha256::digest(credential.secret().as_bytes()).into();
-                match session {
-                    Some(session) if bool::from(session.secret_digest.ct_eq(&digest)) => {
-                        Ok(Ok(Principal::Session(session)))
-                    }
-                    _ => Ok(Err(Deny::new(Code::Unauth, "unknown dashboard session"))),
-                }
-            }
-            CredentialKind::ApiKey | CredentialKind::RuntimeKey => {
-                let expected = if kind == CredentialKind::RuntimeKey { KeyKind::Runtime } else { KeyKind::ApiKey };
-                // A record of the other kind is as unknown as no record at all.
-                let key = self.store.key(credential.key_id()).await?.filter(|k| k.kind == expected);
-                if !self.verify(&credential, key.as_deref(), client).await? {
-                    return Ok(Err(Deny::new(Code::ApiKeyInvalid, "unknown API key or wrong secret")));
-                }
-                Ok(Ok(Principal::Key(key.expect("a verified credential has a key record"))))
-            }
-        }
-    }
-
-    /// Is this the key's secret? A cache hit costs a SHA-256; a miss costs one argon2
-    /// verification, shared by every concurrent caller presenting the same credential.
-    async fn verify(
-        &self,
-        credential: &Credential<'_>,
-        key: Option<&KeyRecord>,
-        client: Option<ClientNetwork>,
-    ) -> Result<bool, AuthzError> {
-        let Some(key) = key else {
-            // An unknown key id costs the decoy verification a wrong secret would, unless
-            // this client has failed too often already; it counts as a failure either way.
-            if !self.client_over_limit(client) {
-                self.verifier.verify(credential.secret(), None).await?;
-            }
-            self.count_client_failure(client);
-            return Ok(false);
-        };
-        let digest: [u8; 32] = Sha256::digest(credential.as_str().as_bytes()).into();
-        if key.verified.matches(&digest) {
-            return Ok(true);
-        }
-        if self.rejected.contains_key(&digest) {
-            return Ok(false);
-        }
-        // The rest runs argon2 (or refuses to): boxed, so the hit path's future stays small.
-        Box::pin(self.verify_miss(credential, key, digest, client)).await
-    }
-
-    fn client_over_limit(&self, client: Option<ClientNetwork>) -> bool {
-        let over = client
-            .and_then(|c| self.failures_by_ip.get(c.as_str()))
-            .is_some_and(|count| count.load(Ordering::Relaxed) >= self.brute_force.max_failures_per_ip);
-        if over {
-            tracing::debug!(client = ?client, "too many failed verifications from this client; refusing without argon2");
-        }
-        over
-    }
-
-    fn count_client_failure(&self, client: Option<ClientNetwork>) {
-        if let Some(c) = client {
-            self.failures_by_ip.get_with(c.as_str().into(), Default::default).fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    async fn verify_miss(
-        &self,
-        credential: &Credential<'_>,
-        key: &KeyRecord,
-        digest: [u8; 32],
-        client: Option<ClientNetwork>,
-    ) -> Result<bool, AuthzError> {
-        let over =
-            |count: Option<Arc<AtomicU32>>, limit: u32| count.is_some_and(|c| c.load(Ordering::Relaxed) >= limit);
-        if over(self.failures.get(&key.id), self.brute_force.max_failures_per_key) {
-            tracing::debug!(key_id = %key.id, "too many failed verifications for this key id; refusing without argon2");
-            return Ok(false);
-        }
-        if self.client_over_limit(client) {
-            return Ok(false);
-        }
-        let checked = self
-            .verifying
-            .try_get_with(digest, async {
-                match self.verifier.verify(credential.secret(), Some(&key.secret_hash)).await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(NotVerified::Mismatch),
-                    Err(e) => Err(NotVerified::Failed(e)),
-                }
-            })
-            .await;
-        if let Err(e) = &checked {
-            if matches!(**e, NotVerified::Mismatch) {
-                self.rejected.insert(digest, ());
-                self.failures.get_with(key.id, Default::default).fetch_add(1, Ordering::Relaxed);
-                self.count_client_failure(client);
-            }
-        }
-        match checked {
-            Ok(()) => {
-                key.verified.remember(&digest);
-                Ok(true)
-            }
-            Err(e) => match Arc::try_unwrap(e) {
-                Ok(NotVerified::Mismatch) => Ok(false),
-                Ok(NotVerified::Failed(e)) => Err(e.into()),
-                // Shared with other waiters: a mismatch for them is a mismatch for us.
-                Err(shared) => match *shared {
-                    NotVerified::Mismatch => Ok(false),
-                    NotVerified::Failed(_) => {
-                        Err(AuthzError::Verifier(VerifierError::Hash("a shared verification failed".into())))
-                    }
-                },
-            },
-        }
-    }
+/// Guessing spent a budget: said honestly, as a limit with a time to retry, never as a
+/// wrong credential (nobody checked it).
+fn throttled_verdict(verdict: Verdict, throttled: Throttled) -> Verdict {
+    let retry_after_seconds = throttled.retry_after.as_millis().div_ceil(1000).max(1) as u32;
+    let mut verdict = verdict.deny(Deny::new(
+        Code::RateLimitReached,
+        format!("too many failed verifications for this key or from this client; retry after {retry_after_seconds} s"),
+    ));
+    verdict.rate_limit = Some(RateLimitState { limit: throttled.limit, remaining: 0, retry_after_seconds });
+    verdict
 }

@@ -3,6 +3,7 @@
 
 mod credential;
 mod ids;
+mod records;
 mod scope;
 mod search;
 
@@ -10,10 +11,30 @@ pub use credential::{
     ApiKeyCredential, Credential, CredentialKind, GeneratedKey, MalformedCredential, CREDENTIAL_PREFIX,
 };
 pub use ids::{AccountId, ApplicationId, KeyId, SessionId, UserId};
+pub use records::{Application, KeyKind, KeyRecord, NewKeyRecord, Principal, SessionRecord, VerifiedDigest};
 pub use scope::{Scope, Scopes};
 pub use search::SearchParams;
 
+use crate::code::Code;
+use std::borrow::Cow;
 use std::fmt;
+
+/// Why a request is denied: a stable code and human text that never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deny {
+    pub code: Code,
+    pub message: Cow<'static, str>,
+}
+
+impl Deny {
+    pub fn new(code: Code, message: impl Into<Cow<'static, str>>) -> Self {
+        Self { code, message: message.into() }
+    }
+
+    pub fn of(code: Code) -> Self {
+        Self::new(code, code.default_message())
+    }
+}
 
 /// A field that failed validation, with a message that names it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -140,7 +140,7 @@ impl admin_server::Admin for AdminService {
         let new = request.into_inner().try_into()?;
         let (key, generated) = self.manager.create_api_key(new, &actor).await?;
         let response = pb::CreateApiKeyResponse {
-            key: Some(convert::key_to_proto(&key, self.manager.now())),
+            key: Some(convert::key_to_proto(&key, self.manager.now(), self.manager.last_used_at(&key))),
             secret: generated.into_secret_string(),
         };
         respond(request_id, "create_api_key", &key.id.to_string(), response)
@@ -150,7 +150,11 @@ impl admin_server::Admin for AdminService {
         let request_id = RequestId::from_metadata(request.metadata());
         let id = KeyId::parse(&request.get_ref().id)?;
         let key = self.manager.api_key(id).await?;
-        Ok(request_id.attach(Response::new(convert::key_to_proto(&key, self.manager.now()))))
+        Ok(request_id.attach(Response::new(convert::key_to_proto(
+            &key,
+            self.manager.now(),
+            self.manager.last_used_at(&key),
+        ))))
     }
 
     async fn list_api_keys(
@@ -171,7 +175,7 @@ impl admin_server::Admin for AdminService {
         let page = self.manager.list_api_keys(&account, search.search_string.as_deref(), &page).await?;
         let now = self.manager.now();
         Ok(request_id.attach(Response::new(pb::ListApiKeysResponse {
-            keys: page.items.iter().map(|k| convert::key_to_proto(k, now)).collect(),
+            keys: page.items.iter().map(|k| convert::key_to_proto(k, now, self.manager.last_used_at(k))).collect(),
             next_page_token: page.next_after.unwrap_or_default(),
         })))
     }
@@ -180,7 +184,12 @@ impl admin_server::Admin for AdminService {
         let (request_id, actor) = actor_of(&request)?;
         let (id, changes) = convert::key_changes(request.get_ref())?;
         let key = self.manager.update_api_key(id, changes, &actor).await?;
-        respond(request_id, "update_api_key", &id.to_string(), convert::key_to_proto(&key, self.manager.now()))
+        respond(
+            request_id,
+            "update_api_key",
+            &id.to_string(),
+            convert::key_to_proto(&key, self.manager.now(), self.manager.last_used_at(&key)),
+        )
     }
 
     async fn revoke_api_key(&self, request: Request<pb::RevokeApiKeyRequest>) -> Result<Response<pb::ApiKey>, Status> {
@@ -188,7 +197,12 @@ impl admin_server::Admin for AdminService {
         let req = request.into_inner();
         let id = KeyId::parse(&req.id)?;
         let key = self.manager.revoke_api_key(id, &req.reason, &actor).await?;
-        respond(request_id, "revoke_api_key", &id.to_string(), convert::key_to_proto(&key, self.manager.now()))
+        respond(
+            request_id,
+            "revoke_api_key",
+            &id.to_string(),
+            convert::key_to_proto(&key, self.manager.now(), self.manager.last_used_at(&key)),
+        )
     }
 
     async fn rotate_application_key(
@@ -201,7 +215,7 @@ impl admin_server::Admin for AdminService {
         let grace = req.grace_period_seconds.map(|s| std::time::Duration::from_secs(s.into()));
         let rotation = self.manager.rotate_application_key(&application, grace, &actor).await?;
         let response = pb::RotateApplicationKeyResponse {
-            key: Some(convert::key_to_proto(&rotation.key, self.manager.now())),
+            key: Some(convert::key_to_proto(&rotation.key, self.manager.now(), None)),
             secret: rotation.credential.into_secret_string(),
             previous_key_id: rotation.previous.map(|(id, _)| id.to_string()).unwrap_or_default(),
             previous_key_retires_at: rotation.previous.map(|(_, at)| convert::timestamp_to_proto(at)),

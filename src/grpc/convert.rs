@@ -38,7 +38,8 @@ pub fn application_to_proto(app: &Application) -> pb::Application {
     }
 }
 
-pub fn key_to_proto(key: &KeyRecord, now: Timestamp) -> pb::ApiKey {
+/// `last_used_at`: as the usage recorder knows it (stored uses are batched).
+pub fn key_to_proto(key: &KeyRecord, now: Timestamp, last_used_at: Option<Timestamp>) -> pb::ApiKey {
     let status = if key.is_revoked_at(now) {
         pb::ApiKeyStatus::Revoked
     } else if key.is_expired_at(now) {
@@ -59,7 +60,7 @@ pub fn key_to_proto(key: &KeyRecord, now: Timestamp) -> pb::ApiKey {
         revoked_reason: key.revoked_reason.clone().unwrap_or_default(),
         status: status.into(),
         kind: key.kind.as_str().to_owned(),
-        last_used_at: key.usage.last_used_at().map(timestamp_to_proto),
+        last_used_at: last_used_at.map(timestamp_to_proto),
     }
 }
 

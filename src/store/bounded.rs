@@ -9,7 +9,7 @@
 use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome};
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::breaker::{Breaker, Refused};
-use crate::domain::{AccountId, ApplicationId, KeyId, SessionId, Timestamp};
+use crate::domain::{AccountId, ApplicationId, KeyId, SecretHash, SessionId, Timestamp, VerifiedDigest};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -104,7 +104,7 @@ impl Store for BoundedStore {
         new: &KeyRecord,
         retire_at: Timestamp,
         audit: &AuditEvent,
-    ) -> Result<Option<KeyId>, StoreError> {
+    ) -> Result<Vec<KeyId>, StoreError> {
         self.admin(self.inner.rotate_runtime_key(new, retire_at, audit)).await
     }
 
@@ -136,6 +136,10 @@ impl Store for BoundedStore {
         page: &PageRequest,
     ) -> Result<Page<AuditEvent>, StoreError> {
         self.admin(self.inner.list_audit_events(account, query, page)).await
+    }
+
+    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
+        self.admin(self.inner.remember_verified(id, hash, digest)).await
     }
 
     /// Health checks ask the store itself: the breaker is not the answer they want.

@@ -19,7 +19,7 @@
 
 use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome};
 use crate::audit::{AuditEvent, AuditQuery};
-use crate::domain::{AccountId, ApplicationId, KeyId, SessionId, Timestamp};
+use crate::domain::{AccountId, ApplicationId, KeyId, SecretHash, SessionId, Timestamp, VerifiedDigest};
 use quick_cache::sync::Cache;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,12 +46,21 @@ struct Stamped<V> {
     generation: u64,
 }
 
-/// A cache whose loads cannot resurrect what an invalidation removed.
-struct GuardedCache<K, V> {
-    entries: Cache<K, Stamped<V>>,
+impl<V> Stamped<V> {
+    fn fresh(&self, generation: u64, ttl: Duration) -> bool {
+        self.generation == generation && self.loaded_at.elapsed() < ttl
+    }
+}
+
+/// A cache whose loads cannot resurrect what an invalidation removed. Ids the store does
+/// not know are remembered apart, in a cache of their own: a flood of forged ids can fill
+/// that one, never push real records out of this one.
+struct GuardedCache<K, T> {
+    entries: Cache<K, Stamped<Arc<T>>>,
+    absent: Cache<K, Stamped<()>>,
     epochs: Box<[Mutex<u64>]>,
     hasher: std::collections::hash_map::RandomState,
-    /// Bumped by `invalidate_all`: entries of older generations are not fresh.
+    /// Bumped by `distrust_all`: entries of older generations are not fresh.
     generation: AtomicU64,
     ttl: Duration,
     max_stale: Duration,
@@ -59,21 +68,20 @@ struct GuardedCache<K, V> {
     /// Lookups answered from memory, and those that went to the store.
     hits: AtomicU64,
     misses: AtomicU64,
-    /// What a reloaded value keeps of the one it replaces.
-    carry_over: fn(previous: &V, current: &V),
 }
 
-impl<K, V> GuardedCache<K, V>
+impl<K, T> GuardedCache<K, T>
 where
     K: Hash + Eq + Send + Sync + Clone + 'static,
-    V: Clone + Send + Sync + 'static,
+    T: Send + Sync + 'static,
 {
-    fn new(settings: CacheSettings, served_stale: Arc<AtomicU64>, carry_over: fn(&V, &V)) -> Self {
+    fn new(settings: CacheSettings, served_stale: Arc<AtomicU64>) -> Self {
+        let capacity = usize::try_from(settings.capacity).unwrap_or(usize::MAX);
         Self {
             // Entries outlive their freshness (each carries its load time, checked on every
-            // read): as the fallback through a store outage, and so that a periodic reload
-            // finds the entry it replaces. Capacity bounds them.
-            entries: Cache::new(usize::try_from(settings.capacity).unwrap_or(usize::MAX)),
+            // read): as the fallback through a store outage. Capacity bounds them.
+            entries: Cache::new(capacity),
+            absent: Cache::new(capacity),
             epochs: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
             hasher: Default::default(),
             generation: AtomicU64::new(0),
@@ -82,7 +90,6 @@ where
             served_stale,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            carry_over,
         }
     }
 
@@ -94,19 +101,35 @@ where
         *self.shard(key).lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What memory says, fresh, without loading: the value, its known absence, or nothing.
+    fn peek(&self, key: &K) -> Option<Option<Arc<T>>> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(entry) = self.entries.get(key).filter(|e| e.fresh(generation, self.ttl)) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Some(Some(entry.value));
+        }
+        if self.absent.get(key).is_some_and(|e| e.fresh(generation, self.ttl)) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Some(None);
+        }
+        None
+    }
+
     /// A hit borrows the key and builds no future: the hot path allocates nothing here.
-    async fn get_or_load<F, Fut>(&self, key: &K, load: F) -> Result<V, StoreError>
+    async fn get_or_load<F, Fut>(&self, key: &K, load: F) -> Result<Option<Arc<T>>, StoreError>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<V, StoreError>>,
+        Fut: std::future::Future<Output = Result<Option<Arc<T>>, StoreError>>,
     {
         let generation = self.generation.load(Ordering::Acquire);
         let cached = self.entries.get(key);
-        if let Some(entry) = &cached {
-            if entry.generation == generation && entry.loaded_at.elapsed() < self.ttl {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(entry.value.clone());
-            }
+        if let Some(entry) = cached.as_ref().filter(|e| e.fresh(generation, self.ttl)) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(entry.value.clone()));
+        }
+        if self.absent.get(key).is_some_and(|e| e.fresh(generation, self.ttl)) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let seen = self.epoch(key);
@@ -117,19 +140,25 @@ where
                 return match cached {
                     Some(entry) if entry.loaded_at.elapsed() < self.ttl + self.max_stale => {
                         self.served_stale.fetch_add(1, Ordering::Relaxed);
-                        Ok(entry.value)
+                        Ok(Some(entry.value))
                     }
                     _ => Err(StoreError::Unavailable(e)),
                 }
             }
             Err(e) => return Err(e),
         };
-        if let Some(previous) = &cached {
-            (self.carry_over)(&previous.value, &value);
-        }
         let epoch = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         if *epoch == seen {
-            self.entries.insert(key.clone(), Stamped { value: value.clone(), loaded_at, generation });
+            match &value {
+                Some(found) => {
+                    self.entries.insert(key.clone(), Stamped { value: found.clone(), loaded_at, generation });
+                    self.absent.remove(key);
+                }
+                None => {
+                    self.absent.insert(key.clone(), Stamped { value: (), loaded_at, generation });
+                    self.entries.remove(key);
+                }
+            }
         }
         Ok(value)
     }
@@ -137,6 +166,7 @@ where
     fn counts(&self) -> CacheCounts {
         CacheCounts {
             entries: self.entries.len() as u64,
+            absent: self.absent.len() as u64,
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
         }
@@ -146,6 +176,7 @@ where
         let mut epoch = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         *epoch += 1;
         self.entries.remove(key);
+        self.absent.remove(key);
     }
 
     /// Distrusts every entry: each is reloaded before it is served fresh again, and kept
@@ -156,20 +187,12 @@ where
     }
 }
 
-/// A reloaded key record keeps the verified credential of the record it replaces (same
-/// hash), so the periodic reload costs no argon2, and the latest use it knew of, so a
-/// use is not reported twice.
-fn keep_verified(previous: &Option<Arc<KeyRecord>>, current: &Option<Arc<KeyRecord>>) {
-    if let (Some(previous), Some(current)) = (previous, current) {
-        current.verified.carry_over(previous, current);
-        current.usage.carry_over(&previous.usage);
-    }
-}
-
 /// One cache's size and lookups.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheCounts {
     pub entries: u64,
+    /// Ids remembered as unknown to the store, apart from the entries.
+    pub absent: u64,
     /// Lookups answered from memory, and those that went to the store.
     pub hits: u64,
     pub misses: u64,
@@ -186,9 +209,9 @@ pub struct CacheStats {
 pub struct CachedStore {
     inner: Arc<dyn Store>,
     served_stale: Arc<AtomicU64>,
-    keys: GuardedCache<KeyId, Option<Arc<KeyRecord>>>,
-    applications: GuardedCache<ApplicationId, Option<Arc<Application>>>,
-    sessions: GuardedCache<SessionId, Option<Arc<SessionRecord>>>,
+    keys: GuardedCache<KeyId, KeyRecord>,
+    applications: GuardedCache<ApplicationId, Application>,
+    sessions: GuardedCache<SessionId, SessionRecord>,
 }
 
 impl CachedStore {
@@ -196,9 +219,9 @@ impl CachedStore {
         let served_stale = Arc::new(AtomicU64::new(0));
         Self {
             inner,
-            keys: GuardedCache::new(settings, served_stale.clone(), keep_verified),
-            applications: GuardedCache::new(settings, served_stale.clone(), |_, _| {}),
-            sessions: GuardedCache::new(settings, served_stale.clone(), |_, _| {}),
+            keys: GuardedCache::new(settings, served_stale.clone()),
+            applications: GuardedCache::new(settings, served_stale.clone()),
+            sessions: GuardedCache::new(settings, served_stale.clone()),
             served_stale,
         }
     }
@@ -309,16 +332,16 @@ impl Store for CachedStore {
         new: &KeyRecord,
         retire_at: Timestamp,
         audit: &AuditEvent,
-    ) -> Result<Option<KeyId>, StoreError> {
+    ) -> Result<Vec<KeyId>, StoreError> {
         let result = self.inner.rotate_runtime_key(new, retire_at, audit).await;
         self.keys.invalidate(&new.id);
-        if let Ok(Some(retired)) = &result {
+        for retired in result.iter().flatten() {
             self.keys.invalidate(retired);
         }
         result
     }
 
-    /// Usage is not a change: cached records stay, and their own memo already says it.
+    /// Usage is not a change: cached records stay (the usage recorder knows the later use).
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         self.inner.record_key_usage(uses).await
     }
@@ -355,5 +378,22 @@ impl Store for CachedStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
+    }
+
+    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
+        self.inner.remember_verified(id, hash, digest).await?;
+        // The next read loads the record with its digest (other replicas hear it from the
+        // database's notification). A write that failed changed nothing worth a reload,
+        // and the record stays cached for a store outage.
+        self.keys.invalidate(&id);
+        Ok(())
+    }
+
+    fn peek_key(&self, id: KeyId) -> Option<Option<Arc<KeyRecord>>> {
+        self.keys.peek(&id)
+    }
+
+    fn peek_session(&self, id: SessionId) -> Option<Option<Arc<SessionRecord>>> {
+        self.sessions.peek(&id)
     }
 }

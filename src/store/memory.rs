@@ -7,7 +7,7 @@ use super::{
     Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
 };
 use crate::audit::{AuditEvent, AuditQuery};
-use crate::domain::{AccountId, ApplicationId, KeyId, SessionId, Timestamp};
+use crate::domain::{AccountId, ApplicationId, KeyId, SecretHash, SessionId, Timestamp, VerifiedDigest};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -163,32 +163,40 @@ impl Store for MemoryStore {
         new: &KeyRecord,
         retire_at: Timestamp,
         audit: &AuditEvent,
-    ) -> Result<Option<KeyId>, StoreError> {
+    ) -> Result<Vec<KeyId>, StoreError> {
         let mut state = self.state();
-        let current = state
-            .keys
-            .values_mut()
-            .find(|k| {
-                k.kind == KeyKind::Runtime
-                    && k.application_ids == new.application_ids
-                    && k.revoked_at.is_none()
-                    && k.retire_at.is_none()
-            })
-            .map(|k| {
-                k.retire_at = Some(retire_at);
-                k.version += 1;
-                k.id
-            });
+        // As the SQL store: the current key, then every older one whose grace outlasts it.
+        let mut retired = Vec::new();
+        for current in [true, false] {
+            for k in state.keys.values_mut() {
+                let in_scope =
+                    k.kind == KeyKind::Runtime && k.application_ids == new.application_ids && k.revoked_at.is_none();
+                let matches =
+                    if current { k.retire_at.is_none() } else { k.retire_at.is_some_and(|at| at > retire_at) };
+                if in_scope && matches {
+                    k.retire_at = Some(retire_at);
+                    k.version += 1;
+                    retired.push(k.id);
+                }
+            }
+        }
         state.keys.insert(new.id, new.clone());
         state.record(audit);
-        Ok(current)
+        Ok(retired)
+    }
+
+    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
+        if let Some(key) = self.state().keys.get_mut(&id).filter(|k| k.secret_hash == *hash) {
+            key.verified_digest = Some(*digest);
+        }
+        Ok(())
     }
 
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
-        let state = self.state();
+        let mut state = self.state();
         for (id, at) in uses {
-            if let Some(key) = state.keys.get(id) {
-                key.usage.raise(*at);
+            if let Some(key) = state.keys.get_mut(id) {
+                key.last_used_at = key.last_used_at.max(Some(*at));
             }
         }
         Ok(())

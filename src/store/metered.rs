@@ -3,7 +3,7 @@
 
 use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome};
 use crate::audit::{AuditEvent, AuditQuery};
-use crate::domain::{AccountId, ApplicationId, KeyId, SessionId, Timestamp};
+use crate::domain::{AccountId, ApplicationId, KeyId, SecretHash, SessionId, Timestamp, VerifiedDigest};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -135,7 +135,7 @@ impl Store for MeteredStore {
         new: &KeyRecord,
         retire_at: Timestamp,
         audit: &AuditEvent,
-    ) -> Result<Option<KeyId>, StoreError> {
+    ) -> Result<Vec<KeyId>, StoreError> {
         self.timed("rotate_runtime_key", self.inner.rotate_runtime_key(new, retire_at, audit)).await
     }
 
@@ -171,5 +171,9 @@ impl Store for MeteredStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.timed("ping", self.inner.ping()).await
+    }
+
+    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
+        self.timed("remember_verified", self.inner.remember_verified(id, hash, digest)).await
     }
 }

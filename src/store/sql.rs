@@ -5,7 +5,7 @@
 
 use super::{
     Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
-    UsageMemo,
+    VerifiedDigest,
 };
 use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
 use crate::domain::{hex, AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, SessionId, Timestamp, UserId};
@@ -21,7 +21,8 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 /// A key with its last use, which lives in its own table: usage is written in batches
 /// and must not notify replicas or bump the key's version as a change would.
 const KEY_SELECT: &str = "SELECT api_keys.id, account_id, kind, name, scopes, application_ids, secret_hash, \
-     created_at, updated_at, expires_at, revoked_at, retire_at, revoked_reason, version, u.last_used_at \
+     created_at, updated_at, expires_at, revoked_at, retire_at, revoked_reason, version, verified_digest, \
+     u.last_used_at \
      FROM api_keys LEFT JOIN key_usage u ON u.key_id = api_keys.id";
 const AUDIT_COLUMNS: &str = "id, account_id, action, actor, on_behalf_of, target, request_id, occurred_at, detail";
 const SESSION_COLUMNS: &str = "id, account_id, user_id, secret_digest, created_at, expires_at, revoked_at, version";
@@ -158,10 +159,13 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         expires_at: optional_time("expires_at")?,
         revoked_at: optional_time("revoked_at")?,
         retire_at: optional_time("retire_at")?,
-        verified: Default::default(),
-        usage: UsageMemo::new(optional_time("last_used_at")?),
         revoked_reason: row.try_get("revoked_reason")?,
         version: row.try_get("version")?,
+        verified_digest: match row.try_get::<Option<&str>, _>("verified_digest")? {
+            None => None,
+            Some(text) => Some(VerifiedDigest::from_hex(text).ok_or_else(|| corrupt("api_keys.verified_digest"))?),
+        },
+        last_used_at: optional_time("last_used_at")?,
     })
 }
 
@@ -351,7 +355,7 @@ impl Store for SqlStore {
         new: &KeyRecord,
         retire_at: Timestamp,
         audit: &AuditEvent,
-    ) -> Result<Option<KeyId>, StoreError> {
+    ) -> Result<Vec<KeyId>, StoreError> {
         let application = new.application_ids.first().ok_or_else(|| corrupt("a runtime key names its application"))?;
         let mut tx = self.pool.begin().await?;
         // Taking the application's row first serializes concurrent rotations of one
@@ -360,20 +364,27 @@ impl Store for SqlStore {
             .bind(application.as_str())
             .execute(&mut *tx)
             .await?;
-        let retired = sqlx::query(
-            "UPDATE api_keys SET retire_at = $2, updated_at = $3, version = version + 1 \
-             WHERE runtime_of = $1 AND kind = 'runtime' AND revoked_at IS NULL AND retire_at IS NULL RETURNING id",
-        )
-        .bind(application.as_str())
-        .bind(retire_at.as_millis())
-        .bind(new.created_at.as_millis())
-        .fetch_all(&mut *tx)
-        .await?;
+        // The current key retires at `retire_at`; so does every older key whose grace
+        // would outlast it (a rotation with grace 0 ends them all at once: no chains).
+        let mut retired = Vec::new();
+        for condition in ["retire_at IS NULL", "retire_at > $2"] {
+            let rows = sqlx::query(&format!(
+                "UPDATE api_keys SET retire_at = $2, updated_at = $3, version = version + 1 \
+                 WHERE runtime_of = $1 AND kind = 'runtime' AND revoked_at IS NULL AND {condition} RETURNING id"
+            ))
+            .bind(application.as_str())
+            .bind(retire_at.as_millis())
+            .bind(new.created_at.as_millis())
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                retired.push(KeyId::from_stored(row.try_get("id")?).ok_or_else(|| corrupt("api_keys.id"))?);
+            }
+        }
         insert_key(new).execute(&mut *tx).await?;
         insert_audit(audit).execute(&mut *tx).await?;
         tx.commit().await?;
-        let retired = retired.first().map(|row| row.try_get::<&str, _>("id")).transpose()?;
-        Ok(retired.and_then(KeyId::from_stored))
+        Ok(retired)
     }
 
     #[tracing::instrument(skip_all, fields(session_id = %session.id), err)]
@@ -592,6 +603,22 @@ impl Store for SqlStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Not a change of the key (no version bump, no audit event), but on Postgres the
+    /// row's trigger still tells every replica to reload it, digest included.
+    #[tracing::instrument(skip_all, fields(key_id = %id), err)]
+    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE api_keys SET verified_digest = $1 WHERE id = $2 AND secret_hash = $3 \
+             AND (verified_digest IS NULL OR verified_digest <> $1)",
+        )
+        .bind(digest.to_hex())
+        .bind(id.to_string())
+        .bind(hash.expose_phc())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

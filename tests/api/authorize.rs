@@ -366,33 +366,46 @@ async fn shutdown_stops_taking_calls() {
 }
 
 #[tokio::test]
-async fn wrong_secrets_cost_bounded_argon2_and_never_lock_out_a_verified_secret() {
+async fn wrong_secrets_cost_bounded_argon2_and_a_spent_budget_says_so() {
     let db = crate::helpers::TestDb::new(Db::Sqlite).await.unwrap();
-    let mut app = TestApp::spawn_on(db, |s| s.brute_force.max_failures_per_key = 3).await;
-    let (_, secret) = app.create_key("acct_bf", &["*"], &[]).await;
-    assert!(app.authorize(&secret, "GET", APPS).await.allowed, "verified (and cached) before the attack");
+    let mut app = TestApp::spawn_on(db, |s| s.budgets.max_failures_per_key = 3).await;
+    let (key, secret) = app.create_key("acct_bf", &["*"], &[]).await;
+    assert!(app.authorize(&secret, "GET", APPS).await.allowed, "verified before the attack");
+    wait_for_stored_digest(&app, &key.id).await;
 
-    // The same wrong secret again and again: one argon2 run.
-    let wrong = forge_with_key_id(&secret);
+    // A key verified once: any other credential for it is wrong at the cost of an HMAC.
+    let before = app.verifications();
+    for _ in 0..15 {
+        assert_eq!(app.authorize(&forge_with_key_id(&secret), "GET", APPS).await.code, "api_key_invalid");
+    }
+    assert_eq!(app.verifications(), before, "no argon2 for guesses at a verified key");
+    assert!(app.authorize(&secret, "GET", APPS).await.allowed, "the holder is recognised throughout");
+
+    // A key nobody has verified yet: argon2 decides, at most 3 times per minute; then the
+    // answer is a limit with a retry time, never "invalid" for a credential not checked.
+    let (_, fresh) = app.create_key("acct_bf", &["*"], &[]).await;
+    let wrong = forge_with_key_id(&fresh);
     let before = app.verifications();
     for _ in 0..5 {
         assert_eq!(app.authorize(&wrong, "GET", APPS).await.code, "api_key_invalid");
     }
     assert_eq!(app.verifications(), before + 1, "a repeated wrong secret is remembered");
-
-    // Different wrong secrets: at most 3 failures per key id, then refused without argon2.
-    for _ in 0..10 {
-        assert_eq!(app.authorize(&forge_with_key_id(&secret), "GET", APPS).await.code, "api_key_invalid");
+    for _ in 0..2 {
+        assert_eq!(app.authorize(&forge_with_key_id(&fresh), "GET", APPS).await.code, "api_key_invalid");
     }
     assert_eq!(app.verifications(), before + 3);
-    // The real secret, verified before, keeps working throughout.
-    assert!(app.authorize(&secret, "GET", APPS).await.allowed);
+    let throttled = app.authorize(&forge_with_key_id(&fresh), "GET", APPS).await;
+    assert_eq!((throttled.code.as_str(), throttled.http_status), ("rate_limit_reached", 429), "{throttled:?}");
+    assert!(throttled.retry_after_seconds > 0);
+    let holder = app.authorize(&fresh, "GET", APPS).await;
+    assert_eq!(holder.code, "rate_limit_reached", "the holder too is told to retry, not that the key is invalid");
+    assert_eq!(app.verifications(), before + 3);
 }
 
 #[tokio::test]
-async fn one_client_ip_guessing_across_many_keys_is_bounded_too() {
+async fn one_client_guessing_across_many_keys_is_bounded_too() {
     let db = crate::helpers::TestDb::new(Db::Sqlite).await.unwrap();
-    let mut app = TestApp::spawn_on(db, |s| s.brute_force.max_failures_per_ip = 2).await;
+    let mut app = TestApp::spawn_on(db, |s| s.budgets.max_failures_per_client = 2).await;
     let mut keys = Vec::new();
     for _ in 0..4 {
         keys.push(app.create_key("acct_ip", &["*"], &[]).await.1);
@@ -405,16 +418,29 @@ async fn one_client_ip_guessing_across_many_keys_is_bounded_too() {
         ..Default::default()
     };
     let before = app.verifications();
+    let mut codes = Vec::new();
     for key in &keys {
-        let r = app.authorize_with(from(&forge_with_key_id(key), "198.51.100.9")).await;
-        assert_eq!(r.code, "api_key_invalid");
+        codes.push(app.authorize_with(from(&forge_with_key_id(key), "198.51.100.9")).await.code);
     }
-    assert_eq!(app.verifications(), before + 2, "two failures from that IP, then no more argon2");
+    assert_eq!(codes, ["api_key_invalid", "api_key_invalid", "rate_limit_reached", "rate_limit_reached"]);
+    assert_eq!(app.verifications(), before + 2, "two failures from that client, then no more argon2");
     let unknown = keygate::domain::GeneratedKey::generate().unwrap().into_secret_string();
-    assert_eq!(app.authorize_with(from(&unknown, "198.51.100.9")).await.code, "api_key_invalid");
-    assert_eq!(app.verifications(), before + 2, "unknown key ids from that IP cost nothing more either");
+    assert_eq!(app.authorize_with(from(&unknown, "198.51.100.9")).await.code, "rate_limit_reached");
+    assert_eq!(app.verifications(), before + 2, "unknown key ids from that client cost nothing more either");
     // Another client is unaffected, and so is a correct secret from elsewhere.
     assert!(app.authorize_with(from(&keys[3], "198.51.100.10")).await.allowed);
+}
+
+/// The digest of a verified credential is stored off the request path: wait for it.
+pub async fn wait_for_stored_digest(app: &TestApp, key_id: &str) {
+    use keygate::store::Store;
+    let id = keygate::domain::KeyId::parse(key_id).unwrap();
+    let store = app.handles.store.clone();
+    crate::helpers::eventually("the verified digest is stored", || {
+        let store = store.clone();
+        async move { store.key(id).await.unwrap().unwrap().verified_digest.is_some() }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -424,15 +450,13 @@ async fn a_reloaded_record_keeps_its_verified_credential() {
     let (key, secret) = app.create_key("acct_re", &["*"], &[]).await;
     let id = keygate::domain::KeyId::parse(&key.id).unwrap();
     assert!(app.authorize(&secret, "GET", APPS).await.allowed);
+    wait_for_stored_digest(&app, &key.id).await;
     let before = app.verifications();
-    let cached = app.handles.cache.key(id).await.unwrap().unwrap();
-    assert_eq!(format!("{:?}", cached.verified), "verified");
     // What the invalidation listener does after missed notifications: every record is
-    // reloaded before it is served again; the reload keeps what was verified.
+    // reloaded before it is served again; the reload carries the stored digest.
     app.handles.cache.invalidate_all();
     let reloaded = app.handles.cache.key(id).await.unwrap().unwrap();
-    assert!(!std::sync::Arc::ptr_eq(&cached, &reloaded), "a fresh copy from the store");
-    assert_eq!(format!("{:?}", reloaded.verified), "verified", "the reload kept the verified credential");
+    assert!(reloaded.verified_digest.is_some(), "the reload carries the verified digest");
     assert!(app.authorize(&secret, "GET", APPS).await.allowed);
     assert_eq!(app.verifications(), before, "no argon2 for a reload of the same hash");
 }

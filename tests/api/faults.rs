@@ -55,6 +55,9 @@ async fn through_a_store_outage_cached_keys_are_decided_and_nothing_else_is_allo
     let (key, secret) = app.create_key("acct_out", &["*"], &[]).await;
     let (_, never_used) = app.create_key("acct_out", &["*"], &[]).await;
     assert!(app.authorize(&secret, "GET", APPS).await.allowed, "the key is in use, so cached");
+    // Its verified digest is stored (off the request path); the next call caches that.
+    crate::authorize::wait_for_stored_digest(&app, &key.id).await;
+    assert!(app.authorize(&secret, "GET", APPS).await.allowed);
     let stale_before = app.handles.cache.served_stale();
 
     relay.cut();

@@ -4,7 +4,7 @@
 
 use keygate::cli::BearerToken;
 use keygate::clock::ManualClock;
-use keygate::config::{AdminTokenSource, Settings};
+use keygate::config::{AdminTokenSource, DigestKeySource, Settings};
 use keygate::grpc::proto::{self as pb, admin_client::AdminClient, authorizer_client::AuthorizerClient};
 use keygate::startup::{Application, Handles};
 use std::sync::Arc;
@@ -12,6 +12,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// Every test server's digest key: replicas of one deployment share it.
+pub const DIGEST_KEY: &str = "test-digest-key-0123456789abcdefghijklmnop";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
@@ -89,6 +91,7 @@ impl TestApp {
         let mut settings = Settings::with_database(url);
         settings.listen = "127.0.0.1:0".parse().unwrap();
         settings.admin_token = AdminTokenSource::Given(ADMIN_TOKEN.into());
+        settings.digest_key = DigestKeySource::Given(DIGEST_KEY.into());
         customize(&mut settings);
         let clock = ManualClock::starting_now();
         let app = Application::build(settings, Arc::new(clock.clone())).await.expect("server builds");

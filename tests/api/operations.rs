@@ -221,7 +221,7 @@ async fn last_used_at_is_written_at_most_once_a_minute(db: Db) {
         async move {
             use keygate::store::Store;
             let id = keygate::domain::KeyId::parse(&id).unwrap();
-            store.key(id).await.unwrap().unwrap().usage.last_used_at()
+            store.key(id).await.unwrap().unwrap().last_used_at
         }
     };
 
@@ -261,7 +261,7 @@ async fn last_used_at_is_written_at_most_once_a_minute(db: Db) {
     let reopened = keygate::store::sql::SqlStore::connect(&db.url, 1, Duration::from_secs(5)).await.unwrap();
     use keygate::store::Store;
     let id = keygate::domain::KeyId::parse(&key.id).unwrap();
-    assert_eq!(reopened.key(id).await.unwrap().unwrap().usage.last_used_at(), Some(last_use));
+    assert_eq!(reopened.key(id).await.unwrap().unwrap().last_used_at, Some(last_use));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,7 +313,9 @@ async fn metrics_count_what_a_scripted_scenario_did() {
     assert_eq!(value(r#"keygate_rate_limit_checks_total{outcome="admitted"}"#), 3.0);
     assert_eq!(value(r#"keygate_rate_limit_checks_total{outcome="limited"}"#), 0.0);
     let verifications = app.verifications() as f64;
-    assert!(verifications >= 2.0, "the first use and the wrong secret ran argon2");
+    // The first use ran argon2; the wrong secret that followed was judged by the stored
+    // digest (or, if that was still being written, by argon2 too).
+    assert!(verifications >= 1.0, "the first use ran argon2");
     assert_eq!(value("keygate_argon2_verifications_total"), verifications);
     assert_eq!(value("keygate_argon2_verification_seconds_count"), verifications);
     assert!(value(r#"keygate_cache_lookups_total{cache="keys",result="hit"}"#) >= 2.0);

@@ -41,6 +41,7 @@ impl Server {
             .args(["--cache-ttl-seconds", "1", "--serve-stale-seconds", "120"])
             .env("KEYGATE_DATABASE_URL", database_url)
             .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("KEYGATE_DIGEST_KEY", crate::helpers::DIGEST_KEY)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

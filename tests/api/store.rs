@@ -4,7 +4,10 @@
 use crate::backend_tests;
 use crate::helpers::{Db, TestDb};
 use keygate::audit::{AuditAction, AuditCategory, AuditEvent, AuditQuery};
-use keygate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, SessionId, Timestamp, UserId};
+use keygate::domain::{
+    AccountId, ApplicationId, KeyId, Name, NewKeyRecord, Scopes, SecretHash, SessionId, Timestamp, UserId,
+    VerifiedDigest,
+};
 use keygate::store::cached::{CacheSettings, CachedStore};
 use keygate::store::sql::SqlStore;
 use keygate::store::{
@@ -22,24 +25,19 @@ async fn connect(db: Db) -> Option<(SqlStore, TestDb)> {
 }
 
 fn key(id: &str, account: &str, name: &str) -> KeyRecord {
-    KeyRecord {
-        id: KeyId::parse(id).unwrap(),
-        account_id: AccountId::parse(account).unwrap(),
-        kind: KeyKind::ApiKey,
-        name: Name::parse("name", name).unwrap(),
-        scopes: Scopes::parse_grants(&["applications:read", "logs:*"]).unwrap(),
-        application_ids: vec![ApplicationId::parse("app_1").unwrap()],
-        secret_hash: SecretHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into()),
-        created_at: Timestamp::from_millis(1_700_000_000_123),
-        updated_at: Timestamp::from_millis(1_700_000_000_123),
-        expires_at: Some(Timestamp::from_millis(1_800_000_000_000)),
-        revoked_at: None,
-        retire_at: None,
-        verified: Default::default(),
-        usage: Default::default(),
-        revoked_reason: None,
-        version: 1,
-    }
+    KeyRecord::issued(
+        NewKeyRecord {
+            id: KeyId::parse(id).unwrap(),
+            account_id: AccountId::parse(account).unwrap(),
+            kind: KeyKind::ApiKey,
+            name: Name::parse("name", name).unwrap(),
+            scopes: Scopes::parse_grants(&["applications:read", "logs:*"]).unwrap(),
+            application_ids: vec![ApplicationId::parse("app_1").unwrap()],
+            secret_hash: SecretHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into()),
+            expires_at: Some(Timestamp::from_millis(1_800_000_000_000)),
+        },
+        Timestamp::from_millis(1_700_000_000_123),
+    )
 }
 
 fn first_page() -> PageRequest {
@@ -151,16 +149,30 @@ async fn conformance(db: Db) {
         }
     };
     let first = runtime("key_r000000000000001");
-    assert_eq!(rotate(first.clone(), 100).await, None);
+    assert_eq!(rotate(first.clone(), 100).await, vec![]);
     let second = runtime("key_r000000000000002");
-    assert_eq!(rotate(second.clone(), 100).await, Some(first.id));
+    assert_eq!(rotate(second.clone(), 100).await, vec![first.id]);
     let retiring = store.key(first.id).await.unwrap().unwrap();
     assert_eq!((retiring.kind, retiring.retire_at), (KeyKind::Runtime, Some(Timestamp::from_millis(100))));
     assert!(!retiring.is_revoked_at(Timestamp::from_millis(99)) && retiring.is_revoked_at(Timestamp::from_millis(100)));
     let now_revoked = revoke(first.id, "leaked", 50).await.unwrap().unwrap();
     assert!(now_revoked.is_revoked_at(Timestamp::from_millis(0)), "an explicit revoke counts at once");
     let third = runtime("key_r000000000000003");
-    assert_eq!(rotate(third, 200).await, Some(second.id));
+    assert_eq!(rotate(third.clone(), 200).await, vec![second.id]);
+    // Grace chaining: a rotation with a shorter grace ends every older grace with it.
+    let fourth = runtime("key_r000000000000004");
+    assert_eq!(rotate(fourth, 500).await, vec![third.id], "second's grace (200) ends before 500: untouched");
+    let fifth = runtime("key_r000000000000005");
+    let mut ended = rotate(fifth, 150).await;
+    ended.sort();
+    // second retires at 200 (the third rotation's grace), third at 500: both outlast 150.
+    let expected = vec![second.id, third.id, runtime("key_r000000000000004").id];
+    assert_eq!(ended, expected, "a shorter grace caps the still-current one and every longer one");
+    for id in expected {
+        assert_eq!(store.key(id).await.unwrap().unwrap().retire_at, Some(Timestamp::from_millis(150)));
+    }
+    let first_now = store.key(first.id).await.unwrap().unwrap();
+    assert_eq!(first_now.retire_at, Some(Timestamp::from_millis(100)), "revoked and ended keys stay as they were");
     let listed = store.list_keys(&account, None, &first_page()).await.unwrap();
     assert!(listed.items.iter().all(|k| k.kind == KeyKind::ApiKey));
 
@@ -200,6 +212,8 @@ async fn conformance(db: Db) {
             "session.revoke",
             "session.create",
             "application.rotate_key",
+            "application.rotate_key",
+            "application.rotate_key",
             "api_key.revoke",
             "application.rotate_key",
             "application.rotate_key",
@@ -224,7 +238,7 @@ async fn conformance(db: Db) {
     let logins = store.list_audit_events(&account, &query(None, vec![AuditCategory::Login]), &first_page()).await;
     assert_eq!(logins.unwrap().items.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["session.create"]);
     let two = query(None, vec![AuditCategory::Session, AuditCategory::Application]);
-    assert_eq!(store.list_audit_events(&account, &two, &first_page()).await.unwrap().items.len(), 6);
+    assert_eq!(store.list_audit_events(&account, &two, &first_page()).await.unwrap().items.len(), 8);
     let found = store.list_audit_events(&account, &query(Some("KEY_BBBB"), vec![]), &first_page()).await.unwrap();
     assert_eq!(found.items.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(), ["key_bbbbbbbbbbbbbbbb"]);
     let wildcard = store.list_audit_events(&account, &query(Some("_%"), vec![]), &first_page()).await.unwrap();
@@ -251,13 +265,13 @@ async fn conformance(db: Db) {
     assert!(store.key(b.id).await.unwrap().unwrap().revoked_at.is_none(), "the revoke was rolled back");
 
     // Key usage: raised, never lowered; not a change (the version stays).
-    assert_eq!(store.key(b.id).await.unwrap().unwrap().usage.last_used_at(), None);
+    assert_eq!(store.key(b.id).await.unwrap().unwrap().last_used_at, None);
     store.record_key_usage(&[(b.id, Timestamp::from_millis(500)), (c.id, Timestamp::from_millis(7))]).await.unwrap();
     store.record_key_usage(&[(b.id, Timestamp::from_millis(400))]).await.unwrap();
     let used = store.key(b.id).await.unwrap().unwrap();
-    assert_eq!((used.usage.last_used_at(), used.version), (Some(Timestamp::from_millis(500)), 1));
+    assert_eq!((used.last_used_at, used.version), (Some(Timestamp::from_millis(500)), 1));
     let listed = store.list_keys(&account, Some("beta"), &first_page()).await.unwrap();
-    assert_eq!(listed.items[0].usage.last_used_at(), Some(Timestamp::from_millis(500)));
+    assert_eq!(listed.items[0].last_used_at, Some(Timestamp::from_millis(500)));
 }
 
 /// A store whose key reads wait for a signal, to hold a load open across a revoke.
@@ -312,12 +326,15 @@ impl Store for Gated {
     ) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.revoke_key(id, reason, now, audit).await
     }
+    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
+        self.inner.remember_verified(id, hash, digest).await
+    }
     async fn rotate_runtime_key(
         &self,
         new: &KeyRecord,
         retire_at: Timestamp,
         audit: &AuditEvent,
-    ) -> Result<Option<KeyId>, StoreError> {
+    ) -> Result<Vec<KeyId>, StoreError> {
         self.inner.rotate_runtime_key(new, retire_at, audit).await
     }
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {

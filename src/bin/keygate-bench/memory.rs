@@ -1,10 +1,10 @@
 //! Memory per cached hot key: a million key records in the real caching decorator, each
-//! with the verified-credential digest a hot key carries, measured as the process's
+//! with the verified-credential digest and last use a hot key carries, measured as the process's
 //! resident memory before and after. The records come from a [`MemoryStore`], which hands out fresh copies as a
 //! database would; its own copies are counted before the measurement starts.
 
 use keygate::audit::{AuditAction, AuditEvent};
-use keygate::domain::{AccountId, KeyId, Name, Scopes, SecretHash, Timestamp};
+use keygate::domain::{AccountId, KeyId, Name, NewKeyRecord, Scopes, SecretHash, Timestamp, VerifiedDigest};
 use keygate::store::cached::{CacheSettings, CachedStore};
 use keygate::store::memory::MemoryStore;
 use keygate::store::{KeyKind, KeyRecord, Store};
@@ -28,39 +28,32 @@ pub async fn run(keys: usize) -> anyhow::Result<()> {
     for &id in &ids {
         let created = Timestamp::from_millis(1_700_000_000_000);
         let audit = AuditEvent::system(account.clone(), AuditAction::ApiKeyCreate, id.to_string(), created)?;
-        store
-            .create_key(
-                &KeyRecord {
-                    id,
-                    account_id: AccountId::parse("acct_0123456789").expect("valid"),
-                    kind: KeyKind::ApiKey,
-                    name: Name::parse("name", "production backend key").expect("valid"),
-                    scopes: Scopes::parse_grants(&["applications:read", "logs:read"]).expect("valid"),
-                    application_ids: vec![],
-                    secret_hash: hash.clone(),
-                    created_at: Timestamp::from_millis(1_700_000_000_000),
-                    updated_at: Timestamp::from_millis(1_700_000_000_000),
-                    expires_at: None,
-                    revoked_at: None,
-                    retire_at: None,
-                    verified: Default::default(),
-                    usage: Default::default(),
-                    revoked_reason: None,
-                    version: 1,
-                },
-                &audit,
-            )
-            .await?;
+        let mut record = KeyRecord::issued(
+            NewKeyRecord {
+                id,
+                account_id: AccountId::parse("acct_0123456789").expect("valid"),
+                kind: KeyKind::ApiKey,
+                name: Name::parse("name", "production backend key").expect("valid"),
+                scopes: Scopes::parse_grants(&["applications:read", "logs:read"]).expect("valid"),
+                application_ids: vec![],
+                secret_hash: hash.clone(),
+                expires_at: None,
+            },
+            created,
+        );
+        // A hot key carries the digest of its verified credential, and a last use.
+        let mut digest = [0u8; 32];
+        digest[..8].copy_from_slice(&(id.to_string().len() as u64 ^ created.as_millis() as u64).to_le_bytes());
+        record.verified_digest = Some(VerifiedDigest { key_fingerprint: [1; 8], digest });
+        record.last_used_at = Some(created);
+        store.create_key(&record, &audit).await?;
     }
     let settings = CacheSettings { capacity: keys as u64 * 2, ttl: Duration::from_secs(30), max_stale: Duration::ZERO };
     let cache = CachedStore::new(store, settings);
 
     let before = resident_bytes();
-    for (i, &id) in ids.iter().enumerate() {
-        let record = cache.key(id).await?.expect("stored");
-        let mut digest = [0u8; 32];
-        digest[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        record.verified.remember(&digest);
+    for &id in &ids {
+        cache.key(id).await?.expect("stored");
     }
     let cached = cache.stats().keys.entries;
     let after = resident_bytes();

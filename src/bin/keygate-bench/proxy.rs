@@ -154,6 +154,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .args(["--log-format", "json"])
         .env("KEYGATE_DATABASE_URL", format!("sqlite://{}", dir.path().join("keygate.db").display()))
         .env("KEYGATE_ADMIN_TOKEN", TOKEN)
+        .env("KEYGATE_DIGEST_KEY", "bench-digest-key-0123456789abcdefghijklmnop")
         .env("RUST_LOG", "info");
     let grpc = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
     let seen = grpc.clone();

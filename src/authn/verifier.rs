@@ -9,7 +9,7 @@ use crate::domain::SecretHash;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Semaphore;
@@ -50,35 +50,39 @@ pub enum VerifierError {
     Random(#[from] getrandom::Error),
     #[error("the hashing task did not finish")]
     Task(#[from] tokio::task::JoinError),
+    /// More verifications are waiting than can finish within an edge's patience.
+    #[error("{0} argon2 verifications are already waiting")]
+    Busy(usize),
 }
+
+/// Verifications that may wait per slot: with ~15-20 ms each, a queue of 16 per slot is
+/// about a quarter second, an edge's whole budget. Past it, callers are told to come back.
+pub const QUEUED_PER_SLOT: usize = 16;
 
 pub struct Verifier {
     argon2: Argon2<'static>,
     permits: Arc<Semaphore>,
+    /// Verifications waiting or running, and how many may.
+    queued: AtomicUsize,
+    max_queued: usize,
     verifications: AtomicU64,
     /// Seconds per verification, waiting for a slot included: what a cache miss costs.
     durations: Histogram,
-    /// Verified against when the key id is unknown, so an unknown id costs what a wrong
-    /// secret costs and timing does not tell them apart.
-    decoy: SecretHash,
 }
 
 impl Verifier {
-    pub async fn new(settings: Argon2Settings) -> Result<Self, VerifierError> {
+    pub fn new(settings: Argon2Settings) -> Result<Self, VerifierError> {
         let params = Params::new(settings.memory_kib, settings.iterations, settings.parallelism, None)
             .map_err(|e| VerifierError::Params(e.to_string()))?;
-        let mut verifier = Self {
+        Ok(Self {
             argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
             permits: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
+            queued: AtomicUsize::new(0),
+            max_queued: settings.max_concurrent.max(1) * QUEUED_PER_SLOT,
             verifications: AtomicU64::new(0),
             // 1 ms to ~4 s.
             durations: Histogram::new(exponential_buckets(0.001, 2.0, 13)),
-            decoy: SecretHash::new(String::new()),
-        };
-        let mut decoy_secret = [0u8; 32];
-        getrandom::getrandom(&mut decoy_secret)?;
-        verifier.decoy = verifier.hash(&decoy_secret).await?;
-        Ok(verifier)
+        })
     }
 
     /// Hashes a new secret into a PHC string with a fresh random salt.
@@ -95,11 +99,15 @@ impl Verifier {
         .await
     }
 
-    /// Checks `secret` against `hash`; with no hash (unknown key), does the same work
-    /// against the decoy and answers false.
-    pub async fn verify(&self, secret: &str, hash: Option<&SecretHash>) -> Result<bool, VerifierError> {
-        let known = hash.is_some();
-        let phc = hash.unwrap_or(&self.decoy).expose_phc().to_owned();
+    /// Checks `secret` against `hash`.
+    pub async fn verify(&self, secret: &str, hash: &SecretHash) -> Result<bool, VerifierError> {
+        // A bounded queue: a flood waits here at most this long, then is told to retry.
+        let queued = self.queued.fetch_add(1, Ordering::AcqRel);
+        let _slot = QueueSlot(&self.queued);
+        if queued >= self.max_queued {
+            return Err(VerifierError::Busy(queued));
+        }
+        let phc = hash.expose_phc().to_owned();
         let secret = secret.as_bytes().to_vec();
         let argon2 = self.argon2.clone();
         self.verifications.fetch_add(1, Ordering::Relaxed);
@@ -110,7 +118,7 @@ impl Verifier {
                 // The parameters come from the stored hash, so keys hashed under older
                 // settings keep verifying after the settings change.
                 let matches = argon2.verify_password(&secret, &parsed).is_ok();
-                Ok(known && matches)
+                Ok(matches)
             })
             .await;
         self.durations.observe(started.elapsed().as_secs_f64());
@@ -122,9 +130,14 @@ impl Verifier {
         self.durations.clone()
     }
 
-    /// How many argon2 verifications have run, decoys included.
+    /// How many argon2 verifications have run.
     pub fn verifications(&self) -> u64 {
         self.verifications.load(Ordering::Relaxed)
+    }
+
+    /// Verifications waiting or running now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     async fn run<T: Send + 'static>(
@@ -139,5 +152,14 @@ impl Verifier {
         })
         .instrument(tracing::Span::current())
         .await?
+    }
+}
+
+/// One place in the verification queue, given back however the caller leaves.
+struct QueueSlot<'a>(&'a AtomicUsize);
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -1,0 +1,322 @@
+//! Who is calling: from a presented credential to a verified [`Principal`], end to end —
+//! kinds and parsing, keyed digests and argon2, single flight, what is remembered about
+//! wrong credentials, and the budgets that bound what guessing may cost.
+//!
+//! The order of the checks is the cost order, so a holder is never made to wait behind
+//! work done for somebody else:
+//! 1. parse (kind, shape, checksum): no I/O;
+//! 2. the record, from memory or the store (an id not in memory costs the client a unit of
+//!    its budget; an id known absent is remembered apart from real records);
+//! 3. the keyed digest against the one stored beside the hash: the holder is recognised
+//!    and any other credential is known wrong, both at the cost of one HMAC;
+//! 4. only for a key nobody has verified yet: argon2, within the budgets, shared by
+//!    concurrent callers presenting the same credential.
+//!
+//! What stays observable: whether a key id exists (ids are not secret: they are in every
+//! credential, in `x-keygate-key-id` and in the audit trail), and whether a key was ever
+//! verified (a wrong secret for it costs an HMAC, not argon2). A key's state — revoked,
+//! expired, restricted — is decided only after its secret is verified, and never shows.
+
+pub mod budget;
+pub mod digest;
+pub mod verifier;
+
+use crate::code::Code;
+use crate::domain::{ClientNetwork, Credential, CredentialKind, Deny, KeyKind, KeyRecord, Principal};
+use crate::policy::Accepts;
+use crate::store::{Store, StoreError};
+pub use budget::Throttled;
+use budget::{FailureBudgets, Reservation};
+use digest::{CredentialDigester, Recognition};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use verifier::{Verifier, VerifierError};
+
+/// What came of a presented credential.
+#[derive(Debug)]
+pub enum Authentication {
+    Verified(Principal),
+    /// Missing, malformed, unknown, of the wrong kind, or wrong: the code says which.
+    Refused(Deny),
+    /// Not judged: a budget for guessing is spent, or argon2's queue is full.
+    Throttled(Throttled),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthnError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Verifier(#[from] VerifierError),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AuthnSettings {
+    /// How long a credential argon2 rejected is remembered (repeating it costs a lookup).
+    pub rejected_ttl: Duration,
+    /// Capacity of the memories of verified and rejected credentials.
+    pub capacity: u64,
+}
+
+impl Default for AuthnSettings {
+    fn default() -> Self {
+        Self { rejected_ttl: Duration::from_secs(60), capacity: 100_000 }
+    }
+}
+
+/// Why a shared verification did not accept the credential.
+#[derive(Debug, thiserror::Error)]
+enum NotVerified {
+    #[error("wrong secret")]
+    Mismatch,
+    #[error("throttled")]
+    Throttled(Throttled),
+    #[error(transparent)]
+    Failed(#[from] VerifierError),
+}
+
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    verifier: Arc<Verifier>,
+    digester: CredentialDigester,
+    budgets: Arc<FailureBudgets>,
+    /// Verifications in flight, by keyed digest of the whole credential: concurrent
+    /// callers presenting one credential share one argon2 run.
+    verifying: moka::future::Cache<[u8; 32], ()>,
+    /// Credentials argon2 accepted on this replica, by keyed digest: the fallback for a
+    /// record whose stored digest was made under another digest key, or is not loaded yet.
+    verified_here: quick_cache::sync::Cache<[u8; 32], ()>,
+    /// Credentials argon2 rejected: a repeated wrong secret costs a lookup.
+    rejected: moka::sync::Cache<[u8; 32], ()>,
+}
+
+impl Authenticator {
+    pub fn new(
+        store: Arc<dyn Store>,
+        verifier: Arc<Verifier>,
+        digester: CredentialDigester,
+        budgets: Arc<FailureBudgets>,
+        settings: AuthnSettings,
+    ) -> Self {
+        let capacity = settings.capacity.max(1);
+        Self {
+            store,
+            verifier,
+            digester,
+            budgets,
+            verifying: moka::future::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(Duration::from_secs(10))
+                .build(),
+            verified_here: quick_cache::sync::Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX)),
+            rejected: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(settings.rejected_ttl).build(),
+        }
+    }
+
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.verifier
+    }
+
+    pub fn budgets(&self) -> &Arc<FailureBudgets> {
+        &self.budgets
+    }
+
+    /// Proves who presented `raw`, for a route that `accepts` some kinds of credential.
+    pub async fn authenticate(
+        &self,
+        raw: &str,
+        accepts: Accepts,
+        client: Option<ClientNetwork>,
+    ) -> Result<Authentication, AuthnError> {
+        // What a missing or unusable credential is called depends on what the route wants.
+        let missing = if accepts.any_key() { Code::ApiKeyInvalid } else { Code::Unauth };
+        if raw.is_empty() {
+            return Ok(refused(missing, "no credential was presented"));
+        }
+        let Some(kind) = CredentialKind::of(raw) else {
+            return Ok(refused(missing, "the credential is not in a format keygate issues"));
+        };
+        if !accepts.allows(kind) {
+            return Ok(Authentication::Refused(match kind {
+                // A key where only a session will do: said without any work.
+                CredentialKind::ApiKey | CredentialKind::RuntimeKey if !accepts.any_key() => {
+                    Deny::of(Code::SessionRequired)
+                }
+                CredentialKind::ApiKey | CredentialKind::RuntimeKey => {
+                    Deny::new(Code::ApiKeyInvalid, format!("a {} is not accepted on this route", kind.as_str()))
+                }
+                CredentialKind::Session => {
+                    Deny::new(Code::ApiKeyInvalid, "this route needs an API key, not a dashboard session")
+                }
+            }));
+        }
+        let credential = match Credential::parse(raw) {
+            Ok(credential) => credential,
+            Err(malformed) => {
+                let code = if kind == CredentialKind::Session { Code::Unauth } else { Code::ApiKeyInvalid };
+                return Ok(refused(code, malformed.to_string()));
+            }
+        };
+        match kind {
+            CredentialKind::Session => self.session(&credential, client).await,
+            CredentialKind::ApiKey | CredentialKind::RuntimeKey => self.key(&credential, kind, client).await,
+        }
+    }
+
+    async fn session(
+        &self,
+        credential: &Credential<'_>,
+        client: Option<ClientNetwork>,
+    ) -> Result<Authentication, AuthnError> {
+        let id = credential.session_id();
+        let session = match self.store.peek_session(id) {
+            Some(known) => known,
+            None => {
+                let reservation = match self.budgets.admit_lookup(client) {
+                    Ok(reservation) => reservation,
+                    Err(throttled) => return Ok(Authentication::Throttled(throttled)),
+                };
+                let session = self.store.session(id).await?;
+                settle(reservation, session.is_some());
+                session
+            }
+        };
+        // A session's secret is 262 random bits: its SHA-256 is what is stored.
+        let digest: [u8; 32] = Sha256::digest(credential.secret().as_bytes()).into();
+        match session {
+            Some(session) if bool::from(session.secret_digest.ct_eq(&digest)) => {
+                Ok(Authentication::Verified(Principal::Session(session)))
+            }
+            _ => {
+                self.budgets.note_client_failure(client);
+                Ok(refused(Code::Unauth, "unknown dashboard session"))
+            }
+        }
+    }
+
+    async fn key(
+        &self,
+        credential: &Credential<'_>,
+        kind: CredentialKind,
+        client: Option<ClientNetwork>,
+    ) -> Result<Authentication, AuthnError> {
+        let invalid = || refused(Code::ApiKeyInvalid, "unknown API key or wrong secret");
+        let id = credential.key_id();
+        let record = match self.store.peek_key(id) {
+            Some(known) => known,
+            None => {
+                let reservation = match self.budgets.admit_lookup(client) {
+                    Ok(reservation) => reservation,
+                    Err(throttled) => return Ok(Authentication::Throttled(throttled)),
+                };
+                let record = self.store.key(id).await?;
+                settle(reservation, record.is_some());
+                record
+            }
+        };
+        let expected = if kind == CredentialKind::RuntimeKey { KeyKind::Runtime } else { KeyKind::ApiKey };
+        // A record of the other kind is as unknown as no record at all.
+        let Some(record) = record.filter(|k| k.kind == expected) else {
+            self.budgets.note_client_failure(client);
+            return Ok(invalid());
+        };
+        let digest = self.digester.digest(credential.as_str());
+        match self.digester.judge(record.verified_digest.as_ref(), &digest) {
+            Recognition::Holder => return Ok(Authentication::Verified(Principal::Key(record))),
+            Recognition::Wrong => {
+                self.budgets.note_client_failure(client);
+                return Ok(invalid());
+            }
+            Recognition::Unknown => {}
+        }
+        if self.verified_here.get(&digest).is_some() {
+            return Ok(Authentication::Verified(Principal::Key(record)));
+        }
+        if self.rejected.contains_key(&digest) {
+            self.budgets.note_client_failure(client);
+            return Ok(invalid());
+        }
+        // The rest runs argon2: boxed, so the paths above keep a small future.
+        Box::pin(self.verify(credential, record, digest, client)).await
+    }
+
+    /// argon2, for a key no replica has verified: once per credential however many
+    /// callers present it at the same time (the first one's budget pays), within the
+    /// budgets.
+    async fn verify(
+        &self,
+        credential: &Credential<'_>,
+        record: Arc<KeyRecord>,
+        digest: [u8; 32],
+        client: Option<ClientNetwork>,
+    ) -> Result<Authentication, AuthnError> {
+        let checked = self
+            .verifying
+            .try_get_with(digest, async {
+                let reservation = self.budgets.admit_verification(record.id, client).map_err(NotVerified::Throttled)?;
+                match self.verifier.verify(credential.secret(), &record.secret_hash).await {
+                    Ok(true) => {
+                        reservation.succeeded();
+                        Ok(())
+                    }
+                    Ok(false) => {
+                        reservation.failed();
+                        Err(NotVerified::Mismatch)
+                    }
+                    Err(VerifierError::Busy(_)) => {
+                        Err(NotVerified::Throttled(Throttled { retry_after: Duration::from_secs(1), limit: 0 }))
+                    }
+                    Err(e) => Err(NotVerified::Failed(e)),
+                }
+            })
+            .await;
+        match checked {
+            Ok(()) => {
+                self.verified_here.insert(digest, ());
+                self.remember(&record, digest);
+                Ok(Authentication::Verified(Principal::Key(record)))
+            }
+            Err(e) => match &*e {
+                NotVerified::Mismatch => {
+                    self.rejected.insert(digest, ());
+                    Ok(refused(Code::ApiKeyInvalid, "unknown API key or wrong secret"))
+                }
+                NotVerified::Throttled(throttled) => {
+                    tracing::debug!(key_id = %record.id, ?client, "verification budget spent; throttled");
+                    Ok(Authentication::Throttled(*throttled))
+                }
+                NotVerified::Failed(_) => Err(VerifierError::Hash(format!("verification failed: {e}")).into()),
+            },
+        }
+    }
+
+    /// Stores the verified credential's digest beside the key's hash, off the request
+    /// path, so every replica recognises the holder from now on (restarts included).
+    fn remember(&self, record: &KeyRecord, digest: [u8; 32]) {
+        let verified = self.digester.verified(digest);
+        if record.verified_digest == Some(verified) {
+            return;
+        }
+        let (store, id, hash) = (self.store.clone(), record.id, record.secret_hash.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.remember_verified(id, &hash, &verified).await {
+                tracing::warn!(key_id = %id, error = %e, "could not store the verified digest; argon2 stays the fallback");
+            }
+        });
+    }
+}
+
+/// A lookup that found something proved nothing about guessing: its unit goes back.
+fn settle(reservation: Reservation, found: bool) {
+    if found {
+        reservation.succeeded();
+    } else {
+        reservation.failed();
+    }
+}
+
+fn refused(code: Code, message: impl Into<std::borrow::Cow<'static, str>>) -> Authentication {
+    Authentication::Refused(Deny::new(code, message))
+}

@@ -1,0 +1,207 @@
+//! The records keygate keeps: plain data, as stored. What a cache or a verifier remembers
+//! about a record lives with them, not here.
+
+use super::{AccountId, ApplicationId, CredentialKind, KeyId, Name, Scopes, SecretHash, SessionId, Timestamp, UserId};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Application {
+    pub id: ApplicationId,
+    pub account_id: AccountId,
+    pub name: Name,
+    pub created_at: Timestamp,
+}
+
+/// What a key record is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A management API key, made by `CreateApiKey`.
+    ApiKey,
+    /// An application's runtime key, made by `RotateApplicationKey`; restricted to that one
+    /// application and accepted only on routes whose policy names `runtime_key`.
+    Runtime,
+}
+
+impl KeyKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::ApiKey => "api_key",
+            KeyKind::Runtime => "runtime",
+        }
+    }
+}
+
+/// A stored API key: everything but the secret, which is never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub account_id: AccountId,
+    pub kind: KeyKind,
+    pub name: Name,
+    pub scopes: Scopes,
+    /// Empty means every application of the account.
+    pub application_ids: Vec<ApplicationId>,
+    pub secret_hash: SecretHash,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    /// A rotated runtime key keeps working until then and counts as revoked after.
+    pub retire_at: Option<Timestamp>,
+    pub revoked_reason: Option<String>,
+    /// Bumped by every change; lets caches and replicas tell old from new.
+    pub version: i64,
+    /// The keyed digest of the credential that argon2 last accepted for this key (see
+    /// [`VerifiedDigest`]), so that any replica recognises its holder without argon2.
+    pub verified_digest: Option<VerifiedDigest>,
+    /// When the key was last used, as stored (batched, about once a minute).
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// An HMAC-SHA-256, under a server-side key that is not in the database, of a credential
+/// argon2 has accepted, with the first bytes of that key's own digest to say which key
+/// made it. A key has exactly one secret, so a credential whose digest differs from a
+/// usable one is wrong without any argon2 work; one whose digest matches is the holder.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedDigest {
+    /// Which digest key made it: a replica with another key cannot use it.
+    pub key_fingerprint: [u8; 8],
+    pub digest: [u8; 32],
+}
+
+impl VerifiedDigest {
+    /// As stored: hex of the fingerprint and the digest, 80 characters.
+    pub fn to_hex(&self) -> String {
+        let mut bytes = [0u8; 40];
+        bytes[..8].copy_from_slice(&self.key_fingerprint);
+        bytes[8..].copy_from_slice(&self.digest);
+        super::hex(&bytes)
+    }
+
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 80 || !text.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; 40];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
+        }
+        let mut key_fingerprint = [0u8; 8];
+        key_fingerprint.copy_from_slice(&bytes[..8]);
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(&bytes[8..]);
+        Some(Self { key_fingerprint, digest })
+    }
+}
+
+/// Never printed: a digest of a credential says nothing, but logs have no use for it.
+impl std::fmt::Debug for VerifiedDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VerifiedDigest(<redacted>)")
+    }
+}
+
+/// What a new key is made of; the rest of a [`KeyRecord`] starts empty.
+#[derive(Debug, Clone)]
+pub struct NewKeyRecord {
+    pub id: KeyId,
+    pub account_id: AccountId,
+    pub kind: KeyKind,
+    pub name: Name,
+    pub scopes: Scopes,
+    pub application_ids: Vec<ApplicationId>,
+    pub secret_hash: SecretHash,
+    pub expires_at: Option<Timestamp>,
+}
+
+impl KeyRecord {
+    /// A key as issued at `now`: version 1, never revoked, verified or used. The one way
+    /// new records are built (the admin API, tests, benchmarks).
+    pub fn issued(new: NewKeyRecord, now: Timestamp) -> Self {
+        let NewKeyRecord { id, account_id, kind, name, scopes, application_ids, secret_hash, expires_at } = new;
+        Self {
+            id,
+            account_id,
+            kind,
+            name,
+            scopes,
+            application_ids,
+            secret_hash,
+            created_at: now,
+            updated_at: now,
+            expires_at,
+            revoked_at: None,
+            retire_at: None,
+            revoked_reason: None,
+            version: 1,
+            verified_digest: None,
+            last_used_at: None,
+        }
+    }
+
+    /// An explicit revoke counts at once, whatever any replica's clock says; a scheduled
+    /// retirement counts from its time.
+    pub fn is_revoked_at(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_some() || self.retire_at.is_some_and(|at| at <= now)
+    }
+
+    pub fn is_expired_at(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    pub fn allows_application(&self, id: &ApplicationId) -> bool {
+        self.application_ids.is_empty() || self.application_ids.contains(id)
+    }
+}
+
+/// A dashboard session. Its token's secret is kept only as a SHA-256 digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub account_id: AccountId,
+    pub user_id: UserId,
+    pub secret_digest: [u8; 32],
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+    pub version: i64,
+}
+
+impl SessionRecord {
+    /// Usable at `now`: neither revoked nor expired.
+    pub fn is_live_at(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && now < self.expires_at
+    }
+}
+
+/// Who presented a verified credential.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// An API key or an application runtime key.
+    Key(Arc<KeyRecord>),
+    Session(Arc<SessionRecord>),
+}
+
+impl Principal {
+    pub fn kind(&self) -> CredentialKind {
+        match self {
+            Principal::Key(key) if key.kind == KeyKind::Runtime => CredentialKind::RuntimeKey,
+            Principal::Key(_) => CredentialKind::ApiKey,
+            Principal::Session(_) => CredentialKind::Session,
+        }
+    }
+
+    pub fn account_id(&self) -> &AccountId {
+        match self {
+            Principal::Key(key) => &key.account_id,
+            Principal::Session(session) => &session.account_id,
+        }
+    }
+
+    pub fn allows_application(&self, id: &ApplicationId) -> bool {
+        match self {
+            Principal::Key(key) => key.allows_application(id),
+            Principal::Session(_) => true,
+        }
+    }
+}
