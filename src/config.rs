@@ -164,17 +164,40 @@ impl MaskedUrl {
 }
 
 impl fmt::Debug for MaskedUrl {
+    /// `scheme://user:***@host/db?password=***`: the password of the userinfo and every
+    /// query parameter that carries a credential (`password=`, `sslpassword=`, `token=`, …).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // scheme://user:password@host → scheme://user:***@host
-        match (self.0.find("://"), self.0.rfind('@')) {
-            (Some(scheme_end), Some(at)) if at > scheme_end => {
-                let userinfo = &self.0[scheme_end + 3..at];
+        let (before_query, query) = match self.0.split_once('?') {
+            Some((before, query)) => (before, Some(query)),
+            None => (self.0.as_str(), None),
+        };
+        match (before_query.find("://"), before_query.rfind('@')) {
+            (Some(scheme_end), Some(at)) if at > scheme_end && before_query[scheme_end + 3..at].contains(':') => {
+                let userinfo = &before_query[scheme_end + 3..at];
                 let user = userinfo.split(':').next().unwrap_or("");
-                write!(f, "{}{}:***{}", &self.0[..scheme_end + 3], user, &self.0[at..])
+                write!(f, "{}{}:***{}", &before_query[..scheme_end + 3], user, &before_query[at..])?;
             }
-            _ => f.write_str(&self.0),
+            _ => f.write_str(before_query)?,
         }
+        let Some(query) = query else { return Ok(()) };
+        f.write_str("?")?;
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                f.write_str("&")?;
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if carries_credential(name) => write!(f, "{name}=***")?,
+                _ => f.write_str(pair)?,
+            }
+        }
+        Ok(())
     }
+}
+
+/// A query parameter of a database or Redis URL whose value is a credential.
+fn carries_credential(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "auth"].iter().any(|word| name.contains(word))
 }
 
 impl fmt::Display for MaskedUrl {
@@ -456,6 +479,11 @@ mod tests {
     fn database_url_debug_masks_the_password() {
         let url = MaskedUrl::new("postgres://kg:hunter2@db:5432/keygate");
         assert_eq!(format!("{url:?}"), "postgres://kg:***@db:5432/keygate");
+        let url = MaskedUrl::new("postgres://kg@db/keygate?sslmode=require&password=hunter2&sslpassword=x&PWD=y");
+        assert_eq!(url.to_string(), "postgres://kg@db/keygate?sslmode=require&password=***&sslpassword=***&PWD=***");
+        let url = MaskedUrl::new("redis://:hunter2@cache:6379/0?token=t");
+        assert_eq!(url.to_string(), "redis://:***@cache:6379/0?token=***");
+        assert_eq!(MaskedUrl::new("sqlite://data/k.db").to_string(), "sqlite://data/k.db");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::grpc::authorizer::AuthorizerService;
 use crate::grpc::ext_authz::CheckService;
 use crate::grpc::proto::{self, admin_server::AdminServer, authorizer_server::AuthorizerServer};
 use crate::grpc::spans::CallSpans;
+use crate::grpc::undecodable::UndecodableIsInvalidArgument;
 use crate::manage::Manager;
 use crate::policy::Policy;
 use crate::ratelimit::{redis::RedisLimiter, Limiter, LocalLimiter};
@@ -107,7 +108,7 @@ impl Drop for AbortOnDrop {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
-    router: Router,
+    router: Router<tower::layer::util::Stack<UndecodableIsInvalidArgument, tower::layer::util::Identity>>,
     metrics: Option<TcpListener>,
     /// The forward-auth listener and what it serves, when `--http-listen` was given.
     forward_auth: Option<(TcpListener, ForwardAuth)>,
@@ -210,6 +211,7 @@ impl Application {
         // larger message is refused with OUT_OF_RANGE before it is decoded), streams per
         // connection, and keepalives that find dead peers.
         let router = Server::builder()
+            .layer(UndecodableIsInvalidArgument)
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))

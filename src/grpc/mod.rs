@@ -7,6 +7,7 @@ pub mod convert;
 pub mod ext_authz;
 pub mod spans;
 pub mod status;
+pub mod undecodable;
 
 pub use keygate_api::proto;
 

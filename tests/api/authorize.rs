@@ -118,7 +118,7 @@ async fn decision_table(db: Db) {
 /// Same key id, a different secret, a valid checksum: passes parsing, fails argon2.
 /// Built from the documented format (CRC-32 of the body, six base62 digits), independently
 /// of keygate's own code.
-fn forge_with_key_id(credential: &str) -> String {
+pub fn forge_with_key_id(credential: &str) -> String {
     let other = keygate::domain::GeneratedKey::generate().unwrap().into_secret_string();
     let body = format!("{}{}", &credential[..19], &other[19..63]);
     let mut crc = !0u32;

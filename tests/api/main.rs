@@ -1,5 +1,6 @@
 //! One integration binary: the real server, real databases, real gRPC clients.
 
+mod abuse;
 mod admin;
 mod authorize;
 mod cli;
