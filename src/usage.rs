@@ -56,8 +56,11 @@ impl UsageRecorder {
     /// Called for every allowed call made with a key. Two calls racing past the interval
     /// may both report: the pending map keeps one use per key either way.
     pub fn used(&self, key: &KeyRecord, now: Timestamp) {
-        let last = self.last_known(key).map_or(0, Timestamp::as_millis);
-        if now.as_millis().saturating_sub(last) >= self.settings.every.as_millis() as i64 {
+        let every = self.settings.every.as_millis() as i64;
+        let due =
+            |last: Option<Timestamp>| now.as_millis().saturating_sub(last.map_or(0, Timestamp::as_millis)) >= every;
+        // The stored use, read with the record, settles most calls without a lookup.
+        if due(key.last_used_at) && due(self.last_known(key)) {
             self.reported.insert(key.id, now.as_millis());
             self.keep(&[(key.id, now)]);
         }

@@ -141,36 +141,58 @@ pub struct RefusedPath(pub &'static str);
 /// refused, so it can never match a route that its normalised form would not. Edges
 /// normalise legitimate paths before they ask (see the edge sections of the docs).
 pub fn request_target(raw: &str) -> Result<RequestTarget<'_>, RefusedPath> {
-    let raw = raw.split_once('#').map_or(raw, |(before, _)| before);
-    let (path, query) = match raw.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (raw, None),
-    };
-    let Some(rest) = path.strip_prefix('/') else {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
         return Err(RefusedPath("the path does not start with '/'"));
-    };
-    if path.bytes().any(|b| b < 0x20 || b == 0x7f || b == b' ' || b == b'\\' || b == b';') {
-        return Err(RefusedPath("the path holds a control character, a space, a backslash or a ';'"));
     }
-    let lower = |b: u8| b.to_ascii_lowercase();
-    let encoded = path
-        .as_bytes()
-        .windows(3)
-        .any(|w| w[0] == b'%' && matches!((w[1], lower(w[2])), (b'2', b'e') | (b'2', b'f') | (b'5', b'c')));
-    if encoded {
-        return Err(RefusedPath("the path holds an encoded '.', '/' or '\\'"));
-    }
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if !rest.is_empty() {
-        for segment in rest.split('/') {
-            match segment {
-                "" => return Err(RefusedPath("the path has an empty segment")),
-                "." | ".." => return Err(RefusedPath("the path has a dot segment")),
-                _ => {}
+    // One pass over the path (it runs on every decision): where it ends, and whether it
+    // holds anything a normalising edge would have changed.
+    let mut end = bytes.len();
+    let mut segment_start = 1;
+    for (i, &b) in bytes.iter().enumerate().skip(1) {
+        match b {
+            b'?' | b'#' => {
+                end = i;
+                break;
             }
+            b'/' => {
+                check_segment(&bytes[segment_start..i])?;
+                segment_start = i + 1;
+            }
+            b'%' if matches!(
+                (bytes.get(i + 1), bytes.get(i + 2).map(u8::to_ascii_lowercase)),
+                (Some(b'2'), Some(b'e' | b'f')) | (Some(b'5'), Some(b'c'))
+            ) =>
+            {
+                return Err(RefusedPath("the path holds an encoded '.', '/' or '\\'"))
+            }
+            0..=0x20 | 0x7f | b'\\' | b';' => {
+                return Err(RefusedPath("the path holds a control character, a space, a backslash or a ';'"))
+            }
+            _ => {}
         }
     }
-    Ok(RequestTarget { path, query })
+    // The last segment may be empty: one trailing slash is allowed ("/a/b/", and "/").
+    let last = &bytes[segment_start..end];
+    if !last.is_empty() {
+        check_segment(last)?;
+    }
+    let query = match bytes.get(end) {
+        Some(b'?') => {
+            let rest = &raw[end + 1..];
+            Some(rest.split_once('#').map_or(rest, |(query, _)| query))
+        }
+        _ => None,
+    };
+    Ok(RequestTarget { path: &raw[..end], query })
+}
+
+fn check_segment(segment: &[u8]) -> Result<(), RefusedPath> {
+    match segment {
+        b"" => Err(RefusedPath("the path has an empty segment")),
+        b"." | b".." => Err(RefusedPath("the path has a dot segment")),
+        _ => Ok(()),
+    }
 }
 
 /// The first value of `name` in a query string (`a=1&b=2`), as written (not decoded).
