@@ -6,7 +6,7 @@ use crate::authn::budget::BudgetSettings;
 use crate::authn::verifier::Argon2Settings;
 use crate::authn::AuthnSettings;
 use crate::breaker::BreakerSettings;
-use crate::edge::CredentialHeader;
+use crate::edge::{CredentialHeader, EdgeSettings};
 use crate::grpc::ext_authz::ExtAuthzSettings;
 use crate::manage::ManageSettings;
 use crate::store::cached::CacheSettings;
@@ -262,26 +262,6 @@ pub struct Settings {
     pub edge: EdgeSettings,
     pub store_breaker: BreakerSettings,
     pub limiter_breaker: BreakerSettings,
-}
-
-/// What every edge entry shares: how the client's address is read, and how long a
-/// decision may take.
-#[derive(Debug, Clone, Copy)]
-pub struct EdgeSettings {
-    pub trusted_proxy_hops: usize,
-    /// When the caller sets no deadline of its own.
-    pub decision_deadline: Duration,
-}
-
-impl EdgeSettings {
-    /// The time a decision may take: the caller's deadline less a fifth (kept for the
-    /// answer's way back), never more than the configured deadline.
-    pub fn budget(&self, caller_deadline: Option<Duration>) -> Duration {
-        match caller_deadline {
-            Some(deadline) => (deadline - deadline / 5).min(self.decision_deadline),
-            None => self.decision_deadline,
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,27 @@ use crate::authz::decision::Principal;
 use crate::authz::Verdict;
 use crate::domain::InvalidField;
 use crate::policy::RequestHeaders;
+use std::time::Duration;
+
+/// What every edge entry shares: how the client's address is read, and how long a
+/// decision may take.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeSettings {
+    pub trusted_proxy_hops: usize,
+    /// When the caller sets no deadline of its own.
+    pub decision_deadline: Duration,
+}
+
+impl EdgeSettings {
+    /// The time a decision may take: the caller's deadline less a fifth (kept for the
+    /// answer's way back), never more than the configured deadline.
+    pub fn budget(&self, caller_deadline: Option<Duration>) -> Duration {
+        match caller_deadline {
+            Some(deadline) => (deadline - deadline / 5).min(self.decision_deadline),
+            None => self.decision_deadline,
+        }
+    }
+}
 
 pub const MAX_PATH_LEN: usize = 4096;
 pub const MAX_METHOD_LEN: usize = 16;

@@ -6,7 +6,13 @@
 //! this module; values that already live in atomics (cache sizes, counts of the listener)
 //! are read at scrape time by [`StateCollector`].
 
-use crate::startup::Handles;
+use crate::authn::verifier::Verifier;
+use crate::authz::AuthorizeMetrics;
+use crate::breaker::Breaker;
+use crate::store::cached::CachedStore;
+use crate::store::invalidation::ListenerStatus;
+use crate::store::metered::StoreMetrics;
+use crate::usage::UsageRecorder;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -17,10 +23,25 @@ use std::sync::Arc;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// What the metrics read, handed over by whoever wires the server: this module depends on
+/// the parts it reads, not on the wiring.
+#[derive(Clone)]
+pub struct Sources {
+    pub authorize: AuthorizeMetrics,
+    pub verifier: Arc<Verifier>,
+    pub store: StoreMetrics,
+    pub usage: Arc<UsageRecorder>,
+    pub cache: Arc<CachedStore>,
+    /// The cross-replica invalidation listener (Postgres only).
+    pub invalidation: Option<Arc<ListenerStatus>>,
+    pub store_breaker: Arc<Breaker>,
+    pub limiter_breaker: Option<Arc<Breaker>>,
+}
+
 /// Every metric of a running server, under the `keygate_` prefix.
-pub fn registry(handles: &Handles) -> Registry {
+pub fn registry(handles: &Sources) -> Registry {
     let mut registry = Registry::with_prefix("keygate");
-    let authz = handles.authorizer.metrics();
+    let authz = handles.authorize.clone();
     registry.register("decisions", "Authorize and Check decisions, by route template and code", authz.decisions);
     registry.register(
         "authorize_failures",
@@ -39,7 +60,7 @@ pub fn registry(handles: &Handles) -> Registry {
         Unit::Seconds,
         handles.verifier.durations(),
     );
-    let store = handles.store_metrics.clone();
+    let store = handles.store.clone();
     registry.register_with_unit(
         "store_operation",
         "Database operations (cache misses and writes), by operation",
@@ -102,7 +123,7 @@ struct LookupLabels {
 }
 
 /// Values read at scrape time from the parts that keep them.
-struct StateCollector(Handles);
+struct StateCollector(Sources);
 
 impl std::fmt::Debug for StateCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

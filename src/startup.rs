@@ -66,6 +66,20 @@ pub struct Handles {
 }
 
 impl Handles {
+    /// What the metrics endpoint reads.
+    pub fn metric_sources(&self) -> crate::metrics::Sources {
+        crate::metrics::Sources {
+            authorize: self.authorizer.metrics(),
+            verifier: self.verifier.clone(),
+            store: self.store_metrics.clone(),
+            usage: self.usage.clone(),
+            cache: self.cache.clone(),
+            invalidation: self.invalidation.clone(),
+            store_breaker: self.store_breaker.clone(),
+            limiter_breaker: self.limiter_breaker.clone(),
+        }
+    }
+
     /// Reads the policy file again and puts it in force if it is valid; a bad file changes
     /// nothing and the last good policy keeps serving. What SIGHUP does.
     pub fn reload_policy(&self) -> Result<usize, crate::policy::PolicyError> {
@@ -306,7 +320,7 @@ impl Application {
         let (stopped, stop_metrics) = tokio::sync::watch::channel(false);
         if let Some(listener) = self.metrics {
             let address = listener.local_addr()?;
-            let registry = Arc::new(crate::metrics::registry(&self.handles));
+            let registry = Arc::new(crate::metrics::registry(&self.handles.metric_sources()));
             let mut stop = stop_metrics.clone();
             tracing::info!(%address, "serving metrics at /metrics");
             tokio::spawn(async move {

@@ -4,7 +4,7 @@
 use super::proto::{self as pb, authorizer_server};
 use super::{convert, RequestId};
 use crate::authz::Authorizer;
-use crate::config::EdgeSettings;
+use crate::edge::EdgeSettings;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;

@@ -3,7 +3,7 @@
 
 use keygate::cli::BearerToken;
 use keygate::clock::SystemClock;
-use keygate::config::{AdminTokenSource, Settings};
+use keygate::config::{AdminTokenSource, DigestKeySource, Settings};
 use keygate::grpc::proto::{self as pb, admin_client::AdminClient, authorizer_server};
 use keygate::startup::{Application, Handles};
 use std::sync::Arc;
@@ -82,6 +82,8 @@ pub fn keygate(
         let mut settings = Settings::with_database(&url);
         settings.listen = "127.0.0.1:0".parse().expect("address");
         settings.admin_token = AdminTokenSource::Given(ADMIN_TOKEN.into());
+        // Not the default file: a benchmark leaves nothing in the working directory.
+        settings.digest_key = DigestKeySource::Given("bench-digest-key-0123456789abcdefghijklmnop".into());
         settings.policy = Some(policy);
         customize(&mut settings);
         let app = match Application::build(settings, Arc::new(SystemClock)).await {

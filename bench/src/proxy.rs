@@ -107,7 +107,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// nginx from the shipped configuration, asking `auth` before proxying to `upstream`.
 fn nginx(binary: &str, dir: &Path, auth: &str, upstream: &str) -> anyhow::Result<(Process, u16)> {
-    let template = include_str!("../../../examples/nginx/nginx.conf");
+    let template = include_str!("../../examples/nginx/nginx.conf");
     let port = free_port()?;
     let prefix = dir.join(format!("nginx-{port}"));
     std::fs::create_dir_all(&prefix)?;
@@ -147,7 +147,10 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&path)?;
     let dir = Scratch(path);
     let keygate_bin = std::env::current_exe()?.with_file_name("keygate");
-    anyhow::ensure!(keygate_bin.is_file(), "build keygate first: cargo build --release (looked for {keygate_bin:?})");
+    anyhow::ensure!(
+        keygate_bin.is_file(),
+        "build keygate first: cargo build --release --bin keygate (looked for {keygate_bin:?})"
+    );
     let mut keygate = Command::new(&keygate_bin);
     keygate
         .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--trusted-proxy-hops", "1"])

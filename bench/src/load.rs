@@ -248,7 +248,7 @@ async fn cold(dir: &std::path::Path, keys: usize) -> anyhow::Result<(Run, f64)> 
     run.print();
     // Read as Prometheus would scrape it.
     let handles = cold_server.handles.as_ref().expect("keygate has handles");
-    let text = keygate::metrics::render(&keygate::metrics::registry(handles));
+    let text = keygate::metrics::render(&keygate::metrics::registry(&handles.metric_sources()));
     let sample = |series| keygate::metrics::sample(&text, series);
     let (Some(sum), Some(count)) =
         (sample("keygate_argon2_verification_seconds_sum"), sample("keygate_argon2_verification_seconds_count"))
@@ -464,7 +464,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     run.compare_to(&floor_top);
     run.print();
     let handles = hot_server.handles.as_ref().expect("keygate has handles");
-    let text = keygate::metrics::render(&keygate::metrics::registry(handles));
+    let text = keygate::metrics::render(&keygate::metrics::registry(&handles.metric_sources()));
     let metric = |series| keygate::metrics::sample(&text, series).unwrap_or(0.0);
     let argon2_mean_ms = metric("keygate_argon2_verification_seconds_sum")
         / metric("keygate_argon2_verification_seconds_count").max(1.0)
