@@ -80,10 +80,21 @@ async fn forward_auth(
         return denied(Code::BadRequest, &message, None);
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let text = |names: [&str; 2]| names.into_iter().find_map(header);
-    let (Some(method), Some(uri)) =
-        (text(["x-forwarded-method", "x-original-method"]), text(["x-forwarded-uri", "x-original-uri"]))
+    // Proxies write one pair (Caddy and Traefik X-Forwarded-*, nginx X-Original-*) and pass
+    // the client's own headers along: a pair the proxy did not write is the client's. So
+    // when both are present they must say the same, or a client could choose what keygate
+    // decides on (the shipped nginx configuration writes both).
+    let pick = |names: [&str; 2]| match (header(names[0]), header(names[1])) {
+        (Some(a), Some(b)) if a != b => Err(()),
+        (a, b) => Ok(a.or(b)),
+    };
+    let (Ok(method), Ok(uri)) =
+        (pick(["x-forwarded-method", "x-original-method"]), pick(["x-forwarded-uri", "x-original-uri"]))
     else {
+        let message = "X-Forwarded-Method/-Uri and X-Original-Method/-URI name different requests";
+        return denied(Code::BadRequest, message, None);
+    };
+    let (Some(method), Some(uri)) = (method, uri) else {
         let message = "a forward-auth request names the original request in X-Forwarded-Method and \
                        X-Forwarded-Uri (or X-Original-Method and X-Original-URI)";
         return denied(Code::ValidationError, message, None);
@@ -94,8 +105,8 @@ async fn forward_auth(
     let credential = state.credential_headers.iter().find_map(|source| source.read(&headers)).unwrap_or("");
     let client = keygate_api::edge::client_address_from_headers(
         Some(peer.ip()),
-        header("x-forwarded-for"),
-        header("forwarded"),
+        joined(&headers, "x-forwarded-for").as_deref(),
+        joined(&headers, "forwarded").as_deref(),
         state.edge.trusted_proxy_hops,
     )
     .map(ClientNetwork::of);
@@ -120,6 +131,13 @@ async fn forward_auth(
             denied(Code::InternalError, &message, None)
         }
     }
+}
+
+/// Every line of a header, in order, as one comma-separated value (a proxy may append a
+/// line of its own rather than extend the client's).
+fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    (!values.is_empty()).then(|| values.join(","))
 }
 
 fn allowed(verdict: &Verdict) -> Response {

@@ -195,12 +195,44 @@ fn check_segment(segment: &[u8]) -> Result<(), RefusedPath> {
     }
 }
 
-/// The first value of `name` in a query string (`a=1&b=2`), as written (not decoded).
-pub fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query.split('&').find_map(|pair| {
+/// Every value of `name` in a query string (`a=1&b=2`), values as written (not decoded).
+/// Names are compared decoded and without case (`application%5Fid`, `APPLICATION_ID`), as
+/// some frameworks read them, so no spelling of the name can hide from keygate.
+pub fn query_values<'q, 'n>(query: &'q str, name: &'n str) -> impl Iterator<Item = &'q str> + use<'q, 'n> {
+    query.split('&').filter_map(move |pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then_some(value)
+        same_name(key, name).then_some(value)
     })
+}
+
+/// The first value of `name` in a query string (see [`query_values`]).
+pub fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query_values(query, name).next()
+}
+
+/// `raw` (percent-encoded, maybe with `+`) names `name`, ignoring ASCII case.
+fn same_name(raw: &str, name: &str) -> bool {
+    let mut decoded = Vec::with_capacity(raw.len());
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                decoded.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                decoded.push(b' ');
+                i += 1;
+            }
+            (byte, _, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    decoded.eq_ignore_ascii_case(name.as_bytes())
 }
 
 #[cfg(test)]
@@ -291,9 +323,14 @@ mod tests {
     }
 
     #[test]
-    fn query_values_are_found_by_exact_name() {
+    fn query_values_are_found_under_every_spelling_of_their_name() {
         assert_eq!(query_value("a=1&application_id=app_2&b", "application_id"), Some("app_2"));
         assert_eq!(query_value("xapplication_id=app_2", "application_id"), None);
         assert_eq!(query_value("flag&x=1", "flag"), Some(""));
+        let all: Vec<_> =
+            query_values("application_id=a&APPLICATION_ID=b&application%5Fid=c&application%5fID=d", "application_id")
+                .collect();
+        assert_eq!(all, ["a", "b", "c", "d"]);
+        assert_eq!(query_value("application_id%=x", "application_id"), None, "a broken escape names nothing else");
     }
 }

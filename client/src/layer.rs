@@ -43,8 +43,8 @@ pub enum FailureMode {
 /// The longest decision-cache TTL: keygate's own worst-case revocation bound.
 pub const MAX_CACHE_TTL: Duration = Duration::from_secs(30);
 
-/// Headers sent along to keygate, in bytes at most; those past it are left out (a route
-/// that needed one of them answers bad_request, never an allow).
+/// Headers sent along to keygate, in bytes at most. A request with more is answered 400
+/// by the layer itself: leaving some out could hide the one a route reads.
 pub const MAX_FORWARDED_HEADER_BYTES: usize = 16 * 1024;
 
 #[derive(Clone)]
@@ -103,7 +103,8 @@ impl KeygateLayer {
     /// client is the `hops`-th address from the right; 0, the default: the TCP peer, from
     /// axum's `ConnectInfo<SocketAddr>` or a `SocketAddr` in the request's extensions).
     pub fn trusted_proxy_hops(self, hops: usize) -> Self {
-        self.edit(|s| s.trusted_proxy_hops = hops)
+        // No real chain of proxies is longer; a huge count would only cost memory.
+        self.edit(|s| s.trusted_proxy_hops = hops.min(usize::from(u8::MAX)))
     }
 
     /// Remembers decisions for `ttl` (at most [`MAX_CACHE_TTL`]). Off by default: a cached
@@ -154,16 +155,21 @@ where
             let credential = state.sources.iter().find_map(|s| read_credential(s, request.headers()));
             let client_ip = client_address_from_headers(
                 peer_address(request.extensions()),
-                header_text(request.headers(), "x-forwarded-for"),
-                header_text(request.headers(), "forwarded"),
+                joined(request.headers(), "x-forwarded-for").as_deref(),
+                joined(request.headers(), "forwarded").as_deref(),
                 state.trusted_proxy_hops,
             );
+            let Some(headers) = forwarded_headers(request.headers()) else {
+                let message =
+                    format!("the request's headers exceed the {MAX_FORWARDED_HEADER_BYTES} bytes keygate reads");
+                return Ok(envelope_response(StatusCode::BAD_REQUEST, Code::ValidationError.envelope(&message), None));
+            };
             let ask = pb::AuthorizeRequest {
                 credential: credential.unwrap_or_default(),
                 method: request.method().as_str().to_owned(),
                 path: request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
                 client_ip: client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                headers: forwarded_headers(request.headers()),
+                headers,
                 ..Default::default()
             };
             match state.decide(ask).await {
@@ -215,13 +221,15 @@ fn peer_address(extensions: &http::Extensions) -> Option<IpAddr> {
     extensions.get::<SocketAddr>().map(SocketAddr::ip)
 }
 
-fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
+/// Every line of a header as one comma-separated value (a proxy may append its own line).
+fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    (!values.is_empty()).then(|| values.join(","))
 }
 
 /// The request's headers for keygate, names in lower case: not those that carry
 /// credentials (keygate gets the credential on its own) nor keygate's own namespace.
-fn forwarded_headers(headers: &HeaderMap) -> HashMap<String, String> {
+fn forwarded_headers(headers: &HeaderMap) -> Option<HashMap<String, String>> {
     let mut forwarded: HashMap<String, String> = HashMap::new();
     let mut bytes = 0;
     for (name, value) in headers {
@@ -233,7 +241,7 @@ fn forwarded_headers(headers: &HeaderMap) -> HashMap<String, String> {
         let Ok(value) = value.to_str() else { continue };
         bytes += name.as_str().len() + value.len();
         if bytes > MAX_FORWARDED_HEADER_BYTES {
-            break;
+            return None;
         }
         forwarded
             .entry(name.as_str().to_owned())
@@ -243,7 +251,7 @@ fn forwarded_headers(headers: &HeaderMap) -> HashMap<String, String> {
             })
             .or_insert_with(|| value.to_owned());
     }
-    forwarded
+    Some(forwarded)
 }
 
 /// Every `x-keygate-*` header the client sent, gone before a handler can read it.
@@ -267,8 +275,13 @@ impl State {
         let Some(cache) = &self.cache else {
             return self.client.authorize(ask).await.map(Arc::new);
         };
+        // Everything the decision may read: the route's application may come from a header,
+        // and limits may count per address.
         let mut hasher = Sha256::new();
-        for part in [&ask.credential, &ask.method, &ask.path] {
+        let mut headers: Vec<(&String, &String)> = ask.headers.iter().collect();
+        headers.sort();
+        let parts = [&ask.credential, &ask.method, &ask.path, &ask.client_ip].into_iter();
+        for part in parts.chain(headers.into_iter().flat_map(|(name, value)| [name, value])) {
             hasher.update((part.len() as u64).to_le_bytes());
             hasher.update(part.as_bytes());
         }

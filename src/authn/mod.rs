@@ -206,6 +206,10 @@ impl Authenticator {
         let id = credential.key_id();
         let record = match self.store.peek_key(id) {
             Some(known) => known,
+            // A record this replica holds and must only reload (its freshness ran out, the
+            // cache was distrusted) is no guess: the reload costs the client nothing, so a
+            // neighbour who spent the address's budget cannot keep its holder out.
+            None if self.store.knows_key(id) => self.store.key(id).await?,
             None => {
                 let reservation = match self.budgets.admit_lookup(client) {
                     Ok(reservation) => reservation,
@@ -256,15 +260,28 @@ impl Authenticator {
             .verifying
             .try_get_with(digest, async {
                 let reservation = self.budgets.admit_verification(record.id, client).map_err(NotVerified::Throttled)?;
-                match self.verifier.verify(credential.secret(), &record.secret_hash).await {
-                    Ok(true) => {
-                        reservation.succeeded();
-                        Ok(())
+                // Detached: a caller that gives up (its deadline, a disconnect) does not stop
+                // argon2, so what the attempt costs is settled when argon2 is done, not
+                // handed back when the caller leaves.
+                let (verifier, rejected) = (self.verifier.clone(), self.rejected.clone());
+                let (secret, hash) = (credential.secret().to_owned(), record.secret_hash.clone());
+                let verified = tokio::spawn(async move {
+                    let verified = verifier.verify(&secret, &hash).await;
+                    match verified {
+                        Ok(true) => reservation.succeeded(),
+                        Ok(false) => {
+                            reservation.failed();
+                            rejected.insert(digest, ());
+                        }
+                        Err(_) => drop(reservation),
                     }
-                    Ok(false) => {
-                        reservation.failed();
-                        Err(NotVerified::Mismatch)
-                    }
+                    verified
+                })
+                .await
+                .map_err(|e| NotVerified::Failed(VerifierError::Task(e)))?;
+                match verified {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(NotVerified::Mismatch),
                     Err(VerifierError::Busy(_)) => {
                         Err(NotVerified::Throttled(Throttled { retry_after: Duration::from_secs(1), limit: 0 }))
                     }
@@ -279,10 +296,7 @@ impl Authenticator {
                 Ok(Authentication::Verified(Principal::Key(record)))
             }
             Err(e) => match &*e {
-                NotVerified::Mismatch => {
-                    self.rejected.insert(digest, ());
-                    Ok(refused(Code::ApiKeyInvalid, "unknown API key or wrong secret"))
-                }
+                NotVerified::Mismatch => Ok(refused(Code::ApiKeyInvalid, "unknown API key or wrong secret")),
                 NotVerified::Throttled(throttled) => {
                     tracing::debug!(key_id = %record.id, ?client, "verification budget spent; throttled");
                     Ok(Authentication::Throttled(*throttled))

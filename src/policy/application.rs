@@ -62,20 +62,25 @@ impl ApplicationSource {
     }
 }
 
-/// A request's headers, looked up by lower-case name.
+/// A request's headers, looked up by name.
 pub trait RequestHeaders: Sync {
+    /// The header's value, all of its lines joined by ", " (as Envoy sends them).
     fn header(&self, name: &str) -> Option<&str>;
-}
 
-impl RequestHeaders for HashMap<String, String> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.get(name).map(String::as_str)
+    /// Every line of the header (one for a map that has joined them).
+    fn header_lines<'h>(&'h self, name: &str) -> Vec<&'h str> {
+        self.header(name).into_iter().collect()
     }
 }
 
-impl RequestHeaders for http::HeaderMap {
+/// Envoy's Check and Authorize's `headers`: names should be lower case; a caller that sent
+/// another case is still read.
+impl RequestHeaders for HashMap<String, String> {
     fn header(&self, name: &str) -> Option<&str> {
-        self.get(name).and_then(|v| v.to_str().ok())
+        match self.get(name) {
+            Some(value) => Some(value),
+            None => self.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str()),
+        }
     }
 }
 
@@ -83,6 +88,16 @@ impl RequestHeaders for http::HeaderMap {
 impl RequestHeaders for () {
     fn header(&self, _: &str) -> Option<&str> {
         None
+    }
+}
+
+impl RequestHeaders for http::HeaderMap {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn header_lines<'h>(&'h self, name: &str) -> Vec<&'h str> {
+        self.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect()
     }
 }
 
@@ -115,42 +130,80 @@ pub enum NamedApplication<'a> {
     Conflict,
 }
 
-/// Reads `sources` (and the value the caller stated, if any) from the request.
+/// Reads `sources` (and the value the caller stated, if any) from the request. Every
+/// value found must be the same: a source named twice (a repeated query parameter, two
+/// header lines or a comma in one, a body field under another case) that disagrees, or a
+/// body the route reads that is not a JSON object keygate can read whole, is a conflict —
+/// an upstream might read what keygate did not.
 pub fn named_application<'a>(
     sources: &[ApplicationSource],
     path_value: Option<&'a str>,
     stated: Option<&'a str>,
     parts: &RequestParts<'a>,
 ) -> NamedApplication<'a> {
-    let mut found: Option<Cow<'a, str>> = stated.map(Cow::Borrowed);
-    // Parsed at most once, and only for routes that read the body.
-    let mut body: Option<Option<serde_json::Map<String, serde_json::Value>>> = None;
+    // Most requests name their application once: no allocation for that.
+    let mut values: smallvec::SmallVec<[Cow<'a, str>; 2]> = stated.into_iter().map(Cow::Borrowed).collect();
+    let mut unreadable = false;
     for source in sources {
-        let value: Option<Cow<'a, str>> = match source {
-            ApplicationSource::Path { .. } => path_value.map(Cow::Borrowed),
+        match source {
+            ApplicationSource::Path { .. } => values.extend(path_value.map(Cow::Borrowed)),
             ApplicationSource::Query(name) => {
-                parts.query.and_then(|q| keygate_api::edge::query_value(q, name)).map(Cow::Borrowed)
+                let query = parts.query.unwrap_or("");
+                values.extend(keygate_api::edge::query_values(query, name).map(Cow::Borrowed));
             }
-            ApplicationSource::Header(name) => parts.headers.header(name).map(|v| Cow::Borrowed(v.trim())),
-            ApplicationSource::Body(field) => body
-                .get_or_insert_with(|| parts.body.and_then(|b| serde_json::from_slice(b).ok()))
-                .as_ref()
-                .and_then(|fields| fields.get(&**field))
-                .and_then(|v| v.as_str())
-                .map(|v| Cow::Owned(v.to_owned())),
-        };
-        // An empty value names nothing (an absent header sent as "", a "?application_id=").
-        let Some(value) = value.filter(|v| !v.is_empty()) else { continue };
-        match &found {
-            Some(earlier) if *earlier != value => return NamedApplication::Conflict,
-            Some(_) => {}
-            None => found = Some(value),
+            ApplicationSource::Header(name) => {
+                for line in parts.headers.header_lines(name) {
+                    values.extend(line.split(',').map(|v| Cow::Borrowed(v.trim())));
+                }
+            }
+            ApplicationSource::Body(field) => match parts.body.map(|body| body_values(body, field)) {
+                None => {}
+                Some(Some(found)) => values.extend(found.into_iter().map(Cow::Owned)),
+                Some(None) => unreadable = true,
+            },
         }
     }
-    match found {
-        Some(value) => NamedApplication::One(value),
+    // An empty value names nothing (an absent header sent as "", a "?application_id=").
+    values.retain(|v| !v.is_empty());
+    let mut values = values.into_iter();
+    match values.next() {
+        _ if unreadable => NamedApplication::Conflict,
         None => NamedApplication::None,
+        Some(first) if values.any(|other| other != first) => NamedApplication::Conflict,
+        Some(first) => NamedApplication::One(first),
     }
+}
+
+/// The string values of `field` in a JSON object body, under any case of its name and
+/// however often it appears; `None` when the body is not a JSON object that can be read
+/// whole, or the field holds something other than a string.
+fn body_values(body: &[u8], field: &str) -> Option<Vec<String>> {
+    struct Fields(Vec<(String, serde_json::Value)>);
+    impl<'de> serde::Deserialize<'de> for Fields {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Fields;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Fields, M::Error> {
+                    let mut fields = Vec::new();
+                    while let Some(entry) = map.next_entry()? {
+                        fields.push(entry);
+                    }
+                    Ok(Fields(fields))
+                }
+            }
+            deserializer.deserialize_map(Visit)
+        }
+    }
+    let Fields(fields) = serde_json::from_slice(body).ok()?;
+    fields
+        .into_iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(field))
+        .map(|(_, value)| value.as_str().map(str::to_owned))
+        .collect()
 }
 
 #[cfg(test)]
@@ -172,11 +225,30 @@ mod tests {
         let parts = RequestParts { query: None, headers: &(), body: Some(body) };
         assert_eq!(named_application(&all, None, None, &parts), NamedApplication::One("app_9".into()));
         assert_eq!(named_application(&all, Some("app_1"), None, &parts), NamedApplication::Conflict);
-        // Truncated, not JSON, not a string, or empty: names nothing.
-        for body in [&br#"{"app":"app_"#[..], b"app=app_9", br#"{"app":7}"#, br#"{"app":""}"#] {
+        // A body the route reads must be one keygate can read whole.
+        for body in [&br#"{"app":"app_"#[..], b"app=app_9", br#"{"app":7}"#, br#"[1]"#] {
+            let parts = RequestParts { query: None, headers: &(), body: Some(body) };
+            assert_eq!(named_application(&all, None, None, &parts), NamedApplication::Conflict, "{body:?}");
+        }
+        for body in [&br#"{"app":""}"#[..], br#"{"other":"app_1"}"#] {
             let parts = RequestParts { query: None, headers: &(), body: Some(body) };
             assert_eq!(named_application(&all, None, None, &parts), NamedApplication::None);
         }
+        // A second naming that disagrees, however it is spelled, is a conflict.
+        for body in [&br#"{"app":"app_1","APP":"app_2"}"#[..], br#"{"app":"app_1","app":"app_2"}"#] {
+            let parts = RequestParts { query: None, headers: &(), body: Some(body) };
+            assert_eq!(named_application(&all, None, None, &parts), NamedApplication::Conflict, "{body:?}");
+        }
+        for query in ["application_id=app_1&application_id=app_2", "application_id=app_1&APPLICATION%5FID=app_2"] {
+            let parts = RequestParts { query: Some(query), headers: &(), body: None };
+            assert_eq!(named_application(&all, None, None, &parts), NamedApplication::Conflict, "{query}");
+        }
+        let twice = HashMap::from([("x-application-id".to_owned(), "app_1, app_2".to_owned())]);
+        let parts = RequestParts { query: None, headers: &twice, body: None };
+        assert_eq!(named_application(&all, None, None, &parts), NamedApplication::Conflict);
+        let shouted = HashMap::from([("X-Application-Id".to_owned(), "app_3".to_owned())]);
+        let parts = RequestParts { query: None, headers: &shouted, body: None };
+        assert_eq!(named_application(&all, None, None, &parts), NamedApplication::One("app_3".into()));
         assert_eq!(named_application(&[], None, None, &RequestParts::NONE), NamedApplication::None);
     }
 

@@ -239,6 +239,16 @@ fn parse_route(entry: RouteEntry) -> Result<(Route, &'static str, Vec<Segment>),
     if application.iter().filter(|s| matches!(s, ApplicationSource::Path { .. })).count() > 1 {
         problems.push("at most one application source can be a path parameter".into());
     }
+    // A path that names an application must be read: otherwise `/apps/{application_id}`
+    // could act on one application while the request names another elsewhere.
+    if param_position(DEFAULT_APPLICATION_PARAM).is_some()
+        && !application.iter().any(|s| matches!(s, ApplicationSource::Path { .. }))
+        && !written.is_empty()
+    {
+        problems.push(format!(
+            "the path has {{{DEFAULT_APPLICATION_PARAM}}}: list \"path:{DEFAULT_APPLICATION_PARAM}\" among its application sources"
+        ));
+    }
     let access = match (entry.public, &entry.accepts) {
         (true, Some(_)) => {
             problems.push("a public route accepts no credentials: drop accepts or public".into());
@@ -440,5 +450,7 @@ mod tests {
         assert!(rotate.needs_application && rotate.application.len() == 3);
         let both = "[[routes]]\nroute = \"GET /a/{x}\"\napplication_param = \"x\"\napplication = \"query:x\"\n";
         assert!(Policy::from_toml(both, "t").unwrap_err().to_string().contains("once"));
+        let unread = "[[routes]]\nroute = \"GET /a/{application_id}\"\napplication = \"header:x-app\"\n";
+        assert!(Policy::from_toml(unread, "t").unwrap_err().to_string().contains("path:application_id"));
     }
 }

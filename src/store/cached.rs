@@ -163,6 +163,25 @@ where
         Ok(value)
     }
 
+    /// Holds a value for `key`, fresh or not (a record that exists, as far as it knows).
+    fn holds(&self, key: &K) -> bool {
+        self.entries.get(key).is_some()
+    }
+
+    /// Replaces a cached value with `change(value)`, keeping its load time, unless an
+    /// invalidation removed it first (checked under the shard's lock, so a changed record
+    /// can never be resurrected).
+    fn update_in_place(&self, key: &K, change: impl FnOnce(&T) -> Option<T>) {
+        let _epoch = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = self.entries.get(key) {
+            if let Some(changed) = change(&entry.value) {
+                let value = Arc::new(changed);
+                self.entries
+                    .insert(key.clone(), Stamped { value, loaded_at: entry.loaded_at, generation: entry.generation });
+            }
+        }
+    }
+
     fn counts(&self) -> CacheCounts {
         CacheCounts {
             entries: self.entries.len() as u64,
@@ -382,15 +401,20 @@ impl Store for CachedStore {
 
     async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
         self.inner.remember_verified(id, hash, digest).await?;
-        // The next read loads the record with its digest (other replicas hear it from the
-        // database's notification). A write that failed changed nothing worth a reload,
-        // and the record stays cached for a store outage.
-        self.keys.invalidate(&id);
+        // The cached record learns its digest without a reload (other replicas reload it on
+        // the database's notification). Only the same secret hash: anything else changed.
+        self.keys.update_in_place(&id, |record| {
+            (record.secret_hash == *hash).then(|| KeyRecord { verified_digest: Some(*digest), ..record.clone() })
+        });
         Ok(())
     }
 
     fn peek_key(&self, id: KeyId) -> Option<Option<Arc<KeyRecord>>> {
         self.keys.peek(&id)
+    }
+
+    fn knows_key(&self, id: KeyId) -> bool {
+        self.keys.holds(&id)
     }
 
     fn peek_session(&self, id: SessionId) -> Option<Option<Arc<SessionRecord>>> {

@@ -148,6 +148,12 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Whether this store holds key `id` in memory at all, fresh or not: a record that
+    /// exists and only needs reloading (no I/O; only caches answer).
+    fn knows_key(&self, _id: KeyId) -> bool {
+        false
+    }
+
     /// The same for a session.
     fn peek_session(&self, _id: SessionId) -> Option<Option<Arc<SessionRecord>>> {
         None

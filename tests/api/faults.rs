@@ -55,8 +55,15 @@ async fn through_a_store_outage_cached_keys_are_decided_and_nothing_else_is_allo
     let (key, secret) = app.create_key("acct_out", &["*"], &[]).await;
     let (_, never_used) = app.create_key("acct_out", &["*"], &[]).await;
     assert!(app.authorize(&secret, "GET", APPS).await.allowed, "the key is in use, so cached");
-    // Its verified digest is stored (off the request path); the next call caches that.
+    // Its verified digest is stored (off the request path) and announced to every replica,
+    // this one included (two creates, one digest); the next call caches the current row.
     crate::authorize::wait_for_stored_digest(&app, &key.id).await;
+    let heard = listener.clone();
+    eventually("the digest's notification arrived", || {
+        let heard = heard.clone();
+        async move { heard.notifications() >= 3 }
+    })
+    .await;
     assert!(app.authorize(&secret, "GET", APPS).await.allowed);
     let stale_before = app.handles.cache.served_stale();
 
@@ -113,7 +120,7 @@ async fn through_a_store_outage_cached_keys_are_decided_and_nothing_else_is_allo
     assert!(value(r#"keygate_store_errors_total{operation="key",kind="unavailable"}"#) >= 1.0);
     assert!(value("keygate_served_stale_total") >= 1.0);
     assert!(value("keygate_invalidation_listener_connections_total") >= 1.0);
-    assert!(value("keygate_invalidation_notifications_total") >= 2.0, "the two creates were announced");
+    assert!(value("keygate_invalidation_notifications_total") >= 3.0, "the two creates and a digest were announced");
     assert!(value("keygate_invalidation_lag_seconds_count") >= 2.0);
 }
 

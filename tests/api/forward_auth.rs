@@ -176,6 +176,11 @@ async fn forward_auth_answers_proxies_directly() {
     assert_eq!(header("x-keygate-code").as_deref(), Some("insufficient_scope"));
     let envelope = header("x-keygate-envelope").unwrap();
     assert_eq!(response.text().await.unwrap(), envelope);
+    // Two pairs that name different requests: one of them is the client's.
+    let both = ask("GET", "/api/v1/health")
+        .header("x-original-method", "DELETE")
+        .header("x-original-uri", "/api/v1/panel/applications");
+    assert_envelope(Kind::Nginx, &call(both).await, Code::BadRequest);
     // A subrequest without the original request, or with a client's x-keygate-* header.
     let got = call(client.get(&url).header("x-api-key", &secret)).await;
     assert_envelope(Kind::Nginx, &got, Code::ValidationError);
@@ -235,6 +240,16 @@ async fn through(kind: Kind) {
         }
         Kind::Nginx => assert_envelope(kind, &got, Code::BadRequest),
     }
+
+    // A client cannot choose what keygate decides on: headers naming another method or
+    // URI (the public health route) are overwritten or refused, never believed.
+    let spoofed = client
+        .delete(format!("{base}/api/v1/panel/applications/{b}"))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/api/v1/health")
+        .header("x-original-method", "GET")
+        .header("x-original-uri", "/api/v1/health");
+    assert_envelope(kind, &call(spoofed).await, Code::ApiKeyInvalid);
 
     // Every code keygate decides, with the page's status and exact envelope.
     let get = |path: &str| client.get(format!("{base}{path}"));

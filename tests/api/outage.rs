@@ -29,6 +29,8 @@ struct Server {
     address: String,
     /// host:port of the forward-auth listener.
     http: String,
+    /// http://host:port/metrics
+    metrics: String,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -36,7 +38,7 @@ impl Server {
     fn start(database_url: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--http-listen", "127.0.0.1:0", "--trusted-proxy-hops", "1"])
+            .args(["--http-listen", "127.0.0.1:0", "--trusted-proxy-hops", "1", "--metrics-listen", "127.0.0.1:0"])
             // Short freshness, so that cached keys are reloaded (and so served stale) soon.
             .args(["--cache-ttl-seconds", "1", "--serve-stale-seconds", "120"])
             .env("KEYGATE_DATABASE_URL", database_url)
@@ -57,6 +59,8 @@ impl Server {
                     let address = event["address"].as_str().unwrap_or_default().to_owned();
                     if event["message"] == "serving forward auth at /forward-auth" {
                         let _ = address_tx.send(("http", address));
+                    } else if event["message"] == "serving metrics at /metrics" {
+                        let _ = address_tx.send(("metrics", address));
                     } else if event["message"] == "keygate is serving" {
                         let _ = address_tx.send(("grpc", address));
                     }
@@ -64,14 +68,18 @@ impl Server {
                 lines.lock().unwrap().push(line);
             }
         });
-        let (mut address, mut http) = (String::new(), String::new());
-        while address.is_empty() || http.is_empty() {
+        let (mut address, mut http, mut metrics) = (String::new(), String::new(), String::new());
+        while address.is_empty() || http.is_empty() || metrics.is_empty() {
             let (which, value) = address_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
                 panic!("keygate did not start:\n{}", log.lock().unwrap().join("\n"));
             });
-            *(if which == "http" { &mut http } else { &mut address }) = value;
+            *(match which {
+                "http" => &mut http,
+                "metrics" => &mut metrics,
+                _ => &mut address,
+            }) = value;
         }
-        Self { child, address: format!("http://{address}"), http, log }
+        Self { child, address: format!("http://{address}"), http, metrics: format!("http://{metrics}/metrics"), log }
     }
 
     /// The log line that names `error_id`, if keygate logged one.
@@ -136,6 +144,19 @@ async fn a_refused_store_is_answered_within_the_edges_timeouts() {
         format!("http://{address}{APPS}")
     };
     let http = reqwest::Client::new();
+    assert!(matches!(envoy_asks(&channel, &in_use).await.0.unwrap().http_response, Some(HttpResponse::OkResponse(_))));
+    // The first use stores the key's verified digest, and the database tells every replica
+    // (this one too) to reload the row: wait until it has heard that (two creates, one
+    // digest), then use the key again, so the record in memory when the store goes away
+    // is the current one.
+    eventually("the digest's notification arrived", || {
+        let (http, url) = (http.clone(), server.metrics.clone());
+        async move {
+            let text = http.get(url).send().await.unwrap().text().await.unwrap();
+            keygate::metrics::sample(&text, "keygate_invalidation_notifications_total").unwrap_or(0.0) >= 3.0
+        }
+    })
+    .await;
     assert!(matches!(envoy_asks(&channel, &in_use).await.0.unwrap().http_response, Some(HttpResponse::OkResponse(_))));
     assert_eq!(http.get(&edge).header("x-api-key", &in_use).send().await.unwrap().status(), 200);
 
