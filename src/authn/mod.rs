@@ -173,15 +173,10 @@ impl Authenticator {
         let id = credential.session_id();
         let session = match self.store.peek_session(id) {
             Some(known) => known,
-            None => {
-                let reservation = match self.budgets.admit_lookup(client) {
-                    Ok(reservation) => reservation,
-                    Err(throttled) => return Ok(Authentication::Throttled(throttled)),
-                };
-                let session = self.store.session(id).await?;
-                settle(reservation, session.is_some());
-                session
-            }
+            None => match self.budgeted_lookup(client, || self.store.session(id)).await? {
+                Ok(session) => session,
+                Err(throttled) => return Ok(Authentication::Throttled(throttled)),
+            },
         };
         // A session's secret is 262 random bits: its SHA-256 is what is stored.
         let digest: [u8; 32] = Sha256::digest(credential.secret().as_bytes()).into();
@@ -210,15 +205,10 @@ impl Authenticator {
             // cache was distrusted) is no guess: the reload costs the client nothing, so a
             // neighbour who spent the address's budget cannot keep its holder out.
             None if self.store.knows_key(id) => self.store.key(id).await?,
-            None => {
-                let reservation = match self.budgets.admit_lookup(client) {
-                    Ok(reservation) => reservation,
-                    Err(throttled) => return Ok(Authentication::Throttled(throttled)),
-                };
-                let record = self.store.key(id).await?;
-                settle(reservation, record.is_some());
-                record
-            }
+            None => match self.budgeted_lookup(client, || self.store.key(id)).await? {
+                Ok(record) => record,
+                Err(throttled) => return Ok(Authentication::Throttled(throttled)),
+            },
         };
         let expected = if kind == CredentialKind::RuntimeKey { KeyKind::Runtime } else { KeyKind::ApiKey };
         // A record of the other kind is as unknown as no record at all.
@@ -322,12 +312,29 @@ impl Authenticator {
     }
 }
 
-/// A lookup that found something proved nothing about guessing: its unit goes back.
-fn settle(reservation: Reservation, found: bool) {
-    if found {
-        reservation.succeeded();
-    } else {
-        reservation.failed();
+impl Authenticator {
+    /// A store lookup of an id not in memory, paid from the client's budget: a lookup that
+    /// finds nothing keeps its unit, one that finds a record proved nothing about guessing
+    /// and gives it back.
+    async fn budgeted_lookup<T, Fut>(
+        &self,
+        client: Option<ClientNetwork>,
+        lookup: impl FnOnce() -> Fut,
+    ) -> Result<Result<Option<T>, Throttled>, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<Option<T>, StoreError>>,
+    {
+        let reservation: Reservation = match self.budgets.admit_lookup(client) {
+            Ok(reservation) => reservation,
+            Err(throttled) => return Ok(Err(throttled)),
+        };
+        let found = lookup().await?;
+        if found.is_some() {
+            reservation.succeeded();
+        } else {
+            reservation.failed();
+        }
+        Ok(Ok(found))
     }
 }
 

@@ -3,39 +3,14 @@
 use crate::helpers::{Db, TestApp, TestDb};
 use crate::sessions::create_session;
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
-use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address, SocketAddress};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use keygate::code::Code;
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// What Envoy sends, from the client address the tests use.
 fn check_request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: "203.0.113.7".into(),
-                        port_specifier: Some(socket_address::PortSpecifier::PortValue(55_000)),
-                        ..Default::default()
-                    })),
-                }),
-                ..Default::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    crate::edge_contract::envoy_check("203.0.113.7", method, path, headers, "")
 }
 
 async fn check(app: &TestApp, method: &str, path: &str, headers: &[(&str, &str)]) -> CheckResponse {
