@@ -8,7 +8,7 @@ use crate::authn::AuthnSettings;
 use crate::breaker::BreakerSettings;
 use crate::edge::{CredentialHeader, EdgeSettings};
 use crate::grpc::ext_authz::ExtAuthzSettings;
-use crate::manage::ManageSettings;
+use crate::manage::{ManageSettings, MAX_RUNTIME_KEY_GRACE};
 use crate::store::cached::CacheSettings;
 use crate::usage::UsageSettings;
 use std::fmt;
@@ -302,8 +302,11 @@ impl ServeArgs {
         if self.session_ttl_seconds == 0 || self.session_ttl_seconds > self.session_max_ttl_seconds {
             problems.push("--session-ttl-seconds: must be between 1 and --session-max-ttl-seconds".to_owned());
         }
-        if self.runtime_key_grace_seconds > 7 * 86_400 {
-            problems.push("--runtime-key-grace-seconds: must be at most 604800 (7 days)".to_owned());
+        if self.runtime_key_grace_seconds > MAX_RUNTIME_KEY_GRACE.as_secs() {
+            problems.push(format!(
+                "--runtime-key-grace-seconds: must be at most {} (7 days)",
+                MAX_RUNTIME_KEY_GRACE.as_secs()
+            ));
         }
         let credential_headers = self
             .ext_authz_credential_headers
@@ -395,7 +398,7 @@ impl ServeArgs {
                 default_session_ttl: Duration::from_secs(self.session_ttl_seconds),
                 max_session_ttl: Duration::from_secs(self.session_max_ttl_seconds),
                 default_runtime_grace: Duration::from_secs(self.runtime_key_grace_seconds),
-                max_runtime_grace: Duration::from_secs(7 * 86_400),
+                max_runtime_grace: MAX_RUNTIME_KEY_GRACE,
             },
             ext_authz: ExtAuthzSettings { credential_headers, strip_credential: self.ext_authz_strip_credential },
             budgets: BudgetSettings {

@@ -31,7 +31,7 @@ impl Default for ManageSettings {
             default_session_ttl: Duration::from_secs(12 * 3600),
             max_session_ttl: Duration::from_secs(30 * 86_400),
             default_runtime_grace: Duration::from_secs(3600),
-            max_runtime_grace: Duration::from_secs(7 * 86_400),
+            max_runtime_grace: MAX_RUNTIME_KEY_GRACE,
         }
     }
 }
@@ -62,6 +62,9 @@ pub enum ManageError {
     #[error(transparent)]
     Verifier(#[from] VerifierError),
 }
+
+/// The longest a rotated runtime key may keep working: a week, whatever is asked.
+pub const MAX_RUNTIME_KEY_GRACE: Duration = Duration::from_secs(7 * 86_400);
 
 #[derive(Debug)]
 pub struct NewApiKey {

@@ -1,4 +1,4 @@
-//! Authorize: from a request to a [`Verdict`], in the order of the README's decision table.
+//! Authorize: from a request to a [`Verdict`], in the order of the decision table (README).
 //!
 //! This module gathers the facts — the route, who is calling ([`Authenticator`]), the
 //! application (through the [`Store`] trait), the limits ([`Limiter`]) — and
@@ -190,7 +190,8 @@ impl Authorizer {
     }
 
     async fn decide(&self, query: &AuthorizeQuery<'_>, now: Timestamp, policy: &Policy) -> Result<Verdict, AuthzError> {
-        // 1. The route: one reading of the target at every entry; a path that normalising
+        // The route first: without one there is nothing to check a credential against. One
+        // reading of the target at every entry; a path that normalising
         //    would change matches nothing.
         let matched = keygate_api::edge::request_target(query.path)
             .ok()
@@ -227,14 +228,15 @@ impl Authorizer {
         };
 
         match route.access {
-            // 2-4. Who is calling.
+            // Who is calling, before anything about the request is looked up for them.
             Access::Credentials(accepts) => {
                 let principal = match self.authn.authenticate(query.credential, accepts, query.client).await? {
                     Authentication::Verified(principal) => principal,
                     Authentication::Refused(deny) => return Ok(verdict.deny(deny)),
                     Authentication::Throttled(throttled) => return Ok(throttled_verdict(verdict, throttled)),
                 };
-                // 5-7. State, application, scopes.
+                // What they may do: the key's state, the application, the scopes (decided
+                // only now that the secret is proven, so none of it shows without it).
                 let application = match application_id {
                     None => None,
                     Some(raw) => match ApplicationId::parse(raw) {
@@ -267,12 +269,12 @@ impl Authorizer {
             },
         }
 
-        // 8. Limits, counted only for requests that would otherwise be allowed.
+        // Limits last, so that only requests that would otherwise be allowed use quota.
         let subject_of = |per: LimitSubject| -> Option<std::borrow::Cow<'_, str>> {
             let principal = verdict.principal.as_ref();
             match per {
                 LimitSubject::Account => principal.map(|p| p.account_id().as_str().into()),
-                LimitSubject::Key => principal.map(|p| match p {
+                LimitSubject::Credential => principal.map(|p| match p {
                     Principal::Key(key) => key.id.to_string().into(),
                     Principal::Session(session) => session.id.to_string().into(),
                 }),

@@ -61,8 +61,9 @@ impl Accepts {
 pub enum LimitSubject {
     /// The caller's account (key's or session's).
     Account,
-    /// The credential itself: the key id or session id.
-    Key,
+    /// The credential itself: the key id or the session id. Spelled `key` in policies.
+    #[serde(rename = "key")]
+    Credential,
     /// The application the request is about (from the path or the request).
     Application,
     /// The request's `client_ip`.
@@ -73,7 +74,7 @@ impl LimitSubject {
     pub fn as_str(self) -> &'static str {
         match self {
             LimitSubject::Account => "account",
-            LimitSubject::Key => "key",
+            LimitSubject::Credential => "key",
             LimitSubject::Application => "application",
             LimitSubject::Ip => "ip",
         }

@@ -276,7 +276,7 @@ fn parse_route(entry: RouteEntry) -> Result<(Route, &'static str, Vec<Segment>),
                 "limits[{i}]: counts per application, but the route names no application source \
                  (application = \"path:…\", \"query:…\", \"header:…\" or \"body:…\")"
             )),
-            LimitSubject::Account | LimitSubject::Key if access == Access::Public => problems.push(format!(
+            LimitSubject::Account | LimitSubject::Credential if access == Access::Public => problems.push(format!(
                 "limits[{i}]: a public route has no caller to count per {}; count per ip",
                 limit.per.as_str()
             )),

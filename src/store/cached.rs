@@ -13,7 +13,7 @@
 //! When the store cannot be reached, a record loaded at most `ttl + max_stale` ago is
 //! still served (and counted): keys already in use keep working through a short outage.
 //! A record that was invalidated — changed through this replica or announced by another —
-//! is gone and never served stale. [`CachedStore::invalidate_all`], used when
+//! is gone and never served stale. [`CachedStore::distrust_all`], used when
 //! notifications may have been missed, keeps records only as that fallback: every one is
 //! reloaded before it is served fresh again.
 
@@ -259,7 +259,7 @@ impl CachedStore {
 
     /// For when invalidations may have been missed: nothing cached is served as fresh
     /// again before it is reloaded (but it may still bridge a store outage).
-    pub fn invalidate_all(&self) {
+    pub fn distrust_all(&self) {
         self.keys.distrust_all();
         self.applications.distrust_all();
         self.sessions.distrust_all();

@@ -87,7 +87,7 @@ async fn listen_forever(database_url: String, cache: Arc<CachedStore>, status: A
                 status.connected.store(true, Ordering::SeqCst);
                 let connections = status.connections.fetch_add(1, Ordering::SeqCst) + 1;
                 // Whatever changed while nobody listened is unknown: reload everything.
-                cache.invalidate_all();
+                cache.distrust_all();
                 if connections > 1 {
                     tracing::info!(
                         backend_pid = pid,
@@ -99,7 +99,7 @@ async fn listen_forever(database_url: String, cache: Arc<CachedStore>, status: A
                 status.backend_pid.store(0, Ordering::SeqCst);
                 tracing::warn!(%reason, "invalidation listener lost its connection; reconnecting");
                 // Distrust now too, so the gap serves nothing fresh from before it.
-                cache.invalidate_all();
+                cache.distrust_all();
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "invalidation listener cannot connect");
@@ -156,7 +156,7 @@ fn apply(notification: &PgNotification, cache: &CachedStore, status: &ListenerSt
                 payload = notification.payload(),
                 "unknown change notification; reloading every cached record"
             );
-            cache.invalidate_all();
+            cache.distrust_all();
         }
     }
     if let Some(sent) = sent.and_then(|s| s.parse::<i64>().ok()) {
