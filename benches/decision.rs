@@ -141,12 +141,12 @@ fn hot_path(c: &mut Criterion) {
         parts: keygate::policy::RequestParts::NONE,
     };
     let verdict = runtime.block_on(authorizer.authorize(&query)).expect("decides");
-    assert!(verdict.deny.is_none(), "{:?}", verdict.deny);
+    assert!(verdict.decision.is_allowed(), "{:?}", verdict.decision);
     // The first call verified with argon2 and stored the digest; the next loads it.
     runtime.block_on(tokio::task::yield_now());
-    assert!(runtime.block_on(authorizer.authorize(&query)).expect("decides").deny.is_none());
+    assert!(runtime.block_on(authorizer.authorize(&query)).expect("decides").decision.is_allowed());
     c.bench_function("authorize, hot key, application in the path (no gRPC)", |b| {
-        b.iter(|| runtime.block_on(authorizer.authorize(black_box(&query))).expect("decides").deny.is_none())
+        b.iter(|| runtime.block_on(authorizer.authorize(black_box(&query))).expect("decides").decision.is_allowed())
     });
 
     // The same under a global limit per account, as the default policy has one. An injected
@@ -161,11 +161,11 @@ fn hot_path(c: &mut Criterion) {
         Arc::new(clock.clone()),
     );
     let verdict = runtime.block_on(limited.authorize(&query)).expect("decides");
-    assert!(verdict.deny.is_none() && verdict.rate_limit.is_some(), "{verdict:?}");
+    assert!(verdict.decision.is_allowed() && verdict.rate_limit.is_some(), "{verdict:?}");
     c.bench_function("authorize, hot key, under a global limit per account", |b| {
         b.iter(|| {
             clock.advance(Duration::from_millis(1));
-            runtime.block_on(limited.authorize(black_box(&query))).expect("decides").deny.is_none()
+            runtime.block_on(limited.authorize(black_box(&query))).expect("decides").decision.is_allowed()
         })
     });
 }

@@ -17,7 +17,7 @@
 //! nginx cannot remove a header namespace, so keygate makes sure none passes.
 
 use crate::authz::decision::Deny;
-use crate::authz::{AuthorizeQuery, Authorizer, Verdict};
+use crate::authz::{AuthorizeQuery, Authorizer, Decision, Verdict};
 use crate::breaker::Breaker;
 use crate::code::Code;
 use crate::domain::ClientNetwork;
@@ -121,8 +121,8 @@ async fn forward_auth(
     };
     // No caller deadline travels over HTTP: the configured one, below the proxy's timeout.
     match state.authorizer.authorize_within(&query, state.edge.decision_deadline).await {
-        Ok(verdict @ Verdict { deny: None, .. }) => allowed(&verdict),
-        Ok(Verdict { deny: Some(Deny { code, message }), rate_limit, .. }) => {
+        Ok(verdict @ Verdict { decision: Decision::Allowed, .. }) => allowed(&verdict),
+        Ok(Verdict { decision: Decision::Denied(Deny { code, message }), rate_limit, .. }) => {
             denied(code, &message, rate_limit.map(|r| r.retry_after_seconds).filter(|s| *s > 0))
         }
         Err(failure) => {

@@ -61,6 +61,9 @@ pub enum ManageError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Verifier(#[from] VerifierError),
+    /// The OS random source failed while making an id or a secret.
+    #[error("the OS random source failed")]
+    Randomness(#[from] getrandom::Error),
 }
 
 /// The longest a rotated runtime key may keep working: a week, whatever is asked.
@@ -105,12 +108,7 @@ impl Manager {
         name: Name,
         actor: &Actor,
     ) -> Result<Application, ManageError> {
-        let app = Application {
-            id: ApplicationId::generate().map_err(VerifierError::from)?,
-            account_id,
-            name,
-            created_at: self.clock.now(),
-        };
+        let app = Application { id: ApplicationId::generate()?, account_id, name, created_at: self.clock.now() };
         let audit = self.event(
             &app.account_id,
             AuditAction::ApplicationCreate,
@@ -146,7 +144,7 @@ impl Manager {
         let now = self.clock.now();
         self.check_expiry(new.expires_at, now)?;
         self.check_applications(&new.account_id, &new.application_ids).await?;
-        let generated = GeneratedKey::generate().map_err(VerifierError::from)?;
+        let generated = GeneratedKey::generate()?;
         let secret_hash = self.verifier.hash(generated.credential().secret().as_bytes()).await?;
         let record = KeyRecord::issued(
             NewKeyRecord {
@@ -256,7 +254,7 @@ impl Manager {
         }
         let application = self.application(application_id).await?;
         let now = self.clock.now();
-        let credential = GeneratedKey::generate_kind(CredentialKind::RuntimeKey).map_err(VerifierError::from)?;
+        let credential = GeneratedKey::generate_kind(CredentialKind::RuntimeKey)?;
         let secret_hash = self.verifier.hash(credential.credential().secret().as_bytes()).await?;
         let key = KeyRecord::issued(
             NewKeyRecord {
@@ -300,7 +298,7 @@ impl Manager {
             .into());
         }
         let now = self.clock.now();
-        let token = GeneratedKey::generate_kind(CredentialKind::Session).map_err(VerifierError::from)?;
+        let token = GeneratedKey::generate_kind(CredentialKind::Session)?;
         let session = SessionRecord {
             id: token.credential().session_id(),
             account_id,
@@ -359,8 +357,7 @@ impl Manager {
         target: &str,
         detail: serde_json::Value,
     ) -> Result<AuditEvent, ManageError> {
-        Ok(AuditEvent::new(account.clone(), action, actor, target, self.clock.now(), detail)
-            .map_err(VerifierError::from)?)
+        Ok(AuditEvent::new(account.clone(), action, actor, target, self.clock.now(), detail)?)
     }
 
     pub fn now(&self) -> Timestamp {

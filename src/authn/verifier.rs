@@ -46,8 +46,9 @@ pub enum VerifierError {
     BadHash,
     #[error("hashing failed: {0}")]
     Hash(String),
+    /// The OS random source failed while making a salt.
     #[error("the OS random source failed")]
-    Random(#[from] getrandom::Error),
+    Salt(#[from] getrandom::Error),
     #[error("the hashing task did not finish")]
     Task(#[from] tokio::task::JoinError),
     /// More verifications are waiting than can finish within an edge's patience.

@@ -2,7 +2,7 @@
 //! counter handle once (per route and code, per limit outcome): a count is one atomic add,
 //! with no lock and no hashing of labels.
 
-use super::Verdict;
+use super::{Decision, Verdict};
 use crate::code::Code;
 use crate::policy::Policy;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -67,10 +67,10 @@ impl Default for DecisionCounters {
 
 impl DecisionCounters {
     pub(super) fn count(&self, family: &Family<DecisionLabels, Counter>, verdict: &Verdict) {
-        let (slot, code) = match &verdict.deny {
-            None => (0, "allowed"),
+        let (slot, code) = match &verdict.decision {
+            Decision::Allowed => (0, "allowed"),
             // A fieldless enum's discriminant is its position in `Code::ALL`.
-            Some(deny) => (1 + deny.code as usize, deny.code.as_str()),
+            Decision::Denied(deny) => (1 + deny.code as usize, deny.code.as_str()),
         };
         // The family hands out a handle to the same counter for the same labels, so a
         // reloaded policy keeps counting into the series it had.

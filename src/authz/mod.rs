@@ -38,10 +38,31 @@ pub struct AuthorizeQuery<'a> {
     pub parts: RequestParts<'a>,
 }
 
+/// The answer itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    Denied(Deny),
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allowed)
+    }
+
+    /// Why it was denied; `None` when allowed.
+    pub fn denial(&self) -> Option<&Deny> {
+        match self {
+            Decision::Allowed => None,
+            Decision::Denied(deny) => Some(deny),
+        }
+    }
+}
+
+/// A decision and the facts it was made on, for the edge that asked.
 #[derive(Debug)]
 pub struct Verdict {
-    /// `None` when allowed.
-    pub deny: Option<Deny>,
+    pub decision: Decision,
     /// Who presented a verified credential (even when denied: the caller proved
     /// possession, so saying whose it is tells them nothing new).
     pub principal: Option<Principal>,
@@ -63,7 +84,7 @@ pub struct RateLimitState {
 
 impl Verdict {
     fn deny(mut self, deny: Deny) -> Self {
-        self.deny = Some(deny);
+        self.decision = Decision::Denied(deny);
         self
     }
 }
@@ -171,7 +192,7 @@ impl Authorizer {
             Ok(verdict) => {
                 let counters = verdict.route_index.and_then(|i| active.decisions.get(i)).unwrap_or(&self.unrouted);
                 counters.count(&self.metrics.decisions, verdict);
-                if let (None, Some(Principal::Key(key))) = (&verdict.deny, &verdict.principal) {
+                if let (Decision::Allowed, Some(Principal::Key(key))) = (&verdict.decision, &verdict.principal) {
                     self.usage.used(key, now);
                 }
             }
@@ -198,7 +219,7 @@ impl Authorizer {
             .and_then(|target| policy.match_route(query.method, target.path).map(|m| (m, target.query)));
         let Some((matched, target_query)) = matched else {
             return Ok(Verdict {
-                deny: Some(Deny::new(Code::NotFound, "no route matches the request")),
+                decision: Decision::Denied(Deny::new(Code::NotFound, "no route matches the request")),
                 principal: None,
                 route: None,
                 route_index: None,
@@ -219,7 +240,7 @@ impl Authorizer {
             NamedApplication::None | NamedApplication::Conflict => None,
         };
         let mut verdict = Verdict {
-            deny: None,
+            decision: Decision::Allowed,
             principal: None,
             route: Some(route.template.clone()),
             route_index: Some(matched.index),

@@ -35,7 +35,7 @@ impl authorizer_server::Authorizer for AuthorizerService {
         span.in_scope(|| {
             tracing::debug!(
                 route = verdict.route.as_deref().unwrap_or("-"),
-                code = verdict.deny.as_ref().map_or("allowed", |d| d.code.as_str()),
+                code = verdict.decision.denial().map_or("allowed", |d| d.code.as_str()),
                 principal = verdict.principal.as_ref().map_or("-", |p| p.kind().as_str()),
                 "decided"
             )

@@ -4,7 +4,7 @@
 use super::proto as pb;
 use crate::audit::AuditEvent;
 use crate::authz::decision::Principal;
-use crate::authz::{AuthorizeQuery, Verdict};
+use crate::authz::{AuthorizeQuery, Decision, Verdict};
 use crate::domain::{AccountId, ApplicationId, ClientNetwork, InvalidField, KeyId, Name, Scope, Scopes, Timestamp};
 use crate::manage::NewApiKey;
 use crate::policy::RequestParts;
@@ -218,9 +218,9 @@ pub fn authorize_query(req: &pb::AuthorizeRequest) -> Result<AuthorizeQuery<'_>,
 }
 
 pub fn authorize_response(verdict: Verdict) -> pb::AuthorizeResponse {
-    let (allowed, code, http_status, message) = match &verdict.deny {
-        None => (true, String::new(), 200, String::new()),
-        Some(deny) => {
+    let (allowed, code, http_status, message) = match &verdict.decision {
+        Decision::Allowed => (true, String::new(), 200, String::new()),
+        Decision::Denied(deny) => {
             (false, deny.code.as_str().to_owned(), u32::from(deny.code.http_status()), deny.message.to_string())
         }
     };

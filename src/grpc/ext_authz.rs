@@ -10,7 +10,7 @@
 
 use super::status::log_failure;
 use crate::authz::decision::Deny;
-use crate::authz::{AuthorizeQuery, Authorizer, Verdict};
+use crate::authz::{AuthorizeQuery, Authorizer, Decision, Verdict};
 use crate::code::Code;
 use crate::domain::ClientNetwork;
 use crate::edge::EdgeSettings;
@@ -89,10 +89,10 @@ impl Authorization for CheckService {
             parts: RequestParts { query: None, headers: &http.headers, body },
         };
         let response = match self.authorizer.authorize_within(&query, budget).await {
-            Ok(verdict @ Verdict { deny: None, .. }) => {
+            Ok(verdict @ Verdict { decision: Decision::Allowed, .. }) => {
                 allowed(&verdict, http.headers.keys(), found.filter(|_| self.settings.strip_credential).map(|(h, _)| h))
             }
-            Ok(Verdict { deny: Some(Deny { code, message }), rate_limit, .. }) => {
+            Ok(Verdict { decision: Decision::Denied(Deny { code, message }), rate_limit, .. }) => {
                 denied(code, &message, rate_limit.map(|r| r.retry_after_seconds).filter(|s| *s > 0))
             }
             Err(failure) => {

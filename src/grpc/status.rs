@@ -70,6 +70,7 @@ impl From<ManageError> for Status {
             ManageError::NotFound(message) => coded(Code::NotFound, message),
             ManageError::Store(e) => e.into(),
             ManageError::Verifier(e) => internal(tonic::Code::Internal, &e),
+            ManageError::Randomness(e) => internal(tonic::Code::Internal, &e),
         }
     }
 }
