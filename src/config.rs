@@ -6,11 +6,12 @@ use crate::authn::budget::BudgetSettings;
 use crate::authn::verifier::Argon2Settings;
 use crate::authn::AuthnSettings;
 use crate::breaker::BreakerSettings;
-use crate::edge::{CredentialHeader, EdgeSettings};
+use crate::edge::EdgeSettings;
 use crate::grpc::ext_authz::ExtAuthzSettings;
 use crate::manage::{ManageSettings, MAX_RUNTIME_KEY_GRACE};
 use crate::store::cached::CacheSettings;
 use crate::usage::UsageSettings;
+use keygate_api::edge::CredentialSource;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -312,7 +313,7 @@ impl ServeArgs {
             .ext_authz_credential_headers
             .iter()
             .filter_map(|raw| {
-                CredentialHeader::parse(raw)
+                CredentialSource::parse(raw)
                     .map_err(|e| problems.push(format!("--ext-authz-credential-headers: {e}")))
                     .ok()
             })

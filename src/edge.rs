@@ -1,11 +1,12 @@
-//! What every edge entry shares (Envoy's Check, the HTTP forward-auth listener): where
-//! the credential is read from, and the headers an allowed request carries upstream.
+//! What every edge entry shares (Envoy's Check, the HTTP forward-auth listener): the
+//! request's shape, the headers an allowed request carries upstream, deadlines and
+//! trusted hops. Where the credential is read from is
+//! [`keygate_api::edge::CredentialSource`], shared with the Rust layer.
 //! Each entry only translates; the decision is Authorize's.
 
 use crate::authz::decision::Principal;
 use crate::authz::Verdict;
 use crate::domain::InvalidField;
-use crate::policy::RequestHeaders;
 use std::time::Duration;
 
 /// What every edge entry shares: how the client's address is read, and how long a
@@ -60,57 +61,6 @@ pub const PRINCIPAL_HEADERS: [&str; 7] = [
     "x-keygate-application-id",
 ];
 
-/// Where an edge finds the credential; the first source that holds one wins.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CredentialHeader {
-    /// `authorization: Bearer <credential>`.
-    Authorization,
-    /// A header with the bare credential, e.g. `x-api-key` (lowercase).
-    Header(String),
-    /// A cookie by name.
-    Cookie(String),
-}
-
-impl CredentialHeader {
-    /// `authorization`, `cookie:NAME`, or any other header name.
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let raw = raw.trim().to_ascii_lowercase();
-        let valid_name =
-            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        match raw.split_once(':') {
-            Some(("cookie", name)) if valid_name(name) => Ok(Self::Cookie(name.to_owned())),
-            None if raw == "authorization" => Ok(Self::Authorization),
-            None if valid_name(&raw) => Ok(Self::Header(raw)),
-            _ => Err(format!("{raw:?} is not a header name, 'authorization' or 'cookie:NAME'")),
-        }
-    }
-
-    pub fn header_name(&self) -> &str {
-        match self {
-            Self::Authorization => "authorization",
-            Self::Header(name) => name,
-            Self::Cookie(_) => "cookie",
-        }
-    }
-
-    /// The credential in `headers`, if this source holds one.
-    pub fn read<'h>(&self, headers: &'h dyn RequestHeaders) -> Option<&'h str> {
-        let value = headers.header(self.header_name())?;
-        match self {
-            Self::Authorization => {
-                let (scheme, token) = value.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            }
-            Self::Header(_) => Some(value.trim()),
-            Self::Cookie(name) => value.split(';').find_map(|pair| {
-                let (key, value) = pair.trim().split_once('=')?;
-                (key == name).then_some(value)
-            }),
-        }
-        .filter(|c| !c.is_empty())
-    }
-}
-
 /// The `x-keygate-*` headers an allowed request carries upstream.
 pub fn principal_headers(verdict: &Verdict) -> Vec<(&'static str, String)> {
     let mut set = Vec::with_capacity(6);
@@ -134,26 +84,4 @@ pub fn principal_headers(verdict: &Verdict) -> Vec<(&'static str, String)> {
         set.push(("x-keygate-application-id", application.clone()));
     }
     set
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    #[test]
-    fn credential_headers_parse_and_read() {
-        assert_eq!(CredentialHeader::parse("Authorization").unwrap(), CredentialHeader::Authorization);
-        assert_eq!(CredentialHeader::parse("X-Api-Key").unwrap(), CredentialHeader::Header("x-api-key".into()));
-        assert_eq!(CredentialHeader::parse("cookie:sid").unwrap(), CredentialHeader::Cookie("sid".into()));
-        assert!(CredentialHeader::parse("cookie:").is_err());
-        assert!(CredentialHeader::parse("a b").is_err());
-        let headers = HashMap::from([
-            ("authorization".to_owned(), "Bearer kg_1".to_owned()),
-            ("cookie".to_owned(), "a=1; sid=kgs_2".to_owned()),
-        ]);
-        assert_eq!(CredentialHeader::Authorization.read(&headers), Some("kg_1"));
-        assert_eq!(CredentialHeader::Cookie("sid".into()).read(&headers), Some("kgs_2"));
-        assert_eq!(CredentialHeader::Header("x-api-key".into()).read(&headers), None);
-    }
 }

@@ -22,12 +22,13 @@ use crate::breaker::Breaker;
 use crate::code::Code;
 use crate::domain::ClientNetwork;
 use crate::edge::EdgeSettings;
-use crate::edge::{principal_headers, CredentialHeader, PRINCIPAL_HEADERS};
-use crate::policy::RequestParts;
+use crate::edge::{principal_headers, PRINCIPAL_HEADERS};
+use crate::policy::{RequestHeaders, RequestParts};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keygate_api::edge::is_reserved_header;
+use keygate_api::edge::CredentialSource;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -40,7 +41,7 @@ pub const HEALTH_PATH: &str = "/healthz";
 #[derive(Clone)]
 pub struct ForwardAuth {
     pub authorizer: Arc<Authorizer>,
-    pub credential_headers: Arc<[CredentialHeader]>,
+    pub credential_headers: Arc<[CredentialSource]>,
     pub edge: EdgeSettings,
     pub store_breaker: Arc<Breaker>,
 }
@@ -102,7 +103,11 @@ async fn forward_auth(
     if let Err(invalid) = crate::edge::method_and_path(method, uri) {
         return denied(Code::ValidationError, &invalid.to_string(), None);
     }
-    let credential = state.credential_headers.iter().find_map(|source| source.read(&headers)).unwrap_or("");
+    let credential = state
+        .credential_headers
+        .iter()
+        .find_map(|source| source.read(headers.header_lines(source.header_name())))
+        .unwrap_or("");
     let client = keygate_api::edge::client_address_from_headers(
         Some(peer.ip()),
         joined(&headers, "x-forwarded-for").as_deref(),

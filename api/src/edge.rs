@@ -15,6 +15,65 @@ pub fn is_reserved_header(name: &str) -> bool {
         && name.as_bytes()[..RESERVED_HEADER_PREFIX.len()].eq_ignore_ascii_case(RESERVED_HEADER_PREFIX.as_bytes())
 }
 
+/// Where an edge finds the credential; the first source that holds one wins. One type for
+/// Check, forward auth and the Rust layer, so each reads a request the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `authorization: Bearer <credential>`.
+    Authorization,
+    /// A header with the bare credential, e.g. `x-api-key` (lower case).
+    Header(String),
+    /// A cookie by name, e.g. the dashboard's `keygate_session`.
+    Cookie(String),
+}
+
+impl CredentialSource {
+    /// `authorization: Bearer`, then `x-api-key`, then the `keygate_session` cookie.
+    pub fn defaults() -> Vec<Self> {
+        vec![Self::Authorization, Self::Header("x-api-key".into()), Self::Cookie("keygate_session".into())]
+    }
+
+    /// `authorization`, `cookie:NAME`, or any other header name.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim().to_ascii_lowercase();
+        let valid_name =
+            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        match raw.split_once(':') {
+            Some(("cookie", name)) if valid_name(name) => Ok(Self::Cookie(name.to_owned())),
+            None if raw == "authorization" => Ok(Self::Authorization),
+            None if valid_name(&raw) => Ok(Self::Header(raw)),
+            _ => Err(format!("{raw:?} is not a header name, 'authorization' or 'cookie:NAME'")),
+        }
+    }
+
+    /// The header this source reads.
+    pub fn header_name(&self) -> &str {
+        match self {
+            Self::Authorization => "authorization",
+            Self::Header(name) => name,
+            Self::Cookie(_) => "cookie",
+        }
+    }
+
+    /// The credential among the lines of this source's header (see [`Self::header_name`]).
+    pub fn read<'h>(&self, lines: impl IntoIterator<Item = &'h str>) -> Option<&'h str> {
+        lines
+            .into_iter()
+            .find_map(|value| match self {
+                Self::Authorization => {
+                    let (scheme, token) = value.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+                }
+                Self::Header(_) => Some(value.trim()),
+                Self::Cookie(name) => value.split(';').find_map(|pair| {
+                    let (key, value) = pair.trim().split_once('=')?;
+                    (key == name).then_some(value)
+                }),
+            })
+            .filter(|c| !c.is_empty())
+    }
+}
+
 /// The client's address, under the trusted-hop rule.
 ///
 /// `peer` is the address the edge saw the request come from (Envoy's source address, the
@@ -332,5 +391,21 @@ mod tests {
                 .collect();
         assert_eq!(all, ["a", "b", "c", "d"]);
         assert_eq!(query_value("application_id%=x", "application_id"), None, "a broken escape names nothing else");
+    }
+
+    #[test]
+    fn credentials_are_read_from_each_source() {
+        assert_eq!(CredentialSource::parse("Authorization").unwrap(), CredentialSource::Authorization);
+        assert_eq!(CredentialSource::parse("X-Api-Key").unwrap(), CredentialSource::Header("x-api-key".into()));
+        assert_eq!(CredentialSource::parse("cookie:sid").unwrap(), CredentialSource::Cookie("sid".into()));
+        assert!(CredentialSource::parse("cookie:").is_err());
+        assert!(CredentialSource::parse("a b").is_err());
+        assert_eq!(CredentialSource::Authorization.read(["Bearer kg_1"]), Some("kg_1"));
+        assert_eq!(CredentialSource::Authorization.read(["bearer kg_1"]), Some("kg_1"));
+        assert_eq!(CredentialSource::Authorization.read(["Basic abc"]), None);
+        let cookie = CredentialSource::Cookie("sid".into());
+        assert_eq!(cookie.read(["theme=dark", "a=1; sid=kgs_2"]), Some("kgs_2"), "any line of the header");
+        assert_eq!(CredentialSource::Header("x-api-key".into()).read([" "]), None, "blank is none");
+        assert_eq!(CredentialSource::Header("x-api-key".into()).read([]), None);
     }
 }

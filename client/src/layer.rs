@@ -8,6 +8,7 @@
 
 use crate::{ClientError, Code, Decision, KeygateClient, Principal};
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+pub use keygate_api::edge::CredentialSource;
 use keygate_api::edge::{client_address_from_headers, is_reserved_header};
 use keygate_api::proto as pb;
 use sha2::{Digest, Sha256};
@@ -18,17 +19,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-/// Where the credential is read from; the first source that has one wins.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CredentialSource {
-    /// `authorization: Bearer <credential>`.
-    BearerAuthorization,
-    /// A header carrying the bare credential, e.g. `x-api-key`.
-    Header(header::HeaderName),
-    /// A cookie, e.g. the dashboard's session cookie.
-    Cookie(String),
-}
 
 /// What to do when keygate cannot decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,11 +57,7 @@ impl KeygateLayer {
         Self {
             state: Arc::new(State {
                 client,
-                sources: vec![
-                    CredentialSource::BearerAuthorization,
-                    CredentialSource::Header(header::HeaderName::from_static("x-api-key")),
-                    CredentialSource::Cookie("keygate_session".into()),
-                ],
+                sources: CredentialSource::defaults(),
                 failure_mode: FailureMode::Closed,
                 cache: None,
                 trusted_proxy_hops: 0,
@@ -298,21 +284,8 @@ impl State {
 }
 
 fn read_credential(source: &CredentialSource, headers: &HeaderMap) -> Option<String> {
-    match source {
-        CredentialSource::BearerAuthorization => {
-            let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-            let (scheme, token) = value.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
-        }
-        CredentialSource::Header(name) => Some(headers.get(name)?.to_str().ok()?.trim().to_owned()),
-        CredentialSource::Cookie(name) => headers.get_all(header::COOKIE).iter().find_map(|value| {
-            value.to_str().ok()?.split(';').find_map(|pair| {
-                let (key, value) = pair.trim().split_once('=')?;
-                (key == name).then(|| value.to_owned())
-            })
-        }),
-    }
-    .filter(|c| !c.is_empty())
+    let lines = headers.get_all(source.header_name()).iter().filter_map(|v| v.to_str().ok());
+    source.read(lines).map(str::to_owned)
 }
 
 fn deny_response<B: From<String>>(decision: &Decision) -> Response<B> {
@@ -337,18 +310,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_are_read_from_each_source() {
+    fn credentials_are_read_from_every_line_of_a_header() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, "theme=dark; keygate_session=kgs_abc".parse().unwrap());
+        headers.append(header::COOKIE, "theme=dark".parse().unwrap());
+        headers.append(header::COOKIE, "keygate_session=kgs_abc".parse().unwrap());
         let cookie = CredentialSource::Cookie("keygate_session".into());
         assert_eq!(read_credential(&cookie, &headers).as_deref(), Some("kgs_abc"));
-        assert_eq!(read_credential(&CredentialSource::BearerAuthorization, &headers), None);
+        assert_eq!(read_credential(&CredentialSource::Authorization, &headers), None);
         headers.insert(header::AUTHORIZATION, "bearer kg_xyz".parse().unwrap());
-        assert_eq!(read_credential(&CredentialSource::BearerAuthorization, &headers).as_deref(), Some("kg_xyz"));
-        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
-        assert_eq!(read_credential(&CredentialSource::BearerAuthorization, &headers), None);
-        let api_key = CredentialSource::Header(header::HeaderName::from_static("x-api-key"));
-        headers.insert("x-api-key", " ".parse().unwrap());
-        assert_eq!(read_credential(&api_key, &headers), None);
+        assert_eq!(read_credential(&CredentialSource::Authorization, &headers).as_deref(), Some("kg_xyz"));
     }
 }

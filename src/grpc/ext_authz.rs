@@ -13,32 +13,26 @@ use crate::authz::decision::Deny;
 use crate::authz::{AuthorizeQuery, Authorizer, Decision, Verdict};
 use crate::code::Code;
 use crate::domain::ClientNetwork;
+use crate::edge::principal_headers;
 use crate::edge::EdgeSettings;
-use crate::edge::{principal_headers, CredentialHeader};
-use crate::policy::RequestParts;
+use crate::policy::{RequestHeaders, RequestParts};
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode};
 use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder};
 use keygate_api::edge::is_reserved_header;
+use keygate_api::edge::CredentialSource;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 #[derive(Debug, Clone)]
 pub struct ExtAuthzSettings {
-    pub credential_headers: Vec<CredentialHeader>,
+    pub credential_headers: Vec<CredentialSource>,
     /// Remove the header the credential came in before the request goes upstream.
     pub strip_credential: bool,
 }
 
 impl Default for ExtAuthzSettings {
     fn default() -> Self {
-        Self {
-            credential_headers: vec![
-                CredentialHeader::Authorization,
-                CredentialHeader::Header("x-api-key".into()),
-                CredentialHeader::Cookie("keygate_session".into()),
-            ],
-            strip_credential: false,
-        }
+        Self { credential_headers: CredentialSource::defaults(), strip_credential: false }
     }
 }
 
@@ -66,7 +60,11 @@ impl Authorization for CheckService {
         if let Err(invalid) = crate::edge::method_and_path(&http.method, &http.path) {
             return Ok(Response::new(denied(Code::ValidationError, &invalid.to_string(), None)));
         }
-        let found = self.settings.credential_headers.iter().find_map(|h| h.read(&http.headers).map(|c| (h, c)));
+        let found = self
+            .settings
+            .credential_headers
+            .iter()
+            .find_map(|h| h.read(http.headers.header_lines(h.header_name())).map(|c| (h, c)));
         // Envoy's source address is the peer it saw; what proxies before it wrote in
         // x-forwarded-for is believed only through the configured trusted hops.
         let peer = check.get_client_address().and_then(|ip| ip.parse().ok());
@@ -113,7 +111,7 @@ impl Authorization for CheckService {
 fn allowed<'h>(
     verdict: &Verdict,
     client_headers: impl Iterator<Item = &'h String>,
-    strip: Option<&CredentialHeader>,
+    strip: Option<&CredentialSource>,
 ) -> CheckResponse {
     let mut ok = OkHttpResponseBuilder::new();
     let set = principal_headers(verdict);
