@@ -110,8 +110,8 @@ async fn forward_auth(
         .unwrap_or("");
     let client = keygate_api::edge::client_address_from_headers(
         Some(peer.ip()),
-        joined(&headers, "x-forwarded-for").as_deref(),
-        joined(&headers, "forwarded").as_deref(),
+        lines(&headers, "x-forwarded-for"),
+        lines(&headers, "forwarded"),
         state.edge.trusted_proxy_hops,
     )
     .map(ClientNetwork::of);
@@ -138,11 +138,10 @@ async fn forward_auth(
     }
 }
 
-/// Every line of a header, in order, as one comma-separated value (a proxy may append a
-/// line of its own rather than extend the client's).
-fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
-    let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-    (!values.is_empty()).then(|| values.join(","))
+/// Every line of a header, in order (a proxy may append a line of its own rather than
+/// extend the client's).
+fn lines<'h>(headers: &'h HeaderMap, name: &str) -> impl DoubleEndedIterator<Item = &'h str> {
+    headers.get_all(name).into_iter().filter_map(|v| v.to_str().ok())
 }
 
 fn allowed(verdict: &Verdict) -> Response {

@@ -86,40 +86,33 @@ impl CredentialSource {
 ///
 /// An entry that is not an IP address where the client is read makes the answer `None`:
 /// a garbled hop is not guessed around.
-pub fn client_address<'h>(
-    peer: Option<IpAddr>,
-    forwarded_for: impl IntoIterator<Item = &'h str>,
-    trusted_hops: usize,
-) -> Option<IpAddr> {
+pub fn client_address<'h, I>(peer: Option<IpAddr>, forwarded_for: I, trusted_hops: usize) -> Option<IpAddr>
+where
+    I: IntoIterator<Item = &'h str>,
+    I::IntoIter: DoubleEndedIterator,
+{
     if trusted_hops == 0 {
         return peer.map(canonical);
     }
-    // Only the last `trusted_hops` entries can matter: keep a small window of them.
-    let mut window: Vec<&str> = Vec::with_capacity(trusted_hops + 1);
-    for value in forwarded_for {
-        for entry in value.split(',') {
-            if window.len() == trusted_hops + 1 {
-                window.remove(0);
-            }
-            window.push(entry.trim());
+    // Counted from the right (the peer is distance 0), without collecting anything: on
+    // every decision, and a client may send thousands of entries.
+    let mut leftmost = None;
+    let from_right = forwarded_for.into_iter().rev().flat_map(|line| line.rsplit(','));
+    for (distance, entry) in (1..).zip(from_right) {
+        if distance == trusted_hops {
+            return parse_forwarded_address(entry).map(canonical);
         }
+        leftmost = Some(entry);
     }
-    let peer_text;
-    if let Some(peer) = peer {
-        if window.len() == trusted_hops + 1 {
-            window.remove(0);
-        }
-        peer_text = peer.to_string();
-        window.push(&peer_text);
+    match leftmost {
+        Some(entry) => parse_forwarded_address(entry).map(canonical),
+        None => peer.map(canonical),
     }
-    // The entry `trusted_hops` places left of the last one, or the leftmost there is.
-    let at = window.len().saturating_sub(trusted_hops + 1);
-    window.get(at).and_then(|raw| parse_forwarded_address(raw)).map(canonical)
 }
 
 /// The addresses of a `forwarded` header (RFC 7239), in order: each element's `for=`.
 /// Obfuscated identifiers ("_hidden", "unknown") are kept, so that they are not believed.
-pub fn forwarded_for(header: &str) -> impl Iterator<Item = &str> {
+pub fn forwarded_for(header: &str) -> impl DoubleEndedIterator<Item = &str> {
     header.split(',').filter_map(|element| {
         element.split(';').find_map(|pair| {
             let (key, value) = pair.trim().split_once('=')?;
@@ -128,18 +121,25 @@ pub fn forwarded_for(header: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// [`client_address`] from an edge's headers: `x-forwarded-for` when present, else
-/// `forwarded`.
-pub fn client_address_from_headers(
+/// [`client_address`] from an edge's headers, given every line of each: `x-forwarded-for`
+/// when present, else `forwarded`.
+pub fn client_address_from_headers<'h, X, F>(
     peer: Option<IpAddr>,
-    x_forwarded_for: Option<&str>,
-    forwarded: Option<&str>,
+    x_forwarded_for: X,
+    forwarded: F,
     trusted_hops: usize,
-) -> Option<IpAddr> {
-    match (x_forwarded_for, forwarded) {
-        (Some(xff), _) => client_address(peer, [xff], trusted_hops),
-        (None, Some(forwarded)) => client_address(peer, forwarded_for(forwarded), trusted_hops),
-        (None, None) => client_address(peer, [], trusted_hops),
+) -> Option<IpAddr>
+where
+    X: IntoIterator<Item = &'h str>,
+    X::IntoIter: DoubleEndedIterator,
+    F: IntoIterator<Item = &'h str>,
+    F::IntoIter: DoubleEndedIterator,
+{
+    let mut x_forwarded_for = x_forwarded_for.into_iter().peekable();
+    if x_forwarded_for.peek().is_some() {
+        client_address(peer, x_forwarded_for, trusted_hops)
+    } else {
+        client_address(peer, forwarded.into_iter().flat_map(forwarded_for), trusted_hops)
     }
 }
 
@@ -316,7 +316,7 @@ mod tests {
         assert_eq!(client_address(peer, ["6.6.6.6", "203.0.113.9, 10.0.0.2"], 2), Some(ip("203.0.113.9")));
         // Fewer entries than hops: the leftmost is the best there is.
         assert_eq!(client_address(peer, ["203.0.113.9"], 3), Some(ip("203.0.113.9")));
-        assert_eq!(client_address(peer, [], 1), Some(ip("127.0.0.1")));
+        assert_eq!(client_address(peer, [] as [&str; 0], 1), Some(ip("127.0.0.1")));
         // Ports and brackets, as some proxies write them.
         assert_eq!(client_address(peer, ["[2001:db8::1]:443"], 1), Some(ip("2001:db8::1")));
         assert_eq!(client_address(peer, ["203.0.113.9:5000"], 1), Some(ip("203.0.113.9")));
@@ -329,16 +329,21 @@ mod tests {
         let peer = Some(ip("127.0.0.1"));
         let forwarded = r#"for=6.6.6.6;proto=http, for="[2001:db8::7]:80""#;
         assert_eq!(forwarded_for(forwarded).collect::<Vec<_>>(), ["6.6.6.6", "[2001:db8::7]:80"]);
-        assert_eq!(client_address_from_headers(peer, None, Some(forwarded), 1), Some(ip("2001:db8::7")));
+        assert_eq!(client_address_from_headers(peer, None::<&str>, Some(forwarded), 1), Some(ip("2001:db8::7")));
         assert_eq!(client_address_from_headers(peer, Some("203.0.113.1"), Some(forwarded), 1), Some(ip("203.0.113.1")));
-        assert_eq!(client_address_from_headers(peer, None, Some("for=_hidden"), 1), None);
-        assert_eq!(client_address_from_headers(peer, Some("6.6.6.6"), None, 0), peer);
+        assert_eq!(client_address_from_headers(peer, None::<&str>, Some("for=_hidden"), 1), None);
+        assert_eq!(client_address_from_headers(peer, Some("6.6.6.6"), None::<&str>, 0), peer);
+        // A proxy that adds a line of its own instead of extending the client's.
+        assert_eq!(
+            client_address_from_headers(peer, ["6.6.6.6", "203.0.113.2"], None::<&str>, 1),
+            Some(ip("203.0.113.2"))
+        );
     }
 
     #[test]
     fn addresses_are_canonical_and_ipv6_counts_per_64() {
         assert_eq!(canonical(ip("::ffff:203.0.113.9")), ip("203.0.113.9"));
-        assert_eq!(client_address(Some(ip("::ffff:203.0.113.9")), [], 0), Some(ip("203.0.113.9")));
+        assert_eq!(client_address(Some(ip("::ffff:203.0.113.9")), [] as [&str; 0], 0), Some(ip("203.0.113.9")));
         assert_eq!(counted_network(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
         assert_eq!(counted_network(ip("2001:db8:1:2:bbbb::7")), counted_network(ip("2001:db8:1:2:aaaa::1")));
         assert_eq!(counted_network(ip("203.0.113.9")), ip("203.0.113.9"));

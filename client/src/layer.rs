@@ -141,8 +141,8 @@ where
             let credential = state.sources.iter().find_map(|s| read_credential(s, request.headers()));
             let client_ip = client_address_from_headers(
                 peer_address(request.extensions()),
-                joined(request.headers(), "x-forwarded-for").as_deref(),
-                joined(request.headers(), "forwarded").as_deref(),
+                lines(request.headers(), "x-forwarded-for"),
+                lines(request.headers(), "forwarded"),
                 state.trusted_proxy_hops,
             );
             let Some(headers) = forwarded_headers(request.headers()) else {
@@ -207,10 +207,9 @@ fn peer_address(extensions: &http::Extensions) -> Option<IpAddr> {
     extensions.get::<SocketAddr>().map(SocketAddr::ip)
 }
 
-/// Every line of a header as one comma-separated value (a proxy may append its own line).
-fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
-    let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-    (!values.is_empty()).then(|| values.join(","))
+/// Every line of a header, in order (a proxy may append a line of its own).
+fn lines<'h>(headers: &'h HeaderMap, name: &str) -> impl DoubleEndedIterator<Item = &'h str> {
+    headers.get_all(name).into_iter().filter_map(|v| v.to_str().ok())
 }
 
 /// The request's headers for keygate, names in lower case: not those that carry
@@ -284,8 +283,7 @@ impl State {
 }
 
 fn read_credential(source: &CredentialSource, headers: &HeaderMap) -> Option<String> {
-    let lines = headers.get_all(source.header_name()).iter().filter_map(|v| v.to_str().ok());
-    source.read(lines).map(str::to_owned)
+    source.read(lines(headers, source.header_name())).map(str::to_owned)
 }
 
 fn deny_response<B: From<String>>(decision: &Decision) -> Response<B> {

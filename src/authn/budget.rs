@@ -86,7 +86,8 @@ pub struct Throttled {
 pub struct FailureBudgets {
     settings: BudgetSettings,
     per_key: moka::sync::Cache<KeyId, Arc<Window>>,
-    per_client: moka::sync::Cache<Box<str>, Arc<Window>>,
+    /// By client network; `None` is every request without an address, together.
+    per_client: moka::sync::Cache<Option<ClientNetwork>, Arc<Window>>,
     suspects: Mutex<Bucket>,
 }
 
@@ -129,13 +130,6 @@ impl Drop for Reservation {
     }
 }
 
-/// Requests without a client address share one budget.
-const NO_ADDRESS: &str = "-";
-
-fn client_key(client: Option<ClientNetwork>) -> Box<str> {
-    client.as_ref().map_or(NO_ADDRESS, ClientNetwork::as_str).into()
-}
-
 impl FailureBudgets {
     pub fn new(settings: BudgetSettings) -> Arc<Self> {
         let rate = f64::from(settings.suspect_verifications_per_second.max(1));
@@ -162,7 +156,7 @@ impl FailureBudgets {
     }
 
     fn client_window(&self, client: Option<ClientNetwork>) -> Arc<Window> {
-        Self::window_of(&self.per_client, client_key(client))
+        Self::window_of(&self.per_client, client)
     }
 
     fn throttled(&self, window: &Window, limit: u32) -> Throttled {
@@ -221,7 +215,7 @@ impl FailureBudgets {
     /// Whether this client has spent its budget (for work that cannot be reserved).
     pub fn client_spent(&self, client: Option<ClientNetwork>) -> Option<Throttled> {
         let max = self.settings.max_failures_per_client;
-        let window = self.per_client.get(&*client_key(client))?;
+        let window = self.per_client.get(&client)?;
         (window.used.load(Ordering::Acquire) >= max).then(|| self.throttled(&window, max))
     }
 

@@ -174,7 +174,7 @@ pub fn random_token(len: usize) -> Result<String, getrandom::Error> {
 /// A client's network as budgets and limits count it: an IPv4 address, or an IPv6 /64
 /// (see [`keygate_api::edge::counted_network`]), with its text kept inline so counting
 /// allocates nothing.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientNetwork {
     text: [u8; 39],
     len: u8,
