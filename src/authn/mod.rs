@@ -24,7 +24,7 @@ pub mod verifier;
 use crate::code::Code;
 use crate::domain::{ClientNetwork, Credential, CredentialKind, Deny, KeyKind, KeyRecord, Principal};
 use crate::policy::Accepts;
-use crate::store::{Store, StoreError};
+use crate::store::{InMemory, Store, StoreError};
 pub use budget::Throttled;
 use budget::{FailureBudgets, Reservation};
 use digest::{CredentialDigester, Recognition};
@@ -171,9 +171,11 @@ impl Authenticator {
         client: Option<ClientNetwork>,
     ) -> Result<Authentication, AuthnError> {
         let id = credential.session_id();
-        let session = match self.store.peek_session(id) {
-            Some(known) => known,
-            None => match self.budgeted_lookup(client, || self.store.session(id)).await? {
+        let session = match self.store.session_in_memory(id) {
+            InMemory::Fresh(session) => Some(session),
+            InMemory::Absent => None,
+            InMemory::Stale => self.store.session(id).await?,
+            InMemory::Unknown => match self.budgeted_lookup(client, || self.store.session(id)).await? {
                 Ok(session) => session,
                 Err(throttled) => return Ok(Authentication::Throttled(throttled)),
             },
@@ -199,13 +201,14 @@ impl Authenticator {
     ) -> Result<Authentication, AuthnError> {
         let invalid = || refused(Code::ApiKeyInvalid, "unknown API key or wrong secret");
         let id = credential.key_id();
-        let record = match self.store.peek_key(id) {
-            Some(known) => known,
+        let record = match self.store.key_in_memory(id) {
+            InMemory::Fresh(record) => Some(record),
+            InMemory::Absent => None,
             // A record this replica holds and must only reload (its freshness ran out, the
             // cache was distrusted) is no guess: the reload costs the client nothing, so a
             // neighbour who spent the address's budget cannot keep its holder out.
-            None if self.store.knows_key(id) => self.store.key(id).await?,
-            None => match self.budgeted_lookup(client, || self.store.key(id)).await? {
+            InMemory::Stale => self.store.key(id).await?,
+            InMemory::Unknown => match self.budgeted_lookup(client, || self.store.key(id)).await? {
                 Ok(record) => record,
                 Err(throttled) => return Ok(Authentication::Throttled(throttled)),
             },

@@ -17,7 +17,9 @@
 //! notifications may have been missed, keeps records only as that fallback: every one is
 //! reloaded before it is served fresh again.
 
-use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome};
+use super::{
+    Application, InMemory, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
+};
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::domain::{AccountId, ApplicationId, KeyId, SecretHash, SessionId, Timestamp, VerifiedDigest};
 use quick_cache::sync::Cache;
@@ -101,18 +103,21 @@ where
         *self.shard(key).lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// What memory says, fresh, without loading: the value, its known absence, or nothing.
-    fn peek(&self, key: &K) -> Option<Option<Arc<T>>> {
+    /// What memory says, without loading.
+    fn in_memory(&self, key: &K) -> InMemory<T> {
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(entry) = self.entries.get(key).filter(|e| e.fresh(generation, self.ttl)) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Some(Some(entry.value));
+        match self.entries.get(key) {
+            Some(entry) if entry.fresh(generation, self.ttl) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                InMemory::Fresh(entry.value)
+            }
+            Some(_) => InMemory::Stale,
+            None if self.absent.get(key).is_some_and(|e| e.fresh(generation, self.ttl)) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                InMemory::Absent
+            }
+            None => InMemory::Unknown,
         }
-        if self.absent.get(key).is_some_and(|e| e.fresh(generation, self.ttl)) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Some(None);
-        }
-        None
     }
 
     /// A hit borrows the key and builds no future: the hot path allocates nothing here.
@@ -161,11 +166,6 @@ where
             }
         }
         Ok(value)
-    }
-
-    /// Holds a value for `key`, fresh or not (a record that exists, as far as it knows).
-    fn holds(&self, key: &K) -> bool {
-        self.entries.get(key).is_some()
     }
 
     /// Replaces a cached value with `change(value)`, keeping its load time, unless an
@@ -409,15 +409,11 @@ impl Store for CachedStore {
         Ok(())
     }
 
-    fn peek_key(&self, id: KeyId) -> Option<Option<Arc<KeyRecord>>> {
-        self.keys.peek(&id)
+    fn key_in_memory(&self, id: KeyId) -> InMemory<KeyRecord> {
+        self.keys.in_memory(&id)
     }
 
-    fn knows_key(&self, id: KeyId) -> bool {
-        self.keys.holds(&id)
-    }
-
-    fn peek_session(&self, id: SessionId) -> Option<Option<Arc<SessionRecord>>> {
-        self.sessions.peek(&id)
+    fn session_in_memory(&self, id: SessionId) -> InMemory<SessionRecord> {
+        self.sessions.in_memory(&id)
     }
 }

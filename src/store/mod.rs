@@ -142,20 +142,28 @@ pub trait Store: Send + Sync + 'static {
     /// still has `hash` (see [`VerifiedDigest`]).
     async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError>;
 
-    /// What this store holds in memory about key `id`, with no I/O: `Some` with the record
-    /// or its known absence, `None` when only asking would tell. Only caches answer.
-    fn peek_key(&self, _id: KeyId) -> Option<Option<Arc<KeyRecord>>> {
-        None
-    }
-
-    /// Whether this store holds key `id` in memory at all, fresh or not: a record that
-    /// exists and only needs reloading (no I/O; only caches answer).
-    fn knows_key(&self, _id: KeyId) -> bool {
-        false
+    /// What this store holds in memory about key `id`, found with no I/O. Only caches
+    /// know anything.
+    fn key_in_memory(&self, _id: KeyId) -> InMemory<KeyRecord> {
+        InMemory::Unknown
     }
 
     /// The same for a session.
-    fn peek_session(&self, _id: SessionId) -> Option<Option<Arc<SessionRecord>>> {
-        None
+    fn session_in_memory(&self, _id: SessionId) -> InMemory<SessionRecord> {
+        InMemory::Unknown
     }
+}
+
+/// What memory says about an id, before any I/O.
+#[derive(Debug)]
+pub enum InMemory<T> {
+    /// The record, fresh.
+    Fresh(Arc<T>),
+    /// Known not to exist, freshly.
+    Absent,
+    /// A record is held but must be reloaded before it is served (it exists: reloading
+    /// it is no guess).
+    Stale,
+    /// Only asking the store would tell.
+    Unknown,
 }
