@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate-data/keygate.db";
-pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "keygate-data/admin-token";
+pub use keygate_api::DEFAULT_ADMIN_TOKEN_FILE;
 /// Admin tokens shorter than this are refused: they guard every key.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 pub const DEFAULT_DIGEST_KEY_FILE: &str = "keygate-data/digest-key";
@@ -63,10 +63,10 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_SERVE_STALE_SECONDS", default_value_t = 60)]
     pub serve_stale_seconds: u64,
     /// argon2id memory cost in KiB (OWASP minimum: 19456).
-    #[arg(long, env = "KEYGATE_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    #[arg(long, env = "KEYGATE_ARGON2_MEMORY_KIB", default_value_t = Argon2Settings::OWASP_MEMORY_KIB)]
     pub argon2_memory_kib: u32,
     /// argon2id iterations.
-    #[arg(long, env = "KEYGATE_ARGON2_ITERATIONS", default_value_t = 2)]
+    #[arg(long, env = "KEYGATE_ARGON2_ITERATIONS", default_value_t = Argon2Settings::OWASP_ITERATIONS)]
     pub argon2_iterations: u32,
     /// argon2 verifications running at once (default: half the cores, at least 1).
     #[arg(long, env = "KEYGATE_ARGON2_CONCURRENCY")]
@@ -81,10 +81,10 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_RATE_LIMIT_KEY_PREFIX", default_value = "keygate:rl:")]
     pub rate_limit_key_prefix: String,
     /// How long a rotated runtime key keeps working, unless the rotation says otherwise.
-    #[arg(long, env = "KEYGATE_RUNTIME_KEY_GRACE_SECONDS", default_value_t = 3600)]
+    #[arg(long, env = "KEYGATE_RUNTIME_KEY_GRACE_SECONDS", default_value_t = ManageSettings::DEFAULT_RUNTIME_GRACE.as_secs())]
     pub runtime_key_grace_seconds: u64,
     /// Session lifetime when CreateSession gives none.
-    #[arg(long, env = "KEYGATE_SESSION_TTL_SECONDS", default_value_t = 43_200)]
+    #[arg(long, env = "KEYGATE_SESSION_TTL_SECONDS", default_value_t = ManageSettings::DEFAULT_SESSION_TTL.as_secs())]
     pub session_ttl_seconds: u64,
     /// Where Envoy's Check finds the credential, in order: `authorization` (Bearer), a
     /// header name (bare credential), or `cookie:NAME`.
@@ -92,7 +92,7 @@ pub struct ServeArgs {
         long,
         env = "KEYGATE_EXT_AUTHZ_CREDENTIAL_HEADERS",
         value_delimiter = ',',
-        default_value = "authorization,x-api-key,cookie:keygate_session"
+        default_value = CredentialSource::DEFAULTS
     )]
     pub ext_authz_credential_headers: Vec<String>,
     /// Check removes the credential's header before the request goes upstream.
@@ -101,11 +101,11 @@ pub struct ServeArgs {
     /// Failed argon2 verifications per key id per minute before further unrecognised
     /// credentials for it are throttled (answered 429 with a retry time, never refused as
     /// invalid). A credential recognised by its stored digest is never throttled.
-    #[arg(long, env = "KEYGATE_MAX_FAILURES_PER_KEY", default_value_t = 20)]
+    #[arg(long, env = "KEYGATE_MAX_FAILURES_PER_KEY", default_value_t = BudgetSettings::DEFAULT_MAX_FAILURES_PER_KEY)]
     pub max_failures_per_key: u32,
     /// Failed verifications and lookups of unknown ids per client network (IPv4 address,
     /// IPv6 /64) per minute before that client's unrecognised credentials are throttled.
-    #[arg(long, env = "KEYGATE_MAX_FAILURES_PER_IP", default_value_t = 100)]
+    #[arg(long, env = "KEYGATE_MAX_FAILURES_PER_IP", default_value_t = BudgetSettings::DEFAULT_MAX_FAILURES_PER_CLIENT)]
     pub max_failures_per_ip: u32,
     /// argon2 runs per second for key ids and clients that have failed before (default:
     /// a quarter of argon2's capacity), so first verifications of real keys keep the rest.
@@ -119,7 +119,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_DIGEST_KEY_FILE", default_value = DEFAULT_DIGEST_KEY_FILE)]
     pub digest_key_file: PathBuf,
     /// The longest session CreateSession may ask for.
-    #[arg(long, env = "KEYGATE_SESSION_MAX_TTL_SECONDS", default_value_t = 2_592_000)]
+    #[arg(long, env = "KEYGATE_SESSION_MAX_TTL_SECONDS", default_value_t = ManageSettings::MAX_SESSION_TTL.as_secs())]
     pub session_max_ttl_seconds: u64,
     /// Serve HTTP forward auth (nginx auth_request, Caddy forward_auth, Traefik forwardAuth)
     /// at http://ADDRESS/forward-auth, with /healthz (e.g. 127.0.0.1:8081). Off unless set.
@@ -129,7 +129,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
     /// A key's last_used_at is written at most once per this many seconds (per replica).
-    #[arg(long, env = "KEYGATE_LAST_USED_INTERVAL_SECONDS", default_value_t = 60)]
+    #[arg(long, env = "KEYGATE_LAST_USED_INTERVAL_SECONDS", default_value_t = UsageSettings::DEFAULT_EVERY.as_secs())]
     pub last_used_interval_seconds: u64,
     /// Proxies in front of the edge whose `x-forwarded-for` entries are believed (Check
     /// and forward auth). 0: the client is the address the edge saw; 1: the last entry a

@@ -18,13 +18,11 @@
 //! - [`forward_auth`]: the HTTP forward-auth listener for nginx, Caddy and Traefik.
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring, logs.
 //! - [`clock`]: time as a dependency, so tests move it.
-//! - [`cli`]: the `keygate` command line client.
 
 pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod breaker;
-pub mod cli;
 pub mod clock;
 pub use keygate_api::code;
 pub mod config;

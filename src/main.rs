@@ -1,15 +1,45 @@
-use clap::Parser;
-use keygate::cli::{Cli, Command};
+//! The `keygate` binary: `serve` and `policy` from the server library, every command
+//! that talks to a running keygate from `keygate-client`.
+
+use clap::{Parser, Subcommand};
 use keygate::clock::SystemClock;
+use keygate::config::ServeArgs;
+use keygate::policy::Policy;
 use keygate::startup::Application;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about = "Auth and policy service for API keys, over gRPC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    #[command(flatten)]
+    Admin(keygate_client::cli::Command),
+    /// Route policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file and list its routes.
+    Check { file: PathBuf },
+}
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
-        other => keygate::cli::run(other).await,
+        Command::Admin(command) => keygate_client::cli::run(command).await,
+        Command::Policy(PolicyCommand::Check { file }) => check_policy(&file),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -20,7 +50,21 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(args: keygate::config::ServeArgs) -> anyhow::Result<()> {
+/// Loads a policy file as `serve` would, and lists its routes.
+fn check_policy(file: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let policy = Policy::load(file)?;
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`keygate policy check … | head`) ends output quietly.
+    let _ = writeln!(out, "{}: {} routes, valid", file.display(), policy.routes().len());
+    for route in policy.routes() {
+        let scopes: Vec<_> = route.scopes.iter().map(|s| s.as_str()).collect();
+        let _ = writeln!(out, "  {:<60} {}", route.template, scopes.join(","));
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.into_settings()?;
     let _telemetry = keygate::telemetry::init(settings.log_format);
     let app = Application::build(settings, Arc::new(SystemClock)).await?;

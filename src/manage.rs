@@ -25,12 +25,18 @@ pub struct ManageSettings {
     pub max_runtime_grace: Duration,
 }
 
+impl ManageSettings {
+    pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+    pub const MAX_SESSION_TTL: Duration = Duration::from_secs(30 * 86_400);
+    pub const DEFAULT_RUNTIME_GRACE: Duration = Duration::from_secs(3600);
+}
+
 impl Default for ManageSettings {
     fn default() -> Self {
         Self {
-            default_session_ttl: Duration::from_secs(12 * 3600),
-            max_session_ttl: Duration::from_secs(30 * 86_400),
-            default_runtime_grace: Duration::from_secs(3600),
+            default_session_ttl: Self::DEFAULT_SESSION_TTL,
+            max_session_ttl: Self::MAX_SESSION_TTL,
+            default_runtime_grace: Self::DEFAULT_RUNTIME_GRACE,
             max_runtime_grace: MAX_RUNTIME_KEY_GRACE,
         }
     }

@@ -25,9 +25,13 @@ pub struct UsageSettings {
     pub flush_interval: Duration,
 }
 
+impl UsageSettings {
+    pub const DEFAULT_EVERY: Duration = Duration::from_secs(60);
+}
+
 impl Default for UsageSettings {
     fn default() -> Self {
-        Self { every: Duration::from_secs(60), flush_interval: Duration::from_secs(5) }
+        Self { every: Self::DEFAULT_EVERY, flush_interval: Duration::from_secs(5) }
     }
 }
 

@@ -63,7 +63,7 @@ async fn no_secret_reaches_a_log_line_an_error_or_a_later_response() {
     let revoke = pb::RevokeSessionRequest { id: session.session.as_ref().unwrap().id.clone() };
     seen.push(format!("{:?}", app.admin.revoke_session(revoke).await.unwrap()));
     // Errors: a wrong admin token, a malformed request carrying a secret.
-    let impostor = keygate::cli::BearerToken::new(&format!("{ADMIN_TOKEN}x")).unwrap();
+    let impostor = keygate_client::AdminToken::new(&format!("{ADMIN_TOKEN}x")).unwrap();
     let mut wrong_admin = pb::admin_client::AdminClient::with_interceptor(app.channel.clone(), impostor);
     seen.push(format!("{:?}", wrong_admin.get_api_key(pb::GetApiKeyRequest { id: key.id.clone() }).await));
     let malformed = pb::AuthorizeRequest { credential: secret.clone(), method: "".into(), ..Default::default() };

@@ -70,3 +70,19 @@ fn no_two_modules_import_each_other() {
     }
     assert!(circles.is_empty(), "modules that import each other: {circles:?}");
 }
+
+/// The server library holds no client: only the binary (`src/main.rs`) reaches for
+/// `keygate_client`, for its admin commands.
+#[test]
+fn the_server_library_holds_no_client() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(files.len() > 10, "the sources were found: {files:?}");
+    let users: Vec<_> = files
+        .iter()
+        .filter(|f| !f.ends_with("main.rs"))
+        .filter(|f| std::fs::read_to_string(f).unwrap().contains("keygate_client"))
+        .collect();
+    assert!(users.is_empty(), "library modules that use keygate_client: {users:?}");
+}

@@ -28,9 +28,13 @@ pub enum CredentialSource {
 }
 
 impl CredentialSource {
-    /// `authorization: Bearer`, then `x-api-key`, then the `keygate_session` cookie.
+    /// The default sources as a flag spells them: `authorization: Bearer`, then
+    /// `x-api-key`, then the `keygate_session` cookie.
+    pub const DEFAULTS: &'static str = "authorization,x-api-key,cookie:keygate_session";
+
+    /// [`Self::DEFAULTS`], parsed.
     pub fn defaults() -> Vec<Self> {
-        vec![Self::Authorization, Self::Header("x-api-key".into()), Self::Cookie("keygate_session".into())]
+        Self::DEFAULTS.split(',').filter_map(|raw| Self::parse(raw).ok()).collect()
     }
 
     /// `authorization`, `cookie:NAME`, or any other header name.

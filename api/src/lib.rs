@@ -5,6 +5,10 @@
 
 pub mod code;
 pub mod edge;
+pub mod time;
+
+/// Where `keygate serve` writes the admin token it generates, and where the CLI reads it.
+pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "keygate-data/admin-token";
 
 /// Generated from `proto/keygate/v1`.
 pub mod proto {

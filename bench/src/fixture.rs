@@ -1,7 +1,7 @@
 //! Servers for the benchmarks: keygate (the real `Application`) and the floor, each on a
 //! runtime of its own in a thread of its own.
 
-use keygate::cli::BearerToken;
+use keygate_client::AdminToken;
 use keygate::clock::SystemClock;
 use keygate::config::{AdminTokenSource, DigestKeySource, Settings};
 use keygate::grpc::proto::{self as pb, admin_client::AdminClient, authorizer_server};
@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 
 pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 
-pub type Admin = AdminClient<InterceptedService<Channel, BearerToken>>;
+pub type Admin = AdminClient<InterceptedService<Channel, AdminToken>>;
 
 /// A server running on its own runtime; dropping it shuts the server down.
 pub struct Server {
@@ -39,7 +39,7 @@ impl Server {
     }
 
     pub async fn admin(&self) -> anyhow::Result<Admin> {
-        Ok(AdminClient::with_interceptor(self.channel().await?, BearerToken::new(ADMIN_TOKEN)?))
+        Ok(AdminClient::with_interceptor(self.channel().await?, AdminToken::new(ADMIN_TOKEN)?))
     }
 }
 

@@ -1,6 +1,7 @@
 //! A client for keygate, for Rust edges.
 //!
 //! - [`KeygateClient`]: Authorize as a typed call, with a timeout.
+//! - [`KeygateAdmin`]: the admin API with its token, and lists followed to the last page.
 //! - [`KeygateLayer`]: a tower layer for axum/hyper services. It takes the credential from
 //!   the request, asks keygate, and either passes the request on with the [`Principal`] in
 //!   its extensions, or answers with the error page's envelope and status itself.
@@ -18,8 +19,12 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod layer;
 
+pub use admin::{AdminRpc, AdminToken, KeygateAdmin};
 pub use keygate_api::code::{Code, Envelope};
 pub use layer::{CredentialSource, FailureMode, Keygate, KeygateLayer};
 
@@ -93,6 +98,10 @@ pub enum ClientError {
     /// keygate says the request itself is malformed (e.g. a path not starting with '/').
     #[error("keygate rejected the request: {0}")]
     InvalidRequest(String),
+    /// A value this client was given cannot be sent as a header (e.g. an admin token
+    /// with a line break).
+    #[error("{0}")]
+    Header(&'static str),
 }
 
 impl ClientError {

@@ -36,11 +36,16 @@ pub struct BudgetSettings {
     pub capacity: u64,
 }
 
+impl BudgetSettings {
+    pub const DEFAULT_MAX_FAILURES_PER_KEY: u32 = 20;
+    pub const DEFAULT_MAX_FAILURES_PER_CLIENT: u32 = 100;
+}
+
 impl Default for BudgetSettings {
     fn default() -> Self {
         Self {
-            max_failures_per_key: 20,
-            max_failures_per_client: 100,
+            max_failures_per_key: Self::DEFAULT_MAX_FAILURES_PER_KEY,
+            max_failures_per_client: Self::DEFAULT_MAX_FAILURES_PER_CLIENT,
             window: Duration::from_secs(60),
             suspect_verifications_per_second: 12,
             capacity: 100_000,

@@ -24,12 +24,17 @@ pub struct Argon2Settings {
     pub max_concurrent: usize,
 }
 
-impl Default for Argon2Settings {
+impl Argon2Settings {
     /// The OWASP minimum for argon2id: m = 19 MiB, t = 2, p = 1.
+    pub const OWASP_MEMORY_KIB: u32 = 19 * 1024;
+    pub const OWASP_ITERATIONS: u32 = 2;
+}
+
+impl Default for Argon2Settings {
     fn default() -> Self {
         Self {
-            memory_kib: 19 * 1024,
-            iterations: 2,
+            memory_kib: Self::OWASP_MEMORY_KIB,
+            iterations: Self::OWASP_ITERATIONS,
             parallelism: 1,
             // Half the cores: a flood of misses can take no more than half the machine
             // from the hot keys served from cache.

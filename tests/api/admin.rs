@@ -16,7 +16,7 @@ async fn admin_calls_need_a_valid_token() {
     let err = anonymous.get_application(request.clone()).await.unwrap_err();
     assert_eq!((err.code(), reason(&err).as_str()), (Code::Unauthenticated, "unauth"));
 
-    let wrong = keygate::cli::BearerToken::new("not-the-admin-token-at-all").unwrap();
+    let wrong = keygate_client::AdminToken::new("not-the-admin-token-at-all").unwrap();
     let mut impostor = AdminClient::with_interceptor(app.channel.clone(), wrong);
     let err = impostor.get_application(request).await.unwrap_err();
     assert_eq!((err.code(), reason(&err).as_str()), (Code::Unauthenticated, "unauth"));

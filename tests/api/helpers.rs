@@ -2,11 +2,11 @@
 //! real gRPC clients. SQLite always; Postgres when KEYGATE_TEST_POSTGRES_URL is set, each
 //! test in a schema of its own.
 
-use keygate::cli::BearerToken;
 use keygate::clock::ManualClock;
 use keygate::config::{AdminTokenSource, DigestKeySource, Settings};
 use keygate::grpc::proto::{self as pb, admin_client::AdminClient, authorizer_client::AuthorizerClient};
 use keygate::startup::{Application, Handles};
+use keygate_client::AdminToken;
 use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -54,7 +54,7 @@ pub struct TestApp {
     pub address: String,
     pub clock: ManualClock,
     pub handles: Handles,
-    pub admin: AdminClient<InterceptedService<Channel, BearerToken>>,
+    pub admin: AdminClient<InterceptedService<Channel, AdminToken>>,
     pub authorizer: AuthorizerClient<Channel>,
     pub channel: Channel,
     /// `http://ADDRESS/metrics`, when the settings turned metrics on.
@@ -105,7 +105,7 @@ impl TestApp {
         }));
         // The listener is already bound, so connecting cannot race the server's start.
         let channel = Channel::from_shared(address.clone()).unwrap().connect().await.unwrap();
-        let token = BearerToken::new(ADMIN_TOKEN).unwrap();
+        let token = AdminToken::new(ADMIN_TOKEN).unwrap();
         Self {
             address,
             clock,

@@ -10,8 +10,8 @@ use crate::helpers::{eventually, Db, TestDb, ADMIN_TOKEN};
 use crate::relay::{target_of, Relay};
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use keygate::cli::BearerToken;
 use keygate::grpc::proto::{self as pb, admin_client::AdminClient};
+use keygate_client::AdminToken;
 use keygate_client::{KeygateClient, KeygateLayer};
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
@@ -124,7 +124,7 @@ async fn a_refused_store_is_answered_within_the_edges_timeouts() {
     let relay = Relay::start(target_of(&db.url)).await;
     let server = Server::start(&relay.url_for(&db.url));
     let channel = Channel::from_shared(server.address.clone()).unwrap().connect().await.unwrap();
-    let admin = AdminClient::with_interceptor(channel.clone(), BearerToken::new(ADMIN_TOKEN).unwrap());
+    let admin = AdminClient::with_interceptor(channel.clone(), AdminToken::new(ADMIN_TOKEN).unwrap());
     let create = || {
         let request = pb::CreateApiKeyRequest {
             account_id: "acct_outage".into(),

@@ -1,0 +1,472 @@
+//! The admin command line, built on this crate: `keygate app|key|session|authorize|audit`.
+//! The `keygate` binary adds `serve` and `policy`; commands live here, how their answers
+//! look lives in [`print`].
+
+mod print;
+
+use crate::{AdminRpc, AdminToken, KeygateAdmin};
+use anyhow::Context;
+use clap::Subcommand;
+use keygate_api::proto::{self as pb, authorizer_client::AuthorizerClient};
+use keygate_api::DEFAULT_ADMIN_TOKEN_FILE;
+use print::{explain, Progress};
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Every command that talks to a running keygate.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage applications.
+    #[command(subcommand)]
+    App(AppCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Manage dashboard sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Ask for a decision, as an edge would.
+    Authorize(AuthorizeArgs),
+    /// Read the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// An account's audit events, newest first.
+    List {
+        #[arg(long)]
+        account: String,
+        /// Matches the action, target, actor, on-behalf-of or request id.
+        #[arg(long)]
+        search: Option<String>,
+        /// ApiKey, Application, Session or Login (repeatable).
+        #[arg(long = "category")]
+        categories: Vec<String>,
+        /// Stop after this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Connection {
+    /// keygate's gRPC address.
+    #[arg(long, env = "KEYGATE_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
+    pub server: String,
+    /// Admin token; when unset, read from the token file.
+    #[arg(long, env = "KEYGATE_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub admin_token: Option<String>,
+    #[arg(long, env = "KEYGATE_ADMIN_TOKEN_FILE", default_value = DEFAULT_ADMIN_TOKEN_FILE, global = true)]
+    pub admin_token_file: PathBuf,
+    /// Who the audit trail records as acting (sent as x-keygate-actor). Default: $USER.
+    #[arg(long, env = "KEYGATE_ACTOR", global = true)]
+    pub actor: Option<String>,
+    /// Print responses as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Create an application for an account.
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show one application.
+    Get {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List an account's applications (every page).
+    List {
+        #[arg(long)]
+        account: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Make a new runtime key for the application; its secret is printed once.
+    RotateKey {
+        id: String,
+        /// How long the replaced key keeps working: 90s, 30m, 12h, 1d. Default: the server's.
+        #[arg(long, value_parser = parse_duration)]
+        grace: Option<Duration>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Start a session; its token is printed once.
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        user: String,
+        /// Lifetime: 30m, 12h, 7d. Default: the server's.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show one session and its status.
+    Get {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// End a session at once (idempotent).
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key; its secret is printed once.
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        name: String,
+        /// A scope to grant (repeatable): `applications:read`, `applications:*`, `*`.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Restrict the key to this application (repeatable). Default: all of the account's.
+        #[arg(long = "app")]
+        applications: Vec<String>,
+        /// Expire after this long: 90s, 30m, 12h, 30d.
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<Duration>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show one key, with its status and last use.
+    Get {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List an account's API keys (every page), optionally searched.
+    List {
+        #[arg(long)]
+        account: String,
+        /// Matches name or key id.
+        #[arg(long)]
+        search: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Change a key's name, scopes, applications or expiry (only what is given).
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace the scopes (comma-separated; empty string for none).
+        #[arg(long)]
+        scopes: Option<String>,
+        /// Replace the application restriction (comma-separated; empty string for all).
+        #[arg(long)]
+        apps: Option<String>,
+        #[arg(long, value_parser = parse_duration, conflicts_with = "no_expiry")]
+        expires_in: Option<Duration>,
+        #[arg(long)]
+        no_expiry: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Revoke a key at once (idempotent); every replica denies it on its next call.
+    Revoke {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Revoke every active API key of an account (or those matching --search), e.g. after
+    /// a leak. Shows progress; each revoke is its own audited call.
+    RevokeAll {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        search: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Required: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuthorizeArgs {
+    /// The credential (or set KEYGATE_CREDENTIAL).
+    #[arg(long, env = "KEYGATE_CREDENTIAL", hide_env_values = true, default_value = "")]
+    pub credential: String,
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    #[arg(long)]
+    pub path: String,
+    #[arg(long = "app", default_value = "")]
+    pub application: String,
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{raw:?} is not a duration like 30d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{raw:?}: the unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(seconds)))
+}
+
+impl Connection {
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        Channel::from_shared(self.server.clone())
+            .context("--server is not a URL like http://127.0.0.1:50051")?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach keygate at {}", self.server))
+    }
+
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(token) = &self.admin_token {
+            return Ok(token.clone());
+        }
+        std::fs::read_to_string(&self.admin_token_file).map(|t| t.trim().to_owned()).with_context(|| {
+            format!(
+                "no admin token: set KEYGATE_ADMIN_TOKEN or run from the folder holding {}",
+                self.admin_token_file.display()
+            )
+        })
+    }
+
+    async fn admin(&self) -> anyhow::Result<KeygateAdmin> {
+        let mut token = AdminToken::new(&self.token()?)?;
+        if let Some(actor) = self.actor.clone().or_else(|| std::env::var("USER").ok()).filter(|a| !a.is_empty()) {
+            token = token.acting_for(&actor).map_err(|_| anyhow::anyhow!("--actor must be printable ASCII"))?;
+        }
+        Ok(KeygateAdmin::new(self.channel().await?, token))
+    }
+
+    /// The admin client for one call.
+    async fn rpc(&self) -> anyhow::Result<AdminRpc> {
+        Ok(self.admin().await?.rpc())
+    }
+}
+
+fn split_list(raw: &str) -> Vec<String> {
+    raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn expires_at(after: Duration) -> prost_types::Timestamp {
+    let at = std::time::SystemTime::now() + after;
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp { seconds: since.as_secs() as i64, nanos: 0 }
+}
+
+/// Seconds for a gRPC field, saturating.
+fn seconds(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+/// Runs one command and prints its answer (`--json` or text).
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::App(command) => run_app(command).await,
+        Command::Key(command) => run_key(command).await,
+        Command::Session(command) => run_session(command).await,
+        Command::Authorize(args) => {
+            let mut client = AuthorizerClient::new(args.connection.channel().await?);
+            let request = pb::AuthorizeRequest {
+                credential: args.credential,
+                method: args.method,
+                path: args.path,
+                application_id: args.application,
+                required_scopes: args.scopes,
+                ..Default::default()
+            };
+            let response = client.authorize(request).await.map_err(explain)?.into_inner();
+            print::decision(args.connection.json, &response);
+            Ok(())
+        }
+        Command::Audit(AuditCommand::List { account, search, categories, limit, connection }) => {
+            let admin = connection.admin().await?;
+            let progress = Progress::new();
+            let events = admin
+                .audit_events(&account, search.as_deref(), &categories, limit, |n| progress.fetched(n, "events"))
+                .await
+                .map_err(explain);
+            progress.finish();
+            print::list(connection.json, &events?);
+            Ok(())
+        }
+    }
+}
+
+async fn run_app(command: AppCommand) -> anyhow::Result<()> {
+    match command {
+        AppCommand::Create { account, name, connection } => {
+            let request = pb::CreateApplicationRequest { account_id: account, name };
+            let reply = connection.rpc().await?.create_application(request).await;
+            print::reply(connection.json, reply)
+        }
+        AppCommand::Get { id, connection } => {
+            let reply = connection.rpc().await?.get_application(pb::GetApplicationRequest { id }).await;
+            print::reply(connection.json, reply)
+        }
+        AppCommand::List { account, connection } => {
+            let admin = connection.admin().await?;
+            let progress = Progress::new();
+            let all = admin.all_applications(&account, |n| progress.fetched(n, "applications")).await.map_err(explain);
+            progress.finish();
+            print::list(connection.json, &all?);
+            Ok(())
+        }
+        AppCommand::RotateKey { id, grace, connection } => {
+            let request =
+                pb::RotateApplicationKeyRequest { application_id: id, grace_period_seconds: grace.map(seconds) };
+            let rotated = connection.rpc().await?.rotate_application_key(request).await.map_err(explain)?;
+            print::rotated(connection.json, &rotated.into_inner());
+            Ok(())
+        }
+    }
+}
+
+async fn run_session(command: SessionCommand) -> anyhow::Result<()> {
+    match command {
+        SessionCommand::Create { account, user, ttl, connection } => {
+            let ttl_seconds = ttl.map_or(0, seconds);
+            let request = pb::CreateSessionRequest { account_id: account, user_id: user, ttl_seconds };
+            let created = connection.rpc().await?.create_session(request).await.map_err(explain)?;
+            print::session_created(connection.json, &created.into_inner());
+            Ok(())
+        }
+        SessionCommand::Get { id, connection } => {
+            let reply = connection.rpc().await?.get_session(pb::GetSessionRequest { id }).await;
+            print::reply(connection.json, reply)
+        }
+        SessionCommand::Revoke { id, connection } => {
+            let reply = connection.rpc().await?.revoke_session(pb::RevokeSessionRequest { id }).await;
+            print::reply(connection.json, reply)
+        }
+    }
+}
+
+/// Every API key of an account, optionally searched, with progress past one page.
+async fn all_keys(admin: &KeygateAdmin, account: &str, search: Option<&str>) -> anyhow::Result<Vec<pb::ApiKey>> {
+    let progress = Progress::new();
+    let all = admin.all_api_keys(account, search, |n| progress.fetched(n, "keys")).await.map_err(explain);
+    progress.finish();
+    all
+}
+
+async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::Create { account, name, scopes, applications, expires_in, connection } => {
+            let request = pb::CreateApiKeyRequest {
+                account_id: account,
+                name,
+                scopes,
+                application_ids: applications,
+                expires_at: expires_in.map(expires_at),
+            };
+            let created = connection.rpc().await?.create_api_key(request).await.map_err(explain)?;
+            print::key_created(connection.json, &created.into_inner());
+            Ok(())
+        }
+        KeyCommand::Get { id, connection } => {
+            let reply = connection.rpc().await?.get_api_key(pb::GetApiKeyRequest { id }).await;
+            print::reply(connection.json, reply)
+        }
+        KeyCommand::List { account, search, connection } => {
+            let all = all_keys(&connection.admin().await?, &account, search.as_deref()).await?;
+            print::list(connection.json, &all);
+            Ok(())
+        }
+        KeyCommand::RevokeAll { account, search, reason, yes, connection } => {
+            let admin = connection.admin().await?;
+            let active: Vec<_> = all_keys(&admin, &account, search.as_deref())
+                .await?
+                .into_iter()
+                .filter(|k| k.status == pb::ApiKeyStatus::Active as i32)
+                .collect();
+            if !yes {
+                anyhow::bail!("this would revoke {} active keys of {account}; run again with --yes", active.len());
+            }
+            let progress = Progress::new();
+            let mut revoked = Vec::new();
+            for (done, key) in active.iter().enumerate() {
+                progress.update(format_args!("revoking {}/{}: {}", done + 1, active.len(), key.id));
+                let request = pb::RevokeApiKeyRequest { id: key.id.clone(), reason: reason.clone() };
+                match admin.rpc().revoke_api_key(request).await {
+                    Ok(key) => revoked.push(key.into_inner()),
+                    Err(status) => {
+                        progress.finish();
+                        let error = explain(status);
+                        anyhow::bail!("revoked {} of {} keys, then {}: {error}", revoked.len(), active.len(), key.id);
+                    }
+                }
+            }
+            progress.finish();
+            print::list(connection.json, &revoked);
+            Ok(())
+        }
+        KeyCommand::Update { id, name, scopes, apps, expires_in, no_expiry, connection } => {
+            let request = pb::UpdateApiKeyRequest {
+                id,
+                name,
+                scopes: scopes.map(|s| pb::StringList { values: split_list(&s) }),
+                application_ids: apps.map(|a| pb::StringList { values: split_list(&a) }),
+                expires_at: expires_in.map(expires_at),
+                clear_expires_at: no_expiry,
+            };
+            let reply = connection.rpc().await?.update_api_key(request).await;
+            print::reply(connection.json, reply)
+        }
+        KeyCommand::Revoke { id, reason, connection } => {
+            let reply = connection.rpc().await?.revoke_api_key(pb::RevokeApiKeyRequest { id, reason }).await;
+            print::reply(connection.json, reply)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86_400));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("5w").is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! How the CLI shows keygate's answers: readable lines and tables, or JSON with `--json`.
+//! Output is part of the CLI's contract (scripts read both forms), so each shape is
+//! written once, here.
+
+use keygate_api::proto as pb;
+use keygate_api::time::rfc3339 as time;
+use serde_json::{json, Value};
+
+/// Something the CLI shows: as JSON, as one line, and under a table header.
+pub(super) trait Shown {
+    const HEADER: &'static str;
+    fn json(&self) -> Value;
+    fn line(&self) -> String;
+}
+
+impl Shown for pb::Application {
+    const HEADER: &'static str = "ID                     ACCOUNT          NAME";
+
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id, "account_id": self.account_id, "name": self.name,
+            "created_at": time(&self.created_at),
+        })
+    }
+
+    fn line(&self) -> String {
+        format!("{:<22} {:<16} {}", self.id, self.account_id, self.name)
+    }
+}
+
+impl Shown for pb::ApiKey {
+    const HEADER: &'static str = "ID                     STATUS   NAME                     DETAILS";
+
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id, "account_id": self.account_id, "name": self.name, "scopes": self.scopes,
+            "application_ids": self.application_ids, "status": status_name(self.status),
+            "created_at": time(&self.created_at),
+            "expires_at": time(&self.expires_at),
+            "revoked_at": time(&self.revoked_at),
+            "revoked_reason": self.revoked_reason,
+            "last_used_at": time(&self.last_used_at),
+        })
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{:<22} {:<8} {:<24} scopes={} apps={} expires_at={} last_used_at={}",
+            self.id,
+            status_name(self.status),
+            self.name,
+            self.scopes.join(","),
+            if self.application_ids.is_empty() { "*".to_owned() } else { self.application_ids.join(",") },
+            time(&self.expires_at).unwrap_or_else(|| "never".into()),
+            time(&self.last_used_at).unwrap_or_else(|| "never".into()),
+        )
+    }
+}
+
+impl Shown for pb::Session {
+    const HEADER: &'static str = "ID                     STATUS   DETAILS";
+
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id, "account_id": self.account_id, "user_id": self.user_id, "status": self.status,
+            "created_at": time(&self.created_at), "expires_at": time(&self.expires_at),
+            "revoked_at": time(&self.revoked_at),
+        })
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{:<22} {:<8} account={} user={} expires_at={}",
+            self.id,
+            self.status,
+            self.account_id,
+            self.user_id,
+            time(&self.expires_at).unwrap_or_default()
+        )
+    }
+}
+
+impl Shown for pb::AuditEvent {
+    const HEADER: &'static str =
+        "OCCURRED_AT               CATEGORY     ACTION                   TARGET                 ACTOR";
+
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id, "account_id": self.account_id, "category": self.category, "action": self.action,
+            "actor": self.actor, "on_behalf_of": self.on_behalf_of, "target": self.target,
+            "request_id": self.request_id, "occurred_at": time(&self.occurred_at),
+            "detail": serde_json::from_str::<Value>(&self.detail_json).unwrap_or_default(),
+        })
+    }
+
+    fn line(&self) -> String {
+        let actor = if self.on_behalf_of.is_empty() {
+            self.actor.clone()
+        } else {
+            format!("{} (via {})", self.on_behalf_of, self.actor)
+        };
+        format!(
+            "{:<25} {:<12} {:<24} {:<22} {actor}  request_id={}",
+            time(&self.occurred_at).unwrap_or_default(),
+            self.category,
+            self.action,
+            self.target,
+            self.request_id,
+        )
+    }
+}
+
+fn status_name(status: i32) -> &'static str {
+    match pb::ApiKeyStatus::try_from(status) {
+        Ok(pb::ApiKeyStatus::Active) => "active",
+        Ok(pb::ApiKeyStatus::Expired) => "expired",
+        Ok(pb::ApiKeyStatus::Revoked) => "revoked",
+        _ => "unknown",
+    }
+}
+
+/// One item.
+pub(super) fn one(json: bool, item: &impl Shown) {
+    show(json, item.json(), item.line());
+}
+
+/// The item an admin call answered with, or its error as one line.
+pub(super) fn reply<T: Shown>(json: bool, reply: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<()> {
+    one(json, &reply.map_err(explain)?.into_inner());
+    Ok(())
+}
+
+/// A list: a JSON array, or a table (a header line, then one line per item, or a note
+/// that there are none).
+pub(super) fn list<T: Shown>(json: bool, items: &[T]) {
+    let table = if items.is_empty() {
+        "(none)".to_owned()
+    } else {
+        std::iter::once(T::HEADER.to_owned()).chain(items.iter().map(Shown::line)).collect::<Vec<_>>().join("\n")
+    };
+    show(json, items.iter().map(Shown::json).collect(), table);
+}
+
+const SHOWN_ONCE: &str = "(shown once, store it now)";
+
+pub(super) fn key_created(json: bool, created: &pb::CreateApiKeyResponse) {
+    let key = created.key.clone().unwrap_or_default();
+    let mut value = key.json();
+    value["secret"] = created.secret.clone().into();
+    show(json, value, format!("{}\nsecret {SHOWN_ONCE}: {}", key.line(), created.secret));
+}
+
+pub(super) fn session_created(json: bool, created: &pb::CreateSessionResponse) {
+    let session = created.session.clone().unwrap_or_default();
+    let mut value = session.json();
+    value["token"] = created.token.clone().into();
+    show(json, value, format!("{}\ntoken {SHOWN_ONCE}: {}", session.line(), created.token));
+}
+
+pub(super) fn rotated(json: bool, rotated: &pb::RotateApplicationKeyResponse) {
+    let key = rotated.key.clone().unwrap_or_default();
+    let mut value = key.json();
+    value["secret"] = rotated.secret.clone().into();
+    value["previous_key_id"] = rotated.previous_key_id.clone().into();
+    value["previous_key_retires_at"] = time(&rotated.previous_key_retires_at).into();
+    let previous = if rotated.previous_key_id.is_empty() {
+        "no previous runtime key".to_owned()
+    } else {
+        format!(
+            "{} keeps working until {}",
+            rotated.previous_key_id,
+            time(&rotated.previous_key_retires_at).unwrap_or_default()
+        )
+    };
+    show(json, value, format!("{}\n{previous}\nsecret {SHOWN_ONCE}: {}", key.line(), rotated.secret));
+}
+
+pub(super) fn decision(json: bool, response: &pb::AuthorizeResponse) {
+    let principal = response.principal.as_ref();
+    let value = json!({
+        "allowed": response.allowed, "code": response.code, "http_status": response.http_status,
+        "message": response.message, "route": response.route, "application_id": response.application_id,
+        "key_id": principal.map(|p| &p.key_id), "account_id": principal.map(|p| &p.account_id),
+        "principal_kind": principal.map(|p| &p.kind), "session_id": principal.map(|p| &p.session_id),
+        "limit": response.limit, "remaining": response.remaining,
+        "retry_after_seconds": response.retry_after_seconds,
+    });
+    let text = if response.allowed {
+        let who = principal.map_or("-", |p| if p.key_id.is_empty() { &p.session_id } else { &p.key_id });
+        format!("allowed  route={} principal={who}", response.route)
+    } else if response.retry_after_seconds > 0 {
+        format!(
+            "denied   {} {} ({}; retry after {} s)",
+            response.http_status, response.code, response.message, response.retry_after_seconds
+        )
+    } else {
+        format!("denied   {} {} ({})", response.http_status, response.code, response.message)
+    };
+    show(json, value, text);
+}
+
+/// Readable text, or JSON with `--json`.
+fn show(json: bool, value: Value, text: String) {
+    if json {
+        emit(format_args!("{value:#}"));
+    } else {
+        emit(format_args!("{text}"));
+    }
+}
+
+/// Writes a line to stdout; a closed pipe (`keygate ... | head`) ends output quietly.
+pub(crate) fn emit(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+/// Turns a gRPC error into one readable line (the page's code, message), never a debug dump.
+pub(super) fn explain(status: tonic::Status) -> anyhow::Error {
+    use tonic_types::StatusExt;
+    let reason =
+        status.get_details_error_info().map(|info| info.reason).unwrap_or_else(|| format!("{:?}", status.code()));
+    anyhow::anyhow!("{reason}: {}", status.message())
+}
+
+/// Progress on stderr for operations that take many calls; silent when stderr is not a
+/// terminal (scripts, `--json` piped into jq), so output stays clean.
+pub(super) struct Progress {
+    shown: bool,
+}
+
+impl Progress {
+    pub(super) fn new() -> Self {
+        use std::io::IsTerminal;
+        Self { shown: std::io::stderr().is_terminal() }
+    }
+
+    pub(super) fn fetched(&self, count: usize, what: &str) {
+        self.update(format_args!("fetched {count} {what}…"));
+    }
+
+    pub(super) fn update(&self, text: std::fmt::Arguments<'_>) {
+        if self.shown {
+            eprint!("\r\x1b[2K{text}");
+        }
+    }
+
+    pub(super) fn finish(&self) {
+        if self.shown {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
