@@ -51,7 +51,8 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 pub struct Handles {
     pub verifier: Arc<Verifier>,
     pub cache: Arc<CachedStore>,
-    pub store: SqlStore,
+    /// The store under the cache and its decorators.
+    pub store: Arc<dyn Store>,
     /// The cross-replica invalidation listener (Postgres only).
     pub invalidation: Option<Arc<ListenerStatus>>,
     pub authorizer: Arc<Authorizer>,
@@ -110,6 +111,14 @@ impl Handles {
     }
 }
 
+/// How other replicas' writes reach this replica's cache.
+pub enum Peers {
+    /// No other writer (SQLite, the in-memory store): this replica's writes are all.
+    None,
+    /// Postgres LISTEN/NOTIFY on this database.
+    Notify { database_url: String },
+}
+
 /// Aborts a background task when the server it belongs to goes away.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -132,13 +141,8 @@ pub struct Application {
 }
 
 impl Application {
+    /// The server on the SQL store `settings.database_url` names (SQLite or Postgres).
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let policy = match &settings.policy {
-            Some(path) => Policy::load(path)?,
-            None => Policy::default_policy(),
-        };
-        let admin_tokens = AdminTokens::new([load_admin_token(&settings.admin_token)?.as_str()]);
-
         let store = SqlStore::connect(
             settings.database_url.expose(),
             settings.database_max_connections,
@@ -146,6 +150,28 @@ impl Application {
         )
         .await
         .with_context(|| format!("cannot open the database {}", settings.database_url))?;
+        let peers = match store.backend() {
+            Backend::Postgres => Peers::Notify { database_url: settings.database_url.expose().to_owned() },
+            // One process owns a SQLite file: its own writes invalidate its cache.
+            Backend::Sqlite => Peers::None,
+        };
+        Self::build_on(settings, Arc::new(store), peers, clock).await
+    }
+
+    /// The server on any [`Store`]; `peers` says how other replicas' writes reach this
+    /// one's cache.
+    pub async fn build_on(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        peers: Peers,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        let policy = match &settings.policy {
+            Some(path) => Policy::load(path)?,
+            None => Policy::default_policy(),
+        };
+        let admin_tokens = AdminTokens::new([load_admin_token(&settings.admin_token)?.as_str()]);
+
         // cache → metering → bounding → SQL: the meter sees timeouts and refusals as the
         // store errors they are; the cache falls back on them at once.
         let store_breaker = Arc::new(Breaker::new("key store", settings.store_breaker));
@@ -154,24 +180,23 @@ impl Application {
             let store = store.clone();
             move || {
                 let store = store.clone();
-                async move { Store::ping(&store).await.is_ok() }
+                async move { store.ping().await.is_ok() }
             }
         })));
-        let bounded = BoundedStore::new(Arc::new(store.clone()), store_breaker.clone());
+        let bounded = BoundedStore::new(store.clone(), store_breaker.clone());
         let metered = MeteredStore::new(Arc::new(bounded));
         let store_metrics = metered.metrics();
         let cache = Arc::new(CachedStore::new(Arc::new(metered), settings.cache));
         let usage = Arc::new(UsageRecorder::new(cache.clone(), settings.usage, settings.cache.capacity));
         let verifier = Arc::new(Verifier::new(settings.argon2)?);
         let digester = CredentialDigester::new(load_digest_key(&settings.digest_key)?.as_bytes());
-        let invalidation = match store.backend() {
-            Backend::Postgres => {
-                let (status, task) = invalidation::spawn(settings.database_url.expose().to_owned(), cache.clone());
+        let invalidation = match peers {
+            Peers::Notify { database_url } => {
+                let (status, task) = invalidation::spawn(database_url, cache.clone());
                 background.push(AbortOnDrop(task));
                 Some(status)
             }
-            // One process owns a SQLite file: its own writes invalidate its cache.
-            Backend::Sqlite => None,
+            Peers::None => None,
         };
 
         let limiter = Arc::new(match &settings.rate_limit_store {
@@ -354,7 +379,7 @@ impl Application {
         if let Err(e) = self.handles.usage.flush().await {
             tracing::warn!(error = %e, pending = self.handles.usage.pending(), "could not record the last key uses");
         }
-        self.handles.store.pool().close().await;
+        self.handles.store.close().await;
         served?;
         Ok(())
     }

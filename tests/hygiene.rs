@@ -8,7 +8,6 @@ mod helpers;
 
 use helpers::{Db, TestApp, ADMIN_TOKEN};
 use keygate::grpc::proto as pb;
-use keygate::store::Store;
 use std::sync::{Arc, Mutex};
 
 /// Every log line of the process, kept in memory.

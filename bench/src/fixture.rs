@@ -1,11 +1,11 @@
 //! Servers for the benchmarks: keygate (the real `Application`) and the floor, each on a
 //! runtime of its own in a thread of its own.
 
-use keygate_client::AdminToken;
 use keygate::clock::SystemClock;
 use keygate::config::{AdminTokenSource, DigestKeySource, Settings};
 use keygate::grpc::proto::{self as pb, admin_client::AdminClient, authorizer_server};
 use keygate::startup::{Application, Handles};
+use keygate_client::AdminToken;
 use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;

@@ -138,6 +138,10 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Releases connections at shutdown, after the last write. Stores without any keep
+    /// the default; decorators need not forward it (shutdown closes the store beneath).
+    async fn close(&self) {}
+
     /// Stores the keyed digest of a credential argon2 accepted for key `id`, if the key
     /// still has `hash` (see [`VerifiedDigest`]).
     async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError>;

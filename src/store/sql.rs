@@ -606,6 +606,10 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// Not a change of the key (no version bump, no audit event), but on Postgres the
     /// row's trigger still tells every replica to reload it, digest included.
     #[tracing::instrument(skip_all, fields(key_id = %id), err)]

@@ -433,7 +433,6 @@ async fn one_client_guessing_across_many_keys_is_bounded_too() {
 
 /// The digest of a verified credential is stored off the request path: wait for it.
 pub async fn wait_for_stored_digest(app: &TestApp, key_id: &str) {
-    use keygate::store::Store;
     let id = keygate::domain::KeyId::parse(key_id).unwrap();
     let store = app.handles.store.clone();
     crate::helpers::eventually("the verified digest is stored", || {

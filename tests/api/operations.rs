@@ -219,7 +219,6 @@ async fn last_used_at_is_written_at_most_once_a_minute(db: Db) {
     let stored_use = |app: &TestApp, id: String| {
         let store = app.handles.store.clone();
         async move {
-            use keygate::store::Store;
             let id = keygate::domain::KeyId::parse(&id).unwrap();
             store.key(id).await.unwrap().unwrap().last_used_at
         }
