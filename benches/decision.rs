@@ -138,6 +138,7 @@ fn hot_path(c: &mut Criterion) {
         application_id: None,
         required_scopes: vec![],
         client: None,
+        cost: None,
         parts: keygate::policy::RequestParts::NONE,
     };
     let verdict = runtime.block_on(authorizer.authorize(&query)).expect("decides");

@@ -51,7 +51,7 @@ pub fn method_and_path(method: &str, path: &str) -> Result<(), InvalidField> {
 /// The headers keygate sets on an allowed request, for the upstream. Forward auth sends
 /// every one (empty when it does not apply): Caddy would otherwise copy a literal
 /// placeholder upstream for a missing one.
-pub const PRINCIPAL_HEADERS: [&str; 7] = [
+pub const PRINCIPAL_HEADERS: [&str; 8] = [
     "x-keygate-principal-kind",
     "x-keygate-account-id",
     "x-keygate-key-id",
@@ -59,6 +59,7 @@ pub const PRINCIPAL_HEADERS: [&str; 7] = [
     "x-keygate-user-id",
     "x-keygate-scopes",
     "x-keygate-application-id",
+    "x-keygate-meta",
 ];
 
 /// The `x-keygate-*` headers an allowed request carries upstream.
@@ -72,6 +73,12 @@ pub fn principal_headers(verdict: &Verdict) -> Vec<(&'static str, String)> {
                 set.push(("x-keygate-key-id", key.id.to_string()));
                 let scopes: Vec<_> = key.scopes.iter().map(|s| s.as_str()).collect();
                 set.push(("x-keygate-scopes", scopes.join(",")));
+                // One header, whatever the JSON holds: base64url of its compact form.
+                if let Some(metadata) = &key.terms.metadata {
+                    use base64::Engine;
+                    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(metadata.as_json());
+                    set.push(("x-keygate-meta", encoded));
+                }
             }
             Principal::Session(session) => {
                 set.push(("x-keygate-session-id", session.id.to_string()));

@@ -20,7 +20,6 @@ use crate::authz::decision::Deny;
 use crate::authz::{AuthorizeQuery, Authorizer, Decision, Verdict};
 use crate::breaker::Breaker;
 use crate::code::Code;
-use crate::domain::ClientNetwork;
 use crate::edge::EdgeSettings;
 use crate::edge::{principal_headers, PRINCIPAL_HEADERS};
 use crate::policy::{RequestHeaders, RequestParts};
@@ -113,8 +112,7 @@ async fn forward_auth(
         lines(&headers, "x-forwarded-for"),
         lines(&headers, "forwarded"),
         state.edge.trusted_proxy_hops,
-    )
-    .map(ClientNetwork::of);
+    );
     let query = AuthorizeQuery {
         credential,
         method,
@@ -122,13 +120,14 @@ async fn forward_auth(
         application_id: None,
         required_scopes: Vec::new(),
         client,
+        cost: None,
         parts: RequestParts { query: None, headers: &headers, body: None },
     };
     // No caller deadline travels over HTTP: the configured one, below the proxy's timeout.
     match state.authorizer.authorize_within(&query, state.edge.decision_deadline).await {
         Ok(verdict @ Verdict { decision: Decision::Allowed, .. }) => allowed(&verdict),
-        Ok(Verdict { decision: Decision::Denied(Deny { code, message }), rate_limit, .. }) => {
-            denied(code, &message, rate_limit.map(|r| r.retry_after_seconds).filter(|s| *s > 0))
+        Ok(Verdict { decision: Decision::Denied(deny), rate_limit, .. }) => {
+            refused(&deny, rate_limit.map(|r| r.retry_after_seconds).filter(|s| *s > 0))
         }
         Err(failure) => {
             let error_id = crate::grpc::status::log_failure(&failure);
@@ -157,6 +156,14 @@ fn allowed(verdict: &Verdict) -> Response {
 }
 
 fn denied(code: Code, message: &str, retry_after_seconds: Option<u32>) -> Response {
+    refused(&Deny::new(code, message.to_owned()), retry_after_seconds)
+}
+
+/// The deny's status and envelope, and the same facts as headers for nginx, with the
+/// finer reason in `x-keygate-reason`.
+fn refused(deny: &Deny, retry_after_seconds: Option<u32>) -> Response {
+    let Deny { code, reason, message } = deny;
+    let code = *code;
     let envelope = code.envelope(message);
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json(status, envelope.clone());
@@ -166,6 +173,7 @@ fn denied(code: Code, message: &str, retry_after_seconds: Option<u32>) -> Respon
     }
     headers.insert("x-keygate-status", HeaderValue::from(code.http_status()));
     headers.insert("x-keygate-code", HeaderValue::from_static(code.as_str()));
+    headers.insert("x-keygate-reason", HeaderValue::from_static(reason.as_str()));
     // The envelope is one line (JSON escapes control characters); bytes, so UTF-8 passes.
     if let Ok(value) = HeaderValue::from_bytes(envelope.as_bytes()) {
         headers.insert("x-keygate-envelope", value);

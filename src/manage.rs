@@ -4,11 +4,12 @@ use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
 use crate::authn::verifier::{Verifier, VerifierError};
 use crate::clock::Clock;
 use crate::domain::{
-    AccountId, ApplicationId, CredentialKind, GeneratedKey, InvalidField, KeyId, Name, NewKeyRecord, Scopes, SessionId,
-    Timestamp, UserId,
+    AccountId, ApplicationId, CredentialKind, GeneratedKey, InvalidField, KeyId, KeyTerms, Name, NewKeyRecord, Scopes,
+    SessionId, Timestamp, UserId,
 };
 use crate::store::{
-    Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
+    Application, Credits, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError,
+    UpdateOutcome,
 };
 use crate::usage::UsageRecorder;
 use serde_json::json;
@@ -82,6 +83,8 @@ pub struct NewApiKey {
     pub scopes: Scopes,
     pub application_ids: Vec<ApplicationId>,
     pub expires_at: Option<Timestamp>,
+    pub terms: KeyTerms,
+    pub credits: Option<Credits>,
 }
 
 pub struct Manager {
@@ -152,7 +155,7 @@ impl Manager {
         self.check_applications(&new.account_id, &new.application_ids).await?;
         let generated = GeneratedKey::generate()?;
         let secret_hash = self.verifier.hash(generated.credential().secret().as_bytes()).await?;
-        let record = KeyRecord::issued(
+        let mut record = KeyRecord::issued(
             NewKeyRecord {
                 id: generated.credential().key_id(),
                 account_id: new.account_id,
@@ -165,12 +168,25 @@ impl Manager {
             },
             now,
         );
-        let detail = json!({
+        new.terms.check()?;
+        record.terms = KeyTerms { refill: new.credits.and_then(|c| c.refill), ..new.terms };
+        record.credits = new.credits.map(|c| c.balance(now));
+        let mut detail = json!({
             "name": record.name.as_str(),
             "scopes": scope_names(&record.scopes),
             "application_ids": application_names(&record.application_ids),
             "expires_at": record.expires_at.map(|t| t.to_string()),
         });
+        if let serde_json::Value::Object(fields) = &mut detail {
+            let changes = KeyChanges {
+                limits: Some(record.terms.limits.clone()),
+                allowed_networks: Some(record.terms.allowed_networks.clone()),
+                metadata: Some(record.terms.metadata.clone()),
+                credits: Some(new.credits),
+                ..KeyChanges::default()
+            };
+            terms_detail(&changes, fields);
+        }
         let audit = self.event(&record.account_id, AuditAction::ApiKeyCreate, actor, &record.id.to_string(), detail)?;
         self.store.create_key(&record, &audit).await?;
         Ok((record, generated))
@@ -200,9 +216,16 @@ impl Manager {
             self.check_expiry(expires_at, now)?;
         }
         let key = self.api_key(id).await?;
-        if key.kind == KeyKind::Runtime {
-            return Err(ManageError::BadRequest(format!("{id} is a runtime key: rotate it instead of changing it")));
+        let identity_changes = changes.name.is_some()
+            || changes.scopes.is_some()
+            || changes.application_ids.is_some()
+            || changes.expires_at.is_some();
+        if key.kind == KeyKind::Runtime && identity_changes {
+            return Err(ManageError::BadRequest(format!(
+                "{id} is a runtime key: rotate it instead of changing its name, scopes, applications or expiry"
+            )));
         }
+        changes.terms_after(&key.terms).check()?;
         if let Some(apps) = &changes.application_ids {
             self.check_applications(&key.account_id, apps).await?;
         }
@@ -220,6 +243,10 @@ impl Manager {
         if let Some(expires_at) = changes.expires_at {
             detail.insert("expires_at".into(), json!(expires_at.map(|t| t.to_string())));
         }
+        if let Some(disabled) = changes.disabled {
+            detail.insert("enabled".into(), json!(!disabled));
+        }
+        terms_detail(&changes, &mut detail);
         let audit = self.event(&key.account_id, AuditAction::ApiKeyUpdate, actor, &id.to_string(), detail.into())?;
         match self.store.update_key(id, &changes, now, &audit).await? {
             UpdateOutcome::Updated(key) => Ok(*key),
@@ -393,6 +420,34 @@ impl Manager {
             }
         }
         Ok(())
+    }
+}
+
+/// What an audit event says of a key's terms: all but the metadata's contents, which may
+/// be the customer's own (its size is recorded).
+fn terms_detail(changes: &KeyChanges, detail: &mut serde_json::Map<String, serde_json::Value>) {
+    if let Some(limits) = &changes.limits {
+        let limits: Vec<_> = limits
+            .iter()
+            .map(|l| json!({ "name": &*l.name, "limit": l.limit, "window_seconds": l.window.as_secs(), "route": l.route.as_deref() }))
+            .collect();
+        detail.insert("limits".into(), json!(limits));
+    }
+    if let Some(networks) = &changes.allowed_networks {
+        let networks: Vec<_> = networks.iter().map(ToString::to_string).collect();
+        detail.insert("allowed_networks".into(), json!(networks));
+    }
+    if let Some(metadata) = &changes.metadata {
+        detail.insert("metadata_bytes".into(), json!(metadata.as_ref().map(|m| m.as_json().len())));
+    }
+    if let Some(credits) = &changes.credits {
+        let credits = credits.map(|c| {
+            json!({
+                "remaining": c.remaining,
+                "refill": c.refill.map(|r| json!({ "amount": r.amount, "interval": r.interval_str(), "mode": r.mode_str() })),
+            })
+        });
+        detail.insert("credits".into(), json!(credits));
     }
 }
 

@@ -99,6 +99,115 @@ impl Code {
     }
 }
 
+/// Why a request was denied, finer than its [`Code`]: the code stays the error page's
+/// vocabulary and decides the HTTP status; the reason tells an operator or a client which
+/// rule said no (`disabled` and `revoked` are both `api_key_revoked`). Stable snake_case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The request is malformed (VALIDATION_ERROR, bad_request).
+    InvalidRequest,
+    /// No route of the policy matches the method and path.
+    NoRoute,
+    /// No credential, or one that is malformed, unknown or wrong.
+    InvalidCredential,
+    /// The route accepts only dashboard sessions.
+    SessionRequired,
+    /// The dashboard session is missing, expired or revoked.
+    SessionInvalid,
+    Expired,
+    Revoked,
+    /// Switched off by an operator; enabling the key restores it.
+    Disabled,
+    /// The key's IP allowlist does not hold the client's address.
+    IpNotAllowed,
+    /// The key is restricted to other applications.
+    ApplicationNotAllowed,
+    /// The application does not exist for the key's account.
+    ApplicationNotFound,
+    InsufficientScope,
+    /// A limit of the route policy.
+    RateLimited,
+    /// A limit the key itself carries.
+    KeyRateLimited,
+    /// The key's credits are spent.
+    CreditsExhausted,
+    /// Too many failed verifications for this key id or from this client.
+    Throttled,
+    /// keygate could not decide (INTERNAL_ERROR).
+    Internal,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 17] = [
+        Reason::InvalidRequest,
+        Reason::NoRoute,
+        Reason::InvalidCredential,
+        Reason::SessionRequired,
+        Reason::SessionInvalid,
+        Reason::Expired,
+        Reason::Revoked,
+        Reason::Disabled,
+        Reason::IpNotAllowed,
+        Reason::ApplicationNotAllowed,
+        Reason::ApplicationNotFound,
+        Reason::InsufficientScope,
+        Reason::RateLimited,
+        Reason::KeyRateLimited,
+        Reason::CreditsExhausted,
+        Reason::Throttled,
+        Reason::Internal,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidRequest => "invalid_request",
+            Reason::NoRoute => "no_route",
+            Reason::InvalidCredential => "invalid_credential",
+            Reason::SessionRequired => "session_required",
+            Reason::SessionInvalid => "session_invalid",
+            Reason::Expired => "expired",
+            Reason::Revoked => "revoked",
+            Reason::Disabled => "disabled",
+            Reason::IpNotAllowed => "ip_not_allowed",
+            Reason::ApplicationNotAllowed => "application_not_allowed",
+            Reason::ApplicationNotFound => "application_not_found",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::RateLimited => "rate_limited",
+            Reason::KeyRateLimited => "key_rate_limited",
+            Reason::CreditsExhausted => "credits_exhausted",
+            Reason::Throttled => "throttled",
+            Reason::Internal => "internal",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == raw)
+    }
+
+    /// The reason a code means when nothing finer is said.
+    pub const fn of(code: Code) -> Reason {
+        match code {
+            Code::ValidationError | Code::BadRequest => Reason::InvalidRequest,
+            Code::Unauth => Reason::SessionInvalid,
+            Code::ApiKeyInvalid => Reason::InvalidCredential,
+            Code::ApiKeyExpired => Reason::Expired,
+            Code::ApiKeyRevoked => Reason::Revoked,
+            Code::InsufficientScope => Reason::InsufficientScope,
+            Code::ApplicationForbidden => Reason::ApplicationNotAllowed,
+            Code::SessionRequired => Reason::SessionRequired,
+            Code::NotFound => Reason::ApplicationNotFound,
+            Code::RateLimitReached => Reason::RateLimited,
+            Code::InternalError => Reason::Internal,
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The error page's JSON envelope: `{"success":false,"code":"...","message":"..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Envelope {
@@ -129,6 +238,16 @@ impl std::fmt::Display for Code {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_read_back_and_each_code_has_one() {
+        for reason in Reason::ALL {
+            assert_eq!(Reason::parse(reason.as_str()), Some(reason));
+            assert!(reason.as_str().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{reason}");
+        }
+        assert_eq!(Reason::parse("nope"), None);
+        assert_eq!(Reason::of(Code::ApiKeyRevoked), Reason::Revoked);
+    }
 
     /// The error page's table, row by row.
     #[test]

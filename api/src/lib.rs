@@ -19,4 +19,4 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/keygate_descriptor.bin"));
 }
 
-pub use code::Code;
+pub use code::{Code, Reason};

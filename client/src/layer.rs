@@ -290,7 +290,12 @@ fn deny_response<B: From<String>>(decision: &Decision) -> Response<B> {
     let status = StatusCode::from_u16(decision.http_status).unwrap_or(StatusCode::FORBIDDEN);
     let body = decision.envelope().unwrap_or_default();
     let retry_after = (decision.retry_after_seconds > 0).then_some(decision.retry_after_seconds);
-    envelope_response(status, body, retry_after)
+    let mut response = envelope_response(status, body, retry_after);
+    // Why, finer than the code (as Check and forward auth send it).
+    if let Some(reason) = decision.reason {
+        response.headers_mut().insert("x-keygate-reason", HeaderValue::from_static(reason.as_str()));
+    }
+    response
 }
 
 fn envelope_response<B: From<String>>(status: StatusCode, body: String, retry_after: Option<u32>) -> Response<B> {

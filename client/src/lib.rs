@@ -25,7 +25,7 @@ pub mod cli;
 mod layer;
 
 pub use admin::{AdminRpc, AdminToken, KeygateAdmin};
-pub use keygate_api::code::{Code, Envelope};
+pub use keygate_api::code::{Code, Envelope, Reason};
 pub use layer::{CredentialSource, FailureMode, Keygate, KeygateLayer};
 
 use keygate_api::proto::{self as pb, authorizer_client::AuthorizerClient};
@@ -46,6 +46,15 @@ pub struct Principal {
     pub user_id: Option<String>,
     pub scopes: Vec<String>,
     pub application_ids: Vec<String>,
+    /// The key's metadata, a JSON object as the operator set it.
+    pub metadata_json: Option<String>,
+}
+
+impl Principal {
+    /// The key's metadata, parsed; `None` when it has none.
+    pub fn metadata(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        self.metadata_json.as_deref().and_then(|json| serde_json::from_str(json).ok())
+    }
 }
 
 impl From<pb::Principal> for Principal {
@@ -59,6 +68,7 @@ impl From<pb::Principal> for Principal {
             user_id: some(p.user_id),
             scopes: p.scopes,
             application_ids: p.application_ids,
+            metadata_json: some(p.metadata_json),
         }
     }
 }
@@ -69,6 +79,9 @@ pub struct Decision {
     pub allowed: bool,
     /// `None` when allowed.
     pub code: Option<Code>,
+    /// Why it was denied, finer than the code; `None` when allowed (or for a reason this
+    /// client does not know yet).
+    pub reason: Option<Reason>,
     pub http_status: u16,
     pub message: String,
     pub principal: Option<Principal>,
@@ -77,6 +90,8 @@ pub struct Decision {
     pub limit: u32,
     pub remaining: u32,
     pub retry_after_seconds: u32,
+    /// The key's credits left after the call, when it carries credits.
+    pub credits_remaining: Option<i64>,
 }
 
 impl Decision {
@@ -161,6 +176,7 @@ impl KeygateClient {
             } else {
                 Some(Code::parse(&response.code).unwrap_or(Code::InternalError))
             },
+            reason: Reason::parse(&response.reason),
             http_status: u16::try_from(response.http_status).unwrap_or(500),
             message: response.message,
             principal: response.principal.map(Principal::from),
@@ -168,6 +184,7 @@ impl KeygateClient {
             limit: response.limit,
             remaining: response.remaining,
             retry_after_seconds: response.retry_after_seconds,
+            credits_remaining: response.credits_remaining,
         })
     }
 }

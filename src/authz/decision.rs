@@ -1,9 +1,10 @@
 //! The decision itself: a pure function of the authenticated principal, the application
 //! the request is about, the scopes it needs and the time. No I/O, no clock, no tonic.
 
-use crate::code::Code;
+use crate::code::{Code, Reason};
 use crate::domain::{Application, KeyKind, Scope, Timestamp};
 pub use crate::domain::{Deny, Principal};
+use std::net::IpAddr;
 
 /// What the request says about an application, after looking it up.
 #[derive(Debug, Clone, Copy)]
@@ -19,16 +20,29 @@ pub enum ApplicationFact<'a> {
     Known(&'a Application),
 }
 
-/// Steps 5 to 7 of the decision table, in order, for a principal whose secret was verified.
+/// What is decided for a principal whose secret was verified, in the decision table's
+/// order: the key's state, where it is used from, the application, the scopes.
 pub fn evaluate<'s>(
     principal: &Principal,
     application: ApplicationFact<'_>,
     required: impl IntoIterator<Item = &'s Scope>,
+    client: Option<IpAddr>,
     now: Timestamp,
 ) -> Result<(), Deny> {
     match principal {
         Principal::Key(key) if key.is_revoked_at(now) => return Err(Deny::of(Code::ApiKeyRevoked)),
         Principal::Key(key) if key.is_expired_at(now) => return Err(Deny::of(Code::ApiKeyExpired)),
+        // The page has no code closer than revoked for a key switched off; the reason
+        // tells them apart.
+        Principal::Key(key) if key.disabled => {
+            return Err(Deny::new(Code::ApiKeyRevoked, "API key is disabled").because(Reason::Disabled))
+        }
+        // Decided only now that the secret is proven, so that the allowlist (and the
+        // key's existence) shows to nobody without it.
+        Principal::Key(key) if !key.terms.allows_client(client) => {
+            return Err(Deny::new(Code::ApplicationForbidden, "the key may not be used from this client's address")
+                .because(Reason::IpNotAllowed))
+        }
         Principal::Session(session) if !session.is_live_at(now) => {
             return Err(Deny::new(Code::Unauth, "the dashboard session has expired or was revoked"))
         }
@@ -141,7 +155,7 @@ mod tests {
 
     #[test]
     fn a_live_key_with_the_scope_is_allowed() {
-        assert_eq!(code_of(evaluate(&p(key()), ApplicationFact::NotRequested, &read(), NOW)), None);
+        assert_eq!(code_of(evaluate(&p(key()), ApplicationFact::NotRequested, &read(), None, NOW)), None);
     }
 
     #[test]
@@ -150,20 +164,20 @@ mod tests {
         k.revoked_at = Some(Timestamp::from_millis(1));
         k.expires_at = Some(Timestamp::from_millis(2));
         assert_eq!(
-            code_of(evaluate(&p(k.clone()), ApplicationFact::NotRequested, &read(), NOW)),
+            code_of(evaluate(&p(k.clone()), ApplicationFact::NotRequested, &read(), None, NOW)),
             Some(Code::ApiKeyRevoked)
         );
         k.revoked_at = None;
         k.expires_at = None;
         k.retire_at = Some(Timestamp::from_millis(NOW.as_millis() + 1));
-        assert_eq!(code_of(evaluate(&p(k.clone()), ApplicationFact::NotRequested, &read(), NOW)), None);
+        assert_eq!(code_of(evaluate(&p(k.clone()), ApplicationFact::NotRequested, &read(), None, NOW)), None);
         k.retire_at = Some(NOW);
         assert_eq!(
-            code_of(evaluate(&p(k.clone()), ApplicationFact::NotRequested, &read(), NOW)),
+            code_of(evaluate(&p(k.clone()), ApplicationFact::NotRequested, &read(), None, NOW)),
             Some(Code::ApiKeyRevoked)
         );
         k.retire_at = Some(Timestamp::from_millis(NOW.as_millis() + 1));
-        assert_eq!(code_of(evaluate(&p(k), ApplicationFact::NotRequested, &read(), NOW)), None);
+        assert_eq!(code_of(evaluate(&p(k), ApplicationFact::NotRequested, &read(), None, NOW)), None);
     }
 
     #[test]
@@ -171,20 +185,23 @@ mod tests {
         let mut k = key();
         k.expires_at = Some(NOW);
         assert_eq!(
-            code_of(evaluate(&p(k.clone()), ApplicationFact::NotRequested, &read(), NOW)),
+            code_of(evaluate(&p(k.clone()), ApplicationFact::NotRequested, &read(), None, NOW)),
             Some(Code::ApiKeyExpired)
         );
         k.expires_at = Some(Timestamp::from_millis(NOW.as_millis() + 1));
-        assert_eq!(code_of(evaluate(&p(k), ApplicationFact::NotRequested, &read(), NOW)), None);
+        assert_eq!(code_of(evaluate(&p(k), ApplicationFact::NotRequested, &read(), None, NOW)), None);
     }
 
     #[test]
     fn applications_of_other_accounts_are_not_found() {
         let other = app("app_x", "acct_2");
-        assert_eq!(code_of(evaluate(&p(key()), ApplicationFact::Known(&other), &read(), NOW)), Some(Code::NotFound));
-        assert_eq!(code_of(evaluate(&p(key()), ApplicationFact::Unknown, &read(), NOW)), Some(Code::NotFound));
         assert_eq!(
-            code_of(evaluate(&session(5_000), ApplicationFact::Known(&other), &read(), NOW)),
+            code_of(evaluate(&p(key()), ApplicationFact::Known(&other), &read(), None, NOW)),
+            Some(Code::NotFound)
+        );
+        assert_eq!(code_of(evaluate(&p(key()), ApplicationFact::Unknown, &read(), None, NOW)), Some(Code::NotFound));
+        assert_eq!(
+            code_of(evaluate(&session(5_000), ApplicationFact::Known(&other), &read(), None, NOW)),
             Some(Code::NotFound)
         );
     }
@@ -196,17 +213,20 @@ mod tests {
         k.scopes = Scopes::default();
         let b = app("app_b", "acct_1");
         assert_eq!(
-            code_of(evaluate(&p(k.clone()), ApplicationFact::Known(&b), &read(), NOW)),
+            code_of(evaluate(&p(k.clone()), ApplicationFact::Known(&b), &read(), None, NOW)),
             Some(Code::ApplicationForbidden)
         );
         let a = app("app_a", "acct_1");
-        assert_eq!(code_of(evaluate(&p(k), ApplicationFact::Known(&a), &read(), NOW)), Some(Code::InsufficientScope));
+        assert_eq!(
+            code_of(evaluate(&p(k), ApplicationFact::Known(&a), &read(), None, NOW)),
+            Some(Code::InsufficientScope)
+        );
     }
 
     #[test]
     fn a_missing_scope_is_named() {
         let write = [Scope::parse_required("applications:write").unwrap()];
-        let deny = evaluate(&p(key()), ApplicationFact::NotRequested, &write, NOW).unwrap_err();
+        let deny = evaluate(&p(key()), ApplicationFact::NotRequested, &write, None, NOW).unwrap_err();
         assert_eq!(deny.code, Code::InsufficientScope);
         assert!(deny.message.contains("applications:write"));
     }
@@ -214,8 +234,11 @@ mod tests {
     #[test]
     fn sessions_skip_scopes_and_end_at_expiry() {
         let write = [Scope::parse_required("applications:write").unwrap()];
-        assert_eq!(code_of(evaluate(&session(5_000), ApplicationFact::NotRequested, &write, NOW)), None);
-        assert_eq!(code_of(evaluate(&session(1_000), ApplicationFact::NotRequested, &write, NOW)), Some(Code::Unauth));
+        assert_eq!(code_of(evaluate(&session(5_000), ApplicationFact::NotRequested, &write, None, NOW)), None);
+        assert_eq!(
+            code_of(evaluate(&session(1_000), ApplicationFact::NotRequested, &write, None, NOW)),
+            Some(Code::Unauth)
+        );
     }
 
     #[test]
@@ -226,23 +249,26 @@ mod tests {
         k.application_ids = vec![ApplicationId::parse("app_a").unwrap()];
         let a = app("app_a", "acct_1");
         let b = app("app_b", "acct_1");
-        assert_eq!(code_of(evaluate(&p(k.clone()), ApplicationFact::Known(&a), &read(), NOW)), None);
+        assert_eq!(code_of(evaluate(&p(k.clone()), ApplicationFact::Known(&a), &read(), None, NOW)), None);
         assert_eq!(
-            code_of(evaluate(&p(k), ApplicationFact::Known(&b), &read(), NOW)),
+            code_of(evaluate(&p(k), ApplicationFact::Known(&b), &read(), None, NOW)),
             Some(Code::ApplicationForbidden)
         );
     }
 
     #[test]
     fn a_missing_or_doubly_named_application_is_a_bad_request_after_the_keys_state() {
-        let missing = evaluate(&p(key()), ApplicationFact::Missing, &read(), NOW).unwrap_err();
+        let missing = evaluate(&p(key()), ApplicationFact::Missing, &read(), None, NOW).unwrap_err();
         assert_eq!(missing.code, Code::BadRequest);
         assert!(missing.message.contains("application id is required"), "{}", missing.message);
-        assert_eq!(code_of(evaluate(&p(key()), ApplicationFact::Conflicting, &read(), NOW)), Some(Code::BadRequest));
+        assert_eq!(
+            code_of(evaluate(&p(key()), ApplicationFact::Conflicting, &read(), None, NOW)),
+            Some(Code::BadRequest)
+        );
         let mut revoked = key();
         revoked.revoked_at = Some(Timestamp::from_millis(1));
         assert_eq!(
-            code_of(evaluate(&p(revoked), ApplicationFact::Missing, &read(), NOW)),
+            code_of(evaluate(&p(revoked), ApplicationFact::Missing, &read(), None, NOW)),
             Some(Code::ApiKeyRevoked),
             "the key's state comes first"
         );

@@ -10,11 +10,11 @@ mod metrics;
 use crate::authn::verifier::VerifierError;
 use crate::authn::{Authentication, Authenticator, AuthnError, Throttled};
 use crate::clock::Clock;
-use crate::code::Code;
-use crate::domain::{ApplicationId, ClientNetwork, Scope, Timestamp};
-use crate::policy::{Access, LimitSubject, NamedApplication, Policy, RequestParts};
+use crate::code::{Code, Reason};
+use crate::domain::{ApplicationId, ClientNetwork, KeyRecord, Scope, Timestamp};
+use crate::policy::{Access, LimitRule, LimitSubject, NamedApplication, OnStoreError, Policy, RequestParts, Route};
 use crate::ratelimit::{LimitCheck, LimitOutcome, Limiter, LimiterError, Room};
-use crate::store::{Store, StoreError};
+use crate::store::{Spend, Store, StoreError};
 use crate::usage::UsageRecorder;
 use decision::{evaluate, ApplicationFact, Deny, Principal};
 use metrics::{ActivePolicy, DecisionCounters, LimitOutcomes};
@@ -32,8 +32,10 @@ pub struct AuthorizeQuery<'a> {
     /// The application the edge says the request acts on, if it says.
     pub application_id: Option<&'a str>,
     pub required_scopes: Vec<Scope>,
-    /// The client's network, as the edge determined it under its trusted-hop rule.
-    pub client: Option<ClientNetwork>,
+    /// The client's address, as the edge determined it under its trusted-hop rule.
+    pub client: Option<std::net::IpAddr>,
+    /// Credits the call spends on a key that carries them; `None`: the route's cost.
+    pub cost: Option<u32>,
     /// Headers and body, for routes that read their application there.
     pub parts: RequestParts<'a>,
 }
@@ -72,6 +74,8 @@ pub struct Verdict {
     pub application_id: Option<String>,
     /// The tightest limit that applied, and when denied by one, how long to wait.
     pub rate_limit: Option<RateLimitState>,
+    /// The key's credits after the call, when it carries credits and got that far.
+    pub credits_remaining: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,12 +223,15 @@ impl Authorizer {
             .and_then(|target| policy.match_route(query.method, target.path).map(|m| (m, target.query)));
         let Some((matched, target_query)) = matched else {
             return Ok(Verdict {
-                decision: Decision::Denied(Deny::new(Code::NotFound, "no route matches the request")),
+                decision: Decision::Denied(
+                    Deny::new(Code::NotFound, "no route matches the request").because(Reason::NoRoute),
+                ),
                 principal: None,
                 route: None,
                 route_index: None,
                 application_id: query.application_id.map(str::to_owned),
                 rate_limit: None,
+                credits_remaining: None,
             });
         };
         let route = matched.route;
@@ -246,12 +253,15 @@ impl Authorizer {
             route_index: Some(matched.index),
             application_id: application_id.map(str::to_owned),
             rate_limit: None,
+            credits_remaining: None,
         };
+        // Guessing budgets and per-IP limits count a client's network (IPv6 per /64).
+        let network = query.client.map(ClientNetwork::of);
 
         match route.access {
             // Who is calling, before anything about the request is looked up for them.
             Access::Credentials(accepts) => {
-                let principal = match self.authn.authenticate(query.credential, accepts, query.client).await? {
+                let principal = match self.authn.authenticate(query.credential, accepts, network).await? {
                     Authentication::Verified(principal) => principal,
                     Authentication::Refused(deny) => return Ok(verdict.deny(deny)),
                     Authentication::Throttled(throttled) => return Ok(throttled_verdict(verdict, throttled)),
@@ -273,7 +283,7 @@ impl Authorizer {
                     (NamedApplication::One(_), Some(app)) => ApplicationFact::Known(app),
                 };
                 let required = route.scopes.iter().chain(&query.required_scopes);
-                let outcome = evaluate(&principal, fact, required, now);
+                let outcome = evaluate(&principal, fact, required, query.client, now);
                 verdict.principal = Some(principal);
                 if let Err(deny) = outcome {
                     return Ok(verdict.deny(deny));
@@ -300,7 +310,7 @@ impl Authorizer {
                     Principal::Session(session) => session.id.to_string().into(),
                 }),
                 LimitSubject::Application => application_id.map(Into::into),
-                LimitSubject::Ip => query.client.as_ref().map(|c| c.as_str().into()),
+                LimitSubject::Ip => network.as_ref().map(|c| c.as_str().into()),
             }
         };
         // The global limit applies to every authenticated request.
@@ -318,12 +328,25 @@ impl Authorizer {
             };
             subjects.push((rule, subject));
         }
-        if subjects.is_empty() {
-            drop(subjects);
-            return Ok(verdict);
-        }
-        let checks: smallvec::SmallVec<[LimitCheck<'_>; 4]> =
+        // The key's own limits, after the policy's: they only tighten.
+        let key = match &verdict.principal {
+            Some(Principal::Key(key)) => Some(key.clone()),
+            _ => None,
+        };
+        let key_rules = key.as_deref().map(|key| key_limit_rules(key, route)).unwrap_or_default();
+        let key_subject = match &key {
+            Some(key) if !key_rules.is_empty() => key.id.to_string(),
+            _ => String::new(),
+        };
+        let policy_checks = subjects.len();
+        let mut checks: smallvec::SmallVec<[LimitCheck<'_>; 4]> =
             subjects.iter().map(|(rule, subject)| LimitCheck { rule, subject: subject.as_ref() }).collect();
+        checks.extend(key_rules.iter().map(|rule| LimitCheck { rule, subject: key_subject.as_str() }));
+        if checks.is_empty() {
+            drop(checks);
+            drop(subjects);
+            return self.spend_credits_of(key, query, route, now, verdict).await;
+        }
         let checked = self.limiter.check(&checks, now).await;
         drop(checks);
         drop(subjects);
@@ -341,28 +364,104 @@ impl Authorizer {
                     remaining,
                     retry_after_seconds: 0,
                 });
-                Ok(verdict)
             }
-            LimitOutcome::Limited { limit, retry_after } => {
+            LimitOutcome::Limited { limit, retry_after, check } => {
                 let retry_after_seconds = retry_after.as_millis().div_ceil(1000).max(1) as u32;
                 verdict.rate_limit = Some(RateLimitState { limit, remaining: 0, retry_after_seconds });
-                Ok(verdict.deny(Deny::new(
+                let reason = if check >= policy_checks { Reason::KeyRateLimited } else { Reason::RateLimited };
+                let deny = Deny::new(
                     Code::RateLimitReached,
                     format!("rate limit of {limit} reached; retry after {retry_after_seconds} s"),
-                )))
+                );
+                return Ok(verdict.deny(deny.because(reason)));
+            }
+        }
+        self.spend_credits_of(key, query, route, now, verdict).await
+    }
+
+    /// Credits last: a call that any other rule refuses spends none.
+    async fn spend_credits_of(
+        &self,
+        key: Option<Arc<KeyRecord>>,
+        query: &AuthorizeQuery<'_>,
+        route: &Route,
+        now: Timestamp,
+        verdict: Verdict,
+    ) -> Result<Verdict, AuthzError> {
+        match key {
+            Some(key) if key.credits.is_some() => {
+                let cost = i64::from(query.cost.unwrap_or(route.cost));
+                self.spend(&key, cost, now, verdict).await
+            }
+            _ => Ok(verdict),
+        }
+    }
+
+    /// Spends the call's cost from the key's credits, in the store (atomic across
+    /// replicas); a key whose credits are spent is refused until they are refilled.
+    async fn spend(
+        &self,
+        key: &KeyRecord,
+        cost: i64,
+        now: Timestamp,
+        mut verdict: Verdict,
+    ) -> Result<Verdict, AuthzError> {
+        match self.store.spend_credits(key.id, cost, key.terms.refill.as_ref(), now).await? {
+            Spend::Spent(balance) => {
+                verdict.credits_remaining = Some(balance.remaining);
+                Ok(verdict)
+            }
+            Spend::Unmetered => Ok(verdict),
+            Spend::Exhausted(balance) => {
+                verdict.credits_remaining = Some(0);
+                let retry_after_seconds = key.terms.refill.map_or(0, |refill| {
+                    let next = refill.next_period_starts(refill.period(now).max(balance.period));
+                    let wait_millis = (next.as_millis() - now.as_millis()).max(0);
+                    u32::try_from((wait_millis + 999) / 1000).unwrap_or(u32::MAX)
+                });
+                let limit = u32::try_from(key.terms.refill.map_or(0, |r| r.amount)).unwrap_or(u32::MAX);
+                verdict.rate_limit = Some(RateLimitState { limit, remaining: 0, retry_after_seconds });
+                let message = if retry_after_seconds > 0 {
+                    format!("the key's credits are spent; they refill in {retry_after_seconds} s")
+                } else {
+                    "the key's credits are spent".to_owned()
+                };
+                Ok(verdict.deny(Deny::new(Code::RateLimitReached, message).because(Reason::CreditsExhausted)))
             }
         }
     }
+}
+
+/// The key's own limits that apply on `route`, as rules counted per key. Their names
+/// are the key's, under a prefix no policy rule key has.
+fn key_limit_rules(key: &KeyRecord, route: &Route) -> smallvec::SmallVec<[LimitRule; 2]> {
+    key.terms
+        .limits
+        .iter()
+        .filter(|limit| limit.applies_to(&route.template))
+        .map(|limit| LimitRule {
+            key: format!("key:{}", limit.name).into(),
+            limit: limit.limit,
+            window: limit.window,
+            per: LimitSubject::Credential,
+            on_store_error: OnStoreError::Closed,
+        })
+        .collect()
 }
 
 /// Guessing spent a budget: said honestly, as a limit with a time to retry, never as a
 /// wrong credential (nobody checked it).
 fn throttled_verdict(verdict: Verdict, throttled: Throttled) -> Verdict {
     let retry_after_seconds = throttled.retry_after.as_millis().div_ceil(1000).max(1) as u32;
-    let mut verdict = verdict.deny(Deny::new(
-        Code::RateLimitReached,
-        format!("too many failed verifications for this key or from this client; retry after {retry_after_seconds} s"),
-    ));
+    let mut verdict = verdict.deny(
+        Deny::new(
+            Code::RateLimitReached,
+            format!(
+                "too many failed verifications for this key or from this client; retry after {retry_after_seconds} s"
+            ),
+        )
+        .because(Reason::Throttled),
+    );
     verdict.rate_limit = Some(RateLimitState { limit: throttled.limit, remaining: 0, retry_after_seconds });
     verdict
 }

@@ -6,6 +6,7 @@ mod ids;
 mod records;
 mod scope;
 mod search;
+mod terms;
 
 pub use credential::{
     ApiKeyCredential, Credential, CredentialKind, GeneratedKey, MalformedCredential, CREDENTIAL_PREFIX,
@@ -14,25 +15,34 @@ pub use ids::{AccountId, ApplicationId, KeyId, SessionId, UserId};
 pub use records::{Application, KeyKind, KeyRecord, NewKeyRecord, Principal, SessionRecord, VerifiedDigest};
 pub use scope::{Scope, Scopes};
 pub use search::SearchParams;
+pub use terms::{CreditBalance, KeyLimit, KeyTerms, Metadata, Network, Refill, RefillInterval, RefillMode};
 
-use crate::code::Code;
+use crate::code::{Code, Reason};
 use std::borrow::Cow;
 use std::fmt;
 
-/// Why a request is denied: a stable code and human text that never holds a secret.
+/// Why a request is denied: a stable code, the finer reason, and human text that never
+/// holds a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deny {
     pub code: Code,
+    pub reason: Reason,
     pub message: Cow<'static, str>,
 }
 
 impl Deny {
+    /// A deny for the reason `code` means unless [`Deny::because`] says a finer one.
     pub fn new(code: Code, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, reason: Reason::of(code), message: message.into() }
     }
 
     pub fn of(code: Code) -> Self {
         Self::new(code, code.default_message())
+    }
+
+    pub fn because(mut self, reason: Reason) -> Self {
+        self.reason = reason;
+        self
     }
 }
 

@@ -1,7 +1,10 @@
 //! The records keygate keeps: plain data, as stored. What a cache or a verifier remembers
 //! about a record lives with them, not here.
 
-use super::{AccountId, ApplicationId, CredentialKind, KeyId, Name, Scopes, SecretHash, SessionId, Timestamp, UserId};
+use super::{
+    AccountId, ApplicationId, CredentialKind, CreditBalance, KeyId, KeyTerms, Name, Scopes, SecretHash, SessionId,
+    Timestamp, UserId,
+};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +59,13 @@ pub struct KeyRecord {
     pub verified_digest: Option<VerifiedDigest>,
     /// When the key was last used, as stored (batched, about once a minute).
     pub last_used_at: Option<Timestamp>,
+    /// Switched off by an operator, reversibly (revoking is final).
+    pub disabled: bool,
+    /// Its own limits, allowlist, metadata and refill.
+    pub terms: KeyTerms,
+    /// `None`: its calls are not counted in credits. As read: the store holds the truth,
+    /// spent atomically by every call.
+    pub credits: Option<CreditBalance>,
 }
 
 /// An HMAC-SHA-256, under a server-side key that is not in the database, of a credential
@@ -136,6 +146,9 @@ impl KeyRecord {
             version: 1,
             verified_digest: None,
             last_used_at: None,
+            disabled: false,
+            terms: KeyTerms::default(),
+            credits: None,
         }
     }
 

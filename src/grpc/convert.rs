@@ -5,10 +5,17 @@ use super::proto as pb;
 use crate::audit::AuditEvent;
 use crate::authz::decision::Principal;
 use crate::authz::{AuthorizeQuery, Decision, Verdict};
-use crate::domain::{AccountId, ApplicationId, ClientNetwork, InvalidField, KeyId, Name, Scope, Scopes, Timestamp};
+use crate::domain::{
+    AccountId, ApplicationId, InvalidField, KeyId, KeyLimit, Metadata, Name, Network, Refill, Scope, Scopes, Timestamp,
+};
 use crate::manage::NewApiKey;
 use crate::policy::RequestParts;
-use crate::store::{Application, KeyChanges, KeyRecord, PageRequest, SessionRecord};
+use crate::store::{Application, Credits, KeyChanges, KeyRecord, PageRequest, SessionRecord};
+
+/// The most credits a key may be given at once.
+pub const MAX_CREDITS: i64 = crate::domain::CreditBalance::MAX;
+/// The most a single call may cost.
+pub const MAX_COST: u32 = crate::policy::MAX_ROUTE_COST;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 500;
@@ -61,7 +68,48 @@ pub fn key_to_proto(key: &KeyRecord, now: Timestamp, last_used_at: Option<Timest
         status: status.into(),
         kind: key.kind.as_str().to_owned(),
         last_used_at: last_used_at.map(timestamp_to_proto),
+        enabled: !key.disabled,
+        limits: key.terms.limits.iter().map(limit_to_proto).collect(),
+        credits: key.credits.map(|balance| pb::Credits {
+            remaining: balance.remaining,
+            refill: key.terms.refill.map(|r| pb::Refill {
+                amount: r.amount,
+                interval: r.interval_str(),
+                mode: r.mode_str().to_owned(),
+            }),
+        }),
+        allowed_networks: key.terms.allowed_networks.iter().map(ToString::to_string).collect(),
+        metadata_json: key.terms.metadata.as_ref().map(|m| m.as_json().to_owned()).unwrap_or_default(),
     }
+}
+
+fn limit_to_proto(limit: &KeyLimit) -> pb::KeyLimit {
+    pb::KeyLimit {
+        name: limit.name.to_string(),
+        limit: limit.limit,
+        window_seconds: limit.window.as_secs() as u32,
+        route: limit.route.as_deref().unwrap_or_default().to_owned(),
+    }
+}
+
+fn limits_from_proto(limits: &[pb::KeyLimit]) -> Result<Vec<KeyLimit>, InvalidField> {
+    limits.iter().map(|l| KeyLimit::parse(&l.name, l.limit, u64::from(l.window_seconds), &l.route)).collect()
+}
+
+fn networks_from_proto(networks: &[String]) -> Result<Vec<Network>, InvalidField> {
+    networks.iter().map(|n| Network::parse(n)).collect()
+}
+
+fn metadata_from_proto(raw: &str) -> Result<Option<Metadata>, InvalidField> {
+    Some(raw).filter(|r| !r.is_empty()).map(Metadata::parse).transpose()
+}
+
+fn credits_from_proto(credits: &pb::Credits) -> Result<Credits, InvalidField> {
+    if !(0..=MAX_CREDITS).contains(&credits.remaining) {
+        return Err(InvalidField::new("credits.remaining", format!("must be 0 to {MAX_CREDITS}")));
+    }
+    let refill = credits.refill.as_ref().map(|r| Refill::parse(r.amount, &r.interval, &r.mode)).transpose()?;
+    Ok(Credits { remaining: credits.remaining, refill })
 }
 
 pub fn session_to_proto(session: &SessionRecord, now: Timestamp) -> pb::Session {
@@ -90,6 +138,7 @@ fn principal_to_proto(principal: &Principal) -> pb::Principal {
             account_id: key.account_id.to_string(),
             scopes: key.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
             application_ids: key.application_ids.iter().map(|a| a.to_string()).collect(),
+            metadata_json: key.terms.metadata.as_ref().map(|m| m.as_json().to_owned()).unwrap_or_default(),
             ..Default::default()
         },
         Principal::Session(session) => pb::Principal {
@@ -153,6 +202,13 @@ impl TryFrom<pb::CreateApiKeyRequest> for NewApiKey {
             scopes: Scopes::parse_grants(&req.scopes)?,
             application_ids: application_ids("application_ids", &req.application_ids)?,
             expires_at: req.expires_at.as_ref().map(|ts| timestamp_from_proto("expires_at", ts)).transpose()?,
+            terms: crate::domain::KeyTerms {
+                limits: limits_from_proto(&req.limits)?,
+                allowed_networks: networks_from_proto(&req.allowed_networks)?,
+                metadata: metadata_from_proto(&req.metadata_json)?,
+                refill: None,
+            },
+            credits: req.credits.as_ref().map(credits_from_proto).transpose()?,
         })
     }
 }
@@ -176,11 +232,23 @@ pub fn key_changes(req: &pb::UpdateApiKeyRequest) -> Result<(KeyId, KeyChanges),
             .map(|a| application_ids("application_ids", &a.values))
             .transpose()?,
         expires_at,
+        disabled: req.enabled.map(|enabled| !enabled),
+        limits: req.limits.as_ref().map(|l| limits_from_proto(&l.values)).transpose()?,
+        allowed_networks: req.allowed_networks.as_ref().map(|n| networks_from_proto(&n.values)).transpose()?,
+        metadata: req.metadata_json.as_deref().map(metadata_from_proto).transpose()?,
+        credits: match (&req.credits, req.clear_credits) {
+            (Some(_), true) => return Err(InvalidField::new("clear_credits", "cannot be combined with credits")),
+            (Some(credits), false) => Some(Some(credits_from_proto(credits)?)),
+            (None, true) => Some(None),
+            (None, false) => None,
+        },
     };
     if changes.name.is_none()
         && changes.scopes.is_none()
         && changes.application_ids.is_none()
         && changes.expires_at.is_none()
+        && changes.disabled.is_none()
+        && !changes.touches_terms()
     {
         return Err(InvalidField::new("update", "names no field to change"));
     }
@@ -195,10 +263,11 @@ pub fn authorize_query(req: &pb::AuthorizeRequest) -> Result<AuthorizeQuery<'_>,
     }
     let client = match req.client_ip.as_str() {
         "" => None,
-        raw => {
-            Some(ClientNetwork::of(raw.parse().map_err(|_| InvalidField::new("client_ip", "is not an IP address"))?))
-        }
+        raw => Some(raw.parse().map_err(|_| InvalidField::new("client_ip", "is not an IP address"))?),
     };
+    if req.cost > MAX_COST {
+        return Err(InvalidField::new("cost", format!("must be at most {MAX_COST}")));
+    }
     if req.headers.len() > MAX_HEADERS {
         return Err(InvalidField::new("headers", format!("at most {MAX_HEADERS}")));
     }
@@ -209,6 +278,7 @@ pub fn authorize_query(req: &pb::AuthorizeRequest) -> Result<AuthorizeQuery<'_>,
         application_id: Some(req.application_id.as_str()).filter(|a| !a.is_empty()),
         required_scopes: req.required_scopes.iter().map(|s| Scope::parse_required(s)).collect::<Result<_, _>>()?,
         client,
+        cost: Some(req.cost).filter(|c| *c > 0),
         parts: RequestParts {
             query: None,
             headers: &req.headers,
@@ -218,11 +288,15 @@ pub fn authorize_query(req: &pb::AuthorizeRequest) -> Result<AuthorizeQuery<'_>,
 }
 
 pub fn authorize_response(verdict: Verdict) -> pb::AuthorizeResponse {
-    let (allowed, code, http_status, message) = match &verdict.decision {
-        Decision::Allowed => (true, String::new(), 200, String::new()),
-        Decision::Denied(deny) => {
-            (false, deny.code.as_str().to_owned(), u32::from(deny.code.http_status()), deny.message.to_string())
-        }
+    let (allowed, code, reason, http_status, message) = match &verdict.decision {
+        Decision::Allowed => (true, String::new(), String::new(), 200, String::new()),
+        Decision::Denied(deny) => (
+            false,
+            deny.code.as_str().to_owned(),
+            deny.reason.as_str().to_owned(),
+            u32::from(deny.code.http_status()),
+            deny.message.to_string(),
+        ),
     };
     pb::AuthorizeResponse {
         allowed,
@@ -235,5 +309,7 @@ pub fn authorize_response(verdict: Verdict) -> pb::AuthorizeResponse {
         limit: verdict.rate_limit.map_or(0, |r| r.limit),
         remaining: verdict.rate_limit.map_or(0, |r| r.remaining),
         retry_after_seconds: verdict.rate_limit.map_or(0, |r| r.retry_after_seconds),
+        reason,
+        credits_remaining: verdict.credits_remaining,
     }
 }

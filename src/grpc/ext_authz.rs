@@ -12,7 +12,6 @@ use super::status::log_failure;
 use crate::authz::decision::Deny;
 use crate::authz::{AuthorizeQuery, Authorizer, Decision, Verdict};
 use crate::code::Code;
-use crate::domain::ClientNetwork;
 use crate::edge::principal_headers;
 use crate::edge::EdgeSettings;
 use crate::policy::{RequestHeaders, RequestParts};
@@ -73,8 +72,7 @@ impl Authorization for CheckService {
             http.headers.get("x-forwarded-for").map(String::as_str),
             http.headers.get("forwarded").map(String::as_str),
             self.edge.trusted_proxy_hops,
-        )
-        .map(ClientNetwork::of);
+        );
         // The body, when Envoy sends it (`with_request_body`): as bytes or as text.
         let body = [http.raw_body.as_slice(), http.body.as_bytes()].into_iter().find(|b| !b.is_empty());
         let query = AuthorizeQuery {
@@ -84,14 +82,15 @@ impl Authorization for CheckService {
             application_id: None,
             required_scopes: Vec::new(),
             client,
+            cost: None,
             parts: RequestParts { query: None, headers: &http.headers, body },
         };
         let response = match self.authorizer.authorize_within(&query, budget).await {
             Ok(verdict @ Verdict { decision: Decision::Allowed, .. }) => {
                 allowed(&verdict, http.headers.keys(), found.filter(|_| self.settings.strip_credential).map(|(h, _)| h))
             }
-            Ok(Verdict { decision: Decision::Denied(Deny { code, message }), rate_limit, .. }) => {
-                denied(code, &message, rate_limit.map(|r| r.retry_after_seconds).filter(|s| *s > 0))
+            Ok(Verdict { decision: Decision::Denied(deny), rate_limit, .. }) => {
+                refused(&deny, rate_limit.map(|r| r.retry_after_seconds).filter(|s| *s > 0))
             }
             Err(failure) => {
                 let error_id = log_failure(&failure);
@@ -131,17 +130,25 @@ fn allowed<'h>(
     response
 }
 
-/// A deny with the code's own HTTP and gRPC statuses, and the page's exact envelope.
 fn denied(code: Code, message: &str, retry_after_seconds: Option<u32>) -> CheckResponse {
+    refused(&Deny::new(code, message.to_owned()), retry_after_seconds)
+}
+
+/// A deny with the code's own HTTP and gRPC statuses, the page's exact envelope, and the
+/// finer reason in `x-keygate-reason`.
+fn refused(deny: &Deny, retry_after_seconds: Option<u32>) -> CheckResponse {
+    let Deny { code, reason, message } = deny;
+    let code = *code;
     let mut denied = DeniedHttpResponseBuilder::new();
     denied
         .set_http_status(HttpStatusCode::try_from(i32::from(code.http_status())).unwrap_or(HttpStatusCode::Forbidden));
     denied.add_header("content-type", "application/json", None, false);
+    denied.add_header("x-keygate-reason", reason.as_str(), None, false);
     if let Some(seconds) = retry_after_seconds {
         denied.add_header("retry-after", seconds.to_string(), None, false);
     }
     denied.set_body(code.envelope(message));
-    let mut response = CheckResponse::with_status(Status::new(code.grpc_code(), message));
+    let mut response = CheckResponse::with_status(Status::new(code.grpc_code(), message.as_ref()));
     response.set_http_response(denied);
     response
 }

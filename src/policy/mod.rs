@@ -20,6 +20,8 @@ pub const DEFAULT_POLICY: &str = include_str!("../../policy/default.toml");
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 /// The path parameter that names the application unless a route says otherwise.
 const DEFAULT_APPLICATION_PARAM: &str = "application_id";
+/// The most credits one call of a route may cost (as for a request's own `cost`).
+pub const MAX_ROUTE_COST: u32 = 1000;
 
 #[derive(Debug)]
 pub struct Route {
@@ -36,6 +38,8 @@ pub struct Route {
     /// The route cannot be decided without an application: it names a source, or counts
     /// a limit per application. A request without one is a bad request, never unlimited.
     pub needs_application: bool,
+    /// Credits a call spends on a key that carries credits (the request may say otherwise).
+    pub cost: u32,
 }
 
 /// A route matched against a request path.
@@ -93,6 +97,8 @@ struct RouteEntry {
     public: bool,
     #[serde(default)]
     limits: Vec<LimitEntry>,
+    /// Credits a call spends on a key that carries them (default 1).
+    cost: Option<u32>,
 }
 
 impl Policy {
@@ -284,9 +290,13 @@ fn parse_route(entry: RouteEntry) -> Result<(Route, &'static str, Vec<Segment>),
         }
     }
     let needs_application = !application.is_empty() || limits.iter().any(|l| l.per == LimitSubject::Application);
+    let cost = entry.cost.unwrap_or(1);
+    if cost > MAX_ROUTE_COST {
+        problems.push(format!("cost: at most {MAX_ROUTE_COST}"));
+    }
     match method {
         Some(method) if problems.is_empty() => Ok((
-            Route { template: template.into(), scopes, access, limits, application, needs_application },
+            Route { template: template.into(), scopes, access, limits, application, needs_application, cost },
             method,
             segments,
         )),

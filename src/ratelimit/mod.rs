@@ -27,8 +27,9 @@ pub struct LimitCheck<'a> {
 pub enum LimitOutcome {
     /// Admitted and counted; the limit with the least room left, if any applied.
     Admitted { tightest: Option<Room> },
-    /// Not admitted, and not counted anywhere.
-    Limited { limit: u32, retry_after: Duration },
+    /// Not admitted, and not counted anywhere; `check` is the position of the limit that
+    /// refused longest among the checks.
+    Limited { limit: u32, retry_after: Duration, check: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,14 +97,14 @@ impl LocalLimiter {
         let mut guards: SmallVec<[_; 4]> =
             logs.iter().map(|log| log.lock().unwrap_or_else(|e| e.into_inner())).collect();
         let now = now.as_millis();
-        let mut limited: Option<(u32, i64)> = None;
+        let mut limited: Option<(u32, i64, usize)> = None;
         let mut tightest: Option<Room> = None;
-        for (log, check) in guards.iter_mut().zip(checks) {
+        for (i, (log, check)) in guards.iter_mut().zip(checks).enumerate() {
             let window = check.rule.window.as_millis() as i64;
             let room = window_room(log, check.rule.limit, window, now);
             match room {
-                Err(retry_after) if limited.is_none_or(|(_, r)| retry_after > r) => {
-                    limited = Some((check.rule.limit, retry_after))
+                Err(retry_after) if limited.is_none_or(|(_, r, _)| retry_after > r) => {
+                    limited = Some((check.rule.limit, retry_after, i))
                 }
                 Err(_) => {}
                 Ok(remaining) if tightest.is_none_or(|t| remaining < t.remaining) => {
@@ -112,8 +113,9 @@ impl LocalLimiter {
                 Ok(_) => {}
             }
         }
-        if let Some((limit, retry_after)) = limited {
-            return LimitOutcome::Limited { limit, retry_after: Duration::from_millis(retry_after.max(0) as u64) };
+        if let Some((limit, retry_after, check)) = limited {
+            let retry_after = Duration::from_millis(retry_after.max(0) as u64);
+            return LimitOutcome::Limited { limit, retry_after, check };
         }
         for log in guards.iter_mut() {
             log.push_back(now);
@@ -194,7 +196,7 @@ mod tests {
         // 10 admitted between t=0 and t=540 s; the 11th at t=600 s waits until t=3600 s.
         assert_eq!(
             limiter.check(&check, at(600)),
-            LimitOutcome::Limited { limit: 10, retry_after: Duration::from_secs(3000) }
+            LimitOutcome::Limited { limit: 10, retry_after: Duration::from_secs(3000), check: 0 }
         );
         assert!(matches!(limiter.check(&check, at(3599)), LimitOutcome::Limited { .. }));
         assert!(matches!(limiter.check(&check, at(3600)), LimitOutcome::Admitted { .. }));

@@ -15,11 +15,12 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 
 /// KEYS: one sorted set per limit. ARGV: now (ms), a unique member, then per key its window
-/// (ms) and limit. Returns {1, tightest limit, remaining} or {0, limit, retry after ms}.
+/// (ms) and limit. Returns {1, tightest limit, remaining} or {0, limit, retry after ms, which
+/// key (1-based)}.
 const CHECK_AND_COUNT: &str = r#"
 local now = tonumber(ARGV[1])
 local member = ARGV[2]
-local worst_limit, worst_retry = 0, -1
+local worst_limit, worst_retry, worst_index = 0, -1, 0
 local tight_limit, tight_remaining = 0, -1
 for i = 1, #KEYS do
   local window = tonumber(ARGV[1 + 2 * i])
@@ -29,13 +30,13 @@ for i = 1, #KEYS do
   if count >= limit then
     local oldest = tonumber(redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2])
     local retry = oldest + window - now
-    if retry > worst_retry then worst_limit, worst_retry = limit, retry end
+    if retry > worst_retry then worst_limit, worst_retry, worst_index = limit, retry, i end
   else
     local remaining = limit - count - 1
     if tight_remaining < 0 or remaining < tight_remaining then tight_limit, tight_remaining = limit, remaining end
   end
 end
-if worst_retry >= 0 then return {0, worst_limit, worst_retry} end
+if worst_retry >= 0 then return {0, worst_limit, worst_retry, worst_index} end
 for i = 1, #KEYS do
   redis.call('ZADD', KEYS[i], now, member)
   redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[1 + 2 * i]))
@@ -117,8 +118,11 @@ impl RedisLimiter {
         for check in checks {
             invocation.arg(check.rule.window.as_millis() as i64).arg(check.rule.limit);
         }
-        let (admitted, limit, value): (i64, i64, i64) =
+        let answer: Vec<i64> =
             invocation.invoke_async(&mut connection).await.map_err(|e| LimiterError::Unreachable(Box::new(e)))?;
+        let [admitted, limit, value, ..] = answer[..] else {
+            return Err(LimiterError::Unreachable("the limit script answered in an unknown shape".into()));
+        };
         Ok(if admitted == 1 {
             let tightest = (value >= 0).then(|| Room { limit: limit.max(0) as u32, remaining: value.max(0) as u32 });
             LimitOutcome::Admitted { tightest }
@@ -126,6 +130,7 @@ impl RedisLimiter {
             LimitOutcome::Limited {
                 limit: limit.max(0) as u32,
                 retry_after: Duration::from_millis(value.max(0) as u64),
+                check: answer.get(3).map_or(0, |i| (*i - 1).max(0) as usize),
             }
         })
     }

@@ -6,10 +6,11 @@
 //! served from the cache's fallback the moment this store says it is unavailable, instead
 //! of after the pool's own connect timeout.
 
+use super::Spend;
 use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome};
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::breaker::{Breaker, Refused};
-use crate::domain::{AccountId, ApplicationId, KeyId, SecretHash, SessionId, Timestamp, VerifiedDigest};
+use crate::domain::{AccountId, ApplicationId, KeyId, Refill, SecretHash, SessionId, Timestamp, VerifiedDigest};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -106,6 +107,18 @@ impl Store for BoundedStore {
         audit: &AuditEvent,
     ) -> Result<Vec<KeyId>, StoreError> {
         self.admin(self.inner.rotate_runtime_key(new, retire_at, audit)).await
+    }
+
+    /// On the request path: bounded like a read (one statement; a timeout may leave the
+    /// credit spent and the call failed closed, never the reverse).
+    async fn spend_credits(
+        &self,
+        id: KeyId,
+        cost: i64,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Spend, StoreError> {
+        self.read(self.inner.spend_credits(id, cost, refill, now)).await
     }
 
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {

@@ -17,11 +17,12 @@
 //! notifications may have been missed, keeps records only as that fallback: every one is
 //! reloaded before it is served fresh again.
 
+use super::Spend;
 use super::{
     Application, InMemory, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
 };
 use crate::audit::{AuditEvent, AuditQuery};
-use crate::domain::{AccountId, ApplicationId, KeyId, SecretHash, SessionId, Timestamp, VerifiedDigest};
+use crate::domain::{AccountId, ApplicationId, KeyId, Refill, SecretHash, SessionId, Timestamp, VerifiedDigest};
 use quick_cache::sync::Cache;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -361,6 +362,24 @@ impl Store for CachedStore {
     }
 
     /// Usage is not a change: cached records stay (the usage recorder knows the later use).
+    async fn spend_credits(
+        &self,
+        id: KeyId,
+        cost: i64,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Spend, StoreError> {
+        let spent = self.inner.spend_credits(id, cost, refill, now).await?;
+        // The cached record shows the balance the store just said (GetApiKey reads it);
+        // the decision never trusts it, the store's answer is the balance.
+        if let Spend::Spent(balance) | Spend::Exhausted(balance) = spent {
+            self.keys.update_in_place(&id, |record| {
+                record.credits.map(|_| KeyRecord { credits: Some(balance), ..record.clone() })
+            });
+        }
+        Ok(spent)
+    }
+
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         self.inner.record_key_usage(uses).await
     }

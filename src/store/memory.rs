@@ -3,11 +3,12 @@
 //! would, so what sits above it (the cache) behaves as it does over SQL. Nothing survives
 //! the process.
 
+use super::Spend;
 use super::{
     Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
 };
 use crate::audit::{AuditEvent, AuditQuery};
-use crate::domain::{AccountId, ApplicationId, KeyId, SecretHash, SessionId, Timestamp, VerifiedDigest};
+use crate::domain::{AccountId, ApplicationId, KeyId, Refill, SecretHash, SessionId, Timestamp, VerifiedDigest};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -130,6 +131,13 @@ impl Store for MemoryStore {
         if let Some(expires_at) = changes.expires_at {
             key.expires_at = expires_at;
         }
+        if let Some(disabled) = changes.disabled {
+            key.disabled = disabled;
+        }
+        key.terms = changes.terms_after(&key.terms);
+        if let Some(credits) = changes.credits {
+            key.credits = credits.map(|c| c.balance(now));
+        }
         key.updated_at = now;
         key.version += 1;
         let updated = key.clone();
@@ -190,6 +198,29 @@ impl Store for MemoryStore {
             key.verified_digest = Some(*digest);
         }
         Ok(())
+    }
+
+    async fn spend_credits(
+        &self,
+        id: KeyId,
+        cost: i64,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Spend, StoreError> {
+        let mut state = self.state();
+        let Some(balance) = state.keys.get_mut(&id).and_then(|k| k.credits.as_mut()) else {
+            return Ok(Spend::Unmetered);
+        };
+        let mut after = *balance;
+        if let Some(refill) = refill {
+            after = refill.refilled(after, now);
+        }
+        if after.remaining < cost {
+            return Ok(Spend::Exhausted(*balance));
+        }
+        after.remaining -= cost;
+        *balance = after;
+        Ok(Spend::Spent(after))
     }
 
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {

@@ -1,9 +1,10 @@
 //! The metering decorator: how long each store operation takes and how often it fails.
 //! It sits under the cache, so it sees only what reaches the database.
 
+use super::Spend;
 use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome};
 use crate::audit::{AuditEvent, AuditQuery};
-use crate::domain::{AccountId, ApplicationId, KeyId, SecretHash, SessionId, Timestamp, VerifiedDigest};
+use crate::domain::{AccountId, ApplicationId, KeyId, Refill, SecretHash, SessionId, Timestamp, VerifiedDigest};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -137,6 +138,16 @@ impl Store for MeteredStore {
         audit: &AuditEvent,
     ) -> Result<Vec<KeyId>, StoreError> {
         self.timed("rotate_runtime_key", self.inner.rotate_runtime_key(new, retire_at, audit)).await
+    }
+
+    async fn spend_credits(
+        &self,
+        id: KeyId,
+        cost: i64,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Spend, StoreError> {
+        self.timed("spend_credits", self.inner.spend_credits(id, cost, refill, now)).await
     }
 
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {

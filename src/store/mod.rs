@@ -10,7 +10,10 @@ pub mod metered;
 pub mod sql;
 
 use crate::audit::{AuditEvent, AuditQuery};
-use crate::domain::{AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, SessionId, Timestamp};
+use crate::domain::{
+    AccountId, ApplicationId, CreditBalance, KeyId, KeyLimit, KeyTerms, Metadata, Name, Network, Refill, Scopes,
+    SecretHash, SessionId, Timestamp,
+};
 pub use crate::domain::{Application, KeyKind, KeyRecord, SessionRecord, VerifiedDigest};
 use std::sync::Arc;
 
@@ -22,6 +25,64 @@ pub struct KeyChanges {
     pub application_ids: Option<Vec<ApplicationId>>,
     /// `Some(None)` removes the expiry.
     pub expires_at: Option<Option<Timestamp>>,
+    pub disabled: Option<bool>,
+    pub limits: Option<Vec<KeyLimit>>,
+    pub allowed_networks: Option<Vec<Network>>,
+    /// `Some(None)` removes the metadata.
+    pub metadata: Option<Option<Metadata>>,
+    /// `Some(None)` removes the credits (and their refill).
+    pub credits: Option<Option<Credits>>,
+}
+
+/// Credits as an operator sets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credits {
+    pub remaining: i64,
+    pub refill: Option<Refill>,
+}
+
+impl Credits {
+    /// The balance a key starts with at `now`: refilled in the current period.
+    pub fn balance(&self, now: Timestamp) -> CreditBalance {
+        CreditBalance { remaining: self.remaining, period: self.refill.map_or(0, |r| r.period(now)) }
+    }
+}
+
+impl KeyChanges {
+    /// The key's terms after this change: what it does not name stays. Stores apply it
+    /// to the row as their transaction reads it, so concurrent updates lose nothing.
+    pub fn terms_after(&self, terms: &KeyTerms) -> KeyTerms {
+        let mut after = terms.clone();
+        if let Some(limits) = &self.limits {
+            after.limits = limits.clone();
+        }
+        if let Some(networks) = &self.allowed_networks {
+            after.allowed_networks = networks.clone();
+        }
+        if let Some(metadata) = &self.metadata {
+            after.metadata = metadata.clone();
+        }
+        if let Some(credits) = &self.credits {
+            after.refill = credits.and_then(|c| c.refill);
+        }
+        after
+    }
+
+    /// Whether the change touches the terms or the credits.
+    pub fn touches_terms(&self) -> bool {
+        self.limits.is_some() || self.allowed_networks.is_some() || self.metadata.is_some() || self.credits.is_some()
+    }
+}
+
+/// What spending credits came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spend {
+    /// Spent; the balance after.
+    Spent(CreditBalance),
+    /// Not enough left: nothing was spent.
+    Exhausted(CreditBalance),
+    /// The key carries no credits (they were removed): nothing to spend.
+    Unmetered,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +175,16 @@ pub trait Store: Send + Sync + 'static {
         retire_at: Timestamp,
         audit: &AuditEvent,
     ) -> Result<Vec<KeyId>, StoreError>;
+    /// Spends `cost` of key `id`'s credits in one atomic step (across replicas: never
+    /// two calls spending the last credit), first refilling them when `refill` says a new
+    /// period has begun at `now`. Not a change of the key: no version, no audit event.
+    async fn spend_credits(
+        &self,
+        id: KeyId,
+        cost: i64,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Spend, StoreError>;
     /// Raises each key's `last_used_at` to the given time (never lowers it).
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
 

@@ -4,11 +4,14 @@
 //! What differs per backend (connection set-up, migrations) is chosen by [`Backend`].
 
 use super::{
-    Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
-    VerifiedDigest,
+    Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Spend, Store, StoreError,
+    UpdateOutcome, VerifiedDigest,
 };
 use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
-use crate::domain::{hex, AccountId, ApplicationId, KeyId, Name, Scopes, SecretHash, SessionId, Timestamp, UserId};
+use crate::domain::{
+    hex, AccountId, ApplicationId, CreditBalance, KeyId, KeyLimit, KeyTerms, Metadata, Name, Network, Refill,
+    RefillMode, Scopes, SecretHash, SessionId, Timestamp, UserId,
+};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
@@ -22,8 +25,9 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 /// and must not notify replicas or bump the key's version as a change would.
 const KEY_SELECT: &str = "SELECT api_keys.id, account_id, kind, name, scopes, application_ids, secret_hash, \
      created_at, updated_at, expires_at, revoked_at, retire_at, revoked_reason, version, verified_digest, \
-     u.last_used_at \
-     FROM api_keys LEFT JOIN key_usage u ON u.key_id = api_keys.id";
+     u.last_used_at, disabled, terms, c.remaining AS credits_remaining, c.period AS credits_period \
+     FROM api_keys LEFT JOIN key_usage u ON u.key_id = api_keys.id \
+     LEFT JOIN key_credits c ON c.key_id = api_keys.id";
 const AUDIT_COLUMNS: &str = "id, account_id, action, actor, on_behalf_of, target, request_id, occurred_at, detail";
 const SESSION_COLUMNS: &str = "id, account_id, user_id, secret_digest, created_at, expires_at, revoked_at, version";
 
@@ -166,7 +170,95 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
             Some(text) => Some(VerifiedDigest::from_hex(text).ok_or_else(|| corrupt("api_keys.verified_digest"))?),
         },
         last_used_at: optional_time("last_used_at")?,
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+        terms: match row.try_get::<Option<&str>, _>("terms")? {
+            None => KeyTerms::default(),
+            Some(text) => StoredTerms::read(text).ok_or_else(|| corrupt("api_keys.terms"))?,
+        },
+        credits: match row.try_get::<Option<i64>, _>("credits_remaining")? {
+            None => None,
+            Some(remaining) => Some(CreditBalance { remaining, period: row.try_get("credits_period")? }),
+        },
     })
+}
+
+/// A key's terms as the `terms` column holds them (JSON), written and read only here.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct StoredTerms {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    limits: Vec<StoredLimit>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allowed_networks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refill: Option<StoredRefill>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredLimit {
+    name: String,
+    limit: u32,
+    window_seconds: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    route: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredRefill {
+    amount: i64,
+    interval: String,
+    mode: String,
+}
+
+impl StoredTerms {
+    /// `None` for terms that carry nothing: the column stays NULL.
+    fn write(terms: &KeyTerms) -> Option<String> {
+        if *terms == KeyTerms::default() {
+            return None;
+        }
+        let stored = StoredTerms {
+            limits: terms
+                .limits
+                .iter()
+                .map(|l| StoredLimit {
+                    name: l.name.to_string(),
+                    limit: l.limit,
+                    window_seconds: l.window.as_secs(),
+                    route: l.route.as_deref().unwrap_or_default().to_owned(),
+                })
+                .collect(),
+            allowed_networks: terms.allowed_networks.iter().map(ToString::to_string).collect(),
+            metadata: terms.metadata.as_ref().map(|m| m.as_json().to_owned()),
+            refill: terms.refill.map(|r| StoredRefill {
+                amount: r.amount,
+                interval: r.interval_str(),
+                mode: r.mode_str().to_owned(),
+            }),
+        };
+        Some(serde_json::to_string(&stored).expect("terms serialize"))
+    }
+
+    /// Through the same parsers as the admin API: a row keygate did not write is corrupt.
+    fn read(text: &str) -> Option<KeyTerms> {
+        let stored: StoredTerms = serde_json::from_str(text).ok()?;
+        Some(KeyTerms {
+            limits: stored
+                .limits
+                .iter()
+                .map(|l| KeyLimit::parse(&l.name, l.limit, l.window_seconds, &l.route).ok())
+                .collect::<Option<_>>()?,
+            allowed_networks: stored.allowed_networks.iter().map(|n| Network::parse(n).ok()).collect::<Option<_>>()?,
+            metadata: match &stored.metadata {
+                None => None,
+                Some(json) => Some(Metadata::parse(json).ok()?),
+            },
+            refill: match &stored.refill {
+                None => None,
+                Some(r) => Some(Refill::parse(r.amount, &r.interval, &r.mode).ok()?),
+            },
+        })
+    }
 }
 
 fn audit_from_row(row: &AnyRow) -> Result<AuditEvent, StoreError> {
@@ -239,8 +331,8 @@ fn insert_key(key: &KeyRecord) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::A
     };
     sqlx::query(
         "INSERT INTO api_keys (id, account_id, kind, runtime_of, name, scopes, application_ids, secret_hash, \
-         created_at, updated_at, expires_at, revoked_at, retire_at, revoked_reason, version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+         created_at, updated_at, expires_at, revoked_at, retire_at, revoked_reason, version, disabled, terms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(key.id.to_string())
     .bind(key.account_id.as_str())
@@ -257,6 +349,33 @@ fn insert_key(key: &KeyRecord) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::A
     .bind(key.retire_at.map(Timestamp::as_millis))
     .bind(key.revoked_reason.as_deref())
     .bind(key.version)
+    .bind(i64::from(key.disabled))
+    .bind(StoredTerms::write(&key.terms))
+}
+
+/// Sets (or, with `None`, removes) a key's credits.
+async fn set_credits(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: KeyId,
+    balance: Option<CreditBalance>,
+) -> Result<(), StoreError> {
+    match balance {
+        Some(balance) => {
+            sqlx::query(
+                "INSERT INTO key_credits (key_id, remaining, period) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key_id) DO UPDATE SET remaining = excluded.remaining, period = excluded.period",
+            )
+            .bind(id.to_string())
+            .bind(balance.remaining)
+            .bind(balance.period)
+            .execute(&mut **tx)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM key_credits WHERE key_id = $1").bind(id.to_string()).execute(&mut **tx).await?;
+        }
+    }
+    Ok(())
 }
 
 /// `%term%` for LIKE, with LIKE's own wildcards in the term escaped.
@@ -344,6 +463,9 @@ impl Store for SqlStore {
     async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         insert_key(key).execute(&mut *tx).await?;
+        if key.credits.is_some() {
+            set_credits(&mut tx, key.id, key.credits).await?;
+        }
         insert_audit(audit).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
@@ -491,6 +613,7 @@ impl Store for SqlStore {
                application_ids = COALESCE($4, application_ids), \
                expires_at = CASE WHEN $5 = 1 THEN $6 ELSE expires_at END, \
                updated_at = $7, \
+               disabled = COALESCE($8, disabled), \
                version = version + 1 \
              WHERE id = $1 AND revoked_at IS NULL \
              RETURNING id",
@@ -502,10 +625,24 @@ impl Store for SqlStore {
         .bind(i64::from(changes.expires_at.is_some()))
         .bind(changes.expires_at.flatten().map(Timestamp::as_millis))
         .bind(now.as_millis())
+        .bind(changes.disabled.map(i64::from))
         .fetch_optional(&mut *tx)
         .await?;
         if updated.is_some() {
-            let key = key_in(&mut tx, id).await?.ok_or_else(|| corrupt("an updated key is gone"))?;
+            let mut key = key_in(&mut tx, id).await?.ok_or_else(|| corrupt("an updated key is gone"))?;
+            if changes.touches_terms() {
+                // The UPDATE above holds the row (Postgres) or the database (SQLite) until
+                // commit: the terms merged here are the ones no other update can change.
+                sqlx::query("UPDATE api_keys SET terms = $2 WHERE id = $1")
+                    .bind(id.to_string())
+                    .bind(StoredTerms::write(&changes.terms_after(&key.terms)))
+                    .execute(&mut *tx)
+                    .await?;
+                if let Some(credits) = changes.credits {
+                    set_credits(&mut tx, id, credits.map(|c| c.balance(now))).await?;
+                }
+                key = key_in(&mut tx, id).await?.ok_or_else(|| corrupt("an updated key is gone"))?;
+            }
             insert_audit(audit).execute(&mut *tx).await?;
             tx.commit().await?;
             return Ok(UpdateOutcome::Updated(Box::new(key)));
@@ -599,6 +736,58 @@ impl Store for SqlStore {
         let rows = statement.fetch_all(&self.pool).await?;
         let items = rows.iter().map(audit_from_row).collect::<Result<Vec<_>, _>>()?;
         Ok(into_page(items, page.limit, |e| e.id.clone()))
+    }
+
+    #[tracing::instrument(skip_all, fields(key_id = %id), err)]
+    async fn spend_credits(
+        &self,
+        id: KeyId,
+        cost: i64,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Spend, StoreError> {
+        // One conditional UPDATE: the row lock (Postgres) or the write lock (SQLite) makes
+        // the check and the spend one step, so two replicas never spend the last credit
+        // twice. The refill is computed in the same statement, as Refill::refilled does.
+        let (period, amount, add) = match refill {
+            Some(r) => (r.period(now), r.amount, r.mode == RefillMode::Add),
+            // No refill: no stored period is ever older than i64::MIN.
+            None => (i64::MIN, 0, false),
+        };
+        let refilled = if add {
+            "CASE WHEN period < $3 THEN CASE WHEN remaining + $4 * ($3 - period) > $5 THEN $5 \
+               ELSE remaining + $4 * ($3 - period) END ELSE remaining END"
+        } else {
+            "CASE WHEN period < $3 THEN $4 ELSE remaining END"
+        };
+        let sql = format!(
+            "UPDATE key_credits SET remaining = ({refilled}) - $2, \
+               period = CASE WHEN period < $3 THEN $3 ELSE period END \
+             WHERE key_id = $1 AND ({refilled}) >= $2 \
+             RETURNING remaining, period"
+        );
+        let spent = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(cost)
+            .bind(period)
+            .bind(amount)
+            .bind(CreditBalance::MAX)
+            .fetch_optional(&self.pool)
+            .await?;
+        let balance = |row: &AnyRow| -> Result<CreditBalance, StoreError> {
+            Ok(CreditBalance { remaining: row.try_get("remaining")?, period: row.try_get("period")? })
+        };
+        if let Some(row) = spent {
+            return Ok(Spend::Spent(balance(&row)?));
+        }
+        let left = sqlx::query("SELECT remaining, period FROM key_credits WHERE key_id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match left {
+            Some(row) => Spend::Exhausted(balance(&row)?),
+            None => Spend::Unmetered,
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

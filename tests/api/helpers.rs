@@ -148,6 +148,7 @@ impl TestApp {
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
                 application_ids: apps.iter().map(|s| s.to_string()).collect(),
                 expires_at: None,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -337,6 +337,15 @@ impl Store for Gated {
     ) -> Result<Vec<KeyId>, StoreError> {
         self.inner.rotate_runtime_key(new, retire_at, audit).await
     }
+    async fn spend_credits(
+        &self,
+        id: KeyId,
+        cost: i64,
+        refill: Option<&keygate::domain::Refill>,
+        now: Timestamp,
+    ) -> Result<keygate::store::Spend, StoreError> {
+        self.inner.spend_credits(id, cost, refill, now).await
+    }
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         self.inner.record_key_usage(uses).await
     }

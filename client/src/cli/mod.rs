@@ -3,6 +3,7 @@
 //! look lives in [`print`].
 
 mod print;
+mod terms;
 
 use crate::{AdminRpc, AdminToken, KeygateAdmin};
 use anyhow::Context;
@@ -152,6 +153,8 @@ pub enum KeyCommand {
         #[arg(long, value_parser = parse_duration)]
         expires_in: Option<Duration>,
         #[command(flatten)]
+        terms: TermArgs,
+        #[command(flatten)]
         connection: Connection,
     },
     /// Show one key, with its status and last use.
@@ -186,6 +189,30 @@ pub enum KeyCommand {
         #[arg(long)]
         no_expiry: bool,
         #[command(flatten)]
+        terms: TermArgs,
+        /// Remove the key's own limits.
+        #[arg(long, conflicts_with = "limits")]
+        no_limits: bool,
+        /// Remove the key's credits (its calls are no longer counted).
+        #[arg(long, conflicts_with = "credits")]
+        no_credits: bool,
+        /// Remove the IP allowlist (the key may be used from anywhere).
+        #[arg(long, conflicts_with = "allowed_networks")]
+        any_ip: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Switch a key off at once on every replica (denied as api_key_revoked, reason
+    /// disabled) until it is enabled again. Unlike revoke, this can be undone.
+    Disable {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Switch a disabled key back on.
+    Enable {
+        id: String,
+        #[command(flatten)]
         connection: Connection,
     },
     /// Revoke a key at once (idempotent); every replica denies it on its next call.
@@ -213,6 +240,32 @@ pub enum KeyCommand {
     },
 }
 
+/// What a key carries besides its scopes: on create, what it starts with; on update, what
+/// replaces what it had (only the flags given).
+#[derive(Debug, clap::Args)]
+pub struct TermArgs {
+    /// A limit the key carries (repeatable): `[NAME=]LIMIT/WINDOW[@ROUTE]`, e.g. 100/min,
+    /// burst=10/10s, 5/hour@"POST /api/v1/x". Tightens the policy's, never loosens them.
+    #[arg(long = "limit", value_parser = terms::parse_limit)]
+    limits: Vec<keygate_api::proto::KeyLimit>,
+    /// Uses the key may make; each allowed call spends the route's cost (default 1).
+    #[arg(long)]
+    credits: Option<i64>,
+    /// Refill the credits: AMOUNT/month, AMOUNT/day or AMOUNT/Ns. Needs --credits.
+    #[arg(long, value_parser = terms::parse_refill, requires = "credits")]
+    refill: Option<keygate_api::proto::Refill>,
+    /// `to` (default): a refill sets the credits to AMOUNT; `add`: adds AMOUNT.
+    #[arg(long, requires = "refill", value_parser = ["to", "add"])]
+    refill_mode: Option<String>,
+    /// A CIDR range the key may be used from (repeatable): 10.0.0.0/8, 2001:db8::/32.
+    #[arg(long = "allow-ip")]
+    allowed_networks: Vec<String>,
+    /// A JSON object handed to the upstream with every allowed call (at most 4 KiB); on
+    /// update, '' removes it.
+    #[arg(long)]
+    meta: Option<String>,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct AuthorizeArgs {
     /// The credential (or set KEYGATE_CREDENTIAL).
@@ -226,6 +279,12 @@ pub struct AuthorizeArgs {
     pub application: String,
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
+    /// The client's address, as an edge would pass it (for keys with an IP allowlist).
+    #[arg(long)]
+    pub client_ip: Option<String>,
+    /// Credits this call spends on a key that carries credits. Default: the route's cost.
+    #[arg(long)]
+    pub cost: Option<u32>,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -310,6 +369,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 path: args.path,
                 application_id: args.application,
                 required_scopes: args.scopes,
+                client_ip: args.client_ip.unwrap_or_default(),
+                cost: args.cost.unwrap_or(0),
                 ..Default::default()
             };
             let response = client.authorize(request).await.map_err(explain)?.into_inner();
@@ -387,15 +448,26 @@ async fn all_keys(admin: &KeygateAdmin, account: &str, search: Option<&str>) -> 
     all
 }
 
+/// `key disable|enable`: the reversible switch.
+async fn switch(id: String, enabled: bool, connection: &Connection) -> anyhow::Result<()> {
+    let request = pb::UpdateApiKeyRequest { id, enabled: Some(enabled), ..Default::default() };
+    let reply = connection.rpc().await?.update_api_key(request).await;
+    print::reply(connection.json, reply)
+}
+
 async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
     match command {
-        KeyCommand::Create { account, name, scopes, applications, expires_in, connection } => {
+        KeyCommand::Create { account, name, scopes, applications, expires_in, terms, connection } => {
             let request = pb::CreateApiKeyRequest {
                 account_id: account,
                 name,
                 scopes,
                 application_ids: applications,
                 expires_at: expires_in.map(expires_at),
+                limits: terms::named(terms.limits),
+                credits: terms::credits(terms.credits, terms.refill, terms.refill_mode),
+                allowed_networks: terms.allowed_networks,
+                metadata_json: terms.meta.unwrap_or_default(),
             };
             let created = connection.rpc().await?.create_api_key(request).await.map_err(explain)?;
             print::key_created(connection.json, &created.into_inner());
@@ -438,7 +510,25 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
             print::list(connection.json, &revoked);
             Ok(())
         }
-        KeyCommand::Update { id, name, scopes, apps, expires_in, no_expiry, connection } => {
+        KeyCommand::Disable { id, connection } => switch(id, false, &connection).await,
+        KeyCommand::Enable { id, connection } => switch(id, true, &connection).await,
+        KeyCommand::Update {
+            id,
+            name,
+            scopes,
+            apps,
+            expires_in,
+            no_expiry,
+            terms,
+            no_limits,
+            no_credits,
+            any_ip,
+            connection,
+        } => {
+            let limits = (no_limits || !terms.limits.is_empty())
+                .then(|| pb::KeyLimitList { values: terms::named(terms.limits) });
+            let allowed_networks = (any_ip || !terms.allowed_networks.is_empty())
+                .then(|| pb::StringList { values: terms.allowed_networks });
             let request = pb::UpdateApiKeyRequest {
                 id,
                 name,
@@ -446,6 +536,12 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
                 application_ids: apps.map(|a| pb::StringList { values: split_list(&a) }),
                 expires_at: expires_in.map(expires_at),
                 clear_expires_at: no_expiry,
+                enabled: None,
+                limits,
+                credits: terms::credits(terms.credits, terms.refill, terms.refill_mode),
+                clear_credits: no_credits,
+                allowed_networks,
+                metadata_json: terms.meta,
             };
             let reply = connection.rpc().await?.update_api_key(request).await;
             print::reply(connection.json, reply)

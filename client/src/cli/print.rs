@@ -40,20 +40,50 @@ impl Shown for pb::ApiKey {
             "revoked_at": time(&self.revoked_at),
             "revoked_reason": self.revoked_reason,
             "last_used_at": time(&self.last_used_at),
+            "enabled": self.enabled,
+            "limits": self.limits.iter().map(|l| json!({
+                "name": l.name, "limit": l.limit, "window_seconds": l.window_seconds,
+                "route": Some(&l.route).filter(|r| !r.is_empty()),
+            })).collect::<Vec<_>>(),
+            "credits": self.credits.as_ref().map(|c| json!({
+                "remaining": c.remaining,
+                "refill": c.refill.as_ref().map(|r| json!({ "amount": r.amount, "interval": r.interval, "mode": r.mode })),
+            })),
+            "allowed_networks": self.allowed_networks,
+            "metadata": serde_json::from_str::<Value>(&self.metadata_json).ok(),
         })
     }
 
     fn line(&self) -> String {
-        format!(
+        let status = if self.enabled || self.status != pb::ApiKeyStatus::Active as i32 {
+            status_name(self.status)
+        } else {
+            "disabled"
+        };
+        let mut line = format!(
             "{:<22} {:<8} {:<24} scopes={} apps={} expires_at={} last_used_at={}",
             self.id,
-            status_name(self.status),
+            status,
             self.name,
             self.scopes.join(","),
             if self.application_ids.is_empty() { "*".to_owned() } else { self.application_ids.join(",") },
             time(&self.expires_at).unwrap_or_else(|| "never".into()),
             time(&self.last_used_at).unwrap_or_else(|| "never".into()),
-        )
+        );
+        // What the key carries, only when it carries it (older lines stay as they were).
+        for limit in &self.limits {
+            line.push_str(&format!(" limit={}:{}/{}s", limit.name, limit.limit, limit.window_seconds));
+        }
+        if let Some(credits) = &self.credits {
+            line.push_str(&format!(" credits={}", credits.remaining));
+        }
+        if !self.allowed_networks.is_empty() {
+            line.push_str(&format!(" allow_ip={}", self.allowed_networks.join(",")));
+        }
+        if !self.metadata_json.is_empty() {
+            line.push_str(" meta=yes");
+        }
+        line
     }
 }
 
@@ -184,8 +214,11 @@ pub(super) fn decision(json: bool, response: &pb::AuthorizeResponse) {
         "principal_kind": principal.map(|p| &p.kind), "session_id": principal.map(|p| &p.session_id),
         "limit": response.limit, "remaining": response.remaining,
         "retry_after_seconds": response.retry_after_seconds,
+        "reason": Some(&response.reason).filter(|r| !r.is_empty()),
+        "credits_remaining": response.credits_remaining,
+        "metadata": principal.and_then(|p| serde_json::from_str::<Value>(&p.metadata_json).ok()),
     });
-    let text = if response.allowed {
+    let mut text = if response.allowed {
         let who = principal.map_or("-", |p| if p.key_id.is_empty() { &p.session_id } else { &p.key_id });
         format!("allowed  route={} principal={who}", response.route)
     } else if response.retry_after_seconds > 0 {
@@ -196,6 +229,12 @@ pub(super) fn decision(json: bool, response: &pb::AuthorizeResponse) {
     } else {
         format!("denied   {} {} ({})", response.http_status, response.code, response.message)
     };
+    if !response.reason.is_empty() {
+        text.push_str(&format!(" reason={}", response.reason));
+    }
+    if let Some(credits) = response.credits_remaining {
+        text.push_str(&format!(" credits_remaining={credits}"));
+    }
     show(json, value, text);
 }
 
