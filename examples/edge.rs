@@ -36,6 +36,7 @@ fn caller(principal: &Option<Extension<Principal>>) -> Value {
     match principal {
         Some(Extension(p)) => json!({
             "kind": p.kind, "account_id": p.account_id, "key_id": p.key_id, "session_id": p.session_id,
+            "metadata": p.metadata(),
         }),
         // Only when the layer was told to fail open and keygate was down.
         None => Value::Null,

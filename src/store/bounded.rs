@@ -109,8 +109,9 @@ impl Store for BoundedStore {
         self.admin(self.inner.rotate_runtime_key(new, retire_at, audit)).await
     }
 
-    /// On the request path: bounded like a read (one statement; a timeout may leave the
-    /// credit spent and the call failed closed, never the reverse).
+    /// A write on the request path: refused at once while the store is down, otherwise
+    /// bounded by the decision's deadline, not the read timeout. Calls on one key queue
+    /// on its row; a queue is not an outage and must not open the breaker.
     async fn spend_credits(
         &self,
         id: KeyId,
@@ -118,7 +119,7 @@ impl Store for BoundedStore {
         refill: Option<&Refill>,
         now: Timestamp,
     ) -> Result<Spend, StoreError> {
-        self.read(self.inner.spend_credits(id, cost, refill, now)).await
+        self.admin(self.inner.spend_credits(id, cost, refill, now)).await
     }
 
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {

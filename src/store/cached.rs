@@ -62,6 +62,10 @@ struct GuardedCache<K, T> {
     entries: Cache<K, Stamped<Arc<T>>>,
     absent: Cache<K, Stamped<()>>,
     epochs: Box<[Mutex<u64>]>,
+    /// One load at a time per shard: a burst of misses for one record (a new key's first
+    /// calls, or every call after a change invalidated it) becomes one store read, not a
+    /// herd that queues on the pool and trips the store's breaker.
+    loads: Box<[tokio::sync::Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
     /// Bumped by `distrust_all`: entries of older generations are not fresh.
     generation: AtomicU64,
@@ -86,6 +90,7 @@ where
             entries: Cache::new(capacity),
             absent: Cache::new(capacity),
             epochs: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
+            loads: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: Default::default(),
             generation: AtomicU64::new(0),
             ttl: settings.ttl,
@@ -132,6 +137,17 @@ where
         if let Some(entry) = cached.as_ref().filter(|e| e.fresh(generation, self.ttl)) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(entry.value.clone()));
+        }
+        if self.absent.get(key).is_some_and(|e| e.fresh(generation, self.ttl)) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        let _loading = self.loads[self.hasher.hash_one(key) as usize % SHARDS].lock().await;
+        // Loaded by the call this one waited for?
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(entry) = self.entries.get(key).filter(|e| e.fresh(generation, self.ttl)) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(entry.value));
         }
         if self.absent.get(key).is_some_and(|e| e.fresh(generation, self.ttl)) {
             self.hits.fetch_add(1, Ordering::Relaxed);

@@ -53,6 +53,34 @@ impl Backend {
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
+    spending: Arc<Spending>,
+}
+
+/// How credit spends share the pool. Calls on one key queue here, in memory, one at a time
+/// per lane (rather than each holding a connection while it waits for the row's lock), and
+/// spends together hold at most half the pool: a hot key with credits never takes the
+/// connections that key reads need.
+struct Spending {
+    lanes: Vec<tokio::sync::Mutex<()>>,
+    slots: tokio::sync::Semaphore,
+}
+
+impl Spending {
+    const LANES: usize = 64;
+
+    fn new(max_connections: u32) -> Self {
+        Self {
+            lanes: (0..Self::LANES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            slots: tokio::sync::Semaphore::new((max_connections as usize / 2).max(1)),
+        }
+    }
+
+    fn lane(&self, id: KeyId) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut hasher);
+        &self.lanes[hasher.finish() as usize % Self::LANES]
+    }
 }
 
 impl SqlStore {
@@ -87,7 +115,7 @@ impl SqlStore {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&pool).await?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, spending: Arc::new(Spending::new(max_connections)) })
     }
 
     pub fn backend(&self) -> Backend {
@@ -766,6 +794,8 @@ impl Store for SqlStore {
              WHERE key_id = $1 AND ({refilled}) >= $2 \
              RETURNING remaining, period"
         );
+        let _lane = self.spending.lane(id).lock().await;
+        let _slot = self.spending.slots.acquire().await.map_err(|_| corrupt("the spend slots closed"))?;
         let spent = sqlx::query(&sql)
             .bind(id.to_string())
             .bind(cost)

@@ -21,3 +21,4 @@ mod relay;
 mod replicas;
 mod sessions;
 mod store;
+mod terms;
