@@ -118,6 +118,71 @@ async fn the_cli_drives_every_admin_call() {
     assert!(!ok && error.contains("VALIDATION_ERROR") && error.contains("unknown category"), "{error}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sets_what_a_key_carries_and_switches_it_off_and_on() {
+    let app = TestApp::spawn(Db::Sqlite).await.unwrap();
+    let created = json(
+        &app,
+        &[
+            "key",
+            "create",
+            "--account",
+            "acct_terms",
+            "--name",
+            "pro",
+            "--scope",
+            "applications:read",
+            "--limit",
+            "100/min",
+            "--limit",
+            "burst=5/10s@GET /api/v1/panel/applications",
+            "--credits",
+            "1000",
+            "--refill",
+            "1000/month",
+            "--allow-ip",
+            "10.0.0.0/8",
+            "--meta",
+            r#"{"plan": "pro"}"#,
+        ],
+    );
+    let (id, secret) = (created["id"].as_str().unwrap().to_owned(), created["secret"].as_str().unwrap().to_owned());
+    assert_eq!(
+        created["limits"][0],
+        serde_json::json!({ "name": "limit1", "limit": 100, "window_seconds": 60, "route": null })
+    );
+    assert_eq!(created["limits"][1]["route"], "GET /api/v1/panel/applications");
+    assert_eq!(created["credits"]["refill"]["interval"], "monthly");
+    assert_eq!(created["allowed_networks"], serde_json::json!(["10.0.0.0/8"]));
+    assert_eq!(created["metadata"], serde_json::json!({ "plan": "pro" }));
+
+    let ask = |ip: &str| {
+        keygate(
+            &app,
+            &["authorize", "--credential", &secret, "--path", "/api/v1/panel/applications", "--client-ip", ip],
+        )
+    };
+    let (_, allowed, _) = ask("10.1.1.1");
+    assert!(allowed.starts_with("allowed") && allowed.contains("credits_remaining=999"), "{allowed}");
+    let (_, outside, _) = ask("192.0.2.1");
+    assert!(outside.contains("application_forbidden") && outside.contains("reason=ip_not_allowed"), "{outside}");
+
+    assert_eq!(json(&app, &["key", "disable", &id])["enabled"], false);
+    let (ok, line, _) = keygate(&app, &["key", "get", &id]);
+    assert!(ok && line.contains(" disabled ") && line.contains("credits=999"), "{line}");
+    let (_, off, _) = ask("10.1.1.1");
+    assert!(off.contains("api_key_revoked") && off.contains("reason=disabled"), "{off}");
+    assert_eq!(json(&app, &["key", "enable", &id])["enabled"], true);
+
+    let updated = json(&app, &["key", "update", &id, "--no-limits", "--any-ip", "--meta", "", "--no-credits"]);
+    assert_eq!(
+        (&updated["limits"], &updated["allowed_networks"], &updated["metadata"], &updated["credits"]),
+        (&serde_json::json!([]), &serde_json::json!([]), &Value::Null, &Value::Null)
+    );
+    let (ok, _, error) = keygate(&app, &["key", "create", "--account", "a", "--name", "n", "--limit", "10/week"]);
+    assert!(!ok && error.contains("the window must be"), "{error}");
+}
+
 #[test]
 fn policy_check_refuses_a_per_application_limit_on_a_route_without_an_application_source() {
     let dir = tempfile::tempdir().unwrap();
