@@ -95,7 +95,7 @@ impl KeygateLayer {
 
     /// Remembers decisions for `ttl` (at most [`MAX_CACHE_TTL`]). Off by default: a cached
     /// allow outlives a revoke by up to `ttl`. Decisions under a rate limit are never
-    /// cached, so limits keep counting.
+    /// cached, so limits keep counting (nor those on keys with credits, so each call spends).
     pub fn decision_cache(self, ttl: Duration, capacity: u64) -> Self {
         let ttl = ttl.min(MAX_CACHE_TTL);
         self.edit(|s| s.cache = Some(moka::sync::Cache::builder().time_to_live(ttl).max_capacity(capacity).build()))
@@ -275,7 +275,8 @@ impl State {
             return Ok(hit);
         }
         let decision = Arc::new(self.client.authorize(ask).await?);
-        if decision.limit == 0 {
+        // Nor decisions on keys with credits: each call must spend its own.
+        if decision.limit == 0 && decision.credits_remaining.is_none() {
             cache.insert(key, decision.clone());
         }
         Ok(decision)

@@ -287,6 +287,32 @@ async fn through(kind: Kind) {
     let eleventh = call(client.post(format!("{base}/api/v1/panel/api-keys")).header("cookie", &cookie)).await;
     assert_envelope(kind, &eleventh, Code::RateLimitReached);
     assert_eq!(eleventh.3.as_deref(), Some("3600"));
+    // A key's metadata reaches the upstream; a disabled key's reason reaches the client.
+    let carrying = app
+        .admin
+        .create_api_key(pb::CreateApiKeyRequest {
+            account_id: "acct_px".into(),
+            name: "carrying".into(),
+            scopes: vec!["applications:read".into()],
+            metadata_json: r#"{"plan":"pro"}"#.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, _, echoed, _) = call(get("/api/v1/panel/applications").header("x-api-key", &carrying.secret)).await;
+    assert_eq!(status, 200, "{kind:?}: {echoed}");
+    // base64url of {"plan":"pro"}
+    assert_eq!(serde_json::from_str::<Value>(&echoed).unwrap()["headers"]["x-keygate-meta"], "eyJwbGFuIjoicHJvIn0");
+    let carrying_id = carrying.key.unwrap().id;
+    let off = pb::UpdateApiKeyRequest { id: carrying_id, enabled: Some(false), ..Default::default() };
+    app.admin.update_api_key(off).await.unwrap();
+    let response = get("/api/v1/panel/applications").header("x-api-key", &carrying.secret).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401, "{kind:?}");
+    let reason = response.headers().get("x-keygate-reason").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(reason.as_deref(), Some("disabled"), "{kind:?}");
+    assert!(response.headers().get("x-keygate-envelope").is_none(), "{kind:?}: nginx's helper headers stay inside");
+
     // Revoked and expired keys.
     app.admin.revoke_api_key(pb::RevokeApiKeyRequest { id: key.id.clone(), reason: "test".into() }).await.unwrap();
     assert_envelope(
