@@ -87,16 +87,21 @@ impl Zipf {
     }
 }
 
-type Generator = Arc<dyn Fn(&mut Rng) -> pb::AuthorizeRequest + Send + Sync>;
+pub(crate) type Generator = Arc<dyn Fn(&mut Rng) -> pb::AuthorizeRequest + Send + Sync>;
 
-struct Load {
+pub(crate) struct Load {
     channels: Vec<Channel>,
     warmup: Duration,
     measure: Duration,
 }
 
 impl Load {
-    async fn new(server: &Server, connections: usize, warmup: Duration, measure: Duration) -> anyhow::Result<Self> {
+    pub(crate) async fn new(
+        server: &Server,
+        connections: usize,
+        warmup: Duration,
+        measure: Duration,
+    ) -> anyhow::Result<Self> {
         let mut channels = Vec::with_capacity(connections);
         for _ in 0..connections.max(1) {
             // One connection each: `connect` on a fresh endpoint does not share.
@@ -107,7 +112,7 @@ impl Load {
 
     /// `concurrency` callers in a closed loop for warm-up + measure; only calls that start
     /// after the warm-up are recorded.
-    async fn run(&self, scenario: &str, concurrency: usize, generate: Generator) -> Run {
+    pub(crate) async fn run(&self, scenario: &str, concurrency: usize, generate: Generator) -> Run {
         let (histogram, errors) = self.record(concurrency, generate).await;
         Run::new(scenario, concurrency, &histogram, errors, self.measure.as_secs_f64())
     }
@@ -156,7 +161,7 @@ impl Load {
 /// The floor and keygate at one concurrency, in alternating rounds: ABAB… rather than
 /// AAAA…BBBB…, so that a machine that speeds up or slows down (shared hosts do, by 20%
 /// over minutes) shifts both measurements alike.
-async fn interleaved(
+pub(crate) async fn interleaved(
     floor: (&Load, &Generator),
     keygate: (&Load, &Generator),
     concurrency: usize,
@@ -178,7 +183,7 @@ async fn interleaved(
     (floor_run, keygate_run)
 }
 
-const APP_PATH_PREFIX: &str = "/api/v1/panel/applications/";
+pub(crate) const APP_PATH_PREFIX: &str = "/api/v1/panel/applications/";
 
 /// Creates `count` keys (and one application) through the admin API, `parallel` at once.
 async fn create_keys(server: &Server, count: usize, parallel: usize) -> anyhow::Result<(String, Vec<String>)> {
@@ -217,7 +222,7 @@ async fn create_keys(server: &Server, count: usize, parallel: usize) -> anyhow::
     Ok((format!("{APP_PATH_PREFIX}{}", application.id), secrets))
 }
 
-fn request(credential: &str, path: &str) -> pb::AuthorizeRequest {
+pub(crate) fn request(credential: &str, path: &str) -> pb::AuthorizeRequest {
     pb::AuthorizeRequest {
         credential: credential.to_owned(),
         method: "GET".into(),

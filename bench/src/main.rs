@@ -19,6 +19,7 @@ mod propagation;
 mod proxy;
 mod report;
 mod soak;
+mod terms;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +45,8 @@ enum Command {
     },
     /// Throughput and latency of keygate's scenarios against the floor.
     Load(load::LoadArgs),
+    /// What a key's terms (metadata, allowlist, credits) cost on the hot path.
+    Terms(terms::TermsArgs),
     /// Memory per cached hot key.
     Memory {
         #[arg(long, default_value_t = 1_000_000)]
@@ -81,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Load(args) => load::run(args).await,
             Command::Memory { keys } => memory::run(keys).await,
+            Command::Terms(args) => terms::run(args).await,
             Command::Soak { minutes, callers } => soak::run(minutes, callers).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::NoopHttp { listen } => proxy::serve_noop(&listen).await,
