@@ -178,11 +178,13 @@ impl Manager {
             "expires_at": record.expires_at.map(|t| t.to_string()),
         });
         if let serde_json::Value::Object(fields) = &mut detail {
+            // What the key carries, when it carries anything.
+            let terms = &record.terms;
             let changes = KeyChanges {
-                limits: Some(record.terms.limits.clone()),
-                allowed_networks: Some(record.terms.allowed_networks.clone()),
-                metadata: Some(record.terms.metadata.clone()),
-                credits: Some(new.credits),
+                limits: Some(terms.limits.clone()).filter(|l| !l.is_empty()),
+                allowed_networks: Some(terms.allowed_networks.clone()).filter(|n| !n.is_empty()),
+                metadata: terms.metadata.clone().map(Some),
+                credits: new.credits.map(Some),
                 ..KeyChanges::default()
             };
             terms_detail(&changes, fields);

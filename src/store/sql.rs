@@ -56,13 +56,31 @@ pub struct SqlStore {
     spending: Arc<Spending>,
 }
 
-/// How credit spends share the pool. Calls on one key queue here, in memory, one at a time
-/// per lane (rather than each holding a connection while it waits for the row's lock), and
-/// spends together hold at most half the pool: a hot key with credits never takes the
-/// connections that key reads need.
+/// How credit spends share the database. Calls wait in memory, in one of a few lanes (by
+/// key), rather than each holding a connection while it waits for the row's lock; one
+/// caller at a time per lane takes everything waiting and spends it per key in **one**
+/// `UPDATE` of the summed cost (a group commit), answering each call with its own balance.
+/// Only when the sum does not fit are the calls spent one by one, in arrival order, so the
+/// last credits go exactly as far as they go. Spends hold at most half the pool, so a hot
+/// key with credits never takes the connections that key reads need.
 struct Spending {
-    lanes: Vec<tokio::sync::Mutex<()>>,
+    lanes: Vec<Lane>,
     slots: tokio::sync::Semaphore,
+}
+
+#[derive(Default)]
+struct Lane {
+    waiting: std::sync::Mutex<Vec<Waiter>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// A call waiting to spend, and where its answer goes.
+struct Waiter {
+    id: KeyId,
+    cost: i64,
+    refill: Option<Refill>,
+    now: Timestamp,
+    answer: tokio::sync::oneshot::Sender<Result<Spend, StoreError>>,
 }
 
 impl Spending {
@@ -70,17 +88,23 @@ impl Spending {
 
     fn new(max_connections: u32) -> Self {
         Self {
-            lanes: (0..Self::LANES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            lanes: (0..Self::LANES).map(|_| Lane::default()).collect(),
             slots: tokio::sync::Semaphore::new((max_connections as usize / 2).max(1)),
         }
     }
 
-    fn lane(&self, id: KeyId) -> &tokio::sync::Mutex<()> {
+    fn lane(&self, id: KeyId) -> &Lane {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         id.hash(&mut hasher);
         &self.lanes[hasher.finish() as usize % Self::LANES]
     }
+}
+
+/// What a waiter is told when the call that took its spend failed: the cause is logged
+/// once, by that call; no SQL text travels.
+fn spend_failed(e: &StoreError) -> StoreError {
+    StoreError::Unavailable(Box::new(std::io::Error::other(format!("spending credits failed: {e}"))))
 }
 
 impl SqlStore {
@@ -774,49 +798,23 @@ impl Store for SqlStore {
         refill: Option<&Refill>,
         now: Timestamp,
     ) -> Result<Spend, StoreError> {
-        // One conditional UPDATE: the row lock (Postgres) or the write lock (SQLite) makes
-        // the check and the spend one step, so two replicas never spend the last credit
-        // twice. The refill is computed in the same statement, as Refill::refilled does.
-        let (period, amount, add) = match refill {
-            Some(r) => (r.period(now), r.amount, r.mode == RefillMode::Add),
-            // No refill: no stored period is ever older than i64::MIN.
-            None => (i64::MIN, 0, false),
-        };
-        let refilled = if add {
-            "CASE WHEN period < $3 THEN CASE WHEN remaining + $4 * ($3 - period) > $5 THEN $5 \
-               ELSE remaining + $4 * ($3 - period) END ELSE remaining END"
-        } else {
-            "CASE WHEN period < $3 THEN $4 ELSE remaining END"
-        };
-        let sql = format!(
-            "UPDATE key_credits SET remaining = ({refilled}) - $2, \
-               period = CASE WHEN period < $3 THEN $3 ELSE period END \
-             WHERE key_id = $1 AND ({refilled}) >= $2 \
-             RETURNING remaining, period"
-        );
-        let _lane = self.spending.lane(id).lock().await;
-        let _slot = self.spending.slots.acquire().await.map_err(|_| corrupt("the spend slots closed"))?;
-        let spent = sqlx::query(&sql)
-            .bind(id.to_string())
-            .bind(cost)
-            .bind(period)
-            .bind(amount)
-            .bind(CreditBalance::MAX)
-            .fetch_optional(&self.pool)
-            .await?;
-        let balance = |row: &AnyRow| -> Result<CreditBalance, StoreError> {
-            Ok(CreditBalance { remaining: row.try_get("remaining")?, period: row.try_get("period")? })
-        };
-        if let Some(row) = spent {
-            return Ok(Spend::Spent(balance(&row)?));
+        let lane = self.spending.lane(id);
+        let (answer, mut answered) = tokio::sync::oneshot::channel();
+        let waiter = Waiter { id, cost, refill: refill.copied(), now, answer };
+        lane.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(waiter);
+        let turn = lane.turn.lock().await;
+        // Whoever took this call's spend answered it before giving up the turn; if nobody
+        // did, it is still waiting and this call takes the lane's whole queue.
+        if let Ok(answer) = answered.try_recv() {
+            return answer;
         }
-        let left = sqlx::query("SELECT remaining, period FROM key_credits WHERE key_id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match left {
-            Some(row) => Spend::Exhausted(balance(&row)?),
-            None => Spend::Unmetered,
+        let batch = std::mem::take(&mut *lane.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        let _slot = self.spending.slots.acquire().await.map_err(|_| corrupt("the spend slots closed"))?;
+        self.spend_batch(batch).await;
+        drop(turn);
+        // Not answered: the call that took it was abandoned (its deadline passed) mid-spend.
+        answered.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(Box::new(std::io::Error::other("the credit spend was abandoned"))))
         })
     }
 
@@ -843,6 +841,99 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+}
+
+impl SqlStore {
+    /// Spends every waiter's cost, per key in arrival order, and answers each.
+    async fn spend_batch(&self, batch: Vec<Waiter>) {
+        let mut batch = batch;
+        while let Some(first) = batch.first() {
+            let id = first.id;
+            let (group, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(|w| w.id == id);
+            batch = rest;
+            // One instant and one refill rule for the group: the latest call's, so a refill
+            // due for any of them is applied.
+            let now = group.iter().map(|w| w.now).max().unwrap_or(Timestamp::from_millis(0));
+            let refill = group.iter().max_by_key(|w| w.now).and_then(|w| w.refill);
+            let total: i64 = group.iter().map(|w| w.cost).sum();
+            match self.spend_once(id, total, refill.as_ref(), now).await {
+                Ok(Spend::Spent(after)) => {
+                    // Each call's balance is what was left after it, in arrival order.
+                    let mut left = after.remaining + total;
+                    for waiter in group {
+                        left -= waiter.cost;
+                        let _ = waiter.answer.send(Ok(Spend::Spent(CreditBalance { remaining: left, ..after })));
+                    }
+                }
+                Ok(Spend::Exhausted(balance)) if group.len() == 1 => {
+                    group.into_iter().for_each(|w| drop(w.answer.send(Ok(Spend::Exhausted(balance)))));
+                }
+                // Not all fit: one by one, so the last credits go to the earliest calls.
+                Ok(Spend::Exhausted(_)) => {
+                    for waiter in group {
+                        let spent = self.spend_once(id, waiter.cost, refill.as_ref(), now).await;
+                        let _ = waiter.answer.send(spent);
+                    }
+                }
+                Ok(Spend::Unmetered) => group.into_iter().for_each(|w| drop(w.answer.send(Ok(Spend::Unmetered)))),
+                Err(e) => {
+                    tracing::warn!(key_id = %id, calls = group.len(), error = %e, "spending credits failed");
+                    group.into_iter().for_each(|w| drop(w.answer.send(Err(spend_failed(&e)))));
+                }
+            }
+        }
+    }
+
+    /// One conditional UPDATE: the row lock (Postgres) or the write lock (SQLite) makes
+    /// the check and the spend one step, so two replicas never spend the last credit
+    /// twice. The refill is computed in the same statement, as Refill::refilled does.
+    async fn spend_once(
+        &self,
+        id: KeyId,
+        cost: i64,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Spend, StoreError> {
+        let (period, amount, add) = match refill {
+            Some(r) => (r.period(now), r.amount, r.mode == RefillMode::Add),
+            // No refill: no stored period is ever older than i64::MIN.
+            None => (i64::MIN, 0, false),
+        };
+        let refilled = if add {
+            "CASE WHEN period < $3 THEN CASE WHEN remaining + $4 * ($3 - period) > $5 THEN $5 \
+               ELSE remaining + $4 * ($3 - period) END ELSE remaining END"
+        } else {
+            "CASE WHEN period < $3 THEN $4 ELSE remaining END"
+        };
+        let sql = format!(
+            "UPDATE key_credits SET remaining = ({refilled}) - $2, \
+               period = CASE WHEN period < $3 THEN $3 ELSE period END \
+             WHERE key_id = $1 AND ({refilled}) >= $2 \
+             RETURNING remaining, period"
+        );
+        let spent = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(cost)
+            .bind(period)
+            .bind(amount)
+            .bind(CreditBalance::MAX)
+            .fetch_optional(&self.pool)
+            .await?;
+        let balance = |row: &AnyRow| -> Result<CreditBalance, StoreError> {
+            Ok(CreditBalance { remaining: row.try_get("remaining")?, period: row.try_get("period")? })
+        };
+        if let Some(row) = spent {
+            return Ok(Spend::Spent(balance(&row)?));
+        }
+        let left = sqlx::query("SELECT remaining, period FROM key_credits WHERE key_id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match left {
+            Some(row) => Spend::Exhausted(balance(&row)?),
+            None => Spend::Unmetered,
+        })
     }
 }
 

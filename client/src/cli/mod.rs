@@ -528,7 +528,7 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
             let limits = (no_limits || !terms.limits.is_empty())
                 .then(|| pb::KeyLimitList { values: terms::named(terms.limits) });
             let allowed_networks = (any_ip || !terms.allowed_networks.is_empty())
-                .then(|| pb::StringList { values: terms.allowed_networks });
+                .then_some(pb::StringList { values: terms.allowed_networks });
             let request = pb::UpdateApiKeyRequest {
                 id,
                 name,
