@@ -222,9 +222,10 @@ impl Manager {
             || changes.scopes.is_some()
             || changes.application_ids.is_some()
             || changes.expires_at.is_some();
-        if key.kind == KeyKind::Runtime && identity_changes {
+        if key.kind == KeyKind::Runtime && (identity_changes || changes.credits.is_some()) {
             return Err(ManageError::BadRequest(format!(
-                "{id} is a runtime key: rotate it instead of changing its name, scopes, applications or expiry"
+                "{id} is a runtime key: rotate it instead of changing its name, scopes, applications or expiry; \
+                 it carries no credits"
             )));
         }
         changes.terms_after(&key.terms).check()?;
@@ -313,6 +314,8 @@ impl Manager {
             json!({ "key_id": key.id.to_string(), "grace_period_seconds": grace.as_secs() }),
         )?;
         let previous = self.store.rotate_runtime_key(&key, retire_at, &audit).await?;
+        // As stored: with the terms it took over from the key it replaces.
+        let key = self.store.key(key.id).await?.map_or(key, |stored| (*stored).clone());
         Ok(Rotation { key, credential, previous: previous.first().map(|id| (*id, retire_at)) })
     }
 

@@ -106,8 +106,8 @@ pub enum ClientError {
     #[error("invalid keygate address: {0}")]
     Address(String),
     /// keygate could not decide: unreachable, timed out, a call cut off by a restart, or a
-    /// failure it reported (its message then holds keygate's error id). Safe to retry: a
-    /// deny is never an error.
+    /// failure it reported (its message then holds keygate's error id). A deny is never an
+    /// error. Safe to retry, except on a key with credits: the failed call may have spent.
     #[error("keygate is unavailable: {0}")]
     Unavailable(String),
     /// keygate says the request itself is malformed (e.g. a path not starting with '/').

@@ -12,5 +12,9 @@ CREATE TABLE key_credits (
     key_id     TEXT PRIMARY KEY,
     remaining  BIGINT NOT NULL,
     -- The refill period (counted from the Unix epoch) the credits were last refilled in.
-    period     BIGINT NOT NULL
+    period     BIGINT NOT NULL,
+    -- The refill rule `period` is counted in ("amount/interval/mode", '' for none). A
+    -- spend computed under another rule (a replica that has not seen a change yet) finds
+    -- no row to update and fails closed, rather than refilling in the wrong units.
+    refill     TEXT NOT NULL DEFAULT ''
 );

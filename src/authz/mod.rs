@@ -389,10 +389,11 @@ impl Authorizer {
         verdict: Verdict,
     ) -> Result<Verdict, AuthzError> {
         match key {
-            Some(key) if key.credits.is_some() => {
-                let cost = i64::from(query.cost.unwrap_or(route.cost));
-                self.spend(&key, cost, now, verdict).await
-            }
+            Some(key) if key.credits.is_some() => match i64::from(query.cost.unwrap_or(route.cost)) {
+                // A free route spends nothing and asks the store nothing.
+                0 => Ok(verdict),
+                cost => self.spend(&key, cost, now, verdict).await,
+            },
             _ => Ok(verdict),
         }
     }

@@ -15,7 +15,7 @@ pub use ids::{AccountId, ApplicationId, KeyId, SessionId, UserId};
 pub use records::{Application, KeyKind, KeyRecord, NewKeyRecord, Principal, SessionRecord, VerifiedDigest};
 pub use scope::{Scope, Scopes};
 pub use search::SearchParams;
-pub use terms::{CreditBalance, KeyLimit, KeyTerms, Metadata, Network, Refill, RefillInterval, RefillMode};
+pub use terms::{CreditBalance, KeyLimit, KeyTerms, Metadata, Network, Refill, RefillInterval, RefillMode, MAX_LIMIT};
 
 use crate::code::{Code, Reason};
 use std::borrow::Cow;

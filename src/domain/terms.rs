@@ -48,6 +48,10 @@ impl KeyTerms {
     }
 }
 
+/// The most calls any limit, the policy's or a key's, admits per window: an exact
+/// sliding log holds one entry per admitted call.
+pub const MAX_LIMIT: u32 = 100_000;
+
 /// A limit one key carries: at most `limit` calls in any `window`, on every route or only
 /// on the route with the template `route`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,8 +72,8 @@ impl KeyLimit {
         if !valid_name {
             return Err(InvalidField::new("limits.name", "must be 1 to 64 letters, digits, '_', '-' or '.'"));
         }
-        if limit == 0 {
-            return Err(InvalidField::new("limits.limit", "must be at least 1"));
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(InvalidField::new("limits.limit", format!("must be 1 to {MAX_LIMIT}")));
         }
         if window_seconds == 0 || window_seconds > Self::MAX_WINDOW.as_secs() {
             return Err(InvalidField::new("limits.window_seconds", "must be between 1 second and 1 day"));
@@ -164,7 +168,12 @@ impl Metadata {
         if !value.is_object() {
             return Err(InvalidField::new("metadata_json", "must be a JSON object"));
         }
-        Ok(Self(value.to_string().into()))
+        // Bounded as it is kept and sent (numbers can grow when rewritten), not as written.
+        let compact = value.to_string();
+        if compact.len() > Self::MAX_BYTES {
+            return Err(InvalidField::new("metadata_json", format!("must be at most {} bytes", Self::MAX_BYTES)));
+        }
+        Ok(Self(compact.into()))
     }
 
     pub fn as_json(&self) -> &str {

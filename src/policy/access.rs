@@ -123,7 +123,7 @@ pub struct LimitRule {
     pub on_store_error: OnStoreError,
 }
 
-pub const MAX_LIMIT: u32 = 100_000;
+pub use crate::domain::MAX_LIMIT;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -92,14 +92,29 @@ impl LocalLimiter {
 
     pub fn check(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> LimitOutcome {
         let logs: SmallVec<[Log; 4]> = checks.iter().map(|c| self.log(&c.rule.key, c.subject)).collect();
-        // Always locked in the order of the checks (global first, then the route's limits
-        // in policy order), so two requests can never wait on each other in a cycle.
-        let mut guards: SmallVec<[_; 4]> =
-            logs.iter().map(|log| log.lock().unwrap_or_else(|e| e.into_inner())).collect();
+        // Always locked in one global order (by the log's address), whatever order the
+        // checks came in — a key's own limits may be listed differently by two versions of
+        // its record — so two requests never wait on each other in a cycle; a log named
+        // twice is locked once.
+        let mut order: SmallVec<[usize; 4]> = (0..logs.len()).collect();
+        order.sort_by_key(|&i| Arc::as_ptr(&logs[i]));
+        let mut guards: SmallVec<[Option<std::sync::MutexGuard<'_, VecDeque<i64>>>; 4]> =
+            (0..logs.len()).map(|_| None).collect();
+        // Which check holds the guard of each check's log.
+        let mut holder: SmallVec<[usize; 4]> = (0..logs.len()).collect();
+        let mut previous: Option<usize> = None;
+        for &i in &order {
+            match previous {
+                Some(p) if Arc::ptr_eq(&logs[p], &logs[i]) => holder[i] = holder[p],
+                _ => guards[i] = Some(logs[i].lock().unwrap_or_else(|e| e.into_inner())),
+            }
+            previous = Some(i);
+        }
         let now = now.as_millis();
         let mut limited: Option<(u32, i64, usize)> = None;
         let mut tightest: Option<Room> = None;
-        for (i, (log, check)) in guards.iter_mut().zip(checks).enumerate() {
+        for (i, check) in checks.iter().enumerate() {
+            let Some(log) = guards[holder[i]].as_mut() else { continue };
             let window = check.rule.window.as_millis() as i64;
             let room = window_room(log, check.rule.limit, window, now);
             match room {
@@ -117,7 +132,7 @@ impl LocalLimiter {
             let retry_after = Duration::from_millis(retry_after.max(0) as u64);
             return LimitOutcome::Limited { limit, retry_after, check };
         }
-        for log in guards.iter_mut() {
+        for log in guards.iter_mut().flatten() {
             log.push_back(now);
         }
         LimitOutcome::Admitted { tightest }
@@ -217,6 +232,16 @@ mod tests {
         let only_wide = [LimitCheck { rule: &wide, subject: "a" }];
         let LimitOutcome::Admitted { tightest: Some(room) } = limiter.check(&only_wide, at(2)) else { panic!() };
         assert_eq!(room.remaining, 98, "only the one admitted request was counted");
+    }
+
+    #[test]
+    fn a_limit_checked_twice_is_locked_once_and_counted_once() {
+        let limiter = LocalLimiter::default();
+        let two = rule("dup", 2, 60);
+        let checks = [LimitCheck { rule: &two, subject: "a" }, LimitCheck { rule: &two, subject: "a" }];
+        assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Admitted { .. }));
+        assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Admitted { .. }));
+        assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Limited { .. }));
     }
 
     #[test]

@@ -62,10 +62,11 @@ struct GuardedCache<K, T> {
     entries: Cache<K, Stamped<Arc<T>>>,
     absent: Cache<K, Stamped<()>>,
     epochs: Box<[Mutex<u64>]>,
-    /// One load at a time per shard: a burst of misses for one record (a new key's first
+    /// One load at a time per record: a burst of misses for one record (a new key's first
     /// calls, or every call after a change invalidated it) becomes one store read, not a
-    /// herd that queues on the pool and trips the store's breaker.
-    loads: Box<[tokio::sync::Mutex<()>]>,
+    /// herd that queues on the pool and trips the store's breaker. Per record, so a slow
+    /// load never holds up another record's. Entries live only while a load is under way.
+    loading: Mutex<std::collections::HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
     hasher: std::collections::hash_map::RandomState,
     /// Bumped by `distrust_all`: entries of older generations are not fresh.
     generation: AtomicU64,
@@ -75,6 +76,31 @@ struct GuardedCache<K, T> {
     /// Lookups answered from memory, and those that went to the store.
     hits: AtomicU64,
     misses: AtomicU64,
+}
+
+/// A place in the line of loads for one record; leaving it removes the line once empty.
+struct LoadTurn<'c, K: Hash + Eq + Clone> {
+    lines: &'c Mutex<std::collections::HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
+    key: K,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'c, K: Hash + Eq + Clone> LoadTurn<'c, K> {
+    fn take(lines: &'c Mutex<std::collections::HashMap<K, Arc<tokio::sync::Mutex<()>>>>, key: &K) -> Self {
+        let gate = lines.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
+        Self { lines, key: key.clone(), gate }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for LoadTurn<'_, K> {
+    fn drop(&mut self) {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        // Only the map's and this turn's: nobody else is in line (clones are taken under
+        // this same lock).
+        if Arc::strong_count(&self.gate) == 2 {
+            lines.remove(&self.key);
+        }
+    }
 }
 
 impl<K, T> GuardedCache<K, T>
@@ -90,7 +116,7 @@ where
             entries: Cache::new(capacity),
             absent: Cache::new(capacity),
             epochs: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
-            loads: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            loading: Mutex::new(std::collections::HashMap::new()),
             hasher: Default::default(),
             generation: AtomicU64::new(0),
             ttl: settings.ttl,
@@ -142,7 +168,8 @@ where
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
-        let _loading = self.loads[self.hasher.hash_one(key) as usize % SHARDS].lock().await;
+        let turn = LoadTurn::take(&self.loading, key);
+        let _held = turn.gate.lock().await;
         // Loaded by the call this one waited for?
         let generation = self.generation.load(Ordering::Acquire);
         if let Some(entry) = self.entries.get(key).filter(|e| e.fresh(generation, self.ttl)) {

@@ -173,7 +173,18 @@ impl Store for MemoryStore {
         audit: &AuditEvent,
     ) -> Result<Vec<KeyId>, StoreError> {
         let mut state = self.state();
-        // As the SQL store: the current key, then every older one whose grace outlasts it.
+        // As the SQL store: the new key carries the current one's terms and switch.
+        let mut new = new.clone();
+        if let Some(current) = state.keys.values().find(|k| {
+            k.kind == KeyKind::Runtime
+                && k.application_ids == new.application_ids
+                && k.revoked_at.is_none()
+                && k.retire_at.is_none()
+        }) {
+            new.terms = current.terms.clone();
+            new.disabled = current.disabled;
+        }
+        // The current key, then every older one whose grace outlasts it.
         let mut retired = Vec::new();
         for current in [true, false] {
             for k in state.keys.values_mut() {
@@ -188,7 +199,7 @@ impl Store for MemoryStore {
                 }
             }
         }
-        state.keys.insert(new.id, new.clone());
+        state.keys.insert(new.id, new);
         state.record(audit);
         Ok(retired)
     }

@@ -71,7 +71,7 @@ struct Spending {
 #[derive(Default)]
 struct Lane {
     waiting: std::sync::Mutex<Vec<Waiter>>,
-    turn: tokio::sync::Mutex<()>,
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A call waiting to spend, and where its answer goes.
@@ -291,10 +291,11 @@ impl StoredTerms {
         Some(serde_json::to_string(&stored).expect("terms serialize"))
     }
 
-    /// Through the same parsers as the admin API: a row keygate did not write is corrupt.
+    /// Through the same parsers and checks as the admin API: a row keygate did not write
+    /// is corrupt.
     fn read(text: &str) -> Option<KeyTerms> {
         let stored: StoredTerms = serde_json::from_str(text).ok()?;
-        Some(KeyTerms {
+        let terms = KeyTerms {
             limits: stored
                 .limits
                 .iter()
@@ -309,7 +310,9 @@ impl StoredTerms {
                 None => None,
                 Some(r) => Some(Refill::parse(r.amount, &r.interval, &r.mode).ok()?),
             },
-        })
+        };
+        terms.check().ok()?;
+        Some(terms)
     }
 }
 
@@ -405,21 +408,29 @@ fn insert_key(key: &KeyRecord) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::A
     .bind(StoredTerms::write(&key.terms))
 }
 
-/// Sets (or, with `None`, removes) a key's credits.
+/// The refill rule as `key_credits.refill` holds it.
+fn refill_spec(refill: Option<&Refill>) -> String {
+    refill.map_or_else(String::new, |r| format!("{}/{}/{}", r.amount, r.interval_str(), r.mode_str()))
+}
+
+/// Sets (or, with `None`, removes) a key's credits, counted under `refill`.
 async fn set_credits(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     id: KeyId,
     balance: Option<CreditBalance>,
+    refill: Option<&Refill>,
 ) -> Result<(), StoreError> {
     match balance {
         Some(balance) => {
             sqlx::query(
-                "INSERT INTO key_credits (key_id, remaining, period) VALUES ($1, $2, $3) \
-                 ON CONFLICT (key_id) DO UPDATE SET remaining = excluded.remaining, period = excluded.period",
+                "INSERT INTO key_credits (key_id, remaining, period, refill) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (key_id) DO UPDATE SET remaining = excluded.remaining, period = excluded.period, \
+                 refill = excluded.refill",
             )
             .bind(id.to_string())
             .bind(balance.remaining)
             .bind(balance.period)
+            .bind(refill_spec(refill))
             .execute(&mut **tx)
             .await?;
         }
@@ -516,7 +527,7 @@ impl Store for SqlStore {
         let mut tx = self.pool.begin().await?;
         insert_key(key).execute(&mut *tx).await?;
         if key.credits.is_some() {
-            set_credits(&mut tx, key.id, key.credits).await?;
+            set_credits(&mut tx, key.id, key.credits, key.terms.refill.as_ref()).await?;
         }
         insert_audit(audit).execute(&mut *tx).await?;
         tx.commit().await?;
@@ -538,6 +549,22 @@ impl Store for SqlStore {
             .bind(application.as_str())
             .execute(&mut *tx)
             .await?;
+        // The new key carries what the current one carried (its limits, allowlist, metadata,
+        // and whether it is switched off): rotating a secret changes nothing else.
+        let current = sqlx::query(
+            "SELECT terms, disabled FROM api_keys \
+             WHERE runtime_of = $1 AND kind = 'runtime' AND revoked_at IS NULL AND retire_at IS NULL",
+        )
+        .bind(application.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut new = new.clone();
+        if let Some(row) = current {
+            new.disabled = row.try_get::<i64, _>("disabled")? != 0;
+            if let Some(text) = row.try_get::<Option<&str>, _>("terms")? {
+                new.terms = StoredTerms::read(text).ok_or_else(|| corrupt("api_keys.terms"))?;
+            }
+        }
         // The current key retires at `retire_at`; so does every older key whose grace
         // would outlast it (a rotation with grace 0 ends them all at once: no chains).
         let mut retired = Vec::new();
@@ -555,7 +582,7 @@ impl Store for SqlStore {
                 retired.push(KeyId::from_stored(row.try_get("id")?).ok_or_else(|| corrupt("api_keys.id"))?);
             }
         }
-        insert_key(new).execute(&mut *tx).await?;
+        insert_key(&new).execute(&mut *tx).await?;
         insert_audit(audit).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(retired)
@@ -691,7 +718,8 @@ impl Store for SqlStore {
                     .execute(&mut *tx)
                     .await?;
                 if let Some(credits) = changes.credits {
-                    set_credits(&mut tx, id, credits.map(|c| c.balance(now))).await?;
+                    let refill = credits.and_then(|c| c.refill);
+                    set_credits(&mut tx, id, credits.map(|c| c.balance(now)), refill.as_ref()).await?;
                 }
                 key = key_in(&mut tx, id).await?.ok_or_else(|| corrupt("an updated key is gone"))?;
             }
@@ -802,16 +830,23 @@ impl Store for SqlStore {
         let (answer, mut answered) = tokio::sync::oneshot::channel();
         let waiter = Waiter { id, cost, refill: refill.copied(), now, answer };
         lane.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(waiter);
-        let turn = lane.turn.lock().await;
+        let turn = lane.turn.clone().lock_owned().await;
         // Whoever took this call's spend answered it before giving up the turn; if nobody
         // did, it is still waiting and this call takes the lane's whole queue.
         if let Ok(answer) = answered.try_recv() {
             return answer;
         }
         let batch = std::mem::take(&mut *lane.waiting.lock().unwrap_or_else(|e| e.into_inner()));
-        let _slot = self.spending.slots.acquire().await.map_err(|_| corrupt("the spend slots closed"))?;
-        self.spend_batch(batch).await;
-        drop(turn);
+        // The batch runs on its own task: the calls in it (other keys' among them) are
+        // answered even if this call's deadline passes and its future is dropped.
+        let store = self.clone();
+        tokio::spawn(async move {
+            match store.spending.slots.acquire().await {
+                Ok(_slot) => store.spend_batch(batch).await,
+                Err(_) => batch.into_iter().for_each(|w| drop(w.answer.send(Err(corrupt("the spend slots closed"))))),
+            }
+            drop(turn);
+        });
         // Not answered: the call that took it was abandoned (its deadline passed) mid-spend.
         answered.await.unwrap_or_else(|_| {
             Err(StoreError::Unavailable(Box::new(std::io::Error::other("the credit spend was abandoned"))))
@@ -847,15 +882,15 @@ impl Store for SqlStore {
 impl SqlStore {
     /// Spends every waiter's cost, per key in arrival order, and answers each.
     async fn spend_batch(&self, batch: Vec<Waiter>) {
-        let mut batch = batch;
+        // A call whose caller gave up (its deadline passed while it waited) spends nothing.
+        let mut batch: Vec<Waiter> = batch.into_iter().filter(|w| !w.answer.is_closed()).collect();
         while let Some(first) = batch.first() {
-            let id = first.id;
-            let (group, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(|w| w.id == id);
+            let (id, refill) = (first.id, first.refill);
+            // Calls on one key under one refill rule (a rule changed mid-batch is its own group).
+            let (group, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(|w| w.id == id && w.refill == refill);
             batch = rest;
-            // One instant and one refill rule for the group: the latest call's, so a refill
-            // due for any of them is applied.
+            // One instant for the group: the latest call's, so a refill due for any is applied.
             let now = group.iter().map(|w| w.now).max().unwrap_or(Timestamp::from_millis(0));
-            let refill = group.iter().max_by_key(|w| w.now).and_then(|w| w.refill);
             let total: i64 = group.iter().map(|w| w.cost).sum();
             match self.spend_once(id, total, refill.as_ref(), now).await {
                 Ok(Spend::Spent(after)) => {
@@ -909,7 +944,7 @@ impl SqlStore {
         let sql = format!(
             "UPDATE key_credits SET remaining = ({refilled}) - $2, \
                period = CASE WHEN period < $3 THEN $3 ELSE period END \
-             WHERE key_id = $1 AND ({refilled}) >= $2 \
+             WHERE key_id = $1 AND refill = $6 AND ({refilled}) >= $2 \
              RETURNING remaining, period"
         );
         let spent = sqlx::query(&sql)
@@ -918,6 +953,7 @@ impl SqlStore {
             .bind(period)
             .bind(amount)
             .bind(CreditBalance::MAX)
+            .bind(refill_spec(refill))
             .fetch_optional(&self.pool)
             .await?;
         let balance = |row: &AnyRow| -> Result<CreditBalance, StoreError> {
@@ -926,11 +962,16 @@ impl SqlStore {
         if let Some(row) = spent {
             return Ok(Spend::Spent(balance(&row)?));
         }
-        let left = sqlx::query("SELECT remaining, period FROM key_credits WHERE key_id = $1")
+        let left = sqlx::query("SELECT remaining, period, refill FROM key_credits WHERE key_id = $1")
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
         Ok(match left {
+            Some(row) if row.try_get::<&str, _>("refill")? != refill_spec(refill) => {
+                return Err(StoreError::Unavailable(Box::new(std::io::Error::other(
+                    "the key's refill rule changed while the call was decided",
+                ))))
+            }
             Some(row) => Spend::Exhausted(balance(&row)?),
             None => Spend::Unmetered,
         })

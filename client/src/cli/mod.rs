@@ -196,6 +196,9 @@ pub enum KeyCommand {
         /// Remove the key's credits (its calls are no longer counted).
         #[arg(long, conflicts_with = "credits")]
         no_credits: bool,
+        /// With --credits: stop refilling. Without it, --credits keeps the key's refill.
+        #[arg(long, requires = "credits", conflicts_with = "refill")]
+        no_refill: bool,
         /// Remove the IP allowlist (the key may be used from anywhere).
         #[arg(long, conflicts_with = "allowed_networks")]
         any_ip: bool,
@@ -522,9 +525,17 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
             terms,
             no_limits,
             no_credits,
+            no_refill,
             any_ip,
             connection,
         } => {
+            let mut rpc = connection.rpc().await?;
+            // The API sets remaining and refill together; a top-up keeps the refill.
+            let mut credits = terms::credits(terms.credits, terms.refill, terms.refill_mode);
+            if let Some(credits) = credits.as_mut().filter(|c| c.refill.is_none() && !no_refill) {
+                let key = rpc.get_api_key(pb::GetApiKeyRequest { id: id.clone() }).await.map_err(explain)?;
+                credits.refill = key.into_inner().credits.and_then(|c| c.refill);
+            }
             let limits = (no_limits || !terms.limits.is_empty())
                 .then(|| pb::KeyLimitList { values: terms::named(terms.limits) });
             let allowed_networks = (any_ip || !terms.allowed_networks.is_empty())
@@ -538,12 +549,12 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
                 clear_expires_at: no_expiry,
                 enabled: None,
                 limits,
-                credits: terms::credits(terms.credits, terms.refill, terms.refill_mode),
+                credits,
                 clear_credits: no_credits,
                 allowed_networks,
                 metadata_json: terms.meta,
             };
-            let reply = connection.rpc().await?.update_api_key(request).await;
+            let reply = rpc.update_api_key(request).await;
             print::reply(connection.json, reply)
         }
         KeyCommand::Revoke { id, reason, connection } => {
