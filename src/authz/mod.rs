@@ -413,6 +413,11 @@ impl Authorizer {
                 Ok(verdict)
             }
             Spend::Unmetered => Ok(verdict),
+            // Fail closed for this call; the next one decides on the changed record.
+            Spend::RuleChanged => Err(StoreError::Unavailable(Box::new(std::io::Error::other(
+                "the key's refill rule changed while the call was decided",
+            )))
+            .into()),
             Spend::Exhausted(balance) => {
                 verdict.credits_remaining = Some(0);
                 let retry_after_seconds = key.terms.refill.map_or(0, |refill| {

@@ -83,6 +83,9 @@ pub enum Spend {
     Exhausted(CreditBalance),
     /// The key carries no credits (they were removed): nothing to spend.
     Unmetered,
+    /// The balance is counted under another refill rule than the caller's (an operator
+    /// changed it, and the caller decided on the record from before): nothing was spent.
+    RuleChanged,
 }
 
 #[derive(Debug, Clone)]

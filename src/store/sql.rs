@@ -86,11 +86,14 @@ struct Waiter {
 impl Spending {
     const LANES: usize = 64;
 
-    fn new(max_connections: u32) -> Self {
-        Self {
-            lanes: (0..Self::LANES).map(|_| Lane::default()).collect(),
-            slots: tokio::sync::Semaphore::new((max_connections as usize / 2).max(1)),
-        }
+    fn new(max_connections: u32, backend: Backend) -> Self {
+        // SQLite has one writer: batches queue here, in memory, rather than in its busy
+        // handler (which sleeps in growing steps). Postgres writes rows in parallel.
+        let slots = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => (max_connections as usize / 2).max(1),
+        };
+        Self { lanes: (0..Self::LANES).map(|_| Lane::default()).collect(), slots: tokio::sync::Semaphore::new(slots) }
     }
 
     fn lane(&self, id: KeyId) -> &Lane {
@@ -139,7 +142,7 @@ impl SqlStore {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&pool).await?;
-        Ok(Self { pool, backend, spending: Arc::new(Spending::new(max_connections)) })
+        Ok(Self { pool, backend, spending: Arc::new(Spending::new(max_connections, backend)) })
     }
 
     pub fn backend(&self) -> Backend {
@@ -880,102 +883,114 @@ impl Store for SqlStore {
 }
 
 impl SqlStore {
-    /// Spends every waiter's cost, per key in arrival order, and answers each.
+    /// Spends every waiter's cost, per key in arrival order, in **one transaction** (one
+    /// commit, one fsync, for the whole batch), and answers each only once it committed:
+    /// a call is never told it spent what a rolled-back transaction did not. Keys are
+    /// spent in id order, so two replicas' batches take row locks in the same order.
     async fn spend_batch(&self, batch: Vec<Waiter>) {
         // A call whose caller gave up (its deadline passed while it waited) spends nothing.
         let mut batch: Vec<Waiter> = batch.into_iter().filter(|w| !w.answer.is_closed()).collect();
-        while let Some(first) = batch.first() {
-            let (id, refill) = (first.id, first.refill);
-            // Calls on one key under one refill rule (a rule changed mid-batch is its own group).
-            let (group, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(|w| w.id == id && w.refill == refill);
-            batch = rest;
-            // One instant for the group: the latest call's, so a refill due for any is applied.
-            let now = group.iter().map(|w| w.now).max().unwrap_or(Timestamp::from_millis(0));
-            let total: i64 = group.iter().map(|w| w.cost).sum();
-            match self.spend_once(id, total, refill.as_ref(), now).await {
-                Ok(Spend::Spent(after)) => {
-                    // Each call's balance is what was left after it, in arrival order.
-                    let mut left = after.remaining + total;
-                    for waiter in group {
-                        left -= waiter.cost;
-                        let _ = waiter.answer.send(Ok(Spend::Spent(CreditBalance { remaining: left, ..after })));
+        batch.sort_by_key(|w| w.id);
+        let mut answers: Vec<(Waiter, Spend)> = Vec::with_capacity(batch.len());
+        let spent: Result<(), StoreError> = async {
+            let mut tx = self.pool.begin().await?;
+            while let Some(first) = batch.first() {
+                let (id, refill) = (first.id, first.refill);
+                // Calls on one key under one refill rule (a rule changed mid-batch is its own
+                // group); the stable sort kept their arrival order.
+                let (group, rest): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut batch).into_iter().partition(|w| w.id == id && w.refill == refill);
+                batch = rest;
+                // One instant for the group: the latest call's, so a refill due for any is applied.
+                let now = group.iter().map(|w| w.now).max().unwrap_or(Timestamp::from_millis(0));
+                let total: i64 = group.iter().map(|w| w.cost).sum();
+                match spend_once(&mut tx, id, total, refill.as_ref(), now).await? {
+                    Spend::Spent(after) => {
+                        // Each call's balance is what was left after it, in arrival order.
+                        let mut left = after.remaining + total;
+                        for waiter in group {
+                            left -= waiter.cost;
+                            answers.push((waiter, Spend::Spent(CreditBalance { remaining: left, ..after })));
+                        }
                     }
-                }
-                Ok(Spend::Exhausted(balance)) if group.len() == 1 => {
-                    group.into_iter().for_each(|w| drop(w.answer.send(Ok(Spend::Exhausted(balance)))));
-                }
-                // Not all fit: one by one, so the last credits go to the earliest calls.
-                Ok(Spend::Exhausted(_)) => {
-                    for waiter in group {
-                        let spent = self.spend_once(id, waiter.cost, refill.as_ref(), now).await;
-                        let _ = waiter.answer.send(spent);
+                    // Not all fit: one by one, so the last credits go to the earliest calls.
+                    Spend::Exhausted(_) if group.len() > 1 => {
+                        for waiter in group {
+                            let spent = spend_once(&mut tx, id, waiter.cost, refill.as_ref(), now).await?;
+                            answers.push((waiter, spent));
+                        }
                     }
+                    other => answers.extend(group.into_iter().map(|w| (w, other))),
                 }
-                Ok(Spend::Unmetered) => group.into_iter().for_each(|w| drop(w.answer.send(Ok(Spend::Unmetered)))),
-                Err(e) => {
-                    tracing::warn!(key_id = %id, calls = group.len(), error = %e, "spending credits failed");
-                    group.into_iter().for_each(|w| drop(w.answer.send(Err(spend_failed(&e)))));
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        match spent {
+            Ok(()) => answers.into_iter().for_each(|(w, spent)| drop(w.answer.send(Ok(spent)))),
+            Err(e) => {
+                let calls = answers.len() + batch.len();
+                tracing::warn!(calls, error = %e, "spending credits failed; nothing of the batch was spent");
+                for waiter in answers.into_iter().map(|(w, _)| w).chain(batch) {
+                    let _ = waiter.answer.send(Err(spend_failed(&e)));
                 }
             }
         }
     }
+}
 
-    /// One conditional UPDATE: the row lock (Postgres) or the write lock (SQLite) makes
-    /// the check and the spend one step, so two replicas never spend the last credit
-    /// twice. The refill is computed in the same statement, as Refill::refilled does.
-    async fn spend_once(
-        &self,
-        id: KeyId,
-        cost: i64,
-        refill: Option<&Refill>,
-        now: Timestamp,
-    ) -> Result<Spend, StoreError> {
-        let (period, amount, add) = match refill {
-            Some(r) => (r.period(now), r.amount, r.mode == RefillMode::Add),
-            // No refill: no stored period is ever older than i64::MIN.
-            None => (i64::MIN, 0, false),
-        };
-        let refilled = if add {
-            "CASE WHEN period < $3 THEN CASE WHEN remaining + $4 * ($3 - period) > $5 THEN $5 \
+/// One conditional UPDATE: the row lock (Postgres) or the write lock (SQLite) makes the
+/// check and the spend one step, so two replicas never spend the last credit twice. The
+/// refill is computed in the same statement, as Refill::refilled does.
+async fn spend_once(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: KeyId,
+    cost: i64,
+    refill: Option<&Refill>,
+    now: Timestamp,
+) -> Result<Spend, StoreError> {
+    let (period, amount, add) = match refill {
+        Some(r) => (r.period(now), r.amount, r.mode == RefillMode::Add),
+        // No refill: no stored period is ever older than i64::MIN.
+        None => (i64::MIN, 0, false),
+    };
+    let refilled = if add {
+        "CASE WHEN period < $3 THEN CASE WHEN remaining + $4 * ($3 - period) > $5 THEN $5 \
                ELSE remaining + $4 * ($3 - period) END ELSE remaining END"
-        } else {
-            "CASE WHEN period < $3 THEN $4 ELSE remaining END"
-        };
-        let sql = format!(
-            "UPDATE key_credits SET remaining = ({refilled}) - $2, \
+    } else {
+        "CASE WHEN period < $3 THEN $4 ELSE remaining END"
+    };
+    let sql = format!(
+        "UPDATE key_credits SET remaining = ({refilled}) - $2, \
                period = CASE WHEN period < $3 THEN $3 ELSE period END \
              WHERE key_id = $1 AND refill = $6 AND ({refilled}) >= $2 \
              RETURNING remaining, period"
-        );
-        let spent = sqlx::query(&sql)
-            .bind(id.to_string())
-            .bind(cost)
-            .bind(period)
-            .bind(amount)
-            .bind(CreditBalance::MAX)
-            .bind(refill_spec(refill))
-            .fetch_optional(&self.pool)
-            .await?;
-        let balance = |row: &AnyRow| -> Result<CreditBalance, StoreError> {
-            Ok(CreditBalance { remaining: row.try_get("remaining")?, period: row.try_get("period")? })
-        };
-        if let Some(row) = spent {
-            return Ok(Spend::Spent(balance(&row)?));
-        }
-        let left = sqlx::query("SELECT remaining, period, refill FROM key_credits WHERE key_id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match left {
-            Some(row) if row.try_get::<&str, _>("refill")? != refill_spec(refill) => {
-                return Err(StoreError::Unavailable(Box::new(std::io::Error::other(
-                    "the key's refill rule changed while the call was decided",
-                ))))
-            }
-            Some(row) => Spend::Exhausted(balance(&row)?),
-            None => Spend::Unmetered,
-        })
+    );
+    let spent = sqlx::query(&sql)
+        .bind(id.to_string())
+        .bind(cost)
+        .bind(period)
+        .bind(amount)
+        .bind(CreditBalance::MAX)
+        .bind(refill_spec(refill))
+        .fetch_optional(&mut **tx)
+        .await?;
+    let balance = |row: &AnyRow| -> Result<CreditBalance, StoreError> {
+        Ok(CreditBalance { remaining: row.try_get("remaining")?, period: row.try_get("period")? })
+    };
+    if let Some(row) = spent {
+        return Ok(Spend::Spent(balance(&row)?));
     }
+    let left = sqlx::query("SELECT remaining, period, refill FROM key_credits WHERE key_id = $1")
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(match left {
+        Some(row) if row.try_get::<&str, _>("refill")? != refill_spec(refill) => Spend::RuleChanged,
+        Some(row) => Spend::Exhausted(balance(&row)?),
+        None => Spend::Unmetered,
+    })
 }
 
 #[cfg(test)]

@@ -16,7 +16,11 @@ use keygate::store::{
 use std::sync::Arc;
 use std::time::Duration;
 
-backend_tests!(conformance, a_load_racing_a_revoke_does_not_cache_the_stale_record);
+backend_tests!(
+    conformance,
+    a_load_racing_a_revoke_does_not_cache_the_stale_record,
+    credits_spend_and_refill_under_their_own_rule_only
+);
 
 async fn connect(db: Db) -> Option<(SqlStore, TestDb)> {
     let test_db = TestDb::new(db).await?;
@@ -38,6 +42,36 @@ fn key(id: &str, account: &str, name: &str) -> KeyRecord {
         },
         Timestamp::from_millis(1_700_000_000_123),
     )
+}
+
+/// Credits through the trait, as the SQL statement computes them: a refill due, the
+/// balance never below zero, and a spend under another refill rule than the balance's
+/// (a replica deciding on the record from before a change) spending nothing.
+async fn credits_spend_and_refill_under_their_own_rule_only(db: Db) {
+    use keygate::domain::{CreditBalance, Refill};
+    use keygate::store::{Credits, Spend};
+    let Some((store, _db)) = connect(db).await else {
+        return;
+    };
+    let minute = Refill::parse(3, "60s", "add").unwrap();
+    let mut record = key("key_credits000000001", "acct_a", "metered");
+    record.terms.refill = Some(minute);
+    let at = |s: i64| Timestamp::from_millis(1_700_000_000_000 + s * 1000);
+    record.credits = Some(Credits { remaining: 2, refill: Some(minute) }.balance(at(0)));
+    store.create_key(&record, &ev(AuditAction::ApiKeyCreate, record.id)).await.unwrap();
+    let id = record.id;
+    let spent = |s: Spend| match s {
+        Spend::Spent(CreditBalance { remaining, .. }) => Some(remaining),
+        _ => None,
+    };
+    assert_eq!(spent(store.spend_credits(id, 2, Some(&minute), at(1)).await.unwrap()), Some(0));
+    assert!(matches!(store.spend_credits(id, 1, Some(&minute), at(2)).await.unwrap(), Spend::Exhausted(_)));
+    // Two periods later: 2 × 3 added.
+    assert_eq!(spent(store.spend_credits(id, 1, Some(&minute), at(121)).await.unwrap()), Some(5));
+    let daily = Refill::parse(100, "daily", "to").unwrap();
+    assert_eq!(store.spend_credits(id, 1, Some(&daily), at(122)).await.unwrap(), Spend::RuleChanged);
+    assert_eq!(store.spend_credits(id, 1, None, at(122)).await.unwrap(), Spend::RuleChanged);
+    assert_eq!(spent(store.spend_credits(id, 5, Some(&minute), at(123)).await.unwrap()), Some(0), "nothing was spent");
 }
 
 fn first_page() -> PageRequest {

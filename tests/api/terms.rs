@@ -40,6 +40,7 @@ fn credits(remaining: i64, refill: Option<(i64, &str, &str)>) -> Option<pb::Cred
 /// the store's read timeout, which a debug build on a busy 2-core machine can exceed.
 fn patient(settings: &mut keygate::config::Settings) {
     settings.store_breaker.timeout = Duration::from_secs(5);
+    settings.edge.decision_deadline = Duration::from_secs(10);
 }
 
 fn from(credential: &str, client_ip: &str) -> pb::AuthorizeRequest {
