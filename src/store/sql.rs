@@ -89,18 +89,19 @@ impl Spending {
     fn new(max_connections: u32, backend: Backend) -> Self {
         // SQLite has one writer: batches queue here, in memory, rather than in its busy
         // handler (which sleeps in growing steps). Postgres writes rows in parallel.
-        let slots = match backend {
-            Backend::Sqlite => 1,
-            Backend::Postgres => (max_connections as usize / 2).max(1),
+        // One lane, too: every waiting spend goes into the one transaction, one fsync.
+        let (lanes, slots) = match backend {
+            Backend::Sqlite => (1, 1),
+            Backend::Postgres => (Self::LANES, (max_connections as usize / 2).max(1)),
         };
-        Self { lanes: (0..Self::LANES).map(|_| Lane::default()).collect(), slots: tokio::sync::Semaphore::new(slots) }
+        Self { lanes: (0..lanes).map(|_| Lane::default()).collect(), slots: tokio::sync::Semaphore::new(slots) }
     }
 
     fn lane(&self, id: KeyId) -> &Lane {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         id.hash(&mut hasher);
-        &self.lanes[hasher.finish() as usize % Self::LANES]
+        &self.lanes[hasher.finish() as usize % self.lanes.len()]
     }
 }
 
@@ -892,8 +893,15 @@ impl SqlStore {
         let mut batch: Vec<Waiter> = batch.into_iter().filter(|w| !w.answer.is_closed()).collect();
         batch.sort_by_key(|w| w.id);
         let mut answers: Vec<(Waiter, Spend)> = Vec::with_capacity(batch.len());
+        // A batch on one key needs no transaction: its one UPDATE commits itself (and when
+        // the calls are spent one by one, each is answered by its own commit).
+        let one_key = batch.first().is_some_and(|f| batch.iter().all(|w| w.id == f.id && w.refill == f.refill));
         let spent: Result<(), StoreError> = async {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = if one_key {
+                Spender::Alone(self.pool.acquire().await?)
+            } else {
+                Spender::Batch(self.pool.begin().await?)
+            };
             while let Some(first) = batch.first() {
                 let (id, refill) = (first.id, first.refill);
                 // Calls on one key under one refill rule (a rule changed mid-batch is its own
@@ -904,7 +912,7 @@ impl SqlStore {
                 // One instant for the group: the latest call's, so a refill due for any is applied.
                 let now = group.iter().map(|w| w.now).max().unwrap_or(Timestamp::from_millis(0));
                 let total: i64 = group.iter().map(|w| w.cost).sum();
-                match spend_once(&mut tx, id, total, refill.as_ref(), now).await? {
+                match spend_once(tx.connection(), id, total, refill.as_ref(), now).await? {
                     Spend::Spent(after) => {
                         // Each call's balance is what was left after it, in arrival order.
                         let mut left = after.remaining + total;
@@ -916,14 +924,16 @@ impl SqlStore {
                     // Not all fit: one by one, so the last credits go to the earliest calls.
                     Spend::Exhausted(_) if group.len() > 1 => {
                         for waiter in group {
-                            let spent = spend_once(&mut tx, id, waiter.cost, refill.as_ref(), now).await?;
+                            let spent = spend_once(tx.connection(), id, waiter.cost, refill.as_ref(), now).await?;
                             answers.push((waiter, spent));
                         }
                     }
                     other => answers.extend(group.into_iter().map(|w| (w, other))),
                 }
             }
-            tx.commit().await?;
+            if let Spender::Batch(tx) = tx {
+                tx.commit().await?;
+            }
             Ok(())
         }
         .await;
@@ -940,11 +950,26 @@ impl SqlStore {
     }
 }
 
+/// Where a batch spends: a connection of its own (one key), or a transaction (several).
+enum Spender {
+    Alone(sqlx::pool::PoolConnection<sqlx::Any>),
+    Batch(sqlx::Transaction<'static, sqlx::Any>),
+}
+
+impl Spender {
+    fn connection(&mut self) -> &mut sqlx::AnyConnection {
+        match self {
+            Spender::Alone(connection) => connection,
+            Spender::Batch(tx) => tx,
+        }
+    }
+}
+
 /// One conditional UPDATE: the row lock (Postgres) or the write lock (SQLite) makes the
 /// check and the spend one step, so two replicas never spend the last credit twice. The
 /// refill is computed in the same statement, as Refill::refilled does.
 async fn spend_once(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    conn: &mut sqlx::AnyConnection,
     id: KeyId,
     cost: i64,
     refill: Option<&Refill>,
@@ -974,7 +999,7 @@ async fn spend_once(
         .bind(amount)
         .bind(CreditBalance::MAX)
         .bind(refill_spec(refill))
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *conn)
         .await?;
     let balance = |row: &AnyRow| -> Result<CreditBalance, StoreError> {
         Ok(CreditBalance { remaining: row.try_get("remaining")?, period: row.try_get("period")? })
@@ -984,7 +1009,7 @@ async fn spend_once(
     }
     let left = sqlx::query("SELECT remaining, period, refill FROM key_credits WHERE key_id = $1")
         .bind(id.to_string())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *conn)
         .await?;
     Ok(match left {
         Some(row) if row.try_get::<&str, _>("refill")? != refill_spec(refill) => Spend::RuleChanged,

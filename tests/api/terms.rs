@@ -43,6 +43,28 @@ fn patient(settings: &mut keygate::config::Settings) {
     settings.edge.decision_deadline = Duration::from_secs(10);
 }
 
+/// `calls` concurrent calls with `secret`, alternating between two replicas; every deny
+/// must be for `reason`. Returns how many were allowed.
+async fn burst(a: &TestApp, b: &TestApp, secret: &str, calls: usize, reason: &str) -> usize {
+    let calls: Vec<_> = (0..calls)
+        .map(|i| {
+            let mut client = if i % 2 == 0 { a.authorizer.clone() } else { b.authorizer.clone() };
+            let secret = secret.to_owned();
+            tokio::spawn(async move { client.authorize(ask(&secret)).await.unwrap().into_inner() })
+        })
+        .collect();
+    let mut allowed = 0;
+    for call in calls {
+        let r = call.await.unwrap();
+        if r.allowed {
+            allowed += 1;
+        } else {
+            assert_eq!(r.reason, reason, "{r:?}");
+        }
+    }
+    allowed
+}
+
 fn from(credential: &str, client_ip: &str) -> pb::AuthorizeRequest {
     pb::AuthorizeRequest { client_ip: client_ip.into(), ..ask(credential) }
 }
@@ -145,21 +167,7 @@ async fn two_replicas_on_postgres_never_spend_the_last_credit_twice() {
         let mut client = app.authorizer.clone();
         assert!(client.authorize(ask(&secret)).await.unwrap().into_inner().allowed);
     }
-    let calls = (0..200).map(|i| {
-        let mut client = if i % 2 == 0 { a.authorizer.clone() } else { b.authorizer.clone() };
-        let secret = secret.clone();
-        tokio::spawn(async move { client.authorize(ask(&secret)).await.unwrap().into_inner() })
-    });
-    let mut allowed = 0;
-    for call in calls.collect::<Vec<_>>() {
-        let r = call.await.unwrap();
-        if r.allowed {
-            allowed += 1;
-        } else {
-            assert_eq!(r.reason, "credits_exhausted", "{r:?}");
-        }
-    }
-    assert_eq!(allowed, 98, "exactly the 98 left, across both replicas");
+    assert_eq!(burst(&a, &b, &secret, 200, "credits_exhausted").await, 98, "exactly the 98 left, on both");
 }
 
 backend_tests!(an_ip_allowlist_admits_its_ranges_only_after_the_secret_is_proven);
@@ -336,21 +344,7 @@ async fn key_limits_on_redis_are_shared_by_replicas() {
     let b = TestApp::spawn_url(&db.url, configure).await;
     let terms = pb::CreateApiKeyRequest { limits: vec![limit("hourly", 5, 3600, "")], ..Default::default() };
     let (_, secret) = key_with(&mut a, "acct_klr", terms).await;
-    let calls = (0..20).map(|i| {
-        let mut client = if i % 2 == 0 { a.authorizer.clone() } else { b.authorizer.clone() };
-        let secret = secret.clone();
-        tokio::spawn(async move { client.authorize(ask(&secret)).await.unwrap().into_inner() })
-    });
-    let mut allowed = 0;
-    for call in calls.collect::<Vec<_>>() {
-        let r = call.await.unwrap();
-        if r.allowed {
-            allowed += 1;
-        } else {
-            assert_eq!(r.reason, "key_rate_limited", "{r:?}");
-        }
-    }
-    assert_eq!(allowed, 5, "exactly the key's 5 across both replicas");
+    assert_eq!(burst(&a, &b, &secret, 20, "key_rate_limited").await, 5, "exactly the key's 5 across both replicas");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
