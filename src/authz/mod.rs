@@ -140,6 +140,11 @@ pub struct Authorizer {
     metrics: AuthorizeMetrics,
     /// The limit check counters, resolved once: counting takes no lock.
     limit_outcomes: LimitOutcomes,
+    /// Keys whose credits this replica saw at zero: key id → (the record's version, when
+    /// the next refill begins). Until then, and while the record is that version, a call
+    /// is refused without asking the store — the balance can only grow by a refill (time)
+    /// or an operator's change (a new version, which every replica's cache hears of).
+    spent_out: quick_cache::sync::Cache<crate::domain::KeyId, (i64, Timestamp)>,
 }
 
 impl Authorizer {
@@ -162,6 +167,7 @@ impl Authorizer {
             usage,
             limit_outcomes: LimitOutcomes::of(&metrics.limits),
             metrics,
+            spent_out: quick_cache::sync::Cache::new(10_000),
         }
     }
 
@@ -407,34 +413,53 @@ impl Authorizer {
         now: Timestamp,
         mut verdict: Verdict,
     ) -> Result<Verdict, AuthzError> {
-        match self.store.spend_credits(key.id, cost, key.terms.refill.as_ref(), now).await? {
-            Spend::Spent(balance) => {
-                verdict.credits_remaining = Some(balance.remaining);
-                Ok(verdict)
-            }
-            Spend::Unmetered => Ok(verdict),
-            // Fail closed for this call; the next one decides on the changed record.
-            Spend::RuleChanged => Err(StoreError::Unavailable(Box::new(std::io::Error::other(
-                "the key's refill rule changed while the call was decided",
-            )))
-            .into()),
-            Spend::Exhausted(balance) => {
-                verdict.credits_remaining = Some(0);
-                let retry_after_seconds = key.terms.refill.map_or(0, |refill| {
-                    let next = refill.next_period_starts(refill.period(now).max(balance.period));
-                    let wait_millis = (next.as_millis() - now.as_millis()).max(0);
-                    u32::try_from((wait_millis + 999) / 1000).unwrap_or(u32::MAX)
-                });
-                let limit = u32::try_from(key.terms.refill.map_or(0, |r| r.amount)).unwrap_or(u32::MAX);
-                verdict.rate_limit = Some(RateLimitState { limit, remaining: 0, retry_after_seconds });
-                let message = if retry_after_seconds > 0 {
-                    format!("the key's credits are spent; they refill in {retry_after_seconds} s")
-                } else {
-                    "the key's credits are spent".to_owned()
-                };
-                Ok(verdict.deny(Deny::new(Code::RateLimitReached, message).because(Reason::CreditsExhausted)))
-            }
-        }
+        let never = Timestamp::from_millis(i64::MAX);
+        let known_empty =
+            self.spent_out.get(&key.id).filter(|(version, until)| *version == key.version && now < *until);
+        // When the credits next come back: `never` without a refill.
+        let refilled_at = match known_empty {
+            Some((_, until)) => until,
+            None => match self.store.spend_credits(key.id, cost, key.terms.refill.as_ref(), now).await? {
+                Spend::Spent(balance) => {
+                    verdict.credits_remaining = Some(balance.remaining);
+                    return Ok(verdict);
+                }
+                Spend::Unmetered => return Ok(verdict),
+                // Fail closed for this call; the next one decides on the changed record.
+                Spend::RuleChanged => {
+                    return Err(StoreError::Unavailable(Box::new(std::io::Error::other(
+                        "the key's refill rule changed while the call was decided",
+                    )))
+                    .into())
+                }
+                Spend::Exhausted(balance) => {
+                    let at = key
+                        .terms
+                        .refill
+                        .map_or(never, |refill| refill.next_period_starts(refill.period(now).max(balance.period)));
+                    // Nothing at all left: no call can pass before `at` (or a change).
+                    if balance.remaining == 0 {
+                        self.spent_out.insert(key.id, (key.version, at));
+                    }
+                    at
+                }
+            },
+        };
+        verdict.credits_remaining = Some(0);
+        let retry_after_seconds = if refilled_at == never {
+            0
+        } else {
+            let wait_millis = (refilled_at.as_millis() - now.as_millis()).max(0);
+            u32::try_from((wait_millis + 999) / 1000).unwrap_or(u32::MAX)
+        };
+        let limit = u32::try_from(key.terms.refill.map_or(0, |r| r.amount)).unwrap_or(u32::MAX);
+        verdict.rate_limit = Some(RateLimitState { limit, remaining: 0, retry_after_seconds });
+        let message = if retry_after_seconds > 0 {
+            format!("the key's credits are spent; they refill in {retry_after_seconds} s")
+        } else {
+            "the key's credits are spent".to_owned()
+        };
+        Ok(verdict.deny(Deny::new(Code::RateLimitReached, message).because(Reason::CreditsExhausted)))
     }
 }
 

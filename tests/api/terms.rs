@@ -153,6 +153,22 @@ async fn credits_refill_on_the_clock_to_or_by_the_amount(db: Db) {
     assert_eq!(app.authorize_with(two).await.credits_remaining, Some(0), "the refused call spent nothing");
 }
 
+backend_tests!(a_top_up_restores_a_spent_key_at_once);
+async fn a_top_up_restores_a_spent_key_at_once(db: Db) {
+    let mut app = TestApp::spawn(db).await.unwrap();
+    let terms = pb::CreateApiKeyRequest { credits: credits(1, None), ..Default::default() };
+    let (key, secret) = key_with(&mut app, "acct_top", terms).await;
+    assert!(app.authorize_with(ask(&secret)).await.allowed);
+    for _ in 0..3 {
+        // Refused without a refill to wait for: no retry time.
+        let r = app.authorize_with(ask(&secret)).await;
+        assert_eq!((r.reason.as_str(), r.retry_after_seconds), ("credits_exhausted", 0));
+    }
+    let top_up = pb::UpdateApiKeyRequest { id: key.id, credits: credits(2, None), ..Default::default() };
+    app.admin.update_api_key(top_up).await.unwrap();
+    assert_eq!(app.authorize_with(ask(&secret)).await.credits_remaining, Some(1), "the spent-out memo is gone");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_postgres_never_spend_the_last_credit_twice() {
     let Some(db) = TestDb::new(Db::Postgres).await else {
