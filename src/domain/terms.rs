@@ -266,7 +266,7 @@ impl Refill {
             RefillInterval::Seconds(n) => millis.div_euclid(i64::from(n) * 1000),
             RefillInterval::Daily => millis.div_euclid(86_400_000),
             RefillInterval::Monthly => {
-                let (year, month) = year_month(millis.div_euclid(86_400_000));
+                let (year, month, _) = keygate_api::time::civil_from_days(millis.div_euclid(86_400_000));
                 year * 12 + (month - 1)
             }
         }
@@ -296,32 +296,11 @@ impl Refill {
         Timestamp::from_millis(match self.every {
             RefillInterval::Seconds(n) => next * i64::from(n) * 1000,
             RefillInterval::Daily => next * 86_400_000,
-            RefillInterval::Monthly => days_from_civil(next.div_euclid(12), next.rem_euclid(12) + 1) * 86_400_000,
+            RefillInterval::Monthly => {
+                keygate_api::time::days_from_civil(next.div_euclid(12), next.rem_euclid(12) + 1, 1) * 86_400_000
+            }
         })
     }
-}
-
-/// The civil year and month of a day counted from 1970-01-01 (Howard Hinnant's algorithm).
-fn year_month(days: i64) -> (i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (year_of_era + era * 400 + i64::from(month <= 2), month)
-}
-
-/// Days from 1970-01-01 to the 1st of `month` in `year`.
-fn days_from_civil(year: i64, month: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let day_of_year = (153 * mp + 2) / 5;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
 }
 
 /// A key's credits as stored: what is left, and the refill period it was last refilled in.
