@@ -75,9 +75,7 @@ pub fn principal_headers(verdict: &Verdict) -> Vec<(&'static str, String)> {
                 set.push(("x-keygate-scopes", scopes.join(",")));
                 // One header, whatever the JSON holds: base64url of its compact form.
                 if let Some(metadata) = &key.terms.metadata {
-                    use base64::Engine;
-                    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(metadata.as_json());
-                    set.push(("x-keygate-meta", encoded));
+                    set.push(("x-keygate-meta", metadata.as_header().to_owned()));
                 }
             }
             Principal::Session(session) => {

@@ -153,7 +153,12 @@ impl fmt::Debug for Network {
 /// A JSON object an operator attaches to a key, handed to the upstream with every
 /// allowed call. Its contents may be private to the customer: `Debug` shows its size.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Metadata(Arc<str>);
+pub struct Metadata {
+    json: Arc<str>,
+    /// base64url of `json`, as edges send it upstream (`x-keygate-meta`): encoded once,
+    /// when the record is read, not on every allowed call.
+    header: Arc<str>,
+}
 
 impl Metadata {
     pub const MAX_BYTES: usize = 4096;
@@ -173,17 +178,24 @@ impl Metadata {
         if compact.len() > Self::MAX_BYTES {
             return Err(InvalidField::new("metadata_json", format!("must be at most {} bytes", Self::MAX_BYTES)));
         }
-        Ok(Self(compact.into()))
+        use base64::Engine;
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&compact);
+        Ok(Self { json: compact.into(), header: header.into() })
     }
 
     pub fn as_json(&self) -> &str {
-        &self.0
+        &self.json
+    }
+
+    /// The metadata as one header value: base64url (no padding) of the compact JSON.
+    pub fn as_header(&self) -> &str {
+        &self.header
     }
 }
 
 impl fmt::Debug for Metadata {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Metadata(<{} bytes>)", self.0.len())
+        write!(f, "Metadata(<{} bytes>)", self.json.len())
     }
 }
 
@@ -349,6 +361,7 @@ mod tests {
     fn metadata_is_a_bounded_json_object_and_debug_hides_it() {
         let meta = Metadata::parse(r#"{ "plan": "pro" }"#).unwrap();
         assert_eq!(meta.as_json(), r#"{"plan":"pro"}"#);
+        assert_eq!(meta.as_header(), "eyJwbGFuIjoicHJvIn0", "base64url, no padding");
         assert_eq!(format!("{meta:?}"), "Metadata(<14 bytes>)");
         assert!(Metadata::parse("[1]").is_err());
         assert!(Metadata::parse("{").is_err());
