@@ -313,6 +313,25 @@ async fn through(kind: Kind) {
     assert_eq!(reason.as_deref(), Some("disabled"), "{kind:?}");
     assert!(response.headers().get("x-keygate-envelope").is_none(), "{kind:?}: nginx's helper headers stay inside");
 
+    // An IP allowlist sees the client the proxy saw (loopback here), never an address the
+    // client wrote in its own X-Forwarded-For.
+    let allowlisted = |range: &str| pb::CreateApiKeyRequest {
+        account_id: "acct_px".into(),
+        name: "allowlisted".into(),
+        scopes: vec!["applications:read".into()],
+        allowed_networks: vec![range.into()],
+        ..Default::default()
+    };
+    let inside = app.admin.create_api_key(allowlisted("127.0.0.0/8")).await.unwrap().into_inner().secret;
+    let (status, _, body, _) = call(get("/api/v1/panel/applications").header("x-api-key", &inside)).await;
+    assert_eq!(status, 200, "{kind:?}: {body}");
+    let elsewhere = app.admin.create_api_key(allowlisted("10.0.0.0/8")).await.unwrap().into_inner().secret;
+    let spoofing =
+        get("/api/v1/panel/applications").header("x-api-key", &elsewhere).header("x-forwarded-for", "10.1.2.3");
+    let response = spoofing.send().await.unwrap();
+    let reason = response.headers().get("x-keygate-reason").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!((response.status().as_u16(), reason.as_deref()), (403, Some("ip_not_allowed")), "{kind:?}");
+
     // Revoked and expired keys.
     app.admin.revoke_api_key(pb::RevokeApiKeyRequest { id: key.id.clone(), reason: "test".into() }).await.unwrap();
     assert_envelope(
