@@ -47,33 +47,60 @@ impl AuditCategory {
 pub enum AuditAction {
     ApplicationCreate,
     ApplicationRotateKey,
+    ApplicationUpdate,
+    ApplicationDelete,
     ApiKeyCreate,
     ApiKeyUpdate,
     ApiKeyRevoke,
+    ApiKeyRoll,
+    ApiKeyImport,
+    ApiKeyDelete,
+    OwnerUpdate,
+    OwnerDelete,
     SessionCreate,
     SessionRevoke,
+    SessionDelete,
+    AccountDelete,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 7] = [
+    pub const ALL: [AuditAction; 16] = [
         AuditAction::ApplicationCreate,
         AuditAction::ApplicationRotateKey,
+        AuditAction::ApplicationUpdate,
+        AuditAction::ApplicationDelete,
         AuditAction::ApiKeyCreate,
         AuditAction::ApiKeyUpdate,
         AuditAction::ApiKeyRevoke,
+        AuditAction::ApiKeyRoll,
+        AuditAction::ApiKeyImport,
+        AuditAction::ApiKeyDelete,
+        AuditAction::OwnerUpdate,
+        AuditAction::OwnerDelete,
         AuditAction::SessionCreate,
         AuditAction::SessionRevoke,
+        AuditAction::SessionDelete,
+        AuditAction::AccountDelete,
     ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             AuditAction::ApplicationCreate => "application.create",
             AuditAction::ApplicationRotateKey => "application.rotate_key",
+            AuditAction::ApplicationUpdate => "application.update",
+            AuditAction::ApplicationDelete => "application.delete",
             AuditAction::ApiKeyCreate => "api_key.create",
             AuditAction::ApiKeyUpdate => "api_key.update",
             AuditAction::ApiKeyRevoke => "api_key.revoke",
+            AuditAction::ApiKeyRoll => "api_key.roll",
+            AuditAction::ApiKeyImport => "api_key.import",
+            AuditAction::ApiKeyDelete => "api_key.delete",
+            AuditAction::OwnerUpdate => "owner.update",
+            AuditAction::OwnerDelete => "owner.delete",
             AuditAction::SessionCreate => "session.create",
             AuditAction::SessionRevoke => "session.revoke",
+            AuditAction::SessionDelete => "session.delete",
+            AuditAction::AccountDelete => "account.delete",
         }
     }
 
@@ -83,10 +110,23 @@ impl AuditAction {
 
     pub const fn category(self) -> AuditCategory {
         match self {
-            AuditAction::ApplicationCreate | AuditAction::ApplicationRotateKey => AuditCategory::Application,
-            AuditAction::ApiKeyCreate | AuditAction::ApiKeyUpdate | AuditAction::ApiKeyRevoke => AuditCategory::ApiKey,
+            AuditAction::ApplicationCreate
+            | AuditAction::ApplicationRotateKey
+            | AuditAction::ApplicationUpdate
+            | AuditAction::ApplicationDelete
+            // Deleting an account deletes its applications first of all.
+            | AuditAction::AccountDelete => AuditCategory::Application,
+            AuditAction::ApiKeyCreate
+            | AuditAction::ApiKeyUpdate
+            | AuditAction::ApiKeyRevoke
+            | AuditAction::ApiKeyRoll
+            | AuditAction::ApiKeyImport
+            | AuditAction::ApiKeyDelete
+            // An owner's terms are its keys' terms.
+            | AuditAction::OwnerUpdate
+            | AuditAction::OwnerDelete => AuditCategory::ApiKey,
             AuditAction::SessionCreate => AuditCategory::Login,
-            AuditAction::SessionRevoke => AuditCategory::Session,
+            AuditAction::SessionRevoke | AuditAction::SessionDelete => AuditCategory::Session,
         }
     }
 }
@@ -174,6 +214,12 @@ impl AuditEvent {
 
     pub fn category(&self) -> AuditCategory {
         self.action.category()
+    }
+
+    /// An event of the same call for another object it acted on (a deletion's cascade, an
+    /// import's keys): a new id, the same actor, time and detail.
+    pub fn for_object(&self, action: AuditAction, target: impl Into<String>) -> Result<Self, getrandom::Error> {
+        Ok(Self { id: new_event_id(self.occurred_at)?, action, target: target.into(), ..self.clone() })
     }
 }
 

@@ -51,7 +51,7 @@ pub fn method_and_path(method: &str, path: &str) -> Result<(), InvalidField> {
 /// The headers keygate sets on an allowed request, for the upstream. Forward auth sends
 /// every one (empty when it does not apply): Caddy would otherwise copy a literal
 /// placeholder upstream for a missing one.
-pub const PRINCIPAL_HEADERS: [&str; 8] = [
+pub const PRINCIPAL_HEADERS: [&str; 9] = [
     "x-keygate-principal-kind",
     "x-keygate-account-id",
     "x-keygate-key-id",
@@ -60,6 +60,7 @@ pub const PRINCIPAL_HEADERS: [&str; 8] = [
     "x-keygate-scopes",
     "x-keygate-application-id",
     "x-keygate-meta",
+    "x-keygate-owner-id",
 ];
 
 /// The `x-keygate-*` headers an allowed request carries upstream.
@@ -76,6 +77,9 @@ pub fn principal_headers(verdict: &Verdict) -> Vec<(&'static str, String)> {
                 // One header, whatever the JSON holds: base64url of its compact form.
                 if let Some(metadata) = &key.terms.metadata {
                     set.push(("x-keygate-meta", metadata.as_header().to_owned()));
+                }
+                if let Some(owner) = &key.owner_id {
+                    set.push(("x-keygate-owner-id", owner.to_string()));
                 }
             }
             Principal::Session(session) => {

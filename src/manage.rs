@@ -3,13 +3,14 @@
 use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
 use crate::authn::verifier::{Verifier, VerifierError};
 use crate::clock::Clock;
+use crate::domain::imported::ForeignHash;
 use crate::domain::{
-    AccountId, ApplicationId, CredentialKind, GeneratedKey, InvalidField, KeyId, KeyTerms, Name, NewKeyRecord, Scopes,
-    SessionId, Timestamp, UserId,
+    AccountId, ApplicationId, CredentialKind, GeneratedKey, InvalidField, KeyId, KeyTerms, Metadata, Name,
+    NewKeyRecord, OwnerId, Scopes, SessionId, Timestamp, UserId,
 };
 use crate::store::{
-    Application, Credits, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError,
-    UpdateOutcome,
+    Application, Credits, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind, KeyRecord, Owner,
+    OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Store, StoreError, UpdateOutcome,
 };
 use crate::usage::UsageRecorder;
 use serde_json::json;
@@ -76,6 +77,11 @@ pub enum ManageError {
 /// The longest a rotated runtime key may keep working: a week, whatever is asked.
 pub const MAX_RUNTIME_KEY_GRACE: Duration = Duration::from_secs(7 * 86_400);
 
+/// The longest a rolled key may keep working beside its successor: a week.
+pub const MAX_ROLL_OVERLAP: Duration = Duration::from_secs(7 * 86_400);
+/// The most keys one `ImportApiKeys` call takes.
+pub const MAX_IMPORT_BATCH: usize = 1000;
+
 #[derive(Debug)]
 pub struct NewApiKey {
     pub account_id: AccountId,
@@ -85,6 +91,36 @@ pub struct NewApiKey {
     pub expires_at: Option<Timestamp>,
     pub terms: KeyTerms,
     pub credits: Option<Credits>,
+    pub owner_id: Option<OwnerId>,
+}
+
+/// A roll's result: the new key (and its credential, shown once) and the old key as it
+/// now is, retiring at the end of the overlap.
+pub struct Roll {
+    pub key: KeyRecord,
+    pub credential: GeneratedKey,
+    pub previous: KeyRecord,
+    pub retires_at: Timestamp,
+}
+
+/// One key to import, as the other system kept it.
+#[derive(Debug)]
+pub struct KeyToImport {
+    pub account_id: AccountId,
+    pub name: Name,
+    pub scopes: Scopes,
+    pub application_ids: Vec<ApplicationId>,
+    pub expires_at: Option<Timestamp>,
+    pub metadata: Option<Metadata>,
+    pub owner_id: Option<OwnerId>,
+    pub hash: ForeignHash,
+}
+
+/// What importing one key came to; `Invalid` keys were not sent to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportResult {
+    Imported(Imported),
+    Invalid(String),
 }
 
 pub struct Manager {
@@ -170,6 +206,7 @@ impl Manager {
         );
         new.terms.check()?;
         record.terms = KeyTerms { refill: new.credits.and_then(|c| c.refill), ..new.terms };
+        record.owner_id = new.owner_id;
         record.credits = new.credits.map(|c| c.balance(now));
         let mut detail = json!({
             "name": record.name.as_str(),
@@ -177,6 +214,9 @@ impl Manager {
             "application_ids": application_names(&record.application_ids),
             "expires_at": record.expires_at.map(|t| t.to_string()),
         });
+        if let (Some(owner), serde_json::Value::Object(fields)) = (&record.owner_id, &mut detail) {
+            fields.insert("owner_id".into(), json!(owner.as_str()));
+        }
         if let serde_json::Value::Object(fields) = &mut detail {
             // What the key carries, when it carries anything.
             let terms = &record.terms;
@@ -201,10 +241,10 @@ impl Manager {
     pub async fn list_api_keys(
         &self,
         account: &AccountId,
-        search: Option<&str>,
+        filter: &KeyFilter,
         page: &PageRequest,
     ) -> Result<Page<KeyRecord>, ManageError> {
-        Ok(self.store.list_keys(account, search, page).await?)
+        Ok(self.store.list_keys(account, filter, page).await?)
     }
 
     pub async fn update_api_key(
@@ -221,11 +261,12 @@ impl Manager {
         let identity_changes = changes.name.is_some()
             || changes.scopes.is_some()
             || changes.application_ids.is_some()
-            || changes.expires_at.is_some();
+            || changes.expires_at.is_some()
+            || changes.owner_id.is_some();
         if key.kind == KeyKind::Runtime && (identity_changes || changes.credits.is_some()) {
             return Err(ManageError::BadRequest(format!(
-                "{id} is a runtime key: rotate it instead of changing its name, scopes, applications or expiry; \
-                 it carries no credits"
+                "{id} is a runtime key: rotate it instead of changing its name, scopes, applications, expiry \
+                 or owner; it carries no credits"
             )));
         }
         changes.terms_after(&key.terms).check()?;
@@ -249,6 +290,9 @@ impl Manager {
         if let Some(disabled) = changes.disabled {
             detail.insert("enabled".into(), json!(!disabled));
         }
+        if let Some(owner) = &changes.owner_id {
+            detail.insert("owner_id".into(), json!(owner.as_ref().map(OwnerId::as_str)));
+        }
         terms_detail(&changes, &mut detail);
         let audit = self.event(&key.account_id, AuditAction::ApiKeyUpdate, actor, &id.to_string(), detail.into())?;
         match self.store.update_key(id, &changes, now, &audit).await? {
@@ -270,6 +314,249 @@ impl Manager {
         let audit =
             self.event(&account, AuditAction::ApiKeyRevoke, actor, &id.to_string(), json!({ "reason": reason }))?;
         self.store.revoke_key(id, reason, self.clock.now(), &audit).await?.ok_or_else(|| key_not_found(id))
+    }
+
+    /// Replaces a key with a new one that carries everything it carried; the old one
+    /// keeps working for `overlap` (0: it stops at once), then is denied as rolled.
+    pub async fn roll_api_key(&self, id: KeyId, overlap: Duration, actor: &Actor) -> Result<Roll, ManageError> {
+        if overlap > MAX_ROLL_OVERLAP {
+            return Err(InvalidField::new(
+                "overlap_seconds",
+                format!("must be at most {} (7 days)", MAX_ROLL_OVERLAP.as_secs()),
+            )
+            .into());
+        }
+        let old = self.api_key(id).await?;
+        if old.kind == KeyKind::Runtime {
+            return Err(ManageError::BadRequest(format!(
+                "{id} is a runtime key: rotate its application's key instead (RotateApplicationKey)"
+            )));
+        }
+        let now = self.clock.now();
+        let credential = GeneratedKey::generate()?;
+        let secret_hash = self.verifier.hash(credential.credential().secret().as_bytes()).await?;
+        let mut key = KeyRecord::issued(
+            NewKeyRecord {
+                id: credential.credential().key_id(),
+                account_id: old.account_id.clone(),
+                kind: KeyKind::ApiKey,
+                name: old.name.clone(),
+                scopes: old.scopes.clone(),
+                application_ids: old.application_ids.clone(),
+                secret_hash,
+                expires_at: old.expires_at,
+            },
+            now,
+        );
+        key.terms = old.terms.clone();
+        key.disabled = old.disabled;
+        key.owner_id = old.owner_id.clone();
+        key.rolled_from = Some(old.id);
+        let retires_at = now.saturating_add(overlap);
+        let audit = self.event(
+            &old.account_id,
+            AuditAction::ApiKeyRoll,
+            actor,
+            &id.to_string(),
+            json!({ "rolled_to": key.id.to_string(), "overlap_seconds": overlap.as_secs(), "retires_at": retires_at.to_string() }),
+        )?;
+        match self.store.roll_key(&key, id, retires_at, &audit).await? {
+            RollOutcome::Rolled { old, .. } => {
+                // As stored: with the credits that moved to it.
+                let key = self.store.key(key.id).await?.map_or(key, |stored| (*stored).clone());
+                Ok(Roll { key, credential, previous: *old, retires_at })
+            }
+            RollOutcome::NotFound => Err(key_not_found(id)),
+            RollOutcome::Revoked => {
+                Err(ManageError::BadRequest(format!("API key {id} is revoked and cannot be rolled")))
+            }
+            RollOutcome::AlreadyRolled(next) => Err(ManageError::BadRequest(format!(
+                "API key {id} was rolled already, to {next}: roll that key instead"
+            ))),
+        }
+    }
+
+    /// Deletes a key for good; its audit events stay.
+    pub async fn delete_api_key(&self, id: KeyId, actor: &Actor) -> Result<Deleted, ManageError> {
+        let key = self.api_key(id).await?;
+        let audit = self.event(
+            &key.account_id,
+            AuditAction::ApiKeyDelete,
+            actor,
+            &id.to_string(),
+            json!({ "name": key.name.as_str() }),
+        )?;
+        let deleted = self.store.delete(&Deletion::Key(id), &audit).await?;
+        if deleted.keys.is_empty() {
+            return Err(key_not_found(id));
+        }
+        Ok(deleted)
+    }
+
+    /// Imports keys made by another system, by their hashes; each is checked on its own,
+    /// and the valid ones are stored in one transaction. Idempotent by `import_id`.
+    pub async fn import_api_keys(
+        &self,
+        import_id: &str,
+        keys: Vec<Result<KeyToImport, InvalidField>>,
+        actor: &Actor,
+    ) -> Result<Vec<ImportResult>, ManageError> {
+        if import_id.is_empty() || import_id.len() > 64 || !import_id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(InvalidField::new("import_id", "must be 1 to 64 printable characters").into());
+        }
+        if keys.is_empty() || keys.len() > MAX_IMPORT_BATCH {
+            return Err(InvalidField::new("keys", format!("must hold 1 to {MAX_IMPORT_BATCH} keys")).into());
+        }
+        let now = self.clock.now();
+        let mut results: Vec<Option<ImportResult>> = Vec::with_capacity(keys.len());
+        let mut valid = Vec::new();
+        let mut first_account = None;
+        for key in keys {
+            let checked = match key {
+                Ok(key) => self.importable(key, now).await,
+                Err(invalid) => Err(ManageError::Invalid(invalid)),
+            };
+            match checked {
+                Ok(imported) => {
+                    first_account.get_or_insert_with(|| imported.record.account_id.clone());
+                    valid.push((results.len(), imported));
+                    results.push(None);
+                }
+                Err(ManageError::Store(e)) => return Err(e.into()),
+                Err(e) => results.push(Some(ImportResult::Invalid(e.to_string()))),
+            }
+        }
+        if let Some(account) = first_account {
+            let audit =
+                self.event(&account, AuditAction::ApiKeyImport, actor, import_id, json!({ "import_id": import_id }))?;
+            let records: Vec<ImportedKey> = valid.iter().map(|(_, k)| k.clone()).collect();
+            let stored = self.store.import_keys(import_id, &records, &audit).await?;
+            for ((index, _), outcome) in valid.iter().zip(stored) {
+                results[*index] = Some(ImportResult::Imported(outcome));
+            }
+        }
+        Ok(results.into_iter().map(|r| r.expect("every key has a result")).collect())
+    }
+
+    async fn importable(&self, key: KeyToImport, now: Timestamp) -> Result<ImportedKey, ManageError> {
+        self.check_expiry(key.expires_at, now)?;
+        self.check_applications(&key.account_id, &key.application_ids).await?;
+        let mut record = KeyRecord::issued(
+            NewKeyRecord {
+                id: KeyId::generate()?,
+                account_id: key.account_id,
+                kind: KeyKind::ApiKey,
+                name: key.name,
+                scopes: key.scopes,
+                application_ids: key.application_ids,
+                secret_hash: key.hash.secret_hash(),
+                expires_at: key.expires_at,
+            },
+            now,
+        );
+        record.terms.metadata = key.metadata;
+        record.owner_id = key.owner_id;
+        record.lookup = Some(key.hash.lookup());
+        Ok(ImportedKey { import_ref: key.hash.lookup(), record })
+    }
+
+    /// Sets an owner's shared limits and credits (creating the owner).
+    pub async fn update_owner(
+        &self,
+        account: &AccountId,
+        id: &OwnerId,
+        changes: OwnerChanges,
+        actor: &Actor,
+    ) -> Result<Owner, ManageError> {
+        let now = self.clock.now();
+        let current = self.store.owner(account, id).await?;
+        let after = KeyTerms {
+            limits: changes.limits.clone().or_else(|| current.as_ref().map(|o| o.limits.clone())).unwrap_or_default(),
+            refill: match changes.credits {
+                Some(credits) => credits.and_then(|c| c.refill),
+                None => current.as_ref().and_then(|o| o.refill),
+            },
+            ..KeyTerms::default()
+        };
+        after.check()?;
+        let mut detail = serde_json::Map::new();
+        let as_key_changes =
+            KeyChanges { limits: changes.limits.clone(), credits: changes.credits, ..KeyChanges::default() };
+        terms_detail(&as_key_changes, &mut detail);
+        let audit = self.event(account, AuditAction::OwnerUpdate, actor, id.as_str(), detail.into())?;
+        Ok(self.store.set_owner(account, id, &changes, now, &audit).await?.0)
+    }
+
+    pub async fn owner(&self, account: &AccountId, id: &OwnerId) -> Result<Owner, ManageError> {
+        self.store
+            .owner(account, id)
+            .await?
+            .ok_or_else(|| ManageError::NotFound(format!("owner {id} was not found for account {account}")))
+    }
+
+    pub async fn rename_application(
+        &self,
+        id: &ApplicationId,
+        name: Name,
+        actor: &Actor,
+    ) -> Result<Application, ManageError> {
+        let app = self.application(id).await?;
+        let audit = self.event(
+            &app.account_id,
+            AuditAction::ApplicationUpdate,
+            actor,
+            id.as_str(),
+            json!({ "name": name.as_str() }),
+        )?;
+        self.store
+            .rename_application(id, &name, &audit)
+            .await?
+            .ok_or_else(|| ManageError::NotFound(format!("application {id} was not found")))
+    }
+
+    /// Deletes an application; refused while keys are restricted to it unless `cascade`.
+    pub async fn delete_application(
+        &self,
+        id: &ApplicationId,
+        cascade: bool,
+        actor: &Actor,
+    ) -> Result<Deleted, ManageError> {
+        let app = self.application(id).await?;
+        let audit = self.event(
+            &app.account_id,
+            AuditAction::ApplicationDelete,
+            actor,
+            id.as_str(),
+            json!({ "name": app.name.as_str(), "cascade": cascade }),
+        )?;
+        let deleted = self.store.delete(&Deletion::Application { id: id.clone(), cascade }, &audit).await?;
+        if let Some(first) = deleted.blocked_by.first() {
+            return Err(ManageError::BadRequest(format!(
+                "application {id} is named by {} API key(s) (first: {first}); remove it from them, or delete with \
+                 cascade",
+                deleted.blocked_by.len()
+            )));
+        }
+        if deleted.applications.is_empty() {
+            return Err(ManageError::NotFound(format!("application {id} was not found")));
+        }
+        Ok(deleted)
+    }
+
+    pub async fn list_sessions(
+        &self,
+        account: &AccountId,
+        user: Option<&UserId>,
+        page: &PageRequest,
+    ) -> Result<Page<SessionRecord>, ManageError> {
+        Ok(self.store.list_sessions(account, user, page).await?)
+    }
+
+    /// Erases an account: every key, application, session and owner, in one transaction,
+    /// with an audit event each. Its audit events stay. Deleting it again deletes nothing.
+    pub async fn delete_account(&self, account: &AccountId, actor: &Actor) -> Result<Deleted, ManageError> {
+        let audit = self.event(account, AuditAction::AccountDelete, actor, account.as_str(), json!({}))?;
+        Ok(self.store.delete(&Deletion::Account(account.clone()), &audit).await?)
     }
 
     /// Makes a new runtime key for an application; the current one keeps working for the

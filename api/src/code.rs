@@ -116,6 +116,8 @@ pub enum Reason {
     SessionInvalid,
     Expired,
     Revoked,
+    /// The key was rolled (`RerollApiKey`) and its overlap has ended: its successor works.
+    Rolled,
     /// Switched off by an operator; enabling the key restores it.
     Disabled,
     /// The key's IP allowlist does not hold the client's address.
@@ -129,6 +131,8 @@ pub enum Reason {
     RateLimited,
     /// A limit the key itself carries.
     KeyRateLimited,
+    /// A limit its owner carries, shared by all of the owner's keys.
+    OwnerRateLimited,
     /// The key's credits are spent.
     CreditsExhausted,
     /// Too many failed verifications for this key id or from this client.
@@ -138,7 +142,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 19] = [
         Reason::InvalidRequest,
         Reason::NoRoute,
         Reason::InvalidCredential,
@@ -146,6 +150,7 @@ impl Reason {
         Reason::SessionInvalid,
         Reason::Expired,
         Reason::Revoked,
+        Reason::Rolled,
         Reason::Disabled,
         Reason::IpNotAllowed,
         Reason::ApplicationNotAllowed,
@@ -153,6 +158,7 @@ impl Reason {
         Reason::InsufficientScope,
         Reason::RateLimited,
         Reason::KeyRateLimited,
+        Reason::OwnerRateLimited,
         Reason::CreditsExhausted,
         Reason::Throttled,
         Reason::Internal,
@@ -167,6 +173,7 @@ impl Reason {
             Reason::SessionInvalid => "session_invalid",
             Reason::Expired => "expired",
             Reason::Revoked => "revoked",
+            Reason::Rolled => "rolled",
             Reason::Disabled => "disabled",
             Reason::IpNotAllowed => "ip_not_allowed",
             Reason::ApplicationNotAllowed => "application_not_allowed",
@@ -174,6 +181,7 @@ impl Reason {
             Reason::InsufficientScope => "insufficient_scope",
             Reason::RateLimited => "rate_limited",
             Reason::KeyRateLimited => "key_rate_limited",
+            Reason::OwnerRateLimited => "owner_rate_limited",
             Reason::CreditsExhausted => "credits_exhausted",
             Reason::Throttled => "throttled",
             Reason::Internal => "internal",

@@ -81,20 +81,44 @@ impl KeygateAdmin {
         .await
     }
 
-    /// Every API key of an account whose name or id matches `search` (all when `None`).
+    /// Every API key of an account whose name or id matches `search` (all when `None`),
+    /// of one owner if given.
     pub async fn all_api_keys(
         &self,
         account_id: &str,
         search: Option<&str>,
+        owner: Option<&str>,
         progress: impl FnMut(usize),
     ) -> Result<Vec<pb::ApiKey>, tonic::Status> {
         let search_params = search.map(|s| serde_json::json!({ "searchString": s }).to_string()).unwrap_or_default();
+        let owner_id = owner.unwrap_or_default().to_owned();
         all_pages(usize::MAX, progress, |page_token| {
-            let (mut rpc, account_id, search_params) = (self.rpc(), account_id.to_owned(), search_params.clone());
+            let (mut rpc, account_id, search_params, owner_id) =
+                (self.rpc(), account_id.to_owned(), search_params.clone(), owner_id.clone());
             async move {
-                let request = pb::ListApiKeysRequest { account_id, page_size: PAGE_SIZE, page_token, search_params };
+                let request =
+                    pb::ListApiKeysRequest { account_id, page_size: PAGE_SIZE, page_token, search_params, owner_id };
                 let page = rpc.list_api_keys(request).await?.into_inner();
                 Ok((page.keys, page.next_page_token))
+            }
+        })
+        .await
+    }
+
+    /// Every session of an account, or of one of its users.
+    pub async fn all_sessions(
+        &self,
+        account_id: &str,
+        user: Option<&str>,
+        progress: impl FnMut(usize),
+    ) -> Result<Vec<pb::Session>, tonic::Status> {
+        let user_id = user.unwrap_or_default().to_owned();
+        all_pages(usize::MAX, progress, |page_token| {
+            let (mut rpc, account_id, user_id) = (self.rpc(), account_id.to_owned(), user_id.clone());
+            async move {
+                let request = pb::ListSessionsRequest { account_id, user_id, page_size: PAGE_SIZE, page_token };
+                let page = rpc.list_sessions(request).await?.into_inner();
+                Ok((page.sessions, page.next_page_token))
             }
         })
         .await

@@ -22,7 +22,8 @@ pub mod digest;
 pub mod verifier;
 
 use crate::code::Code;
-use crate::domain::{ClientNetwork, Credential, CredentialKind, Deny, KeyKind, KeyRecord, Principal};
+use crate::domain::imported;
+use crate::domain::{ClientNetwork, Credential, CredentialKind, Deny, KeyId, KeyKind, KeyRecord, Principal};
 use crate::policy::Accepts;
 use crate::store::{InMemory, Store, StoreError};
 pub use budget::Throttled;
@@ -90,6 +91,9 @@ pub struct Authenticator {
     verified_here: quick_cache::sync::Cache<[u8; 32], ()>,
     /// Credentials argon2 rejected: a repeated wrong secret costs a lookup.
     rejected: moka::sync::Cache<[u8; 32], ()>,
+    /// Imported keys found by a credential since it was first used, by the SHA-256 of the
+    /// whole credential (its lookup): a known imported credential costs no store query.
+    imported_keys: quick_cache::sync::Cache<[u8; 32], KeyId>,
 }
 
 impl Authenticator {
@@ -112,6 +116,7 @@ impl Authenticator {
                 .build(),
             verified_here: quick_cache::sync::Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX)),
             rejected: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(settings.rejected_ttl).build(),
+            imported_keys: quick_cache::sync::Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX)),
         }
     }
 
@@ -136,6 +141,10 @@ impl Authenticator {
             return Ok(refused(missing, "no credential was presented"));
         }
         let Some(kind) = CredentialKind::of(raw) else {
+            // Not keygate's format: perhaps a key imported from another system.
+            if accepts.allows(CredentialKind::ApiKey) && imported::plausible(raw) {
+                return Box::pin(self.imported_key(raw, client)).await;
+            }
             return Ok(refused(missing, "the credential is not in a format keygate issues"));
         };
         if !accepts.allows(kind) {
@@ -236,7 +245,98 @@ impl Authenticator {
             return Ok(invalid());
         }
         // The rest runs argon2: boxed, so the paths above keep a small future.
-        Box::pin(self.verify(credential, record, digest, client)).await
+        Box::pin(self.verify(credential.secret(), record, digest, client)).await
+    }
+
+    /// A credential keygate did not issue, for a key imported from another system: found
+    /// by the digest of the whole credential (or, before its first use, by the form it was
+    /// imported in), then judged like any key. A credential that finds nothing costs one
+    /// indexed query from the client's lookup budget and no hash.
+    async fn imported_key(&self, raw: &str, client: Option<ClientNetwork>) -> Result<Authentication, AuthnError> {
+        let invalid = || refused(Code::ApiKeyInvalid, "unknown API key or wrong secret");
+        let whole = imported::whole_digest(raw);
+        let whole_lookup = imported::sha256_lookup(&whole);
+        let known = match self.imported_keys.get(&whole) {
+            Some(id) => match self.store.key_in_memory(id) {
+                InMemory::Fresh(record) => Some(record),
+                InMemory::Absent => None,
+                InMemory::Stale | InMemory::Unknown => self.store.key(id).await?,
+            },
+            None => None,
+        }
+        // The record still answers to this credential (not deleted, not replaced).
+        .filter(|record| record.lookup.as_deref() == Some(whole_lookup.as_str()));
+        let record = match known {
+            Some(record) => Some(record),
+            None => {
+                let lookups = imported::lookups(raw, &whole);
+                match self.budgeted_lookup(client, || self.store.key_by_lookup(&lookups)).await? {
+                    Ok(record) => record,
+                    Err(throttled) => return Ok(Authentication::Throttled(throttled)),
+                }
+            }
+        };
+        let Some(record) = record.filter(|k| k.kind == KeyKind::ApiKey && k.lookup.is_some()) else {
+            self.budgets.note_client_failure(client);
+            return Ok(invalid());
+        };
+        if record.lookup.as_deref() == Some(whole_lookup.as_str()) {
+            self.imported_keys.insert(whole, record.id);
+        }
+        let digest = self.digester.digest(raw);
+        match self.digester.judge(record.verified_digest.as_ref(), &digest) {
+            Recognition::Holder => return Ok(Authentication::Verified(Principal::Key(record))),
+            Recognition::Wrong => {
+                self.budgets.note_client_failure(client);
+                return Ok(invalid());
+            }
+            Recognition::Unknown => {}
+        }
+        if self.verified_here.get(&digest).is_some() {
+            return Ok(Authentication::Verified(Principal::Key(record)));
+        }
+        if self.rejected.contains_key(&digest) {
+            self.budgets.note_client_failure(client);
+            return Ok(invalid());
+        }
+        // A SHA-256 import is checked here and now: no slow hash to queue for.
+        if let Some(matches) = imported::verify_sha256(raw, &record.secret_hash) {
+            if !matches {
+                self.budgets.note_client_failure(client);
+                return Ok(invalid());
+            }
+            self.verified_here.insert(digest, ());
+            self.adopt(&record, raw, digest);
+            return Ok(Authentication::Verified(Principal::Key(record)));
+        }
+        let verified = self.verify(raw, record.clone(), digest, client).await?;
+        if let Authentication::Verified(_) = verified {
+            self.adopt(&record, raw, digest);
+        }
+        Ok(verified)
+    }
+
+    /// After an imported key's first verification, off the request path: its hash becomes
+    /// keygate's argon2id of the whole credential, and it is found by that credential's
+    /// digest from then on (its start, if it had one, finds it no more).
+    fn adopt(&self, record: &KeyRecord, raw: &str, digest: [u8; 32]) {
+        let lookup = imported::sha256_lookup(&imported::whole_digest(raw));
+        if self.verifier.is_current(&record.secret_hash) && record.lookup.as_deref() == Some(lookup.as_str()) {
+            return;
+        }
+        let verified = self.digester.verified(digest);
+        let (store, verifier, id, old) =
+            (self.store.clone(), self.verifier.clone(), record.id, record.secret_hash.clone());
+        let secret = raw.to_owned();
+        tokio::spawn(async move {
+            let adopted = match verifier.hash(secret.as_bytes()).await {
+                Ok(new) => store.adopt_imported(id, &old, &new, &lookup, &verified).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(error) = adopted {
+                tracing::warn!(key_id = %id, %error, "could not re-hash an imported key; its own hash stays the check");
+            }
+        });
     }
 
     /// argon2, for a key no replica has verified: once per credential however many
@@ -244,7 +344,7 @@ impl Authenticator {
     /// budgets.
     async fn verify(
         &self,
-        credential: &Credential<'_>,
+        secret: &str,
         record: Arc<KeyRecord>,
         digest: [u8; 32],
         client: Option<ClientNetwork>,
@@ -257,7 +357,7 @@ impl Authenticator {
                 // argon2, so what the attempt costs is settled when argon2 is done, not
                 // handed back when the caller leaves.
                 let (verifier, rejected) = (self.verifier.clone(), self.rejected.clone());
-                let (secret, hash) = (credential.secret().to_owned(), record.secret_hash.clone());
+                let (secret, hash) = (secret.to_owned(), record.secret_hash.clone());
                 let verified = tokio::spawn(async move {
                     let verified = verifier.verify(&secret, &hash).await;
                     match verified {

@@ -105,7 +105,9 @@ impl Verifier {
         .await
     }
 
-    /// Checks `secret` against `hash`.
+    /// Checks `secret` against `hash`: keygate's argon2id, or an imported key's bcrypt or
+    /// any argon2 (the scheme is read off the hash). SHA-256 imports are checked without
+    /// the verifier ([`crate::domain::imported::verify_sha256`]).
     pub async fn verify(&self, secret: &str, hash: &SecretHash) -> Result<bool, VerifierError> {
         // A bounded queue: a flood waits here at most this long, then is told to retry.
         let queued = self.queued.fetch_add(1, Ordering::AcqRel);
@@ -120,15 +122,29 @@ impl Verifier {
         let started = Instant::now();
         let verified = self
             .run(move || {
+                if phc.starts_with("$2") {
+                    return bcrypt::verify(&secret, &phc).map_err(|_| VerifierError::BadHash);
+                }
                 let parsed = PasswordHash::new(&phc).map_err(|_| VerifierError::BadHash)?;
-                // The parameters come from the stored hash, so keys hashed under older
-                // settings keep verifying after the settings change.
+                // The parameters (and the variant) come from the stored hash, so keys hashed
+                // under older settings, or imported, keep verifying.
                 let matches = argon2.verify_password(&secret, &parsed).is_ok();
                 Ok(matches)
             })
             .await;
         self.durations.observe(started.elapsed().as_secs_f64());
         verified
+    }
+
+    /// Whether `hash` is what [`Verifier::hash`] makes now: argon2id with these settings.
+    /// An imported key's hash is replaced by one when its credential is first verified.
+    pub fn is_current(&self, hash: &SecretHash) -> bool {
+        let Ok(parsed) = PasswordHash::new(hash.expose_phc()) else { return false };
+        let params = self.argon2.params();
+        parsed.algorithm == Algorithm::Argon2id.ident()
+            && parsed.params.get_decimal("m") == Some(params.m_cost())
+            && parsed.params.get_decimal("t") == Some(params.t_cost())
+            && parsed.params.get_decimal("p") == Some(params.p_cost())
     }
 
     /// The verification time histogram (shared: cloning it shares the counts).

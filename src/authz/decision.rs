@@ -30,6 +30,9 @@ pub fn evaluate<'s>(
     now: Timestamp,
 ) -> Result<(), Deny> {
     match principal {
+        Principal::Key(key) if key.is_rolled_at(now) => {
+            return Err(Deny::new(Code::ApiKeyRevoked, "API key was rolled; use its successor").because(Reason::Rolled))
+        }
         Principal::Key(key) if key.is_revoked_at(now) => return Err(Deny::of(Code::ApiKeyRevoked)),
         Principal::Key(key) if key.is_expired_at(now) => return Err(Deny::of(Code::ApiKeyExpired)),
         // The page has no code closer than revoked for a key switched off; the reason

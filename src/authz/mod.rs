@@ -11,7 +11,7 @@ use crate::authn::verifier::VerifierError;
 use crate::authn::{Authentication, Authenticator, AuthnError, Throttled};
 use crate::clock::Clock;
 use crate::code::{Code, Reason};
-use crate::domain::{ApplicationId, ClientNetwork, KeyRecord, Scope, Timestamp};
+use crate::domain::{ApplicationId, ClientNetwork, CreditHolder, KeyLimit, KeyRecord, Scope, Timestamp};
 use crate::policy::{Access, LimitRule, LimitSubject, NamedApplication, OnStoreError, Policy, RequestParts, Route};
 use crate::ratelimit::{LimitCheck, LimitOutcome, Limiter, LimiterError, Room};
 use crate::store::{Spend, Store, StoreError};
@@ -339,15 +339,26 @@ impl Authorizer {
             Some(Principal::Key(key)) => Some(key.clone()),
             _ => None,
         };
-        let key_rules = key.as_deref().map(|key| key_limit_rules(key, route)).unwrap_or_default();
+        let key_rules = key.as_deref().map(|key| key_limit_rules("key", &key.terms.limits, route)).unwrap_or_default();
         let key_subject = match &key {
             Some(key) if !key_rules.is_empty() => key.id.to_string(),
             _ => String::new(),
         };
+        // Then its owner's, counted once for all of the owner's keys.
+        let owner = key.as_deref().and_then(|key| key.owner.as_deref());
+        let owner_rules = owner.map(|owner| key_limit_rules("owner", &owner.limits, route)).unwrap_or_default();
+        let owner_subject = match owner {
+            Some(owner) if !owner_rules.is_empty() => {
+                CreditHolder::Owner(owner.account_id.clone(), owner.id.clone()).stored()
+            }
+            _ => String::new(),
+        };
         let policy_checks = subjects.len();
+        let key_checks = policy_checks + key_rules.len();
         let mut checks: smallvec::SmallVec<[LimitCheck<'_>; 4]> =
             subjects.iter().map(|(rule, subject)| LimitCheck { rule, subject: subject.as_ref() }).collect();
         checks.extend(key_rules.iter().map(|rule| LimitCheck { rule, subject: key_subject.as_str() }));
+        checks.extend(owner_rules.iter().map(|rule| LimitCheck { rule, subject: owner_subject.as_str() }));
         if checks.is_empty() {
             drop(checks);
             drop(subjects);
@@ -374,7 +385,11 @@ impl Authorizer {
             LimitOutcome::Limited { limit, retry_after, check } => {
                 let retry_after_seconds = retry_after.as_millis().div_ceil(1000).max(1) as u32;
                 verdict.rate_limit = Some(RateLimitState { limit, remaining: 0, retry_after_seconds });
-                let reason = if check >= policy_checks { Reason::KeyRateLimited } else { Reason::RateLimited };
+                let reason = match check {
+                    check if check >= key_checks => Reason::OwnerRateLimited,
+                    check if check >= policy_checks => Reason::KeyRateLimited,
+                    _ => Reason::RateLimited,
+                };
                 let deny = Deny::new(
                     Code::RateLimitReached,
                     format!("rate limit of {limit} reached; retry after {retry_after_seconds} s"),
@@ -395,7 +410,7 @@ impl Authorizer {
         verdict: Verdict,
     ) -> Result<Verdict, AuthzError> {
         match key {
-            Some(key) if key.credits.is_some() => match i64::from(query.cost.unwrap_or(route.cost)) {
+            Some(key) if key.credit_holder().is_some() => match i64::from(query.cost.unwrap_or(route.cost)) {
                 // A free route spends nothing and asks the store nothing.
                 0 => Ok(verdict),
                 cost => self.spend(&key, cost, now, verdict).await,
@@ -414,12 +429,13 @@ impl Authorizer {
         mut verdict: Verdict,
     ) -> Result<Verdict, AuthzError> {
         let never = Timestamp::from_millis(i64::MAX);
+        let Some((holder, refill)) = key.credit_holder() else { return Ok(verdict) };
         let known_empty =
             self.spent_out.get(&key.id).filter(|(version, until)| *version == key.version && now < *until);
         // When the credits next come back: `never` without a refill.
         let refilled_at = match known_empty {
             Some((_, until)) => until,
-            None => match self.store.spend_credits(key.id, cost, key.terms.refill.as_ref(), now).await? {
+            None => match self.store.spend_credits(&holder, cost, refill, now).await? {
                 Spend::Spent(balance) => {
                     verdict.credits_remaining = Some(balance.remaining);
                     return Ok(verdict);
@@ -433,9 +449,7 @@ impl Authorizer {
                     .into())
                 }
                 Spend::Exhausted(balance) => {
-                    let at = key
-                        .terms
-                        .refill
+                    let at = refill
                         .map_or(never, |refill| refill.next_period_starts(refill.period(now).max(balance.period)));
                     // Nothing at all left: no call can pass before `at` (or a change).
                     if balance.remaining == 0 {
@@ -452,7 +466,7 @@ impl Authorizer {
             let wait_millis = (refilled_at.as_millis() - now.as_millis()).max(0);
             u32::try_from((wait_millis + 999) / 1000).unwrap_or(u32::MAX)
         };
-        let limit = u32::try_from(key.terms.refill.map_or(0, |r| r.amount)).unwrap_or(u32::MAX);
+        let limit = u32::try_from(refill.map_or(0, |r| r.amount)).unwrap_or(u32::MAX);
         verdict.rate_limit = Some(RateLimitState { limit, remaining: 0, retry_after_seconds });
         let message = if retry_after_seconds > 0 {
             format!("the key's credits are spent; they refill in {retry_after_seconds} s")
@@ -463,15 +477,14 @@ impl Authorizer {
     }
 }
 
-/// The key's own limits that apply on `route`, as rules counted per key. Their names
-/// are the key's, under a prefix no policy rule key has.
-fn key_limit_rules(key: &KeyRecord, route: &Route) -> smallvec::SmallVec<[LimitRule; 2]> {
-    key.terms
-        .limits
+/// A key's (or its owner's) own limits that apply on `route`, as rules. Their names are
+/// the key's, under a prefix (`key:`, `owner:`) no policy rule key has.
+fn key_limit_rules(prefix: &str, limits: &[KeyLimit], route: &Route) -> smallvec::SmallVec<[LimitRule; 2]> {
+    limits
         .iter()
         .filter(|limit| limit.applies_to(&route.template))
         .map(|limit| LimitRule {
-            key: format!("key:{}", limit.name).into(),
+            key: format!("{prefix}:{}", limit.name).into(),
             limit: limit.limit,
             window: limit.window,
             per: LimitSubject::Credential,

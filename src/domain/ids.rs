@@ -124,6 +124,13 @@ external_id!(
     "account_id"
 );
 external_id!(
+    /// Whom keys belong to in the customer's own terms (their customer or user id, like
+    /// Unkey's `externalId`): unique within an account. Limits and credits set on an owner
+    /// are shared by all its keys.
+    OwnerId,
+    "owner_id"
+);
+external_id!(
     /// A dashboard user; assigned by the dashboard.
     UserId,
     "user_id"
@@ -141,6 +148,11 @@ impl ApplicationId {
 }
 
 impl KeyId {
+    /// A fresh id for a key whose credential carries none (an imported key's).
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        Ok(Self::from_body(random_base62(KEY_ID_LEN)?.as_bytes()).expect("base62 of the right length"))
+    }
+
     /// Only for ids read back from the store, which keygate wrote itself.
     pub(crate) fn from_stored(raw: &str) -> Option<Self> {
         Self::parse(raw).ok()

@@ -3,6 +3,7 @@
 
 mod credential;
 mod ids;
+pub mod imported;
 mod records;
 mod scope;
 mod search;
@@ -11,8 +12,10 @@ mod terms;
 pub use credential::{
     ApiKeyCredential, Credential, CredentialKind, GeneratedKey, MalformedCredential, CREDENTIAL_PREFIX,
 };
-pub use ids::{AccountId, ApplicationId, KeyId, SessionId, UserId};
-pub use records::{Application, KeyKind, KeyRecord, NewKeyRecord, Principal, SessionRecord, VerifiedDigest};
+pub use ids::{AccountId, ApplicationId, KeyId, OwnerId, SessionId, UserId};
+pub use records::{
+    Application, CreditHolder, KeyKind, KeyRecord, NewKeyRecord, Owner, Principal, SessionRecord, VerifiedDigest,
+};
 pub use scope::{Scope, Scopes};
 pub use search::SearchParams;
 pub use terms::{CreditBalance, KeyLimit, KeyTerms, Metadata, Network, Refill, RefillInterval, RefillMode, MAX_LIMIT};

@@ -2,8 +2,8 @@
 //! about a record lives with them, not here.
 
 use super::{
-    AccountId, ApplicationId, CredentialKind, CreditBalance, KeyId, KeyTerms, Name, Scopes, SecretHash, SessionId,
-    Timestamp, UserId,
+    AccountId, ApplicationId, CredentialKind, CreditBalance, KeyId, KeyLimit, KeyTerms, Name, OwnerId, Refill, Scopes,
+    SecretHash, SessionId, Timestamp, UserId,
 };
 use std::sync::Arc;
 
@@ -66,6 +66,50 @@ pub struct KeyRecord {
     /// `None`: its calls are not counted in credits. As read: the store holds the truth,
     /// spent atomically by every call.
     pub credits: Option<CreditBalance>,
+    /// Whom the key belongs to, in the customer's own terms.
+    pub owner_id: Option<OwnerId>,
+    /// That owner's shared limits and credits, as read with the key (a change to the owner
+    /// is a change to each of its keys: version and notification).
+    pub owner: Option<Arc<Owner>>,
+    /// The key this one replaced by a roll (`RerollApiKey`).
+    pub rolled_from: Option<KeyId>,
+    /// The key that replaced this one by a roll. Until this key retires, its calls spend
+    /// the successor's credits (they moved there): two keys, one balance.
+    pub rolled_to: Option<KeyId>,
+    /// For a key imported from another system: how its credential, which has no keygate
+    /// id, finds this record (see [`crate::authn::imported`]). `None` for keys keygate issued.
+    pub lookup: Option<String>,
+}
+
+/// An owner's shared terms: every key naming the owner counts against its limits and, when
+/// the key has no credits of its own, spends its credits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub account_id: AccountId,
+    pub id: OwnerId,
+    pub limits: Vec<KeyLimit>,
+    pub refill: Option<Refill>,
+    /// As read, like a key's.
+    pub credits: Option<CreditBalance>,
+    pub updated_at: Timestamp,
+}
+
+/// Whose balance a call spends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CreditHolder {
+    Key(KeyId),
+    Owner(AccountId, OwnerId),
+}
+
+impl CreditHolder {
+    /// As `key_credits.key_id` holds it: a key id, or `owner/<account>/<owner>` (neither id
+    /// may contain `/`, so the two never collide).
+    pub fn stored(&self) -> String {
+        match self {
+            CreditHolder::Key(id) => id.to_string(),
+            CreditHolder::Owner(account, owner) => format!("owner/{account}/{owner}"),
+        }
+    }
 }
 
 /// An HMAC-SHA-256, under a server-side key that is not in the database, of a credential
@@ -149,7 +193,28 @@ impl KeyRecord {
             disabled: false,
             terms: KeyTerms::default(),
             credits: None,
+            owner_id: None,
+            owner: None,
+            rolled_from: None,
+            rolled_to: None,
+            lookup: None,
         }
+    }
+
+    /// Whose credits a call with this key spends, under which refill rule: the key's own
+    /// (its successor's, while a roll overlaps), else its owner's; `None` if neither has any.
+    pub fn credit_holder(&self) -> Option<(CreditHolder, Option<&Refill>)> {
+        if self.credits.is_some() {
+            let holder = self.rolled_to.unwrap_or(self.id);
+            return Some((CreditHolder::Key(holder), self.terms.refill.as_ref()));
+        }
+        let owner = self.owner.as_deref().filter(|o| o.credits.is_some())?;
+        Some((CreditHolder::Owner(owner.account_id.clone(), owner.id.clone()), owner.refill.as_ref()))
+    }
+
+    /// Retired because a roll replaced it (rather than revoked by an operator).
+    pub fn is_rolled_at(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && self.rolled_to.is_some() && self.retire_at.is_some_and(|at| at <= now)
     }
 
     /// An explicit revoke counts at once, whatever any replica's clock says; a scheduled

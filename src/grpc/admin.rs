@@ -4,8 +4,9 @@ use super::proto::{self as pb, admin_server};
 use super::{convert, status, RequestId};
 use crate::audit::{Actor, AuditCategory, AuditQuery};
 use crate::code::Code;
-use crate::domain::{AccountId, ApplicationId, KeyId, Name, SearchParams, SessionId, UserId};
+use crate::domain::{AccountId, ApplicationId, KeyId, Name, OwnerId, SearchParams, SessionId, UserId};
 use crate::manage::Manager;
+use crate::store::KeyFilter;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -172,7 +173,9 @@ impl admin_server::Admin for AdminService {
             ));
         }
         let page = convert::page_request(req.page_size, &req.page_token, |t| KeyId::parse(t).is_ok())?;
-        let page = self.manager.list_api_keys(&account, search.search_string.as_deref(), &page).await?;
+        let owner_id = Some(req.owner_id.as_str()).filter(|o| !o.is_empty()).map(OwnerId::parse).transpose()?;
+        let filter = KeyFilter { search: search.search_string, owner_id };
+        let page = self.manager.list_api_keys(&account, &filter, &page).await?;
         let now = self.manager.now();
         Ok(request_id.attach(Response::new(pb::ListApiKeysResponse {
             keys: page.items.iter().map(|k| convert::key_to_proto(k, now, self.manager.last_used_at(k))).collect(),
@@ -255,6 +258,113 @@ impl admin_server::Admin for AdminService {
         let id = SessionId::parse(&request.get_ref().id)?;
         let session = self.manager.revoke_session(id, &actor).await?;
         respond(request_id, "revoke_session", &id.to_string(), convert::session_to_proto(&session, self.manager.now()))
+    }
+
+    async fn update_application(
+        &self,
+        request: Request<pb::UpdateApplicationRequest>,
+    ) -> Result<Response<pb::Application>, Status> {
+        let (request_id, actor) = actor_of(&request)?;
+        let req = request.into_inner();
+        let id = ApplicationId::parse_field("id", &req.id)?;
+        let name = Name::parse("name", &req.name)?;
+        let app = self.manager.rename_application(&id, name, &actor).await?;
+        respond(request_id, "update_application", id.as_str(), convert::application_to_proto(&app))
+    }
+
+    async fn delete_application(
+        &self,
+        request: Request<pb::DeleteApplicationRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let (request_id, actor) = actor_of(&request)?;
+        let req = request.into_inner();
+        let id = ApplicationId::parse_field("id", &req.id)?;
+        let deleted = self.manager.delete_application(&id, req.cascade, &actor).await?;
+        respond(request_id, "delete_application", id.as_str(), convert::deleted_to_proto(&deleted))
+    }
+
+    async fn reroll_api_key(
+        &self,
+        request: Request<pb::RerollApiKeyRequest>,
+    ) -> Result<Response<pb::RerollApiKeyResponse>, Status> {
+        let (request_id, actor) = actor_of(&request)?;
+        let req = request.into_inner();
+        let id = KeyId::parse(&req.id)?;
+        let overlap = std::time::Duration::from_secs(req.overlap_seconds.into());
+        let roll = self.manager.roll_api_key(id, overlap, &actor).await?;
+        let now = self.manager.now();
+        let response = pb::RerollApiKeyResponse {
+            key: Some(convert::key_to_proto(&roll.key, now, None)),
+            secret: roll.credential.into_secret_string(),
+            previous: Some(convert::key_to_proto(&roll.previous, now, self.manager.last_used_at(&roll.previous))),
+            previous_retires_at: Some(convert::timestamp_to_proto(roll.retires_at)),
+        };
+        respond(request_id, "reroll_api_key", &id.to_string(), response)
+    }
+
+    async fn delete_api_key(
+        &self,
+        request: Request<pb::DeleteApiKeyRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let (request_id, actor) = actor_of(&request)?;
+        let id = KeyId::parse(&request.get_ref().id)?;
+        let deleted = self.manager.delete_api_key(id, &actor).await?;
+        respond(request_id, "delete_api_key", &id.to_string(), convert::deleted_to_proto(&deleted))
+    }
+
+    async fn import_api_keys(
+        &self,
+        request: Request<pb::ImportApiKeysRequest>,
+    ) -> Result<Response<pb::ImportApiKeysResponse>, Status> {
+        let (request_id, actor) = actor_of(&request)?;
+        let req = request.into_inner();
+        let keys = req.keys.iter().map(convert::key_to_import).collect();
+        let results = self.manager.import_api_keys(&req.import_id, keys, &actor).await?;
+        let response =
+            pb::ImportApiKeysResponse { results: results.iter().map(convert::import_result_to_proto).collect() };
+        respond(request_id, "import_api_keys", &req.import_id, response)
+    }
+
+    async fn update_owner(&self, request: Request<pb::UpdateOwnerRequest>) -> Result<Response<pb::Owner>, Status> {
+        let (request_id, actor) = actor_of(&request)?;
+        let (account, id, changes) = convert::owner_changes(request.get_ref())?;
+        let owner = self.manager.update_owner(&account, &id, changes, &actor).await?;
+        respond(request_id, "update_owner", id.as_str(), convert::owner_to_proto(&owner))
+    }
+
+    async fn get_owner(&self, request: Request<pb::GetOwnerRequest>) -> Result<Response<pb::Owner>, Status> {
+        let request_id = RequestId::from_metadata(request.metadata());
+        let req = request.get_ref();
+        let (account, id) = (AccountId::parse(&req.account_id)?, OwnerId::parse(&req.owner_id)?);
+        let owner = self.manager.owner(&account, &id).await?;
+        Ok(request_id.attach(Response::new(convert::owner_to_proto(&owner))))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let request_id = RequestId::from_metadata(request.metadata());
+        let req = request.into_inner();
+        let account = AccountId::parse(&req.account_id)?;
+        let user = Some(req.user_id.as_str()).filter(|u| !u.is_empty()).map(UserId::parse).transpose()?;
+        let page = convert::page_request(req.page_size, &req.page_token, |t| SessionId::parse(t).is_ok())?;
+        let page = self.manager.list_sessions(&account, user.as_ref(), &page).await?;
+        let now = self.manager.now();
+        Ok(request_id.attach(Response::new(pb::ListSessionsResponse {
+            sessions: page.items.iter().map(|s| convert::session_to_proto(s, now)).collect(),
+            next_page_token: page.next_after.unwrap_or_default(),
+        })))
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<pb::DeleteAccountRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let (request_id, actor) = actor_of(&request)?;
+        let account = AccountId::parse(&request.get_ref().account_id)?;
+        let deleted = self.manager.delete_account(&account, &actor).await?;
+        respond(request_id, "delete_account", account.as_str(), convert::deleted_to_proto(&deleted))
     }
 
     async fn list_audit_events(

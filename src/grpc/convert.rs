@@ -5,12 +5,16 @@ use super::proto as pb;
 use crate::audit::AuditEvent;
 use crate::authz::decision::Principal;
 use crate::authz::{AuthorizeQuery, Decision, Verdict};
+use crate::domain::imported::ForeignHash;
 use crate::domain::{
-    AccountId, ApplicationId, InvalidField, KeyId, KeyLimit, Metadata, Name, Network, Refill, Scope, Scopes, Timestamp,
+    AccountId, ApplicationId, CreditBalance, InvalidField, KeyId, KeyLimit, Metadata, Name, Network, OwnerId, Refill,
+    Scope, Scopes, Timestamp,
 };
-use crate::manage::NewApiKey;
+use crate::manage::{ImportResult, KeyToImport, NewApiKey};
 use crate::policy::RequestParts;
-use crate::store::{Application, Credits, KeyChanges, KeyRecord, PageRequest, SessionRecord};
+use crate::store::{
+    Application, Credits, Deleted, Imported, KeyChanges, KeyRecord, Owner, OwnerChanges, PageRequest, SessionRecord,
+};
 
 /// The most credits a key may be given at once.
 pub const MAX_CREDITS: i64 = crate::domain::CreditBalance::MAX;
@@ -70,17 +74,108 @@ pub fn key_to_proto(key: &KeyRecord, now: Timestamp, last_used_at: Option<Timest
         last_used_at: last_used_at.map(timestamp_to_proto),
         enabled: !key.disabled,
         limits: key.terms.limits.iter().map(limit_to_proto).collect(),
-        credits: key.credits.map(|balance| pb::Credits {
-            remaining: balance.remaining,
-            refill: key.terms.refill.map(|r| pb::Refill {
-                amount: r.amount,
-                interval: r.interval_str(),
-                mode: r.mode_str().to_owned(),
-            }),
-        }),
+        credits: key.credits.map(|balance| credits_to_proto(balance, key.terms.refill.as_ref())),
         allowed_networks: key.terms.allowed_networks.iter().map(ToString::to_string).collect(),
         metadata_json: key.terms.metadata.as_ref().map(|m| m.as_json().to_owned()).unwrap_or_default(),
+        owner_id: key.owner_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+        rolled_from: key.rolled_from.map(|id| id.to_string()).unwrap_or_default(),
+        rolled_to: key.rolled_to.map(|id| id.to_string()).unwrap_or_default(),
+        origin: origin(key).to_owned(),
     }
+}
+
+/// Where a key's secret comes from: keygate, or (until its first use re-hashes it) the
+/// algorithm of the system it was imported from.
+fn origin(key: &KeyRecord) -> &'static str {
+    let hash = key.secret_hash.expose_phc();
+    match &key.lookup {
+        None => "keygate",
+        Some(_) if hash.starts_with("$sha256$") => "sha256",
+        Some(_) if hash.starts_with("$2") => "bcrypt",
+        Some(lookup) if lookup.starts_with("start:") => "argon2",
+        Some(_) => "imported",
+    }
+}
+
+fn credits_to_proto(balance: CreditBalance, refill: Option<&Refill>) -> pb::Credits {
+    pb::Credits {
+        remaining: balance.remaining,
+        refill: refill.map(|r| pb::Refill {
+            amount: r.amount,
+            interval: r.interval_str(),
+            mode: r.mode_str().to_owned(),
+        }),
+    }
+}
+
+pub fn owner_to_proto(owner: &Owner) -> pb::Owner {
+    pb::Owner {
+        account_id: owner.account_id.to_string(),
+        owner_id: owner.id.to_string(),
+        limits: owner.limits.iter().map(limit_to_proto).collect(),
+        credits: owner.credits.map(|balance| credits_to_proto(balance, owner.refill.as_ref())),
+        updated_at: Some(timestamp_to_proto(owner.updated_at)),
+    }
+}
+
+pub fn owner_changes(req: &pb::UpdateOwnerRequest) -> Result<(AccountId, OwnerId, OwnerChanges), InvalidField> {
+    let changes = OwnerChanges {
+        limits: req.limits.as_ref().map(|l| limits_from_proto(&l.values)).transpose()?,
+        credits: credit_change(req.credits.as_ref(), req.clear_credits)?,
+    };
+    Ok((AccountId::parse(&req.account_id)?, OwnerId::parse(&req.owner_id)?, changes))
+}
+
+fn credit_change(credits: Option<&pb::Credits>, clear: bool) -> Result<Option<Option<Credits>>, InvalidField> {
+    Ok(match (credits, clear) {
+        (Some(_), true) => return Err(InvalidField::new("clear_credits", "cannot be combined with credits")),
+        (Some(credits), false) => Some(Some(credits_from_proto(credits)?)),
+        (None, true) => Some(None),
+        (None, false) => None,
+    })
+}
+
+fn owner_from_proto(raw: &str) -> Result<Option<OwnerId>, InvalidField> {
+    Some(raw).filter(|r| !r.is_empty()).map(OwnerId::parse).transpose()
+}
+
+pub fn deleted_to_proto(deleted: &Deleted) -> pb::DeleteResponse {
+    fn ids<T: ToString>(items: &[T]) -> Vec<String> {
+        items.iter().map(ToString::to_string).collect()
+    }
+    pb::DeleteResponse {
+        deleted_key_ids: ids(&deleted.keys),
+        deleted_application_ids: ids(&deleted.applications),
+        deleted_session_ids: ids(&deleted.sessions),
+        deleted_owner_ids: ids(&deleted.owners),
+        changed_key_ids: ids(&deleted.changed_keys),
+    }
+}
+
+/// A key to import, checked field by field; a bad one is reported on its own line.
+pub fn key_to_import(key: &pb::ImportedKey) -> Result<KeyToImport, InvalidField> {
+    Ok(KeyToImport {
+        account_id: AccountId::parse(&key.account_id)?,
+        name: Name::parse("name", &key.name)?,
+        scopes: Scopes::parse_grants(&key.scopes)?,
+        application_ids: application_ids("application_ids", &key.application_ids)?,
+        expires_at: key.expires_at.as_ref().map(|ts| timestamp_from_proto("expires_at", ts)).transpose()?,
+        metadata: metadata_from_proto(&key.metadata_json)?,
+        owner_id: owner_from_proto(&key.owner_id)?,
+        hash: ForeignHash::parse(&key.algorithm, &key.hash, &key.strip_prefix, &key.start)?,
+    })
+}
+
+pub fn import_result_to_proto(result: &ImportResult) -> pb::ImportResult {
+    let (status, key_id, error) = match result {
+        ImportResult::Imported(Imported::Created(id)) => ("imported", id.to_string(), String::new()),
+        ImportResult::Imported(Imported::AlreadyImported(id)) => ("already_imported", id.to_string(), String::new()),
+        ImportResult::Imported(Imported::Conflict) => {
+            ("conflict", String::new(), "another key holds the same credential form".to_owned())
+        }
+        ImportResult::Invalid(error) => ("invalid", String::new(), error.clone()),
+    };
+    pb::ImportResult { status: status.to_owned(), key_id, error }
 }
 
 fn limit_to_proto(limit: &KeyLimit) -> pb::KeyLimit {
@@ -139,6 +234,7 @@ fn principal_to_proto(principal: &Principal) -> pb::Principal {
             scopes: key.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
             application_ids: key.application_ids.iter().map(|a| a.to_string()).collect(),
             metadata_json: key.terms.metadata.as_ref().map(|m| m.as_json().to_owned()).unwrap_or_default(),
+            owner_id: key.owner_id.as_ref().map(ToString::to_string).unwrap_or_default(),
             ..Default::default()
         },
         Principal::Session(session) => pb::Principal {
@@ -209,6 +305,7 @@ impl TryFrom<pb::CreateApiKeyRequest> for NewApiKey {
                 refill: None,
             },
             credits: req.credits.as_ref().map(credits_from_proto).transpose()?,
+            owner_id: owner_from_proto(&req.owner_id)?,
         })
     }
 }
@@ -236,18 +333,15 @@ pub fn key_changes(req: &pb::UpdateApiKeyRequest) -> Result<(KeyId, KeyChanges),
         limits: req.limits.as_ref().map(|l| limits_from_proto(&l.values)).transpose()?,
         allowed_networks: req.allowed_networks.as_ref().map(|n| networks_from_proto(&n.values)).transpose()?,
         metadata: req.metadata_json.as_deref().map(metadata_from_proto).transpose()?,
-        credits: match (&req.credits, req.clear_credits) {
-            (Some(_), true) => return Err(InvalidField::new("clear_credits", "cannot be combined with credits")),
-            (Some(credits), false) => Some(Some(credits_from_proto(credits)?)),
-            (None, true) => Some(None),
-            (None, false) => None,
-        },
+        credits: credit_change(req.credits.as_ref(), req.clear_credits)?,
+        owner_id: req.owner_id.as_deref().map(owner_from_proto).transpose()?,
     };
     if changes.name.is_none()
         && changes.scopes.is_none()
         && changes.application_ids.is_none()
         && changes.expires_at.is_none()
         && changes.disabled.is_none()
+        && changes.owner_id.is_none()
         && !changes.touches_terms()
     {
         return Err(InvalidField::new("update", "names no field to change"));

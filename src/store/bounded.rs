@@ -7,10 +7,16 @@
 //! of after the pool's own connect timeout.
 
 use super::Spend;
-use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome};
+use super::{
+    Application, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyRecord, Owner, OwnerChanges, Page,
+    PageRequest, RollOutcome, SessionRecord, Store, StoreError, UpdateOutcome,
+};
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::breaker::{Breaker, Refused};
-use crate::domain::{AccountId, ApplicationId, KeyId, Refill, SecretHash, SessionId, Timestamp, VerifiedDigest};
+use crate::domain::{
+    AccountId, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash, SessionId, Timestamp, UserId,
+    VerifiedDigest,
+};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -74,10 +80,10 @@ impl Store for BoundedStore {
     async fn list_keys(
         &self,
         account: &AccountId,
-        search: Option<&str>,
+        filter: &KeyFilter,
         page: &PageRequest,
     ) -> Result<Page<KeyRecord>, StoreError> {
-        self.admin(self.inner.list_keys(account, search, page)).await
+        self.admin(self.inner.list_keys(account, filter, page)).await
     }
 
     async fn update_key(
@@ -114,12 +120,83 @@ impl Store for BoundedStore {
     /// on its row; a queue is not an outage and must not open the breaker.
     async fn spend_credits(
         &self,
-        id: KeyId,
+        holder: &CreditHolder,
         cost: i64,
         refill: Option<&Refill>,
         now: Timestamp,
     ) -> Result<Spend, StoreError> {
-        self.admin(self.inner.spend_credits(id, cost, refill, now)).await
+        self.admin(self.inner.spend_credits(holder, cost, refill, now)).await
+    }
+
+    async fn rename_application(
+        &self,
+        id: &ApplicationId,
+        name: &Name,
+        audit: &AuditEvent,
+    ) -> Result<Option<Application>, StoreError> {
+        self.admin(self.inner.rename_application(id, name, audit)).await
+    }
+
+    async fn list_sessions(
+        &self,
+        account: &AccountId,
+        user: Option<&UserId>,
+        page: &PageRequest,
+    ) -> Result<Page<SessionRecord>, StoreError> {
+        self.admin(self.inner.list_sessions(account, user, page)).await
+    }
+
+    async fn roll_key(
+        &self,
+        new: &KeyRecord,
+        old: KeyId,
+        retire_at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<RollOutcome, StoreError> {
+        self.admin(self.inner.roll_key(new, old, retire_at, audit)).await
+    }
+
+    async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
+        self.admin(self.inner.delete(target, audit)).await
+    }
+
+    async fn import_keys(
+        &self,
+        import_id: &str,
+        keys: &[ImportedKey],
+        audit: &AuditEvent,
+    ) -> Result<Vec<Imported>, StoreError> {
+        self.admin(self.inner.import_keys(import_id, keys, audit)).await
+    }
+
+    async fn key_by_lookup(&self, lookups: &[String]) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.read(self.inner.key_by_lookup(lookups)).await
+    }
+
+    async fn adopt_imported(
+        &self,
+        id: KeyId,
+        old: &SecretHash,
+        new: &SecretHash,
+        lookup: &str,
+        digest: &VerifiedDigest,
+    ) -> Result<(), StoreError> {
+        self.admin(self.inner.adopt_imported(id, old, new, lookup, digest)).await
+    }
+
+    async fn set_owner(
+        &self,
+        account: &AccountId,
+        id: &OwnerId,
+        changes: &OwnerChanges,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(Owner, Vec<KeyId>), StoreError> {
+        self.admin(self.inner.set_owner(account, id, changes, now, audit)).await
+    }
+
+    async fn owner(&self, account: &AccountId, id: &OwnerId) -> Result<Option<Owner>, StoreError> {
+        self.admin(self.inner.owner(account, id)).await
     }
 
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {

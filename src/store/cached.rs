@@ -19,10 +19,14 @@
 
 use super::Spend;
 use super::{
-    Application, InMemory, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
+    Application, Deleted, Deletion, Imported, ImportedKey, InMemory, KeyChanges, KeyFilter, KeyRecord, Owner,
+    OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Store, StoreError, UpdateOutcome,
 };
 use crate::audit::{AuditEvent, AuditQuery};
-use crate::domain::{AccountId, ApplicationId, KeyId, Refill, SecretHash, SessionId, Timestamp, VerifiedDigest};
+use crate::domain::{
+    AccountId, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash, SessionId, Timestamp, UserId,
+    VerifiedDigest,
+};
 use quick_cache::sync::Cache;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -359,10 +363,10 @@ impl Store for CachedStore {
     async fn list_keys(
         &self,
         account: &AccountId,
-        search: Option<&str>,
+        filter: &KeyFilter,
         page: &PageRequest,
     ) -> Result<Page<KeyRecord>, StoreError> {
-        self.inner.list_keys(account, search, page).await
+        self.inner.list_keys(account, filter, page).await
     }
 
     async fn update_key(
@@ -407,20 +411,125 @@ impl Store for CachedStore {
     /// Usage is not a change: cached records stay (the usage recorder knows the later use).
     async fn spend_credits(
         &self,
-        id: KeyId,
+        holder: &CreditHolder,
         cost: i64,
         refill: Option<&Refill>,
         now: Timestamp,
     ) -> Result<Spend, StoreError> {
-        let spent = self.inner.spend_credits(id, cost, refill, now).await?;
+        let spent = self.inner.spend_credits(holder, cost, refill, now).await?;
         // The cached record shows the balance the store just said (GetApiKey reads it);
         // the decision never trusts it, the store's answer is the balance.
-        if let Spend::Spent(balance) | Spend::Exhausted(balance) = spent {
-            self.keys.update_in_place(&id, |record| {
+        if let (Spend::Spent(balance) | Spend::Exhausted(balance), CreditHolder::Key(id)) = (spent, holder) {
+            self.keys.update_in_place(id, |record| {
                 record.credits.map(|_| KeyRecord { credits: Some(balance), ..record.clone() })
             });
         }
         Ok(spent)
+    }
+
+    async fn rename_application(
+        &self,
+        id: &ApplicationId,
+        name: &Name,
+        audit: &AuditEvent,
+    ) -> Result<Option<Application>, StoreError> {
+        let result = self.inner.rename_application(id, name, audit).await;
+        self.applications.invalidate(id);
+        result
+    }
+
+    async fn list_sessions(
+        &self,
+        account: &AccountId,
+        user: Option<&UserId>,
+        page: &PageRequest,
+    ) -> Result<Page<SessionRecord>, StoreError> {
+        self.inner.list_sessions(account, user, page).await
+    }
+
+    async fn roll_key(
+        &self,
+        new: &KeyRecord,
+        old: KeyId,
+        retire_at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<RollOutcome, StoreError> {
+        let result = self.inner.roll_key(new, old, retire_at, audit).await;
+        self.keys.invalidate(&new.id);
+        self.keys.invalidate(&old);
+        if let Ok(RollOutcome::Rolled { ended, .. }) = &result {
+            ended.iter().for_each(|id| self.keys.invalidate(id));
+        }
+        result
+    }
+
+    async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
+        let result = self.inner.delete(target, audit).await;
+        match target {
+            Deletion::Key(id) => self.keys.invalidate(id),
+            Deletion::Application { id, .. } => self.applications.invalidate(id),
+            Deletion::Account(_) => {}
+        }
+        if let Ok(deleted) = &result {
+            deleted.keys.iter().chain(&deleted.changed_keys).for_each(|id| self.keys.invalidate(id));
+            deleted.applications.iter().for_each(|id| self.applications.invalidate(id));
+            deleted.sessions.iter().for_each(|id| self.sessions.invalidate(id));
+        } else if matches!(target, Deletion::Account(_) | Deletion::Application { .. }) {
+            // It may have committed before the error: what it removed is unknown here.
+            self.distrust_all();
+        }
+        result
+    }
+
+    async fn import_keys(
+        &self,
+        import_id: &str,
+        keys: &[ImportedKey],
+        audit: &AuditEvent,
+    ) -> Result<Vec<Imported>, StoreError> {
+        let result = self.inner.import_keys(import_id, keys, audit).await;
+        // An id may have been remembered as unknown.
+        keys.iter().for_each(|k| self.keys.invalidate(&k.record.id));
+        result
+    }
+
+    /// Not cached: the authenticator remembers which key a verified credential found.
+    async fn key_by_lookup(&self, lookups: &[String]) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.inner.key_by_lookup(lookups).await
+    }
+
+    async fn adopt_imported(
+        &self,
+        id: KeyId,
+        old: &SecretHash,
+        new: &SecretHash,
+        lookup: &str,
+        digest: &VerifiedDigest,
+    ) -> Result<(), StoreError> {
+        let result = self.inner.adopt_imported(id, old, new, lookup, digest).await;
+        self.keys.invalidate(&id);
+        result
+    }
+
+    async fn set_owner(
+        &self,
+        account: &AccountId,
+        id: &OwnerId,
+        changes: &OwnerChanges,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(Owner, Vec<KeyId>), StoreError> {
+        let result = self.inner.set_owner(account, id, changes, now, audit).await;
+        match &result {
+            Ok((_, keys)) => keys.iter().for_each(|key| self.keys.invalidate(key)),
+            // Which keys it changed is unknown here.
+            Err(_) => self.keys.distrust_all(),
+        }
+        result
+    }
+
+    async fn owner(&self, account: &AccountId, id: &OwnerId) -> Result<Option<Owner>, StoreError> {
+        self.inner.owner(account, id).await
     }
 
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {

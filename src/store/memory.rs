@@ -5,10 +5,14 @@
 
 use super::Spend;
 use super::{
-    Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
+    Application, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind, KeyRecord, Owner,
+    OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Store, StoreError, UpdateOutcome,
 };
 use crate::audit::{AuditEvent, AuditQuery};
-use crate::domain::{AccountId, ApplicationId, KeyId, Refill, SecretHash, SessionId, Timestamp, VerifiedDigest};
+use crate::domain::{
+    AccountId, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash, SessionId, Timestamp, UserId,
+    VerifiedDigest,
+};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -88,15 +92,16 @@ impl Store for MemoryStore {
     async fn list_keys(
         &self,
         account: &AccountId,
-        search: Option<&str>,
+        filter: &KeyFilter,
         request: &PageRequest,
     ) -> Result<Page<KeyRecord>, StoreError> {
-        let search = search.map(str::to_lowercase);
+        let search = filter.search.as_deref().map(str::to_lowercase);
         let state = self.state();
         let matching = state
             .keys
             .values()
             .filter(|k| k.account_id == *account && k.kind == KeyKind::ApiKey)
+            .filter(|k| filter.owner_id.is_none() || k.owner_id == filter.owner_id)
             .filter(|k| {
                 search.as_deref().is_none_or(|s| {
                     k.name.as_str().to_lowercase().contains(s) || k.id.to_string().to_lowercase().contains(s)
@@ -213,11 +218,13 @@ impl Store for MemoryStore {
 
     async fn spend_credits(
         &self,
-        id: KeyId,
+        holder: &CreditHolder,
         cost: i64,
         refill: Option<&Refill>,
         now: Timestamp,
     ) -> Result<Spend, StoreError> {
+        // Owners' shared credits are the SQL store's alone.
+        let CreditHolder::Key(id) = *holder else { return Ok(Spend::Unmetered) };
         let mut state = self.state();
         let Some(balance) = state.keys.get_mut(&id).and_then(|k| k.credits.as_mut()) else {
             return Ok(Spend::Unmetered);
@@ -232,6 +239,97 @@ impl Store for MemoryStore {
         after.remaining -= cost;
         *balance = after;
         Ok(Spend::Spent(after))
+    }
+
+    async fn rename_application(
+        &self,
+        id: &ApplicationId,
+        name: &Name,
+        audit: &AuditEvent,
+    ) -> Result<Option<Application>, StoreError> {
+        let mut state = self.state();
+        let Some(app) = state.applications.get_mut(id) else { return Ok(None) };
+        app.name = name.clone();
+        let app = app.clone();
+        state.record(audit);
+        Ok(Some(app))
+    }
+
+    async fn list_sessions(
+        &self,
+        account: &AccountId,
+        user: Option<&UserId>,
+        request: &PageRequest,
+    ) -> Result<Page<SessionRecord>, StoreError> {
+        let state = self.state();
+        let mine = state
+            .sessions
+            .values()
+            .filter(|s| s.account_id == *account && user.is_none_or(|u| s.user_id == *u))
+            .map(|s| (s.id.to_string(), s.clone()));
+        Ok(page(mine, request))
+    }
+
+    async fn roll_key(
+        &self,
+        _new: &KeyRecord,
+        _old: KeyId,
+        _retire_at: Timestamp,
+        _audit: &AuditEvent,
+    ) -> Result<RollOutcome, StoreError> {
+        Err(StoreError::Unsupported("rolling keys"))
+    }
+
+    async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
+        let Deletion::Key(id) = target else {
+            return Err(StoreError::Unsupported("deleting applications or accounts"));
+        };
+        let mut state = self.state();
+        let mut deleted = Deleted::default();
+        if state.keys.remove(id).is_some() {
+            deleted.keys.push(*id);
+            state.record(audit);
+        }
+        Ok(deleted)
+    }
+
+    async fn import_keys(
+        &self,
+        _import_id: &str,
+        _keys: &[ImportedKey],
+        _audit: &AuditEvent,
+    ) -> Result<Vec<Imported>, StoreError> {
+        Err(StoreError::Unsupported("importing keys"))
+    }
+
+    async fn key_by_lookup(&self, _lookups: &[String]) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        Ok(None)
+    }
+
+    async fn adopt_imported(
+        &self,
+        _id: KeyId,
+        _old: &SecretHash,
+        _new: &SecretHash,
+        _lookup: &str,
+        _digest: &VerifiedDigest,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn set_owner(
+        &self,
+        _account: &AccountId,
+        _id: &OwnerId,
+        _changes: &OwnerChanges,
+        _now: Timestamp,
+        _audit: &AuditEvent,
+    ) -> Result<(Owner, Vec<KeyId>), StoreError> {
+        Err(StoreError::Unsupported("owners"))
+    }
+
+    async fn owner(&self, _account: &AccountId, _id: &OwnerId) -> Result<Option<Owner>, StoreError> {
+        Ok(None)
     }
 
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {

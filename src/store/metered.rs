@@ -2,9 +2,15 @@
 //! It sits under the cache, so it sees only what reaches the database.
 
 use super::Spend;
-use super::{Application, KeyChanges, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome};
+use super::{
+    Application, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyRecord, Owner, OwnerChanges, Page,
+    PageRequest, RollOutcome, SessionRecord, Store, StoreError, UpdateOutcome,
+};
 use crate::audit::{AuditEvent, AuditQuery};
-use crate::domain::{AccountId, ApplicationId, KeyId, Refill, SecretHash, SessionId, Timestamp, VerifiedDigest};
+use crate::domain::{
+    AccountId, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash, SessionId, Timestamp, UserId,
+    VerifiedDigest,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -69,6 +75,7 @@ impl MeteredStore {
                 StoreError::Unavailable(_) => "unavailable",
                 StoreError::Corrupt(_) => "corrupt",
                 StoreError::Other(_) => "other",
+                StoreError::Unsupported(_) => "unsupported",
             };
             self.metrics.errors.get_or_create(&ErrorLabels { operation, kind }).inc();
         }
@@ -105,10 +112,10 @@ impl Store for MeteredStore {
     async fn list_keys(
         &self,
         account: &AccountId,
-        search: Option<&str>,
+        filter: &KeyFilter,
         page: &PageRequest,
     ) -> Result<Page<KeyRecord>, StoreError> {
-        self.timed("list_keys", self.inner.list_keys(account, search, page)).await
+        self.timed("list_keys", self.inner.list_keys(account, filter, page)).await
     }
 
     async fn update_key(
@@ -142,12 +149,83 @@ impl Store for MeteredStore {
 
     async fn spend_credits(
         &self,
-        id: KeyId,
+        holder: &CreditHolder,
         cost: i64,
         refill: Option<&Refill>,
         now: Timestamp,
     ) -> Result<Spend, StoreError> {
-        self.timed("spend_credits", self.inner.spend_credits(id, cost, refill, now)).await
+        self.timed("spend_credits", self.inner.spend_credits(holder, cost, refill, now)).await
+    }
+
+    async fn rename_application(
+        &self,
+        id: &ApplicationId,
+        name: &Name,
+        audit: &AuditEvent,
+    ) -> Result<Option<Application>, StoreError> {
+        self.timed("rename_application", self.inner.rename_application(id, name, audit)).await
+    }
+
+    async fn list_sessions(
+        &self,
+        account: &AccountId,
+        user: Option<&UserId>,
+        page: &PageRequest,
+    ) -> Result<Page<SessionRecord>, StoreError> {
+        self.timed("list_sessions", self.inner.list_sessions(account, user, page)).await
+    }
+
+    async fn roll_key(
+        &self,
+        new: &KeyRecord,
+        old: KeyId,
+        retire_at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<RollOutcome, StoreError> {
+        self.timed("roll_key", self.inner.roll_key(new, old, retire_at, audit)).await
+    }
+
+    async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
+        self.timed("delete", self.inner.delete(target, audit)).await
+    }
+
+    async fn import_keys(
+        &self,
+        import_id: &str,
+        keys: &[ImportedKey],
+        audit: &AuditEvent,
+    ) -> Result<Vec<Imported>, StoreError> {
+        self.timed("import_keys", self.inner.import_keys(import_id, keys, audit)).await
+    }
+
+    async fn key_by_lookup(&self, lookups: &[String]) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.timed("key_by_lookup", self.inner.key_by_lookup(lookups)).await
+    }
+
+    async fn adopt_imported(
+        &self,
+        id: KeyId,
+        old: &SecretHash,
+        new: &SecretHash,
+        lookup: &str,
+        digest: &VerifiedDigest,
+    ) -> Result<(), StoreError> {
+        self.timed("adopt_imported", self.inner.adopt_imported(id, old, new, lookup, digest)).await
+    }
+
+    async fn set_owner(
+        &self,
+        account: &AccountId,
+        id: &OwnerId,
+        changes: &OwnerChanges,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(Owner, Vec<KeyId>), StoreError> {
+        self.timed("set_owner", self.inner.set_owner(account, id, changes, now, audit)).await
+    }
+
+    async fn owner(&self, account: &AccountId, id: &OwnerId) -> Result<Option<Owner>, StoreError> {
+        self.timed("owner", self.inner.owner(account, id)).await
     }
 
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {

@@ -11,10 +11,10 @@ pub mod sql;
 
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::domain::{
-    AccountId, ApplicationId, CreditBalance, KeyId, KeyLimit, KeyTerms, Metadata, Name, Network, Refill, Scopes,
-    SecretHash, SessionId, Timestamp,
+    AccountId, ApplicationId, CreditBalance, CreditHolder, KeyId, KeyLimit, KeyTerms, Metadata, Name, Network, OwnerId,
+    Refill, Scopes, SecretHash, SessionId, Timestamp, UserId,
 };
-pub use crate::domain::{Application, KeyKind, KeyRecord, SessionRecord, VerifiedDigest};
+pub use crate::domain::{Application, KeyKind, KeyRecord, Owner, SessionRecord, VerifiedDigest};
 use std::sync::Arc;
 
 /// A change to a key; `None` leaves a field as it is.
@@ -32,6 +32,93 @@ pub struct KeyChanges {
     pub metadata: Option<Option<Metadata>>,
     /// `Some(None)` removes the credits (and their refill).
     pub credits: Option<Option<Credits>>,
+    /// `Some(None)` removes the owner.
+    pub owner_id: Option<Option<OwnerId>>,
+}
+
+/// A change to an owner's shared terms; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct OwnerChanges {
+    pub limits: Option<Vec<KeyLimit>>,
+    /// `Some(None)` removes the shared credits.
+    pub credits: Option<Option<Credits>>,
+}
+
+/// Which keys `list_keys` returns.
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    /// Matches the name or the id, case-insensitively, as a substring.
+    pub search: Option<String>,
+    pub owner_id: Option<OwnerId>,
+}
+
+/// What a roll came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RollOutcome {
+    /// The old key as it now is (retiring at the end of the overlap) and the keys whose
+    /// overlap this roll ended at once (the old key's own predecessor: no chains).
+    Rolled {
+        old: Box<KeyRecord>,
+        ended: Vec<KeyId>,
+    },
+    NotFound,
+    Revoked,
+    /// Rolled already, to this key: a key is rolled once; roll its successor.
+    AlreadyRolled(KeyId),
+}
+
+/// What to delete, for good.
+#[derive(Debug, Clone)]
+pub enum Deletion {
+    /// The key's row, its hash, credits and usage. Its audit events stay.
+    Key(KeyId),
+    /// Refused while keys are restricted to it, unless `cascade`: then each such key loses
+    /// it, and a key restricted to it alone is deleted (an empty list would mean every
+    /// application). Its runtime keys go with it.
+    Application { id: ApplicationId, cascade: bool },
+    /// Every key, application, session and owner of the account. Its audit events stay.
+    Account(AccountId),
+}
+
+/// What a deletion removed or changed, for caches to forget.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    pub keys: Vec<KeyId>,
+    /// Keys that stay but lost a deleted application.
+    pub changed_keys: Vec<KeyId>,
+    pub applications: Vec<ApplicationId>,
+    pub sessions: Vec<SessionId>,
+    pub owners: Vec<OwnerId>,
+    /// Nothing was deleted: these keys are restricted to the application (no cascade).
+    pub blocked_by: Vec<KeyId>,
+}
+
+impl Deleted {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+            && self.changed_keys.is_empty()
+            && self.applications.is_empty()
+            && self.sessions.is_empty()
+            && self.owners.is_empty()
+    }
+}
+
+/// A key brought from another system: its record (with `lookup` set) and the form it
+/// was imported in, which re-running the import finds it by.
+#[derive(Debug, Clone)]
+pub struct ImportedKey {
+    pub record: KeyRecord,
+    pub import_ref: String,
+}
+
+/// What importing one key came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Imported {
+    Created(KeyId),
+    /// This import (same import id) brought it already: nothing changed.
+    AlreadyImported(KeyId),
+    /// Another import or key holds the same credential form: nothing changed.
+    Conflict,
 }
 
 /// Credits as an operator sets them.
@@ -120,6 +207,16 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store error")]
     Other(#[source] sqlx::Error),
+    /// This store does not do that (the in-memory store keeps to what benchmarks need).
+    #[error("the store does not support {0}")]
+    Unsupported(&'static str),
+}
+
+/// An audit event's id could not be made inside a transaction: nothing is written.
+impl From<getrandom::Error> for StoreError {
+    fn from(e: getrandom::Error) -> Self {
+        StoreError::Unavailable(Box::new(e))
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -143,14 +240,20 @@ pub trait Store: Send + Sync + 'static {
     async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError>;
     async fn list_applications(&self, account: &AccountId, page: &PageRequest)
         -> Result<Page<Application>, StoreError>;
+    /// `None`, recording nothing, if there is no such application.
+    async fn rename_application(
+        &self,
+        id: &ApplicationId,
+        name: &Name,
+        audit: &AuditEvent,
+    ) -> Result<Option<Application>, StoreError>;
 
     async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError>;
     async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError>;
-    /// `search` matches the name or the id, case-insensitively, as a substring.
     async fn list_keys(
         &self,
         account: &AccountId,
-        search: Option<&str>,
+        filter: &KeyFilter,
         page: &PageRequest,
     ) -> Result<Page<KeyRecord>, StoreError>;
     /// Records nothing unless the key was updated.
@@ -178,12 +281,61 @@ pub trait Store: Send + Sync + 'static {
         retire_at: Timestamp,
         audit: &AuditEvent,
     ) -> Result<Vec<KeyId>, StoreError>;
-    /// Spends `cost` of key `id`'s credits in one atomic step (across replicas: never
+    /// Makes `new` (built from key `old`: same account, name, scopes, applications, expiry,
+    /// terms, owner) replace `old` in one transaction: `old` keeps working until
+    /// `retire_at`, its credits move to `new` (spent by both meanwhile), and a roll that
+    /// made `old` ends its own overlap now.
+    async fn roll_key(
+        &self,
+        new: &KeyRecord,
+        old: KeyId,
+        retire_at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<RollOutcome, StoreError>;
+    /// Deletes for good, in one transaction, with an audit event per object deleted (made
+    /// from `audit`, which names the action that asked for it).
+    async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError>;
+    /// Stores keys from another system, in one transaction, skipping those already there
+    /// (by `import_ref`): re-running an import changes nothing. One audit event per key
+    /// created, made from `audit`.
+    async fn import_keys(
+        &self,
+        import_id: &str,
+        keys: &[ImportedKey],
+        audit: &AuditEvent,
+    ) -> Result<Vec<Imported>, StoreError>;
+    /// The imported key whose `lookup` is one of `lookups`.
+    async fn key_by_lookup(&self, lookups: &[String]) -> Result<Option<Arc<KeyRecord>>, StoreError>;
+    /// After an imported key's first verification: its hash becomes `new` (keygate's own),
+    /// its lookup the digest of the whole credential, and the verified digest is stored,
+    /// if the key still has `old`. Not a change of what the key may do: no audit event.
+    async fn adopt_imported(
+        &self,
+        id: KeyId,
+        old: &SecretHash,
+        new: &SecretHash,
+        lookup: &str,
+        digest: &VerifiedDigest,
+    ) -> Result<(), StoreError>;
+
+    /// Creates or changes an owner's shared terms; each of its keys counts as changed
+    /// (version, notification). Returns the owner and its keys.
+    async fn set_owner(
+        &self,
+        account: &AccountId,
+        id: &OwnerId,
+        changes: &OwnerChanges,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(Owner, Vec<KeyId>), StoreError>;
+    async fn owner(&self, account: &AccountId, id: &OwnerId) -> Result<Option<Owner>, StoreError>;
+
+    /// Spends `cost` of a holder's credits in one atomic step (across replicas: never
     /// two calls spending the last credit), first refilling them when `refill` says a new
     /// period has begun at `now`. Not a change of the key: no version, no audit event.
     async fn spend_credits(
         &self,
-        id: KeyId,
+        holder: &CreditHolder,
         cost: i64,
         refill: Option<&Refill>,
         now: Timestamp,
@@ -193,6 +345,13 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError>;
     async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError>;
+    /// An account's sessions (of one user, if given), in id order.
+    async fn list_sessions(
+        &self,
+        account: &AccountId,
+        user: Option<&UserId>,
+        page: &PageRequest,
+    ) -> Result<Page<SessionRecord>, StoreError>;
     /// Idempotent. `None`, recording nothing, if there is no such session.
     async fn revoke_session(
         &self,

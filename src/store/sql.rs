@@ -4,13 +4,14 @@
 //! What differs per backend (connection set-up, migrations) is chosen by [`Backend`].
 
 use super::{
-    Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Spend, Store, StoreError,
-    UpdateOutcome, VerifiedDigest,
+    Application, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind, KeyRecord, Owner,
+    OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Spend, Store, StoreError, UpdateOutcome,
+    VerifiedDigest,
 };
 use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
 use crate::domain::{
-    hex, AccountId, ApplicationId, CreditBalance, KeyId, KeyLimit, KeyTerms, Metadata, Name, Network, Refill,
-    RefillMode, Scopes, SecretHash, SessionId, Timestamp, UserId,
+    hex, AccountId, ApplicationId, CreditBalance, CreditHolder, KeyId, KeyLimit, KeyTerms, Metadata, Name, Network,
+    OwnerId, Refill, RefillMode, Scopes, SecretHash, SessionId, Timestamp, UserId,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
@@ -22,12 +23,22 @@ static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// A key with its last use, which lives in its own table: usage is written in batches
-/// and must not notify replicas or bump the key's version as a change would.
-const KEY_SELECT: &str = "SELECT api_keys.id, account_id, kind, name, scopes, application_ids, secret_hash, \
-     created_at, updated_at, expires_at, revoked_at, retire_at, revoked_reason, version, verified_digest, \
-     u.last_used_at, disabled, terms, c.remaining AS credits_remaining, c.period AS credits_period \
+/// and must not notify replicas or bump the key's version as a change would. Its credits
+/// are its successor's while a roll overlaps (they moved there); its owner's shared terms
+/// and balance come with it.
+const KEY_SELECT: &str = "SELECT api_keys.id, api_keys.account_id, kind, name, scopes, application_ids, \
+     secret_hash, api_keys.created_at, api_keys.updated_at, expires_at, revoked_at, retire_at, revoked_reason, \
+     version, verified_digest, u.last_used_at, disabled, api_keys.terms, \
+     c.remaining AS credits_remaining, c.period AS credits_period, \
+     api_keys.owner_id, rolled_from, rolled_to, lookup, o.owner_id AS owner_found, o.terms AS owner_terms, \
+     o.updated_at AS owner_updated_at, oc.remaining AS owner_credits_remaining, oc.period AS owner_credits_period \
      FROM api_keys LEFT JOIN key_usage u ON u.key_id = api_keys.id \
-     LEFT JOIN key_credits c ON c.key_id = api_keys.id";
+     LEFT JOIN key_credits c ON c.key_id = COALESCE(api_keys.rolled_to, api_keys.id) \
+     LEFT JOIN owners o ON o.account_id = api_keys.account_id AND o.owner_id = api_keys.owner_id \
+     LEFT JOIN key_credits oc ON oc.key_id = 'owner/' || api_keys.account_id || '/' || api_keys.owner_id";
+const OWNER_SELECT: &str = "SELECT o.account_id, o.owner_id, o.terms, o.updated_at, \
+     c.remaining AS credits_remaining, c.period AS credits_period FROM owners o \
+     LEFT JOIN key_credits c ON c.key_id = 'owner/' || o.account_id || '/' || o.owner_id";
 const AUDIT_COLUMNS: &str = "id, account_id, action, actor, on_behalf_of, target, request_id, occurred_at, detail";
 const SESSION_COLUMNS: &str = "id, account_id, user_id, secret_digest, created_at, expires_at, revoked_at, version";
 
@@ -76,7 +87,8 @@ struct Lane {
 
 /// A call waiting to spend, and where its answer goes.
 struct Waiter {
-    id: KeyId,
+    /// The holder, as `key_credits.key_id` names it.
+    id: String,
     cost: i64,
     refill: Option<Refill>,
     now: Timestamp,
@@ -97,7 +109,7 @@ impl Spending {
         Self { lanes: (0..lanes).map(|_| Lane::default()).collect(), slots: tokio::sync::Semaphore::new(slots) }
     }
 
-    fn lane(&self, id: KeyId) -> &Lane {
+    fn lane(&self, id: &str) -> &Lane {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         id.hash(&mut hasher);
@@ -231,10 +243,51 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
             None => KeyTerms::default(),
             Some(text) => StoredTerms::read(text).ok_or_else(|| corrupt("api_keys.terms"))?,
         },
-        credits: match row.try_get::<Option<i64>, _>("credits_remaining")? {
+        credits: balance_of(row, "credits_remaining", "credits_period")?,
+        owner_id: match row.try_get::<Option<&str>, _>("owner_id")? {
             None => None,
-            Some(remaining) => Some(CreditBalance { remaining, period: row.try_get("credits_period")? }),
+            Some(id) => Some(OwnerId::parse(id).map_err(|_| corrupt("api_keys.owner_id"))?),
         },
+        owner: match row.try_get::<Option<&str>, _>("owner_found")? {
+            None => None,
+            Some(_) => {
+                Some(Arc::new(owner_from_row(row, "owner_found", "owner_terms", "owner_updated_at", "owner_credits")?))
+            }
+        },
+        rolled_from: stored_key_id(row, "rolled_from")?,
+        rolled_to: stored_key_id(row, "rolled_to")?,
+        lookup: row.try_get("lookup")?,
+    })
+}
+
+fn stored_key_id(row: &AnyRow, column: &'static str) -> Result<Option<KeyId>, StoreError> {
+    match row.try_get::<Option<&str>, _>(column)? {
+        None => Ok(None),
+        Some(id) => KeyId::from_stored(id).map(Some).ok_or_else(|| corrupt(column)),
+    }
+}
+
+/// A balance from its two columns (`<prefix>_remaining`, `<prefix>_period`), if any.
+fn balance_of(row: &AnyRow, remaining: &str, period: &str) -> Result<Option<CreditBalance>, StoreError> {
+    Ok(match row.try_get::<Option<i64>, _>(remaining)? {
+        None => None,
+        Some(remaining) => Some(CreditBalance { remaining, period: row.try_get(period)? }),
+    })
+}
+
+/// An owner from a row that names its columns (alone, or joined to a key's).
+fn owner_from_row(row: &AnyRow, id: &str, terms: &str, updated_at: &str, credits: &str) -> Result<Owner, StoreError> {
+    let stored = match row.try_get::<Option<&str>, _>(terms)? {
+        None => KeyTerms::default(),
+        Some(text) => StoredTerms::read(text).ok_or_else(|| corrupt("owners.terms"))?,
+    };
+    Ok(Owner {
+        account_id: AccountId::parse(row.try_get("account_id")?).map_err(|_| corrupt("owners.account_id"))?,
+        id: OwnerId::parse(row.try_get(id)?).map_err(|_| corrupt("owners.owner_id"))?,
+        limits: stored.limits,
+        refill: stored.refill,
+        credits: balance_of(row, &format!("{credits}_remaining"), &format!("{credits}_period"))?,
+        updated_at: Timestamp::from_millis(row.try_get(updated_at)?),
     })
 }
 
@@ -390,8 +443,9 @@ fn insert_key(key: &KeyRecord) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::A
     };
     sqlx::query(
         "INSERT INTO api_keys (id, account_id, kind, runtime_of, name, scopes, application_ids, secret_hash, \
-         created_at, updated_at, expires_at, revoked_at, retire_at, revoked_reason, version, disabled, terms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+         created_at, updated_at, expires_at, revoked_at, retire_at, revoked_reason, version, disabled, terms, \
+         owner_id, rolled_from, rolled_to, lookup) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
     )
     .bind(key.id.to_string())
     .bind(key.account_id.as_str())
@@ -410,6 +464,10 @@ fn insert_key(key: &KeyRecord) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::A
     .bind(key.version)
     .bind(i64::from(key.disabled))
     .bind(StoredTerms::write(&key.terms))
+    .bind(key.owner_id.as_ref().map(|o| o.as_str().to_owned()))
+    .bind(key.rolled_from.map(|id| id.to_string()))
+    .bind(key.rolled_to.map(|id| id.to_string()))
+    .bind(key.lookup.as_deref())
 }
 
 /// The refill rule as `key_credits.refill` holds it.
@@ -417,10 +475,10 @@ fn refill_spec(refill: Option<&Refill>) -> String {
     refill.map_or_else(String::new, |r| format!("{}/{}/{}", r.amount, r.interval_str(), r.mode_str()))
 }
 
-/// Sets (or, with `None`, removes) a key's credits, counted under `refill`.
+/// Sets (or, with `None`, removes) a holder's credits, counted under `refill`.
 async fn set_credits(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    id: KeyId,
+    holder: &CreditHolder,
     balance: Option<CreditBalance>,
     refill: Option<&Refill>,
 ) -> Result<(), StoreError> {
@@ -431,7 +489,7 @@ async fn set_credits(
                  ON CONFLICT (key_id) DO UPDATE SET remaining = excluded.remaining, period = excluded.period, \
                  refill = excluded.refill",
             )
-            .bind(id.to_string())
+            .bind(holder.stored())
             .bind(balance.remaining)
             .bind(balance.period)
             .bind(refill_spec(refill))
@@ -439,7 +497,7 @@ async fn set_credits(
             .await?;
         }
         None => {
-            sqlx::query("DELETE FROM key_credits WHERE key_id = $1").bind(id.to_string()).execute(&mut **tx).await?;
+            sqlx::query("DELETE FROM key_credits WHERE key_id = $1").bind(holder.stored()).execute(&mut **tx).await?;
         }
     }
     Ok(())
@@ -478,6 +536,72 @@ async fn key_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: KeyId) -> Result<
         .await?
         .map(|row| key_from_row(&row))
         .transpose()
+}
+
+/// An owner as the transaction `tx` sees it.
+async fn owner_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    account: &AccountId,
+    id: &OwnerId,
+) -> Result<Option<Owner>, StoreError> {
+    sqlx::query(&format!("{OWNER_SELECT} WHERE o.account_id = $1 AND o.owner_id = $2"))
+        .bind(account.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|row| owner_from_row(&row, "owner_id", "terms", "updated_at", "credits"))
+        .transpose()
+}
+
+/// Ends now the overlap of every key rolled to `id` that still works; returns them.
+async fn retire_predecessors(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: KeyId,
+    now: Timestamp,
+) -> Result<Vec<KeyId>, StoreError> {
+    let rows = sqlx::query(
+        "UPDATE api_keys SET retire_at = $2, updated_at = $2, version = version + 1 \
+         WHERE rolled_to = $1 AND revoked_at IS NULL AND retire_at > $2 RETURNING id",
+    )
+    .bind(id.to_string())
+    .bind(now.as_millis())
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter().map(|row| stored_key_id(row, "id")?.ok_or_else(|| corrupt("api_keys.id"))).collect()
+}
+
+/// Deletes the keys `condition` (on `$1`) selects, with what hangs off them (credits,
+/// usage), and an audit event each; `false` if there were none.
+async fn delete_keys(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    condition: &str,
+    value: String,
+    audit: &AuditEvent,
+    deleted: &mut Deleted,
+) -> Result<bool, StoreError> {
+    for table in ["key_credits", "key_usage"] {
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE key_id IN (SELECT api_keys.id FROM api_keys WHERE {condition})"
+        ))
+        .bind(&value)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let rows = sqlx::query(&format!("DELETE FROM api_keys WHERE {condition} RETURNING id"))
+        .bind(&value)
+        .fetch_all(&mut **tx)
+        .await?;
+    for row in &rows {
+        let id = stored_key_id(row, "id")?.ok_or_else(|| corrupt("api_keys.id"))?;
+        let event = if audit.action == AuditAction::ApiKeyDelete && audit.target == id.to_string() {
+            audit.clone()
+        } else {
+            audit.for_object(AuditAction::ApiKeyDelete, id.to_string())?
+        };
+        insert_audit(&event).execute(&mut **tx).await?;
+        deleted.keys.push(id);
+    }
+    Ok(!rows.is_empty())
 }
 
 #[async_trait::async_trait]
@@ -531,7 +655,7 @@ impl Store for SqlStore {
         let mut tx = self.pool.begin().await?;
         insert_key(key).execute(&mut *tx).await?;
         if key.credits.is_some() {
-            set_credits(&mut tx, key.id, key.credits, key.terms.refill.as_ref()).await?;
+            set_credits(&mut tx, &CreditHolder::Key(key.id), key.credits, key.terms.refill.as_ref()).await?;
         }
         insert_audit(audit).execute(&mut *tx).await?;
         tx.commit().await?;
@@ -662,18 +786,20 @@ impl Store for SqlStore {
     async fn list_keys(
         &self,
         account: &AccountId,
-        search: Option<&str>,
+        filter: &KeyFilter,
         page: &PageRequest,
     ) -> Result<Page<KeyRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "{KEY_SELECT} WHERE account_id = $1 AND kind = 'api_key' AND api_keys.id > $2 \
+            "{KEY_SELECT} WHERE api_keys.account_id = $1 AND kind = 'api_key' AND api_keys.id > $2 \
              AND ($3 = '' OR lower(name) LIKE $3 ESCAPE '\\' OR lower(api_keys.id) LIKE $3 ESCAPE '\\') \
+             AND ($5 = '' OR api_keys.owner_id = $5) \
              ORDER BY api_keys.id LIMIT $4"
         ))
         .bind(account.as_str())
         .bind(page.after.as_deref().unwrap_or(""))
-        .bind(search.map(like_pattern).unwrap_or_default())
+        .bind(filter.search.as_deref().map(like_pattern).unwrap_or_default())
         .bind(i64::from(page.limit) + 1)
+        .bind(filter.owner_id.as_ref().map(|o| o.as_str().to_owned()).unwrap_or_default())
         .fetch_all(&self.pool)
         .await?;
         let items = rows.iter().map(key_from_row).collect::<Result<Vec<_>, _>>()?;
@@ -697,6 +823,7 @@ impl Store for SqlStore {
                expires_at = CASE WHEN $5 = 1 THEN $6 ELSE expires_at END, \
                updated_at = $7, \
                disabled = COALESCE($8, disabled), \
+               owner_id = CASE WHEN $9 = 1 THEN $10 ELSE owner_id END, \
                version = version + 1 \
              WHERE id = $1 AND revoked_at IS NULL \
              RETURNING id",
@@ -709,6 +836,8 @@ impl Store for SqlStore {
         .bind(changes.expires_at.flatten().map(Timestamp::as_millis))
         .bind(now.as_millis())
         .bind(changes.disabled.map(i64::from))
+        .bind(i64::from(changes.owner_id.is_some()))
+        .bind(changes.owner_id.clone().flatten().map(|o| o.as_str().to_owned()))
         .fetch_optional(&mut *tx)
         .await?;
         if updated.is_some() {
@@ -723,7 +852,8 @@ impl Store for SqlStore {
                     .await?;
                 if let Some(credits) = changes.credits {
                     let refill = credits.and_then(|c| c.refill);
-                    set_credits(&mut tx, id, credits.map(|c| c.balance(now)), refill.as_ref()).await?;
+                    set_credits(&mut tx, &CreditHolder::Key(id), credits.map(|c| c.balance(now)), refill.as_ref())
+                        .await?;
                 }
                 key = key_in(&mut tx, id).await?.ok_or_else(|| corrupt("an updated key is gone"))?;
             }
@@ -822,15 +952,16 @@ impl Store for SqlStore {
         Ok(into_page(items, page.limit, |e| e.id.clone()))
     }
 
-    #[tracing::instrument(skip_all, fields(key_id = %id), err)]
+    #[tracing::instrument(skip_all, err)]
     async fn spend_credits(
         &self,
-        id: KeyId,
+        holder: &CreditHolder,
         cost: i64,
         refill: Option<&Refill>,
         now: Timestamp,
     ) -> Result<Spend, StoreError> {
-        let lane = self.spending.lane(id);
+        let id = holder.stored();
+        let lane = self.spending.lane(&id);
         let (answer, mut answered) = tokio::sync::oneshot::channel();
         let waiter = Waiter { id, cost, refill: refill.copied(), now, answer };
         lane.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(waiter);
@@ -855,6 +986,368 @@ impl Store for SqlStore {
         answered.await.unwrap_or_else(|_| {
             Err(StoreError::Unavailable(Box::new(std::io::Error::other("the credit spend was abandoned"))))
         })
+    }
+
+    #[tracing::instrument(skip_all, fields(application_id = %id), err)]
+    async fn rename_application(
+        &self,
+        id: &ApplicationId,
+        name: &Name,
+        audit: &AuditEvent,
+    ) -> Result<Option<Application>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row =
+            sqlx::query("UPDATE applications SET name = $2 WHERE id = $1 RETURNING id, account_id, name, created_at")
+                .bind(id.as_str())
+                .bind(name.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(row) = row else { return Ok(None) };
+        let application = application_from_row(&row)?;
+        insert_audit(audit).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Some(application))
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %account), err)]
+    async fn list_sessions(
+        &self,
+        account: &AccountId,
+        user: Option<&UserId>,
+        page: &PageRequest,
+    ) -> Result<Page<SessionRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE account_id = $1 AND ($2 = '' OR user_id = $2) \
+             AND id > $3 ORDER BY id LIMIT $4"
+        ))
+        .bind(account.as_str())
+        .bind(user.map(|u| u.as_str().to_owned()).unwrap_or_default())
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let items = rows.iter().map(session_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(into_page(items, page.limit, |s| s.id.to_string()))
+    }
+
+    #[tracing::instrument(skip_all, fields(key_id = %old, new_key_id = %new.id), err)]
+    async fn roll_key(
+        &self,
+        new: &KeyRecord,
+        old: KeyId,
+        retire_at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<RollOutcome, StoreError> {
+        let now = new.created_at;
+        let mut tx = self.pool.begin().await?;
+        // Taking the old key's row first serializes concurrent rolls of one key on both
+        // backends: exactly one of them finds it not rolled yet.
+        let taken = sqlx::query(
+            "UPDATE api_keys SET version = version WHERE id = $1 AND kind = 'api_key' \
+             RETURNING revoked_at, rolled_to, retire_at",
+        )
+        .bind(old.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(taken) = taken else { return Ok(RollOutcome::NotFound) };
+        if let Some(successor) = stored_key_id(&taken, "rolled_to")? {
+            return Ok(RollOutcome::AlreadyRolled(successor));
+        }
+        if taken.try_get::<Option<i64>, _>("revoked_at")?.is_some()
+            || taken.try_get::<Option<i64>, _>("retire_at")?.is_some()
+        {
+            return Ok(RollOutcome::Revoked);
+        }
+        // The roll that made the old key ends its overlap now: no chains of working keys.
+        let ended = retire_predecessors(&mut tx, old, now).await?;
+        insert_key(new).execute(&mut *tx).await?;
+        // One balance for both keys: it moves to the new key, and the old key's reads
+        // follow `rolled_to` to it while the overlap lasts.
+        sqlx::query("UPDATE key_credits SET key_id = $2 WHERE key_id = $1")
+            .bind(old.to_string())
+            .bind(new.id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE api_keys SET retire_at = $2, rolled_to = $3, updated_at = $4, version = version + 1 \
+             WHERE id = $1",
+        )
+        .bind(old.to_string())
+        .bind(retire_at.as_millis())
+        .bind(new.id.to_string())
+        .bind(now.as_millis())
+        .execute(&mut *tx)
+        .await?;
+        let old = key_in(&mut tx, old).await?.ok_or_else(|| corrupt("a rolled key is gone"))?;
+        insert_audit(audit).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(RollOutcome::Rolled { old: Box::new(old), ended })
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
+        let now = audit.occurred_at;
+        let mut deleted = Deleted::default();
+        let mut tx = self.pool.begin().await?;
+        match target {
+            Deletion::Key(id) => {
+                if !delete_keys(&mut tx, "api_keys.id = $1", id.to_string(), audit, &mut deleted).await? {
+                    return Ok(deleted);
+                }
+                // A key overlapping this one (rolled to it) spent its balance, which is gone:
+                // its overlap ends now rather than running unmetered.
+                deleted.changed_keys = retire_predecessors(&mut tx, *id, now).await?;
+            }
+            Deletion::Application { id, cascade } => {
+                let Some(app) = sqlx::query("SELECT account_id FROM applications WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                else {
+                    return Ok(deleted);
+                };
+                let account: String = app.try_get("account_id")?;
+                // The application's runtime keys go with it.
+                delete_keys(&mut tx, "runtime_of = $1", id.as_str().to_owned(), audit, &mut deleted).await?;
+                let rows =
+                    sqlx::query("SELECT id, application_ids FROM api_keys WHERE account_id = $1 AND kind = 'api_key'")
+                        .bind(&account)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                let mut naming = Vec::new();
+                for row in rows {
+                    let apps: Vec<String> = serde_json::from_str(row.try_get("application_ids")?)
+                        .map_err(|_| corrupt("api_keys.application_ids"))?;
+                    if apps.iter().any(|a| a == id.as_str()) {
+                        let key = stored_key_id(&row, "id")?.ok_or_else(|| corrupt("api_keys.id"))?;
+                        naming.push((key, apps));
+                    }
+                }
+                if !cascade && !naming.is_empty() {
+                    tx.rollback().await?;
+                    return Ok(Deleted {
+                        blocked_by: naming.into_iter().map(|(k, _)| k).collect(),
+                        ..Deleted::default()
+                    });
+                }
+                for (key, apps) in naming {
+                    let left: Vec<&String> = apps.iter().filter(|a| *a != id.as_str()).collect();
+                    if left.is_empty() {
+                        delete_keys(&mut tx, "api_keys.id = $1", key.to_string(), audit, &mut deleted).await?;
+                        deleted.changed_keys.extend(retire_predecessors(&mut tx, key, now).await?);
+                    } else {
+                        sqlx::query(
+                            "UPDATE api_keys SET application_ids = $2, updated_at = $3, version = version + 1 \
+                             WHERE id = $1",
+                        )
+                        .bind(key.to_string())
+                        .bind(serde_json::to_string(&left).expect("strings serialize"))
+                        .bind(now.as_millis())
+                        .execute(&mut *tx)
+                        .await?;
+                        let mut event = audit.for_object(AuditAction::ApiKeyUpdate, key.to_string())?;
+                        event.detail = serde_json::json!({ "application_ids": left, "cause": audit.action.as_str() });
+                        insert_audit(&event).execute(&mut *tx).await?;
+                        deleted.changed_keys.push(key);
+                    }
+                }
+                sqlx::query("DELETE FROM applications WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+                deleted.applications.push(id.clone());
+                insert_audit(audit).execute(&mut *tx).await?;
+            }
+            Deletion::Account(account) => {
+                let account = account.as_str();
+                delete_keys(&mut tx, "api_keys.account_id = $1", account.to_owned(), audit, &mut deleted).await?;
+                let owners = sqlx::query("DELETE FROM owners WHERE account_id = $1 RETURNING owner_id")
+                    .bind(account)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for row in owners {
+                    let owner = OwnerId::parse(row.try_get("owner_id")?).map_err(|_| corrupt("owners.owner_id"))?;
+                    sqlx::query("DELETE FROM key_credits WHERE key_id = $1")
+                        .bind(CreditHolder::Owner(AccountId::parse(account).expect("checked"), owner.clone()).stored())
+                        .execute(&mut *tx)
+                        .await?;
+                    insert_audit(&audit.for_object(AuditAction::OwnerDelete, owner.as_str())?)
+                        .execute(&mut *tx)
+                        .await?;
+                    deleted.owners.push(owner);
+                }
+                let sessions = sqlx::query("DELETE FROM sessions WHERE account_id = $1 RETURNING id")
+                    .bind(account)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for row in sessions {
+                    let id = SessionId::parse(row.try_get("id")?).map_err(|_| corrupt("sessions.id"))?;
+                    insert_audit(&audit.for_object(AuditAction::SessionDelete, id.to_string())?)
+                        .execute(&mut *tx)
+                        .await?;
+                    deleted.sessions.push(id);
+                }
+                let applications = sqlx::query("DELETE FROM applications WHERE account_id = $1 RETURNING id")
+                    .bind(account)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for row in applications {
+                    let id = ApplicationId::parse(row.try_get("id")?).map_err(|_| corrupt("applications.id"))?;
+                    insert_audit(&audit.for_object(AuditAction::ApplicationDelete, id.as_str())?)
+                        .execute(&mut *tx)
+                        .await?;
+                    deleted.applications.push(id);
+                }
+                insert_audit(audit).execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    #[tracing::instrument(skip_all, fields(keys = keys.len()), err)]
+    async fn import_keys(
+        &self,
+        import_id: &str,
+        keys: &[ImportedKey],
+        audit: &AuditEvent,
+    ) -> Result<Vec<Imported>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(keys.len());
+        for key in keys {
+            let record = &key.record;
+            let found = sqlx::query("SELECT id, import_id FROM api_keys WHERE import_ref = $1 OR lookup = $2 LIMIT 1")
+                .bind(&key.import_ref)
+                .bind(record.lookup.as_deref())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(found) = found {
+                let id = stored_key_id(&found, "id")?.ok_or_else(|| corrupt("api_keys.id"))?;
+                let same = found.try_get::<Option<&str>, _>("import_id")? == Some(import_id);
+                outcomes.push(if same { Imported::AlreadyImported(id) } else { Imported::Conflict });
+                continue;
+            }
+            insert_key(record).execute(&mut *tx).await?;
+            sqlx::query("UPDATE api_keys SET import_ref = $2, import_id = $3 WHERE id = $1")
+                .bind(record.id.to_string())
+                .bind(&key.import_ref)
+                .bind(import_id)
+                .execute(&mut *tx)
+                .await?;
+            let mut event = audit.for_object(AuditAction::ApiKeyImport, record.id.to_string())?;
+            event.account_id = record.account_id.clone();
+            insert_audit(&event).execute(&mut *tx).await?;
+            outcomes.push(Imported::Created(record.id));
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn key_by_lookup(&self, lookups: &[String]) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        if lookups.is_empty() {
+            return Ok(None);
+        }
+        let placeholders: Vec<String> = (1..=lookups.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("{KEY_SELECT} WHERE lookup IN ({})", placeholders.join(", "));
+        let mut query = sqlx::query(&sql);
+        for lookup in lookups {
+            query = query.bind(lookup.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut found = rows.iter().map(key_from_row).collect::<Result<Vec<_>, _>>()?;
+        // The most specific form first: the order the caller gave.
+        found.sort_by_key(|k| lookups.iter().position(|l| k.lookup.as_deref() == Some(l.as_str())));
+        Ok(found.into_iter().next().map(Arc::new))
+    }
+
+    #[tracing::instrument(skip_all, fields(key_id = %id), err)]
+    async fn adopt_imported(
+        &self,
+        id: KeyId,
+        old: &SecretHash,
+        new: &SecretHash,
+        lookup: &str,
+        digest: &VerifiedDigest,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE api_keys SET secret_hash = $3, lookup = $4, verified_digest = $5 \
+             WHERE id = $1 AND secret_hash = $2",
+        )
+        .bind(id.to_string())
+        .bind(old.expose_phc())
+        .bind(new.expose_phc())
+        .bind(lookup)
+        .bind(digest.to_hex())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %account, owner_id = %id), err)]
+    async fn set_owner(
+        &self,
+        account: &AccountId,
+        id: &OwnerId,
+        changes: &OwnerChanges,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(Owner, Vec<KeyId>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Creates the row, or takes its lock, before its terms are read and merged.
+        sqlx::query(
+            "INSERT INTO owners (account_id, owner_id, terms, created_at, updated_at) VALUES ($1, $2, NULL, $3, $3) \
+             ON CONFLICT (account_id, owner_id) DO UPDATE SET updated_at = excluded.updated_at",
+        )
+        .bind(account.as_str())
+        .bind(id.as_str())
+        .bind(now.as_millis())
+        .execute(&mut *tx)
+        .await?;
+        let current = owner_in(&mut tx, account, id).await?.ok_or_else(|| corrupt("an owner just written is gone"))?;
+        let terms = KeyTerms {
+            limits: changes.limits.clone().unwrap_or(current.limits),
+            refill: match changes.credits {
+                Some(credits) => credits.and_then(|c| c.refill),
+                None => current.refill,
+            },
+            ..KeyTerms::default()
+        };
+        sqlx::query("UPDATE owners SET terms = $3 WHERE account_id = $1 AND owner_id = $2")
+            .bind(account.as_str())
+            .bind(id.as_str())
+            .bind(StoredTerms::write(&terms))
+            .execute(&mut *tx)
+            .await?;
+        if let Some(credits) = changes.credits {
+            let holder = CreditHolder::Owner(account.clone(), id.clone());
+            set_credits(&mut tx, &holder, credits.map(|c| c.balance(now)), terms.refill.as_ref()).await?;
+        }
+        // Each key reads its owner's terms with itself: each is changed (and, on Postgres,
+        // every replica is told) like a key update.
+        let rows = sqlx::query(
+            "UPDATE api_keys SET version = version + 1 WHERE account_id = $1 AND owner_id = $2 RETURNING id",
+        )
+        .bind(account.as_str())
+        .bind(id.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let keys = rows
+            .iter()
+            .map(|row| stored_key_id(row, "id")?.ok_or_else(|| corrupt("api_keys.id")))
+            .collect::<Result<_, _>>()?;
+        let owner = owner_in(&mut tx, account, id).await?.ok_or_else(|| corrupt("an owner just written is gone"))?;
+        insert_audit(audit).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok((owner, keys))
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %account, owner_id = %id), err)]
+    async fn owner(&self, account: &AccountId, id: &OwnerId) -> Result<Option<Owner>, StoreError> {
+        sqlx::query(&format!("{OWNER_SELECT} WHERE o.account_id = $1 AND o.owner_id = $2"))
+            .bind(account.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| owner_from_row(&row, "owner_id", "terms", "updated_at", "credits"))
+            .transpose()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -891,7 +1384,7 @@ impl SqlStore {
     async fn spend_batch(&self, batch: Vec<Waiter>) {
         // A call whose caller gave up (its deadline passed while it waited) spends nothing.
         let mut batch: Vec<Waiter> = batch.into_iter().filter(|w| !w.answer.is_closed()).collect();
-        batch.sort_by_key(|w| w.id);
+        batch.sort_by(|a, b| a.id.cmp(&b.id));
         let mut answers: Vec<(Waiter, Spend)> = Vec::with_capacity(batch.len());
         // A batch on one key needs no transaction: its one UPDATE commits itself (and when
         // the calls are spent one by one, each is answered by its own commit).
@@ -903,11 +1396,12 @@ impl SqlStore {
                 Spender::Batch(self.pool.begin().await?)
             };
             while let Some(first) = batch.first() {
-                let (id, refill) = (first.id, first.refill);
+                let (id, refill) = (first.id.clone(), first.refill);
                 // Calls on one key under one refill rule (a rule changed mid-batch is its own
                 // group); the stable sort kept their arrival order.
                 let (group, rest): (Vec<_>, Vec<_>) =
                     std::mem::take(&mut batch).into_iter().partition(|w| w.id == id && w.refill == refill);
+                let id = id.as_str();
                 batch = rest;
                 // One instant for the group: the latest call's, so a refill due for any is applied.
                 let now = group.iter().map(|w| w.now).max().unwrap_or(Timestamp::from_millis(0));
@@ -970,7 +1464,7 @@ impl Spender {
 /// refill is computed in the same statement, as Refill::refilled does.
 async fn spend_once(
     conn: &mut sqlx::AnyConnection,
-    id: KeyId,
+    id: &str,
     cost: i64,
     refill: Option<&Refill>,
     now: Timestamp,
@@ -993,7 +1487,7 @@ async fn spend_once(
              RETURNING remaining, period"
     );
     let spent = sqlx::query(&sql)
-        .bind(id.to_string())
+        .bind(id)
         .bind(cost)
         .bind(period)
         .bind(amount)
@@ -1008,7 +1502,7 @@ async fn spend_once(
         return Ok(Spend::Spent(balance(&row)?));
     }
     let left = sqlx::query("SELECT remaining, period, refill FROM key_credits WHERE key_id = $1")
-        .bind(id.to_string())
+        .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
     Ok(match left {

@@ -100,6 +100,7 @@ async fn keys_are_listed_searched_and_paged(db: Db) {
         page_size,
         page_token,
         search_params: search.into(),
+        ..Default::default()
     };
     let names = |keys: &[pb::ApiKey]| keys.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
 

@@ -11,7 +11,8 @@ use keygate::domain::{
 use keygate::store::cached::{CacheSettings, CachedStore};
 use keygate::store::sql::SqlStore;
 use keygate::store::{
-    Application, KeyChanges, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError, UpdateOutcome,
+    Application, KeyChanges, KeyFilter, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError,
+    UpdateOutcome,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +60,7 @@ async fn credits_spend_and_refill_under_their_own_rule_only(db: Db) {
     let at = |s: i64| Timestamp::from_millis(1_700_000_000_000 + s * 1000);
     record.credits = Some(Credits { remaining: 2, refill: Some(minute) }.balance(at(0)));
     store.create_key(&record, &ev(AuditAction::ApiKeyCreate, record.id)).await.unwrap();
-    let id = record.id;
+    let id = &keygate::domain::CreditHolder::Key(record.id);
     let spent = |s: Spend| match s {
         Spend::Spent(CreditBalance { remaining, .. }) => Some(remaining),
         _ => None,
@@ -72,6 +73,10 @@ async fn credits_spend_and_refill_under_their_own_rule_only(db: Db) {
     assert_eq!(store.spend_credits(id, 1, Some(&daily), at(122)).await.unwrap(), Spend::RuleChanged);
     assert_eq!(store.spend_credits(id, 1, None, at(122)).await.unwrap(), Spend::RuleChanged);
     assert_eq!(spent(store.spend_credits(id, 5, Some(&minute), at(123)).await.unwrap()), Some(0), "nothing was spent");
+}
+
+fn search(term: &str) -> KeyFilter {
+    KeyFilter { search: Some(term.to_owned()), ..KeyFilter::default() }
 }
 
 fn first_page() -> PageRequest {
@@ -116,13 +121,16 @@ async fn conformance(db: Db) {
     // Listing: by account, in id order, paged, searched.
     let account = AccountId::parse("acct_a").unwrap();
     let ids = |page: &Page<KeyRecord>| page.items.iter().map(|k| k.id.to_string()).collect::<Vec<_>>();
-    let page = store.list_keys(&account, None, &PageRequest { after: None, limit: 1 }).await.unwrap();
+    let page = store.list_keys(&account, &KeyFilter::default(), &PageRequest { after: None, limit: 1 }).await.unwrap();
     assert_eq!(ids(&page), ["key_aaaaaaaaaaaaaaaa"]);
-    let page = store.list_keys(&account, None, &PageRequest { after: page.next_after, limit: 1 }).await.unwrap();
+    let page = store
+        .list_keys(&account, &KeyFilter::default(), &PageRequest { after: page.next_after, limit: 1 })
+        .await
+        .unwrap();
     assert_eq!((ids(&page), page.next_after), (vec!["key_bbbbbbbbbbbbbbbb".to_owned()], None));
-    let found = store.list_keys(&account, Some("0%"), &first_page()).await.unwrap();
+    let found = store.list_keys(&account, &search("0%"), &first_page()).await.unwrap();
     assert_eq!(ids(&found), ["key_bbbbbbbbbbbbbbbb"]);
-    let found = store.list_keys(&account, Some("alpha"), &first_page()).await.unwrap();
+    let found = store.list_keys(&account, &search("alpha"), &first_page()).await.unwrap();
     assert_eq!(ids(&found), ["key_aaaaaaaaaaaaaaaa"]);
 
     // Updates change only what they name and bump the version.
@@ -207,7 +215,7 @@ async fn conformance(db: Db) {
     }
     let first_now = store.key(first.id).await.unwrap().unwrap();
     assert_eq!(first_now.retire_at, Some(Timestamp::from_millis(100)), "revoked and ended keys stay as they were");
-    let listed = store.list_keys(&account, None, &first_page()).await.unwrap();
+    let listed = store.list_keys(&account, &KeyFilter::default(), &first_page()).await.unwrap();
     assert!(listed.items.iter().all(|k| k.kind == KeyKind::ApiKey));
 
     // Sessions.
@@ -304,7 +312,7 @@ async fn conformance(db: Db) {
     store.record_key_usage(&[(b.id, Timestamp::from_millis(400))]).await.unwrap();
     let used = store.key(b.id).await.unwrap().unwrap();
     assert_eq!((used.last_used_at, used.version), (Some(Timestamp::from_millis(500)), 1));
-    let listed = store.list_keys(&account, Some("beta"), &first_page()).await.unwrap();
+    let listed = store.list_keys(&account, &search("beta"), &first_page()).await.unwrap();
     assert_eq!(listed.items[0].last_used_at, Some(Timestamp::from_millis(500)));
 }
 
@@ -339,8 +347,13 @@ impl Store for Gated {
         self.release.lock().await.recv().await;
         record
     }
-    async fn list_keys(&self, a: &AccountId, s: Option<&str>, p: &PageRequest) -> Result<Page<KeyRecord>, StoreError> {
-        self.inner.list_keys(a, s, p).await
+    async fn list_keys(
+        &self,
+        a: &AccountId,
+        f: &keygate::store::KeyFilter,
+        p: &PageRequest,
+    ) -> Result<Page<KeyRecord>, StoreError> {
+        self.inner.list_keys(a, f, p).await
     }
     async fn update_key(
         &self,
@@ -373,12 +386,82 @@ impl Store for Gated {
     }
     async fn spend_credits(
         &self,
-        id: KeyId,
+        holder: &keygate::domain::CreditHolder,
         cost: i64,
         refill: Option<&keygate::domain::Refill>,
         now: Timestamp,
     ) -> Result<keygate::store::Spend, StoreError> {
-        self.inner.spend_credits(id, cost, refill, now).await
+        self.inner.spend_credits(holder, cost, refill, now).await
+    }
+    async fn rename_application(
+        &self,
+        id: &ApplicationId,
+        name: &keygate::domain::Name,
+        audit: &AuditEvent,
+    ) -> Result<Option<Application>, StoreError> {
+        self.inner.rename_application(id, name, audit).await
+    }
+    async fn list_sessions(
+        &self,
+        account: &AccountId,
+        user: Option<&keygate::domain::UserId>,
+        page: &PageRequest,
+    ) -> Result<Page<SessionRecord>, StoreError> {
+        self.inner.list_sessions(account, user, page).await
+    }
+    async fn roll_key(
+        &self,
+        new: &KeyRecord,
+        old: KeyId,
+        retire_at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<keygate::store::RollOutcome, StoreError> {
+        self.inner.roll_key(new, old, retire_at, audit).await
+    }
+    async fn delete(
+        &self,
+        target: &keygate::store::Deletion,
+        audit: &AuditEvent,
+    ) -> Result<keygate::store::Deleted, StoreError> {
+        self.inner.delete(target, audit).await
+    }
+    async fn import_keys(
+        &self,
+        import_id: &str,
+        keys: &[keygate::store::ImportedKey],
+        audit: &AuditEvent,
+    ) -> Result<Vec<keygate::store::Imported>, StoreError> {
+        self.inner.import_keys(import_id, keys, audit).await
+    }
+    async fn key_by_lookup(&self, lookups: &[String]) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.inner.key_by_lookup(lookups).await
+    }
+    async fn adopt_imported(
+        &self,
+        id: KeyId,
+        old: &SecretHash,
+        new: &SecretHash,
+        lookup: &str,
+        digest: &VerifiedDigest,
+    ) -> Result<(), StoreError> {
+        self.inner.adopt_imported(id, old, new, lookup, digest).await
+    }
+    async fn set_owner(
+        &self,
+        account: &AccountId,
+        id: &keygate::domain::OwnerId,
+        changes: &keygate::store::OwnerChanges,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(keygate::store::Owner, Vec<KeyId>), StoreError> {
+        self.inner.set_owner(account, id, changes, now, audit).await
+    }
+    async fn owner(
+        &self,
+        account: &AccountId,
+        id: &keygate::domain::OwnerId,
+    ) -> Result<Option<keygate::store::Owner>, StoreError> {
+        self.inner.owner(account, id).await
     }
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         self.inner.record_key_usage(uses).await

@@ -2,6 +2,7 @@
 //! The `keygate` binary adds `serve` and `policy`; commands live here, how their answers
 //! look lives in [`print`].
 
+mod import;
 mod print;
 mod terms;
 
@@ -27,6 +28,12 @@ pub enum Command {
     /// Manage dashboard sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Owners of keys: limits and credits shared by all of an owner's keys.
+    #[command(subcommand)]
+    Owner(OwnerCommand),
+    /// Erase a whole account.
+    #[command(subcommand)]
+    Account(AccountCommand),
     /// Ask for a decision, as an edge would.
     Authorize(AuthorizeArgs),
     /// Read the audit trail.
@@ -49,6 +56,58 @@ pub enum AuditCommand {
         /// Stop after this many events.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OwnerCommand {
+    /// Create an owner or change its shared limits and credits (only what is given).
+    Set {
+        #[arg(long)]
+        account: String,
+        /// The owner's id, in your own terms (e.g. your customer id).
+        owner: String,
+        /// A limit shared by all the owner's keys (repeatable): `[NAME=]LIMIT/WINDOW[@ROUTE]`.
+        #[arg(long = "limit", value_parser = terms::parse_limit)]
+        limits: Vec<keygate_api::proto::KeyLimit>,
+        /// Remove the owner's limits.
+        #[arg(long, conflicts_with = "limits")]
+        no_limits: bool,
+        /// Credits shared by the owner's keys that have none of their own.
+        #[arg(long)]
+        credits: Option<i64>,
+        /// Refill the credits: AMOUNT/month, AMOUNT/day or AMOUNT/Ns. Needs --credits.
+        #[arg(long, value_parser = terms::parse_refill, requires = "credits")]
+        refill: Option<keygate_api::proto::Refill>,
+        #[arg(long, requires = "refill", value_parser = ["to", "add"])]
+        refill_mode: Option<String>,
+        /// Remove the owner's credits.
+        #[arg(long, conflicts_with = "credits")]
+        no_credits: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show an owner's shared limits and credits.
+    Get {
+        #[arg(long)]
+        account: String,
+        owner: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Delete every key, application, session and owner of an account, in one
+    /// transaction (GDPR erasure). Its audit events stay.
+    Delete {
+        account: String,
+        /// Required: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         connection: Connection,
     },
@@ -96,6 +155,26 @@ pub enum AppCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Rename an application.
+    Update {
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Delete an application for good. Refused while keys are restricted to it, unless
+    /// --cascade (they lose it; a key restricted to it alone is deleted).
+    Delete {
+        id: String,
+        #[arg(long)]
+        cascade: bool,
+        /// Required: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Make a new runtime key for the application; its secret is printed once.
     RotateKey {
         id: String,
@@ -133,6 +212,15 @@ pub enum SessionCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// List an account's sessions (every page), optionally one user's.
+    List {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +240,9 @@ pub enum KeyCommand {
         /// Expire after this long: 90s, 30m, 12h, 30d.
         #[arg(long, value_parser = parse_duration)]
         expires_in: Option<Duration>,
+        /// Whom the key belongs to, in your own terms; it shares the owner's limits and credits.
+        #[arg(long)]
+        owner: Option<String>,
         #[command(flatten)]
         terms: TermArgs,
         #[command(flatten)]
@@ -170,6 +261,38 @@ pub enum KeyCommand {
         /// Matches name or key id.
         #[arg(long)]
         search: Option<String>,
+        /// Only this owner's keys.
+        #[arg(long)]
+        owner: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Replace a key with a new one that carries everything it carries; its secret is
+    /// printed once. The old key keeps working for the overlap, then is denied (rolled).
+    Roll {
+        id: String,
+        /// How long the old key keeps working: 0s (at once) up to 7d.
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        overlap: Duration,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Delete a key for good: its row, hash, credits and usage. Its audit events stay.
+    Delete {
+        id: String,
+        /// Required: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Import keys from another system: a JSON-lines file of hashes (see docs/lifecycle.md).
+    /// Running the same file again changes nothing.
+    Import {
+        file: PathBuf,
+        /// Names the import. Default: the file's SHA-256.
+        #[arg(long)]
+        import_id: Option<String>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -188,6 +311,12 @@ pub enum KeyCommand {
         expires_in: Option<Duration>,
         #[arg(long)]
         no_expiry: bool,
+        /// Set the owner.
+        #[arg(long, conflicts_with = "no_owner")]
+        owner: Option<String>,
+        /// Remove the owner.
+        #[arg(long)]
+        no_owner: bool,
         #[command(flatten)]
         terms: TermArgs,
         /// Remove the key's own limits.
@@ -364,6 +493,18 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::App(command) => run_app(command).await,
         Command::Key(command) => run_key(command).await,
         Command::Session(command) => run_session(command).await,
+        Command::Owner(command) => run_owner(command).await,
+        Command::Account(AccountCommand::Delete { account, yes, connection }) => {
+            if !yes {
+                anyhow::bail!(
+                    "this would delete every key, application, session and owner of {account}; run again with --yes"
+                );
+            }
+            let request = pb::DeleteAccountRequest { account_id: account };
+            let reply = connection.rpc().await?.delete_account(request).await.map_err(explain)?;
+            print::deleted(connection.json, &reply.into_inner());
+            Ok(())
+        }
         Command::Authorize(args) => {
             let mut client = AuthorizerClient::new(args.connection.channel().await?);
             let request = pb::AuthorizeRequest {
@@ -413,6 +554,19 @@ async fn run_app(command: AppCommand) -> anyhow::Result<()> {
             print::list(connection.json, &all?);
             Ok(())
         }
+        AppCommand::Update { id, name, connection } => {
+            let reply = connection.rpc().await?.update_application(pb::UpdateApplicationRequest { id, name }).await;
+            print::reply(connection.json, reply)
+        }
+        AppCommand::Delete { id, cascade, yes, connection } => {
+            if !yes {
+                anyhow::bail!("this would delete application {id} for good; run again with --yes");
+            }
+            let request = pb::DeleteApplicationRequest { id, cascade };
+            let reply = connection.rpc().await?.delete_application(request).await.map_err(explain)?;
+            print::deleted(connection.json, &reply.into_inner());
+            Ok(())
+        }
         AppCommand::RotateKey { id, grace, connection } => {
             let request =
                 pb::RotateApplicationKeyRequest { application_id: id, grace_period_seconds: grace.map(seconds) };
@@ -440,13 +594,60 @@ async fn run_session(command: SessionCommand) -> anyhow::Result<()> {
             let reply = connection.rpc().await?.revoke_session(pb::RevokeSessionRequest { id }).await;
             print::reply(connection.json, reply)
         }
+        SessionCommand::List { account, user, connection } => {
+            let admin = connection.admin().await?;
+            let progress = Progress::new();
+            let all = admin
+                .all_sessions(&account, user.as_deref(), |n| progress.fetched(n, "sessions"))
+                .await
+                .map_err(explain);
+            progress.finish();
+            print::list(connection.json, &all?);
+            Ok(())
+        }
     }
 }
 
-/// Every API key of an account, optionally searched, with progress past one page.
-async fn all_keys(admin: &KeygateAdmin, account: &str, search: Option<&str>) -> anyhow::Result<Vec<pb::ApiKey>> {
+async fn run_owner(command: OwnerCommand) -> anyhow::Result<()> {
+    match command {
+        OwnerCommand::Set {
+            account,
+            owner,
+            limits,
+            no_limits,
+            credits,
+            refill,
+            refill_mode,
+            no_credits,
+            connection,
+        } => {
+            let request = pb::UpdateOwnerRequest {
+                account_id: account,
+                owner_id: owner,
+                limits: (no_limits || !limits.is_empty()).then(|| pb::KeyLimitList { values: terms::named(limits) }),
+                credits: terms::credits(credits, refill, refill_mode),
+                clear_credits: no_credits,
+            };
+            let reply = connection.rpc().await?.update_owner(request).await;
+            print::reply(connection.json, reply)
+        }
+        OwnerCommand::Get { account, owner, connection } => {
+            let request = pb::GetOwnerRequest { account_id: account, owner_id: owner };
+            let reply = connection.rpc().await?.get_owner(request).await;
+            print::reply(connection.json, reply)
+        }
+    }
+}
+
+/// Every API key of an account, optionally searched (or one owner's), with progress past one page.
+async fn all_keys(
+    admin: &KeygateAdmin,
+    account: &str,
+    search: Option<&str>,
+    owner: Option<&str>,
+) -> anyhow::Result<Vec<pb::ApiKey>> {
     let progress = Progress::new();
-    let all = admin.all_api_keys(account, search, |n| progress.fetched(n, "keys")).await.map_err(explain);
+    let all = admin.all_api_keys(account, search, owner, |n| progress.fetched(n, "keys")).await.map_err(explain);
     progress.finish();
     all
 }
@@ -460,7 +661,7 @@ async fn switch(id: String, enabled: bool, connection: &Connection) -> anyhow::R
 
 async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
     match command {
-        KeyCommand::Create { account, name, scopes, applications, expires_in, terms, connection } => {
+        KeyCommand::Create { account, name, scopes, applications, expires_in, owner, terms, connection } => {
             let request = pb::CreateApiKeyRequest {
                 account_id: account,
                 name,
@@ -471,6 +672,7 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
                 credits: terms::credits(terms.credits, terms.refill, terms.refill_mode),
                 allowed_networks: terms.allowed_networks,
                 metadata_json: terms.meta.unwrap_or_default(),
+                owner_id: owner.unwrap_or_default(),
             };
             let created = connection.rpc().await?.create_api_key(request).await.map_err(explain)?;
             print::key_created(connection.json, &created.into_inner());
@@ -480,14 +682,34 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
             let reply = connection.rpc().await?.get_api_key(pb::GetApiKeyRequest { id }).await;
             print::reply(connection.json, reply)
         }
-        KeyCommand::List { account, search, connection } => {
-            let all = all_keys(&connection.admin().await?, &account, search.as_deref()).await?;
+        KeyCommand::List { account, search, owner, connection } => {
+            let all = all_keys(&connection.admin().await?, &account, search.as_deref(), owner.as_deref()).await?;
             print::list(connection.json, &all);
+            Ok(())
+        }
+        KeyCommand::Roll { id, overlap, connection } => {
+            let request = pb::RerollApiKeyRequest { id, overlap_seconds: seconds(overlap) };
+            let rolled = connection.rpc().await?.reroll_api_key(request).await.map_err(explain)?;
+            print::rolled(connection.json, &rolled.into_inner());
+            Ok(())
+        }
+        KeyCommand::Delete { id, yes, connection } => {
+            if !yes {
+                anyhow::bail!("this would delete {id} for good; run again with --yes");
+            }
+            let reply =
+                connection.rpc().await?.delete_api_key(pb::DeleteApiKeyRequest { id }).await.map_err(explain)?;
+            print::deleted(connection.json, &reply.into_inner());
+            Ok(())
+        }
+        KeyCommand::Import { file, import_id, connection } => {
+            let summary = import::run(&connection.admin().await?, &file, import_id).await?;
+            print::imported(connection.json, &summary);
             Ok(())
         }
         KeyCommand::RevokeAll { account, search, reason, yes, connection } => {
             let admin = connection.admin().await?;
-            let active: Vec<_> = all_keys(&admin, &account, search.as_deref())
+            let active: Vec<_> = all_keys(&admin, &account, search.as_deref(), None)
                 .await?
                 .into_iter()
                 .filter(|k| k.status == pb::ApiKeyStatus::Active as i32)
@@ -522,6 +744,8 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
             apps,
             expires_in,
             no_expiry,
+            owner,
+            no_owner,
             terms,
             no_limits,
             no_credits,
@@ -553,6 +777,7 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
                 clear_credits: no_credits,
                 allowed_networks,
                 metadata_json: terms.meta,
+                owner_id: if no_owner { Some(String::new()) } else { owner },
             };
             let reply = rpc.update_api_key(request).await;
             print::reply(connection.json, reply)

@@ -51,6 +51,10 @@ impl Shown for pb::ApiKey {
             })),
             "allowed_networks": self.allowed_networks,
             "metadata": serde_json::from_str::<Value>(&self.metadata_json).ok(),
+            "owner_id": Some(&self.owner_id).filter(|o| !o.is_empty()),
+            "rolled_from": Some(&self.rolled_from).filter(|r| !r.is_empty()),
+            "rolled_to": Some(&self.rolled_to).filter(|r| !r.is_empty()),
+            "origin": self.origin,
         })
     }
 
@@ -82,6 +86,45 @@ impl Shown for pb::ApiKey {
         }
         if !self.metadata_json.is_empty() {
             line.push_str(" meta=yes");
+        }
+        if !self.owner_id.is_empty() {
+            line.push_str(&format!(" owner={}", self.owner_id));
+        }
+        if !self.rolled_to.is_empty() {
+            line.push_str(&format!(" rolled_to={}", self.rolled_to));
+        }
+        if !matches!(self.origin.as_str(), "keygate" | "") {
+            line.push_str(&format!(" origin={}", self.origin));
+        }
+        line
+    }
+}
+
+impl Shown for pb::Owner {
+    const HEADER: &'static str = "OWNER                  ACCOUNT          DETAILS";
+
+    fn json(&self) -> Value {
+        json!({
+            "account_id": self.account_id, "owner_id": self.owner_id,
+            "limits": self.limits.iter().map(|l| json!({
+                "name": l.name, "limit": l.limit, "window_seconds": l.window_seconds,
+                "route": Some(&l.route).filter(|r| !r.is_empty()),
+            })).collect::<Vec<_>>(),
+            "credits": self.credits.as_ref().map(|c| json!({
+                "remaining": c.remaining,
+                "refill": c.refill.as_ref().map(|r| json!({ "amount": r.amount, "interval": r.interval, "mode": r.mode })),
+            })),
+            "updated_at": time(&self.updated_at),
+        })
+    }
+
+    fn line(&self) -> String {
+        let mut line = format!("{:<22} {:<16}", self.owner_id, self.account_id);
+        for limit in &self.limits {
+            line.push_str(&format!(" limit={}:{}/{}s", limit.name, limit.limit, limit.window_seconds));
+        }
+        if let Some(credits) = &self.credits {
+            line.push_str(&format!(" credits={}", credits.remaining));
         }
         line
     }
@@ -203,6 +246,51 @@ pub(super) fn rotated(json: bool, rotated: &pb::RotateApplicationKeyResponse) {
         )
     };
     show(json, value, format!("{}\n{previous}\nsecret {SHOWN_ONCE}: {}", key.line(), rotated.secret));
+}
+
+pub(super) fn rolled(json: bool, rolled: &pb::RerollApiKeyResponse) {
+    let key = rolled.key.clone().unwrap_or_default();
+    let previous = rolled.previous.clone().unwrap_or_default();
+    let retires_at = time(&rolled.previous_retires_at).unwrap_or_default();
+    let mut value = key.json();
+    value["secret"] = rolled.secret.clone().into();
+    value["previous"] = previous.json();
+    value["previous_retires_at"] = retires_at.clone().into();
+    let text = format!(
+        "{}\n{} keeps working until {retires_at}\nsecret {SHOWN_ONCE}: {}",
+        key.line(),
+        previous.id,
+        rolled.secret
+    );
+    show(json, value, text);
+}
+
+pub(super) fn deleted(json: bool, deleted: &pb::DeleteResponse) {
+    let value = json!({
+        "deleted_key_ids": deleted.deleted_key_ids, "deleted_application_ids": deleted.deleted_application_ids,
+        "deleted_session_ids": deleted.deleted_session_ids, "deleted_owner_ids": deleted.deleted_owner_ids,
+        "changed_key_ids": deleted.changed_key_ids,
+    });
+    let text = format!(
+        "deleted {} keys, {} applications, {} sessions, {} owners; changed {} keys",
+        deleted.deleted_key_ids.len(),
+        deleted.deleted_application_ids.len(),
+        deleted.deleted_session_ids.len(),
+        deleted.deleted_owner_ids.len(),
+        deleted.changed_key_ids.len()
+    );
+    show(json, value, text);
+}
+
+pub(super) fn imported(json: bool, summary: &super::import::Summary) {
+    let mut text = format!(
+        "import {}: {} imported, {} already imported, {} conflicting, {} invalid",
+        summary.import_id, summary.imported, summary.already_imported, summary.conflict, summary.invalid
+    );
+    for (line, problem) in &summary.problems {
+        text.push_str(&format!("\nline {line}: {problem}"));
+    }
+    show(json, serde_json::to_value(summary).unwrap_or_default(), text);
 }
 
 pub(super) fn decision(json: bool, response: &pb::AuthorizeResponse) {

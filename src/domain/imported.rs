@@ -1,0 +1,275 @@
+//! Keys imported from another system: their hashes, and how a credential keygate did not
+//! issue (no `kg_` prefix, no key id inside) finds its record.
+//!
+//! A credential is found by **lookup**, an indexed column:
+//! - `sha256:<hex>` of the whole credential: what a SHA-256 import stores, and what every
+//!   imported key stores after its first use;
+//! - `sha256:<hex>` of the credential after a prefix ending in `_` (an import whose digests
+//!   were made of the prefix-stripped secret, as some systems do);
+//! - `start:<first characters>` (8 to 32 of them), for bcrypt and argon2 imports, whose
+//!   hashes cannot be looked up by: the system they come from kept such a start to find
+//!   its rows too.
+//!
+//! A presented credential is turned into every form it could be stored under (at most
+//! [`MAX_LOOKUPS`]) and looked up once; nothing slow runs for a credential that finds no
+//! row.
+
+use super::{hex, InvalidField, SecretHash};
+use sha2::{Digest, Sha256};
+
+/// The shortest and longest `start` an import may give.
+pub const MIN_START: usize = 8;
+pub const MAX_START: usize = 32;
+/// How many `_`-ended prefixes of a credential are tried as stripped prefixes.
+const MAX_STRIPPED: usize = 4;
+/// The most lookups one credential is turned into.
+pub const MAX_LOOKUPS: usize = 1 + MAX_STRIPPED + (MAX_START - MIN_START + 1);
+/// What a foreign credential may look like: printable ASCII without spaces.
+const MIN_CREDENTIAL: usize = MIN_START;
+const MAX_CREDENTIAL: usize = 256;
+const MAX_PREFIX: usize = 32;
+
+/// The hash an import brings, as the system it comes from made it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ForeignHash {
+    /// SHA-256 of the whole credential, or of what follows `strip_prefix`.
+    Sha256 { digest: [u8; 32], strip_prefix: Option<String> },
+    /// A bcrypt hash (`$2a$`, `$2b$`, `$2y$`), found by the credential's start.
+    Bcrypt { hash: String, start: String },
+    /// An argon2 PHC string (argon2id, argon2i or argon2d, any parameters).
+    Argon2 { hash: String, start: String },
+}
+
+impl ForeignHash {
+    /// `algorithm` is `sha256`, `bcrypt` or `argon2`; `strip_prefix` only for sha256,
+    /// `start` only (and always) for the others. Empty strings mean absent.
+    pub fn parse(algorithm: &str, hash: &str, strip_prefix: &str, start: &str) -> Result<Self, InvalidField> {
+        let needs_start = |start: &str| -> Result<String, InvalidField> {
+            if !(MIN_START..=MAX_START).contains(&start.len()) || !start.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(InvalidField::new(
+                    "start",
+                    format!("must be the credential's first {MIN_START} to {MAX_START} characters (printable ASCII)"),
+                ));
+            }
+            Ok(start.to_owned())
+        };
+        match algorithm {
+            "sha256" => {
+                if !start.is_empty() {
+                    return Err(InvalidField::new("start", "is for bcrypt and argon2 hashes; sha256 needs none"));
+                }
+                let digest = parse_hex32(hash)
+                    .ok_or_else(|| InvalidField::new("hash", "a sha256 hash is 64 hexadecimal digits"))?;
+                let strip_prefix = match strip_prefix {
+                    "" => None,
+                    prefix
+                        if prefix.len() <= MAX_PREFIX
+                            && prefix.ends_with('_')
+                            && prefix.matches('_').count() <= MAX_STRIPPED
+                            && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+                    {
+                        Some(prefix.to_owned())
+                    }
+                    _ => {
+                        return Err(InvalidField::new(
+                            "strip_prefix",
+                            format!(
+                                "must end with '_', be at most {MAX_PREFIX} letters, digits, '_' or '-', \
+                                 with at most {MAX_STRIPPED} '_'"
+                            ),
+                        ))
+                    }
+                };
+                Ok(ForeignHash::Sha256 { digest, strip_prefix })
+            }
+            "bcrypt" => {
+                let known = ["$2a$", "$2b$", "$2y$"].iter().any(|v| hash.starts_with(v));
+                if !known || hash.len() != 60 || !hash.is_ascii() {
+                    return Err(InvalidField::new(
+                        "hash",
+                        "a bcrypt hash is 60 characters starting $2a$, $2b$ or $2y$",
+                    ));
+                }
+                no_prefix(strip_prefix)?;
+                Ok(ForeignHash::Bcrypt { hash: hash.to_owned(), start: needs_start(start)? })
+            }
+            "argon2" => {
+                let known = ["$argon2id$", "$argon2i$", "$argon2d$"].iter().any(|v| hash.starts_with(v));
+                let parsed = argon2::password_hash::PasswordHash::new(hash);
+                if !known || !parsed.is_ok_and(|p| p.salt.is_some() && p.hash.is_some()) {
+                    return Err(InvalidField::new("hash", "an argon2 hash is a PHC string ($argon2id$v=19$m=…)"));
+                }
+                no_prefix(strip_prefix)?;
+                Ok(ForeignHash::Argon2 { hash: hash.to_owned(), start: needs_start(start)? })
+            }
+            other => Err(InvalidField::new(
+                "algorithm",
+                format!("unknown algorithm {other:?}; the algorithms are sha256, bcrypt, argon2"),
+            )),
+        }
+    }
+
+    pub const fn algorithm(&self) -> &'static str {
+        match self {
+            ForeignHash::Sha256 { .. } => "sha256",
+            ForeignHash::Bcrypt { .. } => "bcrypt",
+            ForeignHash::Argon2 { .. } => "argon2",
+        }
+    }
+
+    /// How the record is found before its first use (see the module's notes).
+    pub fn lookup(&self) -> String {
+        match self {
+            ForeignHash::Sha256 { digest, .. } => sha256_lookup(digest),
+            ForeignHash::Bcrypt { start, .. } | ForeignHash::Argon2 { start, .. } => format!("start:{start}"),
+        }
+    }
+
+    /// What the record's `secret_hash` holds until the first use replaces it with
+    /// keygate's own: the foreign hash, with SHA-256 written as `$sha256$[p=<prefix>$]<hex>`.
+    pub fn secret_hash(&self) -> SecretHash {
+        SecretHash::new(match self {
+            ForeignHash::Sha256 { digest, strip_prefix: None } => format!("{SHA256_SCHEME}{}", hex(digest)),
+            ForeignHash::Sha256 { digest, strip_prefix: Some(prefix) } => {
+                format!("{SHA256_SCHEME}p={prefix}${}", hex(digest))
+            }
+            ForeignHash::Bcrypt { hash, .. } | ForeignHash::Argon2 { hash, .. } => hash.clone(),
+        })
+    }
+}
+
+/// Never printed: a hash of a credential says nothing, but logs have no use for it.
+impl std::fmt::Debug for ForeignHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ForeignHash({}, <redacted>)", self.algorithm())
+    }
+}
+
+fn no_prefix(strip_prefix: &str) -> Result<(), InvalidField> {
+    if strip_prefix.is_empty() {
+        Ok(())
+    } else {
+        Err(InvalidField::new("strip_prefix", "is for sha256 hashes only"))
+    }
+}
+
+const SHA256_SCHEME: &str = "$sha256$";
+
+/// Checks `credential` against a stored `$sha256$` hash, constant-time; `None` if the
+/// hash is of another scheme (a slow one, for the verifier).
+pub fn verify_sha256(credential: &str, hash: &SecretHash) -> Option<bool> {
+    let rest = hash.expose_phc().strip_prefix(SHA256_SCHEME)?;
+    let (prefix, digest) = match rest.strip_prefix("p=") {
+        Some(with_prefix) => with_prefix.split_once('$')?,
+        None => ("", rest),
+    };
+    let Some(expected) = parse_hex32(digest) else { return Some(false) };
+    let Some(secret) = credential.strip_prefix(prefix) else { return Some(false) };
+    let actual: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    Some(bool::from(subtle::ConstantTimeEq::ct_eq(&actual[..], &expected[..])))
+}
+
+/// Whether `raw` could be a credential from another system: 8 to 256 printable ASCII
+/// characters. Anything else is refused without a lookup.
+pub fn plausible(raw: &str) -> bool {
+    (MIN_CREDENTIAL..=MAX_CREDENTIAL).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// SHA-256 of the whole credential: its lookup once it has been used.
+pub fn whole_digest(raw: &str) -> [u8; 32] {
+    Sha256::digest(raw.as_bytes()).into()
+}
+
+pub fn sha256_lookup(digest: &[u8; 32]) -> String {
+    format!("sha256:{}", hex(digest))
+}
+
+/// Every lookup a plausible credential may be stored under, most specific first: the
+/// whole credential's digest, the digests after each of its first `_`-ended prefixes,
+/// and its starts.
+pub fn lookups(raw: &str, whole: &[u8; 32]) -> Vec<String> {
+    let mut out = Vec::with_capacity(MAX_LOOKUPS);
+    out.push(sha256_lookup(whole));
+    let cuts = raw.char_indices().filter(|(_, c)| *c == '_').map(|(i, _)| i + 1).filter(|&i| i <= MAX_PREFIX);
+    for cut in cuts.take(MAX_STRIPPED).filter(|&cut| cut < raw.len()) {
+        out.push(sha256_lookup(&Sha256::digest(&raw.as_bytes()[cut..]).into()));
+    }
+    for len in MIN_START..=MAX_START.min(raw.len().saturating_sub(1)) {
+        out.push(format!("start:{}", &raw[..len]));
+    }
+    out
+}
+
+fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha256_hex(text: &str) -> String {
+        hex(&Sha256::digest(text.as_bytes()))
+    }
+
+    #[test]
+    fn a_stripped_sha256_import_is_found_and_checks_its_prefix() {
+        let credential = "sk_live_abcdefghijklmnop";
+        let hash = ForeignHash::parse("sha256", &sha256_hex("abcdefghijklmnop"), "sk_live_", "").unwrap();
+        let found = lookups(credential, &whole_digest(credential));
+        assert!(found.contains(&hash.lookup()), "{found:?}");
+        assert_eq!(verify_sha256(credential, &hash.secret_hash()), Some(true));
+        // The same secret under another prefix strips to the same digest, and is refused.
+        assert_eq!(verify_sha256("xx_abcdefghijklmnop", &hash.secret_hash()), Some(false));
+        assert_eq!(verify_sha256("sk_live_abcdefghijklmnoq", &hash.secret_hash()), Some(false));
+    }
+
+    #[test]
+    fn a_whole_sha256_import_is_the_first_lookup() {
+        let credential = "ghp_0123456789";
+        let hash = ForeignHash::parse("sha256", &sha256_hex(credential), "", "").unwrap();
+        assert_eq!(lookups(credential, &whole_digest(credential))[0], hash.lookup());
+        assert_eq!(verify_sha256(credential, &hash.secret_hash()), Some(true));
+        assert_eq!(verify_sha256(credential, &SecretHash::new("$2b$04$x".into())), None);
+    }
+
+    #[test]
+    fn starts_are_tried_from_eight_to_thirty_two_characters() {
+        let credential = "uk_".to_owned() + &"a".repeat(60);
+        let found = lookups(&credential, &whole_digest(&credential));
+        assert!(found.len() <= MAX_LOOKUPS);
+        assert!(found.contains(&format!("start:{}", &credential[..8])));
+        assert!(found.contains(&format!("start:{}", &credential[..32])));
+        assert!(!found.contains(&format!("start:{}", &credential[..33])));
+        // A start is never the whole credential: that would be the secret in clear.
+        let short = "ab_cdefghij";
+        assert!(!lookups(short, &whole_digest(short)).contains(&format!("start:{short}")));
+    }
+
+    #[test]
+    fn bad_imports_name_their_field() {
+        assert_eq!(ForeignHash::parse("md5", "x", "", "").unwrap_err().field, "algorithm");
+        assert_eq!(ForeignHash::parse("sha256", "xyz", "", "").unwrap_err().field, "hash");
+        assert_eq!(ForeignHash::parse("sha256", &"a".repeat(64), "sk", "").unwrap_err().field, "strip_prefix");
+        let bcrypt = format!("$2b$04${}", "a".repeat(53));
+        assert_eq!(ForeignHash::parse("bcrypt", &bcrypt, "", "short").unwrap_err().field, "start");
+        assert!(ForeignHash::parse("bcrypt", &bcrypt, "", "ghp_abcdefgh").is_ok());
+        assert_eq!(ForeignHash::parse("argon2", "$argon2id$nonsense", "", "uk_abcdefgh").unwrap_err().field, "hash");
+        assert!(!format!("{:?}", ForeignHash::parse("bcrypt", &bcrypt, "", "ghp_abcdefgh").unwrap()).contains("$2b$"));
+    }
+
+    #[test]
+    fn only_plausible_credentials_are_looked_up() {
+        assert!(plausible("sk_live_123"));
+        assert!(!plausible("short"));
+        assert!(!plausible("has a space in it"));
+        assert!(!plausible(&"x".repeat(300)));
+    }
+}
