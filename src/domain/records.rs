@@ -77,7 +77,7 @@ pub struct KeyRecord {
     /// the successor's credits (they moved there): two keys, one balance.
     pub rolled_to: Option<KeyId>,
     /// For a key imported from another system: how its credential, which has no keygate
-    /// id, finds this record (see [`crate::authn::imported`]). `None` for keys keygate issued.
+    /// id, finds this record (see [`super::imported`]). `None` for keys keygate issued.
     pub lookup: Option<String>,
 }
 

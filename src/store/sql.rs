@@ -538,6 +538,16 @@ async fn key_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: KeyId) -> Result<
         .transpose()
 }
 
+/// Starts `tx` as a writer. SQLite's deferred transactions take the write lock at their
+/// first write, and one that read first cannot wait for it (upgrading could deadlock): it
+/// fails at once with "database is locked" when another writer is busy. A write that
+/// matches no row takes the lock up front, so the busy timeout applies; on Postgres it is
+/// nothing.
+async fn write_first(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE api_keys SET version = version WHERE 1 = 0").execute(&mut **tx).await?;
+    Ok(())
+}
+
 /// An owner as the transaction `tx` sees it.
 async fn owner_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -1080,6 +1090,11 @@ impl Store for SqlStore {
         .await?;
         let old = key_in(&mut tx, old).await?.ok_or_else(|| corrupt("a rolled key is gone"))?;
         insert_audit(audit).execute(&mut *tx).await?;
+        // The new key's own record, linking back: searching the trail for either id finds
+        // the roll.
+        let mut created = audit.for_object(AuditAction::ApiKeyCreate, new.id.to_string())?;
+        created.detail = serde_json::json!({ "name": new.name.as_str(), "rolled_from": old.id.to_string() });
+        insert_audit(&created).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(RollOutcome::Rolled { old: Box::new(old), ended })
     }
@@ -1099,6 +1114,7 @@ impl Store for SqlStore {
                 deleted.changed_keys = retire_predecessors(&mut tx, *id, now).await?;
             }
             Deletion::Application { id, cascade } => {
+                write_first(&mut tx).await?;
                 let Some(app) = sqlx::query("SELECT account_id FROM applications WHERE id = $1")
                     .bind(id.as_str())
                     .fetch_optional(&mut *tx)
@@ -1210,6 +1226,7 @@ impl Store for SqlStore {
         audit: &AuditEvent,
     ) -> Result<Vec<Imported>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        write_first(&mut tx).await?;
         let mut outcomes = Vec::with_capacity(keys.len());
         for key in keys {
             let record = &key.record;

@@ -9,7 +9,7 @@ use sqlx::Connection;
 const PATH: &str = "/api/v1/panel/applications";
 
 /// Two replicas on a fresh Postgres schema, with their listeners connected.
-async fn two_replicas() -> Option<(TestDb, TestApp, TestApp)> {
+pub(crate) async fn two_replicas() -> Option<(TestDb, TestApp, TestApp)> {
     let db = TestDb::new(Db::Postgres).await?;
     let (a, b) = tokio::join!(TestApp::spawn_url(&db.url, |_| {}), TestApp::spawn_url(&db.url, |_| {}));
     for app in [&a, &b] {
@@ -23,7 +23,7 @@ async fn two_replicas() -> Option<(TestDb, TestApp, TestApp)> {
     Some((db, a, b))
 }
 
-async fn code_on(app: &TestApp, secret: &str) -> String {
+pub(crate) async fn code_on(app: &TestApp, secret: &str) -> String {
     let mut client = app.authorizer.clone();
     let request = pb::AuthorizeRequest {
         credential: secret.into(),
