@@ -48,6 +48,8 @@ pub struct Principal {
     pub application_ids: Vec<String>,
     /// The key's metadata, a JSON object as the operator set it.
     pub metadata_json: Option<String>,
+    /// Whom the key belongs to, in the customer's own terms.
+    pub owner_id: Option<String>,
 }
 
 impl Principal {
@@ -69,6 +71,7 @@ impl From<pb::Principal> for Principal {
             scopes: p.scopes,
             application_ids: p.application_ids,
             metadata_json: some(p.metadata_json),
+            owner_id: some(p.owner_id),
         }
     }
 }

@@ -204,3 +204,77 @@ fn policy_check_refuses_a_per_application_limit_on_a_route_without_an_applicatio
     let (ok, said) = check(&format!("{route}application = \"header:x-application-id\"\n{limit}"));
     assert!(ok, "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_rolls_imports_owns_and_deletes() {
+    let app = TestApp::spawn(Db::Sqlite).await.unwrap();
+    // An import file: two keys from the fixtures (one bcrypt, one sha256) and a broken line.
+    let fixture = |kind: &str| -> Value {
+        let path = format!("{}/tests/fixtures/import/{kind}.jsonl", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(std::fs::read_to_string(path).unwrap().lines().next().unwrap()).unwrap()
+    };
+    let (bcrypt, sha256) = (fixture("bcrypt"), fixture("sha256"));
+    let line = |f: &Value| {
+        let mut line = serde_json::json!({
+            "account_id": "acct_life", "name": "from elsewhere", "scopes": ["applications:read"],
+            "owner_id": "cus_1", "algorithm": f["algorithm"], "hash": f["hash"], "metadata": {"plan": "pro"},
+            "expires_at": "2099-01-01T00:00:00Z",
+        });
+        if let Some(start) = f.get("start") {
+            line["start"] = start.clone();
+        }
+        line.to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.jsonl");
+    std::fs::write(&file, format!("{}\n{{not json\n{}\n", line(&bcrypt), line(&sha256))).unwrap();
+    let file = file.to_str().unwrap();
+    let (ok, summary, stderr) = keygate(&app, &["key", "import", file]);
+    assert!(ok, "{stderr}");
+    assert!(summary.contains("2 imported, 0 already imported, 0 conflicting, 1 invalid"), "{summary}");
+    assert!(summary.contains("line 2:"), "the broken line is named: {summary}");
+    let again = json(&app, &["key", "import", file]);
+    assert_eq!((again["imported"].as_u64(), again["already_imported"].as_u64()), (Some(0), Some(2)));
+    let credential = bcrypt["credential"].as_str().unwrap();
+    let (ok, decided, _) =
+        keygate(&app, &["authorize", "--credential", credential, "--path", "/api/v1/panel/applications"]);
+    assert!(ok && decided.starts_with("allowed"), "{decided}");
+
+    // Owners: shared credits, and keys listed by owner.
+    let owner =
+        json(&app, &["owner", "set", "cus_1", "--account", "acct_life", "--credits", "10", "--limit", "50/min"]);
+    assert_eq!((owner["credits"]["remaining"].as_i64(), owner["limits"][0]["limit"].as_u64()), (Some(10), Some(50)));
+    assert_eq!(json(&app, &["owner", "get", "cus_1", "--account", "acct_life"])["owner_id"], "cus_1");
+    let owned = json(&app, &["key", "list", "--account", "acct_life", "--owner", "cus_1"]);
+    assert_eq!(owned.as_array().unwrap().len(), 2);
+    let key_id = owned[0]["id"].as_str().unwrap().to_owned();
+
+    // Roll: a new secret, the old key on until the overlap ends.
+    let rolled = json(&app, &["key", "roll", &key_id, "--overlap", "1h"]);
+    assert!(rolled["secret"].as_str().unwrap().starts_with("kg_"));
+    assert_eq!((rolled["rolled_from"].as_str(), rolled["owner_id"].as_str()), (Some(key_id.as_str()), Some("cus_1")));
+    assert_eq!(rolled["previous"]["rolled_to"], rolled["id"]);
+    let (ok, text, _) = keygate(&app, &["key", "roll", rolled["id"].as_str().unwrap(), "--overlap", "30d"]);
+    assert!(!ok, "{text}");
+
+    // Deletes ask first, then act.
+    let new_id = rolled["id"].as_str().unwrap().to_owned();
+    let (ok, _, refusal) = keygate(&app, &["key", "delete", &new_id]);
+    assert!(!ok && refusal.contains("--yes"), "{refusal}");
+    let deleted = json(&app, &["key", "delete", &new_id, "--yes"]);
+    assert_eq!(deleted["deleted_key_ids"][0], new_id.as_str());
+    let application = json(&app, &["app", "create", "--account", "acct_life", "--name", "Shop"]);
+    let app_id = application["id"].as_str().unwrap().to_owned();
+    assert_eq!(json(&app, &["app", "update", &app_id, "--name", "Store"])["name"], "Store");
+    json(&app, &["session", "create", "--account", "acct_life", "--user", "u1"]);
+    let sessions = json(&app, &["session", "list", "--account", "acct_life", "--user", "u1"]);
+    assert_eq!(sessions.as_array().unwrap().len(), 1);
+    assert_eq!(json(&app, &["app", "delete", &app_id, "--yes"])["deleted_application_ids"][0], app_id.as_str());
+    let (ok, _, refusal) = keygate(&app, &["account", "delete", "acct_life"]);
+    assert!(!ok && refusal.contains("--yes"), "{refusal}");
+    let (ok, erased, _) = keygate(&app, &["account", "delete", "acct_life", "--yes"]);
+    assert!(ok && erased.contains("deleted 2 keys, 0 applications, 1 sessions, 1 owners"), "{erased}");
+    let (_, decided, _) =
+        keygate(&app, &["authorize", "--credential", credential, "--path", "/api/v1/panel/applications"]);
+    assert!(decided.contains("api_key_invalid"), "{decided}");
+}

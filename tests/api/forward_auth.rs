@@ -295,6 +295,7 @@ async fn through(kind: Kind) {
             name: "carrying".into(),
             scopes: vec!["applications:read".into()],
             metadata_json: r#"{"plan":"pro"}"#.into(),
+            owner_id: "cus_42".into(),
             ..Default::default()
         })
         .await
@@ -304,6 +305,7 @@ async fn through(kind: Kind) {
     assert_eq!(status, 200, "{kind:?}: {echoed}");
     // base64url of {"plan":"pro"}
     assert_eq!(serde_json::from_str::<Value>(&echoed).unwrap()["headers"]["x-keygate-meta"], "eyJwbGFuIjoicHJvIn0");
+    assert_eq!(serde_json::from_str::<Value>(&echoed).unwrap()["headers"]["x-keygate-owner-id"], "cus_42");
     let carrying_id = carrying.key.unwrap().id;
     let off = pb::UpdateApiKeyRequest { id: carrying_id, enabled: Some(false), ..Default::default() };
     app.admin.update_api_key(off).await.unwrap();

@@ -309,6 +309,18 @@ async fn an_owner_shares_its_limits_and_credits_with_all_its_keys(db: Db) {
     let r = app.authorize_with(ask(&first_secret)).await;
     assert!(r.allowed);
     assert_eq!(r.principal.unwrap().owner_id, "cus_7");
+    // Envoy's Check says so to the upstream too.
+    let mut check =
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(app.channel.clone());
+    let headers = [("x-api-key", first_secret.as_str())];
+    let request = crate::edge_contract::envoy_check("203.0.113.7", "GET", "/api/v1/panel/applications", &headers, "");
+    let Some(envoy_types::ext_authz::v3::pb::HttpResponse::OkResponse(ok)) =
+        check.check(request).await.unwrap().into_inner().http_response
+    else {
+        panic!("an allow")
+    };
+    let owner = ok.headers.iter().filter_map(|h| h.header.as_ref()).find(|h| h.key == "x-keygate-owner-id");
+    assert_eq!(owner.map(|h| h.value.as_str()), Some("cus_7"));
 
     let terms = pb::UpdateOwnerRequest {
         account_id: "acct_own".into(),
