@@ -229,23 +229,36 @@ impl Authenticator {
             return Ok(invalid());
         };
         let digest = self.digester.digest(credential.as_str());
-        match self.digester.judge(record.verified_digest.as_ref(), &digest) {
-            Recognition::Holder => return Ok(Authentication::Verified(Principal::Key(record))),
-            Recognition::Wrong => {
-                self.budgets.note_client_failure(client);
-                return Ok(invalid());
-            }
-            Recognition::Unknown => {}
-        }
-        if self.verified_here.get(&digest).is_some() {
-            return Ok(Authentication::Verified(Principal::Key(record)));
-        }
-        if self.rejected.contains_key(&digest) {
-            self.budgets.note_client_failure(client);
-            return Ok(invalid());
-        }
+        let record = match self.recognise(record, &digest, client) {
+            Ok(judged) => return Ok(judged),
+            Err(unjudged) => unjudged,
+        };
         // The rest runs argon2: boxed, so the paths above keep a small future.
         Box::pin(self.verify(credential.secret(), record, digest, client)).await
+    }
+
+    /// Judges a credential for `record` without any hashing: the holder is recognised by
+    /// the stored keyed digest, or by what this replica remembers argon2 accepting or
+    /// rejecting. Gives the record back when only a verification can tell.
+    fn recognise(
+        &self,
+        record: Arc<KeyRecord>,
+        digest: &[u8; 32],
+        client: Option<ClientNetwork>,
+    ) -> Result<Authentication, Arc<KeyRecord>> {
+        let wrong = || {
+            self.budgets.note_client_failure(client);
+            refused(Code::ApiKeyInvalid, "unknown API key or wrong secret")
+        };
+        match self.digester.judge(record.verified_digest.as_ref(), digest) {
+            Recognition::Holder => Ok(Authentication::Verified(Principal::Key(record))),
+            Recognition::Wrong => Ok(wrong()),
+            Recognition::Unknown if self.verified_here.get(digest).is_some() => {
+                Ok(Authentication::Verified(Principal::Key(record)))
+            }
+            Recognition::Unknown if self.rejected.contains_key(digest) => Ok(wrong()),
+            Recognition::Unknown => Err(record),
+        }
     }
 
     /// A credential keygate did not issue, for a key imported from another system: found
@@ -284,21 +297,10 @@ impl Authenticator {
             self.imported_keys.insert(whole, record.id);
         }
         let digest = self.digester.digest(raw);
-        match self.digester.judge(record.verified_digest.as_ref(), &digest) {
-            Recognition::Holder => return Ok(Authentication::Verified(Principal::Key(record))),
-            Recognition::Wrong => {
-                self.budgets.note_client_failure(client);
-                return Ok(invalid());
-            }
-            Recognition::Unknown => {}
-        }
-        if self.verified_here.get(&digest).is_some() {
-            return Ok(Authentication::Verified(Principal::Key(record)));
-        }
-        if self.rejected.contains_key(&digest) {
-            self.budgets.note_client_failure(client);
-            return Ok(invalid());
-        }
+        let record = match self.recognise(record, &digest, client) {
+            Ok(judged) => return Ok(judged),
+            Err(unjudged) => unjudged,
+        };
         // A SHA-256 import is checked here and now: no slow hash to queue for.
         if let Some(matches) = imported::verify_sha256(raw, &record.secret_hash) {
             if !matches {

@@ -156,6 +156,25 @@ impl TestApp {
         (created.key.unwrap(), created.secret)
     }
 
+    /// A key of `account` with what `fields` sets; by default named "test key" and scoped
+    /// `applications:read` (what [`ask`] needs).
+    pub async fn key_with(&mut self, account: &str, fields: pb::CreateApiKeyRequest) -> (pb::ApiKey, String) {
+        let created = self
+            .admin
+            .create_api_key(pb::CreateApiKeyRequest {
+                account_id: account.into(),
+                name: Some(fields.name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| "test key".into()),
+                scopes: Some(fields.scopes.clone())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| vec!["applications:read".into()]),
+                ..fields
+            })
+            .await
+            .expect("the key is created")
+            .into_inner();
+        (created.key.unwrap(), created.secret)
+    }
+
     pub async fn authorize(&mut self, credential: &str, method: &str, path: &str) -> pb::AuthorizeResponse {
         self.authorize_with(pb::AuthorizeRequest {
             credential: credential.into(),

@@ -8,22 +8,6 @@ use crate::replicas::{code_on, two_replicas};
 use keygate::grpc::proto as pb;
 use std::time::Duration;
 
-/// A key of `account` with `applications:read` and the given fields.
-async fn key_with(app: &mut TestApp, account: &str, fields: pb::CreateApiKeyRequest) -> (pb::ApiKey, String) {
-    let created = app
-        .admin
-        .create_api_key(pb::CreateApiKeyRequest {
-            account_id: account.into(),
-            name: "lifecycle".into(),
-            scopes: vec!["applications:read".into()],
-            ..fields
-        })
-        .await
-        .expect("the key is created")
-        .into_inner();
-    (created.key.unwrap(), created.secret)
-}
-
 async fn roll(app: &mut TestApp, id: &str, overlap_seconds: u32) -> Result<pb::RerollApiKeyResponse, tonic::Status> {
     let request = pb::RerollApiKeyRequest { id: id.into(), overlap_seconds };
     app.admin.reroll_api_key(request).await.map(|r| r.into_inner())
@@ -60,7 +44,7 @@ async fn a_rolled_key_works_through_its_overlap_then_is_denied_as_rolled(db: Db)
         allowed_networks: vec!["10.0.0.0/8".into()],
         ..Default::default()
     };
-    let (old, old_secret) = key_with(&mut app, "acct_roll", fields).await;
+    let (old, old_secret) = app.key_with("acct_roll", fields).await;
     let from = |secret: &str| pb::AuthorizeRequest { client_ip: "10.0.0.1".into(), ..ask(secret) };
     assert_eq!(app.authorize_with(from(&old_secret)).await.credits_remaining, Some(9));
 
@@ -106,7 +90,7 @@ async fn a_rolled_key_works_through_its_overlap_then_is_denied_as_rolled(db: Db)
 backend_tests!(rolling_twice_ends_the_first_overlap_at_once);
 async fn rolling_twice_ends_the_first_overlap_at_once(db: Db) {
     let mut app = TestApp::spawn(db).await.unwrap();
-    let (a, a_secret) = key_with(&mut app, "acct_roll2", Default::default()).await;
+    let (a, a_secret) = app.key_with("acct_roll2", Default::default()).await;
     let b = roll(&mut app, &a.id, 3600).await.unwrap();
     assert!(app.authorize_with(ask(&a_secret)).await.allowed);
     let c = roll(&mut app, &b.key.as_ref().unwrap().id, 3600).await.unwrap();
@@ -126,8 +110,8 @@ async fn a_roll_and_every_delete_reach_the_other_replica() {
         eprintln!("skipped: KEYGATE_TEST_POSTGRES_URL is not set");
         return;
     };
-    let (rolled, rolled_secret) = key_with(&mut a, "acct_rep", Default::default()).await;
-    let (deleted, deleted_secret) = key_with(&mut a, "acct_rep", Default::default()).await;
+    let (rolled, rolled_secret) = a.key_with("acct_rep", Default::default()).await;
+    let (deleted, deleted_secret) = a.key_with("acct_rep", Default::default()).await;
     let session = a
         .admin
         .create_session(pb::CreateSessionRequest {
@@ -163,9 +147,9 @@ async fn applications_are_renamed_and_deleted_with_what_names_them(db: Db) {
     let mut app = TestApp::spawn(db).await.unwrap();
     let (one, two) = (app.create_app("acct_apps").await, app.create_app("acct_apps").await);
     let only = pb::CreateApiKeyRequest { application_ids: vec![one.id.clone()], ..Default::default() };
-    let (only_one, only_one_secret) = key_with(&mut app, "acct_apps", only).await;
+    let (only_one, only_one_secret) = app.key_with("acct_apps", only).await;
     let both = pb::CreateApiKeyRequest { application_ids: vec![one.id.clone(), two.id.clone()], ..Default::default() };
-    let (both_key, _) = key_with(&mut app, "acct_apps", both).await;
+    let (both_key, _) = app.key_with("acct_apps", both).await;
 
     let renamed = app
         .admin
@@ -228,7 +212,7 @@ async fn deleting_an_account_leaves_nothing_of_it_but_its_audit_trail(db: Db) {
         owner_id: "cus_1".into(),
         ..Default::default()
     };
-    let (_, secret) = key_with(&mut app, "acct_gdpr", fields).await;
+    let (_, secret) = app.key_with("acct_gdpr", fields).await;
     let owner = pb::UpdateOwnerRequest {
         account_id: "acct_gdpr".into(),
         owner_id: "cus_1".into(),
@@ -256,7 +240,7 @@ async fn deleting_an_account_leaves_nothing_of_it_but_its_audit_trail(db: Db) {
     let u1 = app.admin.list_sessions(sessions("u1")).await.unwrap().into_inner().sessions;
     assert_eq!(u1.iter().map(|s| s.user_id.as_str()).collect::<Vec<_>>(), ["u1"]);
     // A neighbour who must keep everything.
-    let (_, neighbour) = key_with(&mut app, "acct_other", Default::default()).await;
+    let (_, neighbour) = app.key_with("acct_other", Default::default()).await;
     assert!(app.authorize_with(ask(&secret)).await.allowed);
     app.handles.usage.flush().await.unwrap();
 
@@ -302,9 +286,9 @@ backend_tests!(an_owner_shares_its_limits_and_credits_with_all_its_keys);
 async fn an_owner_shares_its_limits_and_credits_with_all_its_keys(db: Db) {
     let mut app = TestApp::spawn(db).await.unwrap();
     let owned = |owner: &str| pb::CreateApiKeyRequest { owner_id: owner.into(), ..Default::default() };
-    let (first, first_secret) = key_with(&mut app, "acct_own", owned("cus_7")).await;
-    let (_, second_secret) = key_with(&mut app, "acct_own", owned("cus_7")).await;
-    let (_, other_secret) = key_with(&mut app, "acct_own", owned("cus_8")).await;
+    let (first, first_secret) = app.key_with("acct_own", owned("cus_7")).await;
+    let (_, second_secret) = app.key_with("acct_own", owned("cus_7")).await;
+    let (_, other_secret) = app.key_with("acct_own", owned("cus_8")).await;
     // Before the owner has terms, its keys are plain keys that say whose they are.
     let r = app.authorize_with(ask(&first_secret)).await;
     assert!(r.allowed);
@@ -398,7 +382,7 @@ async fn owner_credits_are_exact_across_two_replicas() {
     let mut secrets = Vec::new();
     for _ in 0..3 {
         let fields = pb::CreateApiKeyRequest { owner_id: "cus_x".into(), ..Default::default() };
-        secrets.push(key_with(&mut a, "acct_xr", fields).await.1);
+        secrets.push(a.key_with("acct_xr", fields).await.1);
     }
     let terms = pb::UpdateOwnerRequest {
         account_id: "acct_xr".into(),
@@ -598,6 +582,18 @@ async fn imports_refuse_bad_lines_alone_and_foreign_garbage_costs_no_hash(db: Db
         assert_eq!(r.code, "api_key_invalid", "{garbage}");
     }
     assert_eq!(app.verifications(), verifications);
+    // An attacker who knows an unused bcrypt import's start (it finds the record) pays a
+    // bcrypt per guess, bounded by the key's guessing budget like argon2 for keygate's own.
+    let target = &bcrypt[4];
+    import(&mut app, "target", vec![imported("acct_bad", target)]).await;
+    let before = app.verifications();
+    for n in 0..30 {
+        let guess = format!("{}{n:0>24}", target.start);
+        let r = app.authorize_with(ask(&guess)).await;
+        assert!(!r.allowed && ["invalid_credential", "throttled"].contains(&r.reason.as_str()), "{r:?}");
+    }
+    let spent = app.verifications() - before;
+    assert!(spent <= 20, "{spent} bcrypt runs for 30 guesses: the per-key budget bounds them");
     // An imported key works like any other: revoked, it is denied.
     let id = results[0].key_id.clone();
     assert!(app.authorize_with(ask(&bcrypt[0].credential)).await.allowed);

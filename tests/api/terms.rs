@@ -10,22 +10,6 @@ use std::time::Duration;
 
 const LIST: &str = "/api/v1/panel/applications";
 
-/// A key of `account` with `applications:read` and the given terms.
-async fn key_with(app: &mut TestApp, account: &str, terms: pb::CreateApiKeyRequest) -> (pb::ApiKey, String) {
-    let created = app
-        .admin
-        .create_api_key(pb::CreateApiKeyRequest {
-            account_id: account.into(),
-            name: "carries terms".into(),
-            scopes: vec!["applications:read".into()],
-            ..terms
-        })
-        .await
-        .expect("the key is created")
-        .into_inner();
-    (created.key.unwrap(), created.secret)
-}
-
 fn limit(name: &str, limit: u32, window_seconds: u32, route: &str) -> pb::KeyLimit {
     pb::KeyLimit { name: name.into(), limit, window_seconds, route: route.into() }
 }
@@ -76,7 +60,7 @@ async fn a_key_limit_tighter_than_the_route_is_enforced_with_its_reason(db: Db) 
         limits: vec![limit("burst", 2, 60, ""), limit("elsewhere", 1, 60, "GET /api/v1/panel/logs")],
         ..Default::default()
     };
-    let (_, limited) = key_with(&mut app, "acct_kl", terms).await;
+    let (_, limited) = app.key_with("acct_kl", terms).await;
     let (_, free) = app.create_key("acct_kl", &["applications:read"], &[]).await;
     for _ in 0..2 {
         assert!(app.authorize_with(ask(&limited)).await.allowed, "the route-scoped limit is elsewhere");
@@ -96,7 +80,7 @@ backend_tests!(credits_are_spent_exactly_once_each_under_concurrency);
 async fn credits_are_spent_exactly_once_each_under_concurrency(db: Db) {
     let mut app = TestApp::spawn_on(TestDb::new(db).await.unwrap(), patient).await;
     let terms = pb::CreateApiKeyRequest { credits: credits(100, None), ..Default::default() };
-    let (key, secret) = key_with(&mut app, "acct_cr", terms).await;
+    let (key, secret) = app.key_with("acct_cr", terms).await;
     // The first call verifies the secret (argon2); the burst is about spending, not about
     // 200 first uses at once, which the verifier's bounded queue may throttle.
     assert_eq!(app.authorize_with(ask(&secret)).await.credits_remaining, Some(99));
@@ -129,9 +113,9 @@ backend_tests!(credits_refill_on_the_clock_to_or_by_the_amount);
 async fn credits_refill_on_the_clock_to_or_by_the_amount(db: Db) {
     let mut app = TestApp::spawn(db).await.unwrap();
     let to = pb::CreateApiKeyRequest { credits: credits(2, Some((2, "60s", "to"))), ..Default::default() };
-    let (_, refilled_to) = key_with(&mut app, "acct_rf", to).await;
+    let (_, refilled_to) = app.key_with("acct_rf", to).await;
     let add = pb::CreateApiKeyRequest { credits: credits(1, Some((1, "60s", "add"))), ..Default::default() };
-    let (_, refilled_by) = key_with(&mut app, "acct_rf", add).await;
+    let (_, refilled_by) = app.key_with("acct_rf", add).await;
     assert_eq!(app.authorize_with(ask(&refilled_to)).await.credits_remaining, Some(1));
     assert_eq!(app.authorize_with(ask(&refilled_to)).await.credits_remaining, Some(0));
     let spent = app.authorize_with(ask(&refilled_to)).await;
@@ -157,7 +141,7 @@ backend_tests!(a_top_up_restores_a_spent_key_at_once);
 async fn a_top_up_restores_a_spent_key_at_once(db: Db) {
     let mut app = TestApp::spawn(db).await.unwrap();
     let terms = pb::CreateApiKeyRequest { credits: credits(1, None), ..Default::default() };
-    let (key, secret) = key_with(&mut app, "acct_top", terms).await;
+    let (key, secret) = app.key_with("acct_top", terms).await;
     assert!(app.authorize_with(ask(&secret)).await.allowed);
     for _ in 0..3 {
         // Refused without a refill to wait for: no retry time.
@@ -177,7 +161,7 @@ async fn two_replicas_on_postgres_never_spend_the_last_credit_twice() {
     };
     let (mut a, b) = tokio::join!(TestApp::spawn_url(&db.url, patient), TestApp::spawn_url(&db.url, patient));
     let terms = pb::CreateApiKeyRequest { credits: credits(100, None), ..Default::default() };
-    let (_, secret) = key_with(&mut a, "acct_cr2", terms).await;
+    let (_, secret) = a.key_with("acct_cr2", terms).await;
     // Each replica has verified the secret once (2 credits): the burst is about spending.
     for app in [&a, &b] {
         let mut client = app.authorizer.clone();
@@ -193,7 +177,7 @@ async fn an_ip_allowlist_admits_its_ranges_only_after_the_secret_is_proven(db: D
         allowed_networks: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
         ..Default::default()
     };
-    let (key, secret) = key_with(&mut app, "acct_ip", terms).await;
+    let (key, secret) = app.key_with("acct_ip", terms).await;
     for inside in ["10.1.2.3", "::ffff:10.9.9.9", "2001:db8:1::7"] {
         assert!(app.authorize_with(from(&secret, inside)).await.allowed, "{inside}");
     }
@@ -238,7 +222,7 @@ async fn metadata_reaches_the_upstream_through_authorize_check_and_the_layer() {
     let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
     let terms =
         pb::CreateApiKeyRequest { metadata_json: r#"{"plan": "pro", "seats": 5}"#.into(), ..Default::default() };
-    let (_, secret) = key_with(&mut app, "acct_meta", terms).await;
+    let (_, secret) = app.key_with("acct_meta", terms).await;
     let decided = app.authorize_with(ask(&secret)).await;
     assert_eq!(decided.principal.unwrap().metadata_json, r#"{"plan":"pro","seats":5}"#);
 
@@ -359,7 +343,7 @@ async fn key_limits_on_redis_are_shared_by_replicas() {
     let mut a = TestApp::spawn_url(&db.url, configure).await;
     let b = TestApp::spawn_url(&db.url, configure).await;
     let terms = pb::CreateApiKeyRequest { limits: vec![limit("hourly", 5, 3600, "")], ..Default::default() };
-    let (_, secret) = key_with(&mut a, "acct_klr", terms).await;
+    let (_, secret) = a.key_with("acct_klr", terms).await;
     assert_eq!(burst(&a, &b, &secret, 20, "key_rate_limited").await, 5, "exactly the key's 5 across both replicas");
 }
 

@@ -41,14 +41,8 @@ impl Shown for pb::ApiKey {
             "revoked_reason": self.revoked_reason,
             "last_used_at": time(&self.last_used_at),
             "enabled": self.enabled,
-            "limits": self.limits.iter().map(|l| json!({
-                "name": l.name, "limit": l.limit, "window_seconds": l.window_seconds,
-                "route": Some(&l.route).filter(|r| !r.is_empty()),
-            })).collect::<Vec<_>>(),
-            "credits": self.credits.as_ref().map(|c| json!({
-                "remaining": c.remaining,
-                "refill": c.refill.as_ref().map(|r| json!({ "amount": r.amount, "interval": r.interval, "mode": r.mode })),
-            })),
+            "limits": limits_json(&self.limits),
+            "credits": self.credits.as_ref().map(credits_json),
             "allowed_networks": self.allowed_networks,
             "metadata": serde_json::from_str::<Value>(&self.metadata_json).ok(),
             "owner_id": Some(&self.owner_id).filter(|o| !o.is_empty()),
@@ -75,12 +69,7 @@ impl Shown for pb::ApiKey {
             time(&self.last_used_at).unwrap_or_else(|| "never".into()),
         );
         // What the key carries, only when it carries it (older lines stay as they were).
-        for limit in &self.limits {
-            line.push_str(&format!(" limit={}:{}/{}s", limit.name, limit.limit, limit.window_seconds));
-        }
-        if let Some(credits) = &self.credits {
-            line.push_str(&format!(" credits={}", credits.remaining));
-        }
+        terms_line(&mut line, &self.limits, self.credits.as_ref());
         if !self.allowed_networks.is_empty() {
             line.push_str(&format!(" allow_ip={}", self.allowed_networks.join(",")));
         }
@@ -106,26 +95,15 @@ impl Shown for pb::Owner {
     fn json(&self) -> Value {
         json!({
             "account_id": self.account_id, "owner_id": self.owner_id,
-            "limits": self.limits.iter().map(|l| json!({
-                "name": l.name, "limit": l.limit, "window_seconds": l.window_seconds,
-                "route": Some(&l.route).filter(|r| !r.is_empty()),
-            })).collect::<Vec<_>>(),
-            "credits": self.credits.as_ref().map(|c| json!({
-                "remaining": c.remaining,
-                "refill": c.refill.as_ref().map(|r| json!({ "amount": r.amount, "interval": r.interval, "mode": r.mode })),
-            })),
+            "limits": limits_json(&self.limits),
+            "credits": self.credits.as_ref().map(credits_json),
             "updated_at": time(&self.updated_at),
         })
     }
 
     fn line(&self) -> String {
         let mut line = format!("{:<22} {:<16}", self.owner_id, self.account_id);
-        for limit in &self.limits {
-            line.push_str(&format!(" limit={}:{}/{}s", limit.name, limit.limit, limit.window_seconds));
-        }
-        if let Some(credits) = &self.credits {
-            line.push_str(&format!(" credits={}", credits.remaining));
-        }
+        terms_line(&mut line, &self.limits, self.credits.as_ref());
         line
     }
 }
@@ -180,6 +158,35 @@ impl Shown for pb::AuditEvent {
             self.target,
             self.request_id,
         )
+    }
+}
+
+fn limits_json(limits: &[pb::KeyLimit]) -> Value {
+    limits
+        .iter()
+        .map(|l| {
+            json!({
+                "name": l.name, "limit": l.limit, "window_seconds": l.window_seconds,
+                "route": Some(&l.route).filter(|r| !r.is_empty()),
+            })
+        })
+        .collect()
+}
+
+fn credits_json(credits: &pb::Credits) -> Value {
+    json!({
+        "remaining": credits.remaining,
+        "refill": credits.refill.as_ref().map(|r| json!({ "amount": r.amount, "interval": r.interval, "mode": r.mode })),
+    })
+}
+
+/// A key's (or an owner's) limits and credits, as a table line shows them.
+fn terms_line(line: &mut String, limits: &[pb::KeyLimit], credits: Option<&pb::Credits>) {
+    for limit in limits {
+        line.push_str(&format!(" limit={}:{}/{}s", limit.name, limit.limit, limit.window_seconds));
+    }
+    if let Some(credits) = credits {
+        line.push_str(&format!(" credits={}", credits.remaining));
     }
 }
 
