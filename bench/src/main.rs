@@ -8,11 +8,15 @@
 //! - `soak`: minutes of load with key churn and garbage, every decision checked.
 //! - `proxy`: HTTP through a real nginx asking keygate's forward auth, against the same
 //!   nginx asking a no-op endpoint (every server in a process of its own).
+//! - `terms`: what a key's terms (metadata, allowlist, credits) cost on the hot path.
+//! - `import`: importing keys hashed by another system (sha256, bcrypt, argon2), and what
+//!   an imported credential's first use costs against keygate's own keys and the hot path.
 //!
 //! Servers run on a runtime of their own (two workers) and the load on another, so the
 //! client and the server compete for the machine the same way for keygate and the floor.
 
 mod fixture;
+mod import;
 mod load;
 mod memory;
 mod propagation;
@@ -47,6 +51,8 @@ enum Command {
     Load(load::LoadArgs),
     /// What a key's terms (metadata, allowlist, credits) cost on the hot path.
     Terms(terms::TermsArgs),
+    /// Importing keys hashed by another system, and the first use of an imported key.
+    Import(import::ImportArgs),
     /// Memory per cached hot key.
     Memory {
         #[arg(long, default_value_t = 1_000_000)]
@@ -85,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             Command::Load(args) => load::run(args).await,
             Command::Memory { keys } => memory::run(keys).await,
             Command::Terms(args) => terms::run(args).await,
+            Command::Import(args) => import::run(args).await,
             Command::Soak { minutes, callers } => soak::run(minutes, callers).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::NoopHttp { listen } => proxy::serve_noop(&listen).await,
