@@ -94,6 +94,56 @@ pub struct Authenticator {
     /// Imported keys found by a credential since it was first used, by the SHA-256 of the
     /// whole credential (its lookup): a known imported credential costs no store query.
     imported_keys: quick_cache::sync::Cache<[u8; 32], KeyId>,
+    /// Imported keys queued for re-hashing, and the queue (its worker starts with the
+    /// first adoption, inside the runtime).
+    adopting: Arc<std::sync::Mutex<std::collections::HashSet<KeyId>>>,
+    adoptions: std::sync::OnceLock<tokio::sync::mpsc::Sender<Adoption>>,
+}
+
+/// Imported keys waiting to be re-hashed at most: past it, a later use queues a key again.
+const ADOPTIONS_QUEUED: usize = 10_000;
+
+/// An imported key verified with its foreign hash, to be made keygate's own.
+struct Adoption {
+    id: KeyId,
+    old: crate::domain::SecretHash,
+    /// The whole credential, for the new hash; dropped when the adoption is done.
+    secret: String,
+    lookup: String,
+    verified: crate::domain::VerifiedDigest,
+    rehash: bool,
+}
+
+/// Re-hashes imported keys one at a time, in the verifier's idle time only: while
+/// verifications wait it waits, so a burst of first uses never queues argon2 work in front
+/// of callers (who wait at most for the one re-hash under way).
+struct Adopter {
+    store: Arc<dyn Store>,
+    verifier: Arc<Verifier>,
+    adopting: Arc<std::sync::Mutex<std::collections::HashSet<KeyId>>>,
+}
+
+impl Adopter {
+    async fn run(self, mut waiting: tokio::sync::mpsc::Receiver<Adoption>) {
+        while let Some(adoption) = waiting.recv().await {
+            while self.verifier.queued() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let Adoption { id, old, secret, lookup, verified, rehash } = adoption;
+            let new = if rehash { self.verifier.hash(secret.as_bytes()).await } else { Ok(old.clone()) };
+            drop(secret);
+            let adopted = match new {
+                Ok(new) => {
+                    self.store.adopt_imported(id, &old, &new, &lookup, &verified).await.map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            self.adopting.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            if let Err(error) = adopted {
+                tracing::warn!(key_id = %id, %error, "could not re-hash an imported key; its own hash stays the check");
+            }
+        }
+    }
 }
 
 impl Authenticator {
@@ -117,6 +167,8 @@ impl Authenticator {
             verified_here: quick_cache::sync::Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX)),
             rejected: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(settings.rejected_ttl).build(),
             imported_keys: quick_cache::sync::Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX)),
+            adopting: Arc::default(),
+            adoptions: std::sync::OnceLock::new(),
         }
     }
 
@@ -277,8 +329,8 @@ impl Authenticator {
             },
             None => None,
         }
-        // The record still answers to this credential (not deleted, not replaced).
-        .filter(|record| record.lookup.as_deref() == Some(whole_lookup.as_str()));
+        // Only a hint of where to look: the record is judged below as any other.
+        .filter(|record| record.lookup.is_some());
         let record = match known {
             Some(record) => Some(record),
             None => {
@@ -293,12 +345,16 @@ impl Authenticator {
             self.budgets.note_client_failure(client);
             return Ok(invalid());
         };
-        if record.lookup.as_deref() == Some(whole_lookup.as_str()) {
-            self.imported_keys.insert(whole, record.id);
-        }
+        self.imported_keys.insert(whole, record.id);
         let digest = self.digester.digest(raw);
         let record = match self.recognise(record, &digest, client) {
-            Ok(judged) => return Ok(judged),
+            Ok(judged) => {
+                // Recognised by its digest, but perhaps not re-hashed yet (the verifier was busy).
+                if let Authentication::Verified(Principal::Key(key)) = &judged {
+                    self.adopt(key, raw, whole_lookup, digest);
+                }
+                return Ok(judged);
+            }
             Err(unjudged) => unjudged,
         };
         // A SHA-256 import is checked here and now: no slow hash to queue for.
@@ -308,37 +364,50 @@ impl Authenticator {
                 return Ok(invalid());
             }
             self.verified_here.insert(digest, ());
-            self.adopt(&record, raw, digest);
+            self.adopt(&record, raw, whole_lookup, digest);
             return Ok(Authentication::Verified(Principal::Key(record)));
         }
         let verified = self.verify(raw, record.clone(), digest, client).await?;
         if let Authentication::Verified(_) = verified {
-            self.adopt(&record, raw, digest);
+            self.adopt(&record, raw, whole_lookup, digest);
         }
         Ok(verified)
     }
 
-    /// After an imported key's first verification, off the request path: its hash becomes
-    /// keygate's argon2id of the whole credential, and it is found by that credential's
-    /// digest from then on (its start, if it had one, finds it no more).
-    fn adopt(&self, record: &KeyRecord, raw: &str, digest: [u8; 32]) {
-        let lookup = imported::sha256_lookup(&imported::whole_digest(raw));
-        if self.verifier.is_current(&record.secret_hash) && record.lookup.as_deref() == Some(lookup.as_str()) {
+    /// After an imported key is verified, off the request path: its hash becomes keygate's
+    /// argon2id of the whole credential, and it is found by that credential's digest from
+    /// then on (its start, if it had one, finds it no more). The re-hash uses only idle
+    /// verifier capacity: when verifications are waiting it is left to a later use (the
+    /// key's own hash and stored digest keep working meanwhile), so a burst of first uses
+    /// never queues argon2 work in front of callers. One adoption per key at a time.
+    fn adopt(&self, record: &KeyRecord, raw: &str, lookup: String, digest: [u8; 32]) {
+        let rehash = !self.verifier.is_current(&record.secret_hash);
+        if record.lookup.as_deref() == Some(lookup.as_str()) && !rehash {
             return;
         }
-        let verified = self.digester.verified(digest);
-        let (store, verifier, id, old) =
-            (self.store.clone(), self.verifier.clone(), record.id, record.secret_hash.clone());
-        let secret = raw.to_owned();
-        tokio::spawn(async move {
-            let adopted = match verifier.hash(secret.as_bytes()).await {
-                Ok(new) => store.adopt_imported(id, &old, &new, &lookup, &verified).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(error) = adopted {
-                tracing::warn!(key_id = %id, %error, "could not re-hash an imported key; its own hash stays the check");
-            }
+        let id = record.id;
+        if !self.adopting.lock().unwrap_or_else(|e| e.into_inner()).insert(id) {
+            return;
+        }
+        let adoption = Adoption {
+            id,
+            old: record.secret_hash.clone(),
+            secret: raw.to_owned(),
+            lookup,
+            verified: self.digester.verified(digest),
+            rehash,
+        };
+        let queue = self.adoptions.get_or_init(|| {
+            let (queue, waiting) = tokio::sync::mpsc::channel(ADOPTIONS_QUEUED);
+            let adopter =
+                Adopter { store: self.store.clone(), verifier: self.verifier.clone(), adopting: self.adopting.clone() };
+            tokio::spawn(adopter.run(waiting));
+            queue
         });
+        // Full: a later use of the key queues it again.
+        if queue.try_send(adoption).is_err() {
+            self.adopting.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        }
     }
 
     /// argon2, for a key no replica has verified: once per credential however many

@@ -493,9 +493,15 @@ impl Store for CachedStore {
         result
     }
 
-    /// Not cached: the authenticator remembers which key a verified credential found.
+    /// Not cached by lookup (the authenticator remembers which key a credential found);
+    /// the key found is then read by id through the cache, so the next call is served from
+    /// memory. (Caching the lookup's own row could resurrect a record a change invalidated
+    /// between that read and this insert; a read by id is guarded against that.)
     async fn key_by_lookup(&self, lookups: &[String]) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        self.inner.key_by_lookup(lookups).await
+        match self.inner.key_by_lookup(lookups).await? {
+            Some(found) => self.key(found.id).await,
+            None => Ok(None),
+        }
     }
 
     async fn adopt_imported(

@@ -436,38 +436,55 @@ fn application_ids_json(ids: &[ApplicationId]) -> String {
     serde_json::to_string(&ids.iter().map(|s| s.as_str()).collect::<Vec<_>>()).expect("strings serialize")
 }
 
+const INSERT_KEY: &str = "INSERT INTO api_keys (id, account_id, kind, runtime_of, name, scopes, application_ids, \
+     secret_hash, created_at, updated_at, expires_at, revoked_at, retire_at, revoked_reason, version, disabled, terms, \
+     owner_id, rolled_from, rolled_to, lookup) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)";
+
+/// An imported key, unless a unique index (its id, lookup or import_ref) already holds it:
+/// the conflict is found by the indexes themselves, whatever the planner thinks of the
+/// table's size.
+const INSERT_IMPORTED_KEY: &str = "INSERT INTO api_keys (id, account_id, kind, runtime_of, name, scopes, \
+     application_ids, secret_hash, created_at, updated_at, expires_at, revoked_at, retire_at, revoked_reason, \
+     version, disabled, terms, owner_id, rolled_from, rolled_to, lookup, import_ref, import_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
+     ON CONFLICT DO NOTHING RETURNING id";
+
 fn insert_key(key: &KeyRecord) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    bind_key(sqlx::query(INSERT_KEY), key)
+}
+
+/// Binds `$1`..`$21` of [`INSERT_KEY`] (and of [`INSERT_IMPORTED_KEY`]).
+fn bind_key<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    key: &'q KeyRecord,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
     let runtime_of = match key.kind {
         KeyKind::Runtime => key.application_ids.first().map(|a| a.as_str()),
         KeyKind::ApiKey => None,
     };
-    sqlx::query(
-        "INSERT INTO api_keys (id, account_id, kind, runtime_of, name, scopes, application_ids, secret_hash, \
-         created_at, updated_at, expires_at, revoked_at, retire_at, revoked_reason, version, disabled, terms, \
-         owner_id, rolled_from, rolled_to, lookup) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
-    )
-    .bind(key.id.to_string())
-    .bind(key.account_id.as_str())
-    .bind(key.kind.as_str())
-    .bind(runtime_of)
-    .bind(key.name.as_str())
-    .bind(scopes_json(&key.scopes))
-    .bind(application_ids_json(&key.application_ids))
-    .bind(key.secret_hash.expose_phc())
-    .bind(key.created_at.as_millis())
-    .bind(key.updated_at.as_millis())
-    .bind(key.expires_at.map(Timestamp::as_millis))
-    .bind(key.revoked_at.map(Timestamp::as_millis))
-    .bind(key.retire_at.map(Timestamp::as_millis))
-    .bind(key.revoked_reason.as_deref())
-    .bind(key.version)
-    .bind(i64::from(key.disabled))
-    .bind(StoredTerms::write(&key.terms))
-    .bind(key.owner_id.as_ref().map(|o| o.as_str().to_owned()))
-    .bind(key.rolled_from.map(|id| id.to_string()))
-    .bind(key.rolled_to.map(|id| id.to_string()))
-    .bind(key.lookup.as_deref())
+    query
+        .bind(key.id.to_string())
+        .bind(key.account_id.as_str())
+        .bind(key.kind.as_str())
+        .bind(runtime_of)
+        .bind(key.name.as_str())
+        .bind(scopes_json(&key.scopes))
+        .bind(application_ids_json(&key.application_ids))
+        .bind(key.secret_hash.expose_phc())
+        .bind(key.created_at.as_millis())
+        .bind(key.updated_at.as_millis())
+        .bind(key.expires_at.map(Timestamp::as_millis))
+        .bind(key.revoked_at.map(Timestamp::as_millis))
+        .bind(key.retire_at.map(Timestamp::as_millis))
+        .bind(key.revoked_reason.as_deref())
+        .bind(key.version)
+        .bind(i64::from(key.disabled))
+        .bind(StoredTerms::write(&key.terms))
+        .bind(key.owner_id.as_ref().map(|o| o.as_str().to_owned()))
+        .bind(key.rolled_from.map(|id| id.to_string()))
+        .bind(key.rolled_to.map(|id| id.to_string()))
+        .bind(key.lookup.as_deref())
 }
 
 /// The refill rule as `key_credits.refill` holds it.
@@ -1226,32 +1243,44 @@ impl Store for SqlStore {
         audit: &AuditEvent,
     ) -> Result<Vec<Imported>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        write_first(&mut tx).await?;
         let mut outcomes = Vec::with_capacity(keys.len());
+        // Already there (a re-run) or held by another key: told apart below, once.
+        let mut refused = Vec::new();
         for key in keys {
             let record = &key.record;
-            let found = sqlx::query("SELECT id, import_id FROM api_keys WHERE import_ref = $1 OR lookup = $2 LIMIT 1")
-                .bind(&key.import_ref)
-                .bind(record.lookup.as_deref())
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(found) = found {
-                let id = stored_key_id(&found, "id")?.ok_or_else(|| corrupt("api_keys.id"))?;
-                let same = found.try_get::<Option<&str>, _>("import_id")? == Some(import_id);
-                outcomes.push(if same { Imported::AlreadyImported(id) } else { Imported::Conflict });
-                continue;
-            }
-            insert_key(record).execute(&mut *tx).await?;
-            sqlx::query("UPDATE api_keys SET import_ref = $2, import_id = $3 WHERE id = $1")
-                .bind(record.id.to_string())
+            let inserted = bind_key(sqlx::query(INSERT_IMPORTED_KEY), record)
                 .bind(&key.import_ref)
                 .bind(import_id)
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
+            if inserted.is_none() {
+                refused.push((outcomes.len(), key.import_ref.as_str()));
+                outcomes.push(Imported::Conflict);
+                continue;
+            }
             let mut event = audit.for_object(AuditAction::ApiKeyImport, record.id.to_string())?;
             event.account_id = record.account_id.clone();
             insert_audit(&event).execute(&mut *tx).await?;
             outcomes.push(Imported::Created(record.id));
+        }
+        // A key this import brought before is `AlreadyImported`; anything else is a conflict.
+        for chunk in refused.chunks(500) {
+            let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT id, import_ref FROM api_keys WHERE import_id = $1 AND import_ref IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(import_id);
+            for (_, import_ref) in chunk {
+                query = query.bind(*import_ref);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                let id = stored_key_id(&row, "id")?.ok_or_else(|| corrupt("api_keys.id"))?;
+                let import_ref: &str = row.try_get("import_ref")?;
+                for (index, _) in chunk.iter().filter(|(_, r)| *r == import_ref) {
+                    outcomes[*index] = Imported::AlreadyImported(id);
+                }
+            }
         }
         tx.commit().await?;
         Ok(outcomes)
