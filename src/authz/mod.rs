@@ -12,7 +12,9 @@ use crate::authn::{Authentication, Authenticator, AuthnError, Throttled};
 use crate::clock::Clock;
 use crate::code::{Code, Reason};
 use crate::domain::{ApplicationId, ClientNetwork, CreditHolder, KeyLimit, KeyRecord, Scope, Timestamp};
-use crate::policy::{Access, LimitRule, LimitSubject, NamedApplication, OnStoreError, Policy, RequestParts, Route};
+use crate::policy::{
+    Access, LimitKind, LimitRule, LimitSubject, NamedApplication, OnStoreError, Policy, RequestParts, Route,
+};
 use crate::ratelimit::{LimitCheck, LimitOutcome, Limiter, LimiterError, Room};
 use crate::store::{Spend, Store, StoreError};
 use crate::usage::UsageRecorder;
@@ -489,6 +491,7 @@ fn key_limit_rules(prefix: &str, limits: &[KeyLimit], route: &Route) -> smallvec
             window: limit.window,
             per: LimitSubject::Credential,
             on_store_error: OnStoreError::Closed,
+            kind: LimitKind::Exact,
         })
         .collect()
 }

@@ -121,6 +121,21 @@ pub struct LimitRule {
     pub window: Duration,
     pub per: LimitSubject,
     pub on_store_error: OnStoreError,
+    pub kind: LimitKind,
+}
+
+/// How a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    /// A log of admitted requests: exact to the millisecond, memory growing with the limit.
+    /// For the low-rate business limits (10 an hour).
+    #[default]
+    Exact,
+    /// Counts in 100 buckets per window: constant memory per subject, and never more than
+    /// the limit in any window (a request may be refused up to a hundredth of the window
+    /// early). For the global limit and plan tiers.
+    HighRate,
 }
 
 pub use crate::domain::MAX_LIMIT;
@@ -133,6 +148,8 @@ pub(super) struct LimitEntry {
     #[serde(default = "per_account")]
     per: LimitSubject,
     on_store_error: Option<OnStoreError>,
+    #[serde(default)]
+    kind: LimitKind,
 }
 
 fn per_account() -> LimitSubject {
@@ -150,6 +167,7 @@ impl LimitEntry {
             window: self.window.duration(),
             per: self.per,
             on_store_error: self.on_store_error.unwrap_or(default_on_error),
+            kind: self.kind,
         })
     }
 }

@@ -8,7 +8,7 @@ mod router;
 
 use crate::domain::Scope;
 use access::LimitEntry;
-pub use access::{Accepts, Access, LimitRule, LimitSubject, OnStoreError};
+pub use access::{Accepts, Access, LimitKind, LimitRule, LimitSubject, OnStoreError};
 pub use application::{named_application, ApplicationSource, NamedApplication, RequestHeaders, RequestParts};
 use router::Router;
 use serde::Deserialize;

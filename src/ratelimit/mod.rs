@@ -1,5 +1,8 @@
-//! Rate limits: sliding windows, exact — never more than `limit` admitted requests in any
-//! `window` for a subject, so there is no burst at a fixed window's boundary.
+//! Rate limits: sliding windows — never more than `limit` admitted requests in any
+//! `window` for a subject, so there is no burst at a fixed window's boundary. An *exact*
+//! limit keeps a log of admitted requests; a *high-rate* one counts in buckets
+//! ([`window::BucketedWindow`]): constant memory, refusing up to a hundredth of the window
+//! early, never admitting late.
 //!
 //! A request is checked against all of its limits in one step: it is admitted only if
 //! every limit has room, and only then counted in all of them. A denied request uses no
@@ -7,9 +10,10 @@
 //! they live in Redis ([`redis::RedisLimiter`]), checked and counted by one Lua script.
 
 pub mod redis;
+pub mod window;
 
 use crate::domain::Timestamp;
-use crate::policy::{LimitRule, OnStoreError};
+use crate::policy::{LimitKind, LimitRule, OnStoreError};
 use moka::sync::Cache;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
@@ -69,8 +73,55 @@ impl Limiter {
     }
 }
 
-/// The admitted requests of one subject under one rule, oldest first.
-type Log = Arc<Mutex<VecDeque<i64>>>;
+/// What one subject under one rule has admitted.
+type Log = Arc<Mutex<Tally>>;
+
+/// An exact log (oldest first) or a high-rate limit's buckets, as the rule's kind says.
+#[derive(Debug)]
+pub enum Tally {
+    Exact(VecDeque<i64>),
+    HighRate(window::BucketedWindow),
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally::Exact(VecDeque::new())
+    }
+}
+
+impl Tally {
+    /// Room after admitting one more (`Ok`), or the ms until one fits (`Err`). A rule whose
+    /// kind changed (a policy reload) keeps its counts, converted.
+    fn room(&mut self, rule: &LimitRule, now: i64) -> Result<u32, i64> {
+        let window = rule.window.as_millis() as i64;
+        self.convert(rule.kind, window);
+        match self {
+            Tally::Exact(log) => window_room(log, rule.limit, window, now),
+            Tally::HighRate(buckets) => buckets.room(rule.limit, window, now),
+        }
+    }
+
+    fn admit(&mut self, rule: &LimitRule, now: i64) {
+        match self {
+            Tally::Exact(log) => log.push_back(now),
+            Tally::HighRate(buckets) => buckets.admit(rule.window.as_millis() as i64, now),
+        }
+    }
+
+    fn convert(&mut self, kind: LimitKind, window: i64) {
+        match (kind, &*self) {
+            (LimitKind::HighRate, Tally::Exact(log)) => {
+                let mut buckets = window::BucketedWindow::default();
+                log.iter().for_each(|&at| buckets.admit(window, at));
+                *self = Tally::HighRate(buckets);
+            }
+            (LimitKind::Exact, Tally::HighRate(buckets)) => {
+                *self = Tally::Exact(buckets.admissions(window).into());
+            }
+            _ => {}
+        }
+    }
+}
 
 /// In-process sliding-window logs. Exact for one process.
 pub struct LocalLimiter {
@@ -98,7 +149,7 @@ impl LocalLimiter {
         // twice is locked once.
         let mut order: SmallVec<[usize; 4]> = (0..logs.len()).collect();
         order.sort_by_key(|&i| Arc::as_ptr(&logs[i]));
-        let mut guards: SmallVec<[Option<std::sync::MutexGuard<'_, VecDeque<i64>>>; 4]> =
+        let mut guards: SmallVec<[Option<std::sync::MutexGuard<'_, Tally>>; 4]> =
             (0..logs.len()).map(|_| None).collect();
         // Which check holds the guard of each check's log.
         let mut holder: SmallVec<[usize; 4]> = (0..logs.len()).collect();
@@ -114,9 +165,8 @@ impl LocalLimiter {
         let mut limited: Option<(u32, i64, usize)> = None;
         let mut tightest: Option<Room> = None;
         for (i, check) in checks.iter().enumerate() {
-            let Some(log) = guards[holder[i]].as_mut() else { continue };
-            let window = check.rule.window.as_millis() as i64;
-            let room = window_room(log, check.rule.limit, window, now);
+            let Some(tally) = guards[holder[i]].as_mut() else { continue };
+            let room = tally.room(check.rule, now);
             match room {
                 Err(retry_after) if limited.is_none_or(|(_, r, _)| retry_after > r) => {
                     limited = Some((check.rule.limit, retry_after, i))
@@ -132,8 +182,13 @@ impl LocalLimiter {
             let retry_after = Duration::from_millis(retry_after.max(0) as u64);
             return LimitOutcome::Limited { limit, retry_after, check };
         }
-        for log in guards.iter_mut().flatten() {
-            log.push_back(now);
+        for (i, check) in checks.iter().enumerate() {
+            // A log checked twice is counted once: by the check that holds its guard.
+            if holder[i] == i {
+                if let Some(tally) = guards[i].as_mut() {
+                    tally.admit(check.rule, now);
+                }
+            }
         }
         LimitOutcome::Admitted { tightest }
     }
@@ -192,6 +247,7 @@ mod tests {
             window: Duration::from_secs(window_secs),
             per: LimitSubject::Account,
             on_store_error: OnStoreError::Closed,
+            kind: LimitKind::Exact,
         }
     }
 
@@ -252,6 +308,25 @@ mod tests {
         assert_eq!(log_key("global", "acct_1", &mut a), Some("6:globalacct_1"));
         assert_eq!(log_key(&"r".repeat(300), "s", &mut a), None, "too long for the buffer");
         assert_eq!(log_key_owned("global", "acct_1"), "6:globalacct_1");
+    }
+
+    #[test]
+    fn a_high_rate_limit_holds_and_keeps_its_counts_when_its_kind_changes() {
+        let limiter = LocalLimiter::default();
+        let mut global = LimitRule { kind: LimitKind::HighRate, ..rule("global", 100, 60) };
+        let check = |rule: &LimitRule, s: i64| limiter.check(&[LimitCheck { rule, subject: "acct" }], at(s));
+        for i in 0..100 {
+            assert!(matches!(check(&global, i % 30), LimitOutcome::Admitted { .. }), "{i}");
+        }
+        let LimitOutcome::Limited { retry_after, .. } = check(&global, 30) else { panic!("the 101st") };
+        // The first bucket ([0, 0.6 s)) leaves the ring at 60.6 s.
+        assert_eq!(retry_after, Duration::from_millis(30_600));
+        // A reload makes it exact: the counts stay (at their buckets' starts).
+        global.kind = LimitKind::Exact;
+        assert!(matches!(check(&global, 31), LimitOutcome::Limited { .. }));
+        global.kind = LimitKind::HighRate;
+        assert!(matches!(check(&global, 32), LimitOutcome::Limited { .. }));
+        assert!(matches!(check(&global, 61), LimitOutcome::Admitted { .. }), "the first second's requests left");
     }
 
     #[test]
