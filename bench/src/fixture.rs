@@ -34,6 +34,11 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// A server this process did not start (`load --target`): nothing to stop.
+    pub fn external(address: String) -> Self {
+        Self { address, handles: None, stop: None, thread: None }
+    }
+
     pub async fn channel(&self) -> anyhow::Result<Channel> {
         Ok(Channel::from_shared(self.address.clone())?.connect().await?)
     }

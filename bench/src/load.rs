@@ -37,6 +37,18 @@ pub struct LoadArgs {
     /// Only the cold-key run.
     #[arg(long)]
     cold_only: bool,
+    /// Measure this running keygate instead of one started here (comma-separated for
+    /// several replicas: connections alternate between them). Keys are made through its
+    /// Admin API, each in an account of its own; the floor runs in a process of its own.
+    #[arg(long, value_delimiter = ',')]
+    target: Vec<String>,
+    /// With --target: its admin token.
+    #[arg(long, env = "KEYGATE_ADMIN_TOKEN", default_value = "", hide_env_values = true)]
+    admin_token: String,
+    /// With --target: the route called, e.g. the default policy's
+    /// /api/v1/panel/applications (keys hold applications:read).
+    #[arg(long, default_value = "/api/v1/panel/applications")]
+    path: String,
     #[arg(long)]
     json: Option<PathBuf>,
     #[arg(long)]
@@ -65,12 +77,12 @@ impl Rng {
 }
 
 /// Zipf (s = 1) over `n` ranks: rank 0 is the hottest key.
-struct Zipf {
+pub(crate) struct Zipf {
     cumulative: Vec<f64>,
 }
 
 impl Zipf {
-    fn new(n: usize) -> Self {
+    pub(crate) fn new(n: usize) -> Self {
         let mut total = 0.0;
         let cumulative = (1..=n)
             .map(|rank| {
@@ -81,7 +93,7 @@ impl Zipf {
         Self { cumulative }
     }
 
-    fn sample(&self, rng: &mut Rng) -> usize {
+    pub(crate) fn sample(&self, rng: &mut Rng) -> usize {
         let target = rng.unit() * self.cumulative.last().copied().unwrap_or(0.0);
         self.cumulative.partition_point(|&c| c < target).min(self.cumulative.len() - 1)
     }
@@ -106,6 +118,20 @@ impl Load {
         for _ in 0..connections.max(1) {
             // One connection each: `connect` on a fresh endpoint does not share.
             channels.push(server.channel().await?);
+        }
+        Ok(Self { channels, warmup, measure })
+    }
+
+    /// Connections to several servers in turn (replicas behind a client-side balancer).
+    pub(crate) async fn spread(
+        servers: &[Server],
+        connections: usize,
+        warmup: Duration,
+        measure: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut channels = Vec::with_capacity(connections);
+        for i in 0..connections.max(servers.len()) {
+            channels.push(servers[i % servers.len()].channel().await?);
         }
         Ok(Self { channels, warmup, measure })
     }
@@ -273,6 +299,16 @@ async fn cold(dir: &std::path::Path, keys: usize) -> anyhow::Result<(Run, f64)> 
 }
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    if !args.target.is_empty() {
+        let target = crate::target::Target {
+            addresses: args.target.clone(),
+            admin_token: &args.admin_token,
+            keys: args.keys,
+            path: &args.path,
+        };
+        let (warmup, measure) = (Duration::from_secs(args.warmup_seconds), Duration::from_secs(args.seconds));
+        return crate::target::run(target, args.connections, &args.concurrency, args.rounds, warmup, measure).await;
+    }
     if args.cold_only {
         let dir = std::env::temp_dir().join(format!("keygate-load-{}", keygate::domain::random_token(8)?));
         let result = cold(&dir, args.cold_keys).await;

@@ -23,6 +23,7 @@ mod propagation;
 mod proxy;
 mod report;
 mod soak;
+mod target;
 mod terms;
 
 use clap::{Parser, Subcommand};
@@ -66,6 +67,9 @@ enum Command {
         #[arg(long)]
         listen: String,
     },
+    /// (Used by `load --target`.) The floor in its own process.
+    #[command(hide = true)]
+    Floor,
     /// Minutes of load with key churn and garbage, every decision checked.
     Soak {
         #[arg(long, default_value_t = 10)]
@@ -95,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             Command::Soak { minutes, callers } => soak::run(minutes, callers).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::NoopHttp { listen } => proxy::serve_noop(&listen).await,
+            Command::Floor => target::serve_floor().await,
         }
     })
 }

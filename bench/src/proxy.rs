@@ -61,7 +61,7 @@ impl Drop for Scratch {
 }
 
 /// A child process, killed with the benchmark.
-struct Process(Child);
+pub(crate) struct Process(Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -71,7 +71,7 @@ impl Drop for Process {
 }
 
 /// Starts `command` and reads its stderr (or stdout) until `ready` finds an address.
-fn start(
+pub(crate) fn start(
     mut command: Command,
     from_stdout: bool,
     ready: impl Fn(&str) -> Option<String> + Send + 'static,

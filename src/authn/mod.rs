@@ -275,18 +275,21 @@ impl Authenticator {
             },
         };
         let expected = if kind == CredentialKind::RuntimeKey { KeyKind::Runtime } else { KeyKind::ApiKey };
-        // A record of the other kind is as unknown as no record at all.
-        let Some(record) = record.filter(|k| k.kind == expected) else {
+        // A record of the other kind is as unknown as no record at all; so is an imported
+        // key, whose credential is not keygate's (its id alone, known from headers, must not
+        // let a forged `kg_` credential reach its foreign hash).
+        let Some(record) = record.filter(|k| k.kind == expected && k.lookup.is_none()) else {
             self.budgets.note_client_failure(client);
             return Ok(invalid());
         };
+        // The credential names its key: its digest alone says which key it was judged for.
         let digest = self.digester.digest(credential.as_str());
-        let record = match self.recognise(record, &digest, client) {
+        let record = match self.recognise(record, &digest, &digest, client) {
             Ok(judged) => return Ok(judged),
             Err(unjudged) => unjudged,
         };
         // The rest runs argon2: boxed, so the paths above keep a small future.
-        Box::pin(self.verify(credential.secret(), record, digest, client)).await
+        Box::pin(self.verify(credential.secret(), record, digest, digest, client)).await
     }
 
     /// Judges a credential for `record` without any hashing: the holder is recognised by
@@ -296,6 +299,7 @@ impl Authenticator {
         &self,
         record: Arc<KeyRecord>,
         digest: &[u8; 32],
+        memo: &[u8; 32],
         client: Option<ClientNetwork>,
     ) -> Result<Authentication, Arc<KeyRecord>> {
         let wrong = || {
@@ -305,10 +309,10 @@ impl Authenticator {
         match self.digester.judge(record.verified_digest.as_ref(), digest) {
             Recognition::Holder => Ok(Authentication::Verified(Principal::Key(record))),
             Recognition::Wrong => Ok(wrong()),
-            Recognition::Unknown if self.verified_here.get(digest).is_some() => {
+            Recognition::Unknown if self.verified_here.get(memo).is_some() => {
                 Ok(Authentication::Verified(Principal::Key(record)))
             }
-            Recognition::Unknown if self.rejected.contains_key(digest) => Ok(wrong()),
+            Recognition::Unknown if self.rejected.contains_key(memo) => Ok(wrong()),
             Recognition::Unknown => Err(record),
         }
     }
@@ -335,10 +339,19 @@ impl Authenticator {
             Some(record) => Some(record),
             None => {
                 let lookups = imported::lookups(raw, &whole);
-                match self.budgeted_lookup(client, || self.store.key_by_lookup(&lookups)).await? {
-                    Ok(record) => record,
+                let reservation = match self.budgets.admit_lookup(client) {
+                    Ok(reservation) => reservation,
                     Err(throttled) => return Ok(Authentication::Throttled(throttled)),
+                };
+                let found = self.store.key_by_lookup(&lookups).await?;
+                // Found by a digest of the credential: no guess. Found by its start (which
+                // may be displayed anywhere) or not at all: the unit stays spent.
+                if found.as_ref().is_some_and(|k| k.lookup.as_deref().is_some_and(|l| l.starts_with("sha256:"))) {
+                    reservation.succeeded();
+                } else {
+                    reservation.failed();
                 }
+                found
             }
         };
         let Some(record) = record.filter(|k| k.kind == KeyKind::ApiKey && k.lookup.is_some()) else {
@@ -347,7 +360,11 @@ impl Authenticator {
         };
         self.imported_keys.insert(whole, record.id);
         let digest = self.digester.digest(raw);
-        let record = match self.recognise(record, &digest, client) {
+        // An imported credential names no key: what this replica remembers of it is
+        // remembered for the key it was judged against (another key's lookup could find it
+        // later, after a delete), never for the credential alone.
+        let memo = self.digester.digest(&format!("{}\n{raw}", record.id));
+        let record = match self.recognise(record, &digest, &memo, client) {
             Ok(judged) => {
                 // Recognised by its digest, but perhaps not re-hashed yet (the verifier was busy).
                 if let Authentication::Verified(Principal::Key(key)) = &judged {
@@ -363,11 +380,11 @@ impl Authenticator {
                 self.budgets.note_client_failure(client);
                 return Ok(invalid());
             }
-            self.verified_here.insert(digest, ());
+            self.verified_here.insert(memo, ());
             self.adopt(&record, raw, whole_lookup, digest);
             return Ok(Authentication::Verified(Principal::Key(record)));
         }
-        let verified = self.verify(raw, record.clone(), digest, client).await?;
+        let verified = self.verify(raw, record.clone(), digest, memo, client).await?;
         if let Authentication::Verified(_) = verified {
             self.adopt(&record, raw, whole_lookup, digest);
         }
@@ -418,11 +435,12 @@ impl Authenticator {
         secret: &str,
         record: Arc<KeyRecord>,
         digest: [u8; 32],
+        memo: [u8; 32],
         client: Option<ClientNetwork>,
     ) -> Result<Authentication, AuthnError> {
         let checked = self
             .verifying
-            .try_get_with(digest, async {
+            .try_get_with(memo, async {
                 let reservation = self.budgets.admit_verification(record.id, client).map_err(NotVerified::Throttled)?;
                 // Detached: a caller that gives up (its deadline, a disconnect) does not stop
                 // argon2, so what the attempt costs is settled when argon2 is done, not
@@ -435,7 +453,7 @@ impl Authenticator {
                         Ok(true) => reservation.succeeded(),
                         Ok(false) => {
                             reservation.failed();
-                            rejected.insert(digest, ());
+                            rejected.insert(memo, ());
                         }
                         Err(_) => drop(reservation),
                     }
@@ -455,7 +473,7 @@ impl Authenticator {
             .await;
         match checked {
             Ok(()) => {
-                self.verified_here.insert(digest, ());
+                self.verified_here.insert(memo, ());
                 self.remember(&record, digest);
                 Ok(Authentication::Verified(Principal::Key(record)))
             }

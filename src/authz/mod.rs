@@ -442,11 +442,12 @@ impl Authorizer {
                     verdict.credits_remaining = Some(balance.remaining);
                     return Ok(verdict);
                 }
-                Spend::Unmetered => return Ok(verdict),
-                // Fail closed for this call; the next one decides on the changed record.
-                Spend::RuleChanged => {
+                // The record said credits, the store has none (or under another rule): the
+                // record is stale. Fail closed for this call; the next one decides on the
+                // changed record, never spending nothing on one it has not read.
+                Spend::Unmetered | Spend::RuleChanged => {
                     return Err(StoreError::Unavailable(Box::new(std::io::Error::other(
-                        "the key's refill rule changed while the call was decided",
+                        "the key's credits changed while the call was decided",
                     )))
                     .into())
                 }

@@ -17,6 +17,14 @@
 use super::{hex, InvalidField, SecretHash};
 use sha2::{Digest, Sha256};
 
+/// The most an imported hash may cost to verify (bcrypt 14 is about a second; argon2 at
+/// 64 MiB, 10 passes, 4 lanes about as much): whoever knows a key's start can make keygate
+/// verify it once per guessing budget, so the price of one guess is bounded.
+pub const MAX_BCRYPT_COST: u32 = 14;
+pub const MAX_ARGON2_MEMORY_KIB: u32 = 64 * 1024;
+pub const MAX_ARGON2_ITERATIONS: u32 = 10;
+pub const MAX_ARGON2_LANES: u32 = 4;
+
 /// The shortest and longest `start` an import may give.
 pub const MIN_START: usize = 8;
 pub const MAX_START: usize = 32;
@@ -90,12 +98,34 @@ impl ForeignHash {
                         "a bcrypt hash is 60 characters starting $2a$, $2b$ or $2y$",
                     ));
                 }
+                // Anyone who knows a start can make keygate verify once: the cost is bounded.
+                match hash.get(4..6).and_then(|c| c.parse::<u32>().ok()) {
+                    Some(cost) if (4..=MAX_BCRYPT_COST).contains(&cost) => {}
+                    _ => {
+                        return Err(InvalidField::new("hash", format!("a bcrypt cost must be 4 to {MAX_BCRYPT_COST}")))
+                    }
+                }
                 no_prefix(strip_prefix)?;
                 Ok(ForeignHash::Bcrypt { hash: hash.to_owned(), start: needs_start(start)? })
             }
             "argon2" => {
                 let known = ["$argon2id$", "$argon2i$", "$argon2d$"].iter().any(|v| hash.starts_with(v));
                 let parsed = argon2::password_hash::PasswordHash::new(hash);
+                let costly = |p: &argon2::password_hash::PasswordHash<'_>| {
+                    let param = |name: &str| p.params.get_decimal(name).unwrap_or(u32::MAX);
+                    param("m") > MAX_ARGON2_MEMORY_KIB
+                        || param("t") > MAX_ARGON2_ITERATIONS
+                        || param("p") > MAX_ARGON2_LANES
+                };
+                if parsed.as_ref().is_ok_and(costly) {
+                    return Err(InvalidField::new(
+                        "hash",
+                        format!(
+                            "argon2 parameters must be at most m={MAX_ARGON2_MEMORY_KIB}, t={MAX_ARGON2_ITERATIONS}, \
+                             p={MAX_ARGON2_LANES}"
+                        ),
+                    ));
+                }
                 if !known || !parsed.is_ok_and(|p| p.salt.is_some() && p.hash.is_some()) {
                     return Err(InvalidField::new("hash", "an argon2 hash is a PHC string ($argon2id$v=19$m=…)"));
                 }
@@ -186,7 +216,7 @@ pub fn sha256_lookup(digest: &[u8; 32]) -> String {
 
 /// Every lookup a plausible credential may be stored under, most specific first: the
 /// whole credential's digest, the digests after each of its first `_`-ended prefixes,
-/// and its starts.
+/// and its starts, longest first (a key imported with a longer start is the closer match).
 pub fn lookups(raw: &str, whole: &[u8; 32]) -> Vec<String> {
     let mut out = Vec::with_capacity(MAX_LOOKUPS);
     out.push(sha256_lookup(whole));
@@ -194,7 +224,7 @@ pub fn lookups(raw: &str, whole: &[u8; 32]) -> Vec<String> {
     for cut in cuts.take(MAX_STRIPPED).filter(|&cut| cut < raw.len()) {
         out.push(sha256_lookup(&Sha256::digest(&raw.as_bytes()[cut..]).into()));
     }
-    for len in MIN_START..=MAX_START.min(raw.len().saturating_sub(1)) {
+    for len in (MIN_START..=MAX_START.min(raw.len().saturating_sub(1))).rev() {
         out.push(format!("start:{}", &raw[..len]));
     }
     out
@@ -261,6 +291,10 @@ mod tests {
         let bcrypt = format!("$2b$04${}", "a".repeat(53));
         assert_eq!(ForeignHash::parse("bcrypt", &bcrypt, "", "short").unwrap_err().field, "start");
         assert!(ForeignHash::parse("bcrypt", &bcrypt, "", "ghp_abcdefgh").is_ok());
+        let costly = format!("$2b$31${}", "a".repeat(53));
+        assert_eq!(ForeignHash::parse("bcrypt", &costly, "", "ghp_abcdefgh").unwrap_err().field, "hash");
+        let huge = "$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
+        assert_eq!(ForeignHash::parse("argon2", huge, "", "uk_abcdefgh").unwrap_err().field, "hash");
         assert_eq!(ForeignHash::parse("argon2", "$argon2id$nonsense", "", "uk_abcdefgh").unwrap_err().field, "hash");
         assert!(!format!("{:?}", ForeignHash::parse("bcrypt", &bcrypt, "", "ghp_abcdefgh").unwrap()).contains("$2b$"));
     }

@@ -379,6 +379,10 @@ impl Store for CachedStore {
         // Invalidate even when the write errors: it may have committed before the error.
         let result = self.inner.update_key(id, changes, now, audit).await;
         self.keys.invalidate(&id);
+        // A key rolled into this one reads its credits: changed with them.
+        if let Ok(UpdateOutcome::Updated(key)) = &result {
+            key.rolled_from.iter().for_each(|predecessor| self.keys.invalidate(predecessor));
+        }
         result
     }
 
@@ -391,6 +395,10 @@ impl Store for CachedStore {
     ) -> Result<Option<KeyRecord>, StoreError> {
         let result = self.inner.revoke_key(id, reason, now, audit).await;
         self.keys.invalidate(&id);
+        // A key rolled into this one stops with it.
+        if let Ok(Some(key)) = &result {
+            key.rolled_from.iter().for_each(|predecessor| self.keys.invalidate(predecessor));
+        }
         result
     }
 

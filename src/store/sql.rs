@@ -555,16 +555,6 @@ async fn key_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: KeyId) -> Result<
         .transpose()
 }
 
-/// Starts `tx` as a writer. SQLite's deferred transactions take the write lock at their
-/// first write, and one that read first cannot wait for it (upgrading could deadlock): it
-/// fails at once with "database is locked" when another writer is busy. A write that
-/// matches no row takes the lock up front, so the busy timeout applies; on Postgres it is
-/// nothing.
-async fn write_first(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), StoreError> {
-    sqlx::query("UPDATE api_keys SET version = version WHERE 1 = 0").execute(&mut **tx).await?;
-    Ok(())
-}
-
 /// An owner as the transaction `tx` sees it.
 async fn owner_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -881,6 +871,17 @@ impl Store for SqlStore {
                     let refill = credits.and_then(|c| c.refill);
                     set_credits(&mut tx, &CreditHolder::Key(id), credits.map(|c| c.balance(now)), refill.as_ref())
                         .await?;
+                    // A key rolled into this one spends this balance: it reads the change too
+                    // (its version, and on Postgres every replica's cache).
+                    sqlx::query(
+                        "UPDATE api_keys SET version = version + 1, terms = $2 WHERE rolled_to = $1 \
+                         AND revoked_at IS NULL AND retire_at > $3",
+                    )
+                    .bind(id.to_string())
+                    .bind(StoredTerms::write(&KeyTerms { refill, ..key.terms.clone() }))
+                    .bind(now.as_millis())
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 key = key_in(&mut tx, id).await?.ok_or_else(|| corrupt("an updated key is gone"))?;
             }
@@ -923,6 +924,8 @@ impl Store for SqlStore {
             return Ok(None);
         }
         let key = key_in(&mut tx, id).await?.ok_or_else(|| corrupt("a revoked key is gone"))?;
+        // A key rolled into this one spent its balance and stood in for it: it stops too.
+        retire_predecessors(&mut tx, id, now).await?;
         insert_audit(audit).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(Some(key))
@@ -1085,9 +1088,22 @@ impl Store for SqlStore {
         {
             return Ok(RollOutcome::Revoked);
         }
+        // What the new key carries is the old key's as this transaction holds it: a change
+        // committed since the caller read it is not lost.
+        let current = key_in(&mut tx, old).await?.ok_or_else(|| corrupt("a locked key is gone"))?;
+        let new = KeyRecord {
+            name: current.name,
+            scopes: current.scopes,
+            application_ids: current.application_ids,
+            expires_at: current.expires_at,
+            disabled: current.disabled,
+            terms: current.terms,
+            owner_id: current.owner_id,
+            ..new.clone()
+        };
         // The roll that made the old key ends its overlap now: no chains of working keys.
         let ended = retire_predecessors(&mut tx, old, now).await?;
-        insert_key(new).execute(&mut *tx).await?;
+        insert_key(&new).execute(&mut *tx).await?;
         // One balance for both keys: it moves to the new key, and the old key's reads
         // follow `rolled_to` to it while the overlap lasts.
         sqlx::query("UPDATE key_credits SET key_id = $2 WHERE key_id = $1")
@@ -1131,7 +1147,12 @@ impl Store for SqlStore {
                 deleted.changed_keys = retire_predecessors(&mut tx, *id, now).await?;
             }
             Deletion::Application { id, cascade } => {
-                write_first(&mut tx).await?;
+                // The application's row first, as a rotation takes it: rotations and this
+                // deletion of one application serialize (and SQLite's write lock is taken).
+                sqlx::query("UPDATE applications SET runtime_rotations = runtime_rotations WHERE id = $1")
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
                 let Some(app) = sqlx::query("SELECT account_id FROM applications WHERE id = $1")
                     .bind(id.as_str())
                     .fetch_optional(&mut *tx)

@@ -29,6 +29,9 @@ fn cheap_argon2(settings: &mut keygate::config::Settings) {
     // Thousands of first uses from one test client at once would be a suspect burst (the
     // guessing budgets' bucket); a migration's holders come one by one, from their own.
     settings.budgets.suspect_verifications_per_second = 1_000_000;
+    // Likewise: a record found by its start costs the client a unit of its lookup budget
+    // (a start proves nothing), and one client here makes thousands of first uses.
+    settings.budgets.max_failures_per_client = 1_000_000;
     settings.store_breaker.timeout = Duration::from_secs(5);
     settings.edge.decision_deadline = Duration::from_secs(10);
 }
@@ -64,6 +67,18 @@ async fn a_rolled_key_works_through_its_overlap_then_is_denied_as_rolled(db: Db)
     assert_eq!(app.authorize_with(from(&old_secret)).await.credits_remaining, Some(8));
     assert_eq!(app.authorize_with(from(&rolled.secret)).await.credits_remaining, Some(7));
     assert_eq!(app.authorize_with(from(&old_secret)).await.credits_remaining, Some(6));
+
+    // Topping up the successor's credits reaches the key rolled into it (not only the
+    // successor): spend the rest through the old key, top up, and the old key works again.
+    while app.authorize_with(from(&old_secret)).await.allowed {}
+    assert_eq!(app.authorize_with(from(&old_secret)).await.reason, "credits_exhausted");
+    let top_up = pb::UpdateApiKeyRequest {
+        id: new.id.clone(),
+        credits: Some(pb::Credits { remaining: 5, refill: None }),
+        ..Default::default()
+    };
+    app.admin.update_api_key(top_up).await.unwrap();
+    assert_eq!(app.authorize_with(from(&old_secret)).await.credits_remaining, Some(4));
 
     // A key is rolled once; its successor is the one to roll.
     let again = roll(&mut app, &old.id, 0).await.unwrap_err();
@@ -102,6 +117,14 @@ async fn rolling_twice_ends_the_first_overlap_at_once(db: Db) {
     let d = roll(&mut app, &c.key.as_ref().unwrap().id, 0).await.unwrap();
     assert_eq!(app.authorize_with(ask(&c.secret)).await.reason, "rolled");
     assert!(app.authorize_with(ask(&d.secret)).await.allowed);
+    // Revoking a successor ends the overlap of the key rolled into it: a leaked pair dies
+    // with one call.
+    let e = roll(&mut app, &d.key.as_ref().unwrap().id, 3600).await.unwrap();
+    assert!(app.authorize_with(ask(&d.secret)).await.allowed);
+    let id = e.key.unwrap().id;
+    app.admin.revoke_api_key(pb::RevokeApiKeyRequest { id, reason: "leak".into() }).await.unwrap();
+    assert_eq!(app.authorize_with(ask(&d.secret)).await.code, "api_key_revoked");
+    assert_eq!(app.authorize_with(ask(&e.secret)).await.code, "api_key_revoked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -609,9 +632,41 @@ async fn imports_refuse_bad_lines_alone_and_foreign_garbage_costs_no_hash(db: Db
     }
     let spent = app.verifications() - before;
     assert!(spent <= 20, "{spent} bcrypt runs for 30 guesses: the per-key budget bounds them");
+    // A credential once accepted for one imported key is never accepted for another: key
+    // A (sha256 of X) is used and deleted; key B, an unused bcrypt import of another secret
+    // whose start X happens to share, must not inherit A's acceptance of X.
+    let sha = fixtures("sha256");
+    let x = &sha[0].credential;
+    let a = import(&mut app, "collide-a", vec![imported("acct_bad", &sha[0])]).await;
+    assert!(app.authorize_with(ask(x)).await.allowed);
+    app.admin.delete_api_key(pb::DeleteApiKeyRequest { id: a[0].key_id.clone() }).await.unwrap();
+    let b = pb::ImportedKey { start: x[..12].to_owned(), ..imported("acct_bad", &bcrypt[5]) };
+    assert_eq!(import(&mut app, "collide-b", vec![b]).await[0].status, "imported");
+    let r = app.authorize_with(ask(x)).await;
+    assert_eq!((r.allowed, r.code.as_str()), (false, "api_key_invalid"), "{r:?}");
+    // A forged keygate credential naming an imported key's id (ids reach upstreams in
+    // x-keygate-key-id) is as unknown as any: no foreign hash is tried, no 5xx.
+    let id = results[0].key_id.strip_prefix("key_").unwrap();
+    let r = app.authorize_with(ask(&forged_credential(id))).await;
+    assert_eq!(r.code, "api_key_invalid", "{r:?}");
     // An imported key works like any other: revoked, it is denied.
     let id = results[0].key_id.clone();
     assert!(app.authorize_with(ask(&bcrypt[0].credential)).await.allowed);
     app.admin.revoke_api_key(pb::RevokeApiKeyRequest { id, reason: "test".into() }).await.unwrap();
     assert_eq!(app.authorize_with(ask(&bcrypt[0].credential)).await.code, "api_key_revoked");
+}
+
+/// A well-formed `kg_` credential (valid checksum) with the given id body and a random
+/// secret: what an attacker who knows a key id can make.
+fn forged_credential(id_body: &str) -> String {
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let secret = keygate::domain::random_token(44).unwrap();
+    let body = format!("kg_{id_body}{secret}");
+    let mut crc = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(body.as_bytes());
+    let mut checksum = [b'0'; 6];
+    for slot in checksum.iter_mut().rev() {
+        *slot = BASE62[(crc % 62) as usize];
+        crc /= 62;
+    }
+    format!("{body}{}", std::str::from_utf8(&checksum).unwrap())
 }

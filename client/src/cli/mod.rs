@@ -271,8 +271,9 @@ pub enum KeyCommand {
     /// printed once. The old key keeps working for the overlap, then is denied (rolled).
     Roll {
         id: String,
-        /// How long the old key keeps working: 0s (at once) up to 7d.
-        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        /// How long the old key keeps working, 0s (at once, for a leaked key nobody should
+        /// use) up to 7d. Required: a roll without one is an outage for the key's holder.
+        #[arg(long, value_parser = parse_duration)]
         overlap: Duration,
         #[command(flatten)]
         connection: Connection,

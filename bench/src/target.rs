@@ -1,0 +1,118 @@
+//! `keygate-bench load --target ADDR`: any running keygate — one replica or several, on
+//! SQLite or Postgres, limits in process or on Redis, with its own policy — measured from
+//! this separate process against the floor (a no-op `keygate.v1.Authorizer`), which runs in
+//! a process of its own too, in alternating rounds as `load` does.
+
+use crate::fixture::{Server, ADMIN_TOKEN};
+use crate::load::{interleaved, request, Generator, Load, Zipf};
+use keygate::grpc::proto::{self as pb, admin_client::AdminClient, authorizer_client::AuthorizerClient};
+use keygate_client::AdminToken;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What `--target` needs besides the load's own settings.
+pub struct Target<'a> {
+    /// The keygate (or keygates, comma-separated: calls alternate between them).
+    pub addresses: Vec<String>,
+    pub admin_token: &'a str,
+    /// Keys, each in an account of its own (the global limit counts per account).
+    pub keys: usize,
+    /// The route called: the default policy's `GET /api/v1/panel/applications`, or any
+    /// route of the target's policy that API keys with `applications:read` may call.
+    pub path: &'a str,
+}
+
+/// (Used by `load --target`.) The floor, in its own process: prints `listening on ADDR`.
+pub async fn serve_floor() -> anyhow::Result<()> {
+    let floor = crate::fixture::floor()?;
+    println!("listening on {}", floor.address.trim_start_matches("http://"));
+    // Until the parent goes away (it kills this process).
+    std::future::pending::<()>().await;
+    drop(floor);
+    Ok(())
+}
+
+pub async fn run(
+    target: Target<'_>,
+    connections: usize,
+    concurrency: &[usize],
+    rounds: u32,
+    warmup: Duration,
+    measure: Duration,
+) -> anyhow::Result<()> {
+    let floor_command = {
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command.arg("floor");
+        command
+    };
+    let (_floor_process, floor_address) =
+        crate::proxy::start(floor_command, true, |line| line.strip_prefix("listening on ").map(str::to_owned))?;
+    let floor = Server::external(format!("http://{floor_address}"));
+    let servers: Vec<Server> = target.addresses.iter().map(|a| Server::external(a.clone())).collect();
+
+    eprintln!("creating {} keys in {} accounts on {}…", target.keys, target.keys, target.addresses.join(", "));
+    let secrets = create_keys(&target.addresses[0], target.admin_token, target.keys).await?;
+    // Every key verified once on every target (argon2), so only hot keys are measured.
+    for address in &target.addresses {
+        let mut client =
+            AuthorizerClient::new(tonic::transport::Channel::from_shared(address.clone())?.connect().await?);
+        for secret in &secrets {
+            let decided = client.authorize(request(secret, target.path)).await?.into_inner();
+            anyhow::ensure!(
+                decided.allowed || decided.code == "rate_limit_reached",
+                "warm-up on {address} denied: {} {}",
+                decided.code,
+                decided.message
+            );
+        }
+    }
+    let secrets = Arc::new(secrets);
+    let zipf = Arc::new(Zipf::new(secrets.len()));
+    let path = target.path.to_owned();
+    let hot: Generator = Arc::new(move |rng| request(&secrets[zipf.sample(rng)], &path));
+    let sample = keygate::domain::GeneratedKey::generate()?.into_secret_string();
+    let floor_path = target.path.to_owned();
+    let floor_generator: Generator = Arc::new(move |_| request(&sample, &floor_path));
+
+    let round_measure = measure / rounds.max(1);
+    let floor_load = Load::new(&floor, connections, warmup, round_measure).await?;
+    // Several targets: each connection goes to one of them in turn, so calls alternate.
+    let target_load = Load::spread(&servers, connections, warmup, round_measure).await?;
+    println!(
+        "target {} ({} hot keys in as many accounts, {}); floor in its own process; {} rounds x {:.1} s",
+        target.addresses.join(", "),
+        target.keys,
+        target.path,
+        rounds,
+        round_measure.as_secs_f64()
+    );
+    for &c in concurrency {
+        let (floor_run, target_run) =
+            interleaved((&floor_load, &floor_generator), (&target_load, &hot), c, rounds).await;
+        floor_run.print();
+        target_run.print();
+    }
+    Ok(())
+}
+
+/// `count` keys with `applications:read`, each in an account of its own.
+async fn create_keys(address: &str, admin_token: &str, count: usize) -> anyhow::Result<Vec<String>> {
+    let channel = tonic::transport::Channel::from_shared(address.to_owned())?.connect().await?;
+    let token = if admin_token.is_empty() { ADMIN_TOKEN } else { admin_token };
+    let mut admin = AdminClient::with_interceptor(channel, AdminToken::new(token)?);
+    let run = keygate::domain::random_token(6)?.to_lowercase();
+    let mut secrets = Vec::with_capacity(count);
+    for i in 0..count {
+        let created = admin
+            .create_api_key(pb::CreateApiKeyRequest {
+                account_id: format!("acct_load_{run}_{i}"),
+                name: "load".into(),
+                scopes: vec!["applications:read".into()],
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        secrets.push(created.secret);
+    }
+    Ok(secrets)
+}
