@@ -253,3 +253,25 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// `calls` concurrent calls, alternating between two replicas and cycling through
+/// `secrets`; every deny must be for `reason`. Returns how many were allowed.
+pub async fn burst(a: &TestApp, b: &TestApp, secrets: &[&str], calls: usize, reason: &str) -> usize {
+    let calls: Vec<_> = (0..calls)
+        .map(|i| {
+            let mut client = if i % 2 == 0 { a.authorizer.clone() } else { b.authorizer.clone() };
+            let secret = secrets[i % secrets.len()].to_owned();
+            tokio::spawn(async move { client.authorize(ask(&secret)).await.unwrap().into_inner() })
+        })
+        .collect();
+    let mut allowed = 0;
+    for call in calls {
+        let r = call.await.unwrap();
+        if r.allowed {
+            allowed += 1;
+        } else {
+            assert_eq!(r.reason, reason, "{r:?}");
+        }
+    }
+    allowed
+}

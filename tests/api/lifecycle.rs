@@ -3,7 +3,7 @@
 //! deleted for good — each seen by the other replica as fast as a revoke.
 
 use crate::backend_tests;
-use crate::helpers::{ask, eventually, reason, Db, TestApp, TestDb};
+use crate::helpers::{ask, burst, eventually, reason, Db, TestApp, TestDb};
 use crate::replicas::{code_on, two_replicas};
 use keygate::grpc::proto as pb;
 use std::time::Duration;
@@ -433,22 +433,8 @@ async fn owner_credits_are_exact_across_two_replicas() {
         .credits
         .unwrap()
         .remaining;
-    let calls: Vec<_> = (0..200)
-        .map(|i| {
-            let mut client = if i % 2 == 0 { a.authorizer.clone() } else { b.authorizer.clone() };
-            let secret = secrets[i % 3].clone();
-            tokio::spawn(async move { client.authorize(ask(&secret)).await.unwrap().into_inner() })
-        })
-        .collect();
-    let mut allowed = 0;
-    for call in calls {
-        let r = call.await.unwrap();
-        if r.allowed {
-            allowed += 1;
-        } else {
-            assert_eq!(r.reason, "credits_exhausted", "{r:?}");
-        }
-    }
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let allowed = burst(&a, &b, &secrets, 200, "credits_exhausted").await as i64;
     assert_eq!(allowed, left, "exactly what the owner had left, over three keys and two replicas");
 }
 

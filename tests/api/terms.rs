@@ -3,7 +3,7 @@
 //! Authorize, Envoy's Check and the Rust layer, on one replica and across two.
 
 use crate::backend_tests;
-use crate::helpers::{ask, eventually, reason, Db, TestApp, TestDb};
+use crate::helpers::{ask, burst, eventually, reason, Db, TestApp, TestDb};
 use keygate::grpc::proto as pb;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,28 +25,6 @@ fn credits(remaining: i64, refill: Option<(i64, &str, &str)>) -> Option<pb::Cred
 fn patient(settings: &mut keygate::config::Settings) {
     settings.store_breaker.timeout = Duration::from_secs(5);
     settings.edge.decision_deadline = Duration::from_secs(10);
-}
-
-/// `calls` concurrent calls with `secret`, alternating between two replicas; every deny
-/// must be for `reason`. Returns how many were allowed.
-async fn burst(a: &TestApp, b: &TestApp, secret: &str, calls: usize, reason: &str) -> usize {
-    let calls: Vec<_> = (0..calls)
-        .map(|i| {
-            let mut client = if i % 2 == 0 { a.authorizer.clone() } else { b.authorizer.clone() };
-            let secret = secret.to_owned();
-            tokio::spawn(async move { client.authorize(ask(&secret)).await.unwrap().into_inner() })
-        })
-        .collect();
-    let mut allowed = 0;
-    for call in calls {
-        let r = call.await.unwrap();
-        if r.allowed {
-            allowed += 1;
-        } else {
-            assert_eq!(r.reason, reason, "{r:?}");
-        }
-    }
-    allowed
 }
 
 fn from(credential: &str, client_ip: &str) -> pb::AuthorizeRequest {
@@ -167,7 +145,7 @@ async fn two_replicas_on_postgres_never_spend_the_last_credit_twice() {
         let mut client = app.authorizer.clone();
         assert!(client.authorize(ask(&secret)).await.unwrap().into_inner().allowed);
     }
-    assert_eq!(burst(&a, &b, &secret, 200, "credits_exhausted").await, 98, "exactly the 98 left, on both");
+    assert_eq!(burst(&a, &b, &[secret.as_str()], 200, "credits_exhausted").await, 98, "exactly the 98 left, on both");
 }
 
 backend_tests!(an_ip_allowlist_admits_its_ranges_only_after_the_secret_is_proven);
@@ -344,7 +322,11 @@ async fn key_limits_on_redis_are_shared_by_replicas() {
     let b = TestApp::spawn_url(&db.url, configure).await;
     let terms = pb::CreateApiKeyRequest { limits: vec![limit("hourly", 5, 3600, "")], ..Default::default() };
     let (_, secret) = a.key_with("acct_klr", terms).await;
-    assert_eq!(burst(&a, &b, &secret, 20, "key_rate_limited").await, 5, "exactly the key's 5 across both replicas");
+    assert_eq!(
+        burst(&a, &b, &[secret.as_str()], 20, "key_rate_limited").await,
+        5,
+        "exactly the key's 5 across both replicas"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
