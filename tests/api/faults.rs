@@ -121,7 +121,7 @@ async fn through_a_store_outage_cached_keys_are_decided_and_nothing_else_is_allo
     assert!(value(r#"keygate_store_errors_total{operation="key",kind="unavailable"}"#) >= 1.0);
     assert!(value("keygate_served_stale_total") >= 1.0);
     assert!(value("keygate_invalidation_listener_connections_total") >= 1.0);
-    assert!(value("keygate_invalidation_notifications_total") >= 3.0, "the two creates and a digest were announced");
+    assert!(value("keygate_invalidation_notifications_total") >= 2.0, "the two creates were announced");
     assert!(value("keygate_invalidation_lag_seconds_count") >= 2.0);
 }
 
