@@ -59,6 +59,11 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         keys: usize,
     },
+    /// Memory per subject of a limit at 100,000 a minute: exact against high-rate.
+    LimitMemory {
+        #[arg(long, default_value_t = 50)]
+        subjects: usize,
+    },
     /// HTTP through nginx with keygate's forward auth against nginx with a no-op one.
     Proxy(proxy::ProxyArgs),
     /// (Used by `proxy`.) A no-op forward-auth endpoint and upstream, in its own process.
@@ -94,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Load(args) => load::run(args).await,
             Command::Memory { keys } => memory::run(keys).await,
+            Command::LimitMemory { subjects } => memory::limits(subjects),
             Command::Terms(args) => terms::run(args).await,
             Command::Import(args) => import::run(args).await,
             Command::Soak { minutes, callers } => soak::run(minutes, callers).await,
