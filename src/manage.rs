@@ -456,7 +456,7 @@ impl Manager {
         );
         record.terms.metadata = key.metadata;
         record.owner_id = key.owner_id;
-        record.lookup = Some(key.hash.lookup());
+        record.lookup = Some(crate::domain::Lookup::new(key.hash.lookup()));
         Ok(ImportedKey { import_ref: key.hash.lookup(), record })
     }
 

@@ -300,6 +300,13 @@ mod tests {
     }
 
     #[test]
+    fn a_lookup_never_prints() {
+        let lookup = crate::domain::Lookup::new("start:ghp_z6Dh4OHJ".into());
+        assert!(!format!("{lookup:?}").contains("ghp_"));
+        assert_eq!(&*lookup, "start:ghp_z6Dh4OHJ");
+    }
+
+    #[test]
     fn only_plausible_credentials_are_looked_up() {
         assert!(plausible("sk_live_123"));
         assert!(!plausible("short"));

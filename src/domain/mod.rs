@@ -14,7 +14,8 @@ pub use credential::{
 };
 pub use ids::{AccountId, ApplicationId, KeyId, OwnerId, SessionId, UserId};
 pub use records::{
-    Application, CreditHolder, KeyKind, KeyRecord, NewKeyRecord, Owner, Principal, SessionRecord, VerifiedDigest,
+    Application, CreditHolder, KeyKind, KeyRecord, Lookup, NewKeyRecord, Owner, Principal, SessionRecord,
+    VerifiedDigest,
 };
 pub use scope::{Scope, Scopes};
 pub use search::SearchParams;

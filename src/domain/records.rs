@@ -78,7 +78,32 @@ pub struct KeyRecord {
     pub rolled_to: Option<KeyId>,
     /// For a key imported from another system: how its credential, which has no keygate
     /// id, finds this record (see [`super::imported`]). `None` for keys keygate issued.
-    pub lookup: Option<String>,
+    pub lookup: Option<Lookup>,
+}
+
+/// How an imported key's credential finds its record: the first characters of the
+/// credential or a digest of it. Part of a secret, so never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Lookup(String);
+
+impl Lookup {
+    pub fn new(lookup: String) -> Self {
+        Self(lookup)
+    }
+}
+
+impl std::ops::Deref for Lookup {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lookup(<redacted>)")
+    }
 }
 
 /// An owner's shared terms: every key naming the owner counts against its limits and, when

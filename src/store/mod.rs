@@ -104,11 +104,18 @@ impl Deleted {
 }
 
 /// A key brought from another system: its record (with `lookup` set) and the form it
-/// was imported in, which re-running the import finds it by.
-#[derive(Debug, Clone)]
+/// was imported in, which re-running the import finds it by. Debug shows the record only:
+/// the form is a start of the credential or a digest of it.
+#[derive(Clone)]
 pub struct ImportedKey {
     pub record: KeyRecord,
     pub import_ref: String,
+}
+
+impl std::fmt::Debug for ImportedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportedKey").field("record", &self.record).field("import_ref", &"<redacted>").finish()
+    }
 }
 
 /// What importing one key came to.

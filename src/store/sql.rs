@@ -256,7 +256,7 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         },
         rolled_from: stored_key_id(row, "rolled_from")?,
         rolled_to: stored_key_id(row, "rolled_to")?,
-        lookup: row.try_get("lookup")?,
+        lookup: row.try_get::<Option<String>, _>("lookup")?.map(crate::domain::Lookup::new),
     })
 }
 
