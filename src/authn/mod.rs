@@ -284,7 +284,7 @@ impl Authenticator {
         };
         // The credential names its key: its digest alone says which key it was judged for.
         let digest = self.digester.digest(credential.as_str());
-        let record = match self.recognise(record, &digest, &digest, client) {
+        let record = match self.recognise(record, &digest, || digest, client) {
             Ok(judged) => return Ok(judged),
             Err(unjudged) => unjudged,
         };
@@ -299,7 +299,7 @@ impl Authenticator {
         &self,
         record: Arc<KeyRecord>,
         digest: &[u8; 32],
-        memo: &[u8; 32],
+        memo: impl Fn() -> [u8; 32],
         client: Option<ClientNetwork>,
     ) -> Result<Authentication, Arc<KeyRecord>> {
         let wrong = || {
@@ -309,11 +309,17 @@ impl Authenticator {
         match self.digester.judge(record.verified_digest.as_ref(), digest) {
             Recognition::Holder => Ok(Authentication::Verified(Principal::Key(record))),
             Recognition::Wrong => Ok(wrong()),
-            Recognition::Unknown if self.verified_here.get(memo).is_some() => {
-                Ok(Authentication::Verified(Principal::Key(record)))
+            Recognition::Unknown => {
+                // Made only here: a recognised holder (the hot path) pays no second HMAC.
+                let memo = memo();
+                if self.verified_here.get(&memo).is_some() {
+                    Ok(Authentication::Verified(Principal::Key(record)))
+                } else if self.rejected.contains_key(&memo) {
+                    Ok(wrong())
+                } else {
+                    Err(record)
+                }
             }
-            Recognition::Unknown if self.rejected.contains_key(memo) => Ok(wrong()),
-            Recognition::Unknown => Err(record),
         }
     }
 
@@ -363,8 +369,9 @@ impl Authenticator {
         // An imported credential names no key: what this replica remembers of it is
         // remembered for the key it was judged against (another key's lookup could find it
         // later, after a delete), never for the credential alone.
-        let memo = self.digester.digest(&format!("{}\n{raw}", record.id));
-        let record = match self.recognise(record, &digest, &memo, client) {
+        let memo_of = |id: crate::domain::KeyId| self.digester.digest(&format!("{id}\n{raw}"));
+        let id = record.id;
+        let record = match self.recognise(record, &digest, || memo_of(id), client) {
             Ok(judged) => {
                 // Recognised by its digest, but perhaps not re-hashed yet (the verifier was busy).
                 if let Authentication::Verified(Principal::Key(key)) = &judged {
@@ -374,6 +381,7 @@ impl Authenticator {
             }
             Err(unjudged) => unjudged,
         };
+        let memo = memo_of(id);
         // A SHA-256 import is checked here and now: no slow hash to queue for.
         if let Some(matches) = imported::verify_sha256(raw, &record.secret_hash) {
             if !matches {
