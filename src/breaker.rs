@@ -68,6 +68,11 @@ impl Breaker {
     /// Runs `call` unless the breaker is open, for at most `timeout`. `is_outage` says
     /// which of its errors mean the store is unreachable (they count towards opening);
     /// other errors and successes show it is up.
+    /// The longest one guarded call may take.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.settings.timeout
+    }
+
     pub async fn guard<T, E>(
         &self,
         call: impl Future<Output = Result<T, E>>,

@@ -35,6 +35,11 @@ impl ManualClock {
         Self::new(SystemClock.now())
     }
 
+    /// Sets the time: replicas in one test can share a start.
+    pub fn set(&self, to: Timestamp) {
+        self.0.store(to.as_millis(), Ordering::SeqCst);
+    }
+
     pub fn advance(&self, by: std::time::Duration) {
         self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
     }

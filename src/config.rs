@@ -9,6 +9,7 @@ use crate::breaker::BreakerSettings;
 use crate::edge::EdgeSettings;
 use crate::grpc::ext_authz::ExtAuthzSettings;
 use crate::manage::{ManageSettings, MAX_RUNTIME_KEY_GRACE};
+use crate::ratelimit::lease::LeaseSettings;
 use crate::store::cached::CacheSettings;
 use crate::usage::UsageSettings;
 use keygate_api::edge::CredentialSource;
@@ -148,6 +149,11 @@ pub struct ServeArgs {
     /// The same for the rate-limit store (Redis).
     #[arg(long, env = "KEYGATE_RATE_LIMIT_TIMEOUT_MS", default_value_t = 50)]
     pub rate_limit_timeout_ms: u64,
+    /// With Redis: how long a replica may spend its slice of a high-rate limit before
+    /// renewing it (a slice is 1% of the limit). A replica that dies returns its unused
+    /// slice after this long.
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_LEASE_MS", default_value_t = 1000)]
+    pub rate_limit_lease_ms: u64,
 }
 
 /// A database or Redis URL whose password `Debug` does not print.
@@ -263,6 +269,8 @@ pub struct Settings {
     pub edge: EdgeSettings,
     pub store_breaker: BreakerSettings,
     pub limiter_breaker: BreakerSettings,
+    /// High-rate limits on Redis: slice size and lease period.
+    pub limit_leases: LeaseSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -348,6 +356,9 @@ impl ServeArgs {
         if !(1..=10_000).contains(&self.rate_limit_timeout_ms) {
             problems.push("--rate-limit-timeout-ms: must be between 1 and 10000".to_owned());
         }
+        if !(100..=60_000).contains(&self.rate_limit_lease_ms) {
+            problems.push("--rate-limit-lease-ms: must be between 100 and 60000".to_owned());
+        }
         if self.database_max_connections == 0 {
             problems.push("--database-max-connections: must be at least 1".to_owned());
         }
@@ -424,6 +435,10 @@ impl ServeArgs {
             },
             store_breaker: breaker(self.store_timeout_ms),
             limiter_breaker: breaker(self.rate_limit_timeout_ms),
+            limit_leases: LeaseSettings {
+                period: Duration::from_millis(self.rate_limit_lease_ms),
+                ..LeaseSettings::default()
+            },
         })
     }
 }
@@ -505,9 +520,10 @@ mod tests {
             decision_deadline_ms: 5,
             store_timeout_ms: 100,
             rate_limit_timeout_ms: 50,
+            rate_limit_lease_ms: 10,
         };
         let err = bad.into_settings().unwrap_err();
-        assert_eq!(err.0.len(), 9, "{err}");
+        assert_eq!(err.0.len(), 10, "{err}");
         assert!(!err.to_string().contains("short\""), "{err}");
     }
 }

@@ -36,6 +36,7 @@ pub struct Sources {
     pub invalidation: Option<Arc<ListenerStatus>>,
     pub store_breaker: Arc<Breaker>,
     pub limiter_breaker: Option<Arc<Breaker>>,
+    pub limiter: Arc<crate::ratelimit::Limiter>,
 }
 
 /// Every metric of a running server, under the `keygate_` prefix.
@@ -200,6 +201,34 @@ impl Collector for StateCollector {
                 &format!("{name}_circuit_opened"),
                 "Times the store was found unreachable (the breaker opened)",
                 breaker.times_opened(),
+            )?;
+        }
+        if let crate::ratelimit::Limiter::Redis(redis) = &*handles.limiter {
+            use std::sync::atomic::Ordering::Relaxed;
+            let stats = redis.lease_stats();
+            gauge(
+                &mut encoder,
+                "rate_limit_leases",
+                "Slices of high-rate limits this replica holds (one per busy subject and rule)",
+                redis.leases_held() as i64,
+            )?;
+            counter(
+                &mut encoder,
+                "rate_limit_lease_renewals",
+                "Round trips to Redis that renewed or released a slice of a high-rate limit",
+                stats.renewals.load(Relaxed),
+            )?;
+            counter(
+                &mut encoder,
+                "rate_limit_lease_failures",
+                "Renewals Redis did not answer (the slice is spent until it lapses)",
+                stats.failed.load(Relaxed),
+            )?;
+            counter(
+                &mut encoder,
+                "rate_limit_lease_waits",
+                "Requests that found their slice empty and waited for Redis",
+                stats.waited.load(Relaxed),
             )?;
         }
         if let Some(listener) = &handles.invalidation {

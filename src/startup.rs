@@ -64,6 +64,7 @@ pub struct Handles {
     pub store_breaker: Arc<Breaker>,
     /// The same for Redis, when limits are shared there.
     pub limiter_breaker: Option<Arc<Breaker>>,
+    pub limiter: Arc<Limiter>,
 }
 
 impl Handles {
@@ -78,6 +79,7 @@ impl Handles {
             invalidation: self.invalidation.clone(),
             store_breaker: self.store_breaker.clone(),
             limiter_breaker: self.limiter_breaker.clone(),
+            limiter: self.limiter.clone(),
         }
     }
 
@@ -137,6 +139,7 @@ pub struct Application {
     forward_auth: Option<(TcpListener, ForwardAuth)>,
     health: tonic_health::server::HealthReporter,
     handles: Handles,
+    clock: Arc<dyn Clock>,
     _background: Vec<AbortOnDrop>,
 }
 
@@ -205,6 +208,7 @@ impl Application {
                     url.expose(),
                     settings.rate_limit_key_prefix.clone(),
                     Arc::new(Breaker::new("rate limit store", settings.limiter_breaker)),
+                    settings.limit_leases,
                 )
                 .with_context(|| format!("invalid rate limit store URL {url}"))?,
             )),
@@ -225,6 +229,7 @@ impl Application {
                     }
                 }
             })));
+            background.push(AbortOnDrop(tokio::spawn(release_idle_leases(limiter.clone(), clock.clone()))));
         }
         let authn = Arc::new(Authenticator::new(
             cache.clone(),
@@ -233,7 +238,8 @@ impl Application {
             FailureBudgets::new(settings.budgets),
             settings.authn,
         ));
-        let authorizer = Arc::new(Authorizer::new(policy, cache.clone(), authn, limiter, clock.clone(), usage.clone()));
+        let authorizer =
+            Arc::new(Authorizer::new(policy, cache.clone(), authn, limiter.clone(), clock.clone(), usage.clone()));
         let manager =
             Arc::new(Manager::new(cache.clone(), verifier.clone(), clock.clone(), usage.clone(), settings.manage));
 
@@ -304,8 +310,20 @@ impl Application {
             usage,
             store_breaker,
             limiter_breaker,
+            limiter,
         };
-        Ok(Self { listener, local_addr, router, metrics, forward_auth, health, handles, _background: background })
+        let clock_at_shutdown = clock.clone();
+        Ok(Self {
+            listener,
+            local_addr,
+            router,
+            metrics,
+            forward_auth,
+            health,
+            handles,
+            clock: clock_at_shutdown,
+            _background: background,
+        })
     }
 
     /// Where metrics are served, when `--metrics-listen` was given.
@@ -379,9 +397,26 @@ impl Application {
         if let Err(e) = self.handles.usage.flush().await {
             tracing::warn!(error = %e, pending = self.handles.usage.pending(), "could not record the last key uses");
         }
+        // Slices of high-rate limits go back to Redis, for the other replicas to spend.
+        if let Limiter::Redis(redis) = &*self.handles.limiter {
+            redis.release_idle(self.clock.now(), Duration::ZERO).await;
+        }
         self.handles.store.close().await;
         served?;
         Ok(())
+    }
+}
+
+/// Every half lease period, releases the slices of high-rate limits idle that long: their
+/// spends are reported to Redis and what they still hold goes back to the other replicas.
+async fn release_idle_leases(limiter: Arc<Limiter>, clock: Arc<dyn Clock>) {
+    let Limiter::Redis(redis) = &*limiter else { return };
+    let half = redis.lease_settings().period / 2;
+    let mut every = tokio::time::interval(half);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        redis.release_idle(clock.now(), half).await;
     }
 }
 

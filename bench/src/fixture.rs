@@ -80,9 +80,20 @@ pub fn keygate(
     dir: &std::path::Path,
     customize: impl FnOnce(&mut Settings) + Send + 'static,
 ) -> anyhow::Result<Server> {
+    keygate_with_policy(dir, POLICY, customize)
+}
+
+/// keygate over a SQLite file in `dir` (replicas started on one `dir` share it), with
+/// `policy`.
+pub fn keygate_with_policy(
+    dir: &std::path::Path,
+    policy: &str,
+    customize: impl FnOnce(&mut Settings) + Send + 'static,
+) -> anyhow::Result<Server> {
     let url = format!("sqlite://{}", dir.join("bench.db").display());
+    let policy_text = policy;
     let policy = dir.join("policy.toml");
-    std::fs::write(&policy, POLICY)?;
+    std::fs::write(&policy, policy_text)?;
     spawn_on_own_runtime(move |stopped, ready| async move {
         let mut settings = Settings::with_database(&url);
         settings.listen = "127.0.0.1:0".parse().expect("address");

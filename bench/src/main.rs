@@ -9,12 +9,15 @@
 //! - `proxy`: HTTP through a real nginx asking keygate's forward auth, against the same
 //!   nginx asking a no-op endpoint (every server in a process of its own).
 //! - `terms`: what a key's terms (metadata, allowlist, credits) cost on the hot path.
+//! - `accuracy`: a high-rate limit across three replicas on one Redis, stormed at three
+//!   times its rate: the most admitted in any minute against the documented bound.
 //! - `import`: importing keys hashed by another system (sha256, bcrypt, argon2), and what
 //!   an imported credential's first use costs against keygate's own keys and the hot path.
 //!
 //! Servers run on a runtime of their own (two workers) and the load on another, so the
 //! client and the server compete for the machine the same way for keygate and the floor.
 
+mod accuracy;
 mod fixture;
 mod import;
 mod load;
@@ -102,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             Command::LimitMemory { subjects } => memory::limits(subjects),
             Command::Terms(args) => terms::run(args).await,
             Command::Import(args) => import::run(args).await,
+            Command::Accuracy(args) => accuracy::run(args).await,
             Command::Soak { minutes, callers } => soak::run(minutes, callers).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::NoopHttp { listen } => proxy::serve_noop(&listen).await,

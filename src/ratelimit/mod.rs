@@ -7,8 +7,10 @@
 //! A request is checked against all of its limits in one step: it is admitted only if
 //! every limit has room, and only then counted in all of them. A denied request uses no
 //! quota. In one process the counters live in memory ([`LocalLimiter`]); across replicas
-//! they live in Redis ([`redis::RedisLimiter`]), checked and counted by one Lua script.
+//! they live in Redis ([`redis::RedisLimiter`]): exact limits checked and counted there by
+//! one Lua script, high-rate ones spent from slices each replica leases ([`lease`]).
 
+pub mod lease;
 pub mod redis;
 pub mod window;
 

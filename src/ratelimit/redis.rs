@@ -1,18 +1,27 @@
-//! Rate-limit counters in Redis, shared by every replica: one Lua script checks every
-//! limit of a request and counts it in all of them, atomically, so "10 per hour per
-//! account" means 10 across all replicas. Each counter is a sorted set of admitted
-//! requests scored by time, expiring with its window.
+//! Rate-limit counters in Redis, shared by every replica.
+//!
+//! - *Exact* limits: one Lua script checks every exact limit of a request and counts it in
+//!   all of them, atomically, so "10 per hour per account" means 10 across all replicas.
+//!   Each counter is a sorted set of admitted requests scored by time, expiring with its
+//!   window.
+//! - *High-rate* limits are leased ([`super::lease`]): each replica spends a slice of the
+//!   subject's budget locally and renews it in the background, so the hot path makes no
+//!   round trip.
 //!
 //! Time comes from the replica's clock (keep replicas NTP-synced; skew of milliseconds is
 //! immaterial for windows of a second or more).
 
+use super::lease::{Granted, Lease, LeaseSettings, Renewal, Take, LEASE};
 use super::{LimitCheck, LimitOutcome, LimiterError, LocalLimiter, Room};
 use crate::breaker::Breaker;
 use crate::domain::Timestamp;
+use crate::policy::LimitKind;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use smallvec::SmallVec;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 
 /// KEYS: one sorted set per limit. ARGV: now (ms), a unique member, then per key its window
 /// (ms) and limit. Returns {1, tightest limit, remaining} or {0, limit, retry after ms, which
@@ -45,30 +54,94 @@ return {1, tight_limit, tight_remaining}
 "#;
 
 pub struct RedisLimiter {
-    client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
-    script: redis::Script,
-    prefix: String,
+    redis: Arc<Redis>,
+    /// The slices of high-rate limits this replica holds, by their Redis key.
+    leases: moka::sync::Cache<String, Arc<LeaseCell>>,
     /// Makes each counted request a distinct member of the sorted sets.
-    nonce: String,
     counter: AtomicU64,
     fallback: LocalLimiter,
-    /// Bounds each check, and skips Redis entirely while it is known to be down.
-    breaker: std::sync::Arc<Breaker>,
+}
+
+/// The connection and what every call to Redis shares (renewals run in tasks of their own).
+struct Redis {
+    client: redis::Client,
+    connection: OnceCell<ConnectionManager>,
+    exact: redis::Script,
+    lease: redis::Script,
+    prefix: String,
+    /// This replica: names its reservations, and its exact members.
+    replica: String,
+    settings: LeaseSettings,
+    /// Bounds each call, and skips Redis entirely while it is known to be down.
+    breaker: Arc<Breaker>,
+    stats: Arc<LeaseStats>,
+}
+
+/// Counters of the leases, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct LeaseStats {
+    /// Round trips that renewed or released a slice (the only ones high-rate limits make).
+    pub renewals: AtomicU64,
+    /// Renewals Redis did not answer.
+    pub failed: AtomicU64,
+    /// Requests that found nothing held and waited for Redis.
+    pub waited: AtomicU64,
+}
+
+/// One slice, and what a request that finds it empty waits on.
+struct LeaseCell {
+    lease: Mutex<Lease>,
+    renewed: Notify,
+    /// The subject's hash in Redis.
+    key: String,
+    /// The rule's window (ms) and limit at the last use: a release needs them.
+    terms: Mutex<(i64, u32)>,
+}
+
+impl LeaseCell {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lease> {
+        self.lease.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A request taken from a slice, to put back if another limit refuses it.
+struct Spent {
+    cell: Arc<LeaseCell>,
+    generation: u64,
+}
+
+enum Leased {
+    Spent(Spent, Room),
+    Limited { limit: u32, retry_after_ms: i64 },
 }
 
 impl RedisLimiter {
     /// Does not connect yet: keygate starts (and fails closed per limit) while Redis is down.
-    pub fn new(url: &str, prefix: String, breaker: std::sync::Arc<Breaker>) -> Result<Self, redis::RedisError> {
+    pub fn new(
+        url: &str,
+        prefix: String,
+        breaker: Arc<Breaker>,
+        settings: LeaseSettings,
+    ) -> Result<Self, redis::RedisError> {
         Ok(Self {
-            client: redis::Client::open(url)?,
-            connection: OnceCell::new(),
-            script: redis::Script::new(CHECK_AND_COUNT),
-            prefix,
-            nonce: crate::domain::random_token(12).unwrap_or_default(),
+            redis: Arc::new(Redis {
+                client: redis::Client::open(url)?,
+                connection: OnceCell::new(),
+                exact: redis::Script::new(CHECK_AND_COUNT),
+                lease: redis::Script::new(LEASE),
+                prefix,
+                replica: crate::domain::random_token(12).unwrap_or_default(),
+                settings,
+                breaker,
+                stats: Arc::default(),
+            }),
+            // A slice unused for a day is long lapsed; the release task drops idle ones.
+            leases: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(Duration::from_secs(86_400))
+                .build(),
             counter: AtomicU64::new(0),
             fallback: LocalLimiter::default(),
-            breaker,
         })
     }
 
@@ -77,46 +150,196 @@ impl RedisLimiter {
         &self.fallback
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, LimiterError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(1);
-        self.connection
-            .get_or_try_init(|| self.client.get_connection_manager_with_config(config))
-            .await
-            .cloned()
-            .map_err(|e| LimiterError::Unreachable(Box::new(e)))
+    pub fn breaker(&self) -> &Arc<Breaker> {
+        &self.redis.breaker
     }
 
-    pub fn breaker(&self) -> &std::sync::Arc<Breaker> {
-        &self.breaker
+    pub fn lease_stats(&self) -> Arc<LeaseStats> {
+        self.redis.stats.clone()
+    }
+
+    pub fn lease_settings(&self) -> LeaseSettings {
+        self.redis.settings
+    }
+
+    /// Slices held now.
+    pub fn leases_held(&self) -> u64 {
+        self.leases.entry_count()
     }
 
     /// Does Redis answer a PING? For the breaker's background probe.
     pub async fn ping(&self) -> bool {
-        let Ok(mut connection) = self.connection().await else { return false };
+        let Ok(mut connection) = self.redis.connection().await else { return false };
         redis::cmd("PING").query_async::<String>(&mut connection).await.is_ok()
     }
 
-    /// Checks and counts in Redis, within the breaker's timeout.
+    /// Checks every limit and counts the request in all of them, or in none: high-rate
+    /// limits from this replica's slices, exact ones in Redis (one script).
     pub async fn check(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> Result<LimitOutcome, LimiterError> {
-        self.breaker
-            .guard(self.check_in_redis(checks, now), |_| true)
+        let now_ms = now.as_millis();
+        let mut spent: SmallVec<[Spent; 2]> = SmallVec::new();
+        let mut tightest: Option<Room> = None;
+        let mut limited: Option<(u32, i64, usize)> = None;
+        let put_back = |spent: &mut SmallVec<[Spent; 2]>| {
+            for s in spent.drain(..) {
+                s.cell.lock().put_back(s.generation);
+            }
+        };
+        for (i, check) in checks.iter().enumerate().filter(|(_, c)| c.rule.kind == LimitKind::HighRate) {
+            match self.take(check, now_ms).await {
+                Ok(Leased::Spent(taken, room)) => {
+                    spent.push(taken);
+                    tightest = tighter(tightest, room);
+                }
+                Ok(Leased::Limited { limit, retry_after_ms }) => {
+                    if limited.is_none_or(|(_, r, _)| retry_after_ms > r) {
+                        limited = Some((limit, retry_after_ms, i));
+                    }
+                }
+                Err(e) => {
+                    put_back(&mut spent);
+                    return Err(e);
+                }
+            }
+        }
+        if let Some((limit, retry_after, check)) = limited {
+            put_back(&mut spent);
+            let retry_after = Duration::from_millis(retry_after.max(0) as u64);
+            return Ok(LimitOutcome::Limited { limit, retry_after, check });
+        }
+        let exact: SmallVec<[usize; 4]> =
+            (0..checks.len()).filter(|&i| checks[i].rule.kind == LimitKind::Exact).collect();
+        if exact.is_empty() {
+            return Ok(LimitOutcome::Admitted { tightest });
+        }
+        let outcome = self
+            .redis
+            .breaker
+            .guard(self.check_exact(checks, &exact, now), |_| true)
             .await
-            .map_err(|refused| LimiterError::Unreachable(Box::new(refused)))?
+            .map_err(|refused| LimiterError::Unreachable(Box::new(refused)))
+            .and_then(|checked| checked);
+        match outcome {
+            Ok(LimitOutcome::Admitted { tightest: room }) => {
+                Ok(LimitOutcome::Admitted { tightest: room.map_or(tightest, |room| tighter(tightest, room)) })
+            }
+            Ok(LimitOutcome::Limited { limit, retry_after, check }) => {
+                put_back(&mut spent);
+                Ok(LimitOutcome::Limited { limit, retry_after, check: exact.get(check).copied().unwrap_or(0) })
+            }
+            Err(e) => {
+                put_back(&mut spent);
+                Err(e)
+            }
+        }
     }
 
-    async fn check_in_redis(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> Result<LimitOutcome, LimiterError> {
-        let mut connection = self.connection().await?;
-        let mut invocation = self.script.prepare_invoke();
-        for check in checks {
-            invocation.key(format!("{}{}:{}", self.prefix, check.rule.key, check.subject));
+    /// One request from this replica's slice of `check`'s subject; waits for Redis only
+    /// when nothing is held.
+    async fn take(&self, check: &LimitCheck<'_>, now: i64) -> Result<Leased, LimiterError> {
+        let settings = self.redis.settings;
+        let (limit, window) = (check.rule.limit, check.rule.window.as_millis() as i64);
+        let (size, period) = (settings.size(limit), settings.period_ms());
+        // A renewal in flight is waited for a few times at most (each wait is bounded by
+        // the breaker's timeout, which bounds every renewal).
+        for _ in 0..4 {
+            let cell = self.cell(check);
+            *cell.terms.lock().unwrap_or_else(|e| e.into_inner()) = (window, limit);
+            let renewed = cell.renewed.notified();
+            tokio::pin!(renewed);
+            renewed.as_mut().enable();
+            let taken = cell.lock().take(now, size, period);
+            match taken {
+                Take::Spent { generation, remaining, renew } => {
+                    if let Some(sent) = renew {
+                        let (redis, cell) = (self.redis.clone(), cell.clone());
+                        tokio::spawn(async move {
+                            let _ = redis.renew(&cell, sent).await;
+                        });
+                    }
+                    let room = Room { limit, remaining: remaining.min(limit.saturating_sub(1)) };
+                    return Ok(Leased::Spent(Spent { cell: cell.clone(), generation }, room));
+                }
+                Take::Limited { retry_after_ms } => return Ok(Leased::Limited { limit, retry_after_ms }),
+                Take::Released => continue,
+                Take::Empty { renew: Some(sent) } => {
+                    self.redis.stats.waited.fetch_add(1, Ordering::Relaxed);
+                    self.redis.renew(&cell, sent).await?;
+                }
+                Take::Empty { renew: None } => {
+                    self.redis.stats.waited.fetch_add(1, Ordering::Relaxed);
+                    let _ = tokio::time::timeout(self.redis.breaker.timeout(), renewed).await;
+                }
+            }
         }
-        let member = format!("{}-{}", self.nonce, self.counter.fetch_add(1, Ordering::Relaxed));
+        Err(LimiterError::Unreachable("no slice of the limit could be leased in time".into()))
+    }
+
+    /// The slice of `check`'s subject; a subject seen before costs no allocation.
+    fn cell(&self, check: &LimitCheck<'_>) -> Arc<LeaseCell> {
+        use std::io::Write;
+        let mut buffer = [0u8; 256];
+        let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+        let written = write!(cursor, "{}lease:{}:{}", self.redis.prefix, check.rule.key, check.subject).is_ok();
+        let len = cursor.position() as usize;
+        let key = match std::str::from_utf8(&buffer[..len]) {
+            Ok(key) if written => {
+                if let Some(cell) = self.leases.get(key) {
+                    return cell;
+                }
+                key.to_owned()
+            }
+            _ => format!("{}lease:{}:{}", self.redis.prefix, check.rule.key, check.subject),
+        };
+        self.leases.get_with(key.clone(), || {
+            Arc::new(LeaseCell {
+                lease: Mutex::new(Lease::default()),
+                renewed: Notify::new(),
+                key,
+                terms: Mutex::new((check.rule.window.as_millis() as i64, check.rule.limit)),
+            })
+        })
+    }
+
+    /// Releases every slice idle for `min_idle` (spends reported, the rest returned to
+    /// Redis), and forgets it. The release task calls it every half period with half a
+    /// period; a graceful shutdown with zero.
+    pub async fn release_idle(&self, now: Timestamp, min_idle: Duration) {
+        let min_idle = min_idle.as_millis() as i64;
+        let mut releases = tokio::task::JoinSet::new();
+        for (key, cell) in self.leases.iter() {
+            let Some(sent) = cell.lock().release(now.as_millis(), min_idle) else { continue };
+            self.leases.invalidate(key.as_str());
+            let redis = self.redis.clone();
+            releases.spawn(async move {
+                let _ = redis.renew(&cell, sent).await;
+            });
+            // A bounded number in flight: a burst of idle subjects does not flood Redis.
+            if releases.len() >= 64 {
+                releases.join_next().await;
+            }
+        }
+        while releases.join_next().await.is_some() {}
+    }
+
+    /// Exact limits (the positions `exact` of `checks`): checked and counted in Redis by
+    /// one script. A refusal's `check` is a position in `exact`.
+    async fn check_exact(
+        &self,
+        checks: &[LimitCheck<'_>],
+        exact: &[usize],
+        now: Timestamp,
+    ) -> Result<LimitOutcome, LimiterError> {
+        let redis = &self.redis;
+        let mut connection = redis.connection().await?;
+        let mut invocation = redis.exact.prepare_invoke();
+        for &i in exact {
+            invocation.key(format!("{}{}:{}", redis.prefix, checks[i].rule.key, checks[i].subject));
+        }
+        let member = format!("{}-{}", redis.replica, self.counter.fetch_add(1, Ordering::Relaxed));
         invocation.arg(now.as_millis()).arg(member);
-        for check in checks {
-            invocation.arg(check.rule.window.as_millis() as i64).arg(check.rule.limit);
+        for &i in exact {
+            invocation.arg(checks[i].rule.window.as_millis() as i64).arg(checks[i].rule.limit);
         }
         let answer: Vec<i64> =
             invocation.invoke_async(&mut connection).await.map_err(|e| LimiterError::Unreachable(Box::new(e)))?;
@@ -133,5 +356,81 @@ impl RedisLimiter {
                 check: answer.get(3).map_or(0, |i| (*i - 1).max(0) as usize),
             }
         })
+    }
+}
+
+fn tighter(current: Option<Room>, room: Room) -> Option<Room> {
+    Some(match current {
+        Some(t) if t.remaining <= room.remaining => t,
+        _ => room,
+    })
+}
+
+impl Redis {
+    async fn connection(&self) -> Result<ConnectionManager, LimiterError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1);
+        self.connection
+            .get_or_try_init(|| self.client.get_connection_manager_with_config(config))
+            .await
+            .cloned()
+            .map_err(|e| LimiterError::Unreachable(Box::new(e)))
+    }
+
+    /// Sends `sent` for `cell`'s slice, tells the slice the answer, and wakes whoever waits.
+    async fn renew(&self, cell: &LeaseCell, sent: Renewal) -> Result<(), LimiterError> {
+        self.stats.renewals.fetch_add(1, Ordering::Relaxed);
+        let (window, limit) = *cell.terms.lock().unwrap_or_else(|e| e.into_inner());
+        let answer = self
+            .breaker
+            .guard(self.lease_in_redis(&cell.key, window, limit, &sent), |_| true)
+            .await
+            .map_err(|refused| LimiterError::Unreachable(Box::new(refused)))
+            .and_then(|answered| answered);
+        let period = self.settings.period_ms();
+        match &answer {
+            Ok(granted) => cell.lock().renewed(&sent, *granted, period),
+            Err(e) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "a rate limit lease was not renewed");
+                cell.lock().renewal_failed(&sent);
+            }
+        }
+        cell.renewed.notify_waiters();
+        answer.map(|_| ())
+    }
+
+    async fn lease_in_redis(
+        &self,
+        key: &str,
+        window: i64,
+        limit: u32,
+        sent: &Renewal,
+    ) -> Result<Granted, LimiterError> {
+        let mut connection = self.connection().await?;
+        let bucket = super::window::bucket_ms(window);
+        let answer: Vec<i64> = self
+            .lease
+            .key(key)
+            .arg(sent.at)
+            .arg(window)
+            .arg(limit)
+            .arg(bucket)
+            .arg(super::window::BUCKETS + 1)
+            .arg(&self.replica)
+            .arg(sent.spent)
+            .arg(sent.keep)
+            .arg(sent.want)
+            .arg(self.settings.period_ms())
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| LimiterError::Unreachable(Box::new(e)))?;
+        let [granted, room, retry_after_ms] = answer[..] else {
+            return Err(LimiterError::Unreachable("the lease script answered in an unknown shape".into()));
+        };
+        let clamp = |v: i64| v.clamp(0, i64::from(u32::MAX)) as u32;
+        Ok(Granted { granted: clamp(granted), room: clamp(room), retry_after_ms })
     }
 }

@@ -121,6 +121,14 @@ impl TestApp {
         }
     }
 
+    /// Stops the server as a crash would: nothing is flushed or handed back.
+    pub async fn kill(mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+            let _ = server.await;
+        }
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -14,6 +14,7 @@ mod ext_authz;
 mod faults;
 mod forward_auth;
 mod helpers;
+mod leases;
 mod lifecycle;
 mod limits;
 mod operations;

@@ -1,0 +1,368 @@
+//! High-rate limits across replicas without a Redis round trip per request: each replica
+//! *leases* a slice of a subject's budget from Redis and spends it locally.
+//!
+//! In Redis, one hash per (rule, subject) holds the spent requests in the buckets of a
+//! [`window::BucketedWindow`](super::window) (`b<index>` → count) and each replica's live
+//! reservation (`r<replica>` → `amount:expires_at`). A lease is granted only while spent +
+//! reserved stays within the limit, so the budget is never handed out twice.
+//!
+//! A replica spends its slice with no round trip. It renews in the background, reporting
+//! what it spent (counted in the current bucket) and what it still holds, when half the
+//! slice is gone or half the lease period has passed; only a request that finds nothing
+//! held waits for Redis. A subject left idle is released: its spends reported, its unused
+//! slice returned. A replica that dies stops renewing; its reservation lapses after one
+//! lease period, so its unused slice returns then.
+//!
+//! The bound (docs/policy.md): in any window, at most `limit + replicas × lease` are
+//! admitted — a dying replica's spends not yet reported, or a reservation that lapsed on
+//! another replica's clock before it was renewed, are the only ways past the limit — and a
+//! request is refused early by at most a bucket (1% of the window) plus the slices other
+//! replicas hold unspent.
+
+use std::time::Duration;
+
+/// How big a slice is and how long a replica may spend it without renewing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeaseSettings {
+    /// A slice is this share of the limit (at least one request).
+    pub share: f64,
+    /// A slice not renewed within this long lapses (in Redis, for every other replica).
+    pub period: Duration,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        Self { share: 0.01, period: Duration::from_secs(1) }
+    }
+}
+
+impl LeaseSettings {
+    /// The slice for a limit: `share` of it, rounded up, at least 1, at most the limit.
+    pub fn size(&self, limit: u32) -> u32 {
+        ((f64::from(limit) * self.share).ceil() as u32).clamp(1, limit.max(1))
+    }
+
+    pub fn period_ms(&self) -> i64 {
+        self.period.as_millis().max(1) as i64
+    }
+}
+
+/// KEYS: the subject's hash. ARGV: now (ms), window (ms), limit, bucket (ms), ring (buckets
+/// kept), replica, spent (to count now), keep (still held), want (more), period (ms).
+/// Returns {granted, room left after it, ms until room (0 unless nothing was granted)}.
+pub const LEASE: &str = r#"
+local now, window, limit, bucket, ring = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local me, spent, keep, want, period = 'r' .. ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local newest = math.floor(now / bucket)
+local oldest = newest - ring + 1
+local fields = redis.call('HGETALL', KEYS[1])
+local used, soonest = 0, -1
+local buckets = {}
+for i = 1, #fields, 2 do
+  local name, value = fields[i], fields[i + 1]
+  local kind = string.sub(name, 1, 1)
+  if kind == 'b' then
+    local index = tonumber(string.sub(name, 2))
+    if index < oldest then
+      redis.call('HDEL', KEYS[1], name)
+    else
+      used = used + tonumber(value)
+      buckets[#buckets + 1] = {index, tonumber(value)}
+    end
+  elseif kind == 'r' and name ~= me then
+    local amount, expires = string.match(value, '^(%d+):(%d+)$')
+    amount, expires = tonumber(amount), tonumber(expires)
+    if amount == nil or expires <= now then
+      redis.call('HDEL', KEYS[1], name)
+    else
+      used = used + amount
+      if soonest < 0 or expires < soonest then soonest = expires end
+    end
+  end
+end
+if spent > 0 then
+  redis.call('HINCRBY', KEYS[1], 'b' .. newest, spent)
+  used = used + spent
+  buckets[#buckets + 1] = {newest, spent}
+end
+local room = limit - used - keep
+local granted = math.max(0, math.min(want, room))
+if keep + granted > 0 then
+  redis.call('HSET', KEYS[1], me, (keep + granted) .. ':' .. (now + period))
+else
+  redis.call('HDEL', KEYS[1], me)
+end
+redis.call('PEXPIRE', KEYS[1], window + bucket + period)
+local retry = 0
+if granted == 0 and want > 0 then
+  -- Room comes when enough old buckets leave the ring, or another replica's slice lapses.
+  table.sort(buckets, function(a, b) return a[1] < b[1] end)
+  local need, freed = used + keep - limit + 1, 0
+  retry = window
+  for _, b in ipairs(buckets) do
+    freed = freed + b[2]
+    if freed >= need then retry = (b[1] + ring) * bucket - now; break end
+  end
+  if soonest >= 0 and soonest - now < retry then retry = soonest - now end
+  if retry < 1 then retry = 1 end
+end
+return {granted, math.max(room - granted, 0), retry}
+"#;
+
+/// What Redis answered a renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    pub granted: u32,
+    /// The subject's room left across all replicas after the grant.
+    pub room: u32,
+    /// Nothing was granted: ms until there may be room.
+    pub retry_after_ms: i64,
+}
+
+/// What a replica sends Redis to renew (or release) its slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewal {
+    /// Spent since the last report: counted in Redis' current bucket.
+    pub spent: u32,
+    /// Still held and unexpired: stays reserved.
+    pub keep: u32,
+    /// More wanted (0 to release).
+    pub want: u32,
+    /// When it was sent (ms): the new reservation lapses a period after.
+    pub at: i64,
+}
+
+/// One replica's slice of one subject's budget under one rule. Plain state: the caller
+/// locks it, talks to Redis, and tells it what Redis said.
+#[derive(Debug, Default)]
+pub struct Lease {
+    /// Requests that may still be admitted from the slice, until `expires_at`.
+    held: u32,
+    /// Admitted, not yet reported to Redis (the reservation covers them until then).
+    unreported: u32,
+    expires_at: i64,
+    renewed_at: i64,
+    /// A renewal is in flight: nobody else starts one.
+    renewing: bool,
+    /// Redis had no room: refuse until then without asking again.
+    denied_until: i64,
+    /// The subject's room across replicas at the last renewal (for `remaining`).
+    room: u32,
+    /// Bumped at each report: a token taken before it cannot be put back after it (it was
+    /// reported spent).
+    generation: u64,
+    last_used: i64,
+    /// Released for idleness: the caller must look the subject up again.
+    released: bool,
+}
+
+/// The outcome of taking one request from a slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Admitted from the slice. `renew`: this caller starts a background renewal.
+    Spent { generation: u64, remaining: u32, renew: Option<Renewal> },
+    /// Redis had no room a moment ago.
+    Limited { retry_after_ms: i64 },
+    /// Nothing held: renew now (`Some`: this caller; `None`: wait for the one in flight).
+    Empty { renew: Option<Renewal> },
+    /// This slice was released; look the subject up again.
+    Released,
+}
+
+impl Lease {
+    pub fn take(&mut self, now: i64, size: u32, period: i64) -> Take {
+        if self.released {
+            return Take::Released;
+        }
+        self.last_used = self.last_used.max(now);
+        if self.held > 0 && now < self.expires_at {
+            self.held -= 1;
+            self.unreported += 1;
+            let due = self.held <= size / 2 || now >= self.renewed_at + period / 2;
+            let renew = (due && !self.renewing).then(|| self.start_renewal(now, size));
+            return Take::Spent { generation: self.generation, remaining: self.room + self.held, renew };
+        }
+        if now < self.denied_until {
+            return Take::Limited { retry_after_ms: self.denied_until - now };
+        }
+        let renew = (!self.renewing).then(|| self.start_renewal(now, size));
+        Take::Empty { renew }
+    }
+
+    /// Gives back a request taken but not admitted (another limit refused it). A request
+    /// already reported spent stays spent.
+    pub fn put_back(&mut self, generation: u64) {
+        if generation == self.generation && self.unreported > 0 {
+            self.unreported -= 1;
+            self.held += 1;
+        }
+    }
+
+    /// Snapshots a renewal up to `size` held, and marks it in flight.
+    fn start_renewal(&mut self, now: i64, size: u32) -> Renewal {
+        self.renewing = true;
+        self.generation += 1;
+        let keep = if now < self.expires_at { self.held } else { 0 };
+        let spent = std::mem::take(&mut self.unreported);
+        Renewal { spent, keep, want: size.saturating_sub(keep), at: now }
+    }
+
+    /// Releases an idle slice: reports its spends and returns what it holds. `None` if it
+    /// is in use (used within half a period, or renewing).
+    pub fn release(&mut self, now: i64, period: i64) -> Option<Renewal> {
+        if self.released || self.renewing || now < self.last_used + period / 2 {
+            return None;
+        }
+        self.released = true;
+        self.renewing = true;
+        self.generation += 1;
+        let spent = std::mem::take(&mut self.unreported);
+        self.held = 0;
+        Some(Renewal { spent, keep: 0, want: 0, at: now })
+    }
+
+    /// Redis answered `sent`.
+    pub fn renewed(&mut self, sent: &Renewal, answer: Granted, period: i64) {
+        self.renewing = false;
+        if sent.keep == 0 {
+            // The slice had lapsed (or was empty): what it held is no longer reserved.
+            self.held = 0;
+        }
+        self.held += answer.granted;
+        self.room = answer.room;
+        self.renewed_at = sent.at;
+        self.expires_at = sent.at + period;
+        if answer.granted == 0 && self.held == 0 && sent.want > 0 {
+            // Until Redis may have room; never longer than a period, so slices returned by
+            // other replicas are found soon.
+            self.denied_until = sent.at + answer.retry_after_ms.clamp(1, period);
+        } else {
+            self.denied_until = 0;
+        }
+    }
+
+    /// Redis did not answer `sent`: its spends are reported next time; the slice is spent
+    /// until it lapses.
+    pub fn renewal_failed(&mut self, sent: &Renewal) {
+        self.renewing = false;
+        self.unreported += sent.spent;
+    }
+
+    pub fn is_released(&self) -> bool {
+        self.released
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PERIOD: i64 = 1_000;
+
+    fn granted(granted: u32, room: u32) -> Granted {
+        Granted { granted, room, retry_after_ms: 0 }
+    }
+
+    /// A fresh lease renewed to `size` at `now`.
+    fn leased(size: u32, now: i64) -> Lease {
+        let mut lease = Lease::default();
+        let Take::Empty { renew: Some(sent) } = lease.take(now, size, PERIOD) else { panic!() };
+        assert_eq!(sent, Renewal { spent: 0, keep: 0, want: size, at: now });
+        lease.renewed(&sent, granted(size, 1_000), PERIOD);
+        lease
+    }
+
+    #[test]
+    fn a_slice_is_spent_locally_and_renewed_at_half() {
+        let mut lease = leased(10, 0);
+        for i in 0..4 {
+            assert!(matches!(lease.take(1, 10, PERIOD), Take::Spent { renew: None, .. }), "{i}");
+        }
+        // The fifth leaves 5 held: half the slice; this caller renews, reporting 5.
+        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 10, PERIOD) else { panic!() };
+        assert_eq!(sent, Renewal { spent: 5, keep: 5, want: 5, at: 1 });
+        // While it is in flight, the slice is still spent, and nobody else renews.
+        for _ in 0..5 {
+            assert!(matches!(lease.take(2, 10, PERIOD), Take::Spent { renew: None, .. }));
+        }
+        let Take::Empty { renew: None } = lease.take(2, 10, PERIOD) else { panic!("wait for the renewal in flight") };
+        lease.renewed(&sent, granted(5, 100), PERIOD);
+        // 5 kept − 5 spent in flight + 5 granted.
+        let Take::Spent { remaining, .. } = lease.take(3, 10, PERIOD) else { panic!() };
+        assert_eq!(remaining, 100 + 4);
+    }
+
+    #[test]
+    fn an_exhausted_subject_is_refused_without_asking_again_until_redis_said() {
+        let mut lease = Lease::default();
+        let Take::Empty { renew: Some(sent) } = lease.take(0, 10, PERIOD) else { panic!() };
+        lease.renewed(&sent, Granted { granted: 0, room: 0, retry_after_ms: 300 }, PERIOD);
+        assert_eq!(lease.take(100, 10, PERIOD), Take::Limited { retry_after_ms: 200 });
+        assert!(matches!(lease.take(300, 10, PERIOD), Take::Empty { renew: Some(_) }));
+    }
+
+    #[test]
+    fn a_lapsed_slice_is_not_spent_and_not_kept() {
+        let mut lease = leased(10, 0);
+        assert!(matches!(lease.take(1, 10, PERIOD), Take::Spent { .. }));
+        let Take::Empty { renew: Some(sent) } = lease.take(PERIOD, 10, PERIOD) else { panic!("lapsed") };
+        assert_eq!(sent, Renewal { spent: 1, keep: 0, want: 10, at: PERIOD });
+        lease.renewed(&sent, granted(10, 0), PERIOD);
+        let Take::Spent { remaining, .. } = lease.take(PERIOD + 1, 10, PERIOD) else { panic!() };
+        assert_eq!(remaining, 9, "the 9 left of the lapsed slice are gone");
+    }
+
+    #[test]
+    fn a_half_period_renews_even_with_most_of_the_slice_left() {
+        let mut lease = leased(10, 0);
+        assert!(matches!(lease.take(PERIOD / 2 - 1, 10, PERIOD), Take::Spent { renew: None, .. }));
+        let Take::Spent { renew: Some(sent), .. } = lease.take(PERIOD / 2, 10, PERIOD) else { panic!() };
+        assert_eq!(sent, Renewal { spent: 2, keep: 8, want: 2, at: PERIOD / 2 });
+    }
+
+    #[test]
+    fn a_request_put_back_is_spent_again_unless_it_was_reported() {
+        let mut lease = leased(10, 0);
+        let Take::Spent { generation, .. } = lease.take(1, 10, PERIOD) else { panic!() };
+        lease.put_back(generation);
+        assert_eq!((lease.held, lease.unreported), (10, 0));
+        for _ in 0..4 {
+            lease.take(1, 10, PERIOD);
+        }
+        let Take::Spent { generation, renew: Some(sent), .. } = lease.take(1, 10, PERIOD) else { panic!() };
+        assert_eq!(sent.spent, 5, "the fifth was reported with the renewal");
+        lease.put_back(generation);
+        assert_eq!((lease.held, lease.unreported), (5, 0), "so it is not put back");
+    }
+
+    #[test]
+    fn a_failed_renewal_reports_its_spends_next_time() {
+        let mut lease = leased(4, 0);
+        lease.take(1, 4, PERIOD);
+        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 4, PERIOD) else { panic!() };
+        lease.renewal_failed(&sent);
+        let Take::Spent { renew: Some(again), .. } = lease.take(2, 4, PERIOD) else { panic!() };
+        assert_eq!(again.spent, 3, "2 from the failed renewal, 1 since");
+        lease.renewal_failed(&again);
+        let Take::Spent { renew: Some(last), .. } = lease.take(3, 4, PERIOD) else { panic!("the last held") };
+        lease.renewal_failed(&last);
+        let Take::Empty { renew: Some(now_or_never) } = lease.take(3, 4, PERIOD) else { panic!("the slice is spent") };
+        assert_eq!(now_or_never, Renewal { spent: 4, keep: 0, want: 4, at: 3 });
+    }
+
+    #[test]
+    fn an_idle_slice_is_released_with_its_spends() {
+        let mut lease = leased(10, 0);
+        lease.take(1, 10, PERIOD);
+        assert_eq!(lease.release(PERIOD / 2, PERIOD), None, "used within half a period");
+        let sent = lease.release(PERIOD / 2 + 1, PERIOD).unwrap();
+        assert_eq!(sent, Renewal { spent: 1, keep: 0, want: 0, at: PERIOD / 2 + 1 });
+        assert_eq!(lease.take(PERIOD, 10, PERIOD), Take::Released);
+    }
+
+    #[test]
+    fn slice_sizes() {
+        let s = LeaseSettings::default();
+        assert_eq!((s.size(6_000), s.size(3_000), s.size(150), s.size(10), s.size(0)), (60, 30, 2, 1, 1));
+    }
+}
