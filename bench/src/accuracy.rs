@@ -69,8 +69,8 @@ async fn storm(dir: &std::path::Path, args: AccuracyArgs) -> anyhow::Result<()> 
             s.rate_limit_key_prefix = prefix;
         })?);
     }
-    let mut admin = replicas[0].admin().await?;
-    let mut key = |account: &str| {
+    let admin = replicas[0].admin().await?;
+    let key = |account: &str| {
         let request = pb::CreateApiKeyRequest {
             account_id: account.into(),
             name: "accuracy".into(),

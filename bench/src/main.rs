@@ -62,6 +62,8 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         keys: usize,
     },
+    /// A high-rate limit across three replicas on Redis under a storm: how exact it stays.
+    Accuracy(accuracy::AccuracyArgs),
     /// Memory per subject of a limit at 100,000 a minute: exact against high-rate.
     LimitMemory {
         #[arg(long, default_value_t = 50)]
