@@ -152,8 +152,13 @@ pub struct ServeArgs {
     /// With Redis: how long a replica may spend its slice of a high-rate limit before
     /// renewing it (a slice is 1% of the limit). A replica that dies returns its unused
     /// slice after this long.
-    #[arg(long, env = "KEYGATE_RATE_LIMIT_LEASE_MS", default_value_t = 1000)]
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_LEASE_MS", default_value_t = 2000)]
     pub rate_limit_lease_ms: u64,
+    /// With Redis: a replica's slice of a high-rate limit, in percent of the limit. Larger
+    /// slices mean fewer round trips and a looser bound (a window may admit up to the limit
+    /// plus one slice per replica).
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_LEASE_PERCENT", default_value_t = 1.0)]
+    pub rate_limit_lease_percent: f64,
 }
 
 /// A database or Redis URL whose password `Debug` does not print.
@@ -359,6 +364,9 @@ impl ServeArgs {
         if !(100..=60_000).contains(&self.rate_limit_lease_ms) {
             problems.push("--rate-limit-lease-ms: must be between 100 and 60000".to_owned());
         }
+        if !(0.01..=50.0).contains(&self.rate_limit_lease_percent) {
+            problems.push("--rate-limit-lease-percent: must be between 0.01 and 50".to_owned());
+        }
         if self.database_max_connections == 0 {
             problems.push("--database-max-connections: must be at least 1".to_owned());
         }
@@ -437,7 +445,7 @@ impl ServeArgs {
             limiter_breaker: breaker(self.rate_limit_timeout_ms),
             limit_leases: LeaseSettings {
                 period: Duration::from_millis(self.rate_limit_lease_ms),
-                ..LeaseSettings::default()
+                share: self.rate_limit_lease_percent / 100.0,
             },
         })
     }
@@ -521,9 +529,10 @@ mod tests {
             store_timeout_ms: 100,
             rate_limit_timeout_ms: 50,
             rate_limit_lease_ms: 10,
+            rate_limit_lease_percent: 60.0,
         };
         let err = bad.into_settings().unwrap_err();
-        assert_eq!(err.0.len(), 10, "{err}");
+        assert_eq!(err.0.len(), 11, "{err}");
         assert!(!err.to_string().contains("short\""), "{err}");
     }
 }

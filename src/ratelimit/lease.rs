@@ -1,9 +1,9 @@
 //! High-rate limits across replicas without a Redis round trip per request: each replica
 //! *leases* a slice of a subject's budget from Redis and spends it locally.
 //!
-//! In Redis, one hash per (rule, subject) holds the spent requests in the buckets of a
-//! [`window::BucketedWindow`](super::window) (`b<index>` → count) and each replica's live
-//! reservation (`r<replica>` → `amount:expires_at`). A lease is granted only while spent +
+//! In Redis, each (rule, subject) has two small hashes: the spent requests, in the buckets
+//! of a [`BucketedWindow`](super::window::BucketedWindow) with their running total, and each
+//! replica's live reservation (`amount:expires_at`). A slice is granted only while spent +
 //! reserved stays within the limit, so the budget is never handed out twice.
 //!
 //! A replica spends its slice with no round trip. It renews in the background, reporting
@@ -32,7 +32,7 @@ pub struct LeaseSettings {
 
 impl Default for LeaseSettings {
     fn default() -> Self {
-        Self { share: 0.01, period: Duration::from_secs(1) }
+        Self { share: 0.01, period: Duration::from_secs(2) }
     }
 }
 
@@ -47,61 +47,79 @@ impl LeaseSettings {
     }
 }
 
-/// KEYS: the subject's hash. ARGV: now (ms), window (ms), limit, bucket (ms), ring (buckets
-/// kept), replica, spent (to count now), keep (still held), want (more), period (ms).
-/// Returns {granted, room left after it, ms until room (0 unless nothing was granted)}.
+/// KEYS: the subject's counts (a hash: `t` the total of the buckets in the window, `o` the
+/// oldest bucket that may hold counts, then bucket index → count) and its reservations (a
+/// hash: replica → `amount:expires_at`). ARGV: now (ms), window (ms), limit, bucket (ms),
+/// ring (buckets kept), replica, spent (to count now), keep (still held), want (more),
+/// period (ms). Returns {granted, room left after it, ms until there may be more room (0
+/// unless less than wanted was granted)}.
+///
+/// The running total keeps a renewal's work small: only buckets that left the window since
+/// the last call are read; every bucket is walked only to say when a refused subject has room.
 pub const LEASE: &str = r#"
+local counts, reservations = KEYS[1], KEYS[2]
 local now, window, limit, bucket, ring = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local me, spent, keep, want, period = 'r' .. ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local me, spent, keep, want, period = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local newest = math.floor(now / bucket)
 local oldest = newest - ring + 1
-local fields = redis.call('HGETALL', KEYS[1])
-local used, soonest = 0, -1
-local buckets = {}
-for i = 1, #fields, 2 do
-  local name, value = fields[i], fields[i + 1]
-  local kind = string.sub(name, 1, 1)
-  if kind == 'b' then
-    local index = tonumber(string.sub(name, 2))
-    if index < oldest then
-      redis.call('HDEL', KEYS[1], name)
-    else
-      used = used + tonumber(value)
-      buckets[#buckets + 1] = {index, tonumber(value)}
+local state = redis.call('HMGET', counts, 't', 'o')
+local total, o = tonumber(state[1] or '0'), tonumber(state[2] or oldest)
+if o < oldest then
+  if oldest - o >= ring then
+    redis.call('DEL', counts)
+    total = 0
+  else
+    for index = o, oldest - 1 do
+      local gone = redis.call('HGET', counts, index)
+      if gone then
+        total = total - tonumber(gone)
+        redis.call('HDEL', counts, index)
+      end
     end
-  elseif kind == 'r' and name ~= me then
-    local amount, expires = string.match(value, '^(%d+):(%d+)$')
+  end
+  o = oldest
+end
+if total < 0 then total = 0 end
+if spent > 0 then
+  -- A caller whose clock is behind counts in the oldest bucket kept, never before it.
+  redis.call('HINCRBY', counts, math.max(newest, o), spent)
+  total = total + spent
+end
+redis.call('HSET', counts, 't', total, 'o', o)
+local used, soonest = total, -1
+local held = redis.call('HGETALL', reservations)
+for i = 1, #held, 2 do
+  if held[i] ~= me then
+    local amount, expires = string.match(held[i + 1], '^(%d+):(%d+)$')
     amount, expires = tonumber(amount), tonumber(expires)
     if amount == nil or expires <= now then
-      redis.call('HDEL', KEYS[1], name)
+      redis.call('HDEL', reservations, held[i])
     else
       used = used + amount
       if soonest < 0 or expires < soonest then soonest = expires end
     end
   end
 end
-if spent > 0 then
-  redis.call('HINCRBY', KEYS[1], 'b' .. newest, spent)
-  used = used + spent
-  buckets[#buckets + 1] = {newest, spent}
-end
 local room = limit - used - keep
 local granted = math.max(0, math.min(want, room))
 if keep + granted > 0 then
-  redis.call('HSET', KEYS[1], me, (keep + granted) .. ':' .. (now + period))
+  redis.call('HSET', reservations, me, (keep + granted) .. ':' .. (now + period))
 else
-  redis.call('HDEL', KEYS[1], me)
+  redis.call('HDEL', reservations, me)
 end
-redis.call('PEXPIRE', KEYS[1], window + bucket + period)
+redis.call('PEXPIRE', counts, window + bucket + period)
+redis.call('PEXPIRE', reservations, window + bucket + period)
 local retry = 0
-if granted == 0 and want > 0 then
-  -- Room comes when enough old buckets leave the ring, or another replica's slice lapses.
-  table.sort(buckets, function(a, b) return a[1] < b[1] end)
+if granted < want then
+  -- Room comes when enough old buckets leave the window, or another replica's slice lapses.
   local need, freed = used + keep - limit + 1, 0
   retry = window
-  for _, b in ipairs(buckets) do
-    freed = freed + b[2]
-    if freed >= need then retry = (b[1] + ring) * bucket - now; break end
+  for index = o, math.max(newest, o) do
+    freed = freed + tonumber(redis.call('HGET', counts, index) or '0')
+    if freed >= need then
+      retry = (index + ring) * bucket - now
+      break
+    end
   end
   if soonest >= 0 and soonest - now < retry then retry = soonest - now end
   if retry < 1 then retry = 1 end
@@ -115,7 +133,7 @@ pub struct Granted {
     pub granted: u32,
     /// The subject's room left across all replicas after the grant.
     pub room: u32,
-    /// Nothing was granted: ms until there may be room.
+    /// Less than wanted was granted: ms until there may be more room.
     pub retry_after_ms: i64,
 }
 
@@ -146,6 +164,9 @@ pub struct Lease {
     renewing: bool,
     /// Redis had no room: refuse until then without asking again.
     denied_until: i64,
+    /// Redis had less room than wanted: no background renewal before then (a subject at
+    /// its limit would otherwise ask again at every request).
+    quiet_until: i64,
     /// The subject's room across replicas at the last renewal (for `remaining`).
     room: u32,
     /// Bumped at each report: a token taken before it cannot be put back after it (it was
@@ -178,7 +199,7 @@ impl Lease {
         if self.held > 0 && now < self.expires_at {
             self.held -= 1;
             self.unreported += 1;
-            let due = self.held <= size / 2 || now >= self.renewed_at + period / 2;
+            let due = (self.held <= size / 2 && now >= self.quiet_until) || now >= self.renewed_at + period / 2;
             let renew = (due && !self.renewing).then(|| self.start_renewal(now, size));
             return Take::Spent { generation: self.generation, remaining: self.room + self.held, renew };
         }
@@ -232,6 +253,8 @@ impl Lease {
         self.room = answer.room;
         self.renewed_at = sent.at;
         self.expires_at = sent.at + period;
+        self.quiet_until =
+            if answer.granted < sent.want { sent.at + answer.retry_after_ms.clamp(0, period / 2) } else { 0 };
         if answer.granted == 0 && self.held == 0 && sent.want > 0 {
             // Until Redis may have room; never longer than a period, so slices returned by
             // other replicas are found soon.
@@ -299,6 +322,24 @@ mod tests {
         lease.renewed(&sent, Granted { granted: 0, room: 0, retry_after_ms: 300 }, PERIOD);
         assert_eq!(lease.take(100, 10, PERIOD), Take::Limited { retry_after_ms: 200 });
         assert!(matches!(lease.take(300, 10, PERIOD), Take::Empty { renew: Some(_) }));
+    }
+
+    #[test]
+    fn a_subject_at_its_limit_is_not_renewed_at_every_request() {
+        let mut lease = Lease::default();
+        let Take::Empty { renew: Some(sent) } = lease.take(0, 10, PERIOD) else { panic!() };
+        // Only 3 of the 10 wanted were left; more may come in 200 ms.
+        lease.renewed(&sent, Granted { granted: 3, room: 0, retry_after_ms: 200 }, PERIOD);
+        assert!(matches!(lease.take(1, 10, PERIOD), Take::Spent { renew: None, .. }));
+        assert!(matches!(lease.take(2, 10, PERIOD), Take::Spent { renew: None, .. }));
+        assert!(matches!(lease.take(3, 10, PERIOD), Take::Spent { renew: None, .. }));
+        // Spent: the next request asks (and waits), whatever the quiet time says.
+        assert!(matches!(lease.take(4, 10, PERIOD), Take::Empty { renew: Some(_) }));
+        let mut lease = Lease::default();
+        let Take::Empty { renew: Some(sent) } = lease.take(0, 10, PERIOD) else { panic!() };
+        lease.renewed(&sent, Granted { granted: 4, room: 0, retry_after_ms: 200 }, PERIOD);
+        assert!(matches!(lease.take(199, 10, PERIOD), Take::Spent { renew: None, .. }));
+        assert!(matches!(lease.take(200, 10, PERIOD), Take::Spent { renew: Some(_), .. }), "room may have come");
     }
 
     #[test]

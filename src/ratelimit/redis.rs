@@ -95,12 +95,26 @@ struct LeaseCell {
     /// The subject's hash in Redis.
     key: String,
     /// The rule's window (ms) and limit at the last use: a release needs them.
-    terms: Mutex<(i64, u32)>,
+    window: std::sync::atomic::AtomicI64,
+    limit: std::sync::atomic::AtomicU32,
 }
 
 impl LeaseCell {
     fn lock(&self) -> std::sync::MutexGuard<'_, Lease> {
         self.lease.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the rule's terms (a policy reload may change them); no write when unchanged.
+    fn set_terms(&self, window: i64, limit: u32) {
+        let (w, l) = (self.window.load(Ordering::Relaxed), self.limit.load(Ordering::Relaxed));
+        if (w, l) != (window, limit) {
+            self.window.store(window, Ordering::Relaxed);
+            self.limit.store(limit, Ordering::Relaxed);
+        }
+    }
+
+    fn terms(&self) -> (i64, u32) {
+        (self.window.load(Ordering::Relaxed), self.limit.load(Ordering::Relaxed))
     }
 }
 
@@ -244,11 +258,17 @@ impl RedisLimiter {
         // the breaker's timeout, which bounds every renewal).
         for _ in 0..4 {
             let cell = self.cell(check);
-            *cell.terms.lock().unwrap_or_else(|e| e.into_inner()) = (window, limit);
+            cell.set_terms(window, limit);
+            let mut taken = cell.lock().take(now, size, period);
+            // Waiting for a renewal in flight: listen first, then look again, so its
+            // answer cannot slip by between the look and the wait. (Only then: listening
+            // costs a lock that the hot path does without.)
             let renewed = cell.renewed.notified();
             tokio::pin!(renewed);
-            renewed.as_mut().enable();
-            let taken = cell.lock().take(now, size, period);
+            if let Take::Empty { renew: None } = taken {
+                renewed.as_mut().enable();
+                taken = cell.lock().take(now, size, period);
+            }
             match taken {
                 Take::Spent { generation, remaining, renew } => {
                     if let Some(sent) = renew {
@@ -296,7 +316,8 @@ impl RedisLimiter {
                 lease: Mutex::new(Lease::default()),
                 renewed: Notify::new(),
                 key,
-                terms: Mutex::new((check.rule.window.as_millis() as i64, check.rule.limit)),
+                window: (check.rule.window.as_millis() as i64).into(),
+                limit: check.rule.limit.into(),
             })
         })
     }
@@ -382,7 +403,7 @@ impl Redis {
     /// Sends `sent` for `cell`'s slice, tells the slice the answer, and wakes whoever waits.
     async fn renew(&self, cell: &LeaseCell, sent: Renewal) -> Result<(), LimiterError> {
         self.stats.renewals.fetch_add(1, Ordering::Relaxed);
-        let (window, limit) = *cell.terms.lock().unwrap_or_else(|e| e.into_inner());
+        let (window, limit) = cell.terms();
         let answer = self
             .breaker
             .guard(self.lease_in_redis(&cell.key, window, limit, &sent), |_| true)
@@ -414,6 +435,7 @@ impl Redis {
         let answer: Vec<i64> = self
             .lease
             .key(key)
+            .key(format!("{key}:reserved"))
             .arg(sent.at)
             .arg(window)
             .arg(limit)

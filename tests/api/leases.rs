@@ -68,23 +68,17 @@ impl Cluster {
         app
     }
 
-    /// The subject's hash in Redis: spent buckets (`b…`) and reservations (`r…`).
-    async fn hash(&self, account: &str) -> HashMap<String, String> {
+    /// What Redis holds for the subject: requests counted spent (the running total of its
+    /// window's buckets), and the slices replicas have reserved.
+    async fn spent_and_reserved(&self, account: &str) -> (u64, u64) {
         let client = redis::Client::open(self.redis.as_str()).unwrap();
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
         let key = format!("{}lease:global:{account}", self.prefix);
-        redis::cmd("HGETALL").arg(key).query_async(&mut connection).await.unwrap()
-    }
-
-    async fn spent_and_reserved(&self, account: &str) -> (u64, u64) {
-        let hash = self.hash(account).await;
-        let sum = |kind: char| -> u64 {
-            hash.iter()
-                .filter(|(name, _)| name.starts_with(kind))
-                .map(|(_, v)| v.split(':').next().unwrap().parse::<u64>().unwrap())
-                .sum()
-        };
-        (sum('b'), sum('r'))
+        let spent: Option<u64> = redis::cmd("HGET").arg(&key).arg("t").query_async(&mut connection).await.unwrap();
+        let reserved: HashMap<String, String> =
+            redis::cmd("HGETALL").arg(format!("{key}:reserved")).query_async(&mut connection).await.unwrap();
+        let reserved = reserved.values().map(|v| v.split(':').next().unwrap().parse::<u64>().unwrap()).sum();
+        (spent.unwrap_or(0), reserved)
     }
 }
 
