@@ -182,9 +182,8 @@ async fn storm(dir: &std::path::Path, args: AccuracyArgs) -> anyhow::Result<()> 
     println!(
         "exact limit (10/hour per key), 50 concurrent over 2 replicas during the storm: {exact_admitted} admitted"
     );
-    let counts = format!("{prefix}lease:global:acct_storm");
-    let bytes = redis_bytes(&args.redis_url, &counts).await?
-        + redis_bytes(&args.redis_url, &format!("{counts}:reserved")).await?;
+    let (counts, reservations) = keygate::ratelimit::redis::lease_keys(&prefix, "global", 60_000, "acct_storm");
+    let bytes = redis_bytes(&args.redis_url, &counts).await? + redis_bytes(&args.redis_url, &reservations).await?;
     println!("Redis: the stormed subject's high-rate counter holds {bytes} bytes (MEMORY USAGE of its two hashes)");
     Ok(())
 }

@@ -68,6 +68,9 @@ enum Command {
     LimitMemory {
         #[arg(long, default_value_t = 50)]
         subjects: usize,
+        /// Also measure what one subject holds in this Redis.
+        #[arg(long)]
+        redis: Option<String>,
     },
     /// HTTP through nginx with keygate's forward auth against nginx with a no-op one.
     Proxy(proxy::ProxyArgs),
@@ -104,7 +107,13 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Load(args) => load::run(args).await,
             Command::Memory { keys } => memory::run(keys).await,
-            Command::LimitMemory { subjects } => memory::limits(subjects),
+            Command::LimitMemory { subjects, redis } => {
+                memory::limits(subjects)?;
+                match redis {
+                    Some(url) => memory::limits_in_redis(&url).await,
+                    None => Ok(()),
+                }
+            }
             Command::Terms(args) => terms::run(args).await,
             Command::Import(args) => import::run(args).await,
             Command::Accuracy(args) => accuracy::run(args).await,

@@ -104,3 +104,55 @@ pub fn limits(subjects: usize) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The same in Redis: one subject at 100,000 a minute, filled through the real limiter (an
+/// admission every 0.6 ms of a simulated minute), then Redis' own `MEMORY USAGE` of what
+/// it holds for the subject: the exact limit's sorted set against the high-rate limit's two
+/// hashes (bucket counts and reservations).
+pub async fn limits_in_redis(url: &str) -> anyhow::Result<()> {
+    use keygate::policy::{LimitKind, LimitRule, LimitSubject, OnStoreError};
+    use keygate::ratelimit::{lease::LeaseSettings, redis::RedisLimiter, LimitCheck, LimitOutcome};
+    const LIMIT: u32 = 100_000;
+    let prefix = format!("keygate-bench:{}:", keygate::domain::random_token(8)?);
+    for kind in [LimitKind::HighRate, LimitKind::Exact] {
+        let rule = LimitRule {
+            key: "plan".into(),
+            limit: LIMIT,
+            window: Duration::from_secs(60),
+            per: LimitSubject::Account,
+            on_store_error: OnStoreError::Closed,
+            kind,
+        };
+        let breaker = keygate::breaker::Breaker::new(
+            "rate limit store",
+            keygate::breaker::BreakerSettings {
+                timeout: Duration::from_secs(5),
+                failures_to_open: 3,
+                probe_every: Duration::from_millis(250),
+            },
+        );
+        let limiter = RedisLimiter::new(url, prefix.clone(), std::sync::Arc::new(breaker), LeaseSettings::default())?;
+        let start = 1_700_000_000_000i64;
+        let mut admitted = 0u64;
+        for step in 0..LIMIT as i64 {
+            let now = Timestamp::from_millis(start + step * 6 / 10);
+            let check = [LimitCheck { rule: &rule, subject: "acct_busy" }];
+            if matches!(limiter.check(&check, now).await?, LimitOutcome::Admitted { .. }) {
+                admitted += 1;
+            }
+        }
+        // Spends still held are reported, as a replica does when the subject goes idle.
+        limiter.release_idle(Timestamp::from_millis(start + 60_000), Duration::ZERO).await;
+        let bytes = match kind {
+            LimitKind::HighRate => {
+                let (counts, reservations) =
+                    keygate::ratelimit::redis::lease_keys(&prefix, "plan", 60_000, "acct_busy");
+                crate::accuracy::redis_bytes(url, &counts).await?
+                    + crate::accuracy::redis_bytes(url, &reservations).await?
+            }
+            LimitKind::Exact => crate::accuracy::redis_bytes(url, &format!("{prefix}plan:acct_busy")).await?,
+        };
+        println!("{kind:?} in Redis: one subject at {LIMIT}/min, {admitted} admitted: {bytes} bytes (MEMORY USAGE)");
+    }
+    Ok(())
+}

@@ -57,7 +57,18 @@ pub async fn run(
         let mut client =
             AuthorizerClient::new(tonic::transport::Channel::from_shared(address.clone())?.connect().await?);
         for secret in &secrets {
-            let decided = client.authorize(request(secret, target.path)).await?.into_inner();
+            // Warm-up verifies every key (argon2) on every target at once: on two cores, a
+            // store read can miss its deadline meanwhile. Such a call is asked again.
+            let mut attempts = 0;
+            let decided = loop {
+                match client.authorize(request(secret, target.path)).await {
+                    Err(status) if status.code() == tonic::Code::Unavailable && attempts < 5 => {
+                        attempts += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    answer => break answer?.into_inner(),
+                }
+            };
             anyhow::ensure!(
                 decided.allowed || decided.code == "rate_limit_reached",
                 "warm-up on {address} denied: {} {}",

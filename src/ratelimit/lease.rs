@@ -49,17 +49,30 @@ impl LeaseSettings {
 
 /// KEYS: the subject's counts (a hash: `t` the total of the buckets in the window, `o` the
 /// oldest bucket that may hold counts, then bucket index → count) and its reservations (a
-/// hash: replica → `amount:expires_at`). ARGV: now (ms), window (ms), limit, bucket (ms),
-/// ring (buckets kept), replica, spent (to count now), keep (still held), want (more),
-/// period (ms). Returns {granted, room left after it, ms until there may be more room (0
-/// unless less than wanted was granted)}.
+/// hash: slice → `amount:expires_at:reported`). ARGV: now (ms), window (ms), limit, bucket
+/// (ms), ring (buckets kept), the slice's field, its spends so far (cumulative), what Redis
+/// acknowledged of them, keep (still held), want (more), period (ms). Returns {granted, room
+/// left after it, ms until there may be more room (0 unless less than wanted was granted),
+/// keep accepted}.
 ///
-/// The running total keeps a renewal's work small: only buckets that left the window since
-/// the last call are read; every bucket is walked only to say when a refused subject has room.
+/// Spends are reported cumulatively and counted once: a renewal that timed out on our side
+/// but ran in Redis is not counted again by the next. The running total keeps a renewal's
+/// work small: only buckets that left the window since the last call are read; every
+/// bucket is walked only to say when a refused subject has room.
 pub const LEASE: &str = r#"
 local counts, reservations = KEYS[1], KEYS[2]
 local now, window, limit, bucket, ring = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local me, spent, keep, want, period = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local me, reported, acked, keep, want, period = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+-- What of this slice's spends Redis has already counted, and whether its reservation lives.
+local mine, live = redis.call('HGET', reservations, me), false
+if mine then
+  local _, expires, counted = string.match(mine, '^(%d+):(%d+):(%d+)$')
+  if counted then
+    acked = math.max(acked, tonumber(counted))
+    live = tonumber(expires) > now
+  end
+end
+local spent = math.max(0, reported - acked)
 local newest = math.floor(now / bucket)
 local oldest = newest - ring + 1
 local state = redis.call('HMGET', counts, 't', 'o')
@@ -90,7 +103,7 @@ local used, soonest = total, -1
 local held = redis.call('HGETALL', reservations)
 for i = 1, #held, 2 do
   if held[i] ~= me then
-    local amount, expires = string.match(held[i + 1], '^(%d+):(%d+)$')
+    local amount, expires = string.match(held[i + 1], '^(%d+):(%d+):')
     amount, expires = tonumber(amount), tonumber(expires)
     if amount == nil or expires <= now then
       redis.call('HDEL', reservations, held[i])
@@ -100,10 +113,13 @@ for i = 1, #held, 2 do
     end
   end
 end
+-- A slice whose reservation lapsed was given back: what it still holds is kept only as far
+-- as there is room.
+if not live then keep = math.max(0, math.min(keep, limit - used)) end
 local room = limit - used - keep
 local granted = math.max(0, math.min(want, room))
 if keep + granted > 0 then
-  redis.call('HSET', reservations, me, (keep + granted) .. ':' .. (now + period))
+  redis.call('HSET', reservations, me, (keep + granted) .. ':' .. (now + period) .. ':' .. reported)
 else
   redis.call('HDEL', reservations, me)
 end
@@ -124,7 +140,7 @@ if granted < want then
   if soonest >= 0 and soonest - now < retry then retry = soonest - now end
   if retry < 1 then retry = 1 end
 end
-return {granted, math.max(room - granted, 0), retry}
+return {granted, math.max(room - granted, 0), retry, keep}
 "#;
 
 /// What Redis answered a renewal.
@@ -135,13 +151,18 @@ pub struct Granted {
     pub room: u32,
     /// Less than wanted was granted: ms until there may be more room.
     pub retry_after_ms: i64,
+    /// Of what the slice kept, what stays reserved (less only when its reservation had
+    /// lapsed and others took the room).
+    pub kept: u32,
 }
 
-/// What a replica sends Redis to renew (or release) its slice.
+/// What a replica sends Redis to renew (or release) a slice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Renewal {
-    /// Spent since the last report: counted in Redis' current bucket.
-    pub spent: u32,
+    /// The slice's spends so far (cumulative: Redis counts what it has not yet).
+    pub reported: u64,
+    /// What of them Redis acknowledged.
+    pub acked: u64,
     /// Still held and unexpired: stays reserved.
     pub keep: u32,
     /// More wanted (0 to release).
@@ -150,14 +171,23 @@ pub struct Renewal {
     pub at: i64,
 }
 
+impl Renewal {
+    /// Spends this renewal reports that Redis has not acknowledged.
+    pub fn spent(&self) -> u64 {
+        self.reported - self.acked.min(self.reported)
+    }
+}
+
 /// One replica's slice of one subject's budget under one rule. Plain state: the caller
 /// locks it, talks to Redis, and tells it what Redis said.
 #[derive(Debug, Default)]
 pub struct Lease {
     /// Requests that may still be admitted from the slice, until `expires_at`.
     held: u32,
-    /// Admitted, not yet reported to Redis (the reservation covers them until then).
-    unreported: u32,
+    /// Admitted from this slice, ever; Redis counts what it has not acknowledged.
+    spent: u64,
+    /// What of `spent` Redis acknowledged counting.
+    acked: u64,
     expires_at: i64,
     renewed_at: i64,
     /// A renewal is in flight: nobody else starts one.
@@ -169,8 +199,8 @@ pub struct Lease {
     quiet_until: i64,
     /// The subject's room across replicas at the last renewal (for `remaining`).
     room: u32,
-    /// Bumped at each report: a token taken before it cannot be put back after it (it was
-    /// reported spent).
+    /// Bumped at each report: a request taken before it cannot be put back after it (it
+    /// was reported spent).
     generation: u64,
     last_used: i64,
     /// Released for idleness: the caller must look the subject up again.
@@ -198,10 +228,12 @@ impl Lease {
         self.last_used = self.last_used.max(now);
         if self.held > 0 && now < self.expires_at {
             self.held -= 1;
-            self.unreported += 1;
+            self.spent += 1;
+            // Before a renewal it may start: a request reported by that renewal is spent.
+            let generation = self.generation;
             let due = (self.held <= size / 2 && now >= self.quiet_until) || now >= self.renewed_at + period / 2;
             let renew = (due && !self.renewing).then(|| self.start_renewal(now, size));
-            return Take::Spent { generation: self.generation, remaining: self.room + self.held, renew };
+            return Take::Spent { generation, remaining: self.room.saturating_add(self.held), renew };
         }
         if now < self.denied_until {
             return Take::Limited { retry_after_ms: self.denied_until - now };
@@ -213,8 +245,8 @@ impl Lease {
     /// Gives back a request taken but not admitted (another limit refused it). A request
     /// already reported spent stays spent.
     pub fn put_back(&mut self, generation: u64) {
-        if generation == self.generation && self.unreported > 0 {
-            self.unreported -= 1;
+        if generation == self.generation && self.spent > self.acked {
+            self.spent -= 1;
             self.held += 1;
         }
     }
@@ -224,30 +256,32 @@ impl Lease {
         self.renewing = true;
         self.generation += 1;
         let keep = if now < self.expires_at { self.held } else { 0 };
-        let spent = std::mem::take(&mut self.unreported);
-        Renewal { spent, keep, want: size.saturating_sub(keep), at: now }
+        Renewal { reported: self.spent, acked: self.acked, keep, want: size.saturating_sub(keep), at: now }
     }
 
-    /// Releases an idle slice: reports its spends and returns what it holds. `None` if it
-    /// is in use (used within half a period, or renewing).
-    pub fn release(&mut self, now: i64, period: i64) -> Option<Renewal> {
-        if self.released || self.renewing || now < self.last_used + period / 2 {
+    /// Releases a slice unused for `min_idle`: reports its spends and returns what it
+    /// holds. `None` if it is in use (or renewing).
+    pub fn release(&mut self, now: i64, min_idle: i64) -> Option<Renewal> {
+        if self.released || self.renewing || now < self.last_used.saturating_add(min_idle) {
             return None;
         }
         self.released = true;
         self.renewing = true;
         self.generation += 1;
-        let spent = std::mem::take(&mut self.unreported);
         self.held = 0;
-        Some(Renewal { spent, keep: 0, want: 0, at: now })
+        Some(Renewal { reported: self.spent, acked: self.acked, keep: 0, want: 0, at: now })
     }
 
     /// Redis answered `sent`.
     pub fn renewed(&mut self, sent: &Renewal, answer: Granted, period: i64) {
         self.renewing = false;
+        self.acked = self.acked.max(sent.reported);
         if sent.keep == 0 {
             // The slice had lapsed (or was empty): what it held is no longer reserved.
             self.held = 0;
+        } else {
+            // Its reservation had lapsed in Redis and others took part of the room.
+            self.held = self.held.saturating_sub(sent.keep.saturating_sub(answer.kept));
         }
         self.held += answer.granted;
         self.room = answer.room;
@@ -264,11 +298,10 @@ impl Lease {
         }
     }
 
-    /// Redis did not answer `sent`: its spends are reported next time; the slice is spent
-    /// until it lapses.
-    pub fn renewal_failed(&mut self, sent: &Renewal) {
+    /// Redis did not answer `sent`: the spends are reported again next time (counted once,
+    /// whether or not this one ran); the slice is spent until it lapses.
+    pub fn renewal_failed(&mut self, _sent: &Renewal) {
         self.renewing = false;
-        self.unreported += sent.spent;
     }
 
     pub fn is_released(&self) -> bool {
@@ -283,14 +316,14 @@ mod tests {
     const PERIOD: i64 = 1_000;
 
     fn granted(granted: u32, room: u32) -> Granted {
-        Granted { granted, room, retry_after_ms: 0 }
+        Granted { granted, room, retry_after_ms: 0, kept: u32::MAX }
     }
 
     /// A fresh lease renewed to `size` at `now`.
     fn leased(size: u32, now: i64) -> Lease {
         let mut lease = Lease::default();
         let Take::Empty { renew: Some(sent) } = lease.take(now, size, PERIOD) else { panic!() };
-        assert_eq!(sent, Renewal { spent: 0, keep: 0, want: size, at: now });
+        assert_eq!(sent, Renewal { reported: 0, acked: 0, keep: 0, want: size, at: now });
         lease.renewed(&sent, granted(size, 1_000), PERIOD);
         lease
     }
@@ -303,7 +336,7 @@ mod tests {
         }
         // The fifth leaves 5 held: half the slice; this caller renews, reporting 5.
         let Take::Spent { renew: Some(sent), .. } = lease.take(1, 10, PERIOD) else { panic!() };
-        assert_eq!(sent, Renewal { spent: 5, keep: 5, want: 5, at: 1 });
+        assert_eq!(sent, Renewal { reported: 5, acked: 0, keep: 5, want: 5, at: 1 });
         // While it is in flight, the slice is still spent, and nobody else renews.
         for _ in 0..5 {
             assert!(matches!(lease.take(2, 10, PERIOD), Take::Spent { renew: None, .. }));
@@ -319,7 +352,7 @@ mod tests {
     fn an_exhausted_subject_is_refused_without_asking_again_until_redis_said() {
         let mut lease = Lease::default();
         let Take::Empty { renew: Some(sent) } = lease.take(0, 10, PERIOD) else { panic!() };
-        lease.renewed(&sent, Granted { granted: 0, room: 0, retry_after_ms: 300 }, PERIOD);
+        lease.renewed(&sent, Granted { granted: 0, room: 0, retry_after_ms: 300, kept: 0 }, PERIOD);
         assert_eq!(lease.take(100, 10, PERIOD), Take::Limited { retry_after_ms: 200 });
         assert!(matches!(lease.take(300, 10, PERIOD), Take::Empty { renew: Some(_) }));
     }
@@ -329,7 +362,7 @@ mod tests {
         let mut lease = Lease::default();
         let Take::Empty { renew: Some(sent) } = lease.take(0, 10, PERIOD) else { panic!() };
         // Only 3 of the 10 wanted were left; more may come in 200 ms.
-        lease.renewed(&sent, Granted { granted: 3, room: 0, retry_after_ms: 200 }, PERIOD);
+        lease.renewed(&sent, Granted { granted: 3, room: 0, retry_after_ms: 200, kept: 0 }, PERIOD);
         assert!(matches!(lease.take(1, 10, PERIOD), Take::Spent { renew: None, .. }));
         assert!(matches!(lease.take(2, 10, PERIOD), Take::Spent { renew: None, .. }));
         assert!(matches!(lease.take(3, 10, PERIOD), Take::Spent { renew: None, .. }));
@@ -337,7 +370,7 @@ mod tests {
         assert!(matches!(lease.take(4, 10, PERIOD), Take::Empty { renew: Some(_) }));
         let mut lease = Lease::default();
         let Take::Empty { renew: Some(sent) } = lease.take(0, 10, PERIOD) else { panic!() };
-        lease.renewed(&sent, Granted { granted: 4, room: 0, retry_after_ms: 200 }, PERIOD);
+        lease.renewed(&sent, Granted { granted: 4, room: 0, retry_after_ms: 200, kept: 0 }, PERIOD);
         assert!(matches!(lease.take(199, 10, PERIOD), Take::Spent { renew: None, .. }));
         assert!(matches!(lease.take(200, 10, PERIOD), Take::Spent { renew: Some(_), .. }), "room may have come");
     }
@@ -347,7 +380,7 @@ mod tests {
         let mut lease = leased(10, 0);
         assert!(matches!(lease.take(1, 10, PERIOD), Take::Spent { .. }));
         let Take::Empty { renew: Some(sent) } = lease.take(PERIOD, 10, PERIOD) else { panic!("lapsed") };
-        assert_eq!(sent, Renewal { spent: 1, keep: 0, want: 10, at: PERIOD });
+        assert_eq!(sent, Renewal { reported: 1, acked: 0, keep: 0, want: 10, at: PERIOD });
         lease.renewed(&sent, granted(10, 0), PERIOD);
         let Take::Spent { remaining, .. } = lease.take(PERIOD + 1, 10, PERIOD) else { panic!() };
         assert_eq!(remaining, 9, "the 9 left of the lapsed slice are gone");
@@ -358,7 +391,7 @@ mod tests {
         let mut lease = leased(10, 0);
         assert!(matches!(lease.take(PERIOD / 2 - 1, 10, PERIOD), Take::Spent { renew: None, .. }));
         let Take::Spent { renew: Some(sent), .. } = lease.take(PERIOD / 2, 10, PERIOD) else { panic!() };
-        assert_eq!(sent, Renewal { spent: 2, keep: 8, want: 2, at: PERIOD / 2 });
+        assert_eq!(sent, Renewal { reported: 2, acked: 0, keep: 8, want: 2, at: PERIOD / 2 });
     }
 
     #[test]
@@ -366,14 +399,14 @@ mod tests {
         let mut lease = leased(10, 0);
         let Take::Spent { generation, .. } = lease.take(1, 10, PERIOD) else { panic!() };
         lease.put_back(generation);
-        assert_eq!((lease.held, lease.unreported), (10, 0));
+        assert_eq!((lease.held, lease.spent), (10, 0));
         for _ in 0..4 {
             lease.take(1, 10, PERIOD);
         }
         let Take::Spent { generation, renew: Some(sent), .. } = lease.take(1, 10, PERIOD) else { panic!() };
-        assert_eq!(sent.spent, 5, "the fifth was reported with the renewal");
+        assert_eq!(sent.spent(), 5, "the fifth was reported with the renewal");
         lease.put_back(generation);
-        assert_eq!((lease.held, lease.unreported), (5, 0), "so it is not put back");
+        assert_eq!((lease.held, lease.spent), (5, 5), "so it is not put back");
     }
 
     #[test]
@@ -383,22 +416,56 @@ mod tests {
         let Take::Spent { renew: Some(sent), .. } = lease.take(1, 4, PERIOD) else { panic!() };
         lease.renewal_failed(&sent);
         let Take::Spent { renew: Some(again), .. } = lease.take(2, 4, PERIOD) else { panic!() };
-        assert_eq!(again.spent, 3, "2 from the failed renewal, 1 since");
+        assert_eq!(again.spent(), 3, "2 from the failed renewal, 1 since");
         lease.renewal_failed(&again);
         let Take::Spent { renew: Some(last), .. } = lease.take(3, 4, PERIOD) else { panic!("the last held") };
         lease.renewal_failed(&last);
         let Take::Empty { renew: Some(now_or_never) } = lease.take(3, 4, PERIOD) else { panic!("the slice is spent") };
-        assert_eq!(now_or_never, Renewal { spent: 4, keep: 0, want: 4, at: 3 });
+        assert_eq!(now_or_never, Renewal { reported: 4, acked: 0, keep: 0, want: 4, at: 3 });
     }
 
     #[test]
     fn an_idle_slice_is_released_with_its_spends() {
         let mut lease = leased(10, 0);
         lease.take(1, 10, PERIOD);
-        assert_eq!(lease.release(PERIOD / 2, PERIOD), None, "used within half a period");
-        let sent = lease.release(PERIOD / 2 + 1, PERIOD).unwrap();
-        assert_eq!(sent, Renewal { spent: 1, keep: 0, want: 0, at: PERIOD / 2 + 1 });
+        assert_eq!(lease.release(PERIOD / 2, PERIOD / 2), None, "used within half a period");
+        let sent = lease.release(PERIOD / 2 + 1, PERIOD / 2).unwrap();
+        assert_eq!(sent, Renewal { reported: 1, acked: 0, keep: 0, want: 0, at: PERIOD / 2 + 1 });
         assert_eq!(lease.take(PERIOD, 10, PERIOD), Take::Released);
+    }
+
+    #[test]
+    fn spends_are_reported_cumulatively_and_acknowledged_once() {
+        let mut lease = leased(10, 0);
+        for _ in 0..4 {
+            lease.take(1, 10, PERIOD);
+        }
+        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 10, PERIOD) else { panic!() };
+        assert_eq!((sent.reported, sent.acked, sent.spent()), (5, 0, 5));
+        lease.renewed(&sent, granted(5, 100), PERIOD);
+        for _ in 0..4 {
+            lease.take(2, 10, PERIOD);
+        }
+        let Take::Spent { renew: Some(next), .. } = lease.take(2, 10, PERIOD) else { panic!() };
+        assert_eq!((next.reported, next.acked, next.spent()), (10, 5, 5), "only what is new");
+        // Timed out on our side: the next report carries the same spends again, and Redis
+        // (which keeps what it counted per slice) counts them once.
+        lease.renewal_failed(&next);
+        let Take::Spent { renew: Some(again), .. } = lease.take(3, 10, PERIOD) else { panic!() };
+        assert_eq!((again.reported, again.acked), (11, 5));
+    }
+
+    #[test]
+    fn a_lapsed_reservation_keeps_only_what_redis_still_had_room_for() {
+        let mut lease = leased(10, 0);
+        for _ in 0..4 {
+            lease.take(1, 10, PERIOD);
+        }
+        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 10, PERIOD) else { panic!() };
+        assert_eq!(sent.keep, 5);
+        lease.renewed(&sent, Granted { granted: 0, room: 0, retry_after_ms: 100, kept: 1 }, PERIOD);
+        assert!(matches!(lease.take(2, 10, PERIOD), Take::Spent { .. }));
+        assert!(matches!(lease.take(2, 10, PERIOD), Take::Empty { .. }), "4 of the 5 held were given up");
     }
 
     #[test]

@@ -57,9 +57,32 @@ pub struct RedisLimiter {
     redis: Arc<Redis>,
     /// The slices of high-rate limits this replica holds, by their Redis key.
     leases: moka::sync::Cache<String, Arc<LeaseCell>>,
-    /// Makes each counted request a distinct member of the sorted sets.
+    /// Makes each counted request a distinct member of the sorted sets, and each slice a
+    /// distinct reservation.
     counter: AtomicU64,
     fallback: LocalLimiter,
+}
+
+/// The longest subject written into a Redis key as it is; a longer one (a request can name
+/// an application id of any length) is written as its SHA-256.
+const MAX_SUBJECT_IN_KEY: usize = 128;
+
+/// The two hashes of a high-rate limit's subject in Redis: its counts and its reservations.
+/// The rule's name is length-prefixed, so no two (rule, subject) pairs share keys; the
+/// bucket length is part of the name, so a policy reload that changes the window starts a
+/// new count instead of misreading the old one; and both keys share a hash tag (one Redis
+/// Cluster slot), as the script needs.
+pub fn lease_keys(prefix: &str, rule: &str, window_ms: i64, subject: &str) -> (String, String) {
+    let bucket = super::window::bucket_ms(window_ms);
+    let tag = if subject.len() <= MAX_SUBJECT_IN_KEY && !subject.contains(['{', '}']) {
+        format!("{{{}:{rule}:{bucket}:{subject}}}", rule.len())
+    } else {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(subject.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{{{}:{rule}:{bucket}:sha256:{hex}}}", rule.len())
+    };
+    (format!("{prefix}lease:c:{tag}"), format!("{prefix}lease:r:{tag}"))
 }
 
 /// The connection and what every call to Redis shares (renewals run in tasks of their own).
@@ -92,8 +115,11 @@ pub struct LeaseStats {
 struct LeaseCell {
     lease: Mutex<Lease>,
     renewed: Notify,
-    /// The subject's hash in Redis.
-    key: String,
+    /// The subject's two hashes in Redis: counts, reservations.
+    keys: (String, String),
+    /// This slice's field among the reservations: the replica and a number of its own, so
+    /// a slice handed back never touches the one that replaced it.
+    field: String,
     /// The rule's window (ms) and limit at the last use: a release needs them.
     window: std::sync::atomic::AtomicI64,
     limit: std::sync::atomic::AtomicU32,
@@ -137,6 +163,10 @@ impl RedisLimiter {
         breaker: Arc<Breaker>,
         settings: LeaseSettings,
     ) -> Result<Self, redis::RedisError> {
+        // Two replicas with one name would overwrite each other's reservations.
+        let replica = crate::domain::random_token(12).map_err(|_| {
+            redis::RedisError::from((redis::ErrorKind::Client, "no randomness to name this replica's reservations"))
+        })?;
         Ok(Self {
             redis: Arc::new(Redis {
                 client: redis::Client::open(url)?,
@@ -144,7 +174,7 @@ impl RedisLimiter {
                 exact: redis::Script::new(CHECK_AND_COUNT),
                 lease: redis::Script::new(LEASE),
                 prefix,
-                replica: crate::domain::random_token(12).unwrap_or_default(),
+                replica,
                 settings,
                 breaker,
                 stats: Arc::default(),
@@ -255,9 +285,10 @@ impl RedisLimiter {
         let (limit, window) = (check.rule.limit, check.rule.window.as_millis() as i64);
         let (size, period) = (settings.size(limit), settings.period_ms());
         // A renewal in flight is waited for a few times at most (each wait is bounded by
-        // the breaker's timeout, which bounds every renewal).
-        for _ in 0..4 {
-            let cell = self.cell(check);
+        // the breaker's timeout, which bounds every renewal); a released slice is replaced.
+        let (mut waits, mut replaced) = (0, 0);
+        while waits < 4 && replaced < 4 {
+            let cell = self.cell(check, window);
             cell.set_terms(window, limit);
             let mut taken = cell.lock().take(now, size, period);
             // Waiting for a renewal in flight: listen first, then look again, so its
@@ -272,22 +303,27 @@ impl RedisLimiter {
             match taken {
                 Take::Spent { generation, remaining, renew } => {
                     if let Some(sent) = renew {
-                        let (redis, cell) = (self.redis.clone(), cell.clone());
-                        tokio::spawn(async move {
-                            let _ = redis.renew(&cell, sent).await;
-                        });
+                        tokio::spawn(self.redis.clone().renew(cell.clone(), sent));
                     }
                     let room = Room { limit, remaining: remaining.min(limit.saturating_sub(1)) };
                     return Ok(Leased::Spent(Spent { cell: cell.clone(), generation }, room));
                 }
                 Take::Limited { retry_after_ms } => return Ok(Leased::Limited { limit, retry_after_ms }),
-                Take::Released => continue,
+                Take::Released => {
+                    // Handed back just now: this replica takes a new slice.
+                    self.leases.invalidate(cell.keys.0.as_str());
+                    replaced += 1;
+                }
                 Take::Empty { renew: Some(sent) } => {
                     self.redis.stats.waited.fetch_add(1, Ordering::Relaxed);
-                    self.redis.renew(&cell, sent).await?;
+                    // In a task of its own: a caller that goes away (its deadline, a reset
+                    // stream) cannot leave the slice marked as renewing forever.
+                    let renewal = tokio::spawn(self.redis.clone().renew(cell.clone(), sent));
+                    renewal.await.map_err(|e| LimiterError::Unreachable(Box::new(e)))??;
                 }
                 Take::Empty { renew: None } => {
                     self.redis.stats.waited.fetch_add(1, Ordering::Relaxed);
+                    waits += 1;
                     let _ = tokio::time::timeout(self.redis.breaker.timeout(), renewed).await;
                 }
             }
@@ -295,28 +331,20 @@ impl RedisLimiter {
         Err(LimiterError::Unreachable("no slice of the limit could be leased in time".into()))
     }
 
-    /// The slice of `check`'s subject; a subject seen before costs no allocation.
-    fn cell(&self, check: &LimitCheck<'_>) -> Arc<LeaseCell> {
-        use std::io::Write;
-        let mut buffer = [0u8; 256];
-        let mut cursor = std::io::Cursor::new(&mut buffer[..]);
-        let written = write!(cursor, "{}lease:{}:{}", self.redis.prefix, check.rule.key, check.subject).is_ok();
-        let len = cursor.position() as usize;
-        let key = match std::str::from_utf8(&buffer[..len]) {
-            Ok(key) if written => {
-                if let Some(cell) = self.leases.get(key) {
-                    return cell;
-                }
-                key.to_owned()
-            }
-            _ => format!("{}lease:{}:{}", self.redis.prefix, check.rule.key, check.subject),
-        };
-        self.leases.get_with(key.clone(), || {
+    /// The slice of `check`'s subject, by its counts key.
+    fn cell(&self, check: &LimitCheck<'_>, window: i64) -> Arc<LeaseCell> {
+        let keys = lease_keys(&self.redis.prefix, &check.rule.key, window, check.subject);
+        if let Some(cell) = self.leases.get(keys.0.as_str()) {
+            return cell;
+        }
+        self.leases.get_with(keys.0.clone(), || {
+            let field = format!("{}.{}", self.redis.replica, self.counter.fetch_add(1, Ordering::Relaxed));
             Arc::new(LeaseCell {
                 lease: Mutex::new(Lease::default()),
                 renewed: Notify::new(),
-                key,
-                window: (check.rule.window.as_millis() as i64).into(),
+                keys,
+                field,
+                window: window.into(),
                 limit: check.rule.limit.into(),
             })
         })
@@ -331,10 +359,7 @@ impl RedisLimiter {
         for (key, cell) in self.leases.iter() {
             let Some(sent) = cell.lock().release(now.as_millis(), min_idle) else { continue };
             self.leases.invalidate(key.as_str());
-            let redis = self.redis.clone();
-            releases.spawn(async move {
-                let _ = redis.renew(&cell, sent).await;
-            });
+            releases.spawn(self.redis.clone().renew(cell, sent));
             // A bounded number in flight: a burst of idle subjects does not flood Redis.
             if releases.len() >= 64 {
                 releases.join_next().await;
@@ -401,12 +426,12 @@ impl Redis {
     }
 
     /// Sends `sent` for `cell`'s slice, tells the slice the answer, and wakes whoever waits.
-    async fn renew(&self, cell: &LeaseCell, sent: Renewal) -> Result<(), LimiterError> {
+    async fn renew(self: Arc<Self>, cell: Arc<LeaseCell>, sent: Renewal) -> Result<(), LimiterError> {
         self.stats.renewals.fetch_add(1, Ordering::Relaxed);
         let (window, limit) = cell.terms();
         let answer = self
             .breaker
-            .guard(self.lease_in_redis(&cell.key, window, limit, &sent), |_| true)
+            .guard(self.lease_in_redis(&cell, window, limit, &sent), |_| true)
             .await
             .map_err(|refused| LimiterError::Unreachable(Box::new(refused)))
             .and_then(|answered| answered);
@@ -425,7 +450,7 @@ impl Redis {
 
     async fn lease_in_redis(
         &self,
-        key: &str,
+        cell: &LeaseCell,
         window: i64,
         limit: u32,
         sent: &Renewal,
@@ -434,25 +459,48 @@ impl Redis {
         let bucket = super::window::bucket_ms(window);
         let answer: Vec<i64> = self
             .lease
-            .key(key)
-            .key(format!("{key}:reserved"))
+            .key(&cell.keys.0)
+            .key(&cell.keys.1)
             .arg(sent.at)
             .arg(window)
             .arg(limit)
             .arg(bucket)
             .arg(super::window::BUCKETS + 1)
-            .arg(&self.replica)
-            .arg(sent.spent)
+            .arg(&cell.field)
+            .arg(sent.reported)
+            .arg(sent.acked)
             .arg(sent.keep)
             .arg(sent.want)
             .arg(self.settings.period_ms())
             .invoke_async(&mut connection)
             .await
             .map_err(|e| LimiterError::Unreachable(Box::new(e)))?;
-        let [granted, room, retry_after_ms] = answer[..] else {
+        let [granted, room, retry_after_ms, kept] = answer[..] else {
             return Err(LimiterError::Unreachable("the lease script answered in an unknown shape".into()));
         };
         let clamp = |v: i64| v.clamp(0, i64::from(u32::MAX)) as u32;
-        Ok(Granted { granted: clamp(granted), room: clamp(room), retry_after_ms })
+        Ok(Granted { granted: clamp(granted), room: clamp(room), retry_after_ms, kept: clamp(kept) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lease_keys;
+
+    #[test]
+    fn lease_keys_keep_subjects_rules_and_windows_apart() {
+        let (counts, reservations) = lease_keys("kg:", "global", 60_000, "acct_1");
+        assert_eq!(counts, "kg:lease:c:{6:global:600:acct_1}");
+        assert_eq!(reservations, "kg:lease:r:{6:global:600:acct_1}");
+        // A subject cannot reach another's reservations, nor a rule another rule's counts.
+        assert_ne!(lease_keys("kg:", "global", 60_000, "x:reserved").0, reservations);
+        assert_ne!(lease_keys("kg:", "a:1", 60_000, "b").0, lease_keys("kg:", "a", 60_000, "1:b").0);
+        // Another window (a policy reload) counts anew.
+        assert_ne!(lease_keys("kg:", "global", 3_600_000, "acct_1").0, counts);
+        // Long or brace-bearing subjects are written as their digest: bounded keys, one tag.
+        let long = lease_keys("kg:", "app", 60_000, &"a".repeat(10_000)).0;
+        assert!(long.len() < 120 && long.contains(":sha256:"), "{long}");
+        let braces = lease_keys("kg:", "app", 60_000, "}{").0;
+        assert_eq!(braces.matches('{').count(), 1, "{braces}");
     }
 }

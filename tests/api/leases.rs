@@ -73,10 +73,10 @@ impl Cluster {
     async fn spent_and_reserved(&self, account: &str) -> (u64, u64) {
         let client = redis::Client::open(self.redis.as_str()).unwrap();
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-        let key = format!("{}lease:global:{account}", self.prefix);
-        let spent: Option<u64> = redis::cmd("HGET").arg(&key).arg("t").query_async(&mut connection).await.unwrap();
+        let (counts, reservations) = keygate::ratelimit::redis::lease_keys(&self.prefix, "global", 60_000, account);
+        let spent: Option<u64> = redis::cmd("HGET").arg(&counts).arg("t").query_async(&mut connection).await.unwrap();
         let reserved: HashMap<String, String> =
-            redis::cmd("HGETALL").arg(format!("{key}:reserved")).query_async(&mut connection).await.unwrap();
+            redis::cmd("HGETALL").arg(reservations).query_async(&mut connection).await.unwrap();
         let reserved = reserved.values().map(|v| v.split(':').next().unwrap().parse::<u64>().unwrap()).sum();
         (spent.unwrap_or(0), reserved)
     }
