@@ -67,6 +67,26 @@ pub struct RedisLimiter {
 /// an application id of any length) is written as its SHA-256.
 const MAX_SUBJECT_IN_KEY: usize = 128;
 
+/// [`lease_keys`]' counts key, written into `buffer` (`None` when it is not written as is,
+/// or does not fit).
+fn counts_key_on_stack<'b>(
+    prefix: &str,
+    rule: &str,
+    window_ms: i64,
+    subject: &str,
+    buffer: &'b mut [u8],
+) -> Option<&'b str> {
+    use std::io::Write;
+    if subject.len() > MAX_SUBJECT_IN_KEY || subject.contains(['{', '}']) {
+        return None;
+    }
+    let bucket = super::window::bucket_ms(window_ms);
+    let mut cursor = std::io::Cursor::new(&mut *buffer);
+    write!(cursor, "{prefix}lease:c:{{{}:{rule}:{bucket}:{subject}}}", rule.len()).ok()?;
+    let len = cursor.position() as usize;
+    std::str::from_utf8(&buffer[..len]).ok()
+}
+
 /// The two hashes of a high-rate limit's subject in Redis: its counts and its reservations.
 /// The rule's name is length-prefixed, so no two (rule, subject) pairs share keys; the
 /// bucket length is part of the name, so a policy reload that changes the window starts a
@@ -333,10 +353,16 @@ impl RedisLimiter {
 
     /// The slice of `check`'s subject, by its counts key.
     fn cell(&self, check: &LimitCheck<'_>, window: i64) -> Arc<LeaseCell> {
-        let keys = lease_keys(&self.redis.prefix, &check.rule.key, window, check.subject);
-        if let Some(cell) = self.leases.get(keys.0.as_str()) {
+        // The hot path: a subject seen before is found by its counts key written on the
+        // stack (as `lease_keys` writes it), with no allocation.
+        let (rule, subject) = (&check.rule.key, check.subject);
+        let mut buffer = [0u8; 512];
+        if let Some(cell) = counts_key_on_stack(&self.redis.prefix, rule, window, subject, &mut buffer)
+            .and_then(|key| self.leases.get(key))
+        {
             return cell;
         }
+        let keys = lease_keys(&self.redis.prefix, rule, window, subject);
         self.leases.get_with(keys.0.clone(), || {
             let field = format!("{}.{}", self.redis.replica, self.counter.fetch_add(1, Ordering::Relaxed));
             Arc::new(LeaseCell {
@@ -491,6 +517,10 @@ mod tests {
     fn lease_keys_keep_subjects_rules_and_windows_apart() {
         let (counts, reservations) = lease_keys("kg:", "global", 60_000, "acct_1");
         assert_eq!(counts, "kg:lease:c:{6:global:600:acct_1}");
+        // The hot path finds a slice by the same key written on the stack.
+        let mut buffer = [0u8; 512];
+        assert_eq!(super::counts_key_on_stack("kg:", "global", 60_000, "acct_1", &mut buffer), Some(counts.as_str()));
+        assert_eq!(super::counts_key_on_stack("kg:", "app", 60_000, "}{", &mut buffer), None);
         assert_eq!(reservations, "kg:lease:r:{6:global:600:acct_1}");
         // A subject cannot reach another's reservations, nor a rule another rule's counts.
         assert_ne!(lease_keys("kg:", "global", 60_000, "x:reserved").0, reservations);
