@@ -56,7 +56,7 @@ return {1, tight_limit, tight_remaining}
 pub struct RedisLimiter {
     redis: Arc<Redis>,
     /// The slices of high-rate limits this replica holds, by their Redis key.
-    leases: moka::sync::Cache<String, Arc<LeaseCell>>,
+    leases: quick_cache::sync::Cache<String, Arc<LeaseCell>>,
     /// Makes each counted request a distinct member of the sorted sets, and each slice a
     /// distinct reservation.
     counter: AtomicU64,
@@ -199,11 +199,9 @@ impl RedisLimiter {
                 breaker,
                 stats: Arc::default(),
             }),
-            // A slice unused for a day is long lapsed; the release task drops idle ones.
-            leases: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_idle(Duration::from_secs(86_400))
-                .build(),
+            // The release task drops idle slices; a slice pushed out by a flood of subjects
+            // lapses in Redis after a period (its unreported spends, under a slice, are lost).
+            leases: quick_cache::sync::Cache::new(1_000_000),
             counter: AtomicU64::new(0),
             fallback: LocalLimiter::default(),
         })
@@ -228,7 +226,7 @@ impl RedisLimiter {
 
     /// Slices held now.
     pub fn leases_held(&self) -> u64 {
-        self.leases.entry_count()
+        self.leases.len() as u64
     }
 
     /// Does Redis answer a PING? For the breaker's background probe.
@@ -331,7 +329,7 @@ impl RedisLimiter {
                 Take::Limited { retry_after_ms } => return Ok(Leased::Limited { limit, retry_after_ms }),
                 Take::Released => {
                     // Handed back just now: this replica takes a new slice.
-                    self.leases.invalidate(cell.keys.0.as_str());
+                    self.leases.remove_if(cell.keys.0.as_str(), |held| Arc::ptr_eq(held, &cell));
                     replaced += 1;
                 }
                 Take::Empty { renew: Some(sent) } => {
@@ -363,17 +361,19 @@ impl RedisLimiter {
             return cell;
         }
         let keys = lease_keys(&self.redis.prefix, rule, window, subject);
-        self.leases.get_with(keys.0.clone(), || {
+        let counts = keys.0.clone();
+        let made = self.leases.get_or_insert_with(counts.as_str(), || {
             let field = format!("{}.{}", self.redis.replica, self.counter.fetch_add(1, Ordering::Relaxed));
-            Arc::new(LeaseCell {
+            Ok::<_, std::convert::Infallible>(Arc::new(LeaseCell {
                 lease: Mutex::new(Lease::default()),
                 renewed: Notify::new(),
                 keys,
                 field,
                 window: window.into(),
                 limit: check.rule.limit.into(),
-            })
-        })
+            }))
+        });
+        made.unwrap_or_else(|never| match never {})
     }
 
     /// Releases every slice idle for `min_idle` (spends reported, the rest returned to
@@ -384,7 +384,7 @@ impl RedisLimiter {
         let mut releases = tokio::task::JoinSet::new();
         for (key, cell) in self.leases.iter() {
             let Some(sent) = cell.lock().release(now.as_millis(), min_idle) else { continue };
-            self.leases.invalidate(key.as_str());
+            self.leases.remove_if(key.as_str(), |held| Arc::ptr_eq(held, &cell));
             releases.spawn(self.redis.clone().renew(cell, sent));
             // A bounded number in flight: a burst of idle subjects does not flood Redis.
             if releases.len() >= 64 {

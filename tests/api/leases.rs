@@ -233,3 +233,32 @@ async fn a_graceful_stop_returns_the_slices() {
     a.stop().await;
     assert_eq!(cluster.spent_and_reserved("acct_stop").await, (1, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_during_a_renewal_leaves_no_slice_stuck() {
+    let Some(redis) = redis_url() else { return };
+    let relay = Relay::start(crate::relay::target_of(&redis)).await;
+    let cluster = Cluster::new(redis.clone(), "closed").await;
+    let mut app = cluster.replica(Some(&relay.url_for(&redis))).await;
+    let (_, key) = app.create_key("acct_gives_up", &["applications:read"], &[]).await;
+
+    // The key verified (argon2 is not what the caller waits for), then its slice lapses.
+    assert!(app.authorize(&key, "GET", "/api/v1/panel/applications").await.allowed);
+    app.clock.advance(Duration::from_secs(1));
+    // Redis stops answering; a caller with a 20 ms deadline finds no slice and gives up
+    // while this replica waits for Redis (up to --rate-limit-timeout-ms, 50 ms).
+    relay.stall();
+    let mut hasty = tonic::Request::new(ask(&key));
+    hasty.set_timeout(Duration::from_millis(20));
+    let answer = app.authorizer.authorize(hasty).await;
+    assert!(answer.as_ref().map_or(true, |r| !r.get_ref().allowed), "never allowed without a slice: {answer:?}");
+
+    // Redis answers again: the slice is renewed for the next caller (it was not left
+    // marked as renewing by the caller that went away).
+    relay.unstall();
+    eventually("a slice is leased again", || async {
+        app.authorizer.clone().authorize(ask(&key)).await.is_ok_and(|r| r.get_ref().allowed)
+    })
+    .await;
+    app.stop().await;
+}

@@ -1,6 +1,7 @@
 //! A TCP relay on loopback between keygate and Postgres, which a test can cut (every
 //! connection dropped, new ones accepted and closed at once), close (the port refuses
-//! connections, as when the database host is down) and restore.
+//! connections, as when the database host is down), stall (connections stay open and
+//! nothing passes, as when a host stops answering) and restore.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -11,6 +12,7 @@ pub struct Relay {
     pub address: SocketAddr,
     target: SocketAddr,
     open: watch::Sender<bool>,
+    stalled: watch::Sender<bool>,
     accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -19,20 +21,21 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (open, _) = watch::channel(true);
-        let relay = Self { address, target, open, accept: Mutex::new(None) };
+        let (stalled, _) = watch::channel(false);
+        let relay = Self { address, target, open, stalled, accept: Mutex::new(None) };
         relay.serve(listener);
         relay
     }
 
     fn serve(&self, listener: TcpListener) {
-        let (target, watcher) = (self.target, self.open.subscribe());
+        let (target, watcher, stall) = (self.target, self.open.subscribe(), self.stalled.subscribe());
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if !*watcher.borrow() {
                     drop(client);
                     continue;
                 }
-                tokio::spawn(pipe(client, target, watcher.clone()));
+                tokio::spawn(pipe(client, target, watcher.clone(), stall.clone()));
             }
         });
         if let Some(old) = self.accept.lock().unwrap().replace(accept) {
@@ -55,6 +58,17 @@ impl Relay {
         }
         // The listener went with the task: the port now refuses connections.
         assert!(TcpStream::connect(self.address).await.is_err(), "the relay's port still accepts");
+    }
+
+    /// Connections stay open and nothing passes either way, until [`Relay::unstall`].
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Ends a stall: the stalled connections are dropped (what was sent into them is
+    /// lost, as with a host that came back), new ones pass again.
+    pub fn unstall(&self) {
+        self.stalled.send_replace(false);
     }
 
     pub async fn restore(&self) {
@@ -83,11 +97,25 @@ impl Drop for Relay {
     }
 }
 
-async fn pipe(mut client: TcpStream, target: SocketAddr, mut open: watch::Receiver<bool>) {
+async fn pipe(
+    mut client: TcpStream,
+    target: SocketAddr,
+    mut open: watch::Receiver<bool>,
+    mut stalled: watch::Receiver<bool>,
+) {
+    if *stalled.borrow() {
+        let _ = stalled.wait_for(|stalled| !*stalled).await;
+        return;
+    }
     let Ok(mut server) = TcpStream::connect(target).await else { return };
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        _ = open.wait_for(|open| !*open) => {}
+    let stall_began = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+        _ = open.wait_for(|open| !*open) => false,
+        _ = stalled.wait_for(|stalled| *stalled) => true,
+    };
+    if stall_began {
+        // Both sockets stay open, and nothing is read from either, until the stall ends.
+        let _ = stalled.wait_for(|stalled| !*stalled).await;
     }
 }
 
