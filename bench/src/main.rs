@@ -110,7 +110,10 @@ fn main() -> anyhow::Result<()> {
             Command::LimitMemory { subjects, redis } => {
                 memory::limits(subjects)?;
                 match redis {
-                    Some(url) => memory::limits_in_redis(&url).await,
+                    Some(url) => {
+                        memory::limits_in_redis(&url).await?;
+                        memory::limit_path(&url).await
+                    }
                     None => Ok(()),
                 }
             }

@@ -156,3 +156,68 @@ pub async fn limits_in_redis(url: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// What one limit check costs in the limiter itself, leased (`RedisLimiter`, the slice
+/// already held, so no round trip) against in-process (`LocalLimiter`), over 500 subjects:
+/// one caller, then 64 callers on two workers. No Redis round trip is timed.
+pub async fn limit_path(url: &str) -> anyhow::Result<()> {
+    use keygate::policy::{LimitKind, LimitRule, LimitSubject, OnStoreError};
+    use keygate::ratelimit::{lease::LeaseSettings, redis::RedisLimiter, LimitCheck, LocalLimiter};
+    let breaker = keygate::breaker::Breaker::new(
+        "rate limit store",
+        keygate::breaker::BreakerSettings {
+            timeout: Duration::from_secs(1),
+            failures_to_open: 3,
+            probe_every: Duration::from_millis(250),
+        },
+    );
+    let prefix = format!("keygate-bench:{}:", keygate::domain::random_token(8)?);
+    // Slices of half the limit and a long period: nothing is renewed while timing.
+    let settings = LeaseSettings { share: 0.5, period: Duration::from_secs(600) };
+    let leased = Arc::new(RedisLimiter::new(url, prefix, Arc::new(breaker), settings)?);
+    let local = Arc::new(LocalLimiter::default());
+    let rule = Arc::new(LimitRule {
+        key: "global".into(),
+        limit: 100_000_000,
+        window: Duration::from_secs(60),
+        per: LimitSubject::Account,
+        on_store_error: OnStoreError::Local,
+        kind: LimitKind::HighRate,
+    });
+    let now = Timestamp::from_millis(1_700_000_000_000);
+    let subjects: Arc<Vec<String>> = Arc::new((0..500).map(|s| format!("acct_{s:04}")).collect());
+    for subject in subjects.iter() {
+        let check = [LimitCheck { rule: &rule, subject }];
+        leased.check(&check, now).await?;
+        local.check(&check, now);
+    }
+    const CHECKS: usize = 400_000;
+    for callers in [1usize, 64] {
+        let mut per_check = Vec::new();
+        for kind in ["leased", "local"] {
+            let started = std::time::Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for caller in 0..callers {
+                let (leased, local, rule, subjects) = (leased.clone(), local.clone(), rule.clone(), subjects.clone());
+                set.spawn(async move {
+                    for i in 0..CHECKS / callers {
+                        let check = [LimitCheck { rule: &rule, subject: &subjects[(i * 7 + caller) % 500] }];
+                        match kind {
+                            "leased" => drop(leased.check(&check, now).await),
+                            _ => drop(local.check(&check, now)),
+                        }
+                    }
+                });
+            }
+            while set.join_next().await.is_some() {}
+            per_check.push(started.elapsed().as_nanos() as f64 / CHECKS as f64);
+        }
+        println!(
+            "{callers} caller(s): leased {:.0} ns per check, in process {:.0} ns ({:.2}x)",
+            per_check[0],
+            per_check[1],
+            per_check[0] / per_check[1]
+        );
+    }
+    Ok(())
+}
