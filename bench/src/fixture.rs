@@ -181,3 +181,29 @@ fn canned_response() -> pb::AuthorizeResponse {
         ..Default::default()
     }
 }
+
+/// `count` keys with `applications:read`, each in an account of its own
+/// (`{accounts}_{i}`), made through the Admin API at `address` with `admin_token`.
+pub async fn keys_in_own_accounts(
+    address: &str,
+    admin_token: &str,
+    accounts: &str,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let channel = Channel::from_shared(address.to_owned())?.connect().await?;
+    let mut admin = AdminClient::with_interceptor(channel, AdminToken::new(admin_token)?);
+    let mut secrets = Vec::with_capacity(count);
+    for i in 0..count {
+        let created = admin
+            .create_api_key(pb::CreateApiKeyRequest {
+                account_id: format!("{accounts}_{i}"),
+                name: "bench".into(),
+                scopes: vec!["applications:read".into()],
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        secrets.push(created.secret);
+    }
+    Ok(secrets)
+}

@@ -13,7 +13,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use keygate::grpc::proto::{self as pb, admin_client::AdminClient};
+
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -182,7 +182,8 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         anyhow::ensure!(Instant::now() < deadline, "keygate's gRPC address never appeared");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let secrets = create_keys(&format!("http://{grpc}"), args.keys).await?;
+    let secrets =
+        crate::fixture::keys_in_own_accounts(&format!("http://{grpc}"), TOKEN, "acct_proxy", args.keys.max(1)).await?;
 
     // The no-op answers allows of keygate's size: read one allow to learn its headers.
     let principal = principal_headers(&http, &secrets[0]).await?;
@@ -227,29 +228,6 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
-}
-
-async fn create_keys(address: &str, count: usize) -> anyhow::Result<Vec<String>> {
-    let channel = tonic::transport::Channel::from_shared(address.to_owned())?.connect().await?;
-    let token: tonic::metadata::MetadataValue<_> = format!("Bearer {TOKEN}").parse()?;
-    let mut admin = AdminClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
-        request.metadata_mut().insert("authorization", token.clone());
-        Ok(request)
-    });
-    let mut secrets = Vec::with_capacity(count);
-    for i in 0..count.max(1) {
-        let created = admin
-            .create_api_key(pb::CreateApiKeyRequest {
-                account_id: format!("acct_proxy_{i}"),
-                name: format!("bench {i}"),
-                scopes: vec!["applications:read".into()],
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        secrets.push(created.secret);
-    }
-    Ok(secrets)
 }
 
 /// One allow's principal headers, as `name: value` lines.

@@ -5,8 +5,7 @@
 
 use crate::fixture::{Server, ADMIN_TOKEN};
 use crate::load::{interleaved, request, Generator, Load, Zipf};
-use keygate::grpc::proto::{self as pb, admin_client::AdminClient, authorizer_client::AuthorizerClient};
-use keygate_client::AdminToken;
+use keygate::grpc::proto::authorizer_client::AuthorizerClient;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +50,11 @@ pub async fn run(
     let servers: Vec<Server> = target.addresses.iter().map(|a| Server::external(a.clone())).collect();
 
     eprintln!("creating {} keys in {} accounts on {}…", target.keys, target.keys, target.addresses.join(", "));
-    let secrets = create_keys(&target.addresses[0], target.admin_token, target.keys).await?;
+    let token = if target.admin_token.is_empty() { ADMIN_TOKEN } else { target.admin_token };
+    let run = keygate::domain::random_token(6)?.to_lowercase();
+    let secrets =
+        crate::fixture::keys_in_own_accounts(&target.addresses[0], token, &format!("acct_load_{run}"), target.keys)
+            .await?;
     // Every key verified once on every target (argon2), so only hot keys are measured.
     for address in &target.addresses {
         let mut client =
@@ -104,26 +107,4 @@ pub async fn run(
         target_run.print();
     }
     Ok(())
-}
-
-/// `count` keys with `applications:read`, each in an account of its own.
-async fn create_keys(address: &str, admin_token: &str, count: usize) -> anyhow::Result<Vec<String>> {
-    let channel = tonic::transport::Channel::from_shared(address.to_owned())?.connect().await?;
-    let token = if admin_token.is_empty() { ADMIN_TOKEN } else { admin_token };
-    let mut admin = AdminClient::with_interceptor(channel, AdminToken::new(token)?);
-    let run = keygate::domain::random_token(6)?.to_lowercase();
-    let mut secrets = Vec::with_capacity(count);
-    for i in 0..count {
-        let created = admin
-            .create_api_key(pb::CreateApiKeyRequest {
-                account_id: format!("acct_load_{run}_{i}"),
-                name: "load".into(),
-                scopes: vec!["applications:read".into()],
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        secrets.push(created.secret);
-    }
-    Ok(secrets)
 }

@@ -303,10 +303,6 @@ impl Lease {
     pub fn renewal_failed(&mut self, _sent: &Renewal) {
         self.renewing = false;
     }
-
-    pub fn is_released(&self) -> bool {
-        self.released
-    }
 }
 
 #[cfg(test)]
