@@ -11,6 +11,7 @@ use crate::grpc::ext_authz::ExtAuthzSettings;
 use crate::manage::{ManageSettings, MAX_RUNTIME_KEY_GRACE};
 use crate::ratelimit::lease::LeaseSettings;
 use crate::store::cached::CacheSettings;
+use crate::tls::{CertificateFiles, ClientCertificates};
 use crate::usage::UsageSettings;
 use keygate_api::edge::CredentialSource;
 use std::fmt;
@@ -129,6 +130,32 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9090). Off unless set.
     #[arg(long, env = "KEYGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Serve Admin on this address instead (e.g. 10.0.0.5:50052), apart from Authorize and
+    /// Check, which --listen then serves alone. Default: Admin shares --listen.
+    #[arg(long, env = "KEYGATE_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// TLS on every listener: the server's certificate chain (PEM), with --tls-key. Both
+    /// files are read again on SIGHUP and when they change.
+    #[arg(long, env = "KEYGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "KEYGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// mTLS on the decision listeners (--listen, --http-listen): a client certificate that
+    /// chains to this CA (PEM) is required.
+    #[arg(long, env = "KEYGATE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: the client certificate must also name one of these (a DNS or
+    /// IP subject alternative name), comma-separated.
+    #[arg(long, env = "KEYGATE_TLS_CLIENT_NAMES", value_delimiter = ',')]
+    pub tls_client_names: Vec<String>,
+    /// mTLS on the admin listener (--admin-listen): a client certificate that chains to
+    /// this CA (PEM) is required, besides the admin token.
+    #[arg(long, env = "KEYGATE_ADMIN_TLS_CLIENT_CA")]
+    pub admin_tls_client_ca: Option<PathBuf>,
+    /// With --admin-tls-client-ca: the names (SAN) an admin client certificate may carry.
+    #[arg(long, env = "KEYGATE_ADMIN_TLS_CLIENT_NAMES", value_delimiter = ',')]
+    pub admin_tls_client_names: Vec<String>,
     /// A key's last_used_at is written at most once per this many seconds (per replica).
     #[arg(long, env = "KEYGATE_LAST_USED_INTERVAL_SECONDS", default_value_t = UsageSettings::DEFAULT_EVERY.as_secs())]
     pub last_used_interval_seconds: u64,
@@ -270,6 +297,10 @@ pub struct Settings {
     pub budgets: BudgetSettings,
     pub metrics_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
+    /// Admin apart from Authorize and Check; None: on `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// TLS on every listener; None: plaintext.
+    pub tls: Option<TlsSettings>,
     pub usage: UsageSettings,
     pub edge: EdgeSettings,
     pub store_breaker: BreakerSettings,
@@ -349,6 +380,22 @@ impl ServeArgs {
                 })
                 .ok()
         });
+        let admin_listen = self.admin_listen.as_deref().and_then(|raw| {
+            raw.parse()
+                .map_err(|_| {
+                    problems.push(format!(
+                        "--admin-listen / KEYGATE_ADMIN_LISTEN: {raw:?} is not an address like 127.0.0.1:50052"
+                    ))
+                })
+                .ok()
+        });
+        let tls = tls_settings(
+            (self.tls_cert, self.tls_key),
+            (self.tls_client_ca, self.tls_client_names),
+            (self.admin_tls_client_ca, self.admin_tls_client_names),
+            self.admin_listen.is_some(),
+            &mut problems,
+        );
         if !(1..=3600).contains(&self.last_used_interval_seconds) {
             problems.push("--last-used-interval-seconds: must be between 1 and 3600".to_owned());
         }
@@ -433,6 +480,8 @@ impl ServeArgs {
             },
             metrics_listen,
             http_listen,
+            admin_listen,
+            tls,
             usage: UsageSettings {
                 every: Duration::from_secs(self.last_used_interval_seconds),
                 ..UsageSettings::default()
@@ -448,6 +497,77 @@ impl ServeArgs {
                 share: self.rate_limit_lease_percent / 100.0,
             },
         })
+    }
+}
+
+/// TLS on keygate's listeners.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    /// The server certificate of every listener.
+    pub certificate: CertificateFiles,
+    /// mTLS on the decision listeners (gRPC, and forward auth).
+    pub clients: Option<ClientCertificates>,
+    /// mTLS on the admin listener, when Admin has one of its own.
+    pub admin_clients: Option<ClientCertificates>,
+    /// How often the files are looked at for a change (SIGHUP reloads at once).
+    pub watch_every: Duration,
+}
+
+impl TlsSettings {
+    pub const WATCH_EVERY: Duration = Duration::from_secs(10);
+}
+
+type ClientFlags = (Option<PathBuf>, Vec<String>);
+
+/// The TLS flags, checked together: each problem is named by its flag.
+fn tls_settings(
+    (cert, key): (Option<PathBuf>, Option<PathBuf>),
+    clients: ClientFlags,
+    admin_clients: ClientFlags,
+    admin_apart: bool,
+    problems: &mut Vec<String>,
+) -> Option<TlsSettings> {
+    let mut client_certificates = |(ca, names): ClientFlags, flag: &str| -> Option<ClientCertificates> {
+        let names: Vec<String> = names.into_iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
+        if ca.is_none() && !names.is_empty() {
+            problems.push(format!("--{flag}-names: needs --{flag}-ca (the CA the client certificates chain to)"));
+        }
+        for name in &names {
+            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                problems.push(format!("--{flag}-names: {name:?} is not a DNS name or an IP address"));
+            }
+        }
+        ca.map(|ca| ClientCertificates { ca, names })
+    };
+    let clients = client_certificates(clients, "tls-client");
+    let admin_clients = client_certificates(admin_clients, "admin-tls-client");
+    if admin_clients.is_some() && !admin_apart {
+        problems.push(
+            "--admin-tls-client-ca: needs --admin-listen (Admin on the decision port takes --tls-client-ca's clients)"
+                .to_owned(),
+        );
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsSettings {
+            certificate: CertificateFiles { cert, key },
+            clients,
+            admin_clients,
+            watch_every: TlsSettings::WATCH_EVERY,
+        }),
+        (None, None) => {
+            if clients.is_some() || admin_clients.is_some() {
+                problems.push("--tls-client-ca / --admin-tls-client-ca: need --tls-cert and --tls-key".to_owned());
+            }
+            None
+        }
+        (Some(_), None) => {
+            problems.push("--tls-cert: needs --tls-key".to_owned());
+            None
+        }
+        (None, Some(_)) => {
+            problems.push("--tls-key: needs --tls-cert".to_owned());
+            None
+        }
     }
 }
 
@@ -523,6 +643,13 @@ mod tests {
             digest_key_file: "d".into(),
             metrics_listen: Some("localhost".into()),
             http_listen: Some("nowhere:80".into()),
+            admin_listen: Some("nowhere".into()),
+            tls_cert: Some("server.pem".into()),
+            tls_key: None,
+            tls_client_ca: None,
+            tls_client_names: vec!["*.edges".into()],
+            admin_tls_client_ca: Some("ca.pem".into()),
+            admin_tls_client_names: vec![],
             last_used_interval_seconds: 60,
             trusted_proxy_hops: 0,
             decision_deadline_ms: 5,
@@ -532,7 +659,40 @@ mod tests {
             rate_limit_lease_percent: 60.0,
         };
         let err = bad.into_settings().unwrap_err();
-        assert_eq!(err.0.len(), 11, "{err}");
+        // The four TLS ones: --admin-listen, names without a CA, a wildcard name, a cert
+        // without its key.
+        assert_eq!(err.0.len(), 15, "{err}");
         assert!(!err.to_string().contains("short\""), "{err}");
+    }
+
+    #[test]
+    fn tls_flags_go_together() {
+        let settings = |flags: &[&str]| {
+            use clap::Parser;
+            #[derive(clap::Parser)]
+            struct Only {
+                #[command(flatten)]
+                serve: ServeArgs,
+            }
+            Only::parse_from(["keygate"].iter().chain(flags)).serve.into_settings()
+        };
+        let tls = settings(&["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-client-ca", "ca.pem"])
+            .expect("valid")
+            .tls
+            .expect("TLS on");
+        assert_eq!(tls.clients, Some(ClientCertificates { ca: "ca.pem".into(), names: vec![] }));
+        assert_eq!(tls.admin_clients, None);
+        assert!(settings(&[]).expect("valid").tls.is_none(), "plaintext by default");
+        for (flags, problem) in [
+            (&["--tls-key", "k.pem"][..], "--tls-key: needs --tls-cert"),
+            (&["--tls-client-ca", "ca.pem"][..], "need --tls-cert"),
+            (&["--tls-cert", "c", "--tls-key", "k", "--admin-tls-client-ca", "ca"][..], "needs --admin-listen"),
+            (&["--tls-cert", "c", "--tls-key", "k", "--tls-client-names", "edge"][..], "needs --tls-client-ca"),
+        ] {
+            let err = settings(flags).unwrap_err().to_string();
+            assert!(err.contains(problem), "{flags:?}: {err}");
+        }
+        let apart = settings(&["--admin-listen", "127.0.0.1:50052"]).expect("valid");
+        assert_eq!(apart.admin_listen, Some("127.0.0.1:50052".parse().unwrap()));
     }
 }

@@ -55,13 +55,19 @@ pub fn router(state: ForwardAuth) -> axum::Router {
 
 /// Serves until `shutdown` completes; each connection's peer address is the proxy's.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: crate::tls::HttpListener,
     state: ForwardAuth,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    use axum::serve::ListenerExt;
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    match listener {
+        crate::tls::HttpListener::Plain(listener) => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+        // Through `tap_io`, which axum gives the peer address of any listener's connections.
+        crate::tls::HttpListener::Tls(listener) => {
+            axum::serve(listener.tap_io(|_| {}), app).with_graceful_shutdown(shutdown).await
+        }
+    }
 }
 
 async fn health(State(state): State<ForwardAuth>) -> Response {

@@ -39,4 +39,5 @@ pub mod ratelimit;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod usage;

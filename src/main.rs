@@ -72,7 +72,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     app.run_until(shutdown_signal()).await
 }
 
-/// SIGHUP re-reads the policy file; a bad file is logged and the last good policy stays.
+/// SIGHUP re-reads the policy file and the TLS certificates; a bad file is logged and the
+/// last good policy (or certificate) stays.
 fn reload_policy_on_sighup(handles: keygate::startup::Handles) {
     #[cfg(unix)]
     tokio::spawn(async move {
@@ -82,6 +83,7 @@ fn reload_policy_on_sighup(handles: keygate::startup::Handles) {
         while hangups.recv().await.is_some() {
             // Success and failure are both logged by reload_policy.
             let _ = handles.reload_policy();
+            let _ = handles.reload_tls();
         }
     });
     #[cfg(not(unix))]

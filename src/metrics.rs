@@ -97,7 +97,7 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 
 /// Serves `GET /metrics` on `listener` until `shutdown` completes.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: crate::tls::HttpListener,
     registry: Arc<Registry>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -109,7 +109,10 @@ pub async fn serve(
             async move { ([(CONTENT_TYPE_HEADER, CONTENT_TYPE)], render(&registry)) }
         }),
     );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    match listener {
+        crate::tls::HttpListener::Plain(listener) => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+        crate::tls::HttpListener::Tls(listener) => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -26,6 +26,7 @@ use crate::store::invalidation::{self, ListenerStatus};
 use crate::store::metered::{MeteredStore, StoreMetrics};
 use crate::store::sql::{Backend, SqlStore};
 use crate::store::Store;
+use crate::tls::{HttpListener, ListenerTls, Protocol};
 use crate::usage::UsageRecorder;
 use anyhow::Context;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -65,9 +66,17 @@ pub struct Handles {
     /// The same for Redis, when limits are shared there.
     pub limiter_breaker: Option<Arc<Breaker>>,
     pub limiter: Arc<Limiter>,
+    /// Each TLS listener's certificates (empty without TLS).
+    pub tls: Vec<Arc<ListenerTls>>,
 }
 
 impl Handles {
+    /// Reads every listener's certificate files again (what SIGHUP does besides the
+    /// policy); files that do not load leave the last good ones serving.
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        crate::tls::reload_all(&self.tls)
+    }
+
     /// What the metrics endpoint reads.
     pub fn metric_sources(&self) -> crate::metrics::Sources {
         crate::metrics::Sources {
@@ -130,10 +139,54 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// keygate's gRPC services on one listener.
+type GrpcRouter = Router<tower::layer::util::Stack<UndecodableIsInvalidArgument, tower::layer::util::Identity>>;
+
+/// Each listener's TLS, when TLS is on.
+#[derive(Default)]
+struct ListenerTlsSet {
+    decision: Option<Arc<ListenerTls>>,
+    admin: Option<Arc<ListenerTls>>,
+    http: Option<Arc<ListenerTls>>,
+    metrics: Option<Arc<ListenerTls>>,
+}
+
+impl ListenerTlsSet {
+    fn load(settings: &Settings) -> anyhow::Result<Self> {
+        let Some(tls) = &settings.tls else { return Ok(Self::default()) };
+        let load = |name, clients: &Option<_>, protocol| {
+            ListenerTls::load(name, tls.certificate.clone(), clients.clone(), protocol).map(Some)
+        };
+        Ok(Self {
+            decision: load("grpc", &tls.clients, Protocol::Grpc)?,
+            admin: match settings.admin_listen {
+                Some(_) => load("admin", &tls.admin_clients, Protocol::Grpc)?,
+                None => None,
+            },
+            // Forward auth is asked by the same edges as Check: the same clients.
+            http: match settings.http_listen {
+                Some(_) => load("forward-auth", &tls.clients, Protocol::Http1)?,
+                None => None,
+            },
+            metrics: match settings.metrics_listen {
+                Some(_) => load("metrics", &None, Protocol::Http1)?,
+                None => None,
+            },
+        })
+    }
+
+    fn all(&self) -> Vec<Arc<ListenerTls>> {
+        [&self.decision, &self.admin, &self.http, &self.metrics].into_iter().flatten().cloned().collect()
+    }
+}
+
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
-    router: Router<tower::layer::util::Stack<UndecodableIsInvalidArgument, tower::layer::util::Identity>>,
+    router: GrpcRouter,
+    /// Admin's own listener and router, when `--admin-listen` set it apart.
+    admin: Option<(TcpListener, GrpcRouter)>,
+    tls: ListenerTlsSet,
     metrics: Option<TcpListener>,
     /// The forward-auth listener and what it serves, when `--http-listen` was given.
     forward_auth: Option<(TcpListener, ForwardAuth)>,
@@ -174,6 +227,8 @@ impl Application {
             None => Policy::default_policy(),
         };
         let admin_tokens = AdminTokens::new([load_admin_token(&settings.admin_token)?.as_str()]);
+        // Certificates first: a wrong file stops start-up before anything else is opened.
+        let tls = ListenerTlsSet::load(&settings)?;
 
         // cache → metering → bounding → SQL: the meter sees timeouts and refusals as the
         // store errors they are; the cache falls back on them at once.
@@ -247,21 +302,30 @@ impl Application {
         health.set_serving::<AuthorizerServer<AuthorizerService>>().await;
         health.set_serving::<AdminServer<AdminService>>().await;
         health.set_serving::<AuthorizationServer<CheckService>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()
+        };
 
         // Bounds on what one caller can make keygate hold: message sizes per service (a
         // larger message is refused with OUT_OF_RANGE before it is decoded), streams per
         // connection, and keepalives that find dead peers.
-        let router = Server::builder()
-            .layer(UndecodableIsInvalidArgument)
-            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(health_service)
-            .add_service(reflection)
+        let server = || {
+            Server::builder()
+                .layer(UndecodableIsInvalidArgument)
+                .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        };
+        let admin_service = CallSpans::new(InterceptedService::new(
+            AdminServer::new(AdminService::new(manager)).max_decoding_message_size(MAX_ADMIN_MESSAGE),
+            move |request| admin_tokens.check(request),
+        ));
+        let router = server()
+            .add_service(health_service.clone())
+            .add_service(reflection()?)
             .add_service(
                 AuthorizerServer::new(AuthorizerService::new(authorizer.clone(), settings.edge))
                     .max_decoding_message_size(MAX_AUTHORIZE_MESSAGE),
@@ -273,16 +337,25 @@ impl Application {
                     settings.edge,
                 ))
                 .max_decoding_message_size(MAX_CHECK_MESSAGE),
-            )
-            .add_service(CallSpans::new(InterceptedService::new(
-                AdminServer::new(AdminService::new(manager)).max_decoding_message_size(MAX_ADMIN_MESSAGE),
-                move |request| admin_tokens.check(request),
-            )));
+            );
+        // Admin on its own listener, or beside the decisions (the quickstart's one port).
+        let (router, admin) = match settings.admin_listen {
+            Some(address) => {
+                let listener = TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen for Admin on {address}"))?;
+                let admin_router =
+                    server().add_service(health_service).add_service(reflection()?).add_service(admin_service);
+                (router, Some((listener, admin_router)))
+            }
+            None => (router.add_service(admin_service), None),
+        };
 
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let local_addr = listener.local_addr()?;
+        warn_if_plaintext_beyond_loopback(&settings);
         let metrics = crate::metrics::bind(settings.metrics_listen).await?;
         let forward_auth = match settings.http_listen {
             None => None,
@@ -311,12 +384,18 @@ impl Application {
             store_breaker,
             limiter_breaker,
             limiter,
+            tls: tls.all(),
         };
+        if let Some(every) = settings.tls.as_ref().map(|tls| tls.watch_every) {
+            background.push(AbortOnDrop(crate::tls::spawn_watcher(tls.all(), every)));
+        }
         let clock_at_shutdown = clock.clone();
         Ok(Self {
             listener,
             local_addr,
             router,
+            admin,
+            tls,
             metrics,
             forward_auth,
             health,
@@ -329,6 +408,11 @@ impl Application {
     /// Where metrics are served, when `--metrics-listen` was given.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().and_then(|listener| listener.local_addr().ok())
+    }
+
+    /// Where Admin is served, when `--admin-listen` set it apart.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     /// Where forward auth is served, when `--http-listen` was given.
@@ -352,15 +436,22 @@ impl Application {
     /// flight finish.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let health = self.health.clone();
-        let shutdown = async move {
+        // Every listener stops when `shutdown` completes: the gRPC ones finish their calls.
+        let (stopping, stop_grpc) = tokio::sync::watch::channel(false);
+        let _signal = AbortOnDrop(tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: finishing calls in flight");
             health.set_not_serving::<AuthorizerServer<AuthorizerService>>().await;
             health.set_not_serving::<AdminServer<AdminService>>().await;
             health.set_not_serving::<AuthorizationServer<CheckService>>().await;
+            let _ = stopping.send(true);
+        }));
+        let stop = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
         };
         // The metrics and forward-auth listeners stop with the gRPC server.
         let (stopped, stop_metrics) = tokio::sync::watch::channel(false);
+        let (metrics_tls, http_tls) = (self.tls.metrics.clone(), self.tls.http.clone());
         if let Some(listener) = self.metrics {
             let address = listener.local_addr()?;
             let registry = Arc::new(crate::metrics::registry(&self.handles.metric_sources()));
@@ -369,6 +460,10 @@ impl Application {
             tokio::spawn(async move {
                 let stop = async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;
+                };
+                let listener = match HttpListener::new(listener, metrics_tls) {
+                    Ok(listener) => listener,
+                    Err(e) => return tracing::error!(error = %e, "the metrics endpoint failed"),
                 };
                 if let Err(e) = crate::metrics::serve(listener, registry, stop).await {
                     tracing::error!(error = %e, "the metrics endpoint failed");
@@ -383,14 +478,29 @@ impl Application {
                 let stop = async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;
                 };
+                let listener = match HttpListener::new(listener, http_tls) {
+                    Ok(listener) => listener,
+                    Err(e) => return tracing::error!(error = %e, "the forward-auth listener failed"),
+                };
                 if let Err(e) = crate::forward_auth::serve(listener, state, stop).await {
                     tracing::error!(error = %e, "the forward-auth listener failed");
                 }
             });
         }
-        tracing::info!(address = %self.local_addr, "keygate is serving");
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        let served = self.router.serve_with_incoming_shutdown(incoming, shutdown).await;
+        tracing::info!(address = %self.local_addr, tls = self.tls.decision.is_some(), "keygate is serving");
+        let decisions = serve_grpc(self.router, self.listener, self.tls.decision.clone(), stop(stop_grpc.clone()));
+        let admin = async {
+            match self.admin {
+                Some((listener, router)) => {
+                    let address = listener.local_addr().ok();
+                    tracing::info!(address = ?address, tls = self.tls.admin.is_some(), "serving Admin apart");
+                    serve_grpc(router, listener, self.tls.admin.clone(), stop(stop_grpc)).await
+                }
+                None => Ok(()),
+            }
+        };
+        // One listener failing stops the other.
+        let served = tokio::try_join!(decisions, admin);
         let _ = stopped.send(true);
         drop(stop_metrics);
         // Uses seen since the last flush are written before the pool closes.
@@ -404,6 +514,37 @@ impl Application {
         self.handles.store.close().await;
         served?;
         Ok(())
+    }
+}
+
+/// One gRPC listener, plain or TLS, until `stop` completes.
+async fn serve_grpc(
+    router: GrpcRouter,
+    listener: TcpListener,
+    tls: Option<Arc<ListenerTls>>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    match tls {
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, stop).await
+        }
+        Some(tls) => router.serve_with_incoming_shutdown(crate::tls::grpc_incoming(listener, tls), stop).await,
+    }
+}
+
+/// Credentials and admin tokens in the clear, beyond this machine: said at start-up.
+fn warn_if_plaintext_beyond_loopback(settings: &Settings) {
+    if settings.tls.is_some() {
+        return;
+    }
+    let listeners = [Some(settings.listen), settings.admin_listen, settings.http_listen];
+    for address in listeners.into_iter().flatten().filter(|a| !crate::tls::is_loopback(a)) {
+        tracing::warn!(
+            %address,
+            "serving plaintext beyond loopback: API keys and admin tokens cross the network in the clear \
+             (give --tls-cert and --tls-key; see docs/deployment.md)"
+        );
     }
 }
 

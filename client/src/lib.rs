@@ -23,10 +23,12 @@ mod admin;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod layer;
+mod tls;
 
 pub use admin::{AdminRpc, AdminToken, KeygateAdmin};
 pub use keygate_api::code::{Code, Envelope, Reason};
 pub use layer::{CredentialSource, FailureMode, Keygate, KeygateLayer};
+pub use tls::{endpoint, ClientTls};
 
 use keygate_api::proto::{self as pb, authorizer_client::AuthorizerClient};
 use std::time::Duration;
@@ -120,6 +122,9 @@ pub enum ClientError {
     /// with a line break).
     #[error("{0}")]
     Header(&'static str),
+    /// TLS settings that cannot be used (an unreadable file, a certificate without its key).
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -139,12 +144,16 @@ pub struct KeygateClient {
 }
 
 impl KeygateClient {
-    /// Connects on first use, so an edge can start while keygate is still down.
+    /// Connects on first use, so an edge can start while keygate is still down. An
+    /// `https://` address speaks TLS, trusting the system's roots.
     pub fn connect_lazy(address: &str) -> Result<Self, ClientError> {
-        let channel = Channel::from_shared(address.to_owned())
-            .map_err(|e| ClientError::Address(e.to_string()))?
-            .connect_timeout(DEFAULT_TIMEOUT)
-            .connect_lazy();
+        Self::connect_lazy_tls(address, None)
+    }
+
+    /// As [`connect_lazy`](Self::connect_lazy), with a CA of its own and, for mTLS, this
+    /// client's certificate.
+    pub fn connect_lazy_tls(address: &str, tls: Option<&ClientTls>) -> Result<Self, ClientError> {
+        let channel = tls::endpoint(address, tls)?.connect_timeout(DEFAULT_TIMEOUT).connect_lazy();
         Ok(Self::new(channel))
     }
 

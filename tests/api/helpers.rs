@@ -52,6 +52,8 @@ impl TestDb {
 
 pub struct TestApp {
     pub address: String,
+    /// Admin's own address, when the settings set it apart from `address`.
+    pub admin_address: Option<String>,
     pub clock: ManualClock,
     pub handles: Handles,
     pub admin: AdminClient<InterceptedService<Channel, AdminToken>>,
@@ -85,32 +87,66 @@ impl TestApp {
         app
     }
 
+    /// On SQLite, with settings that may turn TLS on; the test's clients use `client`.
+    pub async fn spawn_with_tls(
+        client: Option<keygate_client::ClientTls>,
+        customize: impl FnOnce(&mut Settings),
+    ) -> Self {
+        let db = TestDb::new(Db::Sqlite).await.expect("SQLite is always there");
+        let mut app = Self::spawn_with_client(&db.url.clone(), client, customize).await;
+        app._db = Some(db);
+        app
+    }
+
     /// Another replica on a database that someone else owns.
     pub async fn spawn_url(url: &str, customize: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_with_client(url, None, customize).await
+    }
+
+    /// A server whose settings may turn TLS on: the test's own clients connect with
+    /// `client` (its CA, its certificate for mTLS) over `https://`; Admin goes to the
+    /// admin listener when the settings set one apart.
+    pub async fn spawn_with_client(
+        url: &str,
+        client: Option<keygate_client::ClientTls>,
+        customize: impl FnOnce(&mut Settings),
+    ) -> Self {
         init_logs();
         let mut settings = Settings::with_database(url);
         settings.listen = "127.0.0.1:0".parse().unwrap();
         settings.admin_token = AdminTokenSource::Given(ADMIN_TOKEN.into());
         settings.digest_key = DigestKeySource::Given(DIGEST_KEY.into());
         customize(&mut settings);
+        let tls = settings.tls.is_some();
         let clock = ManualClock::starting_now();
         let app = Application::build(settings, Arc::new(clock.clone())).await.expect("server builds");
-        let address = format!("http://{}", app.local_addr());
+        let scheme = if tls { "https" } else { "http" };
+        let address = format!("{scheme}://{}", app.local_addr());
+        let admin_address = app.admin_addr().map(|a| format!("{scheme}://{a}"));
         let handles = app.handles();
-        let metrics_url = app.metrics_addr().map(|a| format!("http://{a}/metrics"));
-        let http_url = app.http_addr().map(|a| format!("http://{a}"));
+        let metrics_url = app.metrics_addr().map(|a| format!("{scheme}://{a}/metrics"));
+        let http_url = app.http_addr().map(|a| format!("{scheme}://{a}"));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let server = tokio::spawn(app.run_until(async {
             let _ = rx.await;
         }));
         // The listener is already bound, so connecting cannot race the server's start.
-        let channel = Channel::from_shared(address.clone()).unwrap().connect().await.unwrap();
+        let connect = |address: &str| {
+            let endpoint = keygate_client::endpoint(address, client.as_ref()).expect("a valid address");
+            async move { endpoint.connect().await.expect("the test's client connects") }
+        };
+        let channel = connect(&address).await;
+        let admin_channel = match &admin_address {
+            Some(admin_address) => connect(admin_address).await,
+            None => channel.clone(),
+        };
         let token = AdminToken::new(ADMIN_TOKEN).unwrap();
         Self {
             address,
+            admin_address,
             clock,
             handles,
-            admin: AdminClient::with_interceptor(channel.clone(), token),
+            admin: AdminClient::with_interceptor(admin_channel, token),
             authorizer: AuthorizerClient::new(channel.clone()),
             channel,
             metrics_url,

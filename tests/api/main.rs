@@ -24,3 +24,4 @@ mod replicas;
 mod sessions;
 mod store;
 mod terms;
+mod tls;

@@ -129,6 +129,16 @@ pub struct Connection {
     /// Print responses as JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// With an https:// --server: the CA (PEM) that signed keygate's certificate. Default:
+    /// the system's roots.
+    #[arg(long, env = "KEYGATE_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// mTLS: this client's certificate (PEM), with --key.
+    #[arg(long, env = "KEYGATE_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// mTLS: the private key (PEM) of --cert.
+    #[arg(long, env = "KEYGATE_KEY", global = true)]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -439,8 +449,9 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
 
 impl Connection {
     async fn channel(&self) -> anyhow::Result<Channel> {
-        Channel::from_shared(self.server.clone())
-            .context("--server is not a URL like http://127.0.0.1:50051")?
+        let tls = crate::ClientTls::from_files(self.ca.as_deref(), self.cert.as_deref(), self.key.as_deref())?;
+        crate::endpoint(&self.server, Some(&tls))
+            .context("--server is not a URL like http://127.0.0.1:50051 or https://keygate.internal:50051")?
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await
