@@ -537,10 +537,12 @@ fn tls_settings(
                 problems.push(format!("--{flag}-names: {name:?} is not a DNS name or an IP address"));
             }
         }
-        ca.map(|ca| ClientCertificates { ca, names })
+        ca.map(|ca| ClientCertificates { ca, names, flag: "" })
     };
-    let clients = client_certificates(clients, "tls-client");
-    let admin_clients = client_certificates(admin_clients, "admin-tls-client");
+    let clients =
+        client_certificates(clients, "tls-client").map(|c| ClientCertificates { flag: "--tls-client-ca", ..c });
+    let admin_clients = client_certificates(admin_clients, "admin-tls-client")
+        .map(|c| ClientCertificates { flag: "--admin-tls-client-ca", ..c });
     if admin_clients.is_some() && !admin_apart {
         problems.push(
             "--admin-tls-client-ca: needs --admin-listen (Admin on the decision port takes --tls-client-ca's clients)"
@@ -680,7 +682,10 @@ mod tests {
             .expect("valid")
             .tls
             .expect("TLS on");
-        assert_eq!(tls.clients, Some(ClientCertificates { ca: "ca.pem".into(), names: vec![] }));
+        assert_eq!(
+            tls.clients,
+            Some(ClientCertificates { ca: "ca.pem".into(), names: vec![], flag: "--tls-client-ca" })
+        );
         assert_eq!(tls.admin_clients, None);
         assert!(settings(&[]).expect("valid").tls.is_none(), "plaintext by default");
         for (flags, problem) in [

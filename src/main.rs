@@ -82,7 +82,10 @@ fn reload_policy_on_sighup(handles: keygate::startup::Handles) {
         };
         while hangups.recv().await.is_some() {
             // Success and failure are both logged by reload_policy.
-            let _ = handles.reload_policy();
+            // The built-in policy has nothing to reload: SIGHUP then rotates certificates only.
+            if handles.policy_path.is_some() {
+                let _ = handles.reload_policy();
+            }
             let _ = handles.reload_tls();
         }
     });

@@ -5,8 +5,9 @@ use crate::authn::verifier::{Verifier, VerifierError};
 use crate::clock::Clock;
 use crate::domain::imported::ForeignHash;
 use crate::domain::{
-    AccountId, ApplicationId, CredentialKind, GeneratedKey, InvalidField, KeyId, KeyTerms, Metadata, Name,
-    NewKeyRecord, OwnerId, Scopes, SessionId, Timestamp, UserId,
+    admin_token_digest, new_admin_token, AccountId, AdminRole, AdminTokenName, AdminTokenRecord, ApplicationId,
+    CredentialKind, GeneratedKey, InvalidField, KeyId, KeyTerms, Metadata, Name, NewKeyRecord, OwnerId, Scopes,
+    SessionId, Timestamp, UserId,
 };
 use crate::store::{
     Application, Credits, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind, KeyRecord, Owner,
@@ -73,6 +74,9 @@ pub enum ManageError {
     #[error("the OS random source failed")]
     Randomness(#[from] getrandom::Error),
 }
+
+/// The longest an admin token may be made to live: ten years (and by default, forever).
+pub const MAX_ADMIN_TOKEN_LIFETIME: Duration = Duration::from_secs(3650 * 86_400);
 
 /// The longest a rotated runtime key may keep working: a week, whatever is asked.
 pub const MAX_RUNTIME_KEY_GRACE: Duration = Duration::from_secs(7 * 86_400);
@@ -643,6 +647,70 @@ impl Manager {
         )?;
         self.store.create_session(&session, &audit).await?;
         Ok((session, token))
+    }
+
+    /// A new admin token, shown once. A name ever used before is refused.
+    pub async fn create_admin_token(
+        &self,
+        name: AdminTokenName,
+        role: AdminRole,
+        account_id: Option<AccountId>,
+        lifetime: Option<Duration>,
+        actor: &Actor,
+    ) -> Result<(AdminTokenRecord, String), ManageError> {
+        if role == AdminRole::Admin && account_id.is_some() {
+            return Err(ManageError::BadRequest(
+                "an admin token cannot be confined to an account: its role reaches beyond accounts".into(),
+            ));
+        }
+        if lifetime.is_some_and(|l| l.is_zero() || l > MAX_ADMIN_TOKEN_LIFETIME) {
+            return Err(InvalidField::new(
+                "expires_in_seconds",
+                format!("must be at most {} (or 0: no expiry)", MAX_ADMIN_TOKEN_LIFETIME.as_secs()),
+            )
+            .into());
+        }
+        let now = self.clock.now();
+        let secret = new_admin_token()?;
+        let token = AdminTokenRecord {
+            name,
+            role,
+            account_id,
+            digest: admin_token_digest(&secret),
+            created_at: now,
+            expires_at: lifetime.map(|l| now.saturating_add(l)),
+            revoked_at: None,
+            created_by: actor.credential.clone(),
+            revoked_by: None,
+        };
+        if !self.store.create_admin_token(&token).await? {
+            return Err(ManageError::BadRequest(format!(
+                "an admin token named {} exists or existed (names are never reused)",
+                token.name.as_str()
+            )));
+        }
+        Ok((token, secret))
+    }
+
+    /// The admin token presented as `token`, if there is one (live or not).
+    pub async fn admin_token(&self, token: &str) -> Result<Option<AdminTokenRecord>, ManageError> {
+        Ok(self.store.admin_token(&admin_token_digest(token)).await?)
+    }
+
+    pub async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, ManageError> {
+        Ok(self.store.list_admin_tokens().await?)
+    }
+
+    /// Idempotent: a token revoked before keeps its first revocation.
+    pub async fn revoke_admin_token(
+        &self,
+        name: &AdminTokenName,
+        actor: &Actor,
+    ) -> Result<AdminTokenRecord, ManageError> {
+        self.store
+            .revoke_admin_token(name, self.clock.now(), &actor.credential)
+            .await?
+            .ok_or_else(|| ManageError::NotFound(format!("admin token {} was not found", name.as_str())))
     }
 
     pub async fn session(&self, id: SessionId) -> Result<Arc<SessionRecord>, ManageError> {

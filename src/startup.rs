@@ -11,7 +11,7 @@ use crate::breaker::Breaker;
 use crate::clock::Clock;
 use crate::config::{AdminTokenSource, DigestKeySource, Settings, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN};
 use crate::forward_auth::ForwardAuth;
-use crate::grpc::admin::{AdminService, AdminTokens};
+use crate::grpc::admin::{AdminGate, AdminService, AdminTokens};
 use crate::grpc::authorizer::AuthorizerService;
 use crate::grpc::ext_authz::CheckService;
 use crate::grpc::proto::{self, admin_server::AdminServer, authorizer_server::AuthorizerServer};
@@ -36,7 +36,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::Server;
 
@@ -191,6 +190,8 @@ pub struct Application {
     /// The forward-auth listener and what it serves, when `--http-listen` was given.
     forward_auth: Option<(TcpListener, ForwardAuth)>,
     health: tonic_health::server::HealthReporter,
+    /// The admin listener's, when Admin is apart.
+    admin_health: Option<tonic_health::server::HealthReporter>,
     handles: Handles,
     clock: Arc<dyn Clock>,
     _background: Vec<AbortOnDrop>,
@@ -300,7 +301,6 @@ impl Application {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<AuthorizerServer<AuthorizerService>>().await;
-        health.set_serving::<AdminServer<AdminService>>().await;
         health.set_serving::<AuthorizationServer<CheckService>>().await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -319,9 +319,10 @@ impl Application {
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         };
-        let admin_service = CallSpans::new(InterceptedService::new(
-            AdminServer::new(AdminService::new(manager)).max_decoding_message_size(MAX_ADMIN_MESSAGE),
-            move |request| admin_tokens.check(request),
+        let admin_service = CallSpans::new(AdminGate::new(
+            AdminServer::new(AdminService::new(manager.clone())).max_decoding_message_size(MAX_ADMIN_MESSAGE),
+            admin_tokens,
+            manager,
         ));
         let router = server()
             .add_service(health_service.clone())
@@ -339,16 +340,22 @@ impl Application {
                 .max_decoding_message_size(MAX_CHECK_MESSAGE),
             );
         // Admin on its own listener, or beside the decisions (the quickstart's one port).
-        let (router, admin) = match settings.admin_listen {
+        // Each listener's health service reports what that listener serves.
+        let (router, admin, admin_health) = match settings.admin_listen {
             Some(address) => {
                 let listener = TcpListener::bind(address)
                     .await
                     .with_context(|| format!("cannot listen for Admin on {address}"))?;
+                let (admin_health, admin_health_service) = tonic_health::server::health_reporter();
+                admin_health.set_serving::<AdminServer<AdminService>>().await;
                 let admin_router =
-                    server().add_service(health_service).add_service(reflection()?).add_service(admin_service);
-                (router, Some((listener, admin_router)))
+                    server().add_service(admin_health_service).add_service(reflection()?).add_service(admin_service);
+                (router, Some((listener, admin_router)), Some(admin_health))
             }
-            None => (router.add_service(admin_service), None),
+            None => {
+                health.set_serving::<AdminServer<AdminService>>().await;
+                (router.add_service(admin_service), None, None)
+            }
         };
 
         let listener = TcpListener::bind(settings.listen)
@@ -399,6 +406,7 @@ impl Application {
             metrics,
             forward_auth,
             health,
+            admin_health,
             handles,
             clock: clock_at_shutdown,
             _background: background,
@@ -435,7 +443,7 @@ impl Application {
     /// Serves until `shutdown` completes, then stops taking calls and lets those in
     /// flight finish.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let health = self.health.clone();
+        let (health, admin_health) = (self.health.clone(), self.admin_health.clone());
         // Every listener stops when `shutdown` completes: the gRPC ones finish their calls.
         let (stopping, stop_grpc) = tokio::sync::watch::channel(false);
         let _signal = AbortOnDrop(tokio::spawn(async move {
@@ -444,6 +452,9 @@ impl Application {
             health.set_not_serving::<AuthorizerServer<AuthorizerService>>().await;
             health.set_not_serving::<AdminServer<AdminService>>().await;
             health.set_not_serving::<AuthorizationServer<CheckService>>().await;
+            if let Some(admin_health) = admin_health {
+                admin_health.set_not_serving::<AdminServer<AdminService>>().await;
+            }
             let _ = stopping.send(true);
         }));
         let stop = |mut stop: tokio::sync::watch::Receiver<bool>| async move {

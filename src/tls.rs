@@ -40,6 +40,8 @@ pub struct ClientCertificates {
     pub ca: PathBuf,
     /// When not empty: a client certificate must name one of these (a DNS or IP SAN).
     pub names: Vec<String>,
+    /// The flag that gave `ca`, for errors.
+    pub flag: &'static str,
 }
 
 /// What a listener speaks: its protocols for ALPN.
@@ -174,15 +176,17 @@ fn server_config(
             let mut roots = RootCertStore::empty();
             let certs = CertificateDer::pem_file_iter(&clients.ca)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .with_context(|| format!("client CA {}: not a readable PEM certificate", clients.ca.display()))?;
+                .with_context(|| {
+                    format!("{} {}: not a readable PEM certificate", clients.flag, clients.ca.display())
+                })?;
             for cert in certs {
-                roots
-                    .add(cert)
-                    .with_context(|| format!("client CA {}: a certificate that is not a CA", clients.ca.display()))?;
+                roots.add(cert).with_context(|| {
+                    format!("{} {}: a certificate that is not a CA", clients.flag, clients.ca.display())
+                })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .with_context(|| format!("client CA {}: no usable CA certificate", clients.ca.display()))?;
+                .with_context(|| format!("{} {}: no usable CA certificate", clients.flag, clients.ca.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };

@@ -1,6 +1,7 @@
 //! The domain's own types. Each has a `parse` that is the only way in from the outside,
 //! so everything past the edge can trust its shape.
 
+mod admin_token;
 mod credential;
 mod ids;
 pub mod imported;
@@ -9,6 +10,10 @@ mod scope;
 mod search;
 mod terms;
 
+pub use admin_token::{
+    admin_token_digest, new_admin_token, AdminGrant, AdminNeed, AdminRole, AdminTokenName, AdminTokenRecord,
+    ADMIN_TOKEN_PREFIX,
+};
 pub use credential::{
     ApiKeyCredential, Credential, CredentialKind, GeneratedKey, MalformedCredential, CREDENTIAL_PREFIX,
 };

@@ -7,8 +7,8 @@ use crate::authz::decision::Principal;
 use crate::authz::{AuthorizeQuery, Decision, Verdict};
 use crate::domain::imported::ForeignHash;
 use crate::domain::{
-    AccountId, ApplicationId, CreditBalance, InvalidField, KeyId, KeyLimit, Metadata, Name, Network, OwnerId, Refill,
-    Scope, Scopes, Timestamp,
+    AccountId, AdminTokenRecord, ApplicationId, CreditBalance, InvalidField, KeyId, KeyLimit, Metadata, Name, Network,
+    OwnerId, Refill, Scope, Scopes, Timestamp,
 };
 use crate::manage::{ImportResult, KeyToImport, NewApiKey};
 use crate::policy::RequestParts;
@@ -205,6 +205,25 @@ fn credits_from_proto(credits: &pb::Credits) -> Result<Credits, InvalidField> {
     }
     let refill = credits.refill.as_ref().map(|r| Refill::parse(r.amount, &r.interval, &r.mode)).transpose()?;
     Ok(Credits { remaining: credits.remaining, refill })
+}
+
+pub fn admin_token_to_proto(token: &AdminTokenRecord, now: Timestamp) -> pb::AdminToken {
+    let status = match token.revoked_at {
+        Some(_) => "revoked",
+        None if token.is_live(now) => "active",
+        None => "expired",
+    };
+    pb::AdminToken {
+        name: token.name.as_str().to_owned(),
+        role: token.role.as_str().to_owned(),
+        account_id: token.account_id.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+        created_at: Some(timestamp_to_proto(token.created_at)),
+        expires_at: token.expires_at.map(timestamp_to_proto),
+        revoked_at: token.revoked_at.map(timestamp_to_proto),
+        created_by: token.created_by.clone(),
+        revoked_by: token.revoked_by.clone().unwrap_or_default(),
+        status: status.to_owned(),
+    }
 }
 
 pub fn session_to_proto(session: &SessionRecord, now: Timestamp) -> pb::Session {

@@ -14,8 +14,8 @@ use super::{
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::breaker::{Breaker, Refused};
 use crate::domain::{
-    AccountId, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash, SessionId, Timestamp, UserId,
-    VerifiedDigest,
+    AccountId, AdminTokenName, AdminTokenRecord, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash,
+    SessionId, Timestamp, UserId, VerifiedDigest,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -231,6 +231,27 @@ impl Store for BoundedStore {
 
     async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
         self.admin(self.inner.remember_verified(id, hash, digest)).await
+    }
+
+    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError> {
+        self.admin(self.inner.create_admin_token(token)).await
+    }
+
+    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
+        self.admin(self.inner.admin_token(digest)).await
+    }
+
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        self.admin(self.inner.list_admin_tokens()).await
+    }
+
+    async fn revoke_admin_token(
+        &self,
+        name: &AdminTokenName,
+        now: Timestamp,
+        by: &str,
+    ) -> Result<Option<AdminTokenRecord>, StoreError> {
+        self.admin(self.inner.revoke_admin_token(name, now, by)).await
     }
 
     /// Health checks ask the store itself: the breaker is not the answer they want.

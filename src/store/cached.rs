@@ -24,8 +24,8 @@ use super::{
 };
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::domain::{
-    AccountId, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash, SessionId, Timestamp, UserId,
-    VerifiedDigest,
+    AccountId, AdminTokenName, AdminTokenRecord, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash,
+    SessionId, Timestamp, UserId, VerifiedDigest,
 };
 use quick_cache::sync::Cache;
 use std::hash::{BuildHasher, Hash};
@@ -578,6 +578,27 @@ impl Store for CachedStore {
         page: &PageRequest,
     ) -> Result<Page<AuditEvent>, StoreError> {
         self.inner.list_audit_events(account, query, page).await
+    }
+
+    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError> {
+        self.inner.create_admin_token(token).await
+    }
+
+    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
+        self.inner.admin_token(digest).await
+    }
+
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        self.inner.list_admin_tokens().await
+    }
+
+    async fn revoke_admin_token(
+        &self,
+        name: &AdminTokenName,
+        now: Timestamp,
+        by: &str,
+    ) -> Result<Option<AdminTokenRecord>, StoreError> {
+        self.inner.revoke_admin_token(name, now, by).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -10,8 +10,8 @@ use super::{
 };
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::domain::{
-    AccountId, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash, SessionId, Timestamp, UserId,
-    VerifiedDigest,
+    AccountId, AdminTokenName, AdminTokenRecord, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash,
+    SessionId, Timestamp, UserId, VerifiedDigest,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,7 @@ struct State {
     keys: BTreeMap<KeyId, KeyRecord>,
     sessions: BTreeMap<SessionId, SessionRecord>,
     audit: BTreeMap<String, AuditEvent>,
+    admin_tokens: BTreeMap<AdminTokenName, AdminTokenRecord>,
 }
 
 impl State {
@@ -395,6 +396,39 @@ impl Store for MemoryStore {
             None
         };
         Ok(Page { items, next_after })
+    }
+
+    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        let taken = state.admin_tokens.contains_key(&token.name)
+            || state.admin_tokens.values().any(|held| held.digest == token.digest);
+        if !taken {
+            state.admin_tokens.insert(token.name.clone(), token.clone());
+        }
+        Ok(!taken)
+    }
+
+    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
+        Ok(self.state().admin_tokens.values().find(|t| &t.digest == digest).cloned())
+    }
+
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        Ok(self.state().admin_tokens.values().cloned().collect())
+    }
+
+    async fn revoke_admin_token(
+        &self,
+        name: &AdminTokenName,
+        now: Timestamp,
+        by: &str,
+    ) -> Result<Option<AdminTokenRecord>, StoreError> {
+        let mut state = self.state();
+        let Some(token) = state.admin_tokens.get_mut(name) else { return Ok(None) };
+        if token.revoked_at.is_none() {
+            token.revoked_at = Some(now);
+            token.revoked_by = Some(by.to_owned());
+        }
+        Ok(Some(token.clone()))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -8,8 +8,8 @@ use super::{
 };
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::domain::{
-    AccountId, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash, SessionId, Timestamp, UserId,
-    VerifiedDigest,
+    AccountId, AdminTokenName, AdminTokenRecord, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash,
+    SessionId, Timestamp, UserId, VerifiedDigest,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -256,6 +256,27 @@ impl Store for MeteredStore {
         page: &PageRequest,
     ) -> Result<Page<AuditEvent>, StoreError> {
         self.timed("list_audit_events", self.inner.list_audit_events(account, query, page)).await
+    }
+
+    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError> {
+        self.timed("create_admin_token", self.inner.create_admin_token(token)).await
+    }
+
+    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
+        self.timed("admin_token", self.inner.admin_token(digest)).await
+    }
+
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        self.timed("list_admin_tokens", self.inner.list_admin_tokens()).await
+    }
+
+    async fn revoke_admin_token(
+        &self,
+        name: &AdminTokenName,
+        now: Timestamp,
+        by: &str,
+    ) -> Result<Option<AdminTokenRecord>, StoreError> {
+        self.timed("revoke_admin_token", self.inner.revoke_admin_token(name, now, by)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -11,8 +11,8 @@ pub mod sql;
 
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::domain::{
-    AccountId, ApplicationId, CreditBalance, CreditHolder, KeyId, KeyLimit, KeyTerms, Metadata, Name, Network, OwnerId,
-    Refill, Scopes, SecretHash, SessionId, Timestamp, UserId,
+    AccountId, AdminTokenName, AdminTokenRecord, ApplicationId, CreditBalance, CreditHolder, KeyId, KeyLimit, KeyTerms,
+    Metadata, Name, Network, OwnerId, Refill, Scopes, SecretHash, SessionId, Timestamp, UserId,
 };
 pub use crate::domain::{Application, KeyKind, KeyRecord, Owner, SessionRecord, VerifiedDigest};
 use std::sync::Arc;
@@ -374,6 +374,23 @@ pub trait Store: Send + Sync + 'static {
         query: &AuditQuery,
         page: &PageRequest,
     ) -> Result<Page<AuditEvent>, StoreError>;
+
+    /// Stores a new admin token. `false`, storing nothing, when its name was ever used
+    /// (names are unique for all time: the audit trail names tokens by them).
+    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError>;
+    /// The admin token with this digest, live or not. Read at every admin call (never
+    /// cached): a revocation is in force on every replica at the next call.
+    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError>;
+    /// Every admin token, revoked ones too, by name.
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError>;
+    /// Idempotent: the first revocation's time and revoker stay. `None` when no token has
+    /// that name.
+    async fn revoke_admin_token(
+        &self,
+        name: &AdminTokenName,
+        now: Timestamp,
+        by: &str,
+    ) -> Result<Option<AdminTokenRecord>, StoreError>;
 
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -10,8 +10,9 @@ use super::{
 };
 use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
 use crate::domain::{
-    hex, AccountId, ApplicationId, CreditBalance, CreditHolder, KeyId, KeyLimit, KeyTerms, Metadata, Name, Network,
-    OwnerId, Refill, RefillMode, Scopes, SecretHash, SessionId, Timestamp, UserId,
+    hex, AccountId, AdminRole, AdminTokenName, AdminTokenRecord, ApplicationId, CreditBalance, CreditHolder, KeyId,
+    KeyLimit, KeyTerms, Metadata, Name, Network, OwnerId, Refill, RefillMode, Scopes, SecretHash, SessionId, Timestamp,
+    UserId,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
@@ -40,6 +41,8 @@ const OWNER_SELECT: &str = "SELECT o.account_id, o.owner_id, o.terms, o.updated_
      c.remaining AS credits_remaining, c.period AS credits_period FROM owners o \
      LEFT JOIN key_credits c ON c.key_id = 'owner/' || o.account_id || '/' || o.owner_id";
 const AUDIT_COLUMNS: &str = "id, account_id, action, actor, on_behalf_of, target, request_id, occurred_at, detail";
+const ADMIN_TOKEN_COLUMNS: &str =
+    "name, digest, role, account_id, created_at, expires_at, revoked_at, created_by, revoked_by";
 const SESSION_COLUMNS: &str = "id, account_id, user_id, secret_digest, created_at, expires_at, revoked_at, version";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -407,15 +410,38 @@ fn insert_audit(event: &AuditEvent) -> sqlx::query::Query<'_, sqlx::Any, sqlx::a
     .bind(event.detail.to_string())
 }
 
+/// A SHA-256 digest stored as 64 hex digits.
+fn digest_from_hex(digest_hex: &str, column: &'static str) -> Result<[u8; 32], StoreError> {
+    let mut digest = [0u8; 32];
+    if digest_hex.len() != 64 || !digest_hex.is_ascii() {
+        return Err(corrupt(column));
+    }
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&digest_hex[2 * i..2 * i + 2], 16).map_err(|_| corrupt(column))?;
+    }
+    Ok(digest)
+}
+
+fn admin_token_from_row(row: &AnyRow) -> Result<AdminTokenRecord, StoreError> {
+    let account: Option<String> = row.try_get("account_id")?;
+    Ok(AdminTokenRecord {
+        name: AdminTokenName::parse(row.try_get("name")?).map_err(|_| corrupt("admin_tokens.name"))?,
+        role: AdminRole::parse(row.try_get("role")?).map_err(|_| corrupt("admin_tokens.role"))?,
+        account_id: account
+            .map(|a| AccountId::parse(&a))
+            .transpose()
+            .map_err(|_| corrupt("admin_tokens.account_id"))?,
+        digest: digest_from_hex(row.try_get("digest")?, "admin_tokens.digest")?,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        expires_at: row.try_get::<Option<i64>, _>("expires_at")?.map(Timestamp::from_millis),
+        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(Timestamp::from_millis),
+        created_by: row.try_get("created_by")?,
+        revoked_by: row.try_get("revoked_by")?,
+    })
+}
+
 fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError> {
-    let digest_hex: &str = row.try_get("secret_digest")?;
-    let mut secret_digest = [0u8; 32];
-    if digest_hex.len() != 64 {
-        return Err(corrupt("sessions.secret_digest"));
-    }
-    for (i, byte) in secret_digest.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&digest_hex[2 * i..2 * i + 2], 16).map_err(|_| corrupt("sessions.secret_digest"))?;
-    }
+    let secret_digest = digest_from_hex(row.try_get("secret_digest")?, "sessions.secret_digest")?;
     Ok(SessionRecord {
         id: SessionId::parse(row.try_get("id")?).map_err(|_| corrupt("sessions.id"))?,
         account_id: AccountId::parse(row.try_get("account_id")?).map_err(|_| corrupt("sessions.account_id"))?,
@@ -753,6 +779,67 @@ impl Store for SqlStore {
         insert_audit(audit).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(name = token.name.as_str()), err)]
+    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO admin_tokens ({ADMIN_TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT DO NOTHING RETURNING name"
+        ))
+        .bind(token.name.as_str())
+        .bind(hex(&token.digest))
+        .bind(token.role.as_str())
+        .bind(token.account_id.as_ref().map(|a| a.as_str()))
+        .bind(token.created_at.as_millis())
+        .bind(token.expires_at.map(Timestamp::as_millis))
+        .bind(token.revoked_at.map(Timestamp::as_millis))
+        .bind(token.created_by.as_str())
+        .bind(token.revoked_by.as_deref())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(inserted.is_some())
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
+        sqlx::query(&format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens WHERE digest = $1"))
+            .bind(hex(digest))
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| admin_token_from_row(&row))
+            .transpose()
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        sqlx::query(&format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(admin_token_from_row)
+            .collect()
+    }
+
+    #[tracing::instrument(skip_all, fields(name = name.as_str()), err)]
+    async fn revoke_admin_token(
+        &self,
+        name: &AdminTokenName,
+        now: Timestamp,
+        by: &str,
+    ) -> Result<Option<AdminTokenRecord>, StoreError> {
+        sqlx::query(&format!(
+            "UPDATE admin_tokens SET revoked_by = CASE WHEN revoked_at IS NULL THEN $3 ELSE revoked_by END, \
+               revoked_at = COALESCE(revoked_at, $2) \
+             WHERE name = $1 RETURNING {ADMIN_TOKEN_COLUMNS}"
+        ))
+        .bind(name.as_str())
+        .bind(now.as_millis())
+        .bind(by)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| admin_token_from_row(&row))
+        .transpose()
     }
 
     #[tracing::instrument(skip_all, fields(session_id = %id), err)]

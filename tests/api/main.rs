@@ -2,6 +2,7 @@
 
 mod abuse;
 mod admin;
+mod admin_tokens;
 mod authorize;
 mod cli;
 mod edge;

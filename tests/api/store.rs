@@ -5,8 +5,8 @@ use crate::backend_tests;
 use crate::helpers::{Db, TestDb};
 use keygate::audit::{AuditAction, AuditCategory, AuditEvent, AuditQuery};
 use keygate::domain::{
-    AccountId, ApplicationId, KeyId, Name, NewKeyRecord, Scopes, SecretHash, SessionId, Timestamp, UserId,
-    VerifiedDigest,
+    AccountId, AdminTokenName, AdminTokenRecord, ApplicationId, KeyId, Name, NewKeyRecord, Scopes, SecretHash,
+    SessionId, Timestamp, UserId, VerifiedDigest,
 };
 use keygate::store::cached::{CacheSettings, CachedStore};
 use keygate::store::sql::SqlStore;
@@ -487,6 +487,23 @@ impl Store for Gated {
         page: &PageRequest,
     ) -> Result<Page<AuditEvent>, StoreError> {
         self.inner.list_audit_events(account, query, page).await
+    }
+    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError> {
+        self.inner.create_admin_token(token).await
+    }
+    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
+        self.inner.admin_token(digest).await
+    }
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        self.inner.list_admin_tokens().await
+    }
+    async fn revoke_admin_token(
+        &self,
+        name: &AdminTokenName,
+        now: Timestamp,
+        by: &str,
+    ) -> Result<Option<AdminTokenRecord>, StoreError> {
+        self.inner.revoke_admin_token(name, now, by).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await

@@ -104,7 +104,8 @@ pub fn tls_settings(certificate: CertificateFiles) -> TlsSettings {
 }
 
 fn clients_of(ca_file: &Path, names: &[&str]) -> Option<ClientCertificates> {
-    Some(ClientCertificates { ca: ca_file.to_owned(), names: names.iter().map(|n| n.to_string()).collect() })
+    let names = names.iter().map(|n| n.to_string()).collect();
+    Some(ClientCertificates { ca: ca_file.to_owned(), names, flag: "--tls-client-ca" })
 }
 
 async fn spawn(client: ClientTls, customize: impl FnOnce(&mut Settings)) -> TestApp {
@@ -267,6 +268,15 @@ async fn admin_apart_in_plaintext_on_loopback() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
+    // Each listener's health service speaks for what that listener serves.
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let health = |address: String| async move {
+        let channel = tonic::transport::Channel::from_shared(address).unwrap().connect().await.unwrap();
+        let ask = HealthCheckRequest { service: "keygate.v1.Admin".into() };
+        HealthClient::new(channel).check(ask).await.map(|r| r.into_inner().status)
+    };
+    assert_eq!(health(app.address.clone()).await.unwrap_err().code(), tonic::Code::NotFound);
+    assert_eq!(health(app.admin_address.clone().unwrap()).await.unwrap(), 1, "SERVING on the admin listener");
 }
 
 /// `GET path` over HTTP/1.1 and TLS (with a client certificate when `identity` is given):
@@ -365,6 +375,75 @@ fn a_missing_or_wrong_certificate_file_stops_start_up_with_its_name() {
     let mut bad_ca = tls_settings(good.clone());
     bad_ca.clients = clients_of(&files.write("empty.pem", ""), &[]);
     let err = start(bad_ca);
-    assert!(err.contains("empty.pem"), "{err}");
+    assert!(err.contains("--tls-client-ca") && err.contains("empty.pem"), "{err}");
     assert_eq!(start(tls_settings(good)), "started");
+}
+
+/// `keygate ARGS` (the binary) with `envs`; (success, stdout, stderr).
+fn cli(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"));
+    command.args(args).env_remove("KEYGATE_SERVER").env_remove("KEYGATE_ADMIN_TOKEN");
+    for (name, value) in envs {
+        command.env(name, value);
+    }
+    let output = command.output().expect("the keygate binary runs");
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8 output");
+    (output.status.success(), text(output.stdout), text(output.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_mtls_to_the_admin_listener_and_manages_admin_tokens() {
+    let (ca, operators, files) = (TestCa::new("server CA"), TestCa::new("operator CA"), Files::new());
+    let certificate = files.server_certificate(&ca);
+    let operator_ca = files.write("ops.pem", &operators.pem);
+    let app = spawn(operators.client_tls(&ca, "ops.example"), |s| {
+        s.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        let mut tls = tls_settings(certificate);
+        tls.admin_clients = clients_of(&operator_ca, &["ops.example"]);
+        s.tls = Some(tls);
+    })
+    .await;
+    let operator = operators.client("ops.example");
+    let (ca_file, cert_file, key_file) =
+        (files.write("ca.pem", &ca.pem), files.write("op.pem", &operator.cert), files.write("op.key", &operator.key));
+    let server = app.admin_address.clone().unwrap();
+    let path = |p: &PathBuf| p.display().to_string();
+    let (ca_arg, cert_arg, key_arg) = (path(&ca_file), path(&cert_file), path(&key_file));
+    let tls_flags = ["--server", &server, "--ca", &ca_arg, "--cert", &cert_arg, "--key", &key_arg];
+
+    let create = [
+        &["admin-token", "create", "--name", "dash", "--role", "read_only", "--expires-in", "30d", "--json"][..],
+        &tls_flags,
+    ]
+    .concat();
+    let (ok, stdout, stderr) = cli(&create, &[("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    assert!(ok, "{stderr}");
+    let created: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert_eq!((created["role"].as_str(), created["status"].as_str()), (Some("read_only"), Some("active")));
+
+    // The read-only token lists, and is refused a write with the page's code.
+    let list = [&["app", "list", "--account", "acct_cli"][..], &tls_flags].concat();
+    let (ok, stdout, stderr) = cli(&list, &[("KEYGATE_ADMIN_TOKEN", &secret)]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("(none)"), "{stdout}");
+    let write = [&["app", "create", "--account", "acct_cli", "--name", "x"][..], &tls_flags].concat();
+    let (ok, _, stderr) = cli(&write, &[("KEYGATE_ADMIN_TOKEN", &secret)]);
+    assert!(!ok && stderr.contains("insufficient_scope"), "{stderr}");
+
+    // Without the client certificate, or over plaintext, the CLI gets nowhere.
+    let no_cert = ["app", "list", "--account", "acct_cli", "--server", &server, "--ca", &ca_arg];
+    let (ok, _, stderr) = cli(&no_cert, &[("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    assert!(!ok, "answered without a client certificate");
+    assert!(stderr.starts_with("error:"), "{stderr}");
+    let plain = server.replacen("https://", "http://", 1);
+    let mixed = ["app", "list", "--account", "acct_cli", "--server", &plain, "--ca", &ca_arg];
+    let (ok, _, stderr) = cli(&mixed, &[("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    assert!(!ok && stderr.contains("not https://"), "a CA with an http:// address is refused: {stderr}");
+
+    let listed = [&["admin-token", "list"][..], &tls_flags].concat();
+    let (ok, stdout, stderr) = cli(&listed, &[("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("dash") && stdout.contains("read_only"), "{stdout}");
+    assert!(!stdout.contains(&secret), "the secret is shown once only");
 }

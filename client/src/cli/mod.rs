@@ -39,6 +39,41 @@ pub enum Command {
     /// Read the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Named admin tokens with a role (admin, read_only, keys_write).
+    #[command(subcommand)]
+    AdminToken(AdminTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminTokenCommand {
+    /// Create a token; it is shown once.
+    Create {
+        /// 1 to 64 of a-z, 0-9, '.', '_', '-'; never reused (the audit trail names it).
+        #[arg(long)]
+        name: String,
+        /// admin, read_only or keys_write.
+        #[arg(long, value_parser = ["admin", "read_only", "keys_write"])]
+        role: String,
+        /// Confine it to one account (read_only and keys_write).
+        #[arg(long)]
+        account: Option<String>,
+        /// It stops working after this long: 12h, 30d. Default: never.
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<Duration>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Every token, revoked ones too.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Revoke a token, on every replica at its next call.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -450,8 +485,14 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
 impl Connection {
     async fn channel(&self) -> anyhow::Result<Channel> {
         let tls = crate::ClientTls::from_files(self.ca.as_deref(), self.cert.as_deref(), self.key.as_deref())?;
-        crate::endpoint(&self.server, Some(&tls))
-            .context("--server is not a URL like http://127.0.0.1:50051 or https://keygate.internal:50051")?
+        let endpoint = match crate::endpoint(&self.server, Some(&tls)) {
+            Err(crate::ClientError::Address(_)) => anyhow::bail!(
+                "--server {:?} is not a URL like http://127.0.0.1:50051 or https://keygate.internal:50051",
+                self.server
+            ),
+            other => other?,
+        };
+        endpoint
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await
@@ -532,6 +573,26 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let response = client.authorize(request).await.map_err(explain)?.into_inner();
             print::decision(args.connection.json, &response);
             Ok(())
+        }
+        Command::AdminToken(AdminTokenCommand::Create { name, role, account, expires_in, connection }) => {
+            let request = pb::CreateAdminTokenRequest {
+                name,
+                role,
+                account_id: account.unwrap_or_default(),
+                expires_in_seconds: expires_in.map_or(0, |d| d.as_secs()),
+            };
+            let created = connection.rpc().await?.create_admin_token(request).await.map_err(explain)?;
+            print::admin_token_created(connection.json, &created.into_inner());
+            Ok(())
+        }
+        Command::AdminToken(AdminTokenCommand::List { connection }) => {
+            let listed = connection.rpc().await?.list_admin_tokens(pb::ListAdminTokensRequest {}).await;
+            print::list(connection.json, &listed.map_err(explain)?.into_inner().tokens);
+            Ok(())
+        }
+        Command::AdminToken(AdminTokenCommand::Revoke { name, connection }) => {
+            let reply = connection.rpc().await?.revoke_admin_token(pb::RevokeAdminTokenRequest { name }).await;
+            print::reply(connection.json, reply)
         }
         Command::Audit(AuditCommand::List { account, search, categories, limit, connection }) => {
             let admin = connection.admin().await?;

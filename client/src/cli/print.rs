@@ -131,6 +131,27 @@ impl Shown for pb::Session {
     }
 }
 
+impl Shown for pb::AdminToken {
+    const HEADER: &'static str = "NAME                 ROLE       STATUS   DETAILS";
+
+    fn json(&self) -> Value {
+        json!({
+            "name": self.name, "role": self.role, "account_id": self.account_id, "status": self.status,
+            "created_at": time(&self.created_at), "expires_at": time(&self.expires_at),
+            "revoked_at": time(&self.revoked_at), "created_by": self.created_by, "revoked_by": self.revoked_by,
+        })
+    }
+
+    fn line(&self) -> String {
+        let account = if self.account_id.is_empty() { "every account" } else { &self.account_id };
+        let expires = time(&self.expires_at).unwrap_or_else(|| "never".to_owned());
+        format!(
+            "{:<20} {:<10} {:<8} account={account} expires_at={expires} created_by={}",
+            self.name, self.role, self.status, self.created_by
+        )
+    }
+}
+
 impl Shown for pb::AuditEvent {
     const HEADER: &'static str =
         "OCCURRED_AT               CATEGORY     ACTION                   TARGET                 ACTOR";
@@ -235,6 +256,22 @@ pub(super) fn session_created(json: bool, created: &pb::CreateSessionResponse) {
     let mut value = session.json();
     value["token"] = created.token.clone().into();
     show(json, value, format!("{}\ntoken {SHOWN_ONCE}: {}", session.line(), created.token));
+}
+
+pub(super) fn admin_token_created(json: bool, created: &pb::CreateAdminTokenResponse) {
+    let token = created.token.clone().unwrap_or_default();
+    let mut value = token.json();
+    value["secret"] = created.secret.clone().into();
+    show(
+        json,
+        value,
+        format!(
+            "{}
+token {SHOWN_ONCE}: {}",
+            token.line(),
+            created.secret
+        ),
+    );
 }
 
 pub(super) fn rotated(json: bool, rotated: &pb::RotateApplicationKeyResponse) {
