@@ -227,7 +227,8 @@ impl Application {
             Some(path) => Policy::load(path)?,
             None => Policy::default_policy(),
         };
-        let admin_tokens = AdminTokens::new([load_admin_token(&settings.admin_token)?.as_str()]);
+        let digest_key = load_digest_key(&settings.digest_key)?;
+        let admin_tokens = AdminTokens::new(&load_admin_token(&settings.admin_token)?, digest_key.as_bytes());
         // Certificates first: a wrong file stops start-up before anything else is opened.
         let tls = ListenerTlsSet::load(&settings)?;
 
@@ -248,7 +249,7 @@ impl Application {
         let cache = Arc::new(CachedStore::new(Arc::new(metered), settings.cache));
         let usage = Arc::new(UsageRecorder::new(cache.clone(), settings.usage, settings.cache.capacity));
         let verifier = Arc::new(Verifier::new(settings.argon2)?);
-        let digester = CredentialDigester::new(load_digest_key(&settings.digest_key)?.as_bytes());
+        let digester = CredentialDigester::new(digest_key.as_bytes());
         let invalidation = match peers {
             Peers::Notify { database_url } => {
                 let (status, task) = invalidation::spawn(database_url, cache.clone());
@@ -544,9 +545,16 @@ async fn serve_grpc(
     }
 }
 
-/// Credentials and admin tokens in the clear, beyond this machine: said at start-up.
+/// Credentials and admin tokens in the clear, beyond this machine, or an admin listener
+/// that asks for less than the decision port: said at start-up.
 fn warn_if_plaintext_beyond_loopback(settings: &Settings) {
-    if settings.tls.is_some() {
+    if let Some(tls) = &settings.tls {
+        if settings.admin_listen.is_some() && tls.clients.is_some() && tls.admin_clients.is_none() {
+            tracing::warn!(
+                "the admin listener asks for no client certificate (the decision port does): \
+                 give --admin-tls-client-ca to ask operators for one"
+            );
+        }
         return;
     }
     let listeners = [Some(settings.listen), settings.admin_listen, settings.http_listen];

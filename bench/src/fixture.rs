@@ -18,6 +18,8 @@ pub type Admin = AdminClient<InterceptedService<Channel, AdminToken>>;
 pub struct Server {
     pub address: String,
     pub handles: Option<Handles>,
+    /// How to reach it over TLS, when it speaks TLS.
+    pub tls: Option<keygate_client::ClientTls>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -36,11 +38,16 @@ impl Drop for Server {
 impl Server {
     /// A server this process did not start (`load --target`): nothing to stop.
     pub fn external(address: String) -> Self {
-        Self { address, handles: None, stop: None, thread: None }
+        Self { address, handles: None, tls: None, stop: None, thread: None }
+    }
+
+    /// A server someone else runs, reached over TLS with `tls`.
+    pub fn external_tls(address: String, tls: keygate_client::ClientTls) -> Self {
+        Self { address, handles: None, tls: Some(tls), stop: None, thread: None }
     }
 
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Channel::from_shared(self.address.clone())?.connect().await?)
+        Ok(keygate_client::endpoint(&self.address, self.tls.as_ref())?.connect().await?)
     }
 
     pub async fn admin(&self) -> anyhow::Result<Admin> {
@@ -72,7 +79,7 @@ where
         runtime.block_on(serve(stopped, ready_tx));
     });
     let (address, handles) = ready_rx.recv()??;
-    Ok(Server { address, handles, stop: Some(stop), thread: Some(thread) })
+    Ok(Server { address, handles, tls: None, stop: Some(stop), thread: Some(thread) })
 }
 
 /// keygate over a SQLite file in `dir`, with the benchmark's policy.
@@ -130,6 +137,11 @@ scopes = ["applications:read"]
 /// The floor: a tonic service that answers Authorize with a canned response of the size
 /// keygate's allowed responses have, doing nothing else.
 pub fn floor() -> anyhow::Result<Server> {
+    floor_with(None)
+}
+
+/// The floor; over TLS (mTLS, through keygate's own listener code) when `tls` is given.
+pub fn floor_with(tls: Option<Arc<keygate::tls::ListenerTls>>) -> anyhow::Result<Server> {
     spawn_on_own_runtime(|stopped, ready| async move {
         let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
             Ok(listener) => listener,
@@ -139,14 +151,20 @@ pub fn floor() -> anyhow::Result<Server> {
             }
         };
         let address = listener.local_addr().expect("bound");
-        let _ = ready.send(Ok((format!("http://{address}"), None)));
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let _ = tonic::transport::Server::builder()
-            .add_service(authorizer_server::AuthorizerServer::new(Floor { response: canned_response() }))
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            })
-            .await;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let _ = ready.send(Ok((format!("{scheme}://{address}"), None)));
+        let router = tonic::transport::Server::builder()
+            .add_service(authorizer_server::AuthorizerServer::new(Floor { response: canned_response() }));
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let _ = match tls {
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router.serve_with_incoming_shutdown(incoming, stopped).await
+            }
+            Some(tls) => router.serve_with_incoming_shutdown(keygate::tls::grpc_incoming(listener, tls), stopped).await,
+        };
     })
 }
 
@@ -186,11 +204,12 @@ fn canned_response() -> pb::AuthorizeResponse {
 /// (`{accounts}_{i}`), made through the Admin API at `address` with `admin_token`.
 pub async fn keys_in_own_accounts(
     address: &str,
+    tls: Option<&keygate_client::ClientTls>,
     admin_token: &str,
     accounts: &str,
     count: usize,
 ) -> anyhow::Result<Vec<String>> {
-    let channel = Channel::from_shared(address.to_owned())?.connect().await?;
+    let channel = keygate_client::endpoint(address, tls)?.connect().await?;
     let mut admin = AdminClient::with_interceptor(channel, AdminToken::new(admin_token)?);
     let mut secrets = Vec::with_capacity(count);
     for i in 0..count {

@@ -49,6 +49,10 @@ pub struct LoadArgs {
     /// /api/v1/panel/applications (keys hold applications:read).
     #[arg(long, default_value = "/api/v1/panel/applications")]
     path: String,
+    /// With --target https://…: mTLS with the certificates `keygate-bench certs DIR` wrote
+    /// (the target serves DIR/server.pem and asks for DIR/ca.pem's clients; the floor too).
+    #[arg(long, requires = "target")]
+    tls: Option<PathBuf>,
     #[arg(long)]
     json: Option<PathBuf>,
     #[arg(long)]
@@ -305,6 +309,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             admin_token: &args.admin_token,
             keys: args.keys,
             path: &args.path,
+            tls: args.tls.as_deref(),
         };
         let (warmup, measure) = (Duration::from_secs(args.warmup_seconds), Duration::from_secs(args.seconds));
         return crate::target::run(target, args.connections, &args.concurrency, args.rounds, warmup, measure).await;

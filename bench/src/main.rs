@@ -28,6 +28,7 @@ mod report;
 mod soak;
 mod target;
 mod terms;
+mod tls;
 
 use clap::{Parser, Subcommand};
 
@@ -82,7 +83,14 @@ enum Command {
     },
     /// (Used by `load --target`.) The floor in its own process.
     #[command(hide = true)]
-    Floor,
+    Floor {
+        /// Serve TLS (mTLS) with the certificates in this directory.
+        #[arg(long)]
+        tls: Option<std::path::PathBuf>,
+    },
+    /// A test CA, a server certificate (localhost, 127.0.0.1) and a client certificate in
+    /// DIR, for `keygate serve --tls-…` and `load --target https://… --tls DIR`.
+    Certs { dir: std::path::PathBuf },
     /// Minutes of load with key churn and garbage, every decision checked.
     Soak {
         #[arg(long, default_value_t = 10)]
@@ -123,7 +131,12 @@ fn main() -> anyhow::Result<()> {
             Command::Soak { minutes, callers } => soak::run(minutes, callers).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::NoopHttp { listen } => proxy::serve_noop(&listen).await,
-            Command::Floor => target::serve_floor().await,
+            Command::Floor { tls } => target::serve_floor(tls).await,
+            Command::Certs { dir } => {
+                tls::write_certificates(&dir)?;
+                println!("wrote ca.pem, server.pem, server.key, client.pem, client.key in {}", dir.display());
+                Ok(())
+            }
         }
     })
 }

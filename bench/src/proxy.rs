@@ -183,7 +183,8 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let secrets =
-        crate::fixture::keys_in_own_accounts(&format!("http://{grpc}"), TOKEN, "acct_proxy", args.keys.max(1)).await?;
+        crate::fixture::keys_in_own_accounts(&format!("http://{grpc}"), None, TOKEN, "acct_proxy", args.keys.max(1))
+            .await?;
 
     // The no-op answers allows of keygate's size: read one allow to learn its headers.
     let principal = principal_headers(&http, &secrets[0]).await?;

@@ -19,12 +19,16 @@ pub struct Target<'a> {
     /// The route called: the default policy's `GET /api/v1/panel/applications`, or any
     /// route of the target's policy that API keys with `applications:read` may call.
     pub path: &'a str,
+    /// TLS (mTLS) with the certificates of `keygate-bench certs DIR`: the target was started
+    /// with them, and the floor is too.
+    pub tls: Option<&'a std::path::Path>,
 }
 
 /// (Used by `load --target`.) The floor, in its own process: prints `listening on ADDR`.
-pub async fn serve_floor() -> anyhow::Result<()> {
-    let floor = crate::fixture::floor()?;
-    println!("listening on {}", floor.address.trim_start_matches("http://"));
+pub async fn serve_floor(tls: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let tls = tls.as_deref().map(crate::tls::server).transpose()?;
+    let floor = crate::fixture::floor_with(tls)?;
+    println!("listening on {}", floor.address.split("://").last().unwrap_or_default());
     // Until the parent goes away (it kills this process).
     std::future::pending::<()>().await;
     drop(floor);
@@ -42,23 +46,37 @@ pub async fn run(
     let floor_command = {
         let mut command = std::process::Command::new(std::env::current_exe()?);
         command.arg("floor");
+        if let Some(dir) = target.tls {
+            command.arg("--tls").arg(dir);
+        }
         command
     };
     let (_floor_process, floor_address) =
         crate::proxy::start(floor_command, true, |line| line.strip_prefix("listening on ").map(str::to_owned))?;
-    let floor = Server::external(format!("http://{floor_address}"));
-    let servers: Vec<Server> = target.addresses.iter().map(|a| Server::external(a.clone())).collect();
+    let client_tls = target.tls.map(crate::tls::client).transpose()?;
+    let reach = |address: String| match &client_tls {
+        Some(tls) => Server::external_tls(address, tls.clone()),
+        None => Server::external(address),
+    };
+    let scheme = if target.tls.is_some() { "https" } else { "http" };
+    let floor = reach(format!("{scheme}://{floor_address}"));
+    let servers: Vec<Server> = target.addresses.iter().map(|a| reach(a.clone())).collect();
 
     eprintln!("creating {} keys in {} accounts on {}…", target.keys, target.keys, target.addresses.join(", "));
     let token = if target.admin_token.is_empty() { ADMIN_TOKEN } else { target.admin_token };
     let run = keygate::domain::random_token(6)?.to_lowercase();
-    let secrets =
-        crate::fixture::keys_in_own_accounts(&target.addresses[0], token, &format!("acct_load_{run}"), target.keys)
-            .await?;
+    let secrets = crate::fixture::keys_in_own_accounts(
+        &target.addresses[0],
+        client_tls.as_ref(),
+        token,
+        &format!("acct_load_{run}"),
+        target.keys,
+    )
+    .await?;
     // Every key verified once on every target (argon2), so only hot keys are measured.
-    for address in &target.addresses {
-        let mut client =
-            AuthorizerClient::new(tonic::transport::Channel::from_shared(address.clone())?.connect().await?);
+    for server in &servers {
+        let address = &server.address;
+        let mut client = AuthorizerClient::new(server.channel().await?);
         for secret in &secrets {
             // Warm-up verifies every key (argon2) on every target at once: on two cores, a
             // store read can miss its deadline meanwhile. Such a call is asked again.
@@ -93,10 +111,11 @@ pub async fn run(
     // Several targets: each connection goes to one of them in turn, so calls alternate.
     let target_load = Load::spread(&servers, connections, warmup, round_measure).await?;
     println!(
-        "target {} ({} hot keys in as many accounts, {}); floor in its own process; {} rounds x {:.1} s",
+        "target {} ({} hot keys in as many accounts, {}{}); floor in its own process; {} rounds x {:.1} s",
         target.addresses.join(", "),
         target.keys,
         target.path,
+        if target.tls.is_some() { ", mTLS on both" } else { "" },
         rounds,
         round_measure.as_secs_f64()
     );

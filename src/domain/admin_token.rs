@@ -134,9 +134,19 @@ impl AdminGrant {
 /// The prefix of every admin token keygate makes (the bootstrap token file's is `kgadm_`).
 pub const ADMIN_TOKEN_PREFIX: &str = "kgat_";
 
+/// Random base62 characters after the prefix.
+const ADMIN_TOKEN_SECRET_LEN: usize = 43;
+
 /// A new token: shown once, at creation.
 pub fn new_admin_token() -> Result<String, getrandom::Error> {
-    Ok(format!("{ADMIN_TOKEN_PREFIX}{}", super::random_token(43)?))
+    Ok(format!("{ADMIN_TOKEN_PREFIX}{}", super::random_token(ADMIN_TOKEN_SECRET_LEN)?))
+}
+
+/// Has `token` the shape of the tokens keygate makes? Only those are looked up in the store.
+pub fn is_admin_token_shaped(token: &str) -> bool {
+    token.strip_prefix(ADMIN_TOKEN_PREFIX).is_some_and(|secret| {
+        secret.len() == ADMIN_TOKEN_SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
 }
 
 /// The digest a token is kept and found by.
@@ -196,6 +206,10 @@ mod tests {
             created_by: "admin:00000000".into(),
             revoked_by: None,
         };
+        assert!(is_admin_token_shaped(&new_admin_token().unwrap()));
+        for other in ["kgat_short", "kgadm_0123456789012345678901234567890123456789012", "kgat_!"] {
+            assert!(!is_admin_token_shaped(other), "{other}");
+        }
         assert!(record.is_live(at(999)));
         assert!(!record.is_live(at(1_000)), "expires at its expiry");
         let revoked = AdminTokenRecord { revoked_at: Some(at(5)), expires_at: None, ..record };

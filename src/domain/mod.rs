@@ -11,8 +11,8 @@ mod search;
 mod terms;
 
 pub use admin_token::{
-    admin_token_digest, new_admin_token, AdminGrant, AdminNeed, AdminRole, AdminTokenName, AdminTokenRecord,
-    ADMIN_TOKEN_PREFIX,
+    admin_token_digest, is_admin_token_shaped, new_admin_token, AdminGrant, AdminNeed, AdminRole, AdminTokenName,
+    AdminTokenRecord, ADMIN_TOKEN_PREFIX,
 };
 pub use credential::{
     ApiKeyCredential, Credential, CredentialKind, GeneratedKey, MalformedCredential, CREDENTIAL_PREFIX,

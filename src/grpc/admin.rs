@@ -5,8 +5,8 @@ use super::{convert, status, RequestId};
 use crate::audit::{Actor, AuditCategory, AuditQuery};
 use crate::code::Code;
 use crate::domain::{
-    admin_token_digest, AccountId, AdminGrant, AdminNeed, AdminRole, AdminTokenName, ApplicationId, KeyId, Name,
-    OwnerId, SearchParams, SessionId, UserId, ADMIN_TOKEN_PREFIX,
+    admin_token_digest, hex, is_admin_token_shaped, AccountId, AdminGrant, AdminNeed, AdminRole, AdminTokenName,
+    ApplicationId, KeyId, Name, OwnerId, SearchParams, SessionId, UserId,
 };
 use crate::manage::Manager;
 use crate::store::KeyFilter;
@@ -15,19 +15,30 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
-/// Accepted admin tokens, kept only as SHA-256 digests and compared in constant time.
-#[derive(Clone, Default)]
-pub struct AdminTokens(Arc<Vec<[u8; 32]>>);
+/// The bootstrap token, kept only as its SHA-256 digest and compared in constant time,
+/// and how the audit trail names it.
+#[derive(Clone)]
+pub struct AdminTokens {
+    digest: [u8; 32],
+    /// `admin:` and 8 hex digits of an HMAC of the token under the digest key: tells
+    /// bootstrap tokens apart in the trail, which read-only tokens may read, without
+    /// giving anyone a fingerprint to test guesses of a chosen token against offline.
+    credential: String,
+}
 
 impl AdminTokens {
-    pub fn new<'a>(tokens: impl IntoIterator<Item = &'a str>) -> Self {
-        Self(Arc::new(tokens.into_iter().map(|t| Sha256::digest(t.as_bytes()).into()).collect()))
+    pub fn new(token: &str, digest_key: &[u8]) -> Self {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(digest_key).expect("HMAC takes any key length");
+        mac.update(b"keygate bootstrap admin token\0");
+        mac.update(token.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        Self { digest: Sha256::digest(token.as_bytes()).into(), credential: format!("admin:{}", hex(&tag[..4])) }
     }
 
-    /// Whether a presented token, by its SHA-256, is one of them.
+    /// Whether a presented token, by its SHA-256, is this one (in constant time).
     fn accepts(&self, digest: &[u8; 32]) -> bool {
-        // Compare against every token so the time does not say which one matched.
-        self.0.iter().fold(subtle::Choice::from(0), |any, token| any | token.ct_eq(digest)).into()
+        self.digest.ct_eq(digest).into()
     }
 }
 
@@ -75,11 +86,18 @@ pub struct AdminGate<S> {
     inner: S,
     bootstrap: AdminTokens,
     manager: Arc<Manager>,
+    /// Named-token reads in flight: anyone who can reach Admin can make keygate read
+    /// the store, so at most a few connections of the pool (which decisions share) go to it.
+    lookups: Arc<tokio::sync::Semaphore>,
 }
+
+/// Named-token reads at once, and how long a call waits for its turn.
+const TOKEN_LOOKUPS: usize = 4;
+const TOKEN_LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl<S> AdminGate<S> {
     pub fn new(inner: S, bootstrap: AdminTokens, manager: Arc<Manager>) -> Self {
-        Self { inner, bootstrap, manager }
+        Self { inner, bootstrap, manager, lookups: Arc::new(tokio::sync::Semaphore::new(TOKEN_LOOKUPS)) }
     }
 }
 
@@ -105,10 +123,10 @@ where
         // The service that was polled ready serves this call; its clone serves the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let (bootstrap, manager) = (self.bootstrap.clone(), self.manager.clone());
+        let (bootstrap, manager, lookups) = (self.bootstrap.clone(), self.manager.clone(), self.lookups.clone());
         Box::pin(async move {
             let rpc = request.uri().path().rsplit('/').next().unwrap_or("").to_owned();
-            match grant(&bootstrap, &manager, request.headers(), &rpc).await {
+            match grant(&bootstrap, &manager, &lookups, request.headers(), &rpc).await {
                 Ok(grant) => {
                     request.extensions_mut().insert(grant);
                     inner.call(request).await
@@ -123,6 +141,7 @@ where
 async fn grant(
     bootstrap: &AdminTokens,
     manager: &Manager,
+    lookups: &tokio::sync::Semaphore,
     headers: &http::HeaderMap,
     rpc: &str,
 ) -> Result<AdminGrant, Status> {
@@ -136,15 +155,19 @@ async fn grant(
     };
     let digest = admin_token_digest(token);
     let grant = if bootstrap.accepts(&digest) {
-        AdminGrant {
-            credential: format!("admin:{}", crate::domain::hex(&digest[..4])),
-            role: AdminRole::Admin,
-            account: None,
-        }
+        AdminGrant { credential: bootstrap.credential.clone(), role: AdminRole::Admin, account: None }
     } else {
-        // Only tokens of keygate's own shape are looked up: anything else costs no query.
-        let named = match token.starts_with(ADMIN_TOKEN_PREFIX) {
-            true => manager.admin_token(token).await?,
+        // Only tokens of keygate's own shape are looked up (anything else costs no query),
+        // a few at a time.
+        let named = match is_admin_token_shaped(token) {
+            true => {
+                let _turn = tokio::time::timeout(TOKEN_LOOKUP_WAIT, lookups.acquire())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .ok_or_else(|| status::busy("too many admin token checks at once; retry"))?;
+                manager.admin_token(token).await?
+            }
             false => None,
         };
         match named {
@@ -212,17 +235,25 @@ impl AdminService {
         Self { manager }
     }
 
-    /// For a token confined to an account: key `id` must be that account's. Another
-    /// account's key is as if it did not exist.
+    /// May a `keys_write` token change key `id`? Only its account's (another account's key
+    /// is as if it did not exist), and only API keys: an application's runtime key is
+    /// rotated by an admin (`RotateApplicationKey`), so a key writer cannot take an
+    /// application down by revoking it.
     async fn key_within(&self, grant: &AdminGrant, id: KeyId) -> Result<(), Status> {
-        if grant.account.is_none() {
+        if grant.role == AdminRole::Admin {
             return Ok(());
         }
         let key = self.manager.api_key(id).await?;
-        match grant.covers(&key.account_id) {
-            true => Ok(()),
-            false => Err(status::coded(Code::NotFound, format!("API key {id} was not found"))),
+        if !grant.covers(&key.account_id) {
+            return Err(status::coded(Code::NotFound, format!("API key {id} was not found")));
         }
+        if key.kind == crate::store::KeyKind::Runtime {
+            return Err(status::coded(
+                Code::InsufficientScope,
+                format!("{id} is an application's runtime key: only an admin token changes it (RotateApplicationKey)"),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -42,6 +42,12 @@ pub fn internal(grpc: tonic::Code, cause: &dyn std::error::Error) -> Status {
     coded_with(grpc, Code::InternalError, message, HashMap::from([("error_id".to_owned(), error_id)]))
 }
 
+/// Too busy to take the call now, nothing went wrong: UNAVAILABLE with INTERNAL_ERROR (the
+/// page has no busier code), and no error id to look up.
+pub fn busy(message: impl Into<String>) -> Status {
+    coded_with(tonic::Code::Unavailable, Code::InternalError, message.into(), HashMap::new())
+}
+
 pub fn invalid(e: InvalidField) -> Status {
     coded(Code::ValidationError, e.to_string())
 }

@@ -1362,7 +1362,7 @@ impl Store for SqlStore {
                 .fetch_optional(&mut *tx)
                 .await?;
             if inserted.is_none() {
-                refused.push((outcomes.len(), key.import_ref.as_str()));
+                refused.push((outcomes.len(), key.import_ref.as_str(), record.account_id.as_str()));
                 outcomes.push(Imported::Conflict);
                 continue;
             }
@@ -1371,21 +1371,22 @@ impl Store for SqlStore {
             insert_audit(&event).execute(&mut *tx).await?;
             outcomes.push(Imported::Created(record.id));
         }
-        // A key this import brought before is `AlreadyImported`; anything else is a conflict.
+        // A key this import brought before, into the same account, is `AlreadyImported`;
+        // anything else is a conflict (another account's key id is never told).
         for chunk in refused.chunks(500) {
             let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "SELECT id, import_ref FROM api_keys WHERE import_id = $1 AND import_ref IN ({})",
+                "SELECT id, import_ref, account_id FROM api_keys WHERE import_id = $1 AND import_ref IN ({})",
                 placeholders.join(", ")
             );
             let mut query = sqlx::query(&sql).bind(import_id);
-            for (_, import_ref) in chunk {
+            for (_, import_ref, _) in chunk {
                 query = query.bind(*import_ref);
             }
             for row in query.fetch_all(&mut *tx).await? {
                 let id = stored_key_id(&row, "id")?.ok_or_else(|| corrupt("api_keys.id"))?;
-                let import_ref: &str = row.try_get("import_ref")?;
-                for (index, _) in chunk.iter().filter(|(_, r)| *r == import_ref) {
+                let (import_ref, account): (&str, &str) = (row.try_get("import_ref")?, row.try_get("account_id")?);
+                for (index, _, _) in chunk.iter().filter(|(_, r, a)| *r == import_ref && *a == account) {
                     outcomes[*index] = Imported::AlreadyImported(id);
                 }
             }

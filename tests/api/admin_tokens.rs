@@ -277,6 +277,21 @@ async fn a_token_confined_to_an_account_acts_on_that_account_only() {
         app.admin.list_api_keys(pb::ListApiKeysRequest { account_id: "acct_a".into(), ..Default::default() }).await;
     assert_eq!(a_keys.unwrap().into_inner().keys.len(), 1, "nothing of the batch was imported");
 
+    // An application's runtime key is an admin's to change, even in the token's account.
+    let shop = app.create_app("acct_a").await;
+    let rotated = app
+        .admin
+        .rotate_application_key(pb::RotateApplicationKeyRequest {
+            application_id: shop.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let runtime = rotated.key.unwrap().id;
+    let refused = admin.revoke_api_key(pb::RevokeApiKeyRequest { id: runtime.clone(), reason: "x".into() }).await;
+    assert_eq!(code(&refused.unwrap_err()), "insufficient_scope");
+
     // An admin token cannot be confined (its role reaches beyond accounts).
     let request = pb::CreateAdminTokenRequest {
         name: "boss".into(),

@@ -575,6 +575,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::AdminToken(AdminTokenCommand::Create { name, role, account, expires_in, connection }) => {
+            // 0 on the wire means "never": a zero duration asked for here is a mistake.
+            anyhow::ensure!(expires_in.is_none_or(|d| d.as_secs() > 0), "--expires-in must be at least 1s");
             let request = pb::CreateAdminTokenRequest {
                 name,
                 role,
