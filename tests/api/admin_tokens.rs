@@ -358,7 +358,9 @@ async fn a_token_expires_names_itself_in_the_audit_trail_and_keeps_its_name_afte
 backend_tests!(a_revoked_token_is_refused_on_the_other_replica_at_its_next_call);
 async fn a_revoked_token_is_refused_on_the_other_replica_at_its_next_call(db: Db) {
     let Some(db) = crate::helpers::TestDb::new(db).await else { return };
-    let (mut a, b) = tokio::join!(TestApp::spawn_url(&db.url, |_| {}), TestApp::spawn_url(&db.url, |_| {}));
+    // One after the other: the first runs the migrations (two at once race on SQLite).
+    let mut a = TestApp::spawn_url(&db.url, |_| {}).await;
+    let b = TestApp::spawn_url(&db.url, |_| {}).await;
     let secret = token(&mut a, "dashboard", "read_only", "", 0).await;
     let mut on_b = admin_with(&b, &secret);
     let list = pb::ListApplicationsRequest { account_id: "acct_r".into(), ..Default::default() };
