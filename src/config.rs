@@ -527,8 +527,15 @@ fn tls_settings(
     admin_apart: bool,
     problems: &mut Vec<String>,
 ) -> Option<TlsSettings> {
-    let mut client_certificates = |(ca, names): ClientFlags, flag: &str| -> Option<ClientCertificates> {
+    // `flag` is the flags' stem: `--{flag}-ca`, `--{flag}-names` (static, for the CA's errors).
+    let mut client_certificates = |(ca, names): ClientFlags, flag: &str, ca_flag: &'static str| {
+        let given = !names.is_empty();
         let names: Vec<String> = names.into_iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
+        // An empty list admits every certificate of the CA: a blank value must not mean that.
+        if given && names.is_empty() {
+            problems
+                .push(format!("--{flag}-names: no name given (leave the flag out to admit any certificate of the CA)"));
+        }
         if ca.is_none() && !names.is_empty() {
             problems.push(format!("--{flag}-names: needs --{flag}-ca (the CA the client certificates chain to)"));
         }
@@ -537,12 +544,10 @@ fn tls_settings(
                 problems.push(format!("--{flag}-names: {name:?} is not a DNS name or an IP address"));
             }
         }
-        ca.map(|ca| ClientCertificates { ca, names, flag: "" })
+        ca.map(|ca| ClientCertificates { ca, names, flag: ca_flag })
     };
-    let clients =
-        client_certificates(clients, "tls-client").map(|c| ClientCertificates { flag: "--tls-client-ca", ..c });
-    let admin_clients = client_certificates(admin_clients, "admin-tls-client")
-        .map(|c| ClientCertificates { flag: "--admin-tls-client-ca", ..c });
+    let clients = client_certificates(clients, "tls-client", "--tls-client-ca");
+    let admin_clients = client_certificates(admin_clients, "admin-tls-client", "--admin-tls-client-ca");
     if admin_clients.is_some() && !admin_apart {
         problems.push(
             "--admin-tls-client-ca: needs --admin-listen (Admin on the decision port takes --tls-client-ca's clients)"
@@ -693,6 +698,10 @@ mod tests {
             (&["--tls-client-ca", "ca.pem"][..], "need --tls-cert"),
             (&["--tls-cert", "c", "--tls-key", "k", "--admin-tls-client-ca", "ca"][..], "needs --admin-listen"),
             (&["--tls-cert", "c", "--tls-key", "k", "--tls-client-names", "edge"][..], "needs --tls-client-ca"),
+            (
+                &["--tls-cert", "c", "--tls-key", "k", "--tls-client-ca", "ca", "--tls-client-names", " , "][..],
+                "no name given",
+            ),
         ] {
             let err = settings(flags).unwrap_err().to_string();
             assert!(err.contains(problem), "{flags:?}: {err}");

@@ -17,6 +17,7 @@
 //! - [`grpc`]: tonic services; protobuf types stop here.
 //! - [`forward_auth`]: the HTTP forward-auth listener for nginx, Caddy and Traefik.
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring, logs.
+//! - [`tls`]: TLS and mTLS on every listener, certificates reloaded in place.
 //! - [`clock`]: time as a dependency, so tests move it.
 
 pub mod audit;

@@ -11,7 +11,7 @@ use crate::breaker::Breaker;
 use crate::clock::Clock;
 use crate::config::{AdminTokenSource, DigestKeySource, Settings, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN};
 use crate::forward_auth::ForwardAuth;
-use crate::grpc::admin::{AdminGate, AdminService, AdminTokens};
+use crate::grpc::admin::{AdminGate, AdminService, BootstrapToken};
 use crate::grpc::authorizer::AuthorizerService;
 use crate::grpc::ext_authz::CheckService;
 use crate::grpc::proto::{self, admin_server::AdminServer, authorizer_server::AuthorizerServer};
@@ -227,8 +227,8 @@ impl Application {
             Some(path) => Policy::load(path)?,
             None => Policy::default_policy(),
         };
-        let digest_key = load_digest_key(&settings.digest_key)?;
-        let admin_tokens = AdminTokens::new(&load_admin_token(&settings.admin_token)?, digest_key.as_bytes());
+        let digester = CredentialDigester::new(load_digest_key(&settings.digest_key)?.as_bytes());
+        let bootstrap = BootstrapToken::new(&load_admin_token(&settings.admin_token)?, &digester);
         // Certificates first: a wrong file stops start-up before anything else is opened.
         let tls = ListenerTlsSet::load(&settings)?;
 
@@ -249,7 +249,6 @@ impl Application {
         let cache = Arc::new(CachedStore::new(Arc::new(metered), settings.cache));
         let usage = Arc::new(UsageRecorder::new(cache.clone(), settings.usage, settings.cache.capacity));
         let verifier = Arc::new(Verifier::new(settings.argon2)?);
-        let digester = CredentialDigester::new(digest_key.as_bytes());
         let invalidation = match peers {
             Peers::Notify { database_url } => {
                 let (status, task) = invalidation::spawn(database_url, cache.clone());
@@ -322,7 +321,7 @@ impl Application {
         };
         let admin_service = CallSpans::new(AdminGate::new(
             AdminServer::new(AdminService::new(manager.clone())).max_decoding_message_size(MAX_ADMIN_MESSAGE),
-            admin_tokens,
+            bootstrap,
             manager,
         ));
         let router = server()

@@ -25,6 +25,11 @@ use tokio_rustls::TlsAcceptor;
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once per listener: beyond them a new connection is closed at
+/// once, so a flood of connections that never finish their handshake holds at most this
+/// many tasks and sockets for at most the deadline (established connections are not
+/// counted).
+const MAX_HANDSHAKES: usize = 1024;
 
 /// The server's certificate chain and key (PEM files).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,6 +220,7 @@ fn accept(
     tls: Arc<ListenerTls>,
 ) -> tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
     let (sender, receiver) = tokio::sync::mpsc::channel(128);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -230,10 +236,16 @@ fn accept(
                     }
                 },
             };
+            let Ok(turn) = handshakes.clone().try_acquire_owned() else {
+                tracing::debug!(listener = tls.name, %peer, "too many TLS handshakes in progress; connection closed");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let (acceptor, sender, tls) = (tls.acceptor(), sender.clone(), tls.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await;
+                drop(turn);
+                match handshake {
                     Ok(Ok(stream)) if tls.admits(&stream) => {
                         let _ = sender.send((stream, peer)).await;
                     }

@@ -5,7 +5,6 @@
 //! DIR holds a test CA (`ca.pem`), a server certificate for localhost and 127.0.0.1
 //! (`server.pem`, `server.key`) and a client certificate (`client.pem`, `client.key`).
 
-use anyhow::Context;
 use keygate::tls::{CertificateFiles, ClientCertificates, ListenerTls, Protocol};
 use keygate_client::ClientTls;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
@@ -36,8 +35,8 @@ pub fn write_certificates(dir: &Path) -> anyhow::Result<()> {
 
 /// The edge's side: trust the CA, present the client certificate.
 pub fn client(dir: &Path) -> anyhow::Result<ClientTls> {
-    let read = |name: &str| std::fs::read(dir.join(name)).with_context(|| format!("{}", dir.join(name).display()));
-    Ok(ClientTls::default().ca_pem(read("ca.pem")?).identity_pem(read("client.pem")?, read("client.key")?))
+    let file = |name: &str| dir.join(name);
+    Ok(ClientTls::from_files(Some(&file("ca.pem")), Some(&file("client.pem")), Some(&file("client.key")))?)
 }
 
 /// The server's side, as `keygate serve --tls-cert DIR/server.pem --tls-key DIR/server.key

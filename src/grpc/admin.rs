@@ -3,6 +3,7 @@
 use super::proto::{self as pb, admin_server};
 use super::{convert, status, RequestId};
 use crate::audit::{Actor, AuditCategory, AuditQuery};
+use crate::authn::digest::CredentialDigester;
 use crate::code::Code;
 use crate::domain::{
     admin_token_digest, hex, is_admin_token_shaped, AccountId, AdminGrant, AdminNeed, AdminRole, AdminTokenName,
@@ -10,7 +11,6 @@ use crate::domain::{
 };
 use crate::manage::Manager;
 use crate::store::KeyFilter;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
@@ -18,22 +18,19 @@ use tonic::{Request, Response, Status};
 /// The bootstrap token, kept only as its SHA-256 digest and compared in constant time,
 /// and how the audit trail names it.
 #[derive(Clone)]
-pub struct AdminTokens {
+pub struct BootstrapToken {
     digest: [u8; 32],
-    /// `admin:` and 8 hex digits of an HMAC of the token under the digest key: tells
-    /// bootstrap tokens apart in the trail, which read-only tokens may read, without
-    /// giving anyone a fingerprint to test guesses of a chosen token against offline.
+    /// `admin:` and 8 hex digits of the token's keyed digest (the one credentials get,
+    /// under the digest key): tells bootstrap tokens apart in the trail, which read-only
+    /// tokens may read, without giving anyone a fingerprint to test guesses of a chosen
+    /// token against offline.
     credential: String,
 }
 
-impl AdminTokens {
-    pub fn new(token: &str, digest_key: &[u8]) -> Self {
-        use hmac::Mac;
-        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(digest_key).expect("HMAC takes any key length");
-        mac.update(b"keygate bootstrap admin token\0");
-        mac.update(token.as_bytes());
-        let tag = mac.finalize().into_bytes();
-        Self { digest: Sha256::digest(token.as_bytes()).into(), credential: format!("admin:{}", hex(&tag[..4])) }
+impl BootstrapToken {
+    pub fn new(token: &str, digester: &CredentialDigester) -> Self {
+        let keyed = digester.digest(token);
+        Self { digest: admin_token_digest(token), credential: format!("admin:{}", hex(&keyed[..4])) }
     }
 
     /// Whether a presented token, by its SHA-256, is this one (in constant time).
@@ -84,7 +81,7 @@ fn need_of(rpc: &str) -> AdminNeed {
 #[derive(Clone)]
 pub struct AdminGate<S> {
     inner: S,
-    bootstrap: AdminTokens,
+    bootstrap: BootstrapToken,
     manager: Arc<Manager>,
     /// Named-token reads in flight: anyone who can reach Admin can make keygate read
     /// the store, so at most a few connections of the pool (which decisions share) go to it.
@@ -96,7 +93,7 @@ const TOKEN_LOOKUPS: usize = 4;
 const TOKEN_LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl<S> AdminGate<S> {
-    pub fn new(inner: S, bootstrap: AdminTokens, manager: Arc<Manager>) -> Self {
+    pub fn new(inner: S, bootstrap: BootstrapToken, manager: Arc<Manager>) -> Self {
         Self { inner, bootstrap, manager, lookups: Arc::new(tokio::sync::Semaphore::new(TOKEN_LOOKUPS)) }
     }
 }
@@ -139,7 +136,7 @@ where
 
 /// Who the bearer token is, and whether its role reaches `rpc`.
 async fn grant(
-    bootstrap: &AdminTokens,
+    bootstrap: &BootstrapToken,
     manager: &Manager,
     lookups: &tokio::sync::Semaphore,
     headers: &http::HeaderMap,

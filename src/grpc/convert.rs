@@ -207,12 +207,17 @@ fn credits_from_proto(credits: &pb::Credits) -> Result<Credits, InvalidField> {
     Ok(Credits { remaining: credits.remaining, refill })
 }
 
+/// What the admin API calls a revocable, expiring credential's state.
+fn credential_status(revoked: bool, live: bool) -> &'static str {
+    match (revoked, live) {
+        (true, _) => "revoked",
+        (false, true) => "active",
+        (false, false) => "expired",
+    }
+}
+
 pub fn admin_token_to_proto(token: &AdminTokenRecord, now: Timestamp) -> pb::AdminToken {
-    let status = match token.revoked_at {
-        Some(_) => "revoked",
-        None if token.is_live(now) => "active",
-        None => "expired",
-    };
+    let status = credential_status(token.revoked_at.is_some(), token.is_live(now));
     pb::AdminToken {
         name: token.name.as_str().to_owned(),
         role: token.role.as_str().to_owned(),
@@ -227,11 +232,7 @@ pub fn admin_token_to_proto(token: &AdminTokenRecord, now: Timestamp) -> pb::Adm
 }
 
 pub fn session_to_proto(session: &SessionRecord, now: Timestamp) -> pb::Session {
-    let status = match session.revoked_at {
-        Some(_) => "revoked",
-        None if session.is_live_at(now) => "active",
-        None => "expired",
-    };
+    let status = credential_status(session.revoked_at.is_some(), session.is_live_at(now));
     pb::Session {
         id: session.id.to_string(),
         account_id: session.account_id.to_string(),

@@ -3,7 +3,7 @@
 //!
 //! In Redis, each (rule, subject) has two small hashes: the spent requests, in the buckets
 //! of a [`BucketedWindow`](super::window::BucketedWindow) with their running total, and each
-//! replica's live reservation (`amount:expires_at`). A slice is granted only while spent +
+//! slice's live reservation (`amount:expires_at:reported`). A slice is granted only while spent +
 //! reserved stays within the limit, so the budget is never handed out twice.
 //!
 //! A replica spends its slice with no round trip. It renews in the background, reporting

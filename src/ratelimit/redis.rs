@@ -99,8 +99,7 @@ pub fn lease_keys(prefix: &str, rule: &str, window_ms: i64, subject: &str) -> (S
     } else {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(subject.as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{{{}:{rule}:{bucket}:sha256:{hex}}}", rule.len())
+        format!("{{{}:{rule}:{bucket}:sha256:{}}}", rule.len(), crate::domain::hex(&digest))
     };
     (format!("{prefix}lease:c:{tag}"), format!("{prefix}lease:r:{tag}"))
 }
@@ -334,10 +333,18 @@ impl RedisLimiter {
                 }
                 Take::Empty { renew: Some(sent) } => {
                     self.redis.stats.waited.fetch_add(1, Ordering::Relaxed);
-                    // In a task of its own: a caller that goes away (its deadline, a reset
-                    // stream) cannot leave the slice marked as renewing forever.
-                    let renewal = tokio::spawn(self.redis.clone().renew(cell.clone(), sent));
-                    renewal.await.map_err(|e| LimiterError::Unreachable(Box::new(e)))??;
+                    // Bounded like the waits: a slice granted and spent by others between
+                    // our renewal and our look is renewed again a few times at most.
+                    waits += 1;
+                    if self.redis.breaker.is_open() {
+                        // Refused with no I/O: no task per request while Redis is down.
+                        self.redis.clone().renew(cell.clone(), sent).await?;
+                    } else {
+                        // In a task of its own: a caller that goes away (its deadline, a
+                        // reset stream) cannot leave the slice marked as renewing forever.
+                        let renewal = tokio::spawn(self.redis.clone().renew(cell.clone(), sent));
+                        renewal.await.map_err(|e| LimiterError::Unreachable(Box::new(e)))??;
+                    }
                 }
                 Take::Empty { renew: None } => {
                     self.redis.stats.waited.fetch_add(1, Ordering::Relaxed);

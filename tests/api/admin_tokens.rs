@@ -203,7 +203,21 @@ async fn each_role_may_call_what_the_readme_says_and_no_more() {
         ("read_only", token(&mut app, "t-read", "read_only", "", 0).await),
         ("keys_write", token(&mut app, "t-keys-one", "keys_write", &fx.account, 0).await),
     ];
+    // keys_write confined to another account: every RPC its role reaches refuses the
+    // fixture's account (insufficient_scope by name, not_found by id), so a handler that
+    // forgets the account check fails here. An import of no keys names no account.
+    let elsewhere = token(&mut app, "t-keys-elsewhere", "keys_write", "acct_elsewhere", 0).await;
     let mut n = 0;
+    for (rpc, _) in table.iter().filter(|(rpc, allowed)| allowed[1] && rpc != "ImportApiKeys") {
+        n += 1;
+        let status = call(&mut admin_with(&app, &elsewhere), rpc, &fx, n).await.expect_err(rpc);
+        let refused = (status.code(), code(&status));
+        assert!(
+            refused == (tonic::Code::PermissionDenied, "insufficient_scope".into())
+                || refused == (tonic::Code::NotFound, "not_found".into()),
+            "{rpc} reached another account: {status:?}"
+        );
+    }
     for (rpc, allowed) in &table {
         for (column, (role, secret)) in tokens.iter().enumerate() {
             n += 1;
