@@ -362,33 +362,19 @@ impl ServeArgs {
                     .ok()
             })
             .collect();
-        let metrics_listen = self.metrics_listen.as_deref().and_then(|raw| {
-            raw.parse()
-                .map_err(|_| {
-                    problems.push(format!(
-                        "--metrics-listen / KEYGATE_METRICS_LISTEN: {raw:?} is not an address like 127.0.0.1:9090"
-                    ))
-                })
-                .ok()
-        });
-        let http_listen = self.http_listen.as_deref().and_then(|raw| {
-            raw.parse()
-                .map_err(|_| {
-                    problems.push(format!(
-                        "--http-listen / KEYGATE_HTTP_LISTEN: {raw:?} is not an address like 127.0.0.1:8081"
-                    ))
-                })
-                .ok()
-        });
-        let admin_listen = self.admin_listen.as_deref().and_then(|raw| {
-            raw.parse()
-                .map_err(|_| {
-                    problems.push(format!(
-                        "--admin-listen / KEYGATE_ADMIN_LISTEN: {raw:?} is not an address like 127.0.0.1:50052"
-                    ))
-                })
-                .ok()
-        });
+        let mut address = |raw: Option<&str>, flag: &str, example: &str| {
+            raw.and_then(|raw| {
+                let parsed = raw.parse().ok();
+                if parsed.is_none() {
+                    let env = format!("KEYGATE_{}", flag.to_uppercase().replace('-', "_"));
+                    problems.push(format!("--{flag} / {env}: {raw:?} is not an address like {example}"));
+                }
+                parsed
+            })
+        };
+        let metrics_listen = address(self.metrics_listen.as_deref(), "metrics-listen", "127.0.0.1:9090");
+        let http_listen = address(self.http_listen.as_deref(), "http-listen", "127.0.0.1:8081");
+        let admin_listen: Option<SocketAddr> = address(self.admin_listen.as_deref(), "admin-listen", "127.0.0.1:50052");
         let tls = tls_settings(
             (self.tls_cert, self.tls_key),
             (self.tls_client_ca, self.tls_client_names),

@@ -229,7 +229,8 @@ impl Application {
         };
         let digester = CredentialDigester::new(load_digest_key(&settings.digest_key)?.as_bytes());
         let bootstrap = BootstrapToken::new(&load_admin_token(&settings.admin_token)?, &digester);
-        // Certificates first: a wrong file stops start-up before anything else is opened.
+        // Certificates before the listeners and background tasks: a wrong file stops
+        // start-up (after the database, which `build` opened) with its name.
         let tls = ListenerTlsSet::load(&settings)?;
 
         // cache → metering → bounding → SQL: the meter sees timeouts and refusals as the
@@ -466,12 +467,9 @@ impl Application {
         if let Some(listener) = self.metrics {
             let address = listener.local_addr()?;
             let registry = Arc::new(crate::metrics::registry(&self.handles.metric_sources()));
-            let mut stop = stop_metrics.clone();
+            let stop = stop(stop_metrics.clone());
             tracing::info!(%address, "serving metrics at /metrics");
             tokio::spawn(async move {
-                let stop = async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                };
                 let listener = match HttpListener::new(listener, metrics_tls) {
                     Ok(listener) => listener,
                     Err(e) => return tracing::error!(error = %e, "the metrics endpoint failed"),
@@ -483,12 +481,9 @@ impl Application {
         }
         if let Some((listener, state)) = self.forward_auth {
             let address = listener.local_addr()?;
-            let mut stop = stop_metrics.clone();
+            let stop = stop(stop_metrics.clone());
             tracing::info!(%address, "serving forward auth at /forward-auth");
             tokio::spawn(async move {
-                let stop = async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                };
                 let listener = match HttpListener::new(listener, http_tls) {
                     Ok(listener) => listener,
                     Err(e) => return tracing::error!(error = %e, "the forward-auth listener failed"),

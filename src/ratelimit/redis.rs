@@ -308,14 +308,20 @@ impl RedisLimiter {
             let cell = self.cell(check, window);
             cell.set_terms(window, limit);
             let mut taken = cell.lock().take(now, size, period);
-            // Waiting for a renewal in flight: listen first, then look again, so its
-            // answer cannot slip by between the look and the wait. (Only then: listening
-            // costs a lock that the hot path does without.)
-            let renewed = cell.renewed.notified();
-            tokio::pin!(renewed);
             if let Take::Empty { renew: None } = taken {
+                // Waiting for a renewal in flight: listen first, then look again, so its
+                // answer cannot slip by between the look and the wait. (Only here: the hot
+                // path builds no listener.)
+                let renewed = cell.renewed.notified();
+                tokio::pin!(renewed);
                 renewed.as_mut().enable();
                 taken = cell.lock().take(now, size, period);
+                if let Take::Empty { renew: None } = taken {
+                    self.redis.stats.waited.fetch_add(1, Ordering::Relaxed);
+                    waits += 1;
+                    let _ = tokio::time::timeout(self.redis.breaker.timeout(), renewed).await;
+                    continue;
+                }
             }
             match taken {
                 Take::Spent { generation, remaining, renew } => {
@@ -323,7 +329,7 @@ impl RedisLimiter {
                         tokio::spawn(self.redis.clone().renew(cell.clone(), sent));
                     }
                     let room = Room { limit, remaining: remaining.min(limit.saturating_sub(1)) };
-                    return Ok(Leased::Spent(Spent { cell: cell.clone(), generation }, room));
+                    return Ok(Leased::Spent(Spent { cell, generation }, room));
                 }
                 Take::Limited { retry_after_ms } => return Ok(Leased::Limited { limit, retry_after_ms }),
                 Take::Released => {
@@ -346,11 +352,8 @@ impl RedisLimiter {
                         renewal.await.map_err(|e| LimiterError::Unreachable(Box::new(e)))??;
                     }
                 }
-                Take::Empty { renew: None } => {
-                    self.redis.stats.waited.fetch_add(1, Ordering::Relaxed);
-                    waits += 1;
-                    let _ = tokio::time::timeout(self.redis.breaker.timeout(), renewed).await;
-                }
+                // Waited for above.
+                Take::Empty { renew: None } => {}
             }
         }
         Err(LimiterError::Unreachable("no slice of the limit could be leased in time".into()))
@@ -389,7 +392,11 @@ impl RedisLimiter {
     pub async fn release_idle(&self, now: Timestamp, min_idle: Duration) {
         let min_idle = min_idle.as_millis() as i64;
         let mut releases = tokio::task::JoinSet::new();
-        for (key, cell) in self.leases.iter() {
+        for (walked, (key, cell)) in self.leases.iter().enumerate() {
+            // A table of many subjects does not hold a worker for the whole walk.
+            if walked % 1024 == 1023 {
+                tokio::task::yield_now().await;
+            }
             let Some(sent) = cell.lock().release(now.as_millis(), min_idle) else { continue };
             self.leases.remove_if(key.as_str(), |held| Arc::ptr_eq(held, &cell));
             releases.spawn(self.redis.clone().renew(cell, sent));

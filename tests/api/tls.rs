@@ -312,7 +312,9 @@ async fn https_get_with(
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(&address).await.map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    // By IP, so no SNI is sent: nginx sends none unless `proxy_ssl_server_name on`.
+    let host = address.rsplit_once(':').map_or(address.as_str(), |(host, _)| host).to_owned();
+    let name = rustls::pki_types::ServerName::try_from(host).unwrap();
     let mut tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
     let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n{headers}\r\n");
     tls.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
