@@ -1,13 +1,14 @@
 //! Key and application management: the admin API's rules, free of gRPC.
 
 use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
+use crate::authn::digest::CredentialDigester;
 use crate::authn::verifier::{Verifier, VerifierError};
 use crate::clock::Clock;
 use crate::domain::imported::ForeignHash;
 use crate::domain::{
-    admin_token_digest, new_admin_token, AccountId, AdminRole, AdminTokenName, AdminTokenRecord, ApplicationId,
-    CredentialKind, GeneratedKey, InvalidField, KeyId, KeyTerms, Metadata, Name, NewKeyRecord, OwnerId, Scopes,
-    SessionId, Timestamp, UserId,
+    admin_token_digest, is_admin_token_signed, new_admin_token, AccountId, AdminRole, AdminTokenName, AdminTokenRecord,
+    ApplicationId, CredentialKind, GeneratedKey, InvalidField, KeyId, KeyTerms, Metadata, Name, NewKeyRecord, OwnerId,
+    Scopes, SessionId, Timestamp, UserId,
 };
 use crate::store::{
     Application, Credits, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind, KeyRecord, Owner,
@@ -133,6 +134,8 @@ pub struct Manager {
     clock: Arc<dyn Clock>,
     usage: Arc<UsageRecorder>,
     settings: ManageSettings,
+    /// Signs the admin tokens it makes (see [`Manager::made_admin_token`]).
+    digester: CredentialDigester,
 }
 
 impl Manager {
@@ -142,8 +145,15 @@ impl Manager {
         clock: Arc<dyn Clock>,
         usage: Arc<UsageRecorder>,
         settings: ManageSettings,
+        digester: CredentialDigester,
     ) -> Self {
-        Self { store, verifier, clock, usage, settings }
+        Self { store, verifier, clock, usage, settings, digester }
+    }
+
+    /// Did this deployment make `token` (its tag under the digest key)? Admin tokens
+    /// that did not are refused without a store read.
+    pub fn made_admin_token(&self, token: &str) -> bool {
+        is_admin_token_signed(token, |random| self.digester.digest(random))
     }
 
     /// A key's last use as this replica knows it: stored, or seen since (batched writes).
@@ -671,7 +681,7 @@ impl Manager {
             .into());
         }
         let now = self.clock.now();
-        let secret = new_admin_token()?;
+        let secret = new_admin_token(|random| self.digester.digest(random))?;
         let token = AdminTokenRecord {
             name,
             role,

@@ -291,14 +291,20 @@ impl Application {
         let authn = Arc::new(Authenticator::new(
             cache.clone(),
             verifier.clone(),
-            digester,
+            digester.clone(),
             FailureBudgets::new(settings.budgets),
             settings.authn,
         ));
         let authorizer =
             Arc::new(Authorizer::new(policy, cache.clone(), authn, limiter.clone(), clock.clone(), usage.clone()));
-        let manager =
-            Arc::new(Manager::new(cache.clone(), verifier.clone(), clock.clone(), usage.clone(), settings.manage));
+        let manager = Arc::new(Manager::new(
+            cache.clone(),
+            verifier.clone(),
+            clock.clone(),
+            usage.clone(),
+            settings.manage,
+            digester.clone(),
+        ));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<AuthorizerServer<AuthorizerService>>().await;

@@ -134,19 +134,31 @@ impl AdminGrant {
 /// The prefix of every admin token keygate makes (the bootstrap token file's is `kgadm_`).
 pub const ADMIN_TOKEN_PREFIX: &str = "kgat_";
 
-/// Random base62 characters after the prefix.
-const ADMIN_TOKEN_SECRET_LEN: usize = 43;
+/// After the prefix: random base62 characters, then a tag of hex digits that a keyed
+/// digest of them gives (43 in all).
+const ADMIN_TOKEN_RANDOM_LEN: usize = 31;
+const ADMIN_TOKEN_TAG_BYTES: usize = 6;
 
-/// A new token: shown once, at creation.
-pub fn new_admin_token() -> Result<String, getrandom::Error> {
-    Ok(format!("{ADMIN_TOKEN_PREFIX}{}", super::random_token(ADMIN_TOKEN_SECRET_LEN)?))
+/// A new token, shown once at creation. `sign` is the server's keyed digest (the digest
+/// key's HMAC): a token carries a tag of it, so one that keygate did not make is refused
+/// without a store read.
+pub fn new_admin_token(sign: impl Fn(&str) -> [u8; 32]) -> Result<String, getrandom::Error> {
+    let random = super::random_token(ADMIN_TOKEN_RANDOM_LEN)?;
+    let tag = super::hex(&sign(&random)[..ADMIN_TOKEN_TAG_BYTES]);
+    Ok(format!("{ADMIN_TOKEN_PREFIX}{random}{tag}"))
 }
 
-/// Has `token` the shape of the tokens keygate makes? Only those are looked up in the store.
-pub fn is_admin_token_shaped(token: &str) -> bool {
-    token.strip_prefix(ADMIN_TOKEN_PREFIX).is_some_and(|secret| {
-        secret.len() == ADMIN_TOKEN_SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric())
-    })
+/// Did keygate (a replica with the same digest key) make `token`? Only such tokens are
+/// looked up in the store: made-up ones, however many, cost no query.
+pub fn is_admin_token_signed(token: &str, sign: impl Fn(&str) -> [u8; 32]) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(rest) = token.strip_prefix(ADMIN_TOKEN_PREFIX) else { return false };
+    if rest.len() != ADMIN_TOKEN_RANDOM_LEN + 2 * ADMIN_TOKEN_TAG_BYTES || !rest.is_ascii() {
+        return false;
+    }
+    let (random, tag) = rest.split_at(ADMIN_TOKEN_RANDOM_LEN);
+    let expected = super::hex(&sign(random)[..ADMIN_TOKEN_TAG_BYTES]);
+    random.bytes().all(|b| b.is_ascii_alphanumeric()) && bool::from(expected.as_bytes().ct_eq(tag.as_bytes()))
 }
 
 /// The digest a token is kept and found by.
@@ -206,9 +218,17 @@ mod tests {
             created_by: "admin:00000000".into(),
             revoked_by: None,
         };
-        assert!(is_admin_token_shaped(&new_admin_token().unwrap()));
-        for other in ["kgat_short", "kgadm_0123456789012345678901234567890123456789012", "kgat_!"] {
-            assert!(!is_admin_token_shaped(other), "{other}");
+        let sign = |s: &str| -> [u8; 32] { Sha256::digest(format!("key:{s}")).into() };
+        let other_key = |s: &str| -> [u8; 32] { Sha256::digest(format!("other:{s}")).into() };
+        let made = new_admin_token(sign).unwrap();
+        assert_eq!(made.len(), ADMIN_TOKEN_PREFIX.len() + 43);
+        assert!(is_admin_token_signed(&made, sign));
+        assert!(!is_admin_token_signed(&made, other_key), "another deployment's key");
+        let mut forged = made.clone();
+        forged.replace_range(10..11, if &made[10..11] == "A" { "B" } else { "A" });
+        assert!(!is_admin_token_signed(&forged, sign), "a changed random part");
+        for other in ["kgat_short", "kgadm_0123456789012345678901234567890123456789012", "kgat_!", &made[1..]] {
+            assert!(!is_admin_token_signed(other, sign), "{other}");
         }
         assert!(record.is_live(at(999)));
         assert!(!record.is_live(at(1_000)), "expires at its expiry");

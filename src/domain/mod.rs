@@ -11,7 +11,7 @@ mod search;
 mod terms;
 
 pub use admin_token::{
-    admin_token_digest, is_admin_token_shaped, new_admin_token, AdminGrant, AdminNeed, AdminRole, AdminTokenName,
+    admin_token_digest, is_admin_token_signed, new_admin_token, AdminGrant, AdminNeed, AdminRole, AdminTokenName,
     AdminTokenRecord, ADMIN_TOKEN_PREFIX,
 };
 pub use credential::{

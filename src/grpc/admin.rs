@@ -6,8 +6,8 @@ use crate::audit::{Actor, AuditCategory, AuditQuery};
 use crate::authn::digest::CredentialDigester;
 use crate::code::Code;
 use crate::domain::{
-    admin_token_digest, hex, is_admin_token_shaped, AccountId, AdminGrant, AdminNeed, AdminRole, AdminTokenName,
-    ApplicationId, KeyId, Name, OwnerId, SearchParams, SessionId, UserId,
+    admin_token_digest, hex, AccountId, AdminGrant, AdminNeed, AdminRole, AdminTokenName, ApplicationId, KeyId, Name,
+    OwnerId, SearchParams, SessionId, UserId,
 };
 use crate::manage::Manager;
 use crate::store::KeyFilter;
@@ -154,9 +154,9 @@ async fn grant(
     let grant = if bootstrap.accepts(&digest) {
         AdminGrant { credential: bootstrap.credential.clone(), role: AdminRole::Admin, account: None }
     } else {
-        // Only tokens of keygate's own shape are looked up (anything else costs no query),
-        // a few at a time.
-        let named = match is_admin_token_shaped(token) {
+        // Only tokens this deployment made (their tag under the digest key) are looked up:
+        // made-up ones cost no query, however many. And a few at a time.
+        let named = match manager.made_admin_token(token) {
             true => {
                 let _turn = tokio::time::timeout(TOKEN_LOOKUP_WAIT, lookups.acquire())
                     .await

@@ -386,3 +386,38 @@ async fn a_revoked_token_is_refused_on_the_other_replica_at_its_next_call(db: Db
     let status = on_b.list_applications(list).await.unwrap_err();
     assert_eq!((status.code(), status.message()), (tonic::Code::Unauthenticated, "the admin token was revoked"));
 }
+
+#[tokio::test]
+async fn made_up_admin_tokens_cost_no_store_read_however_many() {
+    let mut app = crate::helpers::TestApp::spawn_on(crate::helpers::TestDb::new(Db::Sqlite).await.unwrap(), |s| {
+        s.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let real = token(&mut app, "dash", "read_only", "", 0).await;
+    let reads = || async {
+        let text = reqwest::get(app.metrics_url.clone().unwrap()).await.unwrap().text().await.unwrap();
+        keygate::metrics::sample(&text, r#"keygate_store_operation_seconds_count{operation="admin_token"}"#)
+            .unwrap_or(0.0)
+    };
+    let before = reads().await;
+    // keygate's own shape, a real token with one character changed, 200 at once.
+    let mut forged = real.clone();
+    let flipped = if &real[20..21] == "a" { "b" } else { "a" };
+    forged.replace_range(20..21, flipped);
+    let flood: Vec<_> = (0..200)
+        .map(|i| {
+            let token = if i % 2 == 0 { forged.clone() } else { format!("kgat_{:0>43}", i) };
+            let mut admin = admin_with(&app, &token);
+            tokio::spawn(async move { admin.list_admin_tokens(pb::ListAdminTokensRequest {}).await })
+        })
+        .collect();
+    for call in flood {
+        let status = call.await.unwrap().unwrap_err();
+        assert_eq!((status.code(), code(&status)), (tonic::Code::Unauthenticated, "unauth".into()));
+    }
+    assert_eq!(reads().await, before, "no made-up token was looked up");
+    // The real one still is (one read), and works.
+    let mut dash = admin_with(&app, &real);
+    dash.list_applications(pb::ListApplicationsRequest { account_id: "a".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(reads().await, before + 1.0);
+}
