@@ -67,6 +67,12 @@ async fn no_secret_reaches_a_log_line_an_error_or_a_later_response() {
     seen.push(format!("{:?}", wrong_admin.get_api_key(pb::GetApiKeyRequest { id: key.id.clone() }).await));
     let malformed = pb::AuthorizeRequest { credential: secret.clone(), method: "".into(), ..Default::default() };
     seen.push(format!("{:?}", app.authorizer.authorize(malformed).await));
+    // With the Authorize span on (debug), a call without an id gets one, and its decision's
+    // log line carries it.
+    let call = pb::AuthorizeRequest { method: "GET".into(), path: path.clone(), ..Default::default() };
+    let answered = app.authorizer.authorize(call).await.unwrap();
+    let made = answered.metadata().get("x-request-id").expect("an id is made").to_str().unwrap().to_owned();
+    assert!(made.starts_with("kg-"), "{made}");
 
     // What must never show: the secrets, the admin token and the stored hashes.
     let stored = app.handles.store.key(keygate::domain::KeyId::parse(&key.id).unwrap()).await.unwrap().unwrap();
@@ -91,6 +97,10 @@ async fn no_secret_reaches_a_log_line_an_error_or_a_later_response() {
     assert!(
         logged.lines().any(|l| l.contains(r#"admin{rpc="RevokeApiKey" request_id=kg-"#) && l.contains("admin action")),
         "no admin span around the revoke:\n{logged}"
+    );
+    assert!(
+        logged.lines().any(|l| l.contains(&format!("authorize{{request_id={made}}}")) && l.contains("decided")),
+        "no decision logged under the id {made}:\n{logged}"
     );
     for (what, value) in &secrets {
         assert!(!logged.contains(value.as_str()), "the {what} appears in the logs");

@@ -53,6 +53,10 @@ pub struct LoadArgs {
     /// (the target serves DIR/server.pem and asks for DIR/ca.pem's clients; the floor too).
     #[arg(long, requires = "target")]
     tls: Option<PathBuf>,
+    /// With --target: a floor already running (`keygate-bench floor`, started by hand, say
+    /// under a profiler) instead of one started here.
+    #[arg(long, requires = "target")]
+    floor: Option<String>,
     #[arg(long)]
     json: Option<PathBuf>,
     #[arg(long)]
@@ -310,6 +314,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             keys: args.keys,
             path: &args.path,
             tls: args.tls.as_deref(),
+            floor: args.floor.as_deref(),
         };
         let (warmup, measure) = (Duration::from_secs(args.warmup_seconds), Duration::from_secs(args.seconds));
         return crate::target::run(target, args.connections, &args.concurrency, args.rounds, warmup, measure).await;

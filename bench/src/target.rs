@@ -22,6 +22,8 @@ pub struct Target<'a> {
     /// TLS (mTLS) with the certificates of `keygate-bench certs DIR`: the target was started
     /// with them, and the floor is too.
     pub tls: Option<&'a std::path::Path>,
+    /// A floor already running (its address without scheme), instead of one started here.
+    pub floor: Option<&'a str>,
 }
 
 /// (Used by `load --target`.) The floor, in its own process: prints `listening on ADDR`.
@@ -51,8 +53,14 @@ pub async fn run(
         }
         command
     };
-    let (_floor_process, floor_address) =
-        crate::proxy::start(floor_command, true, |line| line.strip_prefix("listening on ").map(str::to_owned))?;
+    let (_floor_process, floor_address) = match target.floor {
+        Some(address) => (None, address.to_owned()),
+        None => {
+            let (process, address) =
+                crate::proxy::start(floor_command, true, |line| line.strip_prefix("listening on ").map(str::to_owned))?;
+            (Some(process), address)
+        }
+    };
     let client_tls = target.tls.map(crate::tls::client).transpose()?;
     let reach = |address: String| match &client_tls {
         Some(tls) => Server::external_tls(address, tls.clone()),

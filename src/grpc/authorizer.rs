@@ -26,9 +26,18 @@ impl authorizer_server::Authorizer for AuthorizerService {
         &self,
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
-        let request_id = RequestId::from_metadata(request.metadata());
         let budget = self.edge.budget(super::caller_deadline(request.metadata()));
-        let span = tracing::debug_span!("authorize", request_id = %request_id);
+        let span = tracing::debug_span!("authorize", request_id = tracing::field::Empty);
+        // The caller's id is echoed. One is made only for a call that brings none while
+        // this span is on (debug level): only then does a log line carry it, and an id
+        // nobody can find costs every call an allocation and both ends a header to code.
+        let request_id = match RequestId::given(request.metadata()) {
+            None if span.is_disabled() => None,
+            given => Some(given.unwrap_or_else(RequestId::generate)),
+        };
+        if let Some(id) = &request_id {
+            span.record("request_id", tracing::field::display(id));
+        }
         let message = request.into_inner();
         let query = convert::authorize_query(&message)?;
         let verdict = self.authorizer.authorize_within(&query, budget).instrument(span.clone()).await?;
@@ -40,6 +49,10 @@ impl authorizer_server::Authorizer for AuthorizerService {
                 "decided"
             )
         });
-        Ok(request_id.attach(Response::new(convert::authorize_response(verdict))))
+        let response = Response::new(convert::authorize_response(verdict));
+        Ok(match request_id {
+            Some(id) => id.attach(response),
+            None => response,
+        })
     }
 }

@@ -23,8 +23,17 @@ pub struct RequestId(MetadataValue<tonic::metadata::Ascii>);
 
 impl RequestId {
     pub fn from_metadata(metadata: &MetadataMap) -> Self {
-        let given = metadata.get(REQUEST_ID_HEADER).filter(|v| usable(v.as_bytes()));
-        Self(given.cloned().unwrap_or_else(generate))
+        Self::given(metadata).unwrap_or_else(Self::generate)
+    }
+
+    /// The caller's id, if it sent a usable one.
+    pub fn given(metadata: &MetadataMap) -> Option<Self> {
+        metadata.get(REQUEST_ID_HEADER).filter(|v| usable(v.as_bytes())).cloned().map(Self)
+    }
+
+    /// A new id, for a call that came without one.
+    pub fn generate() -> Self {
+        Self(generate())
     }
 
     /// The id of an HTTP request's headers, which gets one (a generated id, replacing an
@@ -48,7 +57,11 @@ impl RequestId {
     }
 
     pub fn attach<T>(self, mut response: tonic::Response<T>) -> tonic::Response<T> {
-        response.metadata_mut().insert(REQUEST_ID_HEADER, self.0);
+        let mut value = self.0;
+        // Never indexed by HPACK: every id is new, so an indexed one would only push out
+        // of both ends' tables the entries that repeat, and cost both a table search.
+        value.set_sensitive(true);
+        response.metadata_mut().insert(REQUEST_ID_HEADER, value);
         response
     }
 }

@@ -3,7 +3,6 @@
 //! of routes.
 
 use super::Segment;
-use std::collections::HashMap;
 
 pub const MAX_SEGMENTS: usize = 32;
 
@@ -14,9 +13,18 @@ pub(super) struct Router {
 
 #[derive(Debug, Default)]
 struct Node {
-    literals: HashMap<Box<str>, usize>,
+    /// Sorted by text: a binary search of a node's few literals costs less than hashing
+    /// every segment of every path with SipHash.
+    literals: Vec<(Box<str>, usize)>,
     param: Option<usize>,
     route: Option<usize>,
+}
+
+impl Node {
+    fn literal(&self, text: &str) -> Option<usize> {
+        let at = self.literals.binary_search_by(|(literal, _)| (**literal).cmp(text)).ok()?;
+        Some(self.literals[at].1)
+    }
 }
 
 /// The segments of a matched path, borrowed from it, without allocating.
@@ -44,7 +52,7 @@ impl Router {
         let mut at = 0;
         for segment in segments {
             let next = match segment {
-                Segment::Literal(text) => nodes[at].literals.get(text.as_str()).copied(),
+                Segment::Literal(text) => nodes[at].literal(text),
                 Segment::Param(_) => nodes[at].param,
             };
             at = match next {
@@ -53,9 +61,13 @@ impl Router {
                     nodes.push(Node::default());
                     let new = nodes.len() - 1;
                     match segment {
-                        Segment::Literal(text) => nodes[at].literals.insert(text.as_str().into(), new),
-                        Segment::Param(_) => nodes[at].param.replace(new),
-                    };
+                        Segment::Literal(text) => {
+                            let literals = &mut nodes[at].literals;
+                            let place = literals.partition_point(|(literal, _)| **literal < **text);
+                            literals.insert(place, (text.as_str().into(), new));
+                        }
+                        Segment::Param(_) => nodes[at].param = Some(new),
+                    }
                     new
                 }
             };
@@ -94,7 +106,7 @@ fn walk(nodes: &[Node], at: usize, rest: &[&str]) -> Option<usize> {
     let Some((first, tail)) = rest.split_first() else {
         return node.route;
     };
-    if let Some(&next) = node.literals.get(*first) {
+    if let Some(next) = node.literal(first) {
         if let Some(found) = walk(nodes, next, tail) {
             return Some(found);
         }

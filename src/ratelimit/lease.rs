@@ -7,8 +7,8 @@
 //! reserved stays within the limit, so the budget is never handed out twice.
 //!
 //! A replica spends its slice with no round trip. It renews in the background, reporting
-//! what it spent (counted in the current bucket) and what it still holds, when half the
-//! slice is gone or half the lease period has passed; only a request that finds nothing
+//! what it spent (counted in the current bucket) and what it still holds, when an eighth of
+//! the slice is left or half the lease period has passed; only a request that finds nothing
 //! held waits for Redis. A subject left idle is released: its spends reported, its unused
 //! slice returned. A replica that dies stops renewing; its reservation lapses after one
 //! lease period, so its unused slice returns then.
@@ -45,6 +45,15 @@ impl LeaseSettings {
     pub fn period_ms(&self) -> i64 {
         self.period.as_millis().max(1) as i64
     }
+}
+
+/// What a slice of `size` is renewed at. An eighth: a subject spending at its limit's
+/// steady rate takes `share × window / 8` to spend it (75 ms for the default 1% of a
+/// minute), some hundred round trips to Redis, so a renewal lands before the slice runs
+/// out; and each renewal carries seven eighths of a slice of spends, not half, so Redis
+/// sees fewer of them (every renewal is a script run there).
+pub fn low_water(size: u32) -> u32 {
+    size / 8
 }
 
 /// KEYS: the subject's counts (a hash: `t` the total of the buckets in the window, `o` the
@@ -231,7 +240,7 @@ impl Lease {
             self.spent += 1;
             // Before a renewal it may start: a request reported by that renewal is spent.
             let generation = self.generation;
-            let due = (self.held <= size / 2 && now >= self.quiet_until) || now >= self.renewed_at + period / 2;
+            let due = (self.held <= low_water(size) && now >= self.quiet_until) || now >= self.renewed_at + period / 2;
             let renew = (due && !self.renewing).then(|| self.start_renewal(now, size));
             return Take::Spent { generation, remaining: self.room.saturating_add(self.held), renew };
         }
@@ -325,23 +334,25 @@ mod tests {
     }
 
     #[test]
-    fn a_slice_is_spent_locally_and_renewed_at_half() {
-        let mut lease = leased(10, 0);
-        for i in 0..4 {
-            assert!(matches!(lease.take(1, 10, PERIOD), Take::Spent { renew: None, .. }), "{i}");
+    fn a_slice_is_spent_locally_and_renewed_when_an_eighth_is_left() {
+        assert_eq!((low_water(16), low_water(10), low_water(7)), (2, 1, 0));
+        let mut lease = leased(16, 0);
+        for i in 0..13 {
+            assert!(matches!(lease.take(1, 16, PERIOD), Take::Spent { renew: None, .. }), "{i}");
         }
-        // The fifth leaves 5 held: half the slice; this caller renews, reporting 5.
-        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 10, PERIOD) else { panic!() };
-        assert_eq!(sent, Renewal { reported: 5, acked: 0, keep: 5, want: 5, at: 1 });
+        // The fourteenth leaves 2 held, an eighth of the slice: this caller renews,
+        // reporting 14.
+        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 16, PERIOD) else { panic!() };
+        assert_eq!(sent, Renewal { reported: 14, acked: 0, keep: 2, want: 14, at: 1 });
         // While it is in flight, the slice is still spent, and nobody else renews.
-        for _ in 0..5 {
-            assert!(matches!(lease.take(2, 10, PERIOD), Take::Spent { renew: None, .. }));
+        for _ in 0..2 {
+            assert!(matches!(lease.take(2, 16, PERIOD), Take::Spent { renew: None, .. }));
         }
-        let Take::Empty { renew: None } = lease.take(2, 10, PERIOD) else { panic!("wait for the renewal in flight") };
-        lease.renewed(&sent, granted(5, 100), PERIOD);
-        // 5 kept − 5 spent in flight + 5 granted.
-        let Take::Spent { remaining, .. } = lease.take(3, 10, PERIOD) else { panic!() };
-        assert_eq!(remaining, 100 + 4);
+        let Take::Empty { renew: None } = lease.take(2, 16, PERIOD) else { panic!("wait for the renewal in flight") };
+        lease.renewed(&sent, granted(14, 100), PERIOD);
+        // 2 kept − 2 spent in flight + 14 granted.
+        let Take::Spent { remaining, .. } = lease.take(3, 16, PERIOD) else { panic!() };
+        assert_eq!(remaining, 100 + 13);
     }
 
     #[test]
@@ -366,7 +377,7 @@ mod tests {
         assert!(matches!(lease.take(4, 10, PERIOD), Take::Empty { renew: Some(_) }));
         let mut lease = Lease::default();
         let Take::Empty { renew: Some(sent) } = lease.take(0, 10, PERIOD) else { panic!() };
-        lease.renewed(&sent, Granted { granted: 4, room: 0, retry_after_ms: 200, kept: 0 }, PERIOD);
+        lease.renewed(&sent, Granted { granted: 2, room: 0, retry_after_ms: 200, kept: 0 }, PERIOD);
         assert!(matches!(lease.take(199, 10, PERIOD), Take::Spent { renew: None, .. }));
         assert!(matches!(lease.take(200, 10, PERIOD), Take::Spent { renew: Some(_), .. }), "room may have come");
     }
@@ -392,32 +403,34 @@ mod tests {
 
     #[test]
     fn a_request_put_back_is_spent_again_unless_it_was_reported() {
-        let mut lease = leased(10, 0);
-        let Take::Spent { generation, .. } = lease.take(1, 10, PERIOD) else { panic!() };
+        let mut lease = leased(16, 0);
+        let Take::Spent { generation, .. } = lease.take(1, 16, PERIOD) else { panic!() };
         lease.put_back(generation);
-        assert_eq!((lease.held, lease.spent), (10, 0));
-        for _ in 0..4 {
-            lease.take(1, 10, PERIOD);
+        assert_eq!((lease.held, lease.spent), (16, 0));
+        for _ in 0..13 {
+            lease.take(1, 16, PERIOD);
         }
-        let Take::Spent { generation, renew: Some(sent), .. } = lease.take(1, 10, PERIOD) else { panic!() };
-        assert_eq!(sent.spent(), 5, "the fifth was reported with the renewal");
+        let Take::Spent { generation, renew: Some(sent), .. } = lease.take(1, 16, PERIOD) else { panic!() };
+        assert_eq!(sent.spent(), 14, "the fourteenth was reported with the renewal");
         lease.put_back(generation);
-        assert_eq!((lease.held, lease.spent), (5, 5), "so it is not put back");
+        assert_eq!((lease.held, lease.spent), (2, 14), "so it is not put back");
     }
 
     #[test]
     fn a_failed_renewal_reports_its_spends_next_time() {
-        let mut lease = leased(4, 0);
-        lease.take(1, 4, PERIOD);
-        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 4, PERIOD) else { panic!() };
+        let mut lease = leased(16, 0);
+        for _ in 0..13 {
+            lease.take(1, 16, PERIOD);
+        }
+        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 16, PERIOD) else { panic!() };
         lease.renewal_failed(&sent);
-        let Take::Spent { renew: Some(again), .. } = lease.take(2, 4, PERIOD) else { panic!() };
-        assert_eq!(again.spent(), 3, "2 from the failed renewal, 1 since");
+        let Take::Spent { renew: Some(again), .. } = lease.take(2, 16, PERIOD) else { panic!() };
+        assert_eq!(again.spent(), 15, "14 from the failed renewal, 1 since");
         lease.renewal_failed(&again);
-        let Take::Spent { renew: Some(last), .. } = lease.take(3, 4, PERIOD) else { panic!("the last held") };
+        let Take::Spent { renew: Some(last), .. } = lease.take(3, 16, PERIOD) else { panic!("the last held") };
         lease.renewal_failed(&last);
-        let Take::Empty { renew: Some(now_or_never) } = lease.take(3, 4, PERIOD) else { panic!("the slice is spent") };
-        assert_eq!(now_or_never, Renewal { reported: 4, acked: 0, keep: 0, want: 4, at: 3 });
+        let Take::Empty { renew: Some(now_or_never) } = lease.take(3, 16, PERIOD) else { panic!("the slice is spent") };
+        assert_eq!(now_or_never, Renewal { reported: 16, acked: 0, keep: 0, want: 16, at: 3 });
     }
 
     #[test]
@@ -432,36 +445,36 @@ mod tests {
 
     #[test]
     fn spends_are_reported_cumulatively_and_acknowledged_once() {
-        let mut lease = leased(10, 0);
-        for _ in 0..4 {
-            lease.take(1, 10, PERIOD);
+        let mut lease = leased(16, 0);
+        for _ in 0..13 {
+            lease.take(1, 16, PERIOD);
         }
-        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 10, PERIOD) else { panic!() };
-        assert_eq!((sent.reported, sent.acked, sent.spent()), (5, 0, 5));
-        lease.renewed(&sent, granted(5, 100), PERIOD);
-        for _ in 0..4 {
-            lease.take(2, 10, PERIOD);
+        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 16, PERIOD) else { panic!() };
+        assert_eq!((sent.reported, sent.acked, sent.spent()), (14, 0, 14));
+        lease.renewed(&sent, granted(14, 100), PERIOD);
+        for _ in 0..13 {
+            lease.take(2, 16, PERIOD);
         }
-        let Take::Spent { renew: Some(next), .. } = lease.take(2, 10, PERIOD) else { panic!() };
-        assert_eq!((next.reported, next.acked, next.spent()), (10, 5, 5), "only what is new");
+        let Take::Spent { renew: Some(next), .. } = lease.take(2, 16, PERIOD) else { panic!() };
+        assert_eq!((next.reported, next.acked, next.spent()), (28, 14, 14), "only what is new");
         // Timed out on our side: the next report carries the same spends again, and Redis
         // (which keeps what it counted per slice) counts them once.
         lease.renewal_failed(&next);
-        let Take::Spent { renew: Some(again), .. } = lease.take(3, 10, PERIOD) else { panic!() };
-        assert_eq!((again.reported, again.acked), (11, 5));
+        let Take::Spent { renew: Some(again), .. } = lease.take(3, 16, PERIOD) else { panic!() };
+        assert_eq!((again.reported, again.acked), (29, 14));
     }
 
     #[test]
     fn a_lapsed_reservation_keeps_only_what_redis_still_had_room_for() {
-        let mut lease = leased(10, 0);
-        for _ in 0..4 {
-            lease.take(1, 10, PERIOD);
+        let mut lease = leased(16, 0);
+        for _ in 0..13 {
+            lease.take(1, 16, PERIOD);
         }
-        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 10, PERIOD) else { panic!() };
-        assert_eq!(sent.keep, 5);
+        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 16, PERIOD) else { panic!() };
+        assert_eq!(sent.keep, 2);
         lease.renewed(&sent, Granted { granted: 0, room: 0, retry_after_ms: 100, kept: 1 }, PERIOD);
-        assert!(matches!(lease.take(2, 10, PERIOD), Take::Spent { .. }));
-        assert!(matches!(lease.take(2, 10, PERIOD), Take::Empty { .. }), "4 of the 5 held were given up");
+        assert!(matches!(lease.take(2, 16, PERIOD), Take::Spent { .. }));
+        assert!(matches!(lease.take(2, 16, PERIOD), Take::Empty { .. }), "1 of the 2 held was given up");
     }
 
     #[test]

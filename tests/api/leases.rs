@@ -132,7 +132,7 @@ async fn two_replicas_spend_exactly_the_limit_from_slices_and_renew_as_the_windo
         }
     }
     assert_eq!(admitted, 100, "never more than the limit, and every slice was spent");
-    // Far fewer round trips than requests: a slice of 10 is renewed at half.
+    // Far fewer round trips than requests: a slice of 10 is renewed when one is left.
     let trips = renewals(&a) + renewals(&b);
     assert!(trips <= 150 / 5 + 10, "{trips} round trips for 150 requests");
 
