@@ -8,7 +8,7 @@
 //!
 //! A replica spends its slice with no round trip. It renews in the background, reporting
 //! what it spent (counted in the current bucket) and what it still holds, when an eighth of
-//! the slice is left or half the lease period has passed; only a request that finds nothing
+//! the slice is left or three quarters of the lease period have passed; only a request that finds nothing
 //! held waits for Redis. A subject left idle is released: its spends reported, its unused
 //! slice returned. A replica that dies stops renewing; its reservation lapses after one
 //! lease period, so its unused slice returns then.
@@ -72,15 +72,30 @@ pub const LEASE: &str = r#"
 local counts, reservations = KEYS[1], KEYS[2]
 local now, window, limit, bucket, ring = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local me, reported, acked, keep, want, period = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
--- What of this slice's spends Redis has already counted, and whether its reservation lives.
-local mine, live = redis.call('HGET', reservations, me), false
-if mine then
-  local _, expires, counted = string.match(mine, '^(%d+):(%d+):(%d+)$')
-  if counted then
-    acked = math.max(acked, tonumber(counted))
-    live = tonumber(expires) > now
+-- Every slice's reservation, this one's among them: what of this slice's spends Redis has
+-- already counted and whether its reservation lives; what the others hold, and the lapsed
+-- ones (removed).
+local others, soonest, live, lapsed = 0, -1, false, {}
+local held = redis.call('HGETALL', reservations)
+for i = 1, #held, 2 do
+  if held[i] == me then
+    local _, expires, counted = string.match(held[i + 1], '^(%d+):(%d+):(%d+)$')
+    if counted then
+      acked = math.max(acked, tonumber(counted))
+      live = tonumber(expires) > now
+    end
+  else
+    local amount, expires = string.match(held[i + 1], '^(%d+):(%d+):')
+    amount, expires = tonumber(amount), tonumber(expires)
+    if amount == nil or expires <= now then
+      lapsed[#lapsed + 1] = held[i]
+    else
+      others = others + amount
+      if soonest < 0 or expires < soonest then soonest = expires end
+    end
   end
 end
+if #lapsed > 0 then redis.call('HDEL', reservations, unpack(lapsed)) end
 local spent = math.max(0, reported - acked)
 local newest = math.floor(now / bucket)
 local oldest = newest - ring + 1
@@ -91,13 +106,14 @@ if o < oldest then
     redis.call('DEL', counts)
     total = 0
   else
-    for index = o, oldest - 1 do
-      local gone = redis.call('HGET', counts, index)
-      if gone then
-        total = total - tonumber(gone)
-        redis.call('HDEL', counts, index)
-      end
+    -- The buckets that left the window since the last call, read and removed at once.
+    local gone = {}
+    for index = o, oldest - 1 do gone[#gone + 1] = index end
+    local counted = redis.call('HMGET', counts, unpack(gone))
+    for i = 1, #gone do
+      if counted[i] then total = total - tonumber(counted[i]) end
     end
+    redis.call('HDEL', counts, unpack(gone))
   end
   o = oldest
 end
@@ -108,20 +124,7 @@ if spent > 0 then
   total = total + spent
 end
 redis.call('HSET', counts, 't', total, 'o', o)
-local used, soonest = total, -1
-local held = redis.call('HGETALL', reservations)
-for i = 1, #held, 2 do
-  if held[i] ~= me then
-    local amount, expires = string.match(held[i + 1], '^(%d+):(%d+):')
-    amount, expires = tonumber(amount), tonumber(expires)
-    if amount == nil or expires <= now then
-      redis.call('HDEL', reservations, held[i])
-    else
-      used = used + amount
-      if soonest < 0 or expires < soonest then soonest = expires end
-    end
-  end
-end
+local used = total + others
 -- A slice whose reservation lapsed was given back: what it still holds is kept only as far
 -- as there is room.
 if not live then keep = math.max(0, math.min(keep, limit - used)) end
@@ -240,7 +243,10 @@ impl Lease {
             self.spent += 1;
             // Before a renewal it may start: a request reported by that renewal is spent.
             let generation = self.generation;
-            let due = (self.held <= low_water(size) && now >= self.quiet_until) || now >= self.renewed_at + period / 2;
+            // Or three quarters of the way to its lapse, which leaves a quarter of the period
+            // (500 ms by default) for a round trip that takes one or two.
+            let due =
+                (self.held <= low_water(size) && now >= self.quiet_until) || now >= self.renewed_at + period * 3 / 4;
             let renew = (due && !self.renewing).then(|| self.start_renewal(now, size));
             return Take::Spent { generation, remaining: self.room.saturating_add(self.held), renew };
         }
@@ -394,11 +400,11 @@ mod tests {
     }
 
     #[test]
-    fn a_half_period_renews_even_with_most_of_the_slice_left() {
+    fn three_quarters_of_a_period_renew_even_with_most_of_the_slice_left() {
         let mut lease = leased(10, 0);
-        assert!(matches!(lease.take(PERIOD / 2 - 1, 10, PERIOD), Take::Spent { renew: None, .. }));
-        let Take::Spent { renew: Some(sent), .. } = lease.take(PERIOD / 2, 10, PERIOD) else { panic!() };
-        assert_eq!(sent, Renewal { reported: 2, acked: 0, keep: 8, want: 2, at: PERIOD / 2 });
+        assert!(matches!(lease.take(PERIOD * 3 / 4 - 1, 10, PERIOD), Take::Spent { renew: None, .. }));
+        let Take::Spent { renew: Some(sent), .. } = lease.take(PERIOD * 3 / 4, 10, PERIOD) else { panic!() };
+        assert_eq!(sent, Renewal { reported: 2, acked: 0, keep: 8, want: 2, at: PERIOD * 3 / 4 });
     }
 
     #[test]

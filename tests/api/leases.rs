@@ -192,6 +192,30 @@ async fn an_idle_slice_is_reported_and_returned() {
     assert_eq!(admitted_until_refused(&mut b, &key, 200).await, 97, "B may spend all the rest at once");
 }
 
+/// Spends leave Redis' window a bucket at a time, not all at once: 40 at the start and 60
+/// half a minute on fill the limit; a minute after the first 40, only their room is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spends_leave_the_window_bucket_by_bucket() {
+    let Some(redis) = redis_url() else { return };
+    let cluster = Cluster::new(redis, "closed").await;
+    let mut a = cluster.replica(None).await;
+    let (_, key) = a.create_key("acct_window", &["applications:read"], &[]).await;
+    for i in 0..40 {
+        assert!(a.authorize(&key, "GET", "/api/v1/panel/applications").await.allowed, "{i}");
+    }
+    a.clock.advance(Duration::from_millis(500));
+    eventually("the first 40 are reported", || async { cluster.spent_and_reserved("acct_window").await == (40, 0) })
+        .await;
+    a.clock.set(cluster.start.saturating_add(Duration::from_secs(30)));
+    assert_eq!(admitted_until_refused(&mut a, &key, 100).await, 60, "the rest of the window");
+    a.clock.advance(Duration::from_millis(500));
+    eventually("all 100 are reported", || async { cluster.spent_and_reserved("acct_window").await == (100, 0) }).await;
+    // 62 s: the buckets of the first second have left the window; those of the 30th have
+    // not.
+    a.clock.set(cluster.start.saturating_add(Duration::from_secs(62)));
+    assert_eq!(admitted_until_refused(&mut a, &key, 100).await, 40, "only the first 40's room is back");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_mid_lease_spends_what_is_held_then_fails_closed_or_counts_locally() {
     let Some(redis) = redis_url() else { return };
@@ -203,7 +227,7 @@ async fn redis_down_mid_lease_spends_what_is_held_then_fails_closed_or_counts_lo
         assert!(app.authorize(&key, "GET", "/api/v1/panel/applications").await.allowed);
 
         relay.cut();
-        // The 9 held are spent (a renewal attempted at half fails and changes nothing).
+        // The 9 held are spent (a renewal attempted at the last fails and changes nothing).
         for i in 0..9 {
             let r = app.authorize(&key, "GET", "/api/v1/panel/applications").await;
             assert!(r.allowed, "{on_error}: held request {i}: {r:?}");
