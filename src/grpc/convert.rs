@@ -249,8 +249,9 @@ fn principal_to_proto(principal: &Principal) -> pb::Principal {
     match principal {
         Principal::Key(key) => pb::Principal {
             kind,
-            key_id: key.id.to_string(),
-            account_id: key.account_id.to_string(),
+            // On every allowed call: one exact allocation each, not `Display`'s machinery.
+            key_id: [KeyId::PREFIX, key.id.as_body()].concat(),
+            account_id: key.account_id.as_str().to_owned(),
             scopes: key.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
             application_ids: key.application_ids.iter().map(|a| a.to_string()).collect(),
             metadata_json: key.terms.metadata.as_ref().map(|m| m.as_json().to_owned()).unwrap_or_default(),

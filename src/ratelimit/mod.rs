@@ -214,11 +214,51 @@ impl LocalLimiter {
 /// `<rule length>:<rule><subject>`: the length prefix keeps any two (rule, subject) pairs
 /// apart whatever characters they hold. Written into `buffer` when it fits.
 fn log_key<'b>(rule: &str, subject: &str, buffer: &'b mut [u8]) -> Option<&'b str> {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut *buffer);
-    write!(cursor, "{}:{rule}{subject}", rule.len()).ok()?;
-    let len = cursor.position() as usize;
-    std::str::from_utf8(&buffer[..len]).ok()
+    StackKey::new(buffer).number(rule.len() as u64)?.text(":")?.text(rule)?.text(subject).map(StackKey::finish)
+}
+
+/// A key written into the caller's stack buffer, text and numbers as `format!` writes them:
+/// every request looks its subjects up this way, with no allocation and none of the
+/// formatting machinery (`write!` into a buffer cost as much as the lookup itself).
+pub(crate) struct StackKey<'b> {
+    buffer: &'b mut [u8],
+    len: usize,
+}
+
+impl<'b> StackKey<'b> {
+    pub fn new(buffer: &'b mut [u8]) -> Self {
+        Self { buffer, len: 0 }
+    }
+
+    /// `None` when it does not fit.
+    pub fn text(self, text: &str) -> Option<Self> {
+        self.bytes(text.as_bytes())
+    }
+
+    pub fn number(self, mut n: u64) -> Option<Self> {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.bytes(&digits[at..])
+    }
+
+    fn bytes(mut self, bytes: &[u8]) -> Option<Self> {
+        let end = self.len.checked_add(bytes.len())?;
+        self.buffer.get_mut(self.len..end)?.copy_from_slice(bytes);
+        self.len = end;
+        Some(self)
+    }
+
+    pub fn finish(self) -> &'b str {
+        std::str::from_utf8(&self.buffer[..self.len]).expect("only text and ASCII digits were written")
+    }
 }
 
 fn log_key_owned(rule: &str, subject: &str) -> String {
@@ -311,6 +351,13 @@ mod tests {
         assert_eq!(log_key("global", "acct_1", &mut a), Some("6:globalacct_1"));
         assert_eq!(log_key(&"r".repeat(300), "s", &mut a), None, "too long for the buffer");
         assert_eq!(log_key_owned("global", "acct_1"), "6:globalacct_1");
+        let mut buffer = [0u8; 40];
+        for n in [0, 7, 10, 60_000, u64::MAX] {
+            let written = StackKey::new(&mut buffer).text("n=").and_then(|k| k.number(n)).map(StackKey::finish);
+            assert_eq!(written, Some(format!("n={n}").as_str()));
+        }
+        let mut small = [0u8; 3];
+        assert!(StackKey::new(&mut small).text("abcd").is_none(), "does not fit");
     }
 
     #[test]

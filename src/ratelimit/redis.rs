@@ -76,15 +76,14 @@ fn counts_key_on_stack<'b>(
     subject: &str,
     buffer: &'b mut [u8],
 ) -> Option<&'b str> {
-    use std::io::Write;
     if subject.len() > MAX_SUBJECT_IN_KEY || subject.contains(['{', '}']) {
         return None;
     }
     let bucket = super::window::bucket_ms(window_ms);
-    let mut cursor = std::io::Cursor::new(&mut *buffer);
-    write!(cursor, "{prefix}lease:c:{{{}:{rule}:{bucket}:{subject}}}", rule.len()).ok()?;
-    let len = cursor.position() as usize;
-    std::str::from_utf8(&buffer[..len]).ok()
+    // As `lease_keys` writes it: {prefix}lease:c:{{len}:{rule}:{bucket}:{subject}}
+    let key = super::StackKey::new(buffer).text(prefix)?.text("lease:c:{")?.number(rule.len() as u64)?;
+    let key = key.text(":")?.text(rule)?.text(":")?.number(u64::try_from(bucket).ok()?)?;
+    key.text(":")?.text(subject)?.text("}").map(super::StackKey::finish)
 }
 
 /// The two hashes of a high-rate limit's subject in Redis: its counts and its reservations.

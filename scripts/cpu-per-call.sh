@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Where a call's CPU goes: the floor, a release `keygate serve` (default policy, SQLite) and
+# the load generator each run as a process of their own, and their CPU time (user + system,
+# from /proc) is sampled through `keygate-bench load --target --floor`'s alternating
+# rounds. Each round's CPU is charged to the server being measured (the idle one's
+# barely moves), and divided by its calls. With --rate-limit-store, Redis' CPU is read too.
+#
+#   scripts/cpu-per-call.sh [keygate serve flags...]
+#   e.g. scripts/cpu-per-call.sh --rate-limit-store redis://127.0.0.1:6379
+#
+# Env: SECONDS_MEASURED (40), ROUNDS (4), CONCURRENCY (64), KEYS (500). At c=64 both
+# processes keep the two cores busy, so throughput × floor is the ratio of the totals.
+set -euo pipefail
+measured=${SECONDS_MEASURED:-40}
+cd "$(dirname "$0")/.."
+cargo build --release --quiet -p keygate --bin keygate && cargo build --release --quiet -p keygate-bench
+bin=$PWD/target/release
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+cd "$work"
+
+"$bin/keygate-bench" floor >floor.log 2>/dev/null &
+floor=$!
+KEYGATE_ADMIN_TOKEN=$token "$bin/keygate" serve --listen 127.0.0.1:50091 \
+  --database-url "sqlite://$work/kg.db" "$@" >kg.log 2>&1 &
+keygate=$!
+for _ in $(seq 200); do
+  grep -q "listening on" floor.log && grep -q "keygate is serving" kg.log && break
+  sleep 0.1
+done
+"$bin/keygate-bench" load --target http://127.0.0.1:50091 --admin-token "$token" \
+  --floor "$(awk '/listening on/ {print $3}' floor.log)" --keys "${KEYS:-500}" \
+  --concurrency "${CONCURRENCY:-64}" --seconds "$measured" --rounds "${ROUNDS:-4}" \
+  --warmup-seconds 0 >load.log 2>/dev/null &
+load=$!
+redis=$(pgrep -x redis-server | head -1 || true)
+cpu() { if [ -n "$1" ]; then awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; else echo 0; fi; }
+while kill -0 $load 2>/dev/null; do
+  # After the keys are made and warmed: the measured rounds (no warm-up, every call counts).
+  grep -q "rounds x" load.log && echo "$(cpu $floor) $(cpu $keygate) $(cpu $load) $(cpu "$redis")" >>samples
+  sleep 0.1
+done
+grep "c=" load.log
+python3 - "$measured" "$(getconf CLK_TCK)" <<'EOF'
+import re, sys
+measured, tick = float(sys.argv[1]), float(sys.argv[2])
+calls = {}
+for line in open("load.log"):
+    m = re.match(r"(floor|keygate).*c=\d+\s+(\d+)/s", line)
+    if m:
+        calls[m.group(1)] = float(m.group(2)) * measured
+rows = [list(map(float, l.split())) for l in open("samples")]
+spent = {"floor": [0.0] * 4, "keygate": [0.0] * 4}
+for a, b in zip(rows, rows[1:]):
+    if 0 in a[:3] or 0 in b[:3]:
+        continue  # a process had gone
+    d = [y - x for x, y in zip(a, b)]
+    if d[0] or d[1]:
+        spent["floor" if d[0] > d[1] else "keygate"] = [s + x for s, x in zip(spent["floor" if d[0] > d[1] else "keygate"], d)]
+print("µs of CPU per call     floor server  keygate server  load generator  redis   total")
+for server, cpu in spent.items():
+    f, k, c, r = (x / tick / calls[server] * 1e6 for x in cpu)
+    print(f"while measuring {server:8} {f:12.2f} {k:15.2f} {c:15.2f} {r:7.2f} {f + k + c + r:7.2f}")
+EOF
