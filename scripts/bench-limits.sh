@@ -12,6 +12,7 @@
 # database keygate_bench, made if missing). LOAD_ARGS overrides the load's settings.
 set -euo pipefail
 runs=${1:-1}
+[[ $runs =~ ^[0-9]+$ ]] || { echo "usage: $0 [RUNS] [local|redis|replicas]..." >&2; exit 2; }
 shift || true
 scenarios=("${@:-local redis replicas}")
 read -r -a scenarios <<<"${scenarios[*]}"
@@ -24,8 +25,8 @@ bin=$PWD/target/release
 work=$(mktemp -d)
 pids=()
 stop() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in ${pids[@]+"${pids[@]}"}; do kill "$pid" 2>/dev/null || true; done
+  for pid in ${pids[@]+"${pids[@]}"}; do wait "$pid" 2>/dev/null || true; done
   pids=()
 }
 trap 'stop; rm -rf "$work"' EXIT
@@ -62,7 +63,8 @@ for run in $(seq "$runs"); do
         targets=http://127.0.0.1:50081
         ;;
       replicas)
-        psql "$postgres/postgres" -qc "CREATE DATABASE keygate_bench" 2>/dev/null || true
+        # A database of its own, made afresh each run.
+        psql "$postgres/postgres" -qc "DROP DATABASE IF EXISTS keygate_bench" -c "CREATE DATABASE keygate_bench"
         serve a 50081 --database-url "$postgres/keygate_bench" \
           --rate-limit-store "$redis" --rate-limit-key-prefix "$prefix"
         serve b 50083 --database-url "$postgres/keygate_bench" \
@@ -76,7 +78,7 @@ for run in $(seq "$runs"); do
     esac
     echo "== $scenario, run $run"
     # shellcheck disable=SC2086
-    "$bin/keygate-bench" load --target "$targets" --admin-token "$token" $load_args 2>/dev/null
+    "$bin/keygate-bench" load --target "$targets" --admin-token "$token" $load_args
     for metrics in 50082 50084; do
       curl -sf "http://127.0.0.1:$metrics/metrics" 2>/dev/null \
         | grep -E '^keygate_rate_limit_lease_(renewals|waits)_total' | sed "s/^/  :$metrics /" || true

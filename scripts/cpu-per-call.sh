@@ -29,12 +29,18 @@ for _ in $(seq 200); do
   grep -q "listening on" floor.log && grep -q "keygate is serving" kg.log && break
   sleep 0.1
 done
+grep -q "keygate is serving" kg.log || { cat kg.log >&2; exit 1; }
 "$bin/keygate-bench" load --target http://127.0.0.1:50091 --admin-token "$token" \
   --floor "$(awk '/listening on/ {print $3}' floor.log)" --keys "${KEYS:-500}" \
   --concurrency "${CONCURRENCY:-64}" --seconds "$measured" --rounds "${ROUNDS:-4}" \
   --warmup-seconds 0 >load.log 2>/dev/null &
 load=$!
-redis=$(pgrep -x redis-server | head -1 || true)
+# Redis' CPU only when keygate uses it: the Redis serving its --rate-limit-store port.
+redis=
+if [[ " $* " == *" --rate-limit-store "* ]]; then
+  port=$(sed -E 's|.*--rate-limit-store [a-z]+://([^/ ]*:)?([0-9]+).*|\2|' <<<" $* ")
+  redis=$(pgrep -f "redis-server .*:${port}" | head -1 || true)
+fi
 cpu() { if [ -n "$1" ]; then awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; else echo 0; fi; }
 while kill -0 $load 2>/dev/null; do
   # After the keys are made and warmed: the measured rounds (no warm-up, every call counts).

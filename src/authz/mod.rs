@@ -185,15 +185,16 @@ impl Authorizer {
     /// [`Authorizer::authorize`], answered within `budget`: past it the caller gets an
     /// error (fail closed) while it can still use one, not the edge's own timeout.
     pub async fn authorize_within(&self, query: &AuthorizeQuery<'_>, budget: Duration) -> Result<Verdict, AuthzError> {
+        let deadline = tokio::time::Instant::now() + budget;
         let mut decided = std::pin::pin!(self.authorize(query));
         // Most calls decide at their first poll (the key, application and limits are in
-        // memory): those arm no timer. The budget counts from the first wait.
+        // memory): those arm no timer. The budget still counts from the call's start.
         let first =
             std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(decided.as_mut(), cx))).await;
         if let std::task::Poll::Ready(decided) = first {
             return decided;
         }
-        match tokio::time::timeout(budget, decided).await {
+        match tokio::time::timeout_at(deadline, decided).await {
             Ok(decided) => decided,
             Err(_) => {
                 self.metrics.failures.get_or_create(&CauseLabels { cause: "deadline" }).inc();

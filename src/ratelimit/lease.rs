@@ -8,7 +8,7 @@
 //!
 //! A replica spends its slice with no round trip. It renews in the background, reporting
 //! what it spent (counted in the current bucket) and what it still holds, when an eighth of
-//! the slice is left or three quarters of the lease period have passed; only a request that finds nothing
+//! the slice is left or half the lease period has passed; only a request that finds nothing
 //! held waits for Redis. A subject left idle is released: its spends reported, its unused
 //! slice returned. A replica that dies stops renewing; its reservation lapses after one
 //! lease period, so its unused slice returns then.
@@ -47,13 +47,13 @@ impl LeaseSettings {
     }
 }
 
-/// What a slice of `size` is renewed at. An eighth: a subject spending at its limit's
-/// steady rate takes `share × window / 8` to spend it (75 ms for the default 1% of a
-/// minute), some hundred round trips to Redis, so a renewal lands before the slice runs
-/// out; and each renewal carries seven eighths of a slice of spends, not half, so Redis
-/// sees fewer of them (every renewal is a script run there).
+/// What a slice of `size` is renewed at: an eighth of it, at least one. A subject spending
+/// at its limit's steady rate takes about `share × window / 8` to spend that (60 ms for
+/// the default 1% of 3,000 a minute), many round trips to Redis, so a renewal lands before
+/// the slice runs out; and each renewal carries seven eighths of a slice of spends, not
+/// half, so Redis sees fewer of them (every renewal is a script run there).
 pub fn low_water(size: u32) -> u32 {
-    size / 8
+    (size / 8).max(1)
 }
 
 /// KEYS: the subject's counts (a hash: `t` the total of the buckets in the window, `o` the
@@ -95,7 +95,10 @@ for i = 1, #held, 2 do
     end
   end
 end
-if #lapsed > 0 then redis.call('HDEL', reservations, unpack(lapsed)) end
+-- In chunks: Lua's unpack takes a few thousand values at most.
+for i = 1, #lapsed, 1000 do
+  redis.call('HDEL', reservations, unpack(lapsed, i, math.min(i + 999, #lapsed)))
+end
 local spent = math.max(0, reported - acked)
 local newest = math.floor(now / bucket)
 local oldest = newest - ring + 1
@@ -243,10 +246,9 @@ impl Lease {
             self.spent += 1;
             // Before a renewal it may start: a request reported by that renewal is spent.
             let generation = self.generation;
-            // Or three quarters of the way to its lapse, which leaves a quarter of the period
-            // (500 ms by default) for a round trip that takes one or two.
-            let due =
-                (self.held <= low_water(size) && now >= self.quiet_until) || now >= self.renewed_at + period * 3 / 4;
+            // Or half way to its lapse: a subject called every second or so still renews
+            // in the background before its slice lapses, and its requests do not wait.
+            let due = (self.held <= low_water(size) && now >= self.quiet_until) || now >= self.renewed_at + period / 2;
             let renew = (due && !self.renewing).then(|| self.start_renewal(now, size));
             return Take::Spent { generation, remaining: self.room.saturating_add(self.held), renew };
         }
@@ -341,7 +343,7 @@ mod tests {
 
     #[test]
     fn a_slice_is_spent_locally_and_renewed_when_an_eighth_is_left() {
-        assert_eq!((low_water(16), low_water(10), low_water(7)), (2, 1, 0));
+        assert_eq!((low_water(16), low_water(10), low_water(7), low_water(1)), (2, 1, 1, 1));
         let mut lease = leased(16, 0);
         for i in 0..13 {
             assert!(matches!(lease.take(1, 16, PERIOD), Take::Spent { renew: None, .. }), "{i}");
@@ -400,11 +402,11 @@ mod tests {
     }
 
     #[test]
-    fn three_quarters_of_a_period_renew_even_with_most_of_the_slice_left() {
+    fn a_half_period_renews_even_with_most_of_the_slice_left() {
         let mut lease = leased(10, 0);
-        assert!(matches!(lease.take(PERIOD * 3 / 4 - 1, 10, PERIOD), Take::Spent { renew: None, .. }));
-        let Take::Spent { renew: Some(sent), .. } = lease.take(PERIOD * 3 / 4, 10, PERIOD) else { panic!() };
-        assert_eq!(sent, Renewal { reported: 2, acked: 0, keep: 8, want: 2, at: PERIOD * 3 / 4 });
+        assert!(matches!(lease.take(PERIOD / 2 - 1, 10, PERIOD), Take::Spent { renew: None, .. }));
+        let Take::Spent { renew: Some(sent), .. } = lease.take(PERIOD / 2, 10, PERIOD) else { panic!() };
+        assert_eq!(sent, Renewal { reported: 2, acked: 0, keep: 8, want: 2, at: PERIOD / 2 });
     }
 
     #[test]
