@@ -86,15 +86,27 @@ pub struct AdminGate<S> {
     /// Named-token reads in flight: anyone who can reach Admin can make keygate read
     /// the store, so at most a few connections of the pool (which decisions share) go to it.
     lookups: Arc<tokio::sync::Semaphore>,
+    /// Named tokens found revoked (`true`) or expired (`false`), by digest: both are for
+    /// good, so a leaked dead token sent in a loop costs no read and cannot hold the
+    /// lookups that live tokens wait for.
+    dead: Arc<quick_cache::sync::Cache<[u8; 32], bool>>,
 }
 
 /// Named-token reads at once, and how long a call waits for its turn.
 const TOKEN_LOOKUPS: usize = 4;
+/// Dead tokens remembered (a few dozen bytes each); one forgotten is only read again.
+const DEAD_TOKENS: usize = 4096;
 const TOKEN_LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl<S> AdminGate<S> {
     pub fn new(inner: S, bootstrap: BootstrapToken, manager: Arc<Manager>) -> Self {
-        Self { inner, bootstrap, manager, lookups: Arc::new(tokio::sync::Semaphore::new(TOKEN_LOOKUPS)) }
+        Self {
+            inner,
+            bootstrap,
+            manager,
+            lookups: Arc::new(tokio::sync::Semaphore::new(TOKEN_LOOKUPS)),
+            dead: Arc::new(quick_cache::sync::Cache::new(DEAD_TOKENS)),
+        }
     }
 }
 
@@ -120,10 +132,11 @@ where
         // The service that was polled ready serves this call; its clone serves the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let (bootstrap, manager, lookups) = (self.bootstrap.clone(), self.manager.clone(), self.lookups.clone());
+        let gate = (self.bootstrap.clone(), self.manager.clone(), self.lookups.clone(), self.dead.clone());
         Box::pin(async move {
             let rpc = request.uri().path().rsplit('/').next().unwrap_or("").to_owned();
-            match grant(&bootstrap, &manager, &lookups, request.headers(), &rpc).await {
+            let (bootstrap, manager, lookups, dead) = &gate;
+            match grant(bootstrap, manager, lookups, dead, request.headers(), &rpc).await {
                 Ok(grant) => {
                     request.extensions_mut().insert(grant);
                     inner.call(request).await
@@ -139,6 +152,7 @@ async fn grant(
     bootstrap: &BootstrapToken,
     manager: &Manager,
     lookups: &tokio::sync::Semaphore,
+    dead: &quick_cache::sync::Cache<[u8; 32], bool>,
     headers: &http::HeaderMap,
     rpc: &str,
 ) -> Result<AdminGrant, Status> {
@@ -154,8 +168,15 @@ async fn grant(
     let grant = if bootstrap.accepts(&digest) {
         AdminGrant { credential: bootstrap.credential.clone(), role: AdminRole::Admin, account: None }
     } else {
-        // Only tokens this deployment made (their tag under the digest key) are looked up:
-        // made-up ones cost no query, however many. And a few at a time.
+        // Only tokens this deployment made (their tag under the digest key) and not known
+        // dead are looked up: made-up ones cost no query, however many. And a few at a time.
+        let dead_answer = |revoked: bool| {
+            let why = if revoked { "the admin token was revoked" } else { "the admin token expired" };
+            status::coded(Code::Unauth, why)
+        };
+        if let Some(was_revoked) = dead.get(&digest) {
+            return Err(dead_answer(was_revoked));
+        }
         let named = match manager.made_admin_token(token) {
             true => {
                 let _turn = tokio::time::timeout(TOKEN_LOOKUP_WAIT, lookups.acquire())
@@ -169,10 +190,11 @@ async fn grant(
         };
         match named {
             Some(named) if named.is_live(manager.now()) => named.grant(),
-            Some(named) if named.revoked_at.is_some() => {
-                return Err(status::coded(Code::Unauth, "the admin token was revoked"))
+            Some(named) => {
+                let was_revoked = named.revoked_at.is_some();
+                dead.insert(digest, was_revoked);
+                return Err(dead_answer(was_revoked));
             }
-            Some(_) => return Err(status::coded(Code::Unauth, "the admin token expired")),
             None => return Err(status::coded(Code::Unauth, "the admin token is not valid")),
         }
     };

@@ -421,3 +421,43 @@ async fn made_up_admin_tokens_cost_no_store_read_however_many() {
     dash.list_applications(pb::ListApplicationsRequest { account_id: "a".into(), ..Default::default() }).await.unwrap();
     assert_eq!(reads().await, before + 1.0);
 }
+
+/// A leaked token, revoked, sent in a loop: read once, then refused from memory, so it
+/// cannot hold the few lookups that live tokens wait for.
+#[tokio::test]
+async fn a_dead_admin_token_in_a_loop_is_read_once() {
+    let mut app = crate::helpers::TestApp::spawn_on(crate::helpers::TestDb::new(Db::Sqlite).await.unwrap(), |s| {
+        s.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let leaked = token(&mut app, "leaked", "admin", "", 0).await;
+    let live = token(&mut app, "live", "read_only", "", 0).await;
+    app.admin.revoke_admin_token(pb::RevokeAdminTokenRequest { name: "leaked".into() }).await.unwrap();
+    let reads = || async {
+        let text = reqwest::get(app.metrics_url.clone().unwrap()).await.unwrap().text().await.unwrap();
+        keygate::metrics::sample(&text, r#"keygate_store_operation_seconds_count{operation="admin_token"}"#)
+            .unwrap_or(0.0)
+    };
+    let before = reads().await;
+    let mut first = admin_with(&app, &leaked);
+    let status = first.list_admin_tokens(pb::ListAdminTokensRequest {}).await.unwrap_err();
+    assert_eq!((status.code(), status.message()), (tonic::Code::Unauthenticated, "the admin token was revoked"));
+    assert_eq!(reads().await, before + 1.0, "read once");
+    let flood: Vec<_> = (0..100)
+        .map(|_| {
+            let mut admin = admin_with(&app, &leaked);
+            tokio::spawn(async move { admin.list_admin_tokens(pb::ListAdminTokensRequest {}).await })
+        })
+        .collect();
+    for call in flood {
+        let status = call.await.unwrap().unwrap_err();
+        assert_eq!((status.code(), status.message()), (tonic::Code::Unauthenticated, "the admin token was revoked"));
+    }
+    assert_eq!(reads().await, before + 1.0, "the loop cost no more reads");
+    let mut dashboard = admin_with(&app, &live);
+    dashboard
+        .list_applications(pb::ListApplicationsRequest { account_id: "a".into(), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(reads().await, before + 2.0, "a live token is still read at every call");
+}
