@@ -14,7 +14,7 @@
 //! [`MAX_LOOKUPS`]) and looked up once; nothing slow runs for a credential that finds no
 //! row.
 
-use super::{hex, InvalidField, SecretHash};
+use super::{from_hex, hex, InvalidField, SecretHash};
 use sha2::{Digest, Sha256};
 
 /// The most an imported hash may cost to verify (bcrypt 14 is about a second; argon2 at
@@ -66,7 +66,7 @@ impl ForeignHash {
                 if !start.is_empty() {
                     return Err(InvalidField::new("start", "is for bcrypt and argon2 hashes; sha256 needs none"));
                 }
-                let digest = parse_hex32(hash)
+                let digest = from_hex::<32>(hash)
                     .ok_or_else(|| InvalidField::new("hash", "a sha256 hash is 64 hexadecimal digits"))?;
                 let strip_prefix = match strip_prefix {
                     "" => None,
@@ -193,7 +193,7 @@ pub fn verify_sha256(credential: &str, hash: &SecretHash) -> Option<bool> {
         Some(with_prefix) => with_prefix.split_once('$')?,
         None => ("", rest),
     };
-    let Some(expected) = parse_hex32(digest) else { return Some(false) };
+    let Some(expected) = from_hex::<32>(digest) else { return Some(false) };
     let Some(secret) = credential.strip_prefix(prefix) else { return Some(false) };
     let actual: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
     Some(bool::from(subtle::ConstantTimeEq::ct_eq(&actual[..], &expected[..])))
@@ -228,17 +228,6 @@ pub fn lookups(raw: &str, whole: &[u8; 32]) -> Vec<String> {
         out.push(format!("start:{}", &raw[..len]));
     }
     out
-}
-
-fn parse_hex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

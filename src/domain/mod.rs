@@ -99,6 +99,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hex_reads_back_what_it_writes_and_nothing_else() {
+        let bytes = [0x00, 0x7f, 0xab, 0xff];
+        assert_eq!(from_hex::<4>(&hex(&bytes)), Some(bytes));
+        assert_eq!(from_hex::<4>("00FFAB7F"), Some([0x00, 0xff, 0xab, 0x7f]), "either case");
+        for bad in ["007fabf", "007fabff00", "007fabfg", "+07fabff", "00é7fab"] {
+            assert_eq!(from_hex::<4>(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn timestamps_print_as_rfc3339_utc() {
         assert_eq!(Timestamp::from_millis(0).to_string(), "1970-01-01T00:00:00.000Z");
         assert_eq!(Timestamp::from_millis(951_782_400_000).to_string(), "2000-02-29T00:00:00.000Z");
@@ -164,6 +174,20 @@ pub fn hex(bytes: &[u8]) -> String {
         let _ = write!(out, "{b:02x}");
         out
     })
+}
+
+/// `N` bytes from `2 × N` hex digits (either case), as [`hex`] writes them; `None`
+/// otherwise.
+pub fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    // Hex digits only: `from_str_radix` alone would take "+a" for a byte.
+    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 /// A random base62 token from the OS CSPRNG (for admin tokens).

@@ -158,13 +158,7 @@ impl VerifiedDigest {
     }
 
     pub fn from_hex(text: &str) -> Option<Self> {
-        if text.len() != 80 || !text.is_ascii() {
-            return None;
-        }
-        let mut bytes = [0u8; 40];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
-        }
+        let bytes: [u8; 40] = super::from_hex(text)?;
         let mut key_fingerprint = [0u8; 8];
         key_fingerprint.copy_from_slice(&bytes[..8]);
         let mut digest = [0u8; 32];

@@ -412,14 +412,7 @@ fn insert_audit(event: &AuditEvent) -> sqlx::query::Query<'_, sqlx::Any, sqlx::a
 
 /// A SHA-256 digest stored as 64 hex digits.
 fn digest_from_hex(digest_hex: &str, column: &'static str) -> Result<[u8; 32], StoreError> {
-    let mut digest = [0u8; 32];
-    if digest_hex.len() != 64 || !digest_hex.is_ascii() {
-        return Err(corrupt(column));
-    }
-    for (i, byte) in digest.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&digest_hex[2 * i..2 * i + 2], 16).map_err(|_| corrupt(column))?;
-    }
-    Ok(digest)
+    crate::domain::from_hex(digest_hex).ok_or_else(|| corrupt(column))
 }
 
 fn admin_token_from_row(row: &AnyRow) -> Result<AdminTokenRecord, StoreError> {
