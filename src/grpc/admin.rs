@@ -217,6 +217,15 @@ fn grant_of<T>(request: &Request<T>) -> Result<AdminGrant, Status> {
     request.extensions().get::<AdminGrant>().cloned().ok_or_else(|| status::coded(Code::Unauth, "no admin token"))
 }
 
+/// Another account's record, to a token confined elsewhere, is as if it did not exist:
+/// `not_found`, saying nothing of whose it is.
+fn visible(grant: &AdminGrant, owner: &AccountId, what: &str, id: impl std::fmt::Display) -> Result<(), Status> {
+    match grant.covers(owner) {
+        true => Ok(()),
+        false => Err(status::coded(Code::NotFound, format!("{what} {id} was not found"))),
+    }
+}
+
 /// A token confined to an account may act on that account only.
 fn within(grant: &AdminGrant, account: &AccountId) -> Result<(), Status> {
     match grant.covers(account) {
@@ -263,9 +272,7 @@ impl AdminService {
             return Ok(());
         }
         let key = self.manager.api_key(id).await?;
-        if !grant.covers(&key.account_id) {
-            return Err(status::coded(Code::NotFound, format!("API key {id} was not found")));
-        }
+        visible(grant, &key.account_id, "API key", id)?;
         if key.kind == crate::store::KeyKind::Runtime {
             return Err(status::coded(
                 Code::InsufficientScope,
@@ -304,9 +311,7 @@ impl admin_server::Admin for AdminService {
         let grant = grant_of(&request)?;
         let id = ApplicationId::parse_field("id", &request.get_ref().id)?;
         let app = self.manager.application(&id).await?;
-        if !grant.covers(&app.account_id) {
-            return Err(status::coded(Code::NotFound, format!("application {id} was not found")));
-        }
+        visible(&grant, &app.account_id, "application", id)?;
         Ok(request_id.attach(Response::new(convert::application_to_proto(&app))))
     }
 
@@ -348,9 +353,7 @@ impl admin_server::Admin for AdminService {
         let grant = grant_of(&request)?;
         let id = KeyId::parse(&request.get_ref().id)?;
         let key = self.manager.api_key(id).await?;
-        if !grant.covers(&key.account_id) {
-            return Err(status::coded(Code::NotFound, format!("API key {id} was not found")));
-        }
+        visible(&grant, &key.account_id, "API key", id)?;
         Ok(request_id.attach(Response::new(convert::key_to_proto(
             &key,
             self.manager.now(),
@@ -453,9 +456,7 @@ impl admin_server::Admin for AdminService {
         let grant = grant_of(&request)?;
         let id = SessionId::parse(&request.get_ref().id)?;
         let session = self.manager.session(id).await?;
-        if !grant.covers(&session.account_id) {
-            return Err(status::coded(Code::NotFound, format!("session {id} was not found")));
-        }
+        visible(&grant, &session.account_id, "session", id)?;
         Ok(request_id.attach(Response::new(convert::session_to_proto(&session, self.manager.now()))))
     }
 

@@ -253,25 +253,19 @@ pub(super) fn key_created(json: bool, created: &pb::CreateApiKeyResponse) {
 
 pub(super) fn session_created(json: bool, created: &pb::CreateSessionResponse) {
     let session = created.session.clone().unwrap_or_default();
-    let mut value = session.json();
-    value["token"] = created.token.clone().into();
-    show(json, value, format!("{}\ntoken {SHOWN_ONCE}: {}", session.line(), created.token));
+    shown_once(json, session.json(), session.line(), "token", &created.token);
 }
 
 pub(super) fn admin_token_created(json: bool, created: &pb::CreateAdminTokenResponse) {
     let token = created.token.clone().unwrap_or_default();
-    let mut value = token.json();
-    value["secret"] = created.secret.clone().into();
-    show(
-        json,
-        value,
-        format!(
-            "{}
-token {SHOWN_ONCE}: {}",
-            token.line(),
-            created.secret
-        ),
-    );
+    shown_once(json, token.json(), token.line(), "secret", &created.secret);
+}
+
+/// A record made with a token: its JSON with the token under `field`, or its line and
+/// the token, said to be shown once.
+fn shown_once(json: bool, mut value: Value, line: String, field: &str, token: &str) {
+    value[field] = token.into();
+    show(json, value, format!("{line}\ntoken {SHOWN_ONCE}: {token}"));
 }
 
 pub(super) fn rotated(json: bool, rotated: &pb::RotateApplicationKeyResponse) {
