@@ -298,6 +298,22 @@ where
     }
 }
 
+/// Limits counted in the Redis at `url`, under `prefix`. The limiter's timeout is raised
+/// from 50 ms: a script that Redis ran but answered after the timeout counts a request the
+/// caller was refused, and on a loaded 2-core CI machine 50 ms is within reach, so a test of
+/// exact counts would fail for the machine's load, not keygate's counting. The tests that
+/// are about the timeout cut or stall the connection, which fails sooner either way.
+pub fn limits_in_redis(s: &mut Settings, url: &str, prefix: &str) {
+    s.rate_limit_store = Some(keygate::config::MaskedUrl::new(url.to_owned()));
+    s.rate_limit_key_prefix = prefix.to_owned();
+    s.limiter_breaker.timeout = std::time::Duration::from_secs(2);
+}
+
+/// A Redis key prefix no other test (or run) uses.
+pub fn fresh_prefix() -> String {
+    format!("keygate-test:{}:", keygate::domain::random_token(12).unwrap())
+}
+
 /// `calls` concurrent calls, alternating between two replicas and cycling through
 /// `secrets`; every deny must be for `reason`. Returns how many were allowed.
 pub async fn burst(a: &TestApp, b: &TestApp, secrets: &[&str], calls: usize, reason: &str) -> usize {

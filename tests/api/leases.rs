@@ -48,7 +48,7 @@ impl Cluster {
         let db = TestDb::new(Db::Sqlite).await.unwrap();
         let policy = std::env::temp_dir().join(format!("kg-lease-{}.toml", keygate::domain::random_token(8).unwrap()));
         std::fs::write(&policy, POLICY.replace("ON_ERROR", on_error)).unwrap();
-        let prefix = format!("keygate-test:{}:", keygate::domain::random_token(12).unwrap());
+        let prefix = crate::helpers::fresh_prefix();
         let start = keygate::clock::Clock::now(&keygate::clock::SystemClock);
         Self { db, policy, redis, prefix, start }
     }
@@ -59,8 +59,7 @@ impl Cluster {
         let url = redis.unwrap_or(&self.redis).to_owned();
         let app = TestApp::spawn_url(&self.db.url, move |s| {
             s.policy = Some(policy);
-            s.rate_limit_store = Some(keygate::config::MaskedUrl::new(url));
-            s.rate_limit_key_prefix = prefix;
+            crate::helpers::limits_in_redis(s, &url, &prefix);
             s.limit_leases = LEASES;
         })
         .await;
@@ -270,7 +269,7 @@ async fn a_caller_that_gives_up_during_a_renewal_leaves_no_slice_stuck() {
     assert!(app.authorize(&key, "GET", "/api/v1/panel/applications").await.allowed);
     app.clock.advance(Duration::from_secs(1));
     // Redis stops answering; a caller with a 20 ms deadline finds no slice and gives up
-    // while this replica waits for Redis (up to --rate-limit-timeout-ms, 50 ms).
+    // while this replica waits for Redis (up to the limiter's timeout).
     relay.stall();
     let mut hasty = tonic::Request::new(ask(&key));
     hasty.set_timeout(Duration::from_millis(20));

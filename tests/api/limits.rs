@@ -1,7 +1,7 @@
 //! Rate limits: the page's route limits, sliding windows under an injected clock, and
 //! limits shared by replicas through Redis.
 
-use crate::helpers::{Db, TestApp, TestDb};
+use crate::helpers::{fresh_prefix, limits_in_redis, Db, TestApp, TestDb};
 use crate::relay::Relay;
 use crate::sessions::create_session;
 use keygate::grpc::proto as pb;
@@ -12,11 +12,6 @@ const ROTATE: &str = "/api/v1/panel/update-api-keys";
 
 fn redis_url() -> Option<String> {
     std::env::var("KEYGATE_TEST_REDIS_URL").ok()
-}
-
-/// A key prefix no other test (or run) uses.
-fn fresh_prefix() -> String {
-    format!("keygate-test:{}:", keygate::domain::random_token(12).unwrap())
 }
 
 #[tokio::test]
@@ -80,10 +75,7 @@ async fn two_replicas_on_one_redis_admit_exactly_ten_of_fifty() {
     // Both replicas share one SQLite file (sessions) and one Redis prefix (counters).
     let db = TestDb::new(Db::Sqlite).await.unwrap();
     let prefix = fresh_prefix();
-    let configure = |s: &mut keygate::config::Settings| {
-        s.rate_limit_store = Some(keygate::config::MaskedUrl::new(redis.clone()));
-        s.rate_limit_key_prefix = prefix.clone();
-    };
+    let configure = |s: &mut keygate::config::Settings| limits_in_redis(s, &redis, &prefix);
     let mut a = TestApp::spawn_url(&db.url, configure).await;
     let b = TestApp::spawn_url(&db.url, configure).await;
     let (_, token) = create_session(&mut a, "acct_shared", 86_400).await;
@@ -123,11 +115,9 @@ async fn when_redis_is_unreachable_business_limits_fail_closed_and_the_global_li
     let relay = Relay::start(crate::relay::target_of(&redis)).await;
     let through_relay = relay.url_for(&redis);
     let prefix = fresh_prefix();
-    let mut app = TestApp::spawn_on(TestDb::new(Db::Sqlite).await.unwrap(), |s| {
-        s.rate_limit_store = Some(keygate::config::MaskedUrl::new(through_relay));
-        s.rate_limit_key_prefix = prefix;
-    })
-    .await;
+    let mut app =
+        TestApp::spawn_on(TestDb::new(Db::Sqlite).await.unwrap(), |s| limits_in_redis(s, &through_relay, &prefix))
+            .await;
     let (_, token) = create_session(&mut app, "acct_down", 86_400).await;
     let (_, key) = app.create_key("acct_down", &["*"], &[]).await;
     assert!(app.authorize(&token, "POST", CREATE_KEYS).await.allowed, "Redis up: counted in Redis");
@@ -155,6 +145,10 @@ async fn when_redis_is_unreachable_business_limits_fail_closed_and_the_global_li
     assert_eq!((r.limit, r.remaining), (3000, 2999), "counted locally from zero");
 
     relay.restore().await;
+    // Counted in Redis again, after the first call's count: remaining 8, or fewer if a call
+    // of this loop reached Redis but was answered UNAVAILABLE (a script Redis ran after the
+    // reconnection, answered after the limiter's timeout). Never 9 or more: a business limit
+    // is never counted anywhere but Redis.
     crate::helpers::eventually("Redis is used again", || async {
         app.authorizer
             .clone()
@@ -165,7 +159,7 @@ async fn when_redis_is_unreachable_business_limits_fail_closed_and_the_global_li
                 ..Default::default()
             })
             .await
-            .is_ok_and(|r| r.get_ref().allowed && r.get_ref().remaining == 8)
+            .is_ok_and(|r| r.get_ref().allowed && r.get_ref().remaining <= 8)
     })
     .await;
 }

@@ -313,11 +313,8 @@ async fn key_limits_on_redis_are_shared_by_replicas() {
         return;
     };
     let db = TestDb::new(Db::Sqlite).await.unwrap();
-    let prefix = format!("keygate-test:{}:", keygate::domain::random_token(12).unwrap());
-    let configure = |s: &mut keygate::config::Settings| {
-        s.rate_limit_store = Some(keygate::config::MaskedUrl::new(redis.clone()));
-        s.rate_limit_key_prefix = prefix.clone();
-    };
+    let prefix = crate::helpers::fresh_prefix();
+    let configure = |s: &mut keygate::config::Settings| crate::helpers::limits_in_redis(s, &redis, &prefix);
     let mut a = TestApp::spawn_url(&db.url, configure).await;
     let b = TestApp::spawn_url(&db.url, configure).await;
     let terms = pb::CreateApiKeyRequest { limits: vec![limit("hourly", 5, 3600, "")], ..Default::default() };
