@@ -208,7 +208,7 @@ impl Collector for StateCollector {
         }
         if let crate::ratelimit::Limiter::Redis(redis) = &*handles.limiter {
             use std::sync::atomic::Ordering::Relaxed;
-            let stats = redis.lease_stats();
+            let stats = redis.stats();
             gauge(
                 &mut encoder,
                 "rate_limit_leases",
@@ -232,6 +232,12 @@ impl Collector for StateCollector {
                 "rate_limit_lease_waits",
                 "Requests that found their slice empty and waited for Redis",
                 stats.waited.load(Relaxed),
+            )?;
+            counter(
+                &mut encoder,
+                "rate_limit_uncounted",
+                "Requests to exact limits counted in Redis but never answered (a timeout, a caller that hung up), removed again",
+                stats.uncounted.load(Relaxed),
             )?;
         }
         if let Some(listener) = &handles.invalidation {

@@ -115,18 +115,67 @@ struct Redis {
     settings: LeaseSettings,
     /// Bounds each call, and skips Redis entirely while it is known to be down.
     breaker: Arc<Breaker>,
-    stats: Arc<LeaseStats>,
+    stats: Arc<RedisStats>,
+    /// Removals of unanswered exact counts under way ([`Uncount`]), at most [`MAX_UNCOUNTING`].
+    uncounting: AtomicU64,
 }
 
-/// Counters of the leases, for metrics and tests.
+/// Counters of what the limiter does in Redis, for metrics and tests.
 #[derive(Debug, Default)]
-pub struct LeaseStats {
+pub struct RedisStats {
     /// Round trips that renewed or released a slice (the only ones high-rate limits make).
     pub renewals: AtomicU64,
     /// Renewals Redis did not answer.
     pub failed: AtomicU64,
     /// Requests that found nothing held and waited for Redis.
     pub waited: AtomicU64,
+    /// Requests to exact limits that may have been counted but were never answered (the
+    /// limiter's timeout, the decision budget, a caller that hung up), removed again.
+    pub uncounted: AtomicU64,
+}
+
+/// Unanswered exact counts being removed at once; past it (Redis slow for a flood of
+/// requests) one is left to pass with its window, and a warning says so.
+const MAX_UNCOUNTING: u64 = 1_024;
+
+/// Tries at removing one unanswered count: the first at once, on the connection the script
+/// went out on, so Redis runs it after the script; the others across a reconnection.
+const UNCOUNT_TRIES: u32 = 3;
+const UNCOUNT_RETRY_AFTER: Duration = Duration::from_millis(250);
+
+/// A request the exact script may have counted in Redis: from the moment the script may be
+/// sent until its answer is read. Dropped before then, the request was refused (or nobody
+/// heard it was admitted), so its count is removed again; otherwise Redis being slow for a
+/// moment would spend a "10 per hour" budget on requests that were never served.
+struct Uncount {
+    redis: Option<Arc<Redis>>,
+    keys: SmallVec<[String; 4]>,
+    member: String,
+}
+
+impl Uncount {
+    fn answered(mut self) {
+        self.redis = None;
+    }
+}
+
+impl Drop for Uncount {
+    fn drop(&mut self) {
+        let Some(redis) = self.redis.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if redis.uncounting.fetch_add(1, Ordering::Relaxed) >= MAX_UNCOUNTING {
+            redis.uncounting.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(
+                "too many unanswered rate-limit counts to remove at once: one stays until its window passes"
+            );
+            return;
+        }
+        let (keys, member) = (std::mem::take(&mut self.keys), std::mem::take(&mut self.member));
+        runtime.spawn(async move {
+            redis.uncount(&keys, &member).await;
+            redis.uncounting.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
 }
 
 /// One slice, and what a request that finds it empty waits on.
@@ -196,6 +245,7 @@ impl RedisLimiter {
                 settings,
                 breaker,
                 stats: Arc::default(),
+                uncounting: AtomicU64::new(0),
             }),
             // The release task drops idle slices; a slice pushed out by a flood of subjects
             // lapses in Redis after a period (its unreported spends, under a slice, are lost).
@@ -214,7 +264,7 @@ impl RedisLimiter {
         &self.redis.breaker
     }
 
-    pub fn lease_stats(&self) -> Arc<LeaseStats> {
+    pub fn stats(&self) -> Arc<RedisStats> {
         self.redis.stats.clone()
     }
 
@@ -417,20 +467,24 @@ impl RedisLimiter {
     ) -> Result<LimitOutcome, LimiterError> {
         let redis = &self.redis;
         let mut connection = redis.connection().await?;
-        let mut invocation = redis.exact.prepare_invoke();
-        for &i in exact {
-            invocation.key(format!("{}{}:{}", redis.prefix, checks[i].rule.key, checks[i].subject));
-        }
+        let keys: SmallVec<[String; 4]> =
+            exact.iter().map(|&i| format!("{}{}:{}", redis.prefix, checks[i].rule.key, checks[i].subject)).collect();
         let member = format!("{}-{}", redis.replica, self.counter.fetch_add(1, Ordering::Relaxed));
-        invocation.arg(now.as_millis()).arg(member);
+        let mut invocation = redis.exact.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        invocation.arg(now.as_millis()).arg(&member);
         for &i in exact {
             invocation.arg(checks[i].rule.window.as_millis() as i64).arg(checks[i].rule.limit);
         }
+        let uncount = Uncount { redis: Some(redis.clone()), keys, member };
         let answer: Vec<i64> =
             invocation.invoke_async(&mut connection).await.map_err(|e| LimiterError::Unreachable(Box::new(e)))?;
         let [admitted, limit, value, ..] = answer[..] else {
             return Err(LimiterError::Unreachable("the limit script answered in an unknown shape".into()));
         };
+        uncount.answered();
         Ok(if admitted == 1 {
             let tightest = (value >= 0).then(|| Room { limit: limit.max(0) as u32, remaining: value.max(0) as u32 });
             LimitOutcome::Admitted { tightest }
@@ -462,6 +516,28 @@ impl Redis {
             .await
             .cloned()
             .map_err(|e| LimiterError::Unreachable(Box::new(e)))
+    }
+
+    /// Removes an unanswered request's `member` from the exact limits' `keys`. A member the
+    /// script never added is not there, so this is right whether or not the script ran.
+    async fn uncount(&self, keys: &[String], member: &str) {
+        for attempt in 0..UNCOUNT_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(UNCOUNT_RETRY_AFTER * attempt).await;
+            }
+            let Ok(mut connection) = self.connection().await else { continue };
+            let mut removal = redis::pipe();
+            for key in keys {
+                removal.zrem(key, member).ignore();
+            }
+            if removal.query_async::<()>(&mut connection).await.is_ok() {
+                self.stats.uncounted.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        tracing::warn!(
+            "Redis did not answer the removal of an unanswered rate-limit count: it stays until its window passes"
+        );
     }
 
     /// Sends `sent` for `cell`'s slice, tells the slice the answer, and wakes whoever waits.

@@ -89,7 +89,7 @@ impl Drop for Cluster {
 
 fn renewals(app: &TestApp) -> u64 {
     match &*app.handles.limiter {
-        Limiter::Redis(redis) => redis.lease_stats().renewals.load(std::sync::atomic::Ordering::Relaxed),
+        Limiter::Redis(redis) => redis.stats().renewals.load(std::sync::atomic::Ordering::Relaxed),
         Limiter::Local(_) => panic!("limits are on Redis"),
     }
 }

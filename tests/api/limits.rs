@@ -163,3 +163,64 @@ async fn when_redis_is_unreachable_business_limits_fail_closed_and_the_global_li
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_redis_counted_but_answered_too_late_for_is_not_counted() {
+    let Some(redis) = redis_url() else {
+        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
+        return;
+    };
+    let relay = Relay::start(crate::relay::target_of(&redis)).await;
+    let through_relay = relay.url_for(&redis);
+    let prefix = fresh_prefix();
+    let mut app = TestApp::spawn_on(TestDb::new(Db::Sqlite).await.unwrap(), |s| {
+        limits_in_redis(s, &through_relay, &prefix);
+        // The default, which this test is about: the call gives up after 50 ms.
+        s.limiter_breaker.timeout = Duration::from_millis(50);
+        s.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let (_, token) = create_session(&mut app, "acct_late", 86_400).await;
+    let create_key = || pb::AuthorizeRequest {
+        credential: token.clone(),
+        method: "POST".into(),
+        path: CREATE_KEYS.into(),
+        ..Default::default()
+    };
+    // Counted and answered (once the connection stands, so 50 ms is not spent connecting).
+    crate::helpers::eventually("the first key creation is counted", || async {
+        app.authorizer.clone().authorize(create_key()).await.is_ok_and(|r| r.get_ref().allowed)
+    })
+    .await;
+
+    // The script reaches Redis and runs; its answer does not come back in time.
+    relay.hold_answers();
+    let err = app.authorizer.authorize(create_key()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "refused without an answer: {err:?}");
+    relay.release_answers();
+
+    // Only the answered creation stays counted in Redis.
+    let counted = || async {
+        let mut redis = redis::Client::open(redis.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut redis).await.unwrap();
+        let mut counted = 0;
+        for key in keys {
+            if redis::cmd("TYPE").arg(&key).query_async::<String>(&mut redis).await.unwrap() == "zset" {
+                counted += redis::cmd("ZCARD").arg(&key).query_async::<u64>(&mut redis).await.unwrap();
+            }
+        }
+        counted
+    };
+    crate::helpers::eventually("the refused request is removed from the count", || async { counted().await == 1 })
+        .await;
+    // 10 - the first - this one: 8 left (7 had the refused request stayed counted).
+    let r = app.authorizer.authorize(create_key()).await.unwrap().into_inner();
+    assert!(r.allowed, "{r:?}");
+    assert_eq!(r.remaining, 8, "the refused request is not counted");
+    // The operator sees it (a removal whose answer was held too is tried again: seen late).
+    crate::helpers::eventually("the removal is in the metrics", || async {
+        let text = reqwest::get(app.metrics_url.clone().unwrap()).await.unwrap().text().await.unwrap();
+        keygate::metrics::sample(&text, "keygate_rate_limit_uncounted_total").is_some_and(|n| n >= 1.0)
+    })
+    .await;
+}

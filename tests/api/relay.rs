@@ -1,10 +1,13 @@
 //! A TCP relay on loopback between keygate and Postgres, which a test can cut (every
 //! connection dropped, new ones accepted and closed at once), close (the port refuses
 //! connections, as when the database host is down), stall (connections stay open and
-//! nothing passes, as when a host stops answering) and restore.
+//! nothing passes, as when a host stops answering), hold answers (what is sent reaches the
+//! server, what it answers waits, as when the way back is slow) and restore.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -13,6 +16,7 @@ pub struct Relay {
     target: SocketAddr,
     open: watch::Sender<bool>,
     stalled: watch::Sender<bool>,
+    held: watch::Sender<bool>,
     accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -22,20 +26,22 @@ impl Relay {
         let address = listener.local_addr().unwrap();
         let (open, _) = watch::channel(true);
         let (stalled, _) = watch::channel(false);
-        let relay = Self { address, target, open, stalled, accept: Mutex::new(None) };
+        let (held, _) = watch::channel(false);
+        let relay = Self { address, target, open, stalled, held, accept: Mutex::new(None) };
         relay.serve(listener);
         relay
     }
 
     fn serve(&self, listener: TcpListener) {
-        let (target, watcher, stall) = (self.target, self.open.subscribe(), self.stalled.subscribe());
+        let (target, watcher, stall, held) =
+            (self.target, self.open.subscribe(), self.stalled.subscribe(), self.held.subscribe());
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if !*watcher.borrow() {
                     drop(client);
                     continue;
                 }
-                tokio::spawn(pipe(client, target, watcher.clone(), stall.clone()));
+                tokio::spawn(pipe(client, target, watcher.clone(), stall.clone(), held.clone()));
             }
         });
         if let Some(old) = self.accept.lock().unwrap().replace(accept) {
@@ -71,6 +77,16 @@ impl Relay {
         self.stalled.send_replace(false);
     }
 
+    /// What clients send still reaches the server; what it answers waits in the relay
+    /// until [`Relay::release_answers`], and then arrives, late and in order.
+    pub fn hold_answers(&self) {
+        self.held.send_replace(true);
+    }
+
+    pub fn release_answers(&self) {
+        self.held.send_replace(false);
+    }
+
     pub async fn restore(&self) {
         if self.accept.lock().unwrap().as_ref().is_none_or(|task| task.is_finished()) {
             self.serve(TcpListener::bind(self.address).await.expect("the relay's port is free again"));
@@ -98,24 +114,43 @@ impl Drop for Relay {
 }
 
 async fn pipe(
-    mut client: TcpStream,
+    client: TcpStream,
     target: SocketAddr,
     mut open: watch::Receiver<bool>,
     mut stalled: watch::Receiver<bool>,
+    held: watch::Receiver<bool>,
 ) {
     if *stalled.borrow() {
         let _ = stalled.wait_for(|stalled| !*stalled).await;
         return;
     }
-    let Ok(mut server) = TcpStream::connect(target).await else { return };
+    let Ok(server) = TcpStream::connect(target).await else { return };
+    let ((mut from_client, mut to_client), (mut from_server, mut to_server)) =
+        (client.into_split(), server.into_split());
     let stall_began = tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+        _ = tokio::io::copy(&mut from_client, &mut to_server) => false,
+        _ = answers(&mut from_server, &mut to_client, held) => false,
         _ = open.wait_for(|open| !*open) => false,
         _ = stalled.wait_for(|stalled| *stalled) => true,
     };
     if stall_began {
         // Both sockets stay open, and nothing is read from either, until the stall ends.
         let _ = stalled.wait_for(|stalled| !*stalled).await;
+    }
+}
+
+/// The server's bytes to the client, none of them passed on while answers are held.
+async fn answers(from: &mut OwnedReadHalf, to: &mut OwnedWriteHalf, mut held: watch::Receiver<bool>) {
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        if held.wait_for(|held| !*held).await.is_err() {
+            return;
+        }
+        let Ok(read @ 1..) = from.read(&mut buffer).await else { return };
+        // Read just as the hold began: held too.
+        if held.wait_for(|held| !*held).await.is_err() || to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
     }
 }
 
