@@ -236,8 +236,14 @@ impl Collector for StateCollector {
             counter(
                 &mut encoder,
                 "rate_limit_uncounted",
-                "Requests to exact limits counted in Redis but never answered (a timeout, a caller that hung up), removed again",
+                "Requests to exact limits Redis counted but whose answer never came in time (a timeout, a caller that hung up), taken back",
                 stats.uncounted.load(Relaxed),
+            )?;
+            counter(
+                &mut encoder,
+                "rate_limit_uncount_lost",
+                "Unanswered requests' counts that could not be taken back (each stays until its window passes)",
+                stats.uncount_lost.load(Relaxed),
             )?;
         }
         if let Some(listener) = &handles.invalidation {

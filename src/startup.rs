@@ -519,8 +519,11 @@ impl Application {
         if let Err(e) = self.handles.usage.flush().await {
             tracing::warn!(error = %e, pending = self.handles.usage.pending(), "could not record the last key uses");
         }
-        // Slices of high-rate limits go back to Redis, for the other replicas to spend.
+        // Slices of high-rate limits go back to Redis, for the other replicas to spend, and
+        // counts of requests nobody was answered for are taken back (the last of their tries
+        // is 750 ms after the first).
         if let Limiter::Redis(redis) = &*self.handles.limiter {
+            redis.settle_uncounts(Duration::from_secs(1)).await;
             redis.release_idle(self.clock.now(), Duration::ZERO).await;
         }
         self.handles.store.close().await;

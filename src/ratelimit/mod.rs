@@ -64,7 +64,7 @@ impl Limiter {
             Limiter::Redis(shared) => match shared.check(checks, now).await {
                 Ok(outcome) => Ok(outcome),
                 // Limits that may fall back count locally; any that must not, fail closed.
-                Err(e) if checks.iter().all(|c| c.rule.on_store_error == OnStoreError::Local) => {
+                Err(e) if falls_back(checks) => {
                     tracing::warn!(error = %e, "rate limit store unreachable; counting locally");
                     Ok(shared.fallback().check(checks, now))
                 }
@@ -72,6 +72,12 @@ impl Limiter {
             },
         }
     }
+}
+
+/// Whether a request under `checks` is counted locally while the shared store is
+/// unreachable (every limit allows it), rather than refused.
+fn falls_back(checks: &[LimitCheck<'_>]) -> bool {
+    checks.iter().all(|c| c.rule.on_store_error == OnStoreError::Local)
 }
 
 /// What one subject under one rule has admitted.

@@ -116,8 +116,8 @@ struct Redis {
     /// Bounds each call, and skips Redis entirely while it is known to be down.
     breaker: Arc<Breaker>,
     stats: Arc<RedisStats>,
-    /// Removals of unanswered exact counts under way ([`Uncount`]), at most [`MAX_UNCOUNTING`].
-    uncounting: AtomicU64,
+    /// Permits for taking back unanswered exact counts ([`Uncount`]).
+    uncounting: Arc<tokio::sync::Semaphore>,
 }
 
 /// Counters of what the limiter does in Redis, for metrics and tests.
@@ -129,24 +129,28 @@ pub struct RedisStats {
     pub failed: AtomicU64,
     /// Requests that found nothing held and waited for Redis.
     pub waited: AtomicU64,
-    /// Requests to exact limits that may have been counted but were never answered (the
-    /// limiter's timeout, the decision budget, a caller that hung up), removed again.
+    /// Requests to exact limits that Redis counted but whose answer never came in time
+    /// (the limiter's timeout, the decision budget, a caller that hung up), taken back.
     pub uncounted: AtomicU64,
+    /// Such counts that could not be taken back (Redis did not answer the removal, or too
+    /// many were under way): each stays until its window passes.
+    pub uncount_lost: AtomicU64,
 }
 
-/// Unanswered exact counts being removed at once; past it (Redis slow for a flood of
-/// requests) one is left to pass with its window, and a warning says so.
-const MAX_UNCOUNTING: u64 = 1_024;
+/// Unanswered exact counts being taken back at once; past it (Redis slow for a flood of
+/// requests) a count stays, and `uncount_lost` says so.
+const MAX_UNCOUNTING: usize = 1_024;
 
-/// Tries at removing one unanswered count: the first at once, on the connection the script
-/// went out on, so Redis runs it after the script; the others across a reconnection.
+/// Tries at taking back one unanswered count: the first at once, on the connection the
+/// script went out on, so Redis runs it after the script; the others across a reconnection.
 const UNCOUNT_TRIES: u32 = 3;
 const UNCOUNT_RETRY_AFTER: Duration = Duration::from_millis(250);
 
-/// A request the exact script may have counted in Redis: from the moment the script may be
-/// sent until its answer is read. Dropped before then, the request was refused (or nobody
-/// heard it was admitted), so its count is removed again; otherwise Redis being slow for a
-/// moment would spend a "10 per hour" budget on requests that were never served.
+/// A request the exact script may have counted in Redis, from the moment the script may be
+/// sent until its answer is read. Dropped before then, nobody heard the request was
+/// admitted (the caller was refused, or went away), so its count is taken back; otherwise
+/// Redis being slow for a moment would spend a "10 per hour" budget on requests that were
+/// never served.
 struct Uncount {
     redis: Option<Arc<Redis>>,
     keys: SmallVec<[String; 4]>,
@@ -154,27 +158,48 @@ struct Uncount {
 }
 
 impl Uncount {
-    fn answered(mut self) {
-        self.redis = None;
+    /// The caller hears the answer (or is served without it): the count stands.
+    fn disarm(slot: &mut Option<Self>) {
+        if let Some(mut held) = slot.take() {
+            held.redis = None;
+        }
     }
 }
 
 impl Drop for Uncount {
     fn drop(&mut self) {
         let Some(redis) = self.redis.take() else { return };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        if redis.uncounting.fetch_add(1, Ordering::Relaxed) >= MAX_UNCOUNTING {
-            redis.uncounting.fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!(
-                "too many unanswered rate-limit counts to remove at once: one stays until its window passes"
-            );
+        // A permit per removal under way: it goes with the task, also when the task is
+        // cancelled at shutdown, so none is ever lost.
+        let permit = redis.uncounting.clone().try_acquire_owned();
+        let (Ok(runtime), Ok(permit)) = (tokio::runtime::Handle::try_current(), permit) else {
+            redis.stats.uncount_lost.fetch_add(1, Ordering::Relaxed);
             return;
-        }
+        };
         let (keys, member) = (std::mem::take(&mut self.keys), std::mem::take(&mut self.member));
         runtime.spawn(async move {
             redis.uncount(&keys, &member).await;
-            redis.uncounting.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
         });
+    }
+}
+
+/// Requests taken from this replica's slices for one call: put back unless the call is
+/// admitted, also when the call is dropped half-way (a timeout, a caller that hung up).
+#[derive(Default)]
+struct Taken(SmallVec<[Spent; 2]>);
+
+impl Taken {
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        for spent in self.0.drain(..) {
+            spent.cell.lock().put_back(spent.generation);
+        }
     }
 }
 
@@ -245,7 +270,7 @@ impl RedisLimiter {
                 settings,
                 breaker,
                 stats: Arc::default(),
-                uncounting: AtomicU64::new(0),
+                uncounting: Arc::new(tokio::sync::Semaphore::new(MAX_UNCOUNTING)),
             }),
             // The release task drops idle slices; a slice pushed out by a flood of subjects
             // lapses in Redis after a period (its unreported spends, under a slice, are lost).
@@ -287,58 +312,53 @@ impl RedisLimiter {
     /// limits from this replica's slices, exact ones in Redis (one script).
     pub async fn check(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> Result<LimitOutcome, LimiterError> {
         let now_ms = now.as_millis();
-        let mut spent: SmallVec<[Spent; 2]> = SmallVec::new();
+        let mut spent = Taken::default();
         let mut tightest: Option<Room> = None;
         let mut limited: Option<(u32, i64, usize)> = None;
-        let put_back = |spent: &mut SmallVec<[Spent; 2]>| {
-            for s in spent.drain(..) {
-                s.cell.lock().put_back(s.generation);
-            }
-        };
         for (i, check) in checks.iter().enumerate().filter(|(_, c)| c.rule.kind == LimitKind::HighRate) {
-            match self.take(check, now_ms).await {
-                Ok(Leased::Spent(taken, room)) => {
-                    spent.push(taken);
+            match self.take(check, now_ms).await? {
+                Leased::Spent(taken, room) => {
+                    spent.0.push(taken);
                     tightest = tighter(tightest, room);
                 }
-                Ok(Leased::Limited { limit, retry_after_ms }) => {
+                Leased::Limited { limit, retry_after_ms } => {
                     if limited.is_none_or(|(_, r, _)| retry_after_ms > r) {
                         limited = Some((limit, retry_after_ms, i));
                     }
                 }
-                Err(e) => {
-                    put_back(&mut spent);
-                    return Err(e);
-                }
             }
         }
         if let Some((limit, retry_after, check)) = limited {
-            put_back(&mut spent);
             let retry_after = Duration::from_millis(retry_after.max(0) as u64);
             return Ok(LimitOutcome::Limited { limit, retry_after, check });
         }
         let exact: SmallVec<[usize; 4]> =
             (0..checks.len()).filter(|&i| checks[i].rule.kind == LimitKind::Exact).collect();
         if exact.is_empty() {
+            spent.keep();
             return Ok(LimitOutcome::Admitted { tightest });
         }
+        let mut uncount = None;
         let outcome = self
             .redis
             .breaker
-            .guard(self.check_exact(checks, &exact, now), |_| true)
+            .guard(self.check_exact(checks, &exact, now, &mut uncount), |_| true)
             .await
             .map_err(|refused| LimiterError::Unreachable(Box::new(refused)))
             .and_then(|checked| checked);
         match outcome {
             Ok(LimitOutcome::Admitted { tightest: room }) => {
+                spent.keep();
                 Ok(LimitOutcome::Admitted { tightest: room.map_or(tightest, |room| tighter(tightest, room)) })
             }
             Ok(LimitOutcome::Limited { limit, retry_after, check }) => {
-                put_back(&mut spent);
                 Ok(LimitOutcome::Limited { limit, retry_after, check: exact.get(check).copied().unwrap_or(0) })
             }
             Err(e) => {
-                put_back(&mut spent);
+                // Served anyway, counted locally: a count Redis may hold for it stands.
+                if super::falls_back(checks) {
+                    Uncount::disarm(&mut uncount);
+                }
                 Err(e)
             }
         }
@@ -435,6 +455,13 @@ impl RedisLimiter {
         made.unwrap_or_else(|never| match never {})
     }
 
+    /// Waits (at most `within`) for unanswered exact counts being taken back: at
+    /// shutdown, before the runtime cancels them.
+    pub async fn settle_uncounts(&self, within: Duration) {
+        let all = self.redis.uncounting.acquire_many(MAX_UNCOUNTING as u32);
+        let _ = tokio::time::timeout(within, all).await;
+    }
+
     /// Releases every slice idle for `min_idle` (spends reported, the rest returned to
     /// Redis), and forgets it. The release task calls it every half period with half a
     /// period; a graceful shutdown with zero.
@@ -459,11 +486,15 @@ impl RedisLimiter {
 
     /// Exact limits (the positions `exact` of `checks`): checked and counted in Redis by
     /// one script. A refusal's `check` is a position in `exact`.
+    /// `uncount` holds the request's count from the moment the script may be sent until
+    /// its answer is read (see [`Uncount`]): the caller's, so that a timeout here leaves
+    /// the caller to say whether the request is served anyway.
     async fn check_exact(
         &self,
         checks: &[LimitCheck<'_>],
         exact: &[usize],
         now: Timestamp,
+        uncount: &mut Option<Uncount>,
     ) -> Result<LimitOutcome, LimiterError> {
         let redis = &self.redis;
         let mut connection = redis.connection().await?;
@@ -478,13 +509,13 @@ impl RedisLimiter {
         for &i in exact {
             invocation.arg(checks[i].rule.window.as_millis() as i64).arg(checks[i].rule.limit);
         }
-        let uncount = Uncount { redis: Some(redis.clone()), keys, member };
+        *uncount = Some(Uncount { redis: Some(redis.clone()), keys, member });
         let answer: Vec<i64> =
             invocation.invoke_async(&mut connection).await.map_err(|e| LimiterError::Unreachable(Box::new(e)))?;
         let [admitted, limit, value, ..] = answer[..] else {
             return Err(LimiterError::Unreachable("the limit script answered in an unknown shape".into()));
         };
-        uncount.answered();
+        Uncount::disarm(uncount);
         Ok(if admitted == 1 {
             let tightest = (value >= 0).then(|| Room { limit: limit.max(0) as u32, remaining: value.max(0) as u32 });
             LimitOutcome::Admitted { tightest }
@@ -518,8 +549,10 @@ impl Redis {
             .map_err(|e| LimiterError::Unreachable(Box::new(e)))
     }
 
-    /// Removes an unanswered request's `member` from the exact limits' `keys`. A member the
+    /// Takes an unanswered request's `member` out of the exact limits' `keys`. A member the
     /// script never added is not there, so this is right whether or not the script ran.
+    /// Across a reconnection the script may still be on its way on the old connection
+    /// (through a proxy, say) and run after the removal: that count stays.
     async fn uncount(&self, keys: &[String], member: &str) {
         for attempt in 0..UNCOUNT_TRIES {
             if attempt > 0 {
@@ -528,16 +561,17 @@ impl Redis {
             let Ok(mut connection) = self.connection().await else { continue };
             let mut removal = redis::pipe();
             for key in keys {
-                removal.zrem(key, member).ignore();
+                removal.zrem(key, member);
             }
-            if removal.query_async::<()>(&mut connection).await.is_ok() {
-                self.stats.uncounted.fetch_add(1, Ordering::Relaxed);
+            if let Ok(removed) = removal.query_async::<Vec<u64>>(&mut connection).await {
+                if removed.iter().any(|&n| n > 0) {
+                    self.stats.uncounted.fetch_add(1, Ordering::Relaxed);
+                }
                 return;
             }
         }
-        tracing::warn!(
-            "Redis did not answer the removal of an unanswered rate-limit count: it stays until its window passes"
-        );
+        self.stats.uncount_lost.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("Redis did not take back an unanswered rate-limit count: it stays until its window passes");
     }
 
     /// Sends `sent` for `cell`'s slice, tells the slice the answer, and wakes whoever waits.

@@ -299,10 +299,9 @@ where
 }
 
 /// Limits counted in the Redis at `url`, under `prefix`. The limiter's timeout is raised
-/// from 50 ms: a script that Redis ran but answered after the timeout counts a request the
-/// caller was refused, and on a loaded 2-core CI machine 50 ms is within reach, so a test of
-/// exact counts would fail for the machine's load, not keygate's counting. The tests that
-/// are about the timeout cut or stall the connection, which fails sooner either way.
+/// from 50 ms, which a loaded 2-core CI machine can reach: the call is then refused
+/// `UNAVAILABLE`, so a test of exact counts would fail for the machine's load, not for
+/// keygate's counting. Tests that are about the timeout set their own.
 pub fn limits_in_redis(s: &mut Settings, url: &str, prefix: &str) {
     s.rate_limit_store = Some(keygate::config::MaskedUrl::new(url.to_owned()));
     s.rate_limit_key_prefix = prefix.to_owned();

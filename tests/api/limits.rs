@@ -145,10 +145,9 @@ async fn when_redis_is_unreachable_business_limits_fail_closed_and_the_global_li
     assert_eq!((r.limit, r.remaining), (3000, 2999), "counted locally from zero");
 
     relay.restore().await;
-    // Counted in Redis again, after the first call's count: remaining 8, or fewer if a call
-    // of this loop reached Redis but was answered UNAVAILABLE (a script Redis ran after the
-    // reconnection, answered after the limiter's timeout). Never 9 or more: a business limit
-    // is never counted anywhere but Redis.
+    // Counted in Redis again, after the first call's count: remaining 8, or fewer if a try of
+    // this loop reached Redis unanswered and its count was not yet taken back when the next
+    // was admitted. Never 9 or more: a business limit is counted nowhere but in Redis.
     crate::helpers::eventually("Redis is used again", || async {
         app.authorizer
             .clone()
@@ -164,45 +163,56 @@ async fn when_redis_is_unreachable_business_limits_fail_closed_and_the_global_li
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_redis_counted_but_answered_too_late_for_is_not_counted() {
-    let Some(redis) = redis_url() else {
-        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
-        return;
-    };
-    let relay = Relay::start(crate::relay::target_of(&redis)).await;
-    let through_relay = relay.url_for(&redis);
-    let prefix = fresh_prefix();
-    let mut app = TestApp::spawn_on(TestDb::new(Db::Sqlite).await.unwrap(), |s| {
-        limits_in_redis(s, &through_relay, &prefix);
-        // The default, which this test is about: the call gives up after 50 ms.
-        s.limiter_breaker.timeout = Duration::from_millis(50);
-        s.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    })
-    .await;
-    let (_, token) = create_session(&mut app, "acct_late", 86_400).await;
-    let create_key = || pb::AuthorizeRequest {
-        credential: token.clone(),
-        method: "POST".into(),
-        path: CREATE_KEYS.into(),
-        ..Default::default()
-    };
-    // Counted and answered (once the connection stands, so 50 ms is not spent connecting).
-    crate::helpers::eventually("the first key creation is counted", || async {
-        app.authorizer.clone().authorize(create_key()).await.is_ok_and(|r| r.get_ref().allowed)
-    })
-    .await;
+/// A replica counting key creations in Redis through a relay that can hold Redis' answers,
+/// with a session of `account` allowed to create keys.
+struct SlowRedis {
+    relay: Relay,
+    app: TestApp,
+    token: String,
+    redis: String,
+    prefix: String,
+}
 
-    // The script reaches Redis and runs; its answer does not come back in time.
-    relay.hold_answers();
-    let err = app.authorizer.authorize(create_key()).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable, "refused without an answer: {err:?}");
-    relay.release_answers();
+impl SlowRedis {
+    async fn start(redis: String, account: &str, customize: impl FnOnce(&mut keygate::config::Settings)) -> Self {
+        let relay = Relay::start(crate::relay::target_of(&redis)).await;
+        let through_relay = relay.url_for(&redis);
+        let prefix = fresh_prefix();
+        let mut app = TestApp::spawn_on(TestDb::new(Db::Sqlite).await.unwrap(), |s| {
+            limits_in_redis(s, &through_relay, &prefix);
+            s.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+            customize(s);
+        })
+        .await;
+        let (_, token) = create_session(&mut app, account, 86_400).await;
+        Self { relay, app, token, redis, prefix }
+    }
 
-    // Only the answered creation stays counted in Redis.
-    let counted = || async {
-        let mut redis = redis::Client::open(redis.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut redis).await.unwrap();
+    fn create_key(&self) -> pb::AuthorizeRequest {
+        pb::AuthorizeRequest {
+            credential: self.token.clone(),
+            method: "POST".into(),
+            path: CREATE_KEYS.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Counts this replica took back.
+    fn uncounted(&self) -> u64 {
+        match &*self.app.handles.limiter {
+            keygate::ratelimit::Limiter::Redis(redis) => {
+                redis.stats().uncounted.load(std::sync::atomic::Ordering::Relaxed)
+            }
+            keygate::ratelimit::Limiter::Local(_) => panic!("limits are on Redis"),
+        }
+    }
+
+    /// Requests counted in Redis, in every exact limit of this test.
+    async fn counted(&self) -> u64 {
+        let client = redis::Client::open(self.redis.as_str()).unwrap();
+        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query_async(&mut redis).await.unwrap();
         let mut counted = 0;
         for key in keys {
             if redis::cmd("TYPE").arg(&key).query_async::<String>(&mut redis).await.unwrap() == "zset" {
@@ -210,17 +220,71 @@ async fn a_request_redis_counted_but_answered_too_late_for_is_not_counted() {
             }
         }
         counted
-    };
-    crate::helpers::eventually("the refused request is removed from the count", || async { counted().await == 1 })
+    }
+
+    /// Sends one key creation while Redis' answers are held, with `deadline` (the caller's),
+    /// and returns its error once the answers flow again.
+    async fn create_key_unanswered(&self, deadline: Option<Duration>) -> tonic::Status {
+        self.relay.hold_answers();
+        let mut request = tonic::Request::new(self.create_key());
+        if let Some(deadline) = deadline {
+            request.set_timeout(deadline);
+        }
+        let answer = self.app.authorizer.clone().authorize(request).await;
+        self.relay.release_answers();
+        answer.expect_err("no answer from Redis: refused")
+    }
+
+    /// Waits until a count was taken back after `before` and Redis holds `left`.
+    async fn taken_back(&self, before: u64, left: u64) {
+        crate::helpers::eventually("the unanswered request's count is taken back", || async {
+            self.uncounted() > before && self.counted().await == left
+        })
         .await;
-    // 10 - the first - this one: 8 left (7 had the refused request stayed counted).
-    let r = app.authorizer.authorize(create_key()).await.unwrap().into_inner();
-    assert!(r.allowed, "{r:?}");
-    assert_eq!(r.remaining, 8, "the refused request is not counted");
-    // The operator sees it (a removal whose answer was held too is tried again: seen late).
-    crate::helpers::eventually("the removal is in the metrics", || async {
-        let text = reqwest::get(app.metrics_url.clone().unwrap()).await.unwrap().text().await.unwrap();
-        keygate::metrics::sample(&text, "keygate_rate_limit_uncounted_total").is_some_and(|n| n >= 1.0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_redis_counted_after_the_limiters_timeout_is_taken_back() {
+    let Some(redis) = redis_url() else {
+        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
+        return;
+    };
+    // The default timeout, which this test is about: the limiter gives up after 50 ms.
+    let slow = SlowRedis::start(redis, "acct_late", |s| s.limiter_breaker.timeout = Duration::from_millis(50)).await;
+    // Counted and answered (a try that the loaded machine makes time out is taken back).
+    crate::helpers::eventually("the first key creation is counted", || async {
+        slow.app.authorizer.clone().authorize(slow.create_key()).await.is_ok_and(|r| r.get_ref().allowed)
     })
     .await;
+    let before = slow.uncounted();
+
+    // The script reaches Redis and runs; its answer comes after the limiter gave up.
+    let refused = slow.create_key_unanswered(None).await;
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // Without the removal Redis would hold 2 (and only 8 more creations this hour).
+    slow.taken_back(before, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_caller_hung_up_while_redis_counted_it_is_taken_back() {
+    let Some(redis) = redis_url() else {
+        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
+        return;
+    };
+    let slow = SlowRedis::start(redis, "acct_gone", |_| {}).await;
+    let first = slow.app.authorizer.clone().authorize(slow.create_key()).await.unwrap().into_inner();
+    assert_eq!((first.allowed, first.remaining), (true, 9));
+
+    // The caller gives up after 100 ms (the limiter would wait 2 s): keygate drops the
+    // decision while Redis' answer is on its way.
+    slow.create_key_unanswered(Some(Duration::from_millis(100))).await;
+    slow.taken_back(0, 1).await;
+
+    // 10 - the first - this one: 8 left (7 had the unanswered request stayed counted).
+    let r = slow.app.authorizer.clone().authorize(slow.create_key()).await.unwrap().into_inner();
+    assert_eq!((r.allowed, r.remaining), (true, 8), "{r:?}");
+    let text = reqwest::get(slow.app.metrics_url.clone().unwrap()).await.unwrap().text().await.unwrap();
+    assert_eq!(keygate::metrics::sample(&text, "keygate_rate_limit_uncounted_total"), Some(1.0), "{text}");
+    assert_eq!(keygate::metrics::sample(&text, "keygate_rate_limit_uncount_lost_total"), Some(0.0), "{text}");
 }

@@ -1,4 +1,4 @@
-//! A TCP relay on loopback between keygate and Postgres, which a test can cut (every
+//! A TCP relay on loopback between keygate and Postgres or Redis, which a test can cut (every
 //! connection dropped, new ones accepted and closed at once), close (the port refuses
 //! connections, as when the database host is down), stall (connections stay open and
 //! nothing passes, as when a host stops answering), hold answers (what is sent reaches the
@@ -125,6 +125,8 @@ async fn pipe(
         return;
     }
     let Ok(server) = TcpStream::connect(target).await else { return };
+    // Two one-way copies, so answers can be held; the first to end ends both (the
+    // clients here never half-close).
     let ((mut from_client, mut to_client), (mut from_server, mut to_server)) =
         (client.into_split(), server.into_split());
     let stall_began = tokio::select! {
@@ -154,7 +156,7 @@ async fn answers(from: &mut OwnedReadHalf, to: &mut OwnedWriteHalf, mut held: wa
     }
 }
 
-/// The host:port of a postgres:// URL.
+/// The host:port of a postgres:// or redis:// URL.
 pub fn target_of(url: &str) -> SocketAddr {
     let rest = url.split_once("://").unwrap().1;
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
@@ -162,5 +164,5 @@ pub fn target_of(url: &str) -> SocketAddr {
     let host_port = &rest[..end];
     let host_port = if host_port.contains(':') { host_port.to_owned() } else { format!("{host_port}:5432") };
     let host_port = host_port.replace("localhost", "127.0.0.1");
-    host_port.parse().expect("a numeric host:port in KEYGATE_TEST_POSTGRES_URL")
+    host_port.parse().expect("a numeric host:port in the test URL")
 }
