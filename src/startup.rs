@@ -520,10 +520,10 @@ impl Application {
             tracing::warn!(error = %e, pending = self.handles.usage.pending(), "could not record the last key uses");
         }
         // Slices of high-rate limits go back to Redis, for the other replicas to spend, and
-        // counts of requests nobody was answered for are taken back (the last of their tries
-        // is 750 ms after the first).
+        // counts of requests nobody was answered for are taken back (three tries of up to
+        // 500 ms each, 250 and 500 ms apart).
         if let Limiter::Redis(redis) = &*self.handles.limiter {
-            redis.settle_uncounts(Duration::from_secs(1)).await;
+            redis.settle_uncounts(Duration::from_millis(2_500)).await;
             redis.release_idle(self.clock.now(), Duration::ZERO).await;
         }
         self.handles.store.close().await;

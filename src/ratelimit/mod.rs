@@ -61,15 +61,7 @@ impl Limiter {
         }
         match self {
             Limiter::Local(local) => Ok(local.check(checks, now)),
-            Limiter::Redis(shared) => match shared.check(checks, now).await {
-                Ok(outcome) => Ok(outcome),
-                // Limits that may fall back count locally; any that must not, fail closed.
-                Err(e) if falls_back(checks) => {
-                    tracing::warn!(error = %e, "rate limit store unreachable; counting locally");
-                    Ok(shared.fallback().check(checks, now))
-                }
-                Err(e) => Err(e),
-            },
+            Limiter::Redis(shared) => shared.check(checks, now).await,
         }
     }
 }

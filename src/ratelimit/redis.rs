@@ -280,11 +280,6 @@ impl RedisLimiter {
         })
     }
 
-    /// Counts for limits that fall back to local counting while Redis is unreachable.
-    pub fn fallback(&self) -> &LocalLimiter {
-        &self.fallback
-    }
-
     pub fn breaker(&self) -> &Arc<Breaker> {
         &self.redis.breaker
     }
@@ -309,8 +304,35 @@ impl RedisLimiter {
     }
 
     /// Checks every limit and counts the request in all of them, or in none: high-rate
-    /// limits from this replica's slices, exact ones in Redis (one script).
+    /// limits from this replica's slices, exact ones in Redis (one script). While Redis is
+    /// unreachable, limits that all may fall back count locally; any that must not, fail
+    /// closed.
     pub async fn check(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> Result<LimitOutcome, LimiterError> {
+        // Here, not in `check_in_redis`, so that a decision dropped half-way (the budget, a
+        // caller that hung up) takes back a count Redis may hold for it, and so that the
+        // fallback can keep one for a request it serves.
+        let mut uncount = None;
+        match self.check_in_redis(checks, now, &mut uncount).await {
+            Ok(outcome) => Ok(outcome),
+            Err(e) if super::falls_back(checks) => {
+                tracing::warn!(error = %e, "rate limit store unreachable; counting locally");
+                let local = self.fallback.check(checks, now);
+                if matches!(local, LimitOutcome::Admitted { .. }) {
+                    // Served: a count Redis may hold for it stands.
+                    Uncount::disarm(&mut uncount);
+                }
+                Ok(local)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn check_in_redis(
+        &self,
+        checks: &[LimitCheck<'_>],
+        now: Timestamp,
+        uncount: &mut Option<Uncount>,
+    ) -> Result<LimitOutcome, LimiterError> {
         let now_ms = now.as_millis();
         let mut spent = Taken::default();
         let mut tightest: Option<Room> = None;
@@ -338,11 +360,10 @@ impl RedisLimiter {
             spent.keep();
             return Ok(LimitOutcome::Admitted { tightest });
         }
-        let mut uncount = None;
         let outcome = self
             .redis
             .breaker
-            .guard(self.check_exact(checks, &exact, now, &mut uncount), |_| true)
+            .guard(self.check_exact(checks, &exact, now, uncount), |_| true)
             .await
             .map_err(|refused| LimiterError::Unreachable(Box::new(refused)))
             .and_then(|checked| checked);
@@ -354,13 +375,7 @@ impl RedisLimiter {
             Ok(LimitOutcome::Limited { limit, retry_after, check }) => {
                 Ok(LimitOutcome::Limited { limit, retry_after, check: exact.get(check).copied().unwrap_or(0) })
             }
-            Err(e) => {
-                // Served anyway, counted locally: a count Redis may hold for it stands.
-                if super::falls_back(checks) {
-                    Uncount::disarm(&mut uncount);
-                }
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 
@@ -487,8 +502,7 @@ impl RedisLimiter {
     /// Exact limits (the positions `exact` of `checks`): checked and counted in Redis by
     /// one script. A refusal's `check` is a position in `exact`.
     /// `uncount` holds the request's count from the moment the script may be sent until
-    /// its answer is read (see [`Uncount`]): the caller's, so that a timeout here leaves
-    /// the caller to say whether the request is served anyway.
+    /// its answer is read (see [`Uncount`]).
     async fn check_exact(
         &self,
         checks: &[LimitCheck<'_>],
@@ -564,7 +578,8 @@ impl Redis {
                 removal.zrem(key, member);
             }
             if let Ok(removed) = removal.query_async::<Vec<u64>>(&mut connection).await {
-                if removed.iter().any(|&n| n > 0) {
+                // After a try whose answer was lost, that try may be what removed it.
+                if attempt > 0 || removed.iter().any(|&n| n > 0) {
                     self.stats.uncounted.fetch_add(1, Ordering::Relaxed);
                 }
                 return;

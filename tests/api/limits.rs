@@ -222,15 +222,11 @@ impl SlowRedis {
         counted
     }
 
-    /// Sends one key creation while Redis' answers are held, with `deadline` (the caller's),
-    /// and returns its error once the answers flow again.
-    async fn create_key_unanswered(&self, deadline: Option<Duration>) -> tonic::Status {
+    /// Sends one key creation while Redis' answers are held, and returns how it ended
+    /// once they flow again.
+    async fn create_key_unanswered(&self) -> tonic::Status {
         self.relay.hold_answers();
-        let mut request = tonic::Request::new(self.create_key());
-        if let Some(deadline) = deadline {
-            request.set_timeout(deadline);
-        }
-        let answer = self.app.authorizer.clone().authorize(request).await;
+        let answer = self.app.authorizer.clone().authorize(self.create_key()).await;
         self.relay.release_answers();
         answer.expect_err("no answer from Redis: refused")
     }
@@ -245,25 +241,28 @@ impl SlowRedis {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_redis_counted_after_the_limiters_timeout_is_taken_back() {
+async fn a_request_whose_answer_from_redis_comes_too_late_is_taken_back() {
     let Some(redis) = redis_url() else {
         eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
         return;
     };
-    // The default timeout, which this test is about: the limiter gives up after 50 ms.
-    let slow = SlowRedis::start(redis, "acct_late", |s| s.limiter_breaker.timeout = Duration::from_millis(50)).await;
-    // Counted and answered (a try that the loaded machine makes time out is taken back).
-    crate::helpers::eventually("the first key creation is counted", || async {
-        slow.app.authorizer.clone().authorize(slow.create_key()).await.is_ok_and(|r| r.get_ref().allowed)
-    })
-    .await;
-    let before = slow.uncounted();
+    let slow = SlowRedis::start(redis, "acct_late", |_| {}).await;
+    let first = slow.app.authorizer.clone().authorize(slow.create_key()).await.unwrap().into_inner();
+    assert_eq!((first.allowed, first.remaining), (true, 9));
 
-    // The script reaches Redis and runs; its answer comes after the limiter gave up.
-    let refused = slow.create_key_unanswered(None).await;
+    // The script reaches Redis and runs; its answer is held past the connection's response
+    // timeout (500 ms), so the call is refused.
+    let refused = slow.create_key_unanswered().await;
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    // Without the removal Redis would hold 2 (and only 8 more creations this hour).
-    slow.taken_back(before, 1).await;
+    // Without the removal Redis would hold 2.
+    slow.taken_back(0, 1).await;
+
+    // 10 - the first - this one: 8 left (7 had the refused request stayed counted).
+    let r = slow.app.authorizer.clone().authorize(slow.create_key()).await.unwrap().into_inner();
+    assert_eq!((r.allowed, r.remaining), (true, 8), "{r:?}");
+    let text = reqwest::get(slow.app.metrics_url.clone().unwrap()).await.unwrap().text().await.unwrap();
+    assert_eq!(keygate::metrics::sample(&text, "keygate_rate_limit_uncounted_total"), Some(1.0), "{text}");
+    assert_eq!(keygate::metrics::sample(&text, "keygate_rate_limit_uncount_lost_total"), Some(0.0), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,18 +272,64 @@ async fn a_request_whose_caller_hung_up_while_redis_counted_it_is_taken_back() {
         return;
     };
     let slow = SlowRedis::start(redis, "acct_gone", |_| {}).await;
-    let first = slow.app.authorizer.clone().authorize(slow.create_key()).await.unwrap().into_inner();
-    assert_eq!((first.allowed, first.remaining), (true, 9));
+    assert!(slow.app.authorizer.clone().authorize(slow.create_key()).await.unwrap().get_ref().allowed);
 
-    // The caller gives up after 100 ms (the limiter would wait 2 s): keygate drops the
-    // decision while Redis' answer is on its way.
-    slow.create_key_unanswered(Some(Duration::from_millis(100))).await;
+    // The script runs in Redis while its answer is held; then the caller goes away.
+    slow.relay.hold_answers();
+    let mut client = slow.app.authorizer.clone();
+    let request = slow.create_key();
+    let call = tokio::spawn(async move { client.authorize(request).await });
+    crate::helpers::eventually("the script ran in Redis", || async { slow.counted().await == 2 }).await;
+    call.abort();
+    let _ = call.await;
+    // keygate drops the decision when the stream is reset (or, were it slower than that, the
+    // connection's response timeout refuses it): either way nobody heard it was admitted,
+    // and the removal reaches Redis while the script's answer is still held (released
+    // sooner, the answer could complete the decision first, and the count would stand).
+    crate::helpers::eventually("the count is taken back", || async { slow.counted().await == 1 }).await;
+    slow.relay.release_answers();
     slow.taken_back(0, 1).await;
+}
 
-    // 10 - the first - this one: 8 left (7 had the unanswered request stayed counted).
-    let r = slow.app.authorizer.clone().authorize(slow.create_key()).await.unwrap().into_inner();
-    assert_eq!((r.allowed, r.remaining), (true, 8), "{r:?}");
-    let text = reqwest::get(slow.app.metrics_url.clone().unwrap()).await.unwrap().text().await.unwrap();
-    assert_eq!(keygate::metrics::sample(&text, "keygate_rate_limit_uncounted_total"), Some(1.0), "{text}");
-    assert_eq!(keygate::metrics::sample(&text, "keygate_rate_limit_uncount_lost_total"), Some(0.0), "{text}");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_local_fallback_serves_stays_counted_in_redis() {
+    let Some(redis) = redis_url() else {
+        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
+        return;
+    };
+    // One exact limit that falls back to local counting, as a global limit without `kind`.
+    let policy = std::env::temp_dir().join(format!("kg-served-{}.toml", keygate::domain::random_token(8).unwrap()));
+    std::fs::write(
+        &policy,
+        r#"
+[global_limit]
+limit = 100
+window = "minute"
+per = "account"
+on_store_error = "local"
+
+[[routes]]
+route = "GET /api/v1/panel/applications"
+accepts = ["api_key"]
+scopes = ["applications:read"]
+"#,
+    )
+    .unwrap();
+    let mut slow = SlowRedis::start(redis, "acct_served", |s| s.policy = Some(policy.clone())).await;
+    let (_, key) = slow.app.create_key("acct_served", &["applications:read"], &[]).await;
+    let ask = crate::helpers::ask;
+    assert!(slow.app.authorizer.clone().authorize(ask(&key)).await.unwrap().get_ref().allowed);
+
+    // The script runs; its answer comes too late; the replica serves the request from its
+    // own count. It was served, so its count in Redis stands.
+    slow.relay.hold_answers();
+    let served = slow.app.authorizer.clone().authorize(ask(&key)).await.unwrap().into_inner();
+    slow.relay.release_answers();
+    assert!(served.allowed, "served by the local fallback: {served:?}");
+    let keygate::ratelimit::Limiter::Redis(limiter) = &*slow.app.handles.limiter else { panic!("limits are on Redis") };
+    // A removal, had one been started, has ended (it is started before the answer is sent).
+    limiter.settle_uncounts(Duration::from_secs(5)).await;
+    assert_eq!(slow.counted().await, 2, "both served requests are counted");
+    assert_eq!(slow.uncounted(), 0);
+    let _ = std::fs::remove_file(&policy);
 }
