@@ -1579,14 +1579,52 @@ impl SqlStore {
             Ok(())
         }
         .await;
-        match spent {
-            Ok(()) => answers.into_iter().for_each(|(w, spent)| drop(w.answer.send(Ok(spent)))),
-            Err(e) => {
-                let calls = answers.len() + batch.len();
-                tracing::warn!(calls, error = %e, "spending credits failed; nothing of the batch was spent");
-                for waiter in answers.into_iter().map(|(w, _)| w).chain(batch) {
-                    let _ = waiter.answer.send(Err(spend_failed(&e)));
-                }
+        let committed = match &spent {
+            Ok(()) => answers,
+            // Spent one by one, each by its own commit: those before the failure stand.
+            Err(_) if one_key => answers,
+            Err(_) => {
+                batch.extend(answers.into_iter().map(|(w, _)| w));
+                Vec::new()
+            }
+        };
+        if let Err(e) = &spent {
+            tracing::warn!(calls = batch.len(), error = %e, "spending credits failed; these calls spent nothing");
+            for waiter in batch {
+                let _ = waiter.answer.send(Err(spend_failed(e)));
+            }
+        }
+        // A call whose caller gave up while its spend ran (its deadline passed) was refused:
+        // what it spent goes back.
+        let mut abandoned = Vec::new();
+        for (waiter, spent) in committed {
+            let Waiter { id, cost, refill, answer, .. } = waiter;
+            if let Err(Ok(Spend::Spent(after))) = answer.send(Ok(spent)) {
+                abandoned.push((id, cost, refill, after.period));
+            }
+        }
+        if !abandoned.is_empty() {
+            self.refund(&abandoned).await;
+        }
+    }
+
+    /// Gives back what calls nobody heard were admitted spent: `(holder, cost, refill rule,
+    /// the period spent in)`. Within the same period only; once a refill started a new one,
+    /// the credits came back anyway. Runs before the lane's next batch, so no call decides
+    /// on a balance the refund is about to change.
+    async fn refund(&self, abandoned: &[(String, i64, Option<Refill>, i64)]) {
+        for (id, cost, refill, period) in abandoned {
+            let refunded = sqlx::query(
+                "UPDATE key_credits SET remaining = remaining + $2 WHERE key_id = $1 AND refill = $3 AND period = $4",
+            )
+            .bind(id.as_str())
+            .bind(*cost)
+            .bind(refill_spec(refill.as_ref()))
+            .bind(*period)
+            .execute(&self.pool)
+            .await;
+            if let Err(e) = refunded {
+                tracing::warn!(error = %e, "credits spent by a call nobody was answered for were not given back");
             }
         }
     }

@@ -87,6 +87,32 @@ async fn credits_are_spent_exactly_once_each_under_concurrency(db: Db) {
     assert_eq!(shown.credits.unwrap().remaining, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_spent_for_a_caller_that_gave_up_are_given_back() {
+    let Some(db) = TestDb::new(Db::Postgres).await else {
+        eprintln!("skipped: KEYGATE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let relay = crate::relay::Relay::start(crate::relay::target_of(&db.url)).await;
+    let mut app = TestApp::spawn_url(&relay.url_for(&db.url), patient).await;
+    let terms = pb::CreateApiKeyRequest { credits: credits(10, None), ..Default::default() };
+    let (_, secret) = app.key_with("acct_gave_up", terms).await;
+    assert_eq!(app.authorize_with(ask(&secret)).await.credits_remaining, Some(9));
+
+    // Postgres' answers are held: the spend of a call with a 100 ms deadline is under way
+    // (or commits) when its caller gives up; the caller hears no allow.
+    relay.hold_answers();
+    let mut hasty = tonic::Request::new(ask(&secret));
+    hasty.set_timeout(Duration::from_millis(100));
+    let answer = app.authorizer.authorize(hasty).await;
+    relay.release_answers();
+    assert!(answer.is_err(), "no answer from the store, no allow: {answer:?}");
+
+    // The next spend on the key waits for the abandoned one (and its refund): 9 - this one.
+    // 7 had the abandoned call's credit stayed spent.
+    assert_eq!(app.authorize_with(ask(&secret)).await.credits_remaining, Some(8));
+}
+
 backend_tests!(credits_refill_on_the_clock_to_or_by_the_amount);
 async fn credits_refill_on_the_clock_to_or_by_the_amount(db: Db) {
     let mut app = TestApp::spawn(db).await.unwrap();
