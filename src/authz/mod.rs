@@ -142,11 +142,13 @@ pub struct Authorizer {
     metrics: AuthorizeMetrics,
     /// The limit check counters, resolved once: counting takes no lock.
     limit_outcomes: LimitOutcomes,
-    /// Keys whose credits this replica saw at zero: key id → (the record's version, when
-    /// the next refill begins). Until then, and while the record is that version, a call
-    /// is refused without asking the store — the balance can only grow by a refill (time)
-    /// or an operator's change (a new version, which every replica's cache hears of).
-    spent_out: quick_cache::sync::Cache<crate::domain::KeyId, (i64, Timestamp)>,
+    /// Keys whose credits this replica saw at zero: key id → (the record's version, until
+    /// when it asks no more, when the next refill begins). Until then, and while the record
+    /// is that version, a call is refused without asking the store. The balance grows by a
+    /// refill (time), an operator's change (a new version, which every replica's cache
+    /// hears of), or a spend given back to a caller that gave up (which no cache hears of:
+    /// hence a call at most every [`SPENT_OUT_RECHECK`] still asks).
+    spent_out: quick_cache::sync::Cache<crate::domain::KeyId, (i64, Timestamp, Timestamp)>,
 }
 
 impl Authorizer {
@@ -442,10 +444,10 @@ impl Authorizer {
         let never = Timestamp::from_millis(i64::MAX);
         let Some((holder, refill)) = key.credit_holder() else { return Ok(verdict) };
         let known_empty =
-            self.spent_out.get(&key.id).filter(|(version, until)| *version == key.version && now < *until);
+            self.spent_out.get(&key.id).filter(|(version, until, _)| *version == key.version && now < *until);
         // When the credits next come back: `never` without a refill.
         let refilled_at = match known_empty {
-            Some((_, until)) => until,
+            Some((_, _, refilled_at)) => refilled_at,
             None => match self.store.spend_credits(&holder, cost, refill, now).await? {
                 Spend::Spent(balance) => {
                     verdict.credits_remaining = Some(balance.remaining);
@@ -465,7 +467,8 @@ impl Authorizer {
                         .map_or(never, |refill| refill.next_period_starts(refill.period(now).max(balance.period)));
                     // Nothing at all left: no call can pass before `at` (or a change).
                     if balance.remaining == 0 {
-                        self.spent_out.insert(key.id, (key.version, at));
+                        let recheck = now.saturating_add(SPENT_OUT_RECHECK);
+                        self.spent_out.insert(key.id, (key.version, at.min(recheck), at));
                     }
                     at
                 }
@@ -488,6 +491,11 @@ impl Authorizer {
         Ok(verdict.deny(Deny::new(Code::RateLimitReached, message).because(Reason::CreditsExhausted)))
     }
 }
+
+/// How long a replica refuses a key it saw without credits before asking the store again
+/// (a spend given back to a caller that gave up is heard of no other way): one store write
+/// a second per such key under a flood of its calls.
+const SPENT_OUT_RECHECK: Duration = Duration::from_secs(1);
 
 /// A key's (or its owner's) own limits that apply on `route`, as rules. Their names are
 /// the key's, under a prefix (`key:`, `owner:`) no policy rule key has.

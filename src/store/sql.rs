@@ -1532,6 +1532,9 @@ impl SqlStore {
     async fn spend_batch(&self, batch: Vec<Waiter>) {
         // A call whose caller gave up (its deadline passed while it waited) spends nothing.
         let mut batch: Vec<Waiter> = batch.into_iter().filter(|w| !w.answer.is_closed()).collect();
+        if batch.is_empty() {
+            return;
+        }
         batch.sort_by(|a, b| a.id.cmp(&b.id));
         let mut answers: Vec<(Waiter, Spend)> = Vec::with_capacity(batch.len());
         // A batch on one key needs no transaction: its one UPDATE commits itself (and when
@@ -1554,7 +1557,14 @@ impl SqlStore {
                 // One instant for the group: the latest call's, so a refill due for any is applied.
                 let now = group.iter().map(|w| w.now).max().unwrap_or(Timestamp::from_millis(0));
                 let total: i64 = group.iter().map(|w| w.cost).sum();
-                match spend_once(tx.connection(), id, total, refill.as_ref(), now).await? {
+                let all_at_once = match spend_once(tx.connection(), id, total, refill.as_ref(), now).await {
+                    Ok(spent) => spent,
+                    Err(e) => {
+                        batch.extend(group);
+                        return Err(e);
+                    }
+                };
+                match all_at_once {
                     Spend::Spent(after) => {
                         // Each call's balance is what was left after it, in arrival order.
                         let mut left = after.remaining + total;
@@ -1565,9 +1575,21 @@ impl SqlStore {
                     }
                     // Not all fit: one by one, so the last credits go to the earliest calls.
                     Spend::Exhausted(_) if group.len() > 1 => {
-                        for waiter in group {
-                            let spent = spend_once(tx.connection(), id, waiter.cost, refill.as_ref(), now).await?;
-                            answers.push((waiter, spent));
+                        let mut group = group.into_iter();
+                        while let Some(waiter) = group.next() {
+                            // Gone meanwhile: it spends nothing (and its credit is not
+                            // briefly missing for the calls after it).
+                            if waiter.answer.is_closed() {
+                                continue;
+                            }
+                            match spend_once(tx.connection(), id, waiter.cost, refill.as_ref(), now).await {
+                                Ok(spent) => answers.push((waiter, spent)),
+                                Err(e) => {
+                                    batch.push(waiter);
+                                    batch.extend(group);
+                                    return Err(e);
+                                }
+                            }
                         }
                     }
                     other => answers.extend(group.into_iter().map(|w| (w, other))),
@@ -1609,18 +1631,23 @@ impl SqlStore {
     }
 
     /// Gives back what calls nobody heard were admitted spent: `(holder, cost, refill rule,
-    /// the period spent in)`. Within the same period only; once a refill started a new one,
-    /// the credits came back anyway. Runs before the lane's next batch, so no call decides
-    /// on a balance the refund is about to change.
+    /// the period spent in)`, capped at the most a balance holds. Under a `to` refill, only
+    /// within the period it was spent in: a refill since then set the balance anew. Runs
+    /// before this replica's next batch on the lane, so none of its calls decides on a
+    /// balance the refund is about to change (another replica's may).
     async fn refund(&self, abandoned: &[(String, i64, Option<Refill>, i64)]) {
         for (id, cost, refill, period) in abandoned {
+            let adds = refill.is_some_and(|r| r.mode == RefillMode::Add);
             let refunded = sqlx::query(
-                "UPDATE key_credits SET remaining = remaining + $2 WHERE key_id = $1 AND refill = $3 AND period = $4",
+                "UPDATE key_credits SET remaining = CASE WHEN remaining + $2 > $5 THEN $5 ELSE remaining + $2 END \
+                 WHERE key_id = $1 AND refill = $3 AND ($6 = 1 OR period = $4)",
             )
             .bind(id.as_str())
             .bind(*cost)
             .bind(refill_spec(refill.as_ref()))
             .bind(*period)
+            .bind(CreditBalance::MAX)
+            .bind(i32::from(adds))
             .execute(&self.pool)
             .await;
             if let Err(e) = refunded {

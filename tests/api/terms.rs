@@ -96,11 +96,27 @@ async fn credits_spent_for_a_caller_that_gave_up_are_given_back() {
     let relay = crate::relay::Relay::start(crate::relay::target_of(&db.url)).await;
     let mut app = TestApp::spawn_url(&relay.url_for(&db.url), patient).await;
     let terms = pb::CreateApiKeyRequest { credits: credits(10, None), ..Default::default() };
-    let (_, secret) = app.key_with("acct_gave_up", terms).await;
+    let (key, secret) = app.key_with("acct_gave_up", terms).await;
+    let listener = app.handles.invalidation.clone().unwrap();
+    eventually("the invalidation listener connects", || {
+        let listener = listener.clone();
+        async move { listener.is_connected() }
+    })
+    .await;
     assert_eq!(app.authorize_with(ask(&secret)).await.credits_remaining, Some(9));
+    // The record in memory is the one the held call decides on: verified (no argon2 within
+    // its deadline), and the create's notification heard (no reload through the relay).
+    crate::authorize::wait_for_stored_digest(&app, &key.id).await;
+    eventually("the create's notification arrived", || {
+        let heard = listener.clone();
+        async move { heard.notifications() >= 1 }
+    })
+    .await;
+    assert_eq!(app.authorize_with(ask(&secret)).await.credits_remaining, Some(8));
 
-    // Postgres' answers are held: the spend of a call with a 100 ms deadline is under way
-    // (or commits) when its caller gives up; the caller hears no allow.
+    // Postgres' answers are held: the call with a 100 ms deadline reaches its spend, which
+    // waits for a connection (the pool's check of it is held) and runs, committed, once
+    // the answers flow again; by then its caller has given up and heard no allow.
     relay.hold_answers();
     let mut hasty = tonic::Request::new(ask(&secret));
     hasty.set_timeout(Duration::from_millis(100));
@@ -108,9 +124,30 @@ async fn credits_spent_for_a_caller_that_gave_up_are_given_back() {
     relay.release_answers();
     assert!(answer.is_err(), "no answer from the store, no allow: {answer:?}");
 
-    // The next spend on the key waits for the abandoned one (and its refund): 9 - this one.
-    // 7 had the abandoned call's credit stayed spent.
-    assert_eq!(app.authorize_with(ask(&secret)).await.credits_remaining, Some(8));
+    // The next spend on the key waits for the abandoned one (and its give-back): 8 - this
+    // one; 6 had the abandoned call's credit stayed spent.
+    assert_eq!(app.authorize_with(ask(&secret)).await.credits_remaining, Some(7));
+}
+
+backend_tests!(a_replica_that_saw_no_credits_asks_again_within_a_second);
+async fn a_replica_that_saw_no_credits_asks_again_within_a_second(db: Db) {
+    use keygate::store::Store;
+    let mut app = TestApp::spawn(db).await.unwrap();
+    let terms = pb::CreateApiKeyRequest { credits: credits(1, None), ..Default::default() };
+    let (key, secret) = app.key_with("acct_recheck", terms).await;
+    assert_eq!(app.authorize_with(ask(&secret)).await.credits_remaining, Some(0));
+    let refused = app.authorize_with(ask(&secret)).await;
+    assert_eq!(refused.reason, "credits_exhausted");
+
+    // A credit comes back without a change of the key (as one given back to a caller that
+    // gave up does): no version, so no cache hears of it.
+    let holder = keygate::domain::CreditHolder::Key(keygate::domain::KeyId::parse(&key.id).unwrap());
+    let now = keygate::clock::Clock::now(&app.clock);
+    app.handles.store.spend_credits(&holder, -1, None, now).await.unwrap();
+    assert_eq!(app.authorize_with(ask(&secret)).await.reason, "credits_exhausted", "still known spent out");
+    app.clock.advance(Duration::from_secs(1));
+    let allowed = app.authorize_with(ask(&secret)).await;
+    assert_eq!((allowed.allowed, allowed.credits_remaining), (true, Some(0)), "asked the store again: {allowed:?}");
 }
 
 backend_tests!(credits_refill_on_the_clock_to_or_by_the_amount);
