@@ -131,7 +131,6 @@ async fn credits_spent_for_a_caller_that_gave_up_are_given_back() {
 
 backend_tests!(a_replica_that_saw_no_credits_asks_again_within_a_second);
 async fn a_replica_that_saw_no_credits_asks_again_within_a_second(db: Db) {
-    use keygate::store::Store;
     let mut app = TestApp::spawn(db).await.unwrap();
     let terms = pb::CreateApiKeyRequest { credits: credits(1, None), ..Default::default() };
     let (key, secret) = app.key_with("acct_recheck", terms).await;
