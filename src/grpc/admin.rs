@@ -81,15 +81,20 @@ fn need_of(rpc: &str) -> AdminNeed {
 #[derive(Clone)]
 pub struct AdminGate<S> {
     inner: S,
+    keeper: Arc<Gatekeeper>,
+}
+
+/// What every admin call's check shares.
+struct Gatekeeper {
     bootstrap: BootstrapToken,
     manager: Arc<Manager>,
     /// Named-token reads in flight: anyone who can reach Admin can make keygate read
     /// the store, so at most a few connections of the pool (which decisions share) go to it.
-    lookups: Arc<tokio::sync::Semaphore>,
+    lookups: tokio::sync::Semaphore,
     /// Named tokens found revoked (`true`) or expired (`false`), by digest: both are for
     /// good, so a leaked dead token sent in a loop costs no read and cannot hold the
     /// lookups that live tokens wait for.
-    dead: Arc<quick_cache::sync::Cache<[u8; 32], bool>>,
+    dead: quick_cache::sync::Cache<[u8; 32], bool>,
 }
 
 /// Named-token reads at once, and how long a call waits for its turn.
@@ -100,13 +105,13 @@ const TOKEN_LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_secs(5)
 
 impl<S> AdminGate<S> {
     pub fn new(inner: S, bootstrap: BootstrapToken, manager: Arc<Manager>) -> Self {
-        Self {
-            inner,
+        let keeper = Gatekeeper {
             bootstrap,
             manager,
-            lookups: Arc::new(tokio::sync::Semaphore::new(TOKEN_LOOKUPS)),
-            dead: Arc::new(quick_cache::sync::Cache::new(DEAD_TOKENS)),
-        }
+            lookups: tokio::sync::Semaphore::new(TOKEN_LOOKUPS),
+            dead: quick_cache::sync::Cache::new(DEAD_TOKENS),
+        };
+        Self { inner, keeper: Arc::new(keeper) }
     }
 }
 
@@ -132,11 +137,10 @@ where
         // The service that was polled ready serves this call; its clone serves the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let gate = (self.bootstrap.clone(), self.manager.clone(), self.lookups.clone(), self.dead.clone());
+        let keeper = self.keeper.clone();
         Box::pin(async move {
             let rpc = request.uri().path().rsplit('/').next().unwrap_or("").to_owned();
-            let (bootstrap, manager, lookups, dead) = &gate;
-            match grant(bootstrap, manager, lookups, dead, request.headers(), &rpc).await {
+            match keeper.grant(request.headers(), &rpc).await {
                 Ok(grant) => {
                     request.extensions_mut().insert(grant);
                     inner.call(request).await
@@ -147,65 +151,61 @@ where
     }
 }
 
-/// Who the bearer token is, and whether its role reaches `rpc`.
-async fn grant(
-    bootstrap: &BootstrapToken,
-    manager: &Manager,
-    lookups: &tokio::sync::Semaphore,
-    dead: &quick_cache::sync::Cache<[u8; 32], bool>,
-    headers: &http::HeaderMap,
-    rpc: &str,
-) -> Result<AdminGrant, Status> {
-    let presented = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
-    let Some(token) = presented.filter(|t| !t.is_empty()) else {
-        return Err(status::coded(Code::Unauth, "admin calls need `authorization: Bearer <admin token>`"));
-    };
-    let digest = admin_token_digest(token);
-    let grant = if bootstrap.accepts(&digest) {
-        AdminGrant { credential: bootstrap.credential.clone(), role: AdminRole::Admin, account: None }
-    } else {
-        // Only tokens this deployment made (their tag under the digest key) and not known
-        // dead are looked up: made-up ones cost no query, however many. And a few at a time.
-        let dead_answer = |revoked: bool| {
-            let why = if revoked { "the admin token was revoked" } else { "the admin token expired" };
-            status::coded(Code::Unauth, why)
+impl Gatekeeper {
+    /// Who the bearer token is, and whether its role reaches `rpc`.
+    async fn grant(&self, headers: &http::HeaderMap, rpc: &str) -> Result<AdminGrant, Status> {
+        let Self { bootstrap, manager, lookups, dead } = self;
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim);
+        let Some(token) = presented.filter(|t| !t.is_empty()) else {
+            return Err(status::coded(Code::Unauth, "admin calls need `authorization: Bearer <admin token>`"));
         };
-        if let Some(was_revoked) = dead.get(&digest) {
-            return Err(dead_answer(was_revoked));
-        }
-        let named = match manager.made_admin_token(token) {
-            true => {
-                let _turn = tokio::time::timeout(TOKEN_LOOKUP_WAIT, lookups.acquire())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .ok_or_else(|| status::busy("too many admin token checks at once; retry"))?;
-                manager.admin_token(token).await?
-            }
-            false => None,
-        };
-        match named {
-            Some(named) if named.is_live(manager.now()) => named.grant(),
-            Some(named) => {
-                let was_revoked = named.revoked_at.is_some();
-                dead.insert(digest, was_revoked);
+        let digest = admin_token_digest(token);
+        let grant = if bootstrap.accepts(&digest) {
+            AdminGrant { credential: bootstrap.credential.clone(), role: AdminRole::Admin, account: None }
+        } else {
+            // Only tokens this deployment made (their tag under the digest key) and not known
+            // dead are looked up: made-up ones cost no query, however many. And a few at a time.
+            let dead_answer = |revoked: bool| {
+                let why = if revoked { "the admin token was revoked" } else { "the admin token expired" };
+                status::coded(Code::Unauth, why)
+            };
+            if let Some(was_revoked) = dead.get(&digest) {
                 return Err(dead_answer(was_revoked));
             }
-            None => return Err(status::coded(Code::Unauth, "the admin token is not valid")),
+            let named = match manager.made_admin_token(token) {
+                true => {
+                    let _turn = tokio::time::timeout(TOKEN_LOOKUP_WAIT, lookups.acquire())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .ok_or_else(|| status::busy("too many admin token checks at once; retry"))?;
+                    manager.admin_token(token).await?
+                }
+                false => None,
+            };
+            match named {
+                Some(named) if named.is_live(manager.now()) => named.grant(),
+                Some(named) => {
+                    let was_revoked = named.revoked_at.is_some();
+                    dead.insert(digest, was_revoked);
+                    return Err(dead_answer(was_revoked));
+                }
+                None => return Err(status::coded(Code::Unauth, "the admin token is not valid")),
+            }
+        };
+        let need = need_of(rpc);
+        if !grant.may(need) {
+            return Err(status::coded(
+                Code::InsufficientScope,
+                format!("an admin token with the role {} may not call {rpc}", grant.role.as_str()),
+            ));
         }
-    };
-    let need = need_of(rpc);
-    if !grant.may(need) {
-        return Err(status::coded(
-            Code::InsufficientScope,
-            format!("an admin token with the role {} may not call {rpc}", grant.role.as_str()),
-        ));
+        Ok(grant)
     }
-    Ok(grant)
 }
 
 /// Whom the caller acts for, when it says (the dashboard back end names its user).
