@@ -142,13 +142,12 @@ pub struct Authorizer {
     metrics: AuthorizeMetrics,
     /// The limit check counters, resolved once: counting takes no lock.
     limit_outcomes: LimitOutcomes,
-    /// Keys whose credits this replica saw at zero: key id → (the record's version, until
-    /// when it asks no more, when the next refill begins). Until then, and while the record
-    /// is that version, a call is refused without asking the store. The balance grows by a
-    /// refill (time), an operator's change (a new version, which every replica's cache
-    /// hears of), or a spend given back to a caller that gave up (which no cache hears of:
-    /// hence a call at most every [`SPENT_OUT_RECHECK`] still asks).
-    spent_out: quick_cache::sync::Cache<crate::domain::KeyId, (i64, Timestamp, Timestamp)>,
+    /// Keys whose credits this replica saw at zero. Until `ask_again_at`, and while the
+    /// record is that version, a call is refused without asking the store. The balance
+    /// grows by a refill (time), an operator's change (a new version, which every replica's
+    /// cache hears of), or a spend given back to a caller that gave up (which no cache
+    /// hears of: hence a call at most every [`SPENT_OUT_RECHECK`] still asks).
+    spent_out: quick_cache::sync::Cache<crate::domain::KeyId, SpentOut>,
 }
 
 impl Authorizer {
@@ -444,10 +443,10 @@ impl Authorizer {
         let never = Timestamp::from_millis(i64::MAX);
         let Some((holder, refill)) = key.credit_holder() else { return Ok(verdict) };
         let known_empty =
-            self.spent_out.get(&key.id).filter(|(version, until, _)| *version == key.version && now < *until);
+            self.spent_out.get(&key.id).filter(|seen| seen.version == key.version && now < seen.ask_again_at);
         // When the credits next come back: `never` without a refill.
         let refilled_at = match known_empty {
-            Some((_, _, refilled_at)) => refilled_at,
+            Some(seen) => seen.refilled_at,
             None => match self.store.spend_credits(&holder, cost, refill, now).await? {
                 Spend::Spent(balance) => {
                     verdict.credits_remaining = Some(balance.remaining);
@@ -467,8 +466,8 @@ impl Authorizer {
                         .map_or(never, |refill| refill.next_period_starts(refill.period(now).max(balance.period)));
                     // Nothing at all left: no call can pass before `at` (or a change).
                     if balance.remaining == 0 {
-                        let recheck = now.saturating_add(SPENT_OUT_RECHECK);
-                        self.spent_out.insert(key.id, (key.version, at.min(recheck), at));
+                        let ask_again_at = at.min(now.saturating_add(SPENT_OUT_RECHECK));
+                        self.spent_out.insert(key.id, SpentOut { version: key.version, ask_again_at, refilled_at: at });
                     }
                     at
                 }
@@ -490,6 +489,15 @@ impl Authorizer {
         };
         Ok(verdict.deny(Deny::new(Code::RateLimitReached, message).because(Reason::CreditsExhausted)))
     }
+}
+
+/// A key this replica saw without credits, at its record's `version`.
+#[derive(Clone, Copy)]
+struct SpentOut {
+    version: i64,
+    ask_again_at: Timestamp,
+    /// When the next refill begins (never, without one): the caller's retry-after.
+    refilled_at: Timestamp,
 }
 
 /// How long a replica refuses a key it saw without credits before asking the store again

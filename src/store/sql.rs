@@ -1622,7 +1622,7 @@ impl SqlStore {
         for (waiter, spent) in committed {
             let Waiter { id, cost, refill, answer, .. } = waiter;
             if let Err(Ok(Spend::Spent(after))) = answer.send(Ok(spent)) {
-                abandoned.push((id, cost, refill, after.period));
+                abandoned.push(Abandoned { id, cost, refill, period: after.period });
             }
         }
         if !abandoned.is_empty() {
@@ -1630,13 +1630,13 @@ impl SqlStore {
         }
     }
 
-    /// Gives back what calls nobody heard were admitted spent: `(holder, cost, refill rule,
-    /// the period spent in)`, capped at the most a balance holds. Under a `to` refill, only
+    /// Gives back what calls nobody heard were admitted spent, capped at the most a
+    /// balance holds. Under a `to` refill, only
     /// within the period it was spent in: a refill since then set the balance anew. Runs
     /// before this replica's next batch on the lane, so none of its calls decides on a
     /// balance the refund is about to change (another replica's may).
-    async fn refund(&self, abandoned: &[(String, i64, Option<Refill>, i64)]) {
-        for (id, cost, refill, period) in abandoned {
+    async fn refund(&self, abandoned: &[Abandoned]) {
+        for Abandoned { id, cost, refill, period } in abandoned {
             let adds = refill.is_some_and(|r| r.mode == RefillMode::Add);
             let refunded = sqlx::query(
                 "UPDATE key_credits SET remaining = CASE WHEN remaining + $2 > $5 THEN $5 ELSE remaining + $2 END \
@@ -1655,6 +1655,16 @@ impl SqlStore {
             }
         }
     }
+}
+
+/// A spend that committed for a call whose caller had gone: given back.
+struct Abandoned {
+    /// The holder, as `key_credits.key_id` names it.
+    id: String,
+    cost: i64,
+    refill: Option<Refill>,
+    /// The refill period it was spent in.
+    period: i64,
 }
 
 /// Where a batch spends: a connection of its own (one key), or a transaction (several).
