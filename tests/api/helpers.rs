@@ -298,6 +298,15 @@ where
     }
 }
 
+/// The test Redis, or `None` (and a line saying the test is skipped) without one.
+pub fn redis_url() -> Option<String> {
+    let url = std::env::var("KEYGATE_TEST_REDIS_URL").ok();
+    if url.is_none() {
+        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
+    }
+    url
+}
+
 /// Limits counted in the Redis at `url`, under `prefix`. The limiter's timeout is raised
 /// from 50 ms, which a loaded 2-core CI machine can reach: the call is then refused
 /// `UNAVAILABLE`, so a test of exact counts would fail for the machine's load, not for

@@ -2,7 +2,7 @@
 //! it without a round trip. Replicas, Redis and the clients are real; time is each
 //! replica's injected clock (Redis judges a slice's lapse by the clock its caller sends).
 
-use crate::helpers::{ask, eventually, Db, TestApp, TestDb};
+use crate::helpers::{ask, eventually, redis_url, Db, TestApp, TestDb};
 use crate::relay::Relay;
 use keygate::ratelimit::lease::LeaseSettings;
 use keygate::ratelimit::Limiter;
@@ -24,14 +24,6 @@ accepts = ["api_key"]
 scopes = ["applications:read"]
 "#;
 const LEASES: LeaseSettings = LeaseSettings { share: 0.1, period: Duration::from_secs(1) };
-
-fn redis_url() -> Option<String> {
-    let url = std::env::var("KEYGATE_TEST_REDIS_URL").ok();
-    if url.is_none() {
-        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
-    }
-    url
-}
 
 /// What every replica of one test shares: a SQLite file, a policy, a Redis prefix.
 struct Cluster {

@@ -1,7 +1,7 @@
 //! Rate limits: the page's route limits, sliding windows under an injected clock, and
 //! limits shared by replicas through Redis.
 
-use crate::helpers::{fresh_prefix, limits_in_redis, Db, TestApp, TestDb};
+use crate::helpers::{fresh_prefix, limits_in_redis, redis_url, Db, TestApp, TestDb};
 use crate::relay::Relay;
 use crate::sessions::create_session;
 use keygate::grpc::proto as pb;
@@ -9,10 +9,6 @@ use std::time::Duration;
 
 const CREATE_KEYS: &str = "/api/v1/panel/api-keys";
 const ROTATE: &str = "/api/v1/panel/update-api-keys";
-
-fn redis_url() -> Option<String> {
-    std::env::var("KEYGATE_TEST_REDIS_URL").ok()
-}
 
 #[tokio::test]
 async fn the_eleventh_key_creation_in_an_hour_is_limited_until_the_window_moves() {
@@ -68,10 +64,7 @@ async fn the_third_rotation_in_an_hour_is_limited_per_application() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_redis_admit_exactly_ten_of_fifty() {
-    let Some(redis) = redis_url() else {
-        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
-        return;
-    };
+    let Some(redis) = redis_url() else { return };
     // Both replicas share one SQLite file (sessions) and one Redis prefix (counters).
     let db = TestDb::new(Db::Sqlite).await.unwrap();
     let prefix = fresh_prefix();
@@ -108,10 +101,7 @@ async fn two_replicas_on_one_redis_admit_exactly_ten_of_fifty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_redis_is_unreachable_business_limits_fail_closed_and_the_global_limit_counts_locally() {
-    let Some(redis) = redis_url() else {
-        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
-        return;
-    };
+    let Some(redis) = redis_url() else { return };
     let relay = Relay::start(crate::relay::target_of(&redis)).await;
     let through_relay = relay.url_for(&redis);
     let prefix = fresh_prefix();
@@ -242,10 +232,7 @@ impl SlowRedis {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_answer_from_redis_comes_too_late_is_taken_back() {
-    let Some(redis) = redis_url() else {
-        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
-        return;
-    };
+    let Some(redis) = redis_url() else { return };
     let slow = SlowRedis::start(redis, "acct_late", |_| {}).await;
     let first = slow.app.authorizer.clone().authorize(slow.create_key()).await.unwrap().into_inner();
     assert_eq!((first.allowed, first.remaining), (true, 9));
@@ -267,10 +254,7 @@ async fn a_request_whose_answer_from_redis_comes_too_late_is_taken_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_caller_hung_up_while_redis_counted_it_is_taken_back() {
-    let Some(redis) = redis_url() else {
-        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
-        return;
-    };
+    let Some(redis) = redis_url() else { return };
     let slow = SlowRedis::start(redis, "acct_gone", |_| {}).await;
     assert!(slow.app.authorizer.clone().authorize(slow.create_key()).await.unwrap().get_ref().allowed);
 
@@ -293,10 +277,7 @@ async fn a_request_whose_caller_hung_up_while_redis_counted_it_is_taken_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_local_fallback_serves_stays_counted_in_redis() {
-    let Some(redis) = redis_url() else {
-        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
-        return;
-    };
+    let Some(redis) = redis_url() else { return };
     // One exact limit that falls back to local counting, as a global limit without `kind`.
     let policy = std::env::temp_dir().join(format!("kg-served-{}.toml", keygate::domain::random_token(8).unwrap()));
     std::fs::write(

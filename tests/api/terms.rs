@@ -370,10 +370,7 @@ async fn disabling_on_one_replica_is_seen_on_the_other_and_enabling_restores() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_limits_on_redis_are_shared_by_replicas() {
-    let Ok(redis) = std::env::var("KEYGATE_TEST_REDIS_URL") else {
-        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
-        return;
-    };
+    let Some(redis) = crate::helpers::redis_url() else { return };
     let db = TestDb::new(Db::Sqlite).await.unwrap();
     let prefix = crate::helpers::fresh_prefix();
     let configure = |s: &mut keygate::config::Settings| crate::helpers::limits_in_redis(s, &redis, &prefix);
