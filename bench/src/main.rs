@@ -11,6 +11,8 @@
 //! - `terms`: what a key's terms (metadata, allowlist, credits) cost on the hot path.
 //! - `accuracy`: a high-rate limit across three replicas on one Redis, stormed at three
 //!   times its rate: the most admitted in any minute against the documented bound.
+//! - `neighbours`: tenant A's attacks one at a time and together, while tenant B's hot
+//!   keys, first uses and credit spends are measured.
 //! - `import`: importing keys hashed by another system (sha256, bcrypt, argon2), and what
 //!   an imported credential's first use costs against keygate's own keys and the hot path.
 //!
@@ -22,6 +24,7 @@ mod fixture;
 mod import;
 mod load;
 mod memory;
+mod neighbours;
 mod propagation;
 mod proxy;
 mod report;
@@ -58,6 +61,9 @@ enum Command {
     Terms(terms::TermsArgs),
     /// Importing keys hashed by another system, and the first use of an imported key.
     Import(import::ImportArgs),
+    /// What tenant A's attacks (handshake flood, expensive imports, admin scans, IPv6
+    /// spread, admin-token guessing) take from tenant B's hot keys, first uses and credits.
+    Neighbours(neighbours::NeighboursArgs),
     /// Memory per cached hot key.
     Memory {
         #[arg(long, default_value_t = 1_000_000)]
@@ -115,6 +121,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Load(args) => load::run(args).await,
             Command::Memory { keys } => memory::run(keys).await,
+            Command::Neighbours(args) => neighbours::run(args).await,
             Command::LimitMemory { subjects, redis } => {
                 memory::limits(subjects)?;
                 match redis {

@@ -1,0 +1,698 @@
+//! `neighbours`: what tenant A's hostile or heavy use takes from tenant B.
+//!
+//! One keygate (mTLS on its listener, SQLite or Postgres) serves two tenants. Tenant A
+//! runs the attacks of issue 27, one phase at a time and then all together:
+//!
+//! - `handshakes`: idle TCP connections held open against the TLS listener (and reopened
+//!   as they are closed), at most `--idle-connections` at once and `--opens-per-second`;
+//! - `import-cost`: A's confined `keys_write` token imports keys sharing one bcrypt hash at
+//!   the highest cost the server takes, then wrong guesses at their starts come from fresh
+//!   IPv6 /64s all over the address space;
+//! - `admin-scans`: A's confined `read_only` token runs `--scanners` searching
+//!   `ListAuditEvents` calls at once, back to back;
+//! - `ipv6-spread`: forged key ids (valid checksums) from /64s all inside one /48;
+//! - `token-guessing`: wrong admin tokens, as fast as they are answered, within a rate.
+//!
+//! Meanwhile tenant B's edge makes hot calls (four keys, four callers), credit spends (one
+//! key with credits) and first uses (a key made through Admin, then its first Authorize
+//! over a new connection, so a new TLS handshake). Every row prints A's attack rate beside
+//! B's figures; `ok` says whether the row meets issue 27's bar: B's hot p99 at most twice
+//! the calm row's, B's first use at most the calm first use + 50 ms, and no error.
+
+use crate::fixture::{self, Server};
+use crate::report::{ms, percentile};
+use keygate::domain::{random_token, GeneratedKey};
+use keygate::grpc::proto::{self as pb, admin_client::AdminClient, authorizer_client::AuthorizerClient};
+use keygate_client::{AdminToken, ClientTls};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+#[derive(Debug, clap::Args)]
+pub struct NeighboursArgs {
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Run over this Postgres (a schema of its own, dropped after) instead of SQLite.
+    #[arg(long)]
+    postgres: Option<String>,
+    /// Handshakes: idle connections held at once.
+    #[arg(long, default_value_t = 2000)]
+    idle_connections: usize,
+    /// Handshakes: new idle connections per second at most.
+    #[arg(long, default_value_t = 500)]
+    opens_per_second: u64,
+    /// Import cost: keys A imports with one expensive hash.
+    #[arg(long, default_value_t = 60)]
+    expensive_keys: usize,
+    /// Import cost: wrong guesses per second at their starts.
+    #[arg(long, default_value_t = 200)]
+    guesses_per_second: u64,
+    /// Admin scans: searching ListAuditEvents calls at once.
+    #[arg(long, default_value_t = 48)]
+    scanners: usize,
+    /// IPv6 spread: forged ids per second.
+    #[arg(long, default_value_t = 500)]
+    forged_per_second: u64,
+    /// Token guessing: wrong admin tokens per second.
+    #[arg(long, default_value_t = 1000)]
+    token_guesses_per_second: u64,
+    /// Run only these phases (comma-separated: calm, handshakes, import-cost, admin-scans,
+    /// ipv6-spread, token-guessing, all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Also write the rows here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+const HOT_PATH: &str = "/api/v1/panel/applications/app_neighbours0000";
+const ACCOUNT_A: &str = "acct_tenant_a";
+const ACCOUNT_B: &str = "acct_tenant_b";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attack {
+    Handshakes,
+    ImportCost,
+    AdminScans,
+    Ipv6Spread,
+    TokenGuessing,
+}
+
+const ATTACKS: [Attack; 5] =
+    [Attack::Handshakes, Attack::ImportCost, Attack::AdminScans, Attack::Ipv6Spread, Attack::TokenGuessing];
+
+impl Attack {
+    fn name(self) -> &'static str {
+        match self {
+            Attack::Handshakes => "handshakes",
+            Attack::ImportCost => "import-cost",
+            Attack::AdminScans => "admin-scans",
+            Attack::Ipv6Spread => "ipv6-spread",
+            Attack::TokenGuessing => "token-guessing",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Attack::Handshakes => "opens/s",
+            Attack::ImportCost => "guesses/s",
+            Attack::AdminScans => "scans/s",
+            Attack::Ipv6Spread => "forged/s",
+            Attack::TokenGuessing => "tokens/s",
+        }
+    }
+}
+
+/// One phase's figures.
+#[derive(Debug, Serialize)]
+struct Row {
+    phase: String,
+    /// What A did, per attack running in the phase: (attack, attempts per second).
+    attack_rates: Vec<(String, f64)>,
+    hot_calls: usize,
+    hot_p50_ms: f64,
+    hot_p99_ms: f64,
+    hot_p99_vs_calm: f64,
+    first_uses: usize,
+    first_use_p50_ms: f64,
+    first_use_max_ms: f64,
+    create_p99_ms: f64,
+    credit_p99_ms: f64,
+    errors: u64,
+    /// The first few errors, to say what went wrong.
+    error_samples: Vec<String>,
+    ok: bool,
+}
+
+type Admin = AdminClient<InterceptedService<Channel, AdminToken>>;
+
+/// What the attacks need: A's tokens and what A imported.
+struct TenantA {
+    read_only: String,
+    /// The starts of the keys imported with the expensive hash.
+    starts: Vec<String>,
+    bcrypt_cost: u32,
+}
+
+pub async fn run(args: NeighboursArgs) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("keygate-neighbours-{}", random_token(8)?));
+    std::fs::create_dir_all(&dir)?;
+    crate::tls::write_certificates(&dir)?;
+    let schema = match &args.postgres {
+        Some(url) => Some(make_schema(url).await?),
+        None => None,
+    };
+    let result = measure(&args, &dir, schema.as_ref().map(|(_, scoped)| scoped.clone())).await;
+    if let (Some(url), Some((name, _))) = (&args.postgres, &schema) {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url).await?;
+        sqlx::query(&format!("DROP SCHEMA {name} CASCADE")).execute(&mut conn).await?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn make_schema(url: &str) -> anyhow::Result<(String, String)> {
+    use sqlx::Connection;
+    let name = format!("kg_bench_{}", random_token(10)?.to_lowercase());
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    sqlx::query(&format!("CREATE SCHEMA {name}")).execute(&mut conn).await?;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Ok((name.clone(), format!("{url}{sep}options=-c%20search_path%3D{name}")))
+}
+
+fn start_server(dir: &std::path::Path, postgres: Option<String>) -> anyhow::Result<Server> {
+    use keygate::config::{MaskedUrl, TlsSettings};
+    use keygate::tls::{CertificateFiles, ClientCertificates};
+    let files = CertificateFiles { cert: dir.join("server.pem"), key: dir.join("server.key") };
+    let clients = ClientCertificates { ca: dir.join("ca.pem"), names: vec![], flag: "--tls-client-ca" };
+    let mut server = fixture::keygate(dir, move |settings| {
+        if let Some(url) = postgres {
+            settings.database_url = MaskedUrl::new(url);
+        }
+        settings.tls = Some(TlsSettings {
+            certificate: files,
+            clients: Some(clients),
+            admin_clients: None,
+            watch_every: TlsSettings::WATCH_EVERY,
+        });
+    })?;
+    server.address = server.address.replacen("http://", "https://", 1);
+    server.tls = Some(crate::tls::client(dir)?);
+    Ok(server)
+}
+
+async fn measure(args: &NeighboursArgs, dir: &std::path::Path, postgres: Option<String>) -> anyhow::Result<()> {
+    let server = start_server(dir, postgres)?;
+    let tls = server.tls.clone().expect("TLS");
+    let channel = server.channel().await?;
+    let mut admin = server.admin().await?;
+    println!("setting up: tenant B's keys, tenant A's tokens, imports and audit trail ...");
+    let b = TenantB::make(&mut admin).await?;
+    let a = TenantA::make(&mut admin, channel.clone(), args.expensive_keys).await?;
+    println!(
+        "tenant A imported {} keys with one bcrypt cost-{} hash; phases of {} s",
+        a.starts.len(),
+        a.bcrypt_cost,
+        args.seconds
+    );
+    let a = Arc::new(a);
+
+    let mut phases: Vec<(String, Vec<Attack>)> = vec![("calm".into(), vec![])];
+    phases.extend(ATTACKS.iter().map(|attack| (attack.name().to_owned(), vec![*attack])));
+    phases.push(("all".into(), ATTACKS.to_vec()));
+    if !args.only.is_empty() {
+        phases.retain(|(name, _)| name == "calm" || args.only.iter().any(|o| o == name));
+    }
+
+    let mut rows: Vec<Row> = Vec::new();
+    println!(
+        "{:<15} {:>28} {:>8} {:>8} {:>6} {:>11} {:>11} {:>9} {:>9} {:>6}  ok",
+        "phase", "A's attack", "hot p50", "hot p99", "×calm", "first p50", "first max", "create99", "credit99", "errors"
+    );
+    for (name, attacks) in phases {
+        let counters: Vec<Arc<AtomicU64>> = attacks.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let mut tasks = Vec::new();
+        for (attack, counter) in attacks.iter().zip(&counters) {
+            tasks.extend(launch(*attack, args, &server, &tls, &a, counter.clone()).await?);
+        }
+        // Let the attacks reach their rate before B is measured.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let started = Instant::now();
+        let figures = b.measure(&server, &tls, Duration::from_secs(args.seconds)).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let attack_rates: Vec<(String, f64)> = attacks
+            .iter()
+            .zip(counters.iter().zip(before))
+            .map(|(attack, (counter, before))| {
+                (attack.name().to_owned(), (counter.load(Ordering::Relaxed) - before) as f64 / elapsed)
+            })
+            .collect();
+        for task in tasks {
+            task.abort();
+        }
+        let calm = rows.first();
+        let row = figures.row(&name, attack_rates, calm);
+        let rate_text = if attacks.len() == 1 {
+            format!("{:.0} {}", row.attack_rates[0].1, attacks[0].unit())
+        } else if attacks.is_empty() {
+            "-".to_owned()
+        } else {
+            "all five".to_owned()
+        };
+        println!(
+            "{:<15} {:>28} {:>8.2} {:>8.2} {:>6.2} {:>11.1} {:>11.1} {:>9.1} {:>9.2} {:>6}  {}",
+            row.phase,
+            rate_text,
+            row.hot_p50_ms,
+            row.hot_p99_ms,
+            row.hot_p99_vs_calm,
+            row.first_use_p50_ms,
+            row.first_use_max_ms,
+            row.create_p99_ms,
+            row.credit_p99_ms,
+            row.errors,
+            if row.ok { "yes" } else { "NO" }
+        );
+        if attacks.len() > 1 {
+            for (attack, rate) in &row.attack_rates {
+                println!("{:<15} {:>28}", "", format!("{attack}: {rate:.0}/s"));
+            }
+        }
+        for sample in &row.error_samples {
+            println!("{:<15} error: {sample}", "");
+        }
+        rows.push(row);
+        // The attacks' connections and queued work drain before the next phase.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
+    }
+    Ok(())
+}
+
+/// Tenant B: its hot keys, its credit key, and how its calls fared.
+struct TenantB {
+    hot: Vec<String>,
+    credit: String,
+}
+
+#[derive(Default)]
+struct Figures {
+    hot: Vec<Duration>,
+    credit: Vec<Duration>,
+    first: Vec<Duration>,
+    create: Vec<Duration>,
+    errors: u64,
+    samples: Vec<String>,
+}
+
+impl Figures {
+    fn error(&mut self, what: String) {
+        self.errors += 1;
+        if self.samples.len() < 3 {
+            self.samples.push(what);
+        }
+    }
+
+    fn merge(&mut self, other: Figures) {
+        self.hot.extend(other.hot);
+        self.credit.extend(other.credit);
+        self.first.extend(other.first);
+        self.create.extend(other.create);
+        let room = 3usize.saturating_sub(self.samples.len());
+        self.samples.extend(other.samples.into_iter().take(room));
+        self.errors += other.errors;
+    }
+
+    fn row(mut self, phase: &str, attack_rates: Vec<(String, f64)>, calm: Option<&Row>) -> Row {
+        for list in [&mut self.hot, &mut self.credit, &mut self.first, &mut self.create] {
+            list.sort();
+        }
+        let p = |list: &[Duration], q: f64| if list.is_empty() { f64::NAN } else { ms(percentile(list, q)) };
+        let hot_p99 = p(&self.hot, 0.99);
+        let first_max = self.first.last().map_or(f64::NAN, |d| ms(*d));
+        let first_p50 = p(&self.first, 0.50);
+        let (calm_hot, calm_first) = calm.map_or((hot_p99, first_p50), |c| (c.hot_p99_ms, c.first_use_p50_ms));
+        let ok = self.errors == 0 && hot_p99 <= 2.0 * calm_hot && first_max <= calm_first + 50.0;
+        Row {
+            phase: phase.to_owned(),
+            attack_rates,
+            hot_calls: self.hot.len(),
+            hot_p50_ms: p(&self.hot, 0.50),
+            hot_p99_ms: hot_p99,
+            hot_p99_vs_calm: hot_p99 / calm_hot,
+            first_uses: self.first.len(),
+            first_use_p50_ms: first_p50,
+            first_use_max_ms: first_max,
+            create_p99_ms: p(&self.create, 0.99),
+            credit_p99_ms: p(&self.credit, 0.99),
+            errors: self.errors,
+            error_samples: self.samples,
+            ok,
+        }
+    }
+}
+
+fn authorize(credential: &str, client_ip: &str) -> pb::AuthorizeRequest {
+    pb::AuthorizeRequest {
+        credential: credential.into(),
+        method: "GET".into(),
+        path: HOT_PATH.into(),
+        client_ip: client_ip.into(),
+        ..Default::default()
+    }
+}
+
+async fn create_key(admin: &mut Admin, account: &str, credits: Option<i64>) -> anyhow::Result<String> {
+    let created = admin
+        .create_api_key(pb::CreateApiKeyRequest {
+            account_id: account.into(),
+            name: "neighbours".into(),
+            scopes: vec!["applications:read".into()],
+            credits: credits.map(|remaining| pb::Credits { remaining, refill: None }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(created.secret)
+}
+
+impl TenantB {
+    async fn make(admin: &mut Admin) -> anyhow::Result<Self> {
+        let mut hot = Vec::new();
+        for _ in 0..4 {
+            hot.push(create_key(admin, ACCOUNT_B, None).await?);
+        }
+        let credit = create_key(admin, ACCOUNT_B, Some(1_000_000_000)).await?;
+        Ok(Self { hot, credit })
+    }
+
+    /// B's traffic for `length`: four hot callers, one credit spender, one maker of new
+    /// keys whose first use goes over a new connection.
+    async fn measure(&self, server: &Server, tls: &ClientTls, length: Duration) -> Figures {
+        let until = Instant::now() + length;
+        let channel = match server.channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                let mut figures = Figures::default();
+                figures.error(format!("connect: {e}"));
+                return figures;
+            }
+        };
+        let mut callers = Vec::new();
+        for (n, secret) in self.hot.iter().enumerate() {
+            let (secret, channel) = (secret.clone(), channel.clone());
+            let ip = format!("198.51.100.{}", n + 1);
+            callers.push(tokio::spawn(async move {
+                let mut figures = Figures::default();
+                let mut client = AuthorizerClient::new(channel);
+                while Instant::now() < until {
+                    let started = Instant::now();
+                    match client.authorize(authorize(&secret, &ip)).await {
+                        Ok(answer) if answer.get_ref().allowed => figures.hot.push(started.elapsed()),
+                        Ok(answer) => figures.error(format!("hot: {}", answer.get_ref().code)),
+                        Err(status) => figures.error(format!("hot: {status}")),
+                    }
+                }
+                figures
+            }));
+        }
+        let (secret, spender) = (self.credit.clone(), channel.clone());
+        callers.push(tokio::spawn(async move {
+            let mut figures = Figures::default();
+            let mut client = AuthorizerClient::new(spender);
+            while Instant::now() < until {
+                let started = Instant::now();
+                match client.authorize(authorize(&secret, "198.51.100.9")).await {
+                    Ok(answer) if answer.get_ref().allowed => figures.credit.push(started.elapsed()),
+                    Ok(answer) => figures.error(format!("credit: {}", answer.get_ref().code)),
+                    Err(status) => figures.error(format!("credit: {status}")),
+                }
+            }
+            figures
+        }));
+        let (address, tls, maker) = (server.address.clone(), tls.clone(), channel.clone());
+        callers.push(tokio::spawn(async move {
+            let mut figures = Figures::default();
+            let mut admin = match AdminToken::new(fixture::ADMIN_TOKEN) {
+                Ok(token) => AdminClient::with_interceptor(maker, token),
+                Err(e) => {
+                    figures.error(format!("admin token: {e}"));
+                    return figures;
+                }
+            };
+            while Instant::now() < until {
+                let started = Instant::now();
+                let secret = match create_key(&mut admin, ACCOUNT_B, None).await {
+                    Ok(secret) => secret,
+                    Err(e) => {
+                        figures.error(format!("create: {e}"));
+                        continue;
+                    }
+                };
+                figures.create.push(started.elapsed());
+                // A new connection: a new TLS handshake, as a new edge worker makes.
+                let fresh = match keygate_client::endpoint(&address, Some(&tls)) {
+                    Ok(endpoint) => endpoint.connect_timeout(Duration::from_secs(5)).connect().await,
+                    Err(e) => {
+                        figures.error(format!("endpoint: {e}"));
+                        continue;
+                    }
+                };
+                let fresh = match fresh {
+                    Ok(fresh) => fresh,
+                    Err(e) => {
+                        figures.error(format!("new connection: {e:?}"));
+                        continue;
+                    }
+                };
+                let started = Instant::now();
+                match AuthorizerClient::new(fresh).authorize(authorize(&secret, "198.51.100.10")).await {
+                    Ok(answer) if answer.get_ref().allowed => figures.first.push(started.elapsed()),
+                    Ok(answer) => figures.error(format!("first use: {}", answer.get_ref().code)),
+                    Err(status) => figures.error(format!("first use: {status}")),
+                }
+            }
+            figures
+        }));
+        let mut all = Figures::default();
+        for caller in callers {
+            match caller.await {
+                Ok(figures) => all.merge(figures),
+                Err(e) => all.error(format!("caller task: {e}")),
+            }
+        }
+        all
+    }
+}
+
+impl TenantA {
+    async fn make(admin: &mut Admin, channel: Channel, expensive_keys: usize) -> anyhow::Result<Self> {
+        let token = |role: &str, name: &str| pb::CreateAdminTokenRequest {
+            name: format!("{name}-{}", random_token(6).unwrap_or_default().to_lowercase()),
+            role: role.into(),
+            account_id: ACCOUNT_A.into(),
+            expires_in_seconds: 0,
+        };
+        let keys_write = admin.create_admin_token(token("keys_write", "tenant-a-writer")).await?.into_inner().secret;
+        let read_only = admin.create_admin_token(token("read_only", "tenant-a-reader")).await?.into_inner().secret;
+        let mut writer = AdminClient::with_interceptor(channel, AdminToken::new(&keys_write)?);
+        // An audit trail for the scans to read: cheap sha256 imports, one event each.
+        for batch in 0..5 {
+            let keys = (0..1000)
+                .map(|n| pb::ImportedKey {
+                    account_id: ACCOUNT_A.into(),
+                    name: format!("trail {batch}-{n}"),
+                    scopes: vec!["applications:read".into()],
+                    algorithm: "sha256".into(),
+                    hash: sha256_hex(&format!("trail-{batch}-{n}-{}", random_token(8).unwrap_or_default())),
+                    ..Default::default()
+                })
+                .collect();
+            writer
+                .import_api_keys(pb::ImportApiKeysRequest { import_id: format!("trail-{batch}"), keys })
+                .await?;
+        }
+        // The most expensive bcrypt hash the server takes, shared by every expensive key.
+        for cost in (10..=14).rev() {
+            let hash = bcrypt::hash(format!("never-{}", random_token(16)?), cost)?;
+            let starts: Vec<String> =
+                (0..expensive_keys).map(|_| format!("legacy_{}", random_token(12).unwrap_or_default())).collect();
+            let keys = starts
+                .iter()
+                .enumerate()
+                .map(|(n, start)| pb::ImportedKey {
+                    account_id: ACCOUNT_A.into(),
+                    name: format!("expensive {n}"),
+                    scopes: vec!["applications:read".into()],
+                    algorithm: "bcrypt".into(),
+                    hash: hash.clone(),
+                    start: start.clone(),
+                    ..Default::default()
+                })
+                .collect();
+            let results = writer
+                .import_api_keys(pb::ImportApiKeysRequest { import_id: format!("expensive-{cost}"), keys })
+                .await?
+                .into_inner()
+                .results;
+            if results.iter().all(|r| r.status == "imported") {
+                return Ok(Self { read_only, starts, bcrypt_cost: cost });
+            }
+        }
+        anyhow::bail!("the server took no bcrypt hash of cost 10 to 14")
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// At most `per_second` permits a second, handed out every 10 ms.
+fn pace(per_second: u64) -> (Arc<tokio::sync::Semaphore>, tokio::task::JoinHandle<()>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let feeder = permits.clone();
+    let task = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(10));
+        let mut owed = 0.0_f64;
+        loop {
+            ticks.tick().await;
+            owed += per_second as f64 / 100.0;
+            let whole = owed.floor();
+            owed -= whole;
+            // At most a second's worth waiting: a slow server is not paid back in a burst.
+            let room = (per_second as usize).saturating_sub(feeder.available_permits());
+            feeder.add_permits((whole as usize).min(room));
+        }
+    });
+    (permits, task)
+}
+
+async fn paced(permits: &tokio::sync::Semaphore) {
+    if let Ok(permit) = permits.acquire().await {
+        permit.forget();
+    }
+}
+
+/// A random address in a random /64 of 2001:db8::/32 (documentation space).
+fn fresh_ipv6() -> String {
+    let r = random_token(16).unwrap_or_default();
+    let n = r.bytes().fold(0u64, |acc, b| acc.wrapping_mul(131).wrapping_add(u64::from(b)));
+    format!("2001:db8:{:x}:{:x}::1", (n >> 16) & 0xffff, n & 0xffff)
+}
+
+/// The tasks of one attack; each adds its attempts to `count`.
+async fn launch(
+    attack: Attack,
+    args: &NeighboursArgs,
+    server: &Server,
+    tls: &ClientTls,
+    a: &Arc<TenantA>,
+    count: Arc<AtomicU64>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    match attack {
+        Attack::Handshakes => {
+            let (permits, feeder) = pace(args.opens_per_second);
+            tasks.push(feeder);
+            let address = server.address.trim_start_matches("https://").to_owned();
+            for _ in 0..args.idle_connections {
+                let (permits, address, count) = (permits.clone(), address.clone(), count.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        paced(&permits).await;
+                        count.fetch_add(1, Ordering::Relaxed);
+                        // Connect and say nothing until the server closes the connection.
+                        if let Ok(mut stream) = tokio::net::TcpStream::connect(&address).await {
+                            let mut buffer = [0u8; 64];
+                            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer).await;
+                        }
+                    }
+                }));
+            }
+        }
+        Attack::ImportCost => {
+            let (permits, feeder) = pace(args.guesses_per_second);
+            tasks.push(feeder);
+            let channel = server.channel().await?;
+            for worker in 0..16 {
+                let (permits, count, a) = (permits.clone(), count.clone(), a.clone());
+                let mut client = AuthorizerClient::new(channel.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut n = worker;
+                    loop {
+                        paced(&permits).await;
+                        n += 16;
+                        let start = &a.starts[n % a.starts.len()];
+                        let guess = format!("{start}{}", random_token(20).unwrap_or_default());
+                        let _ = client.authorize(authorize(&guess, &fresh_ipv6())).await;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+        }
+        Attack::AdminScans => {
+            let channel = server.channel().await?;
+            for _ in 0..args.scanners {
+                let count = count.clone();
+                let mut reader = AdminClient::with_interceptor(channel.clone(), AdminToken::new(&a.read_only)?);
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let _ = reader
+                            .list_audit_events(pb::ListAuditEventsRequest {
+                                account_id: ACCOUNT_A.into(),
+                                page_size: 100,
+                                page_token: String::new(),
+                                search_params: r#"{"searchString": "no-such-thing"}"#.into(),
+                            })
+                            .await;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+        }
+        Attack::Ipv6Spread => {
+            let (permits, feeder) = pace(args.forged_per_second);
+            tasks.push(feeder);
+            let channel = server.channel().await?;
+            for _ in 0..16 {
+                let (permits, count) = (permits.clone(), count.clone());
+                let mut client = AuthorizerClient::new(channel.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        paced(&permits).await;
+                        let Ok(forged) = GeneratedKey::generate() else { continue };
+                        let r = random_token(4).unwrap_or_default();
+                        let n = r.bytes().fold(0u16, |acc, b| acc.wrapping_mul(31).wrapping_add(u16::from(b)));
+                        let ip = format!("2001:db8:a:{n:x}::1");
+                        let _ = client.authorize(authorize(&forged.into_secret_string(), &ip)).await;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+        }
+        Attack::TokenGuessing => {
+            let (permits, feeder) = pace(args.token_guesses_per_second);
+            tasks.push(feeder);
+            let channel = keygate_client::endpoint(&server.address, Some(tls))?.connect().await?;
+            for _ in 0..8 {
+                let (permits, count) = (permits.clone(), count.clone());
+                let mut client = AdminClient::new(channel.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        paced(&permits).await;
+                        let guess = random_token(24).unwrap_or_default();
+                        let mut request = tonic::Request::new(pb::ListAdminTokensRequest {});
+                        if let Ok(value) = format!("Bearer {guess}").parse() {
+                            request.metadata_mut().insert("authorization", value);
+                        }
+                        let _ = client.list_admin_tokens(request).await;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+        }
+    }
+    Ok(tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_addresses_parse_and_differ() {
+        let a: std::net::Ipv6Addr = fresh_ipv6().parse().unwrap();
+        let b: std::net::Ipv6Addr = fresh_ipv6().parse().unwrap();
+        assert_ne!(a, b);
+    }
+}
