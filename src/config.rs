@@ -109,6 +109,37 @@ pub struct ServeArgs {
     /// IPv6 /64) per minute before that client's unrecognised credentials are throttled.
     #[arg(long, env = "KEYGATE_MAX_FAILURES_PER_IP", default_value_t = BudgetSettings::DEFAULT_MAX_FAILURES_PER_CLIENT)]
     pub max_failures_per_ip: u32,
+    /// The same per IPv4 /24, for all its addresses together (so a client that can pick
+    /// any address of a /24 does not get a budget with each).
+    #[arg(
+        long,
+        env = "KEYGATE_MAX_FAILURES_PER_IPV4_24",
+        default_value_t = BudgetSettings::DEFAULT_MAX_FAILURES_PER_IPV4_24
+    )]
+    pub max_failures_per_ipv4_24: u32,
+    /// The same per IPv6 /56, for all its /64s together.
+    #[arg(
+        long,
+        env = "KEYGATE_MAX_FAILURES_PER_IPV6_56",
+        default_value_t = BudgetSettings::DEFAULT_MAX_FAILURES_PER_IPV6_56
+    )]
+    pub max_failures_per_ipv6_56: u32,
+    /// The same per IPv6 /48, for all its /64s together.
+    #[arg(
+        long,
+        env = "KEYGATE_MAX_FAILURES_PER_IPV6_48",
+        default_value_t = BudgetSettings::DEFAULT_MAX_FAILURES_PER_IPV6_48
+    )]
+    pub max_failures_per_ipv6_48: u32,
+    /// Store lookups of ids not in memory that find nothing, per second on this replica,
+    /// from every client together; past it such lookups are throttled (retry in 1 s). A
+    /// lookup that finds its record costs none.
+    #[arg(
+        long,
+        env = "KEYGATE_UNKNOWN_LOOKUPS_PER_SECOND",
+        default_value_t = BudgetSettings::DEFAULT_UNKNOWN_LOOKUPS_PER_SECOND
+    )]
+    pub unknown_lookups_per_second: u32,
     /// argon2 runs per second for key ids and clients that have failed before (default:
     /// a quarter of argon2's capacity), so first verifications of real keys keep the rest.
     #[arg(long, env = "KEYGATE_SUSPECT_VERIFICATIONS_PER_SECOND")]
@@ -457,6 +488,10 @@ impl ServeArgs {
             budgets: BudgetSettings {
                 max_failures_per_key: self.max_failures_per_key.max(1),
                 max_failures_per_client: self.max_failures_per_ip.max(1),
+                max_failures_per_ipv4_24: self.max_failures_per_ipv4_24.max(1),
+                max_failures_per_ipv6_56: self.max_failures_per_ipv6_56.max(1),
+                max_failures_per_ipv6_48: self.max_failures_per_ipv6_48.max(1),
+                unknown_lookups_per_second: self.unknown_lookups_per_second.max(1),
                 suspect_verifications_per_second: self.suspect_verifications_per_second.unwrap_or(
                     // A quarter of argon2's capacity at ~20 ms per verification.
                     u32::try_from(argon2_slots * 50 / 4).unwrap_or(u32::MAX).max(1),
@@ -631,6 +666,10 @@ mod tests {
             ext_authz_strip_credential: false,
             max_failures_per_key: 20,
             max_failures_per_ip: 100,
+            max_failures_per_ipv4_24: 1_000,
+            max_failures_per_ipv6_56: 400,
+            max_failures_per_ipv6_48: 1_000,
+            unknown_lookups_per_second: 200,
             suspect_verifications_per_second: None,
             digest_key: None,
             digest_key_file: "d".into(),

@@ -292,7 +292,7 @@ impl Application {
             cache.clone(),
             verifier.clone(),
             digester.clone(),
-            FailureBudgets::new(settings.budgets),
+            FailureBudgets::with_clock(settings.budgets, clock.clone()),
             settings.authn,
         ));
         let authorizer =

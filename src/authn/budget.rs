@@ -7,28 +7,45 @@
 //! a credential nobody checked.
 //!
 //! - per key id: argon2 verifications that failed (or are running) in a window;
-//! - per client network (IPv4 address, IPv6 /64; requests without an address share one):
-//!   failed verifications, failed lookups and lookups running, in a window;
+//! - per client network (IPv4 address, IPv6 /64; requests without an address share one),
+//!   and again per wider network around it (IPv4 /24; IPv6 /56 and /48), each with a
+//!   larger budget: failed verifications, failed lookups and lookups running, in a window.
+//!   A client that can pick any /64 of a /48 still spends one budget;
+//! - globally: store lookups of ids not in memory take a token from a bucket refilled at
+//!   a fixed rate; a lookup that finds a record gives its token back, so the bucket bounds
+//!   the store reads that unknown ids cost, however many networks they come from;
 //! - globally: once a key id or a client has failed, its further argon2 runs also need a
 //!   token from a bucket refilled at a fixed rate (a quarter of argon2's capacity by
 //!   default), so first verifications of real keys — clean key, clean client — keep the
 //!   rest.
 //!
 //! Attempts are reserved before the work starts and given back when it succeeds, so 32
-//! guesses in flight cannot overshoot a budget of 10.
+//! guesses in flight cannot overshoot a budget of 10. Time is the server's [`Clock`], so
+//! windows and buckets move when a test moves it.
 
-use crate::domain::{ClientNetwork, KeyId};
+use crate::clock::{Clock, SystemClock};
+use crate::domain::{ClientNetwork, KeyId, NetworkPrefix, Timestamp};
 use smallvec::SmallVec;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy)]
 pub struct BudgetSettings {
     /// Failed argon2 verifications per key id per window.
     pub max_failures_per_key: u32,
-    /// Failed verifications and lookups per client network per window.
+    /// Failed verifications and lookups per client network (IPv4 address, IPv6 /64) per
+    /// window.
     pub max_failures_per_client: u32,
+    /// The same for every client in one IPv4 /24, together.
+    pub max_failures_per_ipv4_24: u32,
+    /// The same for every client in one IPv6 /56, together.
+    pub max_failures_per_ipv6_56: u32,
+    /// The same for every client in one IPv6 /48, together.
+    pub max_failures_per_ipv6_48: u32,
+    /// Store lookups of ids not in memory that find nothing, per second, for all clients
+    /// together (also the most that may be under way at once).
+    pub unknown_lookups_per_second: u32,
     pub window: Duration,
     /// argon2 runs per second for key ids and clients that have failed before.
     pub suspect_verifications_per_second: u32,
@@ -39,6 +56,16 @@ pub struct BudgetSettings {
 impl BudgetSettings {
     pub const DEFAULT_MAX_FAILURES_PER_KEY: u32 = 20;
     pub const DEFAULT_MAX_FAILURES_PER_CLIENT: u32 = 100;
+    /// Ten addresses' worth: a /24 behind one NAT or office keeps room for honest typos.
+    pub const DEFAULT_MAX_FAILURES_PER_IPV4_24: u32 = 1_000;
+    /// Four /64s' worth: a /56 is commonly one subscriber.
+    pub const DEFAULT_MAX_FAILURES_PER_IPV6_56: u32 = 400;
+    /// Ten /64s' worth for a /48 (a site: 65,536 /64s).
+    pub const DEFAULT_MAX_FAILURES_PER_IPV6_48: u32 = 1_000;
+    /// Well above what honest clients miss (a typo, a deleted key, each remembered absent
+    /// once found so), and well below what a store serves: a lookup that finds its record
+    /// holds a token only while it runs.
+    pub const DEFAULT_UNKNOWN_LOOKUPS_PER_SECOND: u32 = 200;
 }
 
 impl Default for BudgetSettings {
@@ -46,6 +73,10 @@ impl Default for BudgetSettings {
         Self {
             max_failures_per_key: Self::DEFAULT_MAX_FAILURES_PER_KEY,
             max_failures_per_client: Self::DEFAULT_MAX_FAILURES_PER_CLIENT,
+            max_failures_per_ipv4_24: Self::DEFAULT_MAX_FAILURES_PER_IPV4_24,
+            max_failures_per_ipv6_56: Self::DEFAULT_MAX_FAILURES_PER_IPV6_56,
+            max_failures_per_ipv6_48: Self::DEFAULT_MAX_FAILURES_PER_IPV6_48,
+            unknown_lookups_per_second: Self::DEFAULT_UNKNOWN_LOOKUPS_PER_SECOND,
             window: Duration::from_secs(60),
             suspect_verifications_per_second: 12,
             capacity: 100_000,
@@ -53,31 +84,100 @@ impl Default for BudgetSettings {
     }
 }
 
-/// Attempts in a fixed window that starts at the first one.
+/// Attempts in a fixed window that starts at the first one (and again at the first one
+/// after it ends).
 struct Window {
-    started: Instant,
-    used: AtomicU32,
+    state: Mutex<WindowState>,
+}
+
+#[derive(Clone, Copy)]
+struct WindowState {
+    started: Timestamp,
+    used: u32,
 }
 
 impl Window {
-    /// Takes one unit if fewer than `max` are used; says how many were used before.
-    fn take(&self, max: u32) -> Option<u32> {
-        self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| (used < max).then_some(used + 1)).ok()
+    fn new(now: Timestamp) -> Self {
+        Self { state: Mutex::new(WindowState { started: now, used: 0 }) }
     }
 
-    fn give_back(&self) {
-        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| used.checked_sub(1));
+    fn state(&self) -> std::sync::MutexGuard<'_, WindowState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn retry_after(&self, window: Duration) -> Duration {
-        window.saturating_sub(self.started.elapsed()).max(Duration::from_secs(1))
+    /// The window as of `now`: a new one once `length` has passed since it started.
+    fn current(state: &mut WindowState, now: Timestamp, length: Duration) -> WindowState {
+        if now >= state.started.saturating_add(length) {
+            *state = WindowState { started: now, used: 0 };
+        }
+        *state
+    }
+
+    /// Takes one unit if fewer than `max` are used: says how many were used before, and
+    /// which window the unit belongs to (to give it back to that one only).
+    fn take(&self, max: u32, now: Timestamp, length: Duration) -> Result<(u32, Timestamp), Timestamp> {
+        let mut state = self.state();
+        let current = Self::current(&mut state, now, length);
+        if current.used >= max {
+            return Err(current.started);
+        }
+        state.used += 1;
+        Ok((current.used, current.started))
+    }
+
+    /// A unit taken in the window that started at `started`: a later window owes nothing.
+    fn give_back(&self, started: Timestamp) {
+        let mut state = self.state();
+        if state.started == started {
+            state.used = state.used.saturating_sub(1);
+        }
+    }
+
+    fn spent(&self, max: u32, now: Timestamp, length: Duration) -> Option<Timestamp> {
+        let current = Self::current(&mut self.state(), now, length);
+        (current.used >= max).then_some(current.started)
     }
 }
 
-/// Tokens for suspect verifications.
+/// A token bucket on the server's clock, holding at most a second's tokens.
 struct Bucket {
+    rate: f64,
+    state: Mutex<BucketState>,
+}
+
+struct BucketState {
     tokens: f64,
-    refilled: Instant,
+    refilled: Timestamp,
+}
+
+impl Bucket {
+    fn new(per_second: u32, now: Timestamp) -> Self {
+        let rate = f64::from(per_second.max(1));
+        Self { rate, state: Mutex::new(BucketState { tokens: rate, refilled: now }) }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BucketState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(&self, now: Timestamp) -> bool {
+        let mut bucket = self.state();
+        // A clock that steps back refills nothing (and takes nothing away).
+        let elapsed = (now.as_millis() - bucket.refilled.as_millis()).max(0) as f64 / 1000.0;
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.rate);
+        bucket.refilled = Timestamp::from_millis(bucket.refilled.as_millis().max(now.as_millis()));
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn give_back(&self) {
+        let mut bucket = self.state();
+        bucket.tokens = (bucket.tokens + 1.0).min(self.rate);
+    }
 }
 
 /// Why work was refused, and when to try again.
@@ -88,28 +188,42 @@ pub struct Throttled {
     pub limit: u32,
 }
 
+/// The networks a client's failures are counted in, with each one's budget.
+type ClientWindows = SmallVec<[(Arc<Window>, u32); 3]>;
+
 pub struct FailureBudgets {
     settings: BudgetSettings,
+    clock: Arc<dyn Clock>,
     per_key: moka::sync::Cache<KeyId, Arc<Window>>,
     /// By client network; `None` is every request without an address, together.
     per_client: moka::sync::Cache<Option<ClientNetwork>, Arc<Window>>,
-    suspects: Mutex<Bucket>,
+    /// By the wider networks around client networks (IPv4 /24; IPv6 /56 and /48).
+    per_prefix: moka::sync::Cache<NetworkPrefix, Arc<Window>>,
+    suspects: Bucket,
+    lookups: Bucket,
 }
 
 /// Units held for one piece of work: given back when it succeeds (or is abandoned), kept
 /// when it fails.
 #[must_use]
 pub struct Reservation {
-    windows: SmallVec<[Arc<Window>; 2]>,
+    /// Each window's unit, with the start of the window it was taken in.
+    windows: SmallVec<[(Arc<Window>, Timestamp); 4]>,
     suspect_token: bool,
-    budgets: Option<Arc<FailureBudgets>>,
+    lookup_token: bool,
+    budgets: Arc<FailureBudgets>,
 }
 
 impl Reservation {
+    fn new(budgets: &Arc<FailureBudgets>) -> Self {
+        Self { windows: SmallVec::new(), suspect_token: false, lookup_token: false, budgets: budgets.clone() }
+    }
+
     /// The work failed: what it took stays taken.
     pub fn failed(mut self) {
         self.windows.clear();
         self.suspect_token = false;
+        self.lookup_token = false;
     }
 
     /// The work succeeded (or showed nothing about guessing): everything goes back.
@@ -118,35 +232,54 @@ impl Reservation {
 
 impl std::fmt::Debug for Reservation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reservation").field("units", &self.windows.len()).field("suspect", &self.suspect_token).finish()
+        f.debug_struct("Reservation")
+            .field("units", &self.windows.len())
+            .field("suspect", &self.suspect_token)
+            .field("lookup", &self.lookup_token)
+            .finish()
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        for window in &self.windows {
-            window.give_back();
+        for (window, started) in &self.windows {
+            window.give_back(*started);
         }
         if self.suspect_token {
-            if let Some(budgets) = &self.budgets {
-                budgets.return_token();
-            }
+            self.budgets.suspects.give_back();
+        }
+        if self.lookup_token {
+            self.budgets.lookups.give_back();
         }
     }
 }
 
 impl FailureBudgets {
+    /// On the wall clock.
     pub fn new(settings: BudgetSettings) -> Arc<Self> {
-        let rate = f64::from(settings.suspect_verifications_per_second.max(1));
+        Self::with_clock(settings, Arc::new(SystemClock))
+    }
+
+    /// On the server's clock (a test's moves windows and buckets).
+    pub fn with_clock(settings: BudgetSettings, clock: Arc<dyn Clock>) -> Arc<Self> {
+        let now = clock.now();
         Arc::new(Self {
             settings,
-            per_key: moka::sync::Cache::builder().max_capacity(settings.capacity).time_to_live(settings.window).build(),
-            per_client: moka::sync::Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_live(settings.window)
-                .build(),
-            suspects: Mutex::new(Bucket { tokens: rate, refilled: Instant::now() }),
+            clock,
+            per_key: Self::memory(settings),
+            per_client: Self::memory(settings),
+            per_prefix: Self::memory(settings),
+            suspects: Bucket::new(settings.suspect_verifications_per_second, now),
+            lookups: Bucket::new(settings.unknown_lookups_per_second, now),
         })
+    }
+
+    /// Windows by what they count, bounded; a window outlives its length only until
+    /// evicted (a new one starts empty, as a window past its length does).
+    fn memory<K: std::hash::Hash + Eq + Send + Sync + 'static>(
+        settings: BudgetSettings,
+    ) -> moka::sync::Cache<K, Arc<Window>> {
+        moka::sync::Cache::builder().max_capacity(settings.capacity).time_to_live(settings.window).build()
     }
 
     pub fn settings(&self) -> BudgetSettings {
@@ -156,26 +289,70 @@ impl FailureBudgets {
     fn window_of<K: std::hash::Hash + Eq + Send + Sync + 'static>(
         cache: &moka::sync::Cache<K, Arc<Window>>,
         key: K,
+        now: Timestamp,
     ) -> Arc<Window> {
-        cache.get_with(key, || Arc::new(Window { started: Instant::now(), used: AtomicU32::new(0) }))
+        cache.get_with(key, || Arc::new(Window::new(now)))
     }
 
-    fn client_window(&self, client: Option<ClientNetwork>) -> Arc<Window> {
-        Self::window_of(&self.per_client, client)
-    }
-
-    fn throttled(&self, window: &Window, limit: u32) -> Throttled {
-        Throttled { retry_after: window.retry_after(self.settings.window), limit }
-    }
-
-    /// May this client make keygate look up an id that is not in memory?
-    pub fn admit_lookup(self: &Arc<Self>, client: Option<ClientNetwork>) -> Result<Reservation, Throttled> {
-        let max = self.settings.max_failures_per_client;
-        let window = self.client_window(client);
-        match window.take(max) {
-            Some(_) => Ok(Reservation { windows: SmallVec::from_iter([window]), suspect_token: false, budgets: None }),
-            None => Err(self.throttled(&window, max)),
+    /// The client's own network's window first, then the wider ones'.
+    fn client_windows(&self, client: Option<ClientNetwork>, now: Timestamp) -> ClientWindows {
+        let mut windows = ClientWindows::new();
+        windows.push((Self::window_of(&self.per_client, client, now), self.settings.max_failures_per_client));
+        for prefix in client.iter().flat_map(ClientNetwork::wider) {
+            let max = match (prefix.network, prefix.len) {
+                (IpAddr::V4(_), _) => self.settings.max_failures_per_ipv4_24,
+                (IpAddr::V6(_), 56) => self.settings.max_failures_per_ipv6_56,
+                (IpAddr::V6(_), _) => self.settings.max_failures_per_ipv6_48,
+            };
+            windows.push((Self::window_of(&self.per_prefix, prefix, now), max));
         }
+        windows
+    }
+
+    fn throttled(&self, started: Timestamp, limit: u32, now: Timestamp) -> Throttled {
+        let ends = started.saturating_add(self.settings.window).as_millis();
+        let left = Duration::from_millis(u64::try_from(ends - now.as_millis()).unwrap_or(0));
+        Throttled { retry_after: left.max(Duration::from_secs(1)), limit }
+    }
+
+    /// Takes a unit from every network the client is counted in, into `reservation` (which
+    /// gives them back if one is spent); says how many the client's own network had used.
+    fn take_client(
+        &self,
+        client: Option<ClientNetwork>,
+        now: Timestamp,
+        reservation: &mut Reservation,
+    ) -> Result<u32, Throttled> {
+        let mut own = 0;
+        for (n, (window, max)) in self.client_windows(client, now).into_iter().enumerate() {
+            match window.take(max, now, self.settings.window) {
+                Ok((before, started)) => {
+                    if n == 0 {
+                        own = before;
+                    }
+                    reservation.windows.push((window, started));
+                }
+                Err(started) => return Err(self.throttled(started, max, now)),
+            }
+        }
+        Ok(own)
+    }
+
+    /// May this client make keygate look up an id that is not in memory? One unit of each
+    /// of its networks' budgets, and a token of the store's, all kept if nothing is found.
+    pub fn admit_lookup(self: &Arc<Self>, client: Option<ClientNetwork>) -> Result<Reservation, Throttled> {
+        let now = self.clock.now();
+        let mut reservation = Reservation::new(self);
+        self.take_client(client, now, &mut reservation)?;
+        if !self.lookups.take(now) {
+            // Spent by everyone together: a token comes back within the second.
+            return Err(Throttled {
+                retry_after: Duration::from_secs(1),
+                limit: self.settings.unknown_lookups_per_second,
+            });
+        }
+        reservation.lookup_token = true;
+        Ok(reservation)
     }
 
     /// May this credential for `key` from this client cost an argon2 verification?
@@ -184,25 +361,22 @@ impl FailureBudgets {
         key: KeyId,
         client: Option<ClientNetwork>,
     ) -> Result<Reservation, Throttled> {
-        let BudgetSettings { max_failures_per_key, max_failures_per_client, .. } = self.settings;
-        let key_window = Self::window_of(&self.per_key, key);
-        let Some(key_before) = key_window.take(max_failures_per_key) else {
-            return Err(self.throttled(&key_window, max_failures_per_key));
+        let now = self.clock.now();
+        let BudgetSettings { max_failures_per_key, window, .. } = self.settings;
+        let mut reservation = Reservation::new(self);
+        let key_window = Self::window_of(&self.per_key, key, now);
+        let key_before = match key_window.take(max_failures_per_key, now, window) {
+            Ok((before, started)) => {
+                reservation.windows.push((key_window, started));
+                before
+            }
+            Err(started) => return Err(self.throttled(started, max_failures_per_key, now)),
         };
-        let client_window = self.client_window(client);
-        let Some(client_before) = client_window.take(max_failures_per_client) else {
-            key_window.give_back();
-            return Err(self.throttled(&client_window, max_failures_per_client));
-        };
-        let mut reservation = Reservation {
-            windows: SmallVec::from_iter([key_window, client_window]),
-            suspect_token: false,
-            budgets: Some(self.clone()),
-        };
+        let client_before = self.take_client(client, now, &mut reservation)?;
         // A key id or client with failures (or work in flight) behind it is a suspect: its
         // argon2 runs share a bucket, so they cannot crowd out first verifications.
         if key_before > 0 || client_before > 0 {
-            if !self.take_token() {
+            if !self.suspects.take(now) {
                 let retry_after = Duration::from_secs(1);
                 return Err(Throttled { retry_after, limit: self.settings.suspect_verifications_per_second });
             }
@@ -212,51 +386,47 @@ impl FailureBudgets {
     }
 
     /// A failure that cost no work worth reserving (a wrong credential judged by its
-    /// digest, an id known absent): counted against the client all the same.
+    /// digest, an id known absent): counted against the client's networks all the same.
     pub fn note_client_failure(&self, client: Option<ClientNetwork>) {
-        let _ = self.client_window(client).take(u32::MAX);
-    }
-
-    /// Whether this client has spent its budget (for work that cannot be reserved).
-    pub fn client_spent(&self, client: Option<ClientNetwork>) -> Option<Throttled> {
-        let max = self.settings.max_failures_per_client;
-        let window = self.per_client.get(&client)?;
-        (window.used.load(Ordering::Acquire) >= max).then(|| self.throttled(&window, max))
-    }
-
-    fn take_token(&self) -> bool {
-        let rate = f64::from(self.settings.suspect_verifications_per_second.max(1));
-        let mut bucket = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        bucket.tokens = (bucket.tokens + now.duration_since(bucket.refilled).as_secs_f64() * rate).min(rate);
-        bucket.refilled = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
+        let now = self.clock.now();
+        for (window, _) in self.client_windows(client, now) {
+            let _ = window.take(u32::MAX, now, self.settings.window);
         }
     }
 
-    fn return_token(&self) {
-        let rate = f64::from(self.settings.suspect_verifications_per_second.max(1));
-        let mut bucket = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
-        bucket.tokens = (bucket.tokens + 1.0).min(rate);
+    /// Whether one of this client's networks has spent its budget (for work that cannot
+    /// be reserved).
+    pub fn client_spent(&self, client: Option<ClientNetwork>) -> Option<Throttled> {
+        let now = self.clock.now();
+        self.client_windows(client, now).into_iter().find_map(|(window, max)| {
+            window.spent(max, now, self.settings.window).map(|started| self.throttled(started, max, now))
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
 
     fn budgets(per_key: u32, per_client: u32, suspects: u32) -> Arc<FailureBudgets> {
         FailureBudgets::new(BudgetSettings {
             max_failures_per_key: per_key,
             max_failures_per_client: per_client,
+            max_failures_per_ipv4_24: 10_000,
+            max_failures_per_ipv6_56: 10_000,
+            max_failures_per_ipv6_48: 10_000,
+            unknown_lookups_per_second: 10_000,
             window: Duration::from_secs(60),
             suspect_verifications_per_second: suspects,
             capacity: 1000,
         })
+    }
+
+    /// Budgets on a clock the test moves.
+    fn on_clock(settings: BudgetSettings) -> (Arc<FailureBudgets>, ManualClock) {
+        let clock = ManualClock::new(Timestamp::from_millis(1_000_000));
+        (FailureBudgets::with_clock(settings, Arc::new(clock.clone())), clock)
     }
 
     fn key(n: u8) -> KeyId {
@@ -316,5 +486,83 @@ mod tests {
         assert!(b.admit_lookup(client("2001:db8:0:1::4")).is_err());
         assert!(b.admit_lookup(client("2001:db8:0:2::1")).is_ok());
         assert!(b.client_spent(None).is_none());
+    }
+
+    #[test]
+    fn wider_networks_share_a_budget_each() {
+        let (b, _) = on_clock(BudgetSettings {
+            max_failures_per_client: 100,
+            max_failures_per_ipv4_24: 3,
+            max_failures_per_ipv6_56: 2,
+            max_failures_per_ipv6_48: 3,
+            ..BudgetSettings::default()
+        });
+        // Three addresses of one /24 spend its budget; the next /24 is untouched.
+        for n in 1..=3 {
+            b.admit_lookup(client(&format!("192.0.2.{n}"))).unwrap().failed();
+        }
+        assert_eq!(b.admit_lookup(client("192.0.2.200")).unwrap_err().limit, 3);
+        assert!(b.admit_lookup(client("192.0.3.1")).is_ok());
+        // Two /64s of one /56 spend the /56's; a third /64 of the /48 in another /56 still
+        // has the /48's last unit, and after it no /64 of the /48 has any.
+        b.admit_lookup(client("2001:db8:1:100::1")).unwrap().failed();
+        b.note_client_failure(client("2001:db8:1:101::1"));
+        assert_eq!(b.admit_lookup(client("2001:db8:1:1ff::1")).unwrap_err().limit, 2);
+        b.admit_lookup(client("2001:db8:1:200::1")).unwrap().failed();
+        assert_eq!(b.admit_lookup(client("2001:db8:1:ffff::1")).unwrap_err().limit, 3);
+        assert!(b.admit_lookup(client("2001:db8:2::1")).is_ok(), "another /48");
+        assert!(b.client_spent(client("2001:db8:1:300::1")).is_some());
+    }
+
+    #[test]
+    fn a_refused_wider_network_gives_back_what_the_narrower_took() {
+        let (b, _) = on_clock(BudgetSettings {
+            max_failures_per_client: 2,
+            max_failures_per_ipv4_24: 1,
+            ..BudgetSettings::default()
+        });
+        b.admit_lookup(client("198.51.100.1")).unwrap().failed();
+        // Refused by the /24: the address's own unit goes back, so it still has two.
+        for _ in 0..5 {
+            assert!(b.admit_lookup(client("198.51.100.2")).is_err());
+        }
+        assert!(b.client_spent(client("198.51.100.2")).is_some(), "by the /24");
+        assert_eq!(b.per_client.get(&client("198.51.100.2")).unwrap().state().used, 0);
+    }
+
+    #[test]
+    fn unknown_lookups_share_a_bucket_that_found_records_give_back_to() {
+        let (b, clock) = on_clock(BudgetSettings { unknown_lookups_per_second: 3, ..BudgetSettings::default() });
+        // Found records hold a token only while their lookup runs.
+        for n in 0..10 {
+            b.admit_lookup(client(&format!("203.0.{n}.1"))).unwrap().succeeded();
+        }
+        for n in 0..3 {
+            b.admit_lookup(client(&format!("2001:db8:{n}::1"))).unwrap().failed();
+        }
+        let spent = b.admit_lookup(client("2001:db8:99::1")).unwrap_err();
+        assert_eq!(spent, Throttled { retry_after: Duration::from_secs(1), limit: 3 });
+        // The client's units went back with the refusal: it was not charged.
+        assert!(b.client_spent(client("2001:db8:99::1")).is_none());
+        clock.advance(Duration::from_millis(400));
+        assert!(b.admit_lookup(None).is_ok(), "a token a third of a second");
+    }
+
+    #[test]
+    fn windows_follow_the_servers_clock() {
+        let (b, clock) = on_clock(BudgetSettings { max_failures_per_client: 2, ..BudgetSettings::default() });
+        let reserved = b.admit_lookup(client("192.0.2.9")).unwrap();
+        b.note_client_failure(client("192.0.2.9"));
+        b.note_client_failure(client("192.0.2.9"));
+        let throttled = b.admit_lookup(client("192.0.2.9")).unwrap_err();
+        assert_eq!(throttled.retry_after, Duration::from_secs(60));
+        clock.advance(Duration::from_secs(45));
+        assert_eq!(b.admit_lookup(client("192.0.2.9")).unwrap_err().retry_after, Duration::from_secs(15));
+        clock.advance(Duration::from_secs(15));
+        // A new window: the unit reserved in the old one owes it nothing when it comes back.
+        drop(reserved);
+        b.admit_lookup(client("192.0.2.9")).unwrap().failed();
+        b.admit_lookup(client("192.0.2.9")).unwrap().failed();
+        assert!(b.admit_lookup(client("192.0.2.9")).is_err());
     }
 }

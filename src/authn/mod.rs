@@ -232,12 +232,16 @@ impl Authenticator {
         client: Option<ClientNetwork>,
     ) -> Result<Authentication, AuthnError> {
         let id = credential.session_id();
-        let session = match self.store.session_in_memory(id) {
-            InMemory::Fresh(session) => Some(session),
-            InMemory::Absent => None,
-            InMemory::Stale => self.store.session(id).await?,
+        // A lookup that found nothing kept its unit: that unit is this failure's charge.
+        let (session, charged) = match self.store.session_in_memory(id) {
+            InMemory::Fresh(session) => (Some(session), false),
+            InMemory::Absent => (None, false),
+            InMemory::Stale => (self.store.session(id).await?, false),
             InMemory::Unknown => match self.budgeted_lookup(client, || self.store.session(id)).await? {
-                Ok(session) => session,
+                Ok(session) => {
+                    let charged = session.is_none();
+                    (session, charged)
+                }
                 Err(throttled) => return Ok(Authentication::Throttled(throttled)),
             },
         };
@@ -248,7 +252,9 @@ impl Authenticator {
                 Ok(Authentication::Verified(Principal::Session(session)))
             }
             _ => {
-                self.budgets.note_client_failure(client);
+                if !charged {
+                    self.budgets.note_client_failure(client);
+                }
                 Ok(refused(Code::Unauth, "unknown dashboard session"))
             }
         }
@@ -262,15 +268,20 @@ impl Authenticator {
     ) -> Result<Authentication, AuthnError> {
         let invalid = || refused(Code::ApiKeyInvalid, "unknown API key or wrong secret");
         let id = credential.key_id();
-        let record = match self.store.key_in_memory(id) {
-            InMemory::Fresh(record) => Some(record),
-            InMemory::Absent => None,
+        // A lookup that found nothing kept its unit: that unit is this failure's charge (one
+        // unit per unknown id, not one for the lookup and another for the answer).
+        let (record, charged) = match self.store.key_in_memory(id) {
+            InMemory::Fresh(record) => (Some(record), false),
+            InMemory::Absent => (None, false),
             // A record this replica holds and must only reload (its freshness ran out, the
             // cache was distrusted) is no guess: the reload costs the client nothing, so a
             // neighbour who spent the address's budget cannot keep its holder out.
-            InMemory::Stale => self.store.key(id).await?,
+            InMemory::Stale => (self.store.key(id).await?, false),
             InMemory::Unknown => match self.budgeted_lookup(client, || self.store.key(id)).await? {
-                Ok(record) => record,
+                Ok(record) => {
+                    let charged = record.is_none();
+                    (record, charged)
+                }
                 Err(throttled) => return Ok(Authentication::Throttled(throttled)),
             },
         };
@@ -279,7 +290,9 @@ impl Authenticator {
         // key, whose credential is not keygate's (its id alone, known from headers, must not
         // let a forged `kg_` credential reach its foreign hash).
         let Some(record) = record.filter(|k| k.kind == expected && k.lookup.is_none()) else {
-            self.budgets.note_client_failure(client);
+            if !charged {
+                self.budgets.note_client_failure(client);
+            }
             return Ok(invalid());
         };
         // The credential names its key: its digest alone says which key it was judged for.
@@ -341,6 +354,8 @@ impl Authenticator {
         }
         // Only a hint of where to look: the record is judged below as any other.
         .filter(|record| record.lookup.is_some());
+        // A lookup that found nothing kept its unit: that unit is this failure's charge.
+        let mut charged = false;
         let record = match known {
             Some(record) => Some(record),
             None => {
@@ -356,12 +371,15 @@ impl Authenticator {
                     reservation.succeeded();
                 } else {
                     reservation.failed();
+                    charged = found.is_none();
                 }
                 found
             }
         };
         let Some(record) = record.filter(|k| k.kind == KeyKind::ApiKey && k.lookup.is_some()) else {
-            self.budgets.note_client_failure(client);
+            if !charged {
+                self.budgets.note_client_failure(client);
+            }
             return Ok(invalid());
         };
         self.imported_keys.insert(whole, record.id);
@@ -513,9 +531,10 @@ impl Authenticator {
 }
 
 impl Authenticator {
-    /// A store lookup of an id not in memory, paid from the client's budget: a lookup that
-    /// finds nothing keeps its unit, one that finds a record proved nothing about guessing
-    /// and gives it back.
+    /// A store lookup of an id not in memory, paid from the client's budgets and the
+    /// replica's bucket of unknown-id lookups: a lookup that finds nothing keeps its units
+    /// (they are the whole charge for that unknown id: the caller charges nothing more),
+    /// one that finds a record proved nothing about guessing and gives them back.
     async fn budgeted_lookup<T, Fut>(
         &self,
         client: Option<ClientNetwork>,

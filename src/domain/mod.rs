@@ -200,6 +200,7 @@ pub fn random_token(len: usize) -> Result<String, getrandom::Error> {
 /// allocates nothing.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientNetwork {
+    network: std::net::IpAddr,
     text: [u8; 39],
     len: u8,
 }
@@ -213,11 +214,55 @@ impl ClientNetwork {
         // The longest IPv6 text is 39 bytes: it always fits.
         let _ = write!(cursor, "{network}");
         let len = cursor.position() as u8;
-        Self { text, len }
+        Self { network, text, len }
     }
 
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.text[..usize::from(self.len)]).unwrap_or("")
+    }
+
+    /// The wider networks this one lies in, narrowest first: an IPv4 address's /24, an
+    /// IPv6 /64's /56 and /48. Budgets count these too, so a client that can pick any
+    /// address of a /24 or any /64 of a /48 does not get a fresh budget with each.
+    pub fn wider(&self) -> impl Iterator<Item = NetworkPrefix> {
+        let network = self.network;
+        let lengths: &'static [u8] = match network {
+            std::net::IpAddr::V4(_) => &[24],
+            std::net::IpAddr::V6(_) => &[56, 48],
+        };
+        lengths.iter().map(move |&len| NetworkPrefix::of(network, len))
+    }
+}
+
+/// An address's network of `len` leading bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NetworkPrefix {
+    pub network: std::net::IpAddr,
+    pub len: u8,
+}
+
+impl NetworkPrefix {
+    pub fn of(ip: std::net::IpAddr, len: u8) -> Self {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let network = match ip {
+            IpAddr::V4(v4) => {
+                let len = u32::from(len.min(32));
+                let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+            }
+            IpAddr::V6(v6) => {
+                let len = u32::from(len.min(128));
+                let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        };
+        Self { network, len }
+    }
+}
+
+impl fmt::Display for NetworkPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.len)
     }
 }
 

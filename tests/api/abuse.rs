@@ -93,9 +93,18 @@ async fn the_holder_gets_in_through_guessing_updates_and_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_credentials_cost_bounded_work_and_never_push_out_real_keys() {
     let db = TestDb::new(Db::Sqlite).await.unwrap();
-    let mut app = TestApp::spawn_on(db, |s| s.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let mut app = TestApp::spawn_on(db, |s| {
+        s.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        // Work is counted here, not the store's latency: on a loaded machine 32 reads in
+        // flight on SQLite outlast 100 ms and would open the store's breaker mid-count.
+        s.store_breaker.timeout = std::time::Duration::from_secs(10);
+    })
+    .await;
     let (hot_key, hot) = app.create_key("acct_flood", &["*"], &[]).await;
-    let (_, cold) = app.create_key("acct_flood", &["*"], &[]).await;
+    let (cold_key, cold) = app.create_key("acct_flood", &["*"], &[]).await;
+    // Read back through the admin API: its record is in memory, so its first use needs no
+    // lookup (the flood spends the replica's unknown-id lookups; see the guarantees).
+    app.admin.get_api_key(pb::GetApiKeyRequest { id: cold_key.id }).await.unwrap();
     assert!(app.authorize_with(from(&hot, "203.0.113.1")).await.allowed);
     wait_for_stored_digest(&app, &hot_key.id).await;
     assert!(app.authorize_with(from(&hot, "203.0.113.1")).await.allowed, "hot, and cached with its digest");
@@ -142,9 +151,10 @@ async fn forged_credentials_cost_bounded_work_and_never_push_out_real_keys() {
     let after = metrics(&app).await;
     assert_eq!(app.verifications() - argon2_before, 1, "no argon2 for any forged credential (one for the cold key)");
     let looked_up = value(&after, lookups) - value(&before, lookups);
-    // The budget: one lookup per address per unknown id, at most 100 per address (and per
-    // "no address") per minute; the 5,000 without an address share one budget of 100.
-    assert!(looked_up <= 5_000.0 + 100.0 + 5.0, "{looked_up} store lookups");
+    // The budgets: one lookup per address per unknown id, at most 100 per address (and per
+    // "no address") per minute, and 200 for everyone together while the test's clock
+    // stands still (the replica's cap on unknown-id lookups).
+    assert!(looked_up <= 200.0, "{looked_up} store lookups");
     assert!(throttled.load(Ordering::Relaxed) >= 4_900, "addressless guesses past their budget were throttled");
     assert_eq!(refused.load(Ordering::Relaxed) + throttled.load(Ordering::Relaxed), 10_000);
     // The hot key was never pushed out: answered from memory, no lookup.
