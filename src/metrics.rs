@@ -268,7 +268,8 @@ impl Collector for StateCollector {
                 ConstGauge::new(0i64).metric_type(),
             )?;
             for (listener, counts) in &listeners {
-                ConstGauge::new(counts.in_progress as i64).encode(family.encode_family(&ListenerLabels { listener })?)?;
+                ConstGauge::new(counts.in_progress as i64)
+                    .encode(family.encode_family(&ListenerLabels { listener })?)?;
             }
             let mut family = encoder.encode_descriptor(
                 "tls_handshakes_evicted",

@@ -512,8 +512,8 @@ impl EvictionWarnings {
             closed = self.unreported,
             source = %evicted.source,
             cap,
-            "TLS handshakes in progress reached a cap: the oldest pending ones of the busiest source \
-             were closed to make room (at most one line per 10 s; keygate_tls_handshakes_evicted_total counts them)"
+            "TLS handshakes in progress reached a cap: older pending ones were closed to let new \
+             connections in (at most one line per 10 s; keygate_tls_handshakes_evicted_total counts them all)"
         );
         self.last = Some(now);
         self.unreported = 0;
@@ -586,7 +586,9 @@ fn accept(
                         tls.handshakes.handshake_timeouts.fetch_add(1, Relaxed);
                         tracing::debug!(listener = tls.name, %peer, "TLS handshake timed out")
                     }
-                    Handshake::Failed(e) => tracing::debug!(listener = tls.name, %peer, error = %e, "TLS handshake failed"),
+                    Handshake::Failed(e) => {
+                        tracing::debug!(listener = tls.name, %peer, error = %e, "TLS handshake failed")
+                    }
                 }
             });
         }
