@@ -37,6 +37,8 @@ pub struct Sources {
     pub store_breaker: Arc<Breaker>,
     pub limiter_breaker: Option<Arc<Breaker>>,
     pub limiter: Arc<crate::ratelimit::Limiter>,
+    /// Each TLS listener, for its handshake counts (empty without TLS).
+    pub tls: Vec<Arc<crate::tls::ListenerTls>>,
 }
 
 /// Every metric of a running server, under the `keygate_` prefix.
@@ -118,6 +120,17 @@ pub async fn serve(
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    listener: &'static str,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -245,6 +258,45 @@ impl Collector for StateCollector {
                 "Unanswered requests' counts that could not be taken back (each stays until its window passes)",
                 stats.uncount_lost.load(Relaxed),
             )?;
+        }
+        if !handles.tls.is_empty() {
+            let listeners: Vec<_> = handles.tls.iter().map(|tls| (tls.name(), tls.handshakes())).collect();
+            let mut family = encoder.encode_descriptor(
+                "tls_handshakes_in_progress",
+                "TLS handshakes in progress, by listener",
+                None,
+                ConstGauge::new(0i64).metric_type(),
+            )?;
+            for (listener, counts) in &listeners {
+                ConstGauge::new(counts.in_progress as i64)
+                    .encode(family.encode_family(&ListenerLabels { listener })?)?;
+            }
+            let mut family = encoder.encode_descriptor(
+                "tls_handshakes_evicted",
+                "TLS handshakes closed to make room for a newer connection, by listener and the cap reached (source_full, listener_full)",
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for (listener, counts) in &listeners {
+                for (reason, count) in
+                    [("source_full", counts.evicted_source_full), ("listener_full", counts.evicted_listener_full)]
+                {
+                    ConstCounter::new(count).encode(family.encode_family(&HandshakeLabels { listener, reason })?)?;
+                }
+            }
+            let mut family = encoder.encode_descriptor(
+                "tls_handshakes_timed_out",
+                "TLS handshakes dropped at a deadline, by listener and deadline (first_bytes, handshake)",
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for (listener, counts) in &listeners {
+                for (reason, count) in
+                    [("first_bytes", counts.first_bytes_timeouts), ("handshake", counts.handshake_timeouts)]
+                {
+                    ConstCounter::new(count).encode(family.encode_family(&HandshakeLabels { listener, reason })?)?;
+                }
+            }
         }
         if let Some(listener) = &handles.invalidation {
             gauge(

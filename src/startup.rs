@@ -88,6 +88,7 @@ impl Handles {
             store_breaker: self.store_breaker.clone(),
             limiter_breaker: self.limiter_breaker.clone(),
             limiter: self.limiter.clone(),
+            tls: self.tls.clone(),
         }
     }
 

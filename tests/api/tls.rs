@@ -352,6 +352,119 @@ async fn forward_auth_and_metrics_speak_tls_with_the_edges_certificates() {
     assert_eq!(https_get(base, "/metrics", &ca, None).await, Ok(200));
 }
 
+/// `count` TCP connections to `url` (`https://ADDRESS`) made from the address `from`, none
+/// of which ever sends a byte: held open on this side for as long as the caller keeps them.
+async fn idle_connections(url: &str, from: &str, count: usize) -> Vec<tokio::net::TcpStream> {
+    let target: std::net::SocketAddr = url.trim_start_matches("https://").parse().unwrap();
+    let from = std::net::SocketAddr::new(from.parse().unwrap(), 0);
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(from).unwrap();
+        held.push(socket.connect(target).await.expect("an idle connection is made"));
+    }
+    held
+}
+
+/// A listener's handshake counts: (closed by keygate, still in progress). The flood's
+/// connections are closed to make room for newer ones or at the first-bytes deadline (never
+/// both; an idle connection ends no other way while held).
+fn flood_counts(app: &TestApp, listener: &str) -> (f64, f64) {
+    let text = keygate::metrics::render(&keygate::metrics::registry(&app.handles.metric_sources()));
+    let series = |name: &str, labels: String| {
+        keygate::metrics::sample(&text, &format!("keygate_tls_handshakes_{name}{{{labels}}}")).unwrap_or(0.0)
+    };
+    let reason = |reason: &str| format!("listener=\"{listener}\",reason=\"{reason}\"");
+    let closed = series("evicted_total", reason("source_full"))
+        + series("evicted_total", reason("listener_full"))
+        + series("timed_out_total", reason("first_bytes"));
+    (closed, series("in_progress", format!("listener=\"{listener}\"")))
+}
+
+/// Waits until keygate has accepted every connection of the flood, so the edge's comes
+/// after all of them whatever the machine's load (a connection the client saw made can
+/// still wait in the listen queue).
+async fn flood_accepted(app: &TestApp, listener: &str) {
+    crate::helpers::eventually("keygate accepted every idle connection", || async {
+        let (closed, in_progress) = flood_counts(app, listener);
+        closed + in_progress == FLOOD as f64
+    })
+    .await;
+}
+
+/// Waits until keygate has closed every connection of the flood and counted it.
+async fn flood_closed(app: &TestApp, listener: &str) {
+    crate::helpers::eventually("every idle connection is closed and counted", || async {
+        flood_counts(app, listener).0 == FLOOD as f64
+    })
+    .await;
+}
+
+const FLOOD: usize = 2000;
+
+/// Guards the per-source cap and the eviction rule in src/tls.rs (`Pending::admit`): before
+/// them, the flood's first 1,024 idle connections took every handshake slot of the listener
+/// for 10 s and the edge's connection was closed at once (seen failing both ways, before
+/// the wait for the flood's accept was added; without the fix that wait finds no counts and
+/// fails instead). Nothing here races a deadline: keygate has accepted the whole flood
+/// before the edge connects, and at the cap an idle connection always gives way to a
+/// newcomer, so the edge gets in whether or not the flood's connections have timed out yet.
+async fn an_edge_is_answered_while_one_address_holds_idle_connections(flood_from: &str) {
+    let (ca, edges, files) = (TestCa::new("server CA"), TestCa::new("edge CA"), Files::new());
+    let certificate = files.server_certificate(&ca);
+    let edge_ca = files.write("edges.pem", &edges.pem);
+    let app = spawn(edges.client_tls(&ca, "edge.example"), |s| {
+        let mut tls = tls_settings(certificate);
+        tls.clients = clients_of(&edge_ca, &["edge.example"]);
+        s.tls = Some(tls);
+    })
+    .await;
+
+    let held = idle_connections(&app.address, flood_from, FLOOD).await;
+    flood_accepted(&app, "grpc").await;
+    // A new connection from 127.0.0.1, with a valid certificate, gets its decision.
+    let answer = decide(&app.address, Some(&edges.client_tls(&ca, "edge.example"))).await;
+    assert_eq!(answer.expect("the edge is answered").code, "api_key_invalid");
+    // Every one of the flood's connections was closed by keygate (the counters add up).
+    flood_closed(&app, "grpc").await;
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_is_answered_while_its_own_address_holds_2000_idle_connections() {
+    an_edge_is_answered_while_one_address_holds_idle_connections("127.0.0.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_is_answered_while_another_address_holds_2000_idle_connections() {
+    an_edge_is_answered_while_one_address_holds_idle_connections("127.0.0.2").await;
+}
+
+/// The same for forward auth over mTLS (the same accept code as gRPC); guards the same fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_answers_an_edge_while_its_own_address_holds_2000_idle_connections() {
+    let (ca, edges, files) = (TestCa::new("server CA"), TestCa::new("edge CA"), Files::new());
+    let certificate = files.server_certificate(&ca);
+    let edge_ca = files.write("edges.pem", &edges.pem);
+    let app = spawn(edges.client_tls(&ca, "edge.example"), |s| {
+        s.http_listen = Some("127.0.0.1:0".parse().unwrap());
+        let mut tls = tls_settings(certificate);
+        tls.clients = clients_of(&edge_ca, &[]);
+        s.tls = Some(tls);
+    })
+    .await;
+    let forward_auth = app.http_url.clone().expect("forward auth on");
+
+    let held = idle_connections(&forward_auth, "127.0.0.1", FLOOD).await;
+    flood_accepted(&app, "forward-auth").await;
+    let original = "x-forwarded-method: GET\r\nx-forwarded-uri: /api/v1/panel/applications\r\n";
+    let status =
+        https_get_with(&forward_auth, "/forward-auth", original, &ca, Some(edges.client("edge.example"))).await;
+    assert_eq!(status, Ok(401), "the edge is answered: no credential, the page's 401");
+    flood_closed(&app, "forward-auth").await;
+    drop(held);
+}
+
 #[test]
 fn a_missing_or_wrong_certificate_file_stops_start_up_with_its_name() {
     let (ca, files) = (TestCa::new("CA"), Files::new());
