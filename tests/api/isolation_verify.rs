@@ -68,6 +68,18 @@ async fn import_cost_attack(app: &mut TestApp, keys: usize) -> (Slot, Vec<tokio:
     (running, guesses)
 }
 
+/// Waits until every guess has been answered (refused) or is at the verifier, waiting or
+/// running, beside the `held` slots the test holds.
+async fn arrived(app: &TestApp, guesses: &[tokio::task::JoinHandle<()>], held: usize) {
+    let verifier = app.handles.verifier.clone();
+    eventually("every guess of A's reached the verifier", || {
+        let answered = guesses.iter().filter(|g| g.is_finished()).count();
+        let verifier = verifier.clone();
+        async move { answered + verifier.queued() - held == guesses.len() }
+    })
+    .await;
+}
+
 /// Ends the attack without running any of it: the guessers hang up (their jobs leave the
 /// queue), then the held slot is given back.
 async fn stop(app: &TestApp, running: Slot, guesses: Vec<tokio::task::JoinHandle<()>>) {
@@ -91,16 +103,8 @@ async fn a_first_use_in_another_account_is_allowed_during_the_import_cost_attack
     // Two slots: A's work may hold one of them (half), so B finds the other free.
     let mut app = server(2).await;
     let (_, b_secret) = app.create_key("acct_b", &["applications:read"], &[]).await;
-    let (running, guesses) = import_cost_attack(&mut app, 24).await;
-    let verifier = app.handles.verifier.clone();
-    eventually("A's guesses are queued or refused", || {
-        let verifier = verifier.clone();
-        async move {
-            let counts = verifier.queue_counts();
-            verifier.waiting() as u64 + counts.refused_account_full >= 24
-        }
-    })
-    .await;
+    let (running, guesses) = import_cost_attack(&mut app, 48).await;
+    arrived(&app, &guesses, 1).await;
     assert!(app.handles.verifier.queue_counts().refused_account_full > 0, "A's own queue is full");
     let before = app.verifications();
 
@@ -115,11 +119,12 @@ async fn a_first_use_in_another_account_is_allowed_during_the_import_cost_attack
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_api_key_in_another_account_answers_while_every_verification_slot_is_taken() {
     let mut app = server(2).await;
-    let (running, guesses) = import_cost_attack(&mut app, 24).await;
+    let (running, guesses) = import_cost_attack(&mut app, 48).await;
     // The other slot goes to a second hostile account: no verification slot is free.
     let other = AccountId::parse("acct_c").unwrap();
     let also_running = app.handles.verifier.admit(&other, &SecretHash::new(expensive_hash("c"))).await.unwrap();
     assert_eq!(app.handles.verifier.queued() - app.handles.verifier.waiting(), 2, "both slots are held");
+    arrived(&app, &guesses, 2).await;
 
     // The timeout only stops a hang (the admin deadline is 5 s); no speed is asserted.
     let mut admin = app.admin.clone();
