@@ -5,8 +5,9 @@
 //! holding one of a few **slots**, and wait for a slot in a queue of their key's account:
 //! - what a job costs is estimated from its hash ([`cost`]): argon2 m × t, bcrypt 2^cost
 //!   (measured against argon2, [`BCRYPT_KIB_PASSES_PER_ROUND`]);
-//! - one account's jobs hold at most half the slots (at least one), so another account
-//!   finds a slot free while the first one's expensive work runs;
+//! - one account's jobs hold at most half the slots (at least one), so with two slots or
+//!   more another account finds one free while the first one's expensive work runs (with
+//!   one, it waits for the job running, whose cost the import cap bounds);
 //! - free slots go to the accounts waiting in turn, by deficit round robin on cost: an
 //!   account of 400 ms bcrypts gets as much CPU as one of 26 ms argon2s, not 15 times it;
 //! - each account's queue is bounded by cost; past it the caller is told to come back
@@ -62,10 +63,10 @@ impl Default for Argon2Settings {
             memory_kib: Self::OWASP_MEMORY_KIB,
             iterations: Self::OWASP_ITERATIONS,
             parallelism: 1,
-            // The cores, at least two: one account holds at most half of them (its share
-            // cannot take more of the machine from hot keys than one half), and a second
-            // account always finds a slot beside the first one's work.
-            max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+            // Half the cores: a flood of misses can take no more than half the machine
+            // from the hot keys served from cache. With two slots or more one account holds
+            // at most half of them, so a second account finds a slot beside its work.
+            max_concurrent: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         }
     }
 }
