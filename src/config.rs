@@ -70,7 +70,8 @@ pub struct ServeArgs {
     /// argon2id iterations.
     #[arg(long, env = "KEYGATE_ARGON2_ITERATIONS", default_value_t = Argon2Settings::OWASP_ITERATIONS)]
     pub argon2_iterations: u32,
-    /// argon2 verifications running at once (default: half the cores, at least 1).
+    /// argon2 verifications running at once (default: half the cores, at least 1); one account's
+    /// verifications hold at most half of them.
     #[arg(long, env = "KEYGATE_ARGON2_CONCURRENCY")]
     pub argon2_concurrency: Option<usize>,
     /// Database connections in the pool.

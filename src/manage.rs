@@ -453,6 +453,7 @@ impl Manager {
     }
 
     async fn importable(&self, key: KeyToImport, now: Timestamp) -> Result<ImportedKey, ManageError> {
+        key.hash.check_cost(self.verifier.max_imported_cost())?;
         self.check_expiry(key.expires_at, now)?;
         self.check_applications(&key.account_id, &key.application_ids).await?;
         let mut record = KeyRecord::issued(

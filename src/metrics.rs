@@ -118,6 +118,11 @@ pub async fn serve(
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     cache: &'static str,
 }
@@ -200,6 +205,34 @@ impl Collector for StateCollector {
             "argon2id verifications run (cache misses, wrong secrets and decoys)",
             handles.verifier.verifications(),
         )?;
+        // No account in any label: one series per account would grow without bound.
+        let queue = handles.verifier.queue_counts();
+        gauge(
+            &mut encoder,
+            "argon2_waiting",
+            "Verifications waiting for a slot, in their accounts' queues",
+            handles.verifier.waiting() as i64,
+        )?;
+        counter(&mut encoder, "argon2_queued", "Verifications that found no slot free and waited", queue.queued)?;
+        counter(
+            &mut encoder,
+            "argon2_abandoned",
+            "Verifications whose caller left while they waited (dropped unrun)",
+            queue.abandoned,
+        )?;
+        let refused = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "argon2_refused",
+            "Hashing refused, by reason: account_queue_full (the key's account has as much waiting as it may; \
+             answered throttled), admin_deadline (a new key's hash waited its deadline; answered UNAVAILABLE)",
+            None,
+            refused.metric_type(),
+        )?;
+        for (reason, count) in
+            [("account_queue_full", queue.refused_account_full), ("admin_deadline", queue.refused_admin_deadline)]
+        {
+            ConstCounter::new(count).encode(family.encode_family(&ReasonLabels { reason })?)?;
+        }
         gauge(&mut encoder, "key_usage_pending", "Key uses waiting to be written", handles.usage.pending() as i64)?;
         let breakers = [
             Some(("store", &handles.store_breaker)),

@@ -106,6 +106,7 @@ const ADOPTIONS_QUEUED: usize = 10_000;
 /// An imported key verified with its foreign hash, to be made keygate's own.
 struct Adoption {
     id: KeyId,
+    account: crate::domain::AccountId,
     old: crate::domain::SecretHash,
     /// The whole credential, for the new hash; dropped when the adoption is done.
     secret: String,
@@ -129,8 +130,9 @@ impl Adopter {
             while self.verifier.queued() > 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let Adoption { id, old, secret, lookup, verified, rehash } = adoption;
-            let new = if rehash { self.verifier.hash(secret.as_bytes()).await } else { Ok(old.clone()) };
+            let Adoption { id, account, old, secret, lookup, verified, rehash } = adoption;
+            // In the key's account's share: an account's adoptions wait behind its own work.
+            let new = if rehash { self.verifier.rehash(&account, secret.as_bytes()).await } else { Ok(old.clone()) };
             drop(secret);
             let adopted = match new {
                 Ok(new) => {
@@ -434,6 +436,7 @@ impl Authenticator {
         }
         let adoption = Adoption {
             id,
+            account: record.account_id.clone(),
             old: record.secret_hash.clone(),
             secret: raw.to_owned(),
             lookup,
@@ -468,13 +471,23 @@ impl Authenticator {
             .verifying
             .try_get_with(memo, async {
                 let reservation = self.budgets.admit_verification(record.id, client).map_err(NotVerified::Throttled)?;
-                // Detached: a caller that gives up (its deadline, a disconnect) does not stop
-                // argon2, so what the attempt costs is settled when argon2 is done, not
-                // handed back when the caller leaves.
+                // The wait for a slot is the caller's own, in the queue of the key's account:
+                // a caller that gives up while waiting leaves the queue and costs nothing (its
+                // reservation goes back with it).
+                let slot = match self.verifier.admit(&record.account_id, &record.secret_hash).await {
+                    Ok(slot) => slot,
+                    Err(VerifierError::Busy) => {
+                        return Err(NotVerified::Throttled(Throttled { retry_after: Duration::from_secs(1), limit: 0 }))
+                    }
+                    Err(e) => return Err(NotVerified::Failed(e)),
+                };
+                // Detached once it has its slot: a caller that gives up (its deadline, a
+                // disconnect) does not stop argon2, so what the attempt costs is settled when
+                // argon2 is done, not handed back when the caller leaves.
                 let (verifier, rejected) = (self.verifier.clone(), self.rejected.clone());
                 let (secret, hash) = (secret.to_owned(), record.secret_hash.clone());
                 let verified = tokio::spawn(async move {
-                    let verified = verifier.verify(&secret, &hash).await;
+                    let verified = verifier.verify_in(slot, &secret, &hash).await;
                     match verified {
                         Ok(true) => reservation.succeeded(),
                         Ok(false) => {
@@ -490,9 +503,6 @@ impl Authenticator {
                 match verified {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(NotVerified::Mismatch),
-                    Err(VerifierError::Busy(_)) => {
-                        Err(NotVerified::Throttled(Throttled { retry_after: Duration::from_secs(1), limit: 0 }))
-                    }
                     Err(e) => Err(NotVerified::Failed(e)),
                 }
             })

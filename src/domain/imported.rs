@@ -139,6 +139,29 @@ impl ForeignHash {
         }
     }
 
+    /// Refuses a bcrypt or argon2 hash that costs more to verify than `max` (KiB-passes,
+    /// [`crate::authn::verifier::cost`]: the server's own cost times
+    /// [`crate::authn::verifier::IMPORT_COST_MULTIPLE`]). Whoever knows a key's start can
+    /// make keygate verify it once per guess; the price of a guess is the server's own
+    /// times a known multiple, not whatever the other system chose.
+    pub fn check_cost(&self, max: u64) -> Result<(), InvalidField> {
+        let (ForeignHash::Bcrypt { hash, .. } | ForeignHash::Argon2 { hash, .. }) = self else { return Ok(()) };
+        let cost = crate::authn::verifier::cost(hash).unwrap_or(u64::MAX);
+        if cost <= max {
+            return Ok(());
+        }
+        let per_round = crate::authn::verifier::BCRYPT_KIB_PASSES_PER_ROUND;
+        // The largest bcrypt cost within `max`, to say what would be taken.
+        let bcrypt = (4..=31u32).rev().find(|c| (1u64 << c) * per_round <= max).unwrap_or(4);
+        Err(InvalidField::new(
+            "hash",
+            format!(
+                "costs more to verify than this server allows for imports: at most bcrypt cost {bcrypt}, \
+                 or argon2 with m × t at most {max} (m in KiB)"
+            ),
+        ))
+    }
+
     pub const fn algorithm(&self) -> &'static str {
         match self {
             ForeignHash::Sha256 { .. } => "sha256",

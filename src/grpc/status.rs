@@ -2,6 +2,7 @@
 //! page's code as `google.rpc.ErrorInfo.reason`; internal failures are logged with an
 //! error id and the caller gets only the id, never a SQL message or a secret.
 
+use crate::authn::verifier::VerifierError;
 use crate::authz::AuthzError;
 use crate::code::Code;
 use crate::domain::InvalidField;
@@ -48,6 +49,13 @@ pub fn busy(message: impl Into<String>) -> Status {
     coded_with(tonic::Code::Unavailable, Code::InternalError, message.into(), HashMap::new())
 }
 
+/// [`busy`], with a `google.rpc.RetryInfo` saying when to come back.
+pub fn busy_for(message: impl Into<String>, retry_after: std::time::Duration) -> Status {
+    let mut details = ErrorDetails::with_error_info(Code::InternalError.as_str(), ERROR_DOMAIN, HashMap::new());
+    details.set_retry_info(Some(retry_after));
+    Status::with_error_details(tonic::Code::Unavailable, message.into(), details)
+}
+
 pub fn invalid(e: InvalidField) -> Status {
     coded(Code::ValidationError, e.to_string())
 }
@@ -75,6 +83,10 @@ impl From<ManageError> for Status {
             ManageError::BadRequest(message) => coded(Code::BadRequest, message),
             ManageError::NotFound(message) => coded(Code::NotFound, message),
             ManageError::Store(e) => e.into(),
+            ManageError::Verifier(VerifierError::AdminBusy(retry_after)) => busy_for(
+                format!("hashing new secrets is busy; retry in {} s", retry_after.as_secs().max(1)),
+                retry_after,
+            ),
             ManageError::Verifier(e) => internal(tonic::Code::Internal, &e),
             ManageError::Randomness(e) => internal(tonic::Code::Internal, &e),
         }

@@ -16,6 +16,7 @@ mod faults;
 mod forward_auth;
 mod helpers;
 mod isolation_budget;
+mod isolation_verify;
 mod leases;
 mod lifecycle;
 mod limits;
