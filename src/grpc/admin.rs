@@ -339,8 +339,11 @@ impl Gatekeeper {
             Ok(window) => window,
             Err(never) => match never {},
         };
-        // A unit of the source's budget is reserved before the token is checked (and given
-        // back if it was right), so guesses in flight at once cannot overshoot it.
+        // Checked before the token, and charged after it was found wrong. No unit is
+        // reserved up front: a dashboard's 48 calls at once with a valid token must not
+        // spend a budget meant for wrong ones. Guesses cannot overshoot it either: a token
+        // keygate did not make is judged without an await between this check and the
+        // charge (only tokens carrying this deployment's tag are read from the store).
         {
             let mut w = window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if now.saturating_sub(w.started_ms) >= window_ms {
@@ -357,26 +360,20 @@ impl Gatekeeper {
                     std::time::Duration::from_millis(left as u64),
                 ));
             }
-            w.failures += 1;
         }
-        let give_back = || {
-            let mut w = window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            w.failures = w.failures.saturating_sub(1);
-        };
         let grant = match self.grant(headers, rpc).await {
             Ok(grant) => grant,
             Err(refused) if refused.code() == tonic::Code::Unauthenticated => {
+                let mut w = window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                w.failures = w.failures.saturating_add(1);
+                drop(w);
                 self.metrics.count("wrong_token");
                 self.log_failure(source, "wrong_token", now);
                 return Err(refused);
             }
-            Err(other) => {
-                // Busy, or a role that does not reach the RPC: the token itself was right.
-                give_back();
-                return Err(other);
-            }
+            // Busy, or a role that does not reach the RPC: the token itself was right.
+            Err(other) => return Err(other),
         };
-        give_back();
         self.take_call(&grant, headers, now)?;
         Ok(grant)
     }

@@ -15,6 +15,7 @@ mod ext_authz;
 mod faults;
 mod forward_auth;
 mod helpers;
+mod isolation_admin;
 mod leases;
 mod lifecycle;
 mod limits;
