@@ -959,4 +959,19 @@ mod tests {
         assert_eq!(in_proto, in_table, "a new admin RPC needs a row (and a line in the README's table)");
         assert_eq!(need_of("NoSuchRpc"), AdminNeed::Admin, "unknown RPCs need admin");
     }
+
+    // Guards the start-up warning about a weak bootstrap token (issue 27, item 5).
+    #[test]
+    fn bootstrap_token_entropy_is_estimated_from_length_and_alphabet() {
+        // 16 lowercase letters and digits: the shortest token accepted, 83 bits.
+        assert!(entropy_bits("abcdefgh12345678") < MIN_BOOTSTRAP_BITS);
+        assert!((entropy_bits("abcdefgh12345678") - 16.0 * 36f64.log2()).abs() < 1e-9);
+        // 32 hex digits: 128 bits exactly, no warning; 31 are short of it.
+        assert_eq!(entropy_bits(&"a1".repeat(16)), 128.0);
+        assert!(entropy_bits(&"a".repeat(31)) < MIN_BOOTSTRAP_BITS);
+        // What keygate generates: kgadm_ and 43 random letters and digits (~256 bits).
+        let generated = format!("kgadm_{}", crate::domain::random_token(43).unwrap());
+        assert!(entropy_bits(&generated) >= MIN_BOOTSTRAP_BITS, "{generated}");
+        assert_eq!(entropy_bits(""), 0.0);
+    }
 }

@@ -228,3 +228,32 @@ async fn an_admin_token_past_its_rate_is_refused_with_a_retry_time() {
     app.clock.advance(Duration::from_secs(1));
     list(&mut busy).await.expect("a call after the refill");
 }
+
+/// Guards reading the caller's address over TLS too (tonic wraps the TCP connection's
+/// info in `TlsConnectInfo`): were it missed, every TLS caller would share one budget,
+/// and one guesser would lock the operator out from any address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_each_source_has_its_own_budget_of_wrong_tokens() {
+    use crate::tls::{tls_settings, Files, TestCa};
+    let (ca, files) = (TestCa::new("keygate test CA"), Files::new());
+    let certificate = files.server_certificate(&ca);
+    let app = TestApp::spawn_with_tls(Some(ca.trusted()), |s| {
+        s.tls = Some(tls_settings(certificate));
+        s.admin_gate.failures_per_source = 2;
+    })
+    .await;
+    let over_tls = |source: [u8; 4], token: &str| {
+        let endpoint = keygate_client::endpoint(&app.address, Some(&ca.trusted()))
+            .unwrap()
+            .local_address(Some(std::net::IpAddr::from(source)));
+        let token = token.to_owned();
+        async move { admin_client(endpoint.connect().await.expect("connects over TLS"), &token) }
+    };
+    let mut guesser = over_tls([127, 0, 0, 1], "guess-0123456789abcdef").await;
+    for _ in 0..2 {
+        assert_eq!(list(&mut guesser).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
+    assert_eq!(list(&mut guesser).await.unwrap_err().code(), tonic::Code::ResourceExhausted);
+    let mut operator = over_tls([127, 0, 0, 2], ADMIN_TOKEN).await;
+    list(&mut operator).await.expect("the operator's call over TLS from another address");
+}
