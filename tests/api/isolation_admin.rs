@@ -126,7 +126,6 @@ async fn a_search_past_its_bound_continues_where_it_stopped(db: Db) {
             search_params: r#"{"searchString":"needle"}"#.into(),
             page_size: 100,
             page_token: token.clone(),
-            ..Default::default()
         };
         let page = app.admin.list_audit_events(request).await.unwrap().into_inner();
         pages += 1;
