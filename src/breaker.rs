@@ -32,6 +32,25 @@ pub enum Refused {
     TimedOut(&'static str, Duration),
 }
 
+tokio::task_local! {
+    /// Set while an admin call runs: see [`uncounted`].
+    static UNCOUNTED: ();
+}
+
+/// Runs `call` (an admin call) with its outcomes kept out of every breaker's count. A
+/// breaker opens on the decision path's own failures: an admin read that times out (the
+/// record it wanted, on a loaded store) says nothing a decision would not find out for
+/// itself, and must not refuse every tenant's decisions for it; nor may an admin success
+/// reset the count that decisions' failures are building.
+pub async fn uncounted<F: Future>(call: F) -> F::Output {
+    UNCOUNTED.scope((), call).await
+}
+
+/// Whether the running call's outcomes count (it is not an admin call).
+fn counted() -> bool {
+    UNCOUNTED.try_with(|_| ()).is_err()
+}
+
 pub struct Breaker {
     /// What it guards, for messages: "key store", "rate limit store".
     name: &'static str,
@@ -81,16 +100,20 @@ impl Breaker {
         if self.is_open() {
             return Err(Refused::Open(self.name));
         }
+        let counted = counted();
         match tokio::time::timeout(self.settings.timeout, call).await {
             Ok(result) => {
                 match &result {
+                    _ if !counted => {}
                     Err(e) if is_outage(e) => self.failed(),
                     _ => self.succeeded(),
                 }
                 Ok(result)
             }
             Err(_) => {
-                self.failed();
+                if counted {
+                    self.failed();
+                }
                 Err(Refused::TimedOut(self.name, self.settings.timeout))
             }
         }
@@ -203,6 +226,28 @@ mod tests {
             let _ = b.guard(async { Err::<(), _>("constraint") }, |_| false).await;
         }
         assert!(!b.is_open());
+    }
+
+    // Guards the fix "admin timeouts/errors never open the store breaker" (issue 27).
+    #[tokio::test(start_paused = true)]
+    async fn an_admin_calls_timeouts_and_outages_never_count() {
+        let b = Breaker::new(
+            "slow store",
+            BreakerSettings {
+                timeout: Duration::from_millis(100),
+                failures_to_open: 1,
+                probe_every: Duration::from_secs(60),
+            },
+        );
+        let never = std::future::pending::<Result<(), ()>>();
+        let timed_out = uncounted(b.guard(never, |_| true)).await;
+        assert_eq!(timed_out, Err(Refused::TimedOut("slow store", Duration::from_millis(100))));
+        assert_eq!(uncounted(b.guard(async { Err::<(), _>("down") }, |_| true)).await, Ok(Err("down")));
+        assert!(!b.is_open());
+        assert_eq!(b.times_opened(), 0);
+        // The decision path's own failure still opens it.
+        assert_eq!(b.guard(async { Err::<(), _>("down") }, |_| true).await, Ok(Err("down")));
+        assert!(b.is_open());
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,10 +7,12 @@ use crate::authn::verifier::Argon2Settings;
 use crate::authn::AuthnSettings;
 use crate::breaker::BreakerSettings;
 use crate::edge::EdgeSettings;
+use crate::grpc::admin::AdminGateSettings;
 use crate::grpc::ext_authz::ExtAuthzSettings;
 use crate::manage::{ManageSettings, MAX_RUNTIME_KEY_GRACE};
 use crate::ratelimit::lease::LeaseSettings;
 use crate::store::cached::CacheSettings;
+use crate::store::sql::AdminPoolSettings;
 use crate::tls::{CertificateFiles, ClientCertificates};
 use crate::usage::UsageSettings;
 use keygate_api::edge::CredentialSource;
@@ -218,6 +220,24 @@ pub struct ServeArgs {
     /// plus one slice per replica).
     #[arg(long, env = "KEYGATE_RATE_LIMIT_LEASE_PERCENT", default_value_t = 1.0)]
     pub rate_limit_lease_percent: f64,
+    /// Database connections of the admin plane's own pool (on top of
+    /// --database-max-connections, which decisions keep to themselves).
+    #[arg(long, env = "KEYGATE_ADMIN_DATABASE_CONNECTIONS", default_value_t = AdminPoolSettings::DEFAULT_CONNECTIONS)]
+    pub admin_database_connections: u32,
+    /// Longest one admin statement may run (Postgres `statement_timeout`; SQLite: the
+    /// longest wait for a lock), and the longest wait for an admin connection.
+    #[arg(long, env = "KEYGATE_ADMIN_STATEMENT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub admin_statement_timeout_ms: u64,
+    /// Admin calls per second each admin token may make, on average.
+    #[arg(long, env = "KEYGATE_ADMIN_CALLS_PER_SECOND", default_value_t = AdminGateSettings::DEFAULT_CALLS_PER_SECOND)]
+    pub admin_calls_per_second: u32,
+    /// Admin calls one token may make at once beyond that rate (its bucket's size).
+    #[arg(long, env = "KEYGATE_ADMIN_CALL_BURST", default_value_t = AdminGateSettings::DEFAULT_BURST)]
+    pub admin_call_burst: u32,
+    /// Wrong admin tokens a minute from one source (an IPv4 address or an IPv6 /64); past
+    /// it, the source's admin calls are refused without their token being checked.
+    #[arg(long, env = "KEYGATE_ADMIN_TOKEN_FAILURES_PER_SOURCE", default_value_t = AdminGateSettings::DEFAULT_FAILURES_PER_SOURCE)]
+    pub admin_token_failures_per_source: u32,
 }
 
 /// A database or Redis URL whose password `Debug` does not print.
@@ -314,6 +334,10 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub database_url: MaskedUrl,
     pub database_max_connections: u32,
+    /// The admin plane's own connections.
+    pub admin_pool: AdminPoolSettings,
+    /// Per-token call rates and per-source budgets of wrong admin tokens.
+    pub admin_gate: AdminGateSettings,
     pub policy: Option<PathBuf>,
     pub admin_token: AdminTokenSource,
     pub log_format: LogFormat,
@@ -435,6 +459,18 @@ impl ServeArgs {
         if self.database_max_connections == 0 {
             problems.push("--database-max-connections: must be at least 1".to_owned());
         }
+        if self.admin_database_connections == 0 {
+            problems.push("--admin-database-connections: must be at least 1".to_owned());
+        }
+        if !(100..=600_000).contains(&self.admin_statement_timeout_ms) {
+            problems.push("--admin-statement-timeout-ms: must be between 100 and 600000".to_owned());
+        }
+        if self.admin_calls_per_second == 0 || self.admin_call_burst == 0 {
+            problems.push("--admin-calls-per-second and --admin-call-burst: must be at least 1".to_owned());
+        }
+        if self.admin_token_failures_per_source == 0 {
+            problems.push("--admin-token-failures-per-source: must be at least 1".to_owned());
+        }
         let digest_key = match self.digest_key {
             Some(key) if key.trim().len() < MIN_DIGEST_KEY_LEN => {
                 problems.push(format!("KEYGATE_DIGEST_KEY: must be at least {MIN_DIGEST_KEY_LEN} characters"));
@@ -461,6 +497,16 @@ impl ServeArgs {
             listen,
             database_url: MaskedUrl::new(self.database_url),
             database_max_connections: self.database_max_connections,
+            admin_pool: AdminPoolSettings {
+                max_connections: self.admin_database_connections,
+                statement_timeout: Duration::from_millis(self.admin_statement_timeout_ms),
+            },
+            admin_gate: AdminGateSettings {
+                calls_per_second: self.admin_calls_per_second,
+                burst: self.admin_call_burst,
+                failures_per_source: self.admin_token_failures_per_source,
+                ..AdminGateSettings::default()
+            },
             policy: self.policy,
             admin_token,
             log_format: self.log_format,
@@ -690,6 +736,11 @@ mod tests {
             rate_limit_timeout_ms: 50,
             rate_limit_lease_ms: 10,
             rate_limit_lease_percent: 60.0,
+            admin_database_connections: 2,
+            admin_statement_timeout_ms: 5_000,
+            admin_calls_per_second: 50,
+            admin_call_burst: 500,
+            admin_token_failures_per_source: 20,
         };
         let err = bad.into_settings().unwrap_err();
         // The four TLS ones: --admin-listen, names without a CA, a wildcard name, a cert

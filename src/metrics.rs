@@ -39,6 +39,7 @@ pub struct Sources {
     pub limiter: Arc<crate::ratelimit::Limiter>,
     /// Each TLS listener, for its handshake counts (empty without TLS).
     pub tls: Vec<Arc<crate::tls::ListenerTls>>,
+    pub admin: crate::grpc::admin::AdminGateMetrics,
 }
 
 /// Every metric of a running server, under the `keygate_` prefix.
@@ -71,6 +72,11 @@ pub fn registry(handles: &Sources) -> Registry {
         store.seconds,
     );
     registry.register("store_errors", "Failed database operations, by operation and kind", store.errors);
+    registry.register(
+        "admin_refusals",
+        "Admin calls the gate refused, by reason (wrong_token, source_throttled, rate_limited)",
+        handles.admin.refusals.clone(),
+    );
     registry.register("key_usage_written", "Key uses written to last_used_at (batched)", handles.usage.written());
     if let Some(listener) = &handles.invalidation {
         registry.register_with_unit(

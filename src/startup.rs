@@ -11,7 +11,7 @@ use crate::breaker::Breaker;
 use crate::clock::Clock;
 use crate::config::{AdminTokenSource, DigestKeySource, Settings, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN};
 use crate::forward_auth::ForwardAuth;
-use crate::grpc::admin::{AdminGate, AdminService, BootstrapToken};
+use crate::grpc::admin::{AdminGate, AdminGateMetrics, AdminService, BootstrapToken};
 use crate::grpc::authorizer::AuthorizerService;
 use crate::grpc::ext_authz::CheckService;
 use crate::grpc::proto::{self, admin_server::AdminServer, authorizer_server::AuthorizerServer};
@@ -67,6 +67,8 @@ pub struct Handles {
     pub limiter: Arc<Limiter>,
     /// Each TLS listener's certificates (empty without TLS).
     pub tls: Vec<Arc<ListenerTls>>,
+    /// What the admin gate refused, and why.
+    pub admin: AdminGateMetrics,
 }
 
 impl Handles {
@@ -89,6 +91,7 @@ impl Handles {
             limiter_breaker: self.limiter_breaker.clone(),
             limiter: self.limiter.clone(),
             tls: self.tls.clone(),
+            admin: self.admin.clone(),
         }
     }
 
@@ -201,10 +204,11 @@ pub struct Application {
 impl Application {
     /// The server on the SQL store `settings.database_url` names (SQLite or Postgres).
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let store = SqlStore::connect(
+        let store = SqlStore::connect_with(
             settings.database_url.expose(),
             settings.database_max_connections,
             Duration::from_secs(5),
+            settings.admin_pool,
         )
         .await
         .with_context(|| format!("cannot open the database {}", settings.database_url))?;
@@ -327,11 +331,14 @@ impl Application {
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         };
-        let admin_service = CallSpans::new(AdminGate::new(
+        let admin_gate = AdminGate::new(
             AdminServer::new(AdminService::new(manager.clone())).max_decoding_message_size(MAX_ADMIN_MESSAGE),
             bootstrap,
             manager,
-        ));
+            settings.admin_gate,
+        );
+        let admin_metrics = admin_gate.metrics();
+        let admin_service = CallSpans::new(admin_gate);
         let router = server()
             .add_service(health_service.clone())
             .add_service(reflection()?)
@@ -400,6 +407,7 @@ impl Application {
             limiter_breaker,
             limiter,
             tls: tls.all(),
+            admin: admin_metrics,
         };
         if let Some(every) = settings.tls.as_ref().map(|tls| tls.watch_every) {
             background.push(AbortOnDrop(crate::tls::spawn_watcher(tls.all(), every)));

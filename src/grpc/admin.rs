@@ -6,8 +6,8 @@ use crate::audit::{Actor, AuditCategory, AuditQuery};
 use crate::authn::digest::CredentialDigester;
 use crate::code::Code;
 use crate::domain::{
-    admin_token_digest, hex, AccountId, AdminGrant, AdminNeed, AdminRole, AdminTokenName, ApplicationId, KeyId, Name,
-    OwnerId, SearchParams, SessionId, UserId,
+    admin_token_digest, hex, AccountId, AdminGrant, AdminNeed, AdminRole, AdminTokenName, ApplicationId, ClientNetwork,
+    KeyId, Name, OwnerId, SearchParams, SessionId, UserId,
 };
 use crate::manage::Manager;
 use crate::store::KeyFilter;
@@ -29,6 +29,16 @@ pub struct BootstrapToken {
 
 impl BootstrapToken {
     pub fn new(token: &str, digester: &CredentialDigester) -> Self {
+        let bits = entropy_bits(token);
+        if bits < MIN_BOOTSTRAP_BITS {
+            // Said at every start: guessing it is bounded per source, not impossible.
+            tracing::warn!(
+                estimated_bits = bits.round() as u64,
+                "the bootstrap admin token has less than {MIN_BOOTSTRAP_BITS} bits of entropy (estimated from its \
+                 length and the kinds of characters it uses): give KEYGATE_ADMIN_TOKEN at least 22 random \
+                 letters and digits, or let keygate make one (delete the admin-token file)"
+            );
+        }
         let keyed = digester.digest(token);
         Self { digest: admin_token_digest(token), credential: format!("admin:{}", hex(&keyed[..4])) }
     }
@@ -37,6 +47,136 @@ impl BootstrapToken {
     fn accepts(&self, digest: &[u8; 32]) -> bool {
         self.digest.ct_eq(digest).into()
     }
+}
+
+/// Entropy below which `serve` warns about the bootstrap token.
+pub const MIN_BOOTSTRAP_BITS: f64 = 128.0;
+
+/// An upper estimate of a token's entropy: its length times log2 of the alphabet its kinds
+/// of characters span (lowercase 26, uppercase 26, digits 10, anything else 33; hex digits
+/// alone 16). keygate's own prefix (`kgadm_`) is no secret and not counted. An upper
+/// bound: a dictionary word scores like random letters, so a warning is certain and its
+/// absence is not proof.
+pub fn entropy_bits(token: &str) -> f64 {
+    let secret = token.strip_prefix("kgadm_").unwrap_or(token);
+    let has = |f: fn(&char) -> bool| secret.chars().any(|c| f(&c));
+    let hex_only = secret.chars().all(|c| c.is_ascii_hexdigit());
+    let alphabet = if hex_only {
+        16
+    } else {
+        [
+            (has(char::is_ascii_lowercase), 26),
+            (has(char::is_ascii_uppercase), 26),
+            (has(char::is_ascii_digit), 10),
+            (has(|c| !c.is_ascii_alphanumeric()), 33),
+        ]
+        .iter()
+        .filter(|(present, _)| *present)
+        .map(|(_, size)| size)
+        .sum()
+    };
+    match alphabet {
+        0 | 1 => 0.0,
+        n => secret.chars().count() as f64 * f64::from(n).log2(),
+    }
+}
+
+/// What the gate allows each admin token and each source address.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminGateSettings {
+    /// Calls per second one token may make on average (its bucket's refill).
+    pub calls_per_second: u32,
+    /// Calls one token may make at once (its bucket's size).
+    pub burst: u32,
+    /// Wrong admin tokens one source (IPv4 address, IPv6 /64) may send per window.
+    pub failures_per_source: u32,
+    pub failure_window: std::time::Duration,
+    /// Tokens and sources remembered; one forgotten starts afresh.
+    pub capacity: usize,
+}
+
+impl AdminGateSettings {
+    /// The CLI makes one call a command; scripts of commands and the tests' set-ups a few
+    /// hundred at once, then nothing.
+    pub const DEFAULT_CALLS_PER_SECOND: u32 = 50;
+    pub const DEFAULT_BURST: u32 = 500;
+    /// A person who mistypes a token a few times a minute never meets it; 20,000 guesses
+    /// from one /64 take 1,000 minutes.
+    pub const DEFAULT_FAILURES_PER_SOURCE: u32 = 20;
+}
+
+impl Default for AdminGateSettings {
+    fn default() -> Self {
+        Self {
+            calls_per_second: Self::DEFAULT_CALLS_PER_SECOND,
+            burst: Self::DEFAULT_BURST,
+            failures_per_source: Self::DEFAULT_FAILURES_PER_SOURCE,
+            failure_window: std::time::Duration::from_secs(60),
+            capacity: 16_384,
+        }
+    }
+}
+
+/// Why the gate refused a call, for `keygate_admin_refusals_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `wrong_token` (unknown, revoked or expired), `source_throttled` (its source spent
+    /// its budget of wrong tokens; the token was not checked), `rate_limited` (a valid
+    /// token past its calls per second).
+    pub reason: &'static str,
+}
+
+/// The gate's counters.
+#[derive(Clone, Default)]
+pub struct AdminGateMetrics {
+    pub refusals:
+        prometheus_client::metrics::family::Family<RefusalLabels, prometheus_client::metrics::counter::Counter>,
+}
+
+impl AdminGateMetrics {
+    /// How many calls were refused for `reason`.
+    pub fn refused(&self, reason: &'static str) -> u64 {
+        self.refusals.get_or_create(&RefusalLabels { reason }).get()
+    }
+
+    fn count(&self, reason: &'static str) {
+        self.refusals.get_or_create(&RefusalLabels { reason }).inc();
+    }
+}
+
+/// Wrong tokens from one source in a window that starts at the first.
+struct SourceWindow {
+    started_ms: i64,
+    failures: u32,
+}
+
+/// A token's calls: a bucket refilled at `calls_per_second`, holding at most `burst`.
+struct CallBucket {
+    tokens: f64,
+    refilled_ms: i64,
+}
+
+/// RESOURCE_EXHAUSTED (`rate_limit_reached`, HTTP 429) with when to retry, as
+/// `RetryInfo` and as `retry_after_seconds` in the ErrorInfo.
+fn throttled(message: String, retry_after: std::time::Duration) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let metadata = std::collections::HashMap::from([("retry_after_seconds".to_owned(), seconds.to_string())]);
+    let mut details = ErrorDetails::with_error_info(Code::RateLimitReached.as_str(), status::ERROR_DOMAIN, metadata);
+    details.set_retry_info(Some(std::time::Duration::from_secs(seconds)));
+    Status::with_error_details(Code::RateLimitReached.grpc_code(), message, details)
+}
+
+/// The caller's address, over plain TCP or TLS (tonic puts the connection's info in every
+/// request's extensions; for TLS it wraps the TCP one).
+fn source_of<B>(request: &http::Request<B>) -> Option<std::net::IpAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let extensions = request.extensions();
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|tls| tls.get_ref().remote_addr()))
+        .map(|address| address.ip())
 }
 
 /// What each admin RPC needs of its caller's role (README: "Admin token roles"). An RPC
@@ -88,6 +228,15 @@ pub struct AdminGate<S> {
 struct Gatekeeper {
     bootstrap: BootstrapToken,
     manager: Arc<Manager>,
+    settings: AdminGateSettings,
+    /// Wrong tokens per source network (`None`: requests without an address share one).
+    sources: quick_cache::sync::Cache<Option<ClientNetwork>, Arc<std::sync::Mutex<SourceWindow>>>,
+    /// Calls per valid token, by digest (only tokens that passed: guesses make no entry).
+    calls: quick_cache::sync::Cache<[u8; 32], Arc<std::sync::Mutex<CallBucket>>>,
+    metrics: AdminGateMetrics,
+    /// When a wrong token was last logged, and how many were not logged since: one line
+    /// per [`FAILURE_LOG_EVERY`], whatever the rate of guesses.
+    failure_log: std::sync::Mutex<(Option<i64>, u64)>,
     /// Named-token reads in flight: anyone who can reach Admin can make keygate read
     /// the store, so at most a few connections of the pool (which decisions share) go to it.
     lookups: tokio::sync::Semaphore,
@@ -102,16 +251,28 @@ const TOKEN_LOOKUPS: usize = 4;
 /// Dead tokens remembered (a few dozen bytes each); one forgotten is only read again.
 const DEAD_TOKENS: usize = 4096;
 const TOKEN_LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// At most one warning line about wrong admin tokens this often (ms of the clock).
+const FAILURE_LOG_EVERY: i64 = 10_000;
 
 impl<S> AdminGate<S> {
-    pub fn new(inner: S, bootstrap: BootstrapToken, manager: Arc<Manager>) -> Self {
+    pub fn new(inner: S, bootstrap: BootstrapToken, manager: Arc<Manager>, settings: AdminGateSettings) -> Self {
         let keeper = Gatekeeper {
             bootstrap,
             manager,
+            settings,
+            sources: quick_cache::sync::Cache::new(settings.capacity),
+            calls: quick_cache::sync::Cache::new(settings.capacity),
+            metrics: AdminGateMetrics::default(),
+            failure_log: std::sync::Mutex::new((None, 0)),
             lookups: tokio::sync::Semaphore::new(TOKEN_LOOKUPS),
             dead: quick_cache::sync::Cache::new(DEAD_TOKENS),
         };
         Self { inner, keeper: Arc::new(keeper) }
+    }
+
+    /// The gate's counters, for the metrics endpoint and tests.
+    pub fn metrics(&self) -> AdminGateMetrics {
+        self.keeper.metrics.clone()
     }
 }
 
@@ -140,10 +301,12 @@ where
         let keeper = self.keeper.clone();
         Box::pin(async move {
             let rpc = request.uri().path().rsplit('/').next().unwrap_or("").to_owned();
-            match keeper.grant(request.headers(), &rpc).await {
+            let source = source_of(&request).map(ClientNetwork::of);
+            match keeper.admit(request.headers(), source, &rpc).await {
                 Ok(grant) => {
                     request.extensions_mut().insert(grant);
-                    inner.call(request).await
+                    // The handler's store reads never count towards the store's breaker.
+                    crate::breaker::uncounted(inner.call(request)).await
                 }
                 Err(status) => Ok(status.into_http()),
             }
@@ -152,15 +315,128 @@ where
 }
 
 impl Gatekeeper {
+    /// [`grant`](Self::grant), unless `source` has sent too many wrong tokens (then the
+    /// token is not even looked at) or the token has made too many calls.
+    async fn admit(
+        &self,
+        headers: &http::HeaderMap,
+        source: Option<ClientNetwork>,
+        rpc: &str,
+    ) -> Result<AdminGrant, Status> {
+        if !headers.contains_key("authorization") {
+            // Nothing to check, nothing guessed: grant says what is missing.
+            return self.grant(headers, rpc).await;
+        }
+        let now = self.manager.now().as_millis();
+        let window_ms = i64::try_from(self.settings.failure_window.as_millis()).unwrap_or(i64::MAX);
+        let window = self.sources.get_or_insert_with(&source, || {
+            Ok::<_, std::convert::Infallible>(Arc::new(std::sync::Mutex::new(SourceWindow {
+                started_ms: now,
+                failures: 0,
+            })))
+        });
+        let window = match window {
+            Ok(window) => window,
+            Err(never) => match never {},
+        };
+        // Checked before the token, and charged after it was found wrong. No unit is
+        // reserved up front: a dashboard's 48 calls at once with a valid token must not
+        // spend a budget meant for wrong ones. Guesses cannot overshoot it either: a token
+        // keygate did not make is judged without an await between this check and the
+        // charge (only tokens carrying this deployment's tag are read from the store).
+        {
+            let mut w = window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if now.saturating_sub(w.started_ms) >= window_ms {
+                *w = SourceWindow { started_ms: now, failures: 0 };
+            }
+            if w.failures >= self.settings.failures_per_source {
+                let left = (w.started_ms.saturating_add(window_ms) - now).max(1);
+                drop(w);
+                self.metrics.count("source_throttled");
+                self.log_failure(source, "source_throttled", now);
+                return Err(throttled(
+                    "too many wrong admin tokens from this address; its admin calls are refused until the retry time"
+                        .to_owned(),
+                    std::time::Duration::from_millis(left as u64),
+                ));
+            }
+        }
+        let grant = match self.grant(headers, rpc).await {
+            Ok(grant) => grant,
+            Err(refused) if refused.code() == tonic::Code::Unauthenticated => {
+                let mut w = window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                w.failures = w.failures.saturating_add(1);
+                drop(w);
+                self.metrics.count("wrong_token");
+                self.log_failure(source, "wrong_token", now);
+                return Err(refused);
+            }
+            // Busy, or a role that does not reach the RPC: the token itself was right.
+            Err(other) => return Err(other),
+        };
+        self.take_call(&grant, headers, now)?;
+        Ok(grant)
+    }
+
+    /// One call from the token `grant` was made for, from its bucket.
+    fn take_call(&self, grant: &AdminGrant, headers: &http::HeaderMap, now: i64) -> Result<(), Status> {
+        let Some(digest) = bearer(headers).map(admin_token_digest) else { return Ok(()) };
+        let AdminGateSettings { calls_per_second, burst, .. } = self.settings;
+        let bucket = self.calls.get_or_insert_with(&digest, || {
+            Ok::<_, std::convert::Infallible>(Arc::new(std::sync::Mutex::new(CallBucket {
+                tokens: f64::from(burst),
+                refilled_ms: now,
+            })))
+        });
+        let bucket = match bucket {
+            Ok(bucket) => bucket,
+            Err(never) => match never {},
+        };
+        let mut b = bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let elapsed = now.saturating_sub(b.refilled_ms).max(0) as f64 / 1000.0;
+        b.tokens = (b.tokens + elapsed * f64::from(calls_per_second)).min(f64::from(burst));
+        b.refilled_ms = now.max(b.refilled_ms);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = (1.0 - b.tokens) / f64::from(calls_per_second);
+        drop(b);
+        self.metrics.count("rate_limited");
+        Err(throttled(
+            format!(
+                "the admin token {} made more than {calls_per_second} calls a second (burst {burst})",
+                grant.credential
+            ),
+            std::time::Duration::from_secs_f64(wait),
+        ))
+    }
+
+    /// A warning about a wrong token (never the token itself), at most one line per
+    /// [`FAILURE_LOG_EVERY`]; the lines between are counted in the next one.
+    fn log_failure(&self, source: Option<ClientNetwork>, outcome: &'static str, now: i64) {
+        let mut log = self.failure_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (last, suppressed) = &mut *log;
+        if last.is_some_and(|at| now.saturating_sub(at) < FAILURE_LOG_EVERY) {
+            *suppressed += 1;
+            return;
+        }
+        let not_logged = std::mem::take(suppressed);
+        *last = Some(now);
+        drop(log);
+        let source = source.map_or_else(|| "(no address)".to_owned(), |s| s.to_string());
+        tracing::warn!(
+            %source,
+            outcome,
+            not_logged_since_last_line = not_logged,
+            "an admin call with a wrong admin token was refused"
+        );
+    }
+
     /// Who the bearer token is, and whether its role reaches `rpc`.
     async fn grant(&self, headers: &http::HeaderMap, rpc: &str) -> Result<AdminGrant, Status> {
-        let Self { bootstrap, manager, lookups, dead } = self;
-        let presented = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim);
-        let Some(token) = presented.filter(|t| !t.is_empty()) else {
+        let Self { bootstrap, manager, lookups, dead, .. } = self;
+        let Some(token) = bearer(headers) else {
             return Err(status::coded(Code::Unauth, "admin calls need `authorization: Bearer <admin token>`"));
         };
         let digest = admin_token_digest(token);
@@ -206,6 +482,16 @@ impl Gatekeeper {
         }
         Ok(grant)
     }
+}
+
+/// The bearer token of an admin call, if it has one.
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// Whom the caller acts for, when it says (the dashboard back end names its user).
@@ -672,5 +958,20 @@ mod tests {
         in_table.sort_unstable();
         assert_eq!(in_proto, in_table, "a new admin RPC needs a row (and a line in the README's table)");
         assert_eq!(need_of("NoSuchRpc"), AdminNeed::Admin, "unknown RPCs need admin");
+    }
+
+    // Guards the start-up warning about a weak bootstrap token (issue 27, item 5).
+    #[test]
+    fn bootstrap_token_entropy_is_estimated_from_length_and_alphabet() {
+        // 16 lowercase letters and digits: the shortest token accepted, 83 bits.
+        assert!(entropy_bits("abcdefgh12345678") < MIN_BOOTSTRAP_BITS);
+        assert!((entropy_bits("abcdefgh12345678") - 16.0 * 36f64.log2()).abs() < 1e-9);
+        // 32 hex digits: 128 bits exactly, no warning; 31 are short of it.
+        assert_eq!(entropy_bits(&"a1".repeat(16)), 128.0);
+        assert!(entropy_bits(&"a".repeat(31)) < MIN_BOOTSTRAP_BITS);
+        // What keygate generates: kgadm_ and 43 random letters and digits (~256 bits).
+        let generated = format!("kgadm_{}", crate::domain::random_token(43).unwrap());
+        assert!(entropy_bits(&generated) >= MIN_BOOTSTRAP_BITS, "{generated}");
+        assert_eq!(entropy_bits(""), 0.0);
     }
 }

@@ -33,6 +33,18 @@ fn unavailable(refused: Refused) -> StoreError {
     StoreError::Unavailable(Box::new(refused))
 }
 
+/// A statement the database cut short for running past its limit (Postgres's
+/// `statement_timeout`, SQLite's busy timeout): the caller is told to retry
+/// (UNAVAILABLE), not that keygate failed (INTERNAL).
+fn cut_short(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Other(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("57014" | "5" | "517")) => {
+            StoreError::Unavailable(Box::new(sqlx::Error::Database(db)))
+        }
+        other => other,
+    }
+}
+
 impl BoundedStore {
     pub fn new(inner: Arc<dyn Store>, breaker: Arc<Breaker>) -> Self {
         Self { inner, breaker }
@@ -43,11 +55,13 @@ impl BoundedStore {
         self.breaker.guard(call, is_outage).await.map_err(unavailable)?
     }
 
-    /// An admin call: refused while the store is down, otherwise left to the pool's own
-    /// timeout (a write must not be abandoned between its statements by a timer of ours).
+    /// An admin call (or a write): refused while the store is down, otherwise left to the
+    /// pool's own limits (a write must not be abandoned between its statements by a timer
+    /// of ours; the admin pool's statement timeout cancels it in the database, which rolls
+    /// its transaction back). Its failures never count towards the breaker.
     async fn admin<T>(&self, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
         self.breaker.check_closed().map_err(unavailable)?;
-        call.await
+        call.await.map_err(cut_short)
     }
 }
 

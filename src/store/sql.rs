@@ -65,7 +65,16 @@ impl Backend {
 
 #[derive(Clone)]
 pub struct SqlStore {
+    /// What decisions read and write (keys, sessions, applications by id, credit spends,
+    /// verified digests, last uses): nothing the admin plane does can hold these.
     pool: AnyPool,
+    /// The admin plane's own connections (its writes, lists, searches and token reads),
+    /// each statement bounded: 48 searches from one read-only token once held every
+    /// connection decisions had and opened the store's breaker for every tenant. A
+    /// semaphore over one pool would bound admin's share as well, but a pool of its own
+    /// is where a per-connection `statement_timeout` can live, and decisions keep their
+    /// whole pool, sized as before.
+    admin_pool: AnyPool,
     backend: Backend,
     spending: Arc<Spending>,
 }
@@ -131,34 +140,37 @@ impl SqlStore {
     /// migrations. Safe when several replicas start at once: sqlx takes a database lock
     /// around migrations.
     pub async fn connect(url: &str, max_connections: u32, connect_timeout: Duration) -> anyhow::Result<Self> {
+        Self::connect_with(url, max_connections, connect_timeout, AdminPoolSettings::default()).await
+    }
+
+    /// [`connect`](Self::connect), with the admin plane's pool as `admin` says.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        connect_timeout: Duration,
+        admin: AdminPoolSettings,
+    ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url)
             .ok_or_else(|| anyhow::anyhow!("the database URL must start with sqlite: or postgres:"))?;
-        let mut options = AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(connect_timeout);
         let url = match backend {
-            Backend::Sqlite => {
-                options = options.after_connect(|conn, _| {
-                    Box::pin(async move {
-                        // WAL lets readers run beside the one writer; FULL makes a commit durable
-                        // before the RPC that made it returns; the busy timeout makes
-                        // writers queue instead of failing at once.
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
-                        Ok(())
-                    })
-                });
-                prepare_sqlite_url(url)?
-            }
+            Backend::Sqlite => prepare_sqlite_url(url)?,
             Backend::Postgres => url.to_owned(),
         };
-        let pool = options.connect(&url).await?;
+        let options = AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(connect_timeout);
+        // Decisions keep their own limits: the breaker's timeout bounds their reads.
+        let pool = with_session(options, backend, None).connect(&url).await?;
         let migrator = match backend {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&pool).await?;
-        Ok(Self { pool, backend, spending: Arc::new(Spending::new(max_connections, backend)) })
+        // An admin call waits for a connection no longer than one statement may run: a
+        // queue of searches answers UNAVAILABLE rather than piling up.
+        let admin_options =
+            AnyPoolOptions::new().max_connections(admin.max_connections).acquire_timeout(admin.statement_timeout);
+        let admin_pool = with_session(admin_options, backend, Some(admin.statement_timeout)).connect_lazy(&url)?;
+        Ok(Self { pool, admin_pool, backend, spending: Arc::new(Spending::new(max_connections, backend)) })
     }
 
     pub fn backend(&self) -> Backend {
@@ -167,6 +179,65 @@ impl SqlStore {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+}
+
+/// The admin plane's pool: its size and how long one of its statements may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminPoolSettings {
+    pub max_connections: u32,
+    /// Postgres: the connections' `statement_timeout` (a statement past it is cancelled and
+    /// its transaction rolled back). SQLite has no such limit: there it is how long a
+    /// statement waits for the write lock (`busy_timeout`), and scans are bounded by rows
+    /// ([`SEARCH_SCAN_ROWS`]) instead. Also the longest wait for a free admin connection.
+    pub statement_timeout: Duration,
+}
+
+impl AdminPoolSettings {
+    /// Two: the CLI and a dashboard at once, and on SQLite at most two threads scanning
+    /// beside the decisions' reads.
+    pub const DEFAULT_CONNECTIONS: u32 = 2;
+}
+
+impl Default for AdminPoolSettings {
+    fn default() -> Self {
+        Self { max_connections: Self::DEFAULT_CONNECTIONS, statement_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Rows a search that needs a scan (audit events with a search string or categories, API
+/// keys with a search string) looks at per page, in the page's order. Past it the page
+/// ends, short or even empty, with a `next_page_token` that continues the search after
+/// the last row looked at: a search costs at most this many rows a call, and nothing is
+/// skipped. Pages without such a filter read by an index and need no bound.
+pub const SEARCH_SCAN_ROWS: i64 = 10_000;
+
+/// Per-connection set-up of a pool; `statement_timeout` for the admin pool's.
+fn with_session(options: AnyPoolOptions, backend: Backend, statement_timeout: Option<Duration>) -> AnyPoolOptions {
+    // Whole milliseconds, formatted here: SET and PRAGMA take no bound parameters.
+    let limit_ms = statement_timeout.map(|t| t.as_millis().max(1) as u64);
+    match backend {
+        Backend::Sqlite => options.after_connect(move |conn, _| {
+            Box::pin(async move {
+                // WAL lets readers run beside the one writer; FULL makes a commit durable
+                // before the RPC that made it returns; the busy timeout makes
+                // writers queue instead of failing at once (admin's, at most its limit).
+                sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                let busy = format!("PRAGMA busy_timeout = {}", limit_ms.unwrap_or(5000));
+                sqlx::query(&busy).execute(&mut *conn).await?;
+                sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
+                Ok(())
+            })
+        }),
+        Backend::Postgres => match limit_ms {
+            None => options,
+            Some(ms) => options.after_connect(move |conn, _| {
+                Box::pin(async move {
+                    sqlx::query(&format!("SET statement_timeout = {ms}")).execute(&mut *conn).await?;
+                    Ok(())
+                })
+            }),
+        },
     }
 }
 
@@ -564,6 +635,15 @@ fn into_page<T>(mut items: Vec<T>, limit: u32, id_of: impl Fn(&T) -> String) -> 
     Page { items, next_after }
 }
 
+/// A bounded search's page: when the bound (`last_scanned`, the last row it looked at)
+/// cut it before it was full, it continues after that row.
+fn scanned_to<T>(page: Page<T>, last_scanned: Option<String>) -> Page<T> {
+    match page.next_after {
+        Some(_) => page,
+        None => Page { next_after: last_scanned, items: page.items },
+    }
+}
+
 /// A key as the transaction `tx` sees it.
 async fn key_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
     sqlx::query(&format!("{KEY_SELECT} WHERE api_keys.id = $1"))
@@ -644,7 +724,7 @@ async fn delete_keys(
 impl Store for SqlStore {
     #[tracing::instrument(skip_all, fields(application_id = %app.id), err)]
     async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.admin_pool.begin().await?;
         sqlx::query("INSERT INTO applications (id, account_id, name, created_at) VALUES ($1, $2, $3, $4)")
             .bind(app.id.as_str())
             .bind(app.account_id.as_str())
@@ -680,7 +760,7 @@ impl Store for SqlStore {
         .bind(account.as_str())
         .bind(page.after.as_deref().unwrap_or(""))
         .bind(i64::from(page.limit) + 1)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.admin_pool)
         .await?;
         let items = rows.iter().map(application_from_row).collect::<Result<Vec<_>, _>>()?;
         Ok(into_page(items, page.limit, |a| a.id.to_string()))
@@ -688,7 +768,7 @@ impl Store for SqlStore {
 
     #[tracing::instrument(skip_all, fields(key_id = %key.id), err)]
     async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.admin_pool.begin().await?;
         insert_key(key).execute(&mut *tx).await?;
         if key.credits.is_some() {
             set_credits(&mut tx, &CreditHolder::Key(key.id), key.credits, key.terms.refill.as_ref()).await?;
@@ -706,7 +786,7 @@ impl Store for SqlStore {
         audit: &AuditEvent,
     ) -> Result<Vec<KeyId>, StoreError> {
         let application = new.application_ids.first().ok_or_else(|| corrupt("a runtime key names its application"))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.admin_pool.begin().await?;
         // Taking the application's row first serializes concurrent rotations of one
         // application on both backends, so exactly one key is current afterwards.
         sqlx::query("UPDATE applications SET runtime_rotations = runtime_rotations + 1 WHERE id = $1")
@@ -754,7 +834,7 @@ impl Store for SqlStore {
 
     #[tracing::instrument(skip_all, fields(session_id = %session.id), err)]
     async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.admin_pool.begin().await?;
         sqlx::query(
             "INSERT INTO sessions (id, account_id, user_id, secret_digest, created_at, expires_at, revoked_at, version) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -789,7 +869,7 @@ impl Store for SqlStore {
         .bind(token.revoked_at.map(Timestamp::as_millis))
         .bind(token.created_by.as_str())
         .bind(token.revoked_by.as_deref())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.admin_pool)
         .await?;
         Ok(inserted.is_some())
     }
@@ -798,7 +878,7 @@ impl Store for SqlStore {
     async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
         sqlx::query(&format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens WHERE digest = $1"))
             .bind(hex(digest))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.admin_pool)
             .await?
             .map(|row| admin_token_from_row(&row))
             .transpose()
@@ -807,7 +887,7 @@ impl Store for SqlStore {
     #[tracing::instrument(skip_all, err)]
     async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
         sqlx::query(&format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens ORDER BY name"))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.admin_pool)
             .await?
             .iter()
             .map(admin_token_from_row)
@@ -829,7 +909,7 @@ impl Store for SqlStore {
         .bind(name.as_str())
         .bind(now.as_millis())
         .bind(by)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.admin_pool)
         .await?
         .map(|row| admin_token_from_row(&row))
         .transpose()
@@ -852,7 +932,7 @@ impl Store for SqlStore {
         now: Timestamp,
         audit: &AuditEvent,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.admin_pool.begin().await?;
         let row = sqlx::query(&format!(
             "UPDATE sessions SET revoked_at = COALESCE(revoked_at, $2), \
                version = CASE WHEN revoked_at IS NULL THEN version + 1 ELSE version END \
@@ -886,21 +966,37 @@ impl Store for SqlStore {
         filter: &KeyFilter,
         page: &PageRequest,
     ) -> Result<Page<KeyRecord>, StoreError> {
+        let after = page.after.as_deref().unwrap_or("");
+        // A search string is a scan of the account's keys: bounded, by the index.
+        let ceiling = match filter.search {
+            None => None,
+            Some(_) => {
+                sqlx::query("SELECT id FROM api_keys WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT 1 OFFSET $3")
+                    .bind(account.as_str())
+                    .bind(after)
+                    .bind(SEARCH_SCAN_ROWS - 1)
+                    .fetch_optional(&self.admin_pool)
+                    .await?
+                    .map(|row| row.try_get::<String, _>("id"))
+                    .transpose()?
+            }
+        };
         let rows = sqlx::query(&format!(
             "{KEY_SELECT} WHERE api_keys.account_id = $1 AND kind = 'api_key' AND api_keys.id > $2 \
              AND ($3 = '' OR lower(name) LIKE $3 ESCAPE '\\' OR lower(api_keys.id) LIKE $3 ESCAPE '\\') \
-             AND ($5 = '' OR api_keys.owner_id = $5) \
+             AND ($5 = '' OR api_keys.owner_id = $5) AND ($6 = '' OR api_keys.id <= $6) \
              ORDER BY api_keys.id LIMIT $4"
         ))
         .bind(account.as_str())
-        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(after)
         .bind(filter.search.as_deref().map(like_pattern).unwrap_or_default())
         .bind(i64::from(page.limit) + 1)
         .bind(filter.owner_id.as_ref().map(|o| o.as_str().to_owned()).unwrap_or_default())
-        .fetch_all(&self.pool)
+        .bind(ceiling.clone().unwrap_or_default())
+        .fetch_all(&self.admin_pool)
         .await?;
         let items = rows.iter().map(key_from_row).collect::<Result<Vec<_>, _>>()?;
-        Ok(into_page(items, page.limit, |k| k.id.to_string()))
+        Ok(scanned_to(into_page(items, page.limit, |k| k.id.to_string()), ceiling))
     }
 
     #[tracing::instrument(skip_all, fields(key_id = %id), err)]
@@ -911,7 +1007,7 @@ impl Store for SqlStore {
         now: Timestamp,
         audit: &AuditEvent,
     ) -> Result<UpdateOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.admin_pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE api_keys SET \
                name = COALESCE($2, name), \
@@ -984,7 +1080,7 @@ impl Store for SqlStore {
         now: Timestamp,
         audit: &AuditEvent,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.admin_pool.begin().await?;
         // Every SET expression reads the row as it was, so a second revoke changes nothing.
         let revoked = sqlx::query(
             "UPDATE api_keys SET \
@@ -1037,12 +1133,28 @@ impl Store for SqlStore {
         query: &AuditQuery,
         page: &PageRequest,
     ) -> Result<Page<AuditEvent>, StoreError> {
+        let before = page.after.as_deref().unwrap_or("evt_~");
+        // A search string or categories make a scan of the account's trail: bounded, by
+        // the index, to the newest SEARCH_SCAN_ROWS below the page's start.
+        let floor = match query.search.is_some() || !query.categories.is_empty() {
+            false => None,
+            true => sqlx::query(
+                "SELECT id FROM audit_events WHERE account_id = $1 AND id < $2 ORDER BY id DESC LIMIT 1 OFFSET $3",
+            )
+            .bind(account.as_str())
+            .bind(before)
+            .bind(SEARCH_SCAN_ROWS - 1)
+            .fetch_optional(&self.admin_pool)
+            .await?
+            .map(|row| row.try_get::<String, _>("id"))
+            .transpose()?,
+        };
         // One placeholder per category; the categories themselves are bound, never spliced.
-        let categories = (0..query.categories.len()).map(|i| format!("${}", i + 5)).collect::<Vec<_>>().join(", ");
+        let categories = (0..query.categories.len()).map(|i| format!("${}", i + 6)).collect::<Vec<_>>().join(", ");
         let category_filter =
             if categories.is_empty() { String::new() } else { format!("AND category IN ({categories})") };
         let sql = format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE account_id = $1 AND id < $2 \
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE account_id = $1 AND id < $2 AND id >= $5 \
              AND ($3 = '' OR lower(action) LIKE $3 ESCAPE '\\' OR lower(target) LIKE $3 ESCAPE '\\' \
                OR lower(actor) LIKE $3 ESCAPE '\\' OR lower(COALESCE(on_behalf_of, '')) LIKE $3 ESCAPE '\\' \
                OR lower(request_id) LIKE $3 ESCAPE '\\') \
@@ -1051,15 +1163,16 @@ impl Store for SqlStore {
         let mut statement = sqlx::query(&sql)
             .bind(account.as_str())
             // Newest first: a page continues below the last id it showed; "~" sorts after every id.
-            .bind(page.after.as_deref().unwrap_or("evt_~"))
+            .bind(before)
             .bind(query.search.as_deref().map(like_pattern).unwrap_or_default())
-            .bind(i64::from(page.limit) + 1);
+            .bind(i64::from(page.limit) + 1)
+            .bind(floor.clone().unwrap_or_default());
         for category in &query.categories {
             statement = statement.bind(category.as_str());
         }
-        let rows = statement.fetch_all(&self.pool).await?;
+        let rows = statement.fetch_all(&self.admin_pool).await?;
         let items = rows.iter().map(audit_from_row).collect::<Result<Vec<_>, _>>()?;
-        Ok(into_page(items, page.limit, |e| e.id.clone()))
+        Ok(scanned_to(into_page(items, page.limit, |e| e.id.clone()), floor))
     }
 
     #[tracing::instrument(skip_all, err)]
@@ -1105,7 +1218,7 @@ impl Store for SqlStore {
         name: &Name,
         audit: &AuditEvent,
     ) -> Result<Option<Application>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.admin_pool.begin().await?;
         let row =
             sqlx::query("UPDATE applications SET name = $2 WHERE id = $1 RETURNING id, account_id, name, created_at")
                 .bind(id.as_str())
@@ -1134,7 +1247,7 @@ impl Store for SqlStore {
         .bind(user.map(|u| u.as_str().to_owned()).unwrap_or_default())
         .bind(page.after.as_deref().unwrap_or(""))
         .bind(i64::from(page.limit) + 1)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.admin_pool)
         .await?;
         let items = rows.iter().map(session_from_row).collect::<Result<Vec<_>, _>>()?;
         Ok(into_page(items, page.limit, |s| s.id.to_string()))
@@ -1149,7 +1262,7 @@ impl Store for SqlStore {
         audit: &AuditEvent,
     ) -> Result<RollOutcome, StoreError> {
         let now = new.created_at;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.admin_pool.begin().await?;
         // Taking the old key's row first serializes concurrent rolls of one key on both
         // backends: exactly one of them finds it not rolled yet.
         let taken = sqlx::query(
@@ -1216,7 +1329,7 @@ impl Store for SqlStore {
     async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
         let now = audit.occurred_at;
         let mut deleted = Deleted::default();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.admin_pool.begin().await?;
         match target {
             Deletion::Key(id) => {
                 if !delete_keys(&mut tx, "api_keys.id = $1", id.to_string(), audit, &mut deleted).await? {
@@ -1343,7 +1456,7 @@ impl Store for SqlStore {
         keys: &[ImportedKey],
         audit: &AuditEvent,
     ) -> Result<Vec<Imported>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.admin_pool.begin().await?;
         let mut outcomes = Vec::with_capacity(keys.len());
         // Already there (a re-run) or held by another key: told apart below, once.
         let mut refused = Vec::new();
@@ -1438,7 +1551,7 @@ impl Store for SqlStore {
         now: Timestamp,
         audit: &AuditEvent,
     ) -> Result<(Owner, Vec<KeyId>), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.admin_pool.begin().await?;
         // Creates the row, or takes its lock, before its terms are read and merged.
         sqlx::query(
             "INSERT INTO owners (account_id, owner_id, terms, created_at, updated_at) VALUES ($1, $2, NULL, $3, $3) \
@@ -1492,7 +1605,7 @@ impl Store for SqlStore {
         sqlx::query(&format!("{OWNER_SELECT} WHERE o.account_id = $1 AND o.owner_id = $2"))
             .bind(account.as_str())
             .bind(id.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.admin_pool)
             .await?
             .map(|row| owner_from_row(&row, "owner_id", "terms", "updated_at", "credits"))
             .transpose()
@@ -1504,6 +1617,7 @@ impl Store for SqlStore {
     }
 
     async fn close(&self) {
+        self.admin_pool.close().await;
         self.pool.close().await;
     }
 

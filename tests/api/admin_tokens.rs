@@ -238,7 +238,9 @@ async fn each_role_may_call_what_the_readme_says_and_no_more() {
 
 #[tokio::test]
 async fn a_token_confined_to_an_account_acts_on_that_account_only() {
-    let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
+    // Many refused calls from one address: not about the per-source budget (isolation_admin.rs).
+    let db = crate::helpers::TestDb::new(Db::Sqlite).await.unwrap();
+    let mut app = TestApp::spawn_on(db, |s| s.admin_gate.failures_per_source = u32::MAX).await;
     let (theirs, _) = app.create_key("acct_b", &["applications:read"], &[]).await;
     let other_app = app.create_app("acct_b").await;
     let secret = token(&mut app, "shop-a", "keys_write", "acct_a", 0).await;
@@ -391,6 +393,8 @@ async fn a_revoked_token_is_refused_on_the_other_replica_at_its_next_call(db: Db
 async fn made_up_admin_tokens_cost_no_store_read_however_many() {
     let mut app = crate::helpers::TestApp::spawn_on(crate::helpers::TestDb::new(Db::Sqlite).await.unwrap(), |s| {
         s.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        // What a wrong token costs in reads, not the per-source budget (isolation_admin.rs).
+        s.admin_gate.failures_per_source = u32::MAX;
     })
     .await;
     let real = token(&mut app, "dash", "read_only", "", 0).await;
@@ -428,6 +432,8 @@ async fn made_up_admin_tokens_cost_no_store_read_however_many() {
 async fn a_dead_admin_token_in_a_loop_is_read_once() {
     let mut app = crate::helpers::TestApp::spawn_on(crate::helpers::TestDb::new(Db::Sqlite).await.unwrap(), |s| {
         s.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        // What a wrong token costs in reads, not the per-source budget (isolation_admin.rs).
+        s.admin_gate.failures_per_source = u32::MAX;
     })
     .await;
     let leaked = token(&mut app, "leaked", "admin", "", 0).await;

@@ -17,6 +17,7 @@ mod forward_auth;
 mod helpers;
 mod isolation_budget;
 mod isolation_verify;
+mod isolation_admin;
 mod leases;
 mod lifecycle;
 mod limits;
