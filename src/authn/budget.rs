@@ -228,6 +228,14 @@ impl Reservation {
 
     /// The work succeeded (or showed nothing about guessing): everything goes back.
     pub fn succeeded(self) {}
+
+    /// A lookup that found a record by something an attacker may know (an imported key's
+    /// start): the client's units stay spent, but the replica's unknown-id read goes back,
+    /// since the id was not unknown (the cap bounds reads that find nothing).
+    pub fn found_by_guessable(mut self) {
+        self.windows.clear();
+        self.suspect_token = false;
+    }
 }
 
 impl std::fmt::Debug for Reservation {

@@ -371,9 +371,11 @@ impl Authenticator {
                 // may be displayed anywhere) or not at all: the unit stays spent.
                 if found.as_ref().is_some_and(|k| k.lookup.as_deref().is_some_and(|l| l.starts_with("sha256:"))) {
                     reservation.succeeded();
+                } else if found.is_some() {
+                    reservation.found_by_guessable();
                 } else {
                     reservation.failed();
-                    charged = found.is_none();
+                    charged = true;
                 }
                 found
             }
