@@ -10,11 +10,11 @@ use crate::domain::{
     ApplicationId, CredentialKind, GeneratedKey, InvalidField, KeyId, KeyTerms, Metadata, Name, NewKeyRecord, OwnerId,
     Scopes, SessionId, Timestamp, UserId,
 };
+use crate::store::invalidation::{Replicas, Settled};
 use crate::store::{
     Application, Credits, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind, KeyRecord, Owner,
     OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Store, StoreError, UpdateOutcome,
 };
-use crate::store::invalidation::{Replicas, Settled};
 use crate::usage::UsageRecorder;
 use serde_json::json;
 use sha2::{Digest, Sha256};

