@@ -88,6 +88,12 @@ pub struct ServeArgs {
     /// How long a rotated runtime key keeps working, unless the rotation says otherwise.
     #[arg(long, env = "KEYGATE_RUNTIME_KEY_GRACE_SECONDS", default_value_t = ManageSettings::DEFAULT_RUNTIME_GRACE.as_secs())]
     pub runtime_key_grace_seconds: u64,
+    /// With several replicas on Postgres: the longest a change (a revoke, an update, a
+    /// delete) waits for every live replica to apply it (100..=30000). A replica that has
+    /// not by then no longer trusts its cache: each replica's lease on its cache is 90% of
+    /// this, and it reads from the store while the lease has run out.
+    #[arg(long, env = "KEYGATE_CHANGE_ACK_TIMEOUT_MS", default_value_t = ManageSettings::CHANGE_ACK_TIMEOUT.as_millis() as u64)]
+    pub change_ack_timeout_ms: u64,
     /// Session lifetime when CreateSession gives none.
     #[arg(long, env = "KEYGATE_SESSION_TTL_SECONDS", default_value_t = ManageSettings::DEFAULT_SESSION_TTL.as_secs())]
     pub session_ttl_seconds: u64,
@@ -409,6 +415,9 @@ impl ServeArgs {
                 MAX_RUNTIME_KEY_GRACE.as_secs()
             ));
         }
+        if !(100..=30_000).contains(&self.change_ack_timeout_ms) {
+            problems.push("--change-ack-timeout-ms: must be between 100 and 30000".to_owned());
+        }
         let credential_headers = self
             .ext_authz_credential_headers
             .iter()
@@ -530,6 +539,7 @@ impl ServeArgs {
                 max_session_ttl: Duration::from_secs(self.session_max_ttl_seconds),
                 default_runtime_grace: Duration::from_secs(self.runtime_key_grace_seconds),
                 max_runtime_grace: MAX_RUNTIME_KEY_GRACE,
+                change_ack_timeout: Duration::from_millis(self.change_ack_timeout_ms),
             },
             ext_authz: ExtAuthzSettings { credential_headers, strip_credential: self.ext_authz_strip_credential },
             budgets: BudgetSettings {
@@ -707,6 +717,7 @@ mod tests {
             rate_limit_store: Some("http://nope".into()),
             rate_limit_key_prefix: "p".into(),
             runtime_key_grace_seconds: 3600,
+            change_ack_timeout_ms: 1000,
             session_ttl_seconds: 60,
             session_max_ttl_seconds: 3600,
             ext_authz_credential_headers: vec!["authorization".into()],

@@ -10,6 +10,7 @@ use crate::domain::{
     ApplicationId, CredentialKind, GeneratedKey, InvalidField, KeyId, KeyTerms, Metadata, Name, NewKeyRecord, OwnerId,
     Scopes, SessionId, Timestamp, UserId,
 };
+use crate::store::invalidation::{Replicas, Settled};
 use crate::store::{
     Application, Credits, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind, KeyRecord, Owner,
     OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Store, StoreError, UpdateOutcome,
@@ -27,12 +28,16 @@ pub struct ManageSettings {
     pub max_session_ttl: Duration,
     pub default_runtime_grace: Duration,
     pub max_runtime_grace: Duration,
+    /// With other replicas (Postgres): the longest a change waits for every live replica to
+    /// acknowledge it before those that have not are fenced (`--change-ack-timeout-ms`).
+    pub change_ack_timeout: Duration,
 }
 
 impl ManageSettings {
     pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
     pub const MAX_SESSION_TTL: Duration = Duration::from_secs(30 * 86_400);
     pub const DEFAULT_RUNTIME_GRACE: Duration = Duration::from_secs(3600);
+    pub const CHANGE_ACK_TIMEOUT: Duration = Duration::from_secs(1);
 }
 
 impl Default for ManageSettings {
@@ -42,6 +47,7 @@ impl Default for ManageSettings {
             max_session_ttl: Self::MAX_SESSION_TTL,
             default_runtime_grace: Self::DEFAULT_RUNTIME_GRACE,
             max_runtime_grace: MAX_RUNTIME_KEY_GRACE,
+            change_ack_timeout: Self::CHANGE_ACK_TIMEOUT,
         }
     }
 }
@@ -136,6 +142,8 @@ pub struct Manager {
     settings: ManageSettings,
     /// Signs the admin tokens it makes (see [`Manager::made_admin_token`]).
     digester: CredentialDigester,
+    /// Other replicas that must apply a change before it is answered (Postgres only).
+    replicas: Option<Arc<Replicas>>,
 }
 
 impl Manager {
@@ -147,7 +155,23 @@ impl Manager {
         settings: ManageSettings,
         digester: CredentialDigester,
     ) -> Self {
-        Self { store, verifier, clock, usage, settings, digester }
+        Self { store, verifier, clock, usage, settings, digester, replicas: None }
+    }
+
+    /// Changes are answered only once every live replica has applied them (or was fenced).
+    pub fn with_replicas(mut self, replicas: Arc<Replicas>) -> Self {
+        self.replicas = Some(replicas);
+        self
+    }
+
+    /// Call after a change that narrows what a credential may do has committed: returns
+    /// once every live replica has applied it or has stopped trusting its cache. None on
+    /// one process alone on its store (SQLite), whose own cache the write invalidated.
+    pub async fn settle(&self) -> Option<Settled> {
+        match &self.replicas {
+            Some(replicas) => Some(replicas.settle().await),
+            None => None,
+        }
     }
 
     /// Did this deployment make `token` (its tag under the digest key)? Admin tokens

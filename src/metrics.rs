@@ -356,6 +356,24 @@ impl Collector for StateCollector {
                 "Change notifications received from the database",
                 listener.notifications(),
             )?;
+            counter(
+                &mut encoder,
+                "change_acknowledged",
+                "Replicas that applied a change before its admin call returned",
+                listener.replicas().acknowledged_total(),
+            )?;
+            counter(
+                &mut encoder,
+                "change_fenced",
+                "Live replicas that did not acknowledge a change within the wait (fenced)",
+                listener.replicas().fenced_total(),
+            )?;
+            gauge(
+                &mut encoder,
+                "cache_trusted",
+                "1 while this replica's lease on its cache holds (its own heartbeats come back)",
+                i64::from(handles.cache.trust().holds()),
+            )?;
         }
         Ok(())
     }

@@ -257,7 +257,8 @@ impl Application {
         let verifier = Arc::new(Verifier::new(settings.argon2)?);
         let invalidation = match peers {
             Peers::Notify { database_url } => {
-                let (status, task) = invalidation::spawn(database_url, cache.clone());
+                let (status, task) =
+                    invalidation::spawn(database_url, cache.clone(), clock.clone(), settings.manage.change_ack_timeout);
                 background.push(AbortOnDrop(task));
                 Some(status)
             }
@@ -302,14 +303,19 @@ impl Application {
         ));
         let authorizer =
             Arc::new(Authorizer::new(policy, cache.clone(), authn, limiter.clone(), clock.clone(), usage.clone()));
-        let manager = Arc::new(Manager::new(
+        let manager = Manager::new(
             cache.clone(),
             verifier.clone(),
             clock.clone(),
             usage.clone(),
             settings.manage,
             digester.clone(),
-        ));
+        );
+        // Changes wait for the other replicas (Postgres); alone on SQLite, nothing to wait for.
+        let manager = Arc::new(match &invalidation {
+            Some(status) => manager.with_replicas(status.replicas().clone()),
+            None => manager,
+        });
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<AuthorizerServer<AuthorizerService>>().await;

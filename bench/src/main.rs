@@ -51,6 +51,9 @@ enum Command {
         database_url: String,
         #[arg(long, default_value_t = 200)]
         revocations: usize,
+        /// One busy thread per core while revoking, as on a loaded machine.
+        #[arg(long)]
+        contention: bool,
         /// Also write the results here as JSON.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
@@ -116,8 +119,8 @@ fn main() -> anyhow::Result<()> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("load").enable_all().build()?;
     runtime.block_on(async {
         match Cli::parse().command {
-            Command::Propagation { database_url, revocations, json } => {
-                propagation::run(&database_url, revocations, json).await
+            Command::Propagation { database_url, revocations, contention, json } => {
+                propagation::run(&database_url, revocations, contention, json).await
             }
             Command::Load(args) => load::run(args).await,
             Command::Memory { keys } => memory::run(keys).await,

@@ -549,6 +549,25 @@ impl AdminService {
         Self { manager }
     }
 
+    /// `respond`, for a change that narrows what a credential may do: answered once every
+    /// live replica has applied it (or was fenced), saying how many of each.
+    async fn respond_settled<T>(
+        &self,
+        request_id: RequestId,
+        action: &str,
+        target: &str,
+        message: T,
+    ) -> Result<Response<T>, Status> {
+        let settled = self.manager.settle().await;
+        let mut response = respond(request_id, action, target, message)?;
+        if let Some(settled) = settled {
+            let metadata = response.metadata_mut();
+            metadata.insert(ACKNOWLEDGED_HEADER, settled.acknowledged.into());
+            metadata.insert(FENCED_HEADER, settled.fenced.into());
+        }
+        Ok(response)
+    }
+
     /// May a `keys_write` token change key `id`? Only its account's (another account's key
     /// is as if it did not exist), and only API keys: an application's runtime key is
     /// rotated by an admin (`RotateApplicationKey`), so a key writer cannot take an
@@ -568,6 +587,11 @@ impl AdminService {
         Ok(())
     }
 }
+
+/// The response's metadata: how many replicas applied the change before it was answered,
+/// and how many were fenced instead (they no longer trust their caches).
+pub const ACKNOWLEDGED_HEADER: &str = "x-keygate-acknowledged";
+pub const FENCED_HEADER: &str = "x-keygate-fenced";
 
 /// Logs an admin action with its request id and echoes the id back.
 fn respond<T>(request_id: RequestId, action: &str, target: &str, message: T) -> Result<Response<T>, Status> {
@@ -679,12 +703,13 @@ impl admin_server::Admin for AdminService {
         let (id, changes) = convert::key_changes(request.get_ref())?;
         self.key_within(&grant_of(&request)?, id).await?;
         let key = self.manager.update_api_key(id, changes, &actor).await?;
-        respond(
+        self.respond_settled(
             request_id,
             "update_api_key",
             &id.to_string(),
             convert::key_to_proto(&key, self.manager.now(), self.manager.last_used_at(&key)),
         )
+        .await
     }
 
     async fn revoke_api_key(&self, request: Request<pb::RevokeApiKeyRequest>) -> Result<Response<pb::ApiKey>, Status> {
@@ -694,12 +719,13 @@ impl admin_server::Admin for AdminService {
         let id = KeyId::parse(&req.id)?;
         self.key_within(&grant, id).await?;
         let key = self.manager.revoke_api_key(id, &req.reason, &actor).await?;
-        respond(
+        self.respond_settled(
             request_id,
             "revoke_api_key",
             &id.to_string(),
             convert::key_to_proto(&key, self.manager.now(), self.manager.last_used_at(&key)),
         )
+        .await
     }
 
     async fn rotate_application_key(
@@ -717,7 +743,7 @@ impl admin_server::Admin for AdminService {
             previous_key_id: rotation.previous.map(|(id, _)| id.to_string()).unwrap_or_default(),
             previous_key_retires_at: rotation.previous.map(|(_, at)| convert::timestamp_to_proto(at)),
         };
-        respond(request_id, "rotate_application_key", application.as_str(), response)
+        self.respond_settled(request_id, "rotate_application_key", application.as_str(), response).await
     }
 
     async fn create_session(
@@ -753,7 +779,13 @@ impl admin_server::Admin for AdminService {
         let (request_id, actor) = actor_of(&request)?;
         let id = SessionId::parse(&request.get_ref().id)?;
         let session = self.manager.revoke_session(id, &actor).await?;
-        respond(request_id, "revoke_session", &id.to_string(), convert::session_to_proto(&session, self.manager.now()))
+        self.respond_settled(
+            request_id,
+            "revoke_session",
+            &id.to_string(),
+            convert::session_to_proto(&session, self.manager.now()),
+        )
+        .await
     }
 
     async fn update_application(
@@ -776,7 +808,7 @@ impl admin_server::Admin for AdminService {
         let req = request.into_inner();
         let id = ApplicationId::parse_field("id", &req.id)?;
         let deleted = self.manager.delete_application(&id, req.cascade, &actor).await?;
-        respond(request_id, "delete_application", id.as_str(), convert::deleted_to_proto(&deleted))
+        self.respond_settled(request_id, "delete_application", id.as_str(), convert::deleted_to_proto(&deleted)).await
     }
 
     async fn reroll_api_key(
@@ -797,7 +829,7 @@ impl admin_server::Admin for AdminService {
             previous: Some(convert::key_to_proto(&roll.previous, now, self.manager.last_used_at(&roll.previous))),
             previous_retires_at: Some(convert::timestamp_to_proto(roll.retires_at)),
         };
-        respond(request_id, "reroll_api_key", &id.to_string(), response)
+        self.respond_settled(request_id, "reroll_api_key", &id.to_string(), response).await
     }
 
     async fn delete_api_key(
@@ -808,7 +840,7 @@ impl admin_server::Admin for AdminService {
         let id = KeyId::parse(&request.get_ref().id)?;
         self.key_within(&grant_of(&request)?, id).await?;
         let deleted = self.manager.delete_api_key(id, &actor).await?;
-        respond(request_id, "delete_api_key", &id.to_string(), convert::deleted_to_proto(&deleted))
+        self.respond_settled(request_id, "delete_api_key", &id.to_string(), convert::deleted_to_proto(&deleted)).await
     }
 
     async fn import_api_keys(
@@ -836,7 +868,7 @@ impl admin_server::Admin for AdminService {
         let (request_id, actor) = actor_of(&request)?;
         let (account, id, changes) = convert::owner_changes(request.get_ref())?;
         let owner = self.manager.update_owner(&account, &id, changes, &actor).await?;
-        respond(request_id, "update_owner", id.as_str(), convert::owner_to_proto(&owner))
+        self.respond_settled(request_id, "update_owner", id.as_str(), convert::owner_to_proto(&owner)).await
     }
 
     async fn get_owner(&self, request: Request<pb::GetOwnerRequest>) -> Result<Response<pb::Owner>, Status> {
@@ -874,7 +906,7 @@ impl admin_server::Admin for AdminService {
         let (request_id, actor) = actor_of(&request)?;
         let account = AccountId::parse(&request.get_ref().account_id)?;
         let deleted = self.manager.delete_account(&account, &actor).await?;
-        respond(request_id, "delete_account", account.as_str(), convert::deleted_to_proto(&deleted))
+        self.respond_settled(request_id, "delete_account", account.as_str(), convert::deleted_to_proto(&deleted)).await
     }
 
     async fn list_audit_events(

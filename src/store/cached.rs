@@ -16,6 +16,13 @@
 //! is gone and never served stale. [`CachedStore::distrust_all`], used when
 //! notifications may have been missed, keeps records only as that fallback: every one is
 //! reloaded before it is served fresh again.
+//!
+//! With other replicas (Postgres), memory is also trusted only under a lease ([`Trust`]):
+//! the invalidation listener renews it each time it hears back its own heartbeat, which
+//! proves every change committed before the heartbeat was sent has been applied here. Past
+//! the lease every record is reloaded before it is served fresh, so a replica whose
+//! listener has fallen behind asks the store instead of trusting what it holds (see
+//! `store::invalidation` for the argument).
 
 use super::Spend;
 use super::{
@@ -23,14 +30,15 @@ use super::{
     OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Store, StoreError, UpdateOutcome,
 };
 use crate::audit::{AuditEvent, AuditQuery};
+use crate::clock::Clock;
 use crate::domain::{
     AccountId, AdminTokenName, AdminTokenRecord, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash,
     SessionId, Timestamp, UserId, VerifiedDigest,
 };
 use quick_cache::sync::Cache;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 64;
@@ -45,6 +53,47 @@ pub struct CacheSettings {
     pub max_stale: Duration,
 }
 
+/// Whether this replica may trust what it holds in memory at all.
+///
+/// One process alone on its store (SQLite, the in-memory store) always may: its own writes
+/// invalidate its cache. Replicas sharing Postgres trust memory only until a lease ends,
+/// renewed by the invalidation listener; the check on the decision path is one atomic load
+/// and, for a leased replica, one read of the injected clock.
+pub struct Trust {
+    /// Milliseconds on `clock` until which memory is trusted; `i64::MAX` when not leased.
+    until: AtomicI64,
+    clock: OnceLock<Arc<dyn Clock>>,
+}
+
+impl Trust {
+    fn always() -> Self {
+        Self { until: AtomicI64::new(i64::MAX), clock: OnceLock::new() }
+    }
+
+    /// From now on memory is trusted only under a lease, and not before the first renewal.
+    pub fn lease(&self, clock: Arc<dyn Clock>) {
+        // A second call keeps the first clock: there is one listener per cache.
+        let _ = self.clock.set(clock);
+        self.until.store(0, Ordering::Release);
+    }
+
+    /// Trusts memory until `until` (milliseconds on the lease's clock), unless it already
+    /// trusts it for longer: renewals may be handled out of order.
+    pub fn renew(&self, until: i64) {
+        self.until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Milliseconds on the lease's clock until which memory is trusted (`i64::MAX`: always).
+    pub fn until_millis(&self) -> i64 {
+        self.until.load(Ordering::Acquire)
+    }
+
+    pub fn holds(&self) -> bool {
+        let until = self.until.load(Ordering::Acquire);
+        until == i64::MAX || self.clock.get().is_some_and(|clock| clock.now().as_millis() < until)
+    }
+}
+
 /// A cached value and when (and under which generation) it was loaded.
 #[derive(Clone)]
 struct Stamped<V> {
@@ -54,8 +103,9 @@ struct Stamped<V> {
 }
 
 impl<V> Stamped<V> {
-    fn fresh(&self, generation: u64, ttl: Duration) -> bool {
-        self.generation == generation && self.loaded_at.elapsed() < ttl
+    /// `trusted`: the replica's lease on its memory holds ([`Trust::holds`]).
+    fn fresh(&self, generation: u64, ttl: Duration, trusted: bool) -> bool {
+        trusted && self.generation == generation && self.loaded_at.elapsed() < ttl
     }
 }
 
@@ -74,6 +124,8 @@ struct GuardedCache<K, T> {
     hasher: std::collections::hash_map::RandomState,
     /// Bumped by `distrust_all`: entries of older generations are not fresh.
     generation: AtomicU64,
+    /// Shared by the caches of one store: past the lease nothing in them is fresh.
+    trust: Arc<Trust>,
     ttl: Duration,
     max_stale: Duration,
     served_stale: Arc<AtomicU64>,
@@ -112,7 +164,7 @@ where
     K: Hash + Eq + Send + Sync + Clone + 'static,
     T: Send + Sync + 'static,
 {
-    fn new(settings: CacheSettings, served_stale: Arc<AtomicU64>) -> Self {
+    fn new(settings: CacheSettings, served_stale: Arc<AtomicU64>, trust: Arc<Trust>) -> Self {
         let capacity = usize::try_from(settings.capacity).unwrap_or(usize::MAX);
         Self {
             // Entries outlive their freshness (each carries its load time, checked on every
@@ -123,6 +175,7 @@ where
             loading: Mutex::new(std::collections::HashMap::new()),
             hasher: Default::default(),
             generation: AtomicU64::new(0),
+            trust,
             ttl: settings.ttl,
             max_stale: settings.max_stale,
             served_stale,
@@ -142,13 +195,14 @@ where
     /// What memory says, without loading.
     fn in_memory(&self, key: &K) -> InMemory<T> {
         let generation = self.generation.load(Ordering::Acquire);
+        let trusted = self.trust.holds();
         match self.entries.get(key) {
-            Some(entry) if entry.fresh(generation, self.ttl) => {
+            Some(entry) if entry.fresh(generation, self.ttl, trusted) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 InMemory::Fresh(entry.value)
             }
             Some(_) => InMemory::Stale,
-            None if self.absent.get(key).is_some_and(|e| e.fresh(generation, self.ttl)) => {
+            None if self.absent.get(key).is_some_and(|e| e.fresh(generation, self.ttl, trusted)) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 InMemory::Absent
             }
@@ -163,24 +217,38 @@ where
         Fut: std::future::Future<Output = Result<Option<Arc<T>>, StoreError>>,
     {
         let generation = self.generation.load(Ordering::Acquire);
+        let trusted = self.trust.holds();
         let cached = self.entries.get(key);
-        if let Some(entry) = cached.as_ref().filter(|e| e.fresh(generation, self.ttl)) {
+        if let Some(entry) = cached.as_ref().filter(|e| e.fresh(generation, self.ttl, trusted)) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(entry.value.clone()));
         }
-        if self.absent.get(key).is_some_and(|e| e.fresh(generation, self.ttl)) {
+        if self.absent.get(key).is_some_and(|e| e.fresh(generation, self.ttl, trusted)) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
+        let arrived = Instant::now();
         let turn = LoadTurn::take(&self.loading, key);
         let _held = turn.gate.lock().await;
-        // Loaded by the call this one waited for?
+        // Loaded by the call this one waited for? Without the lease, a load that began
+        // after this call arrived read a store at least as new as the call, which is all
+        // it may ask: a lapsed lease costs one read per record at a time, not one per call.
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(entry) = self.entries.get(key).filter(|e| e.fresh(generation, self.ttl)) {
+        let trusted = self.trust.holds();
+        let usable = |generation_of: u64, loaded_at: Instant, fresh: bool| {
+            fresh || (generation_of == generation && loaded_at >= arrived && loaded_at.elapsed() < self.ttl)
+        };
+        if let Some(entry) =
+            self.entries.get(key).filter(|e| usable(e.generation, e.loaded_at, e.fresh(generation, self.ttl, trusted)))
+        {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(entry.value));
         }
-        if self.absent.get(key).is_some_and(|e| e.fresh(generation, self.ttl)) {
+        if self
+            .absent
+            .get(key)
+            .is_some_and(|e| usable(e.generation, e.loaded_at, e.fresh(generation, self.ttl, trusted)))
+        {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
@@ -279,18 +347,26 @@ pub struct CachedStore {
     keys: GuardedCache<KeyId, KeyRecord>,
     applications: GuardedCache<ApplicationId, Application>,
     sessions: GuardedCache<SessionId, SessionRecord>,
+    trust: Arc<Trust>,
 }
 
 impl CachedStore {
     pub fn new(inner: Arc<dyn Store>, settings: CacheSettings) -> Self {
         let served_stale = Arc::new(AtomicU64::new(0));
+        let trust = Arc::new(Trust::always());
         Self {
             inner,
-            keys: GuardedCache::new(settings, served_stale.clone()),
-            applications: GuardedCache::new(settings, served_stale.clone()),
-            sessions: GuardedCache::new(settings, served_stale.clone()),
+            keys: GuardedCache::new(settings, served_stale.clone(), trust.clone()),
+            applications: GuardedCache::new(settings, served_stale.clone(), trust.clone()),
+            sessions: GuardedCache::new(settings, served_stale.clone(), trust.clone()),
             served_stale,
+            trust,
         }
+    }
+
+    /// The lease on this cache's memory: the invalidation listener renews it.
+    pub fn trust(&self) -> &Arc<Trust> {
+        &self.trust
     }
 
     pub fn invalidate_key(&self, id: KeyId) {
