@@ -103,33 +103,14 @@ pub const QUEUED_PER_SLOT: u64 = 16;
 /// argon2 up to m × t = 608 MiB-passes (e.g. 64 MiB, t = 9), ~0.4 s per guess.
 pub const IMPORT_COST_MULTIPLE: u64 = 16;
 
-/// One bcrypt round (a cost of c runs 2^c of them) costs about as much CPU as this many
-/// KiB-passes of argon2id: bcrypt 8, 10 and 12 against argon2id m=19456,t=2 on one core
-/// of the CI host measured 103, 134 and 128 (`bcrypt 12` = 351 ms, argon2 = 26 ms).
-pub const BCRYPT_KIB_PASSES_PER_ROUND: u64 = 128;
-
 /// One verification at the OWASP minimum (m = 19 MiB, t = 2), in KiB-passes.
 const OWASP_COST: u64 = Argon2Settings::OWASP_MEMORY_KIB as u64 * Argon2Settings::OWASP_ITERATIONS as u64;
 
 /// How long admin hashing waits for its slot before answering UNAVAILABLE.
 pub const ADMIN_HASH_DEADLINE: Duration = Duration::from_secs(5);
 
-/// What verifying `phc` costs, in KiB-passes of argon2 (memory × iterations: the memory
-/// counts every lane's, and the lanes run one after another, so p adds nothing); bcrypt
-/// at [`BCRYPT_KIB_PASSES_PER_ROUND`] per round. `None` for anything else.
-pub fn cost(phc: &str) -> Option<u64> {
-    if let Some(rest) = phc.strip_prefix("$2") {
-        let rounds = rest.get(2..4)?.parse::<u32>().ok().filter(|c| *c < 32)?;
-        return Some((1u64 << rounds) * BCRYPT_KIB_PASSES_PER_ROUND);
-    }
-    if !phc.starts_with("$argon2") {
-        return None;
-    }
-    let parsed = PasswordHash::new(phc).ok()?;
-    let m = u64::from(parsed.params.get_decimal("m")?);
-    let t = u64::from(parsed.params.get_decimal("t")?);
-    Some(m.max(1) * t.max(1))
-}
+/// What verifying a hash costs (kept beside the imported hashes it prices).
+pub use crate::domain::imported::{cost, BCRYPT_KIB_PASSES_PER_ROUND};
 
 pub struct Verifier {
     argon2: Argon2<'static>,
