@@ -9,9 +9,11 @@
 //!   the highest cost the server takes, then wrong guesses at their starts come from fresh
 //!   IPv6 /64s all over the address space;
 //! - `admin-scans`: A's confined `read_only` token runs `--scanners` searching
-//!   `ListAuditEvents` calls at once, back to back;
+//!   `ListAuditEvents` calls at once, within `--scans-per-second`, from an address of its
+//!   own;
 //! - `ipv6-spread`: forged key ids (valid checksums) from /64s all inside one /48;
-//! - `token-guessing`: wrong admin tokens, as fast as they are answered, within a rate.
+//! - `token-guessing`: wrong admin tokens within `--token-guesses-per-second`, from an
+//!   address of A's own (B's operator calls from another).
 //!
 //! Meanwhile tenant B's edge makes hot calls (four keys, four callers), credit spends (one
 //! key with credits) and first uses (a key made through Admin, then its first Authorize
@@ -55,6 +57,9 @@ pub struct NeighboursArgs {
     /// Admin scans: searching ListAuditEvents calls at once.
     #[arg(long, default_value_t = 48)]
     scanners: usize,
+    /// Admin scans: calls per second at most (refused ones included).
+    #[arg(long, default_value_t = 400)]
+    scans_per_second: u64,
     /// IPv6 spread: forged ids per second.
     #[arg(long, default_value_t = 500)]
     forged_per_second: u64,
@@ -70,7 +75,8 @@ pub struct NeighboursArgs {
     json: Option<PathBuf>,
 }
 
-const HOT_PATH: &str = "/api/v1/panel/applications/app_neighbours0000";
+/// The hot route's path: B's application (made at set-up).
+static HOT_PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 const ACCOUNT_A: &str = "acct_tenant_a";
 const ACCOUNT_B: &str = "acct_tenant_b";
 
@@ -213,7 +219,16 @@ async fn measure(args: &NeighboursArgs, dir: &std::path::Path, postgres: Option<
     let mut rows: Vec<Row> = Vec::new();
     println!(
         "{:<15} {:>28} {:>8} {:>8} {:>6} {:>11} {:>11} {:>9} {:>9} {:>6}  ok",
-        "phase", "A's attack", "hot p50", "hot p99", "×calm", "first p50", "first max", "create99", "credit99", "errors"
+        "phase",
+        "A's attack",
+        "hot p50",
+        "hot p99",
+        "×calm",
+        "first p50",
+        "first max",
+        "create99",
+        "credit99",
+        "errors"
     );
     for (name, attacks) in phases {
         let counters: Vec<Arc<AtomicU64>> = attacks.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
@@ -345,7 +360,7 @@ fn authorize(credential: &str, client_ip: &str) -> pb::AuthorizeRequest {
     pb::AuthorizeRequest {
         credential: credential.into(),
         method: "GET".into(),
-        path: HOT_PATH.into(),
+        path: HOT_PATH.get().cloned().unwrap_or_default(),
         client_ip: client_ip.into(),
         ..Default::default()
     }
@@ -367,6 +382,11 @@ async fn create_key(admin: &mut Admin, account: &str, credits: Option<i64>) -> a
 
 impl TenantB {
     async fn make(admin: &mut Admin) -> anyhow::Result<Self> {
+        let app = admin
+            .create_application(pb::CreateApplicationRequest { account_id: ACCOUNT_B.into(), name: "b".into() })
+            .await?
+            .into_inner();
+        let _ = HOT_PATH.set(format!("/api/v1/panel/applications/{}", app.id));
         let mut hot = Vec::new();
         for _ in 0..4 {
             hot.push(create_key(admin, ACCOUNT_B, None).await?);
@@ -497,9 +517,7 @@ impl TenantA {
                     ..Default::default()
                 })
                 .collect();
-            writer
-                .import_api_keys(pb::ImportApiKeysRequest { import_id: format!("trail-{batch}"), keys })
-                .await?;
+            writer.import_api_keys(pb::ImportApiKeysRequest { import_id: format!("trail-{batch}"), keys }).await?;
         }
         // The most expensive bcrypt hash the server takes, shared by every expensive key.
         for cost in (10..=14).rev() {
@@ -563,6 +581,13 @@ async fn paced(permits: &tokio::sync::Semaphore) {
     }
 }
 
+/// A channel to `server` from a local address of its own (another host, as far as keygate
+/// can tell).
+async fn from_address(server: &Server, tls: &ClientTls, local: [u8; 4]) -> anyhow::Result<Channel> {
+    let endpoint = keygate_client::endpoint(&server.address, Some(tls))?;
+    Ok(endpoint.local_address(Some(std::net::IpAddr::from(local))).connect().await?)
+}
+
 /// A random address in a random /64 of 2001:db8::/32 (documentation space).
 fn fresh_ipv6() -> String {
     let r = random_token(16).unwrap_or_default();
@@ -621,12 +646,16 @@ async fn launch(
             }
         }
         Attack::AdminScans => {
-            let channel = server.channel().await?;
+            let (permits, feeder) = pace(args.scans_per_second);
+            tasks.push(feeder);
+            // A's reader runs on a host of its own (an address of its own).
+            let channel = from_address(server, tls, [127, 0, 0, 3]).await?;
             for _ in 0..args.scanners {
-                let count = count.clone();
+                let (permits, count) = (permits.clone(), count.clone());
                 let mut reader = AdminClient::with_interceptor(channel.clone(), AdminToken::new(&a.read_only)?);
                 tasks.push(tokio::spawn(async move {
                     loop {
+                        paced(&permits).await;
                         let _ = reader
                             .list_audit_events(pb::ListAuditEventsRequest {
                                 account_id: ACCOUNT_A.into(),
@@ -663,7 +692,9 @@ async fn launch(
         Attack::TokenGuessing => {
             let (permits, feeder) = pace(args.token_guesses_per_second);
             tasks.push(feeder);
-            let channel = keygate_client::endpoint(&server.address, Some(tls))?.connect().await?;
+            // From a host of A's own: the budget of wrong tokens is per source, and B's
+            // operator calls from another.
+            let channel = from_address(server, tls, [127, 0, 0, 2]).await?;
             for _ in 0..8 {
                 let (permits, count) = (permits.clone(), count.clone());
                 let mut client = AdminClient::new(channel.clone());

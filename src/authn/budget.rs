@@ -139,6 +139,19 @@ impl Window {
     }
 }
 
+/// What a client's networks had used before a unit was taken: its own (address or /64)
+/// and the most of any of them.
+#[derive(Debug, Default, Clone, Copy)]
+struct Used {
+    own: u32,
+    any: u32,
+}
+
+/// The share of the replica's unknown-id reads kept for clients none of whose networks
+/// has failed: their first uses still find a read while forged ids from networks that
+/// have failed spend the rest.
+const CLEAN_RESERVE: f64 = 0.25;
+
 /// A token bucket on the server's clock, holding at most a second's tokens.
 struct Bucket {
     rate: f64,
@@ -160,23 +173,25 @@ impl Bucket {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn take(&self, now: Timestamp) -> bool {
+    /// Takes `n` tokens (at most a second's worth) only if `reserve` tokens are left after.
+    fn take_leaving(&self, now: Timestamp, n: f64, reserve: f64) -> bool {
+        let n = n.min(self.rate);
         let mut bucket = self.state();
         // A clock that steps back refills nothing (and takes nothing away).
         let elapsed = (now.as_millis() - bucket.refilled.as_millis()).max(0) as f64 / 1000.0;
         bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.rate);
         bucket.refilled = Timestamp::from_millis(bucket.refilled.as_millis().max(now.as_millis()));
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.tokens >= n + reserve {
+            bucket.tokens -= n;
             true
         } else {
             false
         }
     }
 
-    fn give_back(&self) {
+    fn give_back(&self, n: f64) {
         let mut bucket = self.state();
-        bucket.tokens = (bucket.tokens + 1.0).min(self.rate);
+        bucket.tokens = (bucket.tokens + n.min(self.rate)).min(self.rate);
     }
 }
 
@@ -186,6 +201,36 @@ pub struct Throttled {
     pub retry_after: Duration,
     /// The budget that was spent, as a count per window (for the answer's `limit`).
     pub limit: u32,
+    /// Which budget it was, for the answer's message.
+    pub spent: Spent,
+}
+
+/// The budget a throttled answer names: the caller is told what it ran into, not a
+/// generic "too many failures" when the replica as a whole is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spent {
+    /// Failed verifications of this key id.
+    Key,
+    /// Failures from the client's address or one of the wider networks it is in.
+    Client,
+    /// Verifications of keys and clients that failed before, all of them together.
+    Suspects,
+    /// Store reads of ids not in memory, on this replica, all clients together.
+    UnknownLookups,
+    /// The key's account has as much verification work queued as it may.
+    AccountQueue,
+}
+
+impl Spent {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Spent::Key => "too many failed verifications for this key",
+            Spent::Client => "too many failed verifications or unknown keys from this client's network",
+            Spent::Suspects => "too many verifications of keys or clients that failed before",
+            Spent::UnknownLookups => "this replica is looking up as many unknown keys as it may",
+            Spent::AccountQueue => "this account has as many first verifications waiting as it may",
+        }
+    }
 }
 
 /// The networks a client's failures are counted in, with each one's budget.
@@ -209,20 +254,21 @@ pub struct FailureBudgets {
 pub struct Reservation {
     /// Each window's unit, with the start of the window it was taken in.
     windows: SmallVec<[(Arc<Window>, Timestamp); 4]>,
-    suspect_token: bool,
+    /// Tokens of the suspects' bucket held (a verification's weight), 0 for none.
+    suspect_tokens: f64,
     lookup_token: bool,
     budgets: Arc<FailureBudgets>,
 }
 
 impl Reservation {
     fn new(budgets: &Arc<FailureBudgets>) -> Self {
-        Self { windows: SmallVec::new(), suspect_token: false, lookup_token: false, budgets: budgets.clone() }
+        Self { windows: SmallVec::new(), suspect_tokens: 0.0, lookup_token: false, budgets: budgets.clone() }
     }
 
     /// The work failed: what it took stays taken.
     pub fn failed(mut self) {
         self.windows.clear();
-        self.suspect_token = false;
+        self.suspect_tokens = 0.0;
         self.lookup_token = false;
     }
 
@@ -234,7 +280,7 @@ impl Reservation {
     /// since the id was not unknown (the cap bounds reads that find nothing).
     pub fn found_by_guessable(mut self) {
         self.windows.clear();
-        self.suspect_token = false;
+        self.suspect_tokens = 0.0;
     }
 }
 
@@ -242,7 +288,7 @@ impl std::fmt::Debug for Reservation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reservation")
             .field("units", &self.windows.len())
-            .field("suspect", &self.suspect_token)
+            .field("suspect", &self.suspect_tokens)
             .field("lookup", &self.lookup_token)
             .finish()
     }
@@ -253,11 +299,11 @@ impl Drop for Reservation {
         for (window, started) in &self.windows {
             window.give_back(*started);
         }
-        if self.suspect_token {
-            self.budgets.suspects.give_back();
+        if self.suspect_tokens > 0.0 {
+            self.budgets.suspects.give_back(self.suspect_tokens);
         }
         if self.lookup_token {
-            self.budgets.lookups.give_back();
+            self.budgets.lookups.give_back(1.0);
         }
     }
 }
@@ -317,10 +363,10 @@ impl FailureBudgets {
         windows
     }
 
-    fn throttled(&self, started: Timestamp, limit: u32, now: Timestamp) -> Throttled {
+    fn throttled(&self, started: Timestamp, limit: u32, now: Timestamp, spent: Spent) -> Throttled {
         let ends = started.saturating_add(self.settings.window).as_millis();
         let left = Duration::from_millis(u64::try_from(ends - now.as_millis()).unwrap_or(0));
-        Throttled { retry_after: left.max(Duration::from_secs(1)), limit }
+        Throttled { retry_after: left.max(Duration::from_secs(1)), limit, spent }
     }
 
     /// Takes a unit from every network the client is counted in, into `reservation` (which
@@ -330,20 +376,21 @@ impl FailureBudgets {
         client: Option<ClientNetwork>,
         now: Timestamp,
         reservation: &mut Reservation,
-    ) -> Result<u32, Throttled> {
-        let mut own = 0;
+    ) -> Result<Used, Throttled> {
+        let mut used = Used::default();
         for (n, (window, max)) in self.client_windows(client, now).into_iter().enumerate() {
             match window.take(max, now, self.settings.window) {
                 Ok((before, started)) => {
                     if n == 0 {
-                        own = before;
+                        used.own = before;
                     }
+                    used.any = used.any.max(before);
                     reservation.windows.push((window, started));
                 }
-                Err(started) => return Err(self.throttled(started, max, now)),
+                Err(started) => return Err(self.throttled(started, max, now, Spent::Client)),
             }
         }
-        Ok(own)
+        Ok(used)
     }
 
     /// May this client make keygate look up an id that is not in memory? One unit of each
@@ -351,12 +398,17 @@ impl FailureBudgets {
     pub fn admit_lookup(self: &Arc<Self>, client: Option<ClientNetwork>) -> Result<Reservation, Throttled> {
         let now = self.clock.now();
         let mut reservation = Reservation::new(self);
-        self.take_client(client, now, &mut reservation)?;
-        if !self.lookups.take(now) {
+        let used = self.take_client(client, now, &mut reservation)?;
+        // A client none of whose networks has failed (or has a lookup running) may use the
+        // last quarter of the bucket; the others may not, so a flood of forged ids spread
+        // over many networks cannot take every read from a clean client's first use.
+        let reserve = if used.any == 0 { 0.0 } else { self.lookups.rate * CLEAN_RESERVE };
+        if !self.lookups.take_leaving(now, 1.0, reserve) {
             // Spent by everyone together: a token comes back within the second.
             return Err(Throttled {
                 retry_after: Duration::from_secs(1),
                 limit: self.settings.unknown_lookups_per_second,
+                spent: Spent::UnknownLookups,
             });
         }
         reservation.lookup_token = true;
@@ -364,10 +416,14 @@ impl FailureBudgets {
     }
 
     /// May this credential for `key` from this client cost an argon2 verification?
+    /// `weight` is what the verification costs in verifications at the server's own
+    /// settings (an imported bcrypt 12 weighs about 13): the suspects' bucket is spent by
+    /// cost, not by run, so guesses at expensive imports get the same CPU as any others.
     pub fn admit_verification(
         self: &Arc<Self>,
         key: KeyId,
         client: Option<ClientNetwork>,
+        weight: u32,
     ) -> Result<Reservation, Throttled> {
         let now = self.clock.now();
         let BudgetSettings { max_failures_per_key, window, .. } = self.settings;
@@ -378,17 +434,19 @@ impl FailureBudgets {
                 reservation.windows.push((key_window, started));
                 before
             }
-            Err(started) => return Err(self.throttled(started, max_failures_per_key, now)),
+            Err(started) => return Err(self.throttled(started, max_failures_per_key, now, Spent::Key)),
         };
-        let client_before = self.take_client(client, now, &mut reservation)?;
+        let client_before = self.take_client(client, now, &mut reservation)?.own;
         // A key id or client with failures (or work in flight) behind it is a suspect: its
         // argon2 runs share a bucket, so they cannot crowd out first verifications.
         if key_before > 0 || client_before > 0 {
-            if !self.suspects.take(now) {
+            let weight = f64::from(weight.max(1));
+            if !self.suspects.take_leaving(now, weight, 0.0) {
                 let retry_after = Duration::from_secs(1);
-                return Err(Throttled { retry_after, limit: self.settings.suspect_verifications_per_second });
+                let limit = self.settings.suspect_verifications_per_second;
+                return Err(Throttled { retry_after, limit, spent: Spent::Suspects });
             }
-            reservation.suspect_token = true;
+            reservation.suspect_tokens = weight.min(self.suspects.rate);
         }
         Ok(reservation)
     }
@@ -407,7 +465,7 @@ impl FailureBudgets {
     pub fn client_spent(&self, client: Option<ClientNetwork>) -> Option<Throttled> {
         let now = self.clock.now();
         self.client_windows(client, now).into_iter().find_map(|(window, max)| {
-            window.spent(max, now, self.settings.window).map(|started| self.throttled(started, max, now))
+            window.spent(max, now, self.settings.window).map(|started| self.throttled(started, max, now, Spent::Client))
         })
     }
 }
@@ -448,27 +506,30 @@ mod tests {
     #[test]
     fn reservations_held_in_flight_count_so_nothing_overshoots() {
         let b = budgets(100, 3, 100);
-        let held: Vec<_> = (0..3).map(|n| b.admit_verification(key(n), client("192.0.2.1")).unwrap()).collect();
-        assert!(b.admit_verification(key(9), client("192.0.2.1")).is_err(), "three in flight fill a budget of 3");
-        assert!(b.admit_verification(key(9), client("192.0.2.2")).is_ok(), "another client is unaffected");
+        let held: Vec<_> = (0..3).map(|n| b.admit_verification(key(n), client("192.0.2.1"), 1).unwrap()).collect();
+        assert!(b.admit_verification(key(9), client("192.0.2.1"), 1).is_err(), "three in flight fill a budget of 3");
+        assert!(b.admit_verification(key(9), client("192.0.2.2"), 1).is_ok(), "another client is unaffected");
         // Success gives the units back; failure keeps them.
         let mut held = held.into_iter();
         held.next().unwrap().succeeded();
-        let again = b.admit_verification(key(9), client("192.0.2.1")).unwrap();
+        let again = b.admit_verification(key(9), client("192.0.2.1"), 1).unwrap();
         again.failed();
         drop(held);
-        let _eight = b.admit_verification(key(8), client("192.0.2.1")).unwrap();
-        let _seven = b.admit_verification(key(7), client("192.0.2.1")).unwrap();
-        assert!(b.admit_verification(key(6), client("192.0.2.1")).is_err(), "one failure kept: two left, both taken");
+        let _eight = b.admit_verification(key(8), client("192.0.2.1"), 1).unwrap();
+        let _seven = b.admit_verification(key(7), client("192.0.2.1"), 1).unwrap();
+        assert!(
+            b.admit_verification(key(6), client("192.0.2.1"), 1).is_err(),
+            "one failure kept: two left, both taken"
+        );
     }
 
     #[test]
     fn a_spent_key_is_throttled_with_a_retry_time() {
         let b = budgets(2, 100, 100);
         for n in 0..2 {
-            b.admit_verification(key(1), client(&format!("192.0.2.{n}"))).unwrap().failed();
+            b.admit_verification(key(1), client(&format!("192.0.2.{n}")), 1).unwrap().failed();
         }
-        let throttled = b.admit_verification(key(1), client("198.51.100.1")).unwrap_err();
+        let throttled = b.admit_verification(key(1), client("198.51.100.1"), 1).unwrap_err();
         assert_eq!(throttled.limit, 2);
         assert!(throttled.retry_after > Duration::ZERO && throttled.retry_after <= Duration::from_secs(60));
     }
@@ -477,12 +538,12 @@ mod tests {
     fn suspects_share_a_bucket_and_clean_first_attempts_do_not() {
         let b = budgets(100, 100, 2);
         // A client that failed once is a suspect for every key it tries next.
-        b.admit_verification(key(0), client("203.0.113.1")).unwrap().failed();
-        b.admit_verification(key(1), client("203.0.113.1")).unwrap().failed();
-        b.admit_verification(key(2), client("203.0.113.1")).unwrap().failed();
-        assert!(b.admit_verification(key(3), client("203.0.113.1")).is_err(), "the bucket of 2 is spent");
+        b.admit_verification(key(0), client("203.0.113.1"), 1).unwrap().failed();
+        b.admit_verification(key(1), client("203.0.113.1"), 1).unwrap().failed();
+        b.admit_verification(key(2), client("203.0.113.1"), 1).unwrap().failed();
+        assert!(b.admit_verification(key(3), client("203.0.113.1"), 1).is_err(), "the bucket of 2 is spent");
         // A clean key from a clean client needs no token.
-        assert!(b.admit_verification(key(4), client("198.51.100.7")).is_ok());
+        assert!(b.admit_verification(key(4), client("198.51.100.7"), 1).is_ok());
     }
 
     #[test]
@@ -549,11 +610,45 @@ mod tests {
             b.admit_lookup(client(&format!("2001:db8:{n}::1"))).unwrap().failed();
         }
         let spent = b.admit_lookup(client("2001:db8:99::1")).unwrap_err();
-        assert_eq!(spent, Throttled { retry_after: Duration::from_secs(1), limit: 3 });
+        assert_eq!(spent, Throttled { retry_after: Duration::from_secs(1), limit: 3, spent: Spent::UnknownLookups });
         // The client's units went back with the refusal: it was not charged.
         assert!(b.client_spent(client("2001:db8:99::1")).is_none());
         clock.advance(Duration::from_millis(400));
         assert!(b.admit_lookup(None).is_ok(), "a token a third of a second");
+    }
+
+    #[test]
+    fn suspects_spend_their_bucket_by_cost_not_by_run() {
+        // Guards the weight: before it, a guess at an imported bcrypt 12 (~13 verifications
+        // at the server's cost) took one token, as a guess at a key of keygate's own does.
+        let b = budgets(100, 100, 26);
+        // The client's first guess is no suspect's; after it, each takes 13 of the 26.
+        b.admit_verification(key(0), client("203.0.113.1"), 13).unwrap().failed();
+        b.admit_verification(key(1), client("203.0.113.1"), 13).unwrap().failed();
+        b.admit_verification(key(2), client("203.0.113.1"), 13).unwrap().failed();
+        assert_eq!(b.admit_verification(key(3), client("203.0.113.1"), 13).unwrap_err().spent, Spent::Suspects);
+        assert!(b.admit_verification(key(3), client("203.0.113.1"), 1).is_err(), "nothing left, not even 1");
+        // Given back whole when the work proves nothing.
+        let b = budgets(100, 100, 26);
+        b.admit_verification(key(0), client("203.0.113.1"), 13).unwrap().failed();
+        b.admit_verification(key(1), client("203.0.113.1"), 13).unwrap().succeeded();
+        b.admit_verification(key(2), client("203.0.113.1"), 13).unwrap().failed();
+        b.admit_verification(key(3), client("203.0.113.1"), 13).unwrap().failed();
+    }
+
+    #[test]
+    fn clean_clients_keep_a_quarter_of_the_unknown_id_reads() {
+        // Guards the reserve: before it, forged ids spread over the /64s of one /48 spent
+        // every read of the replica, and a clean client's first use was throttled.
+        let (b, _clock) = on_clock(BudgetSettings { unknown_lookups_per_second: 8, ..BudgetSettings::default() });
+        let mut spread = 0;
+        while b.admit_lookup(client(&format!("2001:db8:a:{spread:x}::1"))).map(Reservation::failed).is_ok() {
+            spread += 1;
+        }
+        assert_eq!(spread, 6, "the first id is clean; the rest leave the quarter (2 of 8)");
+        b.admit_lookup(client("198.51.100.7")).unwrap().failed();
+        b.admit_lookup(client("203.0.113.7")).unwrap().failed();
+        assert_eq!(b.admit_lookup(client("192.0.2.7")).unwrap_err().spent, Spent::UnknownLookups);
     }
 
     #[test]

@@ -472,14 +472,18 @@ impl Authenticator {
         let checked = self
             .verifying
             .try_get_with(memo, async {
-                let reservation = self.budgets.admit_verification(record.id, client).map_err(NotVerified::Throttled)?;
+                let weight = self.verifier.weight(&record.secret_hash);
+                let reservation =
+                    self.budgets.admit_verification(record.id, client, weight).map_err(NotVerified::Throttled)?;
                 // The wait for a slot is the caller's own, in the queue of the key's account:
                 // a caller that gives up while waiting leaves the queue and costs nothing (its
                 // reservation goes back with it).
                 let slot = match self.verifier.admit(&record.account_id, &record.secret_hash).await {
                     Ok(slot) => slot,
                     Err(VerifierError::Busy) => {
-                        return Err(NotVerified::Throttled(Throttled { retry_after: Duration::from_secs(1), limit: 0 }))
+                        let retry_after = Duration::from_secs(1);
+                        let spent = budget::Spent::AccountQueue;
+                        return Err(NotVerified::Throttled(Throttled { retry_after, limit: 0, spent }));
                     }
                     Err(e) => return Err(NotVerified::Failed(e)),
                 };

@@ -63,10 +63,11 @@ impl Default for Argon2Settings {
             memory_kib: Self::OWASP_MEMORY_KIB,
             iterations: Self::OWASP_ITERATIONS,
             parallelism: 1,
-            // Half the cores: a flood of misses can take no more than half the machine
-            // from the hot keys served from cache. With two slots or more one account holds
-            // at most half of them, so a second account finds a slot beside its work.
-            max_concurrent: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            // One slot a core, at least two, and one account holds at most half of them:
+            // one account's misses (a flood of first uses, an attacker's guesses at its
+            // expensive imports) take no more than half the machine from the hot keys, and
+            // another account's first use always finds a slot beside them.
+            max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
         }
     }
 }
@@ -206,6 +207,15 @@ impl Verifier {
             Ok(SecretHash::new(hash.to_string()))
         })
         .await
+    }
+
+    /// What verifying `hash` costs in verifications at the server's own settings (at least
+    /// the OWASP minimum's), rounded up: 1 for keygate's own keys, ~13 for an imported
+    /// bcrypt 12.
+    pub fn weight(&self, hash: &SecretHash) -> u32 {
+        let unit = self.own_cost.max(OWASP_COST);
+        let cost = cost(hash.expose_phc()).unwrap_or(unit);
+        u32::try_from(cost.div_ceil(unit)).unwrap_or(u32::MAX).max(1)
     }
 
     /// Waits for a slot to verify `hash` in, in `account`'s queue: [`VerifierError::Busy`]

@@ -529,9 +529,7 @@ fn throttled_verdict(verdict: Verdict, throttled: Throttled) -> Verdict {
     let mut verdict = verdict.deny(
         Deny::new(
             Code::RateLimitReached,
-            format!(
-                "too many failed verifications for this key or from this client; retry after {retry_after_seconds} s"
-            ),
+            format!("{}; retry after {retry_after_seconds} s", throttled.spent.describe()),
         )
         .because(Reason::Throttled),
     );

@@ -39,7 +39,6 @@ pub fn cost(phc: &str) -> Option<u64> {
     Some(m.max(1) * t.max(1))
 }
 
-
 /// The most an imported hash may cost to verify (bcrypt 14 is about a second; argon2 at
 /// 64 MiB, 10 passes, 4 lanes about as much): whoever knows a key's start can make keygate
 /// verify it once per guessing budget, so the price of one guess is bounded.

@@ -209,6 +209,21 @@ pub const ADMIN_RPCS: [(&str, AdminNeed); 25] = [
     ("RevokeAdminToken", AdminNeed::Admin),
 ];
 
+/// What one call costs of its token's calls a second: a list reads up to a page of records
+/// and a search scans up to 10,000 rows for it, so it counts as `LIST_UNITS` calls. At the
+/// default 50 a second a token lists 5 pages a second, and one reader's scans take a few
+/// percent of a core, not the machine (`keygate-bench neighbours`, admin-scans).
+fn call_units(rpc: &str) -> u32 {
+    if rpc.starts_with("List") {
+        LIST_UNITS
+    } else {
+        1
+    }
+}
+
+/// See [`call_units`].
+const LIST_UNITS: u32 = 10;
+
 fn need_of(rpc: &str) -> AdminNeed {
     ADMIN_RPCS.iter().find(|(name, _)| *name == rpc).map_or(AdminNeed::Admin, |(_, need)| *need)
 }
@@ -374,12 +389,12 @@ impl Gatekeeper {
             // Busy, or a role that does not reach the RPC: the token itself was right.
             Err(other) => return Err(other),
         };
-        self.take_call(&grant, headers, now)?;
+        self.take_call(&grant, headers, now, call_units(rpc))?;
         Ok(grant)
     }
 
-    /// One call from the token `grant` was made for, from its bucket.
-    fn take_call(&self, grant: &AdminGrant, headers: &http::HeaderMap, now: i64) -> Result<(), Status> {
+    /// One call from the token `grant` was made for, from its bucket: `units` of it.
+    fn take_call(&self, grant: &AdminGrant, headers: &http::HeaderMap, now: i64, units: u32) -> Result<(), Status> {
         let Some(digest) = bearer(headers).map(admin_token_digest) else { return Ok(()) };
         let AdminGateSettings { calls_per_second, burst, .. } = self.settings;
         let bucket = self.calls.get_or_insert_with(&digest, || {
@@ -396,11 +411,13 @@ impl Gatekeeper {
         let elapsed = now.saturating_sub(b.refilled_ms).max(0) as f64 / 1000.0;
         b.tokens = (b.tokens + elapsed * f64::from(calls_per_second)).min(f64::from(burst));
         b.refilled_ms = now.max(b.refilled_ms);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        // A call never needs more than the burst, or a small burst would refuse it for good.
+        let units = f64::from(units).min(f64::from(burst.max(1)));
+        if b.tokens >= units {
+            b.tokens -= units;
             return Ok(());
         }
-        let wait = (1.0 - b.tokens) / f64::from(calls_per_second);
+        let wait = (units - b.tokens) / f64::from(calls_per_second);
         drop(b);
         self.metrics.count("rate_limited");
         Err(throttled(

@@ -201,13 +201,14 @@ async fn wrong_admin_tokens_spend_their_sources_budget_and_no_one_elses() {
 }
 
 /// Guards the fix "a per-admin-token rate limit": before it, one token (here a read-only
-/// one, confined to an account) could make calls as fast as it could send them.
+/// one, confined to an account) could make calls as fast as it could send them. A list
+/// counts as 10 calls (it reads a page, a search scans for it): 5 lists spend a burst of 50.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_token_past_its_rate_is_refused_with_a_retry_time() {
     let db = TestDb::new(Db::Sqlite).await.unwrap();
     let mut app = TestApp::spawn_on(db, |s| {
-        s.admin_gate.calls_per_second = 1;
-        s.admin_gate.burst = 5;
+        s.admin_gate.calls_per_second = 10;
+        s.admin_gate.burst = 50;
     })
     .await;
     let reader = confined_reader(&mut app, "busy-reader", "acct_x").await;
