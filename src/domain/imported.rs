@@ -163,7 +163,7 @@ impl ForeignHash {
 
     /// Refuses a bcrypt or argon2 hash that costs more to verify than `max` (KiB-passes,
     /// [`cost`]: the server's own cost times
-    /// [`crate::authn::verifier::IMPORT_COST_MULTIPLE`]). Whoever knows a key's start can
+    /// the verifier's `IMPORT_COST_MULTIPLE`). Whoever knows a key's start can
     /// make keygate verify it once per guess; the price of a guess is the server's own
     /// times a known multiple, not whatever the other system chose.
     pub fn check_cost(&self, max: u64) -> Result<(), InvalidField> {
