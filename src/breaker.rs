@@ -189,6 +189,18 @@ mod tests {
         )
     }
 
+    /// Opens at its first failure; a call waits at most 100 ms.
+    fn slow_breaker() -> Breaker {
+        Breaker::new(
+            "slow store",
+            BreakerSettings {
+                timeout: Duration::from_millis(100),
+                failures_to_open: 1,
+                probe_every: Duration::from_secs(60),
+            },
+        )
+    }
+
     #[tokio::test]
     async fn consecutive_outages_open_it_and_then_nothing_waits() {
         let b = breaker();
@@ -231,14 +243,7 @@ mod tests {
     // Guards the fix "admin timeouts/errors never open the store breaker" (issue 27).
     #[tokio::test(start_paused = true)]
     async fn an_admin_calls_timeouts_and_outages_never_count() {
-        let b = Breaker::new(
-            "slow store",
-            BreakerSettings {
-                timeout: Duration::from_millis(100),
-                failures_to_open: 1,
-                probe_every: Duration::from_secs(60),
-            },
-        );
+        let b = slow_breaker();
         let never = std::future::pending::<Result<(), ()>>();
         let timed_out = uncounted(b.guard(never, |_| true)).await;
         assert_eq!(timed_out, Err(Refused::TimedOut("slow store", Duration::from_millis(100))));
@@ -252,14 +257,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_call_past_the_timeout_is_abandoned_and_counts_as_a_failure() {
-        let b = Breaker::new(
-            "slow store",
-            BreakerSettings {
-                timeout: Duration::from_millis(100),
-                failures_to_open: 1,
-                probe_every: Duration::from_secs(60),
-            },
-        );
+        let b = slow_breaker();
         let never = std::future::pending::<Result<(), ()>>();
         assert_eq!(b.guard(never, |_| true).await, Err(Refused::TimedOut("slow store", Duration::from_millis(100))));
         assert!(b.is_open());

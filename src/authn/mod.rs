@@ -234,19 +234,19 @@ impl Authenticator {
         client: Option<ClientNetwork>,
     ) -> Result<Authentication, AuthnError> {
         let id = credential.session_id();
-        // A lookup that found nothing kept its unit: that unit is this failure's charge.
-        let (session, charged) = match self.store.session_in_memory(id) {
-            InMemory::Fresh(session) => (Some(session), false),
-            InMemory::Absent => (None, false),
-            InMemory::Stale => (self.store.session(id).await?, false),
+        let memory = self.store.session_in_memory(id);
+        let looked_up = matches!(memory, InMemory::Unknown);
+        let session = match memory {
+            InMemory::Fresh(session) => Some(session),
+            InMemory::Absent => None,
+            InMemory::Stale => self.store.session(id).await?,
             InMemory::Unknown => match self.budgeted_lookup(client, || self.store.session(id)).await? {
-                Ok(session) => {
-                    let charged = session.is_none();
-                    (session, charged)
-                }
+                Ok(session) => session,
                 Err(throttled) => return Ok(Authentication::Throttled(throttled)),
             },
         };
+        // A lookup that found nothing kept its unit: that unit is this failure's charge.
+        let charged = looked_up && session.is_none();
         // A session's secret is 262 random bits: its SHA-256 is what is stored.
         let digest: [u8; 32] = Sha256::digest(credential.secret().as_bytes()).into();
         match session {
@@ -270,23 +270,23 @@ impl Authenticator {
     ) -> Result<Authentication, AuthnError> {
         let invalid = || refused(Code::ApiKeyInvalid, "unknown API key or wrong secret");
         let id = credential.key_id();
-        // A lookup that found nothing kept its unit: that unit is this failure's charge (one
-        // unit per unknown id, not one for the lookup and another for the answer).
-        let (record, charged) = match self.store.key_in_memory(id) {
-            InMemory::Fresh(record) => (Some(record), false),
-            InMemory::Absent => (None, false),
+        let memory = self.store.key_in_memory(id);
+        let looked_up = matches!(memory, InMemory::Unknown);
+        let record = match memory {
+            InMemory::Fresh(record) => Some(record),
+            InMemory::Absent => None,
             // A record this replica holds and must only reload (its freshness ran out, the
             // cache was distrusted) is no guess: the reload costs the client nothing, so a
             // neighbour who spent the address's budget cannot keep its holder out.
-            InMemory::Stale => (self.store.key(id).await?, false),
+            InMemory::Stale => self.store.key(id).await?,
             InMemory::Unknown => match self.budgeted_lookup(client, || self.store.key(id)).await? {
-                Ok(record) => {
-                    let charged = record.is_none();
-                    (record, charged)
-                }
+                Ok(record) => record,
                 Err(throttled) => return Ok(Authentication::Throttled(throttled)),
             },
         };
+        // A lookup that found nothing kept its unit: that unit is this failure's charge (one
+        // unit per unknown id, not one for the lookup and another for the answer).
+        let charged = looked_up && record.is_none();
         let expected = if kind == CredentialKind::RuntimeKey { KeyKind::Runtime } else { KeyKind::ApiKey };
         // A record of the other kind is as unknown as no record at all; so is an imported
         // key, whose credential is not keygate's (its id alone, known from headers, must not
