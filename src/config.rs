@@ -72,7 +72,7 @@ pub struct ServeArgs {
     /// argon2id iterations.
     #[arg(long, env = "KEYGATE_ARGON2_ITERATIONS", default_value_t = Argon2Settings::OWASP_ITERATIONS)]
     pub argon2_iterations: u32,
-    /// argon2 verifications running at once (default: the cores, at least 2); one account's
+    /// argon2 verifications running at once (default: half the cores, at least 2); one account's
     /// verifications hold at most half of them.
     #[arg(long, env = "KEYGATE_ARGON2_CONCURRENCY")]
     pub argon2_concurrency: Option<usize>,

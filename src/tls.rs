@@ -371,7 +371,9 @@ impl Pending {
         (id, evicted_signal, evicted)
     }
 
-    /// The source with the most handshakes in progress; among equals, the one with more
+    /// The source to make room from: any source holding an idle handshake before one whose
+    /// handshakes have all started (so idle sockets spread over many sources cannot push
+    /// out an edge's started handshakes), then the one with the most in progress, then more
     /// idle ones, then the one holding the oldest (so the choice does not depend on the
     /// map's order).
     fn busiest(&self) -> Option<Source> {
@@ -381,7 +383,9 @@ impl Pending {
         };
         self.sources
             .iter()
-            .max_by_key(|(_, queue)| (queue.len(), queue.idle.len(), std::cmp::Reverse(oldest(queue))))
+            .max_by_key(|(_, queue)| {
+                (!queue.idle.is_empty(), queue.len(), queue.idle.len(), std::cmp::Reverse(oldest(queue)))
+            })
             .map(|(source, _)| *source)
     }
 

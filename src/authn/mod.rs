@@ -103,6 +103,9 @@ pub struct Authenticator {
 /// Imported keys waiting to be re-hashed at most: past it, a later use queues a key again.
 const ADOPTIONS_QUEUED: usize = 10_000;
 
+/// How long an adoption waits for the verifier to be idle before it takes its account's turn.
+const ADOPTION_PATIENCE: Duration = Duration::from_secs(1);
+
 /// An imported key verified with its foreign hash, to be made keygate's own.
 struct Adoption {
     id: KeyId,
@@ -115,9 +118,11 @@ struct Adoption {
     rehash: bool,
 }
 
-/// Re-hashes imported keys one at a time, in the verifier's idle time only: while
-/// verifications wait it waits, so a burst of first uses never queues argon2 work in front
-/// of callers (who wait at most for the one re-hash under way).
+/// Re-hashes imported keys one at a time, preferably in the verifier's idle time: while
+/// verifications wait it waits, up to [`ADOPTION_PATIENCE`], so a burst of first uses does
+/// not queue argon2 work in front of callers; past that it takes its turn in the key's
+/// account's share, so steady guessing at one account cannot hold every account's
+/// adoptions back.
 struct Adopter {
     store: Arc<dyn Store>,
     verifier: Arc<Verifier>,
@@ -127,7 +132,8 @@ struct Adopter {
 impl Adopter {
     async fn run(self, mut waiting: tokio::sync::mpsc::Receiver<Adoption>) {
         while let Some(adoption) = waiting.recv().await {
-            while self.verifier.queued() > 0 {
+            let patience = tokio::time::Instant::now() + ADOPTION_PATIENCE;
+            while self.verifier.queued() > 0 && tokio::time::Instant::now() < patience {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let Adoption { id, account, old, secret, lookup, verified, rehash } = adoption;

@@ -63,11 +63,12 @@ impl Default for Argon2Settings {
             memory_kib: Self::OWASP_MEMORY_KIB,
             iterations: Self::OWASP_ITERATIONS,
             parallelism: 1,
-            // One slot a core, at least two, and one account holds at most half of them:
-            // one account's misses (a flood of first uses, an attacker's guesses at its
-            // expensive imports) take no more than half the machine from the hot keys, and
-            // another account's first use always finds a slot beside them.
-            max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+            // Half the cores, at least two, and one account holds at most half of them:
+            // misses (a flood of first uses) take no more than half the machine from the hot
+            // keys on four cores or more, one account's (an attacker's guesses at its
+            // expensive imports) no more than a quarter, and another account's first use
+            // always finds a slot beside them (on 2 cores: two slots, one per account).
+            max_concurrent: std::thread::available_parallelism().map_or(2, |n| (n.get() / 2).max(2)),
         }
     }
 }
@@ -249,12 +250,6 @@ impl Verifier {
         .await;
         self.durations.observe(since.elapsed().as_secs_f64());
         verified
-    }
-
-    /// [`Verifier::admit`], then [`Verifier::verify_in`].
-    pub async fn verify(&self, account: &AccountId, secret: &str, hash: &SecretHash) -> Result<bool, VerifierError> {
-        let slot = self.admit(account, hash).await?;
-        self.verify_in(slot, secret, hash).await
     }
 
     /// The most an imported hash may cost, in KiB-passes: [`IMPORT_COST_MULTIPLE`] times

@@ -172,6 +172,15 @@ struct Barrier {
     acked: HashSet<String>,
 }
 
+/// Removes an admin call's barrier however the call ends.
+struct Pending<'a>(&'a Replicas, &'a str);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.lock().barriers.remove(self.1);
+    }
+}
+
 impl Replicas {
     fn new(wait: Duration, clock: Arc<dyn Clock>, trust: Arc<Trust>, outbox: mpsc::UnboundedSender<String>) -> Self {
         // Random, so that a restarted replica is a new one (its old self is not live).
@@ -237,6 +246,8 @@ impl Replicas {
     pub async fn settle(&self) -> Settled {
         let barrier = format!("{}.{}", self.id, self.next_barrier.fetch_add(1, Ordering::Relaxed));
         self.lock().barriers.insert(barrier.clone(), Barrier::default());
+        // An admin call whose caller hangs up is dropped mid-wait: its barrier goes with it.
+        let _pending = Pending(self, &barrier);
         // The deadline counts from before the barrier is sent, so from after the commit.
         let deadline = Instant::now() + self.wait;
         // The listener task owns the receiver for the life of the server.
@@ -292,7 +303,18 @@ impl Replicas {
                     let lease = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
                     self.trust.renew(sent.saturating_add(lease));
                 }
-                self.lock().seen.insert(replica.to_owned(), Instant::now());
+                let now = Instant::now();
+                let mut state = self.lock();
+                match state.seen.get_mut(replica) {
+                    Some(at) => *at = now,
+                    None => {
+                        // A new id (a replica restarted): forget those silent past the window,
+                        // so restarts over months do not grow the map.
+                        let window = self.window();
+                        state.seen.retain(|_, at| now.duration_since(*at) < window);
+                        state.seen.insert(replica.to_owned(), now);
+                    }
+                }
                 None
             }
             (Some("barrier"), Some(barrier), None) => {
@@ -449,7 +471,13 @@ async fn receive(
                 Err(e) => return e.to_string(),
             },
             _ = paused.changed() => continue,
-            Some(barrier) = barriers.recv() => format!("barrier:{barrier}"),
+            Some(barrier) = barriers.recv() => {
+                // Its call gave up (or its caller left) while this listener was away.
+                if !replicas.lock().barriers.contains_key(&barrier) {
+                    continue;
+                }
+                format!("barrier:{barrier}")
+            }
             _ = beats.tick() => format!("beat:{}:{}", replicas.id, replicas.clock.now().as_millis()),
         };
         if let Err(e) =

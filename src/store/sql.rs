@@ -177,6 +177,18 @@ impl SqlStore {
         self.backend
     }
 
+    /// An admin transaction whose size the caller chooses (deleting an account, importing
+    /// a thousand keys): the admin pool's statement timeout, meant for scans, is lifted for
+    /// it, so a large one is not rolled back every time it is tried. Its connection is
+    /// still the admin pool's, so decisions are not waited on.
+    async fn begin_unbounded(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let mut tx = self.admin_pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET LOCAL statement_timeout = 0").execute(&mut *tx).await?;
+        }
+        Ok(tx)
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
@@ -1329,7 +1341,7 @@ impl Store for SqlStore {
     async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
         let now = audit.occurred_at;
         let mut deleted = Deleted::default();
-        let mut tx = self.admin_pool.begin().await?;
+        let mut tx = self.begin_unbounded().await?;
         match target {
             Deletion::Key(id) => {
                 if !delete_keys(&mut tx, "api_keys.id = $1", id.to_string(), audit, &mut deleted).await? {
@@ -1456,7 +1468,7 @@ impl Store for SqlStore {
         keys: &[ImportedKey],
         audit: &AuditEvent,
     ) -> Result<Vec<Imported>, StoreError> {
-        let mut tx = self.admin_pool.begin().await?;
+        let mut tx = self.begin_unbounded().await?;
         let mut outcomes = Vec::with_capacity(keys.len());
         // Already there (a re-run) or held by another key: told apart below, once.
         let mut refused = Vec::new();
