@@ -17,14 +17,21 @@
 //! - globally: once a key id or a client has failed, its further argon2 runs also need a
 //!   token from a bucket refilled at a fixed rate (a quarter of argon2's capacity by
 //!   default), so first verifications of real keys — clean key, clean client — keep the
-//!   rest.
+//!   rest. An account whose keys' failures in a window weigh as much as one key's budget
+//!   (in verifications at the server's cost: two guesses at an imported bcrypt 12) is a
+//!   suspect for all its keys: guesses spread over its many keys, each from a fresh
+//!   network, get no full-price first try per key. One account's suspects take at most a
+//!   quarter of the bucket ([`ACCOUNT_SUSPECT_SHARE`], a bucket of their own beside it),
+//!   so guesses at one account's (expensive, imported) keys leave the rest to the others.
+//!   Both buckets are spent by cost, exactly: a verification costlier than a bucket holds
+//!   is taken from a full one, which then owes the rest.
 //!
 //! Attempts are reserved before the work starts and given back when it succeeds, so 32
 //! guesses in flight cannot overshoot a budget of 10. Time is the server's [`Clock`], so
 //! windows and buckets move when a test moves it.
 
 use crate::clock::{Clock, SystemClock};
-use crate::domain::{ClientNetwork, KeyId, NetworkPrefix, Timestamp};
+use crate::domain::{AccountId, ClientNetwork, KeyId, NetworkPrefix, Timestamp};
 use smallvec::SmallVec;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -137,6 +144,19 @@ impl Window {
         let current = Self::current(&mut self.state(), now, length);
         (current.used >= max).then_some(current.started)
     }
+
+    /// Adds `n` units to the window that started at `started` (a later one owes nothing).
+    fn add(&self, n: u32, started: Timestamp) {
+        let mut state = self.state();
+        if state.started == started {
+            state.used = state.used.saturating_add(n);
+        }
+    }
+
+    /// Units used in the window as of `now`, and when it started.
+    fn used(&self, now: Timestamp, length: Duration) -> WindowState {
+        Self::current(&mut self.state(), now, length)
+    }
 }
 
 /// What a client's networks had used before a unit was taken: its own (address or /64)
@@ -146,6 +166,10 @@ struct Used {
     own: u32,
     any: u32,
 }
+
+/// The share of the suspects' bucket one account's suspects may use (a bucket of its own,
+/// refilled at this share of the suspects' rate).
+pub const ACCOUNT_SUSPECT_SHARE: f64 = 0.25;
 
 /// The share of the replica's unknown-id reads kept for clients none of whose networks
 /// has failed: their first uses still find a read while forged ids from networks that
@@ -165,7 +189,10 @@ struct BucketState {
 
 impl Bucket {
     fn new(per_second: u32, now: Timestamp) -> Self {
-        let rate = f64::from(per_second.max(1));
+        Self::with_rate(f64::from(per_second.max(1)), now)
+    }
+
+    fn with_rate(rate: f64, now: Timestamp) -> Self {
         Self { rate, state: Mutex::new(BucketState { tokens: rate, refilled: now }) }
     }
 
@@ -173,15 +200,16 @@ impl Bucket {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes `n` tokens (at most a second's worth) only if `reserve` tokens are left after.
+    /// Takes `n` tokens only if `reserve` tokens are left after. More than the bucket
+    /// holds (a second's worth) is taken from a full one, which then owes the rest: what
+    /// costs three seconds' worth takes three seconds to pay for.
     fn take_leaving(&self, now: Timestamp, n: f64, reserve: f64) -> bool {
-        let n = n.min(self.rate);
         let mut bucket = self.state();
         // A clock that steps back refills nothing (and takes nothing away).
         let elapsed = (now.as_millis() - bucket.refilled.as_millis()).max(0) as f64 / 1000.0;
         bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.rate);
         bucket.refilled = Timestamp::from_millis(bucket.refilled.as_millis().max(now.as_millis()));
-        if bucket.tokens >= n + reserve {
+        if bucket.tokens >= n.min(self.rate) + reserve {
             bucket.tokens -= n;
             true
         } else {
@@ -191,7 +219,13 @@ impl Bucket {
 
     fn give_back(&self, n: f64) {
         let mut bucket = self.state();
-        bucket.tokens = (bucket.tokens + n.min(self.rate)).min(self.rate);
+        bucket.tokens = (bucket.tokens + n).min(self.rate);
+    }
+
+    /// How long until `n` tokens (at most a full bucket) are there, at least a second.
+    fn retry_after(&self, n: f64) -> Duration {
+        let missing = (n.min(self.rate) - self.state().tokens).max(0.0);
+        Duration::from_secs_f64(missing / self.rate).max(Duration::from_secs(1))
     }
 }
 
@@ -215,6 +249,8 @@ pub enum Spent {
     Client,
     /// Verifications of keys and clients that failed before, all of them together.
     Suspects,
+    /// The same, for one account's keys: its share of them.
+    AccountSuspects,
     /// Store reads of ids not in memory, on this replica, all clients together.
     UnknownLookups,
     /// The key's account has as much verification work queued as it may.
@@ -227,6 +263,9 @@ impl Spent {
             Spent::Key => "too many failed verifications for this key",
             Spent::Client => "too many failed verifications or unknown keys from this client's network",
             Spent::Suspects => "too many verifications of keys or clients that failed before",
+            Spent::AccountSuspects => {
+                "too many verifications of this account's keys by keys or clients that failed before"
+            }
             Spent::UnknownLookups => "this replica is looking up as many unknown keys as it may",
             Spent::AccountQueue => "this account has as many first verifications waiting as it may",
         }
@@ -240,6 +279,10 @@ pub struct FailureBudgets {
     settings: BudgetSettings,
     clock: Arc<dyn Clock>,
     per_key: moka::sync::Cache<KeyId, Arc<Window>>,
+    /// By account: the weight of its keys' failed verifications.
+    per_account: moka::sync::Cache<AccountId, Arc<Window>>,
+    /// By account: its share of the suspects' bucket.
+    account_suspects: moka::sync::Cache<AccountId, Arc<Bucket>>,
     /// By client network; `None` is every request without an address, together.
     per_client: moka::sync::Cache<Option<ClientNetwork>, Arc<Window>>,
     /// By the wider networks around client networks (IPv4 /24; IPv6 /56 and /48).
@@ -254,19 +297,34 @@ pub struct FailureBudgets {
 pub struct Reservation {
     /// Each window's unit, with the start of the window it was taken in.
     windows: SmallVec<[(Arc<Window>, Timestamp); 4]>,
-    /// Tokens of the suspects' bucket held (a verification's weight), 0 for none.
+    /// Tokens of the suspects' bucket held (a verification's weight), 0 for none, and of
+    /// its account's share.
     suspect_tokens: f64,
+    account_suspects: Option<Arc<Bucket>>,
     lookup_token: bool,
+    /// The account's window, the one it was read in and the verification's weight: added
+    /// to it only when the verification fails.
+    account: Option<(Arc<Window>, Timestamp, u32)>,
     budgets: Arc<FailureBudgets>,
 }
 
 impl Reservation {
     fn new(budgets: &Arc<FailureBudgets>) -> Self {
-        Self { windows: SmallVec::new(), suspect_tokens: 0.0, lookup_token: false, budgets: budgets.clone() }
+        Self {
+            windows: SmallVec::new(),
+            suspect_tokens: 0.0,
+            account_suspects: None,
+            lookup_token: false,
+            account: None,
+            budgets: budgets.clone(),
+        }
     }
 
-    /// The work failed: what it took stays taken.
+    /// The work failed: what it took stays taken, and its weight counts against its account.
     pub fn failed(mut self) {
+        if let Some((window, started, weight)) = self.account.take() {
+            window.add(weight, started);
+        }
         self.windows.clear();
         self.suspect_tokens = 0.0;
         self.lookup_token = false;
@@ -301,6 +359,9 @@ impl Drop for Reservation {
         }
         if self.suspect_tokens > 0.0 {
             self.budgets.suspects.give_back(self.suspect_tokens);
+            if let Some(bucket) = &self.account_suspects {
+                bucket.give_back(self.suspect_tokens);
+            }
         }
         if self.lookup_token {
             self.budgets.lookups.give_back(1.0);
@@ -321,6 +382,11 @@ impl FailureBudgets {
             settings,
             clock,
             per_key: Self::memory(settings),
+            per_account: Self::memory(settings),
+            account_suspects: moka::sync::Cache::builder()
+                .max_capacity(settings.capacity)
+                .time_to_idle(settings.window)
+                .build(),
             per_client: Self::memory(settings),
             per_prefix: Self::memory(settings),
             suspects: Bucket::new(settings.suspect_verifications_per_second, now),
@@ -415,13 +481,15 @@ impl FailureBudgets {
         Ok(reservation)
     }
 
-    /// May this credential for `key` from this client cost an argon2 verification?
-    /// `weight` is what the verification costs in verifications at the server's own
-    /// settings (an imported bcrypt 12 weighs about 13): the suspects' bucket is spent by
-    /// cost, not by run, so guesses at expensive imports get the same CPU as any others.
+    /// May this credential for `key` (of `account`) from this client cost an argon2
+    /// verification? `weight` is what the verification costs in verifications at the
+    /// server's own settings (an imported bcrypt 12 weighs about 13): the suspects' bucket
+    /// is spent by cost, not by run, so guesses at expensive imports get the same CPU as
+    /// any others.
     pub fn admit_verification(
         self: &Arc<Self>,
         key: KeyId,
+        account: &AccountId,
         client: Option<ClientNetwork>,
         weight: u32,
     ) -> Result<Reservation, Throttled> {
@@ -437,16 +505,30 @@ impl FailureBudgets {
             Err(started) => return Err(self.throttled(started, max_failures_per_key, now, Spent::Key)),
         };
         let client_before = self.take_client(client, now, &mut reservation)?.own;
-        // A key id or client with failures (or work in flight) behind it is a suspect: its
+        let account_window = Self::window_of(&self.per_account, account.clone(), now);
+        let account_failed = account_window.used(now, window);
+        reservation.account = Some((account_window, account_failed.started, weight.max(1)));
+        // A key id or client with failures (or work in flight) behind it is a suspect, and
+        // so is every key of an account whose keys failed as much as one key may: their
         // argon2 runs share a bucket, so they cannot crowd out first verifications.
-        if key_before > 0 || client_before > 0 {
+        if key_before > 0 || client_before > 0 || account_failed.used >= max_failures_per_key {
             let weight = f64::from(weight.max(1));
+            let share = self.account_suspects.get_with(account.clone(), || {
+                Arc::new(Bucket::with_rate(self.suspects.rate * ACCOUNT_SUSPECT_SHARE, now))
+            });
+            let limit = self.settings.suspect_verifications_per_second;
+            if !share.take_leaving(now, weight, 0.0) {
+                let retry_after = share.retry_after(weight);
+                let limit = (f64::from(limit) * ACCOUNT_SUSPECT_SHARE).ceil() as u32;
+                return Err(Throttled { retry_after, limit, spent: Spent::AccountSuspects });
+            }
             if !self.suspects.take_leaving(now, weight, 0.0) {
-                let retry_after = Duration::from_secs(1);
-                let limit = self.settings.suspect_verifications_per_second;
+                share.give_back(weight);
+                let retry_after = self.suspects.retry_after(weight);
                 return Err(Throttled { retry_after, limit, spent: Spent::Suspects });
             }
-            reservation.suspect_tokens = weight.min(self.suspects.rate);
+            reservation.suspect_tokens = weight;
+            reservation.account_suspects = Some(share);
         }
         Ok(reservation)
     }
@@ -499,6 +581,11 @@ mod tests {
         KeyId::parse(&format!("key_{:016}", n)).unwrap()
     }
 
+    /// An account of its own per key, unless a test says otherwise.
+    fn account(n: u8) -> AccountId {
+        AccountId::parse(&format!("acct_{n}")).unwrap()
+    }
+
     fn client(ip: &str) -> Option<ClientNetwork> {
         Some(ClientNetwork::of(ip.parse().unwrap()))
     }
@@ -506,19 +593,26 @@ mod tests {
     #[test]
     fn reservations_held_in_flight_count_so_nothing_overshoots() {
         let b = budgets(100, 3, 100);
-        let held: Vec<_> = (0..3).map(|n| b.admit_verification(key(n), client("192.0.2.1"), 1).unwrap()).collect();
-        assert!(b.admit_verification(key(9), client("192.0.2.1"), 1).is_err(), "three in flight fill a budget of 3");
-        assert!(b.admit_verification(key(9), client("192.0.2.2"), 1).is_ok(), "another client is unaffected");
+        let held: Vec<_> =
+            (0..3).map(|n| b.admit_verification(key(n), &account(n), client("192.0.2.1"), 1).unwrap()).collect();
+        assert!(
+            b.admit_verification(key(9), &account(9), client("192.0.2.1"), 1).is_err(),
+            "three in flight fill a budget of 3"
+        );
+        assert!(
+            b.admit_verification(key(9), &account(9), client("192.0.2.2"), 1).is_ok(),
+            "another client is unaffected"
+        );
         // Success gives the units back; failure keeps them.
         let mut held = held.into_iter();
         held.next().unwrap().succeeded();
-        let again = b.admit_verification(key(9), client("192.0.2.1"), 1).unwrap();
+        let again = b.admit_verification(key(9), &account(9), client("192.0.2.1"), 1).unwrap();
         again.failed();
         drop(held);
-        let _eight = b.admit_verification(key(8), client("192.0.2.1"), 1).unwrap();
-        let _seven = b.admit_verification(key(7), client("192.0.2.1"), 1).unwrap();
+        let _eight = b.admit_verification(key(8), &account(8), client("192.0.2.1"), 1).unwrap();
+        let _seven = b.admit_verification(key(7), &account(7), client("192.0.2.1"), 1).unwrap();
         assert!(
-            b.admit_verification(key(6), client("192.0.2.1"), 1).is_err(),
+            b.admit_verification(key(6), &account(6), client("192.0.2.1"), 1).is_err(),
             "one failure kept: two left, both taken"
         );
     }
@@ -527,9 +621,9 @@ mod tests {
     fn a_spent_key_is_throttled_with_a_retry_time() {
         let b = budgets(2, 100, 100);
         for n in 0..2 {
-            b.admit_verification(key(1), client(&format!("192.0.2.{n}")), 1).unwrap().failed();
+            b.admit_verification(key(1), &account(1), client(&format!("192.0.2.{n}")), 1).unwrap().failed();
         }
-        let throttled = b.admit_verification(key(1), client("198.51.100.1"), 1).unwrap_err();
+        let throttled = b.admit_verification(key(1), &account(1), client("198.51.100.1"), 1).unwrap_err();
         assert_eq!(throttled.limit, 2);
         assert!(throttled.retry_after > Duration::ZERO && throttled.retry_after <= Duration::from_secs(60));
     }
@@ -538,12 +632,15 @@ mod tests {
     fn suspects_share_a_bucket_and_clean_first_attempts_do_not() {
         let b = budgets(100, 100, 2);
         // A client that failed once is a suspect for every key it tries next.
-        b.admit_verification(key(0), client("203.0.113.1"), 1).unwrap().failed();
-        b.admit_verification(key(1), client("203.0.113.1"), 1).unwrap().failed();
-        b.admit_verification(key(2), client("203.0.113.1"), 1).unwrap().failed();
-        assert!(b.admit_verification(key(3), client("203.0.113.1"), 1).is_err(), "the bucket of 2 is spent");
+        b.admit_verification(key(0), &account(0), client("203.0.113.1"), 1).unwrap().failed();
+        b.admit_verification(key(1), &account(1), client("203.0.113.1"), 1).unwrap().failed();
+        b.admit_verification(key(2), &account(2), client("203.0.113.1"), 1).unwrap().failed();
+        assert!(
+            b.admit_verification(key(3), &account(3), client("203.0.113.1"), 1).is_err(),
+            "the bucket of 2 is spent"
+        );
         // A clean key from a clean client needs no token.
-        assert!(b.admit_verification(key(4), client("198.51.100.7"), 1).is_ok());
+        assert!(b.admit_verification(key(4), &account(4), client("198.51.100.7"), 1).is_ok());
     }
 
     #[test]
@@ -623,17 +720,23 @@ mod tests {
         // at the server's cost) took one token, as a guess at a key of keygate's own does.
         let b = budgets(100, 100, 26);
         // The client's first guess is no suspect's; after it, each takes 13 of the 26.
-        b.admit_verification(key(0), client("203.0.113.1"), 13).unwrap().failed();
-        b.admit_verification(key(1), client("203.0.113.1"), 13).unwrap().failed();
-        b.admit_verification(key(2), client("203.0.113.1"), 13).unwrap().failed();
-        assert_eq!(b.admit_verification(key(3), client("203.0.113.1"), 13).unwrap_err().spent, Spent::Suspects);
-        assert!(b.admit_verification(key(3), client("203.0.113.1"), 1).is_err(), "nothing left, not even 1");
+        b.admit_verification(key(0), &account(0), client("203.0.113.1"), 13).unwrap().failed();
+        b.admit_verification(key(1), &account(1), client("203.0.113.1"), 13).unwrap().failed();
+        b.admit_verification(key(2), &account(2), client("203.0.113.1"), 13).unwrap().failed();
+        assert_eq!(
+            b.admit_verification(key(3), &account(3), client("203.0.113.1"), 13).unwrap_err().spent,
+            Spent::Suspects
+        );
+        assert!(
+            b.admit_verification(key(3), &account(3), client("203.0.113.1"), 1).is_err(),
+            "nothing left, not even 1"
+        );
         // Given back whole when the work proves nothing.
         let b = budgets(100, 100, 26);
-        b.admit_verification(key(0), client("203.0.113.1"), 13).unwrap().failed();
-        b.admit_verification(key(1), client("203.0.113.1"), 13).unwrap().succeeded();
-        b.admit_verification(key(2), client("203.0.113.1"), 13).unwrap().failed();
-        b.admit_verification(key(3), client("203.0.113.1"), 13).unwrap().failed();
+        b.admit_verification(key(0), &account(0), client("203.0.113.1"), 13).unwrap().failed();
+        b.admit_verification(key(1), &account(1), client("203.0.113.1"), 13).unwrap().succeeded();
+        b.admit_verification(key(2), &account(2), client("203.0.113.1"), 13).unwrap().failed();
+        b.admit_verification(key(3), &account(3), client("203.0.113.1"), 13).unwrap().failed();
     }
 
     #[test]
@@ -667,5 +770,25 @@ mod tests {
         b.admit_lookup(client("192.0.2.9")).unwrap().failed();
         b.admit_lookup(client("192.0.2.9")).unwrap().failed();
         assert!(b.admit_lookup(client("192.0.2.9")).is_err());
+    }
+
+    #[test]
+    fn an_account_whose_keys_failed_a_keys_budget_is_a_suspect_for_all_its_keys() {
+        // Guards the account rule: before it, each of an account's keys had a full-price
+        // first guess from every fresh network, whatever its other keys had failed.
+        let b = budgets(3, 100, 40);
+        let a = account(1);
+        // Fresh key, fresh client each time: two guesses of weight 2 fail (4 ≥ 3).
+        b.admit_verification(key(10), &a, client("192.0.2.1"), 2).unwrap().failed();
+        b.admit_verification(key(11), &a, client("198.51.100.1"), 2).unwrap().failed();
+        // Now every key of the account is a suspect, and its suspects have a quarter of the
+        // bucket (10): a weight of 13 is taken from the full share, which then owes 3.
+        b.admit_verification(key(13), &a, client("203.0.113.2"), 13).unwrap().failed();
+        let refused = b.admit_verification(key(14), &a, client("203.0.113.3"), 1).unwrap_err();
+        assert_eq!(refused.spent, Spent::AccountSuspects);
+        assert!(refused.retry_after >= Duration::from_secs(1));
+        // Another account's suspect (a client that failed before) has its own share, and
+        // the bucket (40 - 13) has room for it.
+        b.admit_verification(key(15), &account(2), client("192.0.2.1"), 1).unwrap().failed();
     }
 }

@@ -479,8 +479,10 @@ impl Authenticator {
             .verifying
             .try_get_with(memo, async {
                 let weight = self.verifier.weight(&record.secret_hash);
-                let reservation =
-                    self.budgets.admit_verification(record.id, client, weight).map_err(NotVerified::Throttled)?;
+                let reservation = self
+                    .budgets
+                    .admit_verification(record.id, &record.account_id, client, weight)
+                    .map_err(NotVerified::Throttled)?;
                 // The wait for a slot is the caller's own, in the queue of the key's account:
                 // a caller that gives up while waiting leaves the queue and costs nothing (its
                 // reservation goes back with it).

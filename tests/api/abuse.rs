@@ -98,6 +98,10 @@ async fn forged_credentials_cost_bounded_work_and_never_push_out_real_keys() {
         // Work is counted here, not the store's latency: on a loaded machine 32 reads in
         // flight on SQLite outlast 100 ms and would open the store's breaker mid-count.
         s.store_breaker.timeout = std::time::Duration::from_secs(10);
+        // A record is reloaded once its age passes the cache's TTL (30 s at most, on the
+        // monotonic clock): on a loaded machine the flood lasts longer than that, and such
+        // a reload is not the flood pushing the hot key out.
+        s.cache.ttl = std::time::Duration::from_secs(3600);
     })
     .await;
     let (hot_key, hot) = app.create_key("acct_flood", &["*"], &[]).await;
@@ -172,6 +176,14 @@ async fn a_clients_budget_holds_with_32_guesses_in_flight() {
     let mut app = TestApp::spawn_on(db, |s| {
         s.budgets.max_failures_per_client = 10;
         s.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        // Work is counted here, not speed: on a loaded machine ten verifications queued in
+        // one account's share of the slots outlast the 800 ms decision deadline, and 300
+        // lookups in flight on SQLite outlast 100 ms and would open the store's breaker.
+        s.edge.decision_deadline = std::time::Duration::from_secs(60);
+        s.store_breaker.timeout = std::time::Duration::from_secs(10);
+        // The client's budget is what is counted, not its account's share of the suspects'
+        // bucket (tests/api/isolation_verify.rs counts that).
+        s.budgets.suspect_verifications_per_second = 1_000_000;
     })
     .await;
     let mut keys = Vec::new();

@@ -21,11 +21,13 @@ fn expensive_hash(secret: &str) -> String {
 }
 
 /// A server with `slots` verification slots, whose decisions wait as long as the test
-/// needs (only a caller that leaves ends a wait).
+/// needs (only a caller that leaves ends a wait). Its suspects' bucket is too large to
+/// matter: these tests are about the queues behind it.
 async fn server(slots: usize) -> TestApp {
     let db = TestDb::new(crate::helpers::Db::Sqlite).await.unwrap();
     TestApp::spawn_on(db, |s| {
         s.argon2.max_concurrent = slots;
+        s.budgets.suspect_verifications_per_second = 1_000_000;
         s.edge.decision_deadline = Duration::from_secs(60);
     })
     .await
@@ -211,4 +213,102 @@ async fn an_import_costlier_than_the_cap_is_refused_naming_its_hash() {
         assert!(refused.error.starts_with("hash"), "the field is named: {refused:?}");
         assert!(refused.error.contains("bcrypt cost 12"), "the cap is said: {refused:?}");
     }
+}
+
+/// A server whose guessing budgets are `per_key` failures per key id and a suspects'
+/// bucket of `suspects` (a quarter of it for each account's suspects). Its clock is
+/// frozen: nothing refills during a test.
+async fn budgeted(per_key: u32, suspects: u32) -> TestApp {
+    let db = TestDb::new(crate::helpers::Db::Sqlite).await.unwrap();
+    TestApp::spawn_on(db, |s| {
+        s.budgets.max_failures_per_key = per_key;
+        s.budgets.suspect_verifications_per_second = suspects;
+    })
+    .await
+}
+
+/// `keys` keys of `account` imported with one cheap bcrypt hash (weight 1), their starts
+/// `{prefix}_00000000`, `{prefix}_00000001`, ...
+async fn import_cheap(app: &mut TestApp, account: &str, prefix: &str, keys: usize) {
+    let hash = bcrypt::hash_with_salt("the real secret", 4, [9u8; 16]).unwrap().to_string();
+    let imports: Vec<_> = (0..keys)
+        .map(|n| pb::ImportedKey {
+            account_id: account.into(),
+            name: format!("import {n}"),
+            scopes: vec!["applications:read".into()],
+            algorithm: "bcrypt".into(),
+            hash: hash.clone(),
+            start: format!("{prefix}_{n:08}"),
+            ..Default::default()
+        })
+        .collect();
+    let request = pb::ImportApiKeysRequest { import_id: format!("cheap-{prefix}"), keys: imports };
+    let results = app.admin.import_api_keys(request).await.unwrap().into_inner().results;
+    assert!(results.iter().all(|r| r.status == "imported"), "{:?}", &results[0]);
+}
+
+/// Sends `credentials` one at a time, each from a network of its own (10.{net}.n.1),
+/// until one is throttled: how many were judged first, and the throttled answer.
+async fn guess_until_throttled(
+    app: &mut TestApp,
+    net: u8,
+    credentials: impl Iterator<Item = String>,
+) -> (usize, Option<pb::AuthorizeResponse>) {
+    let mut judged = 0;
+    for (n, credential) in credentials.enumerate() {
+        let request = pb::AuthorizeRequest { client_ip: format!("10.{net}.{n}.1"), ..ask(&credential) };
+        let answer = app.authorize_with(request).await;
+        if answer.code == "rate_limit_reached" {
+            return (judged, Some(answer));
+        }
+        assert_eq!(answer.code, "api_key_invalid", "guess {n}: {answer:?}");
+        judged += 1;
+    }
+    (judged, None)
+}
+
+// Guards each account's share of the suspects' bucket (FailureBudgets::admit_verification,
+// ACCOUNT_SUSPECT_SHARE): before it, guesses at one account's imported keys (every one a
+// suspect's: a start is guessable) took the whole bucket, and a guess at another account's
+// key was throttled with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_at_one_accounts_imports_take_only_its_share_of_the_suspects_bucket() {
+    let mut app = budgeted(20, 8).await;
+    import_cheap(&mut app, "acct_a", "aa", 12).await;
+    import_cheap(&mut app, "acct_b", "bb", 1).await;
+
+    let a_guesses = (0..12).map(|n| format!("aa_{n:08}_wrong_guess"));
+    let (judged, throttled) = guess_until_throttled(&mut app, 100, a_guesses).await;
+    let throttled = throttled.expect("A's guesses were throttled");
+    assert!(throttled.message.contains("this account's keys"), "A's share, not everyone's: {throttled:?}");
+    assert_eq!(judged, 2, "a quarter of a bucket of 8");
+
+    let before = app.verifications();
+    let (judged, throttled) = guess_until_throttled(&mut app, 101, ["bb_00000000_wrong".to_string()].into_iter()).await;
+    assert_eq!((judged, throttled), (1, None), "B's suspect is judged beside A's spent share");
+    assert_eq!(app.verifications(), before + 1);
+}
+
+// Guards the account rule (FailureBudgets::admit_verification): before it, a guess at each
+// of an account's keys from a fresh network was no suspect's, so an account with many keys
+// had a full-price first guess per key. Now an account whose keys' failures weigh what one
+// key's budget allows makes every verification of its keys a suspect's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_whose_keys_failed_a_keys_budget_makes_all_its_keys_suspects() {
+    let (per_key, suspects) = (3, 8);
+    let mut app = budgeted(per_key, suspects).await;
+    let mut secrets = Vec::new();
+    for _ in 0..10 {
+        secrets.push(app.create_key("acct_a", &["applications:read"], &[]).await.1);
+    }
+    let (_, b_secret) = app.create_key("acct_b", &["applications:read"], &[]).await;
+
+    let guesses = secrets.iter().map(|s| crate::authorize::forge_with_key_id(s));
+    let (judged, throttled) = guess_until_throttled(&mut app, 102, guesses).await;
+    let throttled = throttled.expect("A's guesses turned suspect");
+    assert!(throttled.message.contains("this account's keys"), "{throttled:?}");
+    assert_eq!(judged, per_key as usize + 2, "three free guesses, then A's share of 8");
+
+    let first_use = app.authorize_with(pb::AuthorizeRequest { client_ip: "192.0.2.7".into(), ..ask(&b_secret) }).await;
+    assert!(first_use.allowed, "B's first use is no suspect's: {first_use:?}");
 }
