@@ -89,7 +89,7 @@ async fn forward_auth(
     }
     let (method, uri) = match original_request(&headers) {
         Ok(found) => found,
-        Err(refusal) => return refusal,
+        Err(deny) => return refused(&deny, None),
     };
     let credential = state
         .credential_headers
@@ -130,17 +130,17 @@ async fn forward_auth(
 const ORIGINAL_REQUEST_HEADERS: [&str; 4] =
     ["x-forwarded-method", "x-forwarded-uri", "x-original-method", "x-original-uri"];
 
-/// The original request's method and URI, or the refusal to send.
+/// The original request's method and URI, or why it is refused.
 ///
 /// Each header must come once: a proxy that appends its line to the client's instead of
 /// replacing it would otherwise let the client's line choose what keygate decides on. A
 /// URI with a space or a control byte cannot be a request target: two values joined into
 /// one line (`/api/v1/health, /admin`) are refused too. An override header naming another
 /// method ([`crate::edge::method_override`]) is refused: the upstream may honour it.
-fn original_request(headers: &HeaderMap) -> Result<(&str, &str), Response> {
+fn original_request(headers: &HeaderMap) -> Result<(&str, &str), Deny> {
     if let Some(name) = ORIGINAL_REQUEST_HEADERS.into_iter().find(|name| headers.get_all(*name).iter().count() > 1) {
         let message = format!("the header {name} appears more than once; a proxy must replace it, never append");
-        return Err(denied(Code::BadRequest, &message, None));
+        return Err(Deny::new(Code::BadRequest, message));
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     // Proxies write one pair (Caddy and Traefik X-Forwarded-*, nginx X-Original-*) and pass
@@ -155,22 +155,22 @@ fn original_request(headers: &HeaderMap) -> Result<(&str, &str), Response> {
         (pick(["x-forwarded-method", "x-original-method"]), pick(["x-forwarded-uri", "x-original-uri"]))
     else {
         let message = "X-Forwarded-Method/-Uri and X-Original-Method/-URI name different requests";
-        return Err(denied(Code::BadRequest, message, None));
+        return Err(Deny::new(Code::BadRequest, message));
     };
     let (Some(method), Some(uri)) = (method, uri) else {
         let message = "a forward-auth request names the original request in X-Forwarded-Method and \
                        X-Forwarded-Uri (or X-Original-Method and X-Original-URI)";
-        return Err(denied(Code::ValidationError, message, None));
+        return Err(Deny::new(Code::ValidationError, message));
     };
     if let Err(invalid) = crate::edge::method_and_path(method, uri) {
-        return Err(denied(Code::ValidationError, &invalid.to_string(), None));
+        return Err(Deny::new(Code::ValidationError, invalid.to_string()));
     }
     if uri.bytes().any(|b| b <= b' ' || b == 0x7f) {
         let message = "the original URI holds a space or a control character: one request target, never a list";
-        return Err(denied(Code::BadRequest, message, None));
+        return Err(Deny::new(Code::BadRequest, message));
     }
     if let Err(invalid) = crate::edge::method_override(method, headers) {
-        return Err(denied(Code::BadRequest, &invalid.to_string(), None));
+        return Err(Deny::new(Code::BadRequest, invalid.to_string()));
     }
     Ok((method, uri))
 }

@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 const ROTATE: &str = "/api/v1/panel/update-api-keys";
+/// Header lines to send, in order.
+type Headers<'a> = Vec<(&'a str, &'a str)>;
 const APPS: &str = "/api/v1/panel/applications";
 
 /// Forward auth asked directly, as a proxy would: (status, code).
@@ -177,7 +179,7 @@ async fn every_spelling_of_the_application_id_is_read_at_every_entry() {
     let mut app = keygate().await;
     let (m, v) = (app.create_app("acct_sp").await.id, app.create_app("acct_sp").await.id);
     let (_, secret) = app.create_key("acct_sp", &["applications:write"], &[&m]).await;
-    let spellings: Vec<(&str, String, Vec<(&str, &str)>)> = vec![
+    let spellings: [(&str, String, Headers); 5] = [
         ("';' separates pairs", format!("application_id={m}&x=1;application_id={v}"), vec![]),
         ("PHP reads '.' as '_'", format!("application_id={m}&application.id={v}"), vec![]),
         ("PHP reads ' ' as '_'", format!("application_id={m}&application+id={v}"), vec![]),
