@@ -155,16 +155,22 @@ async fn overrides_through(kind: Kind) {
     assert_envelope(kind, &call(spoofed).await, Code::ApiKeyInvalid);
 }
 
+/// Issue 28 item 11 (keygate's override refusal and the shipped nginx configuration's
+/// stripping): see [`overrides_through`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn method_overrides_never_reach_the_upstream_through_a_real_nginx() {
     overrides_through(Kind::Nginx).await
 }
 
+/// Issue 28 item 11 (keygate's override refusal and the shipped Caddy configuration's
+/// stripping): see [`overrides_through`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn method_overrides_never_reach_the_upstream_through_a_real_caddy() {
     overrides_through(Kind::Caddy).await
 }
 
+/// Issue 28 item 11 (keygate's override refusal and the shipped Traefik configuration's
+/// stripping): see [`overrides_through`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn method_overrides_never_reach_the_upstream_through_a_real_traefik() {
     overrides_through(Kind::Traefik).await
