@@ -7,6 +7,7 @@
 use crate::authz::decision::Principal;
 use crate::authz::Verdict;
 use crate::domain::InvalidField;
+use crate::policy::RequestHeaders;
 use std::time::Duration;
 
 /// What every edge entry shares: how the client's address is read, and how long a
@@ -44,6 +45,22 @@ pub fn method_and_path(method: &str, path: &str) -> Result<(), InvalidField> {
     }
     if path.len() > MAX_PATH_LEN {
         return Err(InvalidField::new("path", format!("must be at most {MAX_PATH_LEN} bytes")));
+    }
+    Ok(())
+}
+
+/// Refuses a method-override header ([`keygate_api::edge::METHOD_OVERRIDE_HEADERS`], under
+/// any spelling a CGI upstream reads) that names another method than `method`: an upstream
+/// framework may honour it, so a request decided as a GET could act as a DELETE. The same
+/// method, or an empty value, is harmless. `method` has passed [`method_and_path`].
+pub fn method_override(method: &str, headers: &dyn RequestHeaders) -> Result<(), InvalidField> {
+    for name in keygate_api::edge::METHOD_OVERRIDE_HEADERS {
+        let lines = headers.header_spellings(name);
+        let mut named = lines.iter().flat_map(|line| line.split(',')).map(str::trim).filter(|m| !m.is_empty());
+        if named.any(|other| !other.eq_ignore_ascii_case(method)) {
+            let problem = format!("{name} names another method than the request's {method}; send the real method");
+            return Err(InvalidField::new("headers", problem));
+        }
     }
     Ok(())
 }

@@ -14,7 +14,9 @@
 //! - no decision (a store down, the deadline passed): the page's 500 with an error id.
 //!
 //! A subrequest that carries a client's `x-keygate-*` header is refused (400 bad_request):
-//! nginx cannot remove a header namespace, so keygate makes sure none passes.
+//! nginx cannot remove a header namespace, so keygate makes sure none passes. So is one
+//! that names its original request twice (a header repeated, two values in one line) or
+//! carries a method-override header naming another method.
 
 use crate::authz::decision::Deny;
 use crate::authz::{AuthorizeQuery, Authorizer, Decision, Verdict};
@@ -85,29 +87,10 @@ async fn forward_auth(
         let message = format!("the header {name} is reserved for keygate and may not be sent by a client");
         return denied(Code::BadRequest, &message, None);
     }
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    // Proxies write one pair (Caddy and Traefik X-Forwarded-*, nginx X-Original-*) and pass
-    // the client's own headers along: a pair the proxy did not write is the client's. So
-    // when both are present they must say the same, or a client could choose what keygate
-    // decides on (the shipped nginx configuration writes both).
-    let pick = |names: [&str; 2]| match (header(names[0]), header(names[1])) {
-        (Some(a), Some(b)) if a != b => Err(()),
-        (a, b) => Ok(a.or(b)),
+    let (method, uri) = match original_request(&headers) {
+        Ok(found) => found,
+        Err(deny) => return refused(&deny, None),
     };
-    let (Ok(method), Ok(uri)) =
-        (pick(["x-forwarded-method", "x-original-method"]), pick(["x-forwarded-uri", "x-original-uri"]))
-    else {
-        let message = "X-Forwarded-Method/-Uri and X-Original-Method/-URI name different requests";
-        return denied(Code::BadRequest, message, None);
-    };
-    let (Some(method), Some(uri)) = (method, uri) else {
-        let message = "a forward-auth request names the original request in X-Forwarded-Method and \
-                       X-Forwarded-Uri (or X-Original-Method and X-Original-URI)";
-        return denied(Code::ValidationError, message, None);
-    };
-    if let Err(invalid) = crate::edge::method_and_path(method, uri) {
-        return denied(Code::ValidationError, &invalid.to_string(), None);
-    }
     let credential = state
         .credential_headers
         .iter()
@@ -141,6 +124,55 @@ async fn forward_auth(
             denied(Code::InternalError, &message, None)
         }
     }
+}
+
+/// The headers that name the original request; each is written by the proxy, once.
+const ORIGINAL_REQUEST_HEADERS: [&str; 4] =
+    ["x-forwarded-method", "x-forwarded-uri", "x-original-method", "x-original-uri"];
+
+/// The original request's method and URI, or why it is refused.
+///
+/// Each header must come once: a proxy that appends its line to the client's instead of
+/// replacing it would otherwise let the client's line choose what keygate decides on. A
+/// URI with a space or a control byte cannot be a request target: two values joined into
+/// one line (`/api/v1/health, /admin`) are refused too. An override header naming another
+/// method ([`crate::edge::method_override`]) is refused: the upstream may honour it.
+fn original_request(headers: &HeaderMap) -> Result<(&str, &str), Deny> {
+    if let Some(name) = ORIGINAL_REQUEST_HEADERS.into_iter().find(|name| headers.get_all(*name).iter().count() > 1) {
+        let message = format!("the header {name} appears more than once; a proxy must replace it, never append");
+        return Err(Deny::new(Code::BadRequest, message));
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // Proxies write one pair (Caddy and Traefik X-Forwarded-*, nginx X-Original-*) and pass
+    // the client's own headers along: a pair the proxy did not write is the client's. So
+    // when both are present they must say the same, or a client could choose what keygate
+    // decides on (the shipped nginx configuration writes both).
+    let pick = |names: [&str; 2]| match (header(names[0]), header(names[1])) {
+        (Some(a), Some(b)) if a != b => Err(()),
+        (a, b) => Ok(a.or(b)),
+    };
+    let (Ok(method), Ok(uri)) =
+        (pick(["x-forwarded-method", "x-original-method"]), pick(["x-forwarded-uri", "x-original-uri"]))
+    else {
+        let message = "X-Forwarded-Method/-Uri and X-Original-Method/-URI name different requests";
+        return Err(Deny::new(Code::BadRequest, message));
+    };
+    let (Some(method), Some(uri)) = (method, uri) else {
+        let message = "a forward-auth request names the original request in X-Forwarded-Method and \
+                       X-Forwarded-Uri (or X-Original-Method and X-Original-URI)";
+        return Err(Deny::new(Code::ValidationError, message));
+    };
+    if let Err(invalid) = crate::edge::method_and_path(method, uri) {
+        return Err(Deny::new(Code::ValidationError, invalid.to_string()));
+    }
+    if uri.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        let message = "the original URI holds a space or a control character: one request target, never a list";
+        return Err(Deny::new(Code::BadRequest, message));
+    }
+    if let Err(invalid) = crate::edge::method_override(method, headers) {
+        return Err(Deny::new(Code::BadRequest, invalid.to_string()));
+    }
+    Ok((method, uri))
 }
 
 /// Every line of a header, in order (a proxy may append a line of its own rather than

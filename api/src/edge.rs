@@ -259,10 +259,14 @@ fn check_segment(segment: &[u8]) -> Result<(), RefusedPath> {
 }
 
 /// Every value of `name` in a query string (`a=1&b=2`), values as written (not decoded).
-/// Names are compared decoded and without case (`application%5Fid`, `APPLICATION_ID`), as
-/// some frameworks read them, so no spelling of the name can hide from keygate.
+///
+/// Read as the most lenient common upstream framework would, so that no spelling an
+/// upstream reads can hide from keygate: `;` separates pairs as `&` does (Python's older
+/// `parse_qs`, many Java containers), and names are compared decoded, without case, and
+/// with PHP's mangling of `.`, ` ` and `[` into `_` (`application.id`, `application+id`,
+/// `application[id`, `APPLICATION%5FID` all name `application_id`).
 pub fn query_values<'q, 'n>(query: &'q str, name: &'n str) -> impl Iterator<Item = &'q str> + use<'q, 'n> {
-    query.split('&').filter_map(move |pair| {
+    query.split(['&', ';']).filter_map(move |pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         same_name(key, name).then_some(value)
     })
@@ -273,7 +277,8 @@ pub fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     query_values(query, name).next()
 }
 
-/// `raw` (percent-encoded, maybe with `+`) names `name`, ignoring ASCII case.
+/// `raw` (percent-encoded, maybe with `+`) names `name`: ASCII case ignored, and `.`, ` `
+/// and `[` taken for `_`, as PHP does.
 fn same_name(raw: &str, name: &str) -> bool {
     let mut decoded = Vec::with_capacity(raw.len());
     let bytes = raw.as_bytes();
@@ -295,7 +300,32 @@ fn same_name(raw: &str, name: &str) -> bool {
             }
         }
     }
-    decoded.eq_ignore_ascii_case(name.as_bytes())
+    let fold = |b: &u8| match b {
+        b'.' | b' ' | b'[' => b'_',
+        b => b.to_ascii_lowercase(),
+    };
+    decoded.len() == name.len() && decoded.iter().map(fold).eq(name.as_bytes().iter().map(fold))
+}
+
+/// Headers that ask an upstream framework to treat a request as another method (Rails,
+/// Laravel, Symfony, ASP.NET, Express's `method-override`, Google's APIs). An edge strips
+/// them before the upstream; keygate refuses a request whose override names another method
+/// than the one it decides on.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-method-override", "x-http-method"];
+
+/// True for a method-override header under any spelling (see [`same_header_name`]).
+pub fn is_method_override(name: &str) -> bool {
+    METHOD_OVERRIDE_HEADERS.iter().any(|header| same_header_name(header, name))
+}
+
+/// Two header names are one variable for CGI, WSGI, Rack and PHP's `$_SERVER`: the same
+/// letters in any case, `-` and `_` alike (`X-Application-Id`, `x-application_id`).
+pub fn same_header_name(a: &str, b: &str) -> bool {
+    let fold = |b: &u8| match b {
+        b'-' => b'_',
+        b => b.to_ascii_lowercase(),
+    };
+    a.len() == b.len() && a.as_bytes().iter().map(fold).eq(b.as_bytes().iter().map(fold))
 }
 
 #[cfg(test)]
@@ -400,6 +430,27 @@ mod tests {
                 .collect();
         assert_eq!(all, ["a", "b", "c", "d"]);
         assert_eq!(query_value("application_id%=x", "application_id"), None, "a broken escape names nothing else");
+    }
+
+    #[test]
+    fn query_names_are_read_as_php_and_semicolon_splitting_frameworks_read_them() {
+        let all: Vec<_> = query_values(
+            "application_id=m&x=1;application_id=a&application.id=b&application+id=c&application%20id=d&application[id=e",
+            "application_id",
+        )
+        .collect();
+        assert_eq!(all, ["m", "a", "b", "c", "d", "e"]);
+        // A closed bracket is an array of another name for PHP.
+        assert_eq!(query_value("application[id]=x", "application_id"), None);
+        assert_eq!(query_value("applicationid=x&application-id=y", "application_id"), None);
+    }
+
+    #[test]
+    fn header_names_are_one_variable_for_cgi() {
+        assert!(same_header_name("x-application-id", "X-Application_Id"));
+        assert!(same_header_name("x_http_method_override", "x-http-method-override"));
+        assert!(!same_header_name("x-application-i", "x-application-id"));
+        assert!(!same_header_name("x-applicationid", "x-application-id"));
     }
 
     #[test]

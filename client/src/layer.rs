@@ -9,7 +9,7 @@
 use crate::{ClientError, Code, Decision, KeygateClient, Principal};
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 pub use keygate_api::edge::CredentialSource;
-use keygate_api::edge::{client_address_from_headers, is_reserved_header};
+use keygate_api::edge::{client_address_from_headers, is_method_override, is_reserved_header};
 use keygate_api::proto as pb;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -160,7 +160,7 @@ where
             };
             match state.decide(ask).await {
                 Ok(decision) if decision.allowed => {
-                    strip_reserved_headers(request.headers_mut());
+                    strip_for_upstream(request.headers_mut());
                     if let Some(principal) = decision.principal.clone() {
                         request.extensions_mut().insert::<Principal>(principal);
                     }
@@ -172,7 +172,7 @@ where
                 }
                 Err(e) if state.failure_mode == FailureMode::Open => {
                     tracing::warn!(error = %e, "keygate unavailable; failing open as configured");
-                    strip_reserved_headers(request.headers_mut());
+                    strip_for_upstream(request.headers_mut());
                     inner.call(request).await
                 }
                 Err(e) => {
@@ -239,10 +239,14 @@ fn forwarded_headers(headers: &HeaderMap) -> Option<HashMap<String, String>> {
     Some(forwarded)
 }
 
-/// Every `x-keygate-*` header the client sent, gone before a handler can read it.
-fn strip_reserved_headers(headers: &mut HeaderMap) {
-    let reserved: Vec<header::HeaderName> =
-        headers.keys().filter(|name| is_reserved_header(name.as_str())).cloned().collect();
+/// Every `x-keygate-*` header the client sent, and every method-override header (keygate
+/// decided on the request's own method), gone before a handler can read them.
+fn strip_for_upstream(headers: &mut HeaderMap) {
+    let reserved: Vec<header::HeaderName> = headers
+        .keys()
+        .filter(|name| is_reserved_header(name.as_str()) || is_method_override(name.as_str()))
+        .cloned()
+        .collect();
     for name in reserved {
         headers.remove(name);
     }

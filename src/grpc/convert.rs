@@ -386,6 +386,7 @@ pub fn authorize_query(req: &pb::AuthorizeRequest) -> Result<AuthorizeQuery<'_>,
     if req.headers.len() > MAX_HEADERS {
         return Err(InvalidField::new("headers", format!("at most {MAX_HEADERS}")));
     }
+    crate::edge::method_override(&req.method, &req.headers)?;
     Ok(AuthorizeQuery {
         credential: &req.credential,
         method: &req.method,

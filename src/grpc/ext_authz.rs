@@ -59,6 +59,9 @@ impl Authorization for CheckService {
         if let Err(invalid) = crate::edge::method_and_path(&http.method, &http.path) {
             return Ok(Response::new(denied(Code::ValidationError, &invalid.to_string(), None)));
         }
+        if let Err(invalid) = crate::edge::method_override(&http.method, &http.headers) {
+            return Ok(Response::new(denied(Code::BadRequest, &invalid.to_string(), None)));
+        }
         let found = self
             .settings
             .credential_headers

