@@ -5,6 +5,8 @@ mod admin;
 mod admin_tokens;
 mod authorize;
 mod cli;
+mod credentials_credits;
+mod credentials_rolls;
 mod edge;
 mod edge_contract;
 /// The example axum edge (examples/edge.rs), compiled in as it is.
