@@ -7,8 +7,8 @@ use crate::clock::Clock;
 use crate::domain::imported::ForeignHash;
 use crate::domain::{
     admin_token_digest, is_admin_token_signed, new_admin_token, AccountId, AdminRole, AdminTokenName, AdminTokenRecord,
-    ApplicationId, CredentialKind, GeneratedKey, InvalidField, KeyId, KeyTerms, Metadata, Name, NewKeyRecord, OwnerId,
-    Scopes, SessionId, Timestamp, UserId,
+    ApplicationId, CredentialKind, GeneratedKey, InvalidField, KeyId, KeyLimit, KeyTerms, Metadata, Name, NewKeyRecord,
+    OwnerId, Scopes, SessionId, Timestamp, UserId,
 };
 use crate::store::invalidation::{Replicas, Settled};
 use crate::store::{
@@ -134,6 +134,10 @@ pub enum ImportResult {
     Invalid(String),
 }
 
+/// Is `template` a route of the policy in force, as the policy writes it? What a key's or
+/// an owner's limit may name (the authorizer answers; a reload changes the answer).
+pub type RouteTemplates = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 pub struct Manager {
     store: Arc<dyn Store>,
     verifier: Arc<Verifier>,
@@ -144,6 +148,8 @@ pub struct Manager {
     digester: CredentialDigester,
     /// Other replicas that must apply a change before it is answered (Postgres only).
     replicas: Option<Arc<Replicas>>,
+    /// The routes limits may name; `None`: any (no policy to ask).
+    routes: Option<RouteTemplates>,
 }
 
 impl Manager {
@@ -155,7 +161,13 @@ impl Manager {
         settings: ManageSettings,
         digester: CredentialDigester,
     ) -> Self {
-        Self { store, verifier, clock, usage, settings, digester, replicas: None }
+        Self { store, verifier, clock, usage, settings, digester, replicas: None, routes: None }
+    }
+
+    /// Limits that name a route must name one of these.
+    pub fn with_routes(mut self, routes: RouteTemplates) -> Self {
+        self.routes = Some(routes);
+        self
     }
 
     /// Changes are answered only once every live replica has applied them (or was fenced).
@@ -243,6 +255,7 @@ impl Manager {
             now,
         );
         new.terms.check()?;
+        self.check_limit_routes(&new.terms.limits)?;
         record.terms = KeyTerms { refill: new.credits.and_then(|c| c.refill), ..new.terms };
         record.owner_id = new.owner_id;
         record.credits = new.credits.map(|c| c.balance(now));
@@ -272,8 +285,9 @@ impl Manager {
         Ok((record, generated))
     }
 
+    /// With its credits balance as the store holds it (not as this replica last heard).
     pub async fn api_key(&self, id: KeyId) -> Result<Arc<KeyRecord>, ManageError> {
-        self.store.key(id).await?.ok_or_else(|| key_not_found(id))
+        self.store.key_as_stored(id).await?.ok_or_else(|| key_not_found(id))
     }
 
     pub async fn list_api_keys(
@@ -308,6 +322,7 @@ impl Manager {
             )));
         }
         changes.terms_after(&key.terms).check()?;
+        self.check_limit_routes(changes.limits.as_deref().unwrap_or_default())?;
         if let Some(apps) = &changes.application_ids {
             self.check_applications(&key.account_id, apps).await?;
         }
@@ -518,6 +533,7 @@ impl Manager {
             ..KeyTerms::default()
         };
         after.check()?;
+        self.check_limit_routes(changes.limits.as_deref().unwrap_or_default())?;
         let mut detail = serde_json::Map::new();
         let as_key_changes =
             KeyChanges { limits: changes.limits.clone(), credits: changes.credits, ..KeyChanges::default() };
@@ -796,6 +812,23 @@ impl Manager {
         match expires_at {
             Some(at) if at <= now => Err(ManageError::BadRequest("expires_at must be in the future".into())),
             _ => Ok(()),
+        }
+    }
+
+    /// A limit that names a route names one the policy in force has, as it writes it
+    /// (`GET /api/v1/panel/applications/{application_id}`): any other would limit nothing.
+    fn check_limit_routes(&self, limits: &[KeyLimit]) -> Result<(), ManageError> {
+        let Some(known) = &self.routes else { return Ok(()) };
+        match limits.iter().filter_map(|l| l.route.as_deref()).find(|route| !known(route)) {
+            None => Ok(()),
+            Some(route) => Err(InvalidField::new(
+                "limits.route",
+                format!(
+                    "{route:?} is not a route of the policy: name a route template exactly as the policy writes \
+                     it, such as \"GET /api/v1/panel/applications/{{application_id}}\""
+                ),
+            )
+            .into()),
         }
     }
 

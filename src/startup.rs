@@ -111,9 +111,23 @@ impl Handles {
         match Policy::load(path) {
             Ok(policy) => {
                 let routes = policy.routes().len();
+                let gone: Vec<_> = self
+                    .authorizer
+                    .route_templates()
+                    .into_iter()
+                    .filter(|old| !policy.routes().iter().any(|r| r.template == *old))
+                    .collect();
                 self.authorizer.replace_policy(policy);
                 count("applied");
                 tracing::info!(path = %path.display(), routes, "policy reloaded");
+                for route in gone {
+                    // Limits are checked against the policy when they are set, not after.
+                    tracing::warn!(
+                        route = %route,
+                        "the reloaded policy has no such route: key and owner limits that name it limit nothing \
+                         until they are changed to a route the policy has"
+                    );
+                }
                 Ok(routes)
             }
             Err(e) => {
@@ -311,6 +325,9 @@ impl Application {
             settings.manage,
             digester.clone(),
         );
+        // Key and owner limits may name only the policy's routes (the one in force).
+        let routes = authorizer.clone();
+        let manager = manager.with_routes(Arc::new(move |template: &str| routes.has_route(template)));
         // Changes wait for the other replicas (Postgres); alone on SQLite, nothing to wait for.
         let manager = Arc::new(match &invalidation {
             Some(status) => manager.with_replicas(status.replicas().clone()),

@@ -179,6 +179,16 @@ impl Authorizer {
         self.policy.store(Arc::new(ActivePolicy::new(policy)));
     }
 
+    /// The route templates of the policy in force, as it writes them.
+    pub fn route_templates(&self) -> Vec<Arc<str>> {
+        self.policy.load().policy.routes().iter().map(|r| r.template.clone()).collect()
+    }
+
+    /// Is `template` one of them?
+    pub fn has_route(&self, template: &str) -> bool {
+        self.policy.load().policy.routes().iter().any(|r| &*r.template == template)
+    }
+
     pub fn metrics(&self) -> AuthorizeMetrics {
         self.metrics.clone()
     }
@@ -318,7 +328,8 @@ impl Authorizer {
             },
         }
 
-        // Limits last, so that only requests that would otherwise be allowed use quota.
+        // Limits last, so that only requests that would otherwise be allowed use quota;
+        // credits after them, and a call they refuse gives its counts back.
         let subject_of = |per: LimitSubject| -> Option<std::borrow::Cow<'_, str>> {
             let principal = verdict.principal.as_ref();
             match per {
@@ -376,16 +387,16 @@ impl Authorizer {
             drop(subjects);
             return self.spend_credits_of(key, query, route, now, verdict).await;
         }
-        let checked = self.limiter.check(&checks, now).await;
+        let checked = self.limiter.admit(&checks, now).await;
         drop(checks);
         drop(subjects);
         match &checked {
-            Ok(LimitOutcome::Admitted { .. }) => &self.limit_outcomes.admitted,
-            Ok(LimitOutcome::Limited { .. }) => &self.limit_outcomes.limited,
+            Ok((LimitOutcome::Admitted { .. }, _)) => &self.limit_outcomes.admitted,
+            Ok((LimitOutcome::Limited { .. }, _)) => &self.limit_outcomes.limited,
             Err(_) => &self.limit_outcomes.unavailable,
         }
         .inc();
-        let outcome = checked.map_err(AuthzError::LimiterUnavailable)?;
+        let (outcome, admission) = checked.map_err(AuthzError::LimiterUnavailable)?;
         match outcome {
             LimitOutcome::Admitted { tightest } => {
                 verdict.rate_limit = tightest.map(|Room { limit, remaining }| RateLimitState {
@@ -409,7 +420,13 @@ impl Authorizer {
                 return Ok(verdict.deny(deny.because(reason)));
             }
         }
-        self.spend_credits_of(key, query, route, now, verdict).await
+        let decided = self.spend_credits_of(key, query, route, now, verdict).await;
+        match &decided {
+            Ok(verdict) if verdict.decision.is_allowed() => admission.keep(),
+            // Refused for its credits (or not decided): the call uses no quota.
+            _ => admission.give_back().await,
+        }
+        decided
     }
 
     /// Credits last: a call that any other rule refuses spends none.

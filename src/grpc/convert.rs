@@ -51,12 +51,19 @@ pub fn application_to_proto(app: &Application) -> pb::Application {
 
 /// `last_used_at`: as the usage recorder knows it (stored uses are batched).
 pub fn key_to_proto(key: &KeyRecord, now: Timestamp, last_used_at: Option<Timestamp>) -> pb::ApiKey {
+    // As Authorize decides a key's state, in its order (authz::decision).
     let status = if key.is_revoked_at(now) {
         pb::ApiKeyStatus::Revoked
     } else if key.is_expired_at(now) {
         pb::ApiKeyStatus::Expired
+    } else if key.disabled {
+        pb::ApiKeyStatus::Disabled
     } else {
         pb::ApiKeyStatus::Active
+    };
+    let revoked_reason = match key.is_rolled_at(now) {
+        true => "rolled".to_owned(),
+        false => key.revoked_reason.clone().unwrap_or_default(),
     };
     pb::ApiKey {
         id: key.id.to_string(),
@@ -68,7 +75,7 @@ pub fn key_to_proto(key: &KeyRecord, now: Timestamp, last_used_at: Option<Timest
         updated_at: Some(timestamp_to_proto(key.updated_at)),
         expires_at: key.expires_at.map(timestamp_to_proto),
         revoked_at: key.revoked_at.or(key.retire_at).map(timestamp_to_proto),
-        revoked_reason: key.revoked_reason.clone().unwrap_or_default(),
+        revoked_reason,
         status: status.into(),
         kind: key.kind.as_str().to_owned(),
         last_used_at: last_used_at.map(timestamp_to_proto),

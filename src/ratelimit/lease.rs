@@ -199,8 +199,12 @@ impl Renewal {
 pub struct Lease {
     /// Requests that may still be admitted from the slice, until `expires_at`.
     held: u32,
-    /// Admitted from this slice, ever; Redis counts what it has not acknowledged.
+    /// Taken from this slice, ever, less those given back; Redis counts what it has not
+    /// acknowledged, except the pending ones.
     spent: u64,
+    /// Taken for calls not decided yet ([`Lease::settle`]): not reported (a call refused
+    /// after its limits, for credits, gives its request back exactly), and still reserved.
+    pending: u32,
     /// What of `spent` Redis acknowledged counting.
     acked: u64,
     expires_at: i64,
@@ -214,8 +218,8 @@ pub struct Lease {
     quiet_until: i64,
     /// The subject's room across replicas at the last renewal (for `remaining`).
     room: u32,
-    /// Bumped at each report: a request taken before it cannot be put back after it (it
-    /// was reported spent).
+    /// Bumped when the slice's reservation lapses or is released: a request taken before
+    /// then is not held again when given back (nothing is reserved for it any more).
     generation: u64,
     last_used: i64,
     /// Released for idleness: the caller must look the subject up again.
@@ -244,7 +248,7 @@ impl Lease {
         if self.held > 0 && now < self.expires_at {
             self.held -= 1;
             self.spent += 1;
-            // Before a renewal it may start: a request reported by that renewal is spent.
+            self.pending += 1;
             let generation = self.generation;
             // Or half way to its lapse: a subject called every second or so still renews
             // in the background before its slice lapses, and its requests do not wait.
@@ -259,34 +263,47 @@ impl Lease {
         Take::Empty { renew }
     }
 
-    /// Gives back a request taken but not admitted (another limit refused it). A request
-    /// already reported spent stays spent.
-    pub fn put_back(&mut self, generation: u64) {
-        if generation == self.generation && self.spent > self.acked {
-            self.spent -= 1;
+    /// Settles a request taken (`generation` as [`Take::Spent`] said): `kept`, it is
+    /// spent and the next renewal reports it; otherwise (another limit refused the call,
+    /// or its credits did) it is given back, held again while its reservation lives.
+    pub fn settle(&mut self, generation: u64, kept: bool) {
+        self.pending = self.pending.saturating_sub(1);
+        if kept {
+            return;
+        }
+        self.spent = self.spent.saturating_sub(1);
+        if generation == self.generation && !self.released {
             self.held += 1;
         }
     }
 
-    /// Snapshots a renewal up to `size` held, and marks it in flight.
+    /// Snapshots a renewal up to `size` held, and marks it in flight. Pending requests are
+    /// not reported yet, and stay reserved while the slice lives.
     fn start_renewal(&mut self, now: i64, size: u32) -> Renewal {
         self.renewing = true;
-        self.generation += 1;
-        let keep = if now < self.expires_at { self.held } else { 0 };
-        Renewal { reported: self.spent, acked: self.acked, keep, want: size.saturating_sub(keep), at: now }
+        let keep = if now < self.expires_at { self.held + self.pending } else { 0 };
+        if keep == 0 {
+            self.generation += 1;
+        }
+        Renewal { reported: self.reported(), acked: self.acked, keep, want: size.saturating_sub(keep), at: now }
+    }
+
+    /// Spends Redis may count: all but the pending ones.
+    fn reported(&self) -> u64 {
+        self.spent - u64::from(self.pending).min(self.spent)
     }
 
     /// Releases a slice unused for `min_idle`: reports its spends and returns what it
     /// holds. `None` if it is in use (or renewing).
     pub fn release(&mut self, now: i64, min_idle: i64) -> Option<Renewal> {
-        if self.released || self.renewing || now < self.last_used.saturating_add(min_idle) {
+        if self.released || self.renewing || self.pending > 0 || now < self.last_used.saturating_add(min_idle) {
             return None;
         }
         self.released = true;
         self.renewing = true;
         self.generation += 1;
         self.held = 0;
-        Some(Renewal { reported: self.spent, acked: self.acked, keep: 0, want: 0, at: now })
+        Some(Renewal { reported: self.reported(), acked: self.acked, keep: 0, want: 0, at: now })
     }
 
     /// Redis answered `sent`.
@@ -332,6 +349,15 @@ mod tests {
         Granted { granted, room, retry_after_ms: 0, kept: u32::MAX }
     }
 
+    /// Takes a request for a call that is then allowed.
+    fn spend(lease: &mut Lease, now: i64, size: u32) -> Take {
+        let taken = lease.take(now, size, PERIOD);
+        if let Take::Spent { generation, .. } = taken {
+            lease.settle(generation, true);
+        }
+        taken
+    }
+
     /// A fresh lease renewed to `size` at `now`.
     fn leased(size: u32, now: i64) -> Lease {
         let mut lease = Lease::default();
@@ -346,21 +372,21 @@ mod tests {
         assert_eq!((low_water(16), low_water(10), low_water(7), low_water(1)), (2, 1, 1, 1));
         let mut lease = leased(16, 0);
         for i in 0..13 {
-            assert!(matches!(lease.take(1, 16, PERIOD), Take::Spent { renew: None, .. }), "{i}");
+            assert!(matches!(spend(&mut lease, 1, 16), Take::Spent { renew: None, .. }), "{i}");
         }
         // The fourteenth leaves 2 held, an eighth of the slice: this caller renews,
-        // reporting 14.
-        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 16, PERIOD) else { panic!() };
-        assert_eq!(sent, Renewal { reported: 14, acked: 0, keep: 2, want: 14, at: 1 });
+        // reporting the 13 before it (its own call is not decided yet: reserved, not spent).
+        let Take::Spent { renew: Some(sent), .. } = spend(&mut lease, 1, 16) else { panic!() };
+        assert_eq!(sent, Renewal { reported: 13, acked: 0, keep: 3, want: 13, at: 1 });
         // While it is in flight, the slice is still spent, and nobody else renews.
         for _ in 0..2 {
-            assert!(matches!(lease.take(2, 16, PERIOD), Take::Spent { renew: None, .. }));
+            assert!(matches!(spend(&mut lease, 2, 16), Take::Spent { renew: None, .. }));
         }
         let Take::Empty { renew: None } = lease.take(2, 16, PERIOD) else { panic!("wait for the renewal in flight") };
-        lease.renewed(&sent, granted(14, 100), PERIOD);
-        // 2 kept − 2 spent in flight + 14 granted.
-        let Take::Spent { remaining, .. } = lease.take(3, 16, PERIOD) else { panic!() };
-        assert_eq!(remaining, 100 + 13);
+        lease.renewed(&sent, granted(13, 100), PERIOD);
+        // 2 held − 2 spent in flight + 13 granted.
+        let Take::Spent { remaining, .. } = spend(&mut lease, 3, 16) else { panic!() };
+        assert_eq!(remaining, 100 + 12);
     }
 
     #[test]
@@ -393,7 +419,7 @@ mod tests {
     #[test]
     fn a_lapsed_slice_is_not_spent_and_not_kept() {
         let mut lease = leased(10, 0);
-        assert!(matches!(lease.take(1, 10, PERIOD), Take::Spent { .. }));
+        assert!(matches!(spend(&mut lease, 1, 10), Take::Spent { .. }));
         let Take::Empty { renew: Some(sent) } = lease.take(PERIOD, 10, PERIOD) else { panic!("lapsed") };
         assert_eq!(sent, Renewal { reported: 1, acked: 0, keep: 0, want: 10, at: PERIOD });
         lease.renewed(&sent, granted(10, 0), PERIOD);
@@ -404,38 +430,45 @@ mod tests {
     #[test]
     fn a_half_period_renews_even_with_most_of_the_slice_left() {
         let mut lease = leased(10, 0);
-        assert!(matches!(lease.take(PERIOD / 2 - 1, 10, PERIOD), Take::Spent { renew: None, .. }));
-        let Take::Spent { renew: Some(sent), .. } = lease.take(PERIOD / 2, 10, PERIOD) else { panic!() };
-        assert_eq!(sent, Renewal { reported: 2, acked: 0, keep: 8, want: 2, at: PERIOD / 2 });
+        assert!(matches!(spend(&mut lease, PERIOD / 2 - 1, 10), Take::Spent { renew: None, .. }));
+        let Take::Spent { renew: Some(sent), .. } = spend(&mut lease, PERIOD / 2, 10) else { panic!() };
+        assert_eq!(sent, Renewal { reported: 1, acked: 0, keep: 9, want: 1, at: PERIOD / 2 });
     }
 
     #[test]
-    fn a_request_put_back_is_spent_again_unless_it_was_reported() {
+    fn a_request_given_back_is_held_again_also_across_a_renewal() {
         let mut lease = leased(16, 0);
         let Take::Spent { generation, .. } = lease.take(1, 16, PERIOD) else { panic!() };
-        lease.put_back(generation);
-        assert_eq!((lease.held, lease.spent), (16, 0));
+        lease.settle(generation, false);
+        assert_eq!((lease.held, lease.spent, lease.pending), (16, 0, 0));
         for _ in 0..13 {
-            lease.take(1, 16, PERIOD);
+            spend(&mut lease, 1, 16);
         }
         let Take::Spent { generation, renew: Some(sent), .. } = lease.take(1, 16, PERIOD) else { panic!() };
-        assert_eq!(sent.spent(), 14, "the fourteenth was reported with the renewal");
-        lease.put_back(generation);
-        assert_eq!((lease.held, lease.spent), (2, 14), "so it is not put back");
+        assert_eq!((sent.spent(), sent.keep), (13, 3), "the undecided fourteenth is reserved, not reported");
+        lease.renewed(&sent, granted(13, 100), PERIOD);
+        lease.settle(generation, false);
+        assert_eq!((lease.held, lease.spent, lease.pending), (16, 13, 0), "given back: held again");
+        // A request whose slice lapsed meanwhile is given back to nobody.
+        let Take::Spent { generation, .. } = lease.take(2, 16, PERIOD) else { panic!() };
+        let Take::Empty { renew: Some(lapsed) } = lease.take(2 + PERIOD, 16, PERIOD) else { panic!("lapsed") };
+        assert_eq!((lapsed.reported, lapsed.keep), (13, 0));
+        lease.settle(generation, false);
+        assert_eq!((lease.held, lease.spent), (15, 13), "not held again, not spent");
     }
 
     #[test]
     fn a_failed_renewal_reports_its_spends_next_time() {
         let mut lease = leased(16, 0);
         for _ in 0..13 {
-            lease.take(1, 16, PERIOD);
+            spend(&mut lease, 1, 16);
         }
-        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 16, PERIOD) else { panic!() };
+        let Take::Spent { renew: Some(sent), .. } = spend(&mut lease, 1, 16) else { panic!() };
         lease.renewal_failed(&sent);
-        let Take::Spent { renew: Some(again), .. } = lease.take(2, 16, PERIOD) else { panic!() };
-        assert_eq!(again.spent(), 15, "14 from the failed renewal, 1 since");
+        let Take::Spent { renew: Some(again), .. } = spend(&mut lease, 2, 16) else { panic!() };
+        assert_eq!(again.spent(), 14, "13 from the failed renewal, 1 since");
         lease.renewal_failed(&again);
-        let Take::Spent { renew: Some(last), .. } = lease.take(3, 16, PERIOD) else { panic!("the last held") };
+        let Take::Spent { renew: Some(last), .. } = spend(&mut lease, 3, 16) else { panic!("the last held") };
         lease.renewal_failed(&last);
         let Take::Empty { renew: Some(now_or_never) } = lease.take(3, 16, PERIOD) else { panic!("the slice is spent") };
         assert_eq!(now_or_never, Renewal { reported: 16, acked: 0, keep: 0, want: 16, at: 3 });
@@ -444,7 +477,9 @@ mod tests {
     #[test]
     fn an_idle_slice_is_released_with_its_spends() {
         let mut lease = leased(10, 0);
-        lease.take(1, 10, PERIOD);
+        let Take::Spent { generation, .. } = lease.take(1, 10, PERIOD) else { panic!() };
+        assert_eq!(lease.release(PERIOD, PERIOD / 2), None, "a call not decided yet holds it");
+        lease.settle(generation, true);
         assert_eq!(lease.release(PERIOD / 2, PERIOD / 2), None, "used within half a period");
         let sent = lease.release(PERIOD / 2 + 1, PERIOD / 2).unwrap();
         assert_eq!(sent, Renewal { reported: 1, acked: 0, keep: 0, want: 0, at: PERIOD / 2 + 1 });
@@ -455,34 +490,34 @@ mod tests {
     fn spends_are_reported_cumulatively_and_acknowledged_once() {
         let mut lease = leased(16, 0);
         for _ in 0..13 {
-            lease.take(1, 16, PERIOD);
+            spend(&mut lease, 1, 16);
         }
-        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 16, PERIOD) else { panic!() };
-        assert_eq!((sent.reported, sent.acked, sent.spent()), (14, 0, 14));
+        let Take::Spent { renew: Some(sent), .. } = spend(&mut lease, 1, 16) else { panic!() };
+        assert_eq!((sent.reported, sent.acked, sent.spent()), (13, 0, 13));
         lease.renewed(&sent, granted(14, 100), PERIOD);
         for _ in 0..13 {
-            lease.take(2, 16, PERIOD);
+            spend(&mut lease, 2, 16);
         }
-        let Take::Spent { renew: Some(next), .. } = lease.take(2, 16, PERIOD) else { panic!() };
-        assert_eq!((next.reported, next.acked, next.spent()), (28, 14, 14), "only what is new");
+        let Take::Spent { renew: Some(next), .. } = spend(&mut lease, 2, 16) else { panic!() };
+        assert_eq!((next.reported, next.acked, next.spent()), (27, 13, 14), "only what is new");
         // Timed out on our side: the next report carries the same spends again, and Redis
         // (which keeps what it counted per slice) counts them once.
         lease.renewal_failed(&next);
-        let Take::Spent { renew: Some(again), .. } = lease.take(3, 16, PERIOD) else { panic!() };
-        assert_eq!((again.reported, again.acked), (29, 14));
+        let Take::Spent { renew: Some(again), .. } = spend(&mut lease, 3, 16) else { panic!() };
+        assert_eq!((again.reported, again.acked), (28, 13));
     }
 
     #[test]
     fn a_lapsed_reservation_keeps_only_what_redis_still_had_room_for() {
         let mut lease = leased(16, 0);
         for _ in 0..13 {
-            lease.take(1, 16, PERIOD);
+            spend(&mut lease, 1, 16);
         }
-        let Take::Spent { renew: Some(sent), .. } = lease.take(1, 16, PERIOD) else { panic!() };
-        assert_eq!(sent.keep, 2);
-        lease.renewed(&sent, Granted { granted: 0, room: 0, retry_after_ms: 100, kept: 1 }, PERIOD);
-        assert!(matches!(lease.take(2, 16, PERIOD), Take::Spent { .. }));
-        assert!(matches!(lease.take(2, 16, PERIOD), Take::Empty { .. }), "1 of the 2 held was given up");
+        let Take::Spent { renew: Some(sent), .. } = spend(&mut lease, 1, 16) else { panic!() };
+        assert_eq!(sent.keep, 3, "2 held, 1 taken by a call not decided then");
+        lease.renewed(&sent, Granted { granted: 0, room: 0, retry_after_ms: 100, kept: 2 }, PERIOD);
+        assert!(matches!(spend(&mut lease, 2, 16), Take::Spent { .. }));
+        assert!(matches!(lease.take(2, 16, PERIOD), Take::Empty { .. }), "1 of the 3 kept was given up");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!
 //! A request is checked against all of its limits in one step: it is admitted only if
 //! every limit has room, and only then counted in all of them. A denied request uses no
-//! quota. In one process the counters live in memory ([`LocalLimiter`]); across replicas
+//! quota, also when it is denied after its limits (for credits): what it counted is held
+//! in an [`Admission`] until the call is decided, and given back unless kept. In one process the counters live in memory ([`LocalLimiter`]); across replicas
 //! they live in Redis ([`redis::RedisLimiter`]): exact limits checked and counted there by
 //! one Lua script, high-rate ones spent from slices each replica leases ([`lease`]).
 
@@ -55,13 +56,78 @@ pub enum Limiter {
 }
 
 impl Limiter {
+    /// Checks and counts, for good: [`Limiter::admit`] with the admission kept.
     pub async fn check(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> Result<LimitOutcome, LimiterError> {
+        let (outcome, admission) = self.admit(checks, now).await?;
+        admission.keep();
+        Ok(outcome)
+    }
+
+    /// Checks and counts; the counts are the call's to keep ([`Admission::keep`]) once it
+    /// is allowed, and are given back otherwise.
+    pub async fn admit(
+        &self,
+        checks: &[LimitCheck<'_>],
+        now: Timestamp,
+    ) -> Result<(LimitOutcome, Admission), LimiterError> {
         if checks.is_empty() {
-            return Ok(LimitOutcome::Admitted { tightest: None });
+            return Ok((LimitOutcome::Admitted { tightest: None }, Admission::default()));
         }
         match self {
-            Limiter::Local(local) => Ok(local.check(checks, now)),
-            Limiter::Redis(shared) => shared.check(checks, now).await,
+            Limiter::Local(local) => Ok(local.admit(checks, now)),
+            Limiter::Redis(shared) => shared.admit(checks, now).await,
+        }
+    }
+}
+
+/// What an admitted request counted, until its call is decided: kept by a call that is
+/// allowed, given back by one refused after its limits (its credits were spent) — on
+/// every limiter, exactly. Dropped unkept (an error, a caller that went away), it is
+/// given back too.
+#[must_use = "an admission is kept or given back"]
+#[derive(Default)]
+pub struct Admission {
+    local: Option<LocalCounts>,
+    redis: Option<redis::Counted>,
+}
+
+impl Admission {
+    /// The call was allowed: its counts stand.
+    pub fn keep(mut self) {
+        self.local = None;
+        if let Some(redis) = self.redis.take() {
+            redis.keep();
+        }
+    }
+
+    /// The call was refused: its counts are taken back before this returns (in Redis, as
+    /// far as Redis answers within the limiter's timeout; past it, in the background).
+    pub async fn give_back(mut self) {
+        if let Some(redis) = self.redis.take() {
+            redis.give_back().await;
+        }
+        // The local counts go back as `self` drops.
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(local) = self.local.take() {
+            local.give_back();
+        }
+    }
+}
+
+/// The logs a request was counted in, locally, and when.
+struct LocalCounts {
+    logs: SmallVec<[(Log, i64); 4]>,
+    at: i64,
+}
+
+impl LocalCounts {
+    fn give_back(self) {
+        for (log, window) in &self.logs {
+            log.lock().unwrap_or_else(|e| e.into_inner()).give_back(*window, self.at);
         }
     }
 }
@@ -107,6 +173,18 @@ impl Tally {
         }
     }
 
+    /// Takes back one request admitted at `at` (the newest at or before it).
+    fn give_back(&mut self, window: i64, at: i64) {
+        match self {
+            Tally::Exact(log) => {
+                if let Some(i) = log.iter().rposition(|&t| t <= at) {
+                    log.remove(i);
+                }
+            }
+            Tally::HighRate(buckets) => buckets.give_back(window, at),
+        }
+    }
+
     fn convert(&mut self, kind: LimitKind, window: i64) {
         match (kind, &*self) {
             (LimitKind::HighRate, Tally::Exact(log)) => {
@@ -144,6 +222,13 @@ impl LocalLimiter {
     }
 
     pub fn check(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> LimitOutcome {
+        let (outcome, admission) = self.admit(checks, now);
+        admission.keep();
+        outcome
+    }
+
+    /// Checks and counts; the counts go back unless the admission is kept.
+    pub fn admit(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> (LimitOutcome, Admission) {
         let logs: SmallVec<[Log; 4]> = checks.iter().map(|c| self.log(&c.rule.key, c.subject)).collect();
         // Always locked in one global order (by the log's address), whatever order the
         // checks came in — a key's own limits may be listed differently by two versions of
@@ -182,17 +267,20 @@ impl LocalLimiter {
         }
         if let Some((limit, retry_after, check)) = limited {
             let retry_after = Duration::from_millis(retry_after.max(0) as u64);
-            return LimitOutcome::Limited { limit, retry_after, check };
+            return (LimitOutcome::Limited { limit, retry_after, check }, Admission::default());
         }
+        let mut counted = LocalCounts { logs: SmallVec::new(), at: now };
         for (i, check) in checks.iter().enumerate() {
             // A log checked twice is counted once: by the check that holds its guard.
             if holder[i] == i {
                 if let Some(tally) = guards[i].as_mut() {
                     tally.admit(check.rule, now);
+                    counted.logs.push((logs[i].clone(), check.rule.window.as_millis() as i64));
                 }
             }
         }
-        LimitOutcome::Admitted { tightest }
+        drop(guards);
+        (LimitOutcome::Admitted { tightest }, Admission { local: Some(counted), redis: None })
     }
 }
 

@@ -135,6 +135,8 @@ pub struct RedisStats {
     /// Such counts that could not be taken back (Redis did not answer the removal, or too
     /// many were under way): each stays until its window passes.
     pub uncount_lost: AtomicU64,
+    /// Exact counts of requests refused after their limits (for credits), taken back.
+    pub given_back: AtomicU64,
 }
 
 /// Unanswered exact counts being taken back at once; past it (Redis slow for a flood of
@@ -184,21 +186,51 @@ impl Drop for Uncount {
     }
 }
 
-/// Requests taken from this replica's slices for one call: put back unless the call is
-/// admitted, also when the call is dropped half-way (a timeout, a caller that hung up).
+/// Requests taken from this replica's slices for one call: given back unless the call is
+/// allowed, also when the call is dropped half-way (a timeout, a caller that hung up).
 #[derive(Default)]
 struct Taken(SmallVec<[Spent; 2]>);
 
 impl Taken {
     fn keep(mut self) {
-        self.0.clear();
+        for spent in self.0.drain(..) {
+            spent.cell.lock().settle(spent.generation, true);
+        }
     }
 }
 
 impl Drop for Taken {
     fn drop(&mut self) {
         for spent in self.0.drain(..) {
-            spent.cell.lock().put_back(spent.generation);
+            spent.cell.lock().settle(spent.generation, false);
+        }
+    }
+}
+
+/// What a request admitted through Redis counted (see [`super::Admission`]): requests
+/// taken from slices, and a member of the exact limits' sets.
+pub(super) struct Counted {
+    taken: Taken,
+    uncount: Option<Uncount>,
+}
+
+impl Counted {
+    pub(super) fn keep(mut self) {
+        std::mem::take(&mut self.taken).keep();
+        Uncount::disarm(&mut self.uncount);
+    }
+
+    /// The slices' requests go back at once; the exact counts are taken out of Redis
+    /// before this returns when Redis answers within the limiter's timeout, else by the
+    /// background removal (its tries and its stats, as for an unanswered count).
+    pub(super) async fn give_back(mut self) {
+        drop(std::mem::take(&mut self.taken));
+        let Some(held) = self.uncount.as_ref() else { return };
+        let Some(redis) = held.redis.clone() else { return };
+        let removal = redis.uncount_once(&held.keys, &held.member);
+        if let Ok(true) = tokio::time::timeout(redis.breaker.timeout(), removal).await {
+            redis.stats.given_back.fetch_add(1, Ordering::Relaxed);
+            Uncount::disarm(&mut self.uncount);
         }
     }
 }
@@ -308,20 +340,35 @@ impl RedisLimiter {
     /// unreachable, limits that all may fall back count locally; any that must not, fail
     /// closed.
     pub async fn check(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> Result<LimitOutcome, LimiterError> {
+        let (outcome, admission) = self.admit(checks, now).await?;
+        admission.keep();
+        Ok(outcome)
+    }
+
+    /// [`RedisLimiter::check`], with the counts held until the call is decided.
+    pub async fn admit(
+        &self,
+        checks: &[LimitCheck<'_>],
+        now: Timestamp,
+    ) -> Result<(LimitOutcome, super::Admission), LimiterError> {
         // Here, not in `check_in_redis`, so that a decision dropped half-way (the budget, a
         // caller that hung up) takes back a count Redis may hold for it, and so that the
         // fallback can keep one for a request it serves.
-        let mut uncount = None;
-        match self.check_in_redis(checks, now, &mut uncount).await {
-            Ok(outcome) => Ok(outcome),
+        let mut counted = Counted { taken: Taken::default(), uncount: None };
+        match self.check_in_redis(checks, now, &mut counted).await {
+            Ok(outcome @ LimitOutcome::Admitted { .. }) => {
+                Ok((outcome, super::Admission { local: None, redis: Some(counted) }))
+            }
+            Ok(outcome) => Ok((outcome, super::Admission::default())),
             Err(e) if super::falls_back(checks) => {
                 tracing::warn!(error = %e, "rate limit store unreachable; counting locally");
-                let local = self.fallback.check(checks, now);
+                let (local, mut admission) = self.fallback.admit(checks, now);
                 if matches!(local, LimitOutcome::Admitted { .. }) {
-                    // Served: a count Redis may hold for it stands.
-                    Uncount::disarm(&mut uncount);
+                    // Served or given back with the local count: a count Redis may hold
+                    // for it goes the same way.
+                    admission.redis = Some(Counted { taken: Taken::default(), uncount: counted.uncount.take() });
                 }
-                Ok(local)
+                Ok((local, admission))
             }
             Err(e) => Err(e),
         }
@@ -331,10 +378,10 @@ impl RedisLimiter {
         &self,
         checks: &[LimitCheck<'_>],
         now: Timestamp,
-        uncount: &mut Option<Uncount>,
+        counted: &mut Counted,
     ) -> Result<LimitOutcome, LimiterError> {
         let now_ms = now.as_millis();
-        let mut spent = Taken::default();
+        let spent = &mut counted.taken;
         let mut tightest: Option<Room> = None;
         let mut limited: Option<(u32, i64, usize)> = None;
         for (i, check) in checks.iter().enumerate().filter(|(_, c)| c.rule.kind == LimitKind::HighRate) {
@@ -351,31 +398,35 @@ impl RedisLimiter {
             }
         }
         if let Some((limit, retry_after, check)) = limited {
+            // Not admitted: what was taken from other slices goes back.
+            *spent = Taken::default();
             let retry_after = Duration::from_millis(retry_after.max(0) as u64);
             return Ok(LimitOutcome::Limited { limit, retry_after, check });
         }
         let exact: SmallVec<[usize; 4]> =
             (0..checks.len()).filter(|&i| checks[i].rule.kind == LimitKind::Exact).collect();
         if exact.is_empty() {
-            spent.keep();
             return Ok(LimitOutcome::Admitted { tightest });
         }
         let outcome = self
             .redis
             .breaker
-            .guard(self.check_exact(checks, &exact, now, uncount), |_| true)
+            .guard(self.check_exact(checks, &exact, now, &mut counted.uncount), |_| true)
             .await
             .map_err(|refused| LimiterError::Unreachable(Box::new(refused)))
             .and_then(|checked| checked);
         match outcome {
             Ok(LimitOutcome::Admitted { tightest: room }) => {
-                spent.keep();
                 Ok(LimitOutcome::Admitted { tightest: room.map_or(tightest, |room| tighter(tightest, room)) })
             }
             Ok(LimitOutcome::Limited { limit, retry_after, check }) => {
+                counted.taken = Taken::default();
                 Ok(LimitOutcome::Limited { limit, retry_after, check: exact.get(check).copied().unwrap_or(0) })
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                counted.taken = Taken::default();
+                Err(e)
+            }
         }
     }
 
@@ -529,7 +580,11 @@ impl RedisLimiter {
         let [admitted, limit, value, ..] = answer[..] else {
             return Err(LimiterError::Unreachable("the limit script answered in an unknown shape".into()));
         };
-        Uncount::disarm(uncount);
+        if admitted != 1 {
+            // Refused: the script counted nothing. Admitted, the count stays held until the
+            // call is decided (see `Counted`).
+            Uncount::disarm(uncount);
+        }
         Ok(if admitted == 1 {
             let tightest = (value >= 0).then(|| Room { limit: limit.max(0) as u32, remaining: value.max(0) as u32 });
             LimitOutcome::Admitted { tightest }
@@ -572,14 +627,9 @@ impl Redis {
             if attempt > 0 {
                 tokio::time::sleep(UNCOUNT_RETRY_AFTER * attempt).await;
             }
-            let Ok(mut connection) = self.connection().await else { continue };
-            let mut removal = redis::pipe();
-            for key in keys {
-                removal.zrem(key, member);
-            }
-            if let Ok(removed) = removal.query_async::<Vec<u64>>(&mut connection).await {
+            if let Ok(removed) = self.remove_member(keys, member).await {
                 // After a try whose answer was lost, that try may be what removed it.
-                if attempt > 0 || removed.iter().any(|&n| n > 0) {
+                if attempt > 0 || removed {
                     self.stats.uncounted.fetch_add(1, Ordering::Relaxed);
                 }
                 return;
@@ -587,6 +637,25 @@ impl Redis {
         }
         self.stats.uncount_lost.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("Redis did not take back an unanswered rate-limit count: it stays until its window passes");
+    }
+
+    /// One try at taking `member` out of `keys`: `true` once Redis answered.
+    async fn uncount_once(&self, keys: &[String], member: &str) -> bool {
+        self.remove_member(keys, member).await.is_ok()
+    }
+
+    /// Whether any of `keys` held `member`, which is now gone from all of them.
+    async fn remove_member(&self, keys: &[String], member: &str) -> Result<bool, LimiterError> {
+        let mut connection = self.connection().await?;
+        let mut removal = redis::pipe();
+        for key in keys {
+            removal.zrem(key, member);
+        }
+        let removed = removal
+            .query_async::<Vec<u64>>(&mut connection)
+            .await
+            .map_err(|e| LimiterError::Unreachable(Box::new(e)))?;
+        Ok(removed.iter().any(|&n| n > 0))
     }
 
     /// Sends `sent` for `cell`'s slice, tells the slice the answer, and wakes whoever waits.

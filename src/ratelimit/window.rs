@@ -64,6 +64,20 @@ impl BucketedWindow {
         self.total += 1;
     }
 
+    /// Takes back one request admitted at `at`, if its bucket is still counted.
+    pub fn give_back(&mut self, window_ms: i64, at: i64) {
+        let index = at.div_euclid(bucket_ms(window_ms));
+        let ring = self.counts.len() as i64;
+        if index > self.newest || index <= self.newest - ring {
+            return;
+        }
+        let slot = &mut self.counts[index.rem_euclid(ring) as usize];
+        if *slot > 0 {
+            *slot -= 1;
+            self.total -= 1;
+        }
+    }
+
     /// Moves the ring to `index`, dropping the buckets that left. A clock that stepped back
     /// counts in the newest bucket (never unlimits a subject).
     fn advance(&mut self, index: i64) {

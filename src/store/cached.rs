@@ -436,6 +436,15 @@ impl Store for CachedStore {
         self.keys.get_or_load(&id, || self.inner.key(id)).await
     }
 
+    /// Through the cache (an admin read puts the record in memory for its first use), but
+    /// a balance is read from the store: other replicas spend it without telling this one.
+    async fn key_as_stored(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        match self.key(id).await? {
+            Some(key) if key.credit_holder().is_some() => self.inner.key_as_stored(id).await,
+            cached => Ok(cached),
+        }
+    }
+
     async fn list_keys(
         &self,
         account: &AccountId,
@@ -455,7 +464,7 @@ impl Store for CachedStore {
         // Invalidate even when the write errors: it may have committed before the error.
         let result = self.inner.update_key(id, changes, now, audit).await;
         self.keys.invalidate(&id);
-        // A key rolled into this one reads its credits: changed with them.
+        // A key rolled into this one follows it (its credits, its state, its terms).
         if let Ok(UpdateOutcome::Updated(key)) = &result {
             key.rolled_from.iter().for_each(|predecessor| self.keys.invalidate(predecessor));
         }
@@ -501,8 +510,8 @@ impl Store for CachedStore {
         now: Timestamp,
     ) -> Result<Spend, StoreError> {
         let spent = self.inner.spend_credits(holder, cost, refill, now).await?;
-        // The cached record shows the balance the store just said (GetApiKey reads it);
-        // the decision never trusts it, the store's answer is the balance.
+        // The cached record shows the balance the store just said; the decision never
+        // trusts it (the store's answer is the balance), and GetApiKey reads the store.
         if let (Spend::Spent(balance) | Spend::Exhausted(balance), CreditHolder::Key(id)) = (spent, holder) {
             self.keys.update_in_place(id, |record| {
                 record.credits.map(|_| KeyRecord { credits: Some(balance), ..record.clone() })

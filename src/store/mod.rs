@@ -257,6 +257,11 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError>;
     async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError>;
+    /// The key as the admin API shows it: with its credits balance as the store holds it
+    /// now (a replica's cached record can hold one other replicas have spent since).
+    async fn key_as_stored(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.key(id).await
+    }
     async fn list_keys(
         &self,
         account: &AccountId,

@@ -681,6 +681,34 @@ async fn owner_in(
         .transpose()
 }
 
+/// A key rolled into `key` and still in its overlap stands in for it, so it follows every
+/// change of it (enabled or not, scopes, applications, expiry, owner, limits, allowlist,
+/// metadata, refill) in the transaction that made it: disabling or narrowing the successor
+/// reaches the old credential at once. Its version moves, so every replica's cache hears
+/// of it as of the successor (and the admin call's barrier covers it).
+async fn follow_successor(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    key: &KeyRecord,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE api_keys SET scopes = $2, application_ids = $3, expires_at = $4, disabled = $5, owner_id = $6, \
+         terms = $7, updated_at = $8, version = version + 1 \
+         WHERE rolled_to = $1 AND revoked_at IS NULL AND retire_at > $8",
+    )
+    .bind(key.id.to_string())
+    .bind(scopes_json(&key.scopes))
+    .bind(application_ids_json(&key.application_ids))
+    .bind(key.expires_at.map(Timestamp::as_millis))
+    .bind(i64::from(key.disabled))
+    .bind(key.owner_id.as_ref().map(|o| o.as_str().to_owned()))
+    .bind(StoredTerms::write(&key.terms))
+    .bind(now.as_millis())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Ends now the overlap of every key rolled to `id` that still works; returns them.
 async fn retire_predecessors(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -1059,20 +1087,10 @@ impl Store for SqlStore {
                     let refill = credits.and_then(|c| c.refill);
                     set_credits(&mut tx, &CreditHolder::Key(id), credits.map(|c| c.balance(now)), refill.as_ref())
                         .await?;
-                    // A key rolled into this one spends this balance: it reads the change too
-                    // (its version, and on Postgres every replica's cache).
-                    sqlx::query(
-                        "UPDATE api_keys SET version = version + 1, terms = $2 WHERE rolled_to = $1 \
-                         AND revoked_at IS NULL AND retire_at > $3",
-                    )
-                    .bind(id.to_string())
-                    .bind(StoredTerms::write(&KeyTerms { refill, ..key.terms.clone() }))
-                    .bind(now.as_millis())
-                    .execute(&mut *tx)
-                    .await?;
                 }
                 key = key_in(&mut tx, id).await?.ok_or_else(|| corrupt("an updated key is gone"))?;
             }
+            follow_successor(&mut tx, &key, now).await?;
             insert_audit(audit).execute(&mut *tx).await?;
             tx.commit().await?;
             return Ok(UpdateOutcome::Updated(Box::new(key)));

@@ -5,7 +5,9 @@ mod admin;
 mod admin_tokens;
 mod authorize;
 mod cli;
+mod credentials_credits;
 mod credentials_request;
+mod credentials_rolls;
 mod edge;
 mod edge_contract;
 /// The example axum edge (examples/edge.rs), compiled in as it is.

@@ -35,7 +35,10 @@ backend_tests!(a_key_limit_tighter_than_the_route_is_enforced_with_its_reason);
 async fn a_key_limit_tighter_than_the_route_is_enforced_with_its_reason(db: Db) {
     let mut app = TestApp::spawn(db).await.unwrap();
     let terms = pb::CreateApiKeyRequest {
-        limits: vec![limit("burst", 2, 60, ""), limit("elsewhere", 1, 60, "GET /api/v1/panel/logs")],
+        limits: vec![
+            limit("burst", 2, 60, ""),
+            limit("elsewhere", 1, 60, "GET /api/v1/panel/applications/{application_id}/logs"),
+        ],
         ..Default::default()
     };
     let (_, limited) = app.key_with("acct_kl", terms).await;

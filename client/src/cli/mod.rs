@@ -787,7 +787,8 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
             let active: Vec<_> = all_keys(&admin, &account, search.as_deref(), None)
                 .await?
                 .into_iter()
-                .filter(|k| k.status == pb::ApiKeyStatus::Active as i32)
+                // A disabled key is live (enabling it again makes it work): it is revoked too.
+                .filter(|k| [pb::ApiKeyStatus::Active as i32, pb::ApiKeyStatus::Disabled as i32].contains(&k.status))
                 .collect();
             if !yes {
                 anyhow::bail!("this would revoke {} active keys of {account}; run again with --yes", active.len());

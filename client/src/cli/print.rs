@@ -216,6 +216,7 @@ fn status_name(status: i32) -> &'static str {
         Ok(pb::ApiKeyStatus::Active) => "active",
         Ok(pb::ApiKeyStatus::Expired) => "expired",
         Ok(pb::ApiKeyStatus::Revoked) => "revoked",
+        Ok(pb::ApiKeyStatus::Disabled) => "disabled",
         _ => "unknown",
     }
 }
