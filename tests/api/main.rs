@@ -5,6 +5,7 @@ mod admin;
 mod admin_tokens;
 mod authorize;
 mod cli;
+mod credentials_import;
 mod edge;
 mod edge_contract;
 /// The example axum edge (examples/edge.rs), compiled in as it is.
