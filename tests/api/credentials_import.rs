@@ -103,8 +103,8 @@ async fn confined_writer(app: &mut TestApp, account: &str) -> crate::admin_token
 
 backend_tests!(a_start_another_account_imports_cannot_shadow_a_key);
 /// Issue 28 item 4: a confined `keys_write` token imports, into its own account, its own
-/// hashes under the victim's start, that start plus characters of the credential, and a
-/// shorter prefix of it; the victim's unused key still answers its holder, at its first use
+/// hashes under the victim's start plus characters of the credential, and under a shorter
+/// prefix of it (the same start is item 5's); the victim's unused key still answers its holder, at its first use
 /// and after (every record a credential finds is tried, each account's first).
 async fn a_start_another_account_imports_cannot_shadow_a_key(db: Db) {
     let mut app = TestApp::spawn_on(TestDb::new(db).await.unwrap(), cheap_argon2).await;
@@ -114,7 +114,7 @@ async fn a_start_another_account_imports_cannot_shadow_a_key(db: Db) {
     app.clock.advance(Duration::from_secs(1));
     let mut attacker = confined_writer(&mut app, "acct_attacker").await;
     let c = &victim.credential;
-    let shadows = [&c[..13], &c[..20], &c[..12], &c[..8]]
+    let shadows = [&c[..13], &c[..20], &c[..30], &c[..8]]
         .iter()
         .enumerate()
         .map(|(i, start)| pb::ImportedKey { start: (*start).to_owned(), ..imported("acct_attacker", &bcrypt[i + 1]) })
