@@ -91,14 +91,19 @@ pub struct Authenticator {
     verified_here: quick_cache::sync::Cache<[u8; 32], ()>,
     /// Credentials argon2 rejected: a repeated wrong secret costs a lookup.
     rejected: moka::sync::Cache<[u8; 32], ()>,
-    /// Imported keys found by a credential since it was first used, by the SHA-256 of the
-    /// whole credential (its lookup): a known imported credential costs no store query.
+    /// Imported keys a credential was accepted for, by its keyed digest: a known imported
+    /// credential costs no store query.
     imported_keys: quick_cache::sync::Cache<[u8; 32], KeyId>,
+    /// Imported keys whose stored hash can never verify, logged once each.
+    unusable: quick_cache::sync::Cache<KeyId, ()>,
     /// Imported keys queued for re-hashing, and the queue (its worker starts with the
     /// first adoption, inside the runtime).
     adopting: Arc<std::sync::Mutex<std::collections::HashSet<KeyId>>>,
     adoptions: std::sync::OnceLock<tokio::sync::mpsc::Sender<Adoption>>,
 }
+
+/// Imported keys with a hash that can never verify, remembered (to log each once) at most.
+const UNUSABLE_REMEMBERED: usize = 10_000;
 
 /// Imported keys waiting to be re-hashed at most: past it, a later use queues a key again.
 const ADOPTIONS_QUEUED: usize = 10_000;
@@ -175,6 +180,7 @@ impl Authenticator {
             verified_here: quick_cache::sync::Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX)),
             rejected: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(settings.rejected_ttl).build(),
             imported_keys: quick_cache::sync::Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX)),
+            unusable: quick_cache::sync::Cache::new(UNUSABLE_REMEMBERED),
             adopting: Arc::default(),
             adoptions: std::sync::OnceLock::new(),
         }
@@ -345,91 +351,150 @@ impl Authenticator {
     }
 
     /// A credential keygate did not issue, for a key imported from another system: found
-    /// by the digest of the whole credential (or, before its first use, by the form it was
-    /// imported in), then judged like any key. A credential that finds nothing costs one
-    /// indexed query from the client's lookup budget and no hash.
+    /// by its keyed digest (or, before its first use, by the form it was imported in), then
+    /// judged against each record found — each account's best match first, earliest import
+    /// first, at most [`imported::MAX_CANDIDATES`] — until one accepts it, so a record
+    /// another account imported under a start cannot shadow this one. A credential that
+    /// finds nothing costs one indexed query from the client's lookup budget and no hash.
     async fn imported_key(&self, raw: &str, client: Option<ClientNetwork>) -> Result<Authentication, AuthnError> {
-        let invalid = || refused(Code::ApiKeyInvalid, "unknown API key or wrong secret");
-        let whole = imported::whole_digest(raw);
-        let whole_lookup = imported::sha256_lookup(&whole);
-        let known = match self.imported_keys.get(&whole) {
-            Some(id) => match self.store.key_in_memory(id) {
+        let digest = self.digester.digest(raw);
+        let (candidates, charged) = match self.imported_candidates(raw, &digest, client).await? {
+            Ok(found) => found,
+            Err(throttled) => return Ok(Authentication::Throttled(throttled)),
+        };
+        let mut judged = false;
+        for record in candidates.into_iter().filter(|k| k.kind == KeyKind::ApiKey && k.lookup.is_some()) {
+            judged = true;
+            match Box::pin(self.imported_record(raw, record, digest, client)).await? {
+                Authentication::Refused(_) => {}
+                answer => return Ok(answer),
+            }
+        }
+        // A lookup that found nothing kept its unit: that unit is this failure's charge;
+        // each record judged charged its own.
+        if !judged && !charged {
+            self.budgets.note_client_failure(client);
+        }
+        Ok(refused(Code::ApiKeyInvalid, "unknown API key or wrong secret"))
+    }
+
+    /// The records `raw` may be: the one this replica last accepted it for (only a hint of
+    /// where to look), or what the store finds, from the client's lookup budget. Says too
+    /// whether the lookup kept its unit (it found nothing).
+    async fn imported_candidates(
+        &self,
+        raw: &str,
+        digest: &[u8; 32],
+        client: Option<ClientNetwork>,
+    ) -> Result<Result<(Vec<Arc<KeyRecord>>, bool), Throttled>, StoreError> {
+        if let Some(id) = self.imported_keys.get(digest) {
+            let known = match self.store.key_in_memory(id) {
                 InMemory::Fresh(record) => Some(record),
                 InMemory::Absent => None,
                 InMemory::Stale | InMemory::Unknown => self.store.key(id).await?,
-            },
-            None => None,
+            };
+            if let Some(record) = known.filter(|record| record.lookup.is_some()) {
+                return Ok(Ok((vec![record], false)));
+            }
         }
-        // Only a hint of where to look: the record is judged below as any other.
-        .filter(|record| record.lookup.is_some());
-        // A lookup that found nothing kept its unit: that unit is this failure's charge.
-        let mut charged = false;
-        let record = match known {
-            Some(record) => Some(record),
-            None => {
-                let lookups = imported::lookups(raw, &whole);
-                let reservation = match self.budgets.admit_lookup(client) {
-                    Ok(reservation) => reservation,
-                    Err(throttled) => return Ok(Authentication::Throttled(throttled)),
-                };
-                let found = self.store.key_by_lookup(&lookups).await?;
-                // Found by a digest of the credential: no guess. Found by its start (which
-                // may be displayed anywhere) or not at all: the unit stays spent.
-                if found.as_ref().is_some_and(|k| k.lookup.as_deref().is_some_and(|l| l.starts_with("sha256:"))) {
-                    reservation.succeeded();
-                } else if found.is_some() {
-                    reservation.found_by_guessable();
-                } else {
-                    reservation.failed();
-                    charged = true;
-                }
-                found
-            }
+        let lookups = imported::lookups(raw, digest);
+        let reservation = match self.budgets.admit_lookup(client) {
+            Ok(reservation) => reservation,
+            Err(throttled) => return Ok(Err(throttled)),
         };
-        let Some(record) = record.filter(|k| k.kind == KeyKind::ApiKey && k.lookup.is_some()) else {
-            if !charged {
-                self.budgets.note_client_failure(client);
-            }
-            return Ok(invalid());
+        let found = self.store.keys_by_lookup(&lookups).await?;
+        // Found by a digest of the credential: no guess. Found by its start (which may be
+        // displayed anywhere) or not at all: the unit stays spent.
+        let by_digest = |k: &Arc<KeyRecord>| {
+            k.lookup.as_deref().is_some_and(|l| !l.starts_with("start:") && lookups.iter().any(|x| x == l))
         };
-        self.imported_keys.insert(whole, record.id);
-        let digest = self.digester.digest(raw);
-        // An imported credential names no key: what this replica remembers of it is
-        // remembered for the key it was judged against (another key's lookup could find it
-        // later, after a delete), never for the credential alone.
+        if found.iter().any(by_digest) {
+            reservation.succeeded();
+        } else if !found.is_empty() {
+            reservation.found_by_guessable();
+        } else {
+            reservation.failed();
+        }
+        let charged = found.is_empty();
+        Ok(Ok((found, charged)))
+    }
+
+    /// Judges `raw` for one imported record: by the stored keyed digest or what this
+    /// replica remembers, by a SHA-256 import's digest, or by the record's slow hash. What
+    /// a replica remembers of an imported credential is remembered for the key it was
+    /// judged against (another key's lookup could find it later, after a delete), never for
+    /// the credential alone. An accepted key is adopted.
+    async fn imported_record(
+        &self,
+        raw: &str,
+        record: Arc<KeyRecord>,
+        digest: [u8; 32],
+        client: Option<ClientNetwork>,
+    ) -> Result<Authentication, AuthnError> {
         let memo_of = |id: crate::domain::KeyId| self.digester.digest(&format!("{id}\n{raw}"));
         let id = record.id;
         let record = match self.recognise(record, &digest, || memo_of(id), client) {
             Ok(judged) => {
                 // Recognised by its digest, but perhaps not re-hashed yet (the verifier was busy).
                 if let Authentication::Verified(Principal::Key(key)) = &judged {
-                    self.adopt(key, raw, whole_lookup, digest);
+                    self.accepted(key, raw, digest);
                 }
                 return Ok(judged);
             }
             Err(unjudged) => unjudged,
         };
-        let memo = memo_of(id);
         // A SHA-256 import is checked here and now: no slow hash to queue for.
         if let Some(matches) = imported::verify_sha256(raw, &record.secret_hash) {
             if !matches {
                 self.budgets.note_client_failure(client);
-                return Ok(invalid());
+                return Ok(refused(Code::ApiKeyInvalid, "unknown API key or wrong secret"));
             }
-            self.verified_here.insert(memo, ());
-            self.adopt(&record, raw, whole_lookup, digest);
+            self.verified_here.insert(memo_of(id), ());
+            self.accepted(&record, raw, digest);
             return Ok(Authentication::Verified(Principal::Key(record)));
         }
-        let verified = self.verify(raw, record.clone(), digest, memo, client).await?;
+        if let Some(refusal) = self.unjudgeable(raw, &record, client) {
+            return Ok(refusal);
+        }
+        let verified = self.verify(raw, record.clone(), digest, memo_of(id), client).await?;
         if let Authentication::Verified(_) = verified {
-            self.adopt(&record, raw, whole_lookup, digest);
+            self.accepted(&record, raw, digest);
         }
         Ok(verified)
     }
 
+    /// Denies, as a wrong secret and without running it, what a record's hash cannot judge:
+    /// a credential longer than bcrypt reads (every variant sharing its first 72 bytes
+    /// would pass, and the re-hash would bind the key to whichever came first), or a stored
+    /// hash that can never verify (written before hashes were checked at import, or by
+    /// hand): logged once per key, never an internal error.
+    fn unjudgeable(&self, raw: &str, record: &KeyRecord, client: Option<ClientNetwork>) -> Option<Authentication> {
+        let phc = record.secret_hash.expose_phc();
+        match imported::check_stored(phc) {
+            Err(problem) => {
+                if self.unusable.get(&record.id).is_none() {
+                    self.unusable.insert(record.id, ());
+                    tracing::warn!(key_id = %record.id, problem = %problem.problem,
+                        "an imported key's stored hash can never verify: it is denied until deleted");
+                }
+            }
+            Ok(()) if !imported::beyond_bcrypt(raw, phc) => return None,
+            Ok(()) => {}
+        }
+        self.budgets.note_client_failure(client);
+        Some(refused(Code::ApiKeyInvalid, "unknown API key or wrong secret"))
+    }
+
+    /// An imported credential accepted for `record`: remembered as where to look next
+    /// time, and the key adopted.
+    fn accepted(&self, record: &KeyRecord, raw: &str, digest: [u8; 32]) {
+        self.imported_keys.insert(digest, record.id);
+        self.adopt(record, raw, imported::keyed_lookup(&digest), digest);
+    }
+
     /// After an imported key is verified, off the request path: its hash becomes keygate's
-    /// argon2id of the whole credential, and it is found by that credential's digest from
-    /// then on (its start, if it had one, finds it no more). The re-hash uses only idle
+    /// argon2id of the whole credential, and its lookup the credential's keyed digest (the
+    /// form it was imported in still finds it, and is judged by the stored keyed digest). The re-hash uses only idle
     /// verifier capacity: when verifications are waiting it is left to a later use (the
     /// key's own hash and stored digest keep working meanwhile), so a burst of first uses
     /// never queues argon2 work in front of callers. One adoption per key at a time.

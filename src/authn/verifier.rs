@@ -239,6 +239,11 @@ impl Verifier {
         let since = slot.since;
         let verified = run(slot, move || {
             if phc.starts_with("$2") {
+                // bcrypt reads 72 bytes: a longer secret is never its match (every variant
+                // sharing those bytes would be).
+                if secret.len() > crate::domain::imported::BCRYPT_MAX_BYTES {
+                    return Ok(false);
+                }
                 return bcrypt::verify(&secret, &phc).map_err(|_| VerifierError::BadHash);
             }
             let parsed = PasswordHash::new(&phc).map_err(|_| VerifierError::BadHash)?;

@@ -183,8 +183,8 @@ impl Store for BoundedStore {
         self.admin(self.inner.import_keys(import_id, keys, audit)).await
     }
 
-    async fn key_by_lookup(&self, lookups: &[String]) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        self.read(self.inner.key_by_lookup(lookups)).await
+    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        self.read(self.inner.keys_by_lookup(lookups)).await
     }
 
     async fn adopt_imported(

@@ -587,14 +587,15 @@ impl Store for CachedStore {
     }
 
     /// Not cached by lookup (the authenticator remembers which key a credential found);
-    /// the key found is then read by id through the cache, so the next call is served from
-    /// memory. (Caching the lookup's own row could resurrect a record a change invalidated
-    /// between that read and this insert; a read by id is guarded against that.)
-    async fn key_by_lookup(&self, lookups: &[String]) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        match self.inner.key_by_lookup(lookups).await? {
-            Some(found) => self.key(found.id).await,
-            None => Ok(None),
+    /// the keys found are then read by id through the cache, so the next call is served
+    /// from memory. (Caching the lookup's own rows could resurrect a record a change
+    /// invalidated between that read and this insert; a read by id is guarded against that.)
+    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        let mut keys = Vec::new();
+        for found in self.inner.keys_by_lookup(lookups).await? {
+            keys.extend(self.key(found.id).await?);
         }
+        Ok(keys)
     }
 
     async fn adopt_imported(

@@ -303,8 +303,8 @@ impl Store for MemoryStore {
         Err(StoreError::Unsupported("importing keys"))
     }
 
-    async fn key_by_lookup(&self, _lookups: &[String]) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        Ok(None)
+    async fn keys_by_lookup(&self, _lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        Ok(Vec::new())
     }
 
     async fn adopt_imported(

@@ -198,8 +198,8 @@ impl Store for MeteredStore {
         self.timed("import_keys", self.inner.import_keys(import_id, keys, audit)).await
     }
 
-    async fn key_by_lookup(&self, lookups: &[String]) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        self.timed("key_by_lookup", self.inner.key_by_lookup(lookups)).await
+    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        self.timed("keys_by_lookup", self.inner.keys_by_lookup(lookups)).await
     }
 
     async fn adopt_imported(

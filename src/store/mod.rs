@@ -316,10 +316,14 @@ pub trait Store: Send + Sync + 'static {
         keys: &[ImportedKey],
         audit: &AuditEvent,
     ) -> Result<Vec<Imported>, StoreError>;
-    /// The imported key whose `lookup` is one of `lookups`.
-    async fn key_by_lookup(&self, lookups: &[String]) -> Result<Option<Arc<KeyRecord>>, StoreError>;
+    /// The imported keys whose `lookup` is one of `lookups`, or whose `import_ref` is one of
+    /// `lookups[1..]` (the form it was imported in, which finds it after a new digest key
+    /// too), at most [`crate::domain::imported::MAX_CANDIDATES`]: those matching
+    /// `lookups[0]` (the keyed digest) first, then each account's best match before any
+    /// account's next, earliest import first.
+    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError>;
     /// After an imported key's first verification: its hash becomes `new` (keygate's own),
-    /// its lookup the digest of the whole credential, and the verified digest is stored,
+    /// its lookup the keyed digest of the whole credential, and the verified digest is stored,
     /// if the key still has `old`. Not a change of what the key may do: no audit event.
     async fn adopt_imported(
         &self,

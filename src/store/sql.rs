@@ -543,9 +543,9 @@ const INSERT_KEY: &str = "INSERT INTO api_keys (id, account_id, kind, runtime_of
      owner_id, rolled_from, rolled_to, lookup) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)";
 
-/// An imported key, unless a unique index (its id, lookup or import_ref) already holds it:
-/// the conflict is found by the indexes themselves, whatever the planner thinks of the
-/// table's size.
+/// An imported key, unless a unique index (its id, or its lookup or import_ref within its
+/// account) already holds it: the conflict is found by the indexes themselves, whatever the
+/// planner thinks of the table's size. Another account's key never conflicts.
 const INSERT_IMPORTED_KEY: &str = "INSERT INTO api_keys (id, account_id, kind, runtime_of, name, scopes, \
      application_ids, secret_hash, created_at, updated_at, expires_at, revoked_at, retire_at, revoked_reason, \
      version, disabled, terms, owner_id, rolled_from, rolled_to, lookup, import_ref, import_id) \
@@ -1508,7 +1508,8 @@ impl Store for SqlStore {
             outcomes.push(Imported::Created(record.id));
         }
         // A key this import brought before, into the same account, is `AlreadyImported`;
-        // anything else is a conflict (another account's key id is never told).
+        // anything else is a conflict within the account (keys are unique per account:
+        // another account's never conflicts, nor is its id told).
         for chunk in refused.chunks(500) {
             let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
             let sql = format!(
@@ -1532,21 +1533,30 @@ impl Store for SqlStore {
     }
 
     #[tracing::instrument(skip_all, err)]
-    async fn key_by_lookup(&self, lookups: &[String]) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
         if lookups.is_empty() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        let placeholders: Vec<String> = (1..=lookups.len()).map(|i| format!("${i}")).collect();
-        let sql = format!("{KEY_SELECT} WHERE lookup IN ({})", placeholders.join(", "));
+        let all: Vec<String> = (1..=lookups.len()).map(|i| format!("${i}")).collect();
+        // Each account's records in turn (the keyed match first, then the earliest import),
+        // and every account's first turn before any account's second: records one account
+        // imported under other accounts' starts wait behind theirs.
+        let sql = format!(
+            "{KEY_SELECT} JOIN (SELECT id AS found_id, CASE WHEN lookup = $1 THEN 0 ELSE 1 END AS keyed, \
+             ROW_NUMBER() OVER (PARTITION BY account_id ORDER BY CASE WHEN lookup = $1 THEN 0 ELSE 1 END, \
+             created_at, id) AS turn FROM api_keys WHERE lookup IN ({}) OR import_ref IN ({})) found \
+             ON found.found_id = api_keys.id ORDER BY found.keyed, found.turn, api_keys.created_at, api_keys.id \
+             LIMIT {}",
+            all.join(", "),
+            if all.len() > 1 { all[1..].join(", ") } else { "NULL".to_owned() },
+            crate::domain::imported::MAX_CANDIDATES,
+        );
         let mut query = sqlx::query(&sql);
         for lookup in lookups {
             query = query.bind(lookup.as_str());
         }
         let rows = query.fetch_all(&self.pool).await?;
-        let mut found = rows.iter().map(key_from_row).collect::<Result<Vec<_>, _>>()?;
-        // The most specific form first: the order the caller gave.
-        found.sort_by_key(|k| lookups.iter().position(|l| k.lookup.as_deref() == Some(l.as_str())));
-        Ok(found.into_iter().next().map(Arc::new))
+        rows.iter().map(|row| key_from_row(row).map(Arc::new)).collect()
     }
 
     #[tracing::instrument(skip_all, fields(key_id = %id), err)]

@@ -9,9 +9,9 @@ use keygate_client::AdminToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-type Admin = AdminClient<InterceptedService<Channel, AdminToken>>;
+pub(crate) type Admin = AdminClient<InterceptedService<Channel, AdminToken>>;
 
-fn admin_with(app: &TestApp, token: &str) -> Admin {
+pub(crate) fn admin_with(app: &TestApp, token: &str) -> Admin {
     let channel = tonic::transport::Channel::from_shared(app.admin_address.clone().unwrap_or(app.address.clone()))
         .unwrap()
         .connect_lazy();
@@ -19,7 +19,7 @@ fn admin_with(app: &TestApp, token: &str) -> Admin {
 }
 
 /// A new token through the bootstrap token; returns its secret.
-async fn token(app: &mut TestApp, name: &str, role: &str, account: &str, expires_in_seconds: u64) -> String {
+pub(crate) async fn token(app: &mut TestApp, name: &str, role: &str, account: &str, expires_in_seconds: u64) -> String {
     let request = pb::CreateAdminTokenRequest {
         name: name.into(),
         role: role.into(),

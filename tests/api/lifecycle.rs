@@ -13,7 +13,7 @@ async fn roll(app: &mut TestApp, id: &str, overlap_seconds: u32) -> Result<pb::R
     app.admin.reroll_api_key(request).await.map(|r| r.into_inner())
 }
 
-async fn get_key(app: &mut TestApp, id: &str) -> pb::ApiKey {
+pub(crate) async fn get_key(app: &mut TestApp, id: &str) -> pb::ApiKey {
     app.admin.get_api_key(pb::GetApiKeyRequest { id: id.into() }).await.unwrap().into_inner()
 }
 
@@ -23,7 +23,7 @@ async fn audit(app: &mut TestApp, account: &str) -> Vec<pb::AuditEvent> {
 }
 
 /// Argon2 as cheap as it goes: these tests verify and re-hash thousands of keys.
-fn cheap_argon2(settings: &mut keygate::config::Settings) {
+pub(crate) fn cheap_argon2(settings: &mut keygate::config::Settings) {
     settings.argon2.memory_kib = 1024;
     settings.argon2.iterations = 1;
     // Thousands of first uses from one test client at once would be a suspect burst (the
@@ -443,17 +443,17 @@ async fn owner_credits_are_exact_across_two_replicas() {
 
 /// One line of `tests/fixtures/import/*.jsonl` (made by `make_fixtures.py`).
 #[derive(serde::Deserialize)]
-struct Fixture {
-    credential: String,
-    algorithm: String,
-    hash: String,
+pub(crate) struct Fixture {
+    pub(crate) credential: String,
+    pub(crate) algorithm: String,
+    pub(crate) hash: String,
     #[serde(default)]
-    strip_prefix: String,
+    pub(crate) strip_prefix: String,
     #[serde(default)]
-    start: String,
+    pub(crate) start: String,
 }
 
-fn fixtures(kind: &str) -> Vec<Fixture> {
+pub(crate) fn fixtures(kind: &str) -> Vec<Fixture> {
     let path = format!("{}/tests/fixtures/import/{kind}.jsonl", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -462,7 +462,7 @@ fn fixtures(kind: &str) -> Vec<Fixture> {
         .collect()
 }
 
-fn imported(account: &str, f: &Fixture) -> pb::ImportedKey {
+pub(crate) fn imported(account: &str, f: &Fixture) -> pb::ImportedKey {
     pb::ImportedKey {
         account_id: account.into(),
         name: format!("imported {}", f.algorithm),
@@ -475,7 +475,7 @@ fn imported(account: &str, f: &Fixture) -> pb::ImportedKey {
     }
 }
 
-async fn import(app: &mut TestApp, import_id: &str, keys: Vec<pb::ImportedKey>) -> Vec<pb::ImportResult> {
+pub(crate) async fn import(app: &mut TestApp, import_id: &str, keys: Vec<pb::ImportedKey>) -> Vec<pb::ImportResult> {
     let mut results = Vec::new();
     for batch in keys.chunks(500) {
         let request = pb::ImportApiKeysRequest { import_id: import_id.into(), keys: batch.to_vec() };
@@ -485,7 +485,7 @@ async fn import(app: &mut TestApp, import_id: &str, keys: Vec<pb::ImportedKey>) 
 }
 
 /// `credentials`, 16 at a time; each answer with the credential's index.
-async fn authorize_all(app: &TestApp, credentials: &[String]) -> Vec<pb::AuthorizeResponse> {
+pub(crate) async fn authorize_all(app: &TestApp, credentials: &[String]) -> Vec<pb::AuthorizeResponse> {
     let mut answers = Vec::with_capacity(credentials.len());
     for chunk in credentials.chunks(16) {
         let calls: Vec<_> = chunk
@@ -525,16 +525,16 @@ async fn keys_imported_from_other_systems_work_with_their_own_credentials(db: Db
             assert_eq!(&answer.principal.as_ref().unwrap().key_id, id);
         }
         // Each is re-hashed to keygate's own argon2id, found by its whole credential's
-        // digest: after its first use, or — when that use found the verifier busy — a later
+        // keyed digest: after its first use, or — when that use found the verifier busy — a later
         // one. The rounds only stop a hang; no time is asserted.
         let store = app.handles.store.clone();
+        let digester = keygate::authn::digest::CredentialDigester::new(crate::helpers::DIGEST_KEY.as_bytes());
         let mut pending: Vec<usize> = (0..ids.len()).collect();
         for _ in 0..500 {
             let mut still = Vec::new();
             for &i in &pending {
                 let record = store.key(keygate::domain::KeyId::parse(&ids[i]).unwrap()).await.unwrap().unwrap();
-                let whole =
-                    keygate::domain::imported::sha256_lookup(&keygate::domain::imported::whole_digest(&credentials[i]));
+                let whole = keygate::domain::imported::keyed_lookup(&digester.digest(&credentials[i]));
                 let adopted = record.secret_hash.expose_phc().starts_with("$argon2id$v=19$m=1024,t=1,p=1$")
                     && record.verified_digest.is_some()
                     && record.lookup.as_deref() == Some(whole.as_str());

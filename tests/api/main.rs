@@ -6,6 +6,7 @@ mod admin_tokens;
 mod authorize;
 mod cli;
 mod credentials_credits;
+mod credentials_import;
 mod credentials_request;
 mod credentials_rolls;
 mod edge;

@@ -433,8 +433,8 @@ impl Store for Gated {
     ) -> Result<Vec<keygate::store::Imported>, StoreError> {
         self.inner.import_keys(import_id, keys, audit).await
     }
-    async fn key_by_lookup(&self, lookups: &[String]) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        self.inner.key_by_lookup(lookups).await
+    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        self.inner.keys_by_lookup(lookups).await
     }
     async fn adopt_imported(
         &self,
