@@ -13,9 +13,10 @@
 //! - [`metrics`]: the Prometheus registry and its endpoint.
 //! - [`breaker`]: bounded waits on the stores a decision needs, none on a store known down.
 //! - [`store`]: the storage trait, its SQL implementation and the caching decorator.
-//! - [`edge`]: what Check and forward auth share: credential sources, principal headers.
-//! - [`grpc`]: tonic services; protobuf types stop here.
-//! - [`forward_auth`]: the HTTP forward-auth listener for nginx, Caddy and Traefik.
+//! - [`edge`]: every entry's question and answer: one builder from an HTTP-shaped request
+//!   to Authorize's query, one answer rendered per protocol, failures logged with an error
+//!   id; [`edge::forward_auth`], the HTTP listener for nginx, Caddy and Traefik.
+//! - [`grpc`]: tonic services (Authorize, Envoy's Check, Admin); protobuf types stop here.
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring, logs.
 //! - [`tls`]: TLS and mTLS on every listener, certificates reloaded in place.
 //! - [`clock`]: time as a dependency, so tests move it.
@@ -29,7 +30,6 @@ pub use keygate_api::code;
 pub mod config;
 pub mod domain;
 pub mod edge;
-pub mod forward_auth;
 pub mod grpc;
 pub mod manage;
 pub mod metrics;

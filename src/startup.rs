@@ -10,7 +10,7 @@ use crate::authz::Authorizer;
 use crate::breaker::Breaker;
 use crate::clock::Clock;
 use crate::config::{AdminTokenSource, DigestKeySource, Settings, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN};
-use crate::forward_auth::ForwardAuth;
+use crate::edge::forward_auth::ForwardAuth;
 use crate::grpc::admin::{AdminGate, AdminGateMetrics, AdminService, BootstrapToken};
 use crate::grpc::authorizer::AuthorizerService;
 use crate::grpc::ext_authz::CheckService;
@@ -526,7 +526,7 @@ impl Application {
                     Ok(listener) => listener,
                     Err(e) => return tracing::error!(error = %e, "the forward-auth listener failed"),
                 };
-                if let Err(e) = crate::forward_auth::serve(listener, state, stop).await {
+                if let Err(e) = crate::edge::forward_auth::serve(listener, state, stop).await {
                     tracing::error!(error = %e, "the forward-auth listener failed");
                 }
             });

@@ -59,6 +59,15 @@ impl CredentialSource {
         }
     }
 
+    /// The first of `sources` that holds a credential, and the credential: the one search
+    /// of every edge. `lines` gives every line of a header, by name.
+    pub fn find<'s, 'h, L>(sources: &'s [Self], mut lines: impl FnMut(&str) -> L) -> Option<(&'s Self, &'h str)>
+    where
+        L: IntoIterator<Item = &'h str>,
+    {
+        sources.iter().find_map(|source| source.read(lines(source.header_name())).map(|found| (source, found)))
+    }
+
     /// The credential among the lines of this source's header (see [`Self::header_name`]).
     pub fn read<'h>(&self, lines: impl IntoIterator<Item = &'h str>) -> Option<&'h str> {
         lines
@@ -467,5 +476,15 @@ mod tests {
         assert_eq!(cookie.read(["theme=dark", "a=1; sid=kgs_2"]), Some("kgs_2"), "any line of the header");
         assert_eq!(CredentialSource::Header("x-api-key".into()).read([" "]), None, "blank is none");
         assert_eq!(CredentialSource::Header("x-api-key".into()).read([]), None);
+        // The first source that holds one wins, whatever the order of the headers.
+        let sources = CredentialSource::defaults();
+        let lines = |name: &str| match name {
+            "x-api-key" => vec!["kg_header"],
+            "cookie" => vec!["keygate_session=kgs_cookie"],
+            _ => vec![],
+        };
+        assert_eq!(CredentialSource::find(&sources, lines), Some((&sources[1], "kg_header")));
+        assert_eq!(CredentialSource::find(&sources[2..], lines), Some((&sources[2], "kgs_cookie")));
+        assert_eq!(CredentialSource::find(&sources[..1], lines), None);
     }
 }

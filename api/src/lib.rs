@@ -1,8 +1,11 @@
 //! keygate's API, shared by the server and every client:
 //! - [`proto`]: the generated `keygate.v1` messages, clients and servers;
 //! - [`code`]: the management API error page's codes, with their HTTP statuses, gRPC
-//!   statuses and JSON envelopes — the one place that spells them.
+//!   statuses and JSON envelopes — the one place that spells them;
+//! - [`edge`]: what every edge agrees on when it reads a request;
+//! - [`answer`]: how an HTTP edge answers a request it does not pass on.
 
+pub mod answer;
 pub mod code;
 pub mod edge;
 pub mod time;

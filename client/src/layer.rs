@@ -6,8 +6,9 @@
 //! application only in the body is answered bad_request behind the layer, so send it in
 //! the path, the query or a header.
 
-use crate::{ClientError, Code, Decision, KeygateClient, Principal};
+use crate::{ClientError, Code, Decision, KeygateClient, Principal, Reason};
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use keygate_api::answer::{cannot_decide, envelope_response, new_error_id, REASON_HEADER};
 pub use keygate_api::edge::CredentialSource;
 use keygate_api::edge::{client_address_from_headers, is_method_override, is_reserved_header};
 use keygate_api::proto as pb;
@@ -138,7 +139,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = self.state.clone();
         Box::pin(async move {
-            let credential = state.sources.iter().find_map(|s| read_credential(s, request.headers()));
+            let credential = CredentialSource::find(&state.sources, |name| lines(request.headers(), name))
+                .map_or_else(String::new, |(_, credential)| credential.to_owned());
             let client_ip = client_address_from_headers(
                 peer_address(request.extensions()),
                 lines(request.headers(), "x-forwarded-for"),
@@ -148,10 +150,10 @@ where
             let Some(headers) = forwarded_headers(request.headers()) else {
                 let message =
                     format!("the request's headers exceed the {MAX_FORWARDED_HEADER_BYTES} bytes keygate reads");
-                return Ok(envelope_response(StatusCode::BAD_REQUEST, Code::ValidationError.envelope(&message), None));
+                return Ok(refuse(StatusCode::BAD_REQUEST, Code::ValidationError.envelope(&message), None, None));
             };
             let ask = pb::AuthorizeRequest {
-                credential: credential.unwrap_or_default(),
+                credential,
                 method: request.method().as_str().to_owned(),
                 path: request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
                 client_ip: client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
@@ -168,7 +170,7 @@ where
                 }
                 Ok(decision) => Ok(deny_response(&decision)),
                 Err(ClientError::InvalidRequest(message)) => {
-                    Ok(envelope_response(StatusCode::BAD_REQUEST, Code::ValidationError.envelope(&message), None))
+                    Ok(refuse(StatusCode::BAD_REQUEST, Code::ValidationError.envelope(&message), None, None))
                 }
                 Err(e) if state.failure_mode == FailureMode::Open => {
                     tracing::warn!(error = %e, "keygate unavailable; failing open as configured");
@@ -186,12 +188,8 @@ where
                             id
                         }
                     };
-                    let message = format!("the authorization service cannot decide right now (error id {error_id})");
-                    Ok(envelope_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        Code::InternalError.envelope(&message),
-                        None,
-                    ))
+                    let envelope = Code::InternalError.envelope(&cannot_decide(&error_id));
+                    Ok(refuse(StatusCode::INTERNAL_SERVER_ERROR, envelope, None, None))
                 }
             }
         })
@@ -252,13 +250,6 @@ fn strip_for_upstream(headers: &mut HeaderMap) {
     }
 }
 
-fn new_error_id() -> String {
-    let mut bytes = [0u8; 8];
-    // An all-zero id on a failing random source still logs and answers.
-    let _ = getrandom::getrandom(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl State {
     async fn decide(&self, ask: pb::AuthorizeRequest) -> Result<Arc<Decision>, ClientError> {
         let Some(cache) = &self.cache else {
@@ -287,28 +278,25 @@ impl State {
     }
 }
 
-fn read_credential(source: &CredentialSource, headers: &HeaderMap) -> Option<String> {
-    source.read(lines(headers, source.header_name())).map(str::to_owned)
-}
-
+/// A deny of keygate's, with its status, reason and wait.
 fn deny_response<B: From<String>>(decision: &Decision) -> Response<B> {
     let status = StatusCode::from_u16(decision.http_status).unwrap_or(StatusCode::FORBIDDEN);
-    let body = decision.envelope().unwrap_or_default();
     let retry_after = (decision.retry_after_seconds > 0).then_some(decision.retry_after_seconds);
-    let mut response = envelope_response(status, body, retry_after);
-    // Why, finer than the code (as Check and forward auth send it).
-    if let Some(reason) = decision.reason {
-        response.headers_mut().insert("x-keygate-reason", HeaderValue::from_static(reason.as_str()));
-    }
-    response
+    refuse(status, decision.envelope().unwrap_or_default(), decision.reason, retry_after)
 }
 
-fn envelope_response<B: From<String>>(status: StatusCode, body: String, retry_after: Option<u32>) -> Response<B> {
-    let mut response = Response::new(B::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(seconds) = retry_after {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+/// The one way the layer answers a request it does not pass on: the error page's envelope
+/// with its status, and why, finer than the code, when keygate said (as Check and forward
+/// auth send it).
+fn refuse<B: From<String>>(
+    status: StatusCode,
+    envelope: String,
+    reason: Option<Reason>,
+    retry_after_seconds: Option<u32>,
+) -> Response<B> {
+    let mut response = envelope_response(status, envelope, retry_after_seconds);
+    if let Some(reason) = reason {
+        response.headers_mut().insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
     }
     response
 }
@@ -316,6 +304,10 @@ fn envelope_response<B: From<String>>(status: StatusCode, body: String, retry_af
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read_credential(source: &CredentialSource, headers: &HeaderMap) -> Option<String> {
+        CredentialSource::find(std::slice::from_ref(source), |name| lines(headers, name)).map(|(_, c)| c.to_owned())
+    }
 
     #[test]
     fn credentials_are_read_from_every_line_of_a_header() {

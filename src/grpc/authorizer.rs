@@ -4,7 +4,7 @@
 use super::proto::{self as pb, authorizer_server};
 use super::{convert, RequestId};
 use crate::authz::Authorizer;
-use crate::edge::EdgeSettings;
+use crate::edge::{Answer, EdgeSettings};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -40,7 +40,11 @@ impl authorizer_server::Authorizer for AuthorizerService {
         }
         let message = request.into_inner();
         let query = convert::authorize_query(&message)?;
-        let verdict = self.authorizer.authorize_within(&query, budget).instrument(span.clone()).await?;
+        let result = self.authorizer.authorize_within(&query, budget).instrument(span.clone()).await;
+        let verdict = match Answer::of(result) {
+            Answer::Decided(verdict) => verdict,
+            Answer::Failed(failure) => return Err(failure.into()),
+        };
         span.in_scope(|| {
             tracing::debug!(
                 route = verdict.route.as_deref().unwrap_or("-"),

@@ -10,8 +10,8 @@ use crate::domain::{
     AccountId, AdminTokenRecord, ApplicationId, CreditBalance, InvalidField, KeyId, KeyLimit, Metadata, Name, Network,
     OwnerId, Refill, Scope, Scopes, Timestamp,
 };
+use crate::edge::HttpRequest;
 use crate::manage::{ImportResult, KeyToImport, NewApiKey};
-use crate::policy::RequestParts;
 use crate::store::{
     Application, Credits, Deleted, Imported, KeyChanges, KeyRecord, Owner, OwnerChanges, PageRequest, SessionRecord,
 };
@@ -378,6 +378,7 @@ pub fn key_changes(req: &pb::UpdateApiKeyRequest) -> Result<(KeyId, KeyChanges),
 }
 
 /// Checks the request's own shape; the credential is judged by the decision, not here.
+/// Every field is refused as VALIDATION_ERROR, in the order they are checked.
 pub fn authorize_query(req: &pb::AuthorizeRequest) -> Result<AuthorizeQuery<'_>, InvalidField> {
     crate::edge::method_and_path(&req.method, &req.path)?;
     if req.required_scopes.len() > MAX_REQUIRED_SCOPES {
@@ -394,19 +395,20 @@ pub fn authorize_query(req: &pb::AuthorizeRequest) -> Result<AuthorizeQuery<'_>,
         return Err(InvalidField::new("headers", format!("at most {MAX_HEADERS}")));
     }
     crate::edge::method_override(&req.method, &req.headers)?;
-    Ok(AuthorizeQuery {
-        credential: &req.credential,
+    // The caller read the credential and the client's address itself: the request is
+    // asked about as the edges ask, with what only Authorize's callers state.
+    let request = HttpRequest {
         method: &req.method,
-        path: &req.path,
+        target: &req.path,
+        headers: &req.headers,
+        peer: None,
+        body: Some(req.body.as_slice()).filter(|b| !b.is_empty()),
+    };
+    Ok(AuthorizeQuery {
         application_id: Some(req.application_id.as_str()).filter(|a| !a.is_empty()),
         required_scopes: req.required_scopes.iter().map(|s| Scope::parse_required(s)).collect::<Result<_, _>>()?,
-        client,
         cost: Some(req.cost).filter(|c| *c > 0),
-        parts: RequestParts {
-            query: None,
-            headers: &req.headers,
-            body: Some(req.body.as_slice()).filter(|b| !b.is_empty()),
-        },
+        ..request.ask(&req.credential, client)
     })
 }
 

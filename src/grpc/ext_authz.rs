@@ -8,17 +8,14 @@
 //! deadline, denies with the page's 500 `INTERNAL_ERROR` and an error id (fail closed),
 //! whatever Envoy's own `failure_mode_allow` says.
 
-use super::status::log_failure;
-use crate::authz::decision::Deny;
-use crate::authz::{AuthorizeQuery, Authorizer, Decision, Verdict};
+use crate::authz::{Authorizer, Verdict};
 use crate::code::Code;
-use crate::edge::principal_headers;
-use crate::edge::EdgeSettings;
-use crate::policy::{RequestHeaders, RequestParts};
+use crate::domain::Deny;
+use crate::edge::{principal_headers, Answer, EdgeSettings, HttpRequest, Pass};
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode};
 use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder};
-use keygate_api::edge::is_reserved_header;
-use keygate_api::edge::CredentialSource;
+use keygate_api::answer::REASON_HEADER;
+use keygate_api::edge::{is_reserved_header, CredentialSource};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -54,55 +51,28 @@ impl Authorization for CheckService {
         let check = request.into_inner();
         let Some(http) = check.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref())
         else {
-            return Ok(Response::new(denied(Code::ValidationError, "the check request has no HTTP attributes", None)));
+            let deny = Deny::new(Code::ValidationError, "the check request has no HTTP attributes");
+            return Ok(Response::new(refused(&deny, None)));
         };
-        if let Err(invalid) = crate::edge::method_and_path(&http.method, &http.path) {
-            return Ok(Response::new(denied(Code::ValidationError, &invalid.to_string(), None)));
-        }
-        if let Err(invalid) = crate::edge::method_override(&http.method, &http.headers) {
-            return Ok(Response::new(denied(Code::BadRequest, &invalid.to_string(), None)));
-        }
-        let found = self
-            .settings
-            .credential_headers
-            .iter()
-            .find_map(|h| h.read(http.headers.header_lines(h.header_name())).map(|c| (h, c)));
-        // Envoy's source address is the peer it saw; what proxies before it wrote in
-        // x-forwarded-for is believed only through the configured trusted hops.
-        let peer = check.get_client_address().and_then(|ip| ip.parse().ok());
-        let client = keygate_api::edge::client_address_from_headers(
-            peer,
-            http.headers.get("x-forwarded-for").map(String::as_str),
-            http.headers.get("forwarded").map(String::as_str),
-            self.edge.trusted_proxy_hops,
-        );
-        // The body, when Envoy sends it (`with_request_body`): as bytes or as text.
-        let body = [http.raw_body.as_slice(), http.body.as_bytes()].into_iter().find(|b| !b.is_empty());
-        let query = AuthorizeQuery {
-            credential: found.map_or("", |(_, c)| c),
+        let request = HttpRequest {
             method: &http.method,
-            path: &http.path,
-            application_id: None,
-            required_scopes: Vec::new(),
-            client,
-            cost: None,
-            parts: RequestParts { query: None, headers: &http.headers, body },
+            target: &http.path,
+            headers: &http.headers,
+            // Envoy's source address is the peer it saw; what proxies before it wrote in
+            // x-forwarded-for is believed only through the configured trusted hops.
+            peer: check.get_client_address().and_then(|ip| ip.parse().ok()),
+            // The body, when Envoy sends it (`with_request_body`): as bytes or as text.
+            body: [http.raw_body.as_slice(), http.body.as_bytes()].into_iter().find(|b| !b.is_empty()),
         };
-        let response = match self.authorizer.authorize_within(&query, budget).await {
-            Ok(verdict @ Verdict { decision: Decision::Allowed, .. }) => {
-                allowed(&verdict, http.headers.keys(), found.filter(|_| self.settings.strip_credential).map(|(h, _)| h))
+        if let Err(deny) = request.check() {
+            return Ok(Response::new(refused(&deny, None)));
+        }
+        let (query, found) = request.query(&self.settings.credential_headers, self.edge.trusted_proxy_hops);
+        let response = match Answer::of(self.authorizer.authorize_within(&query, budget).await).pass() {
+            Pass::Allow(verdict) => {
+                allowed(&verdict, http.headers.keys(), found.filter(|_| self.settings.strip_credential))
             }
-            Ok(Verdict { decision: Decision::Denied(deny), rate_limit, .. }) => {
-                refused(&deny, rate_limit.map(|r| r.retry_after_seconds).filter(|s| *s > 0))
-            }
-            Err(failure) => {
-                let error_id = log_failure(&failure);
-                denied(
-                    Code::InternalError,
-                    &format!("the authorization service cannot decide right now (error id {error_id})"),
-                    None,
-                )
-            }
+            Pass::Deny(deny, retry_after_seconds) => refused(&deny, retry_after_seconds),
         };
         Ok(Response::new(response))
     }
@@ -133,10 +103,6 @@ fn allowed<'h>(
     response
 }
 
-fn denied(code: Code, message: &str, retry_after_seconds: Option<u32>) -> CheckResponse {
-    refused(&Deny::new(code, message.to_owned()), retry_after_seconds)
-}
-
 /// A deny with the code's own HTTP and gRPC statuses, the page's exact envelope, and the
 /// finer reason in `x-keygate-reason`.
 fn refused(deny: &Deny, retry_after_seconds: Option<u32>) -> CheckResponse {
@@ -146,7 +112,7 @@ fn refused(deny: &Deny, retry_after_seconds: Option<u32>) -> CheckResponse {
     denied
         .set_http_status(HttpStatusCode::try_from(i32::from(code.http_status())).unwrap_or(HttpStatusCode::Forbidden));
     denied.add_header("content-type", "application/json", None, false);
-    denied.add_header("x-keygate-reason", reason.as_str(), None, false);
+    denied.add_header(REASON_HEADER, reason.as_str(), None, false);
     if let Some(seconds) = retry_after_seconds {
         denied.add_header("retry-after", seconds.to_string(), None, false);
     }

@@ -3,9 +3,9 @@
 //! error id and the caller gets only the id, never a SQL message or a secret.
 
 use crate::authn::verifier::VerifierError;
-use crate::authz::AuthzError;
 use crate::code::Code;
 use crate::domain::InvalidField;
+use crate::edge::{log_failure, Failure};
 use crate::manage::ManageError;
 use crate::store::StoreError;
 use std::collections::HashMap;
@@ -23,17 +23,13 @@ fn coded_with(grpc: tonic::Code, code: Code, message: String, metadata: HashMap<
     Status::with_error_details(grpc, message, ErrorDetails::with_error_info(code.as_str(), ERROR_DOMAIN, metadata))
 }
 
-/// Logs `cause` with a fresh error id, and returns the id: the caller gets the id, the log
-/// gets the cause.
-pub fn log_failure(cause: &dyn std::error::Error) -> String {
-    let error_id = new_error_id();
-    tracing::error!(error_id = %error_id, error = %ErrorChain(cause), "request failed");
-    error_id
-}
-
 /// Logs `cause` under a fresh error id and returns a status that carries only the id.
 pub fn internal(grpc: tonic::Code, cause: &dyn std::error::Error) -> Status {
-    let error_id = log_failure(cause);
+    failed(grpc, log_failure(cause))
+}
+
+/// A status for a failure already logged under `error_id`: it carries only the id.
+fn failed(grpc: tonic::Code, error_id: String) -> Status {
     let message = match grpc {
         tonic::Code::Unavailable => {
             format!("the key store is unavailable; retry later (error id {error_id})")
@@ -93,35 +89,10 @@ impl From<ManageError> for Status {
     }
 }
 
-impl From<AuthzError> for Status {
-    fn from(e: AuthzError) -> Self {
-        match e {
-            AuthzError::Unavailable(_) | AuthzError::LimiterUnavailable(_) | AuthzError::DeadlineExceeded(_) => {
-                internal(tonic::Code::Unavailable, &e)
-            }
-            other => internal(tonic::Code::Internal, &other),
-        }
-    }
-}
-
-fn new_error_id() -> String {
-    let mut bytes = [0u8; 8];
-    // An all-zero id on a failing random source still logs and answers.
-    let _ = getrandom::getrandom(&mut bytes);
-    crate::domain::hex(&bytes)
-}
-
-/// Formats an error with its sources, for the log line only.
-struct ErrorChain<'a>(&'a dyn std::error::Error);
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
+/// A decision that did not come: UNAVAILABLE when retrying may succeed.
+impl From<Failure> for Status {
+    fn from(failure: Failure) -> Self {
+        let grpc = if failure.unavailable { tonic::Code::Unavailable } else { tonic::Code::Internal };
+        failed(grpc, failure.error_id)
     }
 }

@@ -18,18 +18,16 @@
 //! that names its original request twice (a header repeated, two values in one line) or
 //! carries a method-override header naming another method.
 
-use crate::authz::decision::Deny;
-use crate::authz::{AuthorizeQuery, Authorizer, Decision, Verdict};
+use super::{principal_headers, Answer, EdgeSettings, HttpRequest, Pass, PRINCIPAL_HEADERS};
+use crate::authz::{Authorizer, Verdict};
 use crate::breaker::Breaker;
 use crate::code::Code;
-use crate::edge::EdgeSettings;
-use crate::edge::{principal_headers, PRINCIPAL_HEADERS};
-use crate::policy::{RequestHeaders, RequestParts};
+use crate::domain::Deny;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use keygate_api::edge::is_reserved_header;
-use keygate_api::edge::CredentialSource;
+use keygate_api::answer::{envelope_response, json_response, REASON_HEADER};
+use keygate_api::edge::{is_reserved_header, CredentialSource};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -75,7 +73,7 @@ pub async fn serve(
 async fn health(State(state): State<ForwardAuth>) -> Response {
     // Serving even while the store is down: cached keys are still decided.
     let store = if state.store_breaker.is_open() { "unreachable" } else { "up" };
-    json(StatusCode::OK, format!(r#"{{"status":"serving","store":"{store}"}}"#))
+    json_response(StatusCode::OK, format!(r#"{{"status":"serving","store":"{store}"}}"#))
 }
 
 async fn forward_auth(
@@ -83,46 +81,15 @@ async fn forward_auth(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(name) = headers.keys().find(|name| is_reserved_header(name.as_str())) {
-        let message = format!("the header {name} is reserved for keygate and may not be sent by a client");
-        return denied(Code::BadRequest, &message, None);
-    }
-    let (method, uri) = match original_request(&headers) {
-        Ok(found) => found,
+    let request = match original_request(&headers, peer) {
+        Ok(request) => request,
         Err(deny) => return refused(&deny, None),
     };
-    let credential = state
-        .credential_headers
-        .iter()
-        .find_map(|source| source.read(headers.header_lines(source.header_name())))
-        .unwrap_or("");
-    let client = keygate_api::edge::client_address_from_headers(
-        Some(peer.ip()),
-        lines(&headers, "x-forwarded-for"),
-        lines(&headers, "forwarded"),
-        state.edge.trusted_proxy_hops,
-    );
-    let query = AuthorizeQuery {
-        credential,
-        method,
-        path: uri,
-        application_id: None,
-        required_scopes: Vec::new(),
-        client,
-        cost: None,
-        parts: RequestParts { query: None, headers: &headers, body: None },
-    };
+    let (query, _) = request.query(&state.credential_headers, state.edge.trusted_proxy_hops);
     // No caller deadline travels over HTTP: the configured one, below the proxy's timeout.
-    match state.authorizer.authorize_within(&query, state.edge.decision_deadline).await {
-        Ok(verdict @ Verdict { decision: Decision::Allowed, .. }) => allowed(&verdict),
-        Ok(Verdict { decision: Decision::Denied(deny), rate_limit, .. }) => {
-            refused(&deny, rate_limit.map(|r| r.retry_after_seconds).filter(|s| *s > 0))
-        }
-        Err(failure) => {
-            let error_id = crate::grpc::status::log_failure(&failure);
-            let message = format!("the authorization service cannot decide right now (error id {error_id})");
-            denied(Code::InternalError, &message, None)
-        }
+    match Answer::of(state.authorizer.authorize_within(&query, state.edge.budget(None)).await).pass() {
+        Pass::Allow(verdict) => allowed(&verdict),
+        Pass::Deny(deny, retry_after_seconds) => refused(&deny, retry_after_seconds),
     }
 }
 
@@ -130,14 +97,20 @@ async fn forward_auth(
 const ORIGINAL_REQUEST_HEADERS: [&str; 4] =
     ["x-forwarded-method", "x-forwarded-uri", "x-original-method", "x-original-uri"];
 
-/// The original request's method and URI, or why it is refused.
+/// The original request, or why it is refused.
 ///
-/// Each header must come once: a proxy that appends its line to the client's instead of
-/// replacing it would otherwise let the client's line choose what keygate decides on. A
-/// URI with a space or a control byte cannot be a request target: two values joined into
-/// one line (`/api/v1/health, /admin`) are refused too. An override header naming another
-/// method ([`crate::edge::method_override`]) is refused: the upstream may honour it.
-fn original_request(headers: &HeaderMap) -> Result<(&str, &str), Deny> {
+/// A client's `x-keygate-*` header is refused: nginx cannot remove a header namespace. Each
+/// header that names the original request must come once: a proxy that appends its line
+/// to the client's instead of replacing it would otherwise let the client's line choose
+/// what keygate decides on. A URI with a space or a control byte cannot be a request
+/// target: two values joined into one line (`/api/v1/health, /admin`) are refused too. An
+/// override header naming another method ([`HttpRequest::check_override`]) is refused: the
+/// upstream may honour it.
+fn original_request(headers: &HeaderMap, peer: SocketAddr) -> Result<HttpRequest<'_, HeaderMap>, Deny> {
+    if let Some(name) = headers.keys().find(|name| is_reserved_header(name.as_str())) {
+        let message = format!("the header {name} is reserved for keygate and may not be sent by a client");
+        return Err(Deny::new(Code::BadRequest, message));
+    }
     if let Some(name) = ORIGINAL_REQUEST_HEADERS.into_iter().find(|name| headers.get_all(*name).iter().count() > 1) {
         let message = format!("the header {name} appears more than once; a proxy must replace it, never append");
         return Err(Deny::new(Code::BadRequest, message));
@@ -157,30 +130,23 @@ fn original_request(headers: &HeaderMap) -> Result<(&str, &str), Deny> {
         let message = "X-Forwarded-Method/-Uri and X-Original-Method/-URI name different requests";
         return Err(Deny::new(Code::BadRequest, message));
     };
-    let (Some(method), Some(uri)) = (method, uri) else {
+    let (Some(method), Some(target)) = (method, uri) else {
         let message = "a forward-auth request names the original request in X-Forwarded-Method and \
                        X-Forwarded-Uri (or X-Original-Method and X-Original-URI)";
         return Err(Deny::new(Code::ValidationError, message));
     };
-    if let Err(invalid) = crate::edge::method_and_path(method, uri) {
-        return Err(Deny::new(Code::ValidationError, invalid.to_string()));
-    }
-    if uri.bytes().any(|b| b <= b' ' || b == 0x7f) {
+    // The proxy's subrequest carries no body.
+    let request = HttpRequest { method, target, headers, peer: Some(peer.ip()), body: None };
+    request.check_shape()?;
+    if target.bytes().any(|b| b <= b' ' || b == 0x7f) {
         let message = "the original URI holds a space or a control character: one request target, never a list";
         return Err(Deny::new(Code::BadRequest, message));
     }
-    if let Err(invalid) = crate::edge::method_override(method, headers) {
-        return Err(Deny::new(Code::BadRequest, invalid.to_string()));
-    }
-    Ok((method, uri))
+    request.check_override()?;
+    Ok(request)
 }
 
-/// Every line of a header, in order (a proxy may append a line of its own rather than
-/// extend the client's).
-fn lines<'h>(headers: &'h HeaderMap, name: &str) -> impl DoubleEndedIterator<Item = &'h str> {
-    headers.get_all(name).into_iter().filter_map(|v| v.to_str().ok())
-}
-
+/// 200, and every principal header (empty when it does not apply) for the proxy to copy.
 fn allowed(verdict: &Verdict) -> Response {
     let set = principal_headers(verdict);
     let mut response = StatusCode::OK.into_response();
@@ -193,34 +159,22 @@ fn allowed(verdict: &Verdict) -> Response {
     response
 }
 
-fn denied(code: Code, message: &str, retry_after_seconds: Option<u32>) -> Response {
-    refused(&Deny::new(code, message.to_owned()), retry_after_seconds)
-}
-
 /// The deny's status and envelope, and the same facts as headers for nginx, with the
 /// finer reason in `x-keygate-reason`.
 fn refused(deny: &Deny, retry_after_seconds: Option<u32>) -> Response {
     let Deny { code, reason, message } = deny;
     let code = *code;
     let envelope = code.envelope(message);
+    // The envelope is one line (JSON escapes control characters); bytes, so UTF-8 passes.
+    let envelope_header = HeaderValue::from_bytes(envelope.as_bytes());
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = json(status, envelope.clone());
+    let mut response = envelope_response(status, envelope, retry_after_seconds);
     let headers = response.headers_mut();
-    if let Some(seconds) = retry_after_seconds {
-        headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
     headers.insert("x-keygate-status", HeaderValue::from(code.http_status()));
     headers.insert("x-keygate-code", HeaderValue::from_static(code.as_str()));
-    headers.insert("x-keygate-reason", HeaderValue::from_static(reason.as_str()));
-    // The envelope is one line (JSON escapes control characters); bytes, so UTF-8 passes.
-    if let Ok(value) = HeaderValue::from_bytes(envelope.as_bytes()) {
+    headers.insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
+    if let Ok(value) = envelope_header {
         headers.insert("x-keygate-envelope", value);
     }
-    response
-}
-
-fn json(status: StatusCode, body: String) -> Response {
-    let mut response = (status, body).into_response();
-    response.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
