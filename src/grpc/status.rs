@@ -1,6 +1,7 @@
 //! The one map from keygate's errors to gRPC statuses. Every status carries the error
 //! page's code as `google.rpc.ErrorInfo.reason`; internal failures are logged with an
-//! error id and the caller gets only the id, never a SQL message or a secret.
+//! error id ([`crate::edge::log_failure`], as every entry logs them) and the caller gets
+//! only the id, never a SQL message or a secret.
 
 use crate::authn::verifier::VerifierError;
 use crate::code::Code;
