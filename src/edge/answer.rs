@@ -134,3 +134,21 @@ pub fn principal_headers(verdict: &Verdict) -> Vec<(&'static str, String)> {
     }
     set
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::code::Reason;
+    use std::time::Duration;
+
+    #[test]
+    fn a_failure_is_logged_under_an_id_and_answered_over_http_as_the_pages_500_with_it() {
+        let answer = Answer::of(Err(AuthzError::DeadlineExceeded(Duration::from_millis(5))));
+        let Answer::Failed(failure) = &answer else { panic!("{answer:?}") };
+        assert!(failure.unavailable, "a deadline is worth retrying");
+        let error_id = failure.error_id.clone();
+        let Pass::Deny(deny, retry_after_seconds) = answer.pass() else { panic!("a failure never allows") };
+        assert_eq!((deny.code, deny.reason, retry_after_seconds), (Code::InternalError, Reason::Internal, None));
+        assert_eq!(deny.message, format!("the authorization service cannot decide right now (error id {error_id})"));
+    }
+}
