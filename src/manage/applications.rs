@@ -1,7 +1,7 @@
 //! Applications: create, read, list, rename, delete, and rotate an application's runtime key.
 
 use super::confinement::{visible, within};
-use super::{Caller, ManageError, Manager};
+use super::{AccountView, Caller, ManageError, Manager};
 use crate::audit::AuditAction;
 use crate::domain::{
     AccountId, AdminGrant, ApplicationId, CredentialKind, GeneratedKey, InvalidField, KeyId, Name, NewKeyRecord,
@@ -46,16 +46,6 @@ impl Manager {
         let app = self.store.application(id).await?.ok_or_else(|| application_not_found(id))?;
         visible(grant, &app.account_id, "application", id)?;
         Ok(app)
-    }
-
-    pub async fn list_applications(
-        &self,
-        grant: &AdminGrant,
-        account: &AccountId,
-        page: &PageRequest,
-    ) -> Result<Page<Application>, ManageError> {
-        within(grant, account)?;
-        Ok(self.store.list_applications(account, page).await?)
     }
 
     pub async fn rename_application(
@@ -149,6 +139,12 @@ impl Manager {
         // As stored: with the terms it took over from the key it replaces.
         let key = self.store.key(key.id).await?.map_or(key, |stored| (*stored).clone());
         Ok(Rotation { key, credential, previous: previous.first().map(|id| (*id, retire_at)) })
+    }
+}
+
+impl AccountView<'_> {
+    pub async fn list_applications(&self, page: &PageRequest) -> Result<Page<Application>, ManageError> {
+        Ok(self.manager.store.list_applications(self.account, page).await?)
     }
 }
 

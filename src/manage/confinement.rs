@@ -1,6 +1,6 @@
 //! Confinement: a token confined to one account reaches that account's records only. The
 //! one place it is checked; every [`Manager`] method that reads or changes an account's
-//! records calls one of these before it answers.
+//! records calls one of these before it answers, or is reached through an [`AccountView`].
 
 use super::{ManageError, Manager};
 use crate::domain::{AccountId, AdminGrant, AdminRole, KeyId};
@@ -31,7 +31,22 @@ pub(super) fn within(grant: &AdminGrant, account: &AccountId) -> Result<(), Mana
     }
 }
 
+/// One account's records, to a caller whose grant covers the account: made only by
+/// [`Manager::account`], which checks it. The listings hang off it, so none can be read
+/// without the check.
+pub struct AccountView<'a> {
+    pub(super) manager: &'a Manager,
+    pub(super) account: &'a AccountId,
+}
+
 impl Manager {
+    /// `account`'s records, to `grant`, if it covers the account (a token confined to an
+    /// account acts on that account only).
+    pub fn account<'a>(&'a self, grant: &AdminGrant, account: &'a AccountId) -> Result<AccountView<'a>, ManageError> {
+        within(grant, account)?;
+        Ok(AccountView { manager: self, account })
+    }
+
     /// May `grant` change key `id`? An admin any; another role only its account's (another
     /// account's key is as if it did not exist), and only API keys: an application's
     /// runtime key is rotated by an admin (`RotateApplicationKey`), so a key writer cannot

@@ -2,7 +2,7 @@
 //! the old one carried) and delete.
 
 use super::confinement::{visible, within};
-use super::{Caller, ManageError, Manager};
+use super::{AccountView, Caller, ManageError, Manager};
 use crate::audit::AuditAction;
 use crate::domain::{
     AccountId, AdminGrant, ApplicationId, GeneratedKey, InvalidField, KeyId, KeyTerms, Name, NewKeyRecord, OwnerId,
@@ -114,17 +114,6 @@ impl Manager {
     /// the caller first).
     pub(super) async fn stored_key(&self, id: KeyId) -> Result<Arc<KeyRecord>, ManageError> {
         self.store.key_as_stored(id).await?.ok_or_else(|| key_not_found(id))
-    }
-
-    pub async fn list_api_keys(
-        &self,
-        grant: &AdminGrant,
-        account: &AccountId,
-        filter: &KeyFilter,
-        page: &PageRequest,
-    ) -> Result<Page<KeyRecord>, ManageError> {
-        within(grant, account)?;
-        Ok(self.store.list_keys(account, filter, page).await?)
     }
 
     pub async fn update_api_key(
@@ -282,6 +271,12 @@ impl Manager {
             return Err(key_not_found(id));
         }
         Ok(deleted)
+    }
+}
+
+impl AccountView<'_> {
+    pub async fn list_api_keys(&self, filter: &KeyFilter, page: &PageRequest) -> Result<Page<KeyRecord>, ManageError> {
+        Ok(self.manager.store.list_keys(self.account, filter, page).await?)
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! [`Manager`] is told who calls (a [`Caller`], or for a read the [`AdminGrant`] alone)
 //! and checks here, once, that a token confined to one account touches nothing of
-//! another's ([`confinement`]). Each write builds its audit event. One file per resource:
+//! another's ([`confinement`]; an account's listings are read through an [`AccountView`]). Each write builds its audit event. One file per resource:
 //! - [`applications`]: applications and their runtime keys.
 //! - [`keys`]: API keys: create, read, list, update, revoke, roll, delete.
 //! - [`import`]: keys made by another system, imported by their hashes.
@@ -14,7 +14,7 @@
 pub mod accounts;
 pub mod admin_tokens;
 pub mod applications;
-mod confinement;
+pub mod confinement;
 pub mod import;
 pub mod keys;
 pub mod owners;
@@ -22,6 +22,7 @@ pub mod sessions;
 
 pub use admin_tokens::MAX_ADMIN_TOKEN_LIFETIME;
 pub use applications::{Rotation, MAX_RUNTIME_KEY_GRACE};
+pub use confinement::AccountView;
 pub use import::{ImportEntry, ImportResult, KeyToImport, MAX_IMPORT_BATCH};
 pub use keys::{NewApiKey, Roll, MAX_KEY_APPLICATIONS, MAX_REASON_LEN, MAX_ROLL_OVERLAP};
 

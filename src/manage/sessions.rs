@@ -1,7 +1,7 @@
 //! Dashboard sessions: start, read, list and revoke.
 
 use super::confinement::{visible, within};
-use super::{Caller, ManageError, Manager};
+use super::{AccountView, Caller, ManageError, Manager};
 use crate::audit::AuditAction;
 use crate::domain::{AccountId, AdminGrant, CredentialKind, GeneratedKey, InvalidField, SessionId, UserId};
 use crate::store::{Page, PageRequest, SessionRecord};
@@ -57,17 +57,6 @@ impl Manager {
         Ok(session)
     }
 
-    pub async fn list_sessions(
-        &self,
-        grant: &AdminGrant,
-        account: &AccountId,
-        user: Option<&UserId>,
-        page: &PageRequest,
-    ) -> Result<Page<SessionRecord>, ManageError> {
-        within(grant, account)?;
-        Ok(self.store.list_sessions(account, user, page).await?)
-    }
-
     pub async fn revoke_session(&self, id: SessionId, caller: &Caller) -> Result<SessionRecord, ManageError> {
         let session = self.session(&caller.grant, id).await?;
         let audit = self.event(
@@ -78,6 +67,16 @@ impl Manager {
             json!({ "user_id": session.user_id.as_str() }),
         )?;
         self.store.revoke_session(id, self.clock.now(), &audit).await?.ok_or_else(|| session_not_found(id))
+    }
+}
+
+impl AccountView<'_> {
+    pub async fn list_sessions(
+        &self,
+        user: Option<&UserId>,
+        page: &PageRequest,
+    ) -> Result<Page<SessionRecord>, ManageError> {
+        Ok(self.manager.store.list_sessions(self.account, user, page).await?)
     }
 }
 

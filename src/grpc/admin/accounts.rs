@@ -15,11 +15,12 @@ pub(super) async fn list_audit_events(
     let grant = grant_of(&request)?;
     let req = request.into_inner();
     let account = AccountId::parse(&req.account_id)?;
+    let account = manager.account(&grant, &account)?;
     let search = SearchParams::parse(&req.search_params)?;
     let categories = search.categories.iter().map(|c| AuditCategory::parse(c)).collect::<Result<_, _>>()?;
     let query = AuditQuery { search: search.search_string, categories };
     let page = convert::page_request(req.page_size, &req.page_token, crate::audit::is_event_id)?;
-    let page = manager.list_audit_events(&grant, &account, &query, &page).await?;
+    let page = account.list_audit_events(&query, &page).await?;
     Ok(Response::new(pb::ListAuditEventsResponse {
         events: page.items.iter().map(convert::audit_event_to_proto).collect(),
         next_page_token: page.next_after.unwrap_or_default(),

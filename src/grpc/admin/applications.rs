@@ -38,8 +38,9 @@ pub(super) async fn list(
     let grant = grant_of(&request)?;
     let req = request.into_inner();
     let account = AccountId::parse(&req.account_id)?;
+    let account = manager.account(&grant, &account)?;
     let page = convert::page_request(req.page_size, &req.page_token, |t| ApplicationId::parse(t).is_ok())?;
-    let page = manager.list_applications(&grant, &account, &page).await?;
+    let page = account.list_applications(&page).await?;
     Ok(Response::new(pb::ListApplicationsResponse {
         applications: page.items.iter().map(convert::application_to_proto).collect(),
         next_page_token: page.next_after.unwrap_or_default(),

@@ -41,6 +41,7 @@ pub(super) async fn list(
     let grant = grant_of(&request)?;
     let req = request.into_inner();
     let account = AccountId::parse(&req.account_id)?;
+    let account = manager.account(&grant, &account)?;
     let search = SearchParams::parse(&req.search_params)?;
     if !search.categories.is_empty() {
         return Err(status::coded(
@@ -51,7 +52,7 @@ pub(super) async fn list(
     let page = convert::page_request(req.page_size, &req.page_token, |t| KeyId::parse(t).is_ok())?;
     let owner_id = Some(req.owner_id.as_str()).filter(|o| !o.is_empty()).map(OwnerId::parse).transpose()?;
     let filter = KeyFilter { search: search.search_string, owner_id };
-    let page = manager.list_api_keys(&grant, &account, &filter, &page).await?;
+    let page = account.list_api_keys(&filter, &page).await?;
     let now = manager.now();
     Ok(Response::new(pb::ListApiKeysResponse {
         keys: page.items.iter().map(|k| convert::key_to_proto(k, now, manager.last_used_at(k))).collect(),

@@ -53,9 +53,10 @@ pub(super) async fn list(
     let grant = grant_of(&request)?;
     let req = request.into_inner();
     let account = AccountId::parse(&req.account_id)?;
+    let account = manager.account(&grant, &account)?;
     let user = Some(req.user_id.as_str()).filter(|u| !u.is_empty()).map(UserId::parse).transpose()?;
     let page = convert::page_request(req.page_size, &req.page_token, |t| SessionId::parse(t).is_ok())?;
-    let page = manager.list_sessions(&grant, &account, user.as_ref(), &page).await?;
+    let page = account.list_sessions(user.as_ref(), &page).await?;
     let now = manager.now();
     Ok(Response::new(pb::ListSessionsResponse {
         sessions: page.items.iter().map(|s| convert::session_to_proto(s, now)).collect(),
