@@ -7,7 +7,8 @@
 //! - [`policy`]: the route policy file and its route matcher.
 //! - [`authn`]: who is calling — credentials, keyed digests, argon2, guessing budgets.
 //! - [`authz`]: Authorize — gathers facts and decides ([`authz::decision`] is pure).
-//! - [`manage`]: the admin API's rules for applications and keys.
+//! - [`manage`]: the admin API's rules, a file per resource; told who calls, it checks that a
+//!   token confined to one account touches nothing of another's.
 //! - [`audit`]: the audit trail's events and categories.
 //! - [`usage`]: batched `last_used_at`.
 //! - [`metrics`]: the Prometheus registry and its endpoint.

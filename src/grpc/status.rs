@@ -79,6 +79,7 @@ impl From<ManageError> for Status {
             ManageError::Invalid(e) => invalid(e),
             ManageError::BadRequest(message) => coded(Code::BadRequest, message),
             ManageError::NotFound(message) => coded(Code::NotFound, message),
+            ManageError::OutOfScope(message) => coded(Code::InsufficientScope, message),
             ManageError::Store(e) => e.into(),
             ManageError::Verifier(VerifierError::AdminBusy(retry_after)) => busy_for(
                 format!("hashing new secrets is busy; retry in {} s", retry_after.as_secs().max(1)),

@@ -1,0 +1,225 @@
+//! Key and application management: the admin API's rules, free of gRPC.
+//!
+//! [`Manager`] is told who calls (a [`Caller`], or for a read the [`AdminGrant`] alone)
+//! and checks here, once, that a token confined to one account touches nothing of
+//! another's ([`confinement`]; an account's listings are read through an [`AccountView`]). Each write builds its audit event. One file per resource:
+//! - [`applications`]: applications and their runtime keys.
+//! - [`keys`]: API keys: create, read, list, update, revoke, roll, delete.
+//! - [`import`]: keys made by another system, imported by their hashes.
+//! - [`owners`]: an owner's shared limits and credits.
+//! - [`sessions`]: dashboard sessions.
+//! - [`admin_tokens`]: named admin tokens.
+//! - [`accounts`]: an account's audit trail, and erasing an account.
+
+pub mod accounts;
+pub mod admin_tokens;
+pub mod applications;
+pub mod confinement;
+pub mod import;
+pub mod keys;
+pub mod owners;
+pub mod sessions;
+
+pub use admin_tokens::MAX_ADMIN_TOKEN_LIFETIME;
+pub use applications::{Rotation, MAX_RUNTIME_KEY_GRACE};
+pub use confinement::AccountView;
+pub use import::{ImportEntry, ImportResult, KeyToImport, MAX_IMPORT_BATCH};
+pub use keys::{NewApiKey, Roll, MAX_KEY_APPLICATIONS, MAX_REASON_LEN, MAX_ROLL_OVERLAP};
+
+use crate::audit::{Actor, AuditAction, AuditEvent};
+use crate::authn::digest::CredentialDigester;
+use crate::authn::verifier::{Verifier, VerifierError};
+use crate::clock::Clock;
+use crate::domain::{
+    is_admin_token_signed, AccountId, AdminGrant, ApplicationId, InvalidField, KeyLimit, KeyRecord, Timestamp,
+};
+use crate::store::invalidation::{Replicas, Settled};
+use crate::store::{Store, StoreError};
+use crate::usage::UsageRecorder;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Limits and defaults of sessions and runtime keys.
+#[derive(Debug, Clone, Copy)]
+pub struct ManageSettings {
+    pub default_session_ttl: Duration,
+    pub max_session_ttl: Duration,
+    pub default_runtime_grace: Duration,
+    pub max_runtime_grace: Duration,
+    /// With other replicas (Postgres): the longest a change waits for every live replica to
+    /// acknowledge it before those that have not are fenced (`--change-ack-timeout-ms`).
+    pub change_ack_timeout: Duration,
+}
+
+impl ManageSettings {
+    pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+    pub const MAX_SESSION_TTL: Duration = Duration::from_secs(30 * 86_400);
+    pub const DEFAULT_RUNTIME_GRACE: Duration = Duration::from_secs(3600);
+    pub const CHANGE_ACK_TIMEOUT: Duration = Duration::from_secs(1);
+}
+
+impl Default for ManageSettings {
+    fn default() -> Self {
+        Self {
+            default_session_ttl: Self::DEFAULT_SESSION_TTL,
+            max_session_ttl: Self::MAX_SESSION_TTL,
+            default_runtime_grace: Self::DEFAULT_RUNTIME_GRACE,
+            max_runtime_grace: MAX_RUNTIME_KEY_GRACE,
+            change_ack_timeout: Self::CHANGE_ACK_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    /// The request does not have the expected shape (VALIDATION_ERROR).
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    /// Well-formed but not valid for the resource (bad_request).
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller's token does not reach this: another account, or a key only an admin
+    /// changes (insufficient_scope).
+    #[error("{0}")]
+    OutOfScope(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Verifier(#[from] VerifierError),
+    /// The OS random source failed while making an id or a secret.
+    #[error("the OS random source failed")]
+    Randomness(#[from] getrandom::Error),
+}
+
+/// Who makes a change: what the admin gate granted the call (for confinement), and how the
+/// audit trail names the caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub grant: AdminGrant,
+    pub actor: Actor,
+}
+
+/// Is `template` a route of the policy in force, as the policy writes it? What a key's or
+/// an owner's limit may name (the authorizer answers; a reload changes the answer).
+pub type RouteTemplates = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The admin API's rules over the store; its methods live in the file of their resource.
+pub struct Manager {
+    store: Arc<dyn Store>,
+    verifier: Arc<Verifier>,
+    clock: Arc<dyn Clock>,
+    usage: Arc<UsageRecorder>,
+    settings: ManageSettings,
+    /// Signs the admin tokens it makes (see [`Manager::made_admin_token`]).
+    digester: CredentialDigester,
+    /// Other replicas that must apply a change before it is answered (Postgres only).
+    replicas: Option<Arc<Replicas>>,
+    /// The routes limits may name; `None`: any (no policy to ask).
+    routes: Option<RouteTemplates>,
+}
+
+impl Manager {
+    pub fn new(
+        store: Arc<dyn Store>,
+        verifier: Arc<Verifier>,
+        clock: Arc<dyn Clock>,
+        usage: Arc<UsageRecorder>,
+        settings: ManageSettings,
+        digester: CredentialDigester,
+    ) -> Self {
+        Self { store, verifier, clock, usage, settings, digester, replicas: None, routes: None }
+    }
+
+    /// Limits that name a route must name one of these.
+    pub fn with_routes(mut self, routes: RouteTemplates) -> Self {
+        self.routes = Some(routes);
+        self
+    }
+
+    /// Changes are answered only once every live replica has applied them (or was fenced).
+    pub fn with_replicas(mut self, replicas: Arc<Replicas>) -> Self {
+        self.replicas = Some(replicas);
+        self
+    }
+
+    /// Call after a change that narrows what a credential may do has committed: returns
+    /// once every live replica has applied it or has stopped trusting its cache. None on
+    /// one process alone on its store (SQLite), whose own cache the write invalidated.
+    pub async fn settle(&self) -> Option<Settled> {
+        match &self.replicas {
+            Some(replicas) => Some(replicas.settle().await),
+            None => None,
+        }
+    }
+
+    /// Did this deployment make `token` (its tag under the digest key)? Admin tokens
+    /// that did not are refused without a store read.
+    pub fn made_admin_token(&self, token: &str) -> bool {
+        is_admin_token_signed(token, |random| self.digester.digest(random))
+    }
+
+    /// A key's last use as this replica knows it: stored, or seen since (batched writes).
+    pub fn last_used_at(&self, key: &KeyRecord) -> Option<Timestamp> {
+        self.usage.last_known(key)
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// The record of an action, stamped now; `detail` must hold no secret.
+    fn event(
+        &self,
+        account: &AccountId,
+        action: AuditAction,
+        actor: &Actor,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> Result<AuditEvent, ManageError> {
+        Ok(AuditEvent::new(account.clone(), action, actor, target, self.clock.now(), detail)?)
+    }
+
+    fn check_expiry(&self, expires_at: Option<Timestamp>, now: Timestamp) -> Result<(), ManageError> {
+        match expires_at {
+            Some(at) if at <= now => Err(ManageError::BadRequest("expires_at must be in the future".into())),
+            _ => Ok(()),
+        }
+    }
+
+    /// A limit that names a route names one the policy in force has, as it writes it
+    /// (`GET /api/v1/panel/applications/{application_id}`): any other would limit nothing.
+    fn check_limit_routes(&self, limits: &[KeyLimit]) -> Result<(), ManageError> {
+        let Some(known) = &self.routes else { return Ok(()) };
+        match limits.iter().filter_map(|l| l.route.as_deref()).find(|route| !known(route)) {
+            None => Ok(()),
+            Some(route) => Err(InvalidField::new(
+                "limits.route",
+                format!(
+                    "{route:?} is not a route of the policy: name a route template exactly as the policy writes \
+                     it, such as \"GET /api/v1/panel/applications/{{application_id}}\""
+                ),
+            )
+            .into()),
+        }
+    }
+
+    /// Every application a key is restricted to must belong to the key's account.
+    async fn check_applications(&self, account: &AccountId, ids: &[ApplicationId]) -> Result<(), ManageError> {
+        if ids.len() > MAX_KEY_APPLICATIONS {
+            return Err(
+                InvalidField::new("application_ids", format!("at most {MAX_KEY_APPLICATIONS} applications")).into()
+            );
+        }
+        for id in ids {
+            match self.store.application(id).await? {
+                Some(app) if app.account_id == *account => {}
+                _ => {
+                    return Err(ManageError::NotFound(format!("application {id} was not found for account {account}")))
+                }
+            }
+        }
+        Ok(())
+    }
+}
