@@ -13,7 +13,7 @@ use crate::domain::{
 use crate::store::invalidation::{Replicas, Settled};
 use crate::store::{
     Application, Credits, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind, KeyRecord, Owner,
-    OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Store, StoreError, UpdateOutcome,
+    OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, AdminStore, StoreError, UpdateOutcome,
 };
 use crate::usage::UsageRecorder;
 use serde_json::json;
@@ -139,7 +139,7 @@ pub enum ImportResult {
 pub type RouteTemplates = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 pub struct Manager {
-    store: Arc<dyn Store>,
+    store: Arc<dyn AdminStore>,
     verifier: Arc<Verifier>,
     clock: Arc<dyn Clock>,
     usage: Arc<UsageRecorder>,
@@ -154,7 +154,7 @@ pub struct Manager {
 
 impl Manager {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn AdminStore>,
         verifier: Arc<Verifier>,
         clock: Arc<dyn Clock>,
         usage: Arc<UsageRecorder>,

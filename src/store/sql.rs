@@ -5,9 +5,9 @@
 
 use super::{
     Application, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind, KeyRecord, Owner,
-    OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Spend, Store, StoreError, UpdateOutcome,
-    VerifiedDigest,
+    OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Spend, StoreError, UpdateOutcome, VerifiedDigest,
 };
+use super::{AdminStore, KeyUse, Records};
 use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
 use crate::domain::{
     hex, AccountId, AdminRole, AdminTokenName, AdminTokenRecord, ApplicationId, CreditBalance, CreditHolder, KeyId,
@@ -273,6 +273,26 @@ fn prepare_sqlite_url(url: &str) -> anyhow::Result<String> {
     } else {
         format!("sqlite://{path}?{query}&mode=rwc")
     })
+}
+
+/// A driver's error as a store error that does not name the driver: one that says the
+/// database is out of reach is [`StoreError::Unavailable`], a statement the database cut
+/// short for running past its limit (Postgres's `statement_timeout`, SQLite's busy
+/// timeout) [`StoreError::CutShort`].
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(Box::new(e)),
+            sqlx::Error::Database(ref db) if matches!(db.code().as_deref(), Some("57014" | "5" | "517")) => {
+                StoreError::CutShort(Box::new(e))
+            }
+            other => StoreError::Other(Box::new(other)),
+        }
+    }
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -761,7 +781,169 @@ async fn delete_keys(
 }
 
 #[async_trait::async_trait]
-impl Store for SqlStore {
+impl Records for SqlStore {
+    #[tracing::instrument(skip_all, fields(application_id = %id), err)]
+    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
+        sqlx::query("SELECT id, account_id, name, created_at FROM applications WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| application_from_row(&row).map(Arc::new))
+            .transpose()
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %id), err)]
+    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| session_from_row(&row).map(Arc::new))
+            .transpose()
+    }
+
+    #[tracing::instrument(skip_all, fields(key_id = %id), err)]
+    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        sqlx::query(&format!("{KEY_SELECT} WHERE api_keys.id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| key_from_row(&row).map(Arc::new))
+            .transpose()
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        if lookups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let all: Vec<String> = (1..=lookups.len()).map(|i| format!("${i}")).collect();
+        // Each account's records in turn (the keyed match first, then the earliest import),
+        // and every account's first turn before any account's second: records one account
+        // imported under other accounts' starts wait behind theirs.
+        let sql = format!(
+            "{KEY_SELECT} JOIN (SELECT id AS found_id, CASE WHEN lookup = $1 THEN 0 ELSE 1 END AS keyed, \
+             ROW_NUMBER() OVER (PARTITION BY account_id ORDER BY CASE WHEN lookup = $1 THEN 0 ELSE 1 END, \
+             created_at, id) AS turn FROM api_keys WHERE lookup IN ({}) OR import_ref IN ({})) found \
+             ON found.found_id = api_keys.id ORDER BY found.keyed, found.turn, api_keys.created_at, api_keys.id \
+             LIMIT {}",
+            all.join(", "),
+            if all.len() > 1 { all[1..].join(", ") } else { "NULL".to_owned() },
+            crate::domain::imported::MAX_CANDIDATES,
+        );
+        let mut query = sqlx::query(&sql);
+        for lookup in lookups {
+            query = query.bind(lookup.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(|row| key_from_row(row).map(Arc::new)).collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyUse for SqlStore {
+    #[tracing::instrument(skip_all, fields(keys = uses.len()), err)]
+    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in uses {
+            sqlx::query(
+                "INSERT INTO key_usage (key_id, last_used_at) VALUES ($1, $2) \
+                 ON CONFLICT (key_id) DO UPDATE SET last_used_at = CASE \
+                   WHEN excluded.last_used_at > key_usage.last_used_at THEN excluded.last_used_at \
+                   ELSE key_usage.last_used_at END",
+            )
+            .bind(id.to_string())
+            .bind(at.as_millis())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn spend_credits(
+        &self,
+        holder: &CreditHolder,
+        cost: i64,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Spend, StoreError> {
+        let id = holder.stored();
+        let lane = self.spending.lane(&id);
+        let (answer, mut answered) = tokio::sync::oneshot::channel();
+        let waiter = Waiter { id, cost, refill: refill.copied(), now, answer };
+        lane.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(waiter);
+        let turn = lane.turn.clone().lock_owned().await;
+        // Whoever took this call's spend answered it before giving up the turn; if nobody
+        // did, it is still waiting and this call takes the lane's whole queue.
+        if let Ok(answer) = answered.try_recv() {
+            return answer;
+        }
+        let batch = std::mem::take(&mut *lane.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        // The batch runs on its own task: the calls in it (other keys' among them) are
+        // answered even if this call's deadline passes and its future is dropped.
+        let store = self.clone();
+        tokio::spawn(async move {
+            match store.spending.slots.acquire().await {
+                Ok(_slot) => store.spend_batch(batch).await,
+                Err(_) => batch.into_iter().for_each(|w| drop(w.answer.send(Err(corrupt("the spend slots closed"))))),
+            }
+            drop(turn);
+        });
+        // Not answered: the call that took it was abandoned (its deadline passed) mid-spend.
+        answered.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(Box::new(std::io::Error::other("the credit spend was abandoned"))))
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(key_id = %id), err)]
+    async fn adopt_imported(
+        &self,
+        id: KeyId,
+        old: &SecretHash,
+        new: &SecretHash,
+        lookup: &str,
+        digest: &VerifiedDigest,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE api_keys SET secret_hash = $3, lookup = $4, verified_digest = $5 \
+             WHERE id = $1 AND secret_hash = $2",
+        )
+        .bind(id.to_string())
+        .bind(old.expose_phc())
+        .bind(new.expose_phc())
+        .bind(lookup)
+        .bind(digest.to_hex())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Not a change of the key (no version bump, no audit event), but on Postgres the
+    /// row's trigger still tells every replica to reload it, digest included.
+    #[tracing::instrument(skip_all, fields(key_id = %id), err)]
+    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE api_keys SET verified_digest = $1 WHERE id = $2 AND secret_hash = $3 \
+             AND (verified_digest IS NULL OR verified_digest <> $1)",
+        )
+        .bind(digest.to_hex())
+        .bind(id.to_string())
+        .bind(hash.expose_phc())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl AdminStore for SqlStore {
+    /// The decision's read: the store holds no cache.
+    async fn key_as_stored(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.key(id).await
+    }
+
     #[tracing::instrument(skip_all, fields(application_id = %app.id), err)]
     async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
         let mut tx = self.admin_pool.begin().await?;
@@ -775,16 +957,6 @@ impl Store for SqlStore {
         insert_audit(audit).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    #[tracing::instrument(skip_all, fields(application_id = %id), err)]
-    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
-        sqlx::query("SELECT id, account_id, name, created_at FROM applications WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| application_from_row(&row).map(Arc::new))
-            .transpose()
     }
 
     #[tracing::instrument(skip_all, fields(account_id = %account), err)]
@@ -956,16 +1128,6 @@ impl Store for SqlStore {
     }
 
     #[tracing::instrument(skip_all, fields(session_id = %id), err)]
-    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| session_from_row(&row).map(Arc::new))
-            .transpose()
-    }
-
-    #[tracing::instrument(skip_all, fields(session_id = %id), err)]
     async fn revoke_session(
         &self,
         id: SessionId,
@@ -987,16 +1149,6 @@ impl Store for SqlStore {
         insert_audit(audit).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(Some(session))
-    }
-
-    #[tracing::instrument(skip_all, fields(key_id = %id), err)]
-    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        sqlx::query(&format!("{KEY_SELECT} WHERE api_keys.id = $1"))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| key_from_row(&row).map(Arc::new))
-            .transpose()
     }
 
     #[tracing::instrument(skip_all, fields(account_id = %account), err)]
@@ -1137,25 +1289,6 @@ impl Store for SqlStore {
         Ok(Some(key))
     }
 
-    #[tracing::instrument(skip_all, fields(keys = uses.len()), err)]
-    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for (id, at) in uses {
-            sqlx::query(
-                "INSERT INTO key_usage (key_id, last_used_at) VALUES ($1, $2) \
-                 ON CONFLICT (key_id) DO UPDATE SET last_used_at = CASE \
-                   WHEN excluded.last_used_at > key_usage.last_used_at THEN excluded.last_used_at \
-                   ELSE key_usage.last_used_at END",
-            )
-            .bind(id.to_string())
-            .bind(at.as_millis())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
     #[tracing::instrument(skip_all, fields(account_id = %account), err)]
     async fn list_audit_events(
         &self,
@@ -1203,42 +1336,6 @@ impl Store for SqlStore {
         let rows = statement.fetch_all(&self.admin_pool).await?;
         let items = rows.iter().map(audit_from_row).collect::<Result<Vec<_>, _>>()?;
         Ok(scanned_to(into_page(items, page.limit, |e| e.id.clone()), floor))
-    }
-
-    #[tracing::instrument(skip_all, err)]
-    async fn spend_credits(
-        &self,
-        holder: &CreditHolder,
-        cost: i64,
-        refill: Option<&Refill>,
-        now: Timestamp,
-    ) -> Result<Spend, StoreError> {
-        let id = holder.stored();
-        let lane = self.spending.lane(&id);
-        let (answer, mut answered) = tokio::sync::oneshot::channel();
-        let waiter = Waiter { id, cost, refill: refill.copied(), now, answer };
-        lane.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(waiter);
-        let turn = lane.turn.clone().lock_owned().await;
-        // Whoever took this call's spend answered it before giving up the turn; if nobody
-        // did, it is still waiting and this call takes the lane's whole queue.
-        if let Ok(answer) = answered.try_recv() {
-            return answer;
-        }
-        let batch = std::mem::take(&mut *lane.waiting.lock().unwrap_or_else(|e| e.into_inner()));
-        // The batch runs on its own task: the calls in it (other keys' among them) are
-        // answered even if this call's deadline passes and its future is dropped.
-        let store = self.clone();
-        tokio::spawn(async move {
-            match store.spending.slots.acquire().await {
-                Ok(_slot) => store.spend_batch(batch).await,
-                Err(_) => batch.into_iter().for_each(|w| drop(w.answer.send(Err(corrupt("the spend slots closed"))))),
-            }
-            drop(turn);
-        });
-        // Not answered: the call that took it was abandoned (its deadline passed) mid-spend.
-        answered.await.unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(Box::new(std::io::Error::other("the credit spend was abandoned"))))
-        })
     }
 
     #[tracing::instrument(skip_all, fields(application_id = %id), err)]
@@ -1532,56 +1629,6 @@ impl Store for SqlStore {
         Ok(outcomes)
     }
 
-    #[tracing::instrument(skip_all, err)]
-    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
-        if lookups.is_empty() {
-            return Ok(Vec::new());
-        }
-        let all: Vec<String> = (1..=lookups.len()).map(|i| format!("${i}")).collect();
-        // Each account's records in turn (the keyed match first, then the earliest import),
-        // and every account's first turn before any account's second: records one account
-        // imported under other accounts' starts wait behind theirs.
-        let sql = format!(
-            "{KEY_SELECT} JOIN (SELECT id AS found_id, CASE WHEN lookup = $1 THEN 0 ELSE 1 END AS keyed, \
-             ROW_NUMBER() OVER (PARTITION BY account_id ORDER BY CASE WHEN lookup = $1 THEN 0 ELSE 1 END, \
-             created_at, id) AS turn FROM api_keys WHERE lookup IN ({}) OR import_ref IN ({})) found \
-             ON found.found_id = api_keys.id ORDER BY found.keyed, found.turn, api_keys.created_at, api_keys.id \
-             LIMIT {}",
-            all.join(", "),
-            if all.len() > 1 { all[1..].join(", ") } else { "NULL".to_owned() },
-            crate::domain::imported::MAX_CANDIDATES,
-        );
-        let mut query = sqlx::query(&sql);
-        for lookup in lookups {
-            query = query.bind(lookup.as_str());
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter().map(|row| key_from_row(row).map(Arc::new)).collect()
-    }
-
-    #[tracing::instrument(skip_all, fields(key_id = %id), err)]
-    async fn adopt_imported(
-        &self,
-        id: KeyId,
-        old: &SecretHash,
-        new: &SecretHash,
-        lookup: &str,
-        digest: &VerifiedDigest,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE api_keys SET secret_hash = $3, lookup = $4, verified_digest = $5 \
-             WHERE id = $1 AND secret_hash = $2",
-        )
-        .bind(id.to_string())
-        .bind(old.expose_phc())
-        .bind(new.expose_phc())
-        .bind(lookup)
-        .bind(digest.to_hex())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     #[tracing::instrument(skip_all, fields(account_id = %account, owner_id = %id), err)]
     async fn set_owner(
         &self,
@@ -1659,22 +1706,6 @@ impl Store for SqlStore {
     async fn close(&self) {
         self.admin_pool.close().await;
         self.pool.close().await;
-    }
-
-    /// Not a change of the key (no version bump, no audit event), but on Postgres the
-    /// row's trigger still tells every replica to reload it, digest included.
-    #[tracing::instrument(skip_all, fields(key_id = %id), err)]
-    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE api_keys SET verified_digest = $1 WHERE id = $2 AND secret_hash = $3 \
-             AND (verified_digest IS NULL OR verified_digest <> $1)",
-        )
-        .bind(digest.to_hex())
-        .bind(id.to_string())
-        .bind(hash.expose_phc())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 }
 
