@@ -12,8 +12,8 @@ use crate::domain::{
 };
 use crate::store::invalidation::{Replicas, Settled};
 use crate::store::{
-    Application, Credits, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind, KeyRecord, Owner,
-    OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, AdminStore, StoreError, UpdateOutcome,
+    AdminStore, Application, Credits, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind,
+    KeyRecord, Owner, OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, StoreError, UpdateOutcome,
 };
 use crate::usage::UsageRecorder;
 use serde_json::json;

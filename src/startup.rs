@@ -312,14 +312,8 @@ impl Application {
         ));
         let authorizer =
             Arc::new(Authorizer::new(policy, cache.clone(), authn, limiter.clone(), clock.clone(), usage.clone()));
-        let manager = Manager::new(
-            admin,
-            verifier.clone(),
-            clock.clone(),
-            usage.clone(),
-            settings.manage,
-            digester.clone(),
-        );
+        let manager =
+            Manager::new(admin, verifier.clone(), clock.clone(), usage.clone(), settings.manage, digester.clone());
         // Key and owner limits may name only the policy's routes (the one in force).
         let routes = authorizer.clone();
         let manager = manager.with_routes(Arc::new(move |template: &str| routes.has_route(template)));

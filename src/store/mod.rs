@@ -32,7 +32,6 @@ use crate::domain::{
 pub use crate::domain::{Application, KeyKind, KeyRecord, Owner, SessionRecord, VerifiedDigest};
 use std::sync::Arc;
 
-
 /// A change to a key; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct KeyChanges {

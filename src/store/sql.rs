@@ -3,11 +3,11 @@
 //! placeholders, `RETURNING`), so the conformance suite proves both with the same code.
 //! What differs per backend (connection set-up, migrations) is chosen by [`Backend`].
 
+use super::{AdminStore, KeyUse, Records};
 use super::{
     Application, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind, KeyRecord, Owner,
     OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Spend, StoreError, UpdateOutcome, VerifiedDigest,
 };
-use super::{AdminStore, KeyUse, Records};
 use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
 use crate::domain::{
     hex, AccountId, AdminRole, AdminTokenName, AdminTokenRecord, ApplicationId, CreditBalance, CreditHolder, KeyId,
