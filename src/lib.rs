@@ -12,7 +12,8 @@
 //! - [`usage`]: batched `last_used_at`.
 //! - [`metrics`]: the Prometheus registry and its endpoint.
 //! - [`breaker`]: bounded waits on the stores a decision needs, none on a store known down.
-//! - [`store`]: the storage trait, its SQL implementation and the caching decorator.
+//! - [`store`]: storage split by who waits (decision reads, hot-path writes, admin), its SQL
+//!   and in-memory implementations, and the decorators (cache, meter, breaker).
 //! - [`edge`]: what Check and forward auth share: credential sources, principal headers.
 //! - [`grpc`]: tonic services; protobuf types stop here.
 //! - [`forward_auth`]: the HTTP forward-auth listener for nginx, Caddy and Traefik.

@@ -39,17 +39,14 @@ pub trait AdminLayer: Records {
     /// Runs one admin call; `operation` names it (as metrics label it). As it is, by default.
     fn call<'a, T: Send + 'a>(
         &'a self,
-        operation: &'static str,
+        _operation: &'static str,
         call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
     ) -> impl Future<Output = Result<T, StoreError>> + Send + 'a {
-        let _ = operation;
         call
     }
 
     /// After a write (whether it succeeded or not): what it changed. Nothing to do, by default.
-    fn changed(&self, changed: Changed<'_>) {
-        let _ = changed;
-    }
+    fn changed(&self, _changed: Changed<'_>) {}
 
     /// [`AdminStore::key_as_stored`]: from the store below, by default.
     fn key_as_stored(&self, id: KeyId) -> impl Future<Output = Result<Option<Arc<KeyRecord>>, StoreError>> + Send {
