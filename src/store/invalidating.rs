@@ -6,7 +6,6 @@
 use super::cached::CachedStore;
 use super::{AdminLayer, AdminStore, Application, Changed, KeyRecord, Records, SessionRecord, StoreError};
 use crate::domain::{ApplicationId, KeyId, SessionId};
-use std::future::Future;
 use std::sync::Arc;
 
 /// An [`AdminStore`] that keeps `cache` in step with the writes it passes to `admin`.
@@ -53,12 +52,10 @@ impl AdminLayer for Invalidating {
 
     /// Through the cache, but a balance is read from the store: other replicas spend it
     /// without telling this one.
-    fn key_as_stored(&self, id: KeyId) -> impl Future<Output = Result<Option<Arc<KeyRecord>>, StoreError>> + Send {
-        async move {
-            match self.cache.key(id).await? {
-                Some(key) if key.credit_holder().is_some() => self.admin.key_as_stored(id).await,
-                cached => Ok(cached),
-            }
+    async fn key_as_stored(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        match self.cache.key(id).await? {
+            Some(key) if key.credit_holder().is_some() => self.admin.key_as_stored(id).await,
+            cached => Ok(cached),
         }
     }
 }
