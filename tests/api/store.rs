@@ -428,6 +428,57 @@ async fn memory_conformance() {
     credits(&memory, &record).await;
 }
 
+/// The rest of the decision's side in memory, as on SQL: an imported key is found by its
+/// lookup or its import form, and adopted (or given a verified digest) only while it still
+/// has the hash the call names; an owner's shared credits are spent and read with its keys.
+#[tokio::test]
+async fn memory_lookups_adoption_and_shared_credits() {
+    use keygate::domain::{CreditBalance, CreditHolder, Lookup, OwnerId};
+    use keygate::store::{ImportedKey, Owner, Spend};
+    let memory = MemoryStore::default();
+    let mut old = key("key_imported00000001", "acct_a", "Old");
+    old.lookup = Some(Lookup::new("form-digest".into()));
+    memory.insert_imported(&ImportedKey { record: old.clone(), import_ref: "start-of-it".into() });
+    let found = memory.keys_by_lookup(&["keyed".into(), "start-of-it".into()]).await.unwrap();
+    assert_eq!(found.iter().map(|k| k.id).collect::<Vec<_>>(), [old.id]);
+    assert!(memory.keys_by_lookup(&["keyed".into()]).await.unwrap().is_empty());
+
+    let new = SecretHash::new("$argon2id$v=19$m=1024,t=1,p=1$bmV3c2FsdA$bmV3".into());
+    let digest = VerifiedDigest { key_fingerprint: [1; 8], digest: [2; 32] };
+    memory.adopt_imported(old.id, &new, &new, "keyed", &digest).await.unwrap();
+    assert_eq!(memory.key(old.id).await.unwrap().unwrap().lookup, old.lookup, "not its hash: nothing changes");
+    memory.adopt_imported(old.id, &old.secret_hash, &new, "keyed", &digest).await.unwrap();
+    let adopted = memory.keys_by_lookup(&["keyed".into()]).await.unwrap();
+    assert_eq!(adopted.len(), 1);
+    assert!(adopted[0].secret_hash == new && adopted[0].verified_digest == Some(digest));
+    let other = VerifiedDigest { key_fingerprint: [3; 8], digest: [4; 32] };
+    memory.remember_verified(old.id, &old.secret_hash, &other).await.unwrap();
+    assert_eq!(memory.key(old.id).await.unwrap().unwrap().verified_digest, Some(digest), "the old hash is gone");
+
+    let account = AccountId::parse("acct_a").unwrap();
+    let owner = Owner {
+        account_id: account.clone(),
+        id: OwnerId::parse("team_1").unwrap(),
+        limits: vec![],
+        refill: None,
+        credits: Some(CreditBalance { remaining: 3, period: 0 }),
+        updated_at: Timestamp::from_millis(1),
+    };
+    memory.insert_owner(&owner);
+    let mut shared = key("key_shared0000000001", "acct_a", "Shared");
+    shared.owner_id = Some(owner.id.clone());
+    memory.insert_key(&shared);
+    let holder = CreditHolder::Owner(account, owner.id.clone());
+    let spent = memory.spend_credits(&holder, 2, None, Timestamp::from_millis(2)).await.unwrap();
+    assert_eq!(spent, Spend::Spent(CreditBalance { remaining: 1, period: 0 }));
+    let read = memory.key(shared.id).await.unwrap().unwrap();
+    assert_eq!(read.owner.as_ref().and_then(|o| o.credits), Some(CreditBalance { remaining: 1, period: 0 }));
+    assert!(matches!(
+        memory.spend_credits(&holder, 2, None, Timestamp::from_millis(3)).await.unwrap(),
+        Spend::Exhausted(_)
+    ));
+}
+
 /// The decision's reads against SQL, from records the admin side put in.
 async fn sql_records(db: Db) {
     let Some((store, _db)) = connect(db).await else {
