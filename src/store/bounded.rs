@@ -15,6 +15,7 @@ use crate::domain::{ApplicationId, CreditHolder, KeyId, Refill, SecretHash, Sess
 use std::future::Future;
 use std::sync::Arc;
 
+/// Bounds the decision's reads by the breaker; refuses writes and admin calls while it is open.
 pub struct BoundedStore {
     inner: Arc<dyn Store>,
     breaker: Arc<Breaker>,

@@ -41,6 +41,8 @@ impl Default for StoreMetrics {
     }
 }
 
+/// Times every call to the store beneath (the decision's side call by call, the admin side
+/// through [`AdminLayer::call`]).
 pub struct MeteredStore {
     inner: Arc<dyn Store>,
     metrics: StoreMetrics,
