@@ -4,7 +4,6 @@
 //! `cargo bench --bench decision`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use keygate::audit::{AuditAction, AuditEvent};
 use keygate::authn::budget::{BudgetSettings, FailureBudgets};
 use keygate::authn::digest::CredentialDigester;
 use keygate::authn::verifier::{Argon2Settings, Verifier};
@@ -16,7 +15,7 @@ use keygate::policy::Policy;
 use keygate::ratelimit::{Limiter, LocalLimiter};
 use keygate::store::cached::{CacheSettings, CachedStore};
 use keygate::store::memory::MemoryStore;
-use keygate::store::{KeyKind, KeyRecord, Store};
+use keygate::store::{KeyKind, KeyRecord, Records};
 use keygate::usage::{UsageRecorder, UsageSettings};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -99,20 +98,14 @@ fn hot_path(c: &mut Criterion) {
     let credential = generated.credential();
     let hash = runtime.block_on(verifier.hash(credential.secret().as_bytes())).expect("hash");
     let memory = Arc::new(MemoryStore::default());
-    let account = AccountId::parse("acct_bench").expect("valid");
-    let created = |action, target: String| {
-        AuditEvent::system(account.clone(), action, target, Timestamp::from_millis(0)).expect("random")
-    };
-    let audit = created(AuditAction::ApiKeyCreate, credential.key_id().to_string());
-    runtime.block_on(memory.create_key(&record(credential.key_id(), hash), &audit)).expect("stored");
+    memory.insert_key(&record(credential.key_id(), hash));
     let application = keygate::store::Application {
         id: keygate::domain::ApplicationId::parse("app_bench").expect("valid"),
         account_id: AccountId::parse("acct_bench").expect("valid"),
         name: Name::parse("name", "bench").expect("valid"),
         created_at: Timestamp::from_millis(0),
     };
-    let audit = created(AuditAction::ApplicationCreate, application.id.to_string());
-    runtime.block_on(memory.create_application(&application, &audit)).expect("stored");
+    memory.insert_application(&application);
     let cache = Arc::new(CachedStore::new(
         memory,
         CacheSettings { capacity: 10_000, ttl: Duration::from_secs(30), max_stale: Duration::ZERO },

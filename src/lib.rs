@@ -13,7 +13,8 @@
 //! - [`usage`]: batched `last_used_at`.
 //! - [`metrics`]: the Prometheus registry and its endpoint.
 //! - [`breaker`]: bounded waits on the stores a decision needs, none on a store known down.
-//! - [`store`]: the storage trait, its SQL implementation and the caching decorator.
+//! - [`store`]: storage split by who waits (decision reads, hot-path writes, admin), its SQL
+//!   and in-memory implementations, and the decorators (cache, meter, breaker).
 //! - [`edge`]: every entry's question and answer: one builder from an HTTP-shaped request
 //!   to Authorize's query, one answer rendered per protocol, failures logged with an error
 //!   id; [`edge::forward_auth`], the HTTP listener for nginx, Caddy and Traefik.

@@ -20,12 +20,11 @@ use crate::grpc::undecodable::UndecodableIsInvalidArgument;
 use crate::manage::Manager;
 use crate::policy::Policy;
 use crate::ratelimit::{redis::RedisLimiter, Limiter, LocalLimiter};
-use crate::store::bounded::BoundedStore;
 use crate::store::cached::CachedStore;
 use crate::store::invalidation::{self, ListenerStatus};
-use crate::store::metered::{MeteredStore, StoreMetrics};
+use crate::store::metered::StoreMetrics;
 use crate::store::sql::{Backend, SqlStore};
-use crate::store::Store;
+use crate::store::{Stack, Store};
 use crate::tls::{HttpListener, ListenerTls, Protocol};
 use crate::usage::UsageRecorder;
 use anyhow::Context;
@@ -252,8 +251,6 @@ impl Application {
         // start-up (after the database, which `build` opened) with its name.
         let tls = ListenerTlsSet::load(&settings)?;
 
-        // cache → metering → bounding → SQL: the meter sees timeouts and refusals as the
-        // store errors they are; the cache falls back on them at once.
         let store_breaker = Arc::new(Breaker::new("key store", settings.store_breaker));
         let mut background = Vec::new();
         background.push(AbortOnDrop(store_breaker.spawn_probe({
@@ -263,10 +260,8 @@ impl Application {
                 async move { store.ping().await.is_ok() }
             }
         })));
-        let bounded = BoundedStore::new(store.clone(), store_breaker.clone());
-        let metered = MeteredStore::new(Arc::new(bounded));
-        let store_metrics = metered.metrics();
-        let cache = Arc::new(CachedStore::new(Arc::new(metered), settings.cache));
+        let Stack { cache, admin, metrics: store_metrics } =
+            Stack::build(store.clone(), store_breaker.clone(), settings.cache);
         let usage = Arc::new(UsageRecorder::new(cache.clone(), settings.usage, settings.cache.capacity));
         let verifier = Arc::new(Verifier::new(settings.argon2)?);
         let invalidation = match peers {
@@ -317,14 +312,8 @@ impl Application {
         ));
         let authorizer =
             Arc::new(Authorizer::new(policy, cache.clone(), authn, limiter.clone(), clock.clone(), usage.clone()));
-        let manager = Manager::new(
-            cache.clone(),
-            verifier.clone(),
-            clock.clone(),
-            usage.clone(),
-            settings.manage,
-            digester.clone(),
-        );
+        let manager =
+            Manager::new(admin, verifier.clone(), clock.clone(), usage.clone(), settings.manage, digester.clone());
         // Key and owner limits may name only the policy's routes (the one in force).
         let routes = authorizer.clone();
         let manager = manager.with_routes(Arc::new(move |template: &str| routes.has_route(template)));

@@ -8,7 +8,7 @@
 //! most one write per interval per replica, and a failed write is kept for the next flush.
 
 use crate::domain::{KeyId, Timestamp};
-use crate::store::{KeyRecord, Store, StoreError};
+use crate::store::{KeyRecord, KeyUse, StoreError};
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,7 +36,7 @@ impl Default for UsageSettings {
 }
 
 pub struct UsageRecorder {
-    store: Arc<dyn Store>,
+    store: Arc<dyn KeyUse>,
     settings: UsageSettings,
     /// The last use this replica reported per key, in Unix milliseconds.
     reported: quick_cache::sync::Cache<KeyId, i64>,
@@ -47,7 +47,7 @@ pub struct UsageRecorder {
 
 impl UsageRecorder {
     /// `capacity`: the keys whose last report is remembered (as many as the cache holds).
-    pub fn new(store: Arc<dyn Store>, settings: UsageSettings, capacity: u64) -> Self {
+    pub fn new(store: Arc<dyn KeyUse>, settings: UsageSettings, capacity: u64) -> Self {
         Self {
             store,
             settings,

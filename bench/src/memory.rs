@@ -3,11 +3,10 @@
 //! resident memory before and after. The records come from a [`MemoryStore`], which hands out fresh copies as a
 //! database would; its own copies are counted before the measurement starts.
 
-use keygate::audit::{AuditAction, AuditEvent};
 use keygate::domain::{AccountId, KeyId, Name, NewKeyRecord, Scopes, SecretHash, Timestamp, VerifiedDigest};
 use keygate::store::cached::{CacheSettings, CachedStore};
 use keygate::store::memory::MemoryStore;
-use keygate::store::{KeyKind, KeyRecord, Store};
+use keygate::store::{KeyKind, KeyRecord, Records};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,10 +23,8 @@ pub async fn run(keys: usize) -> anyhow::Result<()> {
         "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$qJ8m2k0cXo9gq9Zt7wOQm8Lr2nF1xjv6vX0jH3k4b9E".into(),
     );
     let ids: Vec<KeyId> = (0..keys).map(|i| KeyId::parse(&format!("key_{i:016}")).expect("valid")).collect();
-    let account = AccountId::parse("acct_0123456789").expect("valid");
     for &id in &ids {
         let created = Timestamp::from_millis(1_700_000_000_000);
-        let audit = AuditEvent::system(account.clone(), AuditAction::ApiKeyCreate, id.to_string(), created)?;
         let mut record = KeyRecord::issued(
             NewKeyRecord {
                 id,
@@ -46,7 +43,7 @@ pub async fn run(keys: usize) -> anyhow::Result<()> {
         digest[..8].copy_from_slice(&(id.to_string().len() as u64 ^ created.as_millis() as u64).to_le_bytes());
         record.verified_digest = Some(VerifiedDigest { key_fingerprint: [1; 8], digest });
         record.last_used_at = Some(created);
-        store.create_key(&record, &audit).await?;
+        store.insert_key(&record);
     }
     let settings = CacheSettings { capacity: keys as u64 * 2, ttl: Duration::from_secs(30), max_stale: Duration::ZERO };
     let cache = CachedStore::new(store, settings);

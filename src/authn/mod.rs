@@ -25,7 +25,8 @@ use crate::code::Code;
 use crate::domain::imported;
 use crate::domain::{ClientNetwork, Credential, CredentialKind, Deny, KeyId, KeyKind, KeyRecord, Principal};
 use crate::policy::Accepts;
-use crate::store::{InMemory, Store, StoreError};
+use crate::store::cached::CachedStore;
+use crate::store::{InMemory, KeyUse, Records, StoreError};
 pub use budget::Throttled;
 use budget::{FailureBudgets, Reservation};
 use digest::{CredentialDigester, Recognition};
@@ -79,7 +80,7 @@ enum NotVerified {
 }
 
 pub struct Authenticator {
-    store: Arc<dyn Store>,
+    store: Arc<CachedStore>,
     verifier: Arc<Verifier>,
     digester: CredentialDigester,
     budgets: Arc<FailureBudgets>,
@@ -129,7 +130,7 @@ struct Adoption {
 /// account's share, so steady guessing at one account cannot hold every account's
 /// adoptions back.
 struct Adopter {
-    store: Arc<dyn Store>,
+    store: Arc<CachedStore>,
     verifier: Arc<Verifier>,
     adopting: Arc<std::sync::Mutex<std::collections::HashSet<KeyId>>>,
 }
@@ -161,7 +162,7 @@ impl Adopter {
 
 impl Authenticator {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<CachedStore>,
         verifier: Arc<Verifier>,
         digester: CredentialDigester,
         budgets: Arc<FailureBudgets>,

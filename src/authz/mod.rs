@@ -1,7 +1,7 @@
 //! Authorize: from a request to a [`Verdict`], in the order of the decision table (README).
 //!
 //! This module gathers the facts — the route, who is calling ([`Authenticator`]), the
-//! application (through the [`Store`] trait), the limits ([`Limiter`]) — and
+//! application (through the [`DecisionStore`] trait), the limits ([`Limiter`]) — and
 //! [`decision::evaluate`] decides on them.
 
 pub mod decision;
@@ -16,7 +16,7 @@ use crate::policy::{
     Access, LimitKind, LimitRule, LimitSubject, NamedApplication, OnStoreError, Policy, RequestParts, Route,
 };
 use crate::ratelimit::{LimitCheck, LimitOutcome, Limiter, LimiterError, Room};
-use crate::store::{Spend, Store, StoreError};
+use crate::store::{DecisionStore, Spend, StoreError};
 use crate::usage::UsageRecorder;
 use decision::{evaluate, ApplicationFact, Deny, Principal};
 use metrics::{ActivePolicy, DecisionCounters, LimitOutcomes};
@@ -134,7 +134,7 @@ pub struct Authorizer {
     /// Decisions of calls no route matched.
     unrouted: DecisionCounters,
     /// Applications, looked up by the id a request names.
-    store: Arc<dyn Store>,
+    store: Arc<dyn DecisionStore>,
     authn: Arc<Authenticator>,
     limiter: Arc<Limiter>,
     clock: Arc<dyn Clock>,
@@ -153,7 +153,7 @@ pub struct Authorizer {
 impl Authorizer {
     pub fn new(
         policy: Policy,
-        store: Arc<dyn Store>,
+        store: Arc<dyn DecisionStore>,
         authn: Arc<Authenticator>,
         limiter: Arc<Limiter>,
         clock: Arc<dyn Clock>,

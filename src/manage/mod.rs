@@ -34,7 +34,7 @@ use crate::domain::{
     is_admin_token_signed, AccountId, AdminGrant, ApplicationId, InvalidField, KeyLimit, KeyRecord, Timestamp,
 };
 use crate::store::invalidation::{Replicas, Settled};
-use crate::store::{Store, StoreError};
+use crate::store::{AdminStore, StoreError};
 use crate::usage::UsageRecorder;
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,7 +107,7 @@ pub type RouteTemplates = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// The admin API's rules over the store; its methods live in the file of their resource.
 pub struct Manager {
-    store: Arc<dyn Store>,
+    store: Arc<dyn AdminStore>,
     verifier: Arc<Verifier>,
     clock: Arc<dyn Clock>,
     usage: Arc<UsageRecorder>,
@@ -122,7 +122,7 @@ pub struct Manager {
 
 impl Manager {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn AdminStore>,
         verifier: Arc<Verifier>,
         clock: Arc<dyn Clock>,
         usage: Arc<UsageRecorder>,

@@ -5,21 +5,17 @@
 //! cache must reload (its freshness ran out, or the invalidation listener was lost) is
 //! served from the cache's fallback the moment this store says it is unavailable, instead
 //! of after the pool's own connect timeout.
+//!
+//! The admin side (through [`AdminLayer::call`]) and the hot path's after-writes are only
+//! refused while the store is down: their failures never count towards the breaker.
 
-use super::Spend;
-use super::{
-    Application, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyRecord, Owner, OwnerChanges, Page,
-    PageRequest, RollOutcome, SessionRecord, Store, StoreError, UpdateOutcome,
-};
-use crate::audit::{AuditEvent, AuditQuery};
+use super::{AdminLayer, AdminStore, Application, KeyRecord, KeyUse, Records, SessionRecord, Spend, Store, StoreError};
 use crate::breaker::{Breaker, Refused};
-use crate::domain::{
-    AccountId, AdminTokenName, AdminTokenRecord, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash,
-    SessionId, Timestamp, UserId, VerifiedDigest,
-};
+use crate::domain::{ApplicationId, CreditHolder, KeyId, Refill, SecretHash, SessionId, Timestamp, VerifiedDigest};
 use std::future::Future;
 use std::sync::Arc;
 
+/// Bounds the decision's reads by the breaker; refuses writes and admin calls while it is open.
 pub struct BoundedStore {
     inner: Arc<dyn Store>,
     breaker: Arc<Breaker>,
@@ -38,9 +34,7 @@ fn unavailable(refused: Refused) -> StoreError {
 /// (UNAVAILABLE), not that keygate failed (INTERNAL).
 fn cut_short(e: StoreError) -> StoreError {
     match e {
-        StoreError::Other(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("57014" | "5" | "517")) => {
-            StoreError::Unavailable(Box::new(sqlx::Error::Database(db)))
-        }
+        StoreError::CutShort(e) => StoreError::Unavailable(e),
         other => other,
     }
 }
@@ -66,69 +60,26 @@ impl BoundedStore {
 }
 
 #[async_trait::async_trait]
-impl Store for BoundedStore {
-    async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
-        self.admin(self.inner.create_application(app, audit)).await
+impl Records for BoundedStore {
+    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.read(self.inner.key(id)).await
     }
 
     async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
         self.read(self.inner.application(id)).await
     }
 
-    async fn list_applications(
-        &self,
-        account: &AccountId,
-        page: &PageRequest,
-    ) -> Result<Page<Application>, StoreError> {
-        self.admin(self.inner.list_applications(account, page)).await
+    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.read(self.inner.session(id)).await
     }
 
-    async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        self.admin(self.inner.create_key(key, audit)).await
+    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        self.read(self.inner.keys_by_lookup(lookups)).await
     }
+}
 
-    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        self.read(self.inner.key(id)).await
-    }
-
-    async fn list_keys(
-        &self,
-        account: &AccountId,
-        filter: &KeyFilter,
-        page: &PageRequest,
-    ) -> Result<Page<KeyRecord>, StoreError> {
-        self.admin(self.inner.list_keys(account, filter, page)).await
-    }
-
-    async fn update_key(
-        &self,
-        id: KeyId,
-        changes: &KeyChanges,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<UpdateOutcome, StoreError> {
-        self.admin(self.inner.update_key(id, changes, now, audit)).await
-    }
-
-    async fn revoke_key(
-        &self,
-        id: KeyId,
-        reason: &str,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.admin(self.inner.revoke_key(id, reason, now, audit)).await
-    }
-
-    async fn rotate_runtime_key(
-        &self,
-        new: &KeyRecord,
-        retire_at: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        self.admin(self.inner.rotate_runtime_key(new, retire_at, audit)).await
-    }
-
+#[async_trait::async_trait]
+impl KeyUse for BoundedStore {
     /// A write on the request path: refused at once while the store is down, otherwise
     /// bounded by the decision's deadline, not the read timeout. Calls on one key queue
     /// on its row; a queue is not an outage and must not open the breaker.
@@ -142,49 +93,12 @@ impl Store for BoundedStore {
         self.admin(self.inner.spend_credits(holder, cost, refill, now)).await
     }
 
-    async fn rename_application(
-        &self,
-        id: &ApplicationId,
-        name: &Name,
-        audit: &AuditEvent,
-    ) -> Result<Option<Application>, StoreError> {
-        self.admin(self.inner.rename_application(id, name, audit)).await
+    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        self.admin(self.inner.record_key_usage(uses)).await
     }
 
-    async fn list_sessions(
-        &self,
-        account: &AccountId,
-        user: Option<&UserId>,
-        page: &PageRequest,
-    ) -> Result<Page<SessionRecord>, StoreError> {
-        self.admin(self.inner.list_sessions(account, user, page)).await
-    }
-
-    async fn roll_key(
-        &self,
-        new: &KeyRecord,
-        old: KeyId,
-        retire_at: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<RollOutcome, StoreError> {
-        self.admin(self.inner.roll_key(new, old, retire_at, audit)).await
-    }
-
-    async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
-        self.admin(self.inner.delete(target, audit)).await
-    }
-
-    async fn import_keys(
-        &self,
-        import_id: &str,
-        keys: &[ImportedKey],
-        audit: &AuditEvent,
-    ) -> Result<Vec<Imported>, StoreError> {
-        self.admin(self.inner.import_keys(import_id, keys, audit)).await
-    }
-
-    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
-        self.read(self.inner.keys_by_lookup(lookups)).await
+    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
+        self.admin(self.inner.remember_verified(id, hash, digest)).await
     }
 
     async fn adopt_imported(
@@ -197,79 +111,18 @@ impl Store for BoundedStore {
     ) -> Result<(), StoreError> {
         self.admin(self.inner.adopt_imported(id, old, new, lookup, digest)).await
     }
+}
 
-    async fn set_owner(
-        &self,
-        account: &AccountId,
-        id: &OwnerId,
-        changes: &OwnerChanges,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<(Owner, Vec<KeyId>), StoreError> {
-        self.admin(self.inner.set_owner(account, id, changes, now, audit)).await
+impl AdminLayer for BoundedStore {
+    fn below(&self) -> &dyn AdminStore {
+        &*self.inner
     }
 
-    async fn owner(&self, account: &AccountId, id: &OwnerId) -> Result<Option<Owner>, StoreError> {
-        self.admin(self.inner.owner(account, id)).await
-    }
-
-    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
-        self.admin(self.inner.record_key_usage(uses)).await
-    }
-
-    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        self.admin(self.inner.create_session(session, audit)).await
-    }
-
-    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        self.read(self.inner.session(id)).await
-    }
-
-    async fn revoke_session(
-        &self,
-        id: SessionId,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<SessionRecord>, StoreError> {
-        self.admin(self.inner.revoke_session(id, now, audit)).await
-    }
-
-    async fn list_audit_events(
-        &self,
-        account: &AccountId,
-        query: &AuditQuery,
-        page: &PageRequest,
-    ) -> Result<Page<AuditEvent>, StoreError> {
-        self.admin(self.inner.list_audit_events(account, query, page)).await
-    }
-
-    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
-        self.admin(self.inner.remember_verified(id, hash, digest)).await
-    }
-
-    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError> {
-        self.admin(self.inner.create_admin_token(token)).await
-    }
-
-    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
-        self.admin(self.inner.admin_token(digest)).await
-    }
-
-    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
-        self.admin(self.inner.list_admin_tokens()).await
-    }
-
-    async fn revoke_admin_token(
-        &self,
-        name: &AdminTokenName,
-        now: Timestamp,
-        by: &str,
-    ) -> Result<Option<AdminTokenRecord>, StoreError> {
-        self.admin(self.inner.revoke_admin_token(name, now, by)).await
-    }
-
-    /// Health checks ask the store itself: the breaker is not the answer they want.
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
+    fn call<'a, T: Send + 'a>(
+        &'a self,
+        _operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'a {
+        self.admin(call)
     }
 }

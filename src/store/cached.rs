@@ -1,8 +1,12 @@
 //! The caching decorator: key records by key id and applications by id, in memory.
 //!
-//! Writes through this store invalidate at once, so a revoke or update is seen by the very
+//! It caches the decision's side ([`Records`], and keeps the records it holds in step with
+//! [`KeyUse`]'s writes). Admin writes through [`super::invalidating::Invalidating`] are
+//! forgotten at once ([`CachedStore::forget`]), so a revoke or update is seen by the very
 //! next read on this instance. Other replicas' changes arrive through [`CachedStore::invalidate_key`]
-//! and friends; the TTL is only the backstop if every notification is lost.
+//! and friends; the TTL is only the backstop if every notification is lost. What memory
+//! holds is asked of the cache itself ([`CachedStore::key_in_memory`]): the authenticator
+//! holds the cache it asks.
 //!
 //! The race it closes: a read that loaded a record *before* a write committed must not put
 //! that stale record into the cache *after* the write invalidated it. Each id hashes to a
@@ -24,17 +28,11 @@
 //! listener has fallen behind asks the store instead of trusting what it holds (see
 //! `store::invalidation` for the argument).
 
-use super::Spend;
 use super::{
-    Application, Deleted, Deletion, Imported, ImportedKey, InMemory, KeyChanges, KeyFilter, KeyRecord, Owner,
-    OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Store, StoreError, UpdateOutcome,
+    Application, Changed, DecisionStore, InMemory, KeyRecord, KeyUse, Records, SessionRecord, Spend, StoreError,
 };
-use crate::audit::{AuditEvent, AuditQuery};
 use crate::clock::Clock;
-use crate::domain::{
-    AccountId, AdminTokenName, AdminTokenRecord, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash,
-    SessionId, Timestamp, UserId, VerifiedDigest,
-};
+use crate::domain::{ApplicationId, CreditHolder, KeyId, Refill, SecretHash, SessionId, Timestamp, VerifiedDigest};
 use quick_cache::sync::Cache;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -342,7 +340,7 @@ pub struct CacheStats {
 }
 
 pub struct CachedStore {
-    inner: Arc<dyn Store>,
+    inner: Arc<dyn DecisionStore>,
     served_stale: Arc<AtomicU64>,
     keys: GuardedCache<KeyId, KeyRecord>,
     applications: GuardedCache<ApplicationId, Application>,
@@ -351,7 +349,7 @@ pub struct CachedStore {
 }
 
 impl CachedStore {
-    pub fn new(inner: Arc<dyn Store>, settings: CacheSettings) -> Self {
+    pub fn new(inner: Arc<dyn DecisionStore>, settings: CacheSettings) -> Self {
         let served_stale = Arc::new(AtomicU64::new(0));
         let trust = Arc::new(Trust::always());
         Self {
@@ -389,6 +387,32 @@ impl CachedStore {
         self.sessions.distrust_all();
     }
 
+    /// Forgets what an admin write changed (or may have changed).
+    pub fn forget(&self, changed: Changed<'_>) {
+        match changed {
+            Changed::Key(id) => self.keys.invalidate(&id),
+            Changed::Application(id) => self.applications.invalidate(id),
+            Changed::Session(id) => self.sessions.invalidate(&id),
+            Changed::Deleted(deleted) => {
+                deleted.keys.iter().chain(&deleted.changed_keys).for_each(|id| self.keys.invalidate(id));
+                deleted.applications.iter().for_each(|id| self.applications.invalidate(id));
+                deleted.sessions.iter().for_each(|id| self.sessions.invalidate(id));
+            }
+            Changed::SomeKeys => self.keys.distrust_all(),
+            Changed::Anything => self.distrust_all(),
+        }
+    }
+
+    /// What memory holds about key `id`, found with no I/O.
+    pub fn key_in_memory(&self, id: KeyId) -> InMemory<KeyRecord> {
+        self.keys.in_memory(&id)
+    }
+
+    /// The same for a session.
+    pub fn session_in_memory(&self, id: SessionId) -> InMemory<SessionRecord> {
+        self.sessions.in_memory(&id)
+    }
+
     /// How many reads were answered from the cache because the store was unreachable.
     pub fn served_stale(&self) -> u64 {
         self.served_stale.load(Ordering::Relaxed)
@@ -406,102 +430,35 @@ impl CachedStore {
 }
 
 #[async_trait::async_trait]
-impl Store for CachedStore {
-    async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
-        let result = self.inner.create_application(app, audit).await;
-        // A miss may have been cached as "no such application".
-        self.applications.invalidate(&app.id);
-        result
+impl Records for CachedStore {
+    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.keys.get_or_load(&id, || self.inner.key(id)).await
     }
 
     async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
         self.applications.get_or_load(id, || self.inner.application(id)).await
     }
 
-    async fn list_applications(
-        &self,
-        account: &AccountId,
-        page: &PageRequest,
-    ) -> Result<Page<Application>, StoreError> {
-        self.inner.list_applications(account, page).await
+    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.sessions.get_or_load(&id, || self.inner.session(id)).await
     }
 
-    async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        let result = self.inner.create_key(key, audit).await;
-        self.keys.invalidate(&key.id);
-        result
-    }
-
-    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        self.keys.get_or_load(&id, || self.inner.key(id)).await
-    }
-
-    /// Through the cache (an admin read puts the record in memory for its first use), but
-    /// a balance is read from the store: other replicas spend it without telling this one.
-    async fn key_as_stored(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        match self.key(id).await? {
-            Some(key) if key.credit_holder().is_some() => self.inner.key_as_stored(id).await,
-            cached => Ok(cached),
+    /// Not cached by lookup (the authenticator remembers which key a credential found);
+    /// the keys found are then read by id through the cache, so the next call is served
+    /// from memory. (Caching the lookup's own rows could resurrect a record a change
+    /// invalidated between that read and this insert; a read by id is guarded against that.)
+    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        let mut keys = Vec::new();
+        for found in self.inner.keys_by_lookup(lookups).await? {
+            keys.extend(self.key(found.id).await?);
         }
+        Ok(keys)
     }
+}
 
-    async fn list_keys(
-        &self,
-        account: &AccountId,
-        filter: &KeyFilter,
-        page: &PageRequest,
-    ) -> Result<Page<KeyRecord>, StoreError> {
-        self.inner.list_keys(account, filter, page).await
-    }
-
-    async fn update_key(
-        &self,
-        id: KeyId,
-        changes: &KeyChanges,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<UpdateOutcome, StoreError> {
-        // Invalidate even when the write errors: it may have committed before the error.
-        let result = self.inner.update_key(id, changes, now, audit).await;
-        self.keys.invalidate(&id);
-        // A key rolled into this one follows it (its credits, its state, its terms).
-        if let Ok(UpdateOutcome::Updated(key)) = &result {
-            key.rolled_from.iter().for_each(|predecessor| self.keys.invalidate(predecessor));
-        }
-        result
-    }
-
-    async fn revoke_key(
-        &self,
-        id: KeyId,
-        reason: &str,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        let result = self.inner.revoke_key(id, reason, now, audit).await;
-        self.keys.invalidate(&id);
-        // A key rolled into this one stops with it.
-        if let Ok(Some(key)) = &result {
-            key.rolled_from.iter().for_each(|predecessor| self.keys.invalidate(predecessor));
-        }
-        result
-    }
-
-    async fn rotate_runtime_key(
-        &self,
-        new: &KeyRecord,
-        retire_at: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        let result = self.inner.rotate_runtime_key(new, retire_at, audit).await;
-        self.keys.invalidate(&new.id);
-        for retired in result.iter().flatten() {
-            self.keys.invalidate(retired);
-        }
-        result
-    }
-
-    /// Usage is not a change: cached records stay (the usage recorder knows the later use).
+/// Usage is not a change: cached records stay (the usage recorder knows the later use).
+#[async_trait::async_trait]
+impl KeyUse for CachedStore {
     async fn spend_credits(
         &self,
         holder: &CreditHolder,
@@ -520,82 +477,18 @@ impl Store for CachedStore {
         Ok(spent)
     }
 
-    async fn rename_application(
-        &self,
-        id: &ApplicationId,
-        name: &Name,
-        audit: &AuditEvent,
-    ) -> Result<Option<Application>, StoreError> {
-        let result = self.inner.rename_application(id, name, audit).await;
-        self.applications.invalidate(id);
-        result
+    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        self.inner.record_key_usage(uses).await
     }
 
-    async fn list_sessions(
-        &self,
-        account: &AccountId,
-        user: Option<&UserId>,
-        page: &PageRequest,
-    ) -> Result<Page<SessionRecord>, StoreError> {
-        self.inner.list_sessions(account, user, page).await
-    }
-
-    async fn roll_key(
-        &self,
-        new: &KeyRecord,
-        old: KeyId,
-        retire_at: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<RollOutcome, StoreError> {
-        let result = self.inner.roll_key(new, old, retire_at, audit).await;
-        self.keys.invalidate(&new.id);
-        self.keys.invalidate(&old);
-        if let Ok(RollOutcome::Rolled { ended, .. }) = &result {
-            ended.iter().for_each(|id| self.keys.invalidate(id));
-        }
-        result
-    }
-
-    async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
-        let result = self.inner.delete(target, audit).await;
-        match target {
-            Deletion::Key(id) => self.keys.invalidate(id),
-            Deletion::Application { id, .. } => self.applications.invalidate(id),
-            Deletion::Account(_) => {}
-        }
-        if let Ok(deleted) = &result {
-            deleted.keys.iter().chain(&deleted.changed_keys).for_each(|id| self.keys.invalidate(id));
-            deleted.applications.iter().for_each(|id| self.applications.invalidate(id));
-            deleted.sessions.iter().for_each(|id| self.sessions.invalidate(id));
-        } else if matches!(target, Deletion::Account(_) | Deletion::Application { .. }) {
-            // It may have committed before the error: what it removed is unknown here.
-            self.distrust_all();
-        }
-        result
-    }
-
-    async fn import_keys(
-        &self,
-        import_id: &str,
-        keys: &[ImportedKey],
-        audit: &AuditEvent,
-    ) -> Result<Vec<Imported>, StoreError> {
-        let result = self.inner.import_keys(import_id, keys, audit).await;
-        // An id may have been remembered as unknown.
-        keys.iter().for_each(|k| self.keys.invalidate(&k.record.id));
-        result
-    }
-
-    /// Not cached by lookup (the authenticator remembers which key a credential found);
-    /// the keys found are then read by id through the cache, so the next call is served
-    /// from memory. (Caching the lookup's own rows could resurrect a record a change
-    /// invalidated between that read and this insert; a read by id is guarded against that.)
-    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
-        let mut keys = Vec::new();
-        for found in self.inner.keys_by_lookup(lookups).await? {
-            keys.extend(self.key(found.id).await?);
-        }
-        Ok(keys)
+    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
+        self.inner.remember_verified(id, hash, digest).await?;
+        // The cached record learns its digest without a reload (other replicas reload it on
+        // the database's notification). Only the same secret hash: anything else changed.
+        self.keys.update_in_place(&id, |record| {
+            (record.secret_hash == *hash).then(|| KeyRecord { verified_digest: Some(*digest), ..record.clone() })
+        });
+        Ok(())
     }
 
     async fn adopt_imported(
@@ -609,103 +502,5 @@ impl Store for CachedStore {
         let result = self.inner.adopt_imported(id, old, new, lookup, digest).await;
         self.keys.invalidate(&id);
         result
-    }
-
-    async fn set_owner(
-        &self,
-        account: &AccountId,
-        id: &OwnerId,
-        changes: &OwnerChanges,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<(Owner, Vec<KeyId>), StoreError> {
-        let result = self.inner.set_owner(account, id, changes, now, audit).await;
-        match &result {
-            Ok((_, keys)) => keys.iter().for_each(|key| self.keys.invalidate(key)),
-            // Which keys it changed is unknown here.
-            Err(_) => self.keys.distrust_all(),
-        }
-        result
-    }
-
-    async fn owner(&self, account: &AccountId, id: &OwnerId) -> Result<Option<Owner>, StoreError> {
-        self.inner.owner(account, id).await
-    }
-
-    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
-        self.inner.record_key_usage(uses).await
-    }
-
-    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        let result = self.inner.create_session(session, audit).await;
-        self.sessions.invalidate(&session.id);
-        result
-    }
-
-    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        self.sessions.get_or_load(&id, || self.inner.session(id)).await
-    }
-
-    async fn revoke_session(
-        &self,
-        id: SessionId,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<SessionRecord>, StoreError> {
-        let result = self.inner.revoke_session(id, now, audit).await;
-        self.sessions.invalidate(&id);
-        result
-    }
-
-    async fn list_audit_events(
-        &self,
-        account: &AccountId,
-        query: &AuditQuery,
-        page: &PageRequest,
-    ) -> Result<Page<AuditEvent>, StoreError> {
-        self.inner.list_audit_events(account, query, page).await
-    }
-
-    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError> {
-        self.inner.create_admin_token(token).await
-    }
-
-    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
-        self.inner.admin_token(digest).await
-    }
-
-    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
-        self.inner.list_admin_tokens().await
-    }
-
-    async fn revoke_admin_token(
-        &self,
-        name: &AdminTokenName,
-        now: Timestamp,
-        by: &str,
-    ) -> Result<Option<AdminTokenRecord>, StoreError> {
-        self.inner.revoke_admin_token(name, now, by).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-
-    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
-        self.inner.remember_verified(id, hash, digest).await?;
-        // The cached record learns its digest without a reload (other replicas reload it on
-        // the database's notification). Only the same secret hash: anything else changed.
-        self.keys.update_in_place(&id, |record| {
-            (record.secret_hash == *hash).then(|| KeyRecord { verified_digest: Some(*digest), ..record.clone() })
-        });
-        Ok(())
-    }
-
-    fn key_in_memory(&self, id: KeyId) -> InMemory<KeyRecord> {
-        self.keys.in_memory(&id)
-    }
-
-    fn session_in_memory(&self, id: SessionId) -> InMemory<SessionRecord> {
-        self.sessions.in_memory(&id)
     }
 }

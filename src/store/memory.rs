@@ -1,19 +1,17 @@
-//! A store in process memory: for benchmarks and embedding, where the cost or the
-//! absence of a database is the point. Every read returns a fresh copy, as a database
-//! would, so what sits above it (the cache) behaves as it does over SQL. Nothing survives
-//! the process.
+//! A store in process memory, for the decision's side ([`Records`] + [`KeyUse`]): for
+//! benchmarks and embedding, where the cost or the absence of a database is the point.
+//! Records are put in with [`MemoryStore::insert_key`] and friends (there is no admin
+//! side). It answers as the SQL store does: every read returns a fresh copy, a key's
+//! credits are its successor's while a roll overlaps and its owner's shared terms come
+//! with it, and credits are spent under the refill rule they were set with, so what sits
+//! above it (the cache) behaves as it does over SQL. Nothing survives the process.
 
-use super::Spend;
-use super::{
-    Application, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind, KeyRecord, Owner,
-    OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Store, StoreError, UpdateOutcome,
-};
-use crate::audit::{AuditEvent, AuditQuery};
+use super::{Application, ImportedKey, KeyRecord, KeyUse, Owner, Records, SessionRecord, Spend, StoreError};
 use crate::domain::{
-    AccountId, AdminTokenName, AdminTokenRecord, ApplicationId, CreditHolder, KeyId, Name, OwnerId, Refill, SecretHash,
-    SessionId, Timestamp, UserId, VerifiedDigest,
+    AccountId, ApplicationId, CreditBalance, CreditHolder, KeyId, OwnerId, Refill, SecretHash, SessionId, Timestamp,
+    VerifiedDigest,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
@@ -25,14 +23,29 @@ pub struct MemoryStore {
 struct State {
     applications: BTreeMap<ApplicationId, Application>,
     keys: BTreeMap<KeyId, KeyRecord>,
+    /// The form an imported key was brought in, by key.
+    imported: HashMap<KeyId, String>,
     sessions: BTreeMap<SessionId, SessionRecord>,
-    audit: BTreeMap<String, AuditEvent>,
-    admin_tokens: BTreeMap<AdminTokenName, AdminTokenRecord>,
+    owners: BTreeMap<(AccountId, OwnerId), Owner>,
+    /// Balances by holder, with the refill rule each is counted under.
+    credits: HashMap<CreditHolder, (CreditBalance, Option<Refill>)>,
 }
 
 impl State {
-    fn record(&mut self, event: &AuditEvent) {
-        self.audit.insert(event.id.clone(), event.clone());
+    /// The key as a read returns it: its (or its successor's) balance, its owner's terms.
+    fn read_key(&self, key: &KeyRecord) -> KeyRecord {
+        let mut read = key.clone();
+        let holder = CreditHolder::Key(key.rolled_to.unwrap_or(key.id));
+        read.credits = self.credits.get(&holder).map(|(balance, _)| *balance);
+        read.owner = key.owner_id.as_ref().and_then(|owner| self.owner(&key.account_id, owner)).map(Arc::new);
+        read
+    }
+
+    fn owner(&self, account: &AccountId, id: &OwnerId) -> Option<Owner> {
+        let mut owner = self.owners.get(&(account.clone(), id.clone()))?.clone();
+        let holder = CreditHolder::Owner(account.clone(), id.clone());
+        owner.credits = self.credits.get(&holder).map(|(balance, _)| *balance);
+        Some(owner)
     }
 }
 
@@ -40,183 +53,87 @@ impl MemoryStore {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-fn page<T: Clone>(items: impl Iterator<Item = (String, T)>, page: &PageRequest) -> Page<T> {
-    let after = page.after.as_deref().unwrap_or("");
-    let mut items: Vec<(String, T)> =
-        items.filter(|(id, _)| id.as_str() > after).take(page.limit as usize + 1).collect();
-    let next_after = if items.len() > page.limit as usize {
-        items.truncate(page.limit as usize);
-        items.last().map(|(id, _)| id.clone())
-    } else {
-        None
-    };
-    Page { items: items.into_iter().map(|(_, item)| item).collect(), next_after }
+    /// Puts a key in (replacing one with its id); its credits, if any, are counted under
+    /// its terms' refill rule.
+    pub fn insert_key(&self, key: &KeyRecord) {
+        let mut state = self.state();
+        if let Some(balance) = key.credits {
+            state.credits.insert(CreditHolder::Key(key.id), (balance, key.terms.refill));
+        }
+        state.keys.insert(key.id, key.clone());
+    }
+
+    /// Puts a key brought from another system in: found by its lookup or its import form.
+    pub fn insert_imported(&self, key: &ImportedKey) {
+        self.insert_key(&key.record);
+        self.state().imported.insert(key.record.id, key.import_ref.clone());
+    }
+
+    pub fn insert_application(&self, app: &Application) {
+        self.state().applications.insert(app.id.clone(), app.clone());
+    }
+
+    pub fn insert_session(&self, session: &SessionRecord) {
+        self.state().sessions.insert(session.id, session.clone());
+    }
+
+    /// Puts an owner's shared terms in; its credits, if any, are counted under its refill.
+    pub fn insert_owner(&self, owner: &Owner) {
+        let mut state = self.state();
+        let holder = CreditHolder::Owner(owner.account_id.clone(), owner.id.clone());
+        match owner.credits {
+            Some(balance) => state.credits.insert(holder, (balance, owner.refill)),
+            None => state.credits.remove(&holder),
+        };
+        state.owners.insert((owner.account_id.clone(), owner.id.clone()), owner.clone());
+    }
 }
 
 #[async_trait::async_trait]
-impl Store for MemoryStore {
-    async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
-        let mut state = self.state();
-        state.applications.insert(app.id.clone(), app.clone());
-        state.record(audit);
-        Ok(())
+impl Records for MemoryStore {
+    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        let state = self.state();
+        Ok(state.keys.get(&id).map(|key| Arc::new(state.read_key(key))))
     }
 
     async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
         Ok(self.state().applications.get(id).cloned().map(Arc::new))
     }
 
-    async fn list_applications(
-        &self,
-        account: &AccountId,
-        request: &PageRequest,
-    ) -> Result<Page<Application>, StoreError> {
+    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        Ok(self.state().sessions.get(&id).cloned().map(Arc::new))
+    }
+
+    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        let Some(keyed) = lookups.first() else { return Ok(Vec::new()) };
         let state = self.state();
-        let mine =
-            state.applications.values().filter(|a| a.account_id == *account).map(|a| (a.id.to_string(), a.clone()));
-        Ok(page(mine, request))
+        let found = state.keys.values().filter_map(|key| {
+            let by_lookup = key.lookup.as_ref().is_some_and(|l| lookups.iter().any(|x| x == &**l));
+            let by_form = state.imported.get(&key.id).is_some_and(|form| lookups[1..].contains(form));
+            let is_keyed = key.lookup.as_ref().is_some_and(|l| &**l == keyed);
+            (by_lookup || by_form).then_some((!is_keyed, key))
+        });
+        // Each account's matches in turn (the keyed one first, then the earliest import),
+        // and every account's first turn before any account's second.
+        let mut by_account: BTreeMap<&AccountId, Vec<(bool, &KeyRecord)>> = BTreeMap::new();
+        for (not_keyed, key) in found {
+            by_account.entry(&key.account_id).or_default().push((not_keyed, key));
+        }
+        let mut ranked = Vec::new();
+        for matches in by_account.values_mut() {
+            matches.sort_by_key(|(not_keyed, key)| (*not_keyed, key.created_at, key.id));
+            let turns = matches.iter().enumerate();
+            ranked.extend(turns.map(|(turn, (not_keyed, key))| ((*not_keyed, turn, key.created_at, key.id), *key)));
+        }
+        ranked.sort_by_key(|(rank, _)| *rank);
+        let limit = crate::domain::imported::MAX_CANDIDATES;
+        Ok(ranked.into_iter().take(limit).map(|(_, key)| Arc::new(state.read_key(key))).collect())
     }
+}
 
-    async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        let mut state = self.state();
-        state.keys.insert(key.id, key.clone());
-        state.record(audit);
-        Ok(())
-    }
-
-    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        Ok(self.state().keys.get(&id).cloned().map(Arc::new))
-    }
-
-    async fn list_keys(
-        &self,
-        account: &AccountId,
-        filter: &KeyFilter,
-        request: &PageRequest,
-    ) -> Result<Page<KeyRecord>, StoreError> {
-        let search = filter.search.as_deref().map(str::to_lowercase);
-        let state = self.state();
-        let matching = state
-            .keys
-            .values()
-            .filter(|k| k.account_id == *account && k.kind == KeyKind::ApiKey)
-            .filter(|k| filter.owner_id.is_none() || k.owner_id == filter.owner_id)
-            .filter(|k| {
-                search.as_deref().is_none_or(|s| {
-                    k.name.as_str().to_lowercase().contains(s) || k.id.to_string().to_lowercase().contains(s)
-                })
-            })
-            .map(|k| (k.id.to_string(), k.clone()));
-        Ok(page(matching, request))
-    }
-
-    async fn update_key(
-        &self,
-        id: KeyId,
-        changes: &KeyChanges,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<UpdateOutcome, StoreError> {
-        let mut state = self.state();
-        let state = &mut *state;
-        let Some(key) = state.keys.get_mut(&id) else { return Ok(UpdateOutcome::NotFound) };
-        if key.revoked_at.is_some() {
-            return Ok(UpdateOutcome::Revoked);
-        }
-        if let Some(name) = &changes.name {
-            key.name = name.clone();
-        }
-        if let Some(scopes) = &changes.scopes {
-            key.scopes = scopes.clone();
-        }
-        if let Some(apps) = &changes.application_ids {
-            key.application_ids = apps.clone();
-        }
-        if let Some(expires_at) = changes.expires_at {
-            key.expires_at = expires_at;
-        }
-        if let Some(disabled) = changes.disabled {
-            key.disabled = disabled;
-        }
-        key.terms = changes.terms_after(&key.terms);
-        if let Some(credits) = changes.credits {
-            key.credits = credits.map(|c| c.balance(now));
-        }
-        key.updated_at = now;
-        key.version += 1;
-        let updated = key.clone();
-        state.record(audit);
-        Ok(UpdateOutcome::Updated(Box::new(updated)))
-    }
-
-    async fn revoke_key(
-        &self,
-        id: KeyId,
-        reason: &str,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        let mut state = self.state();
-        let state = &mut *state;
-        let Some(key) = state.keys.get_mut(&id) else { return Ok(None) };
-        if key.revoked_at.is_none() {
-            key.revoked_at = Some(now);
-            key.revoked_reason = Some(reason.to_owned());
-            key.updated_at = now;
-            key.version += 1;
-        }
-        let revoked = key.clone();
-        state.record(audit);
-        Ok(Some(revoked))
-    }
-
-    async fn rotate_runtime_key(
-        &self,
-        new: &KeyRecord,
-        retire_at: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        let mut state = self.state();
-        // As the SQL store: the new key carries the current one's terms and switch.
-        let mut new = new.clone();
-        if let Some(current) = state.keys.values().find(|k| {
-            k.kind == KeyKind::Runtime
-                && k.application_ids == new.application_ids
-                && k.revoked_at.is_none()
-                && k.retire_at.is_none()
-        }) {
-            new.terms = current.terms.clone();
-            new.disabled = current.disabled;
-        }
-        // The current key, then every older one whose grace outlasts it.
-        let mut retired = Vec::new();
-        for current in [true, false] {
-            for k in state.keys.values_mut() {
-                let in_scope =
-                    k.kind == KeyKind::Runtime && k.application_ids == new.application_ids && k.revoked_at.is_none();
-                let matches =
-                    if current { k.retire_at.is_none() } else { k.retire_at.is_some_and(|at| at > retire_at) };
-                if in_scope && matches {
-                    k.retire_at = Some(retire_at);
-                    k.version += 1;
-                    retired.push(k.id);
-                }
-            }
-        }
-        state.keys.insert(new.id, new);
-        state.record(audit);
-        Ok(retired)
-    }
-
-    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
-        if let Some(key) = self.state().keys.get_mut(&id).filter(|k| k.secret_hash == *hash) {
-            key.verified_digest = Some(*digest);
-        }
-        Ok(())
-    }
-
+#[async_trait::async_trait]
+impl KeyUse for MemoryStore {
     async fn spend_credits(
         &self,
         holder: &CreditHolder,
@@ -224,113 +141,17 @@ impl Store for MemoryStore {
         refill: Option<&Refill>,
         now: Timestamp,
     ) -> Result<Spend, StoreError> {
-        // Owners' shared credits are the SQL store's alone.
-        let CreditHolder::Key(id) = *holder else { return Ok(Spend::Unmetered) };
         let mut state = self.state();
-        let Some(balance) = state.keys.get_mut(&id).and_then(|k| k.credits.as_mut()) else {
-            return Ok(Spend::Unmetered);
-        };
-        let mut after = *balance;
-        if let Some(refill) = refill {
-            after = refill.refilled(after, now);
+        let Some((balance, rule)) = state.credits.get_mut(holder) else { return Ok(Spend::Unmetered) };
+        if rule.as_ref() != refill {
+            return Ok(Spend::RuleChanged);
         }
+        let after = refill.map_or(*balance, |refill| refill.refilled(*balance, now));
         if after.remaining < cost {
             return Ok(Spend::Exhausted(*balance));
         }
-        after.remaining -= cost;
-        *balance = after;
-        Ok(Spend::Spent(after))
-    }
-
-    async fn rename_application(
-        &self,
-        id: &ApplicationId,
-        name: &Name,
-        audit: &AuditEvent,
-    ) -> Result<Option<Application>, StoreError> {
-        let mut state = self.state();
-        let Some(app) = state.applications.get_mut(id) else { return Ok(None) };
-        app.name = name.clone();
-        let app = app.clone();
-        state.record(audit);
-        Ok(Some(app))
-    }
-
-    async fn list_sessions(
-        &self,
-        account: &AccountId,
-        user: Option<&UserId>,
-        request: &PageRequest,
-    ) -> Result<Page<SessionRecord>, StoreError> {
-        let state = self.state();
-        let mine = state
-            .sessions
-            .values()
-            .filter(|s| s.account_id == *account && user.is_none_or(|u| s.user_id == *u))
-            .map(|s| (s.id.to_string(), s.clone()));
-        Ok(page(mine, request))
-    }
-
-    async fn roll_key(
-        &self,
-        _new: &KeyRecord,
-        _old: KeyId,
-        _retire_at: Timestamp,
-        _audit: &AuditEvent,
-    ) -> Result<RollOutcome, StoreError> {
-        Err(StoreError::Unsupported("rolling keys"))
-    }
-
-    async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
-        let Deletion::Key(id) = target else {
-            return Err(StoreError::Unsupported("deleting applications or accounts"));
-        };
-        let mut state = self.state();
-        let mut deleted = Deleted::default();
-        if state.keys.remove(id).is_some() {
-            deleted.keys.push(*id);
-            state.record(audit);
-        }
-        Ok(deleted)
-    }
-
-    async fn import_keys(
-        &self,
-        _import_id: &str,
-        _keys: &[ImportedKey],
-        _audit: &AuditEvent,
-    ) -> Result<Vec<Imported>, StoreError> {
-        Err(StoreError::Unsupported("importing keys"))
-    }
-
-    async fn keys_by_lookup(&self, _lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    async fn adopt_imported(
-        &self,
-        _id: KeyId,
-        _old: &SecretHash,
-        _new: &SecretHash,
-        _lookup: &str,
-        _digest: &VerifiedDigest,
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    async fn set_owner(
-        &self,
-        _account: &AccountId,
-        _id: &OwnerId,
-        _changes: &OwnerChanges,
-        _now: Timestamp,
-        _audit: &AuditEvent,
-    ) -> Result<(Owner, Vec<KeyId>), StoreError> {
-        Err(StoreError::Unsupported("owners"))
-    }
-
-    async fn owner(&self, _account: &AccountId, _id: &OwnerId) -> Result<Option<Owner>, StoreError> {
-        Ok(None)
+        *balance = CreditBalance { remaining: after.remaining - cost, period: after.period };
+        Ok(Spend::Spent(*balance))
     }
 
     async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
@@ -343,95 +164,27 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        let mut state = self.state();
-        state.sessions.insert(session.id, session.clone());
-        state.record(audit);
+    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
+        if let Some(key) = self.state().keys.get_mut(&id).filter(|k| k.secret_hash == *hash) {
+            key.verified_digest = Some(*digest);
+        }
         Ok(())
     }
 
-    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        Ok(self.state().sessions.get(&id).cloned().map(Arc::new))
-    }
-
-    async fn revoke_session(
+    async fn adopt_imported(
         &self,
-        id: SessionId,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<SessionRecord>, StoreError> {
+        id: KeyId,
+        old: &SecretHash,
+        new: &SecretHash,
+        lookup: &str,
+        digest: &VerifiedDigest,
+    ) -> Result<(), StoreError> {
         let mut state = self.state();
-        let state = &mut *state;
-        let Some(session) = state.sessions.get_mut(&id) else { return Ok(None) };
-        if session.revoked_at.is_none() {
-            session.revoked_at = Some(now);
-            session.version += 1;
+        if let Some(key) = state.keys.get_mut(&id).filter(|k| k.secret_hash == *old) {
+            key.secret_hash = new.clone();
+            key.lookup = Some(crate::domain::Lookup::new(lookup.to_owned()));
+            key.verified_digest = Some(*digest);
         }
-        let revoked = session.clone();
-        state.record(audit);
-        Ok(Some(revoked))
-    }
-
-    async fn list_audit_events(
-        &self,
-        account: &AccountId,
-        query: &AuditQuery,
-        request: &PageRequest,
-    ) -> Result<Page<AuditEvent>, StoreError> {
-        let state = self.state();
-        let before = request.after.as_deref();
-        let mut items: Vec<AuditEvent> = state
-            .audit
-            .values()
-            .rev()
-            .filter(|e| before.is_none_or(|b| e.id.as_str() < b))
-            .filter(|e| e.account_id == *account && query.matches(e))
-            .take(request.limit as usize + 1)
-            .cloned()
-            .collect();
-        let next_after = if items.len() > request.limit as usize {
-            items.truncate(request.limit as usize);
-            items.last().map(|e| e.id.clone())
-        } else {
-            None
-        };
-        Ok(Page { items, next_after })
-    }
-
-    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError> {
-        let mut state = self.state();
-        let taken = state.admin_tokens.contains_key(&token.name)
-            || state.admin_tokens.values().any(|held| held.digest == token.digest);
-        if !taken {
-            state.admin_tokens.insert(token.name.clone(), token.clone());
-        }
-        Ok(!taken)
-    }
-
-    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
-        Ok(self.state().admin_tokens.values().find(|t| &t.digest == digest).cloned())
-    }
-
-    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
-        Ok(self.state().admin_tokens.values().cloned().collect())
-    }
-
-    async fn revoke_admin_token(
-        &self,
-        name: &AdminTokenName,
-        now: Timestamp,
-        by: &str,
-    ) -> Result<Option<AdminTokenRecord>, StoreError> {
-        let mut state = self.state();
-        let Some(token) = state.admin_tokens.get_mut(name) else { return Ok(None) };
-        if token.revoked_at.is_none() {
-            token.revoked_at = Some(now);
-            token.revoked_by = Some(by.to_owned());
-        }
-        Ok(Some(token.clone()))
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
 }

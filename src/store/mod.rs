@@ -1,13 +1,28 @@
-//! Where applications and keys live. [`Store`] is small on purpose: one SQL
-//! implementation serves SQLite and Postgres ([`sql::SqlStore`]), and caching is a
-//! decorator over the same trait ([`cached::CachedStore`]).
+//! Where applications and keys live, split by who waits (the SpiceDB datastore model):
+//!
+//! - [`Records`]: the reads a decision waits on (a key, an application, a session, the
+//!   imported keys a credential may be). Bounded by the breaker, cached in memory.
+//! - [`KeyUse`]: the writes the hot path makes after it has answered (credits spent, last
+//!   uses, a verified digest, an imported key re-hashed).
+//! - [`AdminStore`]: the rest, the admin plane's reads and writes, on its own pool.
+//!
+//! One SQL implementation serves SQLite and Postgres ([`sql::SqlStore`]); [`memory::MemoryStore`]
+//! keeps the decision's side ([`Records`] + [`KeyUse`]) in process memory. A decorator
+//! implements only what it changes: the cache ([`cached::CachedStore`]) the decision's
+//! side, the meter and the breaker ([`metered`], [`bounded`]) that side by hand and the
+//! admin side as an [`AdminLayer`] (one forwarding table, in [`layer`]), and
+//! [`invalidating::Invalidating`] applies what each admin write changed to the cache.
 
 pub mod bounded;
 pub mod cached;
+pub mod invalidating;
 pub mod invalidation;
+pub mod layer;
 pub mod memory;
 pub mod metered;
 pub mod sql;
+
+pub use layer::{AdminLayer, Changed};
 
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::domain::{
@@ -204,6 +219,7 @@ pub enum UpdateOutcome {
     Revoked,
 }
 
+/// A store failure, named without its driver: the cause travels as a source error.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached right now; retrying later may work.
@@ -212,11 +228,14 @@ pub enum StoreError {
     /// A row says something keygate never writes.
     #[error("the store holds a corrupt row: {0}")]
     Corrupt(String),
+    /// The database cut a statement short for running past its limit (Postgres's
+    /// `statement_timeout`, SQLite's busy timeout). Where a write or an admin call must be
+    /// retried rather than reported as keygate's failure, [`bounded`] makes it
+    /// [`StoreError::Unavailable`]; elsewhere it is a failure like [`StoreError::Other`].
     #[error("store error")]
-    Other(#[source] sqlx::Error),
-    /// This store does not do that (the in-memory store keeps to what benchmarks need).
-    #[error("the store does not support {0}")]
-    Unsupported(&'static str),
+    CutShort(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("store error")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// An audit event's id could not be made inside a transaction: nothing is written.
@@ -226,25 +245,66 @@ impl From<getrandom::Error> for StoreError {
     }
 }
 
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(Box::new(e)),
-            other => StoreError::Other(other),
-        }
-    }
+/// The reads a decision waits on. Cached ([`cached::CachedStore`]) and bounded by the
+/// store's breaker ([`bounded::BoundedStore`]).
+#[async_trait::async_trait]
+pub trait Records: Send + Sync + 'static {
+    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError>;
+    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError>;
+    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError>;
+    /// The imported keys whose `lookup` is one of `lookups`, or whose `import_ref` is one of
+    /// `lookups[1..]` (the form it was imported in, which finds it after a new digest key
+    /// too), at most [`crate::domain::imported::MAX_CANDIDATES`]: those matching
+    /// `lookups[0]` (the keyed digest) first, then each account's best match before any
+    /// account's next, earliest import first.
+    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError>;
 }
 
-/// Every write takes the [`AuditEvent`] that records it and stores both in one
-/// transaction, or neither.
+/// The writes the hot path makes after it has answered. None is a change of what a key
+/// may do: no version, no audit event.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait KeyUse: Send + Sync + 'static {
+    /// Spends `cost` of a holder's credits in one atomic step (across replicas: never
+    /// two calls spending the last credit), first refilling them when `refill` says a new
+    /// period has begun at `now`.
+    async fn spend_credits(
+        &self,
+        holder: &CreditHolder,
+        cost: i64,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Spend, StoreError>;
+    /// Raises each key's `last_used_at` to the given time (never lowers it).
+    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
+    /// Stores the keyed digest of a credential argon2 accepted for key `id`, if the key
+    /// still has `hash` (see [`VerifiedDigest`]).
+    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError>;
+    /// After an imported key's first verification: its hash becomes `new` (keygate's own),
+    /// its lookup the keyed digest of the whole credential, and the verified digest is stored,
+    /// if the key still has `old`.
+    async fn adopt_imported(
+        &self,
+        id: KeyId,
+        old: &SecretHash,
+        new: &SecretHash,
+        lookup: &str,
+        digest: &VerifiedDigest,
+    ) -> Result<(), StoreError>;
+}
+
+/// What a decision uses of a store: its reads and its after-writes.
+pub trait DecisionStore: Records + KeyUse {}
+
+impl<T: Records + KeyUse + ?Sized> DecisionStore for T {}
+
+/// The admin plane's side: everything a decision does not wait on. It reads records as a
+/// decision does (through the cache, above one). Every write takes the [`AuditEvent`]
+/// that records it and stores both in one transaction, or neither; what a write changed
+/// is in what it returns (or in its arguments), which [`layer`] hands to the layer that
+/// keeps a cache in step.
+#[async_trait::async_trait]
+pub trait AdminStore: Records {
     async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError>;
-    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError>;
     async fn list_applications(&self, account: &AccountId, page: &PageRequest)
         -> Result<Page<Application>, StoreError>;
     /// `None`, recording nothing, if there is no such application.
@@ -256,12 +316,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Application>, StoreError>;
 
     async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError>;
-    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError>;
     /// The key as the admin API shows it: with its credits balance as the store holds it
     /// now (a replica's cached record can hold one other replicas have spent since).
-    async fn key_as_stored(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        self.key(id).await
-    }
+    async fn key_as_stored(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError>;
     async fn list_keys(
         &self,
         account: &AccountId,
@@ -316,23 +373,6 @@ pub trait Store: Send + Sync + 'static {
         keys: &[ImportedKey],
         audit: &AuditEvent,
     ) -> Result<Vec<Imported>, StoreError>;
-    /// The imported keys whose `lookup` is one of `lookups`, or whose `import_ref` is one of
-    /// `lookups[1..]` (the form it was imported in, which finds it after a new digest key
-    /// too), at most [`crate::domain::imported::MAX_CANDIDATES`]: those matching
-    /// `lookups[0]` (the keyed digest) first, then each account's best match before any
-    /// account's next, earliest import first.
-    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError>;
-    /// After an imported key's first verification: its hash becomes `new` (keygate's own),
-    /// its lookup the keyed digest of the whole credential, and the verified digest is stored,
-    /// if the key still has `old`. Not a change of what the key may do: no audit event.
-    async fn adopt_imported(
-        &self,
-        id: KeyId,
-        old: &SecretHash,
-        new: &SecretHash,
-        lookup: &str,
-        digest: &VerifiedDigest,
-    ) -> Result<(), StoreError>;
 
     /// Creates or changes an owner's shared terms; each of its keys counts as changed
     /// (version, notification). Returns the owner and its keys.
@@ -346,21 +386,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Owner, Vec<KeyId>), StoreError>;
     async fn owner(&self, account: &AccountId, id: &OwnerId) -> Result<Option<Owner>, StoreError>;
 
-    /// Spends `cost` of a holder's credits in one atomic step (across replicas: never
-    /// two calls spending the last credit), first refilling them when `refill` says a new
-    /// period has begun at `now`. Not a change of the key: no version, no audit event.
-    async fn spend_credits(
-        &self,
-        holder: &CreditHolder,
-        cost: i64,
-        refill: Option<&Refill>,
-        now: Timestamp,
-    ) -> Result<Spend, StoreError>;
-    /// Raises each key's `last_used_at` to the given time (never lowers it).
-    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
-
     async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError>;
-    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError>;
     /// An account's sessions (of one user, if given), in id order.
     async fn list_sessions(
         &self,
@@ -401,26 +427,38 @@ pub trait Store: Send + Sync + 'static {
         by: &str,
     ) -> Result<Option<AdminTokenRecord>, StoreError>;
 
-    /// Cheap round trip, for health checks.
+    /// Cheap round trip, for health checks: the breaker's probe asks the store itself.
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Releases connections at shutdown, after the last write. Stores without any keep
-    /// the default; decorators need not forward it (shutdown closes the store beneath).
+    /// the default; layers do not forward it (shutdown closes the store beneath).
     async fn close(&self) {}
+}
 
-    /// Stores the keyed digest of a credential argon2 accepted for key `id`, if the key
-    /// still has `hash` (see [`VerifiedDigest`]).
-    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError>;
+/// A whole backend: both sides. What the server is built on.
+pub trait Store: DecisionStore + AdminStore {}
 
-    /// What this store holds in memory about key `id`, found with no I/O. Only caches
-    /// know anything.
-    fn key_in_memory(&self, _id: KeyId) -> InMemory<KeyRecord> {
-        InMemory::Unknown
-    }
+impl<T: DecisionStore + AdminStore + ?Sized> Store for T {}
 
-    /// The same for a session.
-    fn session_in_memory(&self, _id: SessionId) -> InMemory<SessionRecord> {
-        InMemory::Unknown
+/// The store as the server uses it: cache → metering → bounding → the store. The meter
+/// sees timeouts and refusals as the store errors they are; the cache falls back on them
+/// at once. The admin side is metered and bounded alike, reads records through the cache
+/// and makes it forget what it writes.
+pub struct Stack {
+    /// The decision's side, and what the authenticator asks about memory.
+    pub cache: Arc<cached::CachedStore>,
+    pub admin: Arc<dyn AdminStore>,
+    pub metrics: metered::StoreMetrics,
+}
+
+impl Stack {
+    pub fn build(store: Arc<dyn Store>, breaker: Arc<crate::breaker::Breaker>, cache: cached::CacheSettings) -> Self {
+        let bounded = Arc::new(bounded::BoundedStore::new(store, breaker));
+        let metered = Arc::new(metered::MeteredStore::new(bounded));
+        let metrics = metered.metrics();
+        let cache = Arc::new(cached::CachedStore::new(metered.clone(), cache));
+        let admin = Arc::new(invalidating::Invalidating::new(cache.clone(), metered));
+        Self { cache, admin, metrics }
     }
 }
 

@@ -449,7 +449,7 @@ pub async fn wait_for_stored_digest(app: &TestApp, key_id: &str) {
 #[tokio::test]
 async fn a_reloaded_record_keeps_its_verified_credential() {
     let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
-    use keygate::store::Store;
+    use keygate::store::Records;
     let (key, secret) = app.create_key("acct_re", &["*"], &[]).await;
     let id = keygate::domain::KeyId::parse(&key.id).unwrap();
     assert!(app.authorize(&secret, "GET", APPS).await.allowed);

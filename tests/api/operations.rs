@@ -265,7 +265,7 @@ async fn last_used_at_is_written_at_most_once_a_minute(db: Db) {
     assert!(app.authorize_with(ask(&secret)).await.allowed);
     app.stop().await;
     let reopened = keygate::store::sql::SqlStore::connect(&db.url, 1, Duration::from_secs(5)).await.unwrap();
-    use keygate::store::Store;
+    use keygate::store::Records;
     let id = keygate::domain::KeyId::parse(&key.id).unwrap();
     assert_eq!(reopened.key(id).await.unwrap().unwrap().last_used_at, Some(last_use));
 }

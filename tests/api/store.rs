@@ -1,26 +1,33 @@
-//! The store conformance suite: the same assertions against every backend, through the
-//! `Store` trait, plus the cache decorator's race guard.
+//! The store conformance suite: the same assertions, a category at a time, against every
+//! backend (SQLite, Postgres), against the cache stacked on SQL, and — the decision's
+//! side: records and hot-path writes — against the in-memory store; plus the cache
+//! decorator's race guard.
 
 use crate::backend_tests;
 use crate::helpers::{Db, TestDb};
 use keygate::audit::{AuditAction, AuditCategory, AuditEvent, AuditQuery};
+use keygate::breaker::{Breaker, BreakerSettings};
 use keygate::domain::{
-    AccountId, AdminTokenName, AdminTokenRecord, ApplicationId, KeyId, Name, NewKeyRecord, Scopes, SecretHash,
-    SessionId, Timestamp, UserId, VerifiedDigest,
+    AccountId, ApplicationId, KeyId, Name, NewKeyRecord, Scopes, SecretHash, SessionId, Timestamp, UserId,
+    VerifiedDigest,
 };
 use keygate::store::cached::{CacheSettings, CachedStore};
+use keygate::store::invalidating::Invalidating;
+use keygate::store::memory::MemoryStore;
 use keygate::store::sql::SqlStore;
 use keygate::store::{
-    Application, KeyChanges, KeyFilter, KeyKind, KeyRecord, Page, PageRequest, SessionRecord, Store, StoreError,
-    UpdateOutcome,
+    AdminStore, Application, KeyChanges, KeyFilter, KeyKind, KeyRecord, KeyUse, Page, PageRequest, Records,
+    SessionRecord, Stack, StoreError, UpdateOutcome,
 };
 use std::sync::Arc;
 use std::time::Duration;
 
 backend_tests!(
     conformance,
+    conformance_through_the_cache,
     a_load_racing_a_revoke_does_not_cache_the_stale_record,
-    credits_spend_and_refill_under_their_own_rule_only
+    credits_spend_and_refill_under_their_own_rule_only,
+    sql_records
 );
 
 async fn connect(db: Db) -> Option<(SqlStore, TestDb)> {
@@ -49,17 +56,32 @@ fn key(id: &str, account: &str, name: &str) -> KeyRecord {
 /// balance never below zero, and a spend under another refill rule than the balance's
 /// (a replica deciding on the record from before a change) spending nothing.
 async fn credits_spend_and_refill_under_their_own_rule_only(db: Db) {
-    use keygate::domain::{CreditBalance, Refill};
-    use keygate::store::{Credits, Spend};
     let Some((store, _db)) = connect(db).await else {
         return;
     };
+    let record = metered_key();
+    store.create_key(&record, &ev(AuditAction::ApiKeyCreate, record.id)).await.unwrap();
+    credits(&store, &record).await;
+}
+
+/// A key with 2 credits, refilled by 3 a minute.
+fn metered_key() -> KeyRecord {
+    use keygate::domain::Refill;
+    use keygate::store::Credits;
     let minute = Refill::parse(3, "60s", "add").unwrap();
     let mut record = key("key_credits000000001", "acct_a", "metered");
     record.terms.refill = Some(minute);
     let at = |s: i64| Timestamp::from_millis(1_700_000_000_000 + s * 1000);
     record.credits = Some(Credits { remaining: 2, refill: Some(minute) }.balance(at(0)));
-    store.create_key(&record, &ev(AuditAction::ApiKeyCreate, record.id)).await.unwrap();
+    record
+}
+
+/// Spends [`metered_key`]'s credits.
+async fn credits(store: &dyn KeyUse, record: &KeyRecord) {
+    use keygate::domain::{CreditBalance, Refill};
+    use keygate::store::Spend;
+    let minute = Refill::parse(3, "60s", "add").unwrap();
+    let at = |s: i64| Timestamp::from_millis(1_700_000_000_000 + s * 1000);
     let id = &keygate::domain::CreditHolder::Key(record.id);
     let spent = |s: Spend| match s {
         Spend::Spent(CreditBalance { remaining, .. }) => Some(remaining),
@@ -89,25 +111,56 @@ fn ev(action: AuditAction, target: impl ToString) -> AuditEvent {
     AuditEvent::system(account, action, target.to_string(), Timestamp::from_millis(1_000)).unwrap()
 }
 
+/// The whole suite, a category at a time, against one backend: its admin side (which reads
+/// records as a decision does), its hot-path writes, and the records beneath any cache
+/// (where what those writes did is read back).
+async fn suite(store: Arc<dyn AdminStore>, key_use: Arc<dyn KeyUse>, beneath: Arc<dyn Records>) {
+    let app = applications(&store).await;
+    let [_, b, c] = keys(&store).await;
+    runtime_keys(&store, &app).await;
+    sessions(&store).await;
+    audit_trail(&store, &b).await;
+    key_usage(&*key_use, &*beneath, &b, &c).await;
+    let account = AccountId::parse("acct_a").unwrap();
+    let listed = store.list_keys(&account, &search("beta"), &first_page()).await.unwrap();
+    assert_eq!(listed.items[0].last_used_at, Some(Timestamp::from_millis(500)));
+}
+
 async fn conformance(db: Db) {
     let Some((sql, _db)) = connect(db).await else {
         return;
     };
-    let store: Arc<dyn Store> = Arc::new(sql);
+    let store = Arc::new(sql);
+    suite(store.clone(), store.clone(), store).await;
+}
 
-    // Applications.
-    let app = Application {
-        id: ApplicationId::parse("app_1").unwrap(),
-        account_id: AccountId::parse("acct_a").unwrap(),
-        name: Name::parse("name", "One").unwrap(),
-        created_at: Timestamp::from_millis(5),
+/// The same suite through the server's own stack: the cache, the meter and the breaker
+/// over SQL, the admin side making the cache forget what it writes.
+async fn conformance_through_the_cache(db: Db) {
+    let Some((sql, _db)) = connect(db).await else {
+        return;
     };
+    let sql = Arc::new(sql);
+    let breaker =
+        BreakerSettings { timeout: Duration::from_secs(5), failures_to_open: 5, probe_every: Duration::from_secs(1) };
+    let cache = CacheSettings { capacity: 100, ttl: Duration::from_secs(30), max_stale: Duration::ZERO };
+    let stack = Stack::build(sql.clone(), Arc::new(Breaker::new("key store", breaker)), cache);
+    suite(stack.admin, stack.cache, sql).await;
+}
+
+/// Applications: created, read back by id, a duplicate id refused.
+async fn applications(store: &Arc<dyn AdminStore>) -> Application {
+    let app = first_app();
     store.create_application(&app, &ev(AuditAction::ApplicationCreate, &app.id)).await.unwrap();
     assert_eq!(store.application(&app.id).await.unwrap().as_deref(), Some(&app));
     assert!(store.application(&ApplicationId::parse("app_2").unwrap()).await.unwrap().is_none());
     let err = store.create_application(&app, &ev(AuditAction::ApplicationCreate, "app_dup")).await.unwrap_err();
     assert!(matches!(err, StoreError::Other(_)), "a duplicate id is refused");
+    app
+}
 
+/// API keys: round-trip, listing, updates, revocation.
+async fn keys(store: &Arc<dyn AdminStore>) -> [KeyRecord; 3] {
     // Keys round-trip every field.
     let a = key("key_aaaaaaaaaaaaaaaa", "acct_a", "Alpha");
     let b = key("key_bbbbbbbbbbbbbbbb", "acct_a", "Beta 100%");
@@ -173,7 +226,15 @@ async fn conformance(db: Db) {
     let outcome = store.revoke_key(missing, "x", Timestamp::from_millis(10), &revoke_missing).await.unwrap();
     assert!(outcome.is_none());
     store.ping().await.unwrap();
+    [a, b, c]
+}
 
+async fn runtime_keys(store: &Arc<dyn AdminStore>, app: &Application) {
+    let account = AccountId::parse("acct_a").unwrap();
+    let revoke = |id: KeyId, reason: &'static str, at: i64| {
+        let store = store.clone();
+        async move { store.revoke_key(id, reason, Timestamp::from_millis(at), &ev(AuditAction::ApiKeyRevoke, id)).await }
+    };
     // Runtime keys: one current per application; rotation schedules the old one's end,
     // and an explicit revoke brings it forward. They never show in API key listings.
     let runtime = |id: &str| KeyRecord {
@@ -217,18 +278,11 @@ async fn conformance(db: Db) {
     assert_eq!(first_now.retire_at, Some(Timestamp::from_millis(100)), "revoked and ended keys stay as they were");
     let listed = store.list_keys(&account, &KeyFilter::default(), &first_page()).await.unwrap();
     assert!(listed.items.iter().all(|k| k.kind == KeyKind::ApiKey));
+}
 
+async fn sessions(store: &Arc<dyn AdminStore>) {
     // Sessions.
-    let session = SessionRecord {
-        id: SessionId::parse("ses_ssssssssssssssss").unwrap(),
-        account_id: AccountId::parse("acct_a").unwrap(),
-        user_id: UserId::parse("user_1").unwrap(),
-        secret_digest: [7; 32],
-        created_at: Timestamp::from_millis(1),
-        expires_at: Timestamp::from_millis(1_000),
-        revoked_at: None,
-        version: 1,
-    };
+    let session = first_session();
     store.create_session(&session, &ev(AuditAction::SessionCreate, session.id)).await.unwrap();
     assert_eq!(store.session(session.id).await.unwrap().as_deref(), Some(&session));
     let end = |id: SessionId, at: i64| {
@@ -242,7 +296,12 @@ async fn conformance(db: Db) {
     assert!(store.session(unknown).await.unwrap().is_none());
     let revoke_unknown = ev(AuditAction::SessionRevoke, "missing-session");
     assert!(store.revoke_session(unknown, Timestamp::from_millis(9), &revoke_unknown).await.unwrap().is_none());
+}
 
+/// Every write before this one left its event; a write whose event cannot be stored is
+/// not made.
+async fn audit_trail(store: &Arc<dyn AdminStore>, b: &KeyRecord) {
+    let account = AccountId::parse("acct_a").unwrap();
     // The audit trail holds one event per write that happened, newest first, and none for
     // writes that failed or changed nothing that exists.
     let all = store.list_audit_events(&account, &AuditQuery::default(), &first_page()).await.unwrap();
@@ -305,15 +364,132 @@ async fn conformance(db: Db) {
     let err = store.revoke_key(b.id, "no record, no change", Timestamp::from_millis(13), &reused).await;
     assert!(err.is_err());
     assert!(store.key(b.id).await.unwrap().unwrap().revoked_at.is_none(), "the revoke was rolled back");
+}
 
+/// Hot-path writes, read back from `read_back` (beneath any cache: usage is not a change
+/// a cache forgets).
+async fn key_usage(key_use: &dyn KeyUse, read_back: &dyn Records, b: &KeyRecord, c: &KeyRecord) {
     // Key usage: raised, never lowered; not a change (the version stays).
-    assert_eq!(store.key(b.id).await.unwrap().unwrap().last_used_at, None);
-    store.record_key_usage(&[(b.id, Timestamp::from_millis(500)), (c.id, Timestamp::from_millis(7))]).await.unwrap();
-    store.record_key_usage(&[(b.id, Timestamp::from_millis(400))]).await.unwrap();
-    let used = store.key(b.id).await.unwrap().unwrap();
+    assert_eq!(read_back.key(b.id).await.unwrap().unwrap().last_used_at, None);
+    key_use.record_key_usage(&[(b.id, Timestamp::from_millis(500)), (c.id, Timestamp::from_millis(7))]).await.unwrap();
+    key_use.record_key_usage(&[(b.id, Timestamp::from_millis(400))]).await.unwrap();
+    let used = read_back.key(b.id).await.unwrap().unwrap();
     assert_eq!((used.last_used_at, used.version), (Some(Timestamp::from_millis(500)), 1));
-    let listed = store.list_keys(&account, &search("beta"), &first_page()).await.unwrap();
-    assert_eq!(listed.items[0].last_used_at, Some(Timestamp::from_millis(500)));
+}
+
+/// The application, keys and session every category starts from.
+fn first_app() -> Application {
+    Application {
+        id: ApplicationId::parse("app_1").unwrap(),
+        account_id: AccountId::parse("acct_a").unwrap(),
+        name: Name::parse("name", "One").unwrap(),
+        created_at: Timestamp::from_millis(5),
+    }
+}
+
+fn first_session() -> SessionRecord {
+    SessionRecord {
+        id: SessionId::parse("ses_ssssssssssssssss").unwrap(),
+        account_id: AccountId::parse("acct_a").unwrap(),
+        user_id: UserId::parse("user_1").unwrap(),
+        secret_digest: [7; 32],
+        created_at: Timestamp::from_millis(1),
+        expires_at: Timestamp::from_millis(1_000),
+        revoked_at: None,
+        version: 1,
+    }
+}
+
+/// Records read back by id as they were put in; unknown ids are none.
+async fn records(store: &dyn Records, app: &Application, key: &KeyRecord, session: &SessionRecord) {
+    assert_eq!(store.application(&app.id).await.unwrap().as_deref(), Some(app));
+    assert!(store.application(&ApplicationId::parse("app_2").unwrap()).await.unwrap().is_none());
+    assert_eq!(store.key(key.id).await.unwrap().as_deref(), Some(key));
+    assert!(store.key(KeyId::parse("key_zzzzzzzzzzzzzzzz").unwrap()).await.unwrap().is_none());
+    assert_eq!(store.session(session.id).await.unwrap().as_deref(), Some(session));
+    assert!(store.session(SessionId::parse("ses_zzzzzzzzzzzzzzzz").unwrap()).await.unwrap().is_none());
+}
+
+/// The decision's side of the suite against the in-memory store.
+#[tokio::test]
+async fn memory_conformance() {
+    let memory = MemoryStore::default();
+    let (app, session) = (first_app(), first_session());
+    let a = key("key_aaaaaaaaaaaaaaaa", "acct_a", "Alpha");
+    let b = key("key_bbbbbbbbbbbbbbbb", "acct_a", "Beta 100%");
+    let c = key("key_cccccccccccccccc", "acct_b", "Alpha");
+    memory.insert_application(&app);
+    memory.insert_session(&session);
+    [&a, &b, &c].into_iter().for_each(|k| memory.insert_key(k));
+    records(&memory, &app, &a, &session).await;
+    key_usage(&memory, &memory, &b, &c).await;
+    let record = metered_key();
+    memory.insert_key(&record);
+    credits(&memory, &record).await;
+}
+
+/// The rest of the decision's side in memory, as on SQL: an imported key is found by its
+/// lookup or its import form, and adopted (or given a verified digest) only while it still
+/// has the hash the call names; an owner's shared credits are spent and read with its keys.
+#[tokio::test]
+async fn memory_lookups_adoption_and_shared_credits() {
+    use keygate::domain::{CreditBalance, CreditHolder, Lookup, OwnerId};
+    use keygate::store::{ImportedKey, Owner, Spend};
+    let memory = MemoryStore::default();
+    let mut old = key("key_imported00000001", "acct_a", "Old");
+    old.lookup = Some(Lookup::new("form-digest".into()));
+    memory.insert_imported(&ImportedKey { record: old.clone(), import_ref: "start-of-it".into() });
+    let found = memory.keys_by_lookup(&["keyed".into(), "start-of-it".into()]).await.unwrap();
+    assert_eq!(found.iter().map(|k| k.id).collect::<Vec<_>>(), [old.id]);
+    assert!(memory.keys_by_lookup(&["keyed".into()]).await.unwrap().is_empty());
+
+    let new = SecretHash::new("$argon2id$v=19$m=1024,t=1,p=1$bmV3c2FsdA$bmV3".into());
+    let digest = VerifiedDigest { key_fingerprint: [1; 8], digest: [2; 32] };
+    memory.adopt_imported(old.id, &new, &new, "keyed", &digest).await.unwrap();
+    assert_eq!(memory.key(old.id).await.unwrap().unwrap().lookup, old.lookup, "not its hash: nothing changes");
+    memory.adopt_imported(old.id, &old.secret_hash, &new, "keyed", &digest).await.unwrap();
+    let adopted = memory.keys_by_lookup(&["keyed".into()]).await.unwrap();
+    assert_eq!(adopted.len(), 1);
+    assert!(adopted[0].secret_hash == new && adopted[0].verified_digest == Some(digest));
+    let other = VerifiedDigest { key_fingerprint: [3; 8], digest: [4; 32] };
+    memory.remember_verified(old.id, &old.secret_hash, &other).await.unwrap();
+    assert_eq!(memory.key(old.id).await.unwrap().unwrap().verified_digest, Some(digest), "the old hash is gone");
+
+    let account = AccountId::parse("acct_a").unwrap();
+    let owner = Owner {
+        account_id: account.clone(),
+        id: OwnerId::parse("team_1").unwrap(),
+        limits: vec![],
+        refill: None,
+        credits: Some(CreditBalance { remaining: 3, period: 0 }),
+        updated_at: Timestamp::from_millis(1),
+    };
+    memory.insert_owner(&owner);
+    let mut shared = key("key_shared0000000001", "acct_a", "Shared");
+    shared.owner_id = Some(owner.id.clone());
+    memory.insert_key(&shared);
+    let holder = CreditHolder::Owner(account, owner.id.clone());
+    let spent = memory.spend_credits(&holder, 2, None, Timestamp::from_millis(2)).await.unwrap();
+    assert_eq!(spent, Spend::Spent(CreditBalance { remaining: 1, period: 0 }));
+    let read = memory.key(shared.id).await.unwrap().unwrap();
+    assert_eq!(read.owner.as_ref().and_then(|o| o.credits), Some(CreditBalance { remaining: 1, period: 0 }));
+    assert!(matches!(
+        memory.spend_credits(&holder, 2, None, Timestamp::from_millis(3)).await.unwrap(),
+        Spend::Exhausted(_)
+    ));
+}
+
+/// The decision's reads against SQL, from records the admin side put in.
+async fn sql_records(db: Db) {
+    let Some((store, _db)) = connect(db).await else {
+        return;
+    };
+    let (app, session) = (first_app(), first_session());
+    let a = key("key_aaaaaaaaaaaaaaaa", "acct_a", "Alpha");
+    store.create_application(&app, &ev(AuditAction::ApplicationCreate, &app.id)).await.unwrap();
+    store.create_key(&a, &ev(AuditAction::ApiKeyCreate, a.id)).await.unwrap();
+    store.create_session(&session, &ev(AuditAction::SessionCreate, session.id)).await.unwrap();
+    records(&store, &app, &a, &session).await;
 }
 
 /// A store whose key reads wait for a signal, to hold a load open across a revoke.
@@ -324,66 +500,26 @@ struct Gated {
 }
 
 #[async_trait::async_trait]
-impl Store for Gated {
-    async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
-        self.inner.create_application(app, audit).await
-    }
-    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
-        self.inner.application(id).await
-    }
-    async fn list_applications(
-        &self,
-        account: &AccountId,
-        page: &PageRequest,
-    ) -> Result<Page<Application>, StoreError> {
-        self.inner.list_applications(account, page).await
-    }
-    async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        self.inner.create_key(key, audit).await
-    }
+impl Records for Gated {
     async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         let record = self.inner.key(id).await;
         self.entered.send(()).await.unwrap();
         self.release.lock().await.recv().await;
         record
     }
-    async fn list_keys(
-        &self,
-        a: &AccountId,
-        f: &keygate::store::KeyFilter,
-        p: &PageRequest,
-    ) -> Result<Page<KeyRecord>, StoreError> {
-        self.inner.list_keys(a, f, p).await
+    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
+        self.inner.application(id).await
     }
-    async fn update_key(
-        &self,
-        id: KeyId,
-        c: &KeyChanges,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<UpdateOutcome, StoreError> {
-        self.inner.update_key(id, c, now, audit).await
+    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.inner.session(id).await
     }
-    async fn revoke_key(
-        &self,
-        id: KeyId,
-        reason: &str,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.revoke_key(id, reason, now, audit).await
+    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        self.inner.keys_by_lookup(lookups).await
     }
-    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
-        self.inner.remember_verified(id, hash, digest).await
-    }
-    async fn rotate_runtime_key(
-        &self,
-        new: &KeyRecord,
-        retire_at: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        self.inner.rotate_runtime_key(new, retire_at, audit).await
-    }
+}
+
+#[async_trait::async_trait]
+impl KeyUse for Gated {
     async fn spend_credits(
         &self,
         holder: &keygate::domain::CreditHolder,
@@ -393,48 +529,11 @@ impl Store for Gated {
     ) -> Result<keygate::store::Spend, StoreError> {
         self.inner.spend_credits(holder, cost, refill, now).await
     }
-    async fn rename_application(
-        &self,
-        id: &ApplicationId,
-        name: &keygate::domain::Name,
-        audit: &AuditEvent,
-    ) -> Result<Option<Application>, StoreError> {
-        self.inner.rename_application(id, name, audit).await
+    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        self.inner.record_key_usage(uses).await
     }
-    async fn list_sessions(
-        &self,
-        account: &AccountId,
-        user: Option<&keygate::domain::UserId>,
-        page: &PageRequest,
-    ) -> Result<Page<SessionRecord>, StoreError> {
-        self.inner.list_sessions(account, user, page).await
-    }
-    async fn roll_key(
-        &self,
-        new: &KeyRecord,
-        old: KeyId,
-        retire_at: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<keygate::store::RollOutcome, StoreError> {
-        self.inner.roll_key(new, old, retire_at, audit).await
-    }
-    async fn delete(
-        &self,
-        target: &keygate::store::Deletion,
-        audit: &AuditEvent,
-    ) -> Result<keygate::store::Deleted, StoreError> {
-        self.inner.delete(target, audit).await
-    }
-    async fn import_keys(
-        &self,
-        import_id: &str,
-        keys: &[keygate::store::ImportedKey],
-        audit: &AuditEvent,
-    ) -> Result<Vec<keygate::store::Imported>, StoreError> {
-        self.inner.import_keys(import_id, keys, audit).await
-    }
-    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
-        self.inner.keys_by_lookup(lookups).await
+    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
+        self.inner.remember_verified(id, hash, digest).await
     }
     async fn adopt_imported(
         &self,
@@ -446,68 +545,6 @@ impl Store for Gated {
     ) -> Result<(), StoreError> {
         self.inner.adopt_imported(id, old, new, lookup, digest).await
     }
-    async fn set_owner(
-        &self,
-        account: &AccountId,
-        id: &keygate::domain::OwnerId,
-        changes: &keygate::store::OwnerChanges,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<(keygate::store::Owner, Vec<KeyId>), StoreError> {
-        self.inner.set_owner(account, id, changes, now, audit).await
-    }
-    async fn owner(
-        &self,
-        account: &AccountId,
-        id: &keygate::domain::OwnerId,
-    ) -> Result<Option<keygate::store::Owner>, StoreError> {
-        self.inner.owner(account, id).await
-    }
-    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
-        self.inner.record_key_usage(uses).await
-    }
-    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        self.inner.create_session(session, audit).await
-    }
-    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        self.inner.session(id).await
-    }
-    async fn revoke_session(
-        &self,
-        id: SessionId,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<SessionRecord>, StoreError> {
-        self.inner.revoke_session(id, now, audit).await
-    }
-    async fn list_audit_events(
-        &self,
-        account: &AccountId,
-        query: &AuditQuery,
-        page: &PageRequest,
-    ) -> Result<Page<AuditEvent>, StoreError> {
-        self.inner.list_audit_events(account, query, page).await
-    }
-    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError> {
-        self.inner.create_admin_token(token).await
-    }
-    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
-        self.inner.admin_token(digest).await
-    }
-    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
-        self.inner.list_admin_tokens().await
-    }
-    async fn revoke_admin_token(
-        &self,
-        name: &AdminTokenName,
-        now: Timestamp,
-        by: &str,
-    ) -> Result<Option<AdminTokenRecord>, StoreError> {
-        self.inner.revoke_admin_token(name, now, by).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
 }
 
 async fn a_load_racing_a_revoke_does_not_cache_the_stale_record(db: Db) {
@@ -518,11 +555,13 @@ async fn a_load_racing_a_revoke_does_not_cache_the_stale_record(db: Db) {
     sql.create_key(&record, &ev(AuditAction::ApiKeyCreate, record.id)).await.unwrap();
     let (entered_tx, mut entered) = tokio::sync::mpsc::channel(1);
     let (release, release_rx) = tokio::sync::mpsc::channel(1);
+    let admin = Arc::new(sql.clone());
     let gated = Gated { inner: sql, entered: entered_tx, release: tokio::sync::Mutex::new(release_rx) };
     let cache = Arc::new(CachedStore::new(
         Arc::new(gated),
         CacheSettings { capacity: 100, ttl: Duration::from_secs(30), max_stale: Duration::ZERO },
     ));
+    let admin = Invalidating::new(cache.clone(), admin);
 
     // A read loads the live record and is held before it can cache it...
     let reader = tokio::spawn({
@@ -531,7 +570,7 @@ async fn a_load_racing_a_revoke_does_not_cache_the_stale_record(db: Db) {
     });
     entered.recv().await.unwrap();
     // ...while a revoke commits and invalidates.
-    cache
+    admin
         .revoke_key(record.id, "race", Timestamp::from_millis(20), &ev(AuditAction::ApiKeyRevoke, record.id))
         .await
         .unwrap();

@@ -1,0 +1,518 @@
+//! The SQL store. One implementation over sqlx's `any` driver serves SQLite and Postgres:
+//! the schema uses only TEXT and BIGINT and every statement is portable (`$n`
+//! placeholders, `RETURNING`), so the conformance suite proves both with the same code.
+//! What differs per backend (connection set-up, migrations) is chosen by [`Backend`].
+//!
+//! One file per resource: `applications`, `keys` (API and runtime keys, rotation, rolls,
+//! last uses, verified digests), `import` (imported keys, found by lookup and adopted),
+//! `owners`, `sessions`, `admin_tokens`, `audit`, `credits` (the credit spend batcher, a
+//! hot-path write) and `delete`; `rows` reads rows into records. This file connects, and
+//! maps [`Records`], [`KeyUse`] and [`AdminStore`] onto them.
+
+mod admin_tokens;
+mod applications;
+mod audit;
+mod credits;
+mod delete;
+mod import;
+mod keys;
+mod owners;
+mod rows;
+mod sessions;
+
+use self::{audit::*, credits::*, keys::*, rows::*};
+
+use super::{AdminStore, KeyUse, Records};
+use super::{
+    Application, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind, KeyRecord, Owner,
+    OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Spend, StoreError, UpdateOutcome, VerifiedDigest,
+};
+use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
+use crate::domain::{
+    hex, AccountId, AdminRole, AdminTokenName, AdminTokenRecord, ApplicationId, CreditBalance, CreditHolder, KeyId,
+    KeyLimit, KeyTerms, Metadata, Name, Network, OwnerId, Refill, RefillMode, Scopes, SecretHash, SessionId, Timestamp,
+    UserId,
+};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Row};
+use std::sync::Arc;
+use std::time::Duration;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SqlStore {
+    /// What decisions read and write (keys, sessions, applications by id, credit spends,
+    /// verified digests, last uses): nothing the admin plane does can hold these.
+    pool: AnyPool,
+    /// The admin plane's own connections (its writes, lists, searches and token reads),
+    /// each statement bounded: 48 searches from one read-only token once held every
+    /// connection decisions had and opened the store's breaker for every tenant. A
+    /// semaphore over one pool would bound admin's share as well, but a pool of its own
+    /// is where a per-connection `statement_timeout` can live, and decisions keep their
+    /// whole pool, sized as before.
+    admin_pool: AnyPool,
+    backend: Backend,
+    spending: Arc<Spending>,
+}
+
+impl SqlStore {
+    /// Connects, creating a SQLite file (and its folder) if needed, and applies the
+    /// migrations. Safe when several replicas start at once: sqlx takes a database lock
+    /// around migrations.
+    pub async fn connect(url: &str, max_connections: u32, connect_timeout: Duration) -> anyhow::Result<Self> {
+        Self::connect_with(url, max_connections, connect_timeout, AdminPoolSettings::default()).await
+    }
+
+    /// [`connect`](Self::connect), with the admin plane's pool as `admin` says.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        connect_timeout: Duration,
+        admin: AdminPoolSettings,
+    ) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url)
+            .ok_or_else(|| anyhow::anyhow!("the database URL must start with sqlite: or postgres:"))?;
+        let url = match backend {
+            Backend::Sqlite => prepare_sqlite_url(url)?,
+            Backend::Postgres => url.to_owned(),
+        };
+        let options = AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(connect_timeout);
+        // Decisions keep their own limits: the breaker's timeout bounds their reads.
+        let pool = with_session(options, backend, None).connect(&url).await?;
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&pool).await?;
+        // An admin call waits for a connection no longer than one statement may run: a
+        // queue of searches answers UNAVAILABLE rather than piling up.
+        let admin_options =
+            AnyPoolOptions::new().max_connections(admin.max_connections).acquire_timeout(admin.statement_timeout);
+        let admin_pool = with_session(admin_options, backend, Some(admin.statement_timeout)).connect_lazy(&url)?;
+        Ok(Self { pool, admin_pool, backend, spending: Arc::new(Spending::new(max_connections, backend)) })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// An admin transaction whose size the caller chooses (deleting an account, importing
+    /// a thousand keys): the admin pool's statement timeout, meant for scans, is lifted for
+    /// it, so a large one is not rolled back every time it is tried. Its connection is
+    /// still the admin pool's, so decisions are not waited on.
+    async fn begin_unbounded(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let mut tx = self.admin_pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET LOCAL statement_timeout = 0").execute(&mut *tx).await?;
+        }
+        Ok(tx)
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+/// The admin plane's pool: its size and how long one of its statements may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminPoolSettings {
+    pub max_connections: u32,
+    /// Postgres: the connections' `statement_timeout` (a statement past it is cancelled and
+    /// its transaction rolled back). SQLite has no such limit: there it is how long a
+    /// statement waits for the write lock (`busy_timeout`), and scans are bounded by rows
+    /// ([`SEARCH_SCAN_ROWS`]) instead. Also the longest wait for a free admin connection.
+    pub statement_timeout: Duration,
+}
+
+impl AdminPoolSettings {
+    /// Two: the CLI and a dashboard at once, and on SQLite at most two threads scanning
+    /// beside the decisions' reads.
+    pub const DEFAULT_CONNECTIONS: u32 = 2;
+}
+
+impl Default for AdminPoolSettings {
+    fn default() -> Self {
+        Self { max_connections: Self::DEFAULT_CONNECTIONS, statement_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Rows a search that needs a scan (audit events with a search string or categories, API
+/// keys with a search string) looks at per page, in the page's order. Past it the page
+/// ends, short or even empty, with a `next_page_token` that continues the search after
+/// the last row looked at: a search costs at most this many rows a call, and nothing is
+/// skipped. Pages without such a filter read by an index and need no bound.
+pub const SEARCH_SCAN_ROWS: i64 = 10_000;
+
+/// Per-connection set-up of a pool; `statement_timeout` for the admin pool's.
+fn with_session(options: AnyPoolOptions, backend: Backend, statement_timeout: Option<Duration>) -> AnyPoolOptions {
+    // Whole milliseconds, formatted here: SET and PRAGMA take no bound parameters.
+    let limit_ms = statement_timeout.map(|t| t.as_millis().max(1) as u64);
+    match backend {
+        Backend::Sqlite => options.after_connect(move |conn, _| {
+            Box::pin(async move {
+                // WAL lets readers run beside the one writer; FULL makes a commit durable
+                // before the RPC that made it returns; the busy timeout makes
+                // writers queue instead of failing at once (admin's, at most its limit).
+                sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                let busy = format!("PRAGMA busy_timeout = {}", limit_ms.unwrap_or(5000));
+                sqlx::query(&busy).execute(&mut *conn).await?;
+                sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
+                Ok(())
+            })
+        }),
+        Backend::Postgres => match limit_ms {
+            None => options,
+            Some(ms) => options.after_connect(move |conn, _| {
+                Box::pin(async move {
+                    sqlx::query(&format!("SET statement_timeout = {ms}")).execute(&mut *conn).await?;
+                    Ok(())
+                })
+            }),
+        },
+    }
+}
+
+/// Creates the folder of a SQLite file and asks sqlx to create the file itself.
+fn prepare_sqlite_url(url: &str) -> anyhow::Result<String> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path.starts_with(":memory:") {
+        anyhow::bail!(
+            "an in-memory SQLite database is not supported: each pooled connection would see its own empty database"
+        );
+    }
+    if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("cannot create the folder {} for the database: {e}", parent.display()))?;
+    }
+    Ok(if query.contains("mode=") {
+        url.to_owned()
+    } else if query.is_empty() {
+        format!("sqlite://{path}?mode=rwc")
+    } else {
+        format!("sqlite://{path}?{query}&mode=rwc")
+    })
+}
+
+/// A driver's error as a store error that does not name the driver: one that says the
+/// database is out of reach is [`StoreError::Unavailable`], a statement the database cut
+/// short for running past its limit (Postgres's `statement_timeout`, SQLite's busy
+/// timeout) [`StoreError::CutShort`].
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(Box::new(e)),
+            sqlx::Error::Database(ref db) if matches!(db.code().as_deref(), Some("57014" | "5" | "517")) => {
+                StoreError::CutShort(Box::new(e))
+            }
+            other => StoreError::Other(Box::new(other)),
+        }
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}
+
+/// `%term%` for LIKE, with LIKE's own wildcards in the term escaped.
+fn like_pattern(term: &str) -> String {
+    let mut pattern = String::with_capacity(term.len() + 2);
+    pattern.push('%');
+    for c in term.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// Fetches one row more than the page holds, to know whether another page follows.
+fn into_page<T>(mut items: Vec<T>, limit: u32, id_of: impl Fn(&T) -> String) -> Page<T> {
+    let next_after = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(id_of)
+    } else {
+        None
+    };
+    Page { items, next_after }
+}
+
+/// A bounded search's page: when the bound (`last_scanned`, the last row it looked at)
+/// cut it before it was full, it continues after that row.
+fn scanned_to<T>(page: Page<T>, last_scanned: Option<String>) -> Page<T> {
+    match page.next_after {
+        Some(_) => page,
+        None => Page { next_after: last_scanned, items: page.items },
+    }
+}
+
+#[async_trait::async_trait]
+impl Records for SqlStore {
+    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
+        applications::application(self, id).await
+    }
+
+    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        sessions::session(self, id).await
+    }
+
+    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        keys::key(self, id).await
+    }
+
+    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        import::keys_by_lookup(self, lookups).await
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyUse for SqlStore {
+    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        keys::record_key_usage(self, uses).await
+    }
+
+    async fn spend_credits(
+        &self,
+        holder: &CreditHolder,
+        cost: i64,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Spend, StoreError> {
+        credits::spend_credits(self, holder, cost, refill, now).await
+    }
+
+    async fn adopt_imported(
+        &self,
+        id: KeyId,
+        old: &SecretHash,
+        new: &SecretHash,
+        lookup: &str,
+        digest: &VerifiedDigest,
+    ) -> Result<(), StoreError> {
+        import::adopt_imported(self, id, old, new, lookup, digest).await
+    }
+
+    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
+        keys::remember_verified(self, id, hash, digest).await
+    }
+}
+
+#[async_trait::async_trait]
+impl AdminStore for SqlStore {
+    /// The decision's read: the store holds no cache.
+    async fn key_as_stored(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.key(id).await
+    }
+
+    async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
+        applications::create_application(self, app, audit).await
+    }
+
+    async fn list_applications(
+        &self,
+        account: &AccountId,
+        page: &PageRequest,
+    ) -> Result<Page<Application>, StoreError> {
+        applications::list_applications(self, account, page).await
+    }
+
+    async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        keys::create_key(self, key, audit).await
+    }
+
+    async fn rotate_runtime_key(
+        &self,
+        new: &KeyRecord,
+        retire_at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Vec<KeyId>, StoreError> {
+        keys::rotate_runtime_key(self, new, retire_at, audit).await
+    }
+
+    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        sessions::create_session(self, session, audit).await
+    }
+
+    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError> {
+        admin_tokens::create_admin_token(self, token).await
+    }
+
+    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
+        admin_tokens::admin_token(self, digest).await
+    }
+
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        admin_tokens::list_admin_tokens(self).await
+    }
+
+    async fn revoke_admin_token(
+        &self,
+        name: &AdminTokenName,
+        now: Timestamp,
+        by: &str,
+    ) -> Result<Option<AdminTokenRecord>, StoreError> {
+        admin_tokens::revoke_admin_token(self, name, now, by).await
+    }
+
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        sessions::revoke_session(self, id, now, audit).await
+    }
+
+    async fn list_keys(
+        &self,
+        account: &AccountId,
+        filter: &KeyFilter,
+        page: &PageRequest,
+    ) -> Result<Page<KeyRecord>, StoreError> {
+        keys::list_keys(self, account, filter, page).await
+    }
+
+    async fn update_key(
+        &self,
+        id: KeyId,
+        changes: &KeyChanges,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<UpdateOutcome, StoreError> {
+        keys::update_key(self, id, changes, now, audit).await
+    }
+
+    async fn revoke_key(
+        &self,
+        id: KeyId,
+        reason: &str,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        keys::revoke_key(self, id, reason, now, audit).await
+    }
+
+    async fn list_audit_events(
+        &self,
+        account: &AccountId,
+        query: &AuditQuery,
+        page: &PageRequest,
+    ) -> Result<Page<AuditEvent>, StoreError> {
+        audit::list_audit_events(self, account, query, page).await
+    }
+
+    async fn rename_application(
+        &self,
+        id: &ApplicationId,
+        name: &Name,
+        audit: &AuditEvent,
+    ) -> Result<Option<Application>, StoreError> {
+        applications::rename_application(self, id, name, audit).await
+    }
+
+    async fn list_sessions(
+        &self,
+        account: &AccountId,
+        user: Option<&UserId>,
+        page: &PageRequest,
+    ) -> Result<Page<SessionRecord>, StoreError> {
+        sessions::list_sessions(self, account, user, page).await
+    }
+
+    async fn roll_key(
+        &self,
+        new: &KeyRecord,
+        old: KeyId,
+        retire_at: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<RollOutcome, StoreError> {
+        keys::roll_key(self, new, old, retire_at, audit).await
+    }
+
+    async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
+        delete::delete(self, target, audit).await
+    }
+
+    async fn import_keys(
+        &self,
+        import_id: &str,
+        keys: &[ImportedKey],
+        audit: &AuditEvent,
+    ) -> Result<Vec<Imported>, StoreError> {
+        import::import_keys(self, import_id, keys, audit).await
+    }
+
+    async fn set_owner(
+        &self,
+        account: &AccountId,
+        id: &OwnerId,
+        changes: &OwnerChanges,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<(Owner, Vec<KeyId>), StoreError> {
+        owners::set_owner(self, account, id, changes, now, audit).await
+    }
+
+    async fn owner(&self, account: &AccountId, id: &OwnerId) -> Result<Option<Owner>, StoreError> {
+        owners::owner(self, account, id).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.admin_pool.close().await;
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_pattern("John"), "%john%");
+        assert_eq!(like_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
+    }
+
+    #[test]
+    fn sqlite_urls_get_create_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/k.db");
+        let url = prepare_sqlite_url(&format!("sqlite://{}", path.display())).unwrap();
+        assert!(url.ends_with("?mode=rwc"));
+        assert!(path.parent().unwrap().is_dir());
+        assert!(prepare_sqlite_url("sqlite::memory:").is_err());
+    }
+}
