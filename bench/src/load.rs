@@ -15,22 +15,22 @@ use tonic::transport::Channel;
 pub struct LoadArgs {
     /// Measured seconds per run (after the warm-up).
     #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    pub seconds: u64,
     #[arg(long, default_value_t = 2)]
-    warmup_seconds: u64,
+    pub warmup_seconds: u64,
     /// The floor and keygate's hot-key runs alternate this many times per concurrency (each
     /// round measures seconds/rounds), so drift in the machine's speed hits both alike.
     #[arg(long, default_value_t = 4)]
-    rounds: u32,
+    pub rounds: u32,
     /// HTTP/2 connections the calls are spread over.
     #[arg(long, default_value_t = 4)]
-    connections: usize,
+    pub connections: usize,
     /// Concurrency levels for the floor and the hot-key runs.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
-    concurrency: Vec<usize>,
+    pub concurrency: Vec<usize>,
     /// Hot keys (Zipf-distributed).
     #[arg(long, default_value_t = 10_000)]
-    keys: usize,
+    pub keys: usize,
     /// Keys for the cold run (each used once, at concurrency 1).
     #[arg(long, default_value_t = 100)]
     cold_keys: usize,
@@ -41,22 +41,22 @@ pub struct LoadArgs {
     /// several replicas: connections alternate between them). Keys are made through its
     /// Admin API, each in an account of its own; the floor runs in a process of its own.
     #[arg(long, value_delimiter = ',')]
-    target: Vec<String>,
+    pub target: Vec<String>,
     /// With --target: its admin token.
     #[arg(long, env = "KEYGATE_ADMIN_TOKEN", default_value = "", hide_env_values = true)]
-    admin_token: String,
+    pub admin_token: String,
     /// With --target: the route called, e.g. the default policy's
     /// /api/v1/panel/applications (keys hold applications:read).
     #[arg(long, default_value = "/api/v1/panel/applications")]
-    path: String,
+    pub path: String,
     /// With --target https://…: mTLS with the certificates `keygate-bench certs DIR` wrote
     /// (the target serves DIR/server.pem and asks for DIR/ca.pem's clients; the floor too).
     #[arg(long, requires = "target")]
-    tls: Option<PathBuf>,
+    pub tls: Option<PathBuf>,
     /// With --target: a floor already running (`keygate-bench floor`, started by hand, say
     /// under a profiler) instead of one started here.
     #[arg(long, requires = "target")]
-    floor: Option<String>,
+    pub floor: Option<String>,
     #[arg(long)]
     json: Option<PathBuf>,
     #[arg(long)]
@@ -306,19 +306,8 @@ async fn cold(dir: &std::path::Path, keys: usize) -> anyhow::Result<(Run, f64)> 
     Ok((run, argon2_mean_us))
 }
 
+/// `load` without `--target` (which [`crate::target::run_load`] measures).
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
-    if !args.target.is_empty() {
-        let target = crate::target::Target {
-            addresses: args.target.clone(),
-            admin_token: &args.admin_token,
-            keys: args.keys,
-            path: &args.path,
-            tls: args.tls.as_deref(),
-            floor: args.floor.as_deref(),
-        };
-        let (warmup, measure) = (Duration::from_secs(args.warmup_seconds), Duration::from_secs(args.seconds));
-        return crate::target::run(target, args.connections, &args.concurrency, args.rounds, warmup, measure).await;
-    }
     if args.cold_only {
         let dir = std::env::temp_dir().join(format!("keygate-load-{}", keygate::domain::random_token(8)?));
         let result = cold(&dir, args.cold_keys).await;

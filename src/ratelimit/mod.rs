@@ -27,6 +27,19 @@ use std::time::Duration;
 pub struct LimitCheck<'a> {
     pub rule: &'a LimitRule,
     pub subject: &'a str,
+    /// Whose limit it is: a refusal says which kind of limit was reached.
+    pub source: LimitSource,
+}
+
+/// Where a limit comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitSource {
+    /// The policy's: its global limit or the route's.
+    Policy,
+    /// The key's own terms.
+    Key,
+    /// The terms of the key's owner, shared by all of the owner's keys.
+    Owner,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +47,7 @@ pub enum LimitOutcome {
     /// Admitted and counted; the limit with the least room left, if any applied.
     Admitted { tightest: Option<Room> },
     /// Not admitted, and not counted anywhere; `check` is the position of the limit that
-    /// refused longest among the checks.
+    /// refused longest among the checks (its [`LimitCheck::source`] says whose it is).
     Limited { limit: u32, retry_after: Duration, check: usize },
 }
 
@@ -388,7 +401,7 @@ mod tests {
     fn the_eleventh_in_an_hour_waits_for_the_first_to_leave() {
         let limiter = LocalLimiter::default();
         let hourly = rule("r", 10, 3600);
-        let check = [LimitCheck { rule: &hourly, subject: "acct" }];
+        let check = [LimitCheck { rule: &hourly, subject: "acct", source: LimitSource::Policy }];
         for i in 0..10 {
             let outcome = limiter.check(&check, at(i * 60));
             assert_eq!(outcome, LimitOutcome::Admitted { tightest: Some(Room { limit: 10, remaining: 9 - i as u32 }) });
@@ -409,12 +422,12 @@ mod tests {
         let limiter = LocalLimiter::default();
         let wide = rule("wide", 100, 60);
         let narrow = rule("narrow", 1, 60);
-        let checks = [LimitCheck { rule: &wide, subject: "a" }, LimitCheck { rule: &narrow, subject: "a" }];
+        let checks = [LimitCheck { rule: &wide, subject: "a", source: LimitSource::Policy }, LimitCheck { rule: &narrow, subject: "a", source: LimitSource::Policy }];
         assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Admitted { .. }));
         for _ in 0..5 {
             assert!(matches!(limiter.check(&checks, at(1)), LimitOutcome::Limited { .. }));
         }
-        let only_wide = [LimitCheck { rule: &wide, subject: "a" }];
+        let only_wide = [LimitCheck { rule: &wide, subject: "a", source: LimitSource::Policy }];
         let LimitOutcome::Admitted { tightest: Some(room) } = limiter.check(&only_wide, at(2)) else { panic!() };
         assert_eq!(room.remaining, 98, "only the one admitted request was counted");
     }
@@ -423,7 +436,7 @@ mod tests {
     fn a_limit_checked_twice_is_locked_once_and_counted_once() {
         let limiter = LocalLimiter::default();
         let two = rule("dup", 2, 60);
-        let checks = [LimitCheck { rule: &two, subject: "a" }, LimitCheck { rule: &two, subject: "a" }];
+        let checks = [LimitCheck { rule: &two, subject: "a", source: LimitSource::Policy }, LimitCheck { rule: &two, subject: "a", source: LimitSource::Policy }];
         assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Admitted { .. }));
         assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Admitted { .. }));
         assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Limited { .. }));
@@ -450,7 +463,7 @@ mod tests {
     fn a_high_rate_limit_holds_and_keeps_its_counts_when_its_kind_changes() {
         let limiter = LocalLimiter::default();
         let mut global = LimitRule { kind: LimitKind::HighRate, ..rule("global", 100, 60) };
-        let check = |rule: &LimitRule, s: i64| limiter.check(&[LimitCheck { rule, subject: "acct" }], at(s));
+        let check = |rule: &LimitRule, s: i64| limiter.check(&[LimitCheck { rule, subject: "acct", source: LimitSource::Policy }], at(s));
         for i in 0..100 {
             assert!(matches!(check(&global, i % 30), LimitOutcome::Admitted { .. }), "{i}");
         }
@@ -470,15 +483,15 @@ mod tests {
         let limiter = LocalLimiter::default();
         let one = rule("one", 1, 60);
         assert!(matches!(
-            limiter.check(&[LimitCheck { rule: &one, subject: "a" }], at(0)),
+            limiter.check(&[LimitCheck { rule: &one, subject: "a", source: LimitSource::Policy }], at(0)),
             LimitOutcome::Admitted { .. }
         ));
         assert!(matches!(
-            limiter.check(&[LimitCheck { rule: &one, subject: "b" }], at(0)),
+            limiter.check(&[LimitCheck { rule: &one, subject: "b", source: LimitSource::Policy }], at(0)),
             LimitOutcome::Admitted { .. }
         ));
         assert!(matches!(
-            limiter.check(&[LimitCheck { rule: &one, subject: "a" }], at(0)),
+            limiter.check(&[LimitCheck { rule: &one, subject: "a", source: LimitSource::Policy }], at(0)),
             LimitOutcome::Limited { .. }
         ));
     }

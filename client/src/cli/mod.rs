@@ -779,7 +779,7 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
         }
         KeyCommand::Import { file, import_id, connection } => {
             let summary = import::run(&connection.admin().await?, &file, import_id).await?;
-            print::imported(connection.json, &summary);
+            summary.show(connection.json);
             Ok(())
         }
         KeyCommand::RevokeAll { account, search, reason, yes, connection } => {
