@@ -15,6 +15,8 @@ pub mod lease;
 pub mod redis;
 pub mod window;
 
+use crate::breaker::{Breaker, BreakerSettings};
+use crate::clock::Clock;
 use crate::domain::Timestamp;
 use crate::policy::{LimitKind, LimitRule, OnStoreError};
 use smallvec::SmallVec;
@@ -68,7 +70,70 @@ pub enum Limiter {
     Redis(Box<redis::RedisLimiter>),
 }
 
+/// A limiter's background tasks: they stop when this drops.
+#[must_use = "the limiter's background tasks stop when this drops"]
+pub struct LimiterTasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for LimiterTasks {
+    fn drop(&mut self) {
+        self.0.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
 impl Limiter {
+    /// Counts in this process.
+    pub fn local() -> Self {
+        Limiter::Local(LocalLimiter::default())
+    }
+
+    /// Counts in the Redis at `url`, every key under `prefix`, each call waiting for it as
+    /// `breaker` says; high-rate limits are spent from slices as `leases` say. Does not
+    /// connect yet.
+    pub fn redis(
+        url: &str,
+        prefix: String,
+        breaker: BreakerSettings,
+        leases: lease::LeaseSettings,
+    ) -> Result<Self, ::redis::RedisError> {
+        let breaker = Arc::new(Breaker::new("rate limit store", breaker));
+        Ok(Limiter::Redis(Box::new(redis::RedisLimiter::new(url, prefix, breaker, leases)?)))
+    }
+
+    /// Starts what the limiter does in the background, until the tasks drop: on Redis, the
+    /// probe that finds a store marked down up again, and the release of idle slices.
+    pub fn start(self: &Arc<Self>, clock: Arc<dyn Clock>) -> LimiterTasks {
+        let Limiter::Redis(redis) = &**self else { return LimiterTasks(Vec::new()) };
+        let probed = self.clone();
+        let probe = redis.breaker().spawn_probe(move || {
+            let limiter = probed.clone();
+            async move {
+                match &*limiter {
+                    Limiter::Redis(redis) => redis.ping().await,
+                    Limiter::Local(_) => true,
+                }
+            }
+        });
+        LimiterTasks(vec![probe, tokio::spawn(release_idle_leases(self.clone(), clock))])
+    }
+
+    /// Before the process ends: counts of requests nobody was answered for are taken back
+    /// (three tries of up to 500 ms each, 250 and 500 ms apart), and slices of high-rate
+    /// limits go back to Redis, for the other replicas to spend.
+    pub async fn shut_down(&self, now: Timestamp) {
+        if let Limiter::Redis(redis) = self {
+            redis.settle_uncounts(Duration::from_millis(2_500)).await;
+            redis.release_idle(now, Duration::ZERO).await;
+        }
+    }
+
+    /// The shared store's breaker; `None` in process.
+    pub fn breaker(&self) -> Option<&Arc<Breaker>> {
+        match self {
+            Limiter::Redis(redis) => Some(redis.breaker()),
+            Limiter::Local(_) => None,
+        }
+    }
+
     /// Checks and counts, for good: [`Limiter::admit`] with the admission kept.
     pub async fn check(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> Result<LimitOutcome, LimiterError> {
         let (outcome, admission) = self.admit(checks, now).await?;
@@ -90,6 +155,19 @@ impl Limiter {
             Limiter::Local(local) => Ok(local.admit(checks, now)),
             Limiter::Redis(shared) => shared.admit(checks, now).await,
         }
+    }
+}
+
+/// Every half lease period, releases the slices of high-rate limits idle that long: their
+/// spends are reported to Redis and what they still hold goes back to the other replicas.
+async fn release_idle_leases(limiter: Arc<Limiter>, clock: Arc<dyn Clock>) {
+    let Limiter::Redis(redis) = &*limiter else { return };
+    let half = redis.lease_settings().period / 2;
+    let mut every = tokio::time::interval(half);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        redis.release_idle(clock.now(), half).await;
     }
 }
 
