@@ -306,6 +306,162 @@ async fn cold(dir: &std::path::Path, keys: usize) -> anyhow::Result<(Run, f64)> 
     Ok((run, argon2_mean_us))
 }
 
+/// The hot keys' scenarios beside the calm runs: each loads the hot keys while something
+/// else goes on, and is compared with the floor and with the calm run.
+struct Scenarios<'a> {
+    server: &'a Server,
+    load: &'a Load,
+    secrets: Arc<Vec<String>>,
+    path: String,
+    hot: Generator,
+    top: usize,
+    floor_top: &'a Run,
+    calm: &'a Run,
+}
+
+impl Scenarios<'_> {
+    async fn miss_storm(&self) -> anyhow::Result<Run> {
+        // Miss storm: 8 callers sending wrong secrets for known key ids, beside the hot load.
+        let storming = Arc::new(AtomicBool::new(true));
+        let storm_calls = Arc::new(AtomicU64::new(0));
+        let storm: Vec<_> = (0..8)
+            .map(|i| {
+                let mut client = AuthorizerClient::new(self.load.channels[i % self.load.channels.len()].clone());
+                let (secrets, path, storming, calls) =
+                    (self.secrets.clone(), self.path.clone(), storming.clone(), storm_calls.clone());
+                tokio::spawn(async move {
+                    let mut rng = Rng::new(1_000 + i as u64);
+                    while storming.load(Ordering::Relaxed) {
+                        let known = &secrets[(rng.next_u64() % secrets.len() as u64) as usize];
+                        let credential = Credential::parse(known).expect("generated");
+                        let wrong = GeneratedKey::impostor_of(&credential).expect("random").into_secret_string();
+                        let _ = client.authorize(request(&wrong, &path)).await;
+                        calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let mut run = self.load.run("keygate hot during miss storm", self.top, self.hot.clone()).await;
+        storming.store(false, Ordering::Relaxed);
+        for task in storm {
+            task.await?;
+        }
+        run.compare_to(self.floor_top);
+        run.print();
+        println!(
+            "    miss storm: {} wrong secrets sent; hot p99 {:.0}us during vs {:.0}us calm = {:.2}x",
+            storm_calls.load(Ordering::Relaxed),
+            run.p99_us,
+            self.calm.p99_us,
+            run.p99_us / self.calm.p99_us
+        );
+        Ok(run)
+    }
+
+    async fn revoke_storm(&self) -> anyhow::Result<Run> {
+        // Revoke storm: 100 revokes per second beside the hot load.
+        let revoking = Arc::new(AtomicBool::new(true));
+        let revoker = {
+            let mut admin = self.server.admin().await?;
+            let (secrets, revoking) = (self.secrets.clone(), revoking.clone());
+            tokio::spawn(async move {
+                let mut revoked = 0usize;
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                // Revoke from the cold end of the distribution first.
+                while revoking.load(Ordering::Relaxed) && revoked < secrets.len() {
+                    tick.tick().await;
+                    let id = Credential::parse(&secrets[secrets.len() - 1 - revoked]).expect("generated").key_id();
+                    let _ =
+                        admin.revoke_api_key(pb::RevokeApiKeyRequest { id: id.to_string(), reason: "bench".into() }).await;
+                    revoked += 1;
+                }
+                revoked
+            })
+        };
+        let mut run = self.load.run("keygate hot during revoke storm", self.top, self.hot.clone()).await;
+        revoking.store(false, Ordering::Relaxed);
+        let revoked = revoker.await?;
+        run.compare_to(self.floor_top);
+        run.print();
+        println!("    revoke storm: {revoked} keys revoked during the run; hot p99 {:.2}x calm", run.p99_us / self.calm.p99_us);
+        Ok(run)
+    }
+
+    async fn forged_flood(&self) -> anyhow::Result<Run> {
+        // Hostile: a flood of forged credentials (fresh random ids with valid checksums, a new
+        // client address each call) beside the hot load, while keys nobody has used yet are
+        // verified one after another.
+        let (fresh_path, fresh) = create_keys(self.server, 20, 2).await?;
+        let flooding = Arc::new(AtomicBool::new(true));
+        let flood_calls = Arc::new(AtomicU64::new(0));
+        let flood: Vec<_> = (0..8)
+            .map(|i| {
+                let mut client = AuthorizerClient::new(self.load.channels[i % self.load.channels.len()].clone());
+                let (path, flooding, calls) = (self.path.clone(), flooding.clone(), flood_calls.clone());
+                tokio::spawn(async move {
+                    let mut rng = Rng::new(7_000 + i as u64);
+                    while flooding.load(Ordering::Relaxed) {
+                        let forged = GeneratedKey::generate().expect("random").into_secret_string();
+                        let n = rng.next_u64();
+                        let client_ip = format!("10.{}.{}.{}", n & 255, (n >> 8) & 255, (n >> 16) & 255);
+                        let _ = client.authorize(pb::AuthorizeRequest { client_ip, ..request(&forged, &path) }).await;
+                        calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let first_uses = {
+            let mut client = AuthorizerClient::new(self.load.channels[0].clone());
+            let fresh = fresh.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let mut took = Vec::new();
+                for secret in &fresh {
+                    let sent = Instant::now();
+                    // From an address of its own: callers without one share a single budget,
+                    // which the storms above have spent.
+                    let ask = pb::AuthorizeRequest { client_ip: "192.0.2.10".into(), ..request(secret, &fresh_path) };
+                    let answer = client.authorize(ask).await;
+                    anyhow::ensure!(answer?.into_inner().allowed, "a fresh key was not allowed during the flood");
+                    took.push(sent.elapsed());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                anyhow::Ok(took)
+            })
+        };
+        let started = Instant::now();
+        let mut run = self.load.run("keygate hot during forged flood", self.top, self.hot.clone()).await;
+        flooding.store(false, Ordering::Relaxed);
+        let flood_seconds = started.elapsed().as_secs_f64();
+        for task in flood {
+            task.await?;
+        }
+        let mut took = first_uses.await??;
+        took.sort();
+        run.compare_to(self.floor_top);
+        run.print();
+        let handles = self.server.handles.as_ref().expect("keygate has handles");
+        let text = keygate::metrics::render(&keygate::metrics::registry(&handles.metric_sources()));
+        let metric = |series| keygate::metrics::sample(&text, series).unwrap_or(0.0);
+        let argon2_mean_ms = metric("keygate_argon2_verification_seconds_sum")
+            / metric("keygate_argon2_verification_seconds_count").max(1.0)
+            * 1000.0;
+        println!(
+            "    forged flood: {:.0} forged credentials/s from fresh addresses; hot p99 {:.0}us during vs {:.0}us calm = {:.2}x; \
+             first use of {} fresh keys p50 {:.1} ms, max {:.1} ms (argon2 in the server: mean {:.1} ms)",
+            flood_calls.load(Ordering::Relaxed) as f64 / flood_seconds,
+            run.p99_us,
+            self.calm.p99_us,
+            run.p99_us / self.calm.p99_us,
+            took.len(),
+            crate::report::ms(crate::report::percentile(&took, 0.5)),
+            crate::report::ms(*took.last().unwrap_or(&Duration::ZERO)),
+            argon2_mean_ms,
+        );
+        Ok(run)
+    }
+}
+
 /// `load` without `--target` (which [`crate::target::run_load`] measures).
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     if args.cold_only {
@@ -388,140 +544,19 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     run.print();
     runs.push(run);
 
-    // Miss storm: 8 callers sending wrong secrets for known key ids, beside the hot load.
-    let storming = Arc::new(AtomicBool::new(true));
-    let storm_calls = Arc::new(AtomicU64::new(0));
-    let storm: Vec<_> = (0..8)
-        .map(|i| {
-            let mut client = AuthorizerClient::new(load.channels[i % load.channels.len()].clone());
-            let (secrets, path, storming, calls) =
-                (secrets.clone(), path.clone(), storming.clone(), storm_calls.clone());
-            tokio::spawn(async move {
-                let mut rng = Rng::new(1_000 + i as u64);
-                while storming.load(Ordering::Relaxed) {
-                    let known = &secrets[(rng.next_u64() % secrets.len() as u64) as usize];
-                    let credential = Credential::parse(known).expect("generated");
-                    let wrong = GeneratedKey::impostor_of(&credential).expect("random").into_secret_string();
-                    let _ = client.authorize(request(&wrong, &path)).await;
-                    calls.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    let mut run = load.run("keygate hot during miss storm", top, hot.clone()).await;
-    storming.store(false, Ordering::Relaxed);
-    for task in storm {
-        task.await?;
-    }
-    run.compare_to(&floor_top);
-    run.print();
-    println!(
-        "    miss storm: {} wrong secrets sent; hot p99 {:.0}us during vs {:.0}us calm = {:.2}x",
-        storm_calls.load(Ordering::Relaxed),
-        run.p99_us,
-        calm.p99_us,
-        run.p99_us / calm.p99_us
-    );
-    runs.push(run);
-
-    // Revoke storm: 100 revokes per second beside the hot load.
-    let revoking = Arc::new(AtomicBool::new(true));
-    let revoker = {
-        let mut admin = hot_server.admin().await?;
-        let (secrets, revoking) = (secrets.clone(), revoking.clone());
-        tokio::spawn(async move {
-            let mut revoked = 0usize;
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            // Revoke from the cold end of the distribution first.
-            while revoking.load(Ordering::Relaxed) && revoked < secrets.len() {
-                tick.tick().await;
-                let id = Credential::parse(&secrets[secrets.len() - 1 - revoked]).expect("generated").key_id();
-                let _ =
-                    admin.revoke_api_key(pb::RevokeApiKeyRequest { id: id.to_string(), reason: "bench".into() }).await;
-                revoked += 1;
-            }
-            revoked
-        })
+    let scenarios = Scenarios {
+        server: &hot_server,
+        load: &load,
+        secrets: secrets.clone(),
+        path: path.clone(),
+        hot: hot.clone(),
+        top,
+        floor_top: &floor_top,
+        calm: &calm,
     };
-    let mut run = load.run("keygate hot during revoke storm", top, hot.clone()).await;
-    revoking.store(false, Ordering::Relaxed);
-    let revoked = revoker.await?;
-    run.compare_to(&floor_top);
-    run.print();
-    println!("    revoke storm: {revoked} keys revoked during the run; hot p99 {:.2}x calm", run.p99_us / calm.p99_us);
-    runs.push(run);
-
-    // Hostile: a flood of forged credentials (fresh random ids with valid checksums, a new
-    // client address each call) beside the hot load, while keys nobody has used yet are
-    // verified one after another.
-    let (fresh_path, fresh) = create_keys(&hot_server, 20, 2).await?;
-    let flooding = Arc::new(AtomicBool::new(true));
-    let flood_calls = Arc::new(AtomicU64::new(0));
-    let flood: Vec<_> = (0..8)
-        .map(|i| {
-            let mut client = AuthorizerClient::new(load.channels[i % load.channels.len()].clone());
-            let (path, flooding, calls) = (path.clone(), flooding.clone(), flood_calls.clone());
-            tokio::spawn(async move {
-                let mut rng = Rng::new(7_000 + i as u64);
-                while flooding.load(Ordering::Relaxed) {
-                    let forged = GeneratedKey::generate().expect("random").into_secret_string();
-                    let n = rng.next_u64();
-                    let client_ip = format!("10.{}.{}.{}", n & 255, (n >> 8) & 255, (n >> 16) & 255);
-                    let _ = client.authorize(pb::AuthorizeRequest { client_ip, ..request(&forged, &path) }).await;
-                    calls.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    let first_uses = {
-        let mut client = AuthorizerClient::new(load.channels[0].clone());
-        let fresh = fresh.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let mut took = Vec::new();
-            for secret in &fresh {
-                let sent = Instant::now();
-                // From an address of its own: callers without one share a single budget,
-                // which the storms above have spent.
-                let ask = pb::AuthorizeRequest { client_ip: "192.0.2.10".into(), ..request(secret, &fresh_path) };
-                let answer = client.authorize(ask).await;
-                anyhow::ensure!(answer?.into_inner().allowed, "a fresh key was not allowed during the flood");
-                took.push(sent.elapsed());
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            anyhow::Ok(took)
-        })
-    };
-    let started = Instant::now();
-    let mut run = load.run("keygate hot during forged flood", top, hot.clone()).await;
-    flooding.store(false, Ordering::Relaxed);
-    let flood_seconds = started.elapsed().as_secs_f64();
-    for task in flood {
-        task.await?;
-    }
-    let mut took = first_uses.await??;
-    took.sort();
-    run.compare_to(&floor_top);
-    run.print();
-    let handles = hot_server.handles.as_ref().expect("keygate has handles");
-    let text = keygate::metrics::render(&keygate::metrics::registry(&handles.metric_sources()));
-    let metric = |series| keygate::metrics::sample(&text, series).unwrap_or(0.0);
-    let argon2_mean_ms = metric("keygate_argon2_verification_seconds_sum")
-        / metric("keygate_argon2_verification_seconds_count").max(1.0)
-        * 1000.0;
-    println!(
-        "    forged flood: {:.0} forged credentials/s from fresh addresses; hot p99 {:.0}us during vs {:.0}us calm = {:.2}x; \
-         first use of {} fresh keys p50 {:.1} ms, max {:.1} ms (argon2 in the server: mean {:.1} ms)",
-        flood_calls.load(Ordering::Relaxed) as f64 / flood_seconds,
-        run.p99_us,
-        calm.p99_us,
-        run.p99_us / calm.p99_us,
-        took.len(),
-        crate::report::ms(crate::report::percentile(&took, 0.5)),
-        crate::report::ms(*took.last().unwrap_or(&Duration::ZERO)),
-        argon2_mean_ms,
-    );
-    runs.push(run);
+    runs.push(scenarios.miss_storm().await?);
+    runs.push(scenarios.revoke_storm().await?);
+    runs.push(scenarios.forged_flood().await?);
     drop(load);
     drop(hot_server);
 
