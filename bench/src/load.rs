@@ -462,6 +462,17 @@ impl Scenarios<'_> {
     }
 }
 
+/// `count` keys on `server`, each used once (and so in its caches): their route and secrets.
+async fn warm_keys(server: &Server, count: usize) -> anyhow::Result<(String, Arc<Vec<String>>)> {
+    eprintln!("creating and warming {count} hot keys…");
+    let (path, secrets) = create_keys(server, count, 8).await?;
+    let mut client = AuthorizerClient::new(server.channel().await?);
+    for secret in &secrets {
+        anyhow::ensure!(client.authorize(request(secret, &path)).await?.into_inner().allowed, "warm-up denied");
+    }
+    Ok((path, Arc::new(secrets)))
+}
+
 /// `load` without `--target` (which [`crate::target::run_load`] measures).
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     if args.cold_only {
@@ -492,15 +503,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         s.argon2.memory_kib = 8 * 1024;
         s.argon2.iterations = 1;
     })?;
-    eprintln!("creating and warming {} hot keys…", args.keys);
-    let (path, secrets) = create_keys(&hot_server, args.keys, 8).await?;
-    let secrets = Arc::new(secrets);
-    {
-        let mut client = AuthorizerClient::new(hot_server.channel().await?);
-        for secret in secrets.iter() {
-            anyhow::ensure!(client.authorize(request(secret, &path)).await?.into_inner().allowed, "warm-up denied");
-        }
-    }
+    let (path, secrets) = warm_keys(&hot_server, args.keys).await?;
     // A profiler attached from here on sees only the hot-key runs (`perf record -p`).
     eprintln!("hot keys warm; loading them");
     let zipf = Arc::new(Zipf::new(secrets.len()));
