@@ -260,10 +260,8 @@ fn argon2(encoder: &mut DescriptorEncoder, handles: &Sources) -> std::fmt::Resul
 
 /// The stores' breakers.
 fn breakers(encoder: &mut DescriptorEncoder, handles: &Sources) -> std::fmt::Result {
-    let breakers = [
-        Some(("store", &handles.store_breaker)),
-        handles.limiter_breaker.as_ref().map(|b| ("rate_limit_store", b)),
-    ];
+    let breakers =
+        [Some(("store", &handles.store_breaker)), handles.limiter_breaker.as_ref().map(|b| ("rate_limit_store", b))];
     for (name, breaker) in breakers.into_iter().flatten() {
         gauge(
             encoder,
@@ -337,8 +335,7 @@ fn tls_handshakes(encoder: &mut DescriptorEncoder, handles: &Sources) -> std::fm
             ConstGauge::new(0i64).metric_type(),
         )?;
         for (listener, counts) in &listeners {
-            ConstGauge::new(counts.in_progress as i64)
-                .encode(family.encode_family(&ListenerLabels { listener })?)?;
+            ConstGauge::new(counts.in_progress as i64).encode(family.encode_family(&ListenerLabels { listener })?)?;
         }
         let mut family = encoder.encode_descriptor(
             "tls_handshakes_evicted",

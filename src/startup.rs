@@ -548,20 +548,15 @@ async fn grpc_routers(
                 .max_decoding_message_size(MAX_AUTHORIZE_MESSAGE),
         )
         .add_service(
-            AuthorizationServer::new(CheckService::new(
-                authorizer.clone(),
-                settings.ext_authz.clone(),
-                settings.edge,
-            ))
-            .max_decoding_message_size(MAX_CHECK_MESSAGE),
+            AuthorizationServer::new(CheckService::new(authorizer.clone(), settings.ext_authz.clone(), settings.edge))
+                .max_decoding_message_size(MAX_CHECK_MESSAGE),
         );
     // Admin on its own listener, or beside the decisions (the quickstart's one port).
     // Each listener's health service reports what that listener serves.
     let (router, admin, admin_health) = match settings.admin_listen {
         Some(address) => {
-            let listener = TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot listen for Admin on {address}"))?;
+            let listener =
+                TcpListener::bind(address).await.with_context(|| format!("cannot listen for Admin on {address}"))?;
             let (admin_health, admin_health_service) = tonic_health::server::health_reporter();
             admin_health.set_serving::<AdminServer<AdminService>>().await;
             let admin_router =

@@ -201,7 +201,9 @@ fn named_paths(file_module: &ModPath, text: &str) -> Vec<(ModPath, ModPath)> {
                 at += 3;
                 continue;
             }
-            "crate" | "super" | "self" if tokens.get(at + 1) == Some(&"::") && tokens.get(at.wrapping_sub(1)) != Some(&"::") => {
+            "crate" | "super" | "self"
+                if tokens.get(at + 1) == Some(&"::") && tokens.get(at.wrapping_sub(1)) != Some(&"::") =>
+            {
                 let mut base = if token == "crate" { ModPath::new() } else { current.clone() };
                 at += 2;
                 if token == "super" {
@@ -236,7 +238,8 @@ fn sibling_imports(src: &Path) -> (BTreeSet<ModPath>, Edges) {
         let text = std::fs::read_to_string(file).unwrap();
         for (from, named) in named_paths(&module_of(src, file), &text) {
             // The module a path names: its longest prefix that is a module.
-            let to: ModPath = (0..=named.len()).rev().map(|n| named[..n].to_vec()).find(|p| modules.contains(p)).unwrap_or_default();
+            let to: ModPath =
+                (0..=named.len()).rev().map(|n| named[..n].to_vec()).find(|p| modules.contains(p)).unwrap_or_default();
             let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
             if common == from.len() || common == to.len() {
                 continue; // the module itself, an ancestor or a descendant
@@ -276,10 +279,8 @@ fn walk<'a>(
     if let Some(at) = stack.iter().position(|m| *m == node) {
         let mut cycle: Vec<&str> = stack[at..].to_vec();
         cycle.push(node);
-        let steps: Vec<String> = cycle
-            .windows(2)
-            .map(|w| edges[&(parent.clone(), w[0].to_string(), w[1].to_string())].clone())
-            .collect();
+        let steps: Vec<String> =
+            cycle.windows(2).map(|w| edges[&(parent.clone(), w[0].to_string(), w[1].to_string())].clone()).collect();
         let under = if parent.is_empty() { "crate".to_string() } else { parent.join("::") };
         found.push(format!("{under}: {} ({})", cycle.join(" -> "), steps.join("; ")));
         return;

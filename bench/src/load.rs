@@ -371,8 +371,9 @@ impl Scenarios<'_> {
                 while revoking.load(Ordering::Relaxed) && revoked < secrets.len() {
                     tick.tick().await;
                     let id = Credential::parse(&secrets[secrets.len() - 1 - revoked]).expect("generated").key_id();
-                    let _ =
-                        admin.revoke_api_key(pb::RevokeApiKeyRequest { id: id.to_string(), reason: "bench".into() }).await;
+                    let _ = admin
+                        .revoke_api_key(pb::RevokeApiKeyRequest { id: id.to_string(), reason: "bench".into() })
+                        .await;
                     revoked += 1;
                 }
                 revoked
@@ -383,7 +384,10 @@ impl Scenarios<'_> {
         let revoked = revoker.await?;
         run.compare_to(self.floor_top);
         run.print();
-        println!("    revoke storm: {revoked} keys revoked during the run; hot p99 {:.2}x calm", run.p99_us / self.calm.p99_us);
+        println!(
+            "    revoke storm: {revoked} keys revoked during the run; hot p99 {:.2}x calm",
+            run.p99_us / self.calm.p99_us
+        );
         Ok(run)
     }
 

@@ -201,7 +201,11 @@ pub async fn limit_path(url: &str) -> anyhow::Result<()> {
                 let (leased, local, rule, subjects) = (leased.clone(), local.clone(), rule.clone(), subjects.clone());
                 set.spawn(async move {
                     for i in 0..CHECKS / callers {
-                        let check = [LimitCheck { rule: &rule, subject: &subjects[(i * 7 + caller) % 500], source: LimitSource::Policy }];
+                        let check = [LimitCheck {
+                            rule: &rule,
+                            subject: &subjects[(i * 7 + caller) % 500],
+                            source: LimitSource::Policy,
+                        }];
                         match kind {
                             "leased" => drop(leased.check(&check, now).await),
                             _ => drop(local.check(&check, now)),

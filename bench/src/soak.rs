@@ -172,12 +172,8 @@ async fn caller(
             };
             (key.secret.clone(), expected)
         };
-        let request = pb::AuthorizeRequest {
-            credential,
-            method: "GET".into(),
-            path: PATH.into(),
-            ..Default::default()
-        };
+        let request =
+            pb::AuthorizeRequest { credential, method: "GET".into(), path: PATH.into(), ..Default::default() };
         counts.calls.fetch_add(1, Ordering::Relaxed);
         match client.authorize(request).await {
             Ok(response) => {

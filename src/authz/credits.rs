@@ -1,12 +1,12 @@
 //! The last stage of a decision: the call's credits, spent from the key's (or its
 //! owner's) balance in the store, after every other rule has let the call through.
 
+use super::decision::Deny;
 use super::{AuthorizeQuery, Authorizer, AuthzError, RateLimitState, Verdict};
 use crate::code::{Code, Reason};
 use crate::domain::{KeyRecord, Timestamp};
 use crate::policy::Route;
 use crate::store::{Spend, StoreError};
-use super::decision::Deny;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,7 +90,6 @@ impl Authorizer {
     }
 }
 
-
 /// A key this replica saw without credits, at its record's `version`.
 #[derive(Clone, Copy)]
 pub(super) struct SpentOut {
@@ -104,4 +103,3 @@ pub(super) struct SpentOut {
 /// (a spend given back to a caller that gave up is heard of no other way): one store write
 /// a second per such key under a flood of its calls.
 const SPENT_OUT_RECHECK: Duration = Duration::from_secs(1);
-

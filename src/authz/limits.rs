@@ -34,12 +34,20 @@ impl<'a> Subjects<'a> {
     }
 }
 
-/// The limits stage's answer.
+/// The limits stage's answer. Moved once per call: boxing the admission (the larger
+/// variant) would cost an allocation per call instead.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Quota {
     /// Every limit had room: the call is counted, in `admission` (none when no limit
     /// applied) until it is decided; `tightest` is the limit with the least room left.
-    Admitted { admission: Option<Admission>, tightest: Option<RateLimitState> },
-    Refused { deny: Deny, rate_limit: Option<RateLimitState> },
+    Admitted {
+        admission: Option<Admission>,
+        tightest: Option<RateLimitState>,
+    },
+    Refused {
+        deny: Deny,
+        rate_limit: Option<RateLimitState>,
+    },
 }
 
 impl Authorizer {
@@ -85,10 +93,16 @@ impl Authorizer {
             .iter()
             .map(|(rule, subject)| LimitCheck { rule, subject: subject.as_ref(), source: LimitSource::Policy })
             .collect();
-        checks.extend(key_rules.iter().map(|rule| LimitCheck { rule, subject: &key_subject, source: LimitSource::Key }));
-        checks.extend(
-            owner_rules.iter().map(|rule| LimitCheck { rule, subject: &owner_subject, source: LimitSource::Owner }),
-        );
+        checks.extend(key_rules.iter().map(|rule| LimitCheck {
+            rule,
+            subject: &key_subject,
+            source: LimitSource::Key,
+        }));
+        checks.extend(owner_rules.iter().map(|rule| LimitCheck {
+            rule,
+            subject: &owner_subject,
+            source: LimitSource::Owner,
+        }));
         if checks.is_empty() {
             return Ok(Quota::Admitted { admission: None, tightest: None });
         }
@@ -145,4 +159,3 @@ fn key_limit_rules(prefix: &str, limits: &[KeyLimit], route: &Route) -> smallvec
         })
         .collect()
 }
-

@@ -397,7 +397,9 @@ impl Verdict {
     /// No route matches the request.
     fn unrouted(query: &AuthorizeQuery<'_>) -> Self {
         Verdict {
-            decision: Decision::Denied(Deny::new(Code::NotFound, "no route matches the request").because(Reason::NoRoute)),
+            decision: Decision::Denied(
+                Deny::new(Code::NotFound, "no route matches the request").because(Reason::NoRoute),
+            ),
             principal: None,
             route: None,
             route_index: None,

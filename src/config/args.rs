@@ -4,7 +4,10 @@
 
 use super::range::{in_range, Checked};
 use super::url::{unknown_connect_parameters, MaskedUrl};
-use super::{AdminTokenSource, DigestKeySource, DEFAULT_ADMIN_TOKEN_FILE, DEFAULT_DATABASE_URL, DEFAULT_DIGEST_KEY_FILE, DEFAULT_LISTEN, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN};
+use super::{
+    AdminTokenSource, DigestKeySource, DEFAULT_ADMIN_TOKEN_FILE, DEFAULT_DATABASE_URL, DEFAULT_DIGEST_KEY_FILE,
+    DEFAULT_LISTEN, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN,
+};
 use crate::authn::budget::BudgetSettings;
 use crate::authn::verifier::Argon2Settings;
 use crate::edge::EdgeSettings;
@@ -467,6 +470,9 @@ impl EdgeArgs {
     }
 
     pub(super) fn usage(&self, problems: &mut Vec<String>) -> UsageSettings {
-        UsageSettings { every: Duration::from_secs(self.last_used_interval_seconds.value(problems)), ..UsageSettings::default() }
+        UsageSettings {
+            every: Duration::from_secs(self.last_used_interval_seconds.value(problems)),
+            ..UsageSettings::default()
+        }
     }
 }

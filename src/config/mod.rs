@@ -23,14 +23,16 @@ use crate::ratelimit::lease::LeaseSettings;
 use crate::store::cached::CacheSettings;
 use crate::store::sql::AdminPoolSettings;
 use crate::usage::UsageSettings;
-use args::{AdminArgs, BudgetArgs, CacheArgs, CredentialArgs, DatabaseArgs, EdgeArgs, LifetimeArgs, ListenArgs, RateLimitArgs};
-use std::fmt;
-pub use tls::TlsSettings;
-pub use url::MaskedUrl;
 use args::Listeners;
+use args::{
+    AdminArgs, BudgetArgs, CacheArgs, CredentialArgs, DatabaseArgs, EdgeArgs, LifetimeArgs, ListenArgs, RateLimitArgs,
+};
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+pub use tls::TlsSettings;
+pub use url::MaskedUrl;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate-data/keygate.db";

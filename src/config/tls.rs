@@ -51,12 +51,8 @@ impl TlsSettings {
 impl TlsArgs {
     /// `None`: plaintext. `admin_apart`: Admin has a listener of its own.
     pub(super) fn settings(self, admin_apart: bool, problems: &mut Vec<String>) -> Option<TlsSettings> {
-        let clients = client_certificates(
-            (self.tls_client_ca, self.tls_client_names),
-            "tls-client",
-            "--tls-client-ca",
-            problems,
-        );
+        let clients =
+            client_certificates((self.tls_client_ca, self.tls_client_names), "tls-client", "--tls-client-ca", problems);
         let admin_clients = client_certificates(
             (self.admin_tls_client_ca, self.admin_tls_client_names),
             "admin-tls-client",

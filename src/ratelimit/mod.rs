@@ -500,7 +500,10 @@ mod tests {
         let limiter = LocalLimiter::default();
         let wide = rule("wide", 100, 60);
         let narrow = rule("narrow", 1, 60);
-        let checks = [LimitCheck { rule: &wide, subject: "a", source: LimitSource::Policy }, LimitCheck { rule: &narrow, subject: "a", source: LimitSource::Policy }];
+        let checks = [
+            LimitCheck { rule: &wide, subject: "a", source: LimitSource::Policy },
+            LimitCheck { rule: &narrow, subject: "a", source: LimitSource::Policy },
+        ];
         assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Admitted { .. }));
         for _ in 0..5 {
             assert!(matches!(limiter.check(&checks, at(1)), LimitOutcome::Limited { .. }));
@@ -514,7 +517,10 @@ mod tests {
     fn a_limit_checked_twice_is_locked_once_and_counted_once() {
         let limiter = LocalLimiter::default();
         let two = rule("dup", 2, 60);
-        let checks = [LimitCheck { rule: &two, subject: "a", source: LimitSource::Policy }, LimitCheck { rule: &two, subject: "a", source: LimitSource::Policy }];
+        let checks = [
+            LimitCheck { rule: &two, subject: "a", source: LimitSource::Policy },
+            LimitCheck { rule: &two, subject: "a", source: LimitSource::Policy },
+        ];
         assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Admitted { .. }));
         assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Admitted { .. }));
         assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Limited { .. }));
@@ -541,7 +547,9 @@ mod tests {
     fn a_high_rate_limit_holds_and_keeps_its_counts_when_its_kind_changes() {
         let limiter = LocalLimiter::default();
         let mut global = LimitRule { kind: LimitKind::HighRate, ..rule("global", 100, 60) };
-        let check = |rule: &LimitRule, s: i64| limiter.check(&[LimitCheck { rule, subject: "acct", source: LimitSource::Policy }], at(s));
+        let check = |rule: &LimitRule, s: i64| {
+            limiter.check(&[LimitCheck { rule, subject: "acct", source: LimitSource::Policy }], at(s))
+        };
         for i in 0..100 {
             assert!(matches!(check(&global, i % 30), LimitOutcome::Admitted { .. }), "{i}");
         }
