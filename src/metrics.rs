@@ -172,211 +172,242 @@ fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) ->
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let handles = &self.0;
-        let stats = handles.cache.stats();
-
-        let caches = [("keys", stats.keys), ("applications", stats.applications), ("sessions", stats.sessions)];
-        let entries = ConstGauge::new(0i64);
-        let mut family = encoder.encode_descriptor(
-            "cache_entries",
-            "Records held in the in-process cache, by cache",
-            None,
-            entries.metric_type(),
-        )?;
-        for (cache, counts) in caches {
-            ConstGauge::new(counts.entries as i64).encode(family.encode_family(&CacheLabels { cache })?)?;
-        }
-
-        let lookups = ConstCounter::new(0u64);
-        let mut family = encoder.encode_descriptor(
-            "cache_lookups",
-            "Lookups by cache and result: hit (served from memory) or miss (read from the store)",
-            None,
-            lookups.metric_type(),
-        )?;
-        for (cache, counts) in caches {
-            for (result, count) in [("hit", counts.hits), ("miss", counts.misses)] {
-                ConstCounter::new(count).encode(family.encode_family(&LookupLabels { cache, result })?)?;
-            }
-        }
-
-        counter(
-            &mut encoder,
-            "served_stale",
-            "Reads answered from the cache past its TTL because the store was unreachable",
-            stats.served_stale,
-        )?;
-        counter(
-            &mut encoder,
-            "argon2_verifications",
-            "argon2id verifications run (cache misses, wrong secrets and decoys)",
-            handles.verifier.verifications(),
-        )?;
-        // No account in any label: one series per account would grow without bound.
-        let queue = handles.verifier.queue_counts();
-        gauge(
-            &mut encoder,
-            "argon2_waiting",
-            "Verifications waiting for a slot, in their accounts' queues",
-            handles.verifier.waiting() as i64,
-        )?;
-        counter(&mut encoder, "argon2_queued", "Verifications that found no slot free and waited", queue.queued)?;
-        counter(
-            &mut encoder,
-            "argon2_abandoned",
-            "Verifications whose caller left while they waited (dropped unrun)",
-            queue.abandoned,
-        )?;
-        let refused = ConstCounter::new(0u64);
-        let mut family = encoder.encode_descriptor(
-            "argon2_refused",
-            "Hashing refused, by reason: account_queue_full (the key's account has as much waiting as it may; \
-             answered throttled), admin_deadline (a new key's hash waited its deadline; answered UNAVAILABLE)",
-            None,
-            refused.metric_type(),
-        )?;
-        for (reason, count) in
-            [("account_queue_full", queue.refused_account_full), ("admin_deadline", queue.refused_admin_deadline)]
-        {
-            ConstCounter::new(count).encode(family.encode_family(&ReasonLabels { reason })?)?;
-        }
+        cache(&mut encoder, handles)?;
+        argon2(&mut encoder, handles)?;
         gauge(&mut encoder, "key_usage_pending", "Key uses waiting to be written", handles.usage.pending() as i64)?;
-        let breakers = [
-            Some(("store", &handles.store_breaker)),
-            handles.limiter_breaker.as_ref().map(|b| ("rate_limit_store", b)),
-        ];
-        for (name, breaker) in breakers.into_iter().flatten() {
-            gauge(
-                &mut encoder,
-                &format!("{name}_circuit_open"),
-                "1 while the store is known to be unreachable: nothing waits for it until a probe succeeds",
-                i64::from(breaker.is_open()),
-            )?;
-            counter(
-                &mut encoder,
-                &format!("{name}_circuit_opened"),
-                "Times the store was found unreachable (the breaker opened)",
-                breaker.times_opened(),
-            )?;
-        }
-        if let crate::ratelimit::Limiter::Redis(redis) = &*handles.limiter {
-            use std::sync::atomic::Ordering::Relaxed;
-            let stats = redis.stats();
-            gauge(
-                &mut encoder,
-                "rate_limit_leases",
-                "Slices of high-rate limits this replica holds (one per busy subject and rule)",
-                redis.leases_held() as i64,
-            )?;
-            counter(
-                &mut encoder,
-                "rate_limit_lease_renewals",
-                "Round trips to Redis that renewed or released a slice of a high-rate limit",
-                stats.renewals.load(Relaxed),
-            )?;
-            counter(
-                &mut encoder,
-                "rate_limit_lease_failures",
-                "Renewals Redis did not answer (the slice is spent until it lapses)",
-                stats.failed.load(Relaxed),
-            )?;
-            counter(
-                &mut encoder,
-                "rate_limit_lease_waits",
-                "Requests that found their slice empty and waited for Redis",
-                stats.waited.load(Relaxed),
-            )?;
-            counter(
-                &mut encoder,
-                "rate_limit_uncounted",
-                "Requests to exact limits Redis counted but whose answer never came in time (a timeout, a caller that hung up), taken back",
-                stats.uncounted.load(Relaxed),
-            )?;
-            counter(
-                &mut encoder,
-                "rate_limit_uncount_lost",
-                "Unanswered requests' counts that could not be taken back (each stays until its window passes)",
-                stats.uncount_lost.load(Relaxed),
-            )?;
-        }
-        if !handles.tls.is_empty() {
-            let listeners: Vec<_> = handles.tls.iter().map(|tls| (tls.name(), tls.handshakes())).collect();
-            let mut family = encoder.encode_descriptor(
-                "tls_handshakes_in_progress",
-                "TLS handshakes in progress, by listener",
-                None,
-                ConstGauge::new(0i64).metric_type(),
-            )?;
-            for (listener, counts) in &listeners {
-                ConstGauge::new(counts.in_progress as i64)
-                    .encode(family.encode_family(&ListenerLabels { listener })?)?;
-            }
-            let mut family = encoder.encode_descriptor(
-                "tls_handshakes_evicted",
-                "TLS handshakes closed to make room for a newer connection, by listener and the cap reached (source_full, listener_full)",
-                None,
-                ConstCounter::new(0u64).metric_type(),
-            )?;
-            for (listener, counts) in &listeners {
-                for (reason, count) in
-                    [("source_full", counts.evicted_source_full), ("listener_full", counts.evicted_listener_full)]
-                {
-                    ConstCounter::new(count).encode(family.encode_family(&HandshakeLabels { listener, reason })?)?;
-                }
-            }
-            let mut family = encoder.encode_descriptor(
-                "tls_handshakes_timed_out",
-                "TLS handshakes dropped at a deadline, by listener and deadline (first_bytes, handshake)",
-                None,
-                ConstCounter::new(0u64).metric_type(),
-            )?;
-            for (listener, counts) in &listeners {
-                for (reason, count) in
-                    [("first_bytes", counts.first_bytes_timeouts), ("handshake", counts.handshake_timeouts)]
-                {
-                    ConstCounter::new(count).encode(family.encode_family(&HandshakeLabels { listener, reason })?)?;
-                }
-            }
-        }
-        if let Some(listener) = &handles.invalidation {
-            gauge(
-                &mut encoder,
-                "invalidation_listener_connected",
-                "1 while this replica listens for other replicas' changes",
-                i64::from(listener.is_connected()),
-            )?;
-            counter(
-                &mut encoder,
-                "invalidation_listener_connections",
-                "Connections made by the invalidation listener (1 + reconnects)",
-                listener.connections(),
-            )?;
-            counter(
-                &mut encoder,
-                "invalidation_notifications",
-                "Change notifications received from the database",
-                listener.notifications(),
-            )?;
-            counter(
-                &mut encoder,
-                "change_acknowledged",
-                "Replicas that applied a change before its admin call returned",
-                listener.replicas().acknowledged_total(),
-            )?;
-            counter(
-                &mut encoder,
-                "change_fenced",
-                "Live replicas that did not acknowledge a change within the wait (fenced)",
-                listener.replicas().fenced_total(),
-            )?;
-            gauge(
-                &mut encoder,
-                "cache_trusted",
-                "1 while this replica's lease on its cache holds (its own heartbeats come back)",
-                i64::from(handles.cache.trust().holds()),
-            )?;
-        }
-        Ok(())
+        breakers(&mut encoder, handles)?;
+        rate_limit_leases(&mut encoder, handles)?;
+        tls_handshakes(&mut encoder, handles)?;
+        invalidation(&mut encoder, handles)
     }
+}
+
+/// The record cache: entries, lookups, stale reads.
+fn cache(encoder: &mut DescriptorEncoder, handles: &Sources) -> std::fmt::Result {
+    let stats = handles.cache.stats();
+    let caches = [("keys", stats.keys), ("applications", stats.applications), ("sessions", stats.sessions)];
+    let entries = ConstGauge::new(0i64);
+    let mut family = encoder.encode_descriptor(
+        "cache_entries",
+        "Records held in the in-process cache, by cache",
+        None,
+        entries.metric_type(),
+    )?;
+    for (cache, counts) in caches {
+        ConstGauge::new(counts.entries as i64).encode(family.encode_family(&CacheLabels { cache })?)?;
+    }
+
+    let lookups = ConstCounter::new(0u64);
+    let mut family = encoder.encode_descriptor(
+        "cache_lookups",
+        "Lookups by cache and result: hit (served from memory) or miss (read from the store)",
+        None,
+        lookups.metric_type(),
+    )?;
+    for (cache, counts) in caches {
+        for (result, count) in [("hit", counts.hits), ("miss", counts.misses)] {
+            ConstCounter::new(count).encode(family.encode_family(&LookupLabels { cache, result })?)?;
+        }
+    }
+
+    counter(
+        encoder,
+        "served_stale",
+        "Reads answered from the cache past its TTL because the store was unreachable",
+        stats.served_stale,
+    )?;
+    Ok(())
+}
+
+/// argon2: verifications run, and the queue for its slots.
+fn argon2(encoder: &mut DescriptorEncoder, handles: &Sources) -> std::fmt::Result {
+    counter(
+        encoder,
+        "argon2_verifications",
+        "argon2id verifications run (cache misses, wrong secrets and decoys)",
+        handles.verifier.verifications(),
+    )?;
+    // No account in any label: one series per account would grow without bound.
+    let queue = handles.verifier.queue_counts();
+    gauge(
+        encoder,
+        "argon2_waiting",
+        "Verifications waiting for a slot, in their accounts' queues",
+        handles.verifier.waiting() as i64,
+    )?;
+    counter(encoder, "argon2_queued", "Verifications that found no slot free and waited", queue.queued)?;
+    counter(
+        encoder,
+        "argon2_abandoned",
+        "Verifications whose caller left while they waited (dropped unrun)",
+        queue.abandoned,
+    )?;
+    let refused = ConstCounter::new(0u64);
+    let mut family = encoder.encode_descriptor(
+        "argon2_refused",
+        "Hashing refused, by reason: account_queue_full (the key's account has as much waiting as it may; \
+         answered throttled), admin_deadline (a new key's hash waited its deadline; answered UNAVAILABLE)",
+        None,
+        refused.metric_type(),
+    )?;
+    for (reason, count) in
+        [("account_queue_full", queue.refused_account_full), ("admin_deadline", queue.refused_admin_deadline)]
+    {
+        ConstCounter::new(count).encode(family.encode_family(&ReasonLabels { reason })?)?;
+    }
+    Ok(())
+}
+
+/// The stores' breakers.
+fn breakers(encoder: &mut DescriptorEncoder, handles: &Sources) -> std::fmt::Result {
+    let breakers =
+        [Some(("store", &handles.store_breaker)), handles.limiter_breaker.as_ref().map(|b| ("rate_limit_store", b))];
+    for (name, breaker) in breakers.into_iter().flatten() {
+        gauge(
+            encoder,
+            &format!("{name}_circuit_open"),
+            "1 while the store is known to be unreachable: nothing waits for it until a probe succeeds",
+            i64::from(breaker.is_open()),
+        )?;
+        counter(
+            encoder,
+            &format!("{name}_circuit_opened"),
+            "Times the store was found unreachable (the breaker opened)",
+            breaker.times_opened(),
+        )?;
+    }
+    Ok(())
+}
+
+/// High-rate limits' slices, and counts taken back, on Redis.
+fn rate_limit_leases(encoder: &mut DescriptorEncoder, handles: &Sources) -> std::fmt::Result {
+    if let crate::ratelimit::Limiter::Redis(redis) = &*handles.limiter {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = redis.stats();
+        gauge(
+            encoder,
+            "rate_limit_leases",
+            "Slices of high-rate limits this replica holds (one per busy subject and rule)",
+            redis.leases_held() as i64,
+        )?;
+        counter(
+            encoder,
+            "rate_limit_lease_renewals",
+            "Round trips to Redis that renewed or released a slice of a high-rate limit",
+            stats.renewals.load(Relaxed),
+        )?;
+        counter(
+            encoder,
+            "rate_limit_lease_failures",
+            "Renewals Redis did not answer (the slice is spent until it lapses)",
+            stats.failed.load(Relaxed),
+        )?;
+        counter(
+            encoder,
+            "rate_limit_lease_waits",
+            "Requests that found their slice empty and waited for Redis",
+            stats.waited.load(Relaxed),
+        )?;
+        counter(
+            encoder,
+            "rate_limit_uncounted",
+            "Requests to exact limits Redis counted but whose answer never came in time (a timeout, a caller that hung up), taken back",
+            stats.uncounted.load(Relaxed),
+        )?;
+        counter(
+            encoder,
+            "rate_limit_uncount_lost",
+            "Unanswered requests' counts that could not be taken back (each stays until its window passes)",
+            stats.uncount_lost.load(Relaxed),
+        )?;
+    }
+    Ok(())
+}
+
+/// TLS handshakes, by listener.
+fn tls_handshakes(encoder: &mut DescriptorEncoder, handles: &Sources) -> std::fmt::Result {
+    if !handles.tls.is_empty() {
+        let listeners: Vec<_> = handles.tls.iter().map(|tls| (tls.name(), tls.handshakes())).collect();
+        let mut family = encoder.encode_descriptor(
+            "tls_handshakes_in_progress",
+            "TLS handshakes in progress, by listener",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for (listener, counts) in &listeners {
+            ConstGauge::new(counts.in_progress as i64).encode(family.encode_family(&ListenerLabels { listener })?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "tls_handshakes_evicted",
+            "TLS handshakes closed to make room for a newer connection, by listener and the cap reached (source_full, listener_full)",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (listener, counts) in &listeners {
+            for (reason, count) in
+                [("source_full", counts.evicted_source_full), ("listener_full", counts.evicted_listener_full)]
+            {
+                ConstCounter::new(count).encode(family.encode_family(&HandshakeLabels { listener, reason })?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "tls_handshakes_timed_out",
+            "TLS handshakes dropped at a deadline, by listener and deadline (first_bytes, handshake)",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (listener, counts) in &listeners {
+            for (reason, count) in
+                [("first_bytes", counts.first_bytes_timeouts), ("handshake", counts.handshake_timeouts)]
+            {
+                ConstCounter::new(count).encode(family.encode_family(&HandshakeLabels { listener, reason })?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Other replicas' changes, heard and acknowledged (Postgres).
+fn invalidation(encoder: &mut DescriptorEncoder, handles: &Sources) -> std::fmt::Result {
+    if let Some(listener) = &handles.invalidation {
+        gauge(
+            encoder,
+            "invalidation_listener_connected",
+            "1 while this replica listens for other replicas' changes",
+            i64::from(listener.is_connected()),
+        )?;
+        counter(
+            encoder,
+            "invalidation_listener_connections",
+            "Connections made by the invalidation listener (1 + reconnects)",
+            listener.connections(),
+        )?;
+        counter(
+            encoder,
+            "invalidation_notifications",
+            "Change notifications received from the database",
+            listener.notifications(),
+        )?;
+        counter(
+            encoder,
+            "change_acknowledged",
+            "Replicas that applied a change before its admin call returned",
+            listener.replicas().acknowledged_total(),
+        )?;
+        counter(
+            encoder,
+            "change_fenced",
+            "Live replicas that did not acknowledge a change within the wait (fenced)",
+            listener.replicas().fenced_total(),
+        )?;
+        gauge(
+            encoder,
+            "cache_trusted",
+            "1 while this replica's lease on its cache holds (its own heartbeats come back)",
+            i64::from(handles.cache.trust().holds()),
+        )?;
+    }
+    Ok(())
 }
 
 /// Binds the metrics port, if one was asked for.

@@ -19,7 +19,7 @@ use crate::grpc::spans::CallSpans;
 use crate::grpc::undecodable::UndecodableIsInvalidArgument;
 use crate::manage::Manager;
 use crate::policy::Policy;
-use crate::ratelimit::{redis::RedisLimiter, Limiter, LocalLimiter};
+use crate::ratelimit::{Limiter, LimiterTasks};
 use crate::store::cached::CachedStore;
 use crate::store::invalidation::{self, ListenerStatus};
 use crate::store::metered::StoreMetrics;
@@ -212,6 +212,7 @@ pub struct Application {
     handles: Handles,
     clock: Arc<dyn Clock>,
     _background: Vec<AbortOnDrop>,
+    _limiter: LimiterTasks,
 }
 
 impl Application {
@@ -274,35 +275,9 @@ impl Application {
             Peers::None => None,
         };
 
-        let limiter = Arc::new(match &settings.rate_limit_store {
-            Some(url) => Limiter::Redis(Box::new(
-                RedisLimiter::new(
-                    url.expose(),
-                    settings.rate_limit_key_prefix.clone(),
-                    Arc::new(Breaker::new("rate limit store", settings.limiter_breaker)),
-                    settings.limit_leases,
-                )
-                .with_context(|| format!("invalid rate limit store URL {url}"))?,
-            )),
-            None => Limiter::Local(LocalLimiter::default()),
-        });
-        let limiter_breaker = match &*limiter {
-            Limiter::Redis(redis) => Some(redis.breaker().clone()),
-            Limiter::Local(_) => None,
-        };
-        if let Limiter::Redis(redis) = &*limiter {
-            let probed = limiter.clone();
-            background.push(AbortOnDrop(redis.breaker().spawn_probe(move || {
-                let limiter = probed.clone();
-                async move {
-                    match &*limiter {
-                        Limiter::Redis(redis) => redis.ping().await,
-                        Limiter::Local(_) => true,
-                    }
-                }
-            })));
-            background.push(AbortOnDrop(tokio::spawn(release_idle_leases(limiter.clone(), clock.clone()))));
-        }
+        let limiter = Arc::new(limiter(&settings)?);
+        let limiter_tasks = limiter.start(clock.clone());
+        let limiter_breaker = limiter.breaker().cloned();
         let authn = Arc::new(Authenticator::new(
             cache.clone(),
             verifier.clone(),
@@ -323,67 +298,8 @@ impl Application {
             None => manager,
         });
 
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<AuthorizerServer<AuthorizerService>>().await;
-        health.set_serving::<AuthorizationServer<CheckService>>().await;
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1()
-        };
-
-        // Bounds on what one caller can make keygate hold: message sizes per service (a
-        // larger message is refused with OUT_OF_RANGE before it is decoded), streams per
-        // connection, and keepalives that find dead peers.
-        let server = || {
-            Server::builder()
-                .layer(UndecodableIsInvalidArgument)
-                .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        };
-        let admin_gate = AdminGate::new(
-            AdminServer::new(AdminService::new(manager.clone())).max_decoding_message_size(MAX_ADMIN_MESSAGE),
-            bootstrap,
-            manager,
-            settings.admin_gate,
-        );
-        let admin_metrics = admin_gate.metrics();
-        let admin_service = CallSpans::new(admin_gate);
-        let router = server()
-            .add_service(health_service.clone())
-            .add_service(reflection()?)
-            .add_service(
-                AuthorizerServer::new(AuthorizerService::new(authorizer.clone(), settings.edge))
-                    .max_decoding_message_size(MAX_AUTHORIZE_MESSAGE),
-            )
-            .add_service(
-                AuthorizationServer::new(CheckService::new(
-                    authorizer.clone(),
-                    settings.ext_authz.clone(),
-                    settings.edge,
-                ))
-                .max_decoding_message_size(MAX_CHECK_MESSAGE),
-            );
-        // Admin on its own listener, or beside the decisions (the quickstart's one port).
-        // Each listener's health service reports what that listener serves.
-        let (router, admin, admin_health) = match settings.admin_listen {
-            Some(address) => {
-                let listener = TcpListener::bind(address)
-                    .await
-                    .with_context(|| format!("cannot listen for Admin on {address}"))?;
-                let (admin_health, admin_health_service) = tonic_health::server::health_reporter();
-                admin_health.set_serving::<AdminServer<AdminService>>().await;
-                let admin_router =
-                    server().add_service(admin_health_service).add_service(reflection()?).add_service(admin_service);
-                (router, Some((listener, admin_router)), Some(admin_health))
-            }
-            None => {
-                health.set_serving::<AdminServer<AdminService>>().await;
-                (router.add_service(admin_service), None, None)
-            }
-        };
+        let GrpcRouters { router, admin, health, admin_health, admin_metrics } =
+            grpc_routers(&settings, &authorizer, manager, bootstrap).await?;
 
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -391,20 +307,7 @@ impl Application {
         let local_addr = listener.local_addr()?;
         warn_if_plaintext_beyond_loopback(&settings);
         let metrics = crate::metrics::bind(settings.metrics_listen).await?;
-        let forward_auth = match settings.http_listen {
-            None => None,
-            Some(address) => Some((
-                TcpListener::bind(address)
-                    .await
-                    .with_context(|| format!("cannot listen for forward auth on {address}"))?,
-                ForwardAuth {
-                    authorizer: authorizer.clone(),
-                    credential_headers: settings.ext_authz.credential_headers.clone().into(),
-                    edge: settings.edge,
-                    store_breaker: store_breaker.clone(),
-                },
-            )),
-        };
+        let forward_auth = forward_auth(&settings, &authorizer, &store_breaker).await?;
         background.push(AbortOnDrop(usage.clone().spawn_flusher()));
         let handles = Handles {
             verifier,
@@ -424,7 +327,6 @@ impl Application {
         if let Some(every) = settings.tls.as_ref().map(|tls| tls.watch_every) {
             background.push(AbortOnDrop(crate::tls::spawn_watcher(tls.all(), every)));
         }
-        let clock_at_shutdown = clock.clone();
         Ok(Self {
             listener,
             local_addr,
@@ -436,8 +338,9 @@ impl Application {
             health,
             admin_health,
             handles,
-            clock: clock_at_shutdown,
+            clock,
             _background: background,
+            _limiter: limiter_tasks,
         })
     }
 
@@ -540,17 +443,121 @@ impl Application {
         if let Err(e) = self.handles.usage.flush().await {
             tracing::warn!(error = %e, pending = self.handles.usage.pending(), "could not record the last key uses");
         }
-        // Slices of high-rate limits go back to Redis, for the other replicas to spend, and
-        // counts of requests nobody was answered for are taken back (three tries of up to
-        // 500 ms each, 250 and 500 ms apart).
-        if let Limiter::Redis(redis) = &*self.handles.limiter {
-            redis.settle_uncounts(Duration::from_millis(2_500)).await;
-            redis.release_idle(self.clock.now(), Duration::ZERO).await;
-        }
+        self.handles.limiter.shut_down(self.clock.now()).await;
         self.handles.store.close().await;
         served?;
         Ok(())
     }
+}
+
+/// The rate limiter `--rate-limit-store` asks for: on Redis, or in this process.
+fn limiter(settings: &Settings) -> anyhow::Result<Limiter> {
+    Ok(match &settings.rate_limit_store {
+        Some(url) => Limiter::redis(
+            url.expose(),
+            settings.rate_limit_key_prefix.clone(),
+            settings.limiter_breaker,
+            settings.limit_leases,
+        )
+        .with_context(|| format!("invalid rate limit store URL {url}"))?,
+        None => Limiter::local(),
+    })
+}
+
+/// The forward-auth listener and what it serves, when `--http-listen` is given.
+async fn forward_auth(
+    settings: &Settings,
+    authorizer: &Arc<Authorizer>,
+    store_breaker: &Arc<Breaker>,
+) -> anyhow::Result<Option<(TcpListener, ForwardAuth)>> {
+    let Some(address) = settings.http_listen else { return Ok(None) };
+    let listener =
+        TcpListener::bind(address).await.with_context(|| format!("cannot listen for forward auth on {address}"))?;
+    let forward_auth = ForwardAuth {
+        authorizer: authorizer.clone(),
+        credential_headers: settings.ext_authz.credential_headers.clone().into(),
+        edge: settings.edge,
+        store_breaker: store_breaker.clone(),
+    };
+    Ok(Some((listener, forward_auth)))
+}
+
+/// What the gRPC listeners serve.
+struct GrpcRouters {
+    /// The decisions (Authorize, Check), with Admin unless it has a listener of its own.
+    router: GrpcRouter,
+    /// Admin's own listener and router, when `--admin-listen` set it apart.
+    admin: Option<(TcpListener, GrpcRouter)>,
+    health: tonic_health::server::HealthReporter,
+    admin_health: Option<tonic_health::server::HealthReporter>,
+    admin_metrics: AdminGateMetrics,
+}
+
+/// The gRPC services, on one listener or two (`--admin-listen`), each with health and
+/// reflection.
+async fn grpc_routers(
+    settings: &Settings,
+    authorizer: &Arc<Authorizer>,
+    manager: Arc<Manager>,
+    bootstrap: BootstrapToken,
+) -> anyhow::Result<GrpcRouters> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AuthorizerServer<AuthorizerService>>().await;
+    health.set_serving::<AuthorizationServer<CheckService>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+    };
+
+    // Bounds on what one caller can make keygate hold: message sizes per service (a
+    // larger message is refused with OUT_OF_RANGE before it is decoded), streams per
+    // connection, and keepalives that find dead peers.
+    let server = || {
+        Server::builder()
+            .layer(UndecodableIsInvalidArgument)
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+    };
+    let admin_gate = AdminGate::new(
+        AdminServer::new(AdminService::new(manager.clone())).max_decoding_message_size(MAX_ADMIN_MESSAGE),
+        bootstrap,
+        manager,
+        settings.admin_gate,
+    );
+    let admin_metrics = admin_gate.metrics();
+    let admin_service = CallSpans::new(admin_gate);
+    let router = server()
+        .add_service(health_service.clone())
+        .add_service(reflection()?)
+        .add_service(
+            AuthorizerServer::new(AuthorizerService::new(authorizer.clone(), settings.edge))
+                .max_decoding_message_size(MAX_AUTHORIZE_MESSAGE),
+        )
+        .add_service(
+            AuthorizationServer::new(CheckService::new(authorizer.clone(), settings.ext_authz.clone(), settings.edge))
+                .max_decoding_message_size(MAX_CHECK_MESSAGE),
+        );
+    // Admin on its own listener, or beside the decisions (the quickstart's one port).
+    // Each listener's health service reports what that listener serves.
+    let (router, admin, admin_health) = match settings.admin_listen {
+        Some(address) => {
+            let listener =
+                TcpListener::bind(address).await.with_context(|| format!("cannot listen for Admin on {address}"))?;
+            let (admin_health, admin_health_service) = tonic_health::server::health_reporter();
+            admin_health.set_serving::<AdminServer<AdminService>>().await;
+            let admin_router =
+                server().add_service(admin_health_service).add_service(reflection()?).add_service(admin_service);
+            (router, Some((listener, admin_router)), Some(admin_health))
+        }
+        None => {
+            health.set_serving::<AdminServer<AdminService>>().await;
+            (router.add_service(admin_service), None, None)
+        }
+    };
+    Ok(GrpcRouters { router, admin, health, admin_health, admin_metrics })
 }
 
 /// One gRPC listener, plain or TLS, until `stop` completes.
@@ -588,19 +595,6 @@ fn warn_if_plaintext_beyond_loopback(settings: &Settings) {
             "serving plaintext beyond loopback: API keys and admin tokens cross the network in the clear \
              (give --tls-cert and --tls-key; see docs/deployment.md)"
         );
-    }
-}
-
-/// Every half lease period, releases the slices of high-rate limits idle that long: their
-/// spends are reported to Redis and what they still hold goes back to the other replicas.
-async fn release_idle_leases(limiter: Arc<Limiter>, clock: Arc<dyn Clock>) {
-    let Limiter::Redis(redis) = &*limiter else { return };
-    let half = redis.lease_settings().period / 2;
-    let mut every = tokio::time::interval(half);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        redis.release_idle(clock.now(), half).await;
     }
 }
 

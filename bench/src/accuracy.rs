@@ -125,18 +125,7 @@ async fn storm(dir: &std::path::Path, args: AccuracyArgs) -> anyhow::Result<()> 
     }
     // Thirty seconds in: 50 at once at an exact 10-an-hour limit, over two replicas.
     tokio::time::sleep(Duration::from_secs(30).min(storm / 4)).await;
-    let mut exact_calls = tokio::task::JoinSet::new();
-    for i in 0..50 {
-        let mut client = clients[i % 2].clone();
-        let secret = exact_key.clone();
-        exact_calls.spawn(async move {
-            client.authorize(ask(&secret, "POST", "/api/v1/panel/exact")).await.map(|r| r.into_inner().allowed)
-        });
-    }
-    let mut exact_admitted = 0;
-    while let Some(answer) = exact_calls.join_next().await {
-        exact_admitted += usize::from(answer?.unwrap_or(false));
-    }
+    let exact_admitted = exact_burst(&clients, &exact_key).await?;
 
     let mut admitted = Vec::new();
     let (mut denied, mut errors) = (0, 0);
@@ -147,14 +136,7 @@ async fn storm(dir: &std::path::Path, args: AccuracyArgs) -> anyhow::Result<()> 
         errors += e;
     }
     admitted.sort();
-    let minute = Duration::from_secs(60);
-    let (mut most, mut first) = (0usize, 0usize);
-    for (last, &at) in admitted.iter().enumerate() {
-        while admitted[first] + minute <= at {
-            first += 1;
-        }
-        most = most.max(last - first + 1);
-    }
+    let most = most_in_a_minute(&admitted);
     let slice = keygate::ratelimit::lease::LeaseSettings::default().size(LIMIT);
     let bound = LIMIT as usize + REPLICAS * slice as usize;
     // What an exact sliding log admits for this offer: the limit in each minute that
@@ -173,12 +155,7 @@ async fn storm(dir: &std::path::Path, args: AccuracyArgs) -> anyhow::Result<()> 
         admitted.len(),
         (admitted.len() as f64 - ideal as f64) / ideal as f64 * 100.0
     );
-    for window in 0..storm.as_secs().div_ceil(10) {
-        let (from, to) = (Duration::from_secs(window * 10), Duration::from_secs(window * 10 + 10));
-        let n = admitted.iter().filter(|&&t| t >= from && t < to).count();
-        print!("{}{}-{} s: {n}", if window == 0 { "  by 10 s: " } else { ", " }, from.as_secs(), to.as_secs());
-    }
-    println!();
+    print_by_ten_seconds(&admitted, storm);
     println!(
         "exact limit (10/hour per key), 50 concurrent over 2 replicas during the storm: {exact_admitted} admitted"
     );
@@ -186,6 +163,49 @@ async fn storm(dir: &std::path::Path, args: AccuracyArgs) -> anyhow::Result<()> 
     let bytes = redis_bytes(&args.redis_url, &counts).await? + redis_bytes(&args.redis_url, &reservations).await?;
     println!("Redis: the stormed subject's high-rate counter holds {bytes} bytes (MEMORY USAGE of its two hashes)");
     Ok(())
+}
+
+/// 50 calls at once at an exact 10-an-hour limit, over two replicas: how many were admitted.
+async fn exact_burst(
+    clients: &[AuthorizerClient<tonic::transport::Channel>],
+    exact_key: &str,
+) -> anyhow::Result<usize> {
+    let mut exact_calls = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let mut client = clients[i % 2].clone();
+        let secret = exact_key.to_owned();
+        exact_calls.spawn(async move {
+            client.authorize(ask(&secret, "POST", "/api/v1/panel/exact")).await.map(|r| r.into_inner().allowed)
+        });
+    }
+    let mut exact_admitted = 0;
+    while let Some(answer) = exact_calls.join_next().await {
+        exact_admitted += usize::from(answer?.unwrap_or(false));
+    }
+    Ok(exact_admitted)
+}
+
+/// The most of `admitted` (sorted) in any sliding minute.
+fn most_in_a_minute(admitted: &[Duration]) -> usize {
+    let minute = Duration::from_secs(60);
+    let (mut most, mut first) = (0usize, 0usize);
+    for (last, &at) in admitted.iter().enumerate() {
+        while admitted[first] + minute <= at {
+            first += 1;
+        }
+        most = most.max(last - first + 1);
+    }
+    most
+}
+
+/// How many of `admitted` fell in each 10 s of the storm, on one line.
+fn print_by_ten_seconds(admitted: &[Duration], storm: Duration) {
+    for window in 0..storm.as_secs().div_ceil(10) {
+        let (from, to) = (Duration::from_secs(window * 10), Duration::from_secs(window * 10 + 10));
+        let n = admitted.iter().filter(|&&t| t >= from && t < to).count();
+        print!("{}{}-{} s: {n}", if window == 0 { "  by 10 s: " } else { ", " }, from.as_secs(), to.as_secs());
+    }
+    println!();
 }
 
 fn ask(secret: &str, method: &str, path: &str) -> pb::AuthorizeRequest {

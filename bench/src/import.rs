@@ -503,35 +503,11 @@ async fn on_backend(
 
     // keygate's own keys (argon2id at the default parameters, made by the server).
     eprintln!("{backend}: creating {m} keygate keys…");
-    let mut own = Vec::with_capacity(m);
-    for _ in 0..m {
-        let created = admin
-            .create_api_key(pb::CreateApiKeyRequest {
-                account_id: ACCOUNT.into(),
-                name: "own".into(),
-                scopes: vec!["applications:read".into()],
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        own.push(created.secret);
-    }
+    let own = keygate_keys(&mut admin, "own", m).await?;
     // Fresh keygate keys whose first use comes right after each kind's back-to-back
     // first uses, while their re-hashes may still be queued for argon2.
     const PROBES: usize = 3;
-    let mut probes = Vec::with_capacity(3 * PROBES);
-    for _ in 0..3 * PROBES {
-        let created = admin
-            .create_api_key(pb::CreateApiKeyRequest {
-                account_id: ACCOUNT.into(),
-                name: "probe".into(),
-                scopes: vec!["applications:read".into()],
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        probes.push(created.secret);
-    }
+    let probes = keygate_keys(&mut admin, "probe", 3 * PROBES).await?;
     let mut probes: Vec<&str> = probes.iter().map(String::as_str).collect();
     let own: Vec<&str> = own.iter().map(String::as_str).collect();
     calls.push(caller.pass("keygate key, first use (argon2id)", &own).await?);
@@ -601,7 +577,31 @@ async fn on_backend(
     for c in &calls {
         c.print();
     }
-    for a in &adoptions {
+    print_adoptions(backend, m, &adoptions);
+    Ok(Backend { imports, calls, adoptions })
+}
+
+/// `count` keys made by the server (argon2id at its default parameters), named `name`.
+async fn keygate_keys(admin: &mut Admin, name: &str, count: usize) -> anyhow::Result<Vec<String>> {
+    let mut secrets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let created = admin
+            .create_api_key(pb::CreateApiKeyRequest {
+                account_id: ACCOUNT.into(),
+                name: name.into(),
+                scopes: vec!["applications:read".into()],
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        secrets.push(created.secret);
+    }
+    Ok(secrets)
+}
+
+/// How long imported keys' re-hashes took to be stored, by kind; `m` keys back to back.
+fn print_adoptions(backend: &str, m: usize, adoptions: &[Adoption]) {
+    for a in adoptions {
         println!(
             "{backend:<8} {:<7} re-hash stored after the answer (isolated): p50 {:.1} ms p99 {:.1} ms; \
              back to back: all {m} stored {:.0} ms after the last answer; not re-hashed: {}",
@@ -612,7 +612,6 @@ async fn on_backend(
             a.not_rehashed
         );
     }
-    Ok(Backend { imports, calls, adoptions })
 }
 
 pub async fn run(args: ImportArgs) -> anyhow::Result<()> {

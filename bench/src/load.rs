@@ -15,22 +15,22 @@ use tonic::transport::Channel;
 pub struct LoadArgs {
     /// Measured seconds per run (after the warm-up).
     #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    pub seconds: u64,
     #[arg(long, default_value_t = 2)]
-    warmup_seconds: u64,
+    pub warmup_seconds: u64,
     /// The floor and keygate's hot-key runs alternate this many times per concurrency (each
     /// round measures seconds/rounds), so drift in the machine's speed hits both alike.
     #[arg(long, default_value_t = 4)]
-    rounds: u32,
+    pub rounds: u32,
     /// HTTP/2 connections the calls are spread over.
     #[arg(long, default_value_t = 4)]
-    connections: usize,
+    pub connections: usize,
     /// Concurrency levels for the floor and the hot-key runs.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
-    concurrency: Vec<usize>,
+    pub concurrency: Vec<usize>,
     /// Hot keys (Zipf-distributed).
     #[arg(long, default_value_t = 10_000)]
-    keys: usize,
+    pub keys: usize,
     /// Keys for the cold run (each used once, at concurrency 1).
     #[arg(long, default_value_t = 100)]
     cold_keys: usize,
@@ -41,22 +41,22 @@ pub struct LoadArgs {
     /// several replicas: connections alternate between them). Keys are made through its
     /// Admin API, each in an account of its own; the floor runs in a process of its own.
     #[arg(long, value_delimiter = ',')]
-    target: Vec<String>,
+    pub target: Vec<String>,
     /// With --target: its admin token.
     #[arg(long, env = "KEYGATE_ADMIN_TOKEN", default_value = "", hide_env_values = true)]
-    admin_token: String,
+    pub admin_token: String,
     /// With --target: the route called, e.g. the default policy's
     /// /api/v1/panel/applications (keys hold applications:read).
     #[arg(long, default_value = "/api/v1/panel/applications")]
-    path: String,
+    pub path: String,
     /// With --target https://…: mTLS with the certificates `keygate-bench certs DIR` wrote
     /// (the target serves DIR/server.pem and asks for DIR/ca.pem's clients; the floor too).
     #[arg(long, requires = "target")]
-    tls: Option<PathBuf>,
+    pub tls: Option<PathBuf>,
     /// With --target: a floor already running (`keygate-bench floor`, started by hand, say
     /// under a profiler) instead of one started here.
     #[arg(long, requires = "target")]
-    floor: Option<String>,
+    pub floor: Option<String>,
     #[arg(long)]
     json: Option<PathBuf>,
     #[arg(long)]
@@ -306,19 +306,179 @@ async fn cold(dir: &std::path::Path, keys: usize) -> anyhow::Result<(Run, f64)> 
     Ok((run, argon2_mean_us))
 }
 
-pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
-    if !args.target.is_empty() {
-        let target = crate::target::Target {
-            addresses: args.target.clone(),
-            admin_token: &args.admin_token,
-            keys: args.keys,
-            path: &args.path,
-            tls: args.tls.as_deref(),
-            floor: args.floor.as_deref(),
-        };
-        let (warmup, measure) = (Duration::from_secs(args.warmup_seconds), Duration::from_secs(args.seconds));
-        return crate::target::run(target, args.connections, &args.concurrency, args.rounds, warmup, measure).await;
+/// The hot keys' scenarios beside the calm runs: each loads the hot keys while something
+/// else goes on, and is compared with the floor and with the calm run.
+struct Scenarios<'a> {
+    server: &'a Server,
+    load: &'a Load,
+    secrets: Arc<Vec<String>>,
+    path: String,
+    hot: Generator,
+    top: usize,
+    floor_top: &'a Run,
+    calm: &'a Run,
+}
+
+impl Scenarios<'_> {
+    async fn miss_storm(&self) -> anyhow::Result<Run> {
+        // Miss storm: 8 callers sending wrong secrets for known key ids, beside the hot load.
+        let storming = Arc::new(AtomicBool::new(true));
+        let storm_calls = Arc::new(AtomicU64::new(0));
+        let storm: Vec<_> = (0..8)
+            .map(|i| {
+                let mut client = AuthorizerClient::new(self.load.channels[i % self.load.channels.len()].clone());
+                let (secrets, path, storming, calls) =
+                    (self.secrets.clone(), self.path.clone(), storming.clone(), storm_calls.clone());
+                tokio::spawn(async move {
+                    let mut rng = Rng::new(1_000 + i as u64);
+                    while storming.load(Ordering::Relaxed) {
+                        let known = &secrets[(rng.next_u64() % secrets.len() as u64) as usize];
+                        let credential = Credential::parse(known).expect("generated");
+                        let wrong = GeneratedKey::impostor_of(&credential).expect("random").into_secret_string();
+                        let _ = client.authorize(request(&wrong, &path)).await;
+                        calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let mut run = self.load.run("keygate hot during miss storm", self.top, self.hot.clone()).await;
+        storming.store(false, Ordering::Relaxed);
+        for task in storm {
+            task.await?;
+        }
+        run.compare_to(self.floor_top);
+        run.print();
+        println!(
+            "    miss storm: {} wrong secrets sent; hot p99 {:.0}us during vs {:.0}us calm = {:.2}x",
+            storm_calls.load(Ordering::Relaxed),
+            run.p99_us,
+            self.calm.p99_us,
+            run.p99_us / self.calm.p99_us
+        );
+        Ok(run)
     }
+
+    async fn revoke_storm(&self) -> anyhow::Result<Run> {
+        // Revoke storm: 100 revokes per second beside the hot load.
+        let revoking = Arc::new(AtomicBool::new(true));
+        let revoker = {
+            let mut admin = self.server.admin().await?;
+            let (secrets, revoking) = (self.secrets.clone(), revoking.clone());
+            tokio::spawn(async move {
+                let mut revoked = 0usize;
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                // Revoke from the cold end of the distribution first.
+                while revoking.load(Ordering::Relaxed) && revoked < secrets.len() {
+                    tick.tick().await;
+                    let id = Credential::parse(&secrets[secrets.len() - 1 - revoked]).expect("generated").key_id();
+                    let _ = admin
+                        .revoke_api_key(pb::RevokeApiKeyRequest { id: id.to_string(), reason: "bench".into() })
+                        .await;
+                    revoked += 1;
+                }
+                revoked
+            })
+        };
+        let mut run = self.load.run("keygate hot during revoke storm", self.top, self.hot.clone()).await;
+        revoking.store(false, Ordering::Relaxed);
+        let revoked = revoker.await?;
+        run.compare_to(self.floor_top);
+        run.print();
+        println!(
+            "    revoke storm: {revoked} keys revoked during the run; hot p99 {:.2}x calm",
+            run.p99_us / self.calm.p99_us
+        );
+        Ok(run)
+    }
+
+    async fn forged_flood(&self) -> anyhow::Result<Run> {
+        // Hostile: a flood of forged credentials (fresh random ids with valid checksums, a new
+        // client address each call) beside the hot load, while keys nobody has used yet are
+        // verified one after another.
+        let (fresh_path, fresh) = create_keys(self.server, 20, 2).await?;
+        let flooding = Arc::new(AtomicBool::new(true));
+        let flood_calls = Arc::new(AtomicU64::new(0));
+        let flood: Vec<_> = (0..8)
+            .map(|i| {
+                let mut client = AuthorizerClient::new(self.load.channels[i % self.load.channels.len()].clone());
+                let (path, flooding, calls) = (self.path.clone(), flooding.clone(), flood_calls.clone());
+                tokio::spawn(async move {
+                    let mut rng = Rng::new(7_000 + i as u64);
+                    while flooding.load(Ordering::Relaxed) {
+                        let forged = GeneratedKey::generate().expect("random").into_secret_string();
+                        let n = rng.next_u64();
+                        let client_ip = format!("10.{}.{}.{}", n & 255, (n >> 8) & 255, (n >> 16) & 255);
+                        let _ = client.authorize(pb::AuthorizeRequest { client_ip, ..request(&forged, &path) }).await;
+                        calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let first_uses = {
+            let mut client = AuthorizerClient::new(self.load.channels[0].clone());
+            let fresh = fresh.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let mut took = Vec::new();
+                for secret in &fresh {
+                    let sent = Instant::now();
+                    // From an address of its own: callers without one share a single budget,
+                    // which the storms above have spent.
+                    let ask = pb::AuthorizeRequest { client_ip: "192.0.2.10".into(), ..request(secret, &fresh_path) };
+                    let answer = client.authorize(ask).await;
+                    anyhow::ensure!(answer?.into_inner().allowed, "a fresh key was not allowed during the flood");
+                    took.push(sent.elapsed());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                anyhow::Ok(took)
+            })
+        };
+        let started = Instant::now();
+        let mut run = self.load.run("keygate hot during forged flood", self.top, self.hot.clone()).await;
+        flooding.store(false, Ordering::Relaxed);
+        let flood_seconds = started.elapsed().as_secs_f64();
+        for task in flood {
+            task.await?;
+        }
+        let mut took = first_uses.await??;
+        took.sort();
+        run.compare_to(self.floor_top);
+        run.print();
+        let handles = self.server.handles.as_ref().expect("keygate has handles");
+        let text = keygate::metrics::render(&keygate::metrics::registry(&handles.metric_sources()));
+        let metric = |series| keygate::metrics::sample(&text, series).unwrap_or(0.0);
+        let argon2_mean_ms = metric("keygate_argon2_verification_seconds_sum")
+            / metric("keygate_argon2_verification_seconds_count").max(1.0)
+            * 1000.0;
+        println!(
+            "    forged flood: {:.0} forged credentials/s from fresh addresses; hot p99 {:.0}us during vs {:.0}us calm = {:.2}x; \
+             first use of {} fresh keys p50 {:.1} ms, max {:.1} ms (argon2 in the server: mean {:.1} ms)",
+            flood_calls.load(Ordering::Relaxed) as f64 / flood_seconds,
+            run.p99_us,
+            self.calm.p99_us,
+            run.p99_us / self.calm.p99_us,
+            took.len(),
+            crate::report::ms(crate::report::percentile(&took, 0.5)),
+            crate::report::ms(*took.last().unwrap_or(&Duration::ZERO)),
+            argon2_mean_ms,
+        );
+        Ok(run)
+    }
+}
+
+/// `count` keys on `server`, each used once (and so in its caches): their route and secrets.
+async fn warm_keys(server: &Server, count: usize) -> anyhow::Result<(String, Arc<Vec<String>>)> {
+    eprintln!("creating and warming {count} hot keys…");
+    let (path, secrets) = create_keys(server, count, 8).await?;
+    let mut client = AuthorizerClient::new(server.channel().await?);
+    for secret in &secrets {
+        anyhow::ensure!(client.authorize(request(secret, &path)).await?.into_inner().allowed, "warm-up denied");
+    }
+    Ok((path, Arc::new(secrets)))
+}
+
+/// `load` without `--target` (which [`crate::target::run_load`] measures).
+pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     if args.cold_only {
         let dir = std::env::temp_dir().join(format!("keygate-load-{}", keygate::domain::random_token(8)?));
         let result = cold(&dir, args.cold_keys).await;
@@ -347,15 +507,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         s.argon2.memory_kib = 8 * 1024;
         s.argon2.iterations = 1;
     })?;
-    eprintln!("creating and warming {} hot keys…", args.keys);
-    let (path, secrets) = create_keys(&hot_server, args.keys, 8).await?;
-    let secrets = Arc::new(secrets);
-    {
-        let mut client = AuthorizerClient::new(hot_server.channel().await?);
-        for secret in secrets.iter() {
-            anyhow::ensure!(client.authorize(request(secret, &path)).await?.into_inner().allowed, "warm-up denied");
-        }
-    }
+    let (path, secrets) = warm_keys(&hot_server, args.keys).await?;
     // A profiler attached from here on sees only the hot-key runs (`perf record -p`).
     eprintln!("hot keys warm; loading them");
     let zipf = Arc::new(Zipf::new(secrets.len()));
@@ -399,140 +551,19 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     run.print();
     runs.push(run);
 
-    // Miss storm: 8 callers sending wrong secrets for known key ids, beside the hot load.
-    let storming = Arc::new(AtomicBool::new(true));
-    let storm_calls = Arc::new(AtomicU64::new(0));
-    let storm: Vec<_> = (0..8)
-        .map(|i| {
-            let mut client = AuthorizerClient::new(load.channels[i % load.channels.len()].clone());
-            let (secrets, path, storming, calls) =
-                (secrets.clone(), path.clone(), storming.clone(), storm_calls.clone());
-            tokio::spawn(async move {
-                let mut rng = Rng::new(1_000 + i as u64);
-                while storming.load(Ordering::Relaxed) {
-                    let known = &secrets[(rng.next_u64() % secrets.len() as u64) as usize];
-                    let credential = Credential::parse(known).expect("generated");
-                    let wrong = GeneratedKey::impostor_of(&credential).expect("random").into_secret_string();
-                    let _ = client.authorize(request(&wrong, &path)).await;
-                    calls.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    let mut run = load.run("keygate hot during miss storm", top, hot.clone()).await;
-    storming.store(false, Ordering::Relaxed);
-    for task in storm {
-        task.await?;
-    }
-    run.compare_to(&floor_top);
-    run.print();
-    println!(
-        "    miss storm: {} wrong secrets sent; hot p99 {:.0}us during vs {:.0}us calm = {:.2}x",
-        storm_calls.load(Ordering::Relaxed),
-        run.p99_us,
-        calm.p99_us,
-        run.p99_us / calm.p99_us
-    );
-    runs.push(run);
-
-    // Revoke storm: 100 revokes per second beside the hot load.
-    let revoking = Arc::new(AtomicBool::new(true));
-    let revoker = {
-        let mut admin = hot_server.admin().await?;
-        let (secrets, revoking) = (secrets.clone(), revoking.clone());
-        tokio::spawn(async move {
-            let mut revoked = 0usize;
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            // Revoke from the cold end of the distribution first.
-            while revoking.load(Ordering::Relaxed) && revoked < secrets.len() {
-                tick.tick().await;
-                let id = Credential::parse(&secrets[secrets.len() - 1 - revoked]).expect("generated").key_id();
-                let _ =
-                    admin.revoke_api_key(pb::RevokeApiKeyRequest { id: id.to_string(), reason: "bench".into() }).await;
-                revoked += 1;
-            }
-            revoked
-        })
+    let scenarios = Scenarios {
+        server: &hot_server,
+        load: &load,
+        secrets: secrets.clone(),
+        path: path.clone(),
+        hot: hot.clone(),
+        top,
+        floor_top: &floor_top,
+        calm: &calm,
     };
-    let mut run = load.run("keygate hot during revoke storm", top, hot.clone()).await;
-    revoking.store(false, Ordering::Relaxed);
-    let revoked = revoker.await?;
-    run.compare_to(&floor_top);
-    run.print();
-    println!("    revoke storm: {revoked} keys revoked during the run; hot p99 {:.2}x calm", run.p99_us / calm.p99_us);
-    runs.push(run);
-
-    // Hostile: a flood of forged credentials (fresh random ids with valid checksums, a new
-    // client address each call) beside the hot load, while keys nobody has used yet are
-    // verified one after another.
-    let (fresh_path, fresh) = create_keys(&hot_server, 20, 2).await?;
-    let flooding = Arc::new(AtomicBool::new(true));
-    let flood_calls = Arc::new(AtomicU64::new(0));
-    let flood: Vec<_> = (0..8)
-        .map(|i| {
-            let mut client = AuthorizerClient::new(load.channels[i % load.channels.len()].clone());
-            let (path, flooding, calls) = (path.clone(), flooding.clone(), flood_calls.clone());
-            tokio::spawn(async move {
-                let mut rng = Rng::new(7_000 + i as u64);
-                while flooding.load(Ordering::Relaxed) {
-                    let forged = GeneratedKey::generate().expect("random").into_secret_string();
-                    let n = rng.next_u64();
-                    let client_ip = format!("10.{}.{}.{}", n & 255, (n >> 8) & 255, (n >> 16) & 255);
-                    let _ = client.authorize(pb::AuthorizeRequest { client_ip, ..request(&forged, &path) }).await;
-                    calls.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    let first_uses = {
-        let mut client = AuthorizerClient::new(load.channels[0].clone());
-        let fresh = fresh.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let mut took = Vec::new();
-            for secret in &fresh {
-                let sent = Instant::now();
-                // From an address of its own: callers without one share a single budget,
-                // which the storms above have spent.
-                let ask = pb::AuthorizeRequest { client_ip: "192.0.2.10".into(), ..request(secret, &fresh_path) };
-                let answer = client.authorize(ask).await;
-                anyhow::ensure!(answer?.into_inner().allowed, "a fresh key was not allowed during the flood");
-                took.push(sent.elapsed());
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            anyhow::Ok(took)
-        })
-    };
-    let started = Instant::now();
-    let mut run = load.run("keygate hot during forged flood", top, hot.clone()).await;
-    flooding.store(false, Ordering::Relaxed);
-    let flood_seconds = started.elapsed().as_secs_f64();
-    for task in flood {
-        task.await?;
-    }
-    let mut took = first_uses.await??;
-    took.sort();
-    run.compare_to(&floor_top);
-    run.print();
-    let handles = hot_server.handles.as_ref().expect("keygate has handles");
-    let text = keygate::metrics::render(&keygate::metrics::registry(&handles.metric_sources()));
-    let metric = |series| keygate::metrics::sample(&text, series).unwrap_or(0.0);
-    let argon2_mean_ms = metric("keygate_argon2_verification_seconds_sum")
-        / metric("keygate_argon2_verification_seconds_count").max(1.0)
-        * 1000.0;
-    println!(
-        "    forged flood: {:.0} forged credentials/s from fresh addresses; hot p99 {:.0}us during vs {:.0}us calm = {:.2}x; \
-         first use of {} fresh keys p50 {:.1} ms, max {:.1} ms (argon2 in the server: mean {:.1} ms)",
-        flood_calls.load(Ordering::Relaxed) as f64 / flood_seconds,
-        run.p99_us,
-        calm.p99_us,
-        run.p99_us / calm.p99_us,
-        took.len(),
-        crate::report::ms(crate::report::percentile(&took, 0.5)),
-        crate::report::ms(*took.last().unwrap_or(&Duration::ZERO)),
-        argon2_mean_ms,
-    );
-    runs.push(run);
+    runs.push(scenarios.miss_storm().await?);
+    runs.push(scenarios.revoke_storm().await?);
+    runs.push(scenarios.forged_flood().await?);
     drop(load);
     drop(hot_server);
 

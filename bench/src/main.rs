@@ -122,6 +122,7 @@ fn main() -> anyhow::Result<()> {
             Command::Propagation { database_url, revocations, contention, json } => {
                 propagation::run(&database_url, revocations, contention, json).await
             }
+            Command::Load(args) if !args.target.is_empty() => target::run_load(args).await,
             Command::Load(args) => load::run(args).await,
             Command::Memory { keys } => memory::run(keys).await,
             Command::Neighbours(args) => neighbours::run(args).await,

@@ -68,7 +68,7 @@ pub async fn run(keys: usize) -> anyhow::Result<()> {
 /// admission every 0.6 ms for a minute, so every one of its buckets holds counts.
 pub fn limits(subjects: usize) -> anyhow::Result<()> {
     use keygate::policy::{LimitKind, LimitRule, LimitSubject, OnStoreError};
-    use keygate::ratelimit::{LimitCheck, LimitOutcome, LocalLimiter};
+    use keygate::ratelimit::{LimitCheck, LimitOutcome, LimitSource, LocalLimiter};
     const LIMIT: u32 = 100_000;
     for kind in [LimitKind::Exact, LimitKind::HighRate] {
         let rule = LimitRule {
@@ -86,7 +86,7 @@ pub fn limits(subjects: usize) -> anyhow::Result<()> {
         for step in 0..LIMIT as i64 {
             let now = Timestamp::from_millis(1_700_000_000_000 + step * 6 / 10);
             for name in &names {
-                let check = [LimitCheck { rule: &rule, subject: name }];
+                let check = [LimitCheck { rule: &rule, subject: name, source: LimitSource::Policy }];
                 if matches!(limiter.check(&check, now), LimitOutcome::Admitted { .. }) {
                     admitted += 1;
                 }
@@ -108,7 +108,7 @@ pub fn limits(subjects: usize) -> anyhow::Result<()> {
 /// hashes (bucket counts and reservations).
 pub async fn limits_in_redis(url: &str) -> anyhow::Result<()> {
     use keygate::policy::{LimitKind, LimitRule, LimitSubject, OnStoreError};
-    use keygate::ratelimit::{lease::LeaseSettings, redis::RedisLimiter, LimitCheck, LimitOutcome};
+    use keygate::ratelimit::{lease::LeaseSettings, redis::RedisLimiter, LimitCheck, LimitOutcome, LimitSource};
     const LIMIT: u32 = 100_000;
     let prefix = format!("keygate-bench:{}:", keygate::domain::random_token(8)?);
     for kind in [LimitKind::HighRate, LimitKind::Exact] {
@@ -133,7 +133,7 @@ pub async fn limits_in_redis(url: &str) -> anyhow::Result<()> {
         let mut admitted = 0u64;
         for step in 0..LIMIT as i64 {
             let now = Timestamp::from_millis(start + step * 6 / 10);
-            let check = [LimitCheck { rule: &rule, subject: "acct_busy" }];
+            let check = [LimitCheck { rule: &rule, subject: "acct_busy", source: LimitSource::Policy }];
             if matches!(limiter.check(&check, now).await?, LimitOutcome::Admitted { .. }) {
                 admitted += 1;
             }
@@ -159,7 +159,7 @@ pub async fn limits_in_redis(url: &str) -> anyhow::Result<()> {
 /// one caller, then 64 callers on two workers. No Redis round trip is timed.
 pub async fn limit_path(url: &str) -> anyhow::Result<()> {
     use keygate::policy::{LimitKind, LimitRule, LimitSubject, OnStoreError};
-    use keygate::ratelimit::{lease::LeaseSettings, redis::RedisLimiter, LimitCheck, LocalLimiter};
+    use keygate::ratelimit::{lease::LeaseSettings, redis::RedisLimiter, LimitCheck, LimitSource, LocalLimiter};
     let breaker = keygate::breaker::Breaker::new(
         "rate limit store",
         keygate::breaker::BreakerSettings {
@@ -184,7 +184,7 @@ pub async fn limit_path(url: &str) -> anyhow::Result<()> {
     let now = Timestamp::from_millis(1_700_000_000_000);
     let subjects: Arc<Vec<String>> = Arc::new((0..500).map(|s| format!("acct_{s:04}")).collect());
     for subject in subjects.iter() {
-        let check = [LimitCheck { rule: &rule, subject }];
+        let check = [LimitCheck { rule: &rule, subject, source: LimitSource::Policy }];
         leased.check(&check, now).await?;
         local.check(&check, now);
     }
@@ -198,7 +198,11 @@ pub async fn limit_path(url: &str) -> anyhow::Result<()> {
                 let (leased, local, rule, subjects) = (leased.clone(), local.clone(), rule.clone(), subjects.clone());
                 set.spawn(async move {
                     for i in 0..CHECKS / callers {
-                        let check = [LimitCheck { rule: &rule, subject: &subjects[(i * 7 + caller) % 500] }];
+                        let check = [LimitCheck {
+                            rule: &rule,
+                            subject: &subjects[(i * 7 + caller) % 500],
+                            source: LimitSource::Policy,
+                        }];
                         match kind {
                             "leased" => drop(leased.check(&check, now).await),
                             _ => drop(local.check(&check, now)),

@@ -118,62 +118,92 @@ pub async fn run(minutes: u64, callers: usize) -> anyhow::Result<()> {
     let channel = server.channel().await?;
     let load: Vec<_> = (0..callers)
         .map(|c| {
-            let mut client = AuthorizerClient::new(channel.clone());
+            let client = AuthorizerClient::new(channel.clone());
             let (keys, counts, running) = (keys.clone(), counts.clone(), running.clone());
-            tokio::spawn(async move {
-                let mut rng = Rng::new(100 + c as u64);
-                while running.load(Ordering::Relaxed) {
-                    let mut picked = None;
-                    let (credential, expected) = if rng.unit() < 0.1 {
-                        (format!("kg_{:016x}garbage", rng.next_u64()), Some(false))
-                    } else {
-                        let keys = keys.lock().expect("keys");
-                        let index = (rng.next_u64() % keys.len() as u64) as usize;
-                        picked = Some(index);
-                        let key = &keys[index];
-                        let expected = match key.state {
-                            State::Live => None, // checked below: allowed, or not_found for the made-up app
-                            State::Revoking => Some(true),
-                            State::Revoked => Some(false),
-                        };
-                        (key.secret.clone(), expected)
-                    };
-                    let request = pb::AuthorizeRequest {
-                        credential,
-                        method: "GET".into(),
-                        path: PATH.into(),
-                        ..Default::default()
-                    };
-                    counts.calls.fetch_add(1, Ordering::Relaxed);
-                    match client.authorize(request).await {
-                        Ok(response) => {
-                            let code = response.into_inner().code;
-                            // A revoke that started while this call was on its way may
-                            // or may not have been seen: both answers are right then.
-                            let raced = picked.is_some_and(|i| keys.lock().expect("keys")[i].state != State::Live);
-                            let expected = if expected.is_none() && raced { Some(true) } else { expected };
-                            let right = match expected {
-                                // A live key reaches the application check: it does not exist.
-                                None => code == "not_found",
-                                Some(true) => code == "not_found" || code == "api_key_revoked",
-                                Some(false) => code == "api_key_revoked" || code == "api_key_invalid",
-                            };
-                            if !right {
-                                counts.wrong.fetch_add(1, Ordering::Relaxed);
-                                eprintln!("wrong decision: {code}");
-                            }
-                        }
-                        Err(_) => {
-                            counts.errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
+            tokio::spawn(caller(client, keys, counts, running, 100 + c as u64))
         })
         .collect();
 
+    let peak = report_every_30_seconds(Duration::from_secs(minutes * 60), &counts).await;
+    running.store(false, Ordering::Relaxed);
+    churn.await?;
+    for task in load {
+        task.await?;
+    }
+    println!(
+        "soak: {} minutes, {} calls, {} keys created, {} revoked, {} wrong decisions, {} errors, {} panics, peak RSS {:.1} MiB",
+        minutes,
+        counts.calls.load(Ordering::Relaxed),
+        counts.created.load(Ordering::Relaxed),
+        counts.revoked.load(Ordering::Relaxed),
+        counts.wrong.load(Ordering::Relaxed),
+        counts.errors.load(Ordering::Relaxed),
+        panics.load(Ordering::Relaxed),
+        peak
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// One caller, until `running` turns false: 90% real keys (each answer checked against
+/// the key's state), 10% garbage.
+async fn caller(
+    mut client: AuthorizerClient<tonic::transport::Channel>,
+    keys: Arc<Mutex<Vec<Key>>>,
+    counts: Arc<Counts>,
+    running: Arc<AtomicBool>,
+    seed: u64,
+) {
+    let mut rng = Rng::new(seed);
+    while running.load(Ordering::Relaxed) {
+        let mut picked = None;
+        let (credential, expected) = if rng.unit() < 0.1 {
+            (format!("kg_{:016x}garbage", rng.next_u64()), Some(false))
+        } else {
+            let keys = keys.lock().expect("keys");
+            let index = (rng.next_u64() % keys.len() as u64) as usize;
+            picked = Some(index);
+            let key = &keys[index];
+            let expected = match key.state {
+                State::Live => None, // checked below: allowed, or not_found for the made-up app
+                State::Revoking => Some(true),
+                State::Revoked => Some(false),
+            };
+            (key.secret.clone(), expected)
+        };
+        let request =
+            pb::AuthorizeRequest { credential, method: "GET".into(), path: PATH.into(), ..Default::default() };
+        counts.calls.fetch_add(1, Ordering::Relaxed);
+        match client.authorize(request).await {
+            Ok(response) => {
+                let code = response.into_inner().code;
+                // A revoke that started while this call was on its way may
+                // or may not have been seen: both answers are right then.
+                let raced = picked.is_some_and(|i| keys.lock().expect("keys")[i].state != State::Live);
+                let expected = if expected.is_none() && raced { Some(true) } else { expected };
+                let right = match expected {
+                    // A live key reaches the application check: it does not exist.
+                    None => code == "not_found",
+                    Some(true) => code == "not_found" || code == "api_key_revoked",
+                    Some(false) => code == "api_key_revoked" || code == "api_key_invalid",
+                };
+                if !right {
+                    counts.wrong.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("wrong decision: {code}");
+                }
+            }
+            Err(_) => {
+                counts.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Prints the counts and the resident memory every 30 s for `length`; the peak memory.
+async fn report_every_30_seconds(length: Duration, counts: &Counts) -> f64 {
     let started = Instant::now();
-    let end = started + Duration::from_secs(minutes * 60);
+    let end = started + length;
     let mut peak = 0.0f64;
     println!(
         "{:>6} {:>12} {:>10} {:>8} {:>8} {:>7} {:>7} {:>10}",
@@ -198,23 +228,5 @@ pub async fn run(minutes: u64, callers: usize) -> anyhow::Result<()> {
         );
         last_calls = calls;
     }
-    running.store(false, Ordering::Relaxed);
-    churn.await?;
-    for task in load {
-        task.await?;
-    }
-    println!(
-        "soak: {} minutes, {} calls, {} keys created, {} revoked, {} wrong decisions, {} errors, {} panics, peak RSS {:.1} MiB",
-        minutes,
-        counts.calls.load(Ordering::Relaxed),
-        counts.created.load(Ordering::Relaxed),
-        counts.revoked.load(Ordering::Relaxed),
-        counts.wrong.load(Ordering::Relaxed),
-        counts.errors.load(Ordering::Relaxed),
-        panics.load(Ordering::Relaxed),
-        peak
-    );
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    peak
 }

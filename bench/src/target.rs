@@ -4,7 +4,7 @@
 //! a process of its own too, in alternating rounds as `load` does.
 
 use crate::fixture::{Server, ADMIN_TOKEN};
-use crate::load::{interleaved, request, Generator, Load, Zipf};
+use crate::load::{interleaved, request, Generator, Load, LoadArgs, Zipf};
 use keygate::grpc::proto::authorizer_client::AuthorizerClient;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,20 @@ pub async fn serve_floor(tls: Option<std::path::PathBuf>) -> anyhow::Result<()> 
     std::future::pending::<()>().await;
     drop(floor);
     Ok(())
+}
+
+/// `load --target`: the running keygate(s) the arguments name, against the floor.
+pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
+    let target = Target {
+        addresses: args.target.clone(),
+        admin_token: &args.admin_token,
+        keys: args.keys,
+        path: &args.path,
+        tls: args.tls.as_deref(),
+        floor: args.floor.as_deref(),
+    };
+    let (warmup, measure) = (Duration::from_secs(args.warmup_seconds), Duration::from_secs(args.seconds));
+    run(target, args.connections, &args.concurrency, args.rounds, warmup, measure).await
 }
 
 pub async fn run(

@@ -1,26 +1,30 @@
 //! Authorize: from a request to a [`Verdict`], in the order of the decision table (README).
 //!
-//! This module gathers the facts — the route, who is calling ([`Authenticator`]), the
-//! application (through the [`DecisionStore`] trait), the limits ([`Limiter`]) — and
-//! [`decision::evaluate`] decides on them.
+//! A decision runs in named stages, each of which answers the call or hands it on: the
+//! route ([`Routed`]), who is calling ([`Authenticator`]) and what they may do (the
+//! application, through the [`DecisionStore`] trait, and [`decision::evaluate`]), the limits
+//! ([`limits`], through the [`Limiter`]), then the credits ([`credits`]).
 
+mod credits;
 pub mod decision;
+mod limits;
 mod metrics;
 
 use crate::authn::verifier::VerifierError;
 use crate::authn::{Authentication, Authenticator, AuthnError, Throttled};
 use crate::clock::Clock;
 use crate::code::{Code, Reason};
-use crate::domain::{ApplicationId, ClientNetwork, CreditHolder, KeyLimit, KeyRecord, Scope, Timestamp};
-use crate::policy::{
-    Access, LimitKind, LimitRule, LimitSubject, NamedApplication, OnStoreError, Policy, RequestParts, Route,
-};
-use crate::ratelimit::{LimitCheck, LimitOutcome, Limiter, LimiterError, Room};
-use crate::store::{DecisionStore, Spend, StoreError};
+use crate::domain::{ApplicationId, ClientNetwork, Scope, Timestamp};
+use crate::policy::{Access, NamedApplication, Policy, RequestParts, Route};
+use crate::ratelimit::{Limiter, LimiterError};
+use crate::store::{DecisionStore, StoreError};
 use crate::usage::UsageRecorder;
+use credits::SpentOut;
 use decision::{evaluate, ApplicationFact, Deny, Principal};
+use limits::Quota;
 use metrics::{ActivePolicy, DecisionCounters, LimitOutcomes};
 pub use metrics::{AuthorizeMetrics, CauseLabels, DecisionLabels, OutcomeLabels};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -242,314 +246,178 @@ impl Authorizer {
         decided
     }
 
+    /// The decision in its stages, in the order of the decision table: the route, who is
+    /// calling and what they may do, the limits, the credits. Each stage either answers
+    /// the call or hands it to the next.
     async fn decide(&self, query: &AuthorizeQuery<'_>, now: Timestamp, policy: &Policy) -> Result<Verdict, AuthzError> {
-        // The route first: without one there is nothing to check a credential against. One
-        // reading of the target at every entry; a path that normalising
-        //    would change matches nothing.
-        let matched = keygate_api::edge::request_target(query.path)
-            .ok()
-            .and_then(|target| policy.match_route(query.method, target.path).map(|m| (m, target.query)));
-        let Some((matched, target_query)) = matched else {
-            return Ok(Verdict {
-                decision: Decision::Denied(
-                    Deny::new(Code::NotFound, "no route matches the request").because(Reason::NoRoute),
-                ),
-                principal: None,
-                route: None,
-                route_index: None,
-                application_id: query.application_id.map(str::to_owned),
-                rate_limit: None,
-                credits_remaining: None,
-            });
+        // The route first: without one there is nothing to check a credential against.
+        let Some(routed) = Routed::find(query, policy) else { return Ok(Verdict::unrouted(query)) };
+        let route = routed.route;
+        let mut verdict = Verdict {
+            decision: Decision::Allowed,
+            principal: None,
+            route: Some(route.template.clone()),
+            route_index: Some(routed.index),
+            application_id: routed.application_id().map(str::to_owned),
+            rate_limit: None,
+            credits_remaining: None,
         };
+        // Guessing budgets and per-IP limits count a client's network (IPv6 per /64).
+        let network = query.client.map(ClientNetwork::of);
+        if let ControlFlow::Break(deny) = self.access(query, &routed, network, now, &mut verdict).await? {
+            return Ok(verdict.deny(deny));
+        }
+        // Limits last, so that only requests that would otherwise be allowed use quota;
+        // credits after them, and a call they refuse gives its counts back.
+        let key = match &verdict.principal {
+            Some(Principal::Key(key)) => Some(key.clone()),
+            _ => None,
+        };
+        let subjects = limits::Subjects {
+            principal: verdict.principal.as_ref(),
+            application: routed.application_id(),
+            network: network.as_ref(),
+        };
+        let admission = match self.admit_limits(policy, route, subjects, key.as_deref(), now).await? {
+            Quota::Admitted { admission, tightest } => {
+                verdict.rate_limit = tightest;
+                admission
+            }
+            Quota::Refused { deny, rate_limit } => {
+                verdict.rate_limit = rate_limit;
+                return Ok(verdict.deny(deny));
+            }
+        };
+        let decided = self.spend_credits_of(key, query, route, now, verdict).await;
+        if let Some(admission) = admission {
+            match &decided {
+                Ok(verdict) if verdict.decision.is_allowed() => admission.keep(),
+                // Refused for its credits (or not decided): the call uses no quota.
+                _ => admission.give_back().await,
+            }
+        }
+        decided
+    }
+
+    /// Who is calling, before anything about the request is looked up for them; then what
+    /// they may do: the key's state, the application, the scopes (decided only now that
+    /// the secret is proven, so none of it shows without it). Notes the principal in
+    /// `verdict`; `Break` with the deny of a call refused here.
+    async fn access(
+        &self,
+        query: &AuthorizeQuery<'_>,
+        routed: &Routed<'_, '_>,
+        network: Option<ClientNetwork>,
+        now: Timestamp,
+        verdict: &mut Verdict,
+    ) -> Result<ControlFlow<Deny>, AuthzError> {
+        let route = routed.route;
+        let accepts = match route.access {
+            Access::Credentials(accepts) => accepts,
+            // A public route checks no credential, but a request that names its
+            // application twice, or not at all where it must, is still malformed.
+            Access::Public => {
+                return Ok(match routed.named {
+                    NamedApplication::Conflict => ControlFlow::Break(decision::application_conflict()),
+                    NamedApplication::None if route.needs_application => {
+                        ControlFlow::Break(decision::application_missing())
+                    }
+                    NamedApplication::None | NamedApplication::One(_) => ControlFlow::Continue(()),
+                })
+            }
+        };
+        let principal = match self.authn.authenticate(query.credential, accepts, network).await? {
+            Authentication::Verified(principal) => principal,
+            Authentication::Refused(deny) => return Ok(ControlFlow::Break(deny)),
+            Authentication::Throttled(throttled) => {
+                let (deny, rate_limit) = throttled_deny(throttled);
+                verdict.rate_limit = Some(rate_limit);
+                return Ok(ControlFlow::Break(deny));
+            }
+        };
+        let application = match routed.application_id() {
+            None => None,
+            Some(raw) => match ApplicationId::parse(raw) {
+                Ok(id) => self.store.application(&id).await?,
+                Err(_) => None,
+            },
+        };
+        let fact = match (&routed.named, &application) {
+            (NamedApplication::Conflict, _) => ApplicationFact::Conflicting,
+            (NamedApplication::None, _) if route.needs_application => ApplicationFact::Missing,
+            (NamedApplication::None, _) => ApplicationFact::NotRequested,
+            (NamedApplication::One(_), None) => ApplicationFact::Unknown,
+            (NamedApplication::One(_), Some(app)) => ApplicationFact::Known(app),
+        };
+        let required = route.scopes.iter().chain(&query.required_scopes);
+        let outcome = evaluate(&principal, fact, required, query.client, now);
+        verdict.principal = Some(principal);
+        Ok(match outcome {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(deny) => ControlFlow::Break(deny),
+        })
+    }
+}
+
+/// The first stage's answer: the route a request matches, and the application it names.
+struct Routed<'p, 'q> {
+    route: &'p Route,
+    /// The route's position in the policy.
+    index: usize,
+    named: NamedApplication<'q>,
+}
+
+impl<'p, 'q> Routed<'p, 'q> {
+    /// One reading of the target at every entry; a path that normalising would change
+    /// matches nothing.
+    fn find(query: &AuthorizeQuery<'q>, policy: &'p Policy) -> Option<Self> {
+        let target = keygate_api::edge::request_target(query.path).ok()?;
+        let matched = policy.match_route(query.method, target.path)?;
         let route = matched.route;
-        let parts = RequestParts { query: target_query.or(query.parts.query), ..query.parts };
+        let parts = RequestParts { query: target.query.or(query.parts.query), ..query.parts };
         let named = crate::policy::named_application(
             &route.application,
             matched.path_application,
             query.application_id,
             &parts,
         );
-        let application_id = match &named {
+        Some(Routed { route, index: matched.index, named })
+    }
+
+    /// The one application the request names, if it names exactly one.
+    fn application_id(&self) -> Option<&str> {
+        match &self.named {
             NamedApplication::One(id) => Some(id.as_ref()),
             NamedApplication::None | NamedApplication::Conflict => None,
-        };
-        let mut verdict = Verdict {
-            decision: Decision::Allowed,
+        }
+    }
+}
+
+impl Verdict {
+    /// No route matches the request.
+    fn unrouted(query: &AuthorizeQuery<'_>) -> Self {
+        Verdict {
+            decision: Decision::Denied(
+                Deny::new(Code::NotFound, "no route matches the request").because(Reason::NoRoute),
+            ),
             principal: None,
-            route: Some(route.template.clone()),
-            route_index: Some(matched.index),
-            application_id: application_id.map(str::to_owned),
+            route: None,
+            route_index: None,
+            application_id: query.application_id.map(str::to_owned),
             rate_limit: None,
             credits_remaining: None,
-        };
-        // Guessing budgets and per-IP limits count a client's network (IPv6 per /64).
-        let network = query.client.map(ClientNetwork::of);
-
-        match route.access {
-            // Who is calling, before anything about the request is looked up for them.
-            Access::Credentials(accepts) => {
-                let principal = match self.authn.authenticate(query.credential, accepts, network).await? {
-                    Authentication::Verified(principal) => principal,
-                    Authentication::Refused(deny) => return Ok(verdict.deny(deny)),
-                    Authentication::Throttled(throttled) => return Ok(throttled_verdict(verdict, throttled)),
-                };
-                // What they may do: the key's state, the application, the scopes (decided
-                // only now that the secret is proven, so none of it shows without it).
-                let application = match application_id {
-                    None => None,
-                    Some(raw) => match ApplicationId::parse(raw) {
-                        Ok(id) => self.store.application(&id).await?,
-                        Err(_) => None,
-                    },
-                };
-                let fact = match (&named, &application) {
-                    (NamedApplication::Conflict, _) => ApplicationFact::Conflicting,
-                    (NamedApplication::None, _) if route.needs_application => ApplicationFact::Missing,
-                    (NamedApplication::None, _) => ApplicationFact::NotRequested,
-                    (NamedApplication::One(_), None) => ApplicationFact::Unknown,
-                    (NamedApplication::One(_), Some(app)) => ApplicationFact::Known(app),
-                };
-                let required = route.scopes.iter().chain(&query.required_scopes);
-                let outcome = evaluate(&principal, fact, required, query.client, now);
-                verdict.principal = Some(principal);
-                if let Err(deny) = outcome {
-                    return Ok(verdict.deny(deny));
-                }
-            }
-            // A public route checks no credential, but a request that names its
-            // application twice, or not at all where it must, is still malformed.
-            Access::Public => match named {
-                NamedApplication::Conflict => return Ok(verdict.deny(decision::application_conflict())),
-                NamedApplication::None if route.needs_application => {
-                    return Ok(verdict.deny(decision::application_missing()))
-                }
-                NamedApplication::None | NamedApplication::One(_) => {}
-            },
-        }
-
-        // Limits last, so that only requests that would otherwise be allowed use quota;
-        // credits after them, and a call they refuse gives its counts back.
-        let subject_of = |per: LimitSubject| -> Option<std::borrow::Cow<'_, str>> {
-            let principal = verdict.principal.as_ref();
-            match per {
-                LimitSubject::Account => principal.map(|p| p.account_id().as_str().into()),
-                LimitSubject::Credential => principal.map(|p| match p {
-                    Principal::Key(key) => key.id.to_string().into(),
-                    Principal::Session(session) => session.id.to_string().into(),
-                }),
-                LimitSubject::Application => application_id.map(Into::into),
-                LimitSubject::Ip => network.as_ref().map(|c| c.as_str().into()),
-            }
-        };
-        // The global limit applies to every authenticated request.
-        let global = policy.global_limit().filter(|_| verdict.principal.is_some());
-        let mut subjects: smallvec::SmallVec<[_; 4]> = smallvec::SmallVec::new();
-        for rule in global.into_iter().chain(&route.limits) {
-            // A limit is never skipped for want of its subject: the request is refused.
-            let Some(subject) = subject_of(rule.per) else {
-                let deny = Deny::new(
-                    Code::BadRequest,
-                    format!("the route counts requests per {}, and the request names none", rule.per.as_str()),
-                );
-                drop(subjects);
-                return Ok(verdict.deny(deny));
-            };
-            subjects.push((rule, subject));
-        }
-        // The key's own limits, after the policy's: they only tighten.
-        let key = match &verdict.principal {
-            Some(Principal::Key(key)) => Some(key.clone()),
-            _ => None,
-        };
-        let key_rules = key.as_deref().map(|key| key_limit_rules("key", &key.terms.limits, route)).unwrap_or_default();
-        let key_subject = match &key {
-            Some(key) if !key_rules.is_empty() => key.id.to_string(),
-            _ => String::new(),
-        };
-        // Then its owner's, counted once for all of the owner's keys.
-        let owner = key.as_deref().and_then(|key| key.owner.as_deref());
-        let owner_rules = owner.map(|owner| key_limit_rules("owner", &owner.limits, route)).unwrap_or_default();
-        let owner_subject = match owner {
-            Some(owner) if !owner_rules.is_empty() => {
-                CreditHolder::Owner(owner.account_id.clone(), owner.id.clone()).stored()
-            }
-            _ => String::new(),
-        };
-        let policy_checks = subjects.len();
-        let key_checks = policy_checks + key_rules.len();
-        let mut checks: smallvec::SmallVec<[LimitCheck<'_>; 4]> =
-            subjects.iter().map(|(rule, subject)| LimitCheck { rule, subject: subject.as_ref() }).collect();
-        checks.extend(key_rules.iter().map(|rule| LimitCheck { rule, subject: key_subject.as_str() }));
-        checks.extend(owner_rules.iter().map(|rule| LimitCheck { rule, subject: owner_subject.as_str() }));
-        if checks.is_empty() {
-            drop(checks);
-            drop(subjects);
-            return self.spend_credits_of(key, query, route, now, verdict).await;
-        }
-        let checked = self.limiter.admit(&checks, now).await;
-        drop(checks);
-        drop(subjects);
-        match &checked {
-            Ok((LimitOutcome::Admitted { .. }, _)) => &self.limit_outcomes.admitted,
-            Ok((LimitOutcome::Limited { .. }, _)) => &self.limit_outcomes.limited,
-            Err(_) => &self.limit_outcomes.unavailable,
-        }
-        .inc();
-        let (outcome, admission) = checked.map_err(AuthzError::LimiterUnavailable)?;
-        match outcome {
-            LimitOutcome::Admitted { tightest } => {
-                verdict.rate_limit = tightest.map(|Room { limit, remaining }| RateLimitState {
-                    limit,
-                    remaining,
-                    retry_after_seconds: 0,
-                });
-            }
-            LimitOutcome::Limited { limit, retry_after, check } => {
-                let retry_after_seconds = retry_after.as_millis().div_ceil(1000).max(1) as u32;
-                verdict.rate_limit = Some(RateLimitState { limit, remaining: 0, retry_after_seconds });
-                let reason = match check {
-                    check if check >= key_checks => Reason::OwnerRateLimited,
-                    check if check >= policy_checks => Reason::KeyRateLimited,
-                    _ => Reason::RateLimited,
-                };
-                let deny = Deny::new(
-                    Code::RateLimitReached,
-                    format!("rate limit of {limit} reached; retry after {retry_after_seconds} s"),
-                );
-                return Ok(verdict.deny(deny.because(reason)));
-            }
-        }
-        let decided = self.spend_credits_of(key, query, route, now, verdict).await;
-        match &decided {
-            Ok(verdict) if verdict.decision.is_allowed() => admission.keep(),
-            // Refused for its credits (or not decided): the call uses no quota.
-            _ => admission.give_back().await,
-        }
-        decided
-    }
-
-    /// Credits last: a call that any other rule refuses spends none.
-    async fn spend_credits_of(
-        &self,
-        key: Option<Arc<KeyRecord>>,
-        query: &AuthorizeQuery<'_>,
-        route: &Route,
-        now: Timestamp,
-        verdict: Verdict,
-    ) -> Result<Verdict, AuthzError> {
-        match key {
-            Some(key) if key.credit_holder().is_some() => match i64::from(query.cost.unwrap_or(route.cost)) {
-                // A free route spends nothing and asks the store nothing.
-                0 => Ok(verdict),
-                cost => self.spend(&key, cost, now, verdict).await,
-            },
-            _ => Ok(verdict),
         }
     }
-
-    /// Spends the call's cost from the key's credits, in the store (atomic across
-    /// replicas); a key whose credits are spent is refused until they are refilled.
-    async fn spend(
-        &self,
-        key: &KeyRecord,
-        cost: i64,
-        now: Timestamp,
-        mut verdict: Verdict,
-    ) -> Result<Verdict, AuthzError> {
-        let never = Timestamp::from_millis(i64::MAX);
-        let Some((holder, refill)) = key.credit_holder() else { return Ok(verdict) };
-        let known_empty =
-            self.spent_out.get(&key.id).filter(|seen| seen.version == key.version && now < seen.ask_again_at);
-        // When the credits next come back: `never` without a refill.
-        let refilled_at = match known_empty {
-            Some(seen) => seen.refilled_at,
-            None => match self.store.spend_credits(&holder, cost, refill, now).await? {
-                Spend::Spent(balance) => {
-                    verdict.credits_remaining = Some(balance.remaining);
-                    return Ok(verdict);
-                }
-                // The record said credits, the store has none (or under another rule): the
-                // record is stale. Fail closed for this call; the next one decides on the
-                // changed record, never spending nothing on one it has not read.
-                Spend::Unmetered | Spend::RuleChanged => {
-                    return Err(StoreError::Unavailable(Box::new(std::io::Error::other(
-                        "the key's credits changed while the call was decided",
-                    )))
-                    .into())
-                }
-                Spend::Exhausted(balance) => {
-                    let at = refill
-                        .map_or(never, |refill| refill.next_period_starts(refill.period(now).max(balance.period)));
-                    // Nothing at all left: no call can pass before `at` (or a change).
-                    if balance.remaining == 0 {
-                        let ask_again_at = at.min(now.saturating_add(SPENT_OUT_RECHECK));
-                        self.spent_out.insert(key.id, SpentOut { version: key.version, ask_again_at, refilled_at: at });
-                    }
-                    at
-                }
-            },
-        };
-        verdict.credits_remaining = Some(0);
-        let retry_after_seconds = if refilled_at == never {
-            0
-        } else {
-            let wait_millis = (refilled_at.as_millis() - now.as_millis()).max(0);
-            u32::try_from((wait_millis + 999) / 1000).unwrap_or(u32::MAX)
-        };
-        let limit = u32::try_from(refill.map_or(0, |r| r.amount)).unwrap_or(u32::MAX);
-        verdict.rate_limit = Some(RateLimitState { limit, remaining: 0, retry_after_seconds });
-        let message = if retry_after_seconds > 0 {
-            format!("the key's credits are spent; they refill in {retry_after_seconds} s")
-        } else {
-            "the key's credits are spent".to_owned()
-        };
-        Ok(verdict.deny(Deny::new(Code::RateLimitReached, message).because(Reason::CreditsExhausted)))
-    }
-}
-
-/// A key this replica saw without credits, at its record's `version`.
-#[derive(Clone, Copy)]
-struct SpentOut {
-    version: i64,
-    ask_again_at: Timestamp,
-    /// When the next refill begins (never, without one): the caller's retry-after.
-    refilled_at: Timestamp,
-}
-
-/// How long a replica refuses a key it saw without credits before asking the store again
-/// (a spend given back to a caller that gave up is heard of no other way): one store write
-/// a second per such key under a flood of its calls.
-const SPENT_OUT_RECHECK: Duration = Duration::from_secs(1);
-
-/// A key's (or its owner's) own limits that apply on `route`, as rules. Their names are
-/// the key's, under a prefix (`key:`, `owner:`) no policy rule key has.
-fn key_limit_rules(prefix: &str, limits: &[KeyLimit], route: &Route) -> smallvec::SmallVec<[LimitRule; 2]> {
-    limits
-        .iter()
-        .filter(|limit| limit.applies_to(&route.template))
-        .map(|limit| LimitRule {
-            key: format!("{prefix}:{}", limit.name).into(),
-            limit: limit.limit,
-            window: limit.window,
-            per: LimitSubject::Credential,
-            on_store_error: OnStoreError::Closed,
-            kind: LimitKind::Exact,
-        })
-        .collect()
 }
 
 /// Guessing spent a budget: said honestly, as a limit with a time to retry, never as a
 /// wrong credential (nobody checked it).
-fn throttled_verdict(verdict: Verdict, throttled: Throttled) -> Verdict {
+fn throttled_deny(throttled: Throttled) -> (Deny, RateLimitState) {
     let retry_after_seconds = throttled.retry_after.as_millis().div_ceil(1000).max(1) as u32;
-    let mut verdict = verdict.deny(
-        Deny::new(
-            Code::RateLimitReached,
-            format!("{}; retry after {retry_after_seconds} s", throttled.spent.describe()),
-        )
-        .because(Reason::Throttled),
-    );
-    verdict.rate_limit = Some(RateLimitState { limit: throttled.limit, remaining: 0, retry_after_seconds });
-    verdict
+    let deny = Deny::new(
+        Code::RateLimitReached,
+        format!("{}; retry after {retry_after_seconds} s", throttled.spent.describe()),
+    )
+    .because(Reason::Throttled);
+    (deny, RateLimitState { limit: throttled.limit, remaining: 0, retry_after_seconds })
 }

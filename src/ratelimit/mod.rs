@@ -15,6 +15,8 @@ pub mod lease;
 pub mod redis;
 pub mod window;
 
+use crate::breaker::{Breaker, BreakerSettings};
+use crate::clock::Clock;
 use crate::domain::Timestamp;
 use crate::policy::{LimitKind, LimitRule, OnStoreError};
 use smallvec::SmallVec;
@@ -27,6 +29,19 @@ use std::time::Duration;
 pub struct LimitCheck<'a> {
     pub rule: &'a LimitRule,
     pub subject: &'a str,
+    /// Whose limit it is: a refusal says which kind of limit was reached.
+    pub source: LimitSource,
+}
+
+/// Where a limit comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitSource {
+    /// The policy's: its global limit or the route's.
+    Policy,
+    /// The key's own terms.
+    Key,
+    /// The terms of the key's owner, shared by all of the owner's keys.
+    Owner,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +49,7 @@ pub enum LimitOutcome {
     /// Admitted and counted; the limit with the least room left, if any applied.
     Admitted { tightest: Option<Room> },
     /// Not admitted, and not counted anywhere; `check` is the position of the limit that
-    /// refused longest among the checks.
+    /// refused longest among the checks (its [`LimitCheck::source`] says whose it is).
     Limited { limit: u32, retry_after: Duration, check: usize },
 }
 
@@ -55,7 +70,70 @@ pub enum Limiter {
     Redis(Box<redis::RedisLimiter>),
 }
 
+/// A limiter's background tasks: they stop when this drops.
+#[must_use = "the limiter's background tasks stop when this drops"]
+pub struct LimiterTasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for LimiterTasks {
+    fn drop(&mut self) {
+        self.0.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
 impl Limiter {
+    /// Counts in this process.
+    pub fn local() -> Self {
+        Limiter::Local(LocalLimiter::default())
+    }
+
+    /// Counts in the Redis at `url`, every key under `prefix`, each call waiting for it as
+    /// `breaker` says; high-rate limits are spent from slices as `leases` say. Does not
+    /// connect yet.
+    pub fn redis(
+        url: &str,
+        prefix: String,
+        breaker: BreakerSettings,
+        leases: lease::LeaseSettings,
+    ) -> Result<Self, ::redis::RedisError> {
+        let breaker = Arc::new(Breaker::new("rate limit store", breaker));
+        Ok(Limiter::Redis(Box::new(redis::RedisLimiter::new(url, prefix, breaker, leases)?)))
+    }
+
+    /// Starts what the limiter does in the background, until the tasks drop: on Redis, the
+    /// probe that finds a store marked down up again, and the release of idle slices.
+    pub fn start(self: &Arc<Self>, clock: Arc<dyn Clock>) -> LimiterTasks {
+        let Limiter::Redis(redis) = &**self else { return LimiterTasks(Vec::new()) };
+        let probed = self.clone();
+        let probe = redis.breaker().spawn_probe(move || {
+            let limiter = probed.clone();
+            async move {
+                match &*limiter {
+                    Limiter::Redis(redis) => redis.ping().await,
+                    Limiter::Local(_) => true,
+                }
+            }
+        });
+        LimiterTasks(vec![probe, tokio::spawn(release_idle_leases(self.clone(), clock))])
+    }
+
+    /// Before the process ends: counts of requests nobody was answered for are taken back
+    /// (three tries of up to 500 ms each, 250 and 500 ms apart), and slices of high-rate
+    /// limits go back to Redis, for the other replicas to spend.
+    pub async fn shut_down(&self, now: Timestamp) {
+        if let Limiter::Redis(redis) = self {
+            redis.settle_uncounts(Duration::from_millis(2_500)).await;
+            redis.release_idle(now, Duration::ZERO).await;
+        }
+    }
+
+    /// The shared store's breaker; `None` in process.
+    pub fn breaker(&self) -> Option<&Arc<Breaker>> {
+        match self {
+            Limiter::Redis(redis) => Some(redis.breaker()),
+            Limiter::Local(_) => None,
+        }
+    }
+
     /// Checks and counts, for good: [`Limiter::admit`] with the admission kept.
     pub async fn check(&self, checks: &[LimitCheck<'_>], now: Timestamp) -> Result<LimitOutcome, LimiterError> {
         let (outcome, admission) = self.admit(checks, now).await?;
@@ -77,6 +155,19 @@ impl Limiter {
             Limiter::Local(local) => Ok(local.admit(checks, now)),
             Limiter::Redis(shared) => shared.admit(checks, now).await,
         }
+    }
+}
+
+/// Every half lease period, releases the slices of high-rate limits idle that long: their
+/// spends are reported to Redis and what they still hold goes back to the other replicas.
+async fn release_idle_leases(limiter: Arc<Limiter>, clock: Arc<dyn Clock>) {
+    let Limiter::Redis(redis) = &*limiter else { return };
+    let half = redis.lease_settings().period / 2;
+    let mut every = tokio::time::interval(half);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        redis.release_idle(clock.now(), half).await;
     }
 }
 
@@ -388,7 +479,7 @@ mod tests {
     fn the_eleventh_in_an_hour_waits_for_the_first_to_leave() {
         let limiter = LocalLimiter::default();
         let hourly = rule("r", 10, 3600);
-        let check = [LimitCheck { rule: &hourly, subject: "acct" }];
+        let check = [LimitCheck { rule: &hourly, subject: "acct", source: LimitSource::Policy }];
         for i in 0..10 {
             let outcome = limiter.check(&check, at(i * 60));
             assert_eq!(outcome, LimitOutcome::Admitted { tightest: Some(Room { limit: 10, remaining: 9 - i as u32 }) });
@@ -409,12 +500,15 @@ mod tests {
         let limiter = LocalLimiter::default();
         let wide = rule("wide", 100, 60);
         let narrow = rule("narrow", 1, 60);
-        let checks = [LimitCheck { rule: &wide, subject: "a" }, LimitCheck { rule: &narrow, subject: "a" }];
+        let checks = [
+            LimitCheck { rule: &wide, subject: "a", source: LimitSource::Policy },
+            LimitCheck { rule: &narrow, subject: "a", source: LimitSource::Policy },
+        ];
         assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Admitted { .. }));
         for _ in 0..5 {
             assert!(matches!(limiter.check(&checks, at(1)), LimitOutcome::Limited { .. }));
         }
-        let only_wide = [LimitCheck { rule: &wide, subject: "a" }];
+        let only_wide = [LimitCheck { rule: &wide, subject: "a", source: LimitSource::Policy }];
         let LimitOutcome::Admitted { tightest: Some(room) } = limiter.check(&only_wide, at(2)) else { panic!() };
         assert_eq!(room.remaining, 98, "only the one admitted request was counted");
     }
@@ -423,7 +517,10 @@ mod tests {
     fn a_limit_checked_twice_is_locked_once_and_counted_once() {
         let limiter = LocalLimiter::default();
         let two = rule("dup", 2, 60);
-        let checks = [LimitCheck { rule: &two, subject: "a" }, LimitCheck { rule: &two, subject: "a" }];
+        let checks = [
+            LimitCheck { rule: &two, subject: "a", source: LimitSource::Policy },
+            LimitCheck { rule: &two, subject: "a", source: LimitSource::Policy },
+        ];
         assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Admitted { .. }));
         assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Admitted { .. }));
         assert!(matches!(limiter.check(&checks, at(0)), LimitOutcome::Limited { .. }));
@@ -450,7 +547,9 @@ mod tests {
     fn a_high_rate_limit_holds_and_keeps_its_counts_when_its_kind_changes() {
         let limiter = LocalLimiter::default();
         let mut global = LimitRule { kind: LimitKind::HighRate, ..rule("global", 100, 60) };
-        let check = |rule: &LimitRule, s: i64| limiter.check(&[LimitCheck { rule, subject: "acct" }], at(s));
+        let check = |rule: &LimitRule, s: i64| {
+            limiter.check(&[LimitCheck { rule, subject: "acct", source: LimitSource::Policy }], at(s))
+        };
         for i in 0..100 {
             assert!(matches!(check(&global, i % 30), LimitOutcome::Admitted { .. }), "{i}");
         }
@@ -470,15 +569,15 @@ mod tests {
         let limiter = LocalLimiter::default();
         let one = rule("one", 1, 60);
         assert!(matches!(
-            limiter.check(&[LimitCheck { rule: &one, subject: "a" }], at(0)),
+            limiter.check(&[LimitCheck { rule: &one, subject: "a", source: LimitSource::Policy }], at(0)),
             LimitOutcome::Admitted { .. }
         ));
         assert!(matches!(
-            limiter.check(&[LimitCheck { rule: &one, subject: "b" }], at(0)),
+            limiter.check(&[LimitCheck { rule: &one, subject: "b", source: LimitSource::Policy }], at(0)),
             LimitOutcome::Admitted { .. }
         ));
         assert!(matches!(
-            limiter.check(&[LimitCheck { rule: &one, subject: "a" }], at(0)),
+            limiter.check(&[LimitCheck { rule: &one, subject: "a", source: LimitSource::Policy }], at(0)),
             LimitOutcome::Limited { .. }
         ));
     }

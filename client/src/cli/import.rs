@@ -1,7 +1,7 @@
 //! `keygate key import FILE.jsonl`: keys from another system, one JSON object a line, sent
 //! in batches; a line that does not parse is reported with its number and not sent.
 
-use super::print::{explain, Progress};
+use super::print::{explain, show, Progress};
 use crate::KeygateAdmin;
 use keygate_api::proto as pb;
 use serde::Deserialize;
@@ -82,6 +82,20 @@ pub(super) struct Summary {
     pub invalid: usize,
     /// Line number and why, for every line not imported (invalid or conflicting).
     pub problems: Vec<(usize, String)>,
+}
+
+impl Summary {
+    /// Prints the summary: readable text, or JSON with `--json`.
+    pub(super) fn show(&self, json: bool) {
+        let mut text = format!(
+            "import {}: {} imported, {} already imported, {} conflicting, {} invalid",
+            self.import_id, self.imported, self.already_imported, self.conflict, self.invalid
+        );
+        for (line, problem) in &self.problems {
+            text.push_str(&format!("\nline {line}: {problem}"));
+        }
+        show(json, serde_json::to_value(self).unwrap_or_default(), text);
+    }
 }
 
 /// Reads `path` and imports it; `import_id` defaults to the SHA-256 of the file's content,

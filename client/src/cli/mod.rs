@@ -734,6 +734,43 @@ async fn switch(id: String, enabled: bool, connection: &Connection) -> anyhow::R
     print::reply(connection.json, reply)
 }
 
+/// `key revoke-all`: every live key of `account` (matching `search`), one at a time.
+async fn revoke_all(
+    account: &str,
+    search: Option<&str>,
+    reason: String,
+    yes: bool,
+    connection: &Connection,
+) -> anyhow::Result<()> {
+    let admin = connection.admin().await?;
+    let active: Vec<_> = all_keys(&admin, account, search, None)
+        .await?
+        .into_iter()
+        // A disabled key is live (enabling it again makes it work): it is revoked too.
+        .filter(|k| [pb::ApiKeyStatus::Active as i32, pb::ApiKeyStatus::Disabled as i32].contains(&k.status))
+        .collect();
+    if !yes {
+        anyhow::bail!("this would revoke {} active keys of {account}; run again with --yes", active.len());
+    }
+    let progress = Progress::new();
+    let mut revoked = Vec::new();
+    for (done, key) in active.iter().enumerate() {
+        progress.update(format_args!("revoking {}/{}: {}", done + 1, active.len(), key.id));
+        let request = pb::RevokeApiKeyRequest { id: key.id.clone(), reason: reason.clone() };
+        match admin.rpc().revoke_api_key(request).await {
+            Ok(key) => revoked.push(key.into_inner()),
+            Err(status) => {
+                progress.finish();
+                let error = explain(status);
+                anyhow::bail!("revoked {} of {} keys, then {}: {error}", revoked.len(), active.len(), key.id);
+            }
+        }
+    }
+    progress.finish();
+    print::list(connection.json, &revoked);
+    Ok(())
+}
+
 async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::Create { account, name, scopes, applications, expires_in, owner, terms, connection } => {
@@ -779,37 +816,11 @@ async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
         }
         KeyCommand::Import { file, import_id, connection } => {
             let summary = import::run(&connection.admin().await?, &file, import_id).await?;
-            print::imported(connection.json, &summary);
+            summary.show(connection.json);
             Ok(())
         }
         KeyCommand::RevokeAll { account, search, reason, yes, connection } => {
-            let admin = connection.admin().await?;
-            let active: Vec<_> = all_keys(&admin, &account, search.as_deref(), None)
-                .await?
-                .into_iter()
-                // A disabled key is live (enabling it again makes it work): it is revoked too.
-                .filter(|k| [pb::ApiKeyStatus::Active as i32, pb::ApiKeyStatus::Disabled as i32].contains(&k.status))
-                .collect();
-            if !yes {
-                anyhow::bail!("this would revoke {} active keys of {account}; run again with --yes", active.len());
-            }
-            let progress = Progress::new();
-            let mut revoked = Vec::new();
-            for (done, key) in active.iter().enumerate() {
-                progress.update(format_args!("revoking {}/{}: {}", done + 1, active.len(), key.id));
-                let request = pb::RevokeApiKeyRequest { id: key.id.clone(), reason: reason.clone() };
-                match admin.rpc().revoke_api_key(request).await {
-                    Ok(key) => revoked.push(key.into_inner()),
-                    Err(status) => {
-                        progress.finish();
-                        let error = explain(status);
-                        anyhow::bail!("revoked {} of {} keys, then {}: {error}", revoked.len(), active.len(), key.id);
-                    }
-                }
-            }
-            progress.finish();
-            print::list(connection.json, &revoked);
-            Ok(())
+            revoke_all(&account, search.as_deref(), reason, yes, &connection).await
         }
         KeyCommand::Disable { id, connection } => switch(id, false, &connection).await,
         KeyCommand::Enable { id, connection } => switch(id, true, &connection).await,

@@ -321,17 +321,6 @@ pub(super) fn deleted(json: bool, deleted: &pb::DeleteResponse) {
     show(json, value, text);
 }
 
-pub(super) fn imported(json: bool, summary: &super::import::Summary) {
-    let mut text = format!(
-        "import {}: {} imported, {} already imported, {} conflicting, {} invalid",
-        summary.import_id, summary.imported, summary.already_imported, summary.conflict, summary.invalid
-    );
-    for (line, problem) in &summary.problems {
-        text.push_str(&format!("\nline {line}: {problem}"));
-    }
-    show(json, serde_json::to_value(summary).unwrap_or_default(), text);
-}
-
 pub(super) fn decision(json: bool, response: &pb::AuthorizeResponse) {
     let principal = response.principal.as_ref();
     let value = json!({
@@ -366,7 +355,7 @@ pub(super) fn decision(json: bool, response: &pb::AuthorizeResponse) {
 }
 
 /// Readable text, or JSON with `--json`.
-fn show(json: bool, value: Value, text: String) {
+pub(super) fn show(json: bool, value: Value, text: String) {
     if json {
         emit(format_args!("{value:#}"));
     } else {

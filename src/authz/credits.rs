@@ -1,0 +1,105 @@
+//! The last stage of a decision: the call's credits, spent from the key's (or its
+//! owner's) balance in the store, after every other rule has let the call through.
+
+use super::decision::Deny;
+use super::{AuthorizeQuery, Authorizer, AuthzError, RateLimitState, Verdict};
+use crate::code::{Code, Reason};
+use crate::domain::{KeyRecord, Timestamp};
+use crate::policy::Route;
+use crate::store::{Spend, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Authorizer {
+    /// Credits last: a call that any other rule refuses spends none.
+    pub(super) async fn spend_credits_of(
+        &self,
+        key: Option<Arc<KeyRecord>>,
+        query: &AuthorizeQuery<'_>,
+        route: &Route,
+        now: Timestamp,
+        verdict: Verdict,
+    ) -> Result<Verdict, AuthzError> {
+        match key {
+            Some(key) if key.credit_holder().is_some() => match i64::from(query.cost.unwrap_or(route.cost)) {
+                // A free route spends nothing and asks the store nothing.
+                0 => Ok(verdict),
+                cost => self.spend(&key, cost, now, verdict).await,
+            },
+            _ => Ok(verdict),
+        }
+    }
+
+    /// Spends the call's cost from the key's credits, in the store (atomic across
+    /// replicas); a key whose credits are spent is refused until they are refilled.
+    async fn spend(
+        &self,
+        key: &KeyRecord,
+        cost: i64,
+        now: Timestamp,
+        mut verdict: Verdict,
+    ) -> Result<Verdict, AuthzError> {
+        let never = Timestamp::from_millis(i64::MAX);
+        let Some((holder, refill)) = key.credit_holder() else { return Ok(verdict) };
+        let known_empty =
+            self.spent_out.get(&key.id).filter(|seen| seen.version == key.version && now < seen.ask_again_at);
+        // When the credits next come back: `never` without a refill.
+        let refilled_at = match known_empty {
+            Some(seen) => seen.refilled_at,
+            None => match self.store.spend_credits(&holder, cost, refill, now).await? {
+                Spend::Spent(balance) => {
+                    verdict.credits_remaining = Some(balance.remaining);
+                    return Ok(verdict);
+                }
+                // The record said credits, the store has none (or under another rule): the
+                // record is stale. Fail closed for this call; the next one decides on the
+                // changed record, never spending nothing on one it has not read.
+                Spend::Unmetered | Spend::RuleChanged => {
+                    return Err(StoreError::Unavailable(Box::new(std::io::Error::other(
+                        "the key's credits changed while the call was decided",
+                    )))
+                    .into())
+                }
+                Spend::Exhausted(balance) => {
+                    let at = refill
+                        .map_or(never, |refill| refill.next_period_starts(refill.period(now).max(balance.period)));
+                    // Nothing at all left: no call can pass before `at` (or a change).
+                    if balance.remaining == 0 {
+                        let ask_again_at = at.min(now.saturating_add(SPENT_OUT_RECHECK));
+                        self.spent_out.insert(key.id, SpentOut { version: key.version, ask_again_at, refilled_at: at });
+                    }
+                    at
+                }
+            },
+        };
+        verdict.credits_remaining = Some(0);
+        let retry_after_seconds = if refilled_at == never {
+            0
+        } else {
+            let wait_millis = (refilled_at.as_millis() - now.as_millis()).max(0);
+            u32::try_from((wait_millis + 999) / 1000).unwrap_or(u32::MAX)
+        };
+        let limit = u32::try_from(refill.map_or(0, |r| r.amount)).unwrap_or(u32::MAX);
+        verdict.rate_limit = Some(RateLimitState { limit, remaining: 0, retry_after_seconds });
+        let message = if retry_after_seconds > 0 {
+            format!("the key's credits are spent; they refill in {retry_after_seconds} s")
+        } else {
+            "the key's credits are spent".to_owned()
+        };
+        Ok(verdict.deny(Deny::new(Code::RateLimitReached, message).because(Reason::CreditsExhausted)))
+    }
+}
+
+/// A key this replica saw without credits, at its record's `version`.
+#[derive(Clone, Copy)]
+pub(super) struct SpentOut {
+    version: i64,
+    ask_again_at: Timestamp,
+    /// When the next refill begins (never, without one): the caller's retry-after.
+    refilled_at: Timestamp,
+}
+
+/// How long a replica refuses a key it saw without credits before asking the store again
+/// (a spend given back to a caller that gave up is heard of no other way): one store write
+/// a second per such key under a flood of its calls.
+const SPENT_OUT_RECHECK: Duration = Duration::from_secs(1);

@@ -1,0 +1,314 @@
+//! Settings for `keygate serve`. Each has a documented default, a flag and a `KEYGATE_*`
+//! environment variable; [`ServeArgs::into_settings`] checks them all and reports every
+//! bad value at once.
+//!
+//! The flags come in groups by what they set ([`args`], [`tls`]); a number's range is
+//! declared with its flag, in its value parser ([`range`]); database and Redis URLs are
+//! printed masked ([`url`]).
+
+pub mod args;
+pub mod range;
+pub mod tls;
+pub mod url;
+
+use crate::authn::budget::BudgetSettings;
+use crate::authn::verifier::Argon2Settings;
+use crate::authn::AuthnSettings;
+use crate::breaker::BreakerSettings;
+use crate::edge::EdgeSettings;
+use crate::grpc::admin::AdminGateSettings;
+use crate::grpc::ext_authz::ExtAuthzSettings;
+use crate::manage::ManageSettings;
+use crate::ratelimit::lease::LeaseSettings;
+use crate::store::cached::CacheSettings;
+use crate::store::sql::AdminPoolSettings;
+use crate::usage::UsageSettings;
+use args::Listeners;
+use args::{
+    AdminArgs, BudgetArgs, CacheArgs, CredentialArgs, DatabaseArgs, EdgeArgs, LifetimeArgs, ListenArgs, RateLimitArgs,
+};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+pub use tls::TlsSettings;
+pub use url::MaskedUrl;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate-data/keygate.db";
+pub use keygate_api::DEFAULT_ADMIN_TOKEN_FILE;
+/// Admin tokens shorter than this are refused: they guard every key.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+pub const DEFAULT_DIGEST_KEY_FILE: &str = "keygate-data/digest-key";
+/// Digest keys shorter than this are refused.
+pub const MIN_DIGEST_KEY_LEN: usize = crate::authn::digest::MIN_DIGEST_KEY_LEN;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The flags of `keygate serve`, by group.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub listeners: ListenArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Route policy file (TOML). Default: the built-in policy for the management API.
+    #[arg(long, env = "KEYGATE_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "KEYGATE_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
+    #[command(flatten)]
+    pub budgets: BudgetArgs,
+    #[command(flatten)]
+    pub rate_limits: RateLimitArgs,
+    #[command(flatten)]
+    pub lifetimes: LifetimeArgs,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+    #[command(flatten)]
+    pub tls: tls::TlsArgs,
+}
+
+/// Where the digest key comes from: given, or a file (created on first start).
+#[derive(Clone)]
+pub enum DigestKeySource {
+    Given(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for DigestKeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Given(_) => f.write_str("Given(<redacted>)"),
+            Self::File(path) => write!(f, "File({})", path.display()),
+        }
+    }
+}
+
+/// Where admin tokens come from.
+#[derive(Clone)]
+pub enum AdminTokenSource {
+    Given(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for AdminTokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Given(_) => f.write_str("Given(<redacted>)"),
+            Self::File(path) => write!(f, "File({})", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database_url: MaskedUrl,
+    pub database_max_connections: u32,
+    /// The admin plane's own connections.
+    pub admin_pool: AdminPoolSettings,
+    /// Per-token call rates and per-source budgets of wrong admin tokens.
+    pub admin_gate: AdminGateSettings,
+    pub policy: Option<PathBuf>,
+    pub admin_token: AdminTokenSource,
+    pub log_format: LogFormat,
+    pub cache: CacheSettings,
+    pub authn: AuthnSettings,
+    /// Where the key of the verified-credential digests comes from.
+    pub digest_key: DigestKeySource,
+    pub argon2: Argon2Settings,
+    pub rate_limit_store: Option<MaskedUrl>,
+    pub rate_limit_key_prefix: String,
+    pub manage: ManageSettings,
+    pub ext_authz: ExtAuthzSettings,
+    pub budgets: BudgetSettings,
+    pub metrics_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    /// Admin apart from Authorize and Check; None: on `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// TLS on every listener; None: plaintext.
+    pub tls: Option<TlsSettings>,
+    pub usage: UsageSettings,
+    pub edge: EdgeSettings,
+    pub store_breaker: BreakerSettings,
+    pub limiter_breaker: BreakerSettings,
+    /// High-rate limits on Redis: slice size and lease period.
+    pub limit_leases: LeaseSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:{}", .0.iter().map(|p| format!("\n  - {p}")).collect::<String>())]
+pub struct ConfigError(pub Vec<String>);
+
+impl ServeArgs {
+    pub fn into_settings(self) -> Result<Settings, ConfigError> {
+        let mut problems = Vec::new();
+        let Listeners { listen, http_listen, metrics_listen, admin_listen } = self.listeners.addresses(&mut problems);
+        self.database.check_url(&mut problems);
+        let cache = self.cache.settings(&mut problems);
+        let argon2 = self.credentials.argon2(&mut problems);
+        let rate_limit_store = self.rate_limits.store(&mut problems);
+        let manage = self.lifetimes.settings(&mut problems);
+        let ext_authz = self.edge.ext_authz(&mut problems);
+        let tls = self.tls.settings(self.listeners.admin_listen.is_some(), &mut problems);
+        let usage = self.edge.usage(&mut problems);
+        let edge = self.edge.settings(&mut problems);
+        let store_breaker = breaker(self.database.store_timeout_ms.value(&mut problems));
+        let limiter_breaker = breaker(self.rate_limits.rate_limit_timeout_ms.value(&mut problems));
+        let limit_leases = self.rate_limits.leases(&mut problems);
+        let database_max_connections = self.database.database_max_connections.value(&mut problems);
+        let admin_pool = self.database.admin_pool(&mut problems);
+        let admin_gate = self.admin.gate(&mut problems);
+        let digest_key = self.credentials.digest_key(&mut problems);
+        let admin_token = self.admin.token(&mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        Ok(Settings {
+            listen,
+            database_url: MaskedUrl::new(self.database.database_url),
+            database_max_connections,
+            admin_pool,
+            admin_gate,
+            policy: self.policy,
+            admin_token,
+            log_format: self.log_format,
+            authn: AuthnSettings { capacity: cache.capacity, ..AuthnSettings::default() },
+            budgets: self.budgets.settings(argon2.max_concurrent, cache.capacity),
+            cache,
+            digest_key,
+            argon2,
+            rate_limit_store,
+            rate_limit_key_prefix: self.rate_limits.rate_limit_key_prefix,
+            manage,
+            ext_authz,
+            metrics_listen,
+            http_listen,
+            admin_listen,
+            tls,
+            usage,
+            edge,
+            store_breaker,
+            limiter_breaker,
+            limit_leases,
+        })
+    }
+}
+
+/// Consecutive failures that mark a store down, and how often a down store is probed.
+pub const BREAKER_FAILURES_TO_OPEN: u32 = 3;
+pub const BREAKER_PROBE_EVERY: Duration = Duration::from_millis(250);
+
+fn breaker(timeout_ms: u64) -> BreakerSettings {
+    BreakerSettings {
+        timeout: Duration::from_millis(timeout_ms),
+        failures_to_open: BREAKER_FAILURES_TO_OPEN,
+        probe_every: BREAKER_PROBE_EVERY,
+    }
+}
+
+impl Settings {
+    /// Defaults for a given database, as `keygate serve` with no flags would use.
+    pub fn with_database(database_url: &str) -> Self {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let mut args = Only::parse_from(["keygate"]).serve;
+        args.database.database_url = database_url.to_owned();
+        args.into_settings().expect("defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::ClientCertificates;
+
+    /// `keygate serve` with `flags`.
+    fn parse(flags: &[&str]) -> ServeArgs {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Only::parse_from(["keygate"].iter().chain(flags)).serve
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let bad = parse(&[
+            "--listen=nowhere",
+            "--database-url=mysql://x",
+            "--admin-token=short",
+            "--admin-token-file=t",
+            "--cache-capacity=0",
+            "--cache-ttl-seconds=0",
+            "--rate-limit-store=http://nope",
+            "--rate-limit-key-prefix=p",
+            "--session-ttl-seconds=60",
+            "--session-max-ttl-seconds=3600",
+            "--ext-authz-credential-headers=authorization",
+            "--digest-key-file=d",
+            "--metrics-listen=localhost",
+            "--http-listen=nowhere:80",
+            "--admin-listen=nowhere",
+            "--tls-cert=server.pem",
+            "--tls-client-names=*.edges",
+            "--admin-tls-client-ca=ca.pem",
+            "--decision-deadline-ms=5",
+            "--rate-limit-lease-ms=10",
+            "--rate-limit-lease-percent=60",
+        ]);
+        let err = bad.into_settings().unwrap_err();
+        // The four TLS ones: --admin-listen, names without a CA, a wildcard name, a cert
+        // without its key.
+        assert_eq!(err.0.len(), 15, "{err}");
+        assert!(!err.to_string().contains("short\""), "{err}");
+    }
+
+    #[test]
+    fn tls_flags_go_together() {
+        let settings = |flags: &[&str]| parse(flags).into_settings();
+        let tls = settings(&["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-client-ca", "ca.pem"])
+            .expect("valid")
+            .tls
+            .expect("TLS on");
+        assert_eq!(
+            tls.clients,
+            Some(ClientCertificates { ca: "ca.pem".into(), names: vec![], flag: "--tls-client-ca" })
+        );
+        assert_eq!(tls.admin_clients, None);
+        assert!(settings(&[]).expect("valid").tls.is_none(), "plaintext by default");
+        for (flags, problem) in [
+            (&["--tls-key", "k.pem"][..], "--tls-key: needs --tls-cert"),
+            (&["--tls-client-ca", "ca.pem"][..], "need --tls-cert"),
+            (&["--tls-cert", "c", "--tls-key", "k", "--admin-tls-client-ca", "ca"][..], "needs --admin-listen"),
+            (&["--tls-cert", "c", "--tls-key", "k", "--tls-client-names", "edge"][..], "needs --tls-client-ca"),
+            (
+                &["--tls-cert", "c", "--tls-key", "k", "--tls-client-ca", "ca", "--tls-client-names", " , "][..],
+                "no name given",
+            ),
+        ] {
+            let err = settings(flags).unwrap_err().to_string();
+            assert!(err.contains(problem), "{flags:?}: {err}");
+        }
+        let apart = settings(&["--admin-listen", "127.0.0.1:50052"]).expect("valid");
+        assert_eq!(apart.admin_listen, Some("127.0.0.1:50052".parse().unwrap()));
+    }
+}
