@@ -167,7 +167,8 @@ async fn call(admin: &mut Admin, rpc: &str, fx: &Fixture, n: usize) -> Result<()
 /// "Admin token roles" section, ✓ allowed and – refused.
 fn roles_table() -> Vec<(String, [bool; 3])> {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deployment.md")).unwrap();
-    let section = doc.split("### Admin token roles").nth(1).expect("docs/deployment.md has an Admin token roles section");
+    let section =
+        doc.split("### Admin token roles").nth(1).expect("docs/deployment.md has an Admin token roles section");
     section
         .lines()
         .skip_while(|line| !line.starts_with('|'))
