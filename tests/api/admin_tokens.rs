@@ -1,4 +1,4 @@
-//! Named admin tokens: each role's allowed and refused RPCs (the README's table, row by
+//! Named admin tokens: each role's allowed and refused RPCs (docs/deployment.md's table, row by
 //! row), a token confined to one account, expiry, revocation on another replica, and the
 //! audit trail naming the token.
 
@@ -163,11 +163,12 @@ async fn call(admin: &mut Admin, rpc: &str, fx: &Fixture, n: usize) -> Result<()
     }
 }
 
-/// The README's table: (RPC, [admin, keys_write, read_only]) from its "Admin token roles"
-/// section, ✓ allowed and – refused.
-fn readme_table() -> Vec<(String, [bool; 3])> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let section = readme.split("### Admin token roles").nth(1).expect("README has an Admin token roles section");
+/// The roles table of docs/deployment.md: (RPC, [admin, keys_write, read_only]) from its
+/// "Admin token roles" section, ✓ allowed and – refused.
+fn roles_table() -> Vec<(String, [bool; 3])> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deployment.md")).unwrap();
+    let section =
+        doc.split("### Admin token roles").nth(1).expect("docs/deployment.md has an Admin token roles section");
     section
         .lines()
         .skip_while(|line| !line.starts_with('|'))
@@ -178,7 +179,7 @@ fn readme_table() -> Vec<(String, [bool; 3])> {
             let allowed = |cell: &str| match cell {
                 "✓" => true,
                 "–" => false,
-                other => panic!("README cell {other:?}: ✓ or –"),
+                other => panic!("roles table cell {other:?}: ✓ or –"),
             };
             (cells[0].trim_matches('`').to_owned(), [allowed(cells[1]), allowed(cells[2]), allowed(cells[3])])
         })
@@ -186,15 +187,15 @@ fn readme_table() -> Vec<(String, [bool; 3])> {
 }
 
 #[tokio::test]
-async fn each_role_may_call_what_the_readme_says_and_no_more() {
+async fn each_role_may_call_what_the_roles_table_says_and_no_more() {
     let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
     let fx = fixture(&mut app).await;
-    let table = readme_table();
+    let table = roles_table();
     let mut rpcs: Vec<&str> = keygate::grpc::admin::ADMIN_RPCS.iter().map(|(rpc, _)| *rpc).collect();
     let mut documented: Vec<&str> = table.iter().map(|(rpc, _)| rpc.as_str()).collect();
     rpcs.sort_unstable();
     documented.sort_unstable();
-    assert_eq!(documented, rpcs, "the README's table lists every admin RPC");
+    assert_eq!(documented, rpcs, "the roles table lists every admin RPC");
 
     // keys_write confined to the fixture's account answers as keys_write does there.
     let tokens = [
