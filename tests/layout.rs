@@ -150,8 +150,10 @@ fn use_tree(tokens: &[&str], at: &mut usize, prefix: &ModPath, into: &mut Vec<Mo
             Some("{") => {
                 *at += 1;
                 while !matches!(tokens.get(*at).copied(), Some("}") | None) {
+                    let before = *at;
                     use_tree(tokens, at, &path, into);
-                    if tokens.get(*at) == Some(&",") {
+                    if tokens.get(*at) == Some(&",") || *at == before {
+                        // A glob (`*`) or anything else that is no path is passed over.
                         *at += 1;
                     }
                 }
@@ -312,18 +314,20 @@ fn no_import_cycle_in_any_crate() {
 /// The cycle finder itself: a made-up crate with a cycle of three, one through a nested
 /// module, one through a `use` tree and one through `super::`, is caught with its path;
 /// a parent and child naming each other, a path in a comment or a string, and a test
-/// module's `use super::*` are not cycles.
+/// module's `use super::*` are not cycles, and a glob inside a `use` tree is read.
 #[test]
 fn the_cycle_finder_finds_a_cycle_of_three() {
     let src = std::env::temp_dir().join(format!("keygate-layout-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&src);
     std::fs::create_dir_all(src.join("b")).unwrap();
     let files = [
-        ("lib.rs", "mod a; mod b; mod c;"),
+        ("lib.rs", "mod a; mod b; mod c; mod d;"),
         ("a.rs", "//! Not [crate::c].\nuse crate::{b::inner::{self, Thing}};\nconst S: &str = \"crate::c\";"),
         ("b/mod.rs", "mod inner; use self::inner::Thing;"),
         ("b/inner.rs", "pub fn f() { super::super::c::g(); super::helper(); }"),
         ("c.rs", "pub fn g() -> u8 { crate::a::h() }\n#[cfg(test)]\nmod tests { use super::*; }"),
+        // A glob inside a use tree is passed over (it once made the reader loop forever).
+        ("d.rs", "use super::{*, c::{g}};"),
     ];
     for (path, text) in files {
         std::fs::write(src.join(path), text).unwrap();

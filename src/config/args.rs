@@ -334,7 +334,8 @@ pub struct RateLimitArgs {
     /// Prefix of every Redis key keygate writes.
     #[arg(long, env = "KEYGATE_RATE_LIMIT_KEY_PREFIX", default_value = "keygate:rl:")]
     pub rate_limit_key_prefix: String,
-    /// The same for the rate-limit store (Redis).
+    /// Longest wait for one rate-limit store (Redis) call on the request path, as
+    /// `--store-timeout-ms` is for the key store.
     #[arg(long, env = "KEYGATE_RATE_LIMIT_TIMEOUT_MS", default_value_t = 50.into(), value_parser = in_range::<u64>(1..=10_000))]
     pub rate_limit_timeout_ms: Checked<u64>,
     /// With Redis: how long a replica may spend its slice of a high-rate limit before

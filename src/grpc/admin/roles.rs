@@ -3,7 +3,7 @@
 
 use crate::domain::AdminNeed;
 
-/// What each admin RPC needs of its caller's role (README: "Admin token roles"). An RPC
+/// What each admin RPC needs of its caller's role (docs/deployment.md: "Admin token roles"). An RPC
 /// missing here needs `admin`.
 pub const ADMIN_RPCS: [(&str, AdminNeed); 25] = [
     ("CreateApplication", AdminNeed::Admin),
@@ -67,7 +67,10 @@ mod tests {
         let mut in_table: Vec<&str> = ADMIN_RPCS.iter().map(|(name, _)| *name).collect();
         in_proto.sort_unstable();
         in_table.sort_unstable();
-        assert_eq!(in_proto, in_table, "a new admin RPC needs a row (and a line in the README's table)");
+        assert_eq!(
+            in_proto, in_table,
+            "a new admin RPC needs a row (and a line in the roles table of docs/deployment.md)"
+        );
         assert_eq!(need_of("NoSuchRpc"), AdminNeed::Admin, "unknown RPCs need admin");
     }
 }

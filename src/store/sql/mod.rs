@@ -16,6 +16,7 @@ mod credits;
 mod delete;
 mod import;
 mod keys;
+mod migrations;
 mod owners;
 mod rows;
 mod sessions;
@@ -34,13 +35,9 @@ use crate::domain::{
     UserId,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
 use std::sync::Arc;
 use std::time::Duration;
-
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -101,11 +98,11 @@ impl SqlStore {
         let options = AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(connect_timeout);
         // Decisions keep their own limits: the breaker's timeout bounds their reads.
         let pool = with_session(options, backend, None).connect(&url).await?;
-        let migrator = match backend {
-            Backend::Sqlite => &SQLITE_MIGRATIONS,
-            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        let migrations = match backend {
+            Backend::Sqlite => migrations::SQLITE,
+            Backend::Postgres => migrations::POSTGRES,
         };
-        migrator.run(&pool).await?;
+        migrations.migrator().await?.run(&pool).await?;
         // An admin call waits for a connection no longer than one statement may run: a
         // queue of searches answers UNAVAILABLE rather than piling up.
         let admin_options =
