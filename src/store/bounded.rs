@@ -118,20 +118,23 @@ impl AdminLayer for BoundedStore {
         &*self.inner
     }
 
-    async fn call<'a, T: Send + 'a>(
+    fn call<'a, T: Send + 'a>(
         &'a self,
-        operation: &'static str,
+        _operation: &'static str,
         call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
-    ) -> Result<T, StoreError> {
-        match operation {
-            // Health checks ask the store itself: the breaker is not the answer they want.
-            "ping" => call.await,
-            // The admin API's read of one key (`key_as_stored`) runs on the decisions'
-            // pool: it is bounded as their reads are, so a flood of them cannot hold the
-            // connections decisions wait for (admin calls count nothing towards the
-            // breaker: `breaker::uncounted`).
-            "key" => self.read(call).await,
-            _ => self.admin(call).await,
-        }
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'a {
+        self.admin(call)
+    }
+
+    /// The admin API's read of one key runs on the decisions' pool: it is bounded as their
+    /// reads are, so a flood of them cannot hold the connections decisions wait for
+    /// (admin calls count nothing towards the breaker: `breaker::uncounted`).
+    async fn key_as_stored(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.read(self.inner.key_as_stored(id)).await
+    }
+
+    /// Health checks ask the store itself: the breaker is not the answer they want.
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
     }
 }

@@ -53,6 +53,11 @@ pub trait AdminLayer: Records {
         // Labelled as the read it is.
         self.call("key", self.below().key_as_stored(id))
     }
+
+    /// [`AdminStore::ping`]: through [`call`](Self::call), by default.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.call("ping", self.below().ping())
+    }
 }
 
 #[async_trait::async_trait]
@@ -271,6 +276,6 @@ impl<L: AdminLayer> AdminStore for L {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.call("ping", self.below().ping()).await
+        AdminLayer::ping(self).await
     }
 }
