@@ -26,6 +26,7 @@ mod leases;
 mod lifecycle;
 mod limits;
 mod operations;
+mod operator_output;
 mod outage;
 mod relay;
 mod replicas;
