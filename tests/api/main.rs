@@ -28,6 +28,7 @@ mod limits;
 mod operations;
 mod operator_output;
 mod outage;
+mod quickstart;
 mod relay;
 mod replicas;
 mod sessions;
