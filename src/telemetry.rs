@@ -2,6 +2,7 @@
 //! `RUST_LOG` overrides the default filter.
 
 use crate::config::LogFormat;
+use std::io::IsTerminal;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
@@ -37,7 +38,12 @@ pub fn init(format: LogFormat) -> Telemetry {
         LogFormat::Json => {
             tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr).boxed()
         }
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        // Colour is for a person at a terminal: in a file or a pipe the escape codes would
+        // start every line.
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed(),
     }];
     #[cfg(feature = "otel")]
     let provider = otel::layer().map(|(layer, provider)| {

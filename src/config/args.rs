@@ -31,9 +31,13 @@ pub struct ListenArgs {
     pub listen: String,
     /// Serve HTTP forward auth (nginx auth_request, Caddy forward_auth, Traefik forwardAuth)
     /// at http://ADDRESS/forward-auth, with /healthz (e.g. 127.0.0.1:8081). Off unless set.
+    /// With --tls-cert it serves https:// only, and with --tls-client-ca it requires the
+    /// edges' client certificates (mTLS), as --listen does.
     #[arg(long, env = "KEYGATE_HTTP_LISTEN")]
     pub http_listen: Option<String>,
     /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 127.0.0.1:9090). Off unless set.
+    /// With --tls-cert it serves https:// only (no client certificate is asked for, even
+    /// under --tls-client-ca).
     #[arg(long, env = "KEYGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
     /// Serve Admin on this address instead (e.g. 10.0.0.5:50052), apart from Authorize and

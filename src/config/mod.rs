@@ -45,6 +45,8 @@ pub const MIN_DIGEST_KEY_LEN: usize = crate::authn::digest::MIN_DIGEST_KEY_LEN;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    /// Text lines for people; coloured only when stderr is a terminal (`text` is the same).
+    #[value(alias = "text")]
     Pretty,
     Json,
 }
@@ -59,7 +61,7 @@ pub struct ServeArgs {
     /// Route policy file (TOML). Default: the built-in policy for the management API.
     #[arg(long, env = "KEYGATE_POLICY")]
     pub policy: Option<PathBuf>,
-    /// Log format.
+    /// Log format (on stderr): pretty (alias text; coloured only on a terminal) or json.
     #[arg(long, env = "KEYGATE_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
     #[command(flatten)]

@@ -19,7 +19,8 @@ pub struct TlsArgs {
     #[arg(long, env = "KEYGATE_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
     /// With --tls-client-ca: the client certificate must also name one of these (a DNS or
-    /// IP subject alternative name), comma-separated.
+    /// IP subject alternative name), comma-separated. Read at start-up only: a change needs
+    /// a restart (SIGHUP and the file watch reload the certificate files, not this list).
     #[arg(long, env = "KEYGATE_TLS_CLIENT_NAMES", value_delimiter = ',')]
     pub tls_client_names: Vec<String>,
     /// mTLS on the admin listener (--admin-listen): a client certificate that chains to
@@ -27,6 +28,7 @@ pub struct TlsArgs {
     #[arg(long, env = "KEYGATE_ADMIN_TLS_CLIENT_CA")]
     pub admin_tls_client_ca: Option<PathBuf>,
     /// With --admin-tls-client-ca: the names (SAN) an admin client certificate may carry.
+    /// Read at start-up only, like --tls-client-names: a change needs a restart.
     #[arg(long, env = "KEYGATE_ADMIN_TLS_CLIENT_NAMES", value_delimiter = ',')]
     pub admin_tls_client_names: Vec<String>,
 }

@@ -278,3 +278,42 @@ async fn the_cli_rolls_imports_owns_and_deletes() {
         keygate(&app, &["authorize", "--credential", credential, "--path", "/api/v1/panel/applications"]);
     assert!(decided.contains("api_key_invalid"), "{decided}");
 }
+
+/// Issue 30 item 9: `key create`, `key get` and `key list` print a key's limits as
+/// `--limit` takes them (`limit1: 100/min`, `burst: 5/10s@ROUTE`) and its refill as
+/// `--refill` takes it. guards: before the fix the line read `limit=limit1:100/60s`, with
+/// no route and no refill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_limits_as_they_were_written() {
+    let app = TestApp::spawn(Db::Sqlite).await.unwrap();
+    let create = [
+        "key",
+        "create",
+        "--account",
+        "acct_shown",
+        "--name",
+        "pro",
+        "--scope",
+        "applications:read",
+        "--limit",
+        "100/min",
+        "--limit",
+        "burst=5/10s@GET /api/v1/panel/applications",
+        "--credits",
+        "1000",
+        "--refill",
+        "1000/month",
+    ];
+    let (ok, created, stderr) = keygate(&app, &create);
+    assert!(ok, "{stderr}");
+    let id = created.split_whitespace().next().unwrap().to_owned();
+    let (ok, got, _) = keygate(&app, &["key", "get", &id]);
+    assert!(ok);
+    let (ok, listed, _) = keygate(&app, &["key", "list", "--account", "acct_shown"]);
+    assert!(ok);
+    for (what, out) in [("create", &created), ("get", &got), ("list", &listed)] {
+        let terms = " limit1: 100/min burst: 5/10s@GET /api/v1/panel/applications credits=1000 refill=1000/month";
+        assert!(out.contains(terms), "key {what}: {out}");
+        assert!(!out.contains("60s") && !out.contains("limit="), "key {what}: {out}");
+    }
+}

@@ -36,7 +36,7 @@ impl TestCa {
         Self { issuer: Issuer::new(params, key), pem }
     }
 
-    fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Issued {
+    pub fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Issued {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("client"));

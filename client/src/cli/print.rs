@@ -201,13 +201,22 @@ fn credits_json(credits: &pb::Credits) -> Value {
     })
 }
 
-/// A key's (or an owner's) limits and credits, as a table line shows them.
+/// A key's (or an owner's) limits and credits, as a table line shows them: each limit as
+/// `--limit` takes it (`limit1: 100/min`, `burst: 5/10s@GET /x`), the credits with their
+/// refill as `--refill` takes it.
 fn terms_line(line: &mut String, limits: &[pb::KeyLimit], credits: Option<&pb::Credits>) {
     for limit in limits {
-        line.push_str(&format!(" limit={}:{}/{}s", limit.name, limit.limit, limit.window_seconds));
+        let window = super::terms::window_name(limit.window_seconds);
+        line.push_str(&format!(" {}: {}/{window}", limit.name, limit.limit));
+        if !limit.route.is_empty() {
+            line.push_str(&format!("@{}", limit.route));
+        }
     }
     if let Some(credits) = credits {
         line.push_str(&format!(" credits={}", credits.remaining));
+        if let Some(refill) = &credits.refill {
+            line.push_str(&format!(" refill={}/{}", refill.amount, super::terms::interval_name(&refill.interval)));
+        }
     }
 }
 

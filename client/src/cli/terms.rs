@@ -32,6 +32,26 @@ fn window_seconds(window: &str) -> Option<u32> {
     }
 }
 
+/// A window as `--limit` takes it: `s`, `min`, `hour`, `day`, else a count like `30s`.
+pub fn window_name(seconds: u32) -> String {
+    match seconds {
+        1 => "s".to_owned(),
+        60 => "min".to_owned(),
+        3600 => "hour".to_owned(),
+        86_400 => "day".to_owned(),
+        other => format!("{other}s"),
+    }
+}
+
+/// A refill interval as `--refill` takes it: `month`, `day`, or a count like `3600s`.
+pub fn interval_name(interval: &str) -> &str {
+    match interval {
+        "monthly" => "month",
+        "daily" => "day",
+        other => other,
+    }
+}
+
 /// Names the limits given without one: `limit1`, `limit2`, ... in order.
 pub fn named(mut limits: Vec<pb::KeyLimit>) -> Vec<pb::KeyLimit> {
     for (i, limit) in limits.iter_mut().enumerate() {
@@ -72,6 +92,10 @@ mod tests {
         assert_eq!(limit.route, "GET /api/v1/x");
         assert_eq!(parse_limit("100/min").unwrap().window_seconds, 60);
         assert_eq!(named(vec![parse_limit("1/day").unwrap()])[0].name, "limit1");
+        for written in ["1/s", "100/min", "5/hour", "7/day", "10/30s"] {
+            let limit = parse_limit(written).unwrap();
+            assert_eq!(format!("{}/{}", limit.limit, window_name(limit.window_seconds)), written, "shown as written");
+        }
         for bad in ["100", "x/min", "10/week", "10/"] {
             assert!(parse_limit(bad).is_err(), "{bad}");
         }

@@ -13,12 +13,15 @@
 //! ones whose ClientHello has begun, so one host holding idle connections cannot keep an
 //! edge that starts its handshake at once from being served, not even from its own address.
 
+mod refused;
+mod roots;
+
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{RootCertStore, ServerConfig};
+use rustls::ServerConfig;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -87,6 +90,8 @@ pub struct ListenerTls {
     loaded: Mutex<Vec<Option<(u64, SystemTime)>>>,
     /// What happened to handshakes on this listener, for the metrics.
     handshakes: HandshakeStats,
+    /// Refused clients, for the rate-limited warnings.
+    refusals: refused::Refusals,
 }
 
 impl std::fmt::Debug for ListenerTls {
@@ -113,6 +118,7 @@ impl ListenerTls {
             config: ArcSwap::from_pointee(config),
             loaded: Mutex::new(stamps),
             handshakes: HandshakeStats::default(),
+            refusals: refused::Refusals::default(),
         }))
     }
 
@@ -217,17 +223,7 @@ fn server_config(
     let builder = match clients {
         None => builder.with_no_client_auth(),
         Some(clients) => {
-            let mut roots = RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(&clients.ca)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .with_context(|| {
-                    format!("{} {}: not a readable PEM certificate", clients.flag, clients.ca.display())
-                })?;
-            for cert in certs {
-                roots.add(cert).with_context(|| {
-                    format!("{} {}: a certificate that is not a CA", clients.flag, clients.ca.display())
-                })?;
-            }
+            let roots = roots::client_roots(clients)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .with_context(|| format!("{} {}: no usable CA certificate", clients.flag, clients.ca.display()))?;
@@ -578,9 +574,11 @@ fn accept(
                     Handshake::Done(stream) if tls.admits(&stream) => {
                         let _ = sender.send((*stream, peer)).await;
                     }
-                    Handshake::Done(_) => {
-                        tracing::warn!(listener = tls.name, %peer, "client certificate names no allowed client; connection closed")
-                    }
+                    Handshake::Done(_) => tls.refusals.note(
+                        tls.name,
+                        peer,
+                        &"client certificate names no allowed client; connection closed",
+                    ),
                     Handshake::Closed => tracing::debug!(listener = tls.name, %peer, "closed before a TLS handshake"),
                     Handshake::FirstBytesTimeout => {
                         tls.handshakes.first_bytes_timeouts.fetch_add(1, Relaxed);
@@ -591,7 +589,7 @@ fn accept(
                         tracing::debug!(listener = tls.name, %peer, "TLS handshake timed out")
                     }
                     Handshake::Failed(e) => {
-                        tracing::debug!(listener = tls.name, %peer, error = %e, "TLS handshake failed")
+                        tls.refusals.note(tls.name, peer, &format_args!("TLS handshake failed: {e}"))
                     }
                 }
             });
