@@ -6,7 +6,7 @@ use super::range::{in_range, Checked};
 use super::secret::Secret;
 use super::url::{unknown_connect_parameters, MaskedUrl};
 use super::{
-    AdminTokenSource, DigestKeySource, DEFAULT_ADMIN_TOKEN_FILE, DEFAULT_DATABASE_URL, DEFAULT_DIGEST_KEY_FILE,
+    AdminTokenSource, DrainSettings, DigestKeySource, DEFAULT_ADMIN_TOKEN_FILE, DEFAULT_DATABASE_URL, DEFAULT_DIGEST_KEY_FILE,
     DEFAULT_LISTEN, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN,
 };
 use crate::authn::budget::BudgetSettings;
@@ -41,6 +41,15 @@ pub struct ListenArgs {
     /// Check, which --listen then serves alone. Default: Admin shares --listen.
     #[arg(long, env = "KEYGATE_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
+    /// On SIGTERM or Ctrl-C, how long keygate goes on serving once its health says
+    /// NOT_SERVING (gRPC health, /healthz), so that load balancers take it out before its
+    /// listeners close. 0: they close at once.
+    #[arg(long, env = "KEYGATE_DRAIN_DELAY_MS", default_value_t = 0.into(), value_parser = in_range::<u64>(0..=600_000))]
+    pub drain_delay_ms: Checked<u64>,
+    /// Then the longest that calls in flight get to finish once the listeners take no new
+    /// ones; past it they are cut and keygate exits.
+    #[arg(long, env = "KEYGATE_DRAIN_TIMEOUT_MS", default_value_t = 10_000.into(), value_parser = in_range::<u64>(0..=600_000))]
+    pub drain_timeout_ms: Checked<u64>,
 }
 
 /// The addresses, parsed.
@@ -72,6 +81,13 @@ impl ListenArgs {
         let http_listen = address(self.http_listen.as_deref(), "http-listen", "127.0.0.1:8081");
         let admin_listen = address(self.admin_listen.as_deref(), "admin-listen", "127.0.0.1:50052");
         Listeners { listen, http_listen, metrics_listen, admin_listen }
+    }
+
+    pub(super) fn drain(&self, problems: &mut Vec<String>) -> DrainSettings {
+        DrainSettings {
+            delay: Duration::from_millis(self.drain_delay_ms.value(problems)),
+            timeout: Duration::from_millis(self.drain_timeout_ms.value(problems)),
+        }
     }
 }
 

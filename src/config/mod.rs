@@ -117,6 +117,14 @@ impl fmt::Debug for AdminTokenSource {
     }
 }
 
+/// How `keygate serve` stops (SIGTERM, Ctrl-C): health NOT_SERVING, `delay` of serving
+/// on, then listeners closed and calls in flight given up to `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainSettings {
+    pub delay: Duration,
+    pub timeout: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
@@ -151,6 +159,7 @@ pub struct Settings {
     pub limiter_breaker: BreakerSettings,
     /// High-rate limits on Redis: slice size and lease period.
     pub limit_leases: LeaseSettings,
+    pub drain: DrainSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +171,7 @@ impl ServeArgs {
         let mut problems = Vec::new();
         let group_readable = self.allow_group_readable_secret_files;
         let Listeners { listen, http_listen, metrics_listen, admin_listen } = self.listeners.addresses(&mut problems);
+        let drain = self.listeners.drain(&mut problems);
         let database_url = self.database.url(group_readable, &mut problems);
         let cache = self.cache.settings(&mut problems);
         let argon2 = self.credentials.argon2(&mut problems);
@@ -209,6 +219,7 @@ impl ServeArgs {
             store_breaker,
             limiter_breaker,
             limit_leases,
+            drain,
         })
     }
 }

@@ -9,6 +9,7 @@ mod credentials_credits;
 mod credentials_import;
 mod credentials_request;
 mod credentials_rolls;
+mod drain;
 mod edge;
 mod edge_contract;
 /// The example axum edge (examples/edge.rs), compiled in as it is.
