@@ -9,7 +9,9 @@ use crate::authn::Authenticator;
 use crate::authz::Authorizer;
 use crate::breaker::Breaker;
 use crate::clock::Clock;
-use crate::config::{AdminTokenSource, DigestKeySource, DrainSettings, Settings, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN};
+use crate::config::{
+    AdminTokenSource, DigestKeySource, DrainSettings, Settings, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN,
+};
 use crate::edge::forward_auth::ForwardAuth;
 use crate::grpc::admin::{AdminGate, AdminGateMetrics, AdminService, BootstrapToken};
 use crate::grpc::authorizer::AuthorizerService;

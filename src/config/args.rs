@@ -6,8 +6,8 @@ use super::range::{in_range, Checked};
 use super::secret::Secret;
 use super::url::{unknown_connect_parameters, MaskedUrl};
 use super::{
-    AdminTokenSource, DrainSettings, DigestKeySource, DEFAULT_ADMIN_TOKEN_FILE, DEFAULT_DATABASE_URL, DEFAULT_DIGEST_KEY_FILE,
-    DEFAULT_LISTEN, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN,
+    AdminTokenSource, DigestKeySource, DrainSettings, DEFAULT_ADMIN_TOKEN_FILE, DEFAULT_DATABASE_URL,
+    DEFAULT_DIGEST_KEY_FILE, DEFAULT_LISTEN, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN,
 };
 use crate::authn::budget::BudgetSettings;
 use crate::authn::verifier::Argon2Settings;
@@ -133,12 +133,8 @@ impl DatabaseArgs {
     /// The URL, given or from its file, and its problems: a backend keygate does not
     /// know, parameters its driver ignores.
     pub(super) fn url(&mut self, group_readable: bool, problems: &mut Vec<String>) -> MaskedUrl {
-        let given = DATABASE_URL.either(
-            self.database_url.take(),
-            self.database_url_file.as_deref(),
-            group_readable,
-            problems,
-        );
+        let given =
+            DATABASE_URL.either(self.database_url.take(), self.database_url_file.as_deref(), group_readable, problems);
         let url = MaskedUrl::new(given.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()));
         Self::check_url(&url, problems);
         url

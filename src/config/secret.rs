@@ -123,7 +123,9 @@ mod tests {
     #[test]
     fn a_secret_file_loses_its_trailing_newline_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
-        for (contents, secret) in [("s3cret\n", "s3cret"), ("s3cret\r\n", "s3cret"), ("s3cret", "s3cret"), (" a b \n", " a b ")] {
+        for (contents, secret) in
+            [("s3cret\n", "s3cret"), ("s3cret\r\n", "s3cret"), ("s3cret", "s3cret"), (" a b \n", " a b ")]
+        {
             assert_eq!(read(&file(dir.path(), "s", contents, 0o600), false).unwrap(), secret);
         }
         assert_eq!(read(&file(dir.path(), "e", "\n", 0o400), false).unwrap_err(), "is empty");

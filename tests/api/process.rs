@@ -35,11 +35,8 @@ impl Keygate {
     /// Starts `command` and waits until it serves; `Err`: it exited first, with its stderr.
     pub fn start(command: &mut Command) -> Result<Self, String> {
         let http_wanted = command.get_args().any(|a| a == "--http-listen");
-        let mut child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the keygate binary starts");
+        let mut child =
+            command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("the keygate binary starts");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let (stderr, lines) = (child.stderr.take().unwrap(), log.clone());

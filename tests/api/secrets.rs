@@ -36,7 +36,8 @@ fn credentials_directory() -> tempfile::TempDir {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_secret_from_a_file_serves_and_shows_in_no_argument_variable_or_log() {
     let marker = keygate::domain::random_token(16).unwrap();
-    let (admin_token, digest_key) = (format!("adm-{marker}-0123456789"), format!("dk-{marker}-0123456789abcdefghijklmnop"));
+    let (admin_token, digest_key) =
+        (format!("adm-{marker}-0123456789"), format!("dk-{marker}-0123456789abcdefghijklmnop"));
     let db = match TestDb::new(Db::Postgres).await {
         Some(db) => db,
         None => TestDb::new(Db::Sqlite).await.unwrap(),
@@ -46,7 +47,8 @@ async fn every_secret_from_a_file_serves_and_shows_in_no_argument_variable_or_lo
     let (db_password, redis_password) = (format!("pgpw{marker}"), format!("rdpw{marker}"));
     let database_url = db.url.replacen("postgres://postgres@", &format!("postgres://postgres:{db_password}@"), 1);
     let redis = std::env::var("KEYGATE_TEST_REDIS_URL").ok();
-    let redis_url = redis.as_ref().map(|url| url.replacen("redis://", &format!("redis://default:{redis_password}@"), 1));
+    let redis_url =
+        redis.as_ref().map(|url| url.replacen("redis://", &format!("redis://default:{redis_password}@"), 1));
     let prefix = crate::helpers::fresh_prefix();
 
     let dir = credentials_directory();
@@ -112,7 +114,10 @@ fn a_secret_given_as_a_value_and_as_a_file_is_refused_naming_both() {
     ] {
         let file = secret_file(dir.path(), name, value, 0o600);
         let said = refused(
-            serve().current_dir(dir.path()).env(format!("KEYGATE_{name}"), value).env(format!("KEYGATE_{name}_FILE"), &file),
+            serve()
+                .current_dir(dir.path())
+                .env(format!("KEYGATE_{name}"), value)
+                .env(format!("KEYGATE_{name}_FILE"), &file),
         );
         let flag = name.to_lowercase().replace('_', "-");
         assert!(said.contains(&format!("--{flag} / KEYGATE_{name} and --{flag}-file / KEYGATE_{name}_FILE")), "{said}");
@@ -133,7 +138,8 @@ fn a_secret_file_others_may_read_is_refused_naming_it_and_its_mode() {
         ("KEYGATE_DIGEST_KEY_FILE", 0o640),
         ("KEYGATE_RATE_LIMIT_STORE_FILE", 0o620),
     ] {
-        let secret = if variable.contains("URL") { database.clone() } else { "secretvalue-0123456789abcdefghijklmnopq".into() };
+        let secret =
+            if variable.contains("URL") { database.clone() } else { "secretvalue-0123456789abcdefghijklmnopq".into() };
         let secret = if variable.contains("STORE") { "redis://127.0.0.1:6379".into() } else { secret };
         let file = secret_file(dir.path(), variable, &secret, mode);
         let said = refused(serve().current_dir(dir.path()).env(variable, &file));
