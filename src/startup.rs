@@ -9,7 +9,9 @@ use crate::authn::Authenticator;
 use crate::authz::Authorizer;
 use crate::breaker::Breaker;
 use crate::clock::Clock;
-use crate::config::{AdminTokenSource, DigestKeySource, Settings, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN};
+use crate::config::{
+    AdminTokenSource, DigestKeySource, DrainSettings, Settings, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN,
+};
 use crate::edge::forward_auth::ForwardAuth;
 use crate::grpc::admin::{AdminGate, AdminGateMetrics, AdminService, BootstrapToken};
 use crate::grpc::authorizer::AuthorizerService;
@@ -32,6 +34,7 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -211,6 +214,9 @@ pub struct Application {
     admin_health: Option<tonic_health::server::HealthReporter>,
     handles: Handles,
     clock: Arc<dyn Clock>,
+    /// Set on shutdown, before the listeners close: /healthz answers 503.
+    draining: Arc<AtomicBool>,
+    drain: DrainSettings,
     _background: Vec<AbortOnDrop>,
     _limiter: LimiterTasks,
 }
@@ -307,7 +313,8 @@ impl Application {
         let local_addr = listener.local_addr()?;
         warn_if_plaintext_beyond_loopback(&settings);
         let metrics = crate::metrics::bind(settings.metrics_listen).await?;
-        let forward_auth = forward_auth(&settings, &authorizer, &store_breaker).await?;
+        let draining = Arc::new(AtomicBool::new(false));
+        let forward_auth = forward_auth(&settings, &authorizer, &store_breaker, &draining).await?;
         background.push(AbortOnDrop(usage.clone().spawn_flusher()));
         let handles = Handles {
             verifier,
@@ -339,6 +346,8 @@ impl Application {
             admin_health,
             handles,
             clock,
+            draining,
+            drain: settings.drain,
             _background: background,
             _limiter: limiter_tasks,
         })
@@ -371,27 +380,27 @@ impl Application {
         self.handles.clone()
     }
 
-    /// Serves until `shutdown` completes, then stops taking calls and lets those in
-    /// flight finish.
+    /// Serves until `shutdown` completes, then drains: health says NOT_SERVING (gRPC
+    /// health, /healthz) while serving goes on for the drain delay, then the listeners
+    /// take no new calls and those in flight get up to the drain timeout to finish.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let (health, admin_health) = (self.health.clone(), self.admin_health.clone());
-        // Every listener stops when `shutdown` completes: the gRPC ones finish their calls.
+        let health = Announce {
+            health: self.health.clone(),
+            admin_health: self.admin_health.clone(),
+            draining: self.draining.clone(),
+            delay: self.drain.delay,
+        };
+        // The decision listeners stop when `shutdown` completes and the delay has passed.
         let (stopping, stop_grpc) = tokio::sync::watch::channel(false);
         let _signal = AbortOnDrop(tokio::spawn(async move {
             shutdown.await;
-            tracing::info!("shutting down: finishing calls in flight");
-            health.set_not_serving::<AuthorizerServer<AuthorizerService>>().await;
-            health.set_not_serving::<AdminServer<AdminService>>().await;
-            health.set_not_serving::<AuthorizationServer<CheckService>>().await;
-            if let Some(admin_health) = admin_health {
-                admin_health.set_not_serving::<AdminServer<AdminService>>().await;
-            }
+            health.not_serving().await;
             let _ = stopping.send(true);
         }));
         let stop = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         };
-        // The metrics and forward-auth listeners stop with the gRPC server.
+        // The metrics listener stops after the others: it is read while they drain.
         let (stopped, stop_metrics) = tokio::sync::watch::channel(false);
         let (metrics_tls, http_tls) = (self.tls.metrics.clone(), self.tls.http.clone());
         if let Some(listener) = self.metrics {
@@ -409,11 +418,12 @@ impl Application {
                 }
             });
         }
+        let mut forward_auth = None;
         if let Some((listener, state)) = self.forward_auth {
             let address = listener.local_addr()?;
-            let stop = stop(stop_metrics.clone());
+            let stop = stop(stop_grpc.clone());
             tracing::info!(%address, "serving forward auth at /forward-auth");
-            tokio::spawn(async move {
+            forward_auth = Some(tokio::spawn(async move {
                 let listener = match HttpListener::new(listener, http_tls) {
                     Ok(listener) => listener,
                     Err(e) => return tracing::error!(error = %e, "the forward-auth listener failed"),
@@ -421,7 +431,7 @@ impl Application {
                 if let Err(e) = crate::edge::forward_auth::serve(listener, state, stop).await {
                     tracing::error!(error = %e, "the forward-auth listener failed");
                 }
-            });
+            }));
         }
         tracing::info!(address = %self.local_addr, tls = self.tls.decision.is_some(), "keygate is serving");
         let decisions = serve_grpc(self.router, self.listener, self.tls.decision.clone(), stop(stop_grpc.clone()));
@@ -430,13 +440,20 @@ impl Application {
                 Some((listener, router)) => {
                     let address = listener.local_addr().ok();
                     tracing::info!(address = ?address, tls = self.tls.admin.is_some(), "serving Admin apart");
-                    serve_grpc(router, listener, self.tls.admin.clone(), stop(stop_grpc)).await
+                    serve_grpc(router, listener, self.tls.admin.clone(), stop(stop_grpc.clone())).await
                 }
                 None => Ok(()),
             }
         };
         // One listener failing stops the other.
-        let served = tokio::try_join!(decisions, admin);
+        let listeners = async {
+            let served = tokio::try_join!(decisions, admin);
+            if let Some(forward_auth) = forward_auth {
+                let _ = forward_auth.await;
+            }
+            served
+        };
+        let served = drain_within(self.drain.timeout, stop_grpc.clone(), listeners).await;
         let _ = stopped.send(true);
         drop(stop_metrics);
         // Uses seen since the last flush are written before the pool closes.
@@ -447,6 +464,67 @@ impl Application {
         self.handles.store.close().await;
         served?;
         Ok(())
+    }
+}
+
+/// What a shutdown tells before the listeners close.
+struct Announce {
+    health: tonic_health::server::HealthReporter,
+    admin_health: Option<tonic_health::server::HealthReporter>,
+    draining: Arc<AtomicBool>,
+    delay: Duration,
+}
+
+impl Announce {
+    /// Health NOT_SERVING on every listener, then the drain delay while serving goes on.
+    async fn not_serving(self) {
+        tracing::info!(delay_ms = self.delay.as_millis() as u64, "shutting down: health is NOT_SERVING");
+        self.draining.store(true, Ordering::Relaxed);
+        let health = &self.health;
+        // "": the server as a whole, what Kubernetes' gRPC probe asks by default.
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        health.set_not_serving::<AuthorizerServer<AuthorizerService>>().await;
+        health.set_not_serving::<AdminServer<AdminService>>().await;
+        health.set_not_serving::<AuthorizationServer<CheckService>>().await;
+        if let Some(admin_health) = &self.admin_health {
+            admin_health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            admin_health.set_not_serving::<AdminServer<AdminService>>().await;
+        }
+        tokio::time::sleep(self.delay).await;
+        tracing::info!("shutting down: listeners closed, finishing calls in flight");
+    }
+}
+
+/// `listeners` (which stop taking calls once `stop` says so) until they have finished
+/// their calls in flight, or `timeout` after `stop`, when whatever is left is cut.
+async fn drain_within<T>(
+    timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    listeners: impl Future<Output = Result<T, tonic::transport::Error>>,
+) -> Result<Option<T>, tonic::transport::Error> {
+    let started = std::sync::OnceLock::new();
+    let bound = async {
+        if stop.wait_for(|stopped| *stopped).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        let _ = started.set(std::time::Instant::now());
+        tokio::time::sleep(timeout).await;
+    };
+    tokio::select! {
+        served = listeners => {
+            if let Some(at) = started.get() {
+                let drained_ms = at.elapsed().as_millis() as u64;
+                tracing::info!(drained_ms, "shutting down: every call in flight finished");
+            }
+            served.map(Some)
+        }
+        () = bound => {
+            tracing::warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "shutting down: calls still in flight after the drain timeout are cut"
+            );
+            Ok(None)
+        }
     }
 }
 
@@ -469,6 +547,7 @@ async fn forward_auth(
     settings: &Settings,
     authorizer: &Arc<Authorizer>,
     store_breaker: &Arc<Breaker>,
+    draining: &Arc<AtomicBool>,
 ) -> anyhow::Result<Option<(TcpListener, ForwardAuth)>> {
     let Some(address) = settings.http_listen else { return Ok(None) };
     let listener =
@@ -478,6 +557,7 @@ async fn forward_auth(
         credential_headers: settings.ext_authz.credential_headers.clone().into(),
         edge: settings.edge,
         store_breaker: store_breaker.clone(),
+        draining: draining.clone(),
     };
     Ok(Some((listener, forward_auth)))
 }

@@ -3,10 +3,11 @@
 //! one list, so that all are reported at once.
 
 use super::range::{in_range, Checked};
+use super::secret::Secret;
 use super::url::{unknown_connect_parameters, MaskedUrl};
 use super::{
-    AdminTokenSource, DigestKeySource, DEFAULT_ADMIN_TOKEN_FILE, DEFAULT_DATABASE_URL, DEFAULT_DIGEST_KEY_FILE,
-    DEFAULT_LISTEN, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN,
+    AdminTokenSource, DigestKeySource, DrainSettings, DEFAULT_ADMIN_TOKEN_FILE, DEFAULT_DATABASE_URL,
+    DEFAULT_DIGEST_KEY_FILE, DEFAULT_LISTEN, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN,
 };
 use crate::authn::budget::BudgetSettings;
 use crate::authn::verifier::Argon2Settings;
@@ -44,6 +45,15 @@ pub struct ListenArgs {
     /// Check, which --listen then serves alone. Default: Admin shares --listen.
     #[arg(long, env = "KEYGATE_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
+    /// On SIGTERM or Ctrl-C, how long keygate goes on serving once its health says
+    /// NOT_SERVING (gRPC health, /healthz), so that load balancers take it out before its
+    /// listeners close. 0: they close at once.
+    #[arg(long, env = "KEYGATE_DRAIN_DELAY_MS", default_value_t = 0.into(), value_parser = in_range::<u64>(0..=600_000))]
+    pub drain_delay_ms: Checked<u64>,
+    /// Then the longest that calls in flight get to finish once the listeners take no new
+    /// ones; past it they are cut and keygate exits.
+    #[arg(long, env = "KEYGATE_DRAIN_TIMEOUT_MS", default_value_t = 10_000.into(), value_parser = in_range::<u64>(0..=600_000))]
+    pub drain_timeout_ms: Checked<u64>,
 }
 
 /// The addresses, parsed.
@@ -76,14 +86,31 @@ impl ListenArgs {
         let admin_listen = address(self.admin_listen.as_deref(), "admin-listen", "127.0.0.1:50052");
         Listeners { listen, http_listen, metrics_listen, admin_listen }
     }
+
+    pub(super) fn drain(&self, problems: &mut Vec<String>) -> DrainSettings {
+        DrainSettings {
+            delay: Duration::from_millis(self.drain_delay_ms.value(problems)),
+            timeout: Duration::from_millis(self.drain_timeout_ms.value(problems)),
+        }
+    }
 }
+
+/// The secrets, each with its file twin.
+const DATABASE_URL: Secret = Secret { flag: "database-url", what: "database URL" };
+const REDIS_URL: Secret = Secret { flag: "rate-limit-store", what: "Redis URL" };
+const ADMIN_TOKEN: Secret = Secret { flag: "admin-token", what: "admin token" };
+const DIGEST_KEY: Secret = Secret { flag: "digest-key", what: "digest key" };
 
 /// The key store and its two pools.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
-    /// sqlite://PATH (created if missing) or postgres://USER@HOST/DB.
-    #[arg(long, env = "KEYGATE_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
+    /// sqlite://PATH (created if missing) or postgres://USER@HOST/DB. Default:
+    /// sqlite://keygate-data/keygate.db.
+    #[arg(long, env = "KEYGATE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// A file holding the database URL (with its password), instead of --database-url.
+    #[arg(long, env = "KEYGATE_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
     /// Database connections in the pool.
     #[arg(long, env = "KEYGATE_DATABASE_MAX_CONNECTIONS", default_value_t = 10.into(), value_parser = in_range::<u32>(1..=u32::MAX))]
     pub database_max_connections: Checked<u32>,
@@ -107,13 +134,22 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
-    /// The URL's problems: a backend keygate does not know, parameters its driver ignores.
-    pub(super) fn check_url(&self, problems: &mut Vec<String>) {
-        match crate::store::sql::Backend::of_url(&self.database_url) {
+    /// The URL, given or from its file, and its problems: a backend keygate does not
+    /// know, parameters its driver ignores.
+    pub(super) fn url(&mut self, group_readable: bool, problems: &mut Vec<String>) -> MaskedUrl {
+        let given =
+            DATABASE_URL.either(self.database_url.take(), self.database_url_file.as_deref(), group_readable, problems);
+        let url = MaskedUrl::new(given.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()));
+        Self::check_url(&url, problems);
+        url
+    }
+
+    fn check_url(url: &MaskedUrl, problems: &mut Vec<String>) {
+        match crate::store::sql::Backend::of_url(url.expose()) {
             None => problems
                 .push("--database-url / KEYGATE_DATABASE_URL: must start with sqlite:// or postgres://".to_owned()),
             Some(backend) => {
-                let unknown = unknown_connect_parameters(&MaskedUrl::new(self.database_url.as_str()), backend);
+                let unknown = unknown_connect_parameters(url, backend);
                 if !unknown.is_empty() {
                     problems.push(format!(
                         "--database-url / KEYGATE_DATABASE_URL: unknown connect parameter(s) {} (the driver \
@@ -139,9 +175,10 @@ pub struct AdminArgs {
     /// An accepted admin token (at least 16 characters). When unset, the token file is used.
     #[arg(long, env = "KEYGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Used when no admin token is given: read, or created with a new random token (mode 0600).
-    #[arg(long, env = "KEYGATE_ADMIN_TOKEN_FILE", default_value = DEFAULT_ADMIN_TOKEN_FILE)]
-    pub admin_token_file: PathBuf,
+    /// The admin token's file, instead of --admin-token: read, or created with a new random
+    /// token (mode 0600) when missing. Default: keygate-data/admin-token.
+    #[arg(long, env = "KEYGATE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Admin calls per second each admin token may make, on average.
     #[arg(long, env = "KEYGATE_ADMIN_CALLS_PER_SECOND", default_value_t = AdminGateSettings::DEFAULT_CALLS_PER_SECOND)]
     pub admin_calls_per_second: u32,
@@ -160,14 +197,15 @@ pub struct AdminArgs {
 }
 
 impl AdminArgs {
-    pub(super) fn token(self, problems: &mut Vec<String>) -> AdminTokenSource {
+    pub(super) fn token(self, group_readable: bool, problems: &mut Vec<String>) -> AdminTokenSource {
+        ADMIN_TOKEN.not_both(self.admin_token.is_some(), self.admin_token_file.as_deref(), group_readable, problems);
         match self.admin_token {
             Some(token) if token.trim().len() < MIN_ADMIN_TOKEN_LEN => {
                 problems.push(format!("KEYGATE_ADMIN_TOKEN: must be at least {MIN_ADMIN_TOKEN_LEN} characters"));
                 AdminTokenSource::Given(token)
             }
             Some(token) => AdminTokenSource::Given(token.trim().to_owned()),
-            None => AdminTokenSource::File(self.admin_token_file),
+            None => AdminTokenSource::File(self.admin_token_file.unwrap_or_else(|| DEFAULT_ADMIN_TOKEN_FILE.into())),
         }
     }
 
@@ -227,9 +265,10 @@ pub struct CredentialArgs {
     /// replica must have the same). When unset, the digest key file is used.
     #[arg(long, env = "KEYGATE_DIGEST_KEY", hide_env_values = true)]
     pub digest_key: Option<String>,
-    /// Used when no digest key is given: read, or created with a new random key (mode 0600).
-    #[arg(long, env = "KEYGATE_DIGEST_KEY_FILE", default_value = DEFAULT_DIGEST_KEY_FILE)]
-    pub digest_key_file: PathBuf,
+    /// The digest key's file, instead of --digest-key: read, or created with a new random
+    /// key (mode 0600) when missing. Default: keygate-data/digest-key.
+    #[arg(long, env = "KEYGATE_DIGEST_KEY_FILE")]
+    pub digest_key_file: Option<PathBuf>,
 }
 
 impl CredentialArgs {
@@ -247,14 +286,15 @@ impl CredentialArgs {
         }
     }
 
-    pub(super) fn digest_key(self, problems: &mut Vec<String>) -> DigestKeySource {
+    pub(super) fn digest_key(self, group_readable: bool, problems: &mut Vec<String>) -> DigestKeySource {
+        DIGEST_KEY.not_both(self.digest_key.is_some(), self.digest_key_file.as_deref(), group_readable, problems);
         match self.digest_key {
             Some(key) if key.trim().len() < MIN_DIGEST_KEY_LEN => {
                 problems.push(format!("KEYGATE_DIGEST_KEY: must be at least {MIN_DIGEST_KEY_LEN} characters"));
                 DigestKeySource::Given(key)
             }
             Some(key) => DigestKeySource::Given(key.trim().to_owned()),
-            None => DigestKeySource::File(self.digest_key_file),
+            None => DigestKeySource::File(self.digest_key_file.unwrap_or_else(|| DEFAULT_DIGEST_KEY_FILE.into())),
         }
     }
 }
@@ -335,6 +375,9 @@ pub struct RateLimitArgs {
     /// redis://HOST:PORT to share rate-limit counters across replicas. Default: in-process.
     #[arg(long, env = "KEYGATE_RATE_LIMIT_STORE", hide_env_values = true)]
     pub rate_limit_store: Option<String>,
+    /// A file holding the Redis URL (with its password), instead of --rate-limit-store.
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_STORE_FILE")]
+    pub rate_limit_store_file: Option<PathBuf>,
     /// Prefix of every Redis key keygate writes.
     #[arg(long, env = "KEYGATE_RATE_LIMIT_KEY_PREFIX", default_value = "keygate:rl:")]
     pub rate_limit_key_prefix: String,
@@ -355,8 +398,9 @@ pub struct RateLimitArgs {
 }
 
 impl RateLimitArgs {
-    pub(super) fn store(&self, problems: &mut Vec<String>) -> Option<MaskedUrl> {
-        let url = self.rate_limit_store.as_ref()?;
+    pub(super) fn store(&mut self, group_readable: bool, problems: &mut Vec<String>) -> Option<MaskedUrl> {
+        let file = self.rate_limit_store_file.as_deref();
+        let url = REDIS_URL.either(self.rate_limit_store.take(), file, group_readable, problems)?;
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             problems.push("--rate-limit-store / KEYGATE_RATE_LIMIT_STORE: must start with redis://".to_owned());
         }

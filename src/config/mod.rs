@@ -8,6 +8,7 @@
 
 pub mod args;
 pub mod range;
+mod secret;
 pub mod tls;
 pub mod url;
 
@@ -80,6 +81,10 @@ pub struct ServeArgs {
     pub edge: EdgeArgs,
     #[command(flatten)]
     pub tls: tls::TlsArgs,
+    /// Accept secret files (`--…-file`) that their group may read, as Kubernetes' fsGroup
+    /// makes them; files others may read are refused all the same.
+    #[arg(long, env = "KEYGATE_ALLOW_GROUP_READABLE_SECRET_FILES")]
+    pub allow_group_readable_secret_files: bool,
 }
 
 /// Where the digest key comes from: given, or a file (created on first start).
@@ -112,6 +117,14 @@ impl fmt::Debug for AdminTokenSource {
             Self::File(path) => write!(f, "File({})", path.display()),
         }
     }
+}
+
+/// How `keygate serve` stops (SIGTERM, Ctrl-C): health NOT_SERVING, `delay` of serving
+/// on, then listeners closed and calls in flight given up to `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainSettings {
+    pub delay: Duration,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +161,7 @@ pub struct Settings {
     pub limiter_breaker: BreakerSettings,
     /// High-rate limits on Redis: slice size and lease period.
     pub limit_leases: LeaseSettings,
+    pub drain: DrainSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,13 +169,15 @@ pub struct Settings {
 pub struct ConfigError(pub Vec<String>);
 
 impl ServeArgs {
-    pub fn into_settings(self) -> Result<Settings, ConfigError> {
+    pub fn into_settings(mut self) -> Result<Settings, ConfigError> {
         let mut problems = Vec::new();
+        let group_readable = self.allow_group_readable_secret_files;
         let Listeners { listen, http_listen, metrics_listen, admin_listen } = self.listeners.addresses(&mut problems);
-        self.database.check_url(&mut problems);
+        let drain = self.listeners.drain(&mut problems);
+        let database_url = self.database.url(group_readable, &mut problems);
         let cache = self.cache.settings(&mut problems);
         let argon2 = self.credentials.argon2(&mut problems);
-        let rate_limit_store = self.rate_limits.store(&mut problems);
+        let rate_limit_store = self.rate_limits.store(group_readable, &mut problems);
         let manage = self.lifetimes.settings(&mut problems);
         let ext_authz = self.edge.ext_authz(&mut problems);
         let tls = self.tls.settings(self.listeners.admin_listen.is_some(), &mut problems);
@@ -173,14 +189,14 @@ impl ServeArgs {
         let database_max_connections = self.database.database_max_connections.value(&mut problems);
         let admin_pool = self.database.admin_pool(&mut problems);
         let admin_gate = self.admin.gate(&mut problems);
-        let digest_key = self.credentials.digest_key(&mut problems);
-        let admin_token = self.admin.token(&mut problems);
+        let digest_key = self.credentials.digest_key(group_readable, &mut problems);
+        let admin_token = self.admin.token(group_readable, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
         Ok(Settings {
             listen,
-            database_url: MaskedUrl::new(self.database.database_url),
+            database_url,
             database_max_connections,
             admin_pool,
             admin_gate,
@@ -205,6 +221,7 @@ impl ServeArgs {
             store_breaker,
             limiter_breaker,
             limit_leases,
+            drain,
         })
     }
 }
@@ -231,7 +248,7 @@ impl Settings {
             serve: ServeArgs,
         }
         let mut args = Only::parse_from(["keygate"]).serve;
-        args.database.database_url = database_url.to_owned();
+        args.database.database_url = Some(database_url.to_owned());
         args.into_settings().expect("defaults are valid")
     }
 }
@@ -279,8 +296,8 @@ mod tests {
         ]);
         let err = bad.into_settings().unwrap_err();
         // The four TLS ones: --admin-listen, names without a CA, a wildcard name, a cert
-        // without its key.
-        assert_eq!(err.0.len(), 15, "{err}");
+        // without its key; the admin token given twice (as a value and as a file).
+        assert_eq!(err.0.len(), 16, "{err}");
         assert!(!err.to_string().contains("short\""), "{err}");
     }
 

@@ -43,6 +43,8 @@ pub struct ForwardAuth {
     pub credential_headers: Arc<[CredentialSource]>,
     pub edge: EdgeSettings,
     pub store_breaker: Arc<Breaker>,
+    /// Set when keygate starts to shut down: /healthz then answers 503.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The listener's routes.
@@ -71,6 +73,10 @@ pub async fn serve(
 }
 
 async fn health(State(state): State<ForwardAuth>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        // Still answering forward auth until the listener closes; a balancer moves away.
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not_serving"}"#.to_owned());
+    }
     // Serving even while the store is down: cached keys are still decided.
     let store = if state.store_breaker.is_open() { "unreachable" } else { "up" };
     json_response(StatusCode::OK, format!(r#"{{"status":"serving","store":"{store}"}}"#))
