@@ -15,6 +15,7 @@ use crate::config::{
 use crate::edge::forward_auth::ForwardAuth;
 use crate::grpc::admin::{AdminGate, AdminGateMetrics, AdminService, BootstrapToken};
 use crate::grpc::authorizer::AuthorizerService;
+use crate::grpc::envoy::AuthorizationServer;
 use crate::grpc::ext_authz::CheckService;
 use crate::grpc::proto::{self, admin_server::AdminServer, authorizer_server::AuthorizerServer};
 use crate::grpc::spans::CallSpans;
@@ -30,7 +31,6 @@ use crate::store::{Stack, Store};
 use crate::tls::{HttpListener, ListenerTls, Protocol};
 use crate::usage::UsageRecorder;
 use anyhow::Context;
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;

@@ -311,6 +311,25 @@ fn no_import_cycle_in_any_crate() {
     assert!(found.is_empty(), "import cycles:\n{}", found.join("\n"));
 }
 
+/// No source file of any crate over 800 lines: a file that long holds more than one thing
+/// (guards the split of `client/src/cli/mod.rs`, 891 lines before it; seen failing so).
+#[test]
+fn no_source_file_over_800_lines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut long = Vec::new();
+    for krate in CRATES {
+        let mut files = Vec::new();
+        rust_files(&root.join(krate), &mut files);
+        for file in files {
+            let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+            if lines > 800 {
+                long.push(format!("{}: {lines} lines", file.strip_prefix(root).unwrap().display()));
+            }
+        }
+    }
+    assert!(long.is_empty(), "files over 800 lines:\n{}", long.join("\n"));
+}
+
 /// The cycle finder itself: a made-up crate with a cycle of three, one through a nested
 /// module, one through a `use` tree and one through `super::`, is caught with its path;
 /// a parent and child naming each other, a path in a comment or a string, and a test

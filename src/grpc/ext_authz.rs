@@ -8,12 +8,16 @@
 //! deadline, denies with the page's 500 `INTERNAL_ERROR` and an error id (fail closed),
 //! whatever Envoy's own `failure_mode_allow` says.
 
+use super::envoy::envoy::config::core::v3::{
+    address, header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption,
+};
+use super::envoy::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
+use super::envoy::google::rpc;
+use super::envoy::{Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HttpResponse, OkHttpResponse};
 use crate::authz::{Authorizer, Verdict};
 use crate::code::Code;
 use crate::domain::Deny;
 use crate::edge::{principal_headers, Answer, EdgeSettings, HttpRequest, Pass};
-use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode};
-use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder};
 use keygate_api::answer::REASON_HEADER;
 use keygate_api::edge::{is_reserved_header, CredentialSource};
 use std::sync::Arc;
@@ -60,7 +64,7 @@ impl Authorization for CheckService {
             headers: &http.headers,
             // Envoy's source address is the peer it saw; what proxies before it wrote in
             // x-forwarded-for is believed only through the configured trusted hops.
-            peer: check.get_client_address().and_then(|ip| ip.parse().ok()),
+            peer: client_address(&check).and_then(|ip| ip.parse().ok()),
             // The body, when Envoy sends it (`with_request_body`): as bytes or as text.
             body: [http.raw_body.as_slice(), http.body.as_bytes()].into_iter().find(|b| !b.is_empty()),
         };
@@ -85,22 +89,20 @@ fn allowed<'h>(
     client_headers: impl Iterator<Item = &'h String>,
     strip: Option<&CredentialSource>,
 ) -> CheckResponse {
-    let mut ok = OkHttpResponseBuilder::new();
+    let mut ok = OkHttpResponse::default();
     let set = principal_headers(verdict);
     for (name, value) in &set {
-        ok.add_header(*name, value.clone(), Some(HeaderAppendAction::OverwriteIfExistsOrAdd), true);
+        ok.headers.push(header(name, value.clone(), HeaderAppendAction::OverwriteIfExistsOrAdd, true));
     }
     for name in client_headers.filter(|name| is_reserved_header(name)) {
         if !set.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            ok.remove_header(name);
+            ok.headers_to_remove.push(name.clone());
         }
     }
-    if let Some(header) = strip {
-        ok.remove_header(header.header_name());
+    if let Some(source) = strip {
+        ok.headers_to_remove.push(source.header_name().to_owned());
     }
-    let mut response = CheckResponse::with_status(Status::ok(""));
-    response.set_http_response(ok);
-    response
+    answer(Status::ok(""), HttpResponse::OkResponse(ok))
 }
 
 /// A deny with the code's own HTTP and gRPC statuses, the page's exact envelope, and the
@@ -108,16 +110,43 @@ fn allowed<'h>(
 fn refused(deny: &Deny, retry_after_seconds: Option<u32>) -> CheckResponse {
     let Deny { code, reason, message } = deny;
     let code = *code;
-    let mut denied = DeniedHttpResponseBuilder::new();
-    denied
-        .set_http_status(HttpStatusCode::try_from(i32::from(code.http_status())).unwrap_or(HttpStatusCode::Forbidden));
-    denied.add_header("content-type", "application/json", None, false);
-    denied.add_header(REASON_HEADER, reason.as_str(), None, false);
+    let status = HttpStatusCode::try_from(i32::from(code.http_status())).unwrap_or(HttpStatusCode::Forbidden);
+    let append = HeaderAppendAction::AppendIfExistsOrAdd;
+    let mut headers = vec![
+        header("content-type", "application/json".to_owned(), append, false),
+        header(REASON_HEADER, reason.as_str().to_owned(), append, false),
+    ];
     if let Some(seconds) = retry_after_seconds {
-        denied.add_header("retry-after", seconds.to_string(), None, false);
+        headers.push(header("retry-after", seconds.to_string(), append, false));
     }
-    denied.set_body(code.envelope(message));
-    let mut response = CheckResponse::with_status(Status::new(code.grpc_code(), message.as_ref()));
-    response.set_http_response(denied);
-    response
+    let denied =
+        DeniedHttpResponse { status: Some(HttpStatus { code: status.into() }), headers, body: code.envelope(message) };
+    answer(Status::new(code.grpc_code(), message.as_ref()), HttpResponse::DeniedResponse(denied))
+}
+
+/// The response: the gRPC status Envoy reads first (its details are not sent) and the HTTP
+/// answer.
+fn answer(status: Status, http: HttpResponse) -> CheckResponse {
+    let status = rpc::Status { code: status.code().into(), message: status.message().into(), details: Vec::new() };
+    CheckResponse { status: Some(status), http_response: Some(http), ..Default::default() }
+}
+
+/// One header to set; `keep_empty` keeps it even when its value is empty.
+fn header(name: &str, value: String, append: HeaderAppendAction, keep_empty: bool) -> HeaderValueOption {
+    #[allow(deprecated)] // `append`, superseded by `append_action`, stays unset.
+    HeaderValueOption {
+        header: Some(HeaderValue { key: name.to_owned(), value, raw_value: Vec::new() }),
+        append: None,
+        append_action: append.into(),
+        keep_empty_value: keep_empty,
+    }
+}
+
+/// The address Envoy saw the request come from, when it is a socket address.
+fn client_address(check: &CheckRequest) -> Option<&String> {
+    let peer = check.attributes.as_ref()?.source.as_ref()?;
+    match peer.address.as_ref()?.address.as_ref()? {
+        address::Address::SocketAddress(socket) => Some(&socket.address),
+        _ => None,
+    }
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod authorizer;
 pub mod convert;
+pub mod envoy;
 pub mod ext_authz;
 pub mod spans;
 pub mod status;

@@ -109,6 +109,53 @@ async fn admin_searches_never_take_decisions_away(db: Db) {
 
 backend_tests!(admin_searches_never_take_decisions_away);
 
+/// Guards BoundedStore's `key_as_stored` hook, "an admin key read runs on the decisions'
+/// pool, so it is bounded as their reads are": GetApiKey on a key with credits reads the
+/// balance from the store past the cache. Here another connection holds the keys table
+/// locked (Postgres: ACCESS EXCLUSIVE, which even a plain read waits for), and the read
+/// gives up after the store's timeout with UNAVAILABLE while the lock is still held. With
+/// the hook removed (the admin layer's default, not bounded) the call waits for the lock
+/// and the guard below fails it; seen failing so.
+async fn an_admin_key_read_gives_up_after_the_store_timeout() {
+    use sqlx::Connection;
+    if std::env::var_os("KEYGATE_TEST_POSTGRES_URL").is_none() {
+        eprintln!("skipped: KEYGATE_TEST_POSTGRES_URL is not set");
+        return;
+    }
+    let Some(test_db) = TestDb::new(Db::Postgres).await else { return };
+    let url = test_db.url.clone();
+    let mut app = TestApp::spawn_on(test_db, |s| {
+        s.store_breaker.timeout = Duration::from_millis(500);
+        // The key stays fresh in the cache: only the balance is read from the store.
+        s.cache.ttl = Duration::from_secs(3600);
+    })
+    .await;
+    let credits = Some(pb::Credits { remaining: 10, refill: None });
+    let (key, secret) = app.key_with("acct_locked", pb::CreateApiKeyRequest { credits, ..Default::default() }).await;
+    assert!(app.authorizer.authorize(ask(&secret)).await.unwrap().into_inner().allowed, "the key is cached");
+
+    let mut holder = sqlx::PgConnection::connect(&url).await.expect("the test database");
+    let mut lock = holder.begin().await.unwrap();
+    sqlx::query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let get = app.admin.get_api_key(pb::GetApiKeyRequest { id: key.id.clone() });
+    // Only stops a hang (an unbounded read waits for the lock as long as it is held).
+    let answer = tokio::time::timeout(Duration::from_secs(60), get)
+        .await
+        .expect("GetApiKey waited for the locked table: the admin key read is not bounded");
+    let status = answer.expect_err("the key was read through the lock");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    lock.rollback().await.unwrap();
+
+    let read = app.admin.get_api_key(pb::GetApiKeyRequest { id: key.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(read.credits.map(|c| c.remaining), Some(9), "the balance as stored, once the lock is gone");
+    assert_eq!(app.handles.store_breaker.times_opened(), 0, "an admin read opened the store's breaker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_key_read_gives_up_after_the_store_timeout_postgres() {
+    an_admin_key_read_gives_up_after_the_store_timeout().await
+}
+
 /// Guards the bound on searches: a search string looks at most 10,000 rows a page, and a
 /// page the bound cut says where to continue (nothing is skipped).
 async fn a_search_past_its_bound_continues_where_it_stopped(db: Db) {
