@@ -384,6 +384,13 @@ impl Application {
     /// health, /healthz) while serving goes on for the drain delay, then the listeners
     /// take no new calls and those in flight get up to the drain timeout to finish.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        self.run(Box::pin(shutdown)).await
+    }
+
+    /// [`Self::run_until`]'s body, not generic: compiled once here, in the library. A
+    /// generic body was compiled again in the `keygate` binary (every listener's tonic,
+    /// hyper and tower stack with it), about a third of a cold release build.
+    async fn run(self, shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> anyhow::Result<()> {
         let health = Announce {
             health: self.health.clone(),
             admin_health: self.admin_health.clone(),
