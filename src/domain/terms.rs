@@ -302,6 +302,23 @@ impl Refill {
         CreditBalance { remaining, period }
     }
 
+    /// When a call of `cost` can first pass on `balance` (too little for it, as it stands
+    /// at `now`), by refills alone: `None` when no refill ever brings enough (a `to` refill
+    /// smaller than the cost), so a caller is never told to retry a call that cannot pass.
+    pub fn enough_for(&self, cost: i64, balance: CreditBalance, now: Timestamp) -> Option<Timestamp> {
+        let period = self.period(now).max(balance.period);
+        let periods = match self.mode {
+            RefillMode::To => (self.amount >= cost).then_some(1)?,
+            RefillMode::Add => {
+                let missing = cost.saturating_sub(balance.remaining).max(1);
+                let periods = missing.div_euclid(self.amount) + i64::from(missing.rem_euclid(self.amount) != 0);
+                (balance.remaining.saturating_add(self.amount.saturating_mul(periods)) <= CreditBalance::MAX)
+                    .then_some(periods)?
+            }
+        };
+        Some(self.next_period_starts(period + periods - 1))
+    }
+
     /// When the period after `period` begins.
     pub fn next_period_starts(&self, period: i64) -> Timestamp {
         let next = period + 1;

@@ -1,0 +1,80 @@
+//! Answers that say no more and no less than the truth (issue 30, items 1 to 7): what a
+//! refused call may retry, a deadline keygate caps, a replica that hears of a refill
+//! change late, import lines, metadata's order and size, mapped IPv6 ranges, and what an
+//! update leaves alone.
+
+use crate::forward_auth::{call, keygate};
+use crate::helpers::{ask, TestApp};
+use keygate::clock::Clock;
+use keygate::grpc::proto as pb;
+
+fn credits(remaining: i64, refill: Option<(i64, &str, &str)>) -> Option<pb::Credits> {
+    let refill =
+        refill.map(|(amount, interval, mode)| pb::Refill { amount, interval: interval.into(), mode: mode.into() });
+    Some(pb::Credits { remaining, refill })
+}
+
+/// The seconds from `app`'s clock to the start of the next minute since the epoch.
+fn to_next_minute(app: &TestApp) -> u32 {
+    let now = app.clock.now().as_millis();
+    let next = (now.div_euclid(60_000) + 1) * 60_000;
+    u32::try_from((next - now + 999) / 1000).unwrap()
+}
+
+/// Item 1: a `credits_exhausted` answer never suggests a retry that cannot pass. Without a
+/// refill: no retry-after (0 from Authorize, no header from forward auth) and a message
+/// that says there is no refill; with one, the time until a refill brings enough; with a
+/// `to` refill smaller than the cost, none. `limit` is the call's cost, and
+/// `credits_remaining` what is left (1, not 0, for a call of 3 on 1).
+/// guards: retry_after 0 / `limit` = the refill amount / credits_remaining 0 (before the fix).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credits_refusal_says_what_is_left_and_when_a_retry_can_pass() {
+    let mut app = keygate().await;
+    let url = format!("{}/forward-auth", app.http_url.clone().unwrap());
+    let client = reqwest::Client::new();
+    let forward = |secret: &str| {
+        client
+            .get(&url)
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/api/v1/panel/applications")
+            .header("x-api-key", secret)
+    };
+
+    // No refill: 1 left, a call of 3.
+    let no_refill = pb::CreateApiKeyRequest { credits: credits(1, None), ..Default::default() };
+    let (_, secret) = app.key_with("acct_ans1", no_refill).await;
+    let r = app.authorize_with(pb::AuthorizeRequest { cost: 3, ..ask(&secret) }).await;
+    assert_eq!(
+        (r.reason.as_str(), r.credits_remaining, r.limit, r.remaining, r.retry_after_seconds),
+        ("credits_exhausted", Some(1), 3, 0, 0),
+        "{r:?}"
+    );
+    assert!(r.message.contains("no refill") && r.message.contains("1 left, this call costs 3"), "{}", r.message);
+    assert!(app.authorize_with(ask(&secret)).await.allowed, "the 1 left pays for a call of 1");
+    let (status, _, body, retry_after) = call(forward(&secret)).await;
+    assert_eq!((status, retry_after), (429, None), "nothing to wait for: {body}");
+    assert!(body.contains("no refill"), "{body}");
+
+    // A refill to 5 every minute: enough at the next minute, by the test's clock.
+    let refilled = pb::CreateApiKeyRequest { credits: credits(0, Some((5, "60s", "to"))), ..Default::default() };
+    let (_, secret) = app.key_with("acct_ans1", refilled).await;
+    let wait = to_next_minute(&app);
+    let r = app.authorize_with(pb::AuthorizeRequest { cost: 3, ..ask(&secret) }).await;
+    assert_eq!((r.credits_remaining, r.limit, r.retry_after_seconds), (Some(0), 3, wait), "{r:?}");
+    assert!(r.message.contains(&format!("refilled in {wait} s")), "{}", r.message);
+    let (status, _, body, retry_after) = call(forward(&secret)).await;
+    assert_eq!((status, retry_after), (429, Some(wait.to_string())), "{body}");
+
+    // A refill to 2 never pays for a call of 3: no retry-after.
+    let too_small = pb::CreateApiKeyRequest { credits: credits(1, Some((2, "60s", "to"))), ..Default::default() };
+    let (_, secret) = app.key_with("acct_ans1", too_small).await;
+    let r = app.authorize_with(pb::AuthorizeRequest { cost: 3, ..ask(&secret) }).await;
+    assert_eq!((r.credits_remaining, r.retry_after_seconds), (Some(1), 0), "{r:?}");
+    assert!(r.message.contains("never brings 3"), "{}", r.message);
+
+    // An `add` refill of 1 a minute: 1 left, a call of 3 passes two refills from now.
+    let adding = pb::CreateApiKeyRequest { credits: credits(1, Some((1, "60s", "add"))), ..Default::default() };
+    let (_, secret) = app.key_with("acct_ans1", adding).await;
+    let r = app.authorize_with(pb::AuthorizeRequest { cost: 3, ..ask(&secret) }).await;
+    assert_eq!((r.credits_remaining, r.retry_after_seconds), (Some(1), wait + 60), "{r:?}");
+}
