@@ -4,9 +4,13 @@
 //! update leaves alone.
 
 use crate::forward_auth::{call, keygate};
-use crate::helpers::{ask, TestApp};
+use crate::helpers::{ask, Db, TestApp, TestDb};
+use crate::relay::{target_of, Relay};
 use keygate::clock::Clock;
 use keygate::grpc::proto as pb;
+use std::time::Duration;
+
+const DEADLINE: &str = "x-keygate-decision-deadline-ms";
 
 fn credits(remaining: i64, refill: Option<(i64, &str, &str)>) -> Option<pb::Credits> {
     let refill =
@@ -77,4 +81,50 @@ async fn a_credits_refusal_says_what_is_left_and_when_a_retry_can_pass() {
     let (_, secret) = app.key_with("acct_ans1", adding).await;
     let r = app.authorize_with(pb::AuthorizeRequest { cost: 3, ..ask(&secret) }).await;
     assert_eq!((r.credits_remaining, r.retry_after_seconds), (Some(1), wait + 60), "{r:?}");
+}
+
+/// Item 2: a caller's `grpc-timeout` beyond keygate's cap (`--decision-deadline-ms`) is
+/// told so: the cap in the answer's metadata, and a call the cap cuts fails with a message
+/// naming the cap, the flag and the caller's own deadline (Postgres' answers held).
+/// guards: an unexplained "the key store is unavailable" at the cap (before the fix).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_keygate_caps_is_answered_naming_the_cap() {
+    let Some(db) = TestDb::new(Db::Postgres).await else {
+        eprintln!("skipped: KEYGATE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let relay = Relay::start(target_of(&db.url)).await;
+    let mut app = TestApp::spawn_url(&relay.url_for(&db.url), |s| {
+        // The store waits longer than the decision: the cap is what cuts the call.
+        s.store_breaker.timeout = Duration::from_secs(30);
+        s.edge.decision_deadline = Duration::from_secs(3);
+    })
+    .await;
+    let (_, secret) = app.create_key("acct_cap", &["applications:read"], &[]).await;
+    let (_, unread) = app.create_key("acct_cap", &["applications:read"], &[]).await;
+    let patient = |secret: &str| {
+        let mut request = tonic::Request::new(ask(secret));
+        request.set_timeout(Duration::from_secs(30));
+        request
+    };
+    let answered = app.authorizer.authorize(patient(&secret)).await.unwrap();
+    assert!(answered.get_ref().allowed);
+    assert_eq!(answered.metadata().get(DEADLINE).map(|v| v.to_str().unwrap()), Some("3000"));
+    let mut short = tonic::Request::new(ask(&secret));
+    short.set_timeout(Duration::from_secs(1));
+    assert!(app.authorizer.authorize(short).await.unwrap().metadata().get(DEADLINE).is_none(), "not capped");
+
+    // A key no replica has read: its record waits for Postgres, whose answers are held.
+    relay.hold_answers();
+    let failed = app.authorizer.authorize(patient(&unread)).await.unwrap_err();
+    relay.release_answers();
+    assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
+    assert!(
+        failed.message().starts_with(
+            "no decision in time: keygate decides within 3 s (--decision-deadline-ms); \
+             your grpc-timeout of 30 s was capped (error id "
+        ),
+        "{failed:?}"
+    );
+    assert_eq!(failed.metadata().get(DEADLINE).map(|v| v.to_str().unwrap()), Some("3000"));
 }
