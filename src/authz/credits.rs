@@ -6,7 +6,7 @@ use super::{AuthorizeQuery, Authorizer, AuthzError, RateLimitState, Verdict};
 use crate::code::{Code, Reason};
 use crate::domain::{CreditBalance, KeyRecord, Refill, Timestamp};
 use crate::policy::Route;
-use crate::store::{Spend, StoreError};
+use crate::store::Spend;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,14 +51,9 @@ impl Authorizer {
                     return Ok(verdict);
                 }
                 // The record said credits, the store has none (or under another rule): the
-                // record is stale. Fail closed for this call; the next one decides on the
-                // changed record, never spending nothing on one it has not read.
-                Spend::Unmetered | Spend::RuleChanged => {
-                    return Err(StoreError::Unavailable(Box::new(std::io::Error::other(
-                        "the key's credits changed while the call was decided",
-                    )))
-                    .into())
-                }
+                // record is stale. The call is decided again on the record reloaded, never
+                // spending nothing on one it has not read.
+                Spend::Unmetered | Spend::RuleChanged => return Err(AuthzError::StaleCredits(key.id)),
                 Spend::Exhausted(balance) => {
                     // Nothing at all left: no call can pass before the next refill (or a change).
                     if balance.remaining == 0 {

@@ -44,7 +44,10 @@ impl Answer {
             Err(failure) => Self::Failed(Failure {
                 unavailable: matches!(
                     failure,
-                    AuthzError::Unavailable(_) | AuthzError::LimiterUnavailable(_) | AuthzError::DeadlineExceeded(_)
+                    AuthzError::Unavailable(_)
+                        | AuthzError::LimiterUnavailable(_)
+                        | AuthzError::DeadlineExceeded(_)
+                        | AuthzError::StaleCredits(_)
                 ),
                 deadline: matches!(failure, AuthzError::DeadlineExceeded(_)),
                 error_id: log_failure(&failure),

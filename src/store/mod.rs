@@ -290,6 +290,10 @@ pub trait KeyUse: Send + Sync + 'static {
         lookup: &str,
         digest: &VerifiedDigest,
     ) -> Result<(), StoreError>;
+    /// A decision found the record of key `id` out of step with the store (its credits'
+    /// rule changed before this replica heard of it): a cache forgets it, so the next read
+    /// loads it. Stores that hold nothing in memory have nothing to forget.
+    fn stale_key(&self, _id: KeyId) {}
 }
 
 /// What a decision uses of a store: its reads and its after-writes.

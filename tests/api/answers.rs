@@ -128,3 +128,37 @@ async fn a_deadline_keygate_caps_is_answered_naming_the_cap() {
     );
     assert_eq!(failed.metadata().get(DEADLINE).map(|v| v.to_str().unwrap()), Some("3000"));
 }
+
+/// Item 3: right after a refill-rule change on one replica, the other's first call on the
+/// key is decided, not failed: B (its listener paused, so it has not heard of the change
+/// and still trusts its memory) finds its record out of step with the store, reloads it
+/// and decides on the new terms.
+/// guards: UNAVAILABLE ("the key's credits changed while the call was decided") on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refill_rule_changed_on_one_replica_is_decided_at_once_on_the_other() {
+    let Some((_db, mut a, b)) = crate::replicas::two_replicas().await else {
+        eprintln!("skipped: KEYGATE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let terms = pb::CreateApiKeyRequest { credits: credits(10, Some((10, "60s", "to"))), ..Default::default() };
+    let (key, secret) = a.key_with("acct_rule", terms).await;
+    crate::helpers::eventually("B serves the key from its cache", || async {
+        crate::replicas::code_on(&b, &secret).await == "allowed" && b.handles.cache.stats().keys.entries > 0
+    })
+    .await;
+    crate::helpers::eventually("B trusts its cache", || async { b.handles.cache.trust().holds() }).await;
+
+    let on_b = b.handles.invalidation.clone().unwrap();
+    on_b.pause(true);
+    let change = pb::UpdateApiKeyRequest {
+        id: key.id.clone(),
+        credits: credits(5, Some((100, "daily", "to"))),
+        ..Default::default()
+    };
+    a.admin.update_api_key(change).await.unwrap();
+    assert!(b.handles.cache.trust().holds(), "B still trusts the record it holds");
+    let on_b_now = b.authorizer.clone().authorize(ask(&secret)).await;
+    on_b.pause(false);
+    let answer = on_b_now.expect("decided, not UNAVAILABLE").into_inner();
+    assert_eq!((answer.allowed, answer.credits_remaining), (true, Some(4)), "the new balance: {answer:?}");
+}
