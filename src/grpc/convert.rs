@@ -174,6 +174,7 @@ pub fn key_to_import(key: &pb::ImportedKey) -> Result<KeyToImport, InvalidField>
 }
 
 pub fn import_result_to_proto(result: &ImportResult) -> pb::ImportResult {
+    let mut duplicate_of = 0;
     let (status, key_id, error) = match result {
         ImportResult::Imported(Imported::Created(id)) => ("imported", id.to_string(), String::new()),
         ImportResult::Imported(Imported::AlreadyImported(id)) => ("already_imported", id.to_string(), String::new()),
@@ -181,8 +182,13 @@ pub fn import_result_to_proto(result: &ImportResult) -> pb::ImportResult {
             ("conflict", String::new(), "another key holds the same credential form".to_owned())
         }
         ImportResult::Invalid(error) => ("invalid", String::new(), error.clone()),
+        ImportResult::DuplicateInBatch(first) => {
+            duplicate_of = u32::try_from(*first).unwrap_or(u32::MAX);
+            let error = format!("the same credential, in the same account, as key {first} of this batch: not imported");
+            ("duplicate_in_batch", String::new(), error)
+        }
     };
-    pb::ImportResult { status: status.to_owned(), key_id, error }
+    pb::ImportResult { status: status.to_owned(), key_id, error, duplicate_of }
 }
 
 fn limit_to_proto(limit: &KeyLimit) -> pb::KeyLimit {

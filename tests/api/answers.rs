@@ -162,3 +162,63 @@ async fn a_refill_rule_changed_on_one_replica_is_decided_at_once_on_the_other() 
     let answer = on_b_now.expect("decided, not UNAVAILABLE").into_inner();
     assert_eq!((answer.allowed, answer.credits_remaining), (true, Some(4)), "the new balance: {answer:?}");
 }
+
+fn sha256_line(account: &str, name: &str, hash: &str) -> pb::ImportedKey {
+    pb::ImportedKey {
+        account_id: account.into(),
+        name: name.into(),
+        algorithm: "sha256".into(),
+        hash: hash.into(),
+        ..Default::default()
+    }
+}
+
+/// Item 4: a line whose credential an earlier line of the same batch brings is answered on
+/// its own (`duplicate_in_batch`, naming the first), never with the first line's key id;
+/// an import id with a space is told exactly what is allowed; the CLI names both lines,
+/// also when the earlier one came in an earlier run.
+/// guards: `already_imported` with the first line's key id; "must be 1 to 64 printable
+/// characters"; a CLI summary that counted the duplicate as already imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_import_line_is_named_and_an_import_id_is_told_what_is_allowed() {
+    let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
+    let (one, two) = ("ab".repeat(32), "cd".repeat(32));
+    let keys = vec![
+        sha256_line("acct_dup", "first", &one),
+        sha256_line("acct_dup", "second", &one),
+        sha256_line("acct_dup", "other", &two),
+        // The same form in another account is a key of its own.
+        sha256_line("acct_dup2", "elsewhere", &one),
+    ];
+    let request = pb::ImportApiKeysRequest { import_id: "dup-1".into(), keys };
+    let results = app.admin.import_api_keys(request).await.unwrap().into_inner().results;
+    let said: Vec<_> = results.iter().map(|r| (r.status.as_str(), r.duplicate_of, r.key_id.is_empty())).collect();
+    assert_eq!(
+        said,
+        [("imported", 0, false), ("duplicate_in_batch", 1, true), ("imported", 0, false), ("imported", 0, false)]
+    );
+    assert!(results[1].error.contains("as key 1 of this batch"), "{:?}", results[1]);
+
+    let spaced = pb::ImportApiKeysRequest {
+        import_id: "billing 2026".into(),
+        keys: vec![sha256_line("acct_dup", "n", &"ef".repeat(32))],
+    };
+    let refused = app.admin.import_api_keys(spaced).await.unwrap_err();
+    assert_eq!(crate::helpers::reason(&refused), "VALIDATION_ERROR");
+    assert!(refused.message().contains("no spaces") && refused.message().contains("(it has a space)"), "{refused:?}");
+
+    // The CLI: a duplicate in the file, and a rerun that finds the first line's key again.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.jsonl");
+    let line = |name: &str, hash: &str| {
+        serde_json::json!({"account_id": "acct_dupcli", "name": name, "algorithm": "sha256", "hash": hash}).to_string()
+    };
+    let three = "01".repeat(32);
+    std::fs::write(&file, format!("{}\n{}\n", line("first", &three), line("second", &three))).unwrap();
+    for run in ["first run", "rerun"] {
+        let (ok, out, err) = crate::cli::keygate(&app, &["key", "import", file.to_str().unwrap()]);
+        assert!(ok, "{run}: {err}");
+        assert!(out.contains(", 1 duplicate"), "{run}: {out}");
+        assert!(out.contains("line 2: the same credential, in the same account, as line 1: not imported"), "{run}: {out}");
+    }
+}
