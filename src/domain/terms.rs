@@ -163,20 +163,28 @@ pub struct Metadata {
 impl Metadata {
     pub const MAX_BYTES: usize = 4096;
 
-    /// A JSON object of at most [`Self::MAX_BYTES`], kept in its compact form.
+    /// Most bytes of metadata as written, whitespace included: what is bounded is the
+    /// compact form; this only bounds the work of reading it.
+    pub const MAX_WRITTEN_BYTES: usize = 16 * Self::MAX_BYTES;
+
+    /// A JSON object whose compact form (the text as written, without the whitespace
+    /// between tokens) is at most [`Self::MAX_BYTES`]; kept in that form, so its keys stay
+    /// in the operator's order and its numbers as written.
     pub fn parse(raw: &str) -> Result<Self, InvalidField> {
-        if raw.len() > Self::MAX_BYTES {
-            return Err(InvalidField::new("metadata_json", format!("must be at most {} bytes", Self::MAX_BYTES)));
+        let too_long = || {
+            InvalidField::new("metadata_json", format!("must be at most {} bytes in compact form", Self::MAX_BYTES))
+        };
+        if raw.len() > Self::MAX_WRITTEN_BYTES {
+            return Err(too_long());
         }
         let value: serde_json::Value =
             serde_json::from_str(raw).map_err(|_| InvalidField::new("metadata_json", "is not valid JSON"))?;
         if !value.is_object() {
             return Err(InvalidField::new("metadata_json", "must be a JSON object"));
         }
-        // Bounded as it is kept and sent (numbers can grow when rewritten), not as written.
-        let compact = value.to_string();
+        let compact = compact_json(raw);
         if compact.len() > Self::MAX_BYTES {
-            return Err(InvalidField::new("metadata_json", format!("must be at most {} bytes", Self::MAX_BYTES)));
+            return Err(too_long());
         }
         use base64::Engine;
         let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&compact);
@@ -191,6 +199,28 @@ impl Metadata {
     pub fn as_header(&self) -> &str {
         &self.header
     }
+}
+
+/// `json` (valid JSON) without the whitespace between its tokens: strings, keys, their
+/// order and numbers exactly as written.
+fn compact_json(json: &str) -> String {
+    let mut compact = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            compact.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            in_string = c == '"';
+            compact.push(c);
+        }
+    }
+    compact
 }
 
 impl fmt::Debug for Metadata {
@@ -383,6 +413,8 @@ mod tests {
         assert!(Metadata::parse("[1]").is_err());
         assert!(Metadata::parse("{").is_err());
         assert!(Metadata::parse(&format!(r#"{{"a":"{}"}}"#, "x".repeat(5000))).is_err());
+        let written = "{ \"z\" : [1, 2.50e1] ,\n\t\"a\": \"x \\\" y\" }";
+        assert_eq!(Metadata::parse(written).unwrap().as_json(), r#"{"z":[1,2.50e1],"a":"x \" y"}"#);
     }
 
     #[test]

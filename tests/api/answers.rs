@@ -222,3 +222,29 @@ async fn a_duplicate_import_line_is_named_and_an_import_id_is_told_what_is_allow
         assert!(out.contains("line 2: the same credential, in the same account, as line 1: not imported"), "{run}: {out}");
     }
 }
+
+/// Item 5: metadata keeps the operator's key order (stored and returned as written, less
+/// the whitespace), and its 4,096-byte limit is on that compact form: pretty-printed
+/// metadata over 4,096 bytes as written, under it compact, is accepted.
+/// guards: keys returned sorted; "must be at most 4096 bytes" on the written form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_keeps_the_operators_order_and_is_bounded_compact() {
+    let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
+    let fields: Vec<String> = (0..40).map(|i| format!("\"k{:02}\": \"{}\"", 40 - i, "v".repeat(60))).collect();
+    let pretty = format!("{{\n    \"plan\": \"pro\",\n    {}\n}}", fields.join(",\n                                        "));
+    assert!(pretty.len() > 4096, "written: {} bytes", pretty.len());
+    let compact = format!("{{\"plan\":\"pro\",{}}}", fields.join(",").replace("\": \"", "\":\""));
+    assert!(compact.len() <= 4096, "compact: {} bytes", compact.len());
+    let terms = pb::CreateApiKeyRequest { metadata_json: pretty, ..Default::default() };
+    let (key, secret) = app.key_with("acct_meta", terms).await;
+    assert_eq!(key.metadata_json, compact, "as written, in the operator's order");
+    let shown = app.admin.get_api_key(pb::GetApiKeyRequest { id: key.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(shown.metadata_json, compact);
+    let allowed = app.authorize_with(ask(&secret)).await;
+    assert_eq!(allowed.principal.unwrap().metadata_json, compact);
+
+    let over = format!("{{\"a\":\"{}\"}}", "x".repeat(4096));
+    let change = pb::UpdateApiKeyRequest { id: key.id, metadata_json: Some(over), ..Default::default() };
+    let refused = app.admin.update_api_key(change).await.unwrap_err();
+    assert!(refused.message().contains("at most 4096 bytes in compact form"), "{refused:?}");
+}

@@ -24,7 +24,7 @@ struct Line {
     #[serde(default)]
     expires_at: Option<String>,
     #[serde(default)]
-    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    metadata: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     owner_id: Option<String>,
     algorithm: String,
@@ -39,13 +39,17 @@ impl Line {
     fn parse(text: &str) -> Result<pb::ImportedKey, String> {
         let line: Line = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let expires_at = line.expires_at.as_deref().map(parse_rfc3339).transpose()?;
+        // As written (the server keeps its keys' order); an object, as the server checks.
+        if line.metadata.as_ref().is_some_and(|m| !m.get().starts_with('{')) {
+            return Err("metadata: must be a JSON object".to_owned());
+        }
         Ok(pb::ImportedKey {
             account_id: line.account_id,
             name: line.name,
             scopes: line.scopes,
             application_ids: line.application_ids,
             expires_at,
-            metadata_json: line.metadata.map(|m| serde_json::Value::Object(m).to_string()).unwrap_or_default(),
+            metadata_json: line.metadata.map(|m| m.get().to_owned()).unwrap_or_default(),
             owner_id: line.owner_id.unwrap_or_default(),
             algorithm: line.algorithm,
             hash: line.hash,
