@@ -108,13 +108,27 @@ impl Network {
             Some((address, prefix)) => (address, Some(prefix)),
             None => (raw.trim(), None),
         };
-        let address: IpAddr = address.parse().map_err(|_| invalid())?;
-        // IPv4-mapped IPv6 is IPv4, as client addresses are canonicalised.
-        let address = address.to_canonical();
-        let max = if address.is_ipv4() { 32 } else { 128 };
+        let written: IpAddr = address.parse().map_err(|_| invalid())?;
+        let max = if written.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
             Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(invalid)?,
+        };
+        // IPv4-mapped IPv6 is IPv4, as client addresses are canonicalised: ::ffff:a.b.c.d/N
+        // is a.b.c.d/(N - 96). A shorter prefix reaches past the mapped range.
+        let address = written.to_canonical();
+        let prefix = match (written, address) {
+            (IpAddr::V6(_), IpAddr::V4(_)) => prefix.checked_sub(96).ok_or_else(|| {
+                InvalidField::new(
+                    "allowed_networks",
+                    format!(
+                        "{raw:?} is an IPv4-mapped IPv6 range (::ffff:a.b.c.d), which keygate reads as IPv4: \
+                         its prefix must be /96 to /128 (/96 + the IPv4 prefix, e.g. ::ffff:192.0.2.0/120 \
+                         is 192.0.2.0/24); write the IPv4 range itself"
+                    ),
+                )
+            })?,
+            _ => prefix,
         };
         Ok(Self { address: mask(address, prefix), prefix })
     }

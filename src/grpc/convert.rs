@@ -142,6 +142,19 @@ fn credit_change(credits: Option<&pb::Credits>, clear: bool) -> Result<Option<Op
     })
 }
 
+/// Whether an update's `credits` keep the key's refill: they do unless they name one, or
+/// `clear_refill` removes it.
+fn refill_kept(req: &pb::UpdateApiKeyRequest) -> Result<bool, InvalidField> {
+    match (&req.credits, req.clear_refill) {
+        (None, true) => Err(InvalidField::new("clear_refill", "needs credits: the credits left once refills stop")),
+        (Some(pb::Credits { refill: Some(_), .. }), true) => {
+            Err(InvalidField::new("clear_refill", "cannot be combined with credits.refill"))
+        }
+        (Some(credits), clear) => Ok(credits.refill.is_none() && !clear),
+        (None, false) => Ok(false),
+    }
+}
+
 fn owner_from_proto(raw: &str) -> Result<Option<OwnerId>, InvalidField> {
     Some(raw).filter(|r| !r.is_empty()).map(OwnerId::parse).transpose()
 }
@@ -368,6 +381,7 @@ pub fn key_changes(req: &pb::UpdateApiKeyRequest) -> Result<(KeyId, KeyChanges),
         allowed_networks: req.allowed_networks.as_ref().map(|n| networks_from_proto(&n.values)).transpose()?,
         metadata: req.metadata_json.as_deref().map(metadata_from_proto).transpose()?,
         credits: credit_change(req.credits.as_ref(), req.clear_credits)?,
+        keep_refill: refill_kept(req)?,
         owner_id: req.owner_id.as_deref().map(owner_from_proto).transpose()?,
     };
     if changes.name.is_none()

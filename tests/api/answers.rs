@@ -248,3 +248,57 @@ async fn metadata_keeps_the_operators_order_and_is_bounded_compact() {
     let refused = app.admin.update_api_key(change).await.unwrap_err();
     assert!(refused.message().contains("at most 4096 bytes in compact form"), "{refused:?}");
 }
+
+/// Item 6: an IPv4-mapped IPv6 range is the IPv4 range it maps, as a mapped address is
+/// the IPv4 address: `::ffff:192.0.2.0/120` is stored as `192.0.2.0/24` and decides as it;
+/// a prefix under /96 reaches past the mapped range and is refused saying so.
+/// guards: "not a CIDR range" for `::ffff:192.0.2.0/120`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv4_mapped_range_is_its_ipv4_range() {
+    let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
+    let networks = vec!["::ffff:192.0.2.0/120".to_owned(), "::ffff:198.51.100.7".to_owned()];
+    let terms = pb::CreateApiKeyRequest { allowed_networks: networks, ..Default::default() };
+    let (key, secret) = app.key_with("acct_mapped", terms).await;
+    assert_eq!(key.allowed_networks, ["192.0.2.0/24", "198.51.100.7/32"]);
+    let from = |ip: &str| pb::AuthorizeRequest { client_ip: ip.into(), ..ask(&secret) };
+    assert!(app.authorize_with(from("192.0.2.200")).await.allowed);
+    assert!(app.authorize_with(from("::ffff:192.0.2.9")).await.allowed);
+    assert_eq!(app.authorize_with(from("192.0.3.1")).await.reason, "ip_not_allowed");
+
+    let wide = pb::UpdateApiKeyRequest {
+        id: key.id,
+        allowed_networks: Some(pb::StringList { values: vec!["::ffff:0.0.0.0/95".into()] }),
+        ..Default::default()
+    };
+    let refused = app.admin.update_api_key(wide).await.unwrap_err();
+    assert_eq!(crate::helpers::reason(&refused), "VALIDATION_ERROR");
+    assert!(refused.message().contains("must be /96 to /128"), "{refused:?}");
+}
+
+/// Item 7: `UpdateApiKey.credits` without a refill keeps the key's refill (as the CLI
+/// always did); `clear_refill` removes it, and not without credits.
+/// guards: the refill removed by a top-up through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credits_update_keeps_the_refill_unless_told_to_clear_it() {
+    let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
+    let terms = pb::CreateApiKeyRequest { credits: credits(1, Some((5, "daily", "to"))), ..Default::default() };
+    let (key, _) = app.key_with("acct_keep", terms).await;
+    let refill_of = |key: pb::ApiKey| key.credits.and_then(|c| c.refill).map(|r| (r.amount, r.interval, r.mode));
+    let top_up = pb::UpdateApiKeyRequest { id: key.id.clone(), credits: credits(50, None), ..Default::default() };
+    let kept = app.admin.update_api_key(top_up).await.unwrap().into_inner();
+    assert_eq!(kept.credits.as_ref().map(|c| c.remaining), Some(50));
+    assert_eq!(refill_of(kept), Some((5, "daily".to_owned(), "to".to_owned())), "a top-up keeps the refill");
+    let shown = app.admin.get_api_key(pb::GetApiKeyRequest { id: key.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(refill_of(shown), Some((5, "daily".to_owned(), "to".to_owned())));
+
+    let alone = pb::UpdateApiKeyRequest { id: key.id.clone(), clear_refill: true, ..Default::default() };
+    let refused = app.admin.update_api_key(alone).await.unwrap_err();
+    assert!(refused.message().contains("clear_refill"), "{refused:?}");
+    let clear =
+        pb::UpdateApiKeyRequest { id: key.id.clone(), credits: credits(7, None), clear_refill: true, ..Default::default() };
+    let cleared = app.admin.update_api_key(clear).await.unwrap().into_inner();
+    assert_eq!((cleared.credits.as_ref().map(|c| c.remaining), refill_of(cleared)), (Some(7), None));
+    // The CLI's --no-refill says the same.
+    let (ok, _, err) = crate::cli::keygate(&app, &["key", "update", &key.id, "--credits", "3", "--no-refill"]);
+    assert!(ok, "{err}");
+}
