@@ -185,9 +185,8 @@ impl Metadata {
     /// between tokens) is at most [`Self::MAX_BYTES`]; kept in that form, so its keys stay
     /// in the operator's order and its numbers as written.
     pub fn parse(raw: &str) -> Result<Self, InvalidField> {
-        let too_long = || {
-            InvalidField::new("metadata_json", format!("must be at most {} bytes in compact form", Self::MAX_BYTES))
-        };
+        let too_long =
+            || InvalidField::new("metadata_json", format!("must be at most {} bytes in compact form", Self::MAX_BYTES));
         if raw.len() > Self::MAX_WRITTEN_BYTES {
             return Err(too_long());
         }

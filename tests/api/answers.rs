@@ -219,7 +219,10 @@ async fn a_duplicate_import_line_is_named_and_an_import_id_is_told_what_is_allow
         let (ok, out, err) = crate::cli::keygate(&app, &["key", "import", file.to_str().unwrap()]);
         assert!(ok, "{run}: {err}");
         assert!(out.contains(", 1 duplicate"), "{run}: {out}");
-        assert!(out.contains("line 2: the same credential, in the same account, as line 1: not imported"), "{run}: {out}");
+        assert!(
+            out.contains("line 2: the same credential, in the same account, as line 1: not imported"),
+            "{run}: {out}"
+        );
     }
 }
 
@@ -231,7 +234,8 @@ async fn a_duplicate_import_line_is_named_and_an_import_id_is_told_what_is_allow
 async fn metadata_keeps_the_operators_order_and_is_bounded_compact() {
     let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
     let fields: Vec<String> = (0..40).map(|i| format!("\"k{:02}\": \"{}\"", 40 - i, "v".repeat(60))).collect();
-    let pretty = format!("{{\n    \"plan\": \"pro\",\n    {}\n}}", fields.join(",\n                                        "));
+    let pretty =
+        format!("{{\n    \"plan\": \"pro\",\n    {}\n}}", fields.join(",\n                                        "));
     assert!(pretty.len() > 4096, "written: {} bytes", pretty.len());
     let compact = format!("{{\"plan\":\"pro\",{}}}", fields.join(",").replace("\": \"", "\":\""));
     assert!(compact.len() <= 4096, "compact: {} bytes", compact.len());
@@ -294,8 +298,12 @@ async fn a_credits_update_keeps_the_refill_unless_told_to_clear_it() {
     let alone = pb::UpdateApiKeyRequest { id: key.id.clone(), clear_refill: true, ..Default::default() };
     let refused = app.admin.update_api_key(alone).await.unwrap_err();
     assert!(refused.message().contains("clear_refill"), "{refused:?}");
-    let clear =
-        pb::UpdateApiKeyRequest { id: key.id.clone(), credits: credits(7, None), clear_refill: true, ..Default::default() };
+    let clear = pb::UpdateApiKeyRequest {
+        id: key.id.clone(),
+        credits: credits(7, None),
+        clear_refill: true,
+        ..Default::default()
+    };
     let cleared = app.admin.update_api_key(clear).await.unwrap().into_inner();
     assert_eq!((cleared.credits.as_ref().map(|c| c.remaining), refill_of(cleared)), (Some(7), None));
     // The CLI's --no-refill says the same.

@@ -164,7 +164,9 @@ async fn send(
         };
         if let Some(first) = earlier {
             summary.duplicates += 1;
-            summary.problems.push((number, format!("the same credential, in the same account, as line {first}: not imported")));
+            summary
+                .problems
+                .push((number, format!("the same credential, in the same account, as line {first}: not imported")));
             continue;
         }
         match result.status.as_str() {
