@@ -4,9 +4,9 @@
 use super::decision::Deny;
 use super::{AuthorizeQuery, Authorizer, AuthzError, RateLimitState, Verdict};
 use crate::code::{Code, Reason};
-use crate::domain::{KeyRecord, Timestamp};
+use crate::domain::{CreditBalance, KeyRecord, Refill, Timestamp};
 use crate::policy::Route;
-use crate::store::{Spend, StoreError};
+use crate::store::Spend;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,54 +39,66 @@ impl Authorizer {
         now: Timestamp,
         mut verdict: Verdict,
     ) -> Result<Verdict, AuthzError> {
-        let never = Timestamp::from_millis(i64::MAX);
         let Some((holder, refill)) = key.credit_holder() else { return Ok(verdict) };
         let known_empty =
             self.spent_out.get(&key.id).filter(|seen| seen.version == key.version && now < seen.ask_again_at);
-        // When the credits next come back: `never` without a refill.
-        let refilled_at = match known_empty {
-            Some(seen) => seen.refilled_at,
+        // What is left, in the refill period it stands in.
+        let balance = match known_empty {
+            Some(seen) => CreditBalance { remaining: 0, period: seen.period },
             None => match self.store.spend_credits(&holder, cost, refill, now).await? {
                 Spend::Spent(balance) => {
                     verdict.credits_remaining = Some(balance.remaining);
                     return Ok(verdict);
                 }
                 // The record said credits, the store has none (or under another rule): the
-                // record is stale. Fail closed for this call; the next one decides on the
-                // changed record, never spending nothing on one it has not read.
-                Spend::Unmetered | Spend::RuleChanged => {
-                    return Err(StoreError::Unavailable(Box::new(std::io::Error::other(
-                        "the key's credits changed while the call was decided",
-                    )))
-                    .into())
-                }
+                // record is stale. The call is decided again on the record reloaded, never
+                // spending nothing on one it has not read.
+                Spend::Unmetered | Spend::RuleChanged => return Err(AuthzError::StaleCredits(key.id)),
                 Spend::Exhausted(balance) => {
-                    let at = refill
-                        .map_or(never, |refill| refill.next_period_starts(refill.period(now).max(balance.period)));
-                    // Nothing at all left: no call can pass before `at` (or a change).
+                    // Nothing at all left: no call can pass before the next refill (or a change).
                     if balance.remaining == 0 {
-                        let ask_again_at = at.min(now.saturating_add(SPENT_OUT_RECHECK));
-                        self.spent_out.insert(key.id, SpentOut { version: key.version, ask_again_at, refilled_at: at });
+                        let refilled_at = refill.map_or(Timestamp::from_millis(i64::MAX), |refill| {
+                            refill.next_period_starts(refill.period(now).max(balance.period))
+                        });
+                        let ask_again_at = refilled_at.min(now.saturating_add(SPENT_OUT_RECHECK));
+                        let seen = SpentOut { version: key.version, ask_again_at, period: balance.period };
+                        self.spent_out.insert(key.id, seen);
                     }
-                    at
+                    balance
                 }
             },
         };
-        verdict.credits_remaining = Some(0);
-        let retry_after_seconds = if refilled_at == never {
-            0
-        } else {
-            let wait_millis = (refilled_at.as_millis() - now.as_millis()).max(0);
+        Ok(verdict.exhausted(cost, balance, refill.copied(), now))
+    }
+}
+
+impl Verdict {
+    /// The answer to a call of `cost` that `balance` cannot pay for: what is left, and a
+    /// retry-after only when refills alone will bring enough (never one that cannot pass).
+    /// `limit` is the call's cost, `remaining` 0: no call of that cost fits.
+    fn exhausted(mut self, cost: i64, balance: CreditBalance, refill: Option<Refill>, now: Timestamp) -> Self {
+        let enough_at = refill.and_then(|refill| refill.enough_for(cost, balance, now));
+        let retry_after_seconds = enough_at.map_or(0, |at| {
+            let wait_millis = (at.as_millis() - now.as_millis()).max(1);
             u32::try_from((wait_millis + 999) / 1000).unwrap_or(u32::MAX)
+        });
+        self.credits_remaining = Some(balance.remaining);
+        let limit = u32::try_from(cost).unwrap_or(u32::MAX);
+        self.rate_limit = Some(RateLimitState { limit, remaining: 0, retry_after_seconds });
+        let left = format!("{} left, this call costs {cost}", balance.remaining);
+        let message = match (refill, enough_at) {
+            (None, _) => format!(
+                "the key's credits are spent ({left}) and it has no refill: no retry passes until an operator adds credits"
+            ),
+            (Some(refill), None) => format!(
+                "the key's credits are spent ({left}) and its refill of {} never brings {cost}: no retry passes until an operator adds credits",
+                refill.amount
+            ),
+            (Some(_), Some(_)) => {
+                format!("the key's credits are spent ({left}); enough are refilled in {retry_after_seconds} s")
+            }
         };
-        let limit = u32::try_from(refill.map_or(0, |r| r.amount)).unwrap_or(u32::MAX);
-        verdict.rate_limit = Some(RateLimitState { limit, remaining: 0, retry_after_seconds });
-        let message = if retry_after_seconds > 0 {
-            format!("the key's credits are spent; they refill in {retry_after_seconds} s")
-        } else {
-            "the key's credits are spent".to_owned()
-        };
-        Ok(verdict.deny(Deny::new(Code::RateLimitReached, message).because(Reason::CreditsExhausted)))
+        self.deny(Deny::new(Code::RateLimitReached, message).because(Reason::CreditsExhausted))
     }
 }
 
@@ -95,8 +107,8 @@ impl Authorizer {
 pub(super) struct SpentOut {
     version: i64,
     ask_again_at: Timestamp,
-    /// When the next refill begins (never, without one): the caller's retry-after.
-    refilled_at: Timestamp,
+    /// The refill period the empty balance stood in.
+    period: i64,
 }
 
 /// How long a replica refuses a key it saw without credits before asking the store again

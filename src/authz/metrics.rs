@@ -84,7 +84,7 @@ impl DecisionCounters {
 #[derive(Clone, Default)]
 pub struct AuthorizeMetrics {
     pub decisions: Family<DecisionLabels, Counter>,
-    /// By cause: store_unavailable, store, limiter_unavailable, verifier.
+    /// By cause: store_unavailable, store, limiter_unavailable, verifier, deadline, stale_credits.
     pub failures: Family<CauseLabels, Counter>,
     /// By outcome: admitted, limited, unavailable.
     pub limits: Family<OutcomeLabels, Counter>,

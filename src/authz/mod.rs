@@ -112,6 +112,11 @@ pub enum AuthzError {
     /// The caller's deadline (or keygate's own) came before a decision did.
     #[error("no decision within {0:?}: a store or the verifier is too slow")]
     DeadlineExceeded(Duration),
+    /// The key's record counts its credits under another rule than the store's (changed
+    /// on another replica, not yet heard of here): decided again on the record reloaded,
+    /// once; a failure only if it is still out of step.
+    #[error("the key's credits changed while the call was decided")]
+    StaleCredits(crate::domain::KeyId),
 }
 
 impl From<StoreError> for AuthzError {
@@ -223,7 +228,13 @@ impl Authorizer {
         // One reading of the clock per call: every step decides at the same instant.
         let now = self.clock.now();
         let active = self.policy.load();
-        let decided = self.decide(query, now, &active.policy).await;
+        let mut decided = self.decide(query, now, &active.policy).await;
+        if let Err(AuthzError::StaleCredits(id)) = decided {
+            // Another replica changed the key's refill rule and this one has not heard yet:
+            // reload the record and decide again (once), rather than fail the call.
+            self.store.stale_key(id);
+            decided = self.decide(query, now, &active.policy).await;
+        }
         match &decided {
             Ok(verdict) => {
                 let counters = verdict.route_index.and_then(|i| active.decisions.get(i)).unwrap_or(&self.unrouted);
@@ -239,6 +250,7 @@ impl Authorizer {
                     AuthzError::LimiterUnavailable(_) => "limiter_unavailable",
                     AuthzError::Verifier(_) => "verifier",
                     AuthzError::DeadlineExceeded(_) => "deadline",
+                    AuthzError::StaleCredits(_) => "stale_credits",
                 };
                 self.metrics.failures.get_or_create(&CauseLabels { cause }).inc();
             }

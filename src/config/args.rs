@@ -482,9 +482,10 @@ pub struct EdgeArgs {
     /// proxy (e.g. nginx) appended; entries a client wrote are never believed.
     #[arg(long, env = "KEYGATE_TRUSTED_PROXY_HOPS", default_value_t = 0)]
     pub trusted_proxy_hops: u8,
-    /// Longest time a decision may take when the caller sets no deadline (`grpc-timeout`);
-    /// a caller's deadline is honoured with a fifth of it kept for the answer's way back.
-    /// Past it, keygate answers its fail-closed INTERNAL_ERROR with an error id.
+    /// Longest time a decision may take, whatever the caller's deadline: a caller's
+    /// `grpc-timeout` is honoured with a fifth of it kept for the answer's way back, capped
+    /// at this (a capped call is told so). Past it, keygate answers its fail-closed
+    /// INTERNAL_ERROR with an error id.
     #[arg(long, env = "KEYGATE_DECISION_DEADLINE_MS", default_value_t = 800.into(), value_parser = in_range::<u64>(10..=60_000))]
     pub decision_deadline_ms: Checked<u64>,
     /// A key's last_used_at is written at most once per this many seconds (per replica).

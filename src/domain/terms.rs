@@ -108,13 +108,27 @@ impl Network {
             Some((address, prefix)) => (address, Some(prefix)),
             None => (raw.trim(), None),
         };
-        let address: IpAddr = address.parse().map_err(|_| invalid())?;
-        // IPv4-mapped IPv6 is IPv4, as client addresses are canonicalised.
-        let address = address.to_canonical();
-        let max = if address.is_ipv4() { 32 } else { 128 };
+        let written: IpAddr = address.parse().map_err(|_| invalid())?;
+        let max = if written.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
             Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(invalid)?,
+        };
+        // IPv4-mapped IPv6 is IPv4, as client addresses are canonicalised: ::ffff:a.b.c.d/N
+        // is a.b.c.d/(N - 96). A shorter prefix reaches past the mapped range.
+        let address = written.to_canonical();
+        let prefix = match (written, address) {
+            (IpAddr::V6(_), IpAddr::V4(_)) => prefix.checked_sub(96).ok_or_else(|| {
+                InvalidField::new(
+                    "allowed_networks",
+                    format!(
+                        "{raw:?} is an IPv4-mapped IPv6 range (::ffff:a.b.c.d), which keygate reads as IPv4: \
+                         its prefix must be /96 to /128 (/96 + the IPv4 prefix, e.g. ::ffff:192.0.2.0/120 \
+                         is 192.0.2.0/24); write the IPv4 range itself"
+                    ),
+                )
+            })?,
+            _ => prefix,
         };
         Ok(Self { address: mask(address, prefix), prefix })
     }
@@ -163,20 +177,27 @@ pub struct Metadata {
 impl Metadata {
     pub const MAX_BYTES: usize = 4096;
 
-    /// A JSON object of at most [`Self::MAX_BYTES`], kept in its compact form.
+    /// Most bytes of metadata as written, whitespace included: what is bounded is the
+    /// compact form; this only bounds the work of reading it.
+    pub const MAX_WRITTEN_BYTES: usize = 16 * Self::MAX_BYTES;
+
+    /// A JSON object whose compact form (the text as written, without the whitespace
+    /// between tokens) is at most [`Self::MAX_BYTES`]; kept in that form, so its keys stay
+    /// in the operator's order and its numbers as written.
     pub fn parse(raw: &str) -> Result<Self, InvalidField> {
-        if raw.len() > Self::MAX_BYTES {
-            return Err(InvalidField::new("metadata_json", format!("must be at most {} bytes", Self::MAX_BYTES)));
+        let too_long =
+            || InvalidField::new("metadata_json", format!("must be at most {} bytes in compact form", Self::MAX_BYTES));
+        if raw.len() > Self::MAX_WRITTEN_BYTES {
+            return Err(too_long());
         }
         let value: serde_json::Value =
             serde_json::from_str(raw).map_err(|_| InvalidField::new("metadata_json", "is not valid JSON"))?;
         if !value.is_object() {
             return Err(InvalidField::new("metadata_json", "must be a JSON object"));
         }
-        // Bounded as it is kept and sent (numbers can grow when rewritten), not as written.
-        let compact = value.to_string();
+        let compact = compact_json(raw);
         if compact.len() > Self::MAX_BYTES {
-            return Err(InvalidField::new("metadata_json", format!("must be at most {} bytes", Self::MAX_BYTES)));
+            return Err(too_long());
         }
         use base64::Engine;
         let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&compact);
@@ -191,6 +212,28 @@ impl Metadata {
     pub fn as_header(&self) -> &str {
         &self.header
     }
+}
+
+/// `json` (valid JSON) without the whitespace between its tokens: strings, keys, their
+/// order and numbers exactly as written.
+fn compact_json(json: &str) -> String {
+    let mut compact = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            compact.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            in_string = c == '"';
+            compact.push(c);
+        }
+    }
+    compact
 }
 
 impl fmt::Debug for Metadata {
@@ -302,6 +345,23 @@ impl Refill {
         CreditBalance { remaining, period }
     }
 
+    /// When a call of `cost` can first pass on `balance` (too little for it, as it stands
+    /// at `now`), by refills alone: `None` when no refill ever brings enough (a `to` refill
+    /// smaller than the cost), so a caller is never told to retry a call that cannot pass.
+    pub fn enough_for(&self, cost: i64, balance: CreditBalance, now: Timestamp) -> Option<Timestamp> {
+        let period = self.period(now).max(balance.period);
+        let periods = match self.mode {
+            RefillMode::To => (self.amount >= cost).then_some(1)?,
+            RefillMode::Add => {
+                let missing = cost.saturating_sub(balance.remaining).max(1);
+                let periods = missing.div_euclid(self.amount) + i64::from(missing.rem_euclid(self.amount) != 0);
+                (balance.remaining.saturating_add(self.amount.saturating_mul(periods)) <= CreditBalance::MAX)
+                    .then_some(periods)?
+            }
+        };
+        Some(self.next_period_starts(period + periods - 1))
+    }
+
     /// When the period after `period` begins.
     pub fn next_period_starts(&self, period: i64) -> Timestamp {
         let next = period + 1;
@@ -366,6 +426,8 @@ mod tests {
         assert!(Metadata::parse("[1]").is_err());
         assert!(Metadata::parse("{").is_err());
         assert!(Metadata::parse(&format!(r#"{{"a":"{}"}}"#, "x".repeat(5000))).is_err());
+        let written = "{ \"z\" : [1, 2.50e1] ,\n\t\"a\": \"x \\\" y\" }";
+        assert_eq!(Metadata::parse(written).unwrap().as_json(), r#"{"z":[1,2.50e1],"a":"x \" y"}"#);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct Failure {
     pub error_id: String,
     /// A store, the limiter or the deadline failed: retrying later may succeed.
     pub unavailable: bool,
+    /// No decision within the call's budget.
+    pub deadline: bool,
 }
 
 /// What an HTTP-shaped edge does with an [`Answer`].
@@ -42,8 +44,12 @@ impl Answer {
             Err(failure) => Self::Failed(Failure {
                 unavailable: matches!(
                     failure,
-                    AuthzError::Unavailable(_) | AuthzError::LimiterUnavailable(_) | AuthzError::DeadlineExceeded(_)
+                    AuthzError::Unavailable(_)
+                        | AuthzError::LimiterUnavailable(_)
+                        | AuthzError::DeadlineExceeded(_)
+                        | AuthzError::StaleCredits(_)
                 ),
+                deadline: matches!(failure, AuthzError::DeadlineExceeded(_)),
                 error_id: log_failure(&failure),
             }),
         }

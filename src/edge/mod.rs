@@ -39,4 +39,27 @@ impl EdgeSettings {
             None => self.decision_deadline,
         }
     }
+
+    /// The caller's deadline when keygate's own cuts it shorter than four fifths of it: a
+    /// failure past the cap must say so, or a 30 s client sees an unexplained 800 ms one.
+    pub fn capped(&self, caller_deadline: Option<Duration>) -> Option<Duration> {
+        caller_deadline.filter(|deadline| *deadline - *deadline / 5 > self.decision_deadline)
+    }
+
+    /// What a call whose deadline was capped is told, with the flag that sets the cap.
+    pub fn cap_note(&self, caller_deadline: Duration) -> String {
+        format!(
+            "keygate decides within {} (--decision-deadline-ms); your grpc-timeout of {} was capped",
+            spoken(self.decision_deadline),
+            spoken(caller_deadline)
+        )
+    }
+}
+
+/// "800 ms", "30 s": whole seconds as seconds.
+fn spoken(duration: Duration) -> String {
+    match duration.as_millis() {
+        millis if millis % 1000 == 0 => format!("{} s", millis / 1000),
+        millis => format!("{millis} ms"),
+    }
 }

@@ -20,13 +20,25 @@ impl AuthorizerService {
     }
 }
 
+/// Response metadata on a call whose `grpc-timeout` keygate capped: the milliseconds it
+/// decides within (`--decision-deadline-ms`), on the answer and on a failure alike.
+pub const DEADLINE_HEADER: &str = "x-keygate-decision-deadline-ms";
+
+impl AuthorizerService {
+    fn cap_value(&self) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
+        tonic::metadata::MetadataValue::from(self.edge.decision_deadline.as_millis() as u64)
+    }
+}
+
 #[tonic::async_trait]
 impl authorizer_server::Authorizer for AuthorizerService {
     async fn authorize(
         &self,
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
-        let budget = self.edge.budget(super::caller_deadline(request.metadata()));
+        let caller_deadline = super::caller_deadline(request.metadata());
+        let budget = self.edge.budget(caller_deadline);
+        let capped = self.edge.capped(caller_deadline);
         let span = tracing::debug_span!("authorize", request_id = tracing::field::Empty);
         // The caller's id is echoed. One is made only for a call that brings none while
         // this span is on (debug level): only then does a log line carry it, and an id
@@ -43,7 +55,16 @@ impl authorizer_server::Authorizer for AuthorizerService {
         let result = self.authorizer.authorize_within(&query, budget).instrument(span.clone()).await;
         let verdict = match Answer::of(result) {
             Answer::Decided(verdict) => verdict,
-            Answer::Failed(failure) => return Err(failure.into()),
+            Answer::Failed(failure) => {
+                return Err(match capped {
+                    Some(deadline) if failure.deadline => {
+                        let mut status = super::status::past_cap(failure, &self.edge.cap_note(deadline));
+                        status.metadata_mut().insert(DEADLINE_HEADER, self.cap_value());
+                        status
+                    }
+                    _ => failure.into(),
+                })
+            }
         };
         span.in_scope(|| {
             tracing::debug!(
@@ -53,7 +74,10 @@ impl authorizer_server::Authorizer for AuthorizerService {
                 "decided"
             )
         });
-        let response = Response::new(convert::authorize_response(verdict));
+        let mut response = Response::new(convert::authorize_response(verdict));
+        if capped.is_some() {
+            response.metadata_mut().insert(DEADLINE_HEADER, self.cap_value());
+        }
         Ok(match request_id {
             Some(id) => id.attach(response),
             None => response,

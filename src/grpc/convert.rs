@@ -142,6 +142,19 @@ fn credit_change(credits: Option<&pb::Credits>, clear: bool) -> Result<Option<Op
     })
 }
 
+/// Whether an update's `credits` keep the key's refill: they do unless they name one, or
+/// `clear_refill` removes it.
+fn refill_kept(req: &pb::UpdateApiKeyRequest) -> Result<bool, InvalidField> {
+    match (&req.credits, req.clear_refill) {
+        (None, true) => Err(InvalidField::new("clear_refill", "needs credits: the credits left once refills stop")),
+        (Some(pb::Credits { refill: Some(_), .. }), true) => {
+            Err(InvalidField::new("clear_refill", "cannot be combined with credits.refill"))
+        }
+        (Some(credits), clear) => Ok(credits.refill.is_none() && !clear),
+        (None, false) => Ok(false),
+    }
+}
+
 fn owner_from_proto(raw: &str) -> Result<Option<OwnerId>, InvalidField> {
     Some(raw).filter(|r| !r.is_empty()).map(OwnerId::parse).transpose()
 }
@@ -174,6 +187,7 @@ pub fn key_to_import(key: &pb::ImportedKey) -> Result<KeyToImport, InvalidField>
 }
 
 pub fn import_result_to_proto(result: &ImportResult) -> pb::ImportResult {
+    let mut duplicate_of = 0;
     let (status, key_id, error) = match result {
         ImportResult::Imported(Imported::Created(id)) => ("imported", id.to_string(), String::new()),
         ImportResult::Imported(Imported::AlreadyImported(id)) => ("already_imported", id.to_string(), String::new()),
@@ -181,8 +195,13 @@ pub fn import_result_to_proto(result: &ImportResult) -> pb::ImportResult {
             ("conflict", String::new(), "another key holds the same credential form".to_owned())
         }
         ImportResult::Invalid(error) => ("invalid", String::new(), error.clone()),
+        ImportResult::DuplicateInBatch(first) => {
+            duplicate_of = u32::try_from(*first).unwrap_or(u32::MAX);
+            let error = format!("the same credential, in the same account, as key {first} of this batch: not imported");
+            ("duplicate_in_batch", String::new(), error)
+        }
     };
-    pb::ImportResult { status: status.to_owned(), key_id, error }
+    pb::ImportResult { status: status.to_owned(), key_id, error, duplicate_of }
 }
 
 fn limit_to_proto(limit: &KeyLimit) -> pb::KeyLimit {
@@ -362,6 +381,7 @@ pub fn key_changes(req: &pb::UpdateApiKeyRequest) -> Result<(KeyId, KeyChanges),
         allowed_networks: req.allowed_networks.as_ref().map(|n| networks_from_proto(&n.values)).transpose()?,
         metadata: req.metadata_json.as_deref().map(metadata_from_proto).transpose()?,
         credits: credit_change(req.credits.as_ref(), req.clear_credits)?,
+        keep_refill: refill_kept(req)?,
         owner_id: req.owner_id.as_deref().map(owner_from_proto).transpose()?,
     };
     if changes.name.is_none()

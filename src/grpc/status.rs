@@ -98,3 +98,15 @@ impl From<Failure> for Status {
         failed(grpc, failure.error_id)
     }
 }
+
+/// A decision that did not come within keygate's cap on the caller's longer deadline:
+/// the message says so (`note` names the cap and its flag), not "the store is unavailable".
+pub fn past_cap(failure: Failure, note: &str) -> Status {
+    let message = format!("no decision in time: {note} (error id {})", failure.error_id);
+    coded_with(
+        tonic::Code::Unavailable,
+        Code::InternalError,
+        message,
+        HashMap::from([("error_id".to_owned(), failure.error_id)]),
+    )
+}

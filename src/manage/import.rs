@@ -41,6 +41,29 @@ pub struct ImportEntry<'a> {
 pub enum ImportResult {
     Imported(Imported),
     Invalid(String),
+    /// The same credential form, in the same account, as the key at this 1-based position
+    /// of the batch: not imported (the first one is), and never answered with its key id.
+    DuplicateInBatch(usize),
+}
+
+/// What an import id may be: the message says exactly what is allowed.
+fn check_import_id(import_id: &str) -> Result<(), InvalidField> {
+    let allowed = |b: u8| b.is_ascii_graphic();
+    if (1..=64).contains(&import_id.len()) && import_id.bytes().all(allowed) {
+        return Ok(());
+    }
+    let found = match import_id.chars().find(|c| !c.is_ascii_graphic()) {
+        Some(' ') => " (it has a space)".to_owned(),
+        Some(c) => format!(" (it has {c:?})"),
+        None if import_id.is_empty() => " (it is empty)".to_owned(),
+        None => format!(" (it has {})", import_id.len()),
+    };
+    Err(InvalidField::new(
+        "import_id",
+        format!(
+            "must be 1 to 64 characters, each a printable ASCII letter, digit or punctuation mark              (no spaces or other whitespace), e.g. \"billing-2026-12\"{found}"
+        ),
+    ))
 }
 
 impl Manager {
@@ -58,9 +81,7 @@ impl Manager {
                 within(&caller.grant, &AccountId::parse(other.account_id)?)?;
             }
         }
-        if import_id.is_empty() || import_id.len() > 64 || !import_id.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(InvalidField::new("import_id", "must be 1 to 64 printable characters").into());
-        }
+        check_import_id(import_id)?;
         if keys.is_empty() || keys.len() > MAX_IMPORT_BATCH {
             return Err(InvalidField::new("keys", format!("must hold 1 to {MAX_IMPORT_BATCH} keys")).into());
         }
@@ -68,6 +89,8 @@ impl Manager {
         let mut results: Vec<Option<ImportResult>> = Vec::with_capacity(keys.len());
         let mut valid = Vec::new();
         let mut first_account = None;
+        // Each credential form of an account, by the 1-based position of its first key.
+        let mut forms: std::collections::HashMap<(AccountId, String), usize> = std::collections::HashMap::new();
         for entry in keys {
             let checked = match entry.key {
                 Ok(key) => self.importable(key, now).await,
@@ -75,6 +98,12 @@ impl Manager {
             };
             match checked {
                 Ok(imported) => {
+                    let form = (imported.record.account_id.clone(), imported.import_ref.clone());
+                    if let Some(first) = forms.get(&form) {
+                        results.push(Some(ImportResult::DuplicateInBatch(*first)));
+                        continue;
+                    }
+                    forms.insert(form, results.len() + 1);
                     first_account.get_or_insert_with(|| imported.record.account_id.clone());
                     valid.push((results.len(), imported));
                     results.push(None);

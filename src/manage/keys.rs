@@ -299,10 +299,13 @@ pub(super) fn terms_detail(changes: &KeyChanges, detail: &mut serde_json::Map<St
     }
     if let Some(credits) = &changes.credits {
         let credits = credits.map(|c| {
-            json!({
-                "remaining": c.remaining,
-                "refill": c.refill.map(|r| json!({ "amount": r.amount, "interval": r.interval_str(), "mode": r.mode_str() })),
-            })
+            let refill =
+                c.refill.map(|r| json!({ "amount": r.amount, "interval": r.interval_str(), "mode": r.mode_str() }));
+            // A refill the change keeps is not part of it.
+            match changes.keep_refill {
+                true => json!({ "remaining": c.remaining }),
+                false => json!({ "remaining": c.remaining, "refill": refill }),
+            }
         });
         detail.insert("credits".into(), json!(credits));
     }

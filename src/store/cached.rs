@@ -503,4 +503,8 @@ impl KeyUse for CachedStore {
         self.keys.invalidate(&id);
         result
     }
+
+    fn stale_key(&self, id: KeyId) {
+        self.keys.invalidate(&id);
+    }
 }

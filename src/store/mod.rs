@@ -47,6 +47,9 @@ pub struct KeyChanges {
     pub metadata: Option<Option<Metadata>>,
     /// `Some(None)` removes the credits (and their refill).
     pub credits: Option<Option<Credits>>,
+    /// With `credits` set without a refill: the key's refill stays as it is (an update
+    /// that names none keeps it; removing it is said explicitly).
+    pub keep_refill: bool,
     /// `Some(None)` removes the owner.
     pub owner_id: Option<Option<OwnerId>>,
 }
@@ -172,7 +175,10 @@ impl KeyChanges {
             after.metadata = metadata.clone();
         }
         if let Some(credits) = &self.credits {
-            after.refill = credits.and_then(|c| c.refill);
+            after.refill = match credits {
+                Some(Credits { refill: None, .. }) if self.keep_refill => terms.refill,
+                credits => credits.and_then(|c| c.refill),
+            };
         }
         after
     }
@@ -290,6 +296,10 @@ pub trait KeyUse: Send + Sync + 'static {
         lookup: &str,
         digest: &VerifiedDigest,
     ) -> Result<(), StoreError>;
+    /// A decision found the record of key `id` out of step with the store (its credits'
+    /// rule changed before this replica heard of it): a cache forgets it, so the next read
+    /// loads it. Stores that hold nothing in memory have nothing to forget.
+    fn stale_key(&self, _id: KeyId) {}
 }
 
 /// What a decision uses of a store: its reads and its after-writes.

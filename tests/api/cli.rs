@@ -5,7 +5,7 @@ use crate::helpers::{Db, TestApp, ADMIN_TOKEN};
 use serde_json::Value;
 
 /// Runs `keygate ARGS` against `app`; returns (success, stdout, stderr).
-fn keygate(app: &TestApp, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn keygate(app: &TestApp, args: &[&str]) -> (bool, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
         .args(args)
         .env("KEYGATE_SERVER", &app.address)

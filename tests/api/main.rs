@@ -3,6 +3,7 @@
 mod abuse;
 mod admin;
 mod admin_tokens;
+mod answers;
 mod authorize;
 mod cli;
 mod credentials_credits;

@@ -175,7 +175,7 @@ async fn credits_refill_on_the_clock_to_or_by_the_amount(db: Db) {
     // A request may say what it costs; more than is left spends nothing.
     let costly = pb::AuthorizeRequest { cost: 5, ..ask(&refilled_by) };
     let refused = app.authorize_with(costly).await;
-    assert_eq!((refused.reason.as_str(), refused.credits_remaining), ("credits_exhausted", Some(0)));
+    assert_eq!((refused.reason.as_str(), refused.credits_remaining), ("credits_exhausted", Some(2)), "what is left");
     let two = pb::AuthorizeRequest { cost: 2, ..ask(&refilled_by) };
     assert_eq!(app.authorize_with(two).await.credits_remaining, Some(0), "the refused call spent nothing");
 }

@@ -24,7 +24,7 @@ struct Line {
     #[serde(default)]
     expires_at: Option<String>,
     #[serde(default)]
-    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    metadata: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     owner_id: Option<String>,
     algorithm: String,
@@ -39,13 +39,17 @@ impl Line {
     fn parse(text: &str) -> Result<pb::ImportedKey, String> {
         let line: Line = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let expires_at = line.expires_at.as_deref().map(parse_rfc3339).transpose()?;
+        // As written (the server keeps its keys' order); an object, as the server checks.
+        if line.metadata.as_ref().is_some_and(|m| !m.get().starts_with('{')) {
+            return Err("metadata: must be a JSON object".to_owned());
+        }
         Ok(pb::ImportedKey {
             account_id: line.account_id,
             name: line.name,
             scopes: line.scopes,
             application_ids: line.application_ids,
             expires_at,
-            metadata_json: line.metadata.map(|m| serde_json::Value::Object(m).to_string()).unwrap_or_default(),
+            metadata_json: line.metadata.map(|m| m.get().to_owned()).unwrap_or_default(),
             owner_id: line.owner_id.unwrap_or_default(),
             algorithm: line.algorithm,
             hash: line.hash,
@@ -80,16 +84,22 @@ pub(super) struct Summary {
     pub already_imported: usize,
     pub conflict: usize,
     pub invalid: usize,
-    /// Line number and why, for every line not imported (invalid or conflicting).
+    /// Lines with the same credential, in the same account, as an earlier line: not
+    /// imported (the earlier line's key is), each named in `problems`.
+    pub duplicates: usize,
+    /// Line number and why, for every line not imported (invalid, conflicting, duplicate).
     pub problems: Vec<(usize, String)>,
+    /// The line that brought each key of this run, to name a later line that finds it again.
+    #[serde(skip)]
+    lines_of_keys: std::collections::HashMap<String, usize>,
 }
 
 impl Summary {
     /// Prints the summary: readable text, or JSON with `--json`.
     pub(super) fn show(&self, json: bool) {
         let mut text = format!(
-            "import {}: {} imported, {} already imported, {} conflicting, {} invalid",
-            self.import_id, self.imported, self.already_imported, self.conflict, self.invalid
+            "import {}: {} imported, {} already imported, {} conflicting, {} invalid, {} duplicate",
+            self.import_id, self.imported, self.already_imported, self.conflict, self.invalid, self.duplicates
         );
         for (line, problem) in &self.problems {
             text.push_str(&format!("\nline {line}: {problem}"));
@@ -144,10 +154,30 @@ async fn send(
         let first = numbers.first().copied().unwrap_or_default();
         anyhow::anyhow!("{} (lines from {first} on were not imported; run again to resume)", explain(status))
     })?;
-    for (number, result) in numbers.into_iter().zip(response.into_inner().results) {
+    for (number, result) in numbers.iter().copied().zip(response.into_inner().results) {
+        // A key an earlier line of this run brought (in an earlier batch, or on a run
+        // before): this line is a duplicate of that one, not a key of its own.
+        let earlier = match result.status.as_str() {
+            "imported" | "already_imported" => summary.lines_of_keys.get(&result.key_id).copied(),
+            "duplicate_in_batch" => (result.duplicate_of as usize).checked_sub(1).and_then(|i| numbers.get(i)).copied(),
+            _ => None,
+        };
+        if let Some(first) = earlier {
+            summary.duplicates += 1;
+            summary
+                .problems
+                .push((number, format!("the same credential, in the same account, as line {first}: not imported")));
+            continue;
+        }
         match result.status.as_str() {
-            "imported" => summary.imported += 1,
-            "already_imported" => summary.already_imported += 1,
+            "imported" | "already_imported" => {
+                summary.lines_of_keys.insert(result.key_id.clone(), number);
+                if result.status == "imported" {
+                    summary.imported += 1;
+                } else {
+                    summary.already_imported += 1;
+                }
+            }
             "conflict" => {
                 summary.conflict += 1;
                 summary.problems.push((number, result.error));

@@ -312,12 +312,8 @@ pub(super) async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
             connection,
         } => {
             let mut rpc = connection.rpc().await?;
-            // The API sets remaining and refill together; a top-up keeps the refill.
-            let mut credits = terms::credits(terms.credits, terms.refill, terms.refill_mode);
-            if let Some(credits) = credits.as_mut().filter(|c| c.refill.is_none() && !no_refill) {
-                let key = rpc.get_api_key(pb::GetApiKeyRequest { id: id.clone() }).await.map_err(explain)?;
-                credits.refill = key.into_inner().credits.and_then(|c| c.refill);
-            }
+            // A top-up keeps the key's refill (the API's default); --no-refill removes it.
+            let credits = terms::credits(terms.credits, terms.refill, terms.refill_mode);
             let limits = (no_limits || !terms.limits.is_empty())
                 .then(|| pb::KeyLimitList { values: terms::named(terms.limits) });
             let allowed_networks = (any_ip || !terms.allowed_networks.is_empty())
@@ -336,6 +332,7 @@ pub(super) async fn run_key(command: KeyCommand) -> anyhow::Result<()> {
                 allowed_networks,
                 metadata_json: terms.meta,
                 owner_id: if no_owner { Some(String::new()) } else { owner },
+                clear_refill: no_refill,
             };
             let reply = rpc.update_api_key(request).await;
             print::reply(connection.json, reply)

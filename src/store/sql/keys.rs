@@ -296,14 +296,17 @@ pub(super) async fn update_key(
         if changes.touches_terms() {
             // The UPDATE above holds the row (Postgres) or the database (SQLite) until
             // commit: the terms merged here are the ones no other update can change.
+            let after = changes.terms_after(&key.terms);
             sqlx::query("UPDATE api_keys SET terms = $2 WHERE id = $1")
                 .bind(id.to_string())
-                .bind(StoredTerms::write(&changes.terms_after(&key.terms)))
+                .bind(StoredTerms::write(&after))
                 .execute(&mut *tx)
                 .await?;
             if let Some(credits) = changes.credits {
-                let refill = credits.and_then(|c| c.refill);
-                set_credits(&mut tx, &CreditHolder::Key(id), credits.map(|c| c.balance(now)), refill.as_ref()).await?;
+                // The refill as it stands after the change (kept, when the change names none).
+                let credits = credits.map(|c| crate::store::Credits { refill: after.refill, ..c });
+                let balance = credits.map(|c| c.balance(now));
+                set_credits(&mut tx, &CreditHolder::Key(id), balance, after.refill.as_ref()).await?;
             }
             key = key_in(&mut tx, id).await?.ok_or_else(|| corrupt("an updated key is gone"))?;
         }
