@@ -11,8 +11,15 @@ const PATH: &str = "/api/v1/panel/applications";
 
 /// Two replicas on a fresh Postgres schema, with their listeners connected.
 pub(crate) async fn two_replicas() -> Option<(TestDb, TestApp, TestApp)> {
+    two_replicas_with(|_| {}).await
+}
+
+/// The same, each replica's settings changed by `customize`.
+pub(crate) async fn two_replicas_with(
+    customize: impl Fn(&mut keygate::config::Settings) + Copy,
+) -> Option<(TestDb, TestApp, TestApp)> {
     let db = TestDb::new(Db::Postgres).await?;
-    let (a, b) = tokio::join!(TestApp::spawn_url(&db.url, |_| {}), TestApp::spawn_url(&db.url, |_| {}));
+    let (a, b) = tokio::join!(TestApp::spawn_url(&db.url, customize), TestApp::spawn_url(&db.url, customize));
     for app in [&a, &b] {
         let status = app.handles.invalidation.clone().expect("Postgres replicas listen");
         eventually("the listener connects", || {

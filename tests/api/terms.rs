@@ -22,7 +22,7 @@ fn credits(remaining: i64, refill: Option<(i64, &str, &str)>) -> Option<pb::Cred
 
 /// A server for a burst of 200 calls on one key. The burst is about exactness, not about
 /// the store's read timeout, which a debug build on a busy 2-core machine can exceed.
-fn patient(settings: &mut keygate::config::Settings) {
+pub(crate) fn patient(settings: &mut keygate::config::Settings) {
     settings.store_breaker.timeout = Duration::from_secs(5);
     settings.edge.decision_deadline = Duration::from_secs(10);
 }
