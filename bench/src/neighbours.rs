@@ -17,9 +17,12 @@
 //!
 //! Meanwhile tenant B's edge makes hot calls (four keys, four callers), credit spends (one
 //! key with credits) and first uses (a key made through Admin, then its first Authorize
-//! over a new connection, so a new TLS handshake). Each phase runs `--rounds` rounds of a
-//! calm window followed by an attack window, and compares its attack windows with its own
-//! calm ones: on a shared host, calm measured minutes earlier says more about the host's
+//! over a new connection, so a new TLS handshake), each at a steady rate
+//! (`--hot-per-second`, `--credits-per-second`, `--first-uses-per-second`) that leaves the
+//! host room, as a tenant's edge does: flat out, B alone saturates two cores, and its p99
+//! then measures the saturation rather than what A takes. Each phase runs `--rounds`
+//! rounds of a calm window followed by an attack window, and compares its attack windows
+//! with its own calm ones: on a shared host, calm measured minutes earlier says more about the host's
 //! moment than about the attack (one calm row at the start swung 1.2–3.6 ms between runs).
 //! Every row prints A's attack rate beside B's figures and each round's ratio; `ok` says
 //! whether the row meets issue 27's bar: B's hot p99 at most twice its calm window's (the
@@ -75,6 +78,21 @@ pub struct NeighboursArgs {
     /// Token guessing: wrong admin tokens per second.
     #[arg(long, default_value_t = 1000)]
     token_guesses_per_second: u64,
+    /// B's hot calls per second, all four callers together (0: as fast as they go). A
+    /// tenant's edge does not hold a replica at its limit: flat out, B's own calls
+    /// saturate this 2-core host, and its p99 then measures the host's saturation (any
+    /// extra work, A's or not, lengthens it by its share of the CPU) rather than what A
+    /// takes from B.
+    #[arg(long, default_value_t = 1000)]
+    hot_per_second: u64,
+    /// B's credit spends per second (0: as fast as they go).
+    #[arg(long, default_value_t = 50)]
+    credits_per_second: u64,
+    /// B's new keys per second, each made and then used once over a new connection (0: as
+    /// fast as they go; flat out, their argon2 hashing and first verifications keep a
+    /// core busy by themselves).
+    #[arg(long, default_value_t = 4)]
+    first_uses_per_second: u64,
     /// Run only these phases (comma-separated: handshakes, import-cost, admin-scans,
     /// ipv6-spread, token-guessing, all).
     #[arg(long, value_delimiter = ',')]
@@ -255,7 +273,7 @@ async fn measure(args: &NeighboursArgs, dir: &std::path::Path, postgres: Option<
         let mut round_ratios = Vec::new();
         let (mut attempts, mut attack_seconds) = (vec![0u64; attacks.len()], 0.0);
         for _ in 0..args.rounds.max(1) {
-            let quiet = b.measure(&server, &tls, Duration::from_secs(args.seconds)).await;
+            let quiet = b.measure(&server, &tls, Duration::from_secs(args.seconds), args).await;
             let (figures, counts, elapsed) = attack_window(args, &server, &tls, &a, &b, &attacks).await?;
             round_ratios.push(figures.hot_p99() / quiet.hot_p99());
             calm.merge(quiet);
@@ -302,9 +320,10 @@ async fn attack_window(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     let started = Instant::now();
-    let figures = b.measure(server, tls, Duration::from_secs(args.seconds)).await;
+    let figures = b.measure(server, tls, Duration::from_secs(args.seconds), args).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let counts = counters.iter().zip(before).map(|(counter, before)| counter.load(Ordering::Relaxed) - before).collect();
+    let counts =
+        counters.iter().zip(before).map(|(counter, before)| counter.load(Ordering::Relaxed) - before).collect();
     for task in tasks {
         task.abort();
     }
@@ -434,6 +453,17 @@ impl Figures {
     }
 }
 
+/// A pace of `per_second` (none for 0: as fast as the calls go).
+fn ticker(per_second: f64) -> Option<tokio::time::Interval> {
+    (per_second > 0.0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / per_second)))
+}
+
+async fn tick(ticks: &mut Option<tokio::time::Interval>) {
+    if let Some(ticks) = ticks.as_mut() {
+        ticks.tick().await;
+    }
+}
+
 /// The median of a few ratios (NaN when empty; NaNs sort last).
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
@@ -495,7 +525,7 @@ impl TenantB {
 
     /// B's traffic for `length`: four hot callers, one credit spender, one maker of new
     /// keys whose first use goes over a new connection.
-    async fn measure(&self, server: &Server, tls: &ClientTls, length: Duration) -> Figures {
+    async fn measure(&self, server: &Server, tls: &ClientTls, length: Duration, rates: &NeighboursArgs) -> Figures {
         let until = Instant::now() + length;
         let channel = match server.channel().await {
             Ok(channel) => channel,
@@ -506,13 +536,16 @@ impl TenantB {
             }
         };
         let mut callers = Vec::new();
+        let per_caller = rates.hot_per_second as f64 / self.hot.len() as f64;
         for (n, secret) in self.hot.iter().enumerate() {
             let (secret, channel) = (secret.clone(), channel.clone());
             let ip = format!("198.51.100.{}", n + 1);
             callers.push(tokio::spawn(async move {
                 let mut figures = Figures::default();
                 let mut client = AuthorizerClient::new(channel);
+                let mut ticks = ticker(per_caller);
                 while Instant::now() < until {
+                    tick(&mut ticks).await;
                     let started = Instant::now();
                     match client.authorize(authorize(&secret, &ip)).await {
                         Ok(answer) if answer.get_ref().allowed => figures.hot.push(started.elapsed()),
@@ -524,10 +557,14 @@ impl TenantB {
             }));
         }
         let (secret, spender) = (self.credit.clone(), channel.clone());
+        let (credits_per_second, first_uses_per_second) =
+            (rates.credits_per_second as f64, rates.first_uses_per_second as f64);
         callers.push(tokio::spawn(async move {
             let mut figures = Figures::default();
             let mut client = AuthorizerClient::new(spender);
+            let mut ticks = ticker(credits_per_second);
             while Instant::now() < until {
+                tick(&mut ticks).await;
                 let started = Instant::now();
                 match client.authorize(authorize(&secret, "198.51.100.9")).await {
                     Ok(answer) if answer.get_ref().allowed => figures.credit.push(started.elapsed()),
@@ -547,7 +584,9 @@ impl TenantB {
                     return figures;
                 }
             };
+            let mut ticks = ticker(first_uses_per_second);
             while Instant::now() < until {
+                tick(&mut ticks).await;
                 let started = Instant::now();
                 let secret = match create_key(&mut admin, ACCOUNT_B, None).await {
                     Ok(secret) => secret,
