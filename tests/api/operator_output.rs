@@ -8,7 +8,7 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio_rustls::rustls::{self, pki_types::pem::PemObject, pki_types::CertificateDer};
+use tokio_rustls::rustls;
 
 /// `keygate serve ARGS` in a directory of its own, on a free port, stderr piped (the
 /// default filter: no `RUST_LOG`), every line kept.
@@ -135,21 +135,7 @@ fn the_client_names_say_they_need_a_restart() {
 /// presenting `identity`, then one read: Err when keygate refused the client.
 async fn connect_from(from: &str, address: &str, ca: &TestCa, identity: Option<&Issued>) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match identity {
-        None => builder.with_no_client_auth(),
-        Some(issued) => {
-            let chain = vec![CertificateDer::from_pem_slice(issued.cert.as_bytes()).unwrap()];
-            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key.as_bytes()).unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-    };
+    let config = crate::tls::client_config(ca, identity);
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
     let tcp = socket.connect(address.parse().unwrap()).await.map_err(|e| e.to_string())?;

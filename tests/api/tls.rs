@@ -279,6 +279,26 @@ async fn admin_apart_in_plaintext_on_loopback() {
     assert_eq!(health(app.admin_address.clone().unwrap()).await.unwrap(), 1, "SERVING on the admin listener");
 }
 
+/// A TLS client trusting `ca`, presenting `identity` when given.
+pub(crate) fn client_config(ca: &TestCa, identity: Option<&Issued>) -> tokio_rustls::rustls::ClientConfig {
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject, pki_types::CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    match identity {
+        None => builder.with_no_client_auth(),
+        Some(issued) => {
+            let chain = vec![CertificateDer::from_pem_slice(issued.cert.as_bytes()).unwrap()];
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    }
+}
+
 /// `GET path` over HTTP/1.1 and TLS (with a client certificate when `identity` is given):
 /// the status code, or the connection's failure.
 async fn https_get(url: &str, path: &str, ca: &TestCa, identity: Option<Issued>) -> Result<u16, String> {
@@ -293,23 +313,9 @@ async fn https_get_with(
     ca: &TestCa,
     identity: Option<Issued>,
 ) -> Result<u16, String> {
-    use tokio_rustls::rustls::{self, pki_types::pem::PemObject, pki_types::CertificateDer};
+    use tokio_rustls::rustls;
     let address = url.trim_start_matches("https://").to_owned();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match identity {
-        None => builder.with_no_client_auth(),
-        Some(issued) => {
-            let chain = vec![CertificateDer::from_pem_slice(issued.cert.as_bytes()).unwrap()];
-            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key.as_bytes()).unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-    };
+    let config = client_config(ca, identity.as_ref());
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(&address).await.map_err(|e| e.to_string())?;
     // By IP, so no SNI is sent: nginx sends none unless `proxy_ssl_server_name on`.
