@@ -419,6 +419,13 @@ impl RateLimitArgs {
                     .to_owned(),
             );
         }
+        if url.starts_with("rediss://") && url.ends_with("#insecure") {
+            problems.push(
+                "--rate-limit-store / KEYGATE_RATE_LIMIT_STORE: #insecure (TLS without verifying the server) is not \
+                 supported; give the server's CA with --rate-limit-store-ca"
+                    .to_owned(),
+            );
+        }
         Some(MaskedUrl::new(url.as_str()))
     }
 

@@ -329,6 +329,7 @@ mod tests {
         for (flags, problem) in [
             (&["--rate-limit-store", "redis://cache", "--rate-limit-store-ca", "ca.pem"][..], "needs a rediss://"),
             (&["--rate-limit-store-ca", "ca.pem"][..], "needs a rediss://"),
+            (&["--rate-limit-store", "rediss://cache#insecure"][..], "#insecure (TLS without verifying the server)"),
             (&["--rate-limit-store", "rediss://cache", "--rate-limit-store-client-cert", "c.pem"][..], "give both"),
             (
                 &[
