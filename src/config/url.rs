@@ -81,18 +81,21 @@ impl MaskedUrl {
     }
 }
 
-/// A Postgres URL to a host elsewhere that names no `sslmode` gets `sslmode=verify-full`:
-/// the server's certificate is checked against the OS's roots (or `sslrootcert`) and its
-/// name. `PGSSLMODE`, which sqlx reads when the URL says nothing, still wins.
+/// A Postgres URL that names no `sslmode` gets one: `verify-full` to a host elsewhere (the
+/// server's certificate is checked against the OS's roots, or `sslrootcert`, and its
+/// name); `disable` on this machine, where there is no network to protect and sqlx's own
+/// default (`prefer`) would pay a handshake per connection for nothing. `PGSSLMODE`,
+/// which sqlx reads when the URL says nothing, still wins.
 pub(super) fn with_default_sslmode(url: MaskedUrl) -> MaskedUrl {
     let postgres = crate::store::sql::Backend::of_url(url.expose()) == Some(crate::store::sql::Backend::Postgres);
-    if !postgres || url.sslmode().is_some() || url.postgres_on_loopback() || std::env::var_os("PGSSLMODE").is_some() {
+    if !postgres || url.sslmode().is_some() || std::env::var_os("PGSSLMODE").is_some() {
         return url;
     }
+    let mode = if url.postgres_on_loopback() { "disable" } else { "verify-full" };
     let (body, fragment) = url.0.split_once('#').map_or((url.0.as_str(), None), |(b, f)| (b, Some(f)));
     let separator = if url.parts().2.contains('?') { "&" } else { "?" };
     let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
-    MaskedUrl(format!("{body}{separator}sslmode=verify-full{fragment}"))
+    MaskedUrl(format!("{body}{separator}sslmode={mode}{fragment}"))
 }
 
 /// The start-up warning for a Postgres URL to a host elsewhere whose `sslmode` does not
@@ -243,7 +246,8 @@ mod tests {
         }
     }
 
-    /// guards: the `verify-full` default (without it, such a URL got sqlx's `prefer`).
+    /// guards: the `verify-full` default elsewhere (without it, such a URL got sqlx's
+    /// `prefer`) and `disable` on this machine.
     #[test]
     fn postgres_elsewhere_without_an_sslmode_verifies_the_server() {
         let defaulted = |url: &str| with_default_sslmode(MaskedUrl::new(url)).expose().to_owned();
@@ -259,14 +263,17 @@ mod tests {
             defaulted("postgres://10.0.0.5/k?host=db.internal"),
             "postgres://10.0.0.5/k?host=db.internal&sslmode=verify-full"
         );
+        assert_eq!(defaulted("postgres://kg@localhost/k"), "postgres://kg@localhost/k?sslmode=disable");
+        assert_eq!(defaulted("postgres://[::1]:5432/k"), "postgres://[::1]:5432/k?sslmode=disable");
+        assert_eq!(
+            defaulted("postgres:///k?host=/run/postgresql"),
+            "postgres:///k?host=/run/postgresql&sslmode=disable"
+        );
+        assert_eq!(defaulted("postgres://127.0.0.1/k?x=1#f"), "postgres://127.0.0.1/k?x=1&sslmode=disable#f");
         for unchanged in [
             "postgres://db.example/k?sslmode=disable",
             "postgres://db.example/k?ssl-mode=require",
-            "postgres://kg@localhost/k",
-            "postgres://127.0.0.1:5432/k",
-            "postgres://[::1]:5432/k",
-            "postgres:///k?host=/run/postgresql",
-            "postgres://db.example/k?host=%2Frun%2Fpostgresql",
+            "postgres://127.0.0.1:5432/k?sslmode=verify-full",
             "sqlite://data/k.db",
         ] {
             assert_eq!(defaulted(unchanged), unchanged);

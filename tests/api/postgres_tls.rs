@@ -125,3 +125,35 @@ async fn plaintext_against_a_tls_only_rule_fails_naming_the_refusal() {
     let error = start_error(&url("postgres", "127.0.0.1", "sslmode=disable")).await;
     assert!(error.contains("pg_hba.conf refuses connections without TLS"), "{error}");
 }
+
+/// guards: the replicas' LISTEN/NOTIFY connection over the same TLS URL (a listener
+/// that connected without TLS is refused by the `hostnossl … reject` rule and never
+/// connects); a revoke on one replica reaches the other's cache through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_on_one_replica_reaches_the_other_over_tls() {
+    use crate::helpers::eventually;
+    use crate::replicas::code_on;
+    let Some(dir) = files() else { return };
+    let ca = dir.join("ca.pem");
+    let url =
+        own_schema(&url("postgres", "localhost", &format!("sslmode=verify-full&sslrootcert={}", ca.display()))).await;
+    let (mut a, b) = tokio::join!(TestApp::spawn_url(&url, |_| {}), TestApp::spawn_url(&url, |_| {}));
+    for app in [&a, &b] {
+        let status = app.handles.invalidation.clone().expect("Postgres replicas listen");
+        eventually("the listener connects over TLS", || {
+            let status = status.clone();
+            async move { status.is_connected() }
+        })
+        .await;
+    }
+    let (key, secret) = a.create_key("acct_tls_r", &["applications:read"], &[]).await;
+    eventually("B serves the key from its cache", || async {
+        code_on(&b, &secret).await == "allowed" && b.handles.cache.stats().keys.entries > 0
+    })
+    .await;
+    a.admin
+        .revoke_api_key(keygate::grpc::proto::RevokeApiKeyRequest { id: key.id, reason: "test".into() })
+        .await
+        .unwrap();
+    eventually("B denies the revoked key", || async { code_on(&b, &secret).await == "api_key_revoked" }).await;
+}
