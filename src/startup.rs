@@ -224,6 +224,9 @@ pub struct Application {
 impl Application {
     /// The server on the SQL store `settings.database_url` names (SQLite or Postgres).
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        if let Some(warning) = crate::config::weak_postgres_tls(&settings.database_url) {
+            tracing::warn!("{warning}");
+        }
         let store = SqlStore::connect_with(
             settings.database_url.expose(),
             settings.database_max_connections,
@@ -282,6 +285,10 @@ impl Application {
         };
 
         let limiter = Arc::new(limiter(&settings)?);
+        if let Some(refusal) = limiter.tls_refusal().await {
+            let url = settings.rate_limit_store.as_ref().map(ToString::to_string).unwrap_or_default();
+            anyhow::bail!("cannot use the rate limit store {url}: {refusal}");
+        }
         let limiter_tasks = limiter.start(clock.clone());
         let limiter_breaker = limiter.breaker().cloned();
         let authn = Arc::new(Authenticator::new(
@@ -539,7 +546,7 @@ async fn drain_within<T>(
 fn limiter(settings: &Settings) -> anyhow::Result<Limiter> {
     Ok(match &settings.rate_limit_store {
         Some(url) => Limiter::redis(
-            url.expose(),
+            redis_client(url, &settings.rate_limit_store_tls)?,
             settings.rate_limit_key_prefix.clone(),
             settings.limiter_breaker,
             settings.limit_leases,
@@ -547,6 +554,28 @@ fn limiter(settings: &Settings) -> anyhow::Result<Limiter> {
         .with_context(|| format!("invalid rate limit store URL {url}"))?,
         None => Limiter::local(),
     })
+}
+
+/// The Redis client of `url`: over TLS with `tls`'s CA and client certificate when given.
+fn redis_client(url: &crate::config::MaskedUrl, tls: &crate::config::RedisTls) -> anyhow::Result<::redis::Client> {
+    let invalid = || format!("invalid rate limit store URL {url}");
+    if *tls == crate::config::RedisTls::default() {
+        return ::redis::Client::open(url.expose()).with_context(invalid);
+    }
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("{flag}: cannot read {}", path.display()))
+    };
+    let root_cert = tls.ca.as_deref().map(|ca| read("--rate-limit-store-ca", ca)).transpose()?;
+    let client_tls = match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => Some(::redis::ClientTlsConfig {
+            client_cert: read("--rate-limit-store-client-cert", cert)?,
+            client_key: read("--rate-limit-store-client-key", key)?,
+        }),
+        _ => None,
+    };
+    ::redis::Client::build_with_tls(url.expose(), ::redis::TlsCertificates { client_tls, root_cert }).with_context(
+        || format!("the rate limit store's TLS files (--rate-limit-store-ca, …-client-cert, …-client-key) for {url}"),
+    )
 }
 
 /// The forward-auth listener and what it serves, when `--http-listen` is given.

@@ -3,10 +3,10 @@
 //! one list, so that all are reported at once.
 
 use super::range::{in_range, Checked};
-use super::secret::Secret;
-use super::url::{unknown_connect_parameters, MaskedUrl};
+use super::secret::{check_key_file, Secret};
+use super::url::{unknown_connect_parameters, with_default_sslmode, MaskedUrl};
 use super::{
-    AdminTokenSource, DigestKeySource, DrainSettings, DEFAULT_ADMIN_TOKEN_FILE, DEFAULT_DATABASE_URL,
+    AdminTokenSource, DigestKeySource, DrainSettings, RedisTls, DEFAULT_ADMIN_TOKEN_FILE, DEFAULT_DATABASE_URL,
     DEFAULT_DIGEST_KEY_FILE, DEFAULT_LISTEN, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN,
 };
 use crate::authn::budget::BudgetSettings;
@@ -135,11 +135,12 @@ pub struct DatabaseArgs {
 
 impl DatabaseArgs {
     /// The URL, given or from its file, and its problems: a backend keygate does not
-    /// know, parameters its driver ignores.
+    /// know, parameters its driver ignores. Postgres elsewhere than this machine without
+    /// an `sslmode` gets `verify-full`.
     pub(super) fn url(&mut self, group_readable: bool, problems: &mut Vec<String>) -> MaskedUrl {
         let given =
             DATABASE_URL.either(self.database_url.take(), self.database_url_file.as_deref(), group_readable, problems);
-        let url = MaskedUrl::new(given.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()));
+        let url = with_default_sslmode(MaskedUrl::new(given.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned())));
         Self::check_url(&url, problems);
         url
     }
@@ -378,6 +379,17 @@ pub struct RateLimitArgs {
     /// A file holding the Redis URL (with its password), instead of --rate-limit-store.
     #[arg(long, env = "KEYGATE_RATE_LIMIT_STORE_FILE")]
     pub rate_limit_store_file: Option<PathBuf>,
+    /// With a rediss:// store: a PEM file of the CA certificate(s) that Redis's certificate
+    /// must chain to, trusted instead of the system's roots. Default: the system's roots.
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_STORE_CA")]
+    pub rate_limit_store_ca: Option<PathBuf>,
+    /// With a rediss:// store: keygate's client certificate (PEM), for a Redis that asks
+    /// for one (`tls-auth-clients`). With --rate-limit-store-client-key.
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_STORE_CLIENT_CERT")]
+    pub rate_limit_store_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM); refused when others may read it.
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_STORE_CLIENT_KEY")]
+    pub rate_limit_store_client_key: Option<PathBuf>,
     /// Prefix of every Redis key keygate writes.
     #[arg(long, env = "KEYGATE_RATE_LIMIT_KEY_PREFIX", default_value = "keygate:rl:")]
     pub rate_limit_key_prefix: String,
@@ -402,9 +414,46 @@ impl RateLimitArgs {
         let file = self.rate_limit_store_file.as_deref();
         let url = REDIS_URL.either(self.rate_limit_store.take(), file, group_readable, problems)?;
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            problems.push("--rate-limit-store / KEYGATE_RATE_LIMIT_STORE: must start with redis://".to_owned());
+            problems.push(
+                "--rate-limit-store / KEYGATE_RATE_LIMIT_STORE: must start with redis:// (or rediss:// for TLS)"
+                    .to_owned(),
+            );
+        }
+        if url.starts_with("rediss://") && url.ends_with("#insecure") {
+            problems.push(
+                "--rate-limit-store / KEYGATE_RATE_LIMIT_STORE: #insecure (TLS without verifying the server) is not \
+                 supported; give the server's CA with --rate-limit-store-ca"
+                    .to_owned(),
+            );
         }
         Some(MaskedUrl::new(url.as_str()))
+    }
+
+    /// The files of TLS to Redis; problems: any of them without a `rediss://` store, a
+    /// certificate without its key (or the other way), a key others may read.
+    pub(super) fn tls(&self, store: Option<&MaskedUrl>, group_readable: bool, problems: &mut Vec<String>) -> RedisTls {
+        let tls = RedisTls {
+            ca: self.rate_limit_store_ca.clone(),
+            client_cert: self.rate_limit_store_client_cert.clone(),
+            client_key: self.rate_limit_store_client_key.clone(),
+        };
+        let given = tls.ca.is_some() || tls.client_cert.is_some() || tls.client_key.is_some();
+        if given && !store.is_some_and(|url| url.expose().starts_with("rediss://")) {
+            problems.push(
+                "--rate-limit-store-ca / --rate-limit-store-client-cert / --rate-limit-store-client-key: TLS to \
+                 Redis needs a rediss:// --rate-limit-store"
+                    .to_owned(),
+            );
+        }
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            problems.push(
+                "--rate-limit-store-client-cert and --rate-limit-store-client-key: give both or neither".to_owned(),
+            );
+        }
+        if let Some(key) = &tls.client_key {
+            check_key_file("--rate-limit-store-client-key", key, group_readable, problems);
+        }
+        tls
     }
 
     pub(super) fn leases(&self, problems: &mut Vec<String>) -> LeaseSettings {

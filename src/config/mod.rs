@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 pub use tls::TlsSettings;
-pub use url::MaskedUrl;
+pub use url::{weak_postgres_tls, MaskedUrl};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate-data/keygate.db";
@@ -127,6 +127,15 @@ pub struct DrainSettings {
     pub timeout: Duration,
 }
 
+/// TLS to Redis (a `rediss://` store): the CA to trust instead of the system's, and
+/// keygate's client certificate and key. Files, read when the limiter is built.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
@@ -145,6 +154,7 @@ pub struct Settings {
     pub digest_key: DigestKeySource,
     pub argon2: Argon2Settings,
     pub rate_limit_store: Option<MaskedUrl>,
+    pub rate_limit_store_tls: RedisTls,
     pub rate_limit_key_prefix: String,
     pub manage: ManageSettings,
     pub ext_authz: ExtAuthzSettings,
@@ -178,6 +188,7 @@ impl ServeArgs {
         let cache = self.cache.settings(&mut problems);
         let argon2 = self.credentials.argon2(&mut problems);
         let rate_limit_store = self.rate_limits.store(group_readable, &mut problems);
+        let rate_limit_store_tls = self.rate_limits.tls(rate_limit_store.as_ref(), group_readable, &mut problems);
         let manage = self.lifetimes.settings(&mut problems);
         let ext_authz = self.edge.ext_authz(&mut problems);
         let tls = self.tls.settings(self.listeners.admin_listen.is_some(), &mut problems);
@@ -209,6 +220,7 @@ impl ServeArgs {
             digest_key,
             argon2,
             rate_limit_store,
+            rate_limit_store_tls,
             rate_limit_key_prefix: self.rate_limits.rate_limit_key_prefix,
             manage,
             ext_authz,
@@ -299,6 +311,41 @@ mod tests {
         // without its key; the admin token given twice (as a value and as a file).
         assert_eq!(err.0.len(), 16, "{err}");
         assert!(!err.to_string().contains("short\""), "{err}");
+    }
+
+    /// guards: the Redis TLS flags' checks (a plain redis:// store ignored them).
+    #[test]
+    fn redis_tls_flags_need_rediss_and_go_together() {
+        let settings = |flags: &[&str]| parse(flags).into_settings();
+        let tls = settings(&["--rate-limit-store", "rediss://cache:6380", "--rate-limit-store-ca", "ca.pem"])
+            .expect("valid")
+            .rate_limit_store_tls;
+        assert_eq!(tls, RedisTls { ca: Some("ca.pem".into()), ..RedisTls::default() });
+        let dir = tempfile::tempdir().unwrap();
+        let open_key = dir.path().join("client.key");
+        std::fs::write(&open_key, "key").unwrap();
+        std::fs::set_permissions(&open_key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let open_key = open_key.to_str().unwrap();
+        for (flags, problem) in [
+            (&["--rate-limit-store", "redis://cache", "--rate-limit-store-ca", "ca.pem"][..], "needs a rediss://"),
+            (&["--rate-limit-store-ca", "ca.pem"][..], "needs a rediss://"),
+            (&["--rate-limit-store", "rediss://cache#insecure"][..], "#insecure (TLS without verifying the server)"),
+            (&["--rate-limit-store", "rediss://cache", "--rate-limit-store-client-cert", "c.pem"][..], "give both"),
+            (
+                &[
+                    "--rate-limit-store",
+                    "rediss://cache",
+                    "--rate-limit-store-client-cert",
+                    "c",
+                    "--rate-limit-store-client-key",
+                    open_key,
+                ][..],
+                "--rate-limit-store-client-key: the key file",
+            ),
+        ] {
+            let err = settings(flags).unwrap_err().to_string();
+            assert!(err.contains(problem), "{flags:?}: {err}");
+        }
     }
 
     #[test]

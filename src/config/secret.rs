@@ -70,6 +70,14 @@ impl Secret {
     }
 }
 
+/// A private key file a flag names (read later, by the connection it is for): refused
+/// as a secret's file is, naming `flag` and the mode, when others may read it.
+pub(super) fn check_key_file(flag: &str, path: &Path, group_readable: bool, problems: &mut Vec<String>) {
+    if let Err(why) = private(path, group_readable) {
+        problems.push(format!("{flag}: the key file {}: {why}", path.display()));
+    }
+}
+
 /// The secret a file holds, without its trailing newline.
 fn read(path: &Path, group_readable: bool) -> Result<String, String> {
     private(path, group_readable)?;

@@ -42,9 +42,89 @@ impl MaskedUrl {
     }
 }
 
+impl MaskedUrl {
+    /// The value of query parameter `name`, the last one given winning (as sqlx reads it).
+    fn parameter(&self, name: &str) -> Option<&str> {
+        let query = self.parts().2.split_once('?').map_or("", |(_, query)| query);
+        let query = query.split_once('#').map_or(query, |(query, _)| query);
+        query.split('&').filter_map(|pair| pair.split_once('=')).filter(|(n, _)| *n == name).map(|(_, v)| v).next_back()
+    }
+
+    /// The host a Postgres URL connects to: `host=` in the query, else the authority's
+    /// (without its port); empty for none (a local socket).
+    fn postgres_host(&self) -> &str {
+        if let Some(host) = self.parameter("host") {
+            return host;
+        }
+        let rest = self.parts().2;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        match authority.strip_prefix('[') {
+            Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+            None => authority.split(':').next().unwrap_or(""),
+        }
+    }
+
+    /// Whether the Postgres URL stays on this machine: a local socket, `localhost` or a
+    /// loopback address. Elsewhere, keygate asks for TLS that verifies the server.
+    fn postgres_on_loopback(&self) -> bool {
+        let host = self.postgres_host();
+        host.is_empty()
+            || host.starts_with('/')
+            || host.starts_with("%2F")
+            || host.eq_ignore_ascii_case("localhost")
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// The `sslmode` the URL asks for (`ssl-mode` is sqlx's spelling of the same).
+    fn sslmode(&self) -> Option<&str> {
+        self.parameter("sslmode").or_else(|| self.parameter("ssl-mode"))
+    }
+}
+
+/// A Postgres URL that names no `sslmode` gets one: `verify-full` to a host elsewhere (the
+/// server's certificate is checked against the OS's roots, or `sslrootcert`, and its
+/// name); `disable` on this machine, where there is no network to protect and sqlx's own
+/// default (`prefer`) would pay a handshake per connection for nothing. `PGSSLMODE`,
+/// which sqlx reads when the URL says nothing, still wins.
+pub(super) fn with_default_sslmode(url: MaskedUrl) -> MaskedUrl {
+    let postgres = crate::store::sql::Backend::of_url(url.expose()) == Some(crate::store::sql::Backend::Postgres);
+    if !postgres || url.sslmode().is_some() || std::env::var_os("PGSSLMODE").is_some() {
+        return url;
+    }
+    let mode = if url.postgres_on_loopback() { "disable" } else { "verify-full" };
+    let (body, fragment) = url.0.split_once('#').map_or((url.0.as_str(), None), |(b, f)| (b, Some(f)));
+    let separator = if url.parts().2.contains('?') { "&" } else { "?" };
+    let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+    MaskedUrl(format!("{body}{separator}sslmode={mode}{fragment}"))
+}
+
+/// The start-up warning for a Postgres URL to a host elsewhere whose `sslmode` does not
+/// verify the server (`disable`, `allow`, `prefer`, `require`): what it risks, never the URL.
+pub fn weak_postgres_tls(url: &MaskedUrl) -> Option<String> {
+    let mode = url.sslmode()?;
+    if url.postgres_on_loopback()
+        || !["disable", "allow", "prefer", "require"].contains(&mode.to_ascii_lowercase().as_str())
+    {
+        return None;
+    }
+    let risk = match mode.to_ascii_lowercase().as_str() {
+        "require" => "encrypted, but the server's certificate is not verified: anyone on the path can impersonate it",
+        _ => "the connection may be plaintext: key hashes, sessions and balances cross the network readable",
+    };
+    Some(format!(
+        "the database URL asks for sslmode={} to a host that is not this machine: {risk}; use sslmode=verify-full \
+         (with sslrootcert= for a private CA)",
+        mode.escape_default()
+    ))
+}
+
 /// Query parameters whose value says nothing secret, so a masked URL shows it.
-const SHOWN_PARAMETERS: [&str; 9] = [
+const SHOWN_PARAMETERS: [&str; 13] = [
     "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "host",
     "ssl-mode",
     "statement-cache-capacity",
     "port",
@@ -163,6 +243,60 @@ mod tests {
             ("redis://:s3cret?x@cache:6379/0", "redis://:***@cache:6379/0"),
         ] {
             assert_eq!(MaskedUrl::new(url).to_string(), shown);
+        }
+    }
+
+    /// guards: the `verify-full` default elsewhere (without it, such a URL got sqlx's
+    /// `prefer`) and `disable` on this machine.
+    #[test]
+    fn postgres_elsewhere_without_an_sslmode_verifies_the_server() {
+        let defaulted = |url: &str| with_default_sslmode(MaskedUrl::new(url)).expose().to_owned();
+        assert_eq!(
+            defaulted("postgres://kg:pw@db.example:5432/k"),
+            "postgres://kg:pw@db.example:5432/k?sslmode=verify-full"
+        );
+        assert_eq!(
+            defaulted("postgres://db.example/k?application_name=kg"),
+            "postgres://db.example/k?application_name=kg&sslmode=verify-full"
+        );
+        assert_eq!(
+            defaulted("postgres://10.0.0.5/k?host=db.internal"),
+            "postgres://10.0.0.5/k?host=db.internal&sslmode=verify-full"
+        );
+        assert_eq!(defaulted("postgres://kg@localhost/k"), "postgres://kg@localhost/k?sslmode=disable");
+        assert_eq!(defaulted("postgres://[::1]:5432/k"), "postgres://[::1]:5432/k?sslmode=disable");
+        assert_eq!(
+            defaulted("postgres:///k?host=/run/postgresql"),
+            "postgres:///k?host=/run/postgresql&sslmode=disable"
+        );
+        assert_eq!(defaulted("postgres://127.0.0.1/k?x=1#f"), "postgres://127.0.0.1/k?x=1&sslmode=disable#f");
+        for unchanged in [
+            "postgres://db.example/k?sslmode=disable",
+            "postgres://db.example/k?ssl-mode=require",
+            "postgres://127.0.0.1:5432/k?sslmode=verify-full",
+            "sqlite://data/k.db",
+        ] {
+            assert_eq!(defaulted(unchanged), unchanged);
+        }
+    }
+
+    /// guards: the start-up warning's text, which names the mode and never the URL.
+    #[test]
+    fn a_weak_sslmode_to_another_host_is_warned_without_the_url() {
+        let warning = weak_postgres_tls(&MaskedUrl::new("postgres://kg:hunter2@db.example/k?sslmode=require")).unwrap();
+        assert!(warning.contains("sslmode=require") && warning.contains("not verified"), "{warning}");
+        assert!(!warning.contains("hunter2") && !warning.contains("db.example"), "{warning}");
+        assert!(weak_postgres_tls(&MaskedUrl::new("postgres://db.example/k?sslmode=prefer"))
+            .unwrap()
+            .contains("plaintext"));
+        assert!(weak_postgres_tls(&MaskedUrl::new("postgres://db.example/k?sslmode=disable")).is_some());
+        for quiet in [
+            "postgres://db.example/k?sslmode=verify-full",
+            "postgres://db.example/k?sslmode=verify-ca",
+            "postgres://localhost/k?sslmode=disable",
+            "postgres://db.example/k",
+        ] {
+            assert_eq!(weak_postgres_tls(&MaskedUrl::new(quiet)), None, "{quiet}");
         }
     }
 

@@ -89,14 +89,24 @@ impl Limiter {
     /// Counts in the Redis at `url`, every key under `prefix`, each call waiting for it as
     /// `breaker` says; high-rate limits are spent from slices as `leases` say. Does not
     /// connect yet.
+    /// Counting in the Redis `client` names (see `redis::Client::open`, `build_with_tls`).
     pub fn redis(
-        url: &str,
+        client: ::redis::Client,
         prefix: String,
         breaker: BreakerSettings,
         leases: lease::LeaseSettings,
     ) -> Result<Self, ::redis::RedisError> {
         let breaker = Arc::new(Breaker::new("rate limit store", breaker));
-        Ok(Limiter::Redis(Box::new(redis::RedisLimiter::new(url, prefix, breaker, leases)?)))
+        Ok(Limiter::Redis(Box::new(redis::RedisLimiter::with_client(client, prefix, breaker, leases)?)))
+    }
+
+    /// Why TLS to Redis cannot work, tried once at start-up; `None` in process, when it
+    /// works, and when Redis is only down.
+    pub async fn tls_refusal(&self) -> Option<String> {
+        match self {
+            Limiter::Redis(redis) => redis.tls_refusal().await,
+            Limiter::Local(_) => None,
+        }
     }
 
     /// Starts what the limiter does in the background, until the tasks drop: on Redis, the

@@ -287,13 +287,24 @@ impl RedisLimiter {
         breaker: Arc<Breaker>,
         settings: LeaseSettings,
     ) -> Result<Self, redis::RedisError> {
+        Self::with_client(redis::Client::open(url)?, prefix, breaker, settings)
+    }
+
+    /// [`new`](Self::new) on a client made already (TLS with a CA or client certificate
+    /// of its own: `redis::Client::build_with_tls`).
+    pub fn with_client(
+        client: redis::Client,
+        prefix: String,
+        breaker: Arc<Breaker>,
+        settings: LeaseSettings,
+    ) -> Result<Self, redis::RedisError> {
         // Two replicas with one name would overwrite each other's reservations.
         let replica = crate::domain::random_token(12).map_err(|_| {
             redis::RedisError::from((redis::ErrorKind::Client, "no randomness to name this replica's reservations"))
         })?;
         Ok(Self {
             redis: Arc::new(Redis {
-                client: redis::Client::open(url)?,
+                client,
                 connection: OnceCell::new(),
                 exact: redis::Script::new(CHECK_AND_COUNT),
                 lease: redis::Script::new(LEASE),
@@ -327,6 +338,17 @@ impl RedisLimiter {
     /// Slices held now.
     pub fn leases_held(&self) -> u64 {
         self.leases.len() as u64
+    }
+
+    /// Why TLS to Redis fails, if it does: one connection tried at start-up, so that a CA
+    /// or a name that cannot work stops start-up instead of failing every limit. Redis
+    /// down (or slow) is not this: keygate starts, and limits fail closed until it is up.
+    pub async fn tls_refusal(&self) -> Option<String> {
+        let connect = self.redis.client.get_multiplexed_async_connection();
+        match tokio::time::timeout(Duration::from_secs(2), connect).await {
+            Ok(Err(e)) => crate::tls::handshake_failure(&e, "give the server's CA with --rate-limit-store-ca"),
+            Ok(Ok(_)) | Err(_) => None,
+        }
     }
 
     /// Does Redis answer a PING? For the breaker's background probe.

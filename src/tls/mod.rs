@@ -13,8 +13,11 @@
 //! ones whose ClientHello has begun, so one host holding idle connections cannot keep an
 //! edge that starts its handshake at once from being served, not even from its own address.
 
+mod client_errors;
 mod refused;
 mod roots;
+
+pub use client_errors::handshake_failure;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;

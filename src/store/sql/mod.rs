@@ -12,6 +12,7 @@
 mod admin_tokens;
 mod applications;
 mod audit;
+mod connect_error;
 mod credits;
 mod delete;
 mod import;
@@ -97,7 +98,7 @@ impl SqlStore {
         };
         let options = AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(connect_timeout);
         // Decisions keep their own limits: the breaker's timeout bounds their reads.
-        let pool = with_session(options, backend, None).connect(&url).await?;
+        let pool = with_session(options, backend, None).connect(&url).await.map_err(connect_error::explained)?;
         let migrations = match backend {
             Backend::Sqlite => migrations::SQLITE,
             Backend::Postgres => migrations::POSTGRES,
