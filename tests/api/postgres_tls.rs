@@ -138,14 +138,7 @@ async fn a_revoke_on_one_replica_reaches_the_other_over_tls() {
     let url =
         own_schema(&url("postgres", "localhost", &format!("sslmode=verify-full&sslrootcert={}", ca.display()))).await;
     let (mut a, b) = tokio::join!(TestApp::spawn_url(&url, |_| {}), TestApp::spawn_url(&url, |_| {}));
-    for app in [&a, &b] {
-        let status = app.handles.invalidation.clone().expect("Postgres replicas listen");
-        eventually("the listener connects over TLS", || {
-            let status = status.clone();
-            async move { status.is_connected() }
-        })
-        .await;
-    }
+    crate::replicas::listeners_connected(&[&a, &b]).await;
     let (key, secret) = a.create_key("acct_tls_r", &["applications:read"], &[]).await;
     eventually("B serves the key from its cache", || async {
         code_on(&b, &secret).await == "allowed" && b.handles.cache.stats().keys.entries > 0

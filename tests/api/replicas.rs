@@ -20,7 +20,13 @@ pub(crate) async fn two_replicas_with(
 ) -> Option<(TestDb, TestApp, TestApp)> {
     let db = TestDb::new(Db::Postgres).await?;
     let (a, b) = tokio::join!(TestApp::spawn_url(&db.url, customize), TestApp::spawn_url(&db.url, customize));
-    for app in [&a, &b] {
+    listeners_connected(&[&a, &b]).await;
+    Some((db, a, b))
+}
+
+/// Waits until each replica's Postgres listener (invalidations) is connected.
+pub(crate) async fn listeners_connected(apps: &[&TestApp]) {
+    for app in apps {
         let status = app.handles.invalidation.clone().expect("Postgres replicas listen");
         eventually("the listener connects", || {
             let status = status.clone();
@@ -28,7 +34,6 @@ pub(crate) async fn two_replicas_with(
         })
         .await;
     }
-    Some((db, a, b))
 }
 
 pub(crate) async fn code_on(app: &TestApp, secret: &str) -> String {
