@@ -12,23 +12,21 @@ use tracing::Instrument;
 pub struct AuthorizerService {
     authorizer: Arc<Authorizer>,
     edge: EdgeSettings,
+    /// [`DEADLINE_HEADER`]'s value, made once: a capped call's answer clones it (a
+    /// reference count) instead of formatting the number again.
+    cap_value: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
 impl AuthorizerService {
     pub fn new(authorizer: Arc<Authorizer>, edge: EdgeSettings) -> Self {
-        Self { authorizer, edge }
+        let cap_value = tonic::metadata::MetadataValue::from(edge.decision_deadline.as_millis() as u64);
+        Self { authorizer, edge, cap_value }
     }
 }
 
 /// Response metadata on a call whose `grpc-timeout` keygate capped: the milliseconds it
 /// decides within (`--decision-deadline-ms`), on the answer and on a failure alike.
 pub const DEADLINE_HEADER: &str = "x-keygate-decision-deadline-ms";
-
-impl AuthorizerService {
-    fn cap_value(&self) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
-        tonic::metadata::MetadataValue::from(self.edge.decision_deadline.as_millis() as u64)
-    }
-}
 
 #[tonic::async_trait]
 impl authorizer_server::Authorizer for AuthorizerService {
@@ -59,7 +57,7 @@ impl authorizer_server::Authorizer for AuthorizerService {
                 return Err(match capped {
                     Some(deadline) if failure.deadline => {
                         let mut status = super::status::past_cap(failure, &self.edge.cap_note(deadline));
-                        status.metadata_mut().insert(DEADLINE_HEADER, self.cap_value());
+                        status.metadata_mut().insert(DEADLINE_HEADER, self.cap_value.clone());
                         status
                     }
                     _ => failure.into(),
@@ -76,7 +74,7 @@ impl authorizer_server::Authorizer for AuthorizerService {
         });
         let mut response = Response::new(convert::authorize_response(verdict));
         if capped.is_some() {
-            response.metadata_mut().insert(DEADLINE_HEADER, self.cap_value());
+            response.metadata_mut().insert(DEADLINE_HEADER, self.cap_value.clone());
         }
         Ok(match request_id {
             Some(id) => id.attach(response),
