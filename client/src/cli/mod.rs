@@ -368,6 +368,13 @@ fn seconds(d: Duration) -> u32 {
 }
 
 /// Runs one command and prints its answer (`--json` or text).
+/// [`run`] on a runtime of its own. Not `async`, so the binary that calls it does not
+/// compile every command's body again (an async function's body is compiled in each crate
+/// that polls it).
+pub fn run_blocking(command: Command) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(command))
+}
+
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::App(command) => run_app(command).await,
