@@ -137,7 +137,7 @@ async fn the_image_holds_only_keygate_and_serves_from_its_exported_file_system()
     let said = String::from_utf8_lossy(&health.stdout).into_owned() + &String::from_utf8_lossy(&health.stderr);
     assert!(health.status.success() && said.trim() == "SERVING", "the HEALTHCHECK: {said}");
     drop(keygate);
-    let health = in_image(&rootfs, config).args(&check[1..]).env("KEYGATE_SERVER", &keygate_gone()).output().unwrap();
+    let health = in_image(&rootfs, config).args(&check[1..]).env("KEYGATE_SERVER", keygate_gone()).output().unwrap();
     assert!(!health.status.success(), "the HEALTHCHECK passes with no keygate");
     drop(built);
 }
