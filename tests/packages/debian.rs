@@ -122,7 +122,8 @@ fn start_as_the_unit_would(unit: &str) -> (Keygate, tempfile::TempDir) {
 }
 
 /// guards: the package's contents and maintainer scripts (user, credentials), the unit
-/// (systemd-analyze verify: any warning fails), and that the shipped settings serve.
+/// (systemd-analyze verify: any warning fails; security: its exposure score), and that
+/// the shipped settings serve.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_debian_package_installs_and_serves_as_its_unit_runs_it() {
     if !enabled("the_debian_package_installs_and_serves_as_its_unit_runs_it") {
@@ -137,6 +138,8 @@ async fn the_debian_package_installs_and_serves_as_its_unit_runs_it() {
     let verify = Command::new("systemd-analyze").args(["verify", UNIT]).output().unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
     assert!(verify.status.success() && said.trim().is_empty(), "systemd-analyze verify {UNIT}:\n{said}");
+    // The hardening, scored offline (0 to 100; 14 is systemd's "1.4 OK"): a lost line fails.
+    run(Command::new("systemd-analyze").args(["security", "--offline=true", "--threshold=20", UNIT]));
     let conffiles = run(Command::new("dpkg-query").args(["--showformat=${Conffiles}", "--show", "keygate"]));
     for conffile in ["/etc/keygate/keygate.env", "/etc/keygate/policy.toml"] {
         assert!(conffiles.contains(conffile), "{conffile} is no conffile:\n{conffiles}");
