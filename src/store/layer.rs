@@ -1,16 +1,11 @@
-//! The admin side's one forwarding table. A decorator of the admin plane treats every
-//! admin call alike (the meter times it, the breaker refuses it while the store is down)
-//! or cares only about what a write changed (the cache forgets it): it implements
-//! [`AdminLayer`], a handful of hooks, and gets [`AdminStore`] from the table below, which
-//! spells each call's signature once and says what each write changed ([`Changed`]).
+//! The admin side's decorators. A decorator of the admin plane treats every admin call
+//! alike (the meter times it, the breaker refuses it while the store is down) or cares
+//! only about what a write changed (the cache forgets it): it implements [`AdminLayer`], a
+//! handful of hooks, and gets [`AdminStore`] whole. The table that passes each call on is
+//! made by [`admin_trait!`] from the same text that defines the call (in
+//! [`admin`](super::admin)), with what each write changed ([`Changed`]).
 
-use super::{
-    AdminStore, Application, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyRecord, Owner,
-    OwnerChanges, Page, PageRequest, Records, RollOutcome, SessionRecord, StoreError, UpdateOutcome,
-};
-use crate::audit::{AuditEvent, AuditQuery};
-use crate::domain::{AccountId, AdminTokenName, AdminTokenRecord, ApplicationId, KeyId, Name, OwnerId, SessionId};
-use crate::domain::{Timestamp, UserId};
+use super::{AdminStore, ApplicationId, Deleted, Direct, KeyId, KeyRecord, Records, SessionId, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -60,219 +55,57 @@ pub trait AdminLayer: Records {
     }
 }
 
+/// Defines an admin trait (a `Records` subtrait of `async` methods) and, from the same
+/// text, its implementation for every [`AdminLayer`]: each call passed through
+/// [`AdminLayer::call`] (named as the method is) to the store [`below`](AdminLayer::below).
+/// A write says after `=>` what it changed, as a closure of the call's result and `report`,
+/// which hands each [`Changed`] to [`AdminLayer::changed`]; it runs whether the call
+/// succeeded or not (a write that failed may have committed).
+macro_rules! admin_trait {
+    (
+        $(#[$meta:meta])*
+        pub trait $name:ident {
+            $(
+                $(#[$method_meta:meta])*
+                async fn $method:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty
+                $(=> |$result:ident, $report:ident| $changed:expr)?;
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[async_trait::async_trait]
+        pub trait $name: $crate::store::Records {
+            $(
+                $(#[$method_meta])*
+                async fn $method(&self $(, $arg: $ty)*) -> $ret;
+            )*
+        }
+
+        #[async_trait::async_trait]
+        impl<L: $crate::store::AdminLayer> $name for L {
+            $(
+                async fn $method(&self $(, $arg: $ty)*) -> $ret {
+                    let below = $crate::store::AdminLayer::below(self);
+                    let result = $crate::store::AdminLayer::call(self, stringify!($method), below.$method($($arg),*)).await;
+                    $({
+                        let $result = &result;
+                        let $report = |changed| $crate::store::AdminLayer::changed(self, changed);
+                        $changed;
+                    })?
+                    result
+                }
+            )*
+        }
+    };
+}
+
+pub(crate) use admin_trait;
+
+/// The calls each layer answers its own way: through its hooks.
 #[async_trait::async_trait]
-impl<L: AdminLayer> AdminStore for L {
-    async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
-        let result = self.call("create_application", self.below().create_application(app, audit)).await;
-        // A miss may have been cached as "no such application".
-        self.changed(Changed::Application(&app.id));
-        result
-    }
-
-    async fn list_applications(
-        &self,
-        account: &AccountId,
-        page: &PageRequest,
-    ) -> Result<Page<Application>, StoreError> {
-        self.call("list_applications", self.below().list_applications(account, page)).await
-    }
-
-    async fn rename_application(
-        &self,
-        id: &ApplicationId,
-        name: &Name,
-        audit: &AuditEvent,
-    ) -> Result<Option<Application>, StoreError> {
-        let result = self.call("rename_application", self.below().rename_application(id, name, audit)).await;
-        self.changed(Changed::Application(id));
-        result
-    }
-
-    async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        let result = self.call("create_key", self.below().create_key(key, audit)).await;
-        self.changed(Changed::Key(key.id));
-        result
-    }
-
+impl<L: AdminLayer> Direct for L {
     async fn key_as_stored(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         AdminLayer::key_as_stored(self, id).await
-    }
-
-    async fn list_keys(
-        &self,
-        account: &AccountId,
-        filter: &KeyFilter,
-        page: &PageRequest,
-    ) -> Result<Page<KeyRecord>, StoreError> {
-        self.call("list_keys", self.below().list_keys(account, filter, page)).await
-    }
-
-    async fn update_key(
-        &self,
-        id: KeyId,
-        changes: &KeyChanges,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<UpdateOutcome, StoreError> {
-        // Changed even when the write errors: it may have committed before the error.
-        let result = self.call("update_key", self.below().update_key(id, changes, now, audit)).await;
-        self.changed(Changed::Key(id));
-        // A key rolled into this one follows it (its credits, its state, its terms).
-        if let Ok(UpdateOutcome::Updated(key)) = &result {
-            key.rolled_from.iter().for_each(|predecessor| self.changed(Changed::Key(*predecessor)));
-        }
-        result
-    }
-
-    async fn revoke_key(
-        &self,
-        id: KeyId,
-        reason: &str,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        let result = self.call("revoke_key", self.below().revoke_key(id, reason, now, audit)).await;
-        self.changed(Changed::Key(id));
-        // A key rolled into this one stops with it.
-        if let Ok(Some(key)) = &result {
-            key.rolled_from.iter().for_each(|predecessor| self.changed(Changed::Key(*predecessor)));
-        }
-        result
-    }
-
-    async fn rotate_runtime_key(
-        &self,
-        new: &KeyRecord,
-        retire_at: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        let result = self.call("rotate_runtime_key", self.below().rotate_runtime_key(new, retire_at, audit)).await;
-        self.changed(Changed::Key(new.id));
-        result.iter().flatten().for_each(|retired| self.changed(Changed::Key(*retired)));
-        result
-    }
-
-    async fn roll_key(
-        &self,
-        new: &KeyRecord,
-        old: KeyId,
-        retire_at: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<RollOutcome, StoreError> {
-        let result = self.call("roll_key", self.below().roll_key(new, old, retire_at, audit)).await;
-        self.changed(Changed::Key(new.id));
-        self.changed(Changed::Key(old));
-        if let Ok(RollOutcome::Rolled { ended, .. }) = &result {
-            ended.iter().for_each(|id| self.changed(Changed::Key(*id)));
-        }
-        result
-    }
-
-    async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
-        let result = self.call("delete", self.below().delete(target, audit)).await;
-        match target {
-            Deletion::Key(id) => self.changed(Changed::Key(*id)),
-            Deletion::Application { id, .. } => self.changed(Changed::Application(id)),
-            Deletion::Account(_) => {}
-        }
-        match &result {
-            Ok(deleted) => self.changed(Changed::Deleted(deleted)),
-            // It may have committed before the error: what it removed is unknown here.
-            Err(_) if matches!(target, Deletion::Account(_) | Deletion::Application { .. }) => {
-                self.changed(Changed::Anything)
-            }
-            Err(_) => {}
-        }
-        result
-    }
-
-    async fn import_keys(
-        &self,
-        import_id: &str,
-        keys: &[ImportedKey],
-        audit: &AuditEvent,
-    ) -> Result<Vec<Imported>, StoreError> {
-        let result = self.call("import_keys", self.below().import_keys(import_id, keys, audit)).await;
-        // An id may have been remembered as unknown.
-        keys.iter().for_each(|k| self.changed(Changed::Key(k.record.id)));
-        result
-    }
-
-    async fn set_owner(
-        &self,
-        account: &AccountId,
-        id: &OwnerId,
-        changes: &OwnerChanges,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<(Owner, Vec<KeyId>), StoreError> {
-        let result = self.call("set_owner", self.below().set_owner(account, id, changes, now, audit)).await;
-        match &result {
-            Ok((_, keys)) => keys.iter().for_each(|key| self.changed(Changed::Key(*key))),
-            // Which keys it changed is unknown here.
-            Err(_) => self.changed(Changed::SomeKeys),
-        }
-        result
-    }
-
-    async fn owner(&self, account: &AccountId, id: &OwnerId) -> Result<Option<Owner>, StoreError> {
-        self.call("owner", self.below().owner(account, id)).await
-    }
-
-    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        let result = self.call("create_session", self.below().create_session(session, audit)).await;
-        self.changed(Changed::Session(session.id));
-        result
-    }
-
-    async fn list_sessions(
-        &self,
-        account: &AccountId,
-        user: Option<&UserId>,
-        page: &PageRequest,
-    ) -> Result<Page<SessionRecord>, StoreError> {
-        self.call("list_sessions", self.below().list_sessions(account, user, page)).await
-    }
-
-    async fn revoke_session(
-        &self,
-        id: SessionId,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<SessionRecord>, StoreError> {
-        let result = self.call("revoke_session", self.below().revoke_session(id, now, audit)).await;
-        self.changed(Changed::Session(id));
-        result
-    }
-
-    async fn list_audit_events(
-        &self,
-        account: &AccountId,
-        query: &AuditQuery,
-        page: &PageRequest,
-    ) -> Result<Page<AuditEvent>, StoreError> {
-        self.call("list_audit_events", self.below().list_audit_events(account, query, page)).await
-    }
-
-    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError> {
-        self.call("create_admin_token", self.below().create_admin_token(token)).await
-    }
-
-    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
-        self.call("admin_token", self.below().admin_token(digest)).await
-    }
-
-    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
-        self.call("list_admin_tokens", self.below().list_admin_tokens()).await
-    }
-
-    async fn revoke_admin_token(
-        &self,
-        name: &AdminTokenName,
-        now: Timestamp,
-        by: &str,
-    ) -> Result<Option<AdminTokenRecord>, StoreError> {
-        self.call("revoke_admin_token", self.below().revoke_admin_token(name, now, by)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

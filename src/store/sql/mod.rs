@@ -6,8 +6,9 @@
 //! One file per resource: `applications`, `keys` (API and runtime keys, rotation, rolls,
 //! last uses, verified digests), `import` (imported keys, found by lookup and adopted),
 //! `owners`, `sessions`, `admin_tokens`, `audit`, `credits` (the credit spend batcher, a
-//! hot-path write) and `delete`; `rows` reads rows into records. This file connects, and
-//! maps [`Records`], [`KeyUse`] and [`AdminStore`] onto them.
+//! hot-path write) and `delete`; `rows` reads rows into records. Each resource's file
+//! implements its admin trait ([`super::admin`]); this file connects, and maps [`Records`]
+//! and [`KeyUse`] onto those files.
 
 mod admin_tokens;
 mod applications;
@@ -24,11 +25,12 @@ mod sessions;
 
 use self::{audit::*, credits::*, keys::*, rows::*};
 
-use super::{AdminStore, KeyUse, Records};
+use super::{AdminTokens, ApplicationAdmin, AuditLog, DeleteAdmin, Direct, ImportAdmin, KeyAdmin, KeyUse, OwnerAdmin};
 use super::{
     Application, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind, KeyRecord, Owner,
     OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Spend, StoreError, UpdateOutcome, VerifiedDigest,
 };
+use super::{Records, SessionAdmin};
 use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
 use crate::domain::{
     hex, AccountId, AdminRole, AdminTokenName, AdminTokenRecord, ApplicationId, CreditBalance, CreditHolder, KeyId,
@@ -323,164 +325,12 @@ impl KeyUse for SqlStore {
     }
 }
 
+/// What the SQL store answers itself: it holds no cache, and is the store at the bottom.
 #[async_trait::async_trait]
-impl AdminStore for SqlStore {
+impl Direct for SqlStore {
     /// The decision's read: the store holds no cache.
     async fn key_as_stored(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         self.key(id).await
-    }
-
-    async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
-        applications::create_application(self, app, audit).await
-    }
-
-    async fn list_applications(
-        &self,
-        account: &AccountId,
-        page: &PageRequest,
-    ) -> Result<Page<Application>, StoreError> {
-        applications::list_applications(self, account, page).await
-    }
-
-    async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        keys::create_key(self, key, audit).await
-    }
-
-    async fn rotate_runtime_key(
-        &self,
-        new: &KeyRecord,
-        retire_at: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        keys::rotate_runtime_key(self, new, retire_at, audit).await
-    }
-
-    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        sessions::create_session(self, session, audit).await
-    }
-
-    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError> {
-        admin_tokens::create_admin_token(self, token).await
-    }
-
-    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
-        admin_tokens::admin_token(self, digest).await
-    }
-
-    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
-        admin_tokens::list_admin_tokens(self).await
-    }
-
-    async fn revoke_admin_token(
-        &self,
-        name: &AdminTokenName,
-        now: Timestamp,
-        by: &str,
-    ) -> Result<Option<AdminTokenRecord>, StoreError> {
-        admin_tokens::revoke_admin_token(self, name, now, by).await
-    }
-
-    async fn revoke_session(
-        &self,
-        id: SessionId,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<SessionRecord>, StoreError> {
-        sessions::revoke_session(self, id, now, audit).await
-    }
-
-    async fn list_keys(
-        &self,
-        account: &AccountId,
-        filter: &KeyFilter,
-        page: &PageRequest,
-    ) -> Result<Page<KeyRecord>, StoreError> {
-        keys::list_keys(self, account, filter, page).await
-    }
-
-    async fn update_key(
-        &self,
-        id: KeyId,
-        changes: &KeyChanges,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<UpdateOutcome, StoreError> {
-        keys::update_key(self, id, changes, now, audit).await
-    }
-
-    async fn revoke_key(
-        &self,
-        id: KeyId,
-        reason: &str,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        keys::revoke_key(self, id, reason, now, audit).await
-    }
-
-    async fn list_audit_events(
-        &self,
-        account: &AccountId,
-        query: &AuditQuery,
-        page: &PageRequest,
-    ) -> Result<Page<AuditEvent>, StoreError> {
-        audit::list_audit_events(self, account, query, page).await
-    }
-
-    async fn rename_application(
-        &self,
-        id: &ApplicationId,
-        name: &Name,
-        audit: &AuditEvent,
-    ) -> Result<Option<Application>, StoreError> {
-        applications::rename_application(self, id, name, audit).await
-    }
-
-    async fn list_sessions(
-        &self,
-        account: &AccountId,
-        user: Option<&UserId>,
-        page: &PageRequest,
-    ) -> Result<Page<SessionRecord>, StoreError> {
-        sessions::list_sessions(self, account, user, page).await
-    }
-
-    async fn roll_key(
-        &self,
-        new: &KeyRecord,
-        old: KeyId,
-        retire_at: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<RollOutcome, StoreError> {
-        keys::roll_key(self, new, old, retire_at, audit).await
-    }
-
-    async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
-        delete::delete(self, target, audit).await
-    }
-
-    async fn import_keys(
-        &self,
-        import_id: &str,
-        keys: &[ImportedKey],
-        audit: &AuditEvent,
-    ) -> Result<Vec<Imported>, StoreError> {
-        import::import_keys(self, import_id, keys, audit).await
-    }
-
-    async fn set_owner(
-        &self,
-        account: &AccountId,
-        id: &OwnerId,
-        changes: &OwnerChanges,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<(Owner, Vec<KeyId>), StoreError> {
-        owners::set_owner(self, account, id, changes, now, audit).await
-    }
-
-    async fn owner(&self, account: &AccountId, id: &OwnerId) -> Result<Option<Owner>, StoreError> {
-        owners::owner(self, account, id).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
