@@ -9,16 +9,6 @@ pub(super) fn application_from_row(row: &AnyRow) -> Result<Application, StoreErr
     })
 }
 
-#[tracing::instrument(skip_all, fields(application_id = %id), err)]
-pub(super) async fn application(store: &SqlStore, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
-    sqlx::query("SELECT id, account_id, name, created_at FROM applications WHERE id = $1")
-        .bind(id.as_str())
-        .fetch_optional(&store.pool)
-        .await?
-        .map(|row| application_from_row(&row).map(Arc::new))
-        .transpose()
-}
-
 #[async_trait::async_trait]
 impl ApplicationAdmin for SqlStore {
     #[tracing::instrument(skip_all, fields(application_id = %app.id), err)]

@@ -9,56 +9,6 @@ pub(super) const INSERT_IMPORTED_KEY: &str = "INSERT INTO api_keys (id, account_
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
      ON CONFLICT DO NOTHING RETURNING id";
 
-#[tracing::instrument(skip_all, err)]
-pub(super) async fn keys_by_lookup(store: &SqlStore, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
-    if lookups.is_empty() {
-        return Ok(Vec::new());
-    }
-    let all: Vec<String> = (1..=lookups.len()).map(|i| format!("${i}")).collect();
-    // Each account's records in turn (the keyed match first, then the earliest import),
-    // and every account's first turn before any account's second: records one account
-    // imported under other accounts' starts wait behind theirs.
-    let sql = format!(
-        "{KEY_SELECT} JOIN (SELECT id AS found_id, CASE WHEN lookup = $1 THEN 0 ELSE 1 END AS keyed, \
-         ROW_NUMBER() OVER (PARTITION BY account_id ORDER BY CASE WHEN lookup = $1 THEN 0 ELSE 1 END, \
-         created_at, id) AS turn FROM api_keys WHERE lookup IN ({}) OR import_ref IN ({})) found \
-         ON found.found_id = api_keys.id ORDER BY found.keyed, found.turn, api_keys.created_at, api_keys.id \
-         LIMIT {}",
-        all.join(", "),
-        if all.len() > 1 { all[1..].join(", ") } else { "NULL".to_owned() },
-        crate::domain::imported::MAX_CANDIDATES,
-    );
-    let mut query = sqlx::query(&sql);
-    for lookup in lookups {
-        query = query.bind(lookup.as_str());
-    }
-    let rows = query.fetch_all(&store.pool).await?;
-    rows.iter().map(|row| key_from_row(row).map(Arc::new)).collect()
-}
-
-#[tracing::instrument(skip_all, fields(key_id = %id), err)]
-pub(super) async fn adopt_imported(
-    store: &SqlStore,
-    id: KeyId,
-    old: &SecretHash,
-    new: &SecretHash,
-    lookup: &str,
-    digest: &VerifiedDigest,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE api_keys SET secret_hash = $3, lookup = $4, verified_digest = $5 \
-         WHERE id = $1 AND secret_hash = $2",
-    )
-    .bind(id.to_string())
-    .bind(old.expose_phc())
-    .bind(new.expose_phc())
-    .bind(lookup)
-    .bind(digest.to_hex())
-    .execute(&store.pool)
-    .await?;
-    Ok(())
-}
-
 #[async_trait::async_trait]
 impl ImportAdmin for SqlStore {
     #[tracing::instrument(skip_all, fields(keys = keys.len()), err)]

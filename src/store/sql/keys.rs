@@ -101,56 +101,6 @@ pub(super) async fn retire_predecessors(
     rows.iter().map(|row| stored_key_id(row, "id")?.ok_or_else(|| corrupt("api_keys.id"))).collect()
 }
 
-#[tracing::instrument(skip_all, fields(key_id = %id), err)]
-pub(super) async fn key(store: &SqlStore, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-    sqlx::query(&format!("{KEY_SELECT} WHERE api_keys.id = $1"))
-        .bind(id.to_string())
-        .fetch_optional(&store.pool)
-        .await?
-        .map(|row| key_from_row(&row).map(Arc::new))
-        .transpose()
-}
-
-#[tracing::instrument(skip_all, fields(keys = uses.len()), err)]
-pub(super) async fn record_key_usage(store: &SqlStore, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
-    let mut tx = store.pool.begin().await?;
-    for (id, at) in uses {
-        sqlx::query(
-            "INSERT INTO key_usage (key_id, last_used_at) VALUES ($1, $2) \
-             ON CONFLICT (key_id) DO UPDATE SET last_used_at = CASE \
-               WHEN excluded.last_used_at > key_usage.last_used_at THEN excluded.last_used_at \
-               ELSE key_usage.last_used_at END",
-        )
-        .bind(id.to_string())
-        .bind(at.as_millis())
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// Not a change of the key (no version bump, no audit event), but on Postgres the
-/// row's trigger still tells every replica to reload it, digest included.
-#[tracing::instrument(skip_all, fields(key_id = %id), err)]
-pub(super) async fn remember_verified(
-    store: &SqlStore,
-    id: KeyId,
-    hash: &SecretHash,
-    digest: &VerifiedDigest,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE api_keys SET verified_digest = $1 WHERE id = $2 AND secret_hash = $3 \
-         AND (verified_digest IS NULL OR verified_digest <> $1)",
-    )
-    .bind(digest.to_hex())
-    .bind(id.to_string())
-    .bind(hash.expose_phc())
-    .execute(&store.pool)
-    .await?;
-    Ok(())
-}
-
 #[async_trait::async_trait]
 impl KeyAdmin for SqlStore {
     #[tracing::instrument(skip_all, fields(key_id = %key.id), err)]

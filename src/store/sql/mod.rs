@@ -3,27 +3,29 @@
 //! placeholders, `RETURNING`), so the conformance suite proves both with the same code.
 //! What differs per backend (connection set-up, migrations) is chosen by [`Backend`].
 //!
-//! One file per resource: `applications`, `keys` (API and runtime keys, rotation, rolls,
-//! last uses, verified digests), `import` (imported keys, found by lookup and adopted),
-//! `owners`, `sessions`, `admin_tokens`, `audit`, `credits` (the credit spend batcher, a
-//! hot-path write) and `delete`; `rows` reads rows into records. Each resource's file
-//! implements its admin trait ([`super::admin`]); this file connects, and maps [`Records`]
-//! and [`KeyUse`] onto those files.
+//! What decisions wait on is on the decisions' pool, in two files: `records` (the reads,
+//! [`Records`]) and `key_use` (the writes after answering, [`KeyUse`]: the credit spend
+//! batcher, last uses, verified digests, imported keys re-hashed). The admin plane's side is
+//! one file per resource, each implementing its admin trait ([`super::admin`]):
+//! `applications`, `keys` (API and runtime keys, rotation, rolls), `import`, `owners`,
+//! `sessions`, `admin_tokens`, `audit` and `delete`; `rows` reads rows into records. This
+//! file connects, and answers [`Direct`].
 
 mod admin_tokens;
 mod applications;
 mod audit;
 mod connect_error;
-mod credits;
 mod delete;
 mod import;
+mod key_use;
 mod keys;
 mod migrations;
 mod owners;
+mod records;
 mod rows;
 mod sessions;
 
-use self::{audit::*, credits::*, keys::*, rows::*};
+use self::{audit::*, key_use::*, keys::*, rows::*};
 
 use super::{AdminTokens, ApplicationAdmin, AuditLog, DeleteAdmin, Direct, ImportAdmin, KeyAdmin, KeyUse, OwnerAdmin};
 use super::{
@@ -271,57 +273,6 @@ fn scanned_to<T>(page: Page<T>, last_scanned: Option<String>) -> Page<T> {
     match page.next_after {
         Some(_) => page,
         None => Page { next_after: last_scanned, items: page.items },
-    }
-}
-
-#[async_trait::async_trait]
-impl Records for SqlStore {
-    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
-        applications::application(self, id).await
-    }
-
-    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        sessions::session(self, id).await
-    }
-
-    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        keys::key(self, id).await
-    }
-
-    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
-        import::keys_by_lookup(self, lookups).await
-    }
-}
-
-#[async_trait::async_trait]
-impl KeyUse for SqlStore {
-    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
-        keys::record_key_usage(self, uses).await
-    }
-
-    async fn spend_credits(
-        &self,
-        holder: &CreditHolder,
-        cost: i64,
-        refill: Option<&Refill>,
-        now: Timestamp,
-    ) -> Result<Spend, StoreError> {
-        credits::spend_credits(self, holder, cost, refill, now).await
-    }
-
-    async fn adopt_imported(
-        &self,
-        id: KeyId,
-        old: &SecretHash,
-        new: &SecretHash,
-        lookup: &str,
-        digest: &VerifiedDigest,
-    ) -> Result<(), StoreError> {
-        import::adopt_imported(self, id, old, new, lookup, digest).await
-    }
-
-    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
-        keys::remember_verified(self, id, hash, digest).await
     }
 }
 

@@ -17,16 +17,6 @@ pub(super) fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError
     })
 }
 
-#[tracing::instrument(skip_all, fields(session_id = %id), err)]
-pub(super) async fn session(store: &SqlStore, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-    sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
-        .bind(id.to_string())
-        .fetch_optional(&store.pool)
-        .await?
-        .map(|row| session_from_row(&row).map(Arc::new))
-        .transpose()
-}
-
 #[async_trait::async_trait]
 impl SessionAdmin for SqlStore {
     #[tracing::instrument(skip_all, fields(session_id = %session.id), err)]
