@@ -1,6 +1,6 @@
 //! The admin plane's side of a store, by resource: everything a decision does not wait on.
 //! [`AdminStore`] is their union. Each trait is spelled once, here, through
-//! [`admin_trait!`](super::layer::admin_trait): the same text makes the table a decorator
+//! [`layered_trait!`](super::layer::layered_trait): the same text makes the table a decorator
 //! ([`AdminLayer`](super::AdminLayer)) gets it from, and says after `=>` what each write
 //! changed, for the layer that keeps a cache in step. [`sql::SqlStore`](super::sql::SqlStore)
 //! implements each in its resource's file.
@@ -9,7 +9,7 @@
 //! takes the [`AuditEvent`] that records it and stores both in one transaction, or neither;
 //! what a write changed is in what it returns (or in its arguments).
 
-use super::layer::admin_trait;
+use super::layer::layered_trait;
 use super::{
     Application, Changed, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyRecord, Owner,
     OwnerChanges, Page, PageRequest, Records, RollOutcome, SessionRecord, StoreError, UpdateOutcome,
@@ -19,9 +19,9 @@ use crate::domain::{AccountId, AdminTokenName, AdminTokenRecord, ApplicationId, 
 use crate::domain::{Timestamp, UserId};
 use std::sync::Arc;
 
-admin_trait! {
+layered_trait! {
     /// An account's applications.
-    pub trait ApplicationAdmin {
+    pub trait ApplicationAdmin: Records, through AdminLayer::call {
         // A miss may have been cached as "no such application".
         async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError>
             => |_result, report| report(Changed::Application(&app.id));
@@ -34,9 +34,9 @@ admin_trait! {
     }
 }
 
-admin_trait! {
+layered_trait! {
     /// API and runtime keys, as the admin plane makes and changes them.
-    pub trait KeyAdmin {
+    pub trait KeyAdmin: Records, through AdminLayer::call {
         async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError>
             => |_result, report| report(Changed::Key(key.id));
         async fn list_keys(&self, account: &AccountId, filter: &KeyFilter, page: &PageRequest)
@@ -87,9 +87,9 @@ admin_trait! {
     }
 }
 
-admin_trait! {
+layered_trait! {
     /// Keys brought from another system.
-    pub trait ImportAdmin {
+    pub trait ImportAdmin: Records, through AdminLayer::call {
         /// Stores keys from another system, in one transaction, skipping those already there
         /// (by `import_ref`): re-running an import changes nothing. One audit event per key
         /// created, made from `audit`.
@@ -100,9 +100,9 @@ admin_trait! {
     }
 }
 
-admin_trait! {
+layered_trait! {
     /// Deleting for good.
-    pub trait DeleteAdmin {
+    pub trait DeleteAdmin: Records, through AdminLayer::call {
         /// Deletes for good, in one transaction, with an audit event per object deleted (made
         /// from `audit`, which names the action that asked for it).
         async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError>
@@ -124,9 +124,9 @@ admin_trait! {
     }
 }
 
-admin_trait! {
+layered_trait! {
     /// Owners: terms shared by their keys.
-    pub trait OwnerAdmin {
+    pub trait OwnerAdmin: Records, through AdminLayer::call {
         /// Creates or changes an owner's shared terms; each of its keys counts as changed
         /// (version, notification). Returns the owner and its keys.
         async fn set_owner(
@@ -146,9 +146,9 @@ admin_trait! {
     }
 }
 
-admin_trait! {
+layered_trait! {
     /// Sessions, as the admin plane makes and ends them.
-    pub trait SessionAdmin {
+    pub trait SessionAdmin: Records, through AdminLayer::call {
         async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError>
             => |_result, report| report(Changed::Session(session.id));
         /// An account's sessions (of one user, if given), in id order.
@@ -161,18 +161,18 @@ admin_trait! {
     }
 }
 
-admin_trait! {
+layered_trait! {
     /// The audit trail, as the admin plane reads it (writes record their events themselves).
-    pub trait AuditLog {
+    pub trait AuditLog: Records, through AdminLayer::call {
         /// An account's audit events, newest first; pages continue *before* `page.after`.
         async fn list_audit_events(&self, account: &AccountId, query: &AuditQuery, page: &PageRequest)
             -> Result<Page<AuditEvent>, StoreError>;
     }
 }
 
-admin_trait! {
+layered_trait! {
     /// The admin plane's own credentials.
-    pub trait AdminTokens {
+    pub trait AdminTokens: Records, through AdminLayer::call {
         /// Stores a new admin token. `false`, storing nothing, when its name was ever used
         /// (names are unique for all time: the audit trail names tokens by them).
         async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError>;

@@ -10,9 +10,9 @@
 //! One SQL implementation serves SQLite and Postgres ([`sql::SqlStore`]); [`memory::MemoryStore`]
 //! keeps the decision's side ([`Records`] + [`KeyUse`]) in process memory. A decorator
 //! implements only what it changes: the cache ([`cached::CachedStore`]) the decision's
-//! side, the meter and the breaker ([`metered`], [`bounded`]) that side by hand and the
-//! admin side as an [`AdminLayer`] (its hooks, in [`layer`]; the table that passes each
-//! admin call on is made from the call's definition), and
+//! side, the meter and the breaker ([`metered`], [`bounded`]) a few hooks, as a
+//! [`DecisionLayer`] and an [`AdminLayer`] (in [`layer`]: the table that passes each call
+//! on is made from the call's definition, so no signature is spelled again), and
 //! [`invalidating::Invalidating`] applies what each admin write changed to the cache.
 
 pub mod admin;
@@ -29,7 +29,8 @@ pub use admin::{
     AdminStore, AdminTokens, ApplicationAdmin, AuditLog, DeleteAdmin, Direct, ImportAdmin, KeyAdmin, OwnerAdmin,
     SessionAdmin,
 };
-pub use layer::{AdminLayer, Changed};
+use layer::layered_trait;
+pub use layer::{AdminLayer, Changed, DecisionLayer};
 
 use crate::domain::{
     AccountId, ApplicationId, CreditBalance, CreditHolder, KeyId, KeyLimit, KeyTerms, Metadata, Name, Network, OwnerId,
@@ -257,55 +258,55 @@ impl From<getrandom::Error> for StoreError {
     }
 }
 
-/// The reads a decision waits on. Cached ([`cached::CachedStore`]) and bounded by the
-/// store's breaker ([`bounded::BoundedStore`]).
-#[async_trait::async_trait]
-pub trait Records: Send + Sync + 'static {
-    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError>;
-    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError>;
-    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError>;
-    /// The imported keys whose `lookup` is one of `lookups`, or whose `import_ref` is one of
-    /// `lookups[1..]` (the form it was imported in, which finds it after a new digest key
-    /// too), at most [`crate::domain::imported::MAX_CANDIDATES`]: those matching
-    /// `lookups[0]` (the keyed digest) first, then each account's best match before any
-    /// account's next, earliest import first.
-    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError>;
+layered_trait! {
+    /// The reads a decision waits on. Cached ([`cached::CachedStore`]) and bounded by the
+    /// store's breaker ([`bounded::BoundedStore`]).
+    pub trait Records: Send + Sync + 'static, through DecisionLayer::read {
+        async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError>;
+        async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError>;
+        async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError>;
+        /// The imported keys whose `lookup` is one of `lookups`, or whose `import_ref` is one of
+        /// `lookups[1..]` (the form it was imported in, which finds it after a new digest key
+        /// too), at most [`crate::domain::imported::MAX_CANDIDATES`]: those matching
+        /// `lookups[0]` (the keyed digest) first, then each account's best match before any
+        /// account's next, earliest import first.
+        async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError>;
+    }
 }
 
-/// The writes the hot path makes after it has answered. None is a change of what a key
-/// may do: no version, no audit event.
-#[async_trait::async_trait]
-pub trait KeyUse: Send + Sync + 'static {
-    /// Spends `cost` of a holder's credits in one atomic step (across replicas: never
-    /// two calls spending the last credit), first refilling them when `refill` says a new
-    /// period has begun at `now`.
-    async fn spend_credits(
-        &self,
-        holder: &CreditHolder,
-        cost: i64,
-        refill: Option<&Refill>,
-        now: Timestamp,
-    ) -> Result<Spend, StoreError>;
-    /// Raises each key's `last_used_at` to the given time (never lowers it).
-    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
-    /// Stores the keyed digest of a credential argon2 accepted for key `id`, if the key
-    /// still has `hash` (see [`VerifiedDigest`]).
-    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError>;
-    /// After an imported key's first verification: its hash becomes `new` (keygate's own),
-    /// its lookup the keyed digest of the whole credential, and the verified digest is stored,
-    /// if the key still has `old`.
-    async fn adopt_imported(
-        &self,
-        id: KeyId,
-        old: &SecretHash,
-        new: &SecretHash,
-        lookup: &str,
-        digest: &VerifiedDigest,
-    ) -> Result<(), StoreError>;
-    /// A decision found the record of key `id` out of step with the store (its credits'
-    /// rule changed before this replica heard of it): a cache forgets it, so the next read
-    /// loads it. Stores that hold nothing in memory have nothing to forget.
-    fn stale_key(&self, _id: KeyId) {}
+layered_trait! {
+    /// The writes the hot path makes after it has answered. None is a change of what a key
+    /// may do: no version, no audit event.
+    pub trait KeyUse: Send + Sync + 'static, through DecisionLayer::write {
+        /// Spends `cost` of a holder's credits in one atomic step (across replicas: never
+        /// two calls spending the last credit), first refilling them when `refill` says a new
+        /// period has begun at `now`.
+        async fn spend_credits(&self, holder: &CreditHolder, cost: i64, refill: Option<&Refill>, now: Timestamp)
+            -> Result<Spend, StoreError>;
+        /// Raises each key's `last_used_at` to the given time (never lowers it).
+        async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
+        /// Stores the keyed digest of a credential argon2 accepted for key `id`, if the key
+        /// still has `hash` (see [`VerifiedDigest`]).
+        async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest)
+            -> Result<(), StoreError>;
+        /// After an imported key's first verification: its hash becomes `new` (keygate's own),
+        /// its lookup the keyed digest of the whole credential, and the verified digest is stored,
+        /// if the key still has `old`.
+        async fn adopt_imported(
+            &self,
+            id: KeyId,
+            old: &SecretHash,
+            new: &SecretHash,
+            lookup: &str,
+            digest: &VerifiedDigest,
+        ) -> Result<(), StoreError>;
+        provided {
+            /// A decision found the record of key `id` out of step with the store (its credits'
+            /// rule changed before this replica heard of it): a cache forgets it, so the next read
+            /// loads it. Stores that hold nothing in memory have nothing to forget.
+            fn stale_key(&self, _id: KeyId) {}
+        }
+    }
 }
 
 /// What a decision uses of a store: its reads and its after-writes.
