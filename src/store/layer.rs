@@ -1,9 +1,9 @@
-//! The admin side's decorators. A decorator of the admin plane treats every admin call
-//! alike (the meter times it, the breaker refuses it while the store is down) or cares
-//! only about what a write changed (the cache forgets it): it implements [`AdminLayer`], a
-//! handful of hooks, and gets [`AdminStore`] whole. The table that passes each call on is
-//! made by [`layered_trait!`] from the same text that defines the call (in
-//! [`admin`](super::admin)), with what each write changed ([`Changed`]).
+//! The store's decorators. A decorator treats every call alike (the meter times it, the
+//! breaker bounds it or refuses it while the store is down) or cares only about what an
+//! admin write changed (the cache forgets it): it implements a handful of hooks
+//! ([`DecisionLayer`], [`AdminLayer`]) and gets the whole store. The table that passes each
+//! call on is made by [`layered_trait!`] from the same text that defines the call (in
+//! [`super`] and [`admin`](super::admin)), with what each admin write changed ([`Changed`]).
 
 use super::{AdminStore, ApplicationId, Deleted, Direct, KeyId, KeyRecord, Records, SessionId, Store, StoreError};
 use std::future::Future;
@@ -44,13 +44,13 @@ pub trait AdminLayer: Records {
     /// After a write (whether it succeeded or not): what it changed. Nothing to do, by default.
     fn changed(&self, _changed: Changed<'_>) {}
 
-    /// [`AdminStore::key_as_stored`]: from the store below, by default.
+    /// [`Direct::key_as_stored`]: from the store below, by default.
     fn key_as_stored(&self, id: KeyId) -> impl Call<Option<Arc<KeyRecord>>> {
         // Labelled as the read it is.
         self.call("key", self.below().key_as_stored(id))
     }
 
-    /// [`AdminStore::ping`]: through [`call`](Self::call), by default.
+    /// [`Direct::ping`]: through [`call`](Self::call), by default.
     fn ping(&self) -> impl Call<()> {
         self.call("ping", self.below().ping())
     }

@@ -53,7 +53,7 @@ impl AdminTokens for SqlStore {
     }
 
     #[tracing::instrument(skip_all, err)]
-    async fn list_admin_tokens(self: &SqlStore) -> Result<Vec<AdminTokenRecord>, StoreError> {
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
         sqlx::query(&format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens ORDER BY name"))
             .fetch_all(&self.admin_pool)
             .await?

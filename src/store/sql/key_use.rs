@@ -328,10 +328,10 @@ impl KeyUse for SqlStore {
         let batch = std::mem::take(&mut *lane.waiting.lock().unwrap_or_else(|e| e.into_inner()));
         // The batch runs on its own task: the calls in it (other keys' among them) are
         // answered even if this call's deadline passes and its future is dropped.
-        let self = self.clone();
+        let store = self.clone();
         tokio::spawn(async move {
-            match self.spending.slots.acquire().await {
-                Ok(_slot) => self.spend_batch(batch).await,
+            match store.spending.slots.acquire().await {
+                Ok(_slot) => store.spend_batch(batch).await,
                 Err(_) => batch.into_iter().for_each(|w| drop(w.answer.send(Err(corrupt("the spend slots closed"))))),
             }
             drop(turn);
