@@ -17,7 +17,9 @@ use std::time::Duration;
 /// `rediss+cluster://…`), every node with the URL's user, password, path and query.
 pub const CLUSTER_SCHEMES: [(&str, &str); 2] = [("redis+cluster://", "redis://"), ("rediss+cluster://", "rediss://")];
 
-/// Where the limits are counted: one Redis node, or a cluster.
+/// Where the limits are counted: one Redis node, or a cluster. Made once per process, so
+/// its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreClient {
     Node(redis::Client),
     Cluster(redis::cluster::ClusterClient),
