@@ -320,6 +320,12 @@ fn rate_limit_leases(encoder: &mut DescriptorEncoder, handles: &Sources) -> std:
             "Unanswered requests' counts that could not be taken back (each stays until its window passes)",
             stats.uncount_lost.load(Relaxed),
         )?;
+        counter(
+            encoder,
+            "rate_limit_rolled_back",
+            "On a Redis Cluster: exact counts of requests one slot refused, taken back out of the slots that counted them",
+            stats.rolled_back.load(Relaxed),
+        )?;
     }
     Ok(())
 }

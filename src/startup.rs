@@ -556,11 +556,16 @@ fn limiter(settings: &Settings) -> anyhow::Result<Limiter> {
     })
 }
 
-/// The Redis client of `url`: over TLS with `tls`'s CA and client certificate when given.
-fn redis_client(url: &crate::config::MaskedUrl, tls: &crate::config::RedisTls) -> anyhow::Result<::redis::Client> {
+/// The Redis client of `url` (a node, or a cluster's seed nodes): over TLS with `tls`'s CA
+/// and client certificate when given.
+fn redis_client(
+    url: &crate::config::MaskedUrl,
+    tls: &crate::config::RedisTls,
+) -> anyhow::Result<crate::ratelimit::connection::StoreClient> {
+    use crate::ratelimit::connection::StoreClient;
     let invalid = || format!("invalid rate limit store URL {url}");
     if *tls == crate::config::RedisTls::default() {
-        return ::redis::Client::open(url.expose()).with_context(invalid);
+        return StoreClient::open(url.expose(), None).with_context(invalid);
     }
     let read = |flag: &str, path: &std::path::Path| {
         std::fs::read(path).with_context(|| format!("{flag}: cannot read {}", path.display()))
@@ -573,9 +578,9 @@ fn redis_client(url: &crate::config::MaskedUrl, tls: &crate::config::RedisTls) -
         }),
         _ => None,
     };
-    ::redis::Client::build_with_tls(url.expose(), ::redis::TlsCertificates { client_tls, root_cert }).with_context(
-        || format!("the rate limit store's TLS files (--rate-limit-store-ca, …-client-cert, …-client-key) for {url}"),
-    )
+    StoreClient::open(url.expose(), Some(::redis::TlsCertificates { client_tls, root_cert })).with_context(|| {
+        format!("the rate limit store's TLS files (--rate-limit-store-ca, …-client-cert, …-client-key) for {url}")
+    })
 }
 
 /// The forward-auth listener and what it serves, when `--http-listen` is given.

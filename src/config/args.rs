@@ -373,14 +373,17 @@ impl BudgetArgs {
 /// Rate limits shared across replicas (Redis).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RateLimitArgs {
-    /// redis://HOST:PORT to share rate-limit counters across replicas. Default: in-process.
+    /// redis://HOST:PORT to share rate-limit counters across replicas (rediss:// over TLS);
+    /// redis+cluster://HOST:PORT,HOST:PORT,… for a Redis Cluster's seed nodes
+    /// (rediss+cluster:// over TLS). Default: in-process.
     #[arg(long, env = "KEYGATE_RATE_LIMIT_STORE", hide_env_values = true)]
     pub rate_limit_store: Option<String>,
     /// A file holding the Redis URL (with its password), instead of --rate-limit-store.
     #[arg(long, env = "KEYGATE_RATE_LIMIT_STORE_FILE")]
     pub rate_limit_store_file: Option<PathBuf>,
-    /// With a rediss:// store: a PEM file of the CA certificate(s) that Redis's certificate
-    /// must chain to, trusted instead of the system's roots. Default: the system's roots.
+    /// With a rediss:// (or rediss+cluster://) store: a PEM file of the CA certificate(s)
+    /// that Redis's certificate must chain to, trusted instead of the system's roots.
+    /// Default: the system's roots.
     #[arg(long, env = "KEYGATE_RATE_LIMIT_STORE_CA")]
     pub rate_limit_store_ca: Option<PathBuf>,
     /// With a rediss:// store: keygate's client certificate (PEM), for a Redis that asks
@@ -409,17 +412,27 @@ pub struct RateLimitArgs {
     pub rate_limit_lease_percent: Checked<f64>,
 }
 
+/// A Redis URL over TLS: one node's or a cluster's.
+fn is_tls(url: &str) -> bool {
+    url.starts_with("rediss://") || url.starts_with("rediss+cluster://")
+}
+
 impl RateLimitArgs {
     pub(super) fn store(&mut self, group_readable: bool, problems: &mut Vec<String>) -> Option<MaskedUrl> {
         let file = self.rate_limit_store_file.as_deref();
         let url = REDIS_URL.either(self.rate_limit_store.take(), file, group_readable, problems)?;
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        let schemes = ["redis://", "rediss://", "redis+cluster://", "rediss+cluster://"];
+        if !schemes.iter().any(|scheme| url.starts_with(scheme)) {
             problems.push(
-                "--rate-limit-store / KEYGATE_RATE_LIMIT_STORE: must start with redis:// (or rediss:// for TLS)"
+                "--rate-limit-store / KEYGATE_RATE_LIMIT_STORE: must start with redis:// (or rediss:// for TLS), or \
+                 redis+cluster://host:port,host:port,… for a Redis Cluster (rediss+cluster:// for TLS)"
                     .to_owned(),
             );
         }
-        if url.starts_with("rediss://") && url.ends_with("#insecure") {
+        if let Some(Err(e)) = crate::ratelimit::connection::cluster_nodes(&url) {
+            problems.push(format!("--rate-limit-store / KEYGATE_RATE_LIMIT_STORE: {e}"));
+        }
+        if is_tls(&url) && url.ends_with("#insecure") {
             problems.push(
                 "--rate-limit-store / KEYGATE_RATE_LIMIT_STORE: #insecure (TLS without verifying the server) is not \
                  supported; give the server's CA with --rate-limit-store-ca"
@@ -438,10 +451,10 @@ impl RateLimitArgs {
             client_key: self.rate_limit_store_client_key.clone(),
         };
         let given = tls.ca.is_some() || tls.client_cert.is_some() || tls.client_key.is_some();
-        if given && !store.is_some_and(|url| url.expose().starts_with("rediss://")) {
+        if given && !store.is_some_and(|url| is_tls(url.expose())) {
             problems.push(
                 "--rate-limit-store-ca / --rate-limit-store-client-cert / --rate-limit-store-client-key: TLS to \
-                 Redis needs a rediss:// --rate-limit-store"
+                 Redis needs a rediss:// (or rediss+cluster://) --rate-limit-store"
                     .to_owned(),
             );
         }

@@ -321,6 +321,9 @@ mod tests {
             .expect("valid")
             .rate_limit_store_tls;
         assert_eq!(tls, RedisTls { ca: Some("ca.pem".into()), ..RedisTls::default() });
+        // A cluster's seed nodes, over TLS with the same flags.
+        let cluster = ["--rate-limit-store", "rediss+cluster://:pw@a:7001,b:7002", "--rate-limit-store-ca", "ca.pem"];
+        assert_eq!(settings(&cluster).expect("valid").rate_limit_store_tls.ca, Some("ca.pem".into()));
         let dir = tempfile::tempdir().unwrap();
         let open_key = dir.path().join("client.key");
         std::fs::write(&open_key, "key").unwrap();
@@ -329,6 +332,12 @@ mod tests {
         for (flags, problem) in [
             (&["--rate-limit-store", "redis://cache", "--rate-limit-store-ca", "ca.pem"][..], "needs a rediss://"),
             (&["--rate-limit-store-ca", "ca.pem"][..], "needs a rediss://"),
+            (
+                &["--rate-limit-store", "redis+cluster://a:1", "--rate-limit-store-ca", "ca.pem"][..],
+                "needs a rediss://",
+            ),
+            (&["--rate-limit-store", "redis+cluster://"][..], "names no seed node"),
+            (&["--rate-limit-store", "memcached://cache"][..], "redis+cluster://host:port,host:port"),
             (&["--rate-limit-store", "rediss://cache#insecure"][..], "#insecure (TLS without verifying the server)"),
             (&["--rate-limit-store", "rediss://cache", "--rate-limit-store-client-cert", "c.pem"][..], "give both"),
             (

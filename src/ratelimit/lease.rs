@@ -339,6 +339,46 @@ impl Lease {
     }
 }
 
+/// The longest subject written into a Redis key as it is; a longer one (a request can name
+/// an application id of any length) is written as its SHA-256.
+const MAX_SUBJECT_IN_KEY: usize = 128;
+
+/// [`lease_keys`]' counts key, written into `buffer` (`None` when it is not written as is,
+/// or does not fit).
+pub(super) fn counts_key_on_stack<'b>(
+    prefix: &str,
+    rule: &str,
+    window_ms: i64,
+    subject: &str,
+    buffer: &'b mut [u8],
+) -> Option<&'b str> {
+    if subject.len() > MAX_SUBJECT_IN_KEY || subject.contains(['{', '}']) {
+        return None;
+    }
+    let bucket = super::window::bucket_ms(window_ms);
+    // As `lease_keys` writes it: {prefix}lease:c:{{len}:{rule}:{bucket}:{subject}}
+    let key = super::StackKey::new(buffer).text(prefix)?.text("lease:c:{")?.number(rule.len() as u64)?;
+    let key = key.text(":")?.text(rule)?.text(":")?.number(u64::try_from(bucket).ok()?)?;
+    key.text(":")?.text(subject)?.text("}").map(super::StackKey::finish)
+}
+
+/// The two hashes of a high-rate limit's subject in Redis: its counts and its reservations.
+/// The rule's name is length-prefixed, so no two (rule, subject) pairs share keys; the
+/// bucket length is part of the name, so a policy reload that changes the window starts a
+/// new count instead of misreading the old one; and both keys share a hash tag (one Redis
+/// Cluster slot), as the script needs.
+pub fn lease_keys(prefix: &str, rule: &str, window_ms: i64, subject: &str) -> (String, String) {
+    let bucket = super::window::bucket_ms(window_ms);
+    let tag = if subject.len() <= MAX_SUBJECT_IN_KEY && !subject.contains(['{', '}']) {
+        format!("{{{}:{rule}:{bucket}:{subject}}}", rule.len())
+    } else {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(subject.as_bytes());
+        format!("{{{}:{rule}:{bucket}:sha256:{}}}", rule.len(), crate::domain::hex(&digest))
+    };
+    (format!("{prefix}lease:c:{tag}"), format!("{prefix}lease:r:{tag}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,5 +564,26 @@ mod tests {
     fn slice_sizes() {
         let s = LeaseSettings::default();
         assert_eq!((s.size(6_000), s.size(3_000), s.size(150), s.size(10), s.size(0)), (60, 30, 2, 1, 1));
+    }
+
+    #[test]
+    fn lease_keys_keep_subjects_rules_and_windows_apart() {
+        let (counts, reservations) = lease_keys("kg:", "global", 60_000, "acct_1");
+        assert_eq!(counts, "kg:lease:c:{6:global:600:acct_1}");
+        // The hot path finds a slice by the same key written on the stack.
+        let mut buffer = [0u8; 512];
+        assert_eq!(super::counts_key_on_stack("kg:", "global", 60_000, "acct_1", &mut buffer), Some(counts.as_str()));
+        assert_eq!(super::counts_key_on_stack("kg:", "app", 60_000, "}{", &mut buffer), None);
+        assert_eq!(reservations, "kg:lease:r:{6:global:600:acct_1}");
+        // A subject cannot reach another's reservations, nor a rule another rule's counts.
+        assert_ne!(lease_keys("kg:", "global", 60_000, "x:reserved").0, reservations);
+        assert_ne!(lease_keys("kg:", "a:1", 60_000, "b").0, lease_keys("kg:", "a", 60_000, "1:b").0);
+        // Another window (a policy reload) counts anew.
+        assert_ne!(lease_keys("kg:", "global", 3_600_000, "acct_1").0, counts);
+        // Long or brace-bearing subjects are written as their digest: bounded keys, one tag.
+        let long = lease_keys("kg:", "app", 60_000, &"a".repeat(10_000)).0;
+        assert!(long.len() < 120 && long.contains(":sha256:"), "{long}");
+        let braces = lease_keys("kg:", "app", 60_000, "}{").0;
+        assert_eq!(braces.matches('{').count(), 1, "{braces}");
     }
 }

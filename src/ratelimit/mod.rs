@@ -11,6 +11,7 @@
 //! they live in Redis ([`redis::RedisLimiter`]): exact limits checked and counted there by
 //! one Lua script, high-rate ones spent from slices each replica leases ([`lease`]).
 
+pub mod connection;
 pub mod lease;
 pub mod redis;
 pub mod window;
@@ -89,9 +90,10 @@ impl Limiter {
     /// Counts in the Redis at `url`, every key under `prefix`, each call waiting for it as
     /// `breaker` says; high-rate limits are spent from slices as `leases` say. Does not
     /// connect yet.
-    /// Counting in the Redis `client` names (see `redis::Client::open`, `build_with_tls`).
+    /// Counting in the Redis (a node or a cluster) `client` names
+    /// ([`connection::StoreClient::open`]).
     pub fn redis(
-        client: ::redis::Client,
+        client: connection::StoreClient,
         prefix: String,
         breaker: BreakerSettings,
         leases: lease::LeaseSettings,

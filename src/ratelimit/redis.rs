@@ -8,15 +8,19 @@
 //!   subject's budget locally and renews it in the background, so the hot path makes no
 //!   round trip.
 //!
+//! On a Redis Cluster ([`super::connection`]) a script's keys must share a slot: the exact
+//! limits of a request are checked per slot, one script each, and a request one slot
+//! refuses is taken back out of the others (see [`RedisLimiter::check_exact`]).
+//!
 //! Time comes from the replica's clock (keep replicas NTP-synced; skew of milliseconds is
 //! immaterial for windows of a second or more).
 
+use super::connection::{by_slot, Connection, StoreClient};
 use super::lease::{Granted, Lease, LeaseSettings, Renewal, Take, LEASE};
 use super::{LimitCheck, LimitOutcome, LimiterError, LocalLimiter, Room};
 use crate::breaker::Breaker;
 use crate::domain::Timestamp;
 use crate::policy::LimitKind;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use smallvec::SmallVec;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,50 +67,13 @@ pub struct RedisLimiter {
     fallback: LocalLimiter,
 }
 
-/// The longest subject written into a Redis key as it is; a longer one (a request can name
-/// an application id of any length) is written as its SHA-256.
-const MAX_SUBJECT_IN_KEY: usize = 128;
-
-/// [`lease_keys`]' counts key, written into `buffer` (`None` when it is not written as is,
-/// or does not fit).
-fn counts_key_on_stack<'b>(
-    prefix: &str,
-    rule: &str,
-    window_ms: i64,
-    subject: &str,
-    buffer: &'b mut [u8],
-) -> Option<&'b str> {
-    if subject.len() > MAX_SUBJECT_IN_KEY || subject.contains(['{', '}']) {
-        return None;
-    }
-    let bucket = super::window::bucket_ms(window_ms);
-    // As `lease_keys` writes it: {prefix}lease:c:{{len}:{rule}:{bucket}:{subject}}
-    let key = super::StackKey::new(buffer).text(prefix)?.text("lease:c:{")?.number(rule.len() as u64)?;
-    let key = key.text(":")?.text(rule)?.text(":")?.number(u64::try_from(bucket).ok()?)?;
-    key.text(":")?.text(subject)?.text("}").map(super::StackKey::finish)
-}
-
-/// The two hashes of a high-rate limit's subject in Redis: its counts and its reservations.
-/// The rule's name is length-prefixed, so no two (rule, subject) pairs share keys; the
-/// bucket length is part of the name, so a policy reload that changes the window starts a
-/// new count instead of misreading the old one; and both keys share a hash tag (one Redis
-/// Cluster slot), as the script needs.
-pub fn lease_keys(prefix: &str, rule: &str, window_ms: i64, subject: &str) -> (String, String) {
-    let bucket = super::window::bucket_ms(window_ms);
-    let tag = if subject.len() <= MAX_SUBJECT_IN_KEY && !subject.contains(['{', '}']) {
-        format!("{{{}:{rule}:{bucket}:{subject}}}", rule.len())
-    } else {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(subject.as_bytes());
-        format!("{{{}:{rule}:{bucket}:sha256:{}}}", rule.len(), crate::domain::hex(&digest))
-    };
-    (format!("{prefix}lease:c:{tag}"), format!("{prefix}lease:r:{tag}"))
-}
+use super::lease::counts_key_on_stack;
+pub use super::lease::lease_keys;
 
 /// The connection and what every call to Redis shares (renewals run in tasks of their own).
 struct Redis {
-    client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
+    client: StoreClient,
+    connection: OnceCell<Connection>,
     exact: redis::Script,
     lease: redis::Script,
     prefix: String,
@@ -137,6 +104,9 @@ pub struct RedisStats {
     pub uncount_lost: AtomicU64,
     /// Exact counts of requests refused after their limits (for credits), taken back.
     pub given_back: AtomicU64,
+    /// On a cluster: exact counts of requests one slot refused, taken back out of the
+    /// slots that had counted them.
+    pub rolled_back: AtomicU64,
 }
 
 /// Unanswered exact counts being taken back at once; past it (Redis slow for a flood of
@@ -157,6 +127,8 @@ struct Uncount {
     redis: Option<Arc<Redis>>,
     keys: SmallVec<[String; 4]>,
     member: String,
+    /// The request was refused by one slot after others had counted it (a cluster).
+    refused: bool,
 }
 
 impl Uncount {
@@ -179,8 +151,9 @@ impl Drop for Uncount {
             return;
         };
         let (keys, member) = (std::mem::take(&mut self.keys), std::mem::take(&mut self.member));
+        let refused = self.refused;
         runtime.spawn(async move {
-            redis.uncount(&keys, &member).await;
+            redis.uncount(&keys, &member, refused).await;
             drop(permit);
         });
     }
@@ -287,13 +260,13 @@ impl RedisLimiter {
         breaker: Arc<Breaker>,
         settings: LeaseSettings,
     ) -> Result<Self, redis::RedisError> {
-        Self::with_client(redis::Client::open(url)?, prefix, breaker, settings)
+        Self::with_client(StoreClient::open(url, None)?, prefix, breaker, settings)
     }
 
     /// [`new`](Self::new) on a client made already (TLS with a CA or client certificate
-    /// of its own: `redis::Client::build_with_tls`).
+    /// of its own: [`StoreClient::open`] with certificates).
     pub fn with_client(
-        client: redis::Client,
+        client: StoreClient,
         prefix: String,
         breaker: Arc<Breaker>,
         settings: LeaseSettings,
@@ -344,7 +317,7 @@ impl RedisLimiter {
     /// or a name that cannot work stops start-up instead of failing every limit. Redis
     /// down (or slow) is not this: keygate starts, and limits fail closed until it is up.
     pub async fn tls_refusal(&self) -> Option<String> {
-        let connect = self.redis.client.get_multiplexed_async_connection();
+        let connect = self.redis.client.try_connect();
         match tokio::time::timeout(Duration::from_secs(2), connect).await {
             Ok(Err(e)) => crate::tls::handshake_failure(&e, "give the server's CA with --rate-limit-store-ca"),
             Ok(Ok(_)) | Err(_) => None,
@@ -573,9 +546,13 @@ impl RedisLimiter {
     }
 
     /// Exact limits (the positions `exact` of `checks`): checked and counted in Redis by
-    /// one script. A refusal's `check` is a position in `exact`.
-    /// `uncount` holds the request's count from the moment the script may be sent until
-    /// its answer is read (see [`Uncount`]).
+    /// one script per slot (one in all on a single node), sent at once. A refusal's
+    /// `check` is a position in `exact`.
+    /// `uncount` holds the request's count from the moment a script may be sent until
+    /// its answer is read (see [`Uncount`]). On a cluster, a request one slot refuses
+    /// after others counted it is taken out of those (by `uncount`, as the call ends):
+    /// every slot's script counts only what it admits, so no limit admits more than its
+    /// limit; until the removal lands, the count may refuse another request early.
     async fn check_exact(
         &self,
         checks: &[LimitCheck<'_>],
@@ -584,38 +561,63 @@ impl RedisLimiter {
         uncount: &mut Option<Uncount>,
     ) -> Result<LimitOutcome, LimiterError> {
         let redis = &self.redis;
-        let mut connection = redis.connection().await?;
+        let connection = redis.connection().await?;
         let keys: SmallVec<[String; 4]> =
             exact.iter().map(|&i| format!("{}{}:{}", redis.prefix, checks[i].rule.key, checks[i].subject)).collect();
+        let terms: SmallVec<[(i64, u32); 4]> =
+            exact.iter().map(|&i| (checks[i].rule.window.as_millis() as i64, checks[i].rule.limit)).collect();
         let member = format!("{}-{}", redis.replica, self.counter.fetch_add(1, Ordering::Relaxed));
-        let mut invocation = redis.exact.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
-        }
-        invocation.arg(now.as_millis()).arg(&member);
-        for &i in exact {
-            invocation.arg(checks[i].rule.window.as_millis() as i64).arg(checks[i].rule.limit);
-        }
-        *uncount = Some(Uncount { redis: Some(redis.clone()), keys, member });
-        let answer: Vec<i64> =
-            invocation.invoke_async(&mut connection).await.map_err(|e| LimiterError::Unreachable(Box::new(e)))?;
-        let [admitted, limit, value, ..] = answer[..] else {
-            return Err(LimiterError::Unreachable("the limit script answered in an unknown shape".into()));
-        };
-        if admitted != 1 {
-            // Refused: the script counted nothing. Admitted, the count stays held until the
-            // call is decided (see `Counted`).
-            Uncount::disarm(uncount);
-        }
-        Ok(if admitted == 1 {
-            let tightest = (value >= 0).then(|| Room { limit: limit.max(0) as u32, remaining: value.max(0) as u32 });
-            LimitOutcome::Admitted { tightest }
+        let groups = by_slot(&keys, redis.client.is_cluster());
+        *uncount =
+            Some(Uncount { redis: Some(redis.clone()), keys: keys.clone(), member: member.clone(), refused: false });
+        let mut answers: SmallVec<[Vec<i64>; 2]> = SmallVec::new();
+        if let [_] = groups[..] {
+            answers.push(redis.count_in_slot(connection, &keys, &terms, now.as_millis(), &member).await?);
         } else {
-            LimitOutcome::Limited {
-                limit: limit.max(0) as u32,
-                retry_after: Duration::from_millis(value.max(0) as u64),
-                check: answer.get(3).map_or(0, |i| (*i - 1).max(0) as usize),
+            // One task per slot, so that the scripts go out together.
+            let mut scripts = tokio::task::JoinSet::new();
+            for (n, group) in groups.iter().enumerate() {
+                let keys: Vec<String> = group.iter().map(|&g| keys[g].clone()).collect();
+                let terms: Vec<(i64, u32)> = group.iter().map(|&g| terms[g]).collect();
+                let (redis, connection, member) = (redis.clone(), connection.clone(), member.clone());
+                scripts.spawn(async move {
+                    (n, redis.count_in_slot(connection, &keys, &terms, now.as_millis(), &member).await)
+                });
             }
+            answers.resize(groups.len(), Vec::new());
+            while let Some(done) = scripts.join_next().await {
+                let (n, answer) = done.map_err(|e| LimiterError::Unreachable(Box::new(e)))?;
+                answers[n] = answer?;
+            }
+        }
+        let mut tightest: Option<Room> = None;
+        // The refusal with the longest wait: (limit, retry after, position in `exact`).
+        let mut refused: Option<(i64, i64, usize)> = None;
+        for (answer, group) in answers.iter().zip(&groups) {
+            let [admitted, limit, value, ..] = answer[..] else {
+                return Err(LimiterError::Unreachable("the limit script answered in an unknown shape".into()));
+            };
+            if admitted == 1 {
+                if value >= 0 {
+                    tightest = tighter(tightest, Room { limit: limit.max(0) as u32, remaining: value.max(0) as u32 });
+                }
+            } else if refused.is_none_or(|(_, retry, _)| value > retry) {
+                let which = answer.get(3).map_or(0, |i| (*i - 1).max(0) as usize);
+                refused = Some((limit, value, group.get(which).copied().unwrap_or(0)));
+            }
+        }
+        let Some((limit, retry_after, check)) = refused else { return Ok(LimitOutcome::Admitted { tightest }) };
+        match (uncount.as_mut(), answers.iter().any(|answer| answer.first() == Some(&1))) {
+            // Counted in another slot: taken back from there (see above).
+            (Some(held), true) => held.refused = true,
+            // Refused everywhere: nothing was counted. Admitted, the count stays held
+            // until the call is decided (see `Counted`).
+            _ => Uncount::disarm(uncount),
+        }
+        Ok(LimitOutcome::Limited {
+            limit: limit.max(0) as u32,
+            retry_after: Duration::from_millis(retry_after.max(0) as u64),
+            check,
         })
     }
 }
@@ -628,30 +630,48 @@ fn tighter(current: Option<Room>, room: Room) -> Option<Room> {
 }
 
 impl Redis {
-    async fn connection(&self) -> Result<ConnectionManager, LimiterError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(1);
+    async fn connection(&self) -> Result<Connection, LimiterError> {
         self.connection
-            .get_or_try_init(|| self.client.get_connection_manager_with_config(config))
+            .get_or_try_init(|| self.client.connect())
             .await
             .cloned()
             .map_err(|e| LimiterError::Unreachable(Box::new(e)))
+    }
+
+    /// The exact script over `keys` (one slot's), with their windows and limits in `terms`.
+    async fn count_in_slot(
+        &self,
+        mut connection: Connection,
+        keys: &[String],
+        terms: &[(i64, u32)],
+        now: i64,
+        member: &str,
+    ) -> Result<Vec<i64>, LimiterError> {
+        let mut invocation = self.exact.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        invocation.arg(now).arg(member);
+        for (window, limit) in terms {
+            invocation.arg(window).arg(limit);
+        }
+        invocation.invoke_async(&mut connection).await.map_err(|e| LimiterError::Unreachable(Box::new(e)))
     }
 
     /// Takes an unanswered request's `member` out of the exact limits' `keys`. A member the
     /// script never added is not there, so this is right whether or not the script ran.
     /// Across a reconnection the script may still be on its way on the old connection
     /// (through a proxy, say) and run after the removal: that count stays.
-    async fn uncount(&self, keys: &[String], member: &str) {
+    async fn uncount(&self, keys: &[String], member: &str, refused: bool) {
         for attempt in 0..UNCOUNT_TRIES {
             if attempt > 0 {
                 tokio::time::sleep(UNCOUNT_RETRY_AFTER * attempt).await;
             }
             if let Ok(removed) = self.remove_member(keys, member).await {
                 // After a try whose answer was lost, that try may be what removed it.
-                if attempt > 0 || removed {
+                if refused {
+                    self.stats.rolled_back.fetch_add(1, Ordering::Relaxed);
+                } else if attempt > 0 || removed {
                     self.stats.uncounted.fetch_add(1, Ordering::Relaxed);
                 }
                 return;
@@ -666,18 +686,23 @@ impl Redis {
         self.remove_member(keys, member).await.is_ok()
     }
 
-    /// Whether any of `keys` held `member`, which is now gone from all of them.
+    /// Whether any of `keys` held `member`, which is now gone from all of them (one
+    /// pipeline per slot).
     async fn remove_member(&self, keys: &[String], member: &str) -> Result<bool, LimiterError> {
         let mut connection = self.connection().await?;
-        let mut removal = redis::pipe();
-        for key in keys {
-            removal.zrem(key, member);
+        let mut removed = false;
+        for group in by_slot(keys, self.client.is_cluster()) {
+            let mut removal = redis::pipe();
+            for i in group {
+                removal.zrem(&keys[i], member);
+            }
+            let counts = removal
+                .query_async::<Vec<u64>>(&mut connection)
+                .await
+                .map_err(|e| LimiterError::Unreachable(Box::new(e)))?;
+            removed |= counts.iter().any(|&n| n > 0);
         }
-        let removed = removal
-            .query_async::<Vec<u64>>(&mut connection)
-            .await
-            .map_err(|e| LimiterError::Unreachable(Box::new(e)))?;
-        Ok(removed.iter().any(|&n| n > 0))
+        Ok(removed)
     }
 
     /// Sends `sent` for `cell`'s slice, tells the slice the answer, and wakes whoever waits.
@@ -735,31 +760,5 @@ impl Redis {
         };
         let clamp = |v: i64| v.clamp(0, i64::from(u32::MAX)) as u32;
         Ok(Granted { granted: clamp(granted), room: clamp(room), retry_after_ms, kept: clamp(kept) })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::lease_keys;
-
-    #[test]
-    fn lease_keys_keep_subjects_rules_and_windows_apart() {
-        let (counts, reservations) = lease_keys("kg:", "global", 60_000, "acct_1");
-        assert_eq!(counts, "kg:lease:c:{6:global:600:acct_1}");
-        // The hot path finds a slice by the same key written on the stack.
-        let mut buffer = [0u8; 512];
-        assert_eq!(super::counts_key_on_stack("kg:", "global", 60_000, "acct_1", &mut buffer), Some(counts.as_str()));
-        assert_eq!(super::counts_key_on_stack("kg:", "app", 60_000, "}{", &mut buffer), None);
-        assert_eq!(reservations, "kg:lease:r:{6:global:600:acct_1}");
-        // A subject cannot reach another's reservations, nor a rule another rule's counts.
-        assert_ne!(lease_keys("kg:", "global", 60_000, "x:reserved").0, reservations);
-        assert_ne!(lease_keys("kg:", "a:1", 60_000, "b").0, lease_keys("kg:", "a", 60_000, "1:b").0);
-        // Another window (a policy reload) counts anew.
-        assert_ne!(lease_keys("kg:", "global", 3_600_000, "acct_1").0, counts);
-        // Long or brace-bearing subjects are written as their digest: bounded keys, one tag.
-        let long = lease_keys("kg:", "app", 60_000, &"a".repeat(10_000)).0;
-        assert!(long.len() < 120 && long.contains(":sha256:"), "{long}");
-        let braces = lease_keys("kg:", "app", 60_000, "}{").0;
-        assert_eq!(braces.matches('{').count(), 1, "{braces}");
     }
 }

@@ -7,7 +7,7 @@ use crate::sessions::create_session;
 use keygate::grpc::proto as pb;
 use std::time::Duration;
 
-const CREATE_KEYS: &str = "/api/v1/panel/api-keys";
+pub(crate) const CREATE_KEYS: &str = "/api/v1/panel/api-keys";
 const ROTATE: &str = "/api/v1/panel/update-api-keys";
 
 #[tokio::test]
@@ -65,10 +65,16 @@ async fn the_third_rotation_in_an_hour_is_limited_per_application() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_redis_admit_exactly_ten_of_fifty() {
     let Some(redis) = redis_url() else { return };
+    two_replicas_admit_exactly_ten_of_fifty(&redis).await;
+}
+
+/// 50 concurrent key creations of one account through two replicas counting in the Redis
+/// (a node or a cluster) at `redis`: exactly 10 admitted.
+pub(crate) async fn two_replicas_admit_exactly_ten_of_fifty(redis: &str) {
     // Both replicas share one SQLite file (sessions) and one Redis prefix (counters).
     let db = TestDb::new(Db::Sqlite).await.unwrap();
     let prefix = fresh_prefix();
-    let configure = |s: &mut keygate::config::Settings| limits_in_redis(s, &redis, &prefix);
+    let configure = |s: &mut keygate::config::Settings| limits_in_redis(s, redis, &prefix);
     let mut a = TestApp::spawn_url(&db.url, configure).await;
     let b = TestApp::spawn_url(&db.url, configure).await;
     let (_, token) = create_session(&mut a, "acct_shared", 86_400).await;

@@ -33,6 +33,7 @@ mod outage;
 mod postgres_tls;
 mod process;
 mod quickstart;
+mod redis_cluster;
 mod redis_tls;
 mod relay;
 mod replicas;
