@@ -21,6 +21,7 @@ pub mod layer;
 pub mod memory;
 pub mod metered;
 pub mod sql;
+pub mod usage;
 
 pub use layer::{AdminLayer, Changed};
 

@@ -41,3 +41,4 @@ mod sessions;
 mod store;
 mod terms;
 mod tls;
+mod usage;

@@ -21,6 +21,7 @@ mod migrations;
 mod owners;
 mod rows;
 mod sessions;
+mod usage;
 
 use self::{audit::*, credits::*, keys::*, rows::*};
 
