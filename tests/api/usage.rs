@@ -249,3 +249,48 @@ async fn keys_past_the_bound_are_not_counted_and_the_metric_says_so() {
     assert!(app.authorize_with(ask(&keys[2].1)).await.allowed);
     assert_eq!(counts(&mut app, usage_of("key", &keys[2].0.id, "", minute, "minute")).await, ["allowed/=1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_usage_as_a_table_and_as_json() {
+    use crate::cli::keygate;
+    let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
+    let minute = mid_minute(&app);
+    let (key, secret) = app.key_with("acct_cli_u", Default::default()).await;
+    for _ in 0..3 {
+        assert!(app.authorize_with(ask(&secret)).await.allowed);
+    }
+    app.authorize_with(scoped(&secret, "billing:write")).await;
+    let (from, to) = (Timestamp::from_millis(minute).to_string(), Timestamp::from_millis(minute + 60_000).to_string());
+    let range = ["--from", from.as_str(), "--to", to.as_str()];
+
+    let args = [&["usage", "key", key.id.as_str()][..], &range, &["--json"]].concat();
+    let (ok, out, err) = keygate(&app, &args);
+    assert!(ok, "{err}");
+    let usage: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(usage["buckets"].as_array().unwrap().len(), 1, "{usage}");
+    assert_eq!((usage["buckets"][0]["allowed"].as_u64(), usage["buckets"][0]["denied"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(usage["buckets"][0]["start"], from.as_str());
+
+    let (ok, table, err) = keygate(&app, &[&["usage", "account", "acct_cli_u"][..], &range].concat());
+    assert!(ok, "{err}");
+    let lines: Vec<_> = table.lines().collect();
+    assert!(lines[1].starts_with("BUCKET") && lines[1].contains("ALLOWED"), "{table}");
+    assert!(lines[2].starts_with(&from) && lines[2].contains("allowed=3"), "{table}");
+    assert_eq!(lines[3], "TOTAL  allowed=3 insufficient_scope/insufficient_scope=1", "{table}");
+
+    let args = [&["usage", "top", "--account", "acct_cli_u", "--by", "denials"][..], &range, &["--json"]].concat();
+    let (ok, out, err) = keygate(&app, &args);
+    assert!(ok, "{err}");
+    let top: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (top["keys"][0]["key_id"].as_str(), top["keys"][0]["requests"].as_u64()),
+        (Some(key.id.as_str()), Some(4))
+    );
+
+    let (ok, _, err) = keygate(&app, &["usage", "key", &key.id, "--granularity", "week"]);
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("VALIDATION_ERROR") && err.contains("must be minute, hour or day"), "{err}");
+    let (ok, _, err) = keygate(&app, &["usage", "key", &key.id, "--from", "yesterday"]);
+    assert!(!ok && err.contains("neither a time"), "{err}");
+}

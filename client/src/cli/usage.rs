@@ -84,7 +84,8 @@ pub fn parse_time(raw: &str) -> Result<prost_types::Timestamp, String> {
         (number(date.next().unwrap_or(""))?, number(date.next().unwrap_or(""))?, number(date.next().unwrap_or(""))?);
     let mut clock = clock.splitn(3, ':');
     let (hour, minute) = (number(clock.next().unwrap_or(""))?, number(clock.next().unwrap_or(""))?);
-    let second = clock.next().map_or(Ok(0), number)?;
+    // Fractions of a second (as keygate prints times) are dropped.
+    let second = clock.next().map_or(Ok(0), |s| number(s.split('.').next().unwrap_or(s)))?;
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 59 {
         return Err(bad());
     }
@@ -202,6 +203,7 @@ mod tests {
     fn times_are_rfc3339_or_ago() {
         assert_eq!(parse_time("2026-12-07T10:00:00Z").unwrap().seconds, 1_796_637_600);
         assert_eq!(parse_time("2026-12-07T10:00").unwrap().seconds, 1_796_637_600);
+        assert_eq!(parse_time("2026-12-07T10:00:00.250Z").unwrap().seconds, 1_796_637_600);
         assert!(parse_time("2h").is_ok());
         let bad = parse_time("yesterday").unwrap_err();
         assert!(bad.contains("neither a time"), "{bad}");
