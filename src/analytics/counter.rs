@@ -242,13 +242,11 @@ impl UsageCounts {
 
     /// Flushes every `flush_interval` until aborted.
     pub fn spawn_flusher(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(self.settings.flush_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(e) = self.flush().await {
-                    let pending = self.stats().pending;
+        crate::usage::every(self.settings.flush_interval, move || {
+            let this = self.clone();
+            async move {
+                if let Err(e) = this.flush().await {
+                    let pending = this.stats().pending;
                     tracing::warn!(error = %e, pending, "cannot write usage counts yet; kept for the next flush");
                 }
             }
