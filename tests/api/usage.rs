@@ -294,3 +294,48 @@ async fn the_cli_shows_usage_as_a_table_and_as_json() {
     let (ok, _, err) = keygate(&app, &["usage", "key", &key.id, "--from", "yesterday"]);
     assert!(!ok && err.contains("neither a time"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flush_is_kept_and_written_by_the_next() {
+    use sqlx::Connection;
+    let db = TestDb::new(Db::Sqlite).await.unwrap();
+    let mut app = TestApp::spawn_url(&db.url, no_timer).await;
+    let minute = mid_minute(&app);
+    let (key, secret) = app.key_with("acct_f", Default::default()).await;
+    for _ in 0..4 {
+        assert!(app.authorize_with(ask(&secret)).await.allowed);
+    }
+    // The table gone from under the server: its writes fail as a store's would.
+    let mut side = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("ALTER TABLE usage_counts RENAME TO usage_counts_away").execute(&mut side).await.unwrap();
+    assert!(app.handles.usage_counts.flush().await.is_err());
+    for _ in 0..2 {
+        assert!(app.authorize_with(ask(&secret)).await.allowed, "a failing store never refuses a call");
+    }
+    assert!(app.handles.usage_counts.flush().await.is_err());
+    let stats = app.handles.usage_counts.stats();
+    assert_eq!((stats.flush_failures, stats.dropped_pending_full), (2, 0));
+    assert!(stats.pending > 0, "{stats:?}");
+    sqlx::query("ALTER TABLE usage_counts_away RENAME TO usage_counts").execute(&mut side).await.unwrap();
+    assert_eq!(counts(&mut app, usage_of("key", &key.id, "", minute, "minute")).await, ["allowed/=6"]);
+    assert_eq!(app.handles.usage_counts.stats().pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_past_their_retention_are_pruned() {
+    let db = TestDb::new(Db::Sqlite).await.unwrap();
+    let mut app = TestApp::spawn_url(&db.url, |s| {
+        no_timer(s);
+        s.usage_counts.minute_retention = Duration::from_secs(3600);
+    })
+    .await;
+    let minute = mid_minute(&app);
+    let (key, secret) = app.key_with("acct_p", Default::default()).await;
+    assert!(app.authorize_with(ask(&secret)).await.allowed);
+    assert_eq!(counts(&mut app, usage_of("key", &key.id, "", minute, "minute")).await, ["allowed/=1"]);
+    // Two hours on: the minute is past its hour of retention, the hour and day are kept.
+    app.clock.set(Timestamp::from_millis(minute + 2 * 3_600_000));
+    assert_eq!(counts(&mut app, usage_of("key", &key.id, "", minute, "minute")).await, Vec::<String>::new());
+    assert_eq!(counts(&mut app, usage_of("key", &key.id, "", minute, "hour")).await, ["allowed/=1"]);
+    assert_eq!(counts(&mut app, usage_of("key", &key.id, "", minute, "day")).await, ["allowed/=1"]);
+}
