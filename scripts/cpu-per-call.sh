@@ -8,13 +8,19 @@
 #   scripts/cpu-per-call.sh [keygate serve flags...]
 #   e.g. scripts/cpu-per-call.sh --rate-limit-store redis://127.0.0.1:6379
 #
-# Env: SECONDS_MEASURED (40), ROUNDS (4), CONCURRENCY (64), KEYS (500). At c=64 both
+# Env: SECONDS_MEASURED (40), ROUNDS (4), CONCURRENCY (64), KEYS (500), KEYGATE_BIN_DIR. At c=64 both
 # processes keep the two cores busy, so throughput × floor is the ratio of the totals.
 set -euo pipefail
 measured=${SECONDS_MEASURED:-40}
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p keygate --bin keygate && cargo build --release --quiet -p keygate-bench
-bin=$PWD/target/release
+# KEYGATE_BIN_DIR: binaries built elsewhere (keygate and keygate-bench), e.g. two builds
+# compared on one host, alternating; otherwise this tree's, built here.
+if [ -n "${KEYGATE_BIN_DIR:-}" ]; then
+  bin=$KEYGATE_BIN_DIR
+else
+  cargo build --release --quiet -p keygate --bin keygate && cargo build --release --quiet -p keygate-bench
+  bin=$PWD/target/release
+fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')

@@ -16,6 +16,7 @@ pub mod grpc;
 pub mod manage;
 pub mod metrics;
 pub mod policy;
+pub mod process;
 #[cfg(test)]
 mod properties;
 pub mod ratelimit;

@@ -80,8 +80,15 @@ pub(super) fn check_key_file(flag: &str, path: &Path, group_readable: bool, prob
 
 /// The secret a file holds, without its trailing newline.
 fn read(path: &Path, group_readable: bool) -> Result<String, String> {
+    use std::io::Read;
+    // Checked by name first: opening a FIFO would wait for a writer.
     private(path, group_readable)?;
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot be read ({})", e.kind()))?;
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot be read ({})", e.kind()))?;
+    // Then the file opened, in case the name was pointed elsewhere in between.
+    let metadata = file.metadata().map_err(|e| format!("cannot be read ({})", e.kind()))?;
+    check(&metadata, group_readable)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(|e| format!("cannot be read ({})", e.kind()))?;
     let secret = text.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&text);
     if secret.trim().is_empty() {
         return Err("is empty".to_owned());
@@ -89,18 +96,38 @@ fn read(path: &Path, group_readable: bool) -> Result<String, String> {
     Ok(secret.to_owned())
 }
 
-/// Refuses a file that others may read or anyone but its owner may write; one its group
-/// may read only when `group_readable`. A file that is not there passes (see callers).
+/// Refuses a file that others may read or anyone but its owner may write, one its group
+/// may read unless `group_readable`, and anything but a regular file (a FIFO would hold
+/// start-up until something writes to it). Through symlinks: Kubernetes mounts a
+/// Secret's files as links into `..data/`, and a link is judged by the file it names.
+/// A file that is not there passes (see callers).
 fn private(path: &Path, group_readable: bool) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(metadata) => check(&metadata, group_readable),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot be read ({})", e.kind())),
+    }
+}
+
+fn check(metadata: &std::fs::Metadata, group_readable: bool) -> Result<(), String> {
+    if !metadata.is_file() {
+        #[cfg(unix)]
+        let fifo = std::os::unix::fs::FileTypeExt::is_fifo(&metadata.file_type());
+        #[cfg(not(unix))]
+        let fifo = false;
+        let what = if fifo {
+            "a FIFO"
+        } else if metadata.is_dir() {
+            "a directory"
+        } else {
+            "a device or socket"
+        };
+        return Err(format!("is {what}, not a regular file: give the file that holds the secret"));
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        // Through symlinks: Kubernetes mounts a Secret's files as links into `..data/`.
-        let mode = match std::fs::metadata(path) {
-            Ok(metadata) => metadata.permissions().mode() & 0o777,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(format!("cannot be read ({})", e.kind())),
-        };
+        let mode = metadata.permissions().mode() & 0o777;
         let others = mode & 0o007 != 0 || mode & 0o020 != 0;
         let group = mode & 0o040 != 0;
         if others || (group && !group_readable) {
@@ -112,7 +139,7 @@ fn private(path: &Path, group_readable: bool) -> Result<(), String> {
         }
     }
     #[cfg(not(unix))]
-    let _ = (path, group_readable);
+    let _ = group_readable;
     Ok(())
 }
 
@@ -149,5 +176,42 @@ mod tests {
         let group = file(dir.path(), "g", "s3cret\n", 0o640);
         assert!(read(&group, false).unwrap_err().contains("--allow-group-readable-secret-files"));
         assert_eq!(read(&group, true).unwrap(), "s3cret");
+    }
+
+    /// guards: a link is judged by the file it names (a link to a world-readable file is
+    /// refused; a Kubernetes-style link to a private file is read).
+    #[test]
+    fn a_symlink_is_judged_by_the_file_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = file(dir.path(), "world", "s3cret\n", 0o644);
+        let private = file(dir.path(), "private", "s3cret\n", 0o400);
+        for (target, link) in [(&open, "to-world"), (&private, "to-private")] {
+            std::os::unix::fs::symlink(target, dir.path().join(link)).unwrap();
+        }
+        let refused = read(&dir.path().join("to-world"), true).unwrap_err();
+        assert!(refused.contains("mode 0644"), "{refused}");
+        assert_eq!(read(&dir.path().join("to-private"), false).unwrap(), "s3cret");
+    }
+
+    /// guards: a FIFO (or a directory) is refused at once, naming what it is, rather than
+    /// holding start-up until something writes to it. A hang is caught by the wait
+    /// below, which asserts no speed.
+    #[test]
+    fn a_fifo_or_a_directory_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg("-m").arg("600").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || tx.send(read(&path, false)).unwrap());
+        let refused = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("reading a FIFO returns without waiting for a writer");
+        assert_eq!(refused.unwrap_err(), "is a FIFO, not a regular file: give the file that holds the secret");
+        let mut problems = Vec::new();
+        Secret { flag: "admin-token", what: "admin token" }.check_mode(&fifo, false, &mut problems);
+        assert!(problems[0].contains("is a FIFO"), "{problems:?}");
+        assert!(read(dir.path(), false).unwrap_err().starts_with("is a directory"));
     }
 }

@@ -6,12 +6,14 @@
 //! served from the cache's fallback the moment this store says it is unavailable, instead
 //! of after the pool's own connect timeout.
 //!
-//! The admin side (through [`AdminLayer::call`]) and the hot path's after-writes are only
+//! The admin side (through [`AdminLayer::call`]) and the hot path's after-writes (through
+//! [`DecisionLayer::write`]) are only
 //! refused while the store is down: their failures never count towards the breaker.
 
-use super::{AdminLayer, AdminStore, Application, KeyRecord, KeyUse, Records, SessionRecord, Spend, Store, StoreError};
+use super::layer::Call;
+use super::{AdminLayer, AdminStore, DecisionLayer, KeyRecord, Store, StoreError};
 use crate::breaker::{Breaker, Refused};
-use crate::domain::{ApplicationId, CreditHolder, KeyId, Refill, SecretHash, SessionId, Timestamp, VerifiedDigest};
+use crate::domain::KeyId;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -45,7 +47,7 @@ impl BoundedStore {
     }
 
     /// A read a decision waits on: bounded, and refused while the store is down.
-    async fn read<T>(&self, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    async fn bounded<T>(&self, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
         self.breaker.guard(call, is_outage).await.map_err(unavailable)?
     }
 
@@ -59,57 +61,21 @@ impl BoundedStore {
     }
 }
 
-#[async_trait::async_trait]
-impl Records for BoundedStore {
-    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        self.read(self.inner.key(id)).await
+/// A read a decision waits on is bounded; a write on the request path is refused at once
+/// while the store is down, otherwise bounded by the decision's deadline, not the read
+/// timeout: calls on one key queue on its row, and a queue is not an outage that must open
+/// the breaker.
+impl DecisionLayer for BoundedStore {
+    fn below(&self) -> &dyn Store {
+        &*self.inner
     }
 
-    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
-        self.read(self.inner.application(id)).await
+    fn read<'a, T: Send + 'a>(&'a self, _operation: &'static str, call: impl Call<T> + 'a) -> impl Call<T> + 'a {
+        self.bounded(call)
     }
 
-    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        self.read(self.inner.session(id)).await
-    }
-
-    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
-        self.read(self.inner.keys_by_lookup(lookups)).await
-    }
-}
-
-#[async_trait::async_trait]
-impl KeyUse for BoundedStore {
-    /// A write on the request path: refused at once while the store is down, otherwise
-    /// bounded by the decision's deadline, not the read timeout. Calls on one key queue
-    /// on its row; a queue is not an outage and must not open the breaker.
-    async fn spend_credits(
-        &self,
-        holder: &CreditHolder,
-        cost: i64,
-        refill: Option<&Refill>,
-        now: Timestamp,
-    ) -> Result<Spend, StoreError> {
-        self.admin(self.inner.spend_credits(holder, cost, refill, now)).await
-    }
-
-    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
-        self.admin(self.inner.record_key_usage(uses)).await
-    }
-
-    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
-        self.admin(self.inner.remember_verified(id, hash, digest)).await
-    }
-
-    async fn adopt_imported(
-        &self,
-        id: KeyId,
-        old: &SecretHash,
-        new: &SecretHash,
-        lookup: &str,
-        digest: &VerifiedDigest,
-    ) -> Result<(), StoreError> {
-        self.admin(self.inner.adopt_imported(id, old, new, lookup, digest)).await
+    fn write<'a, T: Send + 'a>(&'a self, _operation: &'static str, call: impl Call<T> + 'a) -> impl Call<T> + 'a {
+        self.admin(call)
     }
 }
 
@@ -118,11 +84,7 @@ impl AdminLayer for BoundedStore {
         &*self.inner
     }
 
-    fn call<'a, T: Send + 'a>(
-        &'a self,
-        _operation: &'static str,
-        call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
-    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'a {
+    fn call<'a, T: Send + 'a>(&'a self, _operation: &'static str, call: impl Call<T> + 'a) -> impl Call<T> + 'a {
         self.admin(call)
     }
 
@@ -130,7 +92,7 @@ impl AdminLayer for BoundedStore {
     /// reads are, so a flood of them cannot hold the connections decisions wait for
     /// (admin calls count nothing towards the breaker: `breaker::uncounted`).
     async fn key_as_stored(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        self.read(self.inner.key_as_stored(id)).await
+        self.bounded(self.inner.key_as_stored(id)).await
     }
 
     /// Health checks ask the store itself: the breaker is not the answer they want.

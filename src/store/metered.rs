@@ -1,9 +1,10 @@
 //! The metering decorator: how long each store operation takes and how often it fails.
 //! It sits under the cache, so it sees only what reaches the database. The decision's
-//! side is timed call by call; the admin side through [`AdminLayer::call`].
+//! side is timed through [`DecisionLayer::read`] (and `write`), the admin side through
+//! [`AdminLayer::call`]: each call under its method's name.
 
-use super::{AdminLayer, AdminStore, Application, KeyRecord, KeyUse, Records, SessionRecord, Spend, Store, StoreError};
-use crate::domain::{ApplicationId, CreditHolder, KeyId, Refill, SecretHash, SessionId, Timestamp, VerifiedDigest};
+use super::layer::Call;
+use super::{AdminLayer, AdminStore, DecisionLayer, Store, StoreError};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -41,8 +42,8 @@ impl Default for StoreMetrics {
     }
 }
 
-/// Times every call to the store beneath (the decision's side call by call, the admin side
-/// through [`AdminLayer::call`]).
+/// Times every call to the store beneath (the decision's side through [`DecisionLayer`],
+/// the admin side through [`AdminLayer`]).
 pub struct MeteredStore {
     inner: Arc<dyn Store>,
     metrics: StoreMetrics,
@@ -77,54 +78,13 @@ impl MeteredStore {
     }
 }
 
-#[async_trait::async_trait]
-impl Records for MeteredStore {
-    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        self.timed("key", self.inner.key(id)).await
+impl DecisionLayer for MeteredStore {
+    fn below(&self) -> &dyn Store {
+        &*self.inner
     }
 
-    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
-        self.timed("application", self.inner.application(id)).await
-    }
-
-    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        self.timed("session", self.inner.session(id)).await
-    }
-
-    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
-        self.timed("keys_by_lookup", self.inner.keys_by_lookup(lookups)).await
-    }
-}
-
-#[async_trait::async_trait]
-impl KeyUse for MeteredStore {
-    async fn spend_credits(
-        &self,
-        holder: &CreditHolder,
-        cost: i64,
-        refill: Option<&Refill>,
-        now: Timestamp,
-    ) -> Result<Spend, StoreError> {
-        self.timed("spend_credits", self.inner.spend_credits(holder, cost, refill, now)).await
-    }
-
-    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
-        self.timed("record_key_usage", self.inner.record_key_usage(uses)).await
-    }
-
-    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
-        self.timed("remember_verified", self.inner.remember_verified(id, hash, digest)).await
-    }
-
-    async fn adopt_imported(
-        &self,
-        id: KeyId,
-        old: &SecretHash,
-        new: &SecretHash,
-        lookup: &str,
-        digest: &VerifiedDigest,
-    ) -> Result<(), StoreError> {
-        self.timed("adopt_imported", self.inner.adopt_imported(id, old, new, lookup, digest)).await
+    fn read<'a, T: Send + 'a>(&'a self, operation: &'static str, call: impl Call<T> + 'a) -> impl Call<T> + 'a {
+        self.timed(operation, call)
     }
 }
 
@@ -133,11 +93,7 @@ impl AdminLayer for MeteredStore {
         &*self.inner
     }
 
-    fn call<'a, T: Send + 'a>(
-        &'a self,
-        operation: &'static str,
-        call: impl Future<Output = Result<T, StoreError>> + Send + 'a,
-    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'a {
+    fn call<'a, T: Send + 'a>(&'a self, operation: &'static str, call: impl Call<T> + 'a) -> impl Call<T> + 'a {
         self.timed(operation, call)
     }
 }

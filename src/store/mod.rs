@@ -4,15 +4,18 @@
 //!   imported keys a credential may be). Bounded by the breaker, cached in memory.
 //! - [`KeyUse`]: the writes the hot path makes after it has answered (credits spent, last
 //!   uses, a verified digest, an imported key re-hashed).
-//! - [`AdminStore`]: the rest, the admin plane's reads and writes, on its own pool.
+//! - [`AdminStore`]: the rest, the admin plane's reads and writes, on its own pool, one
+//!   trait a resource ([`admin`]).
 //!
 //! One SQL implementation serves SQLite and Postgres ([`sql::SqlStore`]); [`memory::MemoryStore`]
 //! keeps the decision's side ([`Records`] + [`KeyUse`]) in process memory. A decorator
 //! implements only what it changes: the cache ([`cached::CachedStore`]) the decision's
-//! side, the meter and the breaker ([`metered`], [`bounded`]) that side by hand and the
-//! admin side as an [`AdminLayer`] (one forwarding table, in [`layer`]), and
+//! side, the meter and the breaker ([`metered`], [`bounded`]) a few hooks, as a
+//! [`DecisionLayer`] and an [`AdminLayer`] (in [`layer`]: the table that passes each call
+//! on is made from the call's definition, so no signature is spelled again), and
 //! [`invalidating::Invalidating`] applies what each admin write changed to the cache.
 
+pub mod admin;
 pub mod bounded;
 pub mod cached;
 pub mod invalidating;
@@ -23,12 +26,16 @@ pub mod metered;
 pub mod sql;
 pub mod usage;
 
-pub use layer::{AdminLayer, Changed};
+pub use admin::{
+    AdminStore, AdminTokens, ApplicationAdmin, AuditLog, DeleteAdmin, Direct, ImportAdmin, KeyAdmin, OwnerAdmin,
+    SessionAdmin,
+};
+use layer::layered_trait;
+pub use layer::{AdminLayer, Changed, DecisionLayer};
 
-use crate::audit::{AuditEvent, AuditQuery};
 use crate::domain::{
-    AccountId, AdminTokenName, AdminTokenRecord, ApplicationId, CreditBalance, CreditHolder, KeyId, KeyLimit, KeyTerms,
-    Metadata, Name, Network, OwnerId, Refill, Scopes, SecretHash, SessionId, Timestamp, UserId,
+    AccountId, ApplicationId, CreditBalance, CreditHolder, KeyId, KeyLimit, KeyTerms, Metadata, Name, Network, OwnerId,
+    Refill, Scopes, SecretHash, SessionId, Timestamp,
 };
 pub use crate::domain::{Application, KeyKind, KeyRecord, Owner, SessionRecord, VerifiedDigest};
 use std::sync::Arc;
@@ -252,199 +259,61 @@ impl From<getrandom::Error> for StoreError {
     }
 }
 
-/// The reads a decision waits on. Cached ([`cached::CachedStore`]) and bounded by the
-/// store's breaker ([`bounded::BoundedStore`]).
-#[async_trait::async_trait]
-pub trait Records: Send + Sync + 'static {
-    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError>;
-    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError>;
-    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError>;
-    /// The imported keys whose `lookup` is one of `lookups`, or whose `import_ref` is one of
-    /// `lookups[1..]` (the form it was imported in, which finds it after a new digest key
-    /// too), at most [`crate::domain::imported::MAX_CANDIDATES`]: those matching
-    /// `lookups[0]` (the keyed digest) first, then each account's best match before any
-    /// account's next, earliest import first.
-    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError>;
+layered_trait! {
+    /// The reads a decision waits on. Cached ([`cached::CachedStore`]) and bounded by the
+    /// store's breaker ([`bounded::BoundedStore`]).
+    pub trait Records: Send + Sync + 'static, through DecisionLayer::read {
+        async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError>;
+        async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError>;
+        async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError>;
+        /// The imported keys whose `lookup` is one of `lookups`, or whose `import_ref` is one of
+        /// `lookups[1..]` (the form it was imported in, which finds it after a new digest key
+        /// too), at most [`crate::domain::imported::MAX_CANDIDATES`]: those matching
+        /// `lookups[0]` (the keyed digest) first, then each account's best match before any
+        /// account's next, earliest import first.
+        async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError>;
+    }
 }
 
-/// The writes the hot path makes after it has answered. None is a change of what a key
-/// may do: no version, no audit event.
-#[async_trait::async_trait]
-pub trait KeyUse: Send + Sync + 'static {
-    /// Spends `cost` of a holder's credits in one atomic step (across replicas: never
-    /// two calls spending the last credit), first refilling them when `refill` says a new
-    /// period has begun at `now`.
-    async fn spend_credits(
-        &self,
-        holder: &CreditHolder,
-        cost: i64,
-        refill: Option<&Refill>,
-        now: Timestamp,
-    ) -> Result<Spend, StoreError>;
-    /// Raises each key's `last_used_at` to the given time (never lowers it).
-    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
-    /// Stores the keyed digest of a credential argon2 accepted for key `id`, if the key
-    /// still has `hash` (see [`VerifiedDigest`]).
-    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError>;
-    /// After an imported key's first verification: its hash becomes `new` (keygate's own),
-    /// its lookup the keyed digest of the whole credential, and the verified digest is stored,
-    /// if the key still has `old`.
-    async fn adopt_imported(
-        &self,
-        id: KeyId,
-        old: &SecretHash,
-        new: &SecretHash,
-        lookup: &str,
-        digest: &VerifiedDigest,
-    ) -> Result<(), StoreError>;
-    /// A decision found the record of key `id` out of step with the store (its credits'
-    /// rule changed before this replica heard of it): a cache forgets it, so the next read
-    /// loads it. Stores that hold nothing in memory have nothing to forget.
-    fn stale_key(&self, _id: KeyId) {}
+layered_trait! {
+    /// The writes the hot path makes after it has answered. None is a change of what a key
+    /// may do: no version, no audit event.
+    pub trait KeyUse: Send + Sync + 'static, through DecisionLayer::write {
+        /// Spends `cost` of a holder's credits in one atomic step (across replicas: never
+        /// two calls spending the last credit), first refilling them when `refill` says a new
+        /// period has begun at `now`.
+        async fn spend_credits(&self, holder: &CreditHolder, cost: i64, refill: Option<&Refill>, now: Timestamp)
+            -> Result<Spend, StoreError>;
+        /// Raises each key's `last_used_at` to the given time (never lowers it).
+        async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
+        /// Stores the keyed digest of a credential argon2 accepted for key `id`, if the key
+        /// still has `hash` (see [`VerifiedDigest`]).
+        async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest)
+            -> Result<(), StoreError>;
+        /// After an imported key's first verification: its hash becomes `new` (keygate's own),
+        /// its lookup the keyed digest of the whole credential, and the verified digest is stored,
+        /// if the key still has `old`.
+        async fn adopt_imported(
+            &self,
+            id: KeyId,
+            old: &SecretHash,
+            new: &SecretHash,
+            lookup: &str,
+            digest: &VerifiedDigest,
+        ) -> Result<(), StoreError>;
+        provided {
+            /// A decision found the record of key `id` out of step with the store (its credits'
+            /// rule changed before this replica heard of it): a cache forgets it, so the next read
+            /// loads it. Stores that hold nothing in memory have nothing to forget.
+            fn stale_key(&self, _id: KeyId) {}
+        }
+    }
 }
 
 /// What a decision uses of a store: its reads and its after-writes.
 pub trait DecisionStore: Records + KeyUse {}
 
 impl<T: Records + KeyUse + ?Sized> DecisionStore for T {}
-
-/// The admin plane's side: everything a decision does not wait on. It reads records as a
-/// decision does (through the cache, above one). Every write takes the [`AuditEvent`]
-/// that records it and stores both in one transaction, or neither; what a write changed
-/// is in what it returns (or in its arguments), which [`layer`] hands to the layer that
-/// keeps a cache in step.
-#[async_trait::async_trait]
-pub trait AdminStore: Records {
-    async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError>;
-    async fn list_applications(&self, account: &AccountId, page: &PageRequest)
-        -> Result<Page<Application>, StoreError>;
-    /// `None`, recording nothing, if there is no such application.
-    async fn rename_application(
-        &self,
-        id: &ApplicationId,
-        name: &Name,
-        audit: &AuditEvent,
-    ) -> Result<Option<Application>, StoreError>;
-
-    async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError>;
-    /// The key as the admin API shows it: with its credits balance as the store holds it
-    /// now (a replica's cached record can hold one other replicas have spent since).
-    async fn key_as_stored(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError>;
-    async fn list_keys(
-        &self,
-        account: &AccountId,
-        filter: &KeyFilter,
-        page: &PageRequest,
-    ) -> Result<Page<KeyRecord>, StoreError>;
-    /// Records nothing unless the key was updated.
-    async fn update_key(
-        &self,
-        id: KeyId,
-        changes: &KeyChanges,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<UpdateOutcome, StoreError>;
-    /// Idempotent: revoking a revoked key returns it unchanged (and records the attempt).
-    /// `None`, recording nothing, if there is no such key.
-    async fn revoke_key(
-        &self,
-        id: KeyId,
-        reason: &str,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<KeyRecord>, StoreError>;
-    /// Makes `new` (a runtime key) its application's current runtime key, in one
-    /// transaction; the key it replaces keeps working until `retire_at`. Returns that key.
-    async fn rotate_runtime_key(
-        &self,
-        new: &KeyRecord,
-        retire_at: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Vec<KeyId>, StoreError>;
-    /// Makes `new` (built from key `old`: same account, name, scopes, applications, expiry,
-    /// terms, owner) replace `old` in one transaction: `old` keeps working until
-    /// `retire_at`, its credits move to `new` (spent by both meanwhile), and a roll that
-    /// made `old` ends its own overlap now.
-    async fn roll_key(
-        &self,
-        new: &KeyRecord,
-        old: KeyId,
-        retire_at: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<RollOutcome, StoreError>;
-    /// Deletes for good, in one transaction, with an audit event per object deleted (made
-    /// from `audit`, which names the action that asked for it).
-    async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError>;
-    /// Stores keys from another system, in one transaction, skipping those already there
-    /// (by `import_ref`): re-running an import changes nothing. One audit event per key
-    /// created, made from `audit`.
-    async fn import_keys(
-        &self,
-        import_id: &str,
-        keys: &[ImportedKey],
-        audit: &AuditEvent,
-    ) -> Result<Vec<Imported>, StoreError>;
-
-    /// Creates or changes an owner's shared terms; each of its keys counts as changed
-    /// (version, notification). Returns the owner and its keys.
-    async fn set_owner(
-        &self,
-        account: &AccountId,
-        id: &OwnerId,
-        changes: &OwnerChanges,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<(Owner, Vec<KeyId>), StoreError>;
-    async fn owner(&self, account: &AccountId, id: &OwnerId) -> Result<Option<Owner>, StoreError>;
-
-    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError>;
-    /// An account's sessions (of one user, if given), in id order.
-    async fn list_sessions(
-        &self,
-        account: &AccountId,
-        user: Option<&UserId>,
-        page: &PageRequest,
-    ) -> Result<Page<SessionRecord>, StoreError>;
-    /// Idempotent. `None`, recording nothing, if there is no such session.
-    async fn revoke_session(
-        &self,
-        id: SessionId,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<SessionRecord>, StoreError>;
-
-    /// An account's audit events, newest first; pages continue *before* `page.after`.
-    async fn list_audit_events(
-        &self,
-        account: &AccountId,
-        query: &AuditQuery,
-        page: &PageRequest,
-    ) -> Result<Page<AuditEvent>, StoreError>;
-
-    /// Stores a new admin token. `false`, storing nothing, when its name was ever used
-    /// (names are unique for all time: the audit trail names tokens by them).
-    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError>;
-    /// The admin token with this digest, live or not. Read at every admin call (never
-    /// cached): a revocation is in force on every replica at the next call.
-    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError>;
-    /// Every admin token, revoked ones too, by name.
-    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError>;
-    /// Idempotent: the first revocation's time and revoker stay. `None` when no token has
-    /// that name.
-    async fn revoke_admin_token(
-        &self,
-        name: &AdminTokenName,
-        now: Timestamp,
-        by: &str,
-    ) -> Result<Option<AdminTokenRecord>, StoreError>;
-
-    /// Cheap round trip, for health checks: the breaker's probe asks the store itself.
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Releases connections at shutdown, after the last write. Stores without any keep
-    /// the default; layers do not forward it (shutdown closes the store beneath).
-    async fn close(&self) {}
-}
 
 /// A whole backend: both sides. What the server is built on.
 pub trait Store: DecisionStore + AdminStore {}

@@ -317,3 +317,42 @@ async fn the_cli_prints_limits_as_they_were_written() {
         assert!(!out.contains("60s") && !out.contains("limit="), "key {what}: {out}");
     }
 }
+
+/// `keygate health`: SERVING and exit 0 for the server and a service it serves; exit 1
+/// with one error line for a service it does not know and for an address where nothing
+/// listens. guards: the exit status the image's HEALTHCHECK relies on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygate_health_exits_0_only_when_serving() {
+    let app = TestApp::spawn(Db::Sqlite).await.unwrap();
+    for service in ["", "keygate.v1.Authorizer"] {
+        let (ok, stdout, stderr) = keygate(&app, &["health", "--service", service]);
+        assert!(ok && stdout == "SERVING\n", "{service:?}: {stdout}{stderr}");
+    }
+    let (ok, stdout, stderr) = keygate(&app, &["health", "--service", "keygate.v1.Nothing"]);
+    assert!(!ok && stdout.is_empty() && stderr.starts_with("error: health of \"keygate.v1.Nothing\""), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let nothing = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (ok, _, stderr) = keygate(&app, &["health", "--server", &format!("http://{nothing}"), "--timeout", "2"]);
+    assert!(!ok && stderr.starts_with(&format!("error: cannot reach keygate at http://{nothing}")), "{stderr}");
+
+    // A keygate draining on SIGTERM answers NOT_SERVING: exit 1.
+    let dir = tempfile::tempdir().unwrap();
+    let draining = crate::process::Keygate::start(
+        crate::process::serve().current_dir(dir.path()).args(["--drain-delay-ms", "600000"]),
+    )
+    .unwrap();
+    let health = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["health", "--server", &draining.grpc])
+            .output()
+            .unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    assert!(health().0);
+    draining.terminate();
+    crate::helpers::eventually("keygate health says NOT_SERVING", || async {
+        let (ok, stderr) = health();
+        !ok && stderr == format!("error: keygate at {} is NOT_SERVING\n", draining.grpc)
+    })
+    .await;
+}

@@ -16,8 +16,8 @@ use keygate::store::invalidating::Invalidating;
 use keygate::store::memory::MemoryStore;
 use keygate::store::sql::SqlStore;
 use keygate::store::{
-    AdminStore, Application, KeyChanges, KeyFilter, KeyKind, KeyRecord, KeyUse, Page, PageRequest, Records,
-    SessionRecord, Stack, StoreError, UpdateOutcome,
+    AdminStore, Application, ApplicationAdmin, KeyAdmin, KeyChanges, KeyFilter, KeyKind, KeyRecord, KeyUse, Page,
+    PageRequest, Records, SessionAdmin, SessionRecord, Stack, StoreError, UpdateOutcome,
 };
 use std::sync::Arc;
 use std::time::Duration;

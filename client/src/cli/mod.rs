@@ -49,6 +49,21 @@ pub enum Command {
     /// Decisions by outcome over time, per key, owner or account; an account's top keys.
     #[command(subcommand)]
     Usage(usage::UsageCommand),
+    /// Ask keygate's gRPC health service: prints SERVING and exits 0, or exits 1
+    /// (NOT_SERVING, unknown service, no answer). For container and probe health checks.
+    Health(HealthArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    /// The service to ask about, e.g. keygate.v1.Authorizer. Default: the whole server.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Give up after this many seconds (connecting and asking).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 #[derive(Debug, Subcommand)]
@@ -372,6 +387,13 @@ fn seconds(d: Duration) -> u32 {
 }
 
 /// Runs one command and prints its answer (`--json` or text).
+/// [`run`] on a runtime of its own. Not `async`, so the binary that calls it does not
+/// compile every command's body again (an async function's body is compiled in each crate
+/// that polls it).
+pub fn run_blocking(command: Command) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(command))
+}
+
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::App(command) => run_app(command).await,
@@ -406,6 +428,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             print::decision(args.connection.json, &response);
             Ok(())
         }
+        Command::Health(args) => health(args).await,
         Command::AdminToken(AdminTokenCommand::Create { name, role, account, expires_in, connection }) => {
             // 0 on the wire means "never": a zero duration asked for here is a mistake.
             anyhow::ensure!(expires_in.is_none_or(|d| d.as_secs() > 0), "--expires-in must be at least 1s");
@@ -440,6 +463,27 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// One health check: `Ok` only for SERVING.
+async fn health(args: HealthArgs) -> anyhow::Result<()> {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let limit = Duration::from_secs(args.timeout);
+    let channel = tokio::time::timeout(limit, args.connection.channel())
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {} within {}s", args.connection.server, args.timeout))??;
+    let mut request = tonic::Request::new(HealthCheckRequest { service: args.service.clone() });
+    request.set_timeout(limit);
+    let status = HealthClient::new(channel)
+        .check(request)
+        .await
+        .with_context(|| format!("health of {:?} at {}", args.service, args.connection.server))?
+        .into_inner()
+        .status();
+    let name = status.as_str_name();
+    anyhow::ensure!(status == ServingStatus::Serving, "keygate at {} is {name}", args.connection.server);
+    println!("{name}");
+    Ok(())
 }
 
 async fn run_app(command: AppCommand) -> anyhow::Result<()> {

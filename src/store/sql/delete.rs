@@ -34,25 +34,30 @@ pub(super) async fn delete_keys(
     Ok(!rows.is_empty())
 }
 
-#[tracing::instrument(skip_all, err)]
-pub(super) async fn delete(store: &SqlStore, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
-    let mut deleted = Deleted::default();
-    let mut tx = store.begin_unbounded().await?;
-    let found = match target {
-        Deletion::Key(id) => delete_key(&mut tx, *id, audit, &mut deleted).await?,
-        Deletion::Application { id, cascade } => delete_application(&mut tx, id, *cascade, audit, &mut deleted).await?,
-        Deletion::Account(account) => {
-            delete_account(&mut tx, account.as_str(), audit, &mut deleted).await?;
-            true
+#[async_trait::async_trait]
+impl DeleteAdmin for SqlStore {
+    #[tracing::instrument(skip_all, err)]
+    async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
+        let mut deleted = Deleted::default();
+        let mut tx = self.begin_unbounded().await?;
+        let found = match target {
+            Deletion::Key(id) => delete_key(&mut tx, *id, audit, &mut deleted).await?,
+            Deletion::Application { id, cascade } => {
+                delete_application(&mut tx, id, *cascade, audit, &mut deleted).await?
+            }
+            Deletion::Account(account) => {
+                delete_account(&mut tx, account.as_str(), audit, &mut deleted).await?;
+                true
+            }
+        };
+        if !found {
+            // Nothing to delete, or refused (`blocked_by`): nothing changes.
+            tx.rollback().await?;
+            return Ok(Deleted { blocked_by: deleted.blocked_by, ..Deleted::default() });
         }
-    };
-    if !found {
-        // Nothing to delete, or refused (`blocked_by`): nothing changes.
-        tx.rollback().await?;
-        return Ok(Deleted { blocked_by: deleted.blocked_by, ..Deleted::default() });
+        tx.commit().await?;
+        Ok(deleted)
     }
-    tx.commit().await?;
-    Ok(deleted)
 }
 
 /// A key and what hangs off it; `false` if there is no such key.

@@ -9,105 +9,58 @@ pub(super) const INSERT_IMPORTED_KEY: &str = "INSERT INTO api_keys (id, account_
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
      ON CONFLICT DO NOTHING RETURNING id";
 
-#[tracing::instrument(skip_all, err)]
-pub(super) async fn keys_by_lookup(store: &SqlStore, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
-    if lookups.is_empty() {
-        return Ok(Vec::new());
-    }
-    let all: Vec<String> = (1..=lookups.len()).map(|i| format!("${i}")).collect();
-    // Each account's records in turn (the keyed match first, then the earliest import),
-    // and every account's first turn before any account's second: records one account
-    // imported under other accounts' starts wait behind theirs.
-    let sql = format!(
-        "{KEY_SELECT} JOIN (SELECT id AS found_id, CASE WHEN lookup = $1 THEN 0 ELSE 1 END AS keyed, \
-         ROW_NUMBER() OVER (PARTITION BY account_id ORDER BY CASE WHEN lookup = $1 THEN 0 ELSE 1 END, \
-         created_at, id) AS turn FROM api_keys WHERE lookup IN ({}) OR import_ref IN ({})) found \
-         ON found.found_id = api_keys.id ORDER BY found.keyed, found.turn, api_keys.created_at, api_keys.id \
-         LIMIT {}",
-        all.join(", "),
-        if all.len() > 1 { all[1..].join(", ") } else { "NULL".to_owned() },
-        crate::domain::imported::MAX_CANDIDATES,
-    );
-    let mut query = sqlx::query(&sql);
-    for lookup in lookups {
-        query = query.bind(lookup.as_str());
-    }
-    let rows = query.fetch_all(&store.pool).await?;
-    rows.iter().map(|row| key_from_row(row).map(Arc::new)).collect()
-}
-
-#[tracing::instrument(skip_all, fields(key_id = %id), err)]
-pub(super) async fn adopt_imported(
-    store: &SqlStore,
-    id: KeyId,
-    old: &SecretHash,
-    new: &SecretHash,
-    lookup: &str,
-    digest: &VerifiedDigest,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE api_keys SET secret_hash = $3, lookup = $4, verified_digest = $5 \
-         WHERE id = $1 AND secret_hash = $2",
-    )
-    .bind(id.to_string())
-    .bind(old.expose_phc())
-    .bind(new.expose_phc())
-    .bind(lookup)
-    .bind(digest.to_hex())
-    .execute(&store.pool)
-    .await?;
-    Ok(())
-}
-
-#[tracing::instrument(skip_all, fields(keys = keys.len()), err)]
-pub(super) async fn import_keys(
-    store: &SqlStore,
-    import_id: &str,
-    keys: &[ImportedKey],
-    audit: &AuditEvent,
-) -> Result<Vec<Imported>, StoreError> {
-    let mut tx = store.begin_unbounded().await?;
-    let mut outcomes = Vec::with_capacity(keys.len());
-    // Already there (a re-run) or held by another key: told apart below, once.
-    let mut refused = Vec::new();
-    for key in keys {
-        let record = &key.record;
-        let inserted = bind_key(sqlx::query(INSERT_IMPORTED_KEY), record)
-            .bind(&key.import_ref)
-            .bind(import_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if inserted.is_none() {
-            refused.push((outcomes.len(), key.import_ref.as_str(), record.account_id.as_str()));
-            outcomes.push(Imported::Conflict);
-            continue;
+#[async_trait::async_trait]
+impl ImportAdmin for SqlStore {
+    #[tracing::instrument(skip_all, fields(keys = keys.len()), err)]
+    async fn import_keys(
+        &self,
+        import_id: &str,
+        keys: &[ImportedKey],
+        audit: &AuditEvent,
+    ) -> Result<Vec<Imported>, StoreError> {
+        let mut tx = self.begin_unbounded().await?;
+        let mut outcomes = Vec::with_capacity(keys.len());
+        // Already there (a re-run) or held by another key: told apart below, once.
+        let mut refused = Vec::new();
+        for key in keys {
+            let record = &key.record;
+            let inserted = bind_key(sqlx::query(INSERT_IMPORTED_KEY), record)
+                .bind(&key.import_ref)
+                .bind(import_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if inserted.is_none() {
+                refused.push((outcomes.len(), key.import_ref.as_str(), record.account_id.as_str()));
+                outcomes.push(Imported::Conflict);
+                continue;
+            }
+            let mut event = audit.for_object(AuditAction::ApiKeyImport, record.id.to_string())?;
+            event.account_id = record.account_id.clone();
+            insert_audit(&event).execute(&mut *tx).await?;
+            outcomes.push(Imported::Created(record.id));
         }
-        let mut event = audit.for_object(AuditAction::ApiKeyImport, record.id.to_string())?;
-        event.account_id = record.account_id.clone();
-        insert_audit(&event).execute(&mut *tx).await?;
-        outcomes.push(Imported::Created(record.id));
-    }
-    // A key this import brought before, into the same account, is `AlreadyImported`;
-    // anything else is a conflict within the account (keys are unique per account:
-    // another account's never conflicts, nor is its id told).
-    for chunk in refused.chunks(500) {
-        let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT id, import_ref, account_id FROM api_keys WHERE import_id = $1 AND import_ref IN ({})",
-            placeholders.join(", ")
-        );
-        let mut query = sqlx::query(&sql).bind(import_id);
-        for (_, import_ref, _) in chunk {
-            query = query.bind(*import_ref);
-        }
-        for row in query.fetch_all(&mut *tx).await? {
-            let id = stored_key_id(&row, "id")?.ok_or_else(|| corrupt("api_keys.id"))?;
-            let (import_ref, account): (&str, &str) = (row.try_get("import_ref")?, row.try_get("account_id")?);
-            for (index, _, _) in chunk.iter().filter(|(_, r, a)| *r == import_ref && *a == account) {
-                outcomes[*index] = Imported::AlreadyImported(id);
+        // A key this import brought before, into the same account, is `AlreadyImported`;
+        // anything else is a conflict within the account (keys are unique per account:
+        // another account's never conflicts, nor is its id told).
+        for chunk in refused.chunks(500) {
+            let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT id, import_ref, account_id FROM api_keys WHERE import_id = $1 AND import_ref IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(import_id);
+            for (_, import_ref, _) in chunk {
+                query = query.bind(*import_ref);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                let id = stored_key_id(&row, "id")?.ok_or_else(|| corrupt("api_keys.id"))?;
+                let (import_ref, account): (&str, &str) = (row.try_get("import_ref")?, row.try_get("account_id")?);
+                for (index, _, _) in chunk.iter().filter(|(_, r, a)| *r == import_ref && *a == account) {
+                    outcomes[*index] = Imported::AlreadyImported(id);
+                }
             }
         }
+        tx.commit().await?;
+        Ok(outcomes)
     }
-    tx.commit().await?;
-    Ok(outcomes)
 }

@@ -3,33 +3,37 @@
 //! placeholders, `RETURNING`), so the conformance suite proves both with the same code.
 //! What differs per backend (connection set-up, migrations) is chosen by [`Backend`].
 //!
-//! One file per resource: `applications`, `keys` (API and runtime keys, rotation, rolls,
-//! last uses, verified digests), `import` (imported keys, found by lookup and adopted),
-//! `owners`, `sessions`, `admin_tokens`, `audit`, `credits` (the credit spend batcher, a
-//! hot-path write) and `delete`; `rows` reads rows into records. This file connects, and
-//! maps [`Records`], [`KeyUse`] and [`AdminStore`] onto them.
+//! What decisions wait on is on the decisions' pool, in two files: `records` (the reads,
+//! [`Records`]) and `key_use` (the writes after answering, [`KeyUse`]: the credit spend
+//! batcher, last uses, verified digests, imported keys re-hashed). The admin plane's side is
+//! one file per resource, each implementing its admin trait ([`super::admin`]):
+//! `applications`, `keys` (API and runtime keys, rotation, rolls), `import`, `owners`,
+//! `sessions`, `admin_tokens`, `audit` and `delete`; `rows` reads rows into records. This
+//! file connects, and answers [`Direct`].
 
 mod admin_tokens;
 mod applications;
 mod audit;
 mod connect_error;
-mod credits;
 mod delete;
 mod import;
+mod key_use;
 mod keys;
 mod migrations;
 mod owners;
+mod records;
 mod rows;
 mod sessions;
 mod usage;
 
-use self::{audit::*, credits::*, keys::*, rows::*};
+use self::{audit::*, key_use::*, keys::*, rows::*};
 
-use super::{AdminStore, KeyUse, Records};
+use super::{AdminTokens, ApplicationAdmin, AuditLog, DeleteAdmin, Direct, ImportAdmin, KeyAdmin, KeyUse, OwnerAdmin};
 use super::{
     Application, Deleted, Deletion, Imported, ImportedKey, KeyChanges, KeyFilter, KeyKind, KeyRecord, Owner,
     OwnerChanges, Page, PageRequest, RollOutcome, SessionRecord, Spend, StoreError, UpdateOutcome, VerifiedDigest,
 };
+use super::{Records, SessionAdmin};
 use crate::audit::{Actor, AuditAction, AuditEvent, AuditQuery};
 use crate::domain::{
     hex, AccountId, AdminRole, AdminTokenName, AdminTokenRecord, ApplicationId, CreditBalance, CreditHolder, KeyId,
@@ -273,215 +277,12 @@ fn scanned_to<T>(page: Page<T>, last_scanned: Option<String>) -> Page<T> {
     }
 }
 
+/// What the SQL store answers itself: it holds no cache, and is the store at the bottom.
 #[async_trait::async_trait]
-impl Records for SqlStore {
-    async fn application(&self, id: &ApplicationId) -> Result<Option<Arc<Application>>, StoreError> {
-        applications::application(self, id).await
-    }
-
-    async fn session(&self, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        sessions::session(self, id).await
-    }
-
-    async fn key(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        keys::key(self, id).await
-    }
-
-    async fn keys_by_lookup(&self, lookups: &[String]) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
-        import::keys_by_lookup(self, lookups).await
-    }
-}
-
-#[async_trait::async_trait]
-impl KeyUse for SqlStore {
-    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
-        keys::record_key_usage(self, uses).await
-    }
-
-    async fn spend_credits(
-        &self,
-        holder: &CreditHolder,
-        cost: i64,
-        refill: Option<&Refill>,
-        now: Timestamp,
-    ) -> Result<Spend, StoreError> {
-        credits::spend_credits(self, holder, cost, refill, now).await
-    }
-
-    async fn adopt_imported(
-        &self,
-        id: KeyId,
-        old: &SecretHash,
-        new: &SecretHash,
-        lookup: &str,
-        digest: &VerifiedDigest,
-    ) -> Result<(), StoreError> {
-        import::adopt_imported(self, id, old, new, lookup, digest).await
-    }
-
-    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
-        keys::remember_verified(self, id, hash, digest).await
-    }
-}
-
-#[async_trait::async_trait]
-impl AdminStore for SqlStore {
+impl Direct for SqlStore {
     /// The decision's read: the store holds no cache.
     async fn key_as_stored(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         self.key(id).await
-    }
-
-    async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
-        applications::create_application(self, app, audit).await
-    }
-
-    async fn list_applications(
-        &self,
-        account: &AccountId,
-        page: &PageRequest,
-    ) -> Result<Page<Application>, StoreError> {
-        applications::list_applications(self, account, page).await
-    }
-
-    async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        keys::create_key(self, key, audit).await
-    }
-
-    async fn rotate_runtime_key(
-        &self,
-        new: &KeyRecord,
-        retire_at: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        keys::rotate_runtime_key(self, new, retire_at, audit).await
-    }
-
-    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        sessions::create_session(self, session, audit).await
-    }
-
-    async fn create_admin_token(&self, token: &AdminTokenRecord) -> Result<bool, StoreError> {
-        admin_tokens::create_admin_token(self, token).await
-    }
-
-    async fn admin_token(&self, digest: &[u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
-        admin_tokens::admin_token(self, digest).await
-    }
-
-    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
-        admin_tokens::list_admin_tokens(self).await
-    }
-
-    async fn revoke_admin_token(
-        &self,
-        name: &AdminTokenName,
-        now: Timestamp,
-        by: &str,
-    ) -> Result<Option<AdminTokenRecord>, StoreError> {
-        admin_tokens::revoke_admin_token(self, name, now, by).await
-    }
-
-    async fn revoke_session(
-        &self,
-        id: SessionId,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<SessionRecord>, StoreError> {
-        sessions::revoke_session(self, id, now, audit).await
-    }
-
-    async fn list_keys(
-        &self,
-        account: &AccountId,
-        filter: &KeyFilter,
-        page: &PageRequest,
-    ) -> Result<Page<KeyRecord>, StoreError> {
-        keys::list_keys(self, account, filter, page).await
-    }
-
-    async fn update_key(
-        &self,
-        id: KeyId,
-        changes: &KeyChanges,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<UpdateOutcome, StoreError> {
-        keys::update_key(self, id, changes, now, audit).await
-    }
-
-    async fn revoke_key(
-        &self,
-        id: KeyId,
-        reason: &str,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        keys::revoke_key(self, id, reason, now, audit).await
-    }
-
-    async fn list_audit_events(
-        &self,
-        account: &AccountId,
-        query: &AuditQuery,
-        page: &PageRequest,
-    ) -> Result<Page<AuditEvent>, StoreError> {
-        audit::list_audit_events(self, account, query, page).await
-    }
-
-    async fn rename_application(
-        &self,
-        id: &ApplicationId,
-        name: &Name,
-        audit: &AuditEvent,
-    ) -> Result<Option<Application>, StoreError> {
-        applications::rename_application(self, id, name, audit).await
-    }
-
-    async fn list_sessions(
-        &self,
-        account: &AccountId,
-        user: Option<&UserId>,
-        page: &PageRequest,
-    ) -> Result<Page<SessionRecord>, StoreError> {
-        sessions::list_sessions(self, account, user, page).await
-    }
-
-    async fn roll_key(
-        &self,
-        new: &KeyRecord,
-        old: KeyId,
-        retire_at: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<RollOutcome, StoreError> {
-        keys::roll_key(self, new, old, retire_at, audit).await
-    }
-
-    async fn delete(&self, target: &Deletion, audit: &AuditEvent) -> Result<Deleted, StoreError> {
-        delete::delete(self, target, audit).await
-    }
-
-    async fn import_keys(
-        &self,
-        import_id: &str,
-        keys: &[ImportedKey],
-        audit: &AuditEvent,
-    ) -> Result<Vec<Imported>, StoreError> {
-        import::import_keys(self, import_id, keys, audit).await
-    }
-
-    async fn set_owner(
-        &self,
-        account: &AccountId,
-        id: &OwnerId,
-        changes: &OwnerChanges,
-        now: Timestamp,
-        audit: &AuditEvent,
-    ) -> Result<(Owner, Vec<KeyId>), StoreError> {
-        owners::set_owner(self, account, id, changes, now, audit).await
-    }
-
-    async fn owner(&self, account: &AccountId, id: &OwnerId) -> Result<Option<Owner>, StoreError> {
-        owners::owner(self, account, id).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -17,83 +17,72 @@ pub(super) fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError
     })
 }
 
-#[tracing::instrument(skip_all, fields(session_id = %id), err)]
-pub(super) async fn session(store: &SqlStore, id: SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-    sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
+#[async_trait::async_trait]
+impl SessionAdmin for SqlStore {
+    #[tracing::instrument(skip_all, fields(session_id = %session.id), err)]
+    async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.admin_pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, account_id, user_id, secret_digest, created_at, expires_at, revoked_at, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(session.id.to_string())
+        .bind(session.account_id.as_str())
+        .bind(session.user_id.as_str())
+        .bind(hex(&session.secret_digest))
+        .bind(session.created_at.as_millis())
+        .bind(session.expires_at.as_millis())
+        .bind(session.revoked_at.map(Timestamp::as_millis))
+        .bind(session.version)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(audit).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %account), err)]
+    async fn list_sessions(
+        &self,
+        account: &AccountId,
+        user: Option<&UserId>,
+        page: &PageRequest,
+    ) -> Result<Page<SessionRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE account_id = $1 AND ($2 = '' OR user_id = $2) \
+             AND id > $3 ORDER BY id LIMIT $4"
+        ))
+        .bind(account.as_str())
+        .bind(user.map(|u| u.as_str().to_owned()).unwrap_or_default())
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.admin_pool)
+        .await?;
+        let items = rows.iter().map(session_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(into_page(items, page.limit, |s| s.id.to_string()))
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %id), err)]
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        now: Timestamp,
+        audit: &AuditEvent,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let mut tx = self.admin_pool.begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE sessions SET revoked_at = COALESCE(revoked_at, $2), \
+               version = CASE WHEN revoked_at IS NULL THEN version + 1 ELSE version END \
+             WHERE id = $1 RETURNING {SESSION_COLUMNS}"
+        ))
         .bind(id.to_string())
-        .fetch_optional(&store.pool)
-        .await?
-        .map(|row| session_from_row(&row).map(Arc::new))
-        .transpose()
-}
-
-#[tracing::instrument(skip_all, fields(session_id = %session.id), err)]
-pub(super) async fn create_session(
-    store: &SqlStore,
-    session: &SessionRecord,
-    audit: &AuditEvent,
-) -> Result<(), StoreError> {
-    let mut tx = store.admin_pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO sessions (id, account_id, user_id, secret_digest, created_at, expires_at, revoked_at, version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(session.id.to_string())
-    .bind(session.account_id.as_str())
-    .bind(session.user_id.as_str())
-    .bind(hex(&session.secret_digest))
-    .bind(session.created_at.as_millis())
-    .bind(session.expires_at.as_millis())
-    .bind(session.revoked_at.map(Timestamp::as_millis))
-    .bind(session.version)
-    .execute(&mut *tx)
-    .await?;
-    insert_audit(audit).execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-#[tracing::instrument(skip_all, fields(session_id = %id), err)]
-pub(super) async fn revoke_session(
-    store: &SqlStore,
-    id: SessionId,
-    now: Timestamp,
-    audit: &AuditEvent,
-) -> Result<Option<SessionRecord>, StoreError> {
-    let mut tx = store.admin_pool.begin().await?;
-    let row = sqlx::query(&format!(
-        "UPDATE sessions SET revoked_at = COALESCE(revoked_at, $2), \
-           version = CASE WHEN revoked_at IS NULL THEN version + 1 ELSE version END \
-         WHERE id = $1 RETURNING {SESSION_COLUMNS}"
-    ))
-    .bind(id.to_string())
-    .bind(now.as_millis())
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let session = session_from_row(&row)?;
-    insert_audit(audit).execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(Some(session))
-}
-
-#[tracing::instrument(skip_all, fields(account_id = %account), err)]
-pub(super) async fn list_sessions(
-    store: &SqlStore,
-    account: &AccountId,
-    user: Option<&UserId>,
-    page: &PageRequest,
-) -> Result<Page<SessionRecord>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {SESSION_COLUMNS} FROM sessions WHERE account_id = $1 AND ($2 = '' OR user_id = $2) \
-         AND id > $3 ORDER BY id LIMIT $4"
-    ))
-    .bind(account.as_str())
-    .bind(user.map(|u| u.as_str().to_owned()).unwrap_or_default())
-    .bind(page.after.as_deref().unwrap_or(""))
-    .bind(i64::from(page.limit) + 1)
-    .fetch_all(&store.admin_pool)
-    .await?;
-    let items = rows.iter().map(session_from_row).collect::<Result<Vec<_>, _>>()?;
-    Ok(into_page(items, page.limit, |s| s.id.to_string()))
+        .bind(now.as_millis())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let session = session_from_row(&row)?;
+        insert_audit(audit).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Some(session))
+    }
 }

@@ -1,3 +1,7 @@
+//! The writes the hot path makes after it has answered ([`KeyUse`]), on the decisions'
+//! pool: credits spent (by group commit, below), last uses, a verified digest, an
+//! imported key re-hashed.
+
 use super::*;
 
 /// How credit spends share the database. Calls wait in memory, in one of a few lanes (by
@@ -300,38 +304,99 @@ pub(super) async fn spend_once(
     })
 }
 
-#[tracing::instrument(skip_all, err)]
-pub(super) async fn spend_credits(
-    store: &SqlStore,
-    holder: &CreditHolder,
-    cost: i64,
-    refill: Option<&Refill>,
-    now: Timestamp,
-) -> Result<Spend, StoreError> {
-    let id = holder.stored();
-    let lane = store.spending.lane(&id);
-    let (answer, mut answered) = tokio::sync::oneshot::channel();
-    let waiter = Waiter { id, cost, refill: refill.copied(), now, answer };
-    lane.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(waiter);
-    let turn = lane.turn.clone().lock_owned().await;
-    // Whoever took this call's spend answered it before giving up the turn; if nobody
-    // did, it is still waiting and this call takes the lane's whole queue.
-    if let Ok(answer) = answered.try_recv() {
-        return answer;
-    }
-    let batch = std::mem::take(&mut *lane.waiting.lock().unwrap_or_else(|e| e.into_inner()));
-    // The batch runs on its own task: the calls in it (other keys' among them) are
-    // answered even if this call's deadline passes and its future is dropped.
-    let store = store.clone();
-    tokio::spawn(async move {
-        match store.spending.slots.acquire().await {
-            Ok(_slot) => store.spend_batch(batch).await,
-            Err(_) => batch.into_iter().for_each(|w| drop(w.answer.send(Err(corrupt("the spend slots closed"))))),
+#[async_trait::async_trait]
+impl KeyUse for SqlStore {
+    #[tracing::instrument(skip_all, err)]
+    async fn spend_credits(
+        &self,
+        holder: &CreditHolder,
+        cost: i64,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Spend, StoreError> {
+        let id = holder.stored();
+        let lane = self.spending.lane(&id);
+        let (answer, mut answered) = tokio::sync::oneshot::channel();
+        let waiter = Waiter { id, cost, refill: refill.copied(), now, answer };
+        lane.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(waiter);
+        let turn = lane.turn.clone().lock_owned().await;
+        // Whoever took this call's spend answered it before giving up the turn; if nobody
+        // did, it is still waiting and this call takes the lane's whole queue.
+        if let Ok(answer) = answered.try_recv() {
+            return answer;
         }
-        drop(turn);
-    });
-    // Not answered: the call that took it was abandoned (its deadline passed) mid-spend.
-    answered.await.unwrap_or_else(|_| {
-        Err(StoreError::Unavailable(Box::new(std::io::Error::other("the credit spend was abandoned"))))
-    })
+        let batch = std::mem::take(&mut *lane.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        // The batch runs on its own task: the calls in it (other keys' among them) are
+        // answered even if this call's deadline passes and its future is dropped.
+        let store = self.clone();
+        tokio::spawn(async move {
+            match store.spending.slots.acquire().await {
+                Ok(_slot) => store.spend_batch(batch).await,
+                Err(_) => batch.into_iter().for_each(|w| drop(w.answer.send(Err(corrupt("the spend slots closed"))))),
+            }
+            drop(turn);
+        });
+        // Not answered: the call that took it was abandoned (its deadline passed) mid-spend.
+        answered.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(Box::new(std::io::Error::other("the credit spend was abandoned"))))
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(keys = uses.len()), err)]
+    async fn record_key_usage(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in uses {
+            sqlx::query(
+                "INSERT INTO key_usage (key_id, last_used_at) VALUES ($1, $2) \
+                 ON CONFLICT (key_id) DO UPDATE SET last_used_at = CASE \
+                   WHEN excluded.last_used_at > key_usage.last_used_at THEN excluded.last_used_at \
+                   ELSE key_usage.last_used_at END",
+            )
+            .bind(id.to_string())
+            .bind(at.as_millis())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Not a change of the key (no version bump, no audit event), but on Postgres the
+    /// row's trigger still tells every replica to reload it, digest included.
+    #[tracing::instrument(skip_all, fields(key_id = %id), err)]
+    async fn remember_verified(&self, id: KeyId, hash: &SecretHash, digest: &VerifiedDigest) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE api_keys SET verified_digest = $1 WHERE id = $2 AND secret_hash = $3 \
+             AND (verified_digest IS NULL OR verified_digest <> $1)",
+        )
+        .bind(digest.to_hex())
+        .bind(id.to_string())
+        .bind(hash.expose_phc())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(key_id = %id), err)]
+    async fn adopt_imported(
+        &self,
+        id: KeyId,
+        old: &SecretHash,
+        new: &SecretHash,
+        lookup: &str,
+        digest: &VerifiedDigest,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE api_keys SET secret_hash = $3, lookup = $4, verified_digest = $5 \
+             WHERE id = $1 AND secret_hash = $2",
+        )
+        .bind(id.to_string())
+        .bind(old.expose_phc())
+        .bind(new.expose_phc())
+        .bind(lookup)
+        .bind(digest.to_hex())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }
