@@ -2,6 +2,7 @@
 //!
 //! Each module's purpose, and the crates around this one: `docs/development.md` (Layout).
 
+pub mod analytics;
 pub mod audit;
 pub mod authn;
 pub mod authz;

@@ -31,6 +31,7 @@ pub struct Sources {
     pub verifier: Arc<Verifier>,
     pub store: StoreMetrics,
     pub usage: Arc<UsageRecorder>,
+    pub usage_counts: Arc<crate::analytics::UsageCounts>,
     pub cache: Arc<CachedStore>,
     /// The cross-replica invalidation listener (Postgres only).
     pub invalidation: Option<Arc<ListenerStatus>>,
@@ -175,6 +176,7 @@ impl Collector for StateCollector {
         cache(&mut encoder, handles)?;
         argon2(&mut encoder, handles)?;
         gauge(&mut encoder, "key_usage_pending", "Key uses waiting to be written", handles.usage.pending() as i64)?;
+        usage_counts(&mut encoder, handles)?;
         breakers(&mut encoder, handles)?;
         rate_limit_leases(&mut encoder, handles)?;
         tls_handshakes(&mut encoder, handles)?;
@@ -253,6 +255,36 @@ fn argon2(encoder: &mut DescriptorEncoder, handles: &Sources) -> std::fmt::Resul
     for (reason, count) in
         [("account_queue_full", queue.refused_account_full), ("admin_deadline", queue.refused_admin_deadline)]
     {
+        ConstCounter::new(count).encode(family.encode_family(&ReasonLabels { reason })?)?;
+    }
+    Ok(())
+}
+
+/// Usage analytics: what is held, written, and what could not be counted.
+fn usage_counts(encoder: &mut DescriptorEncoder, handles: &Sources) -> std::fmt::Result {
+    let stats = handles.usage_counts.stats();
+    gauge(
+        encoder,
+        "usage_keys",
+        "Keys (per minute) whose decisions are counted in memory until the next flush",
+        stats.keys as i64,
+    )?;
+    gauge(encoder, "usage_pending", "Usage increments a failed flush left for the next one", stats.pending as i64)?;
+    counter(encoder, "usage_written", "Usage increments written to the store", stats.written)?;
+    counter(
+        encoder,
+        "usage_flush_failures",
+        "Usage flushes the store refused (their increments kept)",
+        stats.flush_failures,
+    )?;
+    let mut family = encoder.encode_descriptor(
+        "usage_dropped",
+        "Decisions not counted in usage, by reason: keys_full (--usage-max-keys keys were already counted \
+         since the last flush), pending_full (a failed flush's increments could not all be kept)",
+        None,
+        ConstCounter::new(0u64).metric_type(),
+    )?;
+    for (reason, count) in [("keys_full", stats.dropped_keys_full), ("pending_full", stats.dropped_pending_full)] {
         ConstCounter::new(count).encode(family.encode_family(&ReasonLabels { reason })?)?;
     }
     Ok(())

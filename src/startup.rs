@@ -2,6 +2,7 @@
 //! [`Application::build`] binds the listener (port 0 works), so tests and `main` start
 //! the very same server.
 
+use crate::analytics::UsageCounts;
 use crate::authn::budget::FailureBudgets;
 use crate::authn::digest::CredentialDigester;
 use crate::authn::verifier::Verifier;
@@ -27,6 +28,7 @@ use crate::store::cached::CachedStore;
 use crate::store::invalidation::{self, ListenerStatus};
 use crate::store::metered::StoreMetrics;
 use crate::store::sql::{Backend, SqlStore};
+use crate::store::usage::UsageStore;
 use crate::store::{Stack, Store};
 use crate::tls::{HttpListener, ListenerTls, Protocol};
 use crate::usage::UsageRecorder;
@@ -62,6 +64,8 @@ pub struct Handles {
     pub policy_path: Option<std::path::PathBuf>,
     pub store_metrics: StoreMetrics,
     pub usage: Arc<UsageRecorder>,
+    /// Decisions by outcome per key, owner and account, counted here until flushed.
+    pub usage_counts: Arc<UsageCounts>,
     /// Open while the key store is known to be unreachable.
     pub store_breaker: Arc<Breaker>,
     /// The same for Redis, when limits are shared there.
@@ -87,6 +91,7 @@ impl Handles {
             verifier: self.verifier.clone(),
             store: self.store_metrics.clone(),
             usage: self.usage.clone(),
+            usage_counts: self.usage_counts.clone(),
             cache: self.cache.clone(),
             invalidation: self.invalidation.clone(),
             store_breaker: self.store_breaker.clone(),
@@ -240,14 +245,16 @@ impl Application {
             // One process owns a SQLite file: its own writes invalidate its cache.
             Backend::Sqlite => Peers::None,
         };
-        Self::build_on(settings, Arc::new(store), peers, clock).await
+        let store = Arc::new(store);
+        Self::build_on(settings, store.clone(), store, peers, clock).await
     }
 
-    /// The server on any [`Store`]; `peers` says how other replicas' writes reach this
-    /// one's cache.
+    /// The server on any [`Store`] (usage counts on `usage_store`); `peers` says how other
+    /// replicas' writes reach this one's cache.
     pub async fn build_on(
         settings: Settings,
         store: Arc<dyn Store>,
+        usage_store: Arc<dyn UsageStore>,
         peers: Peers,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
@@ -298,10 +305,14 @@ impl Application {
             FailureBudgets::with_clock(settings.budgets, clock.clone()),
             settings.authn,
         ));
-        let authorizer =
-            Arc::new(Authorizer::new(policy, cache.clone(), authn, limiter.clone(), clock.clone(), usage.clone()));
+        let usage_counts = Arc::new(UsageCounts::new(usage_store, clock.clone(), settings.usage_counts));
+        let authorizer = Arc::new(
+            Authorizer::new(policy, cache.clone(), authn, limiter.clone(), clock.clone(), usage.clone())
+                .with_usage_counts(usage_counts.clone()),
+        );
         let manager =
-            Manager::new(admin, verifier.clone(), clock.clone(), usage.clone(), settings.manage, digester.clone());
+            Manager::new(admin, verifier.clone(), clock.clone(), usage.clone(), settings.manage, digester.clone())
+                .with_usage_counts(usage_counts.clone());
         // Key and owner limits may name only the policy's routes (the one in force).
         let routes = authorizer.clone();
         let manager = manager.with_routes(Arc::new(move |template: &str| routes.has_route(template)));
@@ -323,6 +334,7 @@ impl Application {
         let draining = Arc::new(AtomicBool::new(false));
         let forward_auth = forward_auth(&settings, &authorizer, &store_breaker, &draining).await?;
         background.push(AbortOnDrop(usage.clone().spawn_flusher()));
+        background.push(AbortOnDrop(usage_counts.clone().spawn_flusher()));
         let handles = Handles {
             verifier,
             cache,
@@ -332,6 +344,7 @@ impl Application {
             policy_path: settings.policy.clone(),
             store_metrics,
             usage,
+            usage_counts,
             store_breaker,
             limiter_breaker,
             limiter,
@@ -473,6 +486,11 @@ impl Application {
         // Uses seen since the last flush are written before the pool closes.
         if let Err(e) = self.handles.usage.flush().await {
             tracing::warn!(error = %e, pending = self.handles.usage.pending(), "could not record the last key uses");
+        }
+        // Decisions counted since the last flush, likewise.
+        if let Err(e) = self.handles.usage_counts.flush().await {
+            let pending = self.handles.usage_counts.stats().pending;
+            tracing::warn!(error = %e, pending, "could not write the last usage counts");
         }
         self.handles.limiter.shut_down(self.clock.now()).await;
         self.handles.store.close().await;

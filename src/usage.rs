@@ -114,15 +114,30 @@ impl UsageRecorder {
 
     /// Flushes every `flush_interval` until aborted.
     pub fn spawn_flusher(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(self.settings.flush_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(e) = self.flush().await {
-                    tracing::warn!(error = %e, pending = self.pending(), "cannot record key usage yet; will retry");
+        every(self.settings.flush_interval, move || {
+            let this = self.clone();
+            async move {
+                if let Err(e) = this.flush().await {
+                    tracing::warn!(error = %e, pending = this.pending(), "cannot record key usage yet; will retry");
                 }
             }
         })
     }
+}
+
+/// Runs `task` every `interval` (the first at once; a late tick delays the next) until
+/// aborted: the background writers' loop.
+pub fn every<F, Fut>(interval: Duration, mut task: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            task().await;
+        }
+    })
 }

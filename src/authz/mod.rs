@@ -10,6 +10,7 @@ pub mod decision;
 mod limits;
 mod metrics;
 
+use crate::analytics::{outcome_of, UsageCounts};
 use crate::authn::verifier::VerifierError;
 use crate::authn::{Authentication, Authenticator, AuthnError, Throttled};
 use crate::clock::Clock;
@@ -148,6 +149,8 @@ pub struct Authorizer {
     limiter: Arc<Limiter>,
     clock: Arc<dyn Clock>,
     usage: Arc<UsageRecorder>,
+    /// Decisions on keys by outcome (usage analytics), when counted.
+    counts: Option<Arc<UsageCounts>>,
     metrics: AuthorizeMetrics,
     /// The limit check counters, resolved once: counting takes no lock.
     limit_outcomes: LimitOutcomes,
@@ -177,10 +180,17 @@ impl Authorizer {
             limiter,
             clock,
             usage,
+            counts: None,
             limit_outcomes: LimitOutcomes::of(&metrics.limits),
             metrics,
             spent_out: quick_cache::sync::Cache::new(10_000),
         }
+    }
+
+    /// Counts every decision made on a key by outcome (usage analytics).
+    pub fn with_usage_counts(mut self, counts: Arc<UsageCounts>) -> Self {
+        self.counts = Some(counts);
+        self
     }
 
     /// Puts `policy` in force for every call that starts from now on.
@@ -239,8 +249,13 @@ impl Authorizer {
             Ok(verdict) => {
                 let counters = verdict.route_index.and_then(|i| active.decisions.get(i)).unwrap_or(&self.unrouted);
                 counters.count(&self.metrics.decisions, verdict);
-                if let (Decision::Allowed, Some(Principal::Key(key))) = (&verdict.decision, &verdict.principal) {
-                    self.usage.used(key, now);
+                if let Some(Principal::Key(key)) = &verdict.principal {
+                    if let Some(counts) = &self.counts {
+                        counts.count(key, now, outcome_of(verdict.decision.denial()));
+                    }
+                    if verdict.decision.is_allowed() {
+                        self.usage.used(key, now);
+                    }
                 }
             }
             Err(e) => {

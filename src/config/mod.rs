@@ -11,6 +11,7 @@ pub mod range;
 mod secret;
 pub mod tls;
 pub mod url;
+pub mod usage;
 
 use crate::authn::budget::BudgetSettings;
 use crate::authn::verifier::Argon2Settings;
@@ -81,6 +82,8 @@ pub struct ServeArgs {
     pub edge: EdgeArgs,
     #[command(flatten)]
     pub tls: tls::TlsArgs,
+    #[command(flatten)]
+    pub usage_counts: usage::UsageArgs,
     /// Accept secret files (`--…-file`) that their group may read, as Kubernetes' fsGroup
     /// makes them; files others may read are refused all the same.
     #[arg(long, env = "KEYGATE_ALLOW_GROUP_READABLE_SECRET_FILES")]
@@ -166,6 +169,8 @@ pub struct Settings {
     /// TLS on every listener; None: plaintext.
     pub tls: Option<TlsSettings>,
     pub usage: UsageSettings,
+    /// Usage analytics: decisions by outcome per key, owner and account.
+    pub usage_counts: crate::analytics::UsageCountSettings,
     pub edge: EdgeSettings,
     pub store_breaker: BreakerSettings,
     pub limiter_breaker: BreakerSettings,
@@ -193,6 +198,7 @@ impl ServeArgs {
         let ext_authz = self.edge.ext_authz(&mut problems);
         let tls = self.tls.settings(self.listeners.admin_listen.is_some(), &mut problems);
         let usage = self.edge.usage(&mut problems);
+        let usage_counts = self.usage_counts.settings(&mut problems);
         let edge = self.edge.settings(&mut problems);
         let store_breaker = breaker(self.database.store_timeout_ms.value(&mut problems));
         let limiter_breaker = breaker(self.rate_limits.rate_limit_timeout_ms.value(&mut problems));
@@ -229,6 +235,7 @@ impl ServeArgs {
             admin_listen,
             tls,
             usage,
+            usage_counts,
             edge,
             store_breaker,
             limiter_breaker,

@@ -10,6 +10,7 @@
 //! - [`sessions`]: dashboard sessions.
 //! - [`admin_tokens`]: named admin tokens.
 //! - [`accounts`]: an account's audit trail, and erasing an account.
+//! - [`usage`]: decisions by outcome over time, and an account's top keys.
 
 pub mod accounts;
 pub mod admin_tokens;
@@ -19,6 +20,7 @@ pub mod import;
 pub mod keys;
 pub mod owners;
 pub mod sessions;
+pub mod usage;
 
 pub use admin_tokens::MAX_ADMIN_TOKEN_LIFETIME;
 pub use applications::{Rotation, MAX_RUNTIME_KEY_GRACE};
@@ -118,6 +120,8 @@ pub struct Manager {
     replicas: Option<Arc<Replicas>>,
     /// The routes limits may name; `None`: any (no policy to ask).
     routes: Option<RouteTemplates>,
+    /// Usage analytics, read by `usage` (none: usage is not counted).
+    usage_counts: Option<Arc<crate::analytics::UsageCounts>>,
 }
 
 impl Manager {
@@ -129,12 +133,18 @@ impl Manager {
         settings: ManageSettings,
         digester: CredentialDigester,
     ) -> Self {
-        Self { store, verifier, clock, usage, settings, digester, replicas: None, routes: None }
+        Self { store, verifier, clock, usage, settings, digester, replicas: None, routes: None, usage_counts: None }
     }
 
     /// Limits that name a route must name one of these.
     pub fn with_routes(mut self, routes: RouteTemplates) -> Self {
         self.routes = Some(routes);
+        self
+    }
+
+    /// Usage is read from these counts' store (after this replica's are written).
+    pub fn with_usage_counts(mut self, counts: Arc<crate::analytics::UsageCounts>) -> Self {
+        self.usage_counts = Some(counts);
         self
     }
 

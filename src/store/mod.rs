@@ -24,6 +24,7 @@ pub mod layer;
 pub mod memory;
 pub mod metered;
 pub mod sql;
+pub mod usage;
 
 pub use admin::{
     AdminStore, AdminTokens, ApplicationAdmin, AuditLog, DeleteAdmin, Direct, ImportAdmin, KeyAdmin, OwnerAdmin,

@@ -147,6 +147,11 @@ async fn call(admin: &mut Admin, rpc: &str, fx: &Fixture, n: usize) -> Result<()
             .list_audit_events(pb::ListAuditEventsRequest { account_id: account, ..Default::default() })
             .await
             .map(drop),
+        "GetUsage" => admin
+            .get_usage(pb::GetUsageRequest { subject: "key".into(), id: fx.key.clone(), ..Default::default() })
+            .await
+            .map(drop),
+        "TopKeys" => admin.top_keys(pb::TopKeysRequest { account_id: account, ..Default::default() }).await.map(drop),
         "CreateAdminToken" => admin
             .create_admin_token(pb::CreateAdminTokenRequest {
                 name: format!("made-{n}"),

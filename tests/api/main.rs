@@ -42,3 +42,4 @@ mod sessions;
 mod store;
 mod terms;
 mod tls;
+mod usage;

@@ -1,4 +1,4 @@
-//! The admin command line, built on this crate: `keygate app|key|session|authorize|audit`.
+//! The admin command line, built on this crate: `keygate app|key|session|authorize|audit|usage`.
 //! The `keygate` binary adds `serve` and `policy`; commands live here, how their answers
 //! look lives in [`print`].
 
@@ -6,6 +6,7 @@ mod import;
 mod key;
 mod print;
 mod terms;
+mod usage;
 
 use crate::{AdminRpc, AdminToken, KeygateAdmin};
 use anyhow::Context;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Named admin tokens with a role (admin, read_only, keys_write).
     #[command(subcommand)]
     AdminToken(AdminTokenCommand),
+    /// Decisions by outcome over time, per key, owner or account; an account's top keys.
+    #[command(subcommand)]
+    Usage(usage::UsageCommand),
     /// Ask keygate's gRPC health service: prints SERVING and exits 0, or exits 1
     /// (NOT_SERVING, unknown service, no answer). For container and probe health checks.
     Health(HealthArgs),
@@ -396,6 +400,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Key(command) => key::run_key(command).await,
         Command::Session(command) => run_session(command).await,
         Command::Owner(command) => run_owner(command).await,
+        Command::Usage(command) => usage::run_usage(command).await,
         Command::Account(AccountCommand::Delete { account, yes, connection }) => {
             if !yes {
                 anyhow::bail!(

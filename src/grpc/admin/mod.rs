@@ -7,7 +7,7 @@
 //! - [`bootstrap`]: the bootstrap token. [`roles`]: what each RPC needs of a role.
 //! - [`call`]: what every handler shares: the caller, the answer to a change.
 //! - [`applications`], [`keys`], [`import`], [`owners`], [`sessions`], [`admin_tokens`],
-//!   [`accounts`]: the handlers, a file per resource.
+//!   [`accounts`], [`usage`]: the handlers, a file per resource.
 
 pub mod accounts;
 pub mod admin_tokens;
@@ -20,6 +20,7 @@ pub mod keys;
 pub mod owners;
 pub mod roles;
 pub mod sessions;
+pub mod usage;
 
 pub use bootstrap::{entropy_bits, BootstrapToken, MIN_BOOTSTRAP_BITS};
 pub use call::{ACKNOWLEDGED_HEADER, ACTOR_HEADER, FENCED_HEADER};
@@ -199,5 +200,13 @@ impl admin_server::Admin for AdminService {
         request: Request<pb::RevokeAdminTokenRequest>,
     ) -> Result<Response<pb::AdminToken>, Status> {
         admin_tokens::revoke(&self.manager, request).await
+    }
+
+    async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Result<Response<pb::GetUsageResponse>, Status> {
+        usage::get(&self.manager, request).await
+    }
+
+    async fn top_keys(&self, request: Request<pb::TopKeysRequest>) -> Result<Response<pb::TopKeysResponse>, Status> {
+        usage::top(&self.manager, request).await
     }
 }

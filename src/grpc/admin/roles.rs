@@ -5,7 +5,7 @@ use crate::domain::AdminNeed;
 
 /// What each admin RPC needs of its caller's role (docs/deployment.md: "Admin token roles"). An RPC
 /// missing here needs `admin`.
-pub const ADMIN_RPCS: [(&str, AdminNeed); 25] = [
+pub const ADMIN_RPCS: [(&str, AdminNeed); 27] = [
     ("CreateApplication", AdminNeed::Admin),
     ("GetApplication", AdminNeed::Read),
     ("ListApplications", AdminNeed::Read),
@@ -31,6 +31,8 @@ pub const ADMIN_RPCS: [(&str, AdminNeed); 25] = [
     ("CreateAdminToken", AdminNeed::Admin),
     ("ListAdminTokens", AdminNeed::Admin),
     ("RevokeAdminToken", AdminNeed::Admin),
+    ("GetUsage", AdminNeed::Read),
+    ("TopKeys", AdminNeed::Read),
 ];
 
 /// What one call costs of its token's calls a second: a list reads up to a page of records

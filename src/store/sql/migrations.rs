@@ -30,6 +30,7 @@ pub(super) const SQLITE: Embedded = embedded!("sqlite":
     "20261126000006_key_lifecycle.sql",
     "20261127000008_admin_tokens.sql",
     "20261207000010_imported_lookups.sql",
+    "20261207000011_usage_counts.sql",
 );
 
 pub(super) const POSTGRES: Embedded = embedded!("postgres":
@@ -42,6 +43,7 @@ pub(super) const POSTGRES: Embedded = embedded!("postgres":
     "20261126000007_notify_versions_only.sql",
     "20261127000008_admin_tokens.sql",
     "20261207000010_imported_lookups.sql",
+    "20261207000011_usage_counts.sql",
 );
 
 impl Embedded {

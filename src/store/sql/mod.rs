@@ -24,6 +24,7 @@ mod owners;
 mod records;
 mod rows;
 mod sessions;
+mod usage;
 
 use self::{audit::*, key_use::*, keys::*, rows::*};
 
