@@ -104,6 +104,12 @@ impl UsageCounts {
             tally.counts[outcome].fetch_add(1, Relaxed);
             return;
         }
+        // Full: a new key is not counted, and no write lock is taken to learn it (a flood
+        // of new keys would otherwise stall every read of the shard).
+        if self.keys.load(Relaxed) >= self.settings.max_keys {
+            self.dropped_keys_full.fetch_add(1, Relaxed);
+            return;
+        }
         let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
         let tally = match map.entry((key.id, minute)) {
             MapEntry::Occupied(tally) => tally.into_mut(),
@@ -195,7 +201,11 @@ impl UsageCounts {
     /// a minute). On failure, what was not written is kept for the next flush.
     pub async fn flush(&self) -> Result<usize, StoreError> {
         let _one = self.flushing.lock().await;
-        let rows: Vec<(Row, u64)> = self.take().into_iter().collect();
+        let mut rows: Vec<(Row, u64)> = self.take().into_iter().collect();
+        // In one order on every replica: two replicas flushing at once upsert the shared
+        // account, owner, hour and day rows in the same order, so Postgres's row locks
+        // cannot deadlock them.
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut written = 0;
         for (i, batch) in rows.chunks(BATCH).enumerate() {
             let increments: Vec<UsageIncrement> = batch
