@@ -339,3 +339,34 @@ async fn buckets_past_their_retention_are_pruned() {
     assert_eq!(counts(&mut app, usage_of("key", &key.id, "", minute, "hour")).await, ["allowed/=1"]);
     assert_eq!(counts(&mut app, usage_of("key", &key.id, "", minute, "day")).await, ["allowed/=1"]);
 }
+
+/// Usage reads cost a list's units of their token's calls a second: each writes the
+/// replica's pending counts and reads up to 1,500 buckets, so a read-only token's 50
+/// calls a second would otherwise flush and scan 50 times a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reads_cost_what_a_list_costs_of_the_tokens_calls() {
+    let db = TestDb::new(Db::Sqlite).await.unwrap();
+    let app = TestApp::spawn_on(db, |s| {
+        s.admin_gate.calls_per_second = 1;
+        s.admin_gate.burst = 20;
+    })
+    .await;
+    let minute = mid_minute(&app);
+    let mut admin = app.admin.clone();
+    admin.get_usage(usage_of("account", "acct_u", "acct_u", minute, "minute")).await.expect("the first read");
+    let top = pb::TopKeysRequest {
+        account_id: "acct_u".into(),
+        from: ts(minute),
+        to: ts(minute + 60_000),
+        by: "requests".into(),
+        ..Default::default()
+    };
+    admin.top_keys(top).await.expect("the second read");
+    // The clock has not moved: the bucket of 20 is spent by two reads of 10.
+    let refused = admin
+        .get_usage(usage_of("account", "acct_u", "acct_u", minute, "minute"))
+        .await
+        .expect_err("a third read within the second");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(reason(&refused), "rate_limit_reached");
+}

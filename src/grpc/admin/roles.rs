@@ -38,9 +38,10 @@ pub const ADMIN_RPCS: [(&str, AdminNeed); 27] = [
 /// What one call costs of its token's calls a second: a list reads up to a page of records
 /// and a search scans up to 10,000 rows for it, so it counts as `LIST_UNITS` calls. At the
 /// default 50 a second a token lists 5 pages a second, and one reader's scans take a few
-/// percent of a core, not the machine (`keygate-bench neighbours`, admin-scans).
+/// percent of a core, not the machine (`keygate-bench neighbours`, admin-scans). A usage
+/// read costs as much: it writes the replica's pending counts and reads up to 1,500 buckets.
 pub(super) fn call_units(rpc: &str) -> u32 {
-    if rpc.starts_with("List") {
+    if rpc.starts_with("List") || rpc == "GetUsage" || rpc == "TopKeys" {
         LIST_UNITS
     } else {
         1
