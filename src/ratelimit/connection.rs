@@ -91,8 +91,10 @@ impl StoreClient {
 pub fn cluster_nodes(url: &str) -> Option<redis::RedisResult<Vec<String>>> {
     let (scheme, rest) =
         CLUSTER_SCHEMES.iter().find_map(|(cluster, node)| Some((*node, url.strip_prefix(cluster)?)))?;
-    // user:password@ ends at the last '@' before the first '/' or '?' after it.
-    let authority_end = rest.rfind('@').map_or(0, |at| at + 1);
+    // user:password@ ends at the last '@' before the path, query or fragment (an '@' in
+    // the query is the query's).
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let authority_end = authority.rfind('@').map_or(0, |at| at + 1);
     let tail_at = rest[authority_end..].find(['/', '?']).map_or(rest.len(), |i| authority_end + i);
     let (userinfo, hosts, tail) = (&rest[..authority_end], &rest[authority_end..tail_at], &rest[tail_at..]);
     let nodes: Vec<String> =
@@ -161,6 +163,9 @@ mod tests {
         assert_eq!(cluster_nodes("redis+cluster://h1:1").unwrap().unwrap(), ["redis://h1:1"]);
         assert!(cluster_nodes("redis+cluster://").unwrap().is_err());
         assert!(cluster_nodes("redis://h1:1").is_none());
+        // An '@' in the query is not the credentials' end.
+        let nodes = cluster_nodes("redis+cluster://h1:1,h2:2/?client=a@b").unwrap().unwrap();
+        assert_eq!(nodes, ["redis://h1:1/?client=a@b", "redis://h2:2/?client=a@b"]);
     }
 
     #[test]
