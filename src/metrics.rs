@@ -280,11 +280,15 @@ fn usage_counts(encoder: &mut DescriptorEncoder, handles: &Sources) -> std::fmt:
     let mut family = encoder.encode_descriptor(
         "usage_dropped",
         "Decisions not counted in usage, by reason: keys_full (--usage-max-keys keys were already counted \
-         since the last flush), pending_full (a failed flush's increments could not all be kept)",
+         since the last flush), account_full (the account's keys held --usage-max-keys-per-account), pending_full (a failed flush's increments could not all be kept)",
         None,
         ConstCounter::new(0u64).metric_type(),
     )?;
-    for (reason, count) in [("keys_full", stats.dropped_keys_full), ("pending_full", stats.dropped_pending_full)] {
+    for (reason, count) in [
+        ("keys_full", stats.dropped_keys_full),
+        ("account_full", stats.dropped_account_full),
+        ("pending_full", stats.dropped_pending_full),
+    ] {
         ConstCounter::new(count).encode(family.encode_family(&ReasonLabels { reason })?)?;
     }
     Ok(())

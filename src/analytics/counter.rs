@@ -38,6 +38,8 @@ pub struct UsageCountsStats {
     pub pending: usize,
     /// Decisions not counted: the map held `max_keys` keys already.
     pub dropped_keys_full: u64,
+    /// Decisions not counted: their account held `max_keys_per_account` keys already.
+    pub dropped_account_full: u64,
     /// Decisions whose failed increments could not be kept (pending was full).
     pub dropped_pending_full: u64,
     /// Increments written to the store.
@@ -48,6 +50,8 @@ pub struct UsageCountsStats {
 pub struct UsageCounts {
     shards: Box<[Shard]>,
     keys: AtomicUsize,
+    /// Keys each account holds in the shards (changed only when a key enters or leaves).
+    per_account: Mutex<HashMap<AccountId, usize>>,
     settings: UsageCountSettings,
     store: Arc<dyn UsageStore>,
     clock: Arc<dyn Clock>,
@@ -57,6 +61,7 @@ pub struct UsageCounts {
     flushing: tokio::sync::Mutex<()>,
     last_prune: AtomicI64,
     dropped_keys_full: AtomicU64,
+    dropped_account_full: AtomicU64,
     dropped_pending_full: AtomicU64,
     written: AtomicU64,
     flush_failures: AtomicU64,
@@ -72,6 +77,7 @@ impl UsageCounts {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             keys: AtomicUsize::new(0),
+            per_account: Mutex::default(),
             settings,
             store,
             clock,
@@ -79,6 +85,7 @@ impl UsageCounts {
             flushing: tokio::sync::Mutex::new(()),
             last_prune: AtomicI64::new(i64::MIN),
             dropped_keys_full: AtomicU64::new(0),
+            dropped_account_full: AtomicU64::new(0),
             dropped_pending_full: AtomicU64::new(0),
             written: AtomicU64::new(0),
             flush_failures: AtomicU64::new(0),
@@ -118,6 +125,10 @@ impl UsageCounts {
                     self.dropped_keys_full.fetch_add(1, Relaxed);
                     return;
                 }
+                if !self.enter_account(&key.account_id) {
+                    self.dropped_account_full.fetch_add(1, Relaxed);
+                    return;
+                }
                 self.keys.fetch_add(1, Relaxed);
                 vacant.insert(Tally {
                     owner: key.owner_id.clone(),
@@ -129,14 +140,45 @@ impl UsageCounts {
         tally.counts[outcome].fetch_add(1, Relaxed);
     }
 
+    /// Whether `account` may have one more key counted, taking its place when it may.
+    /// Only a key's first decision of a minute comes here (under its shard's write lock).
+    fn enter_account(&self, account: &AccountId) -> bool {
+        let mut held = self.per_account.lock().unwrap_or_else(PoisonError::into_inner);
+        match held.get_mut(account) {
+            Some(n) if *n >= self.settings.max_keys_per_account => false,
+            Some(n) => {
+                *n += 1;
+                true
+            }
+            None => {
+                held.insert(account.clone(), 1);
+                true
+            }
+        }
+    }
+
     pub fn stats(&self) -> UsageCountsStats {
         UsageCountsStats {
             keys: self.keys.load(Relaxed),
             pending: self.pending.lock().unwrap_or_else(PoisonError::into_inner).len(),
             dropped_keys_full: self.dropped_keys_full.load(Relaxed),
+            dropped_account_full: self.dropped_account_full.load(Relaxed),
             dropped_pending_full: self.dropped_pending_full.load(Relaxed),
             written: self.written.load(Relaxed),
             flush_failures: self.flush_failures.load(Relaxed),
+        }
+    }
+
+    /// The accounts of keys taken out of a shard give their places back.
+    fn leave_accounts<'a>(&self, accounts: impl Iterator<Item = &'a AccountId>) {
+        let mut held = self.per_account.lock().unwrap_or_else(PoisonError::into_inner);
+        for account in accounts {
+            if let Some(n) = held.get_mut(account) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(account);
+                }
+            }
         }
     }
 
@@ -148,6 +190,7 @@ impl UsageCounts {
         for shard in self.shards.iter() {
             let taken = std::mem::take(&mut *shard.write().unwrap_or_else(PoisonError::into_inner));
             self.keys.fetch_sub(taken.len(), Relaxed);
+            self.leave_accounts(taken.values().map(|tally| &tally.account));
             for ((key, minute), tally) in taken {
                 let key = key.to_string();
                 for (slot, n) in tally.counts.iter().enumerate() {

@@ -24,6 +24,10 @@ pub struct UsageCountSettings {
     /// Keys counted in memory at once (per minute of a flush interval): a key past it is
     /// not counted until the next flush, and `keygate_usage_dropped_total` says how many.
     pub max_keys: usize,
+    /// Of those, the most one account's keys may take, so that one account's many keys
+    /// cannot leave another's uncounted: past it, `keygate_usage_dropped_total` says how
+    /// many of its decisions were not counted.
+    pub max_keys_per_account: usize,
     /// How long per-minute, per-hour and per-day buckets are kept.
     pub minute_retention: Duration,
     pub hour_retention: Duration,
@@ -33,6 +37,7 @@ pub struct UsageCountSettings {
 impl UsageCountSettings {
     pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
     pub const MAX_KEYS: usize = 100_000;
+    pub const MAX_KEYS_PER_ACCOUNT: usize = 10_000;
     pub const MINUTE_RETENTION: Duration = Duration::from_secs(24 * 3600);
     pub const HOUR_RETENTION: Duration = Duration::from_secs(30 * 86_400);
     pub const DAY_RETENTION: Duration = Duration::from_secs(365 * 86_400);
@@ -53,6 +58,7 @@ impl Default for UsageCountSettings {
         Self {
             flush_interval: Self::FLUSH_INTERVAL,
             max_keys: Self::MAX_KEYS,
+            max_keys_per_account: Self::MAX_KEYS_PER_ACCOUNT,
             minute_retention: Self::MINUTE_RETENTION,
             hour_retention: Self::HOUR_RETENTION,
             day_retention: Self::DAY_RETENTION,

@@ -26,6 +26,17 @@ pub struct UsageArgs {
         value_parser = in_range::<u64>(1..=10_000_000)
     )]
     pub usage_max_keys: Checked<u64>,
+    /// Of --usage-max-keys, the most one account's keys may take between two flushes, so
+    /// that one account's many keys cannot leave another account's uncounted. Past it, the
+    /// account's further keys are not counted until the next flush, and
+    /// keygate_usage_dropped_total{reason="account_full"} counts them.
+    #[arg(
+        long,
+        env = "KEYGATE_USAGE_MAX_KEYS_PER_ACCOUNT",
+        default_value_t = (UsageCountSettings::MAX_KEYS_PER_ACCOUNT as u64).into(),
+        value_parser = in_range::<u64>(1..=10_000_000)
+    )]
+    pub usage_max_keys_per_account: Checked<u64>,
     /// Per-minute usage buckets are kept this many hours.
     #[arg(
         long,
@@ -59,6 +70,8 @@ impl UsageArgs {
         UsageCountSettings {
             flush_interval: Duration::from_secs(self.usage_flush_seconds.value(problems)),
             max_keys: usize::try_from(self.usage_max_keys.value(problems)).unwrap_or(usize::MAX),
+            max_keys_per_account: usize::try_from(self.usage_max_keys_per_account.value(problems))
+                .unwrap_or(usize::MAX),
             minute_retention: Duration::from_secs(self.usage_minute_retention_hours.value(problems) * HOUR),
             hour_retention: Duration::from_secs(self.usage_hour_retention_days.value(problems) * DAY),
             day_retention: Duration::from_secs(self.usage_day_retention_days.value(problems) * DAY),

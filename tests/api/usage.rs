@@ -250,6 +250,34 @@ async fn keys_past_the_bound_are_not_counted_and_the_metric_says_so() {
     assert_eq!(counts(&mut app, usage_of("key", &keys[2].0.id, "", minute, "minute")).await, ["allowed/=1"]);
 }
 
+/// One account's keys cannot take the whole bound: past its share, its further keys are
+/// not counted, and another account's first key still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_account_cannot_take_another_accounts_room_in_the_count() {
+    let db = TestDb::new(Db::Sqlite).await.unwrap();
+    let mut app = TestApp::spawn_on(db, |s| {
+        no_timer(s);
+        s.usage_counts.max_keys = 3;
+        s.usage_counts.max_keys_per_account = 2;
+        s.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let minute = mid_minute(&app);
+    let mut hostile = Vec::new();
+    for _ in 0..3 {
+        hostile.push(app.key_with("acct_heavy", Default::default()).await);
+    }
+    let (quiet, quiet_secret) = app.key_with("acct_quiet", Default::default()).await;
+    for (_, secret) in &hostile {
+        assert!(app.authorize_with(ask(secret)).await.allowed, "counting never refuses a call");
+    }
+    assert!(app.authorize_with(ask(&quiet_secret)).await.allowed);
+    let text = reqwest::get(app.metrics_url.clone().unwrap()).await.unwrap().text().await.unwrap();
+    assert_eq!(sample(&text, r#"keygate_usage_dropped_total{reason="account_full"}"#), Some(1.0), "{text}");
+    assert_eq!(counts(&mut app, usage_of("key", &quiet.id, "", minute, "minute")).await, ["allowed/=1"]);
+    assert_eq!(counts(&mut app, usage_of("account", "acct_heavy", "", minute, "minute")).await, ["allowed/=2"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_shows_usage_as_a_table_and_as_json() {
     use crate::cli::keygate;
