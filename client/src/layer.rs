@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What to do when keygate cannot decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +47,8 @@ struct State {
     client: KeygateClient,
     sources: Vec<CredentialSource>,
     failure_mode: FailureMode,
-    cache: Option<moka::sync::Cache<[u8; 32], Arc<Decision>>>,
+    /// Decisions by a digest of what they read, each with the instant it expires.
+    cache: Option<Arc<DecisionCache>>,
     trusted_proxy_hops: usize,
 }
 
@@ -99,7 +100,8 @@ impl KeygateLayer {
     /// cached, so limits keep counting (nor those on keys with credits, so each call spends).
     pub fn decision_cache(self, ttl: Duration, capacity: u64) -> Self {
         let ttl = ttl.min(MAX_CACHE_TTL);
-        self.edit(|s| s.cache = Some(moka::sync::Cache::builder().time_to_live(ttl).max_capacity(capacity).build()))
+        let capacity = usize::try_from(capacity.max(1)).unwrap_or(usize::MAX);
+        self.edit(|s| s.cache = Some(Arc::new(DecisionCache { ttl, entries: quick_cache::sync::Cache::new(capacity) })))
     }
 }
 
@@ -275,6 +277,24 @@ impl State {
             cache.insert(key, decision.clone());
         }
         Ok(decision)
+    }
+}
+
+/// Remembered decisions, bounded by count; an entry past its TTL is a miss (and is replaced
+/// by the next decision for the same request).
+struct DecisionCache {
+    ttl: Duration,
+    entries: quick_cache::sync::Cache<[u8; 32], (Instant, Arc<Decision>)>,
+}
+
+impl DecisionCache {
+    fn get(&self, key: &[u8; 32]) -> Option<Arc<Decision>> {
+        let (expires, decision) = self.entries.get(key)?;
+        (Instant::now() < expires).then_some(decision)
+    }
+
+    fn insert(&self, key: [u8; 32], decision: Arc<Decision>) {
+        self.entries.insert(key, (Instant::now() + self.ttl, decision));
     }
 }
 

@@ -272,21 +272,27 @@ impl Spent {
     }
 }
 
+/// Windows and buckets by what they count, bounded by count (quick_cache: a sharded
+/// CLOCK-Pro, which keeps entries in use over a flood of new ones). An entry needs no
+/// expiry: a window past its length starts empty when next used, as a new one does, and a
+/// bucket refills by time; eviction only forgets what an idle subject had spent.
+type Memory<K, V> = quick_cache::sync::Cache<K, Arc<V>>;
+
 /// The networks a client's failures are counted in, with each one's budget.
 type ClientWindows = SmallVec<[(Arc<Window>, u32); 3]>;
 
 pub struct FailureBudgets {
     settings: BudgetSettings,
     clock: Arc<dyn Clock>,
-    per_key: moka::sync::Cache<KeyId, Arc<Window>>,
+    per_key: Memory<KeyId, Window>,
     /// By account: the weight of its keys' failed verifications.
-    per_account: moka::sync::Cache<AccountId, Arc<Window>>,
+    per_account: Memory<AccountId, Window>,
     /// By account: its share of the suspects' bucket.
-    account_suspects: moka::sync::Cache<AccountId, Arc<Bucket>>,
+    account_suspects: Memory<AccountId, Bucket>,
     /// By client network; `None` is every request without an address, together.
-    per_client: moka::sync::Cache<Option<ClientNetwork>, Arc<Window>>,
+    per_client: Memory<Option<ClientNetwork>, Window>,
     /// By the wider networks around client networks (IPv4 /24; IPv6 /56 and /48).
-    per_prefix: moka::sync::Cache<NetworkPrefix, Arc<Window>>,
+    per_prefix: Memory<NetworkPrefix, Window>,
     suspects: Bucket,
     lookups: Bucket,
 }
@@ -383,10 +389,7 @@ impl FailureBudgets {
             clock,
             per_key: Self::memory(settings),
             per_account: Self::memory(settings),
-            account_suspects: moka::sync::Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_idle(settings.window)
-                .build(),
+            account_suspects: Self::memory(settings),
             per_client: Self::memory(settings),
             per_prefix: Self::memory(settings),
             suspects: Bucket::new(settings.suspect_verifications_per_second, now),
@@ -394,24 +397,30 @@ impl FailureBudgets {
         })
     }
 
-    /// Windows by what they count, bounded; a window outlives its length only until
-    /// evicted (a new one starts empty, as a window past its length does).
-    fn memory<K: std::hash::Hash + Eq + Send + Sync + 'static>(
-        settings: BudgetSettings,
-    ) -> moka::sync::Cache<K, Arc<Window>> {
-        moka::sync::Cache::builder().max_capacity(settings.capacity).time_to_live(settings.window).build()
+    fn memory<K: std::hash::Hash + Eq, V>(settings: BudgetSettings) -> Memory<K, V> {
+        Memory::new(usize::try_from(settings.capacity.max(1)).unwrap_or(usize::MAX))
+    }
+
+    /// The server's clock, for the authenticator's own memories.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     pub fn settings(&self) -> BudgetSettings {
         self.settings
     }
 
-    fn window_of<K: std::hash::Hash + Eq + Send + Sync + 'static>(
-        cache: &moka::sync::Cache<K, Arc<Window>>,
-        key: K,
-        now: Timestamp,
-    ) -> Arc<Window> {
-        cache.get_with(key, || Arc::new(Window::new(now)))
+    fn window_of<K: std::hash::Hash + Eq + Clone>(cache: &Memory<K, Window>, key: K, now: Timestamp) -> Arc<Window> {
+        Self::entry(cache, &key, || Window::new(now))
+    }
+
+    /// The entry for `key`, made by `new` when there is none (once, however many callers
+    /// ask at the same time).
+    fn entry<K: std::hash::Hash + Eq + Clone, V>(cache: &Memory<K, V>, key: &K, new: impl FnOnce() -> V) -> Arc<V> {
+        let made: Result<_, std::convert::Infallible> = cache.get_or_insert_with(key, || Ok(Arc::new(new())));
+        match made {
+            Ok(entry) => entry,
+        }
     }
 
     /// The client's own network's window first, then the wider ones'.
@@ -513,8 +522,8 @@ impl FailureBudgets {
         // argon2 runs share a bucket, so they cannot crowd out first verifications.
         if key_before > 0 || client_before > 0 || account_failed.used >= max_failures_per_key {
             let weight = f64::from(weight.max(1));
-            let share = self.account_suspects.get_with(account.clone(), || {
-                Arc::new(Bucket::with_rate(self.suspects.rate * ACCOUNT_SUSPECT_SHARE, now))
+            let share = Self::entry(&self.account_suspects, account, || {
+                Bucket::with_rate(self.suspects.rate * ACCOUNT_SUSPECT_SHARE, now)
             });
             let limit = self.settings.suspect_verifications_per_second;
             if !share.take_leaving(now, weight, 0.0) {

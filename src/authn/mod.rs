@@ -19,11 +19,12 @@
 
 pub mod budget;
 pub mod digest;
+mod flight;
 pub mod verifier;
 
 use crate::code::Code;
 use crate::domain::imported;
-use crate::domain::{ClientNetwork, Credential, CredentialKind, Deny, KeyId, KeyKind, KeyRecord, Principal};
+use crate::domain::{ClientNetwork, Credential, CredentialKind, Deny, KeyId, KeyKind, KeyRecord, Principal, Timestamp};
 use crate::policy::Accepts;
 use crate::store::cached::CachedStore;
 use crate::store::{InMemory, KeyUse, Records, StoreError};
@@ -86,12 +87,14 @@ pub struct Authenticator {
     budgets: Arc<FailureBudgets>,
     /// Verifications in flight, by keyed digest of the whole credential: concurrent
     /// callers presenting one credential share one argon2 run.
-    verifying: moka::future::Cache<[u8; 32], ()>,
+    verifying: flight::SingleFlight<[u8; 32], Result<(), Arc<NotVerified>>>,
     /// Credentials argon2 accepted on this replica, by keyed digest: the fallback for a
     /// record whose stored digest was made under another digest key, or is not loaded yet.
     verified_here: quick_cache::sync::Cache<[u8; 32], ()>,
-    /// Credentials argon2 rejected: a repeated wrong secret costs a lookup.
-    rejected: moka::sync::Cache<[u8; 32], ()>,
+    /// Credentials argon2 rejected, with when: a repeated wrong secret costs a lookup
+    /// for [`AuthnSettings::rejected_ttl`] on the server's clock.
+    rejected: Arc<quick_cache::sync::Cache<[u8; 32], Timestamp>>,
+    rejected_ttl: Duration,
     /// Imported keys a credential was accepted for, by its keyed digest: a known imported
     /// credential costs no store query.
     imported_keys: quick_cache::sync::Cache<[u8; 32], KeyId>,
@@ -174,12 +177,10 @@ impl Authenticator {
             verifier,
             digester,
             budgets,
-            verifying: moka::future::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(Duration::from_secs(10))
-                .build(),
+            verifying: flight::SingleFlight::default(),
             verified_here: quick_cache::sync::Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX)),
-            rejected: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(settings.rejected_ttl).build(),
+            rejected: Arc::new(quick_cache::sync::Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX))),
+            rejected_ttl: settings.rejected_ttl,
             imported_keys: quick_cache::sync::Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX)),
             unusable: quick_cache::sync::Cache::new(UNUSABLE_REMEMBERED),
             adopting: Arc::default(),
@@ -342,7 +343,7 @@ impl Authenticator {
                 let memo = memo();
                 if self.verified_here.get(&memo).is_some() {
                     Ok(Authentication::Verified(Principal::Key(record)))
-                } else if self.rejected.contains_key(&memo) {
+                } else if self.rejected_lately(&memo) {
                     Ok(wrong())
                 } else {
                     Err(record)
@@ -543,53 +544,61 @@ impl Authenticator {
     ) -> Result<Authentication, AuthnError> {
         let checked = self
             .verifying
-            .try_get_with(memo, async {
-                let weight = self.verifier.weight(&record.secret_hash);
-                let reservation = self
-                    .budgets
-                    .admit_verification(record.id, &record.account_id, client, weight)
-                    .map_err(NotVerified::Throttled)?;
-                // The wait for a slot is the caller's own, in the queue of the key's account:
-                // a caller that gives up while waiting leaves the queue and costs nothing (its
-                // reservation goes back with it).
-                let slot = match self.verifier.admit(&record.account_id, &record.secret_hash).await {
-                    Ok(slot) => slot,
-                    Err(VerifierError::Busy) => {
-                        let retry_after = Duration::from_secs(1);
-                        let spent = budget::Spent::AccountQueue;
-                        return Err(NotVerified::Throttled(Throttled { retry_after, limit: 0, spent }));
-                    }
-                    Err(e) => return Err(NotVerified::Failed(e)),
-                };
-                // Detached once it has its slot: a caller that gives up (its deadline, a
-                // disconnect) does not stop argon2, so what the attempt costs is settled when
-                // argon2 is done, not handed back when the caller leaves.
-                let (verifier, rejected) = (self.verifier.clone(), self.rejected.clone());
-                let (secret, hash) = (secret.to_owned(), record.secret_hash.clone());
-                let verified = tokio::spawn(async move {
-                    let verified = verifier.verify_in(slot, &secret, &hash).await;
-                    match verified {
-                        Ok(true) => reservation.succeeded(),
-                        Ok(false) => {
-                            reservation.failed();
-                            rejected.insert(memo, ());
+            .run(memo, async {
+                let once = async {
+                    let weight = self.verifier.weight(&record.secret_hash);
+                    let reservation = self
+                        .budgets
+                        .admit_verification(record.id, &record.account_id, client, weight)
+                        .map_err(NotVerified::Throttled)?;
+                    // The wait for a slot is the caller's own, in the queue of the key's account:
+                    // a caller that gives up while waiting leaves the queue and costs nothing (its
+                    // reservation goes back with it).
+                    let slot = match self.verifier.admit(&record.account_id, &record.secret_hash).await {
+                        Ok(slot) => slot,
+                        Err(VerifierError::Busy) => {
+                            let retry_after = Duration::from_secs(1);
+                            let spent = budget::Spent::AccountQueue;
+                            return Err(NotVerified::Throttled(Throttled { retry_after, limit: 0, spent }));
                         }
-                        Err(_) => drop(reservation),
+                        Err(e) => return Err(NotVerified::Failed(e)),
+                    };
+                    // Detached once it has its slot: a caller that gives up (its deadline, a
+                    // disconnect) does not stop argon2, so what the attempt costs is settled when
+                    // argon2 is done, not handed back when the caller leaves.
+                    let (verifier, rejected) = (self.verifier.clone(), self.rejected.clone());
+                    let now = self.budgets.now();
+                    let (secret, hash) = (secret.to_owned(), record.secret_hash.clone());
+                    let verified = tokio::spawn(async move {
+                        let verified = verifier.verify_in(slot, &secret, &hash).await;
+                        match verified {
+                            Ok(true) => reservation.succeeded(),
+                            Ok(false) => {
+                                reservation.failed();
+                                rejected.insert(memo, now);
+                            }
+                            Err(_) => drop(reservation),
+                        }
+                        verified
+                    })
+                    .await
+                    .map_err(|e| NotVerified::Failed(VerifierError::Task(e)))?;
+                    match verified {
+                        Ok(true) => {
+                            // Before the run ends: a caller arriving after it finds it here.
+                            self.verified_here.insert(memo, ());
+                            Ok(())
+                        }
+                        Ok(false) => Err(NotVerified::Mismatch),
+                        Err(e) => Err(NotVerified::Failed(e)),
                     }
-                    verified
-                })
-                .await
-                .map_err(|e| NotVerified::Failed(VerifierError::Task(e)))?;
-                match verified {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(NotVerified::Mismatch),
-                    Err(e) => Err(NotVerified::Failed(e)),
-                }
+                };
+                let done: Result<(), NotVerified> = once.await;
+                done.map_err(Arc::new)
             })
             .await;
         match checked {
             Ok(()) => {
-                self.verified_here.insert(memo, ());
                 self.remember(&record, digest);
                 Ok(Authentication::Verified(Principal::Key(record)))
             }
@@ -602,6 +611,11 @@ impl Authenticator {
                 NotVerified::Failed(_) => Err(VerifierError::Hash(format!("verification failed: {e}")).into()),
             },
         }
+    }
+
+    /// Whether argon2 rejected this credential within the last `rejected_ttl`.
+    fn rejected_lately(&self, memo: &[u8; 32]) -> bool {
+        self.rejected.get(memo).is_some_and(|at| self.budgets.now() < at.saturating_add(self.rejected_ttl))
     }
 
     /// Stores the verified credential's digest beside the key's hash, off the request
