@@ -1,16 +1,18 @@
 //! Logging, and (with the `otel` feature) trace export. Installed once per process;
-//! `RUST_LOG` overrides the default filter.
+//! `RUST_LOG` overrides the default filter: comma-separated `level` and `target=level`
+//! directives (tracing-subscriber's `Targets`; the regex-based `EnvFilter`'s span and field
+//! directives cost 100 unit-seconds of a cold build and are not needed to pick levels).
 
 use crate::config::LogFormat;
 use std::io::IsTerminal;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
 
 pub const DEFAULT_FILTER: &str = "info,sqlx=warn";
 
 /// The subscriber under the output layers: the registry behind the level filter.
-type Filtered = tracing_subscriber::layer::Layered<EnvFilter, tracing_subscriber::Registry>;
+type Filtered = tracing_subscriber::layer::Layered<Targets, tracing_subscriber::Registry>;
 type Layers = Vec<Box<dyn Layer<Filtered> + Send + Sync>>;
 
 /// Keeps the trace exporter alive; dropping it sends the spans still buffered.
@@ -32,7 +34,7 @@ impl Drop for Telemetry {
 }
 
 pub fn init(format: LogFormat) -> Telemetry {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref());
     #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
     let mut layers: Layers = vec![match format {
         LogFormat::Json => {
@@ -55,6 +57,39 @@ pub fn init(format: LogFormat) -> Telemetry {
     Telemetry {
         #[cfg(feature = "otel")]
         provider,
+    }
+}
+
+/// The filter `RUST_LOG` names, or the default when it is unset or empty; one it cannot
+/// read is reported on stderr (there is no log yet) and the default applies.
+fn filter(directives: Option<&str>) -> Targets {
+    let default = || DEFAULT_FILTER.parse().expect("the default filter parses");
+    match directives.map(str::trim).filter(|d| !d.is_empty()) {
+        None => default(),
+        Some(directives) => directives.parse().unwrap_or_else(|e| {
+            eprintln!("RUST_LOG={directives:?} is not a filter keygate reads ({e}): `level` or `target=level`, comma-separated; using {DEFAULT_FILTER:?}");
+            default()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter;
+    use tracing::Level;
+
+    #[test]
+    fn rust_log_picks_levels_by_target_and_a_bad_one_falls_back_to_the_default() {
+        let f = filter(Some("info,keygate=debug"));
+        assert!(f.would_enable("keygate::authz", &Level::DEBUG));
+        assert!(!f.would_enable("tower", &Level::DEBUG));
+        assert!(f.would_enable("tower", &Level::INFO));
+        let default = filter(None);
+        assert!(!default.would_enable("sqlx::query", &Level::INFO), "sqlx=warn");
+        assert!(default.would_enable("keygate", &Level::INFO));
+        let bad = filter(Some("keygate=loud"));
+        assert!(!bad.would_enable("sqlx::query", &Level::INFO), "the default, not nothing");
+        assert!(filter(Some("  ")).would_enable("keygate", &Level::INFO));
     }
 }
 

@@ -28,7 +28,11 @@ impl std::io::Write for Captured {
 async fn no_secret_reaches_a_log_line_an_error_or_a_later_response() {
     let logs = Captured::default();
     let writer = logs.clone();
-    tracing_subscriber::fmt().with_env_filter("debug").with_writer(move || writer.clone()).with_ansi(false).init();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
 
     let mut app = TestApp::spawn(Db::Sqlite).await.unwrap();
     let mut seen = Vec::<String>::new(); // Debug text of every response that must hold no secret.

@@ -14,6 +14,7 @@
 //! edge that starts its handshake at once from being served, not even from its own address.
 
 mod client_errors;
+mod der;
 mod refused;
 mod roots;
 

@@ -32,12 +32,9 @@ pub(super) fn client_roots(clients: &ClientCertificates) -> anyhow::Result<RootC
 
 /// `Some(its subject)` when the certificate is not a CA (or cannot be read as one).
 fn not_a_ca(cert: &CertificateDer<'_>) -> Option<String> {
-    let parsed = match x509_parser::parse_x509_certificate(cert.as_ref()) {
-        Ok((_, parsed)) => parsed,
-        Err(e) => return Some(format!("unreadable: {e}")),
-    };
-    match parsed.basic_constraints() {
-        Ok(Some(constraints)) if constraints.value.ca => None,
-        _ => Some(format!("subject {}", parsed.subject())),
+    match super::der::outline(cert.as_ref()) {
+        Ok(outline) if outline.ca => None,
+        Ok(outline) => Some(format!("subject {}", outline.subject)),
+        Err(_) => Some("unreadable: not a DER X.509 certificate".to_owned()),
     }
 }
