@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod bounded;
 pub mod cached;
+pub mod changes;
 pub mod invalidating;
 pub mod invalidation;
 pub mod layer;
@@ -316,9 +317,9 @@ pub trait DecisionStore: Records + KeyUse {}
 impl<T: Records + KeyUse + ?Sized> DecisionStore for T {}
 
 /// A whole backend: both sides. What the server is built on.
-pub trait Store: DecisionStore + AdminStore {}
+pub trait Store: DecisionStore + AdminStore + changes::ChangeFeed {}
 
-impl<T: DecisionStore + AdminStore + ?Sized> Store for T {}
+impl<T: DecisionStore + AdminStore + changes::ChangeFeed + ?Sized> Store for T {}
 
 /// The store as the server uses it: cache → metering → bounding → the store. The meter
 /// sees timeouts and refusals as the store errors they are; the cache falls back on them
