@@ -30,7 +30,7 @@ use crate::store::invalidation::{self, ListenerStatus};
 use crate::store::metered::StoreMetrics;
 use crate::store::sql::{Backend, SqlStore};
 use crate::store::usage::UsageStore;
-use crate::store::{Stack, Store};
+use crate::store::{FeedStore, Stack, Store};
 use crate::tls::{HttpListener, ListenerTls, Protocol};
 use crate::usage::UsageRecorder;
 use anyhow::Context;
@@ -250,11 +250,11 @@ impl Application {
         Self::build_on(settings, store.clone(), store, peers, clock).await
     }
 
-    /// The server on any [`Store`] (usage counts on `usage_store`); `peers` says how other
+    /// The server on any [`FeedStore`] (usage counts on `usage_store`); `peers` says how other
     /// replicas' writes reach this one's cache.
     pub async fn build_on(
         settings: Settings,
-        store: Arc<dyn Store>,
+        store: Arc<dyn FeedStore>,
         usage_store: Arc<dyn UsageStore>,
         peers: Peers,
         clock: Arc<dyn Clock>,

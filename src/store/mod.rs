@@ -317,9 +317,15 @@ pub trait DecisionStore: Records + KeyUse {}
 impl<T: Records + KeyUse + ?Sized> DecisionStore for T {}
 
 /// A whole backend: both sides. What the server is built on.
-pub trait Store: DecisionStore + AdminStore + changes::ChangeFeed {}
+pub trait Store: DecisionStore + AdminStore {}
 
-impl<T: DecisionStore + AdminStore + changes::ChangeFeed + ?Sized> Store for T {}
+impl<T: DecisionStore + AdminStore + ?Sized> Store for T {}
+
+/// A store at the bottom of the stack, which also keeps the change feed (its layers do
+/// not: the feed is read from the store itself).
+pub trait FeedStore: Store + changes::ChangeFeed {}
+
+impl<T: Store + changes::ChangeFeed + ?Sized> FeedStore for T {}
 
 /// The store as the server uses it: cache → metering → bounding → the store. The meter
 /// sees timeouts and refusals as the store errors they are; the cache falls back on them

@@ -231,7 +231,7 @@ async fn a_revoke_waits_for_a_subscriber_that_acknowledges(db: Db) {
     let events = seen.lock().unwrap();
     let revoked = changes(&events).into_iter().rev().find(|c| c.id == key.id).cloned().expect("the key's change");
     let Some(pb::change::Record::Key(record)) = revoked.record else { panic!("a key") };
-    assert_eq!(record.status, "revoked");
+    assert_eq!(record.status, pb::ApiKeyStatus::Revoked as i32);
 }
 
 async fn a_subscriber_that_never_acknowledges_is_fenced(db: Db) {
