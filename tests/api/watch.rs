@@ -324,7 +324,7 @@ async fn bad_subscriptions_get_clear_codes(db: Db) {
     let ack = pb::WatchAck { revision: 1, echo: 0 };
     tx.send(pb::WatchRequest { message: Some(pb::watch_request::Message::Ack(ack)) }).await.unwrap();
     let mut client = WatchClient::with_interceptor(app.channel.clone(), AdminToken::new(ADMIN_TOKEN).unwrap());
-    let status = client.subscribe(ReceiverStream::new(rx)).await.err().expect("refused");
+    let status = client.subscribe(ReceiverStream::new(rx)).await.expect_err("refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 
     // No token, or a wrong one.
