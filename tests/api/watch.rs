@@ -381,3 +381,53 @@ async fn no_secret_is_ever_in_the_feed(db: Db) {
     }
     assert!(!text.contains("$argon2"), "a secret's hash in the feed");
 }
+
+/// On Postgres, changes commit in revision order: a second writer waits for the first
+/// one's commit before it takes a revision, so a reader that has seen revision `r` can
+/// never later find a smaller one committed. Seen from the database: the second writer
+/// waits on the feed's lock while the first is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_changes_commit_in_revision_order() {
+    use sqlx::{Connection, Row};
+    let Some(db) = TestDb::new(Db::Postgres).await else {
+        eprintln!("skipped: KEYGATE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let url = db.url.clone();
+    let _app = TestApp::spawn_on(db, |_| {}).await;
+    let insert = "INSERT INTO applications (id, account_id, name, created_at) VALUES ($1, 'acct_o', 'x', 0)";
+    let mut first = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut tx = first.begin().await.unwrap();
+    sqlx::query(insert).bind("app_first").execute(&mut *tx).await.unwrap();
+
+    let mut second = sqlx::PgConnection::connect(&url).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut second).await.unwrap();
+    let writer = tokio::spawn(async move {
+        sqlx::query(insert).bind("app_second").execute(&mut second).await.unwrap();
+    });
+    let observer = sqlx::PgPool::connect(&url).await.unwrap();
+    crate::helpers::eventually("the second writer waits for the feed's lock", || {
+        let observer = observer.clone();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted",
+            )
+            .bind(pid)
+            .fetch_one(&observer)
+            .await
+            .unwrap();
+            waiting == 1
+        }
+    })
+    .await;
+    assert!(!writer.is_finished());
+    tx.commit().await.unwrap();
+    writer.await.unwrap();
+
+    let rows = sqlx::query("SELECT object_id FROM changes WHERE kind = 'application' ORDER BY revision")
+        .fetch_all(&observer)
+        .await
+        .unwrap();
+    let order: Vec<String> = rows.iter().map(|row| row.get("object_id")).collect();
+    assert_eq!(order, vec!["app_first", "app_second"]);
+}
