@@ -317,6 +317,15 @@ impl Stream {
         loop {
             let rows = self.feed.changes_after(self.position, BATCH).await?;
             let full = rows.len() == BATCH as usize;
+            // A gap is a rolled-back revision, or rows pruned before this stream read them.
+            if rows.first().is_some_and(|row| row.revision > self.position + 1)
+                && self.feed.feed_window().await?.resumes(self.position) == Resume::TooOld
+            {
+                return Err(Ended::Status(Status::aborted(
+                    "this subscriber fell behind the feed's retention (--change-retention): \
+                     subscribe again with its last revision to get a snapshot",
+                )));
+            }
             for row in &rows {
                 self.token_still_valid(row).await?;
                 if self.subscription.watches(row) {

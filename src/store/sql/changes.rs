@@ -99,9 +99,12 @@ pub(super) async fn lock_feed(tx: &mut sqlx::Transaction<'_, sqlx::Any>, backend
 #[async_trait::async_trait]
 impl ChangeFeed for SqlStore {
     async fn feed_window(&self) -> Result<FeedWindow, StoreError> {
-        let row = sqlx::query("SELECT MIN(revision) AS oldest, MAX(revision) AS latest FROM changes")
-            .fetch_one(&self.admin_pool)
-            .await?;
+        // Two subqueries: SQLite reads a lone MIN or MAX from the index, both at once by a scan.
+        let row = sqlx::query(
+            "SELECT (SELECT MIN(revision) FROM changes) AS oldest, (SELECT MAX(revision) FROM changes) AS latest",
+        )
+        .fetch_one(&self.admin_pool)
+        .await?;
         let oldest: Option<i64> = row.try_get("oldest")?;
         let latest: Option<i64> = row.try_get("latest")?;
         Ok(FeedWindow { oldest, latest: latest.unwrap_or(0) })
