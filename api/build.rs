@@ -6,7 +6,8 @@ use prost::Message;
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["../proto/keygate/v1/authorizer.proto", "../proto/keygate/v1/admin.proto"];
+    let protos =
+        ["../proto/keygate/v1/authorizer.proto", "../proto/keygate/v1/admin.proto", "../proto/keygate/v1/watch.proto"];
     // tonic-prost-build emits no rerun-if-changed of its own.
     println!("cargo:rerun-if-changed=../proto");
     let fds = protox::compile(protos, ["../proto"])?;

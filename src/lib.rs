@@ -12,6 +12,7 @@ pub use keygate_api::code;
 pub mod config;
 pub mod domain;
 pub mod edge;
+pub mod feed;
 pub mod grpc;
 pub mod manage;
 pub mod metrics;

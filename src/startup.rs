@@ -21,6 +21,7 @@ use crate::grpc::ext_authz::CheckService;
 use crate::grpc::proto::{self, admin_server::AdminServer, authorizer_server::AuthorizerServer};
 use crate::grpc::spans::CallSpans;
 use crate::grpc::undecodable::UndecodableIsInvalidArgument;
+use crate::grpc::watch::WatchService;
 use crate::manage::Manager;
 use crate::policy::Policy;
 use crate::ratelimit::{Limiter, LimiterTasks};
@@ -29,7 +30,7 @@ use crate::store::invalidation::{self, ListenerStatus};
 use crate::store::metered::StoreMetrics;
 use crate::store::sql::{Backend, SqlStore};
 use crate::store::usage::UsageStore;
-use crate::store::{Stack, Store};
+use crate::store::{FeedStore, Stack, Store};
 use crate::tls::{HttpListener, ListenerTls, Protocol};
 use crate::usage::UsageRecorder;
 use anyhow::Context;
@@ -249,11 +250,11 @@ impl Application {
         Self::build_on(settings, store.clone(), store, peers, clock).await
     }
 
-    /// The server on any [`Store`] (usage counts on `usage_store`); `peers` says how other
+    /// The server on any [`FeedStore`] (usage counts on `usage_store`); `peers` says how other
     /// replicas' writes reach this one's cache.
     pub async fn build_on(
         settings: Settings,
-        store: Arc<dyn Store>,
+        store: Arc<dyn FeedStore>,
         usage_store: Arc<dyn UsageStore>,
         peers: Peers,
         clock: Arc<dyn Clock>,
@@ -316,14 +317,20 @@ impl Application {
         // Key and owner limits may name only the policy's routes (the one in force).
         let routes = authorizer.clone();
         let manager = manager.with_routes(Arc::new(move |template: &str| routes.has_route(template)));
-        // Changes wait for the other replicas (Postgres); alone on SQLite, nothing to wait for.
+        // Changes wait for the change feed's subscribers, and for the other replicas
+        // (Postgres); alone on SQLite, no replicas to wait for.
+        let subscribers = Arc::new(crate::feed::Subscribers::new(settings.manage.change_ack_timeout));
+        let manager = manager.with_feed(subscribers.clone(), store.clone());
         let manager = Arc::new(match &invalidation {
             Some(status) => manager.with_replicas(status.replicas().clone()),
             None => manager,
         });
+        let (watch, pruning) =
+            WatchService::start(store.clone(), subscribers, manager.clone(), settings.manage.change_retention);
+        background.push(AbortOnDrop(pruning));
 
         let GrpcRouters { router, admin, health, admin_health, admin_metrics } =
-            grpc_routers(&settings, &authorizer, manager, bootstrap).await?;
+            grpc_routers(&settings, &authorizer, manager, bootstrap, watch).await?;
 
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -639,6 +646,7 @@ async fn grpc_routers(
     authorizer: &Arc<Authorizer>,
     manager: Arc<Manager>,
     bootstrap: BootstrapToken,
+    watch: WatchService,
 ) -> anyhow::Result<GrpcRouters> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AuthorizerServer<AuthorizerService>>().await;
@@ -660,6 +668,7 @@ async fn grpc_routers(
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
     };
+    let watch = watch.behind(bootstrap.clone(), manager.clone(), settings.admin_gate);
     let admin_gate = AdminGate::new(
         AdminServer::new(AdminService::new(manager.clone())).max_decoding_message_size(MAX_ADMIN_MESSAGE),
         bootstrap,
@@ -687,13 +696,12 @@ async fn grpc_routers(
                 TcpListener::bind(address).await.with_context(|| format!("cannot listen for Admin on {address}"))?;
             let (admin_health, admin_health_service) = tonic_health::server::health_reporter();
             admin_health.set_serving::<AdminServer<AdminService>>().await;
-            let admin_router =
-                server().add_service(admin_health_service).add_service(reflection()?).add_service(admin_service);
-            (router, Some((listener, admin_router)), Some(admin_health))
+            let admin_router = server().add_service(admin_health_service).add_service(reflection()?);
+            (router, Some((listener, admin_router.add_service(admin_service).add_service(watch))), Some(admin_health))
         }
         None => {
             health.set_serving::<AdminServer<AdminService>>().await;
-            (router.add_service(admin_service), None, None)
+            (router.add_service(admin_service).add_service(watch), None, None)
         }
     };
     Ok(GrpcRouters { router, admin, health, admin_health, admin_metrics })

@@ -499,6 +499,15 @@ pub struct LifetimeArgs {
         value_parser = in_range::<u64>(100..=30_000)
     )]
     pub change_ack_timeout_ms: Checked<u64>,
+    /// Revisions the change feed (keygate.v1.Watch) keeps (1..=100000000); older ones are
+    /// deleted. A subscriber that resumes from before the oldest gets a snapshot.
+    #[arg(
+        long,
+        env = "KEYGATE_CHANGE_RETENTION",
+        default_value_t = ManageSettings::CHANGE_RETENTION.into(),
+        value_parser = in_range::<u64>(1..=100_000_000)
+    )]
+    pub change_retention: Checked<u64>,
     /// Session lifetime when CreateSession gives none.
     #[arg(long, env = "KEYGATE_SESSION_TTL_SECONDS", default_value_t = ManageSettings::DEFAULT_SESSION_TTL.as_secs())]
     pub session_ttl_seconds: u64,
@@ -519,6 +528,7 @@ impl LifetimeArgs {
             default_runtime_grace: Duration::from_secs(self.runtime_key_grace_seconds.value(problems)),
             max_runtime_grace: MAX_RUNTIME_KEY_GRACE,
             change_ack_timeout: Duration::from_millis(self.change_ack_timeout_ms.value(problems)),
+            change_retention: self.change_retention.value(problems),
         }
     }
 }

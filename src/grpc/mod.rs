@@ -9,6 +9,7 @@ pub mod ext_authz;
 pub mod spans;
 pub mod status;
 pub mod undecodable;
+pub mod watch;
 
 pub use keygate_api::proto;
 

@@ -35,6 +35,8 @@ use crate::clock::Clock;
 use crate::domain::{
     is_admin_token_signed, AccountId, AdminGrant, ApplicationId, InvalidField, KeyLimit, KeyRecord, Timestamp,
 };
+use crate::feed::{FeedSettled, Subscribers};
+use crate::store::changes::ChangeFeed;
 use crate::store::invalidation::{Replicas, Settled};
 use crate::store::{AdminStore, StoreError};
 use crate::usage::UsageRecorder;
@@ -51,6 +53,9 @@ pub struct ManageSettings {
     /// With other replicas (Postgres): the longest a change waits for every live replica to
     /// acknowledge it before those that have not are fenced (`--change-ack-timeout-ms`).
     pub change_ack_timeout: Duration,
+    /// Revisions the change feed keeps (`--change-retention`): a subscriber further
+    /// behind resumes from a snapshot.
+    pub change_retention: u64,
 }
 
 impl ManageSettings {
@@ -58,6 +63,7 @@ impl ManageSettings {
     pub const MAX_SESSION_TTL: Duration = Duration::from_secs(30 * 86_400);
     pub const DEFAULT_RUNTIME_GRACE: Duration = Duration::from_secs(3600);
     pub const CHANGE_ACK_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const CHANGE_RETENTION: u64 = 100_000;
 }
 
 impl Default for ManageSettings {
@@ -68,6 +74,7 @@ impl Default for ManageSettings {
             default_runtime_grace: Self::DEFAULT_RUNTIME_GRACE,
             max_runtime_grace: MAX_RUNTIME_KEY_GRACE,
             change_ack_timeout: Self::CHANGE_ACK_TIMEOUT,
+            change_retention: Self::CHANGE_RETENTION,
         }
     }
 }
@@ -122,6 +129,18 @@ pub struct Manager {
     routes: Option<RouteTemplates>,
     /// Usage analytics, read by `usage` (none: usage is not counted).
     usage_counts: Option<Arc<crate::analytics::UsageCounts>>,
+    /// This replica's change-feed subscribers, which must acknowledge a change (or be
+    /// fenced) before it is answered, and the feed that numbers changes.
+    feed: Option<(Arc<Subscribers>, Arc<dyn ChangeFeed>)>,
+}
+
+/// Who confirmed a change before it was answered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Settlement {
+    /// Other replicas (Postgres; `None` alone on SQLite).
+    pub replicas: Option<Settled>,
+    /// This replica's change-feed subscribers (`None`: no feed served).
+    pub subscribers: Option<FeedSettled>,
 }
 
 impl Manager {
@@ -133,7 +152,18 @@ impl Manager {
         settings: ManageSettings,
         digester: CredentialDigester,
     ) -> Self {
-        Self { store, verifier, clock, usage, settings, digester, replicas: None, routes: None, usage_counts: None }
+        Self {
+            store,
+            verifier,
+            clock,
+            usage,
+            settings,
+            digester,
+            replicas: None,
+            routes: None,
+            usage_counts: None,
+            feed: None,
+        }
     }
 
     /// Limits that name a route must name one of these.
@@ -154,14 +184,43 @@ impl Manager {
         self
     }
 
-    /// Call after a change that narrows what a credential may do has committed: returns
-    /// once every live replica has applied it or has stopped trusting its cache. None on
-    /// one process alone on its store (SQLite), whose own cache the write invalidated.
-    pub async fn settle(&self) -> Option<Settled> {
-        match &self.replicas {
-            Some(replicas) => Some(replicas.settle().await),
-            None => None,
-        }
+    /// Changes are answered only once this replica's change-feed subscribers have
+    /// acknowledged them (or were fenced).
+    pub fn with_feed(mut self, subscribers: Arc<Subscribers>, feed: Arc<dyn ChangeFeed>) -> Self {
+        self.feed = Some((subscribers, feed));
+        self
+    }
+
+    /// Call after a change of `account` (`None`: any) that narrows what a credential may
+    /// do has committed: returns once every live replica has applied it or has stopped
+    /// trusting its cache (none to wait for on one process alone on SQLite, whose own
+    /// cache the write invalidated), and every subscriber of the change feed that sees
+    /// `account` has acknowledged its revision or was fenced. Both waits run at once.
+    pub async fn settle(&self, account: Option<&AccountId>) -> Settlement {
+        let replicas = async {
+            match &self.replicas {
+                Some(replicas) => Some(replicas.settle().await),
+                None => None,
+            }
+        };
+        let subscribers = async {
+            let (subscribers, feed) = self.feed.as_ref()?;
+            if subscribers.is_empty() {
+                return Some(FeedSettled::default());
+            }
+            // The change committed: the newest revision is its own or a later one. If
+            // it cannot be read, no subscriber can be shown to have it: all are fenced.
+            let revision = match feed.feed_window().await {
+                Ok(window) => window.latest,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the change feed's newest revision: fencing its subscribers");
+                    i64::MAX
+                }
+            };
+            Some(subscribers.settle(revision, account).await)
+        };
+        let (replicas, subscribers) = tokio::join!(replicas, subscribers);
+        Settlement { replicas, subscribers }
     }
 
     /// Did this deployment make `token` (its tag under the digest key)? Admin tokens

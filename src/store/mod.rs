@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod bounded;
 pub mod cached;
+pub mod changes;
 pub mod invalidating;
 pub mod invalidation;
 pub mod layer;
@@ -319,6 +320,12 @@ impl<T: Records + KeyUse + ?Sized> DecisionStore for T {}
 pub trait Store: DecisionStore + AdminStore {}
 
 impl<T: DecisionStore + AdminStore + ?Sized> Store for T {}
+
+/// A store at the bottom of the stack, which also keeps the change feed (its layers do
+/// not: the feed is read from the store itself).
+pub trait FeedStore: Store + changes::ChangeFeed {}
+
+impl<T: Store + changes::ChangeFeed + ?Sized> FeedStore for T {}
 
 /// The store as the server uses it: cache → metering → bounding → the store. The meter
 /// sees timeouts and refusals as the store errors they are; the cache falls back on them

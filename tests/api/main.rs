@@ -43,3 +43,4 @@ mod store;
 mod terms;
 mod tls;
 mod usage;
+mod watch;

@@ -34,5 +34,6 @@ pub(super) async fn delete(
     let caller = caller_of(&request)?;
     let account = AccountId::parse(&request.get_ref().account_id)?;
     let deleted = manager.delete_account(&account, &caller).await?;
-    respond_settled(manager, &caller, "delete_account", account.as_str(), convert::deleted_to_proto(&deleted)).await
+    let response = convert::deleted_to_proto(&deleted);
+    respond_settled(manager, &caller, "delete_account", account.as_str(), Some(&account), response).await
 }

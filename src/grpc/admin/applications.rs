@@ -67,7 +67,8 @@ pub(super) async fn delete(
     let req = request.into_inner();
     let id = ApplicationId::parse_field("id", &req.id)?;
     let deleted = manager.delete_application(&id, req.cascade, &caller).await?;
-    respond_settled(manager, &caller, "delete_application", id.as_str(), convert::deleted_to_proto(&deleted)).await
+    let response = convert::deleted_to_proto(&deleted);
+    respond_settled(manager, &caller, "delete_application", id.as_str(), None, response).await
 }
 
 pub(super) async fn rotate_key(
@@ -79,11 +80,12 @@ pub(super) async fn rotate_key(
     let application = ApplicationId::parse(&req.application_id)?;
     let grace = req.grace_period_seconds.map(|s| Duration::from_secs(s.into()));
     let rotation = manager.rotate_application_key(&application, grace, &caller).await?;
+    let account = rotation.key.account_id.clone();
     let response = pb::RotateApplicationKeyResponse {
         key: Some(convert::key_to_proto(&rotation.key, manager.now(), None)),
         secret: rotation.credential.into_secret_string(),
         previous_key_id: rotation.previous.map(|(id, _)| id.to_string()).unwrap_or_default(),
         previous_key_retires_at: rotation.previous.map(|(_, at)| convert::timestamp_to_proto(at)),
     };
-    respond_settled(manager, &caller, "rotate_application_key", application.as_str(), response).await
+    respond_settled(manager, &caller, "rotate_application_key", application.as_str(), Some(&account), response).await
 }

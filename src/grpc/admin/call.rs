@@ -5,7 +5,7 @@
 
 use crate::audit::Actor;
 use crate::code::Code;
-use crate::domain::AdminGrant;
+use crate::domain::{AccountId, AdminGrant};
 use crate::grpc::{status, RequestId};
 use crate::manage::{Caller, Manager};
 use tonic::{Request, Response, Status};
@@ -17,9 +17,13 @@ pub const ACTOR_HEADER: &str = "x-keygate-actor";
 /// and how many were fenced instead (they no longer trust their caches).
 pub const ACKNOWLEDGED_HEADER: &str = "x-keygate-acknowledged";
 pub const FENCED_HEADER: &str = "x-keygate-fenced";
+/// The same for this replica's change-feed subscribers (`keygate.v1.Watch`) that see the
+/// change: how many acknowledged its revision, how many were fenced instead.
+pub const SUBSCRIBERS_ACKNOWLEDGED_HEADER: &str = "x-keygate-subscribers-acknowledged";
+pub const SUBSCRIBERS_FENCED_HEADER: &str = "x-keygate-subscribers-fenced";
 
 /// The gate's grant for this call.
-pub(super) fn grant_of<T>(request: &Request<T>) -> Result<AdminGrant, Status> {
+pub(crate) fn grant_of<T>(request: &Request<T>) -> Result<AdminGrant, Status> {
     // Every admin call passes the gate; a call that did not is refused, not trusted.
     request.extensions().get::<AdminGrant>().cloned().ok_or_else(|| status::coded(Code::Unauth, "no admin token"))
 }
@@ -50,20 +54,27 @@ pub(super) fn respond<T>(caller: &Caller, action: &str, target: &str, message: T
 }
 
 /// [`respond`], for a change that narrows what a credential may do: answered once every
-/// live replica has applied it (or was fenced), saying how many of each.
+/// live replica and every change-feed subscriber that sees `account` (`None`: unknown
+/// here; the caller's own if its token is confined, else every account) has applied it
+/// (or was fenced), saying how many of each.
 pub(super) async fn respond_settled<T>(
     manager: &Manager,
     caller: &Caller,
     action: &str,
     target: &str,
+    account: Option<&AccountId>,
     message: T,
 ) -> Result<Response<T>, Status> {
-    let settled = manager.settle().await;
+    let settlement = manager.settle(account.or(caller.grant.account.as_ref())).await;
     let mut response = respond(caller, action, target, message)?;
-    if let Some(settled) = settled {
-        let metadata = response.metadata_mut();
+    let metadata = response.metadata_mut();
+    if let Some(settled) = settlement.replicas {
         metadata.insert(ACKNOWLEDGED_HEADER, settled.acknowledged.into());
         metadata.insert(FENCED_HEADER, settled.fenced.into());
+    }
+    if let Some(settled) = settlement.subscribers {
+        metadata.insert(SUBSCRIBERS_ACKNOWLEDGED_HEADER, settled.acknowledged.into());
+        metadata.insert(SUBSCRIBERS_FENCED_HEADER, settled.fenced.into());
     }
     Ok(response)
 }

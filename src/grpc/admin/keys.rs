@@ -68,7 +68,7 @@ pub(super) async fn update(
     let (id, changes) = convert::key_changes(request.get_ref())?;
     let key = manager.update_api_key(id, changes, &caller).await?;
     let response = convert::key_to_proto(&key, manager.now(), manager.last_used_at(&key));
-    respond_settled(manager, &caller, "update_api_key", &id.to_string(), response).await
+    respond_settled(manager, &caller, "update_api_key", &id.to_string(), Some(&key.account_id), response).await
 }
 
 pub(super) async fn revoke(
@@ -80,7 +80,7 @@ pub(super) async fn revoke(
     let id = KeyId::parse(&req.id)?;
     let key = manager.revoke_api_key(id, &req.reason, &caller).await?;
     let response = convert::key_to_proto(&key, manager.now(), manager.last_used_at(&key));
-    respond_settled(manager, &caller, "revoke_api_key", &id.to_string(), response).await
+    respond_settled(manager, &caller, "revoke_api_key", &id.to_string(), Some(&key.account_id), response).await
 }
 
 pub(super) async fn reroll(
@@ -93,13 +93,14 @@ pub(super) async fn reroll(
     let overlap = Duration::from_secs(req.overlap_seconds.into());
     let roll = manager.roll_api_key(id, overlap, &caller).await?;
     let now = manager.now();
+    let account = roll.key.account_id.clone();
     let response = pb::RerollApiKeyResponse {
         key: Some(convert::key_to_proto(&roll.key, now, None)),
         secret: roll.credential.into_secret_string(),
         previous: Some(convert::key_to_proto(&roll.previous, now, manager.last_used_at(&roll.previous))),
         previous_retires_at: Some(convert::timestamp_to_proto(roll.retires_at)),
     };
-    respond_settled(manager, &caller, "reroll_api_key", &id.to_string(), response).await
+    respond_settled(manager, &caller, "reroll_api_key", &id.to_string(), Some(&account), response).await
 }
 
 pub(super) async fn delete(
@@ -109,5 +110,6 @@ pub(super) async fn delete(
     let caller = caller_of(&request)?;
     let id = KeyId::parse(&request.get_ref().id)?;
     let deleted = manager.delete_api_key(id, &caller).await?;
-    respond_settled(manager, &caller, "delete_api_key", &id.to_string(), convert::deleted_to_proto(&deleted)).await
+    let response = convert::deleted_to_proto(&deleted);
+    respond_settled(manager, &caller, "delete_api_key", &id.to_string(), None, response).await
 }

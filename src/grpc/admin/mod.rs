@@ -23,7 +23,9 @@ pub mod sessions;
 pub mod usage;
 
 pub use bootstrap::{entropy_bits, BootstrapToken, MIN_BOOTSTRAP_BITS};
-pub use call::{ACKNOWLEDGED_HEADER, ACTOR_HEADER, FENCED_HEADER};
+pub use call::{
+    ACKNOWLEDGED_HEADER, ACTOR_HEADER, FENCED_HEADER, SUBSCRIBERS_ACKNOWLEDGED_HEADER, SUBSCRIBERS_FENCED_HEADER,
+};
 pub use gate::{AdminGate, AdminGateMetrics, AdminGateSettings, RefusalLabels};
 pub use roles::ADMIN_RPCS;
 

@@ -14,7 +14,8 @@ pub(super) async fn update(
     let caller = caller_of(&request)?;
     let (account, id, changes) = convert::owner_changes(request.get_ref())?;
     let owner = manager.update_owner(&account, &id, changes, &caller).await?;
-    respond_settled(manager, &caller, "update_owner", id.as_str(), convert::owner_to_proto(&owner)).await
+    let response = convert::owner_to_proto(&owner);
+    respond_settled(manager, &caller, "update_owner", id.as_str(), Some(&account), response).await
 }
 
 pub(super) async fn get(

@@ -51,8 +51,15 @@ pub(super) fn call_units(rpc: &str) -> u32 {
 /// See [`call_units`].
 const LIST_UNITS: u32 = 10;
 
+/// The change feed's one RPC (`keygate.v1.Watch`), behind the same gate: it shows what
+/// reads show, so it needs what they need.
+pub const WATCH_RPC: (&str, AdminNeed) = ("Subscribe", AdminNeed::Read);
+
 /// What `rpc` needs of its caller's role: its row's, or `admin`.
 pub(super) fn need_of(rpc: &str) -> AdminNeed {
+    if rpc == WATCH_RPC.0 {
+        return WATCH_RPC.1;
+    }
     ADMIN_RPCS.iter().find(|(name, _)| *name == rpc).map_or(AdminNeed::Admin, |(_, need)| *need)
 }
 

@@ -43,7 +43,7 @@ pub(super) async fn revoke(
     let id = SessionId::parse(&request.get_ref().id)?;
     let session = manager.revoke_session(id, &caller).await?;
     let response = convert::session_to_proto(&session, manager.now());
-    respond_settled(manager, &caller, "revoke_session", &id.to_string(), response).await
+    respond_settled(manager, &caller, "revoke_session", &id.to_string(), Some(&session.account_id), response).await
 }
 
 pub(super) async fn list(

@@ -13,7 +13,7 @@ pub(super) fn application_from_row(row: &AnyRow) -> Result<Application, StoreErr
 impl ApplicationAdmin for SqlStore {
     #[tracing::instrument(skip_all, fields(application_id = %app.id), err)]
     async fn create_application(&self, app: &Application, audit: &AuditEvent) -> Result<(), StoreError> {
-        let mut tx = self.admin_pool.begin().await?;
+        let mut tx = self.begin_change().await?;
         sqlx::query("INSERT INTO applications (id, account_id, name, created_at) VALUES ($1, $2, $3, $4)")
             .bind(app.id.as_str())
             .bind(app.account_id.as_str())
@@ -52,7 +52,7 @@ impl ApplicationAdmin for SqlStore {
         name: &Name,
         audit: &AuditEvent,
     ) -> Result<Option<Application>, StoreError> {
-        let mut tx = self.admin_pool.begin().await?;
+        let mut tx = self.begin_change().await?;
         let row =
             sqlx::query("UPDATE applications SET name = $2 WHERE id = $1 RETURNING id, account_id, name, created_at")
                 .bind(id.as_str())

@@ -105,7 +105,7 @@ pub(super) async fn retire_predecessors(
 impl KeyAdmin for SqlStore {
     #[tracing::instrument(skip_all, fields(key_id = %key.id), err)]
     async fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        let mut tx = self.admin_pool.begin().await?;
+        let mut tx = self.begin_change().await?;
         insert_key(key).execute(&mut *tx).await?;
         if key.credits.is_some() {
             set_credits(&mut tx, &CreditHolder::Key(key.id), key.credits, key.terms.refill.as_ref()).await?;
@@ -163,7 +163,7 @@ impl KeyAdmin for SqlStore {
         now: Timestamp,
         audit: &AuditEvent,
     ) -> Result<UpdateOutcome, StoreError> {
-        let mut tx = self.admin_pool.begin().await?;
+        let mut tx = self.begin_change().await?;
         let updated = sqlx::query(
             "UPDATE api_keys SET \
                name = COALESCE($2, name), \
@@ -228,7 +228,7 @@ impl KeyAdmin for SqlStore {
         now: Timestamp,
         audit: &AuditEvent,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let mut tx = self.admin_pool.begin().await?;
+        let mut tx = self.begin_change().await?;
         // Every SET expression reads the row as it was, so a second revoke changes nothing.
         let revoked = sqlx::query(
             "UPDATE api_keys SET \
@@ -263,7 +263,7 @@ impl KeyAdmin for SqlStore {
         audit: &AuditEvent,
     ) -> Result<Vec<KeyId>, StoreError> {
         let application = new.application_ids.first().ok_or_else(|| corrupt("a runtime key names its application"))?;
-        let mut tx = self.admin_pool.begin().await?;
+        let mut tx = self.begin_change().await?;
         // Taking the application's row first serializes concurrent rotations of one
         // application on both backends, so exactly one key is current afterwards.
         sqlx::query("UPDATE applications SET runtime_rotations = runtime_rotations + 1 WHERE id = $1")
@@ -318,7 +318,7 @@ impl KeyAdmin for SqlStore {
         audit: &AuditEvent,
     ) -> Result<RollOutcome, StoreError> {
         let now = new.created_at;
-        let mut tx = self.admin_pool.begin().await?;
+        let mut tx = self.begin_change().await?;
         // Taking the old key's row first serializes concurrent rolls of one key on both
         // backends: exactly one of them finds it not rolled yet.
         let taken = sqlx::query(

@@ -31,6 +31,7 @@ pub(super) const SQLITE: Embedded = embedded!("sqlite":
     "20261127000008_admin_tokens.sql",
     "20261207000010_imported_lookups.sql",
     "20261207000011_usage_counts.sql",
+    "20261207000032_change_feed.sql",
 );
 
 pub(super) const POSTGRES: Embedded = embedded!("postgres":
@@ -44,6 +45,7 @@ pub(super) const POSTGRES: Embedded = embedded!("postgres":
     "20261127000008_admin_tokens.sql",
     "20261207000010_imported_lookups.sql",
     "20261207000011_usage_counts.sql",
+    "20261207000032_change_feed.sql",
 );
 
 impl Embedded {

@@ -8,12 +8,14 @@
 //! batcher, last uses, verified digests, imported keys re-hashed). The admin plane's side is
 //! one file per resource, each implementing its admin trait ([`super::admin`]):
 //! `applications`, `keys` (API and runtime keys, rotation, rolls), `import`, `owners`,
-//! `sessions`, `admin_tokens`, `audit` and `delete`; `rows` reads rows into records. This
+//! `sessions`, `admin_tokens`, `audit` and `delete`; `changes` is the change feed; `rows`
+//! reads rows into records. This
 //! file connects, and answers [`Direct`].
 
 mod admin_tokens;
 mod applications;
 mod audit;
+mod changes;
 mod connect_error;
 mod delete;
 mod import;
@@ -125,11 +127,13 @@ impl SqlStore {
     /// a thousand keys): the admin pool's statement timeout, meant for scans, is lifted for
     /// it, so a large one is not rolled back every time it is tried. Its connection is
     /// still the admin pool's, so decisions are not waited on.
+    /// Like [`begin_change`](Self::begin_change), it may write the change feed.
     async fn begin_unbounded(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         let mut tx = self.admin_pool.begin().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SET LOCAL statement_timeout = 0").execute(&mut *tx).await?;
         }
+        changes::lock_feed(&mut tx, self.backend).await?;
         Ok(tx)
     }
 

@@ -26,7 +26,7 @@ impl OwnerAdmin for SqlStore {
         now: Timestamp,
         audit: &AuditEvent,
     ) -> Result<(Owner, Vec<KeyId>), StoreError> {
-        let mut tx = self.admin_pool.begin().await?;
+        let mut tx = self.begin_change().await?;
         // Creates the row, or takes its lock, before its terms are read and merged.
         sqlx::query(
             "INSERT INTO owners (account_id, owner_id, terms, created_at, updated_at) VALUES ($1, $2, NULL, $3, $3) \

@@ -21,7 +21,7 @@ pub(super) fn session_from_row(row: &AnyRow) -> Result<SessionRecord, StoreError
 impl SessionAdmin for SqlStore {
     #[tracing::instrument(skip_all, fields(session_id = %session.id), err)]
     async fn create_session(&self, session: &SessionRecord, audit: &AuditEvent) -> Result<(), StoreError> {
-        let mut tx = self.admin_pool.begin().await?;
+        let mut tx = self.begin_change().await?;
         sqlx::query(
             "INSERT INTO sessions (id, account_id, user_id, secret_digest, created_at, expires_at, revoked_at, version) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -69,7 +69,7 @@ impl SessionAdmin for SqlStore {
         now: Timestamp,
         audit: &AuditEvent,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let mut tx = self.admin_pool.begin().await?;
+        let mut tx = self.begin_change().await?;
         let row = sqlx::query(&format!(
             "UPDATE sessions SET revoked_at = COALESCE(revoked_at, $2), \
                version = CASE WHEN revoked_at IS NULL THEN version + 1 ELSE version END \
