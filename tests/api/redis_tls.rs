@@ -6,6 +6,7 @@ use crate::helpers::{fresh_prefix, limits_in_redis, Db, TestApp, TestDb, ADMIN_T
 use crate::sessions::create_session;
 use crate::tls::{Files, TestCa};
 use keygate::config::{RedisTls, Settings};
+use keygate::grpc::proto as pb;
 use rcgen::ExtendedKeyUsagePurpose;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -288,6 +289,19 @@ async fn limits_count_in_a_redis_cluster_over_tls() {
     let mut app = TestApp::spawn_on(db, |s| {
         limits_in_redis(s, &cluster.url(), &prefix);
         s.rate_limit_store_tls = RedisTls { ca: Some(ca_file.clone()), ..RedisTls::default() };
+    })
+    .await;
+    // The first use connects to every master (three TLS handshakes; slow on a loaded
+    // machine): until then a creation fails closed. Another account's.
+    let (_, warm) = create_session(&mut app, "acct_warm", 86_400).await;
+    crate::helpers::eventually("keygate reaches the TLS cluster", || async {
+        let request = pb::AuthorizeRequest {
+            credential: warm.clone(),
+            method: "POST".into(),
+            path: CREATE_KEYS.into(),
+            ..Default::default()
+        };
+        app.authorizer.clone().authorize(request).await.is_ok()
     })
     .await;
     eleventh_is_refused(&mut app).await;
