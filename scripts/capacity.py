@@ -111,7 +111,13 @@ def model(a):
     # share the next one).
     credit_calls = a.decisions * a.credit_share
     credit_commits = min(credit_calls, a.credit_keys * spread * 1000 / c["credit_commit_ms"])
-    pg_cpu = usage_rows * c["pg_us_per_usage_row"] + credit_commits * c["pg_us_per_credit_commit"]
+    # Cache misses: a key's record is read again when its last read on this replica is
+    # older than --cache-ttl-seconds (30), so a call misses with probability exp(-λ ttl),
+    # λ its key's calls a second on this replica (the cache's capacity is left out).
+    per_key_replica = a.decisions / a.keys / spread
+    reads = a.decisions * math.exp(-per_key_replica * a.cache_ttl_s)
+    pg_cpu = (usage_rows * c["pg_us_per_usage_row"] + credit_commits * c["pg_us_per_credit_commit"]
+              + reads * c["pg_us_per_key_read"])
     pg_cores = pg_cpu / 1e6 / a.postgres_busy
     walls = {
         "keygate replicas (CPU)": replicas_needed / a.replicas,
@@ -133,6 +139,8 @@ def model(a):
         "Redis memory GiB (high-rate subjects)": redis_gib,
         "usage rows /s into Postgres": usage_rows,
         "credit commits /s": credit_commits,
+        "key reads /s (cache misses)": reads,
+        "Postgres CPU cores for key reads": reads * c["pg_us_per_key_read"] / 1e6,
         "Postgres CPU cores": pg_cpu / 1e6,
         "load against what is given (>1: a wall)": walls,
         # Where each is reached, scaling N with the same shape (renewals grow at most
@@ -324,6 +332,11 @@ def postgres_costs(out):
         t = time.monotonic()
         out["pg_us_per_credit_commit"] = pg.cpu(sql) / commits
         out["credit_commit_ms"] = (time.monotonic() - t) * 1000 / commits
+        # A cache miss: one key's record read by its primary key (a point read; keygate's
+        # joins its owner's and credits' rows too, so this is a floor).
+        reads = 2000
+        sql = "\n".join(f"SELECT * FROM key_credits WHERE key_id = 'key{i % 100 + 1}';" for i in range(reads))
+        out["pg_us_per_key_read"] = pg.cpu(sql) / reads
         # An invalidation: keygate's notification (pg_notify on the replicas' channel).
         notes = 2000
         sql = "\n".join(f"SELECT pg_notify('kgcap_{os.getpid()}', 'key:acct{i}:k{i}:{i}');" for i in range(notes))
@@ -493,6 +506,7 @@ def main():
     m.add_argument("--credit-keys", type=float, default=1.0, help="keys with credits that are called")
     m.add_argument("--cache-capacity", type=float, default=100_000)
     m.add_argument("--flush-s", type=float, default=10.0, help="--usage-flush-seconds")
+    m.add_argument("--cache-ttl-s", type=float, default=30.0, help="--cache-ttl-seconds")
     m.add_argument("--rows-per-key", type=float, default=3.0,
                    help="usage rows a key (and an account) adds to a flush: its minute, hour and day")
     m.add_argument("--cores-per-replica", type=int, default=2)
