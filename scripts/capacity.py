@@ -485,6 +485,21 @@ def run(a):
 
 # ---------------------------------------------------------------- arguments
 
+def positive(text):
+    """A number above zero (argparse says which argument is not)."""
+    value = float(text)
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
+    return value
+
+
+def positive_int(text):
+    """A whole number above zero."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return int(text)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -492,29 +507,29 @@ def main():
     c.add_argument("--out", help="also write them here (JSON)")
     m = sub.add_parser("model", help="what a deployment takes")
     m.add_argument("--costs", default=COSTS, help="unit costs (JSON; docs/capacity-costs.json)")
-    m.add_argument("--decisions", type=float, default=1e6, help="decisions a second")
-    m.add_argument("--accounts", type=float, default=1e5)
-    m.add_argument("--keys", type=float, default=1e7)
-    m.add_argument("--replicas", type=int, default=50, help="keygate replicas given")
+    m.add_argument("--decisions", type=positive, default=1e6, help="decisions a second")
+    m.add_argument("--accounts", type=positive, default=1e5)
+    m.add_argument("--keys", type=positive, default=1e7)
+    m.add_argument("--replicas", type=positive_int, default=50, help="keygate replicas given")
     m.add_argument("--spread", choices=["all", "sticky"], default="all",
                    help="an account's calls reach every replica (round robin) or one (hashed by account)")
     m.add_argument("--limit", type=int, default=3000, help="the high-rate limit per account (a minute)")
-    m.add_argument("--lease-percent", type=float, default=1.0, help="slice, in percent of the limit")
-    m.add_argument("--lease-ms", type=int, default=2000)
+    m.add_argument("--lease-percent", type=positive, default=1.0, help="slice, in percent of the limit")
+    m.add_argument("--lease-ms", type=positive_int, default=2000)
     m.add_argument("--exact-share", type=float, default=0.0, help="share of decisions with an exact limit")
     m.add_argument("--credit-share", type=float, default=0.0, help="share of decisions spending credits")
     m.add_argument("--credit-keys", type=float, default=1.0, help="keys with credits that are called")
     m.add_argument("--cache-capacity", type=float, default=100_000)
-    m.add_argument("--flush-s", type=float, default=10.0, help="--usage-flush-seconds")
-    m.add_argument("--cache-ttl-s", type=float, default=30.0, help="--cache-ttl-seconds")
+    m.add_argument("--flush-s", type=positive, default=10.0, help="--usage-flush-seconds")
+    m.add_argument("--cache-ttl-s", type=positive, default=30.0, help="--cache-ttl-seconds")
     m.add_argument("--rows-per-key", type=float, default=3.0,
                    help="usage rows a key (and an account) adds to a flush: its minute, hour and day")
-    m.add_argument("--cores-per-replica", type=int, default=2)
-    m.add_argument("--keygate-busy", type=float, default=0.7)
-    m.add_argument("--redis-busy", type=float, default=0.7)
+    m.add_argument("--cores-per-replica", type=positive_int, default=2)
+    m.add_argument("--keygate-busy", type=positive, default=0.7)
+    m.add_argument("--redis-busy", type=positive, default=0.7)
     m.add_argument("--redis-shards", type=int, default=1, help="Redis shards given")
-    m.add_argument("--postgres-cores", type=float, default=8)
-    m.add_argument("--postgres-busy", type=float, default=0.7)
+    m.add_argument("--postgres-cores", type=positive, default=8)
+    m.add_argument("--postgres-busy", type=positive, default=0.7)
     r = sub.add_parser("run", help="predicted against measured, on a private Redis")
     r.add_argument("--costs", default=COSTS)
     r.add_argument("--bin-dir", help="keygate and keygate-bench (default: target/release)")
