@@ -7,7 +7,10 @@
 #   scripts/redis-cluster.sh             start (or check) it; prints the variable to export
 #   scripts/redis-cluster.sh stop        stop its nodes and forget the cluster
 #
-# Ports: $KEYGATE_TEST_REDIS_CLUSTER_PORTS (default "7101 7102 7103"). Files (each node's
+# Ports: $KEYGATE_TEST_REDIS_CLUSTER_PORTS (default "7101 7102 7103"); replicas per master:
+# $KEYGATE_TEST_REDIS_CLUSTER_REPLICAS (default 0; with 1, half the ports are replicas). The
+# variable printed: $KEYGATE_TEST_REDIS_CLUSTER_VAR (default KEYGATE_TEST_REDIS_CLUSTER_URL;
+# scripts/redis-failover-cluster.sh starts a second cluster, with replicas). Files (each node's
 # configuration and cluster state) in $KEYGATE_TEST_REDIS_CLUSTER_DIR (default
 # /var/tmp/keygate-redis-cluster). The tests read KEYGATE_TEST_REDIS_CLUSTER_URL
 # (redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103) and restart a node they
@@ -16,6 +19,8 @@ set -euo pipefail
 
 read -r -a ports <<< "${KEYGATE_TEST_REDIS_CLUSTER_PORTS:-7101 7102 7103}"
 dir="${KEYGATE_TEST_REDIS_CLUSTER_DIR:-/var/tmp/keygate-redis-cluster}"
+replicas="${KEYGATE_TEST_REDIS_CLUSTER_REPLICAS:-0}"
+var="${KEYGATE_TEST_REDIS_CLUSTER_VAR:-KEYGATE_TEST_REDIS_CLUSTER_URL}"
 mkdir -p "$dir"
 
 cli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}"; }
@@ -72,7 +77,7 @@ if ! whole; then
   done
   nodes=()
   for port in "${ports[@]}"; do nodes+=("127.0.0.1:$port"); done
-  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas "$replicas" --cluster-yes >/dev/null
 fi
 # A slot left migrating (a test stopped half-way through moving one) is settled.
 if cli "${ports[0]}" cluster nodes | grep -q -- '->-\|-<-'; then
@@ -82,4 +87,4 @@ for _ in $(seq 1 100); do ok && break; sleep 0.1; done
 ok || { echo "the Redis Cluster on ${ports[*]} is not ok" >&2; exit 1; }
 
 url="redis+cluster://$(printf '127.0.0.1:%s,' "${ports[@]}")"
-echo "KEYGATE_TEST_REDIS_CLUSTER_URL=${url%,}"
+echo "$var=${url%,}"

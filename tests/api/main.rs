@@ -34,6 +34,7 @@ mod postgres_tls;
 mod process;
 mod quickstart;
 mod redis_cluster;
+mod redis_failover;
 mod redis_tls;
 mod relay;
 mod replicas;
