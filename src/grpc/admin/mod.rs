@@ -24,7 +24,7 @@ pub mod usage;
 
 pub use bootstrap::{entropy_bits, BootstrapToken, MIN_BOOTSTRAP_BITS};
 pub use call::{ACKNOWLEDGED_HEADER, ACTOR_HEADER, FENCED_HEADER};
-pub use gate::{AdminGate, AdminGateMetrics, AdminGateSettings, RefusalLabels};
+pub use gate::{AdminCheck, AdminGate, AdminGateMetrics, AdminGateSettings, RefusalLabels};
 pub use roles::ADMIN_RPCS;
 
 use super::proto::{self as pb, admin_server};
