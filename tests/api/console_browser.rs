@@ -55,7 +55,7 @@ impl Browser {
             .unwrap_or_else(|e| panic!("cannot start {program} ({e}): install chromium-driver"));
         let mut caps = serde_json::Map::new();
         let mut chrome = serde_json::json!({
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1400"]
         });
         if let Ok(binary) = std::env::var("KEYGATE_CHROMIUM") {
             chrome["binary"] = binary.into();
@@ -94,15 +94,24 @@ async fn accessible(c: &Client, axe: &str, page: &str) {
 }
 
 async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.unwrap()
+    c.wait().for_element(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.unwrap()
 }
 
 async fn fill(c: &Client, css: &str, value: &str) {
     c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).send_keys(value).await.unwrap();
 }
 
+/// Clicks a form's button and waits until the next page replaced this one.
 async fn click(c: &Client, css: &str) {
+    let old = c.find(Locator::Css("html")).await.unwrap();
     c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap();
+    for _ in 0..200 {
+        if old.text().await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    c.wait().for_element(Locator::Css("body")).await.unwrap();
 }
 
 async fn sign_in(c: &Client, base: &str, token: &str, axe: &str) {
@@ -163,7 +172,7 @@ async fn the_console_in_a_real_browser() {
     accessible(c, &axe, "keys").await;
     fill(c, "#key-name", "checkout").await;
     fill(c, "#key-scopes", "applications:read").await;
-    click(c, "form[action$='/keys'] button").await;
+    click(c, "form[method=post][action$='/keys'] button").await;
     let secret = text(c, "#secret").await;
     assert!(secret.len() > 20, "{secret}");
     c.find(Locator::Css("button.copy[data-copy=secret]")).await.expect("a copy button");
@@ -185,11 +194,23 @@ async fn the_console_in_a_real_browser() {
     assert!(title.contains("20 allowed, 10 denied"), "{title}");
     accessible(c, &axe, "key usage").await;
     let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs");
-    std::fs::write(docs.join("console-usage.png"), c.screenshot().await.unwrap()).unwrap();
+    c.execute("document.querySelector('section[aria-labelledby=usage-h]').scrollIntoView();", vec![]).await.unwrap();
+    let usage = c.find(Locator::Css("section[aria-labelledby=usage-h]")).await.unwrap();
+    std::fs::write(docs.join("console-usage.png"), usage.screenshot().await.unwrap()).unwrap();
     c.goto(&format!("{base}/keys/{key_id}?range=day")).await.unwrap();
     assert_eq!(text(c, "#usage-totals tr[data-outcome='allowed'] td.n").await, "20", "by hour");
+    // A few more keys, so that the key list's screenshot shows what a list shows.
+    for (name, owner) in [("billing-service", "team-billing"), ("mobile-app", "team-mobile"), ("nightly-export", "")] {
+        let fields = pb::CreateApiKeyRequest { name: name.into(), owner_id: owner.into(), ..Default::default() };
+        let (made, _) = app.key_with("acct_web", fields).await;
+        if name == "nightly-export" {
+            let revoke = pb::RevokeApiKeyRequest { id: made.id, reason: "replaced".into() };
+            app.admin.revoke_api_key(revoke).await.unwrap();
+        }
+    }
     c.goto(&format!("{base}/accounts/acct_web/keys")).await.unwrap();
-    std::fs::write(docs.join("console-keys.png"), c.screenshot().await.unwrap()).unwrap();
+    let list = c.find(Locator::Css("main")).await.unwrap();
+    std::fs::write(docs.join("console-keys.png"), list.screenshot().await.unwrap()).unwrap();
 
     // The session cookie as the browser holds it.
     let cookies = c.get_all_cookies().await.unwrap();
