@@ -18,6 +18,8 @@ use std::fmt::Write;
 /// status or application filter skips some (the rest is on the next page).
 pub const KEYS_PER_PAGE: u32 = 50;
 const KEYS_SCANNED_PER_PAGE: u32 = 1_000;
+/// Store pages read for one page of the list (a search is the store's own: one read).
+const STORE_PAGES_PER_PAGE: u32 = 5;
 const AUDIT_PER_PAGE: u32 = 50;
 
 type Params = Query<HashMap<String, String>>;
@@ -278,6 +280,8 @@ pub async fn keys(
     let mut shown = Vec::new();
     let mut next = after.map(str::to_owned);
     let mut scanned = 0;
+    let mut reads = 0;
+    let filtered_here = status.is_some() || application.is_some();
     loop {
         let want = KEYS_PER_PAGE.saturating_sub(shown.len() as u32).max(1);
         let limit = if status.is_none() && application.is_none() { want } else { 200 };
@@ -286,8 +290,11 @@ pub async fn keys(
             Err(e) => return manage_refusal(&e),
         };
         scanned += page.items.len() as u32;
+        reads += 1;
+        let mut whole_page = true;
         for key in page.items {
             if shown.len() as u32 >= KEYS_PER_PAGE {
+                whole_page = false;
                 break;
             }
             next = Some(key.id.to_string());
@@ -299,11 +306,13 @@ pub async fn keys(
                 shown.push(key);
             }
         }
-        if shown.len() as u32 >= KEYS_PER_PAGE || scanned >= KEYS_SCANNED_PER_PAGE {
-            break;
+        // The store's own continuation once its page was read whole (a search may have
+        // scanned past its last match); none: the list ends here.
+        if whole_page {
+            next = page.next_after;
         }
-        if page.next_after.is_none() {
-            next = None;
+        let enough = !filtered_here || reads >= STORE_PAGES_PER_PAGE || scanned >= KEYS_SCANNED_PER_PAGE;
+        if next.is_none() || shown.len() as u32 >= KEYS_PER_PAGE || enough {
             break;
         }
     }
