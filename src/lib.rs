@@ -10,6 +10,7 @@ pub mod breaker;
 pub mod clock;
 pub use keygate_api::code;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod edge;
 pub mod feed;

@@ -10,9 +10,8 @@ use crate::authn::Authenticator;
 use crate::authz::Authorizer;
 use crate::breaker::Breaker;
 use crate::clock::Clock;
-use crate::config::{
-    AdminTokenSource, DigestKeySource, DrainSettings, Settings, MIN_ADMIN_TOKEN_LEN, MIN_DIGEST_KEY_LEN,
-};
+use crate::config::secret_files::{load_admin_token, load_digest_key};
+use crate::config::{DrainSettings, Settings};
 use crate::edge::forward_auth::ForwardAuth;
 use crate::grpc::admin::{AdminGate, AdminGateMetrics, AdminService, BootstrapToken};
 use crate::grpc::authorizer::AuthorizerService;
@@ -36,7 +35,6 @@ use crate::usage::UsageRecorder;
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,6 +172,7 @@ struct ListenerTlsSet {
     admin: Option<Arc<ListenerTls>>,
     http: Option<Arc<ListenerTls>>,
     metrics: Option<Arc<ListenerTls>>,
+    console: Option<Arc<ListenerTls>>,
 }
 
 impl ListenerTlsSet {
@@ -197,11 +196,15 @@ impl ListenerTlsSet {
                 Some(_) => load("metrics", &None, Protocol::Http1)?,
                 None => None,
             },
+            console: match settings.console.listen {
+                crate::console::ConsoleListen::Off => None,
+                _ => load("console", &None, Protocol::Http1)?,
+            },
         })
     }
 
     fn all(&self) -> Vec<Arc<ListenerTls>> {
-        [&self.decision, &self.admin, &self.http, &self.metrics].into_iter().flatten().cloned().collect()
+        [&self.decision, &self.admin, &self.http, &self.metrics, &self.console].into_iter().flatten().cloned().collect()
     }
 }
 
@@ -215,6 +218,8 @@ pub struct Application {
     metrics: Option<TcpListener>,
     /// The forward-auth listener and what it serves, when `--http-listen` was given.
     forward_auth: Option<(TcpListener, ForwardAuth)>,
+    /// The console's listener and what it serves, unless `--console-listen off`.
+    console: Option<(TcpListener, crate::console::Console)>,
     health: tonic_health::server::HealthReporter,
     /// The admin listener's, when Admin is apart.
     admin_health: Option<tonic_health::server::HealthReporter>,
@@ -329,8 +334,12 @@ impl Application {
             WatchService::start(store.clone(), subscribers, manager.clone(), settings.manage.change_retention);
         background.push(AbortOnDrop(pruning));
 
-        let GrpcRouters { router, admin, health, admin_health, admin_metrics } =
-            grpc_routers(&settings, &authorizer, manager, bootstrap, watch).await?;
+        let GrpcRouters { router, admin, health, admin_health, admin_metrics, admin_check } =
+            grpc_routers(&settings, &authorizer, manager.clone(), bootstrap, watch).await?;
+        let console = crate::console::bind(settings.console.listen).await?.map(|listener| {
+            let tls = tls.console.is_some();
+            (listener, crate::console::Console::new(manager, admin_check, clock.clone(), settings.console, tls))
+        });
 
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -369,6 +378,7 @@ impl Application {
             tls,
             metrics,
             forward_auth,
+            console,
             health,
             admin_health,
             handles,
@@ -388,6 +398,11 @@ impl Application {
     /// Where Admin is served, when `--admin-listen` set it apart.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
+    /// Where the console is served, when it is on.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     /// Where forward auth is served, when `--http-listen` was given.
@@ -466,6 +481,20 @@ impl Application {
                     tracing::error!(error = %e, "the forward-auth listener failed");
                 }
             }));
+        }
+        if let Some((listener, console)) = self.console {
+            let address = listener.local_addr()?;
+            let (stop, tls) = (stop(stop_metrics.clone()), self.tls.console.clone());
+            tracing::info!(%address, "serving the console");
+            tokio::spawn(async move {
+                let served = match HttpListener::new(listener, tls) {
+                    Ok(listener) => crate::console::serve(listener, console, stop).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the console failed");
+                }
+            });
         }
         tracing::info!(address = %self.local_addr, tls = self.tls.decision.is_some(), "keygate is serving");
         let decisions = serve_grpc(self.router, self.listener, self.tls.decision.clone(), stop(stop_grpc.clone()));
@@ -637,6 +666,8 @@ struct GrpcRouters {
     health: tonic_health::server::HealthReporter,
     admin_health: Option<tonic_health::server::HealthReporter>,
     admin_metrics: AdminGateMetrics,
+    /// The gate's check, for the console.
+    admin_check: crate::grpc::admin::AdminCheck,
 }
 
 /// The gRPC services, on one listener or two (`--admin-listen`), each with health and
@@ -676,6 +707,7 @@ async fn grpc_routers(
         settings.admin_gate,
     );
     let admin_metrics = admin_gate.metrics();
+    let admin_check = admin_gate.check();
     let admin_service = CallSpans::new(admin_gate);
     let router = server()
         .add_service(health_service.clone())
@@ -704,7 +736,7 @@ async fn grpc_routers(
             (router.add_service(admin_service).add_service(watch), None, None)
         }
     };
-    Ok(GrpcRouters { router, admin, health, admin_health, admin_metrics })
+    Ok(GrpcRouters { router, admin, health, admin_health, admin_metrics, admin_check })
 }
 
 /// One gRPC listener, plain or TLS, until `stop` completes.
@@ -735,7 +767,11 @@ fn warn_if_plaintext_beyond_loopback(settings: &Settings) {
         }
         return;
     }
-    let listeners = [Some(settings.listen), settings.admin_listen, settings.http_listen];
+    let console = match settings.console.listen {
+        crate::console::ConsoleListen::Given(a) | crate::console::ConsoleListen::Default(a) => Some(a),
+        crate::console::ConsoleListen::Off => None,
+    };
+    let listeners = [Some(settings.listen), settings.admin_listen, settings.http_listen, console];
     for address in listeners.into_iter().flatten().filter(|a| !crate::tls::is_loopback(a)) {
         tracing::warn!(
             %address,
@@ -743,51 +779,4 @@ fn warn_if_plaintext_beyond_loopback(settings: &Settings) {
              (give --tls-cert and --tls-key; see docs/deployment.md)"
         );
     }
-}
-
-/// The given token, or the one in the token file, creating the file on first start.
-fn load_admin_token(source: &AdminTokenSource) -> anyhow::Result<String> {
-    match source {
-        AdminTokenSource::Given(token) => Ok(token.clone()),
-        AdminTokenSource::File(path) => secret_file(path, "admin token", MIN_ADMIN_TOKEN_LEN, "kgadm_"),
-    }
-}
-
-/// The given digest key, or the one in the digest key file, creating it on first start.
-fn load_digest_key(source: &DigestKeySource) -> anyhow::Result<String> {
-    match source {
-        DigestKeySource::Given(key) => Ok(key.clone()),
-        DigestKeySource::File(path) => secret_file(path, "digest key", MIN_DIGEST_KEY_LEN, "kgdk_"),
-    }
-}
-
-/// A secret kept in a file: read, or made (random, mode 0600) when the file is missing.
-fn secret_file(path: &Path, what: &str, min_len: usize, prefix: &str) -> anyhow::Result<String> {
-    match std::fs::read_to_string(path) {
-        Ok(secret) if secret.trim().len() >= min_len => return Ok(secret.trim().to_owned()),
-        Ok(_) => anyhow::bail!("the {what} file {} holds fewer than {min_len} characters", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read the {what} file {}", path.display())),
-    }
-    let secret = format!("{prefix}{}", crate::domain::random_token(43)?);
-    write_private(path, &secret).with_context(|| format!("cannot create the {what} file {}", path.display()))?;
-    tracing::info!(path = %path.display(), "created a new {what} file");
-    Ok(secret)
-}
-
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.write_all(b"\n")
 }

@@ -45,6 +45,11 @@ pub struct ListenArgs {
     /// Check, which --listen then serves alone. Default: Admin shares --listen.
     #[arg(long, env = "KEYGATE_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
+    /// Serve the operator console at http://ADDRESS/ (docs/console.md); `off`: no console.
+    /// On the default address, a port already taken is a warning and no console; on an
+    /// address given, it stops start-up. With --tls-cert it serves https:// only.
+    #[arg(long, env = "KEYGATE_CONSOLE_LISTEN", default_value = crate::console::DEFAULT_LISTEN)]
+    pub console_listen: String,
     /// On SIGTERM or Ctrl-C, how long keygate goes on serving once its health says
     /// NOT_SERVING (gRPC health, /healthz), so that load balancers take it out before its
     /// listeners close. 0: they close at once.
@@ -62,6 +67,7 @@ pub(super) struct Listeners {
     pub http_listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    pub console: crate::console::ConsoleListen,
 }
 
 impl ListenArgs {
@@ -84,7 +90,21 @@ impl ListenArgs {
         let metrics_listen = address(self.metrics_listen.as_deref(), "metrics-listen", "127.0.0.1:9090");
         let http_listen = address(self.http_listen.as_deref(), "http-listen", "127.0.0.1:8081");
         let admin_listen = address(self.admin_listen.as_deref(), "admin-listen", "127.0.0.1:50052");
-        Listeners { listen, http_listen, metrics_listen, admin_listen }
+        let console = match self.console_listen.as_str() {
+            "off" => crate::console::ConsoleListen::Off,
+            raw => match raw.parse() {
+                Ok(address) if raw == crate::console::DEFAULT_LISTEN => crate::console::ConsoleListen::Default(address),
+                Ok(address) => crate::console::ConsoleListen::Given(address),
+                Err(_) => {
+                    problems.push(format!(
+                        "--console-listen / KEYGATE_CONSOLE_LISTEN: {raw:?} is not an address like 127.0.0.1:8090, \
+                         or off"
+                    ));
+                    crate::console::ConsoleListen::Off
+                }
+            },
+        };
+        Listeners { listen, http_listen, metrics_listen, admin_listen, console }
     }
 
     pub(super) fn drain(&self, problems: &mut Vec<String>) -> DrainSettings {

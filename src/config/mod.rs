@@ -9,6 +9,7 @@
 pub mod args;
 pub mod range;
 mod secret;
+pub(crate) mod secret_files;
 pub mod tls;
 pub mod url;
 pub mod usage;
@@ -166,6 +167,8 @@ pub struct Settings {
     pub http_listen: Option<SocketAddr>,
     /// Admin apart from Authorize and Check; None: on `listen`.
     pub admin_listen: Option<SocketAddr>,
+    /// The operator console's listener and sessions.
+    pub console: crate::console::ConsoleSettings,
     /// TLS on every listener; None: plaintext.
     pub tls: Option<TlsSettings>,
     pub usage: UsageSettings,
@@ -187,7 +190,8 @@ impl ServeArgs {
     pub fn into_settings(mut self) -> Result<Settings, ConfigError> {
         let mut problems = Vec::new();
         let group_readable = self.allow_group_readable_secret_files;
-        let Listeners { listen, http_listen, metrics_listen, admin_listen } = self.listeners.addresses(&mut problems);
+        let Listeners { listen, http_listen, metrics_listen, admin_listen, console } =
+            self.listeners.addresses(&mut problems);
         let drain = self.listeners.drain(&mut problems);
         let database_url = self.database.url(group_readable, &mut problems);
         let cache = self.cache.settings(&mut problems);
@@ -233,6 +237,7 @@ impl ServeArgs {
             metrics_listen,
             http_listen,
             admin_listen,
+            console: crate::console::ConsoleSettings { listen: console, ..Default::default() },
             tls,
             usage,
             usage_counts,
@@ -258,7 +263,8 @@ fn breaker(timeout_ms: u64) -> BreakerSettings {
 }
 
 impl Settings {
-    /// Defaults for a given database, as `keygate serve` with no flags would use.
+    /// Defaults for a given database, as `keygate serve` with no flags would use, but no
+    /// console (see the body).
     pub fn with_database(database_url: &str) -> Self {
         use clap::Parser;
         #[derive(clap::Parser)]
@@ -268,7 +274,10 @@ impl Settings {
         }
         let mut args = Only::parse_from(["keygate"]).serve;
         args.database.database_url = Some(database_url.to_owned());
-        args.into_settings().expect("defaults are valid")
+        let mut settings = args.into_settings().expect("defaults are valid");
+        // Servers built in code (the tests: many at once) have no console unless they ask.
+        settings.console.listen = crate::console::ConsoleListen::Off;
+        settings
     }
 }
 

@@ -63,6 +63,8 @@ pub struct TestApp {
     pub metrics_url: Option<String>,
     /// `http://ADDRESS` of the forward-auth listener, when the settings turned it on.
     pub http_url: Option<String>,
+    /// `http://ADDRESS` of the console, when the settings turned it on.
+    pub console_url: Option<String>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _db: Option<TestDb>,
@@ -126,6 +128,7 @@ impl TestApp {
         let handles = app.handles();
         let metrics_url = app.metrics_addr().map(|a| format!("{scheme}://{a}/metrics"));
         let http_url = app.http_addr().map(|a| format!("{scheme}://{a}"));
+        let console_url = app.console_addr().map(|a| format!("{scheme}://{a}"));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let server = tokio::spawn(app.run_until(async {
             let _ = rx.await;
@@ -151,6 +154,7 @@ impl TestApp {
             channel,
             metrics_url,
             http_url,
+            console_url,
             shutdown: Some(tx),
             server: Some(server),
             _db: None,

@@ -6,6 +6,8 @@ mod admin_tokens;
 mod answers;
 mod authorize;
 mod cli;
+mod console;
+mod console_browser;
 mod credentials_credits;
 mod credentials_import;
 mod credentials_request;

@@ -170,6 +170,36 @@ impl<S> AdminGate<S> {
     pub fn metrics(&self) -> AdminGateMetrics {
         self.keeper.metrics.clone()
     }
+
+    /// The same check for callers that are not gRPC calls (the console).
+    pub fn check(&self) -> AdminCheck {
+        AdminCheck(self.keeper.clone())
+    }
+}
+
+/// The gate's check of an admin token, for the console: the same token lookup, role rule
+/// ([`need_of`] the RPC an action stands for), budget of wrong tokens per source and calls
+/// per token as a gRPC admin call.
+#[derive(Clone)]
+pub struct AdminCheck(Arc<Gatekeeper>);
+
+impl AdminCheck {
+    /// What `token` may do, if it may do what `rpc` needs; refused as the gate refuses the RPC.
+    pub async fn admit(&self, token: &str, source: Option<std::net::IpAddr>, rpc: &str) -> Result<AdminGrant, Status> {
+        let mut headers = http::HeaderMap::new();
+        // A token that cannot be a header value is no admin token; an empty one is not either.
+        let value = http::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .ok()
+            .filter(|_| !token.trim().is_empty())
+            .unwrap_or_else(|| http::HeaderValue::from_static("Bearer -"));
+        headers.insert("authorization", value);
+        self.0.admit(&headers, source.map(ClientNetwork::of), rpc).await
+    }
+
+    /// May a role do what `rpc` needs (for showing an action, not for doing it)?
+    pub fn allows(grant: &AdminGrant, rpc: &str) -> bool {
+        grant.may(need_of(rpc))
+    }
 }
 
 impl<S: tonic::server::NamedService> tonic::server::NamedService for AdminGate<S> {

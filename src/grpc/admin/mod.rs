@@ -26,7 +26,7 @@ pub use bootstrap::{entropy_bits, BootstrapToken, MIN_BOOTSTRAP_BITS};
 pub use call::{
     ACKNOWLEDGED_HEADER, ACTOR_HEADER, FENCED_HEADER, SUBSCRIBERS_ACKNOWLEDGED_HEADER, SUBSCRIBERS_FENCED_HEADER,
 };
-pub use gate::{AdminGate, AdminGateMetrics, AdminGateSettings, RefusalLabels};
+pub use gate::{AdminCheck, AdminGate, AdminGateMetrics, AdminGateSettings, RefusalLabels};
 pub use roles::ADMIN_RPCS;
 
 use super::proto::{self as pb, admin_server};
