@@ -136,10 +136,11 @@ fn key_id(raw: &str) -> Result<KeyId, Response> {
     KeyId::parse(raw).map_err(|e| html::error_page(StatusCode::NOT_FOUND, &e.to_string()))
 }
 
-/// A change to key `raw` that narrows what it may do: answered once the other replicas
-/// applied it, as the RPC is.
-async fn settled(console: &Console, path: String) -> Response {
-    console.manager.settle().await;
+/// A change in `account` that narrows what a key may do: answered once the other replicas
+/// applied it and the change feed's subscribers that see the account acknowledged it (or
+/// were fenced), as the RPC is.
+async fn settled(console: &Console, account: &AccountId, path: String) -> Response {
+    console.manager.settle(Some(account)).await;
     to(&path)
 }
 
@@ -159,7 +160,7 @@ pub async fn revoke_key(
         Err(answer) => return answer,
     };
     match console.manager.revoke_api_key(id, field(&form, "reason").unwrap_or(""), &s.caller).await {
-        Ok(_) => settled(&console, format!("/keys/{id}")).await,
+        Ok(key) => settled(&console, &key.account_id, format!("/keys/{id}")).await,
         Err(e) => manage_refusal(&e),
     }
 }
@@ -186,7 +187,7 @@ pub async fn roll_key(
         Ok(roll) => {
             let new_id = roll.key.id.to_string();
             console.sessions.set_flash(&s.session_key, new_id.clone(), roll.credential.into_secret_string());
-            settled(&console, format!("/keys/{new_id}")).await
+            settled(&console, &roll.key.account_id, format!("/keys/{new_id}")).await
         }
         Err(e) => manage_refusal(&e),
     }
@@ -210,7 +211,7 @@ async fn set_disabled(
     };
     let changes = KeyChanges { disabled: Some(disabled), ..KeyChanges::default() };
     match console.manager.update_api_key(id, changes, &s.caller).await {
-        Ok(_) => settled(&console, format!("/keys/{id}")).await,
+        Ok(key) => settled(&console, &key.account_id, format!("/keys/{id}")).await,
         Err(e) => manage_refusal(&e),
     }
 }
@@ -259,7 +260,7 @@ pub async fn delete_key(
         Err(e) => return manage_refusal(&e),
     };
     match console.manager.delete_api_key(id, &s.caller).await {
-        Ok(_) => settled(&console, format!("/accounts/{}/keys", url(account.as_str()))).await,
+        Ok(_) => settled(&console, &account, format!("/accounts/{}/keys", url(account.as_str()))).await,
         Err(e) => manage_refusal(&e),
     }
 }
