@@ -39,6 +39,7 @@ mod relay;
 mod replicas;
 mod secrets;
 mod sessions;
+mod slices;
 mod store;
 mod terms;
 mod tls;
