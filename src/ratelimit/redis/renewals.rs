@@ -70,7 +70,8 @@ impl Redis {
     /// Renews every slice of `batch`: one script per slot and per [`MAX_BATCH`] slices,
     /// all sent at once.
     pub(super) async fn renew_all(self: &Arc<Self>, mut batch: Vec<Due>) {
-        let groups = by_slot(&batch.iter().map(|(cell, _)| cell.keys.0.as_str()).collect::<Vec<_>>(), self.client.is_cluster());
+        let groups =
+            by_slot(&batch.iter().map(|(cell, _)| cell.keys.0.as_str()).collect::<Vec<_>>(), self.client.is_cluster());
         if let [group] = &groups[..] {
             if group.len() <= MAX_BATCH {
                 let _ = self.renew_slices(&batch).await;
