@@ -8,8 +8,11 @@
 #   scripts/cpu-per-call.sh [keygate serve flags...]
 #   e.g. scripts/cpu-per-call.sh --rate-limit-store redis://127.0.0.1:6379
 #
-# Env: SECONDS_MEASURED (40), ROUNDS (4), CONCURRENCY (64), KEYS (500), KEYGATE_BIN_DIR. At c=64 both
-# processes keep the two cores busy, so throughput × floor is the ratio of the totals.
+# Env: SECONDS_MEASURED (40), ROUNDS (4), CONCURRENCY (64), KEYS (500), KEYGATE_BIN_DIR,
+# LOAD_ARGS (more `keygate-bench load` flags, e.g. --uniform), METRICS (an address given to
+# keygate as --metrics-listen: its lease renewals per 1,000 decisions are printed at the
+# end). At c=64 both processes keep the two cores busy, so throughput × floor is the ratio
+# of the totals.
 set -euo pipefail
 measured=${SECONDS_MEASURED:-40}
 cd "$(dirname "$0")/.."
@@ -39,7 +42,7 @@ grep -q "keygate is serving" kg.log || { cat kg.log >&2; exit 1; }
 "$bin/keygate-bench" load --target http://127.0.0.1:50091 --admin-token "$token" \
   --floor "$(awk '/listening on/ {print $3}' floor.log)" --keys "${KEYS:-500}" \
   --concurrency "${CONCURRENCY:-64}" --seconds "$measured" --rounds "${ROUNDS:-4}" \
-  --warmup-seconds 0 >load.log 2>/dev/null &
+  --warmup-seconds 0 ${LOAD_ARGS:-} >load.log 2>/dev/null &
 load=$!
 # Redis' CPU only when keygate uses it: the Redis serving its --rate-limit-store port.
 redis=
@@ -75,3 +78,12 @@ for server, cpu in spent.items():
     f, k, c, r = (x / tick / calls[server] * 1e6 for x in cpu)
     print(f"while measuring {server:8} {f:12.2f} {k:15.2f} {c:15.2f} {r:7.2f} {f + k + c + r:7.2f}")
 EOF
+# Renewals of high-rate limits' slices per 1,000 decisions (the whole run: warm-up, and the
+# hand-backs of idle slices while the floor is measured, included).
+if [ -n "${METRICS:-}" ]; then
+  curl -s "http://$METRICS/metrics" | awk '
+    /^keygate_decisions_total/ { d += $NF }
+    /^keygate_rate_limit_lease_renewals_total/ { r = $NF }
+    /^keygate_rate_limit_lease_round_trips_total/ { t = $NF }
+    END { printf "decisions %d, slices renewed %d (%.1f per 1,000), round trips %d (%.1f per 1,000)\n", d, r, d ? r * 1000 / d : 0, t, d ? t * 1000 / d : 0 }'
+fi

@@ -329,8 +329,14 @@ fn rate_limit_leases(encoder: &mut DescriptorEncoder, handles: &Sources) -> std:
         counter(
             encoder,
             "rate_limit_lease_renewals",
-            "Round trips to Redis that renewed or released a slice of a high-rate limit",
+            "Slices of high-rate limits renewed or released in Redis (one per subject; several share a round trip)",
             stats.renewals.load(Relaxed),
+        )?;
+        counter(
+            encoder,
+            "rate_limit_lease_round_trips",
+            "Round trips to Redis (lease script runs) that renewed or released slices of high-rate limits",
+            stats.round_trips.load(Relaxed),
         )?;
         counter(
             encoder,

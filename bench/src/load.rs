@@ -57,6 +57,10 @@ pub struct LoadArgs {
     /// under a profiler) instead of one started here.
     #[arg(long, requires = "target")]
     pub floor: Option<String>,
+    /// With --target: every key called at the same rate (uniformly at random) instead of
+    /// Zipf: with many keys, many accounts each at a small share of its limit.
+    #[arg(long, requires = "target")]
+    pub uniform: bool,
     #[arg(long)]
     json: Option<PathBuf>,
     #[arg(long)]

@@ -170,7 +170,8 @@ pub async fn limit_path(url: &str) -> anyhow::Result<()> {
     );
     let prefix = format!("keygate-bench:{}:", keygate::domain::random_token(8)?);
     // Slices of half the limit and a long period: nothing is renewed while timing.
-    let settings = LeaseSettings { share: 0.5, period: Duration::from_secs(600) };
+    let settings =
+        LeaseSettings { share: 0.5, max_share: 0.5, period: Duration::from_secs(600), ..LeaseSettings::default() };
     let leased = Arc::new(RedisLimiter::new(url, prefix, Arc::new(breaker), settings)?);
     let local = Arc::new(LocalLimiter::default());
     let rule = Arc::new(LimitRule {

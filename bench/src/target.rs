@@ -24,6 +24,8 @@ pub struct Target<'a> {
     pub tls: Option<&'a std::path::Path>,
     /// A floor already running (its address without scheme), instead of one started here.
     pub floor: Option<&'a str>,
+    /// Keys called uniformly rather than Zipf.
+    pub uniform: bool,
 }
 
 /// (Used by `load --target`.) The floor, in its own process: prints `listening on ADDR`.
@@ -46,6 +48,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         path: &args.path,
         tls: args.tls.as_deref(),
         floor: args.floor.as_deref(),
+        uniform: args.uniform,
     };
     let (warmup, measure) = (Duration::from_secs(args.warmup_seconds), Duration::from_secs(args.seconds));
     run(target, args.connections, &args.concurrency, args.rounds, warmup, measure).await
@@ -95,35 +98,51 @@ pub async fn run(
         target.keys,
     )
     .await?;
-    // Every key verified once on every target (argon2), so only hot keys are measured.
+    // Every key verified once on every target (argon2), so only hot keys are measured; a
+    // few at once.
+    let secrets = Arc::new(secrets);
     for server in &servers {
-        let address = &server.address;
-        let mut client = AuthorizerClient::new(server.channel().await?);
-        for secret in &secrets {
-            // Warm-up verifies every key (argon2) on every target at once: on two cores, a
-            // store read can miss its deadline meanwhile. Such a call is asked again.
-            let mut attempts = 0;
-            let decided = loop {
-                match client.authorize(request(secret, target.path)).await {
-                    Err(status) if status.code() == tonic::Code::Unavailable && attempts < 5 => {
-                        attempts += 1;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    answer => break answer?.into_inner(),
+        let client = AuthorizerClient::new(server.channel().await?);
+        let mut warming = tokio::task::JoinSet::new();
+        for n in 0..8 {
+            let (mut client, secrets, path) = (client.clone(), secrets.clone(), target.path.to_owned());
+            let address = server.address.clone();
+            warming.spawn(async move {
+                for secret in secrets.iter().skip(n).step_by(8) {
+                    // Warm-up verifies every key (argon2) on every target at once: on two
+                    // cores, a store read can miss its deadline meanwhile. Such a call is
+                    // asked again.
+                    let mut attempts = 0;
+                    let decided = loop {
+                        match client.authorize(request(secret, &path)).await {
+                            Err(status) if status.code() == tonic::Code::Unavailable && attempts < 5 => {
+                                attempts += 1;
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            answer => break answer?.into_inner(),
+                        }
+                    };
+                    anyhow::ensure!(
+                        decided.allowed || decided.code == "rate_limit_reached",
+                        "warm-up on {address} denied: {} {}",
+                        decided.code,
+                        decided.message
+                    );
                 }
-            };
-            anyhow::ensure!(
-                decided.allowed || decided.code == "rate_limit_reached",
-                "warm-up on {address} denied: {} {}",
-                decided.code,
-                decided.message
-            );
+                anyhow::Ok(())
+            });
+        }
+        while let Some(warmed) = warming.join_next().await {
+            warmed??;
         }
     }
-    let secrets = Arc::new(secrets);
     let zipf = Arc::new(Zipf::new(secrets.len()));
     let path = target.path.to_owned();
-    let hot: Generator = Arc::new(move |rng| request(&secrets[zipf.sample(rng)], &path));
+    let hot: Generator = if target.uniform {
+        Arc::new(move |rng| request(&secrets[(rng.next_u64() % secrets.len() as u64) as usize], &path))
+    } else {
+        Arc::new(move |rng| request(&secrets[zipf.sample(rng)], &path))
+    };
     let sample = keygate::domain::GeneratedKey::generate()?.into_secret_string();
     let floor_path = target.path.to_owned();
     let floor_generator: Generator = Arc::new(move |_| request(&sample, &floor_path));
@@ -133,9 +152,10 @@ pub async fn run(
     // Several targets: each connection goes to one of them in turn, so calls alternate.
     let target_load = Load::spread(&servers, connections, warmup, round_measure).await?;
     println!(
-        "target {} ({} hot keys in as many accounts, {}{}); floor in its own process; {} rounds x {:.1} s",
+        "target {} ({} hot keys in as many accounts, {}, {}{}); floor in its own process; {} rounds x {:.1} s",
         target.addresses.join(", "),
         target.keys,
+        if target.uniform { "uniform" } else { "zipf" },
         target.path,
         if target.tls.is_some() { ", mTLS on both" } else { "" },
         rounds,

@@ -421,15 +421,23 @@ pub struct RateLimitArgs {
     #[arg(long, env = "KEYGATE_RATE_LIMIT_TIMEOUT_MS", default_value_t = 50.into(), value_parser = in_range::<u64>(1..=10_000))]
     pub rate_limit_timeout_ms: Checked<u64>,
     /// With Redis: how long a replica may spend its slice of a high-rate limit before
-    /// renewing it (a slice is 1% of the limit). A replica that dies returns its unused
-    /// slice after this long.
+    /// renewing it. A replica that dies returns its unused slice after this long.
     #[arg(long, env = "KEYGATE_RATE_LIMIT_LEASE_MS", default_value_t = 2000.into(), value_parser = in_range::<u64>(100..=60_000))]
     pub rate_limit_lease_ms: Checked<u64>,
-    /// With Redis: a replica's slice of a high-rate limit, in percent of the limit. Larger
-    /// slices mean fewer round trips and a looser bound (a window may admit up to the limit
-    /// plus one slice per replica).
+    /// With Redis: the smallest slice of a high-rate limit a replica holds (a subject new,
+    /// slow or idle there), in percent of the limit.
     #[arg(long, env = "KEYGATE_RATE_LIMIT_LEASE_PERCENT", default_value_t = 1.0.into(), value_parser = in_range::<f64>(0.01..=50.0))]
     pub rate_limit_lease_percent: Checked<f64>,
+    /// With Redis: what every replica's slices of one subject may hold together beyond
+    /// their smallest ones, in percent of the limit (default: 5, or the smallest slice's
+    /// percent if that is more). A busy subject's slices grow up to it; a window may admit
+    /// up to the limit plus this plus a smallest slice per replica.
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_LEASE_MAX_PERCENT", value_parser = in_range::<f64>(0.01..=50.0))]
+    pub rate_limit_lease_max_percent: Option<Checked<f64>>,
+    /// With Redis: a busy subject's slice holds about this long of its traffic on a replica
+    /// (its rate there, estimated at each renewal), within the two percents above.
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_LEASE_TARGET_MS", default_value_t = 1000.into(), value_parser = in_range::<u64>(1..=60_000))]
+    pub rate_limit_lease_target_ms: Checked<u64>,
 }
 
 /// A Redis URL over TLS: one node's or a cluster's.
@@ -490,9 +498,27 @@ impl RateLimitArgs {
     }
 
     pub(super) fn leases(&self, problems: &mut Vec<String>) -> LeaseSettings {
+        let least = self.rate_limit_lease_percent.value(problems);
+        let most = match &self.rate_limit_lease_max_percent {
+            Some(most) => {
+                let known = problems.len();
+                let most = most.value(problems);
+                // Out of its range, it is refused as such already.
+                if problems.len() == known && most < least {
+                    problems.push(format!(
+                        "--rate-limit-lease-max-percent ({most}) is below --rate-limit-lease-percent ({least}): the \
+                         slices' largest share cannot be less than the smallest slice"
+                    ));
+                }
+                most
+            }
+            None => least.max(LeaseSettings::default().max_share * 100.0),
+        };
         LeaseSettings {
             period: Duration::from_millis(self.rate_limit_lease_ms.value(problems)),
-            share: self.rate_limit_lease_percent.value(problems) / 100.0,
+            share: least / 100.0,
+            max_share: most / 100.0,
+            target: Duration::from_millis(self.rate_limit_lease_target_ms.value(problems)),
         }
     }
 }

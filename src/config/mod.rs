@@ -402,4 +402,32 @@ mod tests {
         let apart = settings(&["--admin-listen", "127.0.0.1:50052"]).expect("valid");
         assert_eq!(apart.admin_listen, Some("127.0.0.1:50052".parse().unwrap()));
     }
+
+    /// guards: slices' bounds (the largest share at least the smallest; every number in
+    /// its range).
+    #[test]
+    fn lease_shares_and_target_are_checked() {
+        let settings = |flags: &[&str]| parse(flags).into_settings();
+        assert_eq!(settings(&[]).expect("valid").limit_leases, LeaseSettings::default());
+        let wide = settings(&["--rate-limit-lease-percent", "10"]).expect("valid").limit_leases;
+        assert_eq!((wide.share, wide.max_share), (0.1, 0.1), "the largest share follows a larger smallest");
+        let given = ["--rate-limit-lease-max-percent", "20", "--rate-limit-lease-target-ms", "250"];
+        let given = settings(&given).expect("valid").limit_leases;
+        assert_eq!((given.max_share, given.target), (0.2, std::time::Duration::from_millis(250)));
+        for (flags, problem) in [
+            (
+                &["--rate-limit-lease-percent", "2", "--rate-limit-lease-max-percent", "1"][..],
+                "--rate-limit-lease-max-percent (1) is below --rate-limit-lease-percent (2)",
+            ),
+            (&["--rate-limit-lease-max-percent", "0"][..], "--rate-limit-lease-max-percent"),
+            (&["--rate-limit-lease-max-percent", "NaN"][..], "--rate-limit-lease-max-percent"),
+            (&["--rate-limit-lease-max-percent", "51"][..], "--rate-limit-lease-max-percent"),
+            (&["--rate-limit-lease-target-ms", "0"][..], "--rate-limit-lease-target-ms"),
+            (&["--rate-limit-lease-target-ms", "60001"][..], "--rate-limit-lease-target-ms"),
+        ] {
+            let err = settings(flags).unwrap_err();
+            assert_eq!(err.0.len(), 1, "{flags:?}: {err}");
+            assert!(err.to_string().contains(problem), "{flags:?}: {err}");
+        }
+    }
 }

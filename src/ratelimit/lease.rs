@@ -13,38 +13,72 @@
 //! slice returned. A replica that dies stops renewing; its reservation lapses after one
 //! lease period, so its unused slice returns then.
 //!
-//! The bound (docs/policy.md): in any window, at most `limit + replicas × lease` are
-//! admitted — a dying replica's spends not yet reported, or a reservation that lapsed on
-//! another replica's clock before it was renewed, are the only ways past the limit — and a
-//! request is refused early by at most a bucket (1% of the window) plus the slices other
-//! replicas hold unspent.
+//! A slice follows its subject's traffic on the replica: about [`LeaseSettings::target`]
+//! of its admissions, never less than the smallest slice, and past that only while every
+//! replica's slices of the subject together stay within the largest share (Redis checks
+//! it in [`LEASE`]).
+//!
+//! The bound (docs/policy.md): the live slices of a subject hold at most the largest share
+//! plus a smallest slice per replica, so in any window at most `limit + largest share +
+//! replicas × smallest slice` are admitted — a dying replica's spends not yet reported, or
+//! a reservation that lapsed on another replica's clock before it was renewed, are the only
+//! ways past the limit — and a request is refused early by at most a bucket (1% of the
+//! window) plus the slices other replicas hold unspent.
 
 use std::time::Duration;
 
 /// How big a slice is and how long a replica may spend it without renewing.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LeaseSettings {
-    /// A slice is this share of the limit (at least one request).
+    /// The smallest slice: this share of the limit (at least one request). A subject new,
+    /// slow or idle on a replica holds this much.
     pub share: f64,
+    /// The largest: a replica's slice grows past the smallest only while every replica's
+    /// slices of the subject together stay within this share of the limit, and while its
+    /// own stays within its fair part of it (the share over the replicas holding slices).
+    pub max_share: f64,
+    /// A busy subject's slice holds about this long of its admissions on this replica
+    /// (its rate, estimated on the replica's clock), between the smallest and the largest.
+    pub target: Duration,
     /// A slice not renewed within this long lapses (in Redis, for every other replica).
     pub period: Duration,
 }
 
 impl Default for LeaseSettings {
     fn default() -> Self {
-        Self { share: 0.01, period: Duration::from_secs(2) }
+        Self { share: 0.01, max_share: 0.05, target: Duration::from_secs(1), period: Duration::from_secs(2) }
     }
 }
 
 impl LeaseSettings {
-    /// The slice for a limit: `share` of it, rounded up, at least 1, at most the limit.
+    /// The smallest slice of a limit: `share` of it, rounded up, at least 1, at most the
+    /// limit.
     pub fn size(&self, limit: u32) -> u32 {
         ((f64::from(limit) * self.share).ceil() as u32).clamp(1, limit.max(1))
+    }
+
+    /// What every replica's slices of a subject may hold together beyond their smallest
+    /// ones: `max_share` of the limit, at least the smallest slice, at most the limit.
+    pub fn most(&self, limit: u32) -> u32 {
+        ((f64::from(limit) * self.max_share).floor() as u32).clamp(self.size(limit), limit.max(1))
+    }
+
+    /// How a slice of `limit` is sized.
+    pub fn sizing(&self, limit: u32) -> Sizing {
+        Sizing { least: self.size(limit), most: self.most(limit), target_ms: self.target.as_millis() as i64 }
     }
 
     pub fn period_ms(&self) -> i64 {
         self.period.as_millis().max(1) as i64
     }
+}
+
+/// A slice's bounds for one limit, and how much of its subject's traffic it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizing {
+    pub least: u32,
+    pub most: u32,
+    pub target_ms: i64,
 }
 
 /// What a slice of `size` is renewed at: an eighth of it, at least one. A subject spending
@@ -56,26 +90,37 @@ pub fn low_water(size: u32) -> u32 {
     (size / 8).max(1)
 }
 
-/// KEYS: the subject's counts (a hash: `t` the total of the buckets in the window, `o` the
-/// oldest bucket that may hold counts, then bucket index → count) and its reservations (a
-/// hash: slice → `amount:expires_at:reported`). ARGV: now (ms), window (ms), limit, bucket
-/// (ms), ring (buckets kept), the slice's field, its spends so far (cumulative), what Redis
-/// acknowledged of them, keep (still held), want (more), period (ms). Returns {granted, room
-/// left after it, ms until there may be more room (0 unless less than wanted was granted),
-/// keep accepted}.
+/// Arguments per slice in [`LEASE`]'s ARGV.
+pub const LEASE_ARGS: usize = 13;
+
+/// Renews (or releases) the slices of one or more subjects at once: one script run, one
+/// round trip, for every slice a replica has due (on a cluster, those of one slot).
+///
+/// KEYS, two per slice: the subject's counts (a hash: `t` the total of the buckets in the
+/// window, `o` the oldest bucket that may hold counts, then bucket index → count) and its
+/// reservations (a hash: slice → `amount:expires_at:reported`). ARGV, [`LEASE_ARGS`] per
+/// slice: now (ms), window (ms), limit, bucket (ms), ring (buckets kept), the slice's
+/// field, its spends so far (cumulative), what Redis acknowledged of them, keep (still
+/// held), want (more), period (ms), least (the smallest slice), most (what all replicas'
+/// slices may hold together beyond their smallest). Returns, per slice, {granted, room
+/// left after it, ms until there may be more room (0 unless the room granted less than
+/// wanted), keep accepted}.
+///
+/// A slice is granted past `least` only while every live slice of the subject together
+/// stays within `most`, and while it stays within its fair part of `most` (`most` over
+/// the replicas holding slices, this one among them): so all slices together hold at
+/// most `most` plus a smallest slice per replica, whatever their rates.
 ///
 /// Spends are reported cumulatively and counted once: a renewal that timed out on our side
 /// but ran in Redis is not counted again by the next. The running total keeps a renewal's
 /// work small: only buckets that left the window since the last call are read; every
 /// bucket is walked only to say when a refused subject has room.
 pub const LEASE: &str = r#"
-local counts, reservations = KEYS[1], KEYS[2]
-local now, window, limit, bucket, ring = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local me, reported, acked, keep, want, period = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local function lease(counts, reservations, now, window, limit, bucket, ring, me, reported, acked, keep, want, period, least, most)
 -- Every slice's reservation, this one's among them: what of this slice's spends Redis has
 -- already counted and whether its reservation lives; what the others hold, and the lapsed
 -- ones (removed).
-local others, soonest, live, lapsed = 0, -1, false, {}
+local others, holders, soonest, live, lapsed = 0, 1, -1, false, {}
 local held = redis.call('HGETALL', reservations)
 for i = 1, #held, 2 do
   if held[i] == me then
@@ -91,6 +136,7 @@ for i = 1, #held, 2 do
       lapsed[#lapsed + 1] = held[i]
     else
       others = others + amount
+      holders = holders + 1
       if soonest < 0 or expires < soonest then soonest = expires end
     end
   end
@@ -131,6 +177,9 @@ local used = total + others
 -- A slice whose reservation lapsed was given back: what it still holds is kept only as far
 -- as there is room.
 if not live then keep = math.max(0, math.min(keep, limit - used)) end
+-- The slice's size: past the smallest only within `most` for all, and its fair part.
+local allowed = math.min(math.max(least, most - others), math.max(least, math.floor(most / holders)))
+want = math.max(0, math.min(want, allowed - keep))
 local room = limit - used - keep
 local granted = math.max(0, math.min(want, room))
 if keep + granted > 0 then
@@ -155,7 +204,20 @@ if granted < want then
   if soonest >= 0 and soonest - now < retry then retry = soonest - now end
   if retry < 1 then retry = 1 end
 end
-return {granted, math.max(room - granted, 0), retry, keep}
+return granted, math.max(room - granted, 0), retry, keep
+end
+local answers = {}
+for s = 0, #KEYS / 2 - 1 do
+  local a = s * 13
+  local n = function(i) return tonumber(ARGV[a + i]) end
+  local granted, room, retry, kept = lease(KEYS[2 * s + 1], KEYS[2 * s + 2], n(1), n(2), n(3), n(4), n(5), ARGV[a + 6],
+    n(7), n(8), n(9), n(10), n(11), n(12), n(13))
+  answers[#answers + 1] = granted
+  answers[#answers + 1] = room
+  answers[#answers + 1] = retry
+  answers[#answers + 1] = kept
+end
+return answers
 "#;
 
 /// What Redis answered a renewal.
@@ -224,6 +286,12 @@ pub struct Lease {
     last_used: i64,
     /// Released for idleness: the caller must look the subject up again.
     released: bool,
+    /// The subject's admissions on this replica, per ms, as estimated at the last renewal
+    /// (`None` before a first estimate): what its slice is sized by.
+    rate: Option<f64>,
+    /// Admissions since `rate_since`, the start of the current estimate (0: none yet).
+    admitted: u32,
+    rate_since: Option<i64>,
 }
 
 /// The outcome of taking one request from a slice.
@@ -249,17 +317,18 @@ impl Lease {
             self.held -= 1;
             self.spent += 1;
             self.pending += 1;
+            self.admitted = self.admitted.saturating_add(1);
             let generation = self.generation;
             // Or half way to its lapse: a subject called every second or so still renews
             // in the background before its slice lapses, and its requests do not wait.
             let due = (self.held <= low_water(size) && now >= self.quiet_until) || now >= self.renewed_at + period / 2;
-            let renew = (due && !self.renewing).then(|| self.start_renewal(now, size));
+            let renew = (due && !self.renewing).then(|| self.start_renewal(now, size, period));
             return Take::Spent { generation, remaining: self.room.saturating_add(self.held), renew };
         }
         if now < self.denied_until {
             return Take::Limited { retry_after_ms: self.denied_until - now };
         }
-        let renew = (!self.renewing).then(|| self.start_renewal(now, size));
+        let renew = (!self.renewing).then(|| self.start_renewal(now, size, period));
         Take::Empty { renew }
     }
 
@@ -279,13 +348,51 @@ impl Lease {
 
     /// Snapshots a renewal up to `size` held, and marks it in flight. Pending requests are
     /// not reported yet, and stay reserved while the slice lives.
-    fn start_renewal(&mut self, now: i64, size: u32) -> Renewal {
+    fn start_renewal(&mut self, now: i64, size: u32, period: i64) -> Renewal {
         self.renewing = true;
+        self.observe(now, period);
         let keep = if now < self.expires_at { self.held + self.pending } else { 0 };
         if keep == 0 {
             self.generation += 1;
         }
         Renewal { reported: self.reported(), acked: self.acked, keep, want: size.saturating_sub(keep), at: now }
+    }
+
+    /// The slice this subject wants on this replica: its estimated rate over `target_ms`,
+    /// within `sizing`'s bounds (the smallest until a first estimate).
+    pub fn size(&self, sizing: Sizing) -> u32 {
+        let most = sizing.most.max(sizing.least);
+        let Some(rate) = self.rate else { return sizing.least };
+        let wanted = (rate * sizing.target_ms.max(0) as f64).ceil();
+        if wanted.is_finite() {
+            (wanted.min(f64::from(most)) as u32).clamp(sizing.least, most)
+        } else {
+            sizing.least
+        }
+    }
+
+    /// Updates the rate estimate at a renewal: the admissions since the last estimate over
+    /// the time between them, weighed against the estimate so far by how long that was
+    /// (half a period weighs as much as all before it). Under an eighth of a period is too
+    /// short to tell a burst from a rate: the admissions wait for a later renewal.
+    fn observe(&mut self, now: i64, period: i64) {
+        let Some(since) = self.rate_since else {
+            self.rate_since = Some(now);
+            self.admitted = 0;
+            return;
+        };
+        let elapsed = now - since;
+        if elapsed < (period / 8).max(1) {
+            return;
+        }
+        let sample = f64::from(self.admitted) / elapsed as f64;
+        let weight = elapsed as f64 / (elapsed as f64 + (period / 2).max(1) as f64);
+        self.rate = Some(match self.rate {
+            None => sample,
+            Some(rate) => rate + (sample - rate) * weight,
+        });
+        self.rate_since = Some(now);
+        self.admitted = 0;
     }
 
     /// Spends Redis may count: all but the pending ones.
@@ -564,6 +671,72 @@ mod tests {
     fn slice_sizes() {
         let s = LeaseSettings::default();
         assert_eq!((s.size(6_000), s.size(3_000), s.size(150), s.size(10), s.size(0)), (60, 30, 2, 1, 1));
+        assert_eq!((s.most(3_000), s.most(150), s.most(10), s.most(0)), (150, 7, 1, 1));
+        assert_eq!(s.sizing(3_000), Sizing { least: 30, most: 150, target_ms: 1_000 });
+    }
+
+    /// Calls `lease` every `every` ms from `from` to `to`, Redis granting all it asks.
+    fn drive(lease: &mut Lease, sizing: Sizing, from: i64, to: i64, every: i64) -> u32 {
+        let (mut t, mut renewals) = (from, 0);
+        while t < to {
+            let size = lease.size(sizing);
+            match lease.take(t, size, PERIOD) {
+                Take::Spent { generation, renew, .. } => {
+                    lease.settle(generation, true);
+                    if let Some(sent) = renew {
+                        renewals += 1;
+                        lease.renewed(&sent, granted(sent.want, 1_000_000), PERIOD);
+                    }
+                    t += every;
+                }
+                Take::Empty { renew: Some(sent) } => {
+                    renewals += 1;
+                    lease.renewed(&sent, granted(sent.want, 1_000_000), PERIOD);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        renewals
+    }
+
+    #[test]
+    fn a_slice_follows_its_subjects_rate_between_its_bounds() {
+        let sizing = Sizing { least: 30, most: 150, target_ms: 1_000 };
+        let mut lease = Lease::default();
+        assert_eq!(lease.size(sizing), 30, "no estimate yet: the smallest");
+        // 100 a second: a slice of about a second of it.
+        let renewals = drive(&mut lease, sizing, 0, 5_000, 10);
+        assert!((90..=110).contains(&lease.size(sizing)), "{}", lease.size(sizing));
+        // Renewed about once a half period (the time rule), not every 26 calls of a
+        // fixed 30: 500 calls.
+        assert!(renewals <= 14, "{renewals} renewals");
+        let mut fixed = Lease::default();
+        let fixed_renewals = drive(&mut fixed, Sizing { least: 30, most: 30, target_ms: 1_000 }, 0, 5_000, 10);
+        assert!(fixed_renewals >= 18, "{fixed_renewals} renewals of a fixed slice");
+        // A thousand a second: the largest.
+        drive(&mut lease, sizing, 5_000, 8_000, 1);
+        assert_eq!(lease.size(sizing), 150);
+        // Two a second: back to the smallest.
+        drive(&mut lease, sizing, 8_000, 14_000, 500);
+        assert_eq!(lease.size(sizing), 30);
+        // A burst (100 calls in 100 ms, or a clock that does not move) is not a rate.
+        for step in [1, 0] {
+            let mut burst = Lease::default();
+            for i in 0..100 {
+                let size = burst.size(sizing);
+                match burst.take(i * step, size, PERIOD) {
+                    Take::Spent { generation, renew, .. } => {
+                        burst.settle(generation, true);
+                        if let Some(sent) = renew {
+                            burst.renewed(&sent, granted(sent.want, 1_000_000), PERIOD);
+                        }
+                    }
+                    Take::Empty { renew: Some(sent) } => burst.renewed(&sent, granted(sent.want, 1_000_000), PERIOD),
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(burst.size(sizing), 30, "step {step}");
+        }
     }
 
     #[test]

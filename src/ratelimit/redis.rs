@@ -16,7 +16,7 @@
 //! immaterial for windows of a second or more).
 
 use super::connection::{by_slot, Connection, StoreClient};
-use super::lease::{Granted, Lease, LeaseSettings, Renewal, Take, LEASE};
+use super::lease::{Lease, LeaseSettings, Take, LEASE};
 use super::{LimitCheck, LimitOutcome, LimiterError, LocalLimiter, Room};
 use crate::breaker::Breaker;
 use crate::domain::Timestamp;
@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, OnceCell};
+
+mod renewals;
 
 /// KEYS: one sorted set per limit. ARGV: now (ms), a unique member, then per key its window
 /// (ms) and limit. Returns {1, tightest limit, remaining} or {0, limit, retry after ms, which
@@ -85,13 +87,19 @@ struct Redis {
     stats: Arc<RedisStats>,
     /// Permits for taking back unanswered exact counts ([`Uncount`]).
     uncounting: Arc<tokio::sync::Semaphore>,
+    /// Slices due for renewal in the background ([`renewals`]).
+    queue: Mutex<renewals::Queue>,
 }
 
 /// Counters of what the limiter does in Redis, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct RedisStats {
-    /// Round trips that renewed or released a slice (the only ones high-rate limits make).
+    /// Slices renewed or released: a subject's renewal each (several may share a round
+    /// trip).
     pub renewals: AtomicU64,
+    /// Round trips (script runs) that renewed or released slices: the only ones high-rate
+    /// limits make.
+    pub round_trips: AtomicU64,
     /// Renewals Redis did not answer.
     pub failed: AtomicU64,
     /// Requests that found nothing held and waited for Redis.
@@ -247,6 +255,13 @@ struct Spent {
     generation: u64,
 }
 
+/// Takes one request from `cell`'s slice, sized by its subject's rate.
+fn take_sized(cell: &LeaseCell, now: i64, sizing: super::lease::Sizing, period: i64) -> Take {
+    let mut lease = cell.lock();
+    let size = lease.size(sizing);
+    lease.take(now, size, period)
+}
+
 enum Leased {
     Spent(Spent, Room),
     Limited { limit: u32, retry_after_ms: i64 },
@@ -287,6 +302,7 @@ impl RedisLimiter {
                 breaker,
                 stats: Arc::default(),
                 uncounting: Arc::new(tokio::sync::Semaphore::new(MAX_UNCOUNTING)),
+                queue: Mutex::default(),
             }),
             // The release task drops idle slices; a slice pushed out by a flood of subjects
             // lapses in Redis after a period (its unreported spends, under a slice, are lost).
@@ -430,14 +446,14 @@ impl RedisLimiter {
     async fn take(&self, check: &LimitCheck<'_>, now: i64) -> Result<Leased, LimiterError> {
         let settings = self.redis.settings;
         let (limit, window) = (check.rule.limit, check.rule.window.as_millis() as i64);
-        let (size, period) = (settings.size(limit), settings.period_ms());
+        let (sizing, period) = (settings.sizing(limit), settings.period_ms());
         // A renewal in flight is waited for a few times at most (each wait is bounded by
         // the breaker's timeout, which bounds every renewal); a released slice is replaced.
         let (mut waits, mut replaced) = (0, 0);
         while waits < 4 && replaced < 4 {
             let cell = self.cell(check, window);
             cell.set_terms(window, limit);
-            let mut taken = cell.lock().take(now, size, period);
+            let mut taken = take_sized(&cell, now, sizing, period);
             if let Take::Empty { renew: None } = taken {
                 // Waiting for a renewal in flight: listen first, then look again, so its
                 // answer cannot slip by between the look and the wait. (Only here: the hot
@@ -445,7 +461,7 @@ impl RedisLimiter {
                 let renewed = cell.renewed.notified();
                 tokio::pin!(renewed);
                 renewed.as_mut().enable();
-                taken = cell.lock().take(now, size, period);
+                taken = take_sized(&cell, now, sizing, period);
                 if let Take::Empty { renew: None } = taken {
                     self.redis.stats.waited.fetch_add(1, Ordering::Relaxed);
                     waits += 1;
@@ -456,7 +472,7 @@ impl RedisLimiter {
             match taken {
                 Take::Spent { generation, remaining, renew } => {
                     if let Some(sent) = renew {
-                        tokio::spawn(self.redis.clone().renew(cell.clone(), sent));
+                        self.redis.enqueue(cell.clone(), sent);
                     }
                     let room = Room { limit, remaining: remaining.min(limit.saturating_sub(1)) };
                     return Ok(Leased::Spent(Spent { cell, generation }, room));
@@ -528,7 +544,7 @@ impl RedisLimiter {
     /// period; a graceful shutdown with zero.
     pub async fn release_idle(&self, now: Timestamp, min_idle: Duration) {
         let min_idle = min_idle.as_millis() as i64;
-        let mut releases = tokio::task::JoinSet::new();
+        let mut released = Vec::new();
         for (walked, (key, cell)) in self.leases.iter().enumerate() {
             // A table of many subjects does not hold a worker for the whole walk.
             if walked % 1024 == 1023 {
@@ -536,13 +552,16 @@ impl RedisLimiter {
             }
             let Some(sent) = cell.lock().release(now.as_millis(), min_idle) else { continue };
             self.leases.remove_if(key.as_str(), |held| Arc::ptr_eq(held, &cell));
-            releases.spawn(self.redis.clone().renew(cell, sent));
-            // A bounded number in flight: a burst of idle subjects does not flood Redis.
-            if releases.len() >= 64 {
-                releases.join_next().await;
+            released.push((cell, sent));
+            // Batched, a bounded number at once: a burst of idle subjects does not flood
+            // Redis.
+            if released.len() >= 16 * renewals::MAX_BATCH {
+                self.redis.renew_all(std::mem::take(&mut released)).await;
             }
         }
-        while releases.join_next().await.is_some() {}
+        if !released.is_empty() {
+            self.redis.renew_all(released).await;
+        }
     }
 
     /// Exact limits (the positions `exact` of `checks`): checked and counted in Redis by
@@ -705,60 +724,9 @@ impl Redis {
         Ok(removed)
     }
 
-    /// Sends `sent` for `cell`'s slice, tells the slice the answer, and wakes whoever waits.
-    async fn renew(self: Arc<Self>, cell: Arc<LeaseCell>, sent: Renewal) -> Result<(), LimiterError> {
-        self.stats.renewals.fetch_add(1, Ordering::Relaxed);
-        let (window, limit) = cell.terms();
-        let answer = self
-            .breaker
-            .guard(self.lease_in_redis(&cell, window, limit, &sent), |_| true)
-            .await
-            .map_err(|refused| LimiterError::Unreachable(Box::new(refused)))
-            .and_then(|answered| answered);
-        let period = self.settings.period_ms();
-        match &answer {
-            Ok(granted) => cell.lock().renewed(&sent, *granted, period),
-            Err(e) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "a rate limit lease was not renewed");
-                cell.lock().renewal_failed(&sent);
-            }
-        }
-        cell.renewed.notify_waiters();
-        answer.map(|_| ())
-    }
-
-    async fn lease_in_redis(
-        &self,
-        cell: &LeaseCell,
-        window: i64,
-        limit: u32,
-        sent: &Renewal,
-    ) -> Result<Granted, LimiterError> {
-        let mut connection = self.connection().await?;
-        let bucket = super::window::bucket_ms(window);
-        let answer: Vec<i64> = self
-            .lease
-            .key(&cell.keys.0)
-            .key(&cell.keys.1)
-            .arg(sent.at)
-            .arg(window)
-            .arg(limit)
-            .arg(bucket)
-            .arg(super::window::BUCKETS + 1)
-            .arg(&cell.field)
-            .arg(sent.reported)
-            .arg(sent.acked)
-            .arg(sent.keep)
-            .arg(sent.want)
-            .arg(self.settings.period_ms())
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| LimiterError::Unreachable(Box::new(e)))?;
-        let [granted, room, retry_after_ms, kept] = answer[..] else {
-            return Err(LimiterError::Unreachable("the lease script answered in an unknown shape".into()));
-        };
-        let clamp = |v: i64| v.clamp(0, i64::from(u32::MAX)) as u32;
-        Ok(Granted { granted: clamp(granted), room: clamp(room), retry_after_ms, kept: clamp(kept) })
+    /// Sends `sent` for `cell`'s slice alone, at once (a request waits for it), tells the
+    /// slice the answer, and wakes whoever waits.
+    async fn renew(self: Arc<Self>, cell: Arc<LeaseCell>, sent: super::lease::Renewal) -> Result<(), LimiterError> {
+        self.renew_slices(&[(cell, sent)]).await
     }
 }

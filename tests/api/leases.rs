@@ -23,36 +23,46 @@ route = "GET /api/v1/panel/applications"
 accepts = ["api_key"]
 scopes = ["applications:read"]
 "#;
-const LEASES: LeaseSettings = LeaseSettings { share: 0.1, period: Duration::from_secs(1) };
+const LEASES: LeaseSettings =
+    LeaseSettings { share: 0.1, max_share: 0.1, target: Duration::from_secs(1), period: Duration::from_secs(1) };
 
-/// What every replica of one test shares: a SQLite file, a policy, a Redis prefix.
-struct Cluster {
+/// What every replica of one test shares: a SQLite file, a policy, a Redis prefix, how
+/// slices are sized.
+pub(crate) struct Cluster {
     db: TestDb,
     policy: std::path::PathBuf,
     redis: String,
     prefix: String,
+    leases: LeaseSettings,
     /// Every replica's clock starts here, so their slices lapse at the same moments.
-    start: keygate::domain::Timestamp,
+    pub(crate) start: keygate::domain::Timestamp,
 }
 
 impl Cluster {
     async fn new(redis: String, on_error: &str) -> Self {
+        Self::configured(redis, &POLICY.replace("ON_ERROR", on_error), LEASES).await
+    }
+
+    /// Replicas with `policy` (the global limit under the rule "global", a minute, per
+    /// account), slices sized as `leases` say.
+    pub(crate) async fn configured(redis: String, policy: &str, leases: LeaseSettings) -> Self {
         let db = TestDb::new(Db::Sqlite).await.unwrap();
-        let policy = std::env::temp_dir().join(format!("kg-lease-{}.toml", keygate::domain::random_token(8).unwrap()));
-        std::fs::write(&policy, POLICY.replace("ON_ERROR", on_error)).unwrap();
+        let path = std::env::temp_dir().join(format!("kg-lease-{}.toml", keygate::domain::random_token(8).unwrap()));
+        std::fs::write(&path, policy).unwrap();
         let prefix = crate::helpers::fresh_prefix();
         let start = keygate::clock::Clock::now(&keygate::clock::SystemClock);
-        Self { db, policy, redis, prefix, start }
+        Self { db, policy: path, redis, prefix, leases, start }
     }
 
     /// A replica; `redis` overrides the Redis URL (a relay's).
-    async fn replica(&self, redis: Option<&str>) -> TestApp {
-        let (policy, prefix) = (self.policy.clone(), self.prefix.clone());
+    pub(crate) async fn replica(&self, redis: Option<&str>) -> TestApp {
+        let (policy, prefix, leases) = (self.policy.clone(), self.prefix.clone(), self.leases);
         let url = redis.unwrap_or(&self.redis).to_owned();
         let app = TestApp::spawn_url(&self.db.url, move |s| {
             s.policy = Some(policy);
             crate::helpers::limits_in_redis(s, &url, &prefix);
-            s.limit_leases = LEASES;
+            s.limit_leases = leases;
+            s.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
         })
         .await;
         app.clock.set(self.start);
@@ -61,15 +71,21 @@ impl Cluster {
 
     /// What Redis holds for the subject: requests counted spent (the running total of its
     /// window's buckets), and the slices replicas have reserved.
-    async fn spent_and_reserved(&self, account: &str) -> (u64, u64) {
+    pub(crate) async fn spent_and_reserved(&self, account: &str) -> (u64, u64) {
+        let (spent, slices) = self.slices(account).await;
+        (spent, slices.iter().sum())
+    }
+
+    /// The subject's spends counted in Redis, and each live reservation's amount.
+    pub(crate) async fn slices(&self, account: &str) -> (u64, Vec<u64>) {
         let client = keygate::ratelimit::connection::StoreClient::open(&self.redis, None).unwrap();
         let mut connection = client.connect().await.unwrap();
         let (counts, reservations) = keygate::ratelimit::redis::lease_keys(&self.prefix, "global", 60_000, account);
         let spent: Option<u64> = redis::cmd("HGET").arg(&counts).arg("t").query_async(&mut connection).await.unwrap();
         let reserved: HashMap<String, String> =
             redis::cmd("HGETALL").arg(reservations).query_async(&mut connection).await.unwrap();
-        let reserved = reserved.values().map(|v| v.split(':').next().unwrap().parse::<u64>().unwrap()).sum();
-        (spent.unwrap_or(0), reserved)
+        let slices = reserved.values().map(|v| v.split(':').next().unwrap().parse::<u64>().unwrap()).collect();
+        (spent.unwrap_or(0), slices)
     }
 }
 

@@ -42,6 +42,7 @@ mod relay;
 mod replicas;
 mod secrets;
 mod sessions;
+mod slices;
 mod store;
 mod terms;
 mod tls;

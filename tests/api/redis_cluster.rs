@@ -107,6 +107,14 @@ async fn two_replicas_on_a_redis_cluster_spend_exactly_a_high_rate_limit_from_sl
     crate::leases::two_replicas_spend_exactly_the_limit(url).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_slices_follow_the_traffic_within_the_bound() {
+    let Some(url) = cluster_url() else { return };
+    let _alone = ONE_AT_A_TIME.lock().await;
+    crate::slices::busy_and_idle(url.clone()).await;
+    crate::slices::two_replicas_within_the_bound(url).await;
+}
+
 /// Per account 5 an hour, per key 3 an hour: two exact limits of one request, whose
 /// counters live in two slots.
 const TWO_SLOTS: &str = r#"
