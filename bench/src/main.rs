@@ -72,6 +72,11 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         keys: usize,
     },
+    /// Memory per key counted by usage analytics (between two flushes).
+    UsageMemory {
+        #[arg(long, default_value_t = 100_000)]
+        subjects: usize,
+    },
     /// A high-rate limit across three replicas on Redis under a storm: how exact it stays.
     Accuracy(accuracy::AccuracyArgs),
     /// Memory per subject of a limit at 100,000 a minute: exact against high-rate.
@@ -125,6 +130,7 @@ fn main() -> anyhow::Result<()> {
             Command::Load(args) if !args.target.is_empty() => target::run_load(args).await,
             Command::Load(args) => load::run(args).await,
             Command::Memory { keys } => memory::run(keys).await,
+            Command::UsageMemory { subjects } => memory::usage(subjects).await,
             Command::Neighbours(args) => neighbours::run(args).await,
             Command::LimitMemory { subjects, redis } => {
                 memory::limits(subjects)?;

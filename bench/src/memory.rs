@@ -223,3 +223,56 @@ pub async fn limit_path(url: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Memory per subject counted by usage analytics: `subjects` keys (100 to an account), each
+/// with one decision in the current minute, in the real in-memory counter, measured as
+/// resident memory before and after (nothing is flushed: the counter holds them all, as it
+/// does between two flushes).
+pub async fn usage(subjects: usize) -> anyhow::Result<()> {
+    use keygate::analytics::UsageCountSettings;
+    use keygate::analytics::{UsageCounts, OUTCOMES};
+    use keygate::clock::SystemClock;
+    use keygate::store::sql::SqlStore;
+    let dir = std::env::temp_dir().join(format!("keygate-usage-memory-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let url = format!("sqlite://{}/kg.db", dir.display());
+    let store = Arc::new(SqlStore::connect(&url, 1, Duration::from_secs(5)).await?);
+    let settings =
+        UsageCountSettings { max_keys: subjects, max_keys_per_account: subjects, ..UsageCountSettings::default() };
+    let counts = UsageCounts::new(store, Arc::new(SystemClock), settings);
+    let hash = SecretHash::new("$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$qJ8m2k0cXo9gq9Zt7wOQm8".into());
+    let now = Timestamp::from_millis(1_700_000_000_000);
+    let records: Vec<KeyRecord> = (0..subjects)
+        .map(|i| {
+            let mut record = KeyRecord::issued(
+                NewKeyRecord {
+                    id: KeyId::parse(&format!("key_{i:016}")).expect("valid"),
+                    account_id: AccountId::parse(&format!("acct_{:010}", i / 100)).expect("valid"),
+                    kind: KeyKind::ApiKey,
+                    name: Name::parse("name", "k").expect("valid"),
+                    scopes: Scopes::parse_grants(&["logs:read"]).expect("valid"),
+                    application_ids: vec![],
+                    secret_hash: hash.clone(),
+                    expires_at: None,
+                },
+                now,
+            );
+            record.owner_id = Some(keygate::domain::OwnerId::parse(&format!("owner-{}", i / 10)).expect("valid"));
+            record
+        })
+        .collect();
+    let before = resident_bytes();
+    for (n, record) in records.iter().enumerate() {
+        counts.count(record, now, n % OUTCOMES.len());
+    }
+    let after = resident_bytes();
+    let held = counts.stats();
+    println!(
+        "{subjects} keys counted in one minute ({} held): resident memory +{:.1} MiB, {:.0} bytes per counted key",
+        held.keys,
+        (after - before) as f64 / (1024.0 * 1024.0),
+        (after.saturating_sub(before)) as f64 / subjects as f64,
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}

@@ -414,13 +414,10 @@ impl FailureBudgets {
         Self::entry(cache, &key, || Window::new(now))
     }
 
-    /// The entry for `key`, made by `new` when there is none (once, however many callers
-    /// ask at the same time).
+    /// The entry for `key`, made by `new` when there is none (once, however many ask at once).
     fn entry<K: std::hash::Hash + Eq + Clone, V>(cache: &Memory<K, V>, key: &K, new: impl FnOnce() -> V) -> Arc<V> {
         let made: Result<_, std::convert::Infallible> = cache.get_or_insert_with(key, || Ok(Arc::new(new())));
-        match made {
-            Ok(entry) => entry,
-        }
+        made.unwrap_or_else(|never| match never {})
     }
 
     /// The client's own network's window first, then the wider ones'.

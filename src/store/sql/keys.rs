@@ -137,10 +137,14 @@ impl KeyAdmin for SqlStore {
                     .transpose()?
             }
         };
+        // The owner's condition is written only when there is one, so the planner can read
+        // the owner's keys from their index (an `OR` with the empty string would walk the
+        // account's keys for matches); `$5 = ''` keeps the parameter bound otherwise.
+        let owner = if filter.owner_id.is_some() { "api_keys.owner_id = $5" } else { "$5 = ''" };
         let rows = sqlx::query(&format!(
             "{KEY_SELECT} WHERE api_keys.account_id = $1 AND kind = 'api_key' AND api_keys.id > $2 \
              AND ($3 = '' OR lower(name) LIKE $3 ESCAPE '\\' OR lower(api_keys.id) LIKE $3 ESCAPE '\\') \
-             AND ($5 = '' OR api_keys.owner_id = $5) AND ($6 = '' OR api_keys.id <= $6) \
+             AND {owner} AND ($6 = '' OR api_keys.id <= $6) \
              ORDER BY api_keys.id LIMIT $4"
         ))
         .bind(account.as_str())

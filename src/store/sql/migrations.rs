@@ -32,6 +32,7 @@ pub(super) const SQLITE: Embedded = embedded!("sqlite":
     "20261207000010_imported_lookups.sql",
     "20261207000011_usage_counts.sql",
     "20261207000032_change_feed.sql",
+    "20261208000033_keys_by_owner_in_id_order.sql",
 );
 
 pub(super) const POSTGRES: Embedded = embedded!("postgres":
@@ -46,6 +47,7 @@ pub(super) const POSTGRES: Embedded = embedded!("postgres":
     "20261207000010_imported_lookups.sql",
     "20261207000011_usage_counts.sql",
     "20261207000032_change_feed.sql",
+    "20261208000033_keys_by_owner_in_id_order.sql",
 );
 
 impl Embedded {
