@@ -87,7 +87,7 @@ mod tests {
                     .await
             }));
         }
-        while flight.running().get(&1).map_or(0, |cell| Arc::strong_count(cell)) < 9 {
+        while flight.running().get(&1).map_or(0, Arc::strong_count) < 9 {
             tokio::task::yield_now().await;
         }
         release.send(true).unwrap();

@@ -56,10 +56,7 @@ pub async fn sign_in(State(console): St, headers: HeaderMap, Peer(peer): Peer, F
 
 pub async fn sign_out(State(console): St, headers: HeaderMap, Peer(peer): Peer, Form(form): Fields) -> Response {
     // Any role may sign out: checked as a read.
-    let s = match signed_form(&console, &headers, peer, "ListApplications", &form).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed_form(&console, &headers, peer, "ListApplications", &form).await);
     console.sessions.remove(&s.session_key);
     let mut response = to("/sign-in");
     response.headers_mut().append(header::SET_COOKIE, console.cookie(console.cookie_name(), "", Some(0)));
@@ -73,10 +70,7 @@ pub async fn create_application(
     Path(raw): Path<String>,
     Form(form): Fields,
 ) -> Response {
-    let s = match signed_form(&console, &headers, peer, "CreateApplication", &form).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed_form(&console, &headers, peer, "CreateApplication", &form).await);
     let (account, name) = match (AccountId::parse(&raw), Name::parse("name", field(&form, "name").unwrap_or(""))) {
         (Ok(account), Ok(name)) => (account, name),
         (Err(e), _) | (_, Err(e)) => return bad_request(&e.to_string()),
@@ -114,10 +108,7 @@ pub async fn create_key(
     Path(raw): Path<String>,
     Form(form): Fields,
 ) -> Response {
-    let s = match signed_form(&console, &headers, peer, "CreateApiKey", &form).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed_form(&console, &headers, peer, "CreateApiKey", &form).await);
     let new = match new_key(&raw, &form) {
         Ok(new) => new,
         Err(e) => return bad_request(&e.to_string()),
@@ -151,14 +142,8 @@ pub async fn revoke_key(
     Path(raw): Path<String>,
     Form(form): Fields,
 ) -> Response {
-    let s = match signed_form(&console, &headers, peer, "RevokeApiKey", &form).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
-    let id = match key_id(&raw) {
-        Ok(id) => id,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed_form(&console, &headers, peer, "RevokeApiKey", &form).await);
+    let id = or_answer!(key_id(&raw));
     match console.manager.revoke_api_key(id, field(&form, "reason").unwrap_or(""), &s.caller).await {
         Ok(key) => settled(&console, &key.account_id, format!("/keys/{id}")).await,
         Err(e) => manage_refusal(&e),
@@ -172,14 +157,8 @@ pub async fn roll_key(
     Path(raw): Path<String>,
     Form(form): Fields,
 ) -> Response {
-    let s = match signed_form(&console, &headers, peer, "RerollApiKey", &form).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
-    let id = match key_id(&raw) {
-        Ok(id) => id,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed_form(&console, &headers, peer, "RerollApiKey", &form).await);
+    let id = or_answer!(key_id(&raw));
     let Ok(overlap) = field(&form, "overlap_seconds").unwrap_or("0").parse::<u64>() else {
         return bad_request("overlap_seconds: a whole number of seconds, 0 to 604800");
     };
@@ -201,14 +180,8 @@ async fn set_disabled(
     form: HashMap<String, String>,
     disabled: bool,
 ) -> Response {
-    let s = match signed_form(&console, &headers, peer.0, "UpdateApiKey", &form).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
-    let id = match key_id(&raw) {
-        Ok(id) => id,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed_form(&console, &headers, peer.0, "UpdateApiKey", &form).await);
+    let id = or_answer!(key_id(&raw));
     let changes = KeyChanges { disabled: Some(disabled), ..KeyChanges::default() };
     match console.manager.update_api_key(id, changes, &s.caller).await {
         Ok(key) => settled(&console, &key.account_id, format!("/keys/{id}")).await,
@@ -244,14 +217,8 @@ pub async fn delete_key(
     Path(raw): Path<String>,
     Form(form): Fields,
 ) -> Response {
-    let s = match signed_form(&console, &headers, peer, "DeleteApiKey", &form).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
-    let id = match key_id(&raw) {
-        Ok(id) => id,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed_form(&console, &headers, peer, "DeleteApiKey", &form).await);
+    let id = or_answer!(key_id(&raw));
     if field(&form, "confirm") != Some("yes") {
         return bad_request("confirm: tick the box to delete the key for good");
     }
@@ -272,10 +239,7 @@ pub async fn revoke_admin_token(
     Path(raw): Path<String>,
     Form(form): Fields,
 ) -> Response {
-    let s = match signed_form(&console, &headers, peer, "RevokeAdminToken", &form).await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed_form(&console, &headers, peer, "RevokeAdminToken", &form).await);
     let name = match AdminTokenName::parse(&raw) {
         Ok(name) => name,
         Err(e) => return bad_request(&e.to_string()),

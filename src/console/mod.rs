@@ -14,6 +14,16 @@
 // `Response`, returned once per request, where a box would buy nothing.
 #![allow(clippy::result_large_err)]
 
+/// The value of a step that may end the request early: its `Err` is the answer to send.
+macro_rules! or_answer {
+    ($step:expr) => {
+        match $step {
+            Ok(value) => value,
+            Err(answer) => return answer,
+        }
+    };
+}
+
 pub mod actions;
 pub mod html;
 pub mod pages;

@@ -89,10 +89,7 @@ pub async fn not_found() -> Response {
 
 /// Accounts: a confined token goes to its own; others name one.
 pub async fn accounts(State(console): St, headers: HeaderMap, Peer(peer): Peer, Query(params): Params) -> Response {
-    let s = match signed(&console, &headers, peer, "ListApplications").await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed(&console, &headers, peer, "ListApplications").await);
     if let Some(account) = s.caller.grant.account.as_ref().map(|a| a.as_str()).or(param(&params, "account")) {
         return Redirect::to(&format!("/accounts/{}", url(account))).into_response();
     }
@@ -113,14 +110,8 @@ pub async fn account(
     Path(raw): Path<String>,
     Query(params): Params,
 ) -> Response {
-    let s = match signed(&console, &headers, peer, "ListApplications").await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
-    let account = match account_id(&raw) {
-        Ok(a) => a,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed(&console, &headers, peer, "ListApplications").await);
+    let account = or_answer!(account_id(&raw));
     let manager = &console.manager;
     let view = match manager.account(&s.caller.grant, &account) {
         Ok(view) => view,
@@ -241,14 +232,8 @@ pub async fn keys(
     Path(raw): Path<String>,
     Query(params): Params,
 ) -> Response {
-    let s = match signed(&console, &headers, peer, "ListApiKeys").await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
-    let account = match account_id(&raw) {
-        Ok(a) => a,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed(&console, &headers, peer, "ListApiKeys").await);
+    let account = or_answer!(account_id(&raw));
     let status = param(&params, "status");
     if status.is_some_and(|st| !STATUSES.contains(&st)) {
         return bad_request("status: must be active, disabled, expired or revoked");
@@ -404,14 +389,8 @@ pub async fn key(
     Path(raw): Path<String>,
     Query(params): Params,
 ) -> Response {
-    let s = match signed(&console, &headers, peer, "GetApiKey").await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
-    let id = match key_id(&raw) {
-        Ok(id) => id,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed(&console, &headers, peer, "GetApiKey").await);
+    let id = or_answer!(key_id(&raw));
     let manager = &console.manager;
     let key = match manager.api_key(&s.caller.grant, id).await {
         Ok(key) => key,
@@ -535,14 +514,8 @@ pub async fn confirm_delete(
     Peer(peer): Peer,
     Path(raw): Path<String>,
 ) -> Response {
-    let s = match signed(&console, &headers, peer, "DeleteApiKey").await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
-    let id = match key_id(&raw) {
-        Ok(id) => id,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed(&console, &headers, peer, "DeleteApiKey").await);
+    let id = or_answer!(key_id(&raw));
     let key = match console.manager.api_key(&s.caller.grant, id).await {
         Ok(key) => key,
         Err(e) => return manage_refusal(&e),
@@ -588,14 +561,8 @@ pub async fn audit(
     Path(raw): Path<String>,
     Query(params): Params,
 ) -> Response {
-    let s = match signed(&console, &headers, peer, "ListAuditEvents").await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
-    let account = match account_id(&raw) {
-        Ok(a) => a,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed(&console, &headers, peer, "ListAuditEvents").await);
+    let account = or_answer!(account_id(&raw));
     let search = param(&params, "search").map(str::to_owned);
     if search.as_ref().is_some_and(|q| q.chars().count() > 200) {
         return bad_request("search: at most 200 characters");
@@ -637,14 +604,8 @@ pub async fn sessions(
     Path(raw): Path<String>,
     Query(params): Params,
 ) -> Response {
-    let s = match signed(&console, &headers, peer, "ListSessions").await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
-    let account = match account_id(&raw) {
-        Ok(a) => a,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed(&console, &headers, peer, "ListSessions").await);
+    let account = or_answer!(account_id(&raw));
     let view = match console.manager.account(&s.caller.grant, &account) {
         Ok(view) => view,
         Err(e) => return manage_refusal(&e),
@@ -688,14 +649,8 @@ pub async fn owner(
     Path((raw, raw_owner)): Path<(String, String)>,
     Query(params): Params,
 ) -> Response {
-    let s = match signed(&console, &headers, peer, "GetOwner").await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
-    let account = match account_id(&raw) {
-        Ok(a) => a,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed(&console, &headers, peer, "GetOwner").await);
+    let account = or_answer!(account_id(&raw));
     let owner = match OwnerId::parse(&raw_owner) {
         Ok(o) => o,
         Err(e) => return bad_request(&e.to_string()),
@@ -736,10 +691,7 @@ pub async fn owner(
 
 /// Named admin tokens (admin only: the gate refuses other roles as ListAdminTokens).
 pub async fn admin_tokens(State(console): St, headers: HeaderMap, Peer(peer): Peer) -> Response {
-    let s = match signed(&console, &headers, peer, "ListAdminTokens").await {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
+    let s = or_answer!(signed(&console, &headers, peer, "ListAdminTokens").await);
     let tokens = match console.manager.list_admin_tokens().await {
         Ok(tokens) => tokens,
         Err(e) => return manage_refusal(&e),
