@@ -387,3 +387,60 @@ async fn console_pages_with_100000_keys_in_an_account() {
         eprintln!("{what}: median {:.1} ms, p95 {:.1} ms, max {:.1} ms", times[10], times[18], times[19]);
     }
 }
+
+/// One HTTP/1.1 request over TLS to `address` (trusting `ca`): the whole answer as text.
+async fn over_tls(address: &str, ca: &crate::tls::TestCa, request: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = crate::tls::client_config(ca, None);
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let address = address.trim_start_matches("https://");
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let host = address.rsplit_once(':').unwrap().0.to_owned();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host).unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("the console speaks TLS");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The Set-Cookie line of `name` in a raw answer.
+fn raw_cookie<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
+    answer
+        .lines()
+        .filter_map(|line| line.split_once(':').filter(|(h, _)| h.eq_ignore_ascii_case("set-cookie")))
+        .map(|(_, v)| v.trim())
+        .find(|v| v.starts_with(&format!("{name}=")))
+}
+
+#[tokio::test]
+async fn under_tls_the_session_cookie_is_secure_and_host_only() {
+    let (ca, files) = (crate::tls::TestCa::new("console CA"), crate::tls::Files::new());
+    let certificate = files.server_certificate(&ca);
+    let app = TestApp::spawn_with_tls(Some(ca.trusted()), |s| {
+        s.tls = Some(crate::tls::tls_settings(certificate));
+        s.console.listen = ConsoleListen::Given("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let base = app.console_url.clone().expect("the console is on");
+    assert!(base.starts_with("https://"), "{base}");
+    let get = "GET /sign-in HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n".to_owned();
+    let form = over_tls(&base, &ca, get).await;
+    let signin = raw_cookie(&form, keygate::console::SIGN_IN_COOKIE).expect("the form sets its cookie");
+    assert!(signin.contains("; Secure"), "{signin}");
+    let csrf = csrf_in(&form).expect("a CSRF field");
+    let nonce = signin.split(';').next().unwrap();
+    let body = format!("token={ADMIN_TOKEN}&csrf={csrf}");
+    let post = format!(
+        "POST /sign-in HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncookie: {nonce}\r\n\
+         content-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let signed_in = over_tls(&base, &ca, post).await;
+    let session = raw_cookie(&signed_in, "__Host-kg_console").unwrap_or_else(|| panic!("{signed_in}"));
+    for flag in ["; Secure", "; HttpOnly", "; SameSite=Strict", "; Path=/"] {
+        assert!(session.contains(flag), "{flag} missing: {session}");
+    }
+    assert!(!session.to_ascii_lowercase().contains("domain="), "a __Host- cookie has no Domain: {session}");
+    assert!(raw_cookie(&signed_in, keygate::console::SESSION_COOKIE).is_none(), "no plain cookie under TLS");
+}
