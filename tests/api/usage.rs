@@ -201,7 +201,11 @@ async fn counts_are_written_at_shutdown_and_read_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_postgres_add_up_exactly() {
-    let Some((_db, mut a, mut b)) = crate::replicas::two_replicas_with(no_timer).await else {
+    let with_console = |s: &mut keygate::config::Settings| {
+        no_timer(s);
+        s.console.listen = keygate::console::ConsoleListen::Given("127.0.0.1:0".parse().unwrap());
+    };
+    let Some((_db, mut a, mut b)) = crate::replicas::two_replicas_with(with_console).await else {
         eprintln!("skipped: KEYGATE_TEST_POSTGRES_URL is not set");
         return;
     };
@@ -219,6 +223,16 @@ async fn two_replicas_on_postgres_add_up_exactly() {
     let both = counts(&mut a, usage_of("key", &key.id, "", minute, "minute")).await;
     assert_eq!(both, [format!("allowed/={}", N - N / 4), format!("insufficient_scope/insufficient_scope={}", N / 4)]);
     assert_eq!(counts(&mut a, usage_of("account", "acct_rep", "", minute, "day")).await, both);
+    // The console on either replica draws the same sum.
+    for app in [&a, &b] {
+        let base = app.console_url.clone().expect("the console is on");
+        let operator = crate::console::Operator::sign_in(&base, crate::helpers::ADMIN_TOKEN).await;
+        let (_, page) = operator.get(&format!("/keys/{}", key.id)).await;
+        for (outcome, n) in [("allowed", N - N / 4), ("insufficient_scope", N / 4)] {
+            let row = format!("<td>{outcome}</td><td class=\"n\">{n}</td>");
+            assert!(page.contains(&row), "{base}: no {row} in the key's chart");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
