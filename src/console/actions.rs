@@ -3,9 +3,9 @@
 //! and is done by the [`Manager`](crate::manage::Manager) as that RPC does it, so the audit
 //! trail names the console user's token.
 
-use super::html::{self, url};
+use super::html::{self, bad_request, key_id, url};
 use super::{gate_refusal, manage_refusal, signed_form, Console, Peer, St};
-use crate::domain::{AccountId, AdminTokenName, ApplicationId, KeyId, KeyTerms, Name, OwnerId, Scopes};
+use crate::domain::{AccountId, AdminTokenName, ApplicationId, KeyTerms, Name, OwnerId, Scopes};
 use crate::manage::NewApiKey;
 use crate::store::KeyChanges;
 use axum::extract::{Path, State};
@@ -19,10 +19,6 @@ type Fields = Form<HashMap<String, String>>;
 
 fn field<'a>(form: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     form.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
-}
-
-fn bad_request(message: &str) -> Response {
-    html::error_page(StatusCode::BAD_REQUEST, message)
 }
 
 fn to(path: &str) -> Response {
@@ -121,10 +117,6 @@ pub async fn create_key(
         }
         Err(e) => manage_refusal(&e),
     }
-}
-
-fn key_id(raw: &str) -> Result<KeyId, Response> {
-    KeyId::parse(raw).map_err(|e| html::error_page(StatusCode::NOT_FOUND, &e.to_string()))
 }
 
 /// A change in `account` that narrows what a key may do: answered once the other replicas

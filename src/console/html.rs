@@ -95,6 +95,16 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
     (status, page(title, None, &body)).into_response()
 }
 
+/// A form or query the console cannot read: 400 saying why.
+pub fn bad_request(message: &str) -> Response {
+    error_page(StatusCode::BAD_REQUEST, message)
+}
+
+/// A key id from a path: a malformed one is a page not found.
+pub fn key_id(raw: &str) -> Result<crate::domain::KeyId, Response> {
+    crate::domain::KeyId::parse(raw).map_err(|e| error_page(StatusCode::NOT_FOUND, &e.to_string()))
+}
+
 /// The hidden CSRF field every form carries.
 pub fn csrf_field(csrf: &str) -> String {
     format!("<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(csrf))

@@ -1,7 +1,7 @@
 //! The console's pages (GET): each checked by the gate for the read RPC it stands for,
 //! read through the [`Manager`](crate::manage::Manager) as that RPC reads.
 
-use super::html::{self, csrf_field, esc, url, Viewer};
+use super::html::{self, bad_request, csrf_field, esc, key_id, url, Viewer};
 use super::{manage_refusal, signed, Console, Peer, Signed, St};
 use crate::audit::AuditQuery;
 use crate::domain::{AccountId, ApplicationId, KeyId, OwnerId, Timestamp};
@@ -37,10 +37,6 @@ fn viewer(signed: &Signed) -> Viewer<'_> {
         csrf: &signed.session.csrf,
         admin: signed.may("ListAdminTokens"),
     }
-}
-
-fn bad_request(message: &str) -> Response {
-    html::error_page(StatusCode::BAD_REQUEST, message)
 }
 
 pub async fn home(State(console): St, headers: HeaderMap, Peer(peer): Peer) -> Response {
@@ -113,15 +109,9 @@ pub async fn account(
     let s = or_answer!(signed(&console, &headers, peer, "ListApplications").await);
     let account = or_answer!(account_id(&raw));
     let manager = &console.manager;
-    let view = match manager.account(&s.caller.grant, &account) {
-        Ok(view) => view,
-        Err(e) => return manage_refusal(&e),
-    };
+    let view = or_answer!(manager.account(&s.caller.grant, &account).map_err(|e| manage_refusal(&e)));
     let page = PageRequest { after: param(&params, "after").map(str::to_owned), limit: 100 };
-    let apps = match view.list_applications(&page).await {
-        Ok(apps) => apps,
-        Err(e) => return manage_refusal(&e),
-    };
+    let apps = or_answer!(view.list_applications(&page).await.map_err(|e| manage_refusal(&e)));
     let a = url(account.as_str());
     let mut body = format!(
         "<p><a href=\"/accounts/{a}/keys\">Keys</a> · <a href=\"/accounts/{a}/audit\">Audit trail</a> · \
@@ -255,10 +245,7 @@ pub async fn keys(
         return bad_request("search: at most 200 characters");
     }
     let filter = KeyFilter { search, owner_id };
-    let view = match console.manager.account(&s.caller.grant, &account) {
-        Ok(view) => view,
-        Err(e) => return manage_refusal(&e),
-    };
+    let view = or_answer!(console.manager.account(&s.caller.grant, &account).map_err(|e| manage_refusal(&e)));
     // Store pages until a page of keys passes the status and application filters, or a
     // scan's worth was read: the next page starts after the last key read.
     let now = console.manager.now();
@@ -270,10 +257,10 @@ pub async fn keys(
     loop {
         let want = KEYS_PER_PAGE.saturating_sub(shown.len() as u32).max(1);
         let limit = if status.is_none() && application.is_none() { want } else { 200 };
-        let page = match view.list_api_keys(&filter, &PageRequest { after: next.clone(), limit }).await {
-            Ok(page) => page,
-            Err(e) => return manage_refusal(&e),
-        };
+        let page = or_answer!(view
+            .list_api_keys(&filter, &PageRequest { after: next.clone(), limit })
+            .await
+            .map_err(|e| manage_refusal(&e)));
         scanned += page.items.len() as u32;
         reads += 1;
         let mut whole_page = true;
@@ -377,10 +364,6 @@ fn keys_body(
     body
 }
 
-fn key_id(raw: &str) -> Result<KeyId, Response> {
-    KeyId::parse(raw).map_err(|e| html::error_page(StatusCode::NOT_FOUND, &e.to_string()))
-}
-
 /// A key: its terms, state, rolls, usage, audit events and (by role) its actions.
 pub async fn key(
     State(console): St,
@@ -392,10 +375,7 @@ pub async fn key(
     let s = or_answer!(signed(&console, &headers, peer, "GetApiKey").await);
     let id = or_answer!(key_id(&raw));
     let manager = &console.manager;
-    let key = match manager.api_key(&s.caller.grant, id).await {
-        Ok(key) => key,
-        Err(e) => return manage_refusal(&e),
-    };
+    let key = or_answer!(manager.api_key(&s.caller.grant, id).await.map_err(|e| manage_refusal(&e)));
     let mut body = String::new();
     if let Some(secret) = console.sessions.take_flash(&s.session_key, &id.to_string()) {
         let _ = write!(
@@ -516,10 +496,7 @@ pub async fn confirm_delete(
 ) -> Response {
     let s = or_answer!(signed(&console, &headers, peer, "DeleteApiKey").await);
     let id = or_answer!(key_id(&raw));
-    let key = match console.manager.api_key(&s.caller.grant, id).await {
-        Ok(key) => key,
-        Err(e) => return manage_refusal(&e),
-    };
+    let key = or_answer!(console.manager.api_key(&s.caller.grant, id).await.map_err(|e| manage_refusal(&e)));
     let body = format!(
         "<form method=\"post\" action=\"/keys/{id}/delete\" class=\"card\">{}<p>Delete the key <strong>{}</strong> \
          (<code>{id}</code>) for good? Its audit events stay.</p><input type=\"checkbox\" id=\"confirm\" name=\"confirm\" value=\"yes\" required>\
@@ -567,10 +544,7 @@ pub async fn audit(
     if search.as_ref().is_some_and(|q| q.chars().count() > 200) {
         return bad_request("search: at most 200 characters");
     }
-    let view = match console.manager.account(&s.caller.grant, &account) {
-        Ok(view) => view,
-        Err(e) => return manage_refusal(&e),
-    };
+    let view = or_answer!(console.manager.account(&s.caller.grant, &account).map_err(|e| manage_refusal(&e)));
     let page = PageRequest { after: param(&params, "after").map(str::to_owned), limit: AUDIT_PER_PAGE };
     let events =
         match view.list_audit_events(&AuditQuery { search: search.clone(), categories: Vec::new() }, &page).await {
@@ -606,15 +580,9 @@ pub async fn sessions(
 ) -> Response {
     let s = or_answer!(signed(&console, &headers, peer, "ListSessions").await);
     let account = or_answer!(account_id(&raw));
-    let view = match console.manager.account(&s.caller.grant, &account) {
-        Ok(view) => view,
-        Err(e) => return manage_refusal(&e),
-    };
+    let view = or_answer!(console.manager.account(&s.caller.grant, &account).map_err(|e| manage_refusal(&e)));
     let page = PageRequest { after: param(&params, "after").map(str::to_owned), limit: 100 };
-    let list = match view.list_sessions(None, &page).await {
-        Ok(list) => list,
-        Err(e) => return manage_refusal(&e),
-    };
+    let list = or_answer!(view.list_sessions(None, &page).await.map_err(|e| manage_refusal(&e)));
     let now = console.manager.now();
     let mut body = String::from("<table><thead><tr><th scope=\"col\">Id</th><th scope=\"col\">User</th><th scope=\"col\">Created</th><th scope=\"col\">Expires</th><th scope=\"col\">Status</th></tr></thead><tbody>");
     for session in &list.items {
@@ -692,10 +660,7 @@ pub async fn owner(
 /// Named admin tokens (admin only: the gate refuses other roles as ListAdminTokens).
 pub async fn admin_tokens(State(console): St, headers: HeaderMap, Peer(peer): Peer) -> Response {
     let s = or_answer!(signed(&console, &headers, peer, "ListAdminTokens").await);
-    let tokens = match console.manager.list_admin_tokens().await {
-        Ok(tokens) => tokens,
-        Err(e) => return manage_refusal(&e),
-    };
+    let tokens = or_answer!(console.manager.list_admin_tokens().await.map_err(|e| manage_refusal(&e)));
     let now = console.manager.now();
     let csrf = csrf_field(&s.session.csrf);
     let mut body = String::from("<table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Role</th><th scope=\"col\">Account</th><th scope=\"col\">Created</th><th scope=\"col\">Status</th><th scope=\"col\">Action</th></tr></thead><tbody>");
