@@ -161,7 +161,10 @@ impl Subscribers {
         }
         let mut settled = FeedSettled::default();
         let mut state = self.lock();
-        for (_, subscriber) in state.iter_mut().filter(|(_, s)| s.sees(account)) {
+        // Those waited for, and those fenced before: a subscriber that joined during the wait
+        // (resuming from an older revision) was not waited for and is not fenced for it.
+        let counted = |id: &u64, s: &Subscriber| s.sees(account) && (waited.contains(id) || s.fenced_at.is_some());
+        for (_, subscriber) in state.iter_mut().filter(|(id, s)| counted(id, s)) {
             if subscriber.caught_up(revision) {
                 settled.acknowledged += 1;
             } else {
@@ -177,6 +180,23 @@ impl Subscribers {
         settled.fenced += waited.iter().filter(|id| !state.contains_key(id)).count();
         drop(state);
         self.acknowledged_total.fetch_add(settled.acknowledged as u64, Ordering::Relaxed);
+        self.fenced_total.fetch_add(settled.fenced as u64, Ordering::Relaxed);
+        settled
+    }
+
+    /// The change's revision could not be read: no subscriber that sees `account` can be
+    /// shown to have it, so each is fenced (not waited for) until it acknowledges past the
+    /// newest revision published here, which the change follows.
+    pub fn fence_unread(&self, account: Option<&AccountId>) -> FeedSettled {
+        let past = self.published.borrow().saturating_add(1);
+        let mut settled = FeedSettled::default();
+        for subscriber in self.lock().values_mut().filter(|s| s.sees(account)) {
+            settled.fenced += 1;
+            if subscriber.fenced_at.is_none() {
+                subscriber.fenced_at = Some(past);
+                self.fencings.send_modify(|n| *n += 1);
+            }
+        }
         self.fenced_total.fetch_add(settled.fenced as u64, Ordering::Relaxed);
         settled
     }

@@ -290,7 +290,12 @@ struct DecisionCache {
 impl DecisionCache {
     fn get(&self, key: &[u8; 32]) -> Option<Arc<Decision>> {
         let (expires, decision) = self.entries.get(key)?;
-        (Instant::now() < expires).then_some(decision)
+        if Instant::now() < expires {
+            return Some(decision);
+        }
+        // Gone, so a stale entry does not keep its place over live ones.
+        self.entries.remove(key);
+        None
     }
 
     fn insert(&self, key: [u8; 32], decision: Arc<Decision>) {

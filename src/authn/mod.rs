@@ -567,7 +567,7 @@ impl Authenticator {
                     // disconnect) does not stop argon2, so what the attempt costs is settled when
                     // argon2 is done, not handed back when the caller leaves.
                     let (verifier, rejected) = (self.verifier.clone(), self.rejected.clone());
-                    let now = self.budgets.now();
+                    let budgets = self.budgets.clone();
                     let (secret, hash) = (secret.to_owned(), record.secret_hash.clone());
                     let verified = tokio::spawn(async move {
                         let verified = verifier.verify_in(slot, &secret, &hash).await;
@@ -575,7 +575,8 @@ impl Authenticator {
                             Ok(true) => reservation.succeeded(),
                             Ok(false) => {
                                 reservation.failed();
-                                rejected.insert(memo, now);
+                                // When argon2 said so: the memory's time starts after the run.
+                                rejected.insert(memo, budgets.now());
                             }
                             Err(_) => drop(reservation),
                         }

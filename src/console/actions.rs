@@ -134,8 +134,8 @@ pub async fn revoke_key(
     Path(raw): Path<String>,
     Form(form): Fields,
 ) -> Response {
-    let s = or_answer!(signed_form(&console, &headers, peer, "RevokeApiKey", &form).await);
     let id = or_answer!(key_id(&raw));
+    let s = or_answer!(signed_form(&console, &headers, peer, "RevokeApiKey", &form).await);
     match console.manager.revoke_api_key(id, field(&form, "reason").unwrap_or(""), &s.caller).await {
         Ok(key) => settled(&console, &key.account_id, format!("/keys/{id}")).await,
         Err(e) => manage_refusal(&e),
@@ -149,8 +149,8 @@ pub async fn roll_key(
     Path(raw): Path<String>,
     Form(form): Fields,
 ) -> Response {
-    let s = or_answer!(signed_form(&console, &headers, peer, "RerollApiKey", &form).await);
     let id = or_answer!(key_id(&raw));
+    let s = or_answer!(signed_form(&console, &headers, peer, "RerollApiKey", &form).await);
     let Ok(overlap) = field(&form, "overlap_seconds").unwrap_or("0").parse::<u64>() else {
         return bad_request("overlap_seconds: a whole number of seconds, 0 to 604800");
     };
@@ -172,8 +172,8 @@ async fn set_disabled(
     form: HashMap<String, String>,
     disabled: bool,
 ) -> Response {
-    let s = or_answer!(signed_form(&console, &headers, peer.0, "UpdateApiKey", &form).await);
     let id = or_answer!(key_id(&raw));
+    let s = or_answer!(signed_form(&console, &headers, peer.0, "UpdateApiKey", &form).await);
     let changes = KeyChanges { disabled: Some(disabled), ..KeyChanges::default() };
     match console.manager.update_api_key(id, changes, &s.caller).await {
         Ok(key) => settled(&console, &key.account_id, format!("/keys/{id}")).await,
@@ -209,17 +209,13 @@ pub async fn delete_key(
     Path(raw): Path<String>,
     Form(form): Fields,
 ) -> Response {
-    let s = or_answer!(signed_form(&console, &headers, peer, "DeleteApiKey", &form).await);
     let id = or_answer!(key_id(&raw));
+    let s = or_answer!(signed_form(&console, &headers, peer, "DeleteApiKey", &form).await);
     if field(&form, "confirm") != Some("yes") {
         return bad_request("confirm: tick the box to delete the key for good");
     }
-    let account = match console.manager.api_key(&s.caller.grant, id).await {
-        Ok(key) => key.account_id.clone(),
-        Err(e) => return manage_refusal(&e),
-    };
     match console.manager.delete_api_key(id, &s.caller).await {
-        Ok(_) => settled(&console, &account, format!("/accounts/{}/keys", url(account.as_str()))).await,
+        Ok((_, account)) => settled(&console, &account, format!("/accounts/{}/keys", url(account.as_str()))).await,
         Err(e) => manage_refusal(&e),
     }
 }

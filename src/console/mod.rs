@@ -239,11 +239,13 @@ impl Signed {
 
 /// The value of cookie `name` in the request, if sent.
 pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    // Split as bytes: another site's cookie with a non-ASCII value in the same header must
+    // not hide the console's own (HeaderValue::to_str refuses the whole header then).
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| std::str::from_utf8(pair).ok())
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(n, _)| *n == name)
         .map(|(_, v)| v)
@@ -356,3 +358,18 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
 
 /// The state, for handlers.
 pub(crate) type St = State<Console>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_foreign_cookie_with_a_non_ascii_value_does_not_hide_the_session() {
+        let mut headers = HeaderMap::new();
+        let raw = HeaderValue::from_bytes(b"theme=caf\xc3\xa9; kg_console=abc").unwrap();
+        headers.append(header::COOKIE, raw);
+        headers.append(header::COOKIE, HeaderValue::from_static("kg_console_signin=n1"));
+        assert_eq!(cookie_value(&headers, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie_value(&headers, SIGN_IN_COOKIE), Some("n1"));
+    }
+}

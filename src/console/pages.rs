@@ -372,8 +372,8 @@ pub async fn key(
     Path(raw): Path<String>,
     Query(params): Params,
 ) -> Response {
-    let s = or_answer!(signed(&console, &headers, peer, "GetApiKey").await);
     let id = or_answer!(key_id(&raw));
+    let s = or_answer!(signed(&console, &headers, peer, "GetApiKey").await);
     let manager = &console.manager;
     let key = or_answer!(manager.api_key(&s.caller.grant, id).await.map_err(|e| manage_refusal(&e)));
     let mut body = String::new();
@@ -494,8 +494,8 @@ pub async fn confirm_delete(
     Peer(peer): Peer,
     Path(raw): Path<String>,
 ) -> Response {
-    let s = or_answer!(signed(&console, &headers, peer, "DeleteApiKey").await);
     let id = or_answer!(key_id(&raw));
+    let s = or_answer!(signed(&console, &headers, peer, "DeleteApiKey").await);
     let key = or_answer!(console.manager.api_key(&s.caller.grant, id).await.map_err(|e| manage_refusal(&e)));
     let body = format!(
         "<form method=\"post\" action=\"/keys/{id}/delete\" class=\"card\">{}<p>Delete the key <strong>{}</strong> \

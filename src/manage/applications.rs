@@ -71,7 +71,7 @@ impl Manager {
         id: &ApplicationId,
         cascade: bool,
         caller: &Caller,
-    ) -> Result<Deleted, ManageError> {
+    ) -> Result<(Deleted, AccountId), ManageError> {
         let app = self.application(&caller.grant, id).await?;
         let audit = self.event(
             &app.account_id,
@@ -91,7 +91,7 @@ impl Manager {
         if deleted.applications.is_empty() {
             return Err(application_not_found(id));
         }
-        Ok(deleted)
+        Ok((deleted, app.account_id.clone()))
     }
 
     /// Makes a new runtime key for an application; the current one keeps working for the

@@ -256,7 +256,9 @@ impl Manager {
     }
 
     /// Deletes a key for good; its audit events stay.
-    pub async fn delete_api_key(&self, id: KeyId, caller: &Caller) -> Result<Deleted, ManageError> {
+    /// What was deleted, and the account it was in (the change feed's subscribers that
+    /// see it are the ones a settled answer waits for).
+    pub async fn delete_api_key(&self, id: KeyId, caller: &Caller) -> Result<(Deleted, AccountId), ManageError> {
         self.key_within(&caller.grant, id).await?;
         let key = self.stored_key(id).await?;
         let audit = self.event(
@@ -270,7 +272,7 @@ impl Manager {
         if deleted.keys.is_empty() {
             return Err(key_not_found(id));
         }
-        Ok(deleted)
+        Ok((deleted, key.account_id.clone()))
     }
 }
 

@@ -210,14 +210,13 @@ impl Manager {
             }
             // The change committed: the newest revision is its own or a later one. If
             // it cannot be read, no subscriber can be shown to have it: all are fenced.
-            let revision = match feed.feed_window().await {
-                Ok(window) => window.latest,
+            match feed.feed_window().await {
+                Ok(window) => Some(subscribers.settle(window.latest, account).await),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the change feed's newest revision: fencing its subscribers");
-                    i64::MAX
+                    Some(subscribers.fence_unread(account))
                 }
-            };
-            Some(subscribers.settle(revision, account).await)
+            }
         };
         let (replicas, subscribers) = tokio::join!(replicas, subscribers);
         Settlement { replicas, subscribers }

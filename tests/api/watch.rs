@@ -284,6 +284,13 @@ async fn a_confined_subscriber_sees_only_its_account_and_holds_up_no_other(db: D
     // B's revoke does not wait for A's subscriber, which never acknowledges: it is not
     // counted at all. A's own revoke fences it.
     assert_eq!(counts(&revoke(&mut app, &b_key.id).await), (0, 0));
+    // Nor does an unconfined admin's delete of B's key or application: the deletion names
+    // its account, so A's subscriber is not waited for (nor fenced) for it.
+    let deleted = app.admin.delete_api_key(pb::DeleteApiKeyRequest { id: b_key.id.clone() }).await.unwrap();
+    assert_eq!(counts(&deleted), (0, 0), "a delete in B holds up nothing of A's");
+    let b_app = app.create_app("acct_b").await;
+    let request = pb::DeleteApplicationRequest { id: b_app.id.clone(), cascade: true };
+    assert_eq!(counts(&app.admin.delete_application(request).await.unwrap()), (0, 0));
     let (a_other, _) = app.create_key("acct_a", &["applications:read"], &[]).await;
     assert_eq!(counts(&revoke(&mut app, &a_other.id).await), (0, 1));
     crate::helpers::eventually("A's subscriber gets A's changes", || {

@@ -66,9 +66,9 @@ pub(super) async fn delete(
     let caller = caller_of(&request)?;
     let req = request.into_inner();
     let id = ApplicationId::parse_field("id", &req.id)?;
-    let deleted = manager.delete_application(&id, req.cascade, &caller).await?;
+    let (deleted, account) = manager.delete_application(&id, req.cascade, &caller).await?;
     let response = convert::deleted_to_proto(&deleted);
-    respond_settled(manager, &caller, "delete_application", id.as_str(), None, response).await
+    respond_settled(manager, &caller, "delete_application", id.as_str(), Some(&account), response).await
 }
 
 pub(super) async fn rotate_key(

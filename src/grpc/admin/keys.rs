@@ -109,7 +109,7 @@ pub(super) async fn delete(
 ) -> Result<Response<pb::DeleteResponse>, Status> {
     let caller = caller_of(&request)?;
     let id = KeyId::parse(&request.get_ref().id)?;
-    let deleted = manager.delete_api_key(id, &caller).await?;
+    let (deleted, account) = manager.delete_api_key(id, &caller).await?;
     let response = convert::deleted_to_proto(&deleted);
-    respond_settled(manager, &caller, "delete_api_key", &id.to_string(), None, response).await
+    respond_settled(manager, &caller, "delete_api_key", &id.to_string(), Some(&account), response).await
 }
