@@ -10,6 +10,11 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+/// The most sessions one admin token holds: its next sign-in ends its least recently
+/// used one, so one token (a read-only one included) cannot fill the map and lock every
+/// other operator out.
+pub const MAX_SESSIONS_PER_TOKEN: usize = 16;
+
 /// Random characters of a session id and of a CSRF token (base62: ~190 bits).
 const ID_LEN: usize = 32;
 
@@ -73,6 +78,16 @@ impl Sessions {
         let id = crate::domain::random_token(ID_LEN)?;
         let csrf = crate::domain::random_token(ID_LEN)?;
         let mut live = self.lock();
+        let (mut held, mut oldest) = (0, None::<([u8; 32], i64)>);
+        for (key, session) in live.iter().filter(|(_, s)| s.token == token) {
+            held += 1;
+            if oldest.is_none_or(|(_, seen)| session.last_seen_ms < seen) {
+                oldest = Some((*key, session.last_seen_ms));
+            }
+        }
+        if let (true, Some((key, _))) = (held >= MAX_SESSIONS_PER_TOKEN, oldest) {
+            live.remove(&key);
+        }
         if live.len() >= self.settings.max_sessions {
             live.retain(|_, s| !self.expired(s, now));
             if live.len() >= self.settings.max_sessions {
@@ -147,6 +162,21 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::domain::Timestamp;
     use std::time::Duration;
+
+    #[test]
+    fn one_token_holds_a_bounded_share_and_leaves_room_for_others() {
+        let clock = ManualClock::new(Timestamp::from_millis(1_000_000));
+        let settings = ConsoleSettings { max_sessions: MAX_SESSIONS_PER_TOKEN + 4, ..ConsoleSettings::default() };
+        let sessions = Sessions::new(Arc::new(clock.clone()), settings);
+        let first = sessions.create("token-a").unwrap();
+        for _ in 0..100 {
+            clock.advance(Duration::from_millis(1));
+            sessions.create("token-a").expect("a token's own sign-ins end its oldest session");
+        }
+        assert_eq!(sessions.len(), MAX_SESSIONS_PER_TOKEN);
+        assert!(sessions.get(&first).is_none(), "the least recently used went first");
+        sessions.create("token-b").expect("another operator still signs in");
+    }
 
     #[test]
     fn sessions_end_when_idle_and_at_their_absolute_time() {
