@@ -27,6 +27,9 @@ use tokio::time::Instant;
 /// wait (as replicas' own lease, [`crate::store::invalidation::LEASE_PERCENT_OF_WAIT`]).
 pub const LEASE_PERCENT_OF_WAIT: u32 = crate::store::invalidation::LEASE_PERCENT_OF_WAIT;
 
+/// Changes sent to one subscriber and not yet acknowledged, at most.
+pub const MAX_UNACKED: usize = 10_000;
+
 /// How many subscribers confirmed a change, and how many were fenced instead.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FeedSettled {
@@ -224,11 +227,18 @@ impl Membership {
         done
     }
 
-    /// About to send the change at `revision`: it waits for an ack.
-    pub fn sending(&self, revision: i64) {
+    /// About to send the change at `revision`: it waits for an ack. `false` when the
+    /// subscriber already has [`MAX_UNACKED`] changes waiting: its stream ends rather than
+    /// keep a set that grows for as long as a reader never acknowledges.
+    pub fn sending(&self, revision: i64) -> bool {
         self.update(|s| {
+            if s.unacked.len() >= MAX_UNACKED {
+                return false;
+            }
             s.unacked.insert(revision);
-        });
+            true
+        })
+        .unwrap_or(true)
     }
 
     /// Every row up to `revision` has been looked at (and sent, where watched).
@@ -316,5 +326,30 @@ mod tests {
         assert_eq!(sub.acked, 5, "nothing past 5 was sent yet");
         assert!(sub.unacked.is_empty());
         assert!(!sub.caught_up(6));
+    }
+
+    #[test]
+    fn a_reader_that_never_acknowledges_holds_a_bounded_set() {
+        let subscribers = Arc::new(Subscribers::new(Duration::from_millis(500)));
+        let s = subscribers.join(None, 0);
+        let revisions = 1..=i64::try_from(MAX_UNACKED).unwrap();
+        assert!(revisions.into_iter().all(|r| s.sending(r)));
+        assert!(!s.sending(i64::try_from(MAX_UNACKED).unwrap() + 1), "the stream is to end");
+        assert_eq!(subscribers.lock().get(&s.id()).unwrap().unacked.len(), MAX_UNACKED);
+        s.ack(10);
+        assert!(s.sending(20_000), "room again once some are acknowledged");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreadable_revision_fences_without_a_wait_and_not_for_good() {
+        let subscribers = Arc::new(Subscribers::new(Duration::from_millis(500)));
+        let a = subscribers.join(Some(account("acct_a")), 0);
+        let b = subscribers.join(Some(account("acct_b")), 0);
+        let settled = subscribers.fence_unread(Some(&account("acct_a")));
+        assert_eq!(settled, FeedSettled { acknowledged: 0, fenced: 1 });
+        assert_eq!((a.fenced_at(), b.fenced_at()), (Some(1), None));
+        a.sending(1);
+        a.ack(1);
+        assert_eq!(a.fenced_at(), None, "acknowledging past what was published ends the fence");
     }
 }

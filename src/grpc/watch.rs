@@ -333,7 +333,13 @@ impl Stream {
                         true => None,
                         false => self.feed.record(row).await?,
                     };
-                    member.sending(row.revision);
+                    if !member.sending(row.revision) {
+                        return Err(Ended::Status(Status::resource_exhausted(format!(
+                            "{} changes sent and not acknowledged: acknowledge what you applied, then \
+                             subscribe again with your last revision",
+                            crate::feed::MAX_UNACKED
+                        ))));
+                    }
                     self.send(self.change(row.revision, row.kind, &row.id, row.account_id.as_deref(), record)).await?;
                 }
                 self.position = row.revision;
